@@ -1,0 +1,11 @@
+/* Every `flashbox <command>` entry point, one per line in firmware/main.c's table.
+ * Each takes the arguments after the command name (argv[0] is the command) and returns the
+ * process exit status. */
+#ifndef FLASHBOX_FIRMWARE_COMMANDS_H
+#define FLASHBOX_FIRMWARE_COMMANDS_H
+
+int cmd_logits(int argc, char **argv);   /* firmware/cmd_logits.c */
+int cmd_inspect(int argc, char **argv);  /* firmware/cmd_inspect.c */
+int tool_mkmodel_main(int argc, char **argv); /* tools/mkmodel.c */
+
+#endif

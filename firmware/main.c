@@ -1,0 +1,38 @@
+/* flashbox: the one program of the appliance. Dispatches `flashbox <command> ...` to the
+ * command's entry point; `flashbox help` lists them. */
+#include "firmware/commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+
+    { "inspect", cmd_inspect, "print a model file's metadata, tensors and hyper-parameters" },
+
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: flashbox <command> [options]   (flashbox <command> --help for details)\n\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "flashbox: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
