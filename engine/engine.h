@@ -1,0 +1,65 @@
+/* The public API of the inference library: open a deepseek4 model on a backend, create
+ * sessions (one conversation's KV and compressor state each) and evaluate tokens.
+ * Callers above engine/ (firmware, tools, update's self-test) use this header and the
+ * text-side headers it includes; backend types never appear here.
+ *
+ * Threading: an engine may be shared by several threads only if each session is used by
+ * one thread at a time and calls into the same engine are serialized by the caller. */
+#ifndef FLASHBOX_ENGINE_ENGINE_H
+#define FLASHBOX_ENGINE_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct engine;
+struct session;
+
+enum engine_backend {
+    ENGINE_BACKEND_REF = 0,     /* CPU reference: slow, obvious, the oracle */
+    ENGINE_BACKEND_VULKAN = 1,
+};
+
+struct engine_options {
+    const char *model_path;
+    enum engine_backend backend;
+    int device_index;           /* -1: let the board pick */
+    const char *device_uuid;    /* NULL: any */
+    uint64_t expert_cache_mb;   /* 0: default budget */
+};
+
+struct engine_info {
+    const char *model_name;     /* general.name */
+    const char *backend_name;   /* "ref", "vulkan" */
+    uint32_t n_vocab;
+    uint32_t n_ctx_train;
+    uint32_t n_layer;
+    uint32_t n_embd;
+    int32_t bos, eos;
+};
+
+void engine_options_default(struct engine_options *opt);
+/* Parses "ref" / "vulkan"; -1 if unknown. */
+int engine_backend_parse(const char *name, enum engine_backend *out);
+
+int engine_open(struct engine **out, const struct engine_options *opt, char *err, size_t err_len);
+void engine_close(struct engine *e);
+void engine_get_info(const struct engine *e, struct engine_info *info);
+
+/* A session holds up to n_ctx positions (0 = the model's training context, capped at 4096). */
+int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char *err, size_t err_len);
+void session_destroy(struct session *s);
+/* Forgets every token; the next eval starts at position 0. */
+void session_reset(struct session *s);
+uint32_t session_pos(const struct session *s);
+uint32_t session_n_ctx(const struct session *s);
+
+/* Appends n tokens at the current position (prefill when n > 1, decode when n == 1).
+ * logits: NULL, or [n_vocab] for the last token, or [n][n_vocab] when all_logits.
+ * On error (token out of range, context full, backend failure) the session is unchanged
+ * when the error was detected before any work, and must be reset otherwise; the message
+ * says which. */
+int session_eval(struct session *s, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
+                 char *err, size_t err_len);
+
+#endif
