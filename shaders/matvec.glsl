@@ -1,0 +1,159 @@
+/* Matrix-vector (decode, TOK_TILE = 1) and matrix-matrix (prefill, TOK_TILE > 1) product
+ * over weights in their file format, included by matvec_<type>.comp with W_TYPE defined.
+ * One subgroup per row: each lane walks the row's blocks with stride gl_SubgroupSize,
+ * dequantizes a block in registers and dots it with up to TOK_TILE token vectors, so every
+ * weight is read once per token tile; a subgroupAdd finishes the row (no shared memory,
+ * which is expensive on lavapipe). Weights are bound as raw 32-bit words and unpacked by
+ * hand: Q8_0 blocks are 34 bytes (2-byte aligned) and MXFP4 blocks 17 bytes (any byte). */
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_GOOGLE_include_directive : require
+#include "abi.h"
+
+layout(local_size_x = ABI_WG_SIZE) in;
+layout(constant_id = ABI_SPEC_TOK_TILE) const uint TOK_TILE = 1;
+
+ABI_PUSH(ABI_MATVEC_FIELDS)
+
+layout(std430, binding = ABI_MATVEC_BIND_W) readonly buffer w_buf { uint w[]; };
+layout(std430, binding = ABI_MATVEC_BIND_X) readonly buffer x_buf { float x[]; };
+layout(std430, binding = ABI_MATVEC_BIND_Y) buffer y_buf { float y[]; };
+layout(std430, binding = ABI_MATVEC_BIND_IDS) readonly buffer ids_buf { int ids[]; };
+
+/* 32 bits starting at a 2-byte aligned byte address. */
+uint load_u32_a2(uint byte_addr)
+{
+    uint i = byte_addr >> 2;
+    if ((byte_addr & 2u) == 0u) return w[i];
+    return (w[i] >> 16) | (w[i + 1u] << 16);
+}
+
+/* 32 bits starting at any byte address. */
+uint load_u32_a1(uint byte_addr)
+{
+    uint i = byte_addr >> 2, s = (byte_addr & 3u) * 8u;
+    if (s == 0u) return w[i];
+    return (w[i] >> s) | (w[i + 1u] << (32u - s));
+}
+
+#if W_TYPE == ABI_WTYPE_F32
+#define BLK 4u
+void load_block(uint row_byte, uint b, out float v[BLK])
+{
+    uint i = (row_byte >> 2) + b * 4u;
+    v[0] = uintBitsToFloat(w[i]); v[1] = uintBitsToFloat(w[i + 1u]);
+    v[2] = uintBitsToFloat(w[i + 2u]); v[3] = uintBitsToFloat(w[i + 3u]);
+}
+float load_elem(uint row_byte, uint e) { return uintBitsToFloat(w[(row_byte >> 2) + e]); }
+
+#elif W_TYPE == ABI_WTYPE_F16 || W_TYPE == ABI_WTYPE_BF16
+#define BLK 4u
+vec2 unpack2(uint u)
+{
+#if W_TYPE == ABI_WTYPE_F16
+    return unpackHalf2x16(u);
+#else
+    return vec2(uintBitsToFloat(u << 16), uintBitsToFloat(u & 0xffff0000u));
+#endif
+}
+void load_block(uint row_byte, uint b, out float v[BLK])
+{
+    uint a = row_byte + b * 8u;
+    vec2 lo = unpack2(load_u32_a2(a)), hi = unpack2(load_u32_a2(a + 4u));
+    v[0] = lo.x; v[1] = lo.y; v[2] = hi.x; v[3] = hi.y;
+}
+float load_elem(uint row_byte, uint e)
+{
+    uint a = row_byte + e * 2u;
+    uint u = w[a >> 2];
+    return unpack2((a & 2u) != 0u ? (u >> 16) : u).x;
+}
+
+#elif W_TYPE == ABI_WTYPE_Q8_0
+#define BLK 32u
+#define QUANT 1
+void load_block(uint row_byte, uint b, out float v[BLK])
+{
+    uint a = row_byte + b * 34u;          /* { f16 d; int8 qs[32]; } */
+    uint first = w[a >> 2];
+    float d = unpackHalf2x16((a & 2u) != 0u ? (first >> 16) : first).x;
+    for (uint k = 0u; k < 8u; k++) {
+        int q = int(load_u32_a2(a + 2u + 4u * k));
+        v[4u * k + 0u] = d * float(bitfieldExtract(q, 0, 8));
+        v[4u * k + 1u] = d * float(bitfieldExtract(q, 8, 8));
+        v[4u * k + 2u] = d * float(bitfieldExtract(q, 16, 8));
+        v[4u * k + 3u] = d * float(bitfieldExtract(q, 24, 8));
+    }
+}
+
+#elif W_TYPE == ABI_WTYPE_MXFP4
+#define BLK 32u
+#define QUANT 1
+/* E2M1 codes times two; the block scale 2^(e-128) undoes the doubling. */
+const float mxfp4_x2[16] = float[16](0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0,
+                                     0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0);
+void load_block(uint row_byte, uint b, out float v[BLK])
+{
+    uint a = row_byte + b * 17u;          /* { uint8 e; uint8 qs[16]; } */
+    float d = ldexp(1.0, int(load_u32_a1(a) & 0xffu) - 128);
+    for (uint k = 0u; k < 4u; k++) {
+        uint q = load_u32_a1(a + 1u + 4u * k);
+        for (uint j = 0u; j < 4u; j++) {
+            uint byte_val = (q >> (8u * j)) & 0xffu;
+            v[4u * k + j] = d * mxfp4_x2[byte_val & 15u];        /* element 4k+j */
+            v[4u * k + j + 16u] = d * mxfp4_x2[byte_val >> 4];   /* element 4k+j+16 */
+        }
+    }
+}
+#else
+#error "W_TYPE must be one of ABI_WTYPE_*"
+#endif
+
+void main()
+{
+    const uint lane = gl_SubgroupInvocationID, sg_size = gl_SubgroupSize;
+    const uint z = gl_WorkGroupID.z;
+    const uint t0 = gl_WorkGroupID.y * TOK_TILE;
+    const uint mat = (pc.flags & ABI_MATVEC_FLAG_IDS) != 0u ? uint(ids[pc.ids_off + z]) : z;
+    const uint w_base = pc.w_off + mat * pc.w_zstride;
+    const uint x_base = pc.x_off + z * pc.x_zstride;
+    const uint y_base = pc.y_off + z * pc.y_zstride;
+    const uint n_blk = pc.n_in / BLK;
+
+    /* Token offsets in x, clamped to the last token so the inner loop needs no branch;
+     * rows of clamped tokens are computed twice and written once. */
+    uint xt[TOK_TILE];
+    for (uint t = 0u; t < TOK_TILE; t++) xt[t] = x_base + min(t0 + t, pc.n_tok - 1u) * pc.x_tstride;
+
+    for (uint r = gl_SubgroupID; r < pc.rows_per_wg; r += gl_NumSubgroups) {
+        const uint row = gl_WorkGroupID.x * pc.rows_per_wg + r;
+        if (row >= pc.n_out) break;
+        const uint row_byte = w_base + row * pc.row_bytes;
+        float acc[TOK_TILE];
+        for (uint t = 0u; t < TOK_TILE; t++) acc[t] = 0.0;
+
+        for (uint b = lane; b < n_blk; b += sg_size) {
+            float v[BLK];
+            load_block(row_byte, b, v);
+            for (uint t = 0u; t < TOK_TILE; t++) {
+                const uint xb = xt[t] + b * BLK;
+                float s = 0.0;
+                for (uint j = 0u; j < BLK; j++) s += v[j] * x[xb + j];
+                acc[t] += s;
+            }
+        }
+#ifndef QUANT
+        for (uint e = n_blk * BLK + lane; e < pc.n_in; e += sg_size) {
+            const float v = load_elem(row_byte, e);
+            for (uint t = 0u; t < TOK_TILE; t++) acc[t] += v * x[xt[t] + e];
+        }
+#endif
+        for (uint t = 0u; t < TOK_TILE; t++) {
+            const float s = subgroupAdd(acc[t]) * pc.scale;
+            if (lane == 0u && t0 + t < pc.n_tok) {
+                const uint yi = y_base + (t0 + t) * pc.y_tstride + row;
+                y[yi] = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u ? y[yi] + s : s;
+            }
+        }
+    }
+}
