@@ -39,7 +39,19 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
             vk_kernel_create(d, &ops->matmul[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), &tile_n, 1, err, err_len))
             goto fail;
     }
-    if (vk_kernel_create(d, &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push), NULL, 0, err, err_len)) goto fail;
+    const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push; } simple[] = {
+        { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push) },
+        { &ops->hc, "hc", 7, sizeof(struct abi_hc_push) },
+        { &ops->hc_post, "hc_post", 3, sizeof(struct abi_hc_post_push) },
+        { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push) },
+        { &ops->compress, "compress", 5, sizeof(struct abi_compress_push) },
+        { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push) },
+        { &ops->attention, "attention", 7, sizeof(struct abi_attn_push) },
+        { &ops->router, "router", 5, sizeof(struct abi_router_push) },
+        { &ops->swiglu, "swiglu", 3, sizeof(struct abi_swiglu_push) },
+    };
+    for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++)
+        if (vk_kernel_create(d, simple[i].k, simple[i].name, simple[i].n_bind, simple[i].push, NULL, 0, err, err_len)) goto fail;
     return 0;
 fail:
     vk_ops_destroy(ops);
@@ -53,7 +65,9 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->matvec[t]);
         vk_kernel_destroy(ops->d, &ops->matmul[t]);
     }
-    vk_kernel_destroy(ops->d, &ops->rmsnorm);
+    struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->hc_post, &ops->norm_rope, &ops->compress,
+                                   &ops->indexer, &ops->attention, &ops->router, &ops->swiglu };
+    for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
     ops->d = NULL;
 }
 
@@ -102,7 +116,7 @@ int vk_op_matvec(struct vk_recorder *r, const struct vk_ops *ops, const struct v
     struct abi_matvec_push p = {
         .n_in = w->n_in, .n_tok = a->n_tok, .rows_per_wg = ops->rows_per_wg, .row_bytes = w->row_bytes,
         .w_zstride = (uint32_t)w->mat_bytes,
-        .x_off = a->x_off + (uint32_t)(rel_x / 4), .x_tstride = a->x_tstride, .x_zstride = a->x_zstride,
+        .x_off = a->x_off + (uint32_t)(rel_x / 4), .x_tstride = a->x_tstride, .x_zstride = a->x_zstride, .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
         .y_tstride = a->y_tstride, .y_zstride = a->y_zstride, .ids_off = a->ids_off + (uint32_t)(rel_i / 4),
         .flags = (a->accumulate ? ABI_MATVEC_FLAG_ACCUMULATE : 0) | (a->ids ? ABI_MATVEC_FLAG_IDS : 0),
         .scale = a->scale,
@@ -155,4 +169,18 @@ int vk_op_rmsnorm(struct vk_recorder *r, const struct vk_ops *ops, const struct 
         .flags = w ? ABI_RMSNORM_FLAG_WEIGHT : 0, .eps = eps,
     };
     return vk_recorder_dispatch(r, &ops->rmsnorm, b, &p, n_rows, 1, 1, err, err_len);
+}
+
+int vk_op_dispatch(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_kernel *k,
+                   const struct vk_span *const *spans, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
+                   char *err, size_t err_len)
+{
+    VkDescriptorBufferInfo b[VK_KERNEL_MAX_BINDINGS];
+    for (uint32_t i = 0; i < k->n_bind; i++) {
+        uint64_t rel;
+        if (vk_span_range(ops->d, spans[i], 0, spans[i]->size, &b[i], &rel, err, err_len))
+            return errf_prefix(err, err_len, "%s binding %u", k->name, i);
+        if (rel) return errf(err, err_len, "%s binding %u: span not aligned to the storage alignment", k->name, i);
+    }
+    return vk_recorder_dispatch(r, k, b, push, gx, gy, gz, err, err_len);
 }

@@ -19,6 +19,14 @@ struct vk_ops {
     struct vk_kernel matvec[VK_N_WTYPES];   /* TOK_TILE = 1 */
     struct vk_kernel matmul[VK_N_WTYPES];   /* TOK_TILE = VK_MATMUL_TILE */
     struct vk_kernel rmsnorm;
+    struct vk_kernel hc;          /* hc_pre / hc_head, fused with the sublayer norm */
+    struct vk_kernel hc_post;
+    struct vk_kernel norm_rope;
+    struct vk_kernel compress;
+    struct vk_kernel indexer;
+    struct vk_kernel attention;
+    struct vk_kernel router;
+    struct vk_kernel swiglu;
     uint32_t rows_per_wg;                   /* matvec rows per workgroup on this device */
 };
 
@@ -46,7 +54,7 @@ int vk_weight_init(struct vk_weight *w, const struct vk_span *span, enum gguf_ty
 struct vk_matvec_args {
     const struct vk_weight *w;
     const struct vk_span *x, *y, *ids;      /* ids: NULL unless picking experts */
-    uint32_t x_off, x_tstride, x_zstride;
+    uint32_t x_off, x_tstride, x_zstride, x_zdiv; /* slot z reads x vector z / x_zdiv */
     uint32_t y_off, y_tstride, y_zstride;
     uint32_t n_tok, n_slot, ids_off;
     float scale;
@@ -59,5 +67,11 @@ int vk_op_rmsnorm(struct vk_recorder *r, const struct vk_ops *ops, const struct 
                   uint32_t x_stride, const struct vk_span *y, uint32_t y_off, uint32_t y_stride,
                   const struct vk_span *w, uint32_t w_off, uint32_t n, uint32_t n_rows, float eps,
                   char *err, size_t err_len);
+
+/* Records kernel k with binding i = the whole of spans[i] (spans are allocated aligned, so
+ * offsets in the push block count from each span's start). */
+int vk_op_dispatch(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_kernel *k,
+                   const struct vk_span *const *spans, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
+                   char *err, size_t err_len);
 
 #endif

@@ -45,7 +45,7 @@ int vk_recorder_begin(struct vk_recorder *r, char *err, size_t err_len);
 /* binds[k] is binding k of the kernel; push is k->push_size bytes. */
 int vk_recorder_dispatch(struct vk_recorder *r, const struct vk_kernel *k, const VkDescriptorBufferInfo *binds,
                          const void *push, uint32_t gx, uint32_t gy, uint32_t gz, char *err, size_t err_len);
-/* Makes every earlier shader write visible to every later shader read. */
+/* Makes every earlier shader or transfer write visible to every later read or write. */
 void vk_recorder_barrier(struct vk_recorder *r);
 /* Writes a timestamp after all earlier work; returns its query index or -1 when full/off. */
 int vk_recorder_timestamp(struct vk_recorder *r);

@@ -53,7 +53,8 @@
     U w_zstride;     /* bytes between expert matrices */ \
     U x_off;         /* floats */ \
     U x_tstride;     /* floats between tokens */ \
-    U x_zstride;     /* floats between slots (0: every slot reads the same x) */ \
+    U x_zstride;     /* floats between x vectors of consecutive slot groups */ \
+    U x_zdiv;        /* slots per x vector: slot z reads x vector z / x_zdiv (>= 1) */ \
     U y_off;         /* floats */ \
     U y_tstride; \
     U y_zstride; \
@@ -63,7 +64,7 @@
 
 #ifndef VULKAN
 ABI_STRUCT(abi_matvec_push, ABI_MATVEC_FIELDS)
-_Static_assert(sizeof(struct abi_matvec_push) == 16 * 4, "matvec push block: 16 words");
+_Static_assert(sizeof(struct abi_matvec_push) == 17 * 4, "matvec push block: 17 words");
 _Static_assert(sizeof(struct abi_matvec_push) <= 128, "push constants fit the guaranteed 128 bytes");
 #endif
 
@@ -86,6 +87,139 @@ _Static_assert(sizeof(struct abi_matvec_push) <= 128, "push constants fit the gu
 #ifndef VULKAN
 ABI_STRUCT(abi_rmsnorm_push, ABI_RMSNORM_FIELDS)
 _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 words");
+#endif
+
+/* ---- hc_pre / hc_head (one workgroup per token): mixes m = rms(X) * (fn . X), then
+ * pre = sigmoid(m*scale0 + base) + hc_eps; for hc_pre also post = 2 sigmoid(...) and the
+ * Sinkhorn-normalised comb, all in one dispatch; y = rmsnorm(sum_j pre_j X_j) * norm. */
+#define ABI_HC_MAX_MIX 24 /* (2 + n_hc) * n_hc for n_hc <= 4 */
+#define ABI_HC_BIND_X 0       /* [n_tok][n_hc][n_embd] */
+#define ABI_HC_BIND_FN 1      /* [mix][n_hc*n_embd] */
+#define ABI_HC_BIND_BASE 2    /* [mix] */
+#define ABI_HC_BIND_SCALE 3   /* [3] */
+#define ABI_HC_BIND_NORM 4    /* [n_embd] */
+#define ABI_HC_BIND_Y 5       /* [n_tok][n_embd] */
+#define ABI_HC_BIND_HC 6      /* [n_tok][n_hc + n_hc*n_hc]: post, then comb[j][k] */
+#define ABI_HC_FLAG_HEAD 1u   /* hc_head: only the pre mixes, no post/comb */
+
+#define ABI_HC_FIELDS(U, F) \
+    U n_embd; U n_hc; U n_tok; U sinkhorn_iters; \
+    U x_off; U y_off; U hc_off;   /* floats */ \
+    U flags; \
+    F rms_eps; F hc_eps;
+
+/* ---- hc_post: X[k][i] = post[k] * F[i] + sum_j comb[j][k] X[j][i] in place, where F[i]
+ * sums n_src parts of the token (src_off + t*src_tstride + s*src_sstride) plus, when
+ * extra_tstride != 0, one more at extra_off + t*extra_tstride (the shared expert). */
+#define ABI_HC_POST_BIND_X 0
+#define ABI_HC_POST_BIND_SRC 1
+#define ABI_HC_POST_BIND_HC 2
+#define ABI_HC_POST_FIELDS(U, F) \
+    U n_embd; U n_hc; U n_tok; U x_off; U hc_off; \
+    U src_off; U src_tstride; U src_sstride; U n_src; U extra_off; U extra_tstride;
+
+/* ---- norm_rope: per (row h, token t) workgroup: optional RMSNorm (optional weight) over n,
+ * then RoPE on the last rope_dim elements in interleaved pairs at position
+ * pos_base + t * pos_step, reading the cos/sin table rope[pos][rope_dim/2][2] at rope_off.
+ * Output row: y_off + ((y_row0 + t) % y_tmod) * y_tstride + h * y_hstride. */
+#define ABI_NORM_ROPE_BIND_X 0
+#define ABI_NORM_ROPE_BIND_Y 1
+#define ABI_NORM_ROPE_BIND_W 2
+#define ABI_NORM_ROPE_BIND_ROPE 3
+#define ABI_NORM_ROPE_FLAG_NORM 1u
+#define ABI_NORM_ROPE_FLAG_WEIGHT 2u
+#define ABI_NORM_ROPE_FLAG_ROPE 4u
+#define ABI_NORM_ROPE_FIELDS(U, F) \
+    U n; U rope_dim; U flags; \
+    U x_off; U x_tstride; U x_hstride; \
+    U y_off; U y_tstride; U y_hstride; U y_row0; U y_tmod; \
+    U w_off; U rope_off; U pos_base; U pos_step; \
+    F eps;
+
+/* ---- compress: a compressor's state machine for n_tok tokens, one invocation per channel
+ * (spec §3.7). kv/score rows of the batch [n_tok][coff*width] come from matmuls; the state
+ * holds n_rows rows of kv then n_rows rows of score. Completed blocks write the pooled,
+ * not yet normalised entry to out[pos / ratio][width]. */
+#define ABI_COMPRESS_BIND_KV 0
+#define ABI_COMPRESS_BIND_SCORE 1
+#define ABI_COMPRESS_BIND_APE 2
+#define ABI_COMPRESS_BIND_STATE 3
+#define ABI_COMPRESS_BIND_OUT 4
+#define ABI_COMPRESS_FIELDS(U, F) \
+    U width; U ratio; U coff; U pos0; U n_tok; \
+    U kv_off; U score_off; U in_tstride; U ape_off; U state_off; U out_off;
+
+/* ---- indexer: one workgroup per token: score[b] = sum_h w_h * scale * relu(q_h . k_b) over
+ * the visible entries b < (pos+1)/4, then the top-k (ties to the lower index) into sel. */
+#define ABI_INDEXER_BIND_Q 0
+#define ABI_INDEXER_BIND_W 1
+#define ABI_INDEXER_BIND_KEYS 2
+#define ABI_INDEXER_BIND_SCORE 3
+#define ABI_INDEXER_BIND_SEL 4
+#define ABI_INDEXER_FIELDS(U, F) \
+    U n_head; U dim; U topk; U pos0; U n_tok; \
+    U q_off; U w_off; U keys_off; U score_off; U score_tstride; U sel_off; \
+    F scale;
+
+/* ---- attention: one workgroup per (head, token): softmax with a sink over the window
+ * (ring rows p % ring_len) and the compressed entries (all completed ones, or the
+ * indexer's selection when ratio == 4), value = key, then inverse RoPE of the output. */
+#define ABI_ATTN_BIND_Q 0
+#define ABI_ATTN_BIND_RING 1
+#define ABI_ATTN_BIND_COMP 2
+#define ABI_ATTN_BIND_SEL 3
+#define ABI_ATTN_BIND_SINKS 4
+#define ABI_ATTN_BIND_ROPE 5
+#define ABI_ATTN_BIND_O 6
+#define ABI_ATTN_MAX_KEYS 2048
+#define ABI_ATTN_FIELDS(U, F) \
+    U head_dim; U n_head; U rope_dim; U window; U ring_len; U ratio; U topk; U pos0; U n_tok; \
+    U q_off; U ring_off; U comp_off; U sel_off; U sinks_off; U rope_off; U o_off; \
+    F scale;
+
+/* ---- router: one workgroup per token: score = sqrt(softplus(logit)); experts from
+ * tid2eid[tok] (hash layers) or the top-k of score + bias; weights renormalised (flag) and
+ * scaled. Writes ids [n_tok][k] and weights [n_tok][k]. */
+#define ABI_ROUTER_BIND_LOGITS 0
+#define ABI_ROUTER_BIND_BIAS 1   /* bias [n_expert], or tid2eid [n_vocab][k] with FLAG_HASH */
+#define ABI_ROUTER_BIND_TOKENS 2
+#define ABI_ROUTER_BIND_IDS 3
+#define ABI_ROUTER_BIND_WEIGHTS 4
+#define ABI_ROUTER_FLAG_HASH 1u
+#define ABI_ROUTER_FLAG_NORM 2u
+#define ABI_ROUTER_MAX_EXPERTS 1024
+#define ABI_ROUTER_MAX_K 16
+#define ABI_ROUTER_FIELDS(U, F) \
+    U n_expert; U k; U n_tok; U flags; U logits_off; U bias_off; U tokens_off; U ids_off; U weights_off; \
+    F scale;
+
+/* ---- swiglu: h = silu(min(g, lim)) * clamp(u, -lim, lim) * weight for rows r < n_rows of
+ * n_ff: rows below n_routed use weights[r] and lim_routed, the rest weight 1, lim_shared
+ * (a limit <= 0 disables the clamp). In place on g. */
+#define ABI_SWIGLU_BIND_G 0
+#define ABI_SWIGLU_BIND_U 1
+#define ABI_SWIGLU_BIND_WEIGHTS 2
+#define ABI_SWIGLU_FIELDS(U, F) \
+    U n_ff; U n_rows; U n_routed; U weights_off; \
+    F lim_routed; F lim_shared;
+
+#ifndef VULKAN
+ABI_STRUCT(abi_hc_push, ABI_HC_FIELDS)
+ABI_STRUCT(abi_hc_post_push, ABI_HC_POST_FIELDS)
+ABI_STRUCT(abi_norm_rope_push, ABI_NORM_ROPE_FIELDS)
+ABI_STRUCT(abi_compress_push, ABI_COMPRESS_FIELDS)
+ABI_STRUCT(abi_indexer_push, ABI_INDEXER_FIELDS)
+ABI_STRUCT(abi_attn_push, ABI_ATTN_FIELDS)
+ABI_STRUCT(abi_router_push, ABI_ROUTER_FIELDS)
+ABI_STRUCT(abi_swiglu_push, ABI_SWIGLU_FIELDS)
+_Static_assert(sizeof(struct abi_hc_push) == 10 * 4, "hc push block");
+_Static_assert(sizeof(struct abi_hc_post_push) == 11 * 4, "hc_post push block");
+_Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push block");
+_Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");
+_Static_assert(sizeof(struct abi_indexer_push) == 12 * 4, "indexer push block");
+_Static_assert(sizeof(struct abi_attn_push) == 17 * 4, "attention push block");
+_Static_assert(sizeof(struct abi_router_push) == 10 * 4, "router push block");
+_Static_assert(sizeof(struct abi_swiglu_push) == 6 * 4, "swiglu push block");
 #endif
 
 #endif

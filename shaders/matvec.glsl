@@ -116,7 +116,7 @@ void main()
     const uint t0 = gl_WorkGroupID.y * TOK_TILE;
     const uint mat = (pc.flags & ABI_MATVEC_FLAG_IDS) != 0u ? uint(ids[pc.ids_off + z]) : z;
     const uint w_base = pc.w_off + mat * pc.w_zstride;
-    const uint x_base = pc.x_off + z * pc.x_zstride;
+    const uint x_base = pc.x_off + (z / max(pc.x_zdiv, 1u)) * pc.x_zstride;
     const uint y_base = pc.y_off + z * pc.y_zstride;
     const uint n_blk = pc.n_in / BLK;
 
