@@ -24,5 +24,6 @@ struct backend_ops {
 };
 
 extern const struct backend_ops ref_backend_ops;
+extern const struct backend_ops vk_backend_ops; /* engine/vk_forward.c */
 
 #endif

@@ -41,7 +41,7 @@ static const struct backend_ops *backend_for(enum engine_backend b)
 {
     switch (b) {
     case ENGINE_BACKEND_REF: return &ref_backend_ops;
-    case ENGINE_BACKEND_VULKAN: return NULL;
+    case ENGINE_BACKEND_VULKAN: return &vk_backend_ops;
     }
     return NULL;
 }

@@ -172,6 +172,13 @@ int vk_recorder_timestamp(struct vk_recorder *r)
     return (int)r->n_queries++;
 }
 
+void vk_recorder_abort(struct vk_recorder *r)
+{
+    if (!r->recording) return;
+    r->recording = false;
+    vkEndCommandBuffer(r->cb);
+}
+
 int vk_recorder_submit(struct vk_recorder *r, char *err, size_t err_len)
 {
     if (!r->recording) return errf(err, err_len, "submit without a recording");

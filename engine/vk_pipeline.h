@@ -49,6 +49,8 @@ int vk_recorder_dispatch(struct vk_recorder *r, const struct vk_kernel *k, const
 void vk_recorder_barrier(struct vk_recorder *r);
 /* Writes a timestamp after all earlier work; returns its query index or -1 when full/off. */
 int vk_recorder_timestamp(struct vk_recorder *r);
+/* Ends the recording without running it (after an error while recording). */
+void vk_recorder_abort(struct vk_recorder *r);
 /* Ends, submits and waits. */
 int vk_recorder_submit(struct vk_recorder *r, char *err, size_t err_len);
 /* Nanoseconds between timestamps a and b of the last submitted recording. */
