@@ -21,6 +21,11 @@ struct backend_ops {
     /* Evaluates tokens at the state's current position (the state tracks it). */
     int (*eval)(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
                 char *err, size_t err_len);
+    /* Optional (NULL: no profile): see session_profile in engine.h. */
+    void (*profile)(void *state, bool on);
+    void (*get_profile)(const void *state, struct engine_profile *out);
+    int (*copy_bandwidth)(void *ctx, double *bytes_per_s, char *err, size_t err_len);
+    int (*bench_kernels)(void *ctx, const struct model *m, FILE *out, char *err, size_t err_len);
 };
 
 extern const struct backend_ops ref_backend_ops;

@@ -409,7 +409,32 @@ int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *lo
     return 0;
 }
 
+static void vk_profile_onoff(void *state, bool on)
+{
+    struct vk_session *s = state;
+    memset(&s->profile, 0, sizeof s->profile);
+    s->profile.enabled = on;
+    s->prof = &s->profile;
+}
+
+static void vk_get_profile(const void *state, struct engine_profile *out)
+{
+    const struct vk_session *s = state;
+    out->n_kinds = VK_KIND_COUNT;
+    for (int k = 0; k < VK_KIND_COUNT; k++) {
+        out->kind[k] = vk_kind_names[k];
+        out->gpu_ns[k] = s->profile.ns[k];
+        out->dispatches[k] = s->profile.dispatches[k];
+    }
+    out->weight_bytes = s->profile.weight_bytes;
+    out->last_dispatch_count = s->profile.n_dispatch;
+}
+
 const struct backend_ops vk_backend_ops = {
+    .profile = vk_profile_onoff,
+    .get_profile = vk_get_profile,
+    .copy_bandwidth = vk_copy_bandwidth,
+    .bench_kernels = vk_bench_kernels,
     .name = "vulkan",
     .open = vk_engine_open,
     .close = vk_engine_close,

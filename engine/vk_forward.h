@@ -36,7 +36,5 @@ struct vk_device *vk_engine_device(struct vk_engine *e);
 const struct vk_ops *vk_engine_ops(struct vk_engine *e);
 /* Weight bytes on the device (all tensors the forward reads). */
 uint64_t vk_engine_weight_bytes(const struct vk_engine *e);
-/* Turns per-kernel timing on for the session (timestamps around every dispatch: slower). */
-void vk_session_profile(struct vk_session *s, struct vk_profile *p);
 
 #endif

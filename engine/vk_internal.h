@@ -61,7 +61,8 @@ struct vk_session {
     struct vk_span logits;       /* host: [B][n_vocab] */
     float *embd_row;             /* [n_embd] host scratch */
     VkBufferCopy *copies;        /* [B*n_hc] embedding -> stream copies */
-    struct vk_profile *prof;
+    struct vk_profile *prof;     /* &profile once profiling was asked for */
+    struct vk_profile profile;
     uint8_t *kinds;              /* [max dispatches] kind of each timed dispatch */
     int *stamps;                 /* [max dispatches] timestamp after it */
     uint32_t n_timed;
@@ -79,5 +80,9 @@ void vk_session_destroy(void *state);
 void vk_session_reset(void *state);
 int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
             char *err, size_t err_len);
+
+/* engine/vk_bench.c */
+int vk_copy_bandwidth(void *ctx, double *bytes_per_s, char *err, size_t err_len);
+int vk_bench_kernels(void *ctx, const struct model *m, FILE *out, char *err, size_t err_len);
 
 #endif

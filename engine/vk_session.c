@@ -77,6 +77,7 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
     s->n_ctx = n_ctx;
     s->ring_len = hp->window + VK_BATCH;
     s->needs_reset = true;
+    s->prof = &s->profile;
     const uint32_t B = VK_BATCH, hd = hp->head_dim, K = hp->n_expert_used;
     s->layers = calloc(hp->n_layer, sizeof *s->layers);
     s->embd_row = malloc((size_t)hp->n_embd * sizeof(float));
@@ -139,5 +140,3 @@ fail:
     vk_session_destroy(s);
     return -1;
 }
-
-void vk_session_profile(struct vk_session *s, struct vk_profile *p) { s->prof = p; }

@@ -6,6 +6,8 @@
 
 int cmd_logits(int argc, char **argv);   /* firmware/cmd_logits.c */
 int cmd_inspect(int argc, char **argv);  /* firmware/cmd_inspect.c */
+int cmd_bench(int argc, char **argv);    /* firmware/cmd_bench.c */
+int cmd_board(int argc, char **argv);    /* firmware/cmd_board.c */
 int tool_mkmodel_main(int argc, char **argv); /* tools/mkmodel_cli.c */
 
 #endif
