@@ -28,15 +28,14 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
 {
     memset(ops, 0, sizeof *ops);
     ops->d = d;
-    uint32_t sub_per_wg = ABI_WG_SIZE / d->subgroup_size;
-    if (sub_per_wg == 0) sub_per_wg = 1;
-    /* Two rows per subgroup measured best on lavapipe; real GPUs hide latency with more
-     * workgroups instead, which two rows still leaves plenty of. */
-    ops->rows_per_wg = 2 * sub_per_wg;
-    const uint32_t tile1 = 1, tile_n = VK_MATMUL_TILE;
+    /* A subgroup per row, two rows per subgroup (best on lavapipe, where one row per
+     * invocation measured 2.5-4x slower for F32/BF16 because every lane's loads differ). */
+    uint32_t wg = ABI_WG_SIZE < d->subgroup_size ? d->subgroup_size : ABI_WG_SIZE;
+    ops->rows_per_wg = 2 * (wg / d->subgroup_size);
+    const uint32_t tile1[2] = { 1, wg }, tile_n[2] = { VK_MATMUL_TILE, wg };
     for (int t = 0; t < VK_N_WTYPES; t++) {
-        if (vk_kernel_create(d, &ops->matvec[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), &tile1, 1, err, err_len) ||
-            vk_kernel_create(d, &ops->matmul[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), &tile_n, 1, err, err_len))
+        if (vk_kernel_create(d, &ops->matvec[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile1, 2, err, err_len) ||
+            vk_kernel_create(d, &ops->matmul[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile_n, 2, err, err_len))
             goto fail;
     }
     const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push; } simple[] = {
@@ -96,6 +95,15 @@ int vk_weight_init(struct vk_weight *w, const struct vk_span *span, enum gguf_ty
 
 static uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
 
+/* Whether the vectorised path may run: x vectors start on 16 bytes and the weight rows,
+ * matrices and start offset are aligned for the type's wide loads. */
+static bool vec_ok(const struct abi_matvec_push *p, enum gguf_type type)
+{
+    if ((p->x_off | p->x_tstride | p->x_zstride) % 4) return false;
+    uint32_t align = type == GGUF_TYPE_F32 ? 16 : (type == GGUF_TYPE_F16 || type == GGUF_TYPE_BF16) ? 8 : 1;
+    return (p->row_bytes | p->w_off | p->w_zstride) % align == 0;
+}
+
 int vk_op_matvec(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len)
 {
     const struct vk_weight *w = a->w;
@@ -131,7 +139,8 @@ int vk_op_matvec(struct vk_recorder *r, const struct vk_ops *ops, const struct v
         p.w_off = (uint32_t)rel_w;
         p.n_out = w->n_out;
         p.y_off = a->y_off + (uint32_t)(rel_y / 4);
-        return vk_recorder_dispatch(r, k, b, &p, div_up(w->n_out, ops->rows_per_wg), div_up(a->n_tok, tile), n_slot, err, err_len);
+        if (vec_ok(&p, w->type)) p.flags |= ABI_MATVEC_FLAG_VEC;
+        return vk_recorder_dispatch(r, k, b, &p, div_up(w->n_out, p.rows_per_wg), div_up(a->n_tok, tile), n_slot, err, err_len);
     }
     /* One matrix: split the rows so every binding stays under maxStorageBufferRange. */
     uint64_t fit = (d->max_range - d->storage_align) / w->row_bytes;
@@ -146,7 +155,8 @@ int vk_op_matvec(struct vk_recorder *r, const struct vk_ops *ops, const struct v
         p.w_off = (uint32_t)rel_w;
         p.n_out = rows;
         p.y_off = a->y_off + (uint32_t)(rel_y / 4) + row0;
-        if (vk_recorder_dispatch(r, k, b, &p, div_up(rows, ops->rows_per_wg), div_up(a->n_tok, tile), 1, err, err_len)) return -1;
+        p.flags = (p.flags & ~ABI_MATVEC_FLAG_VEC) | (vec_ok(&p, w->type) ? ABI_MATVEC_FLAG_VEC : 0);
+        if (vk_recorder_dispatch(r, k, b, &p, div_up(rows, p.rows_per_wg), div_up(a->n_tok, tile), 1, err, err_len)) return -1;
     }
     return 0;
 }

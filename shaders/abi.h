@@ -23,6 +23,7 @@
 
 /* Specialization constant ids. */
 #define ABI_SPEC_TOK_TILE 0 /* matvec: tokens processed per weight load (1 decode, 8 prefill) */
+#define ABI_SPEC_WG_SIZE 1  /* matvec: invocations per workgroup (a multiple of the subgroup size) */
 
 /* Weight types of the matvec family (values of the W_TYPE define in the .comp files). */
 #define ABI_WTYPE_F32 0
@@ -42,6 +43,7 @@
 #define ABI_MATVEC_BIND_IDS 3
 #define ABI_MATVEC_FLAG_ACCUMULATE 1u /* y += ... instead of y = ... */
 #define ABI_MATVEC_FLAG_IDS 2u        /* pick slot z's matrix through ids[] */
+#define ABI_MATVEC_FLAG_VEC 4u        /* aligned rows and x: the vectorised path */
 
 #define ABI_MATVEC_FIELDS(U, F) \
     U n_in;          /* elements per row */ \

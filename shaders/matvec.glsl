@@ -10,13 +10,16 @@
 #extension GL_GOOGLE_include_directive : require
 #include "abi.h"
 
-layout(local_size_x = ABI_WG_SIZE) in;
+layout(local_size_x_id = ABI_SPEC_WG_SIZE) in;
 layout(constant_id = ABI_SPEC_TOK_TILE) const uint TOK_TILE = 1;
 
 ABI_PUSH(ABI_MATVEC_FIELDS)
 
 layout(std430, binding = ABI_MATVEC_BIND_W) readonly buffer w_buf { uint w[]; };
+layout(std430, binding = ABI_MATVEC_BIND_W) readonly buffer w4_buf { uvec4 w4[]; };
+layout(std430, binding = ABI_MATVEC_BIND_W) readonly buffer w2_buf { uvec2 w2[]; };
 layout(std430, binding = ABI_MATVEC_BIND_X) readonly buffer x_buf { float x[]; };
+layout(std430, binding = ABI_MATVEC_BIND_X) readonly buffer x4_buf { vec4 x4[]; };
 layout(std430, binding = ABI_MATVEC_BIND_Y) buffer y_buf { float y[]; };
 layout(std430, binding = ABI_MATVEC_BIND_IDS) readonly buffer ids_buf { int ids[]; };
 
@@ -92,6 +95,16 @@ void load_block(uint row_byte, uint b, out float v[BLK])
 /* E2M1 codes times two; the block scale 2^(e-128) undoes the doubling. */
 const float mxfp4_x2[16] = float[16](0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0,
                                      0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0);
+/* E2M1 codes times two without a table (a table indexed per lane is a gather on CPU
+ * drivers): e = 0 gives m; otherwise 2^e * (1 + m/2), built as float bits. */
+vec4 fp4_x2(uvec4 c)
+{
+    const uvec4 e = (c >> 1) & 3u, m = c & 1u, s = c >> 3;
+    const uvec4 normal = ((e + 127u) << 23) | (m << 22);
+    const uvec4 bits = mix(m * 0x3f800000u, normal, greaterThan(e, uvec4(0u)));
+    return uintBitsToFloat(bits | (s << 31));
+}
+
 void load_block(uint row_byte, uint b, out float v[BLK])
 {
     uint a = row_byte + b * 17u;          /* { uint8 e; uint8 qs[16]; } */
@@ -108,6 +121,57 @@ void load_block(uint row_byte, uint b, out float v[BLK])
 #else
 #error "W_TYPE must be one of ABI_WTYPE_*"
 #endif
+
+
+/* Fast path (ABI_MATVEC_FLAG_VEC: rows hold whole 4-element groups at 16-byte aligned x
+ * and suitably aligned weights): the lanes of a subgroup read consecutive words of one row
+ * and x as vec4, so loads are contiguous and few per element (what lavapipe's per-lane
+ * buffer loads need). Each lane handles 4 consecutive elements per step (Q8_0: one qs word;
+ * MXFP4: one qs word = elements 4w..4w+3 and 16+4w..16+4w+3). Returns the lane's partial dot
+ * for token offset xo (in vec4 units). */
+#if W_TYPE == ABI_WTYPE_MXFP4
+#define GROUPS_PER_ROW(n_in) ((n_in) / 8u)   /* a group is 8 elements: 4 low + 4 high nibbles */
+#else
+#define GROUPS_PER_ROW(n_in) ((n_in) / 4u)
+#endif
+
+vec4 load_group(uint row_byte, uint g, out vec4 hi)
+{
+    hi = vec4(0.0);
+#if W_TYPE == ABI_WTYPE_F32
+    return uintBitsToFloat(w4[(row_byte >> 4) + g]);
+#elif W_TYPE == ABI_WTYPE_F16 || W_TYPE == ABI_WTYPE_BF16
+    uvec2 u = w2[(row_byte >> 3) + g];
+    vec2 a = unpack2(u.x), b = unpack2(u.y);
+    return vec4(a, b);
+#elif W_TYPE == ABI_WTYPE_Q8_0
+    uint blk = g >> 3, wi = g & 7u;
+    uint a = row_byte + blk * 34u;
+    uint first = w[a >> 2];
+    float d = unpackHalf2x16((a & 2u) != 0u ? (first >> 16) : first).x;
+    /* sign-extend the four bytes with vector shifts */
+    const ivec4 q = ivec4(uvec4(load_u32_a2(a + 2u + 4u * wi)) << uvec4(24u, 16u, 8u, 0u)) >> 24;
+    return d * vec4(q);
+#elif W_TYPE == ABI_WTYPE_MXFP4
+    uint blk = g >> 2, wi = g & 3u;
+    uint a = row_byte + blk * 17u;
+    float d = ldexp(1.0, int(load_u32_a1(a) & 0xffu) - 128);
+    uint q = load_u32_a1(a + 1u + 4u * wi);
+    const uvec4 sh = uvec4(0u, 8u, 16u, 24u);
+    hi = d * fp4_x2((uvec4(q) >> (sh + 4u)) & 15u);
+    return d * fp4_x2((uvec4(q) >> sh) & 15u);
+#endif
+}
+
+/* x vec4 index of group g's (low) elements, relative to the token's first vec4. */
+uint group_x4(uint g)
+{
+#if W_TYPE == ABI_WTYPE_MXFP4
+    return (g >> 2) * 8u + (g & 3u);        /* block base 32 elements = 8 vec4; high half at +4 */
+#else
+    return g;
+#endif
+}
 
 void main()
 {
@@ -132,6 +196,21 @@ void main()
         float acc[TOK_TILE];
         for (uint t = 0u; t < TOK_TILE; t++) acc[t] = 0.0;
 
+        if ((pc.flags & ABI_MATVEC_FLAG_VEC) != 0u) {
+            const uint n_groups = GROUPS_PER_ROW(pc.n_in);
+            for (uint g = lane; g < n_groups; g += sg_size) {
+                vec4 hi;
+                const vec4 lo = load_group(row_byte, g, hi);
+                const uint gx = group_x4(g);
+                for (uint t = 0u; t < TOK_TILE; t++) {
+                    const uint xq = (xt[t] >> 2) + gx;
+                    acc[t] += dot(lo, x4[xq]);
+#if W_TYPE == ABI_WTYPE_MXFP4
+                    acc[t] += dot(hi, x4[xq + 4u]);
+#endif
+                }
+            }
+        } else
         for (uint b = lane; b < n_blk; b += sg_size) {
             float v[BLK];
             load_block(row_byte, b, v);
@@ -143,6 +222,7 @@ void main()
             }
         }
 #ifndef QUANT
+        if ((pc.flags & ABI_MATVEC_FLAG_VEC) == 0u)
         for (uint e = n_blk * BLK + lane; e < pc.n_in; e += sg_size) {
             const float v = load_elem(row_byte, e);
             for (uint t = 0u; t < TOK_TILE; t++) acc[t] += v * x[xt[t] + e];
