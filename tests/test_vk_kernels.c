@@ -210,3 +210,250 @@ TEST(vk_rmsnorm_matches_reference_with_and_without_weight)
     }
     vk_fixture_close(&f);
 }
+
+/* ---- the non-matvec kernels against the reference's per-step functions ---- */
+
+#include "engine/ref.h"
+#include "engine/ref_ops.h"
+#include "shaders/abi.h"
+
+static struct model_hparams hc_hparams(uint32_t n_embd)
+{
+    struct model_hparams hp;
+    memset(&hp, 0, sizeof hp);
+    hp.n_embd = n_embd;
+    hp.n_hc = 4;
+    hp.hc_sinkhorn_iters = 20;
+    hp.hc_eps = 1e-6f;
+    hp.rms_eps = 1e-6f;
+    return hp;
+}
+
+static float *rand_vec(uint64_t *rng, size_t n, float scale, float offset)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = offset + scale * vk_test_rand(rng);
+    return v;
+}
+
+static double nmse_f(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return num / den;
+}
+
+TEST(vk_hc_pre_with_sinkhorn_and_norm_matches_reference_in_one_dispatch)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t d = 200, n_tok = 3, n = 4, mix = (2 + n) * n; /* d not a multiple of the workgroup */
+    struct model_hparams hp = hc_hparams(d);
+    uint64_t rng = 5;
+    float *X = rand_vec(&rng, (size_t)n_tok * n * d, 2, 0), *fn = rand_vec(&rng, (size_t)mix * n * d, 0.05f, 0);
+    float *base = rand_vec(&rng, mix, 0.5f, 0), *scale = rand_vec(&rng, 3, 0.1f, 1), *norm = rand_vec(&rng, d, 0.1f, 1);
+    for (int head = 0; head < 2; head++) {
+        size_t ny = (size_t)n_tok * d, nh = (size_t)n_tok * (n + n * n);
+        float *y = calloc(ny + 2 * VK_GUARD, 4), *hc = calloc(nh, 4);
+        vk_guard_fill(y, ny);
+        struct vk_span sX, sfn, sb, ss, sn, sy, shc;
+        int rc = vk_fixture_put(&f, X, (size_t)n_tok * n * d * 4, &sX) || vk_fixture_put(&f, fn, (size_t)mix * n * d * 4, &sfn) ||
+                 vk_fixture_put(&f, base, mix * 4, &sb) || vk_fixture_put(&f, scale, 12, &ss) || vk_fixture_put(&f, norm, d * 4, &sn) ||
+                 vk_fixture_put(&f, y, (ny + 2 * VK_GUARD) * 4, &sy) || vk_fixture_put(&f, NULL, nh * 4, &shc);
+        struct abi_hc_push p = { .n_embd = d, .n_hc = n, .n_tok = n_tok, .sinkhorn_iters = 20, .y_off = VK_GUARD,
+                                 .flags = head ? ABI_HC_FLAG_HEAD : 0, .rms_eps = 1e-6f, .hc_eps = 1e-6f };
+        const struct vk_span *b[7] = { &sX, &sfn, &sb, &ss, &sn, &sy, &shc };
+        rc = rc || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.hc, b, &p, n_tok, 1, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sy, 0, y, (ny + 2 * VK_GUARD) * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &shc, 0, hc, nh * 4, f.err, sizeof f.err);
+        if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+        CHECK(vk_guard_intact(y, ny));
+        for (uint32_t t = 0; t < n_tok && !rc; t++) {
+            float ry[200], post[4], comb[16], mixo[24];
+            const float *Xt = X + (size_t)t * n * d;
+            if (head) ref_hc_head(&hp, Xt, fn, base, scale, ry);
+            else ref_hc_pre(&hp, Xt, fn, base, scale, ry, post, comb, mixo);
+            ref_rmsnorm(ry, norm, d, hp.rms_eps, ry);
+            double e = nmse_f(y + VK_GUARD + t * d, ry, d);
+            if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "hc head=%d token %u: y nmse %.3g", head, t, e);
+            if (!head) {
+                double ep = nmse_f(hc + t * (n + n * n), post, n), ec = nmse_f(hc + t * (n + n * n) + n, comb, n * n);
+                if (!(ep < 1e-10 && ec < 1e-10)) test_fail_at(__FILE__, __LINE__, "hc token %u: post nmse %.3g comb nmse %.3g", t, ep, ec);
+            }
+        }
+        free(y);
+        free(hc);
+    }
+    free(X); free(fn); free(base); free(scale); free(norm);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_hc_post_matches_reference_summing_expert_parts)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t d = 150, n_tok = 2, n = 4, K = 3;
+    struct model_hparams hp = hc_hparams(d);
+    uint64_t rng = 9;
+    float *X = rand_vec(&rng, (size_t)n_tok * n * d, 1, 0), *src = rand_vec(&rng, (size_t)n_tok * (K + 1) * d, 1, 0);
+    float *hc = rand_vec(&rng, (size_t)n_tok * (n + n * n), 0.5f, 0.5f);
+    struct vk_span sX, ssrc, shc;
+    struct abi_hc_post_push p = { .n_embd = d, .n_hc = n, .n_tok = n_tok, .src_tstride = K * d, .src_sstride = d, .n_src = K,
+                                  .extra_off = n_tok * K * d, .extra_tstride = d };
+    const struct vk_span *b[3] = { &sX, &ssrc, &shc };
+    float *out = malloc((size_t)n_tok * n * d * 4);
+    int rc = vk_fixture_put(&f, X, (size_t)n_tok * n * d * 4, &sX) || vk_fixture_put(&f, src, (size_t)n_tok * (K + 1) * d * 4, &ssrc) ||
+             vk_fixture_put(&f, hc, (size_t)n_tok * (n + n * n) * 4, &shc) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.hc_post, b, &p, (d + 63) / 64, n_tok, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sX, 0, out, (size_t)n_tok * n * d * 4, f.err, sizeof f.err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    for (uint32_t t = 0; t < n_tok && !rc; t++) {
+        float F[150], ref[4 * 150];
+        for (uint32_t i = 0; i < d; i++) {
+            double s = src[(size_t)n_tok * K * d + t * d + i];
+            for (uint32_t k = 0; k < K; k++) s += src[(size_t)t * K * d + k * d + i];
+            F[i] = (float)s;
+        }
+        const float *h = hc + t * (n + n * n);
+        ref_hc_post(&hp, F, X + (size_t)t * n * d, h, h + n, ref);
+        double e = nmse_f(out + (size_t)t * n * d, ref, n * d);
+        if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "hc_post token %u: nmse %.3g", t, e);
+    }
+    free(X); free(src); free(hc); free(out);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_norm_rope_matches_reference_rows_and_ring_write)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    struct model_hparams hp;
+    memset(&hp, 0, sizeof hp);
+    hp.rope_dim = 64; hp.rope_base = 10000; hp.compress_rope_base = 160000; hp.yarn_factor = 16;
+    hp.yarn_orig_ctx = 65536; hp.yarn_beta_fast = 32; hp.yarn_beta_slow = 1;
+    const uint32_t n = 128, heads = 3, n_tok = 5, n_pos = 2048, pos0 = 1900, ring = 7;
+    double freqs[32];
+    ref_rope_freqs(&hp, true, freqs);
+    float *tab = malloc((size_t)n_pos * 32 * 2 * 4);
+    for (uint32_t p = 0; p < n_pos; p++)
+        for (uint32_t i = 0; i < 32; i++) {
+            tab[(p * 32 + i) * 2] = (float)cos(p * freqs[i]);
+            tab[(p * 32 + i) * 2 + 1] = (float)sin(p * freqs[i]);
+        }
+    uint64_t rng = 3;
+    float *x = rand_vec(&rng, (size_t)n_tok * heads * n, 2, 0), *w = rand_vec(&rng, n, 0.1f, 1);
+    size_t ny = (size_t)ring * heads * n;
+    float *y = calloc(ny + 2 * VK_GUARD, 4);
+    vk_guard_fill(y, ny);
+    struct vk_span sx, sy, sw, st;
+    /* written into a ring of 7 rows: token t lands in row (pos0 + t) % 7 */
+    struct abi_norm_rope_push p = {
+        .n = n, .rope_dim = 64, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
+        .x_tstride = heads * n, .x_hstride = n, .y_off = VK_GUARD, .y_tstride = heads * n, .y_hstride = n,
+        .y_row0 = pos0 % ring, .y_tmod = ring, .pos_base = pos0, .pos_step = 1, .eps = 1e-6f,
+    };
+    const struct vk_span *b[4] = { &sx, &sy, &sw, &st };
+    int rc = vk_fixture_put(&f, x, (size_t)n_tok * heads * n * 4, &sx) || vk_fixture_put(&f, y, (ny + 2 * VK_GUARD) * 4, &sy) ||
+             vk_fixture_put(&f, w, n * 4, &sw) || vk_fixture_put(&f, tab, (size_t)n_pos * 64 * 4, &st) ||
+             vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.norm_rope, b, &p, heads, n_tok, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sy, 0, y, (ny + 2 * VK_GUARD) * 4, f.err, sizeof f.err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    CHECK(vk_guard_intact(y, ny));
+    for (uint32_t t = 0; t < n_tok && !rc; t++)
+        for (uint32_t h = 0; h < heads; h++) {
+            float ref[128];
+            ref_rmsnorm(x + ((size_t)t * heads + h) * n, w, n, 1e-6f, ref);
+            ref_rope(ref, n, 64, freqs, pos0 + t, false);
+            const float *got = y + VK_GUARD + ((size_t)((pos0 + t) % ring) * heads + h) * n;
+            double e = nmse_f(got, ref, n);
+            if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "norm_rope token %u head %u: nmse %.3g", t, h, e);
+        }
+    free(tab); free(x); free(w); free(y);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_router_matches_reference_for_biased_and_hash_routing)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t E = 70, K = 6, n_tok = 4, n_vocab = 10;
+    uint64_t rng = 11;
+    float *logits = rand_vec(&rng, (size_t)n_tok * E, 3, 0), *bias = rand_vec(&rng, E, 0.1f, 0);
+    int32_t tokens[4] = { 3, 9, 0, 3 }, tid2eid[10 * 6];
+    for (uint32_t i = 0; i < n_vocab * K; i++) tid2eid[i] = (int32_t)((i * 37 + 5) % E);
+    for (int hash = 0; hash < 2; hash++) {
+        struct vk_span sl, sb, st, si, sw;
+        int32_t ids[4 * 6];
+        float wts[4 * 6];
+        struct abi_router_push p = { .n_expert = E, .k = K, .n_tok = n_tok,
+                                     .flags = ABI_ROUTER_FLAG_NORM | (hash ? ABI_ROUTER_FLAG_HASH : 0), .scale = 1.5f };
+        const struct vk_span *b[5] = { &sl, &sb, &st, &si, &sw };
+        int rc = vk_fixture_put(&f, logits, (size_t)n_tok * E * 4, &sl) ||
+                 (hash ? vk_fixture_put(&f, tid2eid, sizeof tid2eid, &sb) : vk_fixture_put(&f, bias, E * 4, &sb)) ||
+                 vk_fixture_put(&f, tokens, sizeof tokens, &st) || vk_fixture_put(&f, NULL, sizeof ids, &si) ||
+                 vk_fixture_put(&f, NULL, sizeof wts, &sw) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+                 vk_op_dispatch(f.rec, &f.ops, &f.ops.router, b, &p, n_tok, 1, 1, f.err, sizeof f.err) ||
+                 vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+                 vk_span_download(f.d, &si, 0, ids, sizeof ids, f.err, sizeof f.err) ||
+                 vk_span_download(f.d, &sw, 0, wts, sizeof wts, f.err, sizeof f.err);
+        if (rc) { test_fail_at(__FILE__, __LINE__, "%s", f.err); break; }
+        for (uint32_t t = 0; t < n_tok; t++) {
+            float score[70], biased[70];
+            int32_t idx[6];
+            for (uint32_t e = 0; e < E; e++) {
+                score[e] = (float)sqrt(ref_softplus(logits[t * E + e]));
+                biased[e] = score[e] + bias[e];
+            }
+            if (hash) memcpy(idx, tid2eid + tokens[t] * K, sizeof idx);
+            else ref_topk(biased, E, K, idx);
+            double sum = 0;
+            for (uint32_t k = 0; k < K; k++) sum += score[idx[k]];
+            for (uint32_t k = 0; k < K; k++) {
+                CHECK_EQ_INT(ids[t * K + k], idx[k]);
+                CHECK_NEAR(wts[t * K + k], score[idx[k]] / sum * 1.5, 1e-5);
+            }
+        }
+    }
+    free(logits); free(bias);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_swiglu_clamps_and_weights_routed_and_shared_rows)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t F = 77, rows = 5, routed = 4;
+    uint64_t rng = 13;
+    float *g = rand_vec(&rng, (size_t)rows * F, 20, 0), *u = rand_vec(&rng, (size_t)rows * F, 20, 0), *w = rand_vec(&rng, routed, 0.5f, 0.5f);
+    float *out = malloc((size_t)rows * F * 4);
+    struct vk_span sg, su, sw;
+    struct abi_swiglu_push p = { .n_ff = F, .n_rows = rows, .n_routed = routed, .lim_routed = 10, .lim_shared = 0 };
+    const struct vk_span *b[3] = { &sg, &su, &sw };
+    int rc = vk_fixture_put(&f, g, (size_t)rows * F * 4, &sg) || vk_fixture_put(&f, u, (size_t)rows * F * 4, &su) ||
+             vk_fixture_put(&f, w, routed * 4, &sw) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.swiglu, b, &p, (F + 63) / 64, rows, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sg, 0, out, (size_t)rows * F * 4, f.err, sizeof f.err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    for (uint32_t r = 0; r < rows && !rc; r++)
+        for (uint32_t i = 0; i < F; i++) {
+            double gv = g[r * F + i], uv = u[r * F + i], wt = r < routed ? w[r] : 1.0;
+            if (r < routed) { gv = fmin(gv, 10); uv = fmax(fmin(uv, 10), -10); } /* the shared row: limit 0, no clamp */
+            double ref = ref_silu(gv) * uv * wt;
+            if (!(fabs(out[r * F + i] - ref) <= 1e-4 * (1 + fabs(ref)))) {
+                test_fail_at(__FILE__, __LINE__, "swiglu row %u col %u: %.7g vs %.7g", r, i, out[r * F + i], ref);
+                r = rows;
+                break;
+            }
+        }
+    free(g); free(u); free(w); free(out);
+    vk_fixture_close(&f);
+}

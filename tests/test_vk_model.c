@@ -119,16 +119,6 @@ static void run_chunks(struct pair *p, const uint32_t *sizes, size_t n_sizes, ui
     free(out);
 }
 
-TEST(vk_logits_equal_reference_f32_batch_prefill_300)
-{
-    struct pair p;
-    if (pair_open(&p, MKMODEL_F32) == 0) {
-        const uint32_t sizes[] = { N_TOK };
-        run_chunks(&p, sizes, 1, N_TOK, "f32 prefill");
-    }
-    pair_close(&p);
-}
-
 TEST(vk_logits_equal_reference_mixed_batch_prefill_300)
 {
     struct pair p;
