@@ -85,9 +85,12 @@ int cmd_bench(int argc, char **argv)
     struct engine_profile pd;
     session_get_profile(s, &pd);
 
-    /* profiled run: the same decode steps with timestamps around every dispatch */
+    /* profiled run: the same prefill and decode steps with timestamps around every dispatch */
     session_reset(s);
+    session_profile(s, true);
     if (session_eval(s, toks, n_prompt, NULL, false, err, sizeof err)) goto fail;
+    struct engine_profile pf;
+    session_get_profile(s, &pf);
     session_profile(s, true);
     for (uint32_t i = 0; i < n_gen; i++)
         if (session_eval(s, toks + n_prompt + i, 1, logits, false, err, sizeof err)) goto fail;
@@ -110,11 +113,15 @@ int cmd_bench(int argc, char **argv)
     printf("dispatches per decode step  %u\n", pd.last_dispatch_count);
     double total = 0;
     for (uint32_t k = 0; k < pp.n_kinds; k++) total += pp.gpu_ns[k];
-    if (pp.n_kinds) printf("%-12s %10s %10s %8s\n", "kernel kind", "ms/token", "dispatches", "share");
+    double total_pf = 0;
+    for (uint32_t k = 0; k < pf.n_kinds; k++) total_pf += pf.gpu_ns[k];
+    if (pp.n_kinds)
+        printf("%-12s %12s %10s %8s | %16s %8s\n", "kernel kind", "decode ms/tok", "dispatches", "share", "prefill ms/tok", "share");
     for (uint32_t k = 0; k < pp.n_kinds; k++)
-        if (pp.dispatches[k])
-            printf("%-12s %10.3f %10.1f %7.1f%%\n", pp.kind[k], pp.gpu_ns[k] / 1e6 / n_gen, (double)pp.dispatches[k] / n_gen,
-                   total > 0 ? 100 * pp.gpu_ns[k] / total : 0);
+        if (pp.dispatches[k] || pf.dispatches[k])
+            printf("%-12s %12.3f %10.1f %7.1f%% | %16.3f %7.1f%%\n", pp.kind[k], n_gen ? pp.gpu_ns[k] / 1e6 / n_gen : 0,
+                   n_gen ? (double)pp.dispatches[k] / n_gen : 0, total > 0 ? 100 * pp.gpu_ns[k] / total : 0,
+                   pf.gpu_ns[k] / 1e6 / n_prompt, total_pf > 0 ? 100 * pf.gpu_ns[k] / total_pf : 0);
     printf("{\"model\":\"%s\",\"backend\":\"%s\",\"prompt\":%u,\"gen\":%u,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,"
            "\"weight_bytes_per_token\":%.0f,\"achieved_gb_s\":%.3f,\"copy_gb_s\":%.3f,\"bandwidth_fraction\":%.4f,"
            "\"dispatches_per_step\":%u,\"gpu_ms_per_token\":{",
