@@ -71,6 +71,13 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
     struct vk_engine *e = ctx;
     const struct model_hparams *hp = &m->hp;
     *state = NULL;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        uint32_t r = hp->ratio[il];
+        uint64_t keys = (uint64_t)hp->window + (r == 4 ? hp->ix_topk : r ? n_ctx / r : 0);
+        if (keys > ABI_ATTN_MAX_KEYS)
+            return errf(err, err_len, "vulkan: a %u-position session needs %llu attention keys in layer %u (ratio %u); "
+                        "the attention kernel holds %d", n_ctx, (unsigned long long)keys, il, r, ABI_ATTN_MAX_KEYS);
+    }
     struct vk_session *s = calloc(1, sizeof *s);
     if (!s) return errf(err, err_len, "out of memory");
     s->e = e;
