@@ -7,5 +7,8 @@
 int cmd_logits(int argc, char **argv);   /* firmware/cmd_logits.c */
 int cmd_inspect(int argc, char **argv);  /* firmware/cmd_inspect.c */
 int tool_mkmodel_main(int argc, char **argv); /* tools/mkmodel_cli.c */
+int cmd_update(int argc, char **argv);   /* firmware/cmd_update.c */
+int cmd_bundle(int argc, char **argv);   /* firmware/cmd_update.c -> tools/bundle_cli.c */
+int tool_keygen_main(int argc, char **argv); /* tools/bundle_cli.c */
 
 #endif

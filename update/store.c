@@ -195,7 +195,7 @@ int store_check_slot(const struct update_config *cfg, const struct keyset *ks, i
     snprintf(path, sizeof path, "%s/%s", dir, STORE_SLOT_MANIFEST);
     char *head;
     size_t head_len;
-    if (access(path, F_OK) != 0) return errf(err, err_len, "slot %s: no signed manifest (empty or incomplete)", store_slot_name(slot));
+    if (access(path, F_OK) != 0) return errf(err, err_len, "no signed manifest (empty or incomplete)");
     if (durable_read_small(path, (size_t)BUNDLE_HEADER_LEN + MANIFEST_MAX_BYTES + KEYS_SIG_LEN, &head, &head_len, err,
                            err_len))
         return -1;
