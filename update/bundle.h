@@ -62,6 +62,10 @@ int bundle_check_payload(int fd, uint64_t base, const struct manifest_payload *p
                          enum update_phase phase, const struct update_hooks *hooks, bundle_chunk_fn sink, void *user,
                          char *err, size_t err_len);
 
+/* Test hook: sleeps 10 x FLASHBOX_UPDATE_TEST_DELAY_US (unset: returns at once), between
+ * install steps, so a kill -9 at a random time lands on every step. */
+void bundle_test_pause(void);
+
 void bundle_info_fill(const struct bundle *b, struct update_bundle_info *info);
 
 #endif

@@ -190,27 +190,36 @@ static int install_locked(const struct update_config *cfg, const char *bundle_pa
     store_slot_dir(cfg, target, dir, sizeof dir);
     if (!rc && mkdir(dir, 0755) != 0 && errno != EEXIST) rc = errf(err, err_len, "%s: %s", dir, strerror(errno));
     if (!rc) rc = invalidate_slot(dir, err, err_len);
-    for (uint32_t i = 0; i < b.m.n_payloads && !rc; i++) rc = write_payload(&b, i, dir, hooks, err, err_len);
+    bundle_test_pause();
+    for (uint32_t i = 0; i < b.m.n_payloads && !rc; i++) {
+        rc = write_payload(&b, i, dir, hooks, err, err_len);
+        bundle_test_pause();
+    }
     if (!rc) rc = prune_slot(dir, &b.m, err, err_len);
     if (!rc) rc = durable_fsync_path(dir, err, err_len);
+    bundle_test_pause();
     if (!rc) {
         char path[4400];
         snprintf(path, sizeof path, "%s/%s", dir, STORE_SLOT_MANIFEST);
         rc = durable_replace_file(path, b.head, (size_t)BUNDLE_HEADER_LEN + b.manifest_len + KEYS_SIG_LEN, 0644, err,
                                   err_len);
     }
+    bundle_test_pause();
     if (!rc && (rc = run_selftest(&b, dir, hooks, err, err_len))) {
         char ignored[256];
         invalidate_slot(dir, ignored, sizeof ignored); /* tested bad: never a fallback target */
     }
     if (!rc && hooks && hooks->progress) hooks->progress(hooks->user, UPDATE_PHASE_ACTIVATE, store_slot_name(target), 0, 1);
+    bundle_test_pause();
     if (!rc) rc = rotate_keys(cfg, &b, err, err_len);
     if (!rc) {
         st.trial = target;
         st.boot_attempts = 0;
         rc = store_write_state(cfg, &st, err, err_len);
     }
+    bundle_test_pause();
     if (!rc) rc = store_set_active(cfg, target, err, err_len);
+    bundle_test_pause();
     if (!rc && b.m.epoch > st.epoch_floor) {
         st.epoch_floor = b.m.epoch;
         rc = store_write_state(cfg, &st, err, err_len);
