@@ -101,7 +101,7 @@ int tool_bundle_run(int argc, char **argv, update_greedy_fn greedy, void *greedy
     int32_t prompt[64], expected[64];
     uint32_t n_prompt = 0;
     if (parse_ids(DEFAULT_PROMPT, prompt, 64, &n_prompt)) return 2;
-    for (int i = 2; i < argc; i++) {
+    for (int i = 2; i < argc; i += 2) { /* every option takes one value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             bundle_usage(stdout);
@@ -111,7 +111,6 @@ int tool_bundle_run(int argc, char **argv, update_greedy_fn greedy, void *greedy
             fprintf(stderr, "flashbox bundle create: %s needs a value\n", a);
             return 2;
         }
-        i++;
         if (!strcmp(a, "--key")) o.private_key = v;
         else if (!strcmp(a, "--product")) o.product = v;
         else if (!strcmp(a, "--version")) o.version = v;
