@@ -86,6 +86,13 @@ void engine_get_info(const struct engine *e, struct engine_info *info)
     info->eos = (int32_t)hp->eos;
 }
 
+int engine_expert_counters(const struct engine *e, struct expert_counters *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!e->ops->expert_counters) return -1;
+    return e->ops->expert_counters(e->backend_ctx, out);
+}
+
 int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char *err, size_t err_len)
 {
     *out = NULL;
