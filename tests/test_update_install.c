@@ -102,15 +102,20 @@ TEST(update_power_loss_kill9_at_50_random_points_leaves_a_verified_slot)
     REQUIRE(wait_exit(start_install(&b, bundles[1], delay_us, 0, log)) == 0);
     double span_ms = now_ms() - t0;
     srand(12345);
-    int killed_mid = 0;
-    for (int i = 0; i < 50; i++) {
+    int kills = 0, attempts = 0;
+    /* 50 kills that landed inside an install. A kill that comes after the install already
+     * finished is not counted and shortens the window, so the machine's speed decides only
+     * how many attempts that takes, never the outcome. */
+    for (; kills < 50 && attempts < 200; attempts++) {
+        int i = attempts;
         const char *bundle = bundles[i % 2]; /* alternate, so each install targets the other slot */
         unsigned at_us = (unsigned)((double)rand() / RAND_MAX * span_ms * 1000.0);
         pid_t pid = start_install(&b, bundle, delay_us, 0, log);
         usleep(at_us);
         kill(pid, SIGKILL);
         int rc = wait_exit(pid);
-        killed_mid += rc == 128 + SIGKILL;
+        if (rc == 128 + SIGKILL) kills++;
+        else span_ms *= 0.8;
         char why[1024];
         if (check_active_slot(&b, m1, m2, why, sizeof why)) {
             test_fail_at(__FILE__, __LINE__, "after kill %d at %u us: %s", i, at_us, why);
@@ -126,8 +131,7 @@ TEST(update_power_loss_kill9_at_50_random_points_leaves_a_verified_slot)
         snprintf(active_model, sizeof active_model, "%s/active/model.gguf", b.data);
         CHECK(upd_files_equal(active_model, i % 2 ? m2 : m1));
     }
-    /* Most kills must land inside the install, or the loop tested nothing. */
-    CHECK(killed_mid >= 40);
+    CHECK_EQ_INT(kills, 50);
 }
 
 TEST(update_payload_past_4gib_verifies_and_a_byte_past_4gib_is_caught)
