@@ -14,6 +14,8 @@ struct command {
 static const struct command commands[] = {
 
     { "inspect", cmd_inspect, "print a model file's metadata, tensors and hyper-parameters" },
+    { "tokenize", cmd_tokenize, "print the token ids of the text on stdin" },
+    { "detokenize", cmd_detokenize, "print the text of comma-separated token ids on stdin" },
 
 };
 
