@@ -12,6 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/chat.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
+
 struct engine;
 struct session;
 
@@ -45,6 +49,8 @@ int engine_backend_parse(const char *name, enum engine_backend *out);
 int engine_open(struct engine **out, const struct engine_options *opt, char *err, size_t err_len);
 void engine_close(struct engine *e);
 void engine_get_info(const struct engine *e, struct engine_info *info);
+/* The tokenizer of the model's file (owned by the engine, valid until engine_close). */
+const struct tokenizer *engine_tokenizer(const struct engine *e);
 
 /* A session holds up to n_ctx positions (0 = the model's training context, capped at 4096). */
 int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char *err, size_t err_len);
