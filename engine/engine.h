@@ -12,6 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/chat.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
+
 struct engine;
 struct session;
 
@@ -34,6 +38,7 @@ struct engine_options {
     const char *device_uuid;    /* NULL: any */
     uint64_t expert_cache_mb;   /* 0: every expert resident; else page experts through a cache of this size */
     enum engine_expert_read expert_read;
+    bool expert_no_prefetch;    /* disable speculative loads (to measure what prefetch hides) */
 };
 
 enum engine_expert_kind { ENGINE_EXPERT_HASH = 0, ENGINE_EXPERT_LEARNED = 1 };
@@ -71,6 +76,8 @@ void engine_close(struct engine *e);
 void engine_get_info(const struct engine *e, struct engine_info *info);
 /* Fills *out; returns -1 (and zeros) when experts are not paged. */
 int engine_expert_counters(const struct engine *e, struct expert_counters *out);
+/* The tokenizer of the model's file (owned by the engine, valid until engine_close). */
+const struct tokenizer *engine_tokenizer(const struct engine *e);
 
 /* A session holds up to n_ctx positions (0 = the model's training context, capped at 4096). */
 int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char *err, size_t err_len);
