@@ -46,12 +46,15 @@ TEST(update_round_trip_keygen_create_verify_install_status_rollback)
     char b1[1024], b2[1024], out[8192];
     snprintf(b1, sizeof b1, "%s/v1.fbx", b.root);
     snprintf(b2, sizeof b2, "%s/v2.fbx", b.root);
-    REQUIRE(upd_make_bundle(&b, b1, "1.0", 1, g_f32, NULL) == 0);
-    REQUIRE(upd_make_bundle(&b, b2, "2.0", 1, g_mixed, NULL) == 0);
+    /* The full default self-test: 8 prompt tokens, 8 greedy tokens. */
+    const char *full = "--prompt 0,17,42,99,123,7,300,5 --selftest-tokens 8";
+    REQUIRE(upd_make_bundle(&b, b1, "1.0", 1, g_f32, full) == 0);
+    REQUIRE(upd_make_bundle(&b, b2, "2.0", 1, g_mixed, full) == 0);
 
     CHECK_EQ_INT(upd_cli(&b, out, sizeof out, "verify", b1), 0);
     CHECK(strstr(out, "signature: Ed25519, good") != NULL);
     CHECK(strstr(out, "every chunk SHA-256 matched") != NULL);
+    CHECK(strstr(out, "self-test: 8 greedy tokens recorded") != NULL);
     CHECK_EQ_INT(upd_active_slot(&b), -1);
 
     CHECK_EQ_INT(upd_cli(&b, out, sizeof out, "install", b1), 0);

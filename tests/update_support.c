@@ -61,7 +61,8 @@ int upd_make_bundle(const struct upd_box *b, const char *out, const char *versio
 {
     char log[4096];
     int rc = upd_sh(log, sizeof log,
-                    "%s bundle create --key %s --product %s --version %s --epoch %u --model %s --chunk-size 64K --out %s %s",
+                    "%s bundle create --key %s --product %s --version %s --epoch %u --model %s --chunk-size 64K --out %s "
+                    "--prompt 0,17 --selftest-tokens 2 %s",
                     test_flashbox_bin(), b->priv, b->cfg.product, version, epoch, model, out, extra ? extra : "");
     if (rc) fprintf(stderr, "bundle create failed (%d): %s\n", rc, log);
     return rc;

@@ -23,7 +23,9 @@ int upd_box_init(struct upd_box *b);
  * status, or -1 when it did not exit normally. */
 int upd_sh(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* `flashbox bundle create` with the box's key and product, chunk 64 KiB, plus extra args. */
+/* `flashbox bundle create` with the box's key and product, chunk 64 KiB, a short self-test
+ * (2 prompt tokens, 2 greedy tokens; keeps the many installs quick), plus extra args,
+ * which override those defaults. */
 int upd_make_bundle(const struct upd_box *b, const char *out, const char *version, unsigned epoch, const char *model,
                     const char *extra);
 
