@@ -7,6 +7,7 @@
 
 #include "update/keys.h"
 #include "update/manifest.h"
+#include "update/store.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -409,4 +410,33 @@ TEST(update_boot_falls_back_after_n_failed_starts_and_ready_ends_trial)
     REQUIRE(update_get_status(&b.cfg, &st, out, sizeof out) == 0);
     CHECK(strstr(st.last_fallback, "no fallback") != NULL && strstr(st.last_fallback, "below the epoch floor 2") != NULL);
     CHECK_EQ_INT(st.trial, -1);
+}
+
+TEST(update_second_writer_is_refused_while_one_holds_the_lock)
+{
+    struct upd_box b;
+    char v2[1024], out[8192];
+    REQUIRE(box_with_v1(&b, v2, sizeof v2, NULL) == 0);
+    int lock;
+    REQUIRE(store_lock(&b.cfg, false, &lock, out, sizeof out) == 0);
+    CHECK_EQ_INT(upd_cli(&b, out, sizeof out, "install", v2), 1);
+    CHECK(strstr(out, "another update operation is running") != NULL);
+    CHECK_EQ_INT(upd_cli(&b, out, sizeof out, "rollback", NULL), 1);
+    CHECK(strstr(out, "another update operation is running") != NULL);
+    store_unlock(lock);
+    CHECK_EQ_INT(upd_active_slot(&b), 0);
+    CHECK_EQ_INT(upd_cli(&b, out, sizeof out, "install", v2), 0);
+    CHECK_EQ_INT(upd_active_slot(&b), 1);
+}
+
+TEST(keygen_refuses_to_overwrite_a_key_pair)
+{
+    struct upd_box b;
+    REQUIRE(upd_box_init(&b) == 0);
+    char out[4096], before[4096], after[4096];
+    REQUIRE(upd_sh(before, sizeof before, "cat %s", b.priv) == 0);
+    CHECK_EQ_INT(upd_sh(out, sizeof out, "%s keygen --out %s", test_flashbox_bin(), b.keys), 1);
+    CHECK(strstr(out, "already holds a key pair; refusing to overwrite it") != NULL);
+    REQUIRE(upd_sh(after, sizeof after, "cat %s", b.priv) == 0);
+    CHECK_STR(before, after);
 }

@@ -303,10 +303,13 @@ static int switch_to_other(const struct update_config *cfg, const struct keyset 
     if (epoch < st->epoch_floor)
         return errf(why, why_len, "slot %s has epoch %" PRIu64 ", below the epoch floor %" PRIu64, store_slot_name(other),
                     epoch, st->epoch_floor);
+    /* Pointer first: a crash before the state write leaves a trial naming the slot that is
+     * no longer active, which the next boot clears; the other order could strand the box
+     * on the failed slot with its trial already cleared. */
+    if (store_set_active(cfg, other, why, why_len)) return -1;
     st->trial = -1;
     st->boot_attempts = 0;
-    if (store_write_state(cfg, st, why, why_len)) return -1;
-    return store_set_active(cfg, other, why, why_len);
+    return store_write_state(cfg, st, why, why_len);
 }
 
 int update_rollback(const struct update_config *cfg, char *err, size_t err_len)
