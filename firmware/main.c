@@ -18,6 +18,12 @@ static const struct command commands[] = {
     { "bench", cmd_bench, "measure prefill/decode speed, per-kernel GPU time and bandwidth" },
     { "board", cmd_board, "print the GPUs found (DRM + Vulkan), their limits and the one flashbox picks" },
     { "inspect", cmd_inspect, "print a model file's metadata, tensors and hyper-parameters" },
+    { "tokenize", cmd_tokenize, "print the token ids of the text on stdin" },
+    { "detokenize", cmd_detokenize, "print the text of comma-separated token ids on stdin" },
+    { "run", cmd_run, "generate from a prompt, or chat interactively, streaming the answer" },
+    { "update", cmd_update, "verify, install, roll back signed update bundles; show slot status" },
+    { "bundle", cmd_bundle, "create a signed update bundle (bundle create --help)" },
+    { "keygen", tool_keygen_main, "write an Ed25519 key pair for signing bundles" },
 
 };
 
