@@ -457,3 +457,112 @@ TEST(vk_swiglu_clamps_and_weights_routed_and_shared_rows)
     free(g); free(u); free(w); free(out);
     vk_fixture_close(&f);
 }
+
+/* A float32 tensor over caller memory, for the reference's per-step functions. */
+static struct gguf_tensor fake_f32(float *data, uint64_t ne0, uint64_t ne1)
+{
+    struct gguf_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = (char *)"test";
+    t.n_dims = 2;
+    t.ne[0] = ne0; t.ne[1] = ne1; t.ne[2] = 1; t.ne[3] = 1;
+    t.type = GGUF_TYPE_F32;
+    t.n_elements = ne0 * ne1;
+    t.nbytes = t.n_elements * 4;
+    t.data = data;
+    return t;
+}
+
+/* The compressor state machine (compress + norm_rope finishing) fed in uneven chunks, for
+ * the overlapping ratio-4 kind and a pooling-only ratio, against ref_compressor_step fed
+ * token by token. */
+static void check_compressor(struct vk_fixture *f, uint32_t ratio)
+{
+    const uint32_t d = 32, w = 64, coff = ratio == 4 ? 2 : 1, cw = coff * w, n_tok = 37, n_rows = ratio == 4 ? 8 : ratio;
+    struct model_hparams hp;
+    memset(&hp, 0, sizeof hp);
+    hp.rope_dim = 32; hp.compress_rope_base = 160000; hp.yarn_factor = 16; hp.yarn_orig_ctx = 65536;
+    hp.yarn_beta_fast = 32; hp.yarn_beta_slow = 1; hp.rms_eps = 1e-6f;
+    double freqs[16];
+    ref_rope_freqs(&hp, true, freqs);
+    uint64_t rng = 21 + ratio;
+    float *wkv = rand_vec(&rng, (size_t)cw * d, 0.3f, 0), *wg = rand_vec(&rng, (size_t)cw * d, 0.3f, 0);
+    float *ape = rand_vec(&rng, (size_t)ratio * cw, 0.5f, 0), *norm = rand_vec(&rng, w, 0.1f, 1);
+    float *a = rand_vec(&rng, (size_t)n_tok * d, 1, 0);
+    struct gguf_tensor t_kv = fake_f32(wkv, d, cw), t_g = fake_f32(wg, d, cw), t_ape = fake_f32(ape, cw, ratio), t_n = fake_f32(norm, w, 1);
+    float *tab = malloc((size_t)n_tok * 16 * 2 * 4);
+    for (uint32_t p = 0; p < n_tok; p++)
+        for (uint32_t i = 0; i < 16; i++) {
+            tab[(p * 16 + i) * 2] = (float)cos(p * freqs[i]);
+            tab[(p * 16 + i) * 2 + 1] = (float)sin(p * freqs[i]);
+        }
+    /* reference, token by token */
+    struct ref_compressor rc = { .ratio = ratio, .width = w, .coff = coff, .n_rows = n_rows };
+    rc.kv = calloc((size_t)n_rows * cw, 4);
+    rc.score = malloc((size_t)n_rows * cw * 4);
+    for (size_t i = 0; i < (size_t)n_rows * cw; i++) rc.score[i] = -INFINITY;
+    struct ref_scratch s;
+    memset(&s, 0, sizeof s);
+    s.rowbuf = malloc(d * 4);
+    uint32_t n_ent = n_tok / ratio + 1;
+    float *ref_ent = calloc((size_t)n_ent * w, 4), entry[64];
+    for (uint32_t p = 0; p < n_tok; p++)
+        if (ref_compressor_step(&rc, &hp, &t_kv, &t_g, &t_ape, &t_n, freqs, a + (size_t)p * d, p, &s, entry))
+            memcpy(ref_ent + (size_t)(p / ratio) * w, entry, w * 4);
+    /* device: kv/score rows from the CPU, the kernels on the device, in chunks 5, 3, 11, ... */
+    float *kv_in = malloc((size_t)n_tok * cw * 4), *sc_in = malloc((size_t)n_tok * cw * 4);
+    for (uint32_t p = 0; p < n_tok; p++)
+        for (uint32_t o = 0; o < cw; o++) {
+            double k = 0, g = 0;
+            for (uint32_t i = 0; i < d; i++) { k += (double)wkv[o * d + i] * a[p * d + i]; g += (double)wg[o * d + i] * a[p * d + i]; }
+            kv_in[p * cw + o] = (float)k;
+            sc_in[p * cw + o] = (float)g;
+        }
+    float *state = malloc((size_t)2 * n_rows * cw * 4);
+    for (size_t i = 0; i < (size_t)n_rows * cw; i++) { state[i] = 0; state[n_rows * cw + i] = -INFINITY; }
+    struct vk_span skv, ssc, sape, sst, sout, snorm, stab;
+    float *got = calloc((size_t)n_ent * w, 4);
+    int rcode = vk_fixture_put(f, kv_in, (size_t)n_tok * cw * 4, &skv) || vk_fixture_put(f, sc_in, (size_t)n_tok * cw * 4, &ssc) ||
+                vk_fixture_put(f, ape, (size_t)ratio * cw * 4, &sape) || vk_fixture_put(f, state, (size_t)2 * n_rows * cw * 4, &sst) ||
+                vk_fixture_put(f, NULL, (size_t)n_ent * w * 4, &sout) || vk_fixture_put(f, norm, w * 4, &snorm) ||
+                vk_fixture_put(f, tab, (size_t)n_tok * 32 * 4, &stab);
+    const uint32_t chunks[] = { 5, 3, 11, 1, 9, 8 };
+    for (uint32_t pos = 0, ci = 0; pos < n_tok && !rcode; ci++) {
+        uint32_t nt = chunks[ci % 6] < n_tok - pos ? chunks[ci % 6] : n_tok - pos;
+        struct abi_compress_push p = { .width = w, .ratio = ratio, .coff = coff, .pos0 = pos, .n_tok = nt,
+                                       .kv_off = pos * cw, .score_off = pos * cw, .in_tstride = cw };
+        const struct vk_span *b[5] = { &skv, &ssc, &sape, &sst, &sout };
+        rcode = vk_recorder_begin(f->rec, f->err, sizeof f->err) ||
+                vk_op_dispatch(f->rec, &f->ops, &f->ops.compress, b, &p, 1, 1, 1, f->err, sizeof f->err);
+        uint32_t e0 = pos / ratio, e1 = (pos + nt) / ratio;
+        if (!rcode && e1 > e0) {
+            vk_recorder_barrier(f->rec);
+            struct abi_norm_rope_push q = {
+                .n = w, .rope_dim = 32, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
+                .x_off = e0 * w, .x_tstride = w, .y_tstride = w, .y_row0 = e0, .y_tmod = 1u << 30,
+                .pos_base = e0 * ratio, .pos_step = ratio, .eps = 1e-6f,
+            };
+            const struct vk_span *bq[4] = { &sout, &sout, &snorm, &stab };
+            rcode = vk_op_dispatch(f->rec, &f->ops, &f->ops.norm_rope, bq, &q, 1, e1 - e0, 1, f->err, sizeof f->err);
+        }
+        rcode = rcode || vk_recorder_submit(f->rec, f->err, sizeof f->err);
+        pos += nt;
+    }
+    rcode = rcode || vk_span_download(f->d, &sout, 0, got, (size_t)n_ent * w * 4, f->err, sizeof f->err);
+    if (rcode) test_fail_at(__FILE__, __LINE__, "%s", f->err);
+    for (uint32_t e = 0; e < n_tok / ratio && !rcode; e++) {
+        double err = nmse_f(got + (size_t)e * w, ref_ent + (size_t)e * w, w);
+        if (!(err < 1e-10)) test_fail_at(__FILE__, __LINE__, "compressor ratio %u entry %u: nmse %.3g", ratio, e, err);
+    }
+    free(wkv); free(wg); free(ape); free(norm); free(a); free(tab); free(rc.kv); free(rc.score); free(s.rowbuf);
+    free(ref_ent); free(kv_in); free(sc_in); free(state); free(got);
+}
+
+TEST(vk_compressor_matches_reference_across_uneven_chunks)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    check_compressor(&f, 4);
+    check_compressor(&f, 8);
+    vk_fixture_close(&f);
+}
