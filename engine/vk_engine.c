@@ -38,6 +38,53 @@ static bool is_expert_tensor(const struct model *m, tensor_ref t)
     return false;
 }
 
+void vk_proj_tensors(const struct model *m, uint32_t il, tensor_ref out[VK_PROJ_COUNT])
+{
+    const struct layer_weights *lw = &m->layers[il];
+    const uint32_t r = m->hp.ratio[il];
+    tensor_ref t[VK_PROJ_COUNT] = { lw->attn_q_a, lw->attn_kv, r ? lw->comp_kv : NULL, r ? lw->comp_gate : NULL,
+                                    r == 4 ? lw->ix_comp_kv : NULL, r == 4 ? lw->ix_comp_gate : NULL,
+                                    r == 4 ? lw->ix_proj : NULL };
+    memcpy(out, t, sizeof t);
+}
+
+/* Places layer il's projection weights back to back in one span when they share type and
+ * row length (then one dispatch computes them all), and records each part's columns. */
+static int upload_proj(struct vk_engine *e, uint32_t il, bool *placed, char *err, size_t err_len)
+{
+    const struct model *m = e->m;
+    struct vk_proj *p = &e->proj[il];
+    tensor_ref t[VK_PROJ_COUNT];
+    vk_proj_tensors(m, il, t);
+    p->fused = true;
+    uint64_t bytes = 0;
+    for (int i = 0; i < VK_PROJ_COUNT; i++) {
+        p->col[i] = p->width;
+        if (!t[i]) continue;
+        p->width += (uint32_t)t[i]->ne[1];
+        bytes += t[i]->nbytes;
+        if (t[i]->type != t[0]->type || t[i]->ne[0] != t[0]->ne[0] || vk_wtype(t[i]->type) < 0) p->fused = false;
+    }
+    if (p->width > e->proj_width_max) e->proj_width_max = p->width;
+    if (!p->fused) return 0;
+    struct vk_span all;
+    if (vk_arena_alloc(e->weights, bytes, 256, &all, err, err_len)) return -1;
+    uint64_t off = 0;
+    for (int i = 0; i < VK_PROJ_COUNT; i++) {
+        if (!t[i]) continue;
+        uint64_t idx = (uint64_t)(t[i] - m->file->tensors);
+        if (vk_span_upload(e->d, &all, off, t[i]->data, t[i]->nbytes, err, err_len))
+            return errf_prefix(err, err_len, "uploading %s", t[i]->name);
+        /* the tensor's own span is its part of the group */
+        e->tspans[idx] = (struct vk_span){ .buf = all.buf, .off = all.off + off, .size = t[i]->nbytes,
+                                           .host = all.host ? all.host + off : NULL };
+        placed[idx] = true;
+        e->weight_bytes += t[i]->nbytes;
+        off += t[i]->nbytes;
+    }
+    return vk_weight_init(&p->w, &all, t[0]->type, (uint32_t)t[0]->ne[0], p->width, 1, err, err_len);
+}
+
 int vk_engine_open(const struct model *m, const struct engine_options *opt, void **ctx, char *err, size_t err_len)
 {
     *ctx = NULL;
@@ -49,6 +96,7 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     if (hp->window + hp->ix_topk > ABI_ATTN_MAX_KEYS)
         return errf(err, err_len, "vulkan: window %u + indexer top-k %u exceed the attention kernel's %d keys", hp->window,
                     hp->ix_topk, ABI_ATTN_MAX_KEYS);
+    bool *placed = NULL; /* [n_tensors]: already uploaded as part of a projection group */
     struct vk_engine *e = calloc(1, sizeof *e);
     if (!e) return errf(err, err_len, "out of memory");
     e->m = m;
@@ -75,9 +123,17 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     }
     uint64_t chunk = e->d->max_alloc < (1ull << 30) ? e->d->max_alloc : (1ull << 30);
     if (vk_arena_create(&e->weights, e->d, VK_MEM_DEVICE, chunk, err, err_len)) goto fail;
+    e->proj = calloc(hp->n_layer, sizeof *e->proj);
+    placed = calloc(f->n_tensors ? f->n_tensors : 1, sizeof *placed);
+    if (!e->proj || !placed) {
+        errf(err, err_len, "out of memory");
+        goto fail;
+    }
+    for (uint32_t il = 0; il < hp->n_layer; il++)
+        if (upload_proj(e, il, placed, err, err_len)) goto fail;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
-        if (t == m->token_embd) continue;
+        if (t == m->token_embd || placed[i]) continue;
         if (vk_arena_alloc(e->weights, t->nbytes, 256, &e->tspans[i], err, err_len) ||
             vk_span_upload(e->d, &e->tspans[i], 0, t->data, t->nbytes, err, err_len)) {
             errf_prefix(err, err_len, "uploading %s", t->name);
@@ -85,9 +141,11 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
         }
         e->weight_bytes += t->nbytes;
     }
+    free(placed);
     *ctx = e;
     return 0;
 fail:
+    free(placed);
     vk_engine_close(e);
     return -1;
 }
@@ -100,6 +158,7 @@ void vk_engine_close(void *ctx)
     vk_ops_destroy(&e->ops);
     vk_device_destroy(e->d);
     free(e->tspans);
+    free(e->proj);
     free(e);
 }
 

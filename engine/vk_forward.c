@@ -22,6 +22,7 @@ struct fwd {
     struct vk_engine *e;
     const struct model_hparams *hp;
     uint32_t pos0, nt;
+    uint32_t il;                /* layer being recorded */
     char *err;
     size_t err_len;
 };
@@ -98,18 +99,18 @@ static int hc_post(struct fwd *f, const struct vk_span *src, struct abi_hc_post_
 }
 
 /* One compressor (main or indexer) over the batch: state machine, then norm + rope of the
- * entries completed in this batch. kv_in/score_in: [nt][coff*width] from the matvecs. */
-static int compressor(struct fwd *f, uint32_t ratio, uint32_t width, const struct vk_span *kv_in,
-                      const struct vk_span *score_in, tensor_ref ape, tensor_ref norm, const struct vk_span *state,
-                      const struct vk_span *out, bool finish)
+ * entries completed in this batch. Its kv and score inputs are the columns from kv_col and
+ * score_col of the projection rows (coff*width each). */
+static int compressor(struct fwd *f, uint32_t ratio, uint32_t width, uint32_t kv_col, uint32_t score_col, tensor_ref ape,
+                      tensor_ref norm, const struct vk_span *state, const struct vk_span *out, bool finish)
 {
     const uint32_t coff = ratio == 4 ? 2 : 1;
     if (!finish) {
         struct abi_compress_push p = {
             .width = width, .ratio = ratio, .coff = coff, .pos0 = f->pos0, .n_tok = f->nt,
-            .in_tstride = coff * width,
+            .kv_off = kv_col, .score_off = score_col, .in_tstride = f->s->e->proj[f->il].width,
         };
-        const struct vk_span *b[5] = { kv_in, score_in, vk_tensor_span(f->e, ape), state, out };
+        const struct vk_span *b[5] = { &f->s->proj, &f->s->proj, vk_tensor_span(f->e, ape), state, out };
         return dispatch(f, VK_KIND_COMPRESS, &f->e->ops.compress, b, &p, (width + ABI_WG_SIZE - 1) / ABI_WG_SIZE, 1, 1);
     }
     const uint32_t e0 = f->pos0 / ratio, e1 = (f->pos0 + f->nt) / ratio;
@@ -131,51 +132,50 @@ static int attention_layer(struct fwd *f, uint32_t il)
     const struct layer_weights *lw = &e->m->layers[il];
     struct vk_layer_state *ls = &s->layers[il];
     const uint32_t nt = f->nt, hd = hp->head_dim, H = hp->n_head, ratio = hp->ratio[il];
-    const uint32_t wc = 2 * hd, wic = 2 * hp->ix_dim;
     const struct vk_span *rope = ratio ? &s->rope_comp : &s->rope_swa;
 
     if (hc_pre(f, lw->hc_attn_fn, lw->hc_attn_base, lw->hc_attn_scale, lw->attn_norm, false, 0, nt)) return -1;
     barrier(f);
-    /* every projection of the normed input a */
-    if (matvec(f, lw->attn_q_a, &s->a, hp->n_embd, &s->qr, 0, hp->q_rank, nt, 0) ||
-        matvec(f, lw->attn_kv, &s->a, hp->n_embd, &s->kv, 0, hd, nt, 0))
-        return -1;
-    if (ratio) {
-        uint32_t cw = (ratio == 4 ? 2 : 1) * hd;
-        if (matvec(f, lw->comp_kv, &s->a, hp->n_embd, &s->ckv, 0, cw, nt, 0) ||
-            matvec(f, lw->comp_gate, &s->a, hp->n_embd, &s->csc, 0, cw, nt, 0))
-            return -1;
+    /* every projection of the normed input a: one dispatch when the weights are fused */
+    const struct vk_proj *pj = &e->proj[il];
+    const uint32_t pw = pj->width;
+    if (pj->fused) {
+        struct vk_matvec_args ma = { .w = &pj->w, .x = &s->a, .y = &s->proj, .x_tstride = hp->n_embd, .y_tstride = pw,
+                                     .n_tok = nt, .scale = 1.0f };
+        if (vk_op_matvec(s->rec, &e->ops, &ma, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "projections");
+        s->weight_bytes_step += pj->w.mat_bytes;
+        after_dispatch(f, VK_KIND_MATVEC);
+    } else {
+        tensor_ref t[VK_PROJ_COUNT];
+        vk_proj_tensors(e->m, il, t);
+        for (int i = 0; i < VK_PROJ_COUNT; i++)
+            if (t[i] && matvec(f, t[i], &s->a, hp->n_embd, &s->proj, pj->col[i], pw, nt, 0)) return -1;
     }
-    if (ratio == 4 &&
-        (matvec(f, lw->ix_comp_kv, &s->a, hp->n_embd, &s->ickv, 0, wic, nt, 0) ||
-         matvec(f, lw->ix_comp_gate, &s->a, hp->n_embd, &s->icsc, 0, wic, nt, 0) ||
-         matvec(f, lw->ix_proj, &s->a, hp->n_embd, &s->ixw, 0, hp->ix_head, nt, 0)))
-        return -1;
-    (void)wc;
     barrier(f);
     {
         struct abi_norm_rope_push p = { .n = hp->q_rank, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT,
-                                        .x_tstride = hp->q_rank, .y_tstride = hp->q_rank };
-        if (norm_rope(f, &s->qr, &s->qr, vk_tensor_span(e, lw->attn_q_a_norm), rope, p, 1, nt)) return -1;
+                                        .x_off = pj->col[VK_PROJ_Q], .x_tstride = pw, .y_tstride = hp->q_rank };
+        if (norm_rope(f, &s->proj, &s->qr, vk_tensor_span(e, lw->attn_q_a_norm), rope, p, 1, nt)) return -1;
         struct abi_norm_rope_push pk = {
             .n = hd, .rope_dim = hp->rope_dim,
             .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
-            .x_tstride = hd, .y_tstride = hd, .y_row0 = f->pos0 % s->ring_len, .y_tmod = s->ring_len,
-            .pos_base = f->pos0, .pos_step = 1,
+            .x_off = pj->col[VK_PROJ_KV], .x_tstride = pw, .y_tstride = hd, .y_row0 = f->pos0 % s->ring_len,
+            .y_tmod = s->ring_len, .pos_base = f->pos0, .pos_step = 1,
         };
-        if (norm_rope(f, &s->kv, &ls->ring, vk_tensor_span(e, lw->attn_kv_a_norm), rope, pk, 1, nt)) return -1;
+        if (norm_rope(f, &s->proj, &ls->ring, vk_tensor_span(e, lw->attn_kv_a_norm), rope, pk, 1, nt)) return -1;
     }
-    if (ratio && compressor(f, ratio, hd, &s->ckv, &s->csc, lw->comp_ape, lw->comp_norm, &ls->kvc, &ls->comp, false))
+    if (ratio && compressor(f, ratio, hd, pj->col[VK_PROJ_CKV], pj->col[VK_PROJ_CG], lw->comp_ape, lw->comp_norm, &ls->kvc,
+                            &ls->comp, false))
         return -1;
-    if (ratio == 4 &&
-        compressor(f, 4, hp->ix_dim, &s->ickv, &s->icsc, lw->ix_comp_ape, lw->ix_comp_norm, &ls->ixc, &ls->ix_keys, false))
+    if (ratio == 4 && compressor(f, 4, hp->ix_dim, pj->col[VK_PROJ_ICKV], pj->col[VK_PROJ_ICG], lw->ix_comp_ape,
+                                 lw->ix_comp_norm, &ls->ixc, &ls->ix_keys, false))
         return -1;
     barrier(f);
     /* projections of the normed qr; finishing the entries completed in this batch */
     if (matvec(f, lw->attn_q_b, &s->qr, hp->q_rank, &s->q, 0, H * hd, nt, 0)) return -1;
     if (ratio == 4 && matvec(f, lw->ix_q_b, &s->qr, hp->q_rank, &s->ixq, 0, hp->ix_head * hp->ix_dim, nt, 0)) return -1;
-    if (ratio && compressor(f, ratio, hd, NULL, NULL, NULL, lw->comp_norm, NULL, &ls->comp, true)) return -1;
-    if (ratio == 4 && compressor(f, 4, hp->ix_dim, NULL, NULL, NULL, lw->ix_comp_norm, NULL, &ls->ix_keys, true)) return -1;
+    if (ratio && compressor(f, ratio, hd, 0, 0, NULL, lw->comp_norm, NULL, &ls->comp, true)) return -1;
+    if (ratio == 4 && compressor(f, 4, hp->ix_dim, 0, 0, NULL, lw->ix_comp_norm, NULL, &ls->ix_keys, true)) return -1;
     barrier(f);
     {
         struct abi_norm_rope_push p = {
@@ -194,9 +194,10 @@ static int attention_layer(struct fwd *f, uint32_t il)
         barrier(f);
         struct abi_indexer_push ip = {
             .n_head = IH, .dim = D, .topk = hp->ix_topk, .pos0 = f->pos0, .n_tok = nt,
+            .w_off = pj->col[VK_PROJ_IXW], .w_tstride = pw,
             .score_tstride = s->n_ctx / 4 + 1, .scale = (float)(1.0 / sqrt((double)D * IH)),
         };
-        const struct vk_span *b[5] = { &s->ixq, &s->ixw, &ls->ix_keys, &s->ixs, &s->sel };
+        const struct vk_span *b[5] = { &s->ixq, &s->proj, &ls->ix_keys, &s->ixs, &s->sel };
         if (dispatch(f, VK_KIND_INDEXER, &e->ops.indexer, b, &ip, nt, 1, 1)) return -1;
     }
     barrier(f);
@@ -348,7 +349,7 @@ static int run_batch(struct vk_session *s, const int32_t *tokens, uint32_t pos0,
     }
 
     for (uint32_t il = 0; il < hp->n_layer; il++)
-        if (attention_layer(&f, il) || moe_layer(&f, il)) {
+        if ((f.il = il, attention_layer(&f, il)) || moe_layer(&f, il)) {
             errf_prefix(err, err_len, "layer %u", il);
             vk_recorder_abort(s->rec);
             return -1;

@@ -8,6 +8,18 @@
 #include "engine/vk_forward.h"
 #include "shaders/abi.h"
 
+/* The projections of a layer's attention input a, stored back to back so that one matvec
+ * computes all of them into one row per token: q_a, kv, then (ratio != 0) the compressor's
+ * kv and gate, then (ratio 4) the indexer compressor's kv and gate and the indexer weights.
+ * col[] gives each part's first column in that row. */
+enum vk_proj_part { VK_PROJ_Q, VK_PROJ_KV, VK_PROJ_CKV, VK_PROJ_CG, VK_PROJ_ICKV, VK_PROJ_ICG, VK_PROJ_IXW, VK_PROJ_COUNT };
+struct vk_proj {
+    uint32_t col[VK_PROJ_COUNT];
+    uint32_t width;             /* columns of the whole row */
+    bool fused;                 /* one weight span (same type and row length): one dispatch */
+    struct vk_weight w;         /* the concatenated weight when fused */
+};
+
 struct vk_engine {
     const struct model *m;
     struct vk_device *d;
@@ -15,7 +27,12 @@ struct vk_engine {
     struct vk_arena *weights;
     struct vk_span *tspans;      /* [n_tensors] of the file, in file order */
     uint64_t weight_bytes;
+    struct vk_proj *proj;        /* [n_layer] */
+    uint32_t proj_width_max;
 };
+
+/* The tensors of each projection part of layer il (NULL where the layer has none). */
+void vk_proj_tensors(const struct model *m, uint32_t il, tensor_ref out[VK_PROJ_COUNT]);
 
 struct vk_layer_state {
     struct vk_span ring;         /* [ring_len][head_dim]: kv of position p in row p % ring_len */
@@ -41,14 +58,11 @@ struct vk_session {
     struct vk_span a;            /* [B][n_embd] normed sublayer input */
     struct vk_span qr;           /* [B][q_rank] */
     struct vk_span q;            /* [B][n_head][head_dim] */
-    struct vk_span kv;           /* [B][head_dim] */
+    struct vk_span proj;         /* [B][proj_width_max]: the attention input's projections */
     struct vk_span o;            /* [B][n_head][head_dim] */
     struct vk_span z;            /* [B][o_groups*o_rank] */
     struct vk_span f;            /* [B][n_embd] attention output */
-    struct vk_span ckv, csc;     /* [B][2*head_dim] main compressor inputs */
-    struct vk_span ickv, icsc;   /* [B][2*ix_dim] indexer compressor inputs */
     struct vk_span ixq;          /* [B][ix_head][ix_dim] */
-    struct vk_span ixw;          /* [B][ix_head] */
     struct vk_span ixs;          /* [B][n_ctx/4 + 1] indexer scores */
     struct vk_span sel;          /* [B][ix_topk] int32 */
     struct vk_span rlog;         /* [B][n_expert] router logits, then scores */

@@ -160,7 +160,7 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_INDEXER_BIND_SEL 4
 #define ABI_INDEXER_FIELDS(U, F) \
     U n_head; U dim; U topk; U pos0; U n_tok; \
-    U q_off; U w_off; U keys_off; U score_off; U score_tstride; U sel_off; \
+    U q_off; U w_off; U w_tstride; U keys_off; U score_off; U score_tstride; U sel_off; \
     F scale;
 
 /* ---- attention: one workgroup per (head, token): softmax with a sink over the window
@@ -218,7 +218,7 @@ _Static_assert(sizeof(struct abi_hc_push) == 10 * 4, "hc push block");
 _Static_assert(sizeof(struct abi_hc_post_push) == 11 * 4, "hc_post push block");
 _Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push block");
 _Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");
-_Static_assert(sizeof(struct abi_indexer_push) == 12 * 4, "indexer push block");
+_Static_assert(sizeof(struct abi_indexer_push) == 13 * 4, "indexer push block");
 _Static_assert(sizeof(struct abi_attn_push) == 17 * 4, "attention push block");
 _Static_assert(sizeof(struct abi_router_push) == 10 * 4, "router push block");
 _Static_assert(sizeof(struct abi_swiglu_push) == 6 * 4, "swiglu push block");

@@ -27,7 +27,7 @@ void main()
         for (uint h = 0u; h < H; h++) {
             float dot = 0.0;
             for (uint i = 0u; i < D; i++) dot += q[qb + h * D + i] * keys[kb + i];
-            s += hw[pc.w_off + t * H + h] * pc.scale * max(dot, 0.0);
+            s += hw[pc.w_off + t * pc.w_tstride + h] * pc.scale * max(dot, 0.0);
         }
         score[sb + b] = s;
     }
