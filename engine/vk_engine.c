@@ -85,6 +85,56 @@ static int upload_proj(struct vk_engine *e, uint32_t il, bool *placed, char *err
     return vk_weight_init(&p->w, &all, t[0]->type, (uint32_t)t[0]->ne[0], p->width, 1, err, err_len);
 }
 
+/* Uploads tensors t[0..n) back to back into one span (when they share type and row length)
+ * and points each tensor's own span at its part. Returns 1 when placed, 0 when not. */
+static int upload_group(struct vk_engine *e, const tensor_ref *t, int n, bool *placed, struct vk_span *all,
+                        char *err, size_t err_len)
+{
+    uint64_t bytes = 0;
+    for (int i = 0; i < n; i++) {
+        if (!t[i] || t[i]->type != t[0]->type || t[i]->ne[0] != t[0]->ne[0] || vk_wtype(t[i]->type) < 0) return 0;
+        bytes += t[i]->nbytes;
+    }
+    if (vk_arena_alloc(e->weights, bytes, 256, all, err, err_len)) return -1;
+    uint64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t idx = (uint64_t)(t[i] - e->m->file->tensors);
+        if (vk_span_upload(e->d, all, off, t[i]->data, t[i]->nbytes, err, err_len))
+            return errf_prefix(err, err_len, "uploading %s", t[i]->name);
+        e->tspans[idx] = (struct vk_span){ .buf = all->buf, .off = all->off + off, .size = t[i]->nbytes,
+                                           .host = all->host ? all->host + off : NULL };
+        placed[idx] = true;
+        e->weight_bytes += t[i]->nbytes;
+        off += t[i]->nbytes;
+    }
+    return 1;
+}
+
+static int upload_moe(struct vk_engine *e, uint32_t il, bool *placed, char *err, size_t err_len)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const struct layer_weights *lw = &e->m->layers[il];
+    struct vk_moe *mo = &e->moe[il];
+    mo->width = hp->n_expert + 2 * hp->n_ff_exp;
+    struct vk_span all;
+    tensor_ref proj[3] = { lw->ffn_gate_inp, lw->ffn_gate_shexp, lw->ffn_up_shexp };
+    int rc = upload_group(e, proj, 3, placed, &all, err, err_len);
+    if (rc < 0) return -1;
+    if (rc > 0) {
+        mo->proj_fused = true;
+        if (vk_weight_init(&mo->proj, &all, proj[0]->type, hp->n_embd, mo->width, 1, err, err_len)) return -1;
+    }
+    tensor_ref gu[2] = { lw->ffn_gate_exps, lw->ffn_up_exps };
+    if (gu[0] && gu[1] && gu[0]->ne[1] != gu[1]->ne[1]) return 0;
+    rc = upload_group(e, gu, 2, placed, &all, err, err_len);
+    if (rc < 0) return -1;
+    if (rc > 0) {
+        mo->gu_fused = true;
+        if (vk_weight_init(&mo->gu, &all, gu[0]->type, hp->n_embd, hp->n_ff_exp, 2 * hp->n_expert, err, err_len)) return -1;
+    }
+    return 0;
+}
+
 int vk_engine_open(const struct model *m, const struct engine_options *opt, void **ctx, char *err, size_t err_len)
 {
     *ctx = NULL;
@@ -124,13 +174,29 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     uint64_t chunk = e->d->max_alloc < (1ull << 30) ? e->d->max_alloc : (1ull << 30);
     if (vk_arena_create(&e->weights, e->d, VK_MEM_DEVICE, chunk, err, err_len)) goto fail;
     e->proj = calloc(hp->n_layer, sizeof *e->proj);
+    e->moe = calloc(hp->n_layer, sizeof *e->moe);
     placed = calloc(f->n_tensors ? f->n_tensors : 1, sizeof *placed);
-    if (!e->proj || !placed) {
+    if (!e->proj || !e->moe || !placed) {
         errf(err, err_len, "out of memory");
         goto fail;
     }
-    for (uint32_t il = 0; il < hp->n_layer; il++)
-        if (upload_proj(e, il, placed, err, err_len)) goto fail;
+    /* FLASHBOX_VK_NO_FUSE=1 keeps every weight separate: the fallback for files whose
+     * projections differ in type, exercised by the tests on files where they do not. */
+    const char *nf = getenv("FLASHBOX_VK_NO_FUSE");
+    bool fuse = !(nf && *nf == '1');
+    for (uint32_t il = 0; il < hp->n_layer && fuse; il++)
+        if (upload_proj(e, il, placed, err, err_len) || upload_moe(e, il, placed, err, err_len)) goto fail;
+    for (uint32_t il = 0; il < hp->n_layer && !fuse; il++) { /* column layout only */
+        tensor_ref t[VK_PROJ_COUNT];
+        vk_proj_tensors(m, il, t);
+        struct vk_proj *p = &e->proj[il];
+        for (int i = 0; i < VK_PROJ_COUNT; i++) {
+            p->col[i] = p->width;
+            if (t[i]) p->width += (uint32_t)t[i]->ne[1];
+        }
+        if (p->width > e->proj_width_max) e->proj_width_max = p->width;
+        e->moe[il].width = hp->n_expert + 2 * hp->n_ff_exp;
+    }
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
         if (t == m->token_embd || placed[i]) continue;
@@ -159,6 +225,7 @@ void vk_engine_close(void *ctx)
     vk_device_destroy(e->d);
     free(e->tspans);
     free(e->proj);
+    free(e->moe);
     free(e);
 }
 

@@ -239,64 +239,84 @@ static int moe_layer(struct fwd *f, uint32_t il)
     struct vk_engine *e = f->e;
     const struct model_hparams *hp = f->hp;
     const struct layer_weights *lw = &e->m->layers[il];
-    const uint32_t nt = f->nt, K = hp->n_expert_used, F = hp->n_ff_exp, d = hp->n_embd;
-    const uint32_t shared_row = nt * K; /* first shared-expert row in hg/hu/yd */
+    const struct vk_moe *mo = &e->moe[il];
+    const uint32_t nt = f->nt, K = hp->n_expert_used, F = hp->n_ff_exp, d = hp->n_embd, E = hp->n_expert;
+    const uint32_t n_routed = nt * K, mw = mo->width; /* rows of routed experts; mp row width */
 
     if (hc_pre(f, lw->hc_ffn_fn, lw->hc_ffn_base, lw->hc_ffn_scale, lw->ffn_norm, false, 0, nt)) return -1;
     barrier(f);
-    if (matvec(f, lw->ffn_gate_inp, &s->a, d, &s->rlog, 0, hp->n_expert, nt, 0) ||
-        matvec(f, lw->ffn_gate_shexp, &s->a, d, &s->hg, shared_row * F, F, nt, 0) ||
-        matvec(f, lw->ffn_up_shexp, &s->a, d, &s->hu, shared_row * F, F, nt, 0))
+    /* router logits, shared gate, shared up: one row [E | F | F] per token */
+    if (mo->proj_fused) {
+        struct vk_matvec_args a = { .w = &mo->proj, .x = &s->a, .y = &s->mp, .x_tstride = d, .y_tstride = mw, .n_tok = nt,
+                                    .scale = 1.0f };
+        if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "moe projections");
+        s->weight_bytes_step += mo->proj.mat_bytes;
+        after_dispatch(f, VK_KIND_MATVEC);
+    } else if (matvec(f, lw->ffn_gate_inp, &s->a, d, &s->mp, 0, mw, nt, 0) ||
+               matvec(f, lw->ffn_gate_shexp, &s->a, d, &s->mp, E, mw, nt, 0) ||
+               matvec(f, lw->ffn_up_shexp, &s->a, d, &s->mp, E + F, mw, nt, 0)) {
         return -1;
+    }
     barrier(f);
     {
         struct abi_router_push p = {
-            .n_expert = hp->n_expert, .k = K, .n_tok = nt,
+            .n_expert = E, .k = K, .n_tok = nt, .logits_tstride = mw,
             .flags = (lw->tid2eid ? ABI_ROUTER_FLAG_HASH : 0) | (hp->expert_weights_norm ? ABI_ROUTER_FLAG_NORM : 0),
             .scale = hp->expert_weights_scale,
         };
-        const struct vk_span *b[5] = { &s->rlog, vk_tensor_span(e, lw->tid2eid ? lw->tid2eid : lw->exp_probs_b), &s->tokens,
+        const struct vk_span *b[5] = { &s->mp, vk_tensor_span(e, lw->tid2eid ? lw->tid2eid : lw->exp_probs_b), &s->tokens,
                                        &s->ids, &s->rw };
         if (dispatch(f, VK_KIND_ROUTER, &e->ops.router, b, &p, nt, 1, 1)) return -1;
     }
     barrier(f);
-    /* routed gate/up: slot z = t*K + k reads token t's input and expert ids[z] */
-    tensor_ref gu[2] = { lw->ffn_gate_exps, lw->ffn_up_exps };
-    const struct vk_span *gu_out[2] = { &s->hg, &s->hu };
-    for (int i = 0; i < 2; i++) {
-        struct vk_weight vw;
-        if (vk_weight_of(e, gu[i], 0, &vw, f->err, f->err_len)) return -1;
+    /* routed gate and up: slot z = t*K + k reads token t's input and expert ids[z]; the up
+     * half (slots n_routed..) lands n_routed rows further */
+    if (mo->gu_fused) {
         struct vk_matvec_args a = {
-            .w = &vw, .x = &s->a, .y = gu_out[i], .ids = &s->ids, .x_zstride = d, .x_zdiv = K,
-            .y_zstride = F, .n_tok = 1, .n_slot = nt * K, .scale = 1.0f,
+            .w = &mo->gu, .x = &s->a, .y = &s->gu, .ids = &s->ids, .x_zstride = d, .x_zdiv = K, .y_zstride = F,
+            .n_tok = 1, .n_slot = 2 * n_routed, .ids_wrap = n_routed, .mat_add = E, .scale = 1.0f,
         };
-        if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", gu[i]->name);
-        s->weight_bytes_step += vw.mat_bytes * K;
+        if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "gate/up experts");
+        s->weight_bytes_step += 2 * mo->gu.mat_bytes * K;
         after_dispatch(f, VK_KIND_MATVEC);
+    } else {
+        tensor_ref gu[2] = { lw->ffn_gate_exps, lw->ffn_up_exps };
+        for (int i = 0; i < 2; i++) {
+            struct vk_weight vw;
+            if (vk_weight_of(e, gu[i], 0, &vw, f->err, f->err_len)) return -1;
+            struct vk_matvec_args a = {
+                .w = &vw, .x = &s->a, .y = &s->gu, .ids = &s->ids, .x_zstride = d, .x_zdiv = K,
+                .y_off = (uint32_t)i * n_routed * F, .y_zstride = F, .n_tok = 1, .n_slot = n_routed, .scale = 1.0f,
+            };
+            if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", gu[i]->name);
+            s->weight_bytes_step += vw.mat_bytes * K;
+            after_dispatch(f, VK_KIND_MATVEC);
+        }
     }
     barrier(f);
     {
-        struct abi_swiglu_push p = { .n_ff = F, .n_rows = nt * (K + 1), .n_routed = nt * K,
+        struct abi_swiglu_push p = { .n_ff = F, .n_rows = n_routed + nt, .n_routed = n_routed, .u_off = n_routed * F,
+                                     .sh_off = E, .sh_tstride = mw,
                                      .lim_routed = hp->swiglu_clamp_exp[il], .lim_shared = hp->swiglu_clamp_shexp[il] };
-        const struct vk_span *b[3] = { &s->hg, &s->hu, &s->rw };
-        if (dispatch(f, VK_KIND_SWIGLU, &e->ops.swiglu, b, &p, (F + ABI_WG_SIZE - 1) / ABI_WG_SIZE, nt * (K + 1), 1)) return -1;
+        const struct vk_span *b[3] = { &s->gu, &s->mp, &s->rw };
+        if (dispatch(f, VK_KIND_SWIGLU, &e->ops.swiglu, b, &p, (F + ABI_WG_SIZE - 1) / ABI_WG_SIZE, n_routed + nt, 1)) return -1;
     }
     barrier(f);
     {
         struct vk_weight vw;
         if (vk_weight_of(e, lw->ffn_down_exps, 0, &vw, f->err, f->err_len)) return -1;
         struct vk_matvec_args a = {
-            .w = &vw, .x = &s->hg, .y = &s->yd, .ids = &s->ids, .x_zstride = F, .x_zdiv = 1,
-            .y_zstride = d, .n_tok = 1, .n_slot = nt * K, .scale = 1.0f,
+            .w = &vw, .x = &s->gu, .y = &s->yd, .ids = &s->ids, .x_zstride = F, .x_zdiv = 1,
+            .y_zstride = d, .n_tok = 1, .n_slot = n_routed, .scale = 1.0f,
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "down experts");
         s->weight_bytes_step += vw.mat_bytes * K;
         after_dispatch(f, VK_KIND_MATVEC);
-        if (matvec(f, lw->ffn_down_shexp, &s->hg, F, &s->yd, shared_row * d, d, nt, shared_row * F)) return -1;
+        if (matvec(f, lw->ffn_down_shexp, &s->mp, mw, &s->yd, n_routed * d, d, nt, E)) return -1;
     }
     barrier(f);
     struct abi_hc_post_push pp = { .src_tstride = K * d, .src_sstride = d, .n_src = K,
-                                   .extra_off = shared_row * d, .extra_tstride = d };
+                                   .extra_off = n_routed * d, .extra_tstride = d };
     if (hc_post(f, &s->yd, pp)) return -1;
     barrier(f);
     return 0;

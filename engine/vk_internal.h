@@ -20,6 +20,16 @@ struct vk_proj {
     struct vk_weight w;         /* the concatenated weight when fused */
 };
 
+/* A layer's MoE weights arranged for few dispatches: the router, shared gate and shared up
+ * back to back (one matvec gives a row [n_expert | gate | up] per token), and the routed
+ * gate and up expert tensors back to back (one matvec with ids computes both halves). */
+struct vk_moe {
+    bool proj_fused, gu_fused;
+    struct vk_weight proj;      /* [n_embd, n_expert + 2*n_ff_exp] when proj_fused */
+    struct vk_weight gu;        /* [n_embd, n_ff_exp, 2*n_expert] when gu_fused */
+    uint32_t width;             /* n_expert + 2*n_ff_exp */
+};
+
 struct vk_engine {
     const struct model *m;
     struct vk_device *d;
@@ -28,6 +38,7 @@ struct vk_engine {
     struct vk_span *tspans;      /* [n_tensors] of the file, in file order */
     uint64_t weight_bytes;
     struct vk_proj *proj;        /* [n_layer] */
+    struct vk_moe *moe;          /* [n_layer] */
     uint32_t proj_width_max;
 };
 
@@ -65,11 +76,11 @@ struct vk_session {
     struct vk_span ixq;          /* [B][ix_head][ix_dim] */
     struct vk_span ixs;          /* [B][n_ctx/4 + 1] indexer scores */
     struct vk_span sel;          /* [B][ix_topk] int32 */
-    struct vk_span rlog;         /* [B][n_expert] router logits, then scores */
+    struct vk_span mp;           /* [B][n_expert + 2*n_ff_exp]: router logits (then scores), shared gate, up */
     struct vk_span ids;          /* [B][n_expert_used] int32 */
     struct vk_span rw;           /* [B][n_expert_used] routing weights */
-    struct vk_span hg, hu;       /* [B*(K+1)][n_ff_exp]: routed rows t*K+k, then shared rows */
-    struct vk_span yd;           /* [B*(K+1)][n_embd] expert outputs, same row order */
+    struct vk_span gu;           /* [2][B*K][n_ff_exp]: routed gate rows t*K+k, then up rows */
+    struct vk_span yd;           /* [B*(K+1)][n_embd]: routed outputs t*K+k, then the shared ones */
     struct vk_span in_embd;      /* host: [B][n_embd] */
     struct vk_span tokens;       /* host: [B] int32 */
     struct vk_span logits;       /* host: [B][n_vocab] */

@@ -126,6 +126,7 @@ int vk_op_matvec(struct vk_recorder *r, const struct vk_ops *ops, const struct v
         .w_zstride = (uint32_t)w->mat_bytes,
         .x_off = a->x_off + (uint32_t)(rel_x / 4), .x_tstride = a->x_tstride, .x_zstride = a->x_zstride, .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
         .y_tstride = a->y_tstride, .y_zstride = a->y_zstride, .ids_off = a->ids_off + (uint32_t)(rel_i / 4),
+        .ids_wrap = a->ids_wrap, .mat_add = a->mat_add, .y_wrap_add = a->y_wrap_add,
         .flags = (a->accumulate ? ABI_MATVEC_FLAG_ACCUMULATE : 0) | (a->ids ? ABI_MATVEC_FLAG_IDS : 0),
         .scale = a->scale,
     };

@@ -57,6 +57,7 @@ struct vk_matvec_args {
     uint32_t x_off, x_tstride, x_zstride, x_zdiv; /* slot z reads x vector z / x_zdiv */
     uint32_t y_off, y_tstride, y_zstride;
     uint32_t n_tok, n_slot, ids_off;
+    uint32_t ids_wrap, mat_add, y_wrap_add; /* fused gate+up: see ABI_MATVEC_FIELDS */
     float scale;
     bool accumulate;
 };

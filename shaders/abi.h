@@ -61,12 +61,15 @@
     U y_tstride; \
     U y_zstride; \
     U ids_off;       /* ints */ \
+    U ids_wrap;      /* with ids: slots from ids_wrap on reuse ids[z - ids_wrap] (0: none) */ \
+    U mat_add;       /* ... and take matrix ids[...] + mat_add (gate and up stored back to back) */ \
+    U y_wrap_add;    /* ... and write mat_add's rows y_wrap_add floats further */ \
     U flags;         /* ABI_MATVEC_FLAG_* */ \
     F scale;         /* multiplies the dot product */
 
 #ifndef VULKAN
 ABI_STRUCT(abi_matvec_push, ABI_MATVEC_FIELDS)
-_Static_assert(sizeof(struct abi_matvec_push) == 17 * 4, "matvec push block: 17 words");
+_Static_assert(sizeof(struct abi_matvec_push) == 20 * 4, "matvec push block: 20 words");
 _Static_assert(sizeof(struct abi_matvec_push) <= 128, "push constants fit the guaranteed 128 bytes");
 #endif
 
@@ -192,17 +195,19 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_ROUTER_MAX_EXPERTS 1024
 #define ABI_ROUTER_MAX_K 16
 #define ABI_ROUTER_FIELDS(U, F) \
-    U n_expert; U k; U n_tok; U flags; U logits_off; U bias_off; U tokens_off; U ids_off; U weights_off; \
-    F scale;
+    U n_expert; U k; U n_tok; U flags; U logits_off; U logits_tstride; U bias_off; U tokens_off; U ids_off; \
+    U weights_off; F scale;
 
 /* ---- swiglu: h = silu(min(g, lim)) * clamp(u, -lim, lim) * weight for rows r < n_rows of
- * n_ff: rows below n_routed use weights[r] and lim_routed, the rest weight 1, lim_shared
- * (a limit <= 0 disables the clamp). In place on g. */
-#define ABI_SWIGLU_BIND_G 0
-#define ABI_SWIGLU_BIND_U 1
+ * n_ff, in place on g. Rows below n_routed are routed experts: g at gu[r*n_ff], u at
+ * gu[u_off + r*n_ff], weights[r], lim_routed. The others are the shared expert of token
+ * t = r - n_routed: g at sh[sh_off + t*sh_tstride], u n_ff further, weight 1, lim_shared.
+ * A limit <= 0 disables the clamp. */
+#define ABI_SWIGLU_BIND_GU 0
+#define ABI_SWIGLU_BIND_SHARED 1
 #define ABI_SWIGLU_BIND_WEIGHTS 2
 #define ABI_SWIGLU_FIELDS(U, F) \
-    U n_ff; U n_rows; U n_routed; U weights_off; \
+    U n_ff; U n_rows; U n_routed; U weights_off; U u_off; U sh_off; U sh_tstride; \
     F lim_routed; F lim_shared;
 
 #ifndef VULKAN
@@ -220,8 +225,8 @@ _Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push bloc
 _Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");
 _Static_assert(sizeof(struct abi_indexer_push) == 13 * 4, "indexer push block");
 _Static_assert(sizeof(struct abi_attn_push) == 17 * 4, "attention push block");
-_Static_assert(sizeof(struct abi_router_push) == 10 * 4, "router push block");
-_Static_assert(sizeof(struct abi_swiglu_push) == 6 * 4, "swiglu push block");
+_Static_assert(sizeof(struct abi_router_push) == 11 * 4, "router push block");
+_Static_assert(sizeof(struct abi_swiglu_push) == 9 * 4, "swiglu push block");
 #endif
 
 #endif

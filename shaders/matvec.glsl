@@ -178,10 +178,12 @@ void main()
     const uint lane = gl_SubgroupInvocationID, sg_size = gl_SubgroupSize;
     const uint z = gl_WorkGroupID.z;
     const uint t0 = gl_WorkGroupID.y * TOK_TILE;
-    const uint mat = (pc.flags & ABI_MATVEC_FLAG_IDS) != 0u ? uint(ids[pc.ids_off + z]) : z;
+    const bool second = pc.ids_wrap != 0u && z >= pc.ids_wrap;   /* the up half of a fused gate+up */
+    const uint zz = second ? z - pc.ids_wrap : z;
+    const uint mat = (pc.flags & ABI_MATVEC_FLAG_IDS) != 0u ? uint(ids[pc.ids_off + zz]) + (second ? pc.mat_add : 0u) : z;
     const uint w_base = pc.w_off + mat * pc.w_zstride;
-    const uint x_base = pc.x_off + (z / max(pc.x_zdiv, 1u)) * pc.x_zstride;
-    const uint y_base = pc.y_off + z * pc.y_zstride;
+    const uint x_base = pc.x_off + (zz / max(pc.x_zdiv, 1u)) * pc.x_zstride;
+    const uint y_base = pc.y_off + z * pc.y_zstride + (second ? pc.y_wrap_add : 0u);
     const uint n_blk = pc.n_in / BLK;
 
     /* Token offsets in x, clamped to the last token so the inner loop needs no branch;

@@ -20,7 +20,7 @@ float softplus(float x) { return max(x, 0.0) + log(1.0 + exp(-abs(x))); }
 void main()
 {
     const uint t = gl_WorkGroupID.x, tid = gl_LocalInvocationID.x;
-    const uint E = pc.n_expert, K = pc.k, lb = pc.logits_off + t * E;
+    const uint E = pc.n_expert, K = pc.k, lb = pc.logits_off + t * pc.logits_tstride;
     for (uint e = tid; e < E; e += ABI_WG_SIZE) logits[lb + e] = sqrt(softplus(logits[lb + e]));
     memoryBarrierBuffer();
     barrier();

@@ -393,7 +393,7 @@ TEST(vk_router_matches_reference_for_biased_and_hash_routing)
         struct vk_span sl, sb, st, si, sw;
         int32_t ids[4 * 6];
         float wts[4 * 6];
-        struct abi_router_push p = { .n_expert = E, .k = K, .n_tok = n_tok,
+        struct abi_router_push p = { .n_expert = E, .k = K, .n_tok = n_tok, .logits_tstride = E,
                                      .flags = ABI_ROUTER_FLAG_NORM | (hash ? ABI_ROUTER_FLAG_HASH : 0), .scale = 1.5f };
         const struct vk_span *b[5] = { &sl, &sb, &st, &si, &sw };
         int rc = vk_fixture_put(&f, logits, (size_t)n_tok * E * 4, &sl) ||
@@ -430,31 +430,41 @@ TEST(vk_swiglu_clamps_and_weights_routed_and_shared_rows)
 {
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
-    const uint32_t F = 77, rows = 5, routed = 4;
+    /* 4 routed rows in gu ([gate rows][up rows]) and 2 tokens' shared rows in a projection
+     * buffer of rows [E=3 | gate | up] */
+    const uint32_t F = 77, routed = 4, n_sh = 2, E = 3, mw = E + 2 * F;
     uint64_t rng = 13;
-    float *g = rand_vec(&rng, (size_t)rows * F, 20, 0), *u = rand_vec(&rng, (size_t)rows * F, 20, 0), *w = rand_vec(&rng, routed, 0.5f, 0.5f);
-    float *out = malloc((size_t)rows * F * 4);
-    struct vk_span sg, su, sw;
-    struct abi_swiglu_push p = { .n_ff = F, .n_rows = rows, .n_routed = routed, .lim_routed = 10, .lim_shared = 0 };
-    const struct vk_span *b[3] = { &sg, &su, &sw };
-    int rc = vk_fixture_put(&f, g, (size_t)rows * F * 4, &sg) || vk_fixture_put(&f, u, (size_t)rows * F * 4, &su) ||
+    float *gu = rand_vec(&rng, (size_t)2 * routed * F, 20, 0), *sh = rand_vec(&rng, (size_t)n_sh * mw, 20, 0);
+    float *w = rand_vec(&rng, routed, 0.5f, 0.5f);
+    float *out_gu = malloc((size_t)2 * routed * F * 4), *out_sh = malloc((size_t)n_sh * mw * 4);
+    struct vk_span sgu, ssh, sw;
+    struct abi_swiglu_push p = { .n_ff = F, .n_rows = routed + n_sh, .n_routed = routed, .u_off = routed * F, .sh_off = E,
+                                 .sh_tstride = mw, .lim_routed = 10, .lim_shared = 0 };
+    const struct vk_span *b[3] = { &sgu, &ssh, &sw };
+    int rc = vk_fixture_put(&f, gu, (size_t)2 * routed * F * 4, &sgu) || vk_fixture_put(&f, sh, (size_t)n_sh * mw * 4, &ssh) ||
              vk_fixture_put(&f, w, routed * 4, &sw) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
-             vk_op_dispatch(f.rec, &f.ops, &f.ops.swiglu, b, &p, (F + 63) / 64, rows, 1, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.swiglu, b, &p, (F + 63) / 64, routed + n_sh, 1, f.err, sizeof f.err) ||
              vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
-             vk_span_download(f.d, &sg, 0, out, (size_t)rows * F * 4, f.err, sizeof f.err);
+             vk_span_download(f.d, &sgu, 0, out_gu, (size_t)2 * routed * F * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &ssh, 0, out_sh, (size_t)n_sh * mw * 4, f.err, sizeof f.err);
     if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
-    for (uint32_t r = 0; r < rows && !rc; r++)
+    for (uint32_t r = 0; r < routed + n_sh && !rc; r++)
         for (uint32_t i = 0; i < F; i++) {
-            double gv = g[r * F + i], uv = u[r * F + i], wt = r < routed ? w[r] : 1.0;
-            if (r < routed) { gv = fmin(gv, 10); uv = fmax(fmin(uv, 10), -10); } /* the shared row: limit 0, no clamp */
-            double ref = ref_silu(gv) * uv * wt;
-            if (!(fabs(out[r * F + i] - ref) <= 1e-4 * (1 + fabs(ref)))) {
-                test_fail_at(__FILE__, __LINE__, "swiglu row %u col %u: %.7g vs %.7g", r, i, out[r * F + i], ref);
-                r = rows;
+            bool is_routed = r < routed;
+            size_t gi = is_routed ? (size_t)r * F + i : (size_t)(r - routed) * mw + E + i;
+            double gv = is_routed ? gu[gi] : sh[gi], uv = is_routed ? gu[routed * F + gi] : sh[gi + F];
+            double wt = is_routed ? w[r] : 1.0;
+            if (is_routed) { gv = fmin(gv, 10); uv = fmax(fmin(uv, 10), -10); } /* shared: limit 0, no clamp */
+            double ref = ref_silu(gv) * uv * wt, got = is_routed ? out_gu[gi] : out_sh[gi];
+            if (!(fabs(got - ref) <= 1e-4 * (1 + fabs(ref)))) {
+                test_fail_at(__FILE__, __LINE__, "swiglu row %u col %u: %.7g vs %.7g", r, i, got, ref);
+                r = routed + n_sh;
                 break;
             }
         }
-    free(g); free(u); free(w); free(out);
+    /* the routed up rows and the shared up columns are inputs only: unchanged */
+    CHECK(memcmp(out_gu + routed * F, gu + routed * F, (size_t)routed * F * 4) == 0);
+    free(gu); free(sh); free(w); free(out_gu); free(out_sh);
     vk_fixture_close(&f);
 }
 

@@ -173,3 +173,15 @@ TEST(vk_session_reset_gives_the_same_logits_again)
     }
     pair_close(&p);
 }
+
+TEST(vk_logits_equal_reference_with_every_weight_in_its_own_dispatch)
+{
+    /* the unfused fallback (projections of different types): same results */
+    setenv("FLASHBOX_VK_NO_FUSE", "1", 1);
+    struct pair p;
+    if (pair_open(&p, MKMODEL_MIXED) == 0) {
+        const uint32_t sizes[] = { 21, 1, 1, 19 };
+        run_chunks(&p, sizes, sizeof sizes / sizeof sizes[0], 42, "unfused");
+    }
+    pair_close(&p);
+}
