@@ -23,6 +23,10 @@ struct fwd {
     const struct model_hparams *hp;
     uint32_t pos0, nt;
     uint32_t il;                /* layer being recorded */
+    /* the finished sublayer whose hc_post the next hc dispatch applies first */
+    bool post_pending;
+    struct abi_hc_push post;    /* its src_* fields */
+    const struct vk_span *post_src;
     char *err;
     size_t err_len;
 };
@@ -72,30 +76,45 @@ static int norm_rope(struct fwd *f, const struct vk_span *x, const struct vk_spa
     return dispatch(f, VK_KIND_NORM_ROPE, &f->e->ops.norm_rope, b, &p, n_rows, n_tok, 1);
 }
 
-/* hc_pre (or hc_head with head) for tokens [t0, t0 + n) into s->a. */
+/* hc_pre (or hc_head with head) for tokens [t0, t0 + n) into s->a, applying the pending
+ * hc_post of the previous sublayer first (only those tokens' streams: the others are not
+ * read again in this batch). */
 static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scale, tensor_ref norm, bool head,
                   uint32_t t0, uint32_t n)
 {
     struct vk_session *s = f->s;
     const struct model_hparams *hp = f->hp;
-    struct abi_hc_push p = {
-        .n_embd = hp->n_embd, .n_hc = hp->n_hc, .n_tok = n, .sinkhorn_iters = hp->hc_sinkhorn_iters,
-        .x_off = t0 * hp->n_hc * hp->n_embd, .y_off = t0 * hp->n_embd, .hc_off = 0,
-        .flags = head ? ABI_HC_FLAG_HEAD : 0, .rms_eps = hp->rms_eps, .hc_eps = hp->hc_eps,
-    };
-    const struct vk_span *b[7] = { &s->x, vk_tensor_span(f->e, fn), vk_tensor_span(f->e, base),
-                                   vk_tensor_span(f->e, scale), vk_tensor_span(f->e, norm), &s->a, &s->hc };
+    struct abi_hc_push p = f->post;
+    p.n_embd = hp->n_embd;
+    p.n_hc = hp->n_hc;
+    p.n_tok = n;
+    p.sinkhorn_iters = hp->hc_sinkhorn_iters;
+    p.x_off = t0 * hp->n_hc * hp->n_embd;
+    p.y_off = t0 * hp->n_embd;
+    p.hc_off = t0 * (hp->n_hc + hp->n_hc * hp->n_hc);
+    p.flags = (head ? ABI_HC_FLAG_HEAD : 0) | (f->post_pending ? ABI_HC_FLAG_POST : 0);
+    p.src_off += t0 * p.src_tstride;
+    p.extra_off += t0 * p.extra_tstride;
+    p.rms_eps = hp->rms_eps;
+    p.hc_eps = hp->hc_eps;
+    const struct vk_span *b[8] = { &s->x, vk_tensor_span(f->e, fn), vk_tensor_span(f->e, base), vk_tensor_span(f->e, scale),
+                                   vk_tensor_span(f->e, norm), &s->a, &s->hc, f->post_pending ? f->post_src : &s->f };
+    f->post_pending = false;
     return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
 }
 
-static int hc_post(struct fwd *f, const struct vk_span *src, struct abi_hc_post_push p)
+/* Marks the sublayer output in src as pending: the next hc dispatch adds it to the streams. */
+static void hc_post_pending(struct fwd *f, const struct vk_span *src, uint32_t src_tstride, uint32_t src_sstride,
+                            uint32_t n_src, uint32_t extra_off, uint32_t extra_tstride)
 {
-    struct vk_session *s = f->s;
-    p.n_embd = f->hp->n_embd;
-    p.n_hc = f->hp->n_hc;
-    p.n_tok = f->nt;
-    const struct vk_span *b[3] = { &s->x, src, &s->hc };
-    return dispatch(f, VK_KIND_HC, &f->e->ops.hc_post, b, &p, (f->hp->n_embd + ABI_WG_SIZE - 1) / ABI_WG_SIZE, f->nt, 1);
+    memset(&f->post, 0, sizeof f->post);
+    f->post.src_tstride = src_tstride;
+    f->post.src_sstride = src_sstride;
+    f->post.n_src = n_src;
+    f->post.extra_off = extra_off;
+    f->post.extra_tstride = extra_tstride;
+    f->post_src = src;
+    f->post_pending = true;
 }
 
 /* One compressor (main or indexer) over the batch: state machine, then norm + rope of the
@@ -227,9 +246,7 @@ static int attention_layer(struct fwd *f, uint32_t il)
     barrier(f);
     if (matvec(f, lw->attn_output_b, &s->z, hp->o_groups * hp->o_rank, &s->f, 0, hp->n_embd, nt, 0)) return -1;
     barrier(f);
-    struct abi_hc_post_push pp = { .src_tstride = hp->n_embd, .n_src = 1 };
-    if (hc_post(f, &s->f, pp)) return -1;
-    barrier(f);
+    hc_post_pending(f, &s->f, hp->n_embd, 0, 1, 0, 0);
     return 0;
 }
 
@@ -315,10 +332,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
         if (matvec(f, lw->ffn_down_shexp, &s->mp, mw, &s->yd, n_routed * d, d, nt, E)) return -1;
     }
     barrier(f);
-    struct abi_hc_post_push pp = { .src_tstride = K * d, .src_sstride = d, .n_src = K,
-                                   .extra_off = n_routed * d, .extra_tstride = d };
-    if (hc_post(f, &s->yd, pp)) return -1;
-    barrier(f);
+    hc_post_pending(f, &s->yd, K * d, d, K, n_routed * d, d);
     return 0;
 }
 

@@ -40,8 +40,7 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
     }
     const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push; } simple[] = {
         { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push) },
-        { &ops->hc, "hc", 7, sizeof(struct abi_hc_push) },
-        { &ops->hc_post, "hc_post", 3, sizeof(struct abi_hc_post_push) },
+        { &ops->hc, "hc", 8, sizeof(struct abi_hc_push) },
         { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push) },
         { &ops->compress, "compress", 5, sizeof(struct abi_compress_push) },
         { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push) },
@@ -64,7 +63,7 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->matvec[t]);
         vk_kernel_destroy(ops->d, &ops->matmul[t]);
     }
-    struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->hc_post, &ops->norm_rope, &ops->compress,
+    struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress,
                                    &ops->indexer, &ops->attention, &ops->router, &ops->swiglu };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
     ops->d = NULL;

@@ -19,8 +19,7 @@ struct vk_ops {
     struct vk_kernel matvec[VK_N_WTYPES];   /* TOK_TILE = 1 */
     struct vk_kernel matmul[VK_N_WTYPES];   /* TOK_TILE = VK_MATMUL_TILE */
     struct vk_kernel rmsnorm;
-    struct vk_kernel hc;          /* hc_pre / hc_head, fused with the sublayer norm */
-    struct vk_kernel hc_post;
+    struct vk_kernel hc;          /* hc_post of the previous sublayer + hc_pre / hc_head + norm */
     struct vk_kernel norm_rope;
     struct vk_kernel compress;
     struct vk_kernel indexer;

@@ -94,9 +94,14 @@ ABI_STRUCT(abi_rmsnorm_push, ABI_RMSNORM_FIELDS)
 _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 words");
 #endif
 
-/* ---- hc_pre / hc_head (one workgroup per token): mixes m = rms(X) * (fn . X), then
- * pre = sigmoid(m*scale0 + base) + hc_eps; for hc_pre also post = 2 sigmoid(...) and the
- * Sinkhorn-normalised comb, all in one dispatch; y = rmsnorm(sum_j pre_j X_j) * norm. */
+/* ---- hc (one workgroup per token), spec §3.2: with ABI_HC_FLAG_POST it first finishes the
+ * previous sublayer (hc_post) in place: X[k][i] = post[k] * F[i] + sum_j comb[j][k] X[j][i],
+ * where F[i] sums n_src parts of the token's sublayer output (src_off + t*src_tstride +
+ * s*src_sstride) plus, when extra_tstride != 0, one more at extra_off + t*extra_tstride (the
+ * shared expert), and post/comb are the token's previous hc row. Then hc_pre: mixes
+ * m = rms(X) * (fn . X), pre = sigmoid(m*scale0 + base) + hc_eps, post = 2 sigmoid(...),
+ * comb = Sinkhorn(...) (all iterations here), y = rmsnorm(sum_j pre_j X_j) * norm; or, with
+ * ABI_HC_FLAG_HEAD, hc_head (pre mixes only) and the final norm. One dispatch per site. */
 #define ABI_HC_MAX_MIX 24 /* (2 + n_hc) * n_hc for n_hc <= 4 */
 #define ABI_HC_BIND_X 0       /* [n_tok][n_hc][n_embd] */
 #define ABI_HC_BIND_FN 1      /* [mix][n_hc*n_embd] */
@@ -105,23 +110,16 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_HC_BIND_NORM 4    /* [n_embd] */
 #define ABI_HC_BIND_Y 5       /* [n_tok][n_embd] */
 #define ABI_HC_BIND_HC 6      /* [n_tok][n_hc + n_hc*n_hc]: post, then comb[j][k] */
+#define ABI_HC_BIND_SRC 7     /* the previous sublayer's output parts */
 #define ABI_HC_FLAG_HEAD 1u   /* hc_head: only the pre mixes, no post/comb */
+#define ABI_HC_FLAG_POST 2u   /* apply the previous sublayer's hc_post first */
 
 #define ABI_HC_FIELDS(U, F) \
     U n_embd; U n_hc; U n_tok; U sinkhorn_iters; \
     U x_off; U y_off; U hc_off;   /* floats */ \
     U flags; \
+    U src_off; U src_tstride; U src_sstride; U n_src; U extra_off; U extra_tstride; \
     F rms_eps; F hc_eps;
-
-/* ---- hc_post: X[k][i] = post[k] * F[i] + sum_j comb[j][k] X[j][i] in place, where F[i]
- * sums n_src parts of the token (src_off + t*src_tstride + s*src_sstride) plus, when
- * extra_tstride != 0, one more at extra_off + t*extra_tstride (the shared expert). */
-#define ABI_HC_POST_BIND_X 0
-#define ABI_HC_POST_BIND_SRC 1
-#define ABI_HC_POST_BIND_HC 2
-#define ABI_HC_POST_FIELDS(U, F) \
-    U n_embd; U n_hc; U n_tok; U x_off; U hc_off; \
-    U src_off; U src_tstride; U src_sstride; U n_src; U extra_off; U extra_tstride;
 
 /* ---- norm_rope: per (row h, token t) workgroup: optional RMSNorm (optional weight) over n,
  * then RoPE on the last rope_dim elements in interleaved pairs at position
@@ -212,15 +210,13 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 
 #ifndef VULKAN
 ABI_STRUCT(abi_hc_push, ABI_HC_FIELDS)
-ABI_STRUCT(abi_hc_post_push, ABI_HC_POST_FIELDS)
 ABI_STRUCT(abi_norm_rope_push, ABI_NORM_ROPE_FIELDS)
 ABI_STRUCT(abi_compress_push, ABI_COMPRESS_FIELDS)
 ABI_STRUCT(abi_indexer_push, ABI_INDEXER_FIELDS)
 ABI_STRUCT(abi_attn_push, ABI_ATTN_FIELDS)
 ABI_STRUCT(abi_router_push, ABI_ROUTER_FIELDS)
 ABI_STRUCT(abi_swiglu_push, ABI_SWIGLU_FIELDS)
-_Static_assert(sizeof(struct abi_hc_push) == 10 * 4, "hc push block");
-_Static_assert(sizeof(struct abi_hc_post_push) == 11 * 4, "hc_post push block");
+_Static_assert(sizeof(struct abi_hc_push) == 16 * 4, "hc push block");
 _Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push block");
 _Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");
 _Static_assert(sizeof(struct abi_indexer_push) == 13 * 4, "indexer push block");

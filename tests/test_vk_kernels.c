@@ -265,7 +265,7 @@ TEST(vk_hc_pre_with_sinkhorn_and_norm_matches_reference_in_one_dispatch)
                  vk_fixture_put(&f, y, (ny + 2 * VK_GUARD) * 4, &sy) || vk_fixture_put(&f, NULL, nh * 4, &shc);
         struct abi_hc_push p = { .n_embd = d, .n_hc = n, .n_tok = n_tok, .sinkhorn_iters = 20, .y_off = VK_GUARD,
                                  .flags = head ? ABI_HC_FLAG_HEAD : 0, .rms_eps = 1e-6f, .hc_eps = 1e-6f };
-        const struct vk_span *b[7] = { &sX, &sfn, &sb, &ss, &sn, &sy, &shc };
+        const struct vk_span *b[8] = { &sX, &sfn, &sb, &ss, &sn, &sy, &shc, &sX };
         rc = rc || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
              vk_op_dispatch(f.rec, &f.ops, &f.ops.hc, b, &p, n_tok, 1, 1, f.err, sizeof f.err) ||
              vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
@@ -293,39 +293,51 @@ TEST(vk_hc_pre_with_sinkhorn_and_norm_matches_reference_in_one_dispatch)
     vk_fixture_close(&f);
 }
 
-TEST(vk_hc_post_matches_reference_summing_expert_parts)
+TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first)
 {
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
-    const uint32_t d = 150, n_tok = 2, n = 4, K = 3;
+    const uint32_t d = 150, n_tok = 2, n = 4, K = 3, mix = (2 + n) * n, hcw = n + n * n;
     struct model_hparams hp = hc_hparams(d);
     uint64_t rng = 9;
     float *X = rand_vec(&rng, (size_t)n_tok * n * d, 1, 0), *src = rand_vec(&rng, (size_t)n_tok * (K + 1) * d, 1, 0);
-    float *hc = rand_vec(&rng, (size_t)n_tok * (n + n * n), 0.5f, 0.5f);
-    struct vk_span sX, ssrc, shc;
-    struct abi_hc_post_push p = { .n_embd = d, .n_hc = n, .n_tok = n_tok, .src_tstride = K * d, .src_sstride = d, .n_src = K,
-                                  .extra_off = n_tok * K * d, .extra_tstride = d };
-    const struct vk_span *b[3] = { &sX, &ssrc, &shc };
-    float *out = malloc((size_t)n_tok * n * d * 4);
+    float *hc = rand_vec(&rng, (size_t)n_tok * hcw, 0.5f, 0.5f);
+    float *fn = rand_vec(&rng, (size_t)mix * n * d, 0.05f, 0), *base = rand_vec(&rng, mix, 0.5f, 0);
+    float *scale = rand_vec(&rng, 3, 0.1f, 1), *norm = rand_vec(&rng, d, 0.1f, 1);
+    struct vk_span sX, ssrc, shc, sfn, sb, ss, sn, sy;
+    struct abi_hc_push p = { .n_embd = d, .n_hc = n, .n_tok = n_tok, .sinkhorn_iters = 20, .flags = ABI_HC_FLAG_POST,
+                             .src_tstride = K * d, .src_sstride = d, .n_src = K, .extra_off = n_tok * K * d,
+                             .extra_tstride = d, .rms_eps = 1e-6f, .hc_eps = 1e-6f };
+    const struct vk_span *b[8] = { &sX, &sfn, &sb, &ss, &sn, &sy, &shc, &ssrc };
+    float *out = malloc((size_t)n_tok * n * d * 4), *y = malloc((size_t)n_tok * d * 4), *hc_out = malloc((size_t)n_tok * hcw * 4);
     int rc = vk_fixture_put(&f, X, (size_t)n_tok * n * d * 4, &sX) || vk_fixture_put(&f, src, (size_t)n_tok * (K + 1) * d * 4, &ssrc) ||
-             vk_fixture_put(&f, hc, (size_t)n_tok * (n + n * n) * 4, &shc) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
-             vk_op_dispatch(f.rec, &f.ops, &f.ops.hc_post, b, &p, (d + 63) / 64, n_tok, 1, f.err, sizeof f.err) ||
+             vk_fixture_put(&f, hc, (size_t)n_tok * hcw * 4, &shc) || vk_fixture_put(&f, fn, (size_t)mix * n * d * 4, &sfn) ||
+             vk_fixture_put(&f, base, mix * 4, &sb) || vk_fixture_put(&f, scale, 12, &ss) || vk_fixture_put(&f, norm, d * 4, &sn) ||
+             vk_fixture_put(&f, NULL, (size_t)n_tok * d * 4, &sy) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.hc, b, &p, n_tok, 1, 1, f.err, sizeof f.err) ||
              vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
-             vk_span_download(f.d, &sX, 0, out, (size_t)n_tok * n * d * 4, f.err, sizeof f.err);
+             vk_span_download(f.d, &sX, 0, out, (size_t)n_tok * n * d * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sy, 0, y, (size_t)n_tok * d * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &shc, 0, hc_out, (size_t)n_tok * hcw * 4, f.err, sizeof f.err);
     if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
     for (uint32_t t = 0; t < n_tok && !rc; t++) {
-        float F[150], ref[4 * 150];
+        float F[150], ref[4 * 150], ry[150], post[4], comb[16], mixo[24];
         for (uint32_t i = 0; i < d; i++) {
-            double s = src[(size_t)n_tok * K * d + t * d + i];
-            for (uint32_t k = 0; k < K; k++) s += src[(size_t)t * K * d + k * d + i];
-            F[i] = (float)s;
+            double sum = src[(size_t)n_tok * K * d + t * d + i];
+            for (uint32_t k = 0; k < K; k++) sum += src[(size_t)t * K * d + k * d + i];
+            F[i] = (float)sum;
         }
-        const float *h = hc + t * (n + n * n);
+        const float *h = hc + t * hcw;
         ref_hc_post(&hp, F, X + (size_t)t * n * d, h, h + n, ref);
         double e = nmse_f(out + (size_t)t * n * d, ref, n * d);
         if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "hc_post token %u: nmse %.3g", t, e);
+        ref_hc_pre(&hp, ref, fn, base, scale, ry, post, comb, mixo);
+        ref_rmsnorm(ry, norm, d, hp.rms_eps, ry);
+        double ey = nmse_f(y + t * d, ry, d), ep = nmse_f(hc_out + t * hcw, post, n), ec = nmse_f(hc_out + t * hcw + n, comb, n * n);
+        if (!(ey < 1e-10 && ep < 1e-10 && ec < 1e-10))
+            test_fail_at(__FILE__, __LINE__, "hc after post, token %u: y %.3g post %.3g comb %.3g", t, ey, ep, ec);
     }
-    free(X); free(src); free(hc); free(out);
+    free(X); free(src); free(hc); free(fn); free(base); free(scale); free(norm); free(out); free(y); free(hc_out);
     vk_fixture_close(&f);
 }
 
