@@ -588,3 +588,120 @@ TEST(vk_compressor_matches_reference_across_uneven_chunks)
     check_compressor(&f, 8);
     vk_fixture_close(&f);
 }
+
+/* Attention of a few tokens over a wrapped window ring plus compressed entries (HCA: every
+ * completed one; CSA: a given selection), with a sink and the inverse rotation, against a
+ * direct double-precision evaluation of spec §3.9-3.10.1. */
+static void check_attention(struct vk_fixture *f, uint32_t ratio)
+{
+    const uint32_t hd = 64, H = 3, rope = 32, W = 6, ring = W + 4, n_tok = 4, pos0 = 29, topk = 3;
+    const uint32_t n_comp = (pos0 + n_tok) / (ratio ? ratio : 1) + 1, n_pos = 64;
+    uint64_t rng = 31 + ratio;
+    float *q = rand_vec(&rng, (size_t)n_tok * H * hd, 1, 0), *ringv = rand_vec(&rng, (size_t)ring * hd, 1, 0);
+    float *comp = rand_vec(&rng, (size_t)n_comp * hd, 1, 0), *sinks = rand_vec(&rng, H, 1, 0);
+    int32_t sel[4 * 3];
+    for (uint32_t i = 0; i < n_tok * topk; i++) sel[i] = (int32_t)((i * 5 + 1) % ((pos0 + 1) / 4));
+    double freqs[16];
+    float *tab = malloc((size_t)n_pos * 16 * 2 * 4);
+    for (uint32_t i = 0; i < 16; i++) freqs[i] = pow(10000.0, -2.0 * i / rope);
+    for (uint32_t p = 0; p < n_pos; p++)
+        for (uint32_t i = 0; i < 16; i++) {
+            tab[(p * 16 + i) * 2] = (float)cos(p * freqs[i]);
+            tab[(p * 16 + i) * 2 + 1] = (float)sin(p * freqs[i]);
+        }
+    size_t no = (size_t)n_tok * H * hd;
+    float *o = calloc(no + 2 * VK_GUARD, 4);
+    vk_guard_fill(o, no);
+    struct vk_span sq, sr, sc, ss, ssk, st, so;
+    struct abi_attn_push p = { .head_dim = hd, .n_head = H, .rope_dim = rope, .window = W, .ring_len = ring, .ratio = ratio,
+                               .topk = topk, .pos0 = pos0, .n_tok = n_tok, .o_off = VK_GUARD, .scale = 0.125f };
+    const struct vk_span *b[7] = { &sq, &sr, &sc, &ss, &ssk, &st, &so };
+    int rc = vk_fixture_put(f, q, no * 4, &sq) || vk_fixture_put(f, ringv, (size_t)ring * hd * 4, &sr) ||
+             vk_fixture_put(f, comp, (size_t)n_comp * hd * 4, &sc) || vk_fixture_put(f, sel, sizeof sel, &ss) ||
+             vk_fixture_put(f, sinks, H * 4, &ssk) || vk_fixture_put(f, tab, (size_t)n_pos * 32 * 4, &st) ||
+             vk_fixture_put(f, o, (no + 2 * VK_GUARD) * 4, &so) || vk_recorder_begin(f->rec, f->err, sizeof f->err) ||
+             vk_op_dispatch(f->rec, &f->ops, &f->ops.attention, b, &p, H, n_tok, 1, f->err, sizeof f->err) ||
+             vk_recorder_submit(f->rec, f->err, sizeof f->err) ||
+             vk_span_download(f->d, &so, 0, o, (no + 2 * VK_GUARD) * 4, f->err, sizeof f->err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f->err);
+    CHECK(vk_guard_intact(o, no));
+    for (uint32_t t = 0; t < n_tok && !rc; t++)
+        for (uint32_t h = 0; h < H; h++) {
+            const uint32_t pos = pos0 + t, first = pos + 1 > W ? pos + 1 - W : 0, n_win = pos + 1 - first;
+            uint32_t nc = ratio == 4 ? ((pos + 1) / 4 < topk ? (pos + 1) / 4 : topk) : ratio ? (pos + 1) / ratio : 0;
+            const float *qh = q + ((size_t)t * H + h) * hd;
+            double att[64], mx = sinks[h], acc[64] = { 0 }, den;
+            const float *keys[64];
+            for (uint32_t j = 0; j < n_win + nc; j++) {
+                keys[j] = j < n_win ? ringv + (size_t)((first + j) % ring) * hd
+                                    : comp + (size_t)(ratio == 4 ? (uint32_t)sel[t * topk + j - n_win] : j - n_win) * hd;
+                double dot = 0;
+                for (uint32_t i = 0; i < hd; i++) dot += (double)qh[i] * keys[j][i];
+                att[j] = dot * 0.125;
+                mx = fmax(mx, att[j]);
+            }
+            den = exp(sinks[h] - mx);
+            for (uint32_t j = 0; j < n_win + nc; j++) {
+                double e = exp(att[j] - mx);
+                den += e;
+                for (uint32_t i = 0; i < hd; i++) acc[i] += e * keys[j][i];
+            }
+            float ref[64];
+            for (uint32_t i = 0; i < hd; i++) ref[i] = (float)(acc[i] / den);
+            ref_rope(ref, hd, rope, freqs, pos, true);
+            double e = nmse_f(o + VK_GUARD + ((size_t)t * H + h) * hd, ref, hd);
+            if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "attention ratio %u token %u head %u: nmse %.3g", ratio, t, h, e);
+        }
+    free(q); free(ringv); free(comp); free(sinks); free(tab); free(o);
+}
+
+TEST(vk_attention_matches_direct_evaluation_for_swa_csa_and_hca)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    check_attention(&f, 0);
+    check_attention(&f, 4);
+    check_attention(&f, 8);
+    vk_fixture_close(&f);
+}
+
+/* The indexer's scores and top-k selection against a direct evaluation and ref_topk. */
+TEST(vk_indexer_selects_the_reference_top_k)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t IH = 4, D = 32, topk = 5, pos0 = 70, n_tok = 3, n_keys = (pos0 + n_tok) / 4 + 1, stride = 40;
+    uint64_t rng = 41;
+    float *q = rand_vec(&rng, (size_t)n_tok * IH * D, 1, 0), *w = rand_vec(&rng, (size_t)n_tok * 7, 1, 0);
+    float *keys = rand_vec(&rng, (size_t)n_keys * D, 1, 0);
+    int32_t sel[3 * 5];
+    struct vk_span sq, sw, sk, ss, ssel;
+    /* the per-token head weights sit at column 2 of rows of 7 (as in the projection rows) */
+    struct abi_indexer_push p = { .n_head = IH, .dim = D, .topk = topk, .pos0 = pos0, .n_tok = n_tok, .w_off = 2, .w_tstride = 7,
+                                  .score_tstride = stride, .scale = 0.1f };
+    const struct vk_span *b[5] = { &sq, &sw, &sk, &ss, &ssel };
+    int rc = vk_fixture_put(&f, q, (size_t)n_tok * IH * D * 4, &sq) || vk_fixture_put(&f, w, (size_t)n_tok * 7 * 4, &sw) ||
+             vk_fixture_put(&f, keys, (size_t)n_keys * D * 4, &sk) || vk_fixture_put(&f, NULL, (size_t)n_tok * stride * 4, &ss) ||
+             vk_fixture_put(&f, NULL, sizeof sel, &ssel) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.indexer, b, &p, n_tok, 1, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) || vk_span_download(f.d, &ssel, 0, sel, sizeof sel, f.err, sizeof f.err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    for (uint32_t t = 0; t < n_tok && !rc; t++) {
+        uint32_t n_vis = (pos0 + t + 1) / 4;
+        float score[64];
+        for (uint32_t k = 0; k < n_vis; k++) {
+            double s = 0;
+            for (uint32_t h = 0; h < IH; h++) {
+                double dot = 0;
+                for (uint32_t i = 0; i < D; i++) dot += (double)q[((size_t)t * IH + h) * D + i] * keys[(size_t)k * D + i];
+                s += w[t * 7 + 2 + h] * 0.1 * fmax(dot, 0);
+            }
+            score[k] = (float)s;
+        }
+        int32_t idx[5];
+        ref_topk(score, n_vis, topk, idx);
+        for (uint32_t k = 0; k < topk; k++) CHECK_EQ_INT(sel[t * topk + k], idx[k]);
+    }
+    free(q); free(w); free(keys);
+    vk_fixture_close(&f);
+}
