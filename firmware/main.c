@@ -12,6 +12,7 @@ struct command {
 };
 
 static const struct command commands[] = {
+    { "logits", cmd_logits, "write or print the logits of a token sequence" },
 
     { "inspect", cmd_inspect, "print a model file's metadata, tensors and hyper-parameters" },
 
