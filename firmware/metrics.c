@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const int status_codes[] = { 200, 400, 403, 404, 405, 408, 413, 429, 500, 503 };
+static const int status_codes[] = { 200, 400, 403, 404, 405, 408, 413, 429, 499, 500, 503, 504 };
 enum { N_STATUS = sizeof status_codes / sizeof status_codes[0], STATUS_OTHER = N_STATUS };
 
 /* Bucket upper bounds in seconds: the tiny model on the CPU reference answers in
