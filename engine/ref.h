@@ -73,7 +73,10 @@ struct ref_state {
     struct ref_layer_state *layers; /* [n_layer] */
     struct ref_scratch s;
     float *x_batch;                 /* [REF_BATCH][n_hc][n_embd] residual streams */
-    int32_t last_experts[MODEL_MAX_LAYERS][64]; /* routing of the last token, for tests */
+    /* what the last token did, for tests */
+    int32_t last_experts[MODEL_MAX_LAYERS][64];     /* selected routed experts */
+    uint32_t last_ix_visible[MODEL_MAX_LAYERS];     /* compressed entries the indexer saw */
+    uint32_t last_ix_selected[MODEL_MAX_LAYERS];    /* entries it kept */
 };
 
 int ref_state_create(const struct model *m, uint32_t n_ctx, struct ref_state **out, char *err, size_t err_len);

@@ -117,6 +117,8 @@ void ref_attention(struct ref_state *st, uint32_t il, const float *a, uint32_t p
         if (ratio == 4) {
             n_sel = indexer_select(st, il, a, pos);
             sel = s->ix_sel;
+            st->last_ix_visible[il] = (pos + 1) / 4;
+            st->last_ix_selected[il] = n_sel;
         } else {
             n_sel = (pos + 1) / ratio; /* HCA: every completed entry */
         }

@@ -20,9 +20,13 @@ void ref_matvec(tensor_ref w, uint64_t row0, uint64_t n_rows, const float *x, fl
         const float *row = rowbuf;
         if (w->type == GGUF_TYPE_F32) row = (const float *)(base + r * row_bytes);
         else dequant_row(w->type, base + r * row_bytes, rowbuf, n);
-        double acc = 0.0;
-        for (uint64_t i = 0; i < n; i++) acc += (double)row[i] * (double)x[i];
-        y[r] = (float)acc;
+        /* four partial sums: independent dependency chains, same double precision */
+        double acc[4] = { 0.0, 0.0, 0.0, 0.0 };
+        uint64_t i = 0;
+        for (; i + 4 <= n; i += 4)
+            for (int k = 0; k < 4; k++) acc[k] += (double)row[i + k] * (double)x[i + k];
+        for (; i < n; i++) acc[0] += (double)row[i] * (double)x[i];
+        y[r] = (float)((acc[0] + acc[1]) + (acc[2] + acc[3]));
     }
 }
 
