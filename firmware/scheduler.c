@@ -171,13 +171,15 @@ static int job_check_stop(struct job *j, size_t old_len)
     return 0;
 }
 
-static void slot_finish(struct scheduler *s, struct slot *sl, enum job_finish f, const char *error)
+/* Ends the slot's job. flush: append the detokenizer's held tail (not after a stop string,
+ * whose text was cut off). */
+static void slot_finish_ex(struct scheduler *s, struct slot *sl, enum job_finish f, const char *error, bool flush)
 {
     struct job *j = sl->job;
-    if (f != JOB_ERROR && f != JOB_CANCELLED) {
+    if (flush) {
         int n = textgen_seq_flush(sl->seq, sl->piece, s->piece_cap);
         pthread_mutex_lock(&j->lock);
-        if (n > 0 && f != JOB_STOP) job_append(j, sl->piece, (size_t)n);
+        if (n > 0) job_append(j, sl->piece, (size_t)n);
         pthread_mutex_unlock(&j->lock);
     }
     pthread_mutex_lock(&j->lock);
@@ -198,6 +200,11 @@ static void slot_finish(struct scheduler *s, struct slot *sl, enum job_finish f,
     s->n_busy--;
     if (!s->n_busy && !s->n_queued) pthread_cond_broadcast(&s->idle);
     pthread_mutex_unlock(&s->lock);
+}
+
+static void slot_finish(struct scheduler *s, struct slot *sl, enum job_finish f, const char *error)
+{
+    slot_finish_ex(s, sl, f, error, f == JOB_STOP || f == JOB_LENGTH || f == JOB_DEADLINE);
 }
 
 /* Ends a job that never reached a slot (queue deadline, shutdown). */
@@ -282,7 +289,7 @@ static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
         return 0;
     }
     if (stopped) {
-        slot_finish(s, sl, JOB_STOP, NULL);
+        slot_finish_ex(s, sl, JOB_STOP, NULL, false);
         return 0;
     }
     if (n_out >= j->req.max_tokens || session_pos(sl->sess) >= s->n_ctx) {
