@@ -28,6 +28,7 @@ struct conn {
     struct peer peer;
     int fd;
     int peer_err;
+    struct conn *prev, *next; /* in api->conns */
 };
 
 /* One request on a connection. */
@@ -151,7 +152,7 @@ static const struct {
 
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context, enum MHD_ConnectionNotificationCode code)
 {
-    (void)cls;
+    struct api *a = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         struct conn *k = calloc(1, sizeof *k);
         if (!k) return;
@@ -159,9 +160,21 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         k->fd = ci ? ci->connect_fd : -1;
         char err[128];
         k->peer_err = k->fd < 0 || peer_from_fd(k->fd, &k->peer, err, sizeof err) != 0;
+        pthread_mutex_lock(&a->conns_lock);
+        k->next = a->conns;
+        if (a->conns) a->conns->prev = k;
+        a->conns = k;
+        pthread_mutex_unlock(&a->conns_lock);
         *socket_context = k;
     } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
-        free(*socket_context);
+        struct conn *k = *socket_context;
+        if (!k) return;
+        pthread_mutex_lock(&a->conns_lock);
+        if (k->prev) k->prev->next = k->next;
+        else a->conns = k->next;
+        if (k->next) k->next->prev = k->prev;
+        pthread_mutex_unlock(&a->conns_lock);
+        free(k);
         *socket_context = NULL;
     }
 }
@@ -186,6 +199,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         }
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && f != JOB_RUNNING && r->status == 200) r->finish = "client_gone";
         job_release(r->job);
+        atomic_fetch_sub(&a->in_flight, 1);
     }
     uint64_t now = sched_now_ns();
     if (!r->status) r->status = 499; /* never answered: client gone before a response */
@@ -562,6 +576,7 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
                                 : send_error(c, r, 503, "shutdown", "the server is shutting down");
     }
     r->job = j;
+    atomic_fetch_add(&a->in_flight, 1);
     r->created = (int64_t)time(NULL);
     if (!j->req.stream) return finish_blocking(c, r);
     r->last_event_ns = sched_now_ns();
@@ -700,9 +715,12 @@ static struct MHD_Daemon *start_one(struct api *a, int fd, const struct serve_co
 int api_start(struct api *a, const struct serve_config *cfg, int unix_fd, int tcp_fd, char *err, size_t err_len)
 {
     pthread_mutex_init(&a->lock, NULL);
+    pthread_mutex_init(&a->conns_lock, NULL);
+    a->conns = NULL;
     a->cfg = *cfg;
     atomic_store(&a->state, API_LOADING);
     atomic_store(&a->next_id, 1);
+    atomic_store(&a->in_flight, 0);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     a->id_base = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
@@ -745,9 +763,72 @@ void api_quiesce(struct api *a)
     }
 }
 
-void api_stop(struct api *a)
+struct stopper {
+    struct api *a;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int done;
+};
+
+static void *stop_daemons(void *arg)
 {
-    if (a->tcp_d) MHD_stop_daemon(a->tcp_d);
-    if (a->unix_d) MHD_stop_daemon(a->unix_d);
+    struct stopper *st = arg;
+    if (st->a->tcp_d) MHD_stop_daemon(st->a->tcp_d);
+    if (st->a->unix_d) MHD_stop_daemon(st->a->unix_d);
+    pthread_mutex_lock(&st->lock);
+    st->done = 1;
+    pthread_cond_signal(&st->cond);
+    pthread_mutex_unlock(&st->lock);
+    return NULL;
+}
+
+int api_stop(struct api *a, uint32_t timeout_ms)
+{
+    /* Requests whose jobs ended are still sending their last bytes: let them finish. */
+    for (uint32_t waited = 0; atomic_load(&a->in_flight) > 0 && waited < timeout_ms / 2; waited += 10) {
+        struct timespec ten = { .tv_nsec = 10000000L };
+        nanosleep(&ten, NULL);
+    }
+    /* Idle keep-alive connections sit in select() until their timeout; shutting their
+     * sockets down wakes them so the daemons stop now. */
+    pthread_mutex_lock(&a->conns_lock);
+    for (struct conn *k = a->conns; k; k = k->next)
+        if (k->fd >= 0) shutdown(k->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&a->conns_lock);
+    /* A connection whose client stopped reading waits in select() for room to write, which
+     * shutdown() does not end; MHD_stop_daemon would wait for it until its idle timeout.
+     * Stop in a helper thread and give up waiting after timeout_ms (the process is exiting). */
+    static struct stopper st = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    st.a = a;
+    st.done = 0;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&st.cond, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_t t;
+    if (pthread_create(&t, NULL, stop_daemons, &st)) {
+        stop_daemons(&st);
+        a->tcp_d = a->unix_d = NULL;
+        return 0;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&st.lock);
+    while (!st.done && pthread_cond_timedwait(&st.cond, &st.lock, &until) == 0) {}
+    int done = st.done;
+    pthread_mutex_unlock(&st.lock);
+    if (!done) {
+        pthread_detach(t);
+        return -1;
+    }
+    pthread_join(t, NULL);
     a->tcp_d = a->unix_d = NULL;
+    return 0;
 }

@@ -16,6 +16,7 @@
 struct scheduler;
 struct textgen;
 struct MHD_Daemon;
+struct conn;
 
 enum api_state { API_LOADING = 0, API_READY = 1, API_STOPPING = 2, API_FAILED = 3 };
 
@@ -28,7 +29,10 @@ struct api {
     uint32_t n_vocab;
     char model_id[128];
     struct MHD_Daemon *unix_d, *tcp_d;
+    pthread_mutex_t conns_lock;  /* guards conns */
+    struct conn *conns;          /* open connections, so api_stop can wake idle ones */
     atomic_uint_fast64_t next_id;
+    atomic_int in_flight;        /* generation requests not yet completed */
     uint64_t id_base;
 };
 
@@ -40,7 +44,9 @@ void api_set_ready(struct api *a, struct scheduler *sched, struct textgen *tg, u
 void api_set_config(struct api *a, const struct serve_config *cfg);
 /* Stops accepting connections and closes the listening sockets; open connections go on. */
 void api_quiesce(struct api *a);
-/* Closes every connection (waking any that wait on a job) and frees the daemons. */
-void api_stop(struct api *a);
+/* Closes every connection and stops the daemons. Returns -1 when a connection (a client
+ * that stopped reading) kept them from stopping within timeout_ms: the caller must then
+ * leave everything the API uses alive and just exit. */
+int api_stop(struct api *a, uint32_t timeout_ms);
 
 #endif

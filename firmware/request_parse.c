@@ -243,6 +243,8 @@ static int parse_common(const char *key, json_t *x, const struct req_limits *lim
             if (strcmp(k, "include_usage")) return errf(err, err_len, "stream_options.%s: unknown field", k);
             if (get_bool(y, "stream_options.include_usage", &r->include_usage, err, err_len)) return -1;
         }
+    } else if (!strcmp(key, "ignore_eos")) {
+        if (!json_is_null(x) && get_bool(x, key, &r->ignore_eos, err, err_len)) return -1;
     } else if (!strcmp(key, "n")) {
         uint32_t n;
         if (!json_is_null(x) && get_uint(x, key, 1, 1, &n, err, err_len)) return -1;

@@ -44,6 +44,7 @@ struct gen_request {
     char *stop[REQ_MAX_STOP];
     uint32_t n_stop;
     bool stream, include_usage;
+    bool ignore_eos;              /* llama-server's knob: keep generating past EOS */
     char model[128];              /* as asked; "" when absent */
 };
 

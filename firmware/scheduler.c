@@ -262,7 +262,7 @@ static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
     struct job *j = sl->job;
     int32_t tok = textgen_seq_sample(sl->seq, sl->logits);
     uint64_t now = sched_now_ns();
-    if (textgen_is_end(s->tg, tok)) {
+    if (!j->req.ignore_eos && textgen_is_end(s->tg, tok)) {
         slot_finish(s, sl, JOB_STOP, NULL);
         return 0;
     }

@@ -385,15 +385,21 @@ int cmd_serve(int argc, char **argv)
         pthread_mutex_unlock(&api.lock);
         cancelled = scheduler_drain(ld->sched, live.shutdown_grace_s * 1000);
     }
-    api_stop(&api);
-    scheduler_destroy(ld->sched);
-    textgen_close(ld->tg);
-    engine_close(ld->engine);
+    int stuck = api_stop(&api, 2000);
+    if (!stuck) {
+        scheduler_destroy(ld->sched);
+        textgen_close(ld->tg);
+        engine_close(ld->engine);
+    } else {
+        /* A client stopped reading and holds its connection thread; it may still touch
+         * the scheduler, so nothing is freed: the process exits now. */
+        fprintf(stderr, "flashbox serve: a stalled connection did not close; exiting without waiting for it\n");
+    }
     char detail[64];
     snprintf(detail, sizeof detail, "%d requests cancelled at shutdown", cancelled);
     audit_event("stop", api.model_id[0] ? api.model_id : NULL, cfg.slot, detail);
     audit_close();
     fprintf(stderr, "flashbox serve: stopped (%s)\n", detail);
-    free(ld);
+    if (!stuck) free(ld);
     return exit_code;
 }
