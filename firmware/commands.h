@@ -9,6 +9,7 @@ int cmd_inspect(int argc, char **argv);  /* firmware/cmd_inspect.c */
 int cmd_serve(int argc, char **argv);    /* firmware/serve.c */
 int cmd_tokenize(int argc, char **argv);   /* firmware/cmd_tokenize.c */
 int cmd_detokenize(int argc, char **argv); /* firmware/cmd_tokenize.c */
+int cmd_run(int argc, char **argv);        /* firmware/cmd_run.c */
 int tool_mkmodel_main(int argc, char **argv); /* tools/mkmodel_cli.c */
 
 #endif

@@ -19,6 +19,7 @@ static const struct command commands[] = {
     { "serve", cmd_serve, "run the API daemon (Unix socket, OpenAI-compatible HTTP)" },
     { "tokenize", cmd_tokenize, "print the token ids of the text on stdin" },
     { "detokenize", cmd_detokenize, "print the text of comma-separated token ids on stdin" },
+    { "run", cmd_run, "generate from a prompt, or chat interactively, streaming the answer" },
 
 };
 

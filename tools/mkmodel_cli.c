@@ -55,7 +55,7 @@ int tool_mkmodel_main(int argc, char **argv)
         { "--experts-used", &c.n_expert_used }, { "--ff", &c.n_ff_exp }, { "--vocab", &c.n_vocab },
         { "--hash-layers", &c.n_hash_layer }, { "--ctx", &c.n_ctx },
     };
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option takes one value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
@@ -95,7 +95,6 @@ int tool_mkmodel_main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
-        i++;
     }
     if (!out) {
         fprintf(stderr, "flashbox mkmodel: --out FILE is required\n");
