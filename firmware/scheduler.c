@@ -97,7 +97,6 @@ struct slot {
     struct session *sess;
     struct textgen_seq *seq;
     float *logits;       /* [n_vocab] logits of the last evaluated token */
-    char *piece;         /* [piece_cap] text of one token */
     struct job *job;     /* NULL when free */
     uint32_t prefilled;  /* prompt tokens evaluated so far */
     uint64_t t_last_ns;  /* previous token's time */
@@ -108,7 +107,6 @@ struct scheduler {
     struct textgen *tg;
     struct sched_options opt;
     uint32_t n_vocab, n_ctx;
-    size_t piece_cap;
     struct slot *slots;  /* [opt.slots] */
     int32_t *batch_tok;  /* [opt.slots] next token of each decoding slot */
     int *batch_slot;     /* [opt.slots] */
@@ -145,41 +143,17 @@ static int job_append(struct job *j, const char *p, size_t n)
     return 0;
 }
 
-/* After an append: cut at the first complete stop string (returns 1), else move committed
- * up to the longest tail that cannot be the start of a stop string. */
-static int job_check_stop(struct job *j, size_t old_len)
-{
-    size_t hold = 0;
-    for (uint32_t i = 0; i < j->req.n_stop; i++) {
-        const char *st = j->req.stop[i];
-        size_t sl = strlen(st);
-        size_t from = old_len >= sl ? old_len - sl + 1 : 0;
-        const char *hit = j->text_len >= sl ? memmem(j->text + from, j->text_len - from, st, sl) : NULL;
-        if (hit) {
-            j->text_len = (size_t)(hit - j->text);
-            j->text[j->text_len] = 0;
-            return 1;
-        }
-        for (size_t k = sl - 1; k > hold; k--)
-            if (k <= j->text_len && !memcmp(j->text + j->text_len - k, st, k)) {
-                hold = k;
-                break;
-            }
-    }
-    size_t c = j->text_len - hold;
-    if (c > j->committed) j->committed = c;
-    return 0;
-}
-
-/* Ends the slot's job. flush: append the detokenizer's held tail (not after a stop string,
- * whose text was cut off). */
+/* Ends the slot's job. flush: append the text held back for stop-string matching and
+ * an incomplete UTF-8 tail (not after a stop string, whose text is cut off). */
 static void slot_finish_ex(struct scheduler *s, struct slot *sl, enum job_finish f, const char *error, bool flush)
 {
     struct job *j = sl->job;
     if (flush) {
-        int n = textgen_seq_flush(sl->seq, sl->piece, s->piece_cap);
+        const char *text;
+        size_t n;
+        textgen_seq_finish(sl->seq, &text, &n);
         pthread_mutex_lock(&j->lock);
-        if (n > 0) job_append(j, sl->piece, (size_t)n);
+        if (n) job_append(j, text, n);
         pthread_mutex_unlock(&j->lock);
     }
     pthread_mutex_lock(&j->lock);
@@ -255,30 +229,30 @@ static void admit(struct scheduler *s)
     if (!s->n_busy && !s->n_queued) pthread_cond_broadcast(&s->idle);
 }
 
-/* Samples from the slot's logits and appends the token's text. Returns 1 when the slot
- * should evaluate the token next (still generating), 0 when the job ended. */
+/* Samples from the slot's logits and appends the token's released text. Returns 1 when
+ * the slot should evaluate the token next (still generating), 0 when the job ended. */
 static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
 {
     struct job *j = sl->job;
     int32_t tok = textgen_seq_sample(sl->seq, sl->logits);
     uint64_t now = sched_now_ns();
-    if (!j->req.ignore_eos && textgen_is_end(s->tg, tok)) {
+    if (tok < 0) {
+        slot_finish(s, sl, JOB_ERROR, "every logit is -inf or NaN");
+        return 0;
+    }
+    const char *text;
+    size_t n;
+    enum textgen_stop why = textgen_seq_feed(sl->seq, tok, &text, &n);
+    if (why == TEXTGEN_END_TOKEN) {
         slot_finish(s, sl, JOB_STOP, NULL);
         return 0;
     }
-    int n = textgen_seq_piece(sl->seq, tok, sl->piece, s->piece_cap);
-    if (n < 0) {
-        slot_finish(s, sl, JOB_ERROR, "sampler returned a token outside the vocabulary");
-        return 0;
-    }
     pthread_mutex_lock(&j->lock);
-    size_t old = j->text_len;
-    int oom = job_append(j, sl->piece, (size_t)n);
+    int oom = n ? job_append(j, text, n) : 0;
     j->n_out++;
-    int stopped = !oom && job_check_stop(j, old);
+    j->committed = j->text_len; /* the stopper released only text that cannot change */
     bool first = j->t_first_ns == 0;
     if (first) j->t_first_ns = now;
-    uint32_t n_out = j->n_out;
     pthread_cond_broadcast(&j->cond);
     pthread_mutex_unlock(&j->lock);
     if (first) metrics_time_to_first_token((double)(now - j->t_submit_ns) / 1e9);
@@ -288,11 +262,11 @@ static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
         slot_finish(s, sl, JOB_ERROR, "out of memory for the answer text");
         return 0;
     }
-    if (stopped) {
+    if (why == TEXTGEN_STOP_STRING) {
         slot_finish_ex(s, sl, JOB_STOP, NULL, false);
         return 0;
     }
-    if (n_out >= j->req.max_tokens || session_pos(sl->sess) >= s->n_ctx) {
+    if (why == TEXTGEN_LENGTH || session_pos(sl->sess) >= s->n_ctx) {
         slot_finish(s, sl, JOB_LENGTH, NULL);
         return 0;
     }
@@ -420,7 +394,6 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
     struct engine_info info;
     engine_get_info(e, &info);
     s->n_vocab = info.n_vocab;
-    s->piece_cap = textgen_piece_cap(tg);
     pthread_mutex_init(&s->lock, NULL);
     cond_init_monotonic(&s->wake);
     cond_init_monotonic(&s->idle);
@@ -440,8 +413,7 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
             return -1;
         }
         sl->logits = malloc((size_t)s->n_vocab * sizeof *sl->logits);
-        sl->piece = malloc(s->piece_cap);
-        if (!sl->logits || !sl->piece) {
+        if (!sl->logits) {
             scheduler_destroy(s);
             return errf(err, err_len, "slot %u: out of memory", i);
         }
@@ -471,7 +443,6 @@ void scheduler_destroy(struct scheduler *s)
         session_destroy(s->slots[i].sess);
         textgen_seq_destroy(s->slots[i].seq);
         free(s->slots[i].logits);
-        free(s->slots[i].piece);
     }
     free(s->slots);
     free(s->batch_tok);

@@ -208,7 +208,7 @@ static void *loader_main(void *arg)
         goto out;
     }
     if (engine_open(&l->engine, &eo, l->err, sizeof l->err)) goto out;
-    if (textgen_open(&l->tg, l->cfg.model_path, l->err, sizeof l->err)) goto out;
+    if (textgen_open(&l->tg, l->engine, l->err, sizeof l->err)) goto out;
     struct engine_info info;
     engine_get_info(l->engine, &info);
     l->n_vocab = info.n_vocab;

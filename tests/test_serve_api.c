@@ -44,7 +44,7 @@ static char *engine_greedy(const char *model, const int32_t *prompt, uint32_t n,
     size_t cap = tok_stream_buf_size(t) * (max_tokens + 2) + 1, len = 0;
     char *text = malloc(cap);
     struct tok_stream st;
-    tok_stream_init(&st, t, 0);
+    tok_stream_init(&st, t, TOK_DECODE_SPECIAL); /* control tokens as text, as the daemon sends them */
     int rc = session_eval(s, prompt, n, logits, false, err, sizeof err);
     *n_out = 0;
     while (!rc) {
@@ -408,5 +408,51 @@ TEST(serve_loopback_tcp_checks_the_host_header)
     if (f2) { fgets(b2, sizeof b2, f2); fclose(f2); }
     CHECK_STR(b1, "200");
     CHECK_STR(b2, "403");
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+/* `flashbox run` prints the answer, a newline and one stats line: the answer is what
+ * precedes that last line. */
+static char *run_answer(const char *model, const char *prompt, int n, int chat)
+{
+    char cmd[2048], path[700];
+    snprintf(path, sizeof path, "%s/run.out", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s run -m %s -p '%s' -n %d --temp 0 %s > %s", test_flashbox_bin(), model, prompt, n,
+             chat ? "--chat" : "", path);
+    if (system(cmd) != 0) return NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    static char buf[65536];
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = 0;
+    if (len && buf[len - 1] == '\n') buf[--len] = 0;
+    char *nl = strrchr(buf, '\n');
+    if (!nl) return NULL;
+    *nl = 0;
+    return strdup(buf);
+}
+
+TEST(serve_greedy_answers_equal_flashbox_run)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, small_sets) == 0);
+    char *want = run_answer(d.model, "Once upon a time", 10, 0);
+    REQUIRE(want != NULL);
+    char *out;
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":10,\"temperature\":0}", &out, NULL), 200);
+    json_t *o = parse(out);
+    CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "text")), want);
+    json_decref(o);
+    free(out);
+    free(want);
+    want = run_answer(d.model, "Hello", 10, 1);
+    REQUIRE(want != NULL);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"max_tokens\":10,\"temperature\":0}", &out, NULL), 200);
+    o = parse(out);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "message"), "content")), want);
+    json_decref(o);
+    free(out);
+    free(want);
     serve_stop(&d, SIGTERM, 10000);
 }
