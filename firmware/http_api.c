@@ -282,6 +282,20 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
         g.slots_busy = ss.busy;
         g.slots_total = ss.slots;
         if (ss.last_eval_failed) g.ready = -1;
+        if (ss.have_experts) {
+            g.have_expert_stats = 1;
+            for (int k = 0; k < 2; k++) {
+                g.expert_hits[k] = ss.experts.hits[k];
+                g.expert_misses[k] = ss.experts.misses[k];
+            }
+            g.expert_bytes_read = ss.experts.bytes_read;
+            g.expert_loads = ss.experts.loads;
+            g.expert_evictions = ss.experts.evictions;
+            g.expert_stall_ns = ss.experts.stall_ns;
+            g.expert_prefetch_issued = ss.experts.prefetch_issued;
+            g.expert_prefetch_used = ss.experts.prefetch_used;
+            g.expert_cache_bytes = (uint64_t)ss.experts.n_slots * ss.experts.slot_bytes;
+        }
     }
     char *text;
     size_t len;

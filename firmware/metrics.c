@@ -192,12 +192,19 @@ int metrics_render(const struct metrics_gauges *g, char **out, size_t *out_len)
     put(&t, "\",slot=\"");
     put_label(&t, g->slot);
     put(&t, "\"} 1\n");
-    if (g->have_engine_stats) {
-        put(&t, "# TYPE flashbox_expert_cache_hits_total counter\nflashbox_expert_cache_hits_total %llu\n", (unsigned long long)g->expert_hits);
-        put(&t, "# TYPE flashbox_expert_cache_misses_total counter\nflashbox_expert_cache_misses_total %llu\n", (unsigned long long)g->expert_misses);
+    if (g->have_expert_stats) {
+        static const char *kinds[2] = { "hash", "learned" };
+        put(&t, "# HELP flashbox_expert_cache_hits_total Routed-expert lookups served from the cache.\n# TYPE flashbox_expert_cache_hits_total counter\n");
+        for (int k = 0; k < 2; k++) put(&t, "flashbox_expert_cache_hits_total{layer=\"%s\"} %llu\n", kinds[k], (unsigned long long)g->expert_hits[k]);
+        put(&t, "# HELP flashbox_expert_cache_misses_total Routed-expert lookups that loaded from storage.\n# TYPE flashbox_expert_cache_misses_total counter\n");
+        for (int k = 0; k < 2; k++) put(&t, "flashbox_expert_cache_misses_total{layer=\"%s\"} %llu\n", kinds[k], (unsigned long long)g->expert_misses[k]);
         put(&t, "# TYPE flashbox_expert_bytes_read_total counter\nflashbox_expert_bytes_read_total %llu\n", (unsigned long long)g->expert_bytes_read);
-        put(&t, "# TYPE flashbox_device_memory_used_bytes gauge\nflashbox_device_memory_used_bytes %llu\n", (unsigned long long)g->device_mem_used);
-        put(&t, "# TYPE flashbox_device_memory_total_bytes gauge\nflashbox_device_memory_total_bytes %llu\n", (unsigned long long)g->device_mem_total);
+        put(&t, "# TYPE flashbox_expert_loads_total counter\nflashbox_expert_loads_total %llu\n", (unsigned long long)g->expert_loads);
+        put(&t, "# TYPE flashbox_expert_evictions_total counter\nflashbox_expert_evictions_total %llu\n", (unsigned long long)g->expert_evictions);
+        put(&t, "# TYPE flashbox_expert_stall_seconds_total counter\nflashbox_expert_stall_seconds_total %.9g\n", (double)g->expert_stall_ns / 1e9);
+        put(&t, "# TYPE flashbox_expert_prefetch_issued_total counter\nflashbox_expert_prefetch_issued_total %llu\n", (unsigned long long)g->expert_prefetch_issued);
+        put(&t, "# TYPE flashbox_expert_prefetch_used_total counter\nflashbox_expert_prefetch_used_total %llu\n", (unsigned long long)g->expert_prefetch_used);
+        put(&t, "# HELP flashbox_expert_cache_bytes Bytes of the expert cache (slots x slot size).\n# TYPE flashbox_expert_cache_bytes gauge\nflashbox_expert_cache_bytes %llu\n", (unsigned long long)g->expert_cache_bytes);
     }
     if (t.oom) {
         free(t.p);

@@ -18,9 +18,11 @@ struct metrics_gauges {
     uint32_t slots_busy, slots_total;
     int ready;                    /* 1 ready, 0 loading, -1 degraded */
     const char *model_id, *slot;
-    /* Engine-side counters, reported only when the engine provides them (have_engine_stats). */
-    int have_engine_stats;
-    uint64_t expert_hits, expert_misses, expert_bytes_read, device_mem_used, device_mem_total;
+    /* Expert-cache counters, reported only when experts are paged (have_expert_stats). */
+    int have_expert_stats;
+    uint64_t expert_hits[2], expert_misses[2]; /* [hash, learned] layers */
+    uint64_t expert_bytes_read, expert_loads, expert_evictions, expert_stall_ns;
+    uint64_t expert_prefetch_issued, expert_prefetch_used, expert_cache_bytes;
 };
 
 const char *metrics_endpoint_name(enum metrics_endpoint ep);

@@ -119,6 +119,8 @@ struct scheduler {
     bool stop, draining, cancel_all;
     uint64_t engine_errors;
     bool last_eval_failed;
+    bool have_experts;
+    struct expert_counters experts; /* copied by the worker: the engine is only called from it */
     pthread_t worker;
     bool worker_started;
 };
@@ -374,7 +376,11 @@ static void *worker_main(void *arg)
         } else if (busy) {
             step(s);
         }
+        struct expert_counters ec;
+        int have = engine_expert_counters(s->engine, &ec) == 0;
         pthread_mutex_lock(&s->lock);
+        s->have_experts = have;
+        if (have) s->experts = ec;
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;
@@ -533,5 +539,7 @@ void scheduler_stats(struct scheduler *s, struct sched_stats *st)
     st->slots = s->opt.slots;
     st->engine_errors = s->engine_errors;
     st->last_eval_failed = s->last_eval_failed;
+    st->have_experts = s->have_experts;
+    st->experts = s->experts;
     pthread_mutex_unlock(&s->lock);
 }

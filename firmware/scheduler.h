@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/engine.h"
 #include "firmware/request_parse.h"
 
 struct engine;
@@ -98,6 +99,8 @@ struct sched_stats {
     uint32_t queued, queue_capacity, busy, slots;
     uint64_t engine_errors;
     bool last_eval_failed;
+    bool have_experts;            /* experts are paged: counters below are live */
+    struct expert_counters experts; /* as of the worker's last step */
 };
 void scheduler_stats(struct scheduler *s, struct sched_stats *st);
 

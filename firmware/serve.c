@@ -202,6 +202,7 @@ static void *loader_main(void *arg)
     struct engine_options eo;
     engine_options_default(&eo);
     eo.model_path = l->cfg.model_path;
+    eo.expert_cache_mb = l->cfg.expert_cache_mb;
     l->rc = -1;
     if (engine_backend_parse(l->cfg.backend, &eo.backend) != 0) {
         errf(l->err, sizeof l->err, "model.backend: '%s', expected ref or vulkan", l->cfg.backend);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -455,4 +456,57 @@ TEST(serve_greedy_answers_equal_flashbox_run)
     free(out);
     free(want);
     serve_stop(&d, SIGTERM, 10000);
+}
+
+TEST(serve_metrics_report_expert_cache_counters_when_paging)
+{
+    const char *sets[] = { "model.expert_cache_mb=1", "server.slots=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    char *out;
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"page the experts\",\"max_tokens\":4,\"temperature\":0}", &out, NULL), 200);
+    free(out);
+    double hits = serve_metric(&d, "flashbox_expert_cache_hits_total{layer=\"learned\"}") +
+                  serve_metric(&d, "flashbox_expert_cache_hits_total{layer=\"hash\"}");
+    double misses = serve_metric(&d, "flashbox_expert_cache_misses_total{layer=\"learned\"}") +
+                    serve_metric(&d, "flashbox_expert_cache_misses_total{layer=\"hash\"}");
+    CHECK(misses >= 1);
+    CHECK(hits + misses >= 4); /* at least one routed lookup per generated token */
+    CHECK(serve_metric(&d, "flashbox_expert_bytes_read_total") > 0);
+    CHECK(serve_metric(&d, "flashbox_expert_cache_bytes") > 0);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+TEST(serve_tells_systemd_ready_watchdog_and_stopping)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/notify.sock", test_tmpdir());
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    REQUIRE(strlen(path) < sizeof sa.sun_path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    REQUIRE(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    setenv("NOTIFY_SOCKET", path, 1);
+    setenv("WATCHDOG_USEC", "200000", 1); /* pings expected every 100 ms */
+    struct served d;
+    REQUIRE(serve_start(&d, NULL) == 0);
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    usleep(600000);
+    serve_stop(&d, SIGTERM, 10000);
+    int ready = 0, watchdog = 0, stopping = 0, status = 0;
+    char msg[512];
+    ssize_t n;
+    while ((n = recv(fd, msg, sizeof msg - 1, MSG_DONTWAIT)) > 0) {
+        msg[n] = 0;
+        ready += strstr(msg, "READY=1") != NULL;
+        watchdog += strstr(msg, "WATCHDOG=1") != NULL;
+        stopping += strstr(msg, "STOPPING=1") != NULL;
+        status += strstr(msg, "STATUS=") != NULL;
+    }
+    close(fd);
+    CHECK_EQ_INT(ready, 1);
+    CHECK(watchdog >= 2);
+    CHECK_EQ_INT(stopping, 1);
+    CHECK(status >= 1);
 }
