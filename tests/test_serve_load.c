@@ -64,7 +64,7 @@ TEST(serve_32_concurrent_clients_all_get_their_answer)
     char *want[4];
     char body[4][256];
     for (int p = 0; p < 4; p++) {
-        snprintf(body[p], sizeof body[p], "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":6,\"temperature\":0}", prompts[p]);
+        snprintf(body[p], sizeof body[p], "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":4,\"temperature\":0}", prompts[p]);
         char *out;
         REQUIRE(status_of(&d, body[p], &out) == 200);
         json_t *o = json_loads(out, 0, NULL);
