@@ -38,6 +38,7 @@ struct engine_options {
     const char *device_uuid;    /* NULL: any */
     uint64_t expert_cache_mb;   /* 0: every expert resident; else page experts through a cache of this size */
     enum engine_expert_read expert_read;
+    bool expert_no_prefetch;    /* disable speculative loads (to measure what prefetch hides) */
 };
 
 enum engine_expert_kind { ENGINE_EXPERT_HASH = 0, ENGINE_EXPERT_LEARNED = 1 };

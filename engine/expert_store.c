@@ -59,6 +59,7 @@ struct expert_store {
     uint8_t *staging;               /* [3][staging_part] aligned, direct path only */
     uint64_t staging_part;
     uint64_t tick;
+    bool no_prefetch;
     struct expert_counters c;
 };
 
@@ -285,6 +286,7 @@ int expert_store_open(struct expert_store **out, const struct model *m, const ch
     }
     s->file_size = (uint64_t)st.st_size;
     s->path = opt->read_path;
+    s->no_prefetch = opt->no_prefetch;
     if (s->path == ENGINE_EXPERT_READ_AUTO) {
         long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
         uint64_t avail = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
@@ -373,6 +375,7 @@ void expert_store_close(struct expert_store *s)
 
 void expert_store_prefetch(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n, bool speculative)
 {
+    if (speculative && s->no_prefetch) return;
     pthread_mutex_lock(&s->mu);
     /* hold what this request already has, so its own loads cannot evict it */
     int32_t held[64];

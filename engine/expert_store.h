@@ -22,6 +22,7 @@ struct expert_store_options {
     uint64_t budget_bytes;          /* slot memory; at least n_expert_used slots */
     enum engine_expert_read read_path;
     void *slot_memory;              /* optional caller-owned memory of budget_bytes (e.g. mapped device memory) */
+    bool no_prefetch;               /* speculative prefetches do nothing */
 };
 
 /* One expert's matrices inside a slot, as tensor views ref_matvec accepts. */
