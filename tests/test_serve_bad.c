@@ -116,6 +116,20 @@ TEST(serve_bad_requests_get_4xx_json_and_the_daemon_keeps_serving)
     free(big);
     check_still_serving(&d, 100);
 
+    /* The same body in chunked transfer encoding (no Content-Length to refuse up front):
+     * counted while it arrives, 413 at the end. */
+    big = malloc(8192);
+    memset(big, ' ', 8191);
+    big[0] = '{';
+    big[8190] = '}';
+    big[8191] = 0;
+    const char *chunked[] = { "-H", "Transfer-Encoding: chunked", "-H", "Content-Type: application/json", NULL };
+    CHECK_EQ_INT(serve_curl(&d, "POST", CHAT, big, &out, chunked), 413);
+    check_error_body(out, "body_too_large", 104);
+    free(out);
+    free(big);
+    check_still_serving(&d, 104);
+
     /* Prompt over the context (n_ctx 64): 400 with the OpenAI code. */
     char longp[2048];
     int off = snprintf(longp, sizeof longp, "{\"prompt\":\"");

@@ -200,6 +200,38 @@ TEST(serve_sigterm_during_generation_exits_0_within_the_grace_period)
     CHECK(stop_line);
 }
 
+TEST(serve_request_past_its_deadline_gets_504_and_frees_the_slot)
+{
+    const char *sets[] = { "server.slots=1", "server.request_deadline_s=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    char *out;
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"long\"}],\"max_tokens\":4096,\"ignore_eos\":true}", &out), 504);
+    json_t *o = json_loads(out ? out : "", 0, NULL);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "error"), "code")), "deadline");
+    json_decref(o);
+    free(out);
+    CHECK_EQ_INT(serve_wait_idle(&d, 5000), 0);
+    CHECK(serve_metric(&d, "flashbox_completion_tokens_total") < 4096);
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"short\"}],\"max_tokens\":2}", &out), 200);
+    free(out);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+TEST(serve_socket_file_gets_the_configured_mode_and_group)
+{
+    if (getuid() != 0) test_skip("changing the socket's group needs root");
+    const char *sets[] = { "server.socket_mode=0640", "server.socket_group=nogroup", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    struct stat st;
+    REQUIRE(stat(d.sock, &st) == 0);
+    CHECK(S_ISSOCK(st.st_mode));
+    CHECK_EQ_INT(st.st_mode & 0777, 0640);
+    CHECK_EQ_INT(st.st_gid, 65534); /* Debian's nogroup */
+    serve_stop(&d, SIGTERM, 10000);
+}
+
 TEST(serve_peer_not_on_the_allow_list_is_refused)
 {
     char uids[64];
