@@ -359,8 +359,10 @@ static json_t *chunk_json(const struct req *r, json_t *choice)
     return o;
 }
 
-/* A streaming choice carrying text (or, for chat, a role) and a finish reason. */
-static json_t *stream_choice(const struct req *r, const char *text, size_t len, int with_role, const char *finish)
+/* A streaming choice carrying text (or, for chat, a role) and a finish reason. Chat text
+ * before the end of the model's reasoning goes in delta.reasoning_content. */
+static json_t *stream_choice(const struct req *r, const char *text, size_t len, int with_role, const char *finish,
+                             int reasoning)
 {
     json_t *fin = finish ? json_string(finish) : json_null();
     json_t *content = text ? json_stringn(text, len) : NULL;
@@ -368,7 +370,7 @@ static json_t *stream_choice(const struct req *r, const char *text, size_t len, 
     if (r->chat) {
         json_t *delta = json_object();
         if (with_role) json_object_set_new(delta, "role", json_string("assistant"));
-        if (content) json_object_set_new(delta, "content", content);
+        if (content) json_object_set_new(delta, reasoning ? "reasoning_content" : "content", content);
         return json_pack("{s:i,s:o,s:o}", "index", 0, "delta", delta, "finish_reason", fin);
     }
     return json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", content ? content : json_string(""), "logprobs", "finish_reason", fin);
@@ -417,31 +419,37 @@ static int sse_produce(struct req *r)
     struct job *j = r->job;
     if (!r->role_sent) {
         r->role_sent = 1;
-        if (r->chat) return out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 1, NULL)));
+        if (r->chat) return out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 1, NULL, 0)));
     }
     for (;;) {
         pthread_mutex_lock(&j->lock);
         if (j->committed > r->sent) {
-            size_t n = j->committed - r->sent;
-            char *delta = malloc(n);
+            /* Thinking mode: up to the end of the reasoning (all of it while that end is
+             * unknown) the text is reasoning; one event never mixes the two. */
+            size_t upto = j->committed;
+            int reasoning = 0;
+            if (j->thinking && (!j->reasoning_known || r->sent < j->reasoning_end)) {
+                reasoning = 1;
+                if (j->reasoning_known && j->reasoning_end < upto) upto = j->reasoning_end;
+            }
+            size_t n = upto - r->sent;
+            char *delta = malloc(n ? n : 1);
             if (delta) memcpy(delta, j->text + r->sent, n);
-            r->sent = j->committed;
+            r->sent = upto;
             pthread_mutex_unlock(&j->lock);
             if (!delta) return -1;
-            int rc = out_event(r, chunk_json(r, stream_choice(r, delta, n, 0, NULL)));
+            int rc = n ? out_event(r, chunk_json(r, stream_choice(r, delta, n, 0, NULL, reasoning))) : 0;
             free(delta);
             return rc;
         }
         if (j->finish != JOB_RUNNING) {
             enum job_finish f = j->finish;
             uint32_t n_out = j->n_out;
-            char error[256];
-            snprintf(error, sizeof error, "%s", j->error);
             pthread_mutex_unlock(&j->lock);
             r->tokens_out = n_out;
             r->finish = job_finish_name(f);
             if (f == JOB_STOP || f == JOB_LENGTH) {
-                out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 0, openai_finish(f))));
+                out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 0, openai_finish(f), 0)));
             } else {
                 const char *msg = f == JOB_ERROR ? "generation failed" : f == JOB_DEADLINE ? "request deadline passed"
                                 : f == JOB_SHUTDOWN ? "the server is shutting down" : "cancelled";
@@ -516,7 +524,10 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     }
     enum job_finish f = j->finish;
     uint32_t n_out = j->n_out;
-    json_t *text = json_stringn(j->text, j->text_len);
+    /* Thinking mode: the reasoning (all of the text if it never ended) is separate. */
+    size_t split = !j->thinking ? 0 : j->reasoning_known && j->reasoning_end < j->text_len ? j->reasoning_end : j->text_len;
+    json_t *text = json_stringn(j->text + split, j->text_len - split);
+    json_t *reasoning = j->thinking ? json_stringn(j->text, split) : NULL;
     pthread_mutex_unlock(&j->lock);
     r->tokens_out = n_out;
     r->finish = job_finish_name(f);
@@ -537,6 +548,8 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
                                          text, "finish_reason", openai_finish(f))
                              : json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", text, "logprobs", "finish_reason",
                                          openai_finish(f));
+    if (reasoning && choice) json_object_set_new(json_object_get(choice, "message"), "reasoning_content", reasoning);
+    else json_decref(reasoning);
     json_t *o = json_pack("{s:s+,s:s,s:I,s:s,s:[o],s:o}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
                           r->chat ? "chat.completion" : "text_completion", "created", (json_int_t)r->created, "model",
                           r->api->model_id, "choices", choice, "usage", usage_json(r, n_out));

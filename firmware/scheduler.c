@@ -53,6 +53,7 @@ struct job *job_create(struct gen_request *req, int32_t *prompt, uint32_t n_prom
     memset(req, 0, sizeof *req);
     j->prompt = prompt;
     j->n_prompt = n_prompt;
+    j->thinking = j->req.kind == REQ_CHAT && j->req.thinking;
     j->t_submit_ns = sched_now_ns();
     j->deadline_ns = j->t_submit_ns + (uint64_t)deadline_s * 1000000000ull;
     j->refs = 1;
@@ -249,9 +250,15 @@ static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
         slot_finish(s, sl, JOB_STOP, NULL);
         return 0;
     }
+    size_t reasoning_end;
+    bool reasoning_known = textgen_seq_reasoning_end(sl->seq, &reasoning_end);
     pthread_mutex_lock(&j->lock);
     int oom = n ? job_append(j, text, n) : 0;
     j->n_out++;
+    if (reasoning_known && !j->reasoning_known) {
+        j->reasoning_known = true;
+        j->reasoning_end = reasoning_end;
+    }
     j->committed = j->text_len; /* the stopper released only text that cannot change */
     bool first = j->t_first_ns == 0;
     if (first) j->t_first_ns = now;

@@ -55,6 +55,9 @@ struct job {
     enum job_finish finish;
     int slot;                   /* slot index while running, -1 otherwise */
     uint64_t t_first_ns;        /* first token; 0 before */
+    bool thinking;              /* chat in thinking mode: text starts with the reasoning */
+    bool reasoning_known;       /* the reasoning ended: text[0, reasoning_end) is reasoning */
+    size_t reasoning_end;
     char error[256];
 
     /* Queue links, guarded by the scheduler's lock. */

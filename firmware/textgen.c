@@ -29,6 +29,11 @@ struct textgen_seq {
     size_t piece_cap;
     char *released;            /* [released_cap] text the stopper lets out */
     size_t released_cap;
+    bool thinking;             /* this request's prompt opened <think> */
+    bool reasoning_known;      /* </think> seen: reasoning_end is set */
+    size_t reasoning_end;      /* bytes of text before </think> */
+    size_t fed;                /* bytes given to the stopper so far (all released in order) */
+    int32_t think_end_tok;     /* </think>, or -1 */
 };
 
 int textgen_open(struct textgen **out, const struct engine *e, char *err, size_t err_len)
@@ -193,7 +198,18 @@ int textgen_seq_start(struct textgen_seq *s, const struct gen_request *req, char
         s->released_cap = need;
     }
     tok_stream_init(&s->stream, s->tg->tok, TOK_DECODE_SPECIAL);
+    s->thinking = req->kind == REQ_CHAT && req->thinking;
+    s->think_end_tok = tok_find_special(s->tg->tok, CHAT_THINK_END);
+    s->reasoning_known = false;
+    s->reasoning_end = 0;
+    s->fed = 0;
     return 0;
+}
+
+bool textgen_seq_reasoning_end(const struct textgen_seq *s, size_t *end)
+{
+    *end = s->reasoning_end;
+    return s->reasoning_known;
 }
 
 int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits)
@@ -205,8 +221,18 @@ int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits)
 
 enum textgen_stop textgen_seq_feed(struct textgen_seq *s, int32_t tok, const char **text, size_t *len)
 {
-    int n = tok_stream_feed(&s->stream, tok, s->piece, s->piece_cap);
-    if (n < 0) n = 0; /* the sampler only returns ids of the vocabulary */
+    int n;
+    if (s->thinking && !s->reasoning_known && tok == s->think_end_tok) {
+        /* The end of the reasoning: every byte fed so far is reasoning (the stopper may
+         * still hold some back, but releases them in order), and the marker is no text. */
+        s->reasoning_known = true;
+        s->reasoning_end = s->fed;
+        n = 0;
+    } else {
+        n = tok_stream_feed(&s->stream, tok, s->piece, s->piece_cap);
+        if (n < 0) n = 0; /* the sampler only returns ids of the vocabulary */
+        s->fed += (size_t)n;
+    }
     enum stop_reason why = stopper_feed(s->stopper, tok, s->piece, (size_t)n, s->released, s->released_cap, len);
     *text = s->released;
     switch (why) {

@@ -53,6 +53,10 @@ int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits);
 /* Takes a generated token: *text and *len get the text now safe to show (valid UTF-8, no part
  * of a stop string), pointing into the sequence's buffer until the next call. */
 enum textgen_stop textgen_seq_feed(struct textgen_seq *s, int32_t tok, const char **text, size_t *len);
+/* Thinking mode: true once the model closed its reasoning (</think>); *end is then the
+ * byte offset in the sequence's text where the answer starts (text before it is the
+ * reasoning; the </think> marker itself is not part of the text). */
+bool textgen_seq_reasoning_end(const struct textgen_seq *s, size_t *end);
 /* At the end (not after a stop string): the held-back text. */
 void textgen_seq_finish(struct textgen_seq *s, const char **text, size_t *len);
 

@@ -416,10 +416,11 @@ TEST(serve_loopback_tcp_checks_the_host_header)
  * precedes that last line. */
 static char *run_answer(const char *model, const char *prompt, int n, int chat)
 {
+    const char *mode = chat == 2 ? "--think" : chat ? "--chat" : "";
     char cmd[2048], path[700];
     snprintf(path, sizeof path, "%s/run.out", test_tmpdir());
     snprintf(cmd, sizeof cmd, "%s run -m %s -p '%s' -n %d --temp 0 %s > %s", test_flashbox_bin(), model, prompt, n,
-             chat ? "--chat" : "", path);
+             mode, path);
     if (system(cmd) != 0) return NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -509,4 +510,66 @@ TEST(serve_tells_systemd_ready_watchdog_and_stopping)
     CHECK(watchdog >= 2);
     CHECK_EQ_INT(stopping, 1);
     CHECK(status >= 1);
+}
+
+TEST(serve_thinking_answers_split_reasoning_from_content)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, small_sets) == 0);
+    /* flashbox run shows the whole answer, </think> included; the daemon must return the
+     * part before it as reasoning_content and the part after it as content. The tiny
+     * model's greedy answer to "Think" closes its reasoning within 40 tokens. */
+    char *want = run_answer(d.model, "Think", 40, 2);
+    REQUIRE(want != NULL);
+    char *mark = strstr(want, "</think>");
+    if (!mark) test_skip("this model's greedy answer never closes its reasoning");
+    *mark = 0;
+    const char *want_reasoning = want, *want_content = mark + strlen("</think>");
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Think\"}],\"max_tokens\":40,\"temperature\":0,"
+                       "\"thinking\":true%s}";
+    char req[256];
+    snprintf(req, sizeof req, body, "");
+    char *out;
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", req, &out, NULL), 200);
+    json_t *o = parse(out);
+    json_t *msg = json_object_get(json_array_get(json_object_get(o, "choices"), 0), "message");
+    CHECK_STR(json_string_value(json_object_get(msg, "reasoning_content")), want_reasoning);
+    CHECK_STR(json_string_value(json_object_get(msg, "content")), want_content);
+    json_decref(o);
+    free(out);
+
+    /* Streamed: reasoning deltas first, then content deltas, never both in one event. */
+    snprintf(req, sizeof req, body, ",\"stream\":true");
+    const char *extra[] = { "-N", "-H", "Content-Type: application/json", NULL };
+    REQUIRE(serve_curl(&d, "POST", "/v1/chat/completions", req, &out, extra) == 200);
+    static char reasoning[8192], content[8192];
+    reasoning[0] = content[0] = 0;
+    int content_started = 0;
+    for (char *ev = strstr(out, "data: "); ev; ev = strstr(ev + 6, "data: ")) {
+        char *end = strstr(ev, "\n\n");
+        if (!end) break;
+        *end = 0;
+        if (strcmp(ev + 6, "[DONE]")) {
+            json_t *c = parse(ev + 6);
+            json_t *delta = json_object_get(json_array_get(json_object_get(c, "choices"), 0), "delta");
+            const char *rp = json_string_value(json_object_get(delta, "reasoning_content"));
+            const char *cp = json_string_value(json_object_get(delta, "content"));
+            CHECK(!(rp && cp));
+            if (rp) {
+                CHECK(!content_started);
+                strncat(reasoning, rp, sizeof reasoning - strlen(reasoning) - 1);
+            }
+            if (cp) {
+                content_started = 1;
+                strncat(content, cp, sizeof content - strlen(content) - 1);
+            }
+            json_decref(c);
+        }
+        *end = '\n';
+    }
+    CHECK_STR(reasoning, want_reasoning);
+    CHECK_STR(content, want_content);
+    free(out);
+    free(want);
+    serve_stop(&d, SIGTERM, 10000);
 }
