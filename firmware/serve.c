@@ -19,6 +19,7 @@
 #include "firmware/textgen.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <grp.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -306,16 +307,25 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, "flashbox serve: %s\n", err);
         return 1;
     }
-    int ufd = open_unix_socket(&cfg, err, sizeof err);
+    /* Socket activation (flashbox.socket): systemd created, bound and owns the socket, so
+     * it exists before the model loads and survives restarts; otherwise we make it. */
+    int activated = sd_listen_fds(1) >= 1 && sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) > 0;
+    int ufd = activated ? SD_LISTEN_FDS_START : open_unix_socket(&cfg, err, sizeof err);
     if (ufd < 0) {
         fprintf(stderr, "flashbox serve: %s\n", err);
         return 1;
+    }
+    if (activated) {
+        struct sockaddr_un sa;
+        socklen_t sl = sizeof sa;
+        if (getsockname(ufd, (struct sockaddr *)&sa, &sl) == 0 && sl > offsetof(struct sockaddr_un, sun_path) && sa.sun_path[0])
+            snprintf(cfg.socket_path, sizeof cfg.socket_path, "%.*s", (int)(sl - offsetof(struct sockaddr_un, sun_path)), sa.sun_path);
     }
     int tfd = -1;
     if (cfg.listen[0] && (tfd = open_tcp_socket(&cfg, err, sizeof err)) < 0) {
         fprintf(stderr, "flashbox serve: %s\n", err);
         close(ufd);
-        unlink(cfg.socket_path);
+        if (!activated) unlink(cfg.socket_path);
         return 1;
     }
     if (cfg.admin_socket[0])
@@ -326,7 +336,7 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, "flashbox serve: %s\n", err);
         close(ufd);
         if (tfd >= 0) close(tfd);
-        unlink(cfg.socket_path);
+        if (!activated) unlink(cfg.socket_path);
         return 1;
     }
     sd_notifyf(0, "STATUS=loading %s", cfg.model_path);
@@ -373,7 +383,7 @@ int cmd_serve(int argc, char **argv)
     sd_notify(0, "STOPPING=1");
     if (atomic_load(&api.state) != API_FAILED) atomic_store(&api.state, API_STOPPING);
     api_quiesce(&api);
-    unlink(cfg.socket_path);
+    if (!activated) unlink(cfg.socket_path); /* an activated socket is systemd's to remove */
     if (!loaded) { /* a signal during loading: let the load end, then tear down */
         pthread_join(ld->thread, NULL);
         loaded = 1;

@@ -573,3 +573,48 @@ TEST(serve_thinking_answers_split_reasoning_from_content)
     free(want);
     serve_stop(&d, SIGTERM, 10000);
 }
+
+TEST(serve_takes_a_socket_from_systemd_activation)
+{
+    /* What systemd does for flashbox.socket: bind and listen, pass it as fd 3 with
+     * LISTEN_FDS=1 and LISTEN_PID of the service. */
+    struct served d = { 0 };
+    snprintf(d.sock, sizeof d.sock, "%s/activated.sock", test_tmpdir());
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    REQUIRE(strlen(d.sock) < sizeof sa.sun_path);
+    memcpy(sa.sun_path, d.sock, strlen(d.sock) + 1);
+    REQUIRE(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(fd, 16) == 0);
+    const char *model = serve_test_model();
+    char audit[700];
+    snprintf(audit, sizeof audit, "audit.log=%s/audit.jsonl", test_tmpdir());
+    d.pid = fork();
+    REQUIRE(d.pid >= 0);
+    if (d.pid == 0) {
+        if (fd != 3) {
+            dup2(fd, 3);
+            close(fd);
+        }
+        char pid[32];
+        snprintf(pid, sizeof pid, "%d", (int)getpid());
+        setenv("LISTEN_FDS", "1", 1);
+        setenv("LISTEN_PID", pid, 1);
+        execl(test_flashbox_bin(), test_flashbox_bin(), "serve", "-m", model, "--set", audit, (char *)NULL);
+        _exit(127);
+    }
+    close(fd);
+    char *out = NULL;
+    int st = -1;
+    for (int i = 0; i < 500 && st != 200; i++) {
+        free(out);
+        out = NULL;
+        usleep(10000);
+        st = serve_curl(&d, "GET", "/health", NULL, &out, NULL);
+    }
+    CHECK_EQ_INT(st, 200);
+    free(out);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"hi\",\"max_tokens\":2}", &out, NULL), 200);
+    free(out);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+    CHECK(access(d.sock, F_OK) == 0); /* the socket stays: it belongs to systemd */
+}
