@@ -6,9 +6,13 @@
  * and SIGINT stop accepting, give in-flight work shutdown_grace_s to finish, cancel the
  * rest, flush the audit log and exit 0.
  *
- * Admin hook: model updates never come through the API socket. The update module serves
- * its own root-only socket (server.admin_socket); it starts here, next to the API, through
- * serve_admin_start() below, which this build does not yet have. */
+ * Update hooks (the update module, branch `upd`, is not in this build yet):
+ *  - model updates never come through the API socket; the update module's own root-only
+ *    admin socket (server.admin_socket) starts next to the API, where this file now warns
+ *    that the setting is ignored ("ADMIN HOOK" below);
+ *  - boot protocol: before loading, update_boot_begin() names the active slot and its
+ *    model (it replaces model.path / model.slot when the daemon runs from the slot store),
+ *    and after READY=1, update_boot_ready() ends the new slot's trial ("BOOT HOOK"). */
 #include "engine/engine.h"
 #include "engine/errmsg.h"
 #include "firmware/audit.h"
@@ -328,6 +332,7 @@ int cmd_serve(int argc, char **argv)
         if (!activated) unlink(cfg.socket_path);
         return 1;
     }
+    /* ADMIN HOOK: start the update module's admin socket here when it is built in. */
     if (cfg.admin_socket[0])
         fprintf(stderr, "flashbox serve: server.admin_socket is served by the update module, not part of this build; ignored\n");
 
@@ -344,6 +349,7 @@ int cmd_serve(int argc, char **argv)
     fprintf(stderr, "flashbox serve: listening on %s%s%s, loading %s\n", cfg.socket_path, cfg.listen[0] ? " and " : "",
             cfg.listen, cfg.model_path);
 
+    /* BOOT HOOK: update_boot_begin() goes here, setting cfg.model_path and cfg.slot. */
     struct loader *ld = calloc(1, sizeof *ld);
     if (!ld) return 1;
     ld->cfg = cfg;
@@ -368,6 +374,7 @@ int cmd_serve(int argc, char **argv)
             }
             api_set_ready(&api, ld->sched, ld->tg, ld->n_vocab, ld->model_id);
             sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s", ld->model_id, cfg.socket_path);
+            /* BOOT HOOK: update_boot_ready() goes here (after READY=1, the slot proved itself). */
             audit_event("ready", ld->model_id, cfg.slot, NULL);
             fprintf(stderr, "flashbox serve: ready (%s, %u slots)\n", ld->model_id, cfg.slots);
         }
