@@ -194,6 +194,9 @@ TEST(gpt2_pretokenizer_splits_contractions_and_categories)
     REQUIRE(pretok_create(&p, "gpt-2", err, sizeof err) == 0);
     CHECK_SPLIT(p, "I'll go 42x!?", "I", "'ll", " go", " 42", "x", "!?");
     CHECK_SPLIT(p, "é ü", "é", " ü");
+    /* NEL (U+0085) is whitespace, as in the HF regex engines: each one before a letter
+     * is split off rather than joined as punctuation */
+    CHECK_SPLIT(p, "\xc2\x85\xc2\x85" "b", "\xc2\x85", "\xc2\x85", "b");
     pretok_destroy(p);
 }
 
