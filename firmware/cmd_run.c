@@ -130,7 +130,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         } else if (!strcmp(a, "--repeat-penalty")) {
             bad = parse_f32(v, &o->sp.repeat_penalty);
         } else if (!strcmp(a, "--top-k")) {
-            uint32_t k;
+            uint32_t k = 0;
             bad = parse_u32(v, &k) || k > INT32_MAX;
             o->sp.top_k = (int32_t)k;
         } else if (!strcmp(a, "--seed")) {
