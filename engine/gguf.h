@@ -78,6 +78,9 @@ struct gguf_file {
     struct gguf_tensor *tensors; /* [n_tensors] */
 };
 
+/* Bytes of one metadata value of a fixed-size type; 0 for strings, arrays and unknown types. */
+uint64_t gguf_val_size(enum gguf_val t);
+
 /* Type facts. Unknown types: block size 0. */
 uint32_t gguf_type_block_elems(enum gguf_type type);
 uint32_t gguf_type_block_bytes(enum gguf_type type);

@@ -131,21 +131,10 @@ int gguf_writer_add_str(struct gguf_writer *w, const char *key, const char *v)
     return rc;
 }
 
-static uint64_t elem_size(enum gguf_val t)
-{
-    switch (t) {
-    case GGUF_VAL_UINT8: case GGUF_VAL_INT8: case GGUF_VAL_BOOL: return 1;
-    case GGUF_VAL_UINT16: case GGUF_VAL_INT16: return 2;
-    case GGUF_VAL_UINT32: case GGUF_VAL_INT32: case GGUF_VAL_FLOAT32: return 4;
-    case GGUF_VAL_UINT64: case GGUF_VAL_INT64: case GGUF_VAL_FLOAT64: return 8;
-    default: return 0;
-    }
-}
-
 int gguf_writer_add_arr(struct gguf_writer *w, const char *key, enum gguf_val elem_type,
                         const void *elems, uint64_t count)
 {
-    uint64_t es = elem_size(elem_type);
+    uint64_t es = gguf_val_size(elem_type);
     if (!es || count > (UINT64_MAX - 12) / es) return w->broken = true, -1;
     return add_kv(w, key, GGUF_VAL_ARRAY, elem_type, count, elems, es * count);
 }
