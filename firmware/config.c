@@ -4,6 +4,7 @@
 #include "firmware/config.h"
 
 #include "engine/errmsg.h"
+#include "update/update.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -52,6 +53,10 @@ static const struct cfg_entry entries[] = {
     { "limits", "max_messages", CFG_U32, F(max_messages), 1, 65536, "chat messages per request" },
     { "access", "allow_uids", CFG_UIDS, 0, 0, 0, 0, "peer uids allowed (SO_PEERCRED), comma-separated; both lists empty = socket permissions decide" },
     { "access", "allow_gids", CFG_GIDS, 0, 0, 0, 0, "peer primary or supplementary gids allowed, comma-separated" },
+    { "update", "data_dir", CFG_STR, F(update_data_dir), 0, 0, "signed-update slot store (e.g. /var/lib/flashbox): serve its active slot with the boot protocol; empty = serve model.path" },
+    { "update", "keys_dir", CFG_STR, F(update_keys_dir), 0, 0, "trusted public keys of the slot store" },
+    { "update", "product", CFG_STR, F(update_product), 0, 0, "this box's product id" },
+    { "update", "max_boot_attempts", CFG_U32, F(update_max_boot_attempts), 1, 100, "failed starts of a new slot before falling back to the other" },
     { "audit", "log", CFG_STR, F(audit_log), 0, 0, "audit log: stderr (journald) or a file path, JSON lines" },
     { "audit", "log_prompts", CFG_BOOL, F(log_prompts), 0, 1, "also record prompt text (off: never)" },
 };
@@ -85,6 +90,11 @@ void config_default(struct serve_config *c)
     c->max_stop_len = 64;
     c->max_messages = 256;
     snprintf(c->audit_log, sizeof c->audit_log, "stderr");
+    struct update_config uc;
+    update_config_default(&uc);
+    snprintf(c->update_keys_dir, sizeof c->update_keys_dir, "%s", uc.keys_dir);
+    snprintf(c->update_product, sizeof c->update_product, "%s", uc.product);
+    c->update_max_boot_attempts = uc.max_boot_attempts;
 }
 
 static int parse_u64(const char *v, int base, uint64_t *out)
@@ -256,7 +266,8 @@ void config_print(const struct serve_config *c, FILE *out)
 
 int config_validate(const struct serve_config *c, char *err, size_t err_len)
 {
-    if (!c->model_path[0]) return errf(err, err_len, "model.path: empty, give -m MODEL");
+    if (!c->model_path[0] && !c->update_data_dir[0])
+        return errf(err, err_len, "model.path: empty, give -m MODEL (or update.data_dir to serve the active slot)");
     if (!c->socket_path[0]) return errf(err, err_len, "server.socket: empty");
     if (c->default_max_tokens > c->max_tokens)
         return errf(err, err_len, "limits.default_max_tokens %u exceeds limits.max_tokens %u", c->default_max_tokens, c->max_tokens);

@@ -43,6 +43,11 @@ struct serve_config {
     uint32_t n_allow_uids, n_allow_gids;
     uint32_t allow_uids[CONFIG_MAX_IDS];
     uint32_t allow_gids[CONFIG_MAX_IDS];
+    /* [update] */
+    char update_data_dir[CONFIG_PATH_MAX]; /* slot store; empty = serve model.path as given */
+    char update_keys_dir[CONFIG_PATH_MAX];
+    char update_product[64];
+    uint32_t update_max_boot_attempts;
     /* [audit] */
     char audit_log[CONFIG_PATH_MAX]; /* "stderr" or a file path (appended) */
     bool log_prompts;

@@ -6,13 +6,12 @@
  * and SIGINT stop accepting, give in-flight work shutdown_grace_s to finish, cancel the
  * rest, flush the audit log and exit 0.
  *
- * Update hooks (the update module, branch `upd`, is not in this build yet):
- *  - model updates never come through the API socket; the update module's own root-only
- *    admin socket (server.admin_socket) starts next to the API, where this file now warns
- *    that the setting is ignored ("ADMIN HOOK" below);
- *  - boot protocol: before loading, update_boot_begin() names the active slot and its
- *    model (it replaces model.path / model.slot when the daemon runs from the slot store),
- *    and after READY=1, update_boot_ready() ends the new slot's trial ("BOOT HOOK"). */
+ * Signed updates: with update.data_dir set the daemon serves the slot store's active slot
+ * through the boot protocol: update_boot_begin() before loading (it counts the start of a
+ * slot under trial and falls back to the other slot after too many failed starts) names
+ * the model and the slot; update_boot_ready() after READY=1 ends the trial. Model updates
+ * never come through the API socket: `flashbox update install` (root, or a future admin
+ * socket, server.admin_socket, "ADMIN HOOK" below) writes the other slot and restarts us. */
 #include "engine/engine.h"
 #include "engine/errmsg.h"
 #include "firmware/audit.h"
@@ -21,6 +20,7 @@
 #include "firmware/http_api.h"
 #include "firmware/scheduler.h"
 #include "firmware/textgen.h"
+#include "update/update.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -267,6 +267,8 @@ static void reload(struct api *api, int argc, char **argv, const struct serve_co
     memcpy(c.socket_path, running->socket_path, sizeof c.socket_path);
     memcpy(c.listen, running->listen, sizeof c.listen);
     c.slots = running->slots;
+    memcpy(c.update_data_dir, running->update_data_dir, sizeof c.update_data_dir);
+    if (running->update_data_dir[0]) memcpy(c.slot, running->slot, sizeof c.slot); /* the slot store's, not the file's */
     c.n_ctx = running->n_ctx;
     c.queue_depth = running->queue_depth;
     if (audit_open(c.audit_log, err, sizeof err)) fprintf(stderr, "flashbox serve: reload: %s (audit log unchanged)\n", err);
@@ -349,7 +351,31 @@ int cmd_serve(int argc, char **argv)
     fprintf(stderr, "flashbox serve: listening on %s%s%s, loading %s\n", cfg.socket_path, cfg.listen[0] ? " and " : "",
             cfg.listen, cfg.model_path);
 
-    /* BOOT HOOK: update_boot_begin() goes here, setting cfg.model_path and cfg.slot. */
+    struct update_config uc = { .data_dir = cfg.update_data_dir, .keys_dir = cfg.update_keys_dir,
+                                .product = cfg.update_product, .max_boot_attempts = cfg.update_max_boot_attempts };
+    if (cfg.update_data_dir[0]) {
+        static struct update_boot boot;
+        if (update_boot_begin(&uc, &boot, err, sizeof err)) {
+            fprintf(stderr, "flashbox serve: update boot: %s\n", err);
+            audit_event("boot_failed", NULL, cfg.slot, err);
+            api_quiesce(&api);
+            api_stop(&api, 2000);
+            if (!activated) unlink(cfg.socket_path);
+            audit_close();
+            return 1;
+        }
+        if (boot.fell_back) {
+            fprintf(stderr, "flashbox serve: fell back to slot %s: %s\n", boot.slot, boot.reason);
+            audit_event("fallback", NULL, boot.slot, boot.reason);
+        }
+        if (strlen(boot.model_path) >= sizeof cfg.model_path) {
+            fprintf(stderr, "flashbox serve: update boot: model path longer than %zu bytes\n", sizeof cfg.model_path - 1);
+            return 1;
+        }
+        memcpy(cfg.model_path, boot.model_path, strlen(boot.model_path) + 1);
+        snprintf(cfg.slot, sizeof cfg.slot, "%s", boot.slot);
+        api_set_config(&api, &cfg);
+    }
     struct loader *ld = calloc(1, sizeof *ld);
     if (!ld) return 1;
     ld->cfg = cfg;
@@ -374,7 +400,11 @@ int cmd_serve(int argc, char **argv)
             }
             api_set_ready(&api, ld->sched, ld->tg, ld->n_vocab, ld->model_id);
             sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s", ld->model_id, cfg.socket_path);
-            /* BOOT HOOK: update_boot_ready() goes here (after READY=1, the slot proved itself). */
+            /* The slot loaded and serves: its boot trial (if any) is over. */
+            if (cfg.update_data_dir[0] && update_boot_ready(&uc, err, sizeof err)) {
+                fprintf(stderr, "flashbox serve: update boot: %s\n", err);
+                audit_event("boot_ready_failed", ld->model_id, cfg.slot, err);
+            }
             audit_event("ready", ld->model_id, cfg.slot, NULL);
             fprintf(stderr, "flashbox serve: ready (%s, %u slots)\n", ld->model_id, cfg.slots);
         }

@@ -3,6 +3,7 @@
  * and peers that are not on the allow-list. */
 #include "tests/harness.h"
 #include "tests/serve_client.h"
+#include "tests/update_support.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -378,4 +379,47 @@ TEST(serve_sighup_reloads_the_allow_list)
     CHECK_EQ_INT(serve_curl(&d, "GET", "/health", NULL, &out, NULL), 403);
     free(out);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+}
+
+TEST(serve_runs_the_active_update_slot_and_ends_its_boot_trial)
+{
+    /* A slot store with one signed release installed (slot a, under boot trial). */
+    struct upd_box b;
+    REQUIRE(upd_box_init(&b) == 0);
+    char bundle[1024], out[8192];
+    snprintf(bundle, sizeof bundle, "%s/v1.fbx", b.root);
+    REQUIRE(upd_make_bundle(&b, bundle, "1.0", 1, serve_test_model(), NULL) == 0);
+    REQUIRE(upd_cli(&b, out, sizeof out, "install", bundle) == 0);
+    struct update_status st;
+    REQUIRE(update_get_status(&b.cfg, &st, out, sizeof out) == 0);
+    CHECK_EQ_INT(st.trial, 0);
+
+    char data[700], keys[700], product[200];
+    snprintf(data, sizeof data, "update.data_dir=%s", b.data);
+    snprintf(keys, sizeof keys, "update.keys_dir=%s", b.keys);
+    snprintf(product, sizeof product, "update.product=%s", b.cfg.product);
+    const char *sets[] = { data, keys, product, "server.slots=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    char *body;
+    CHECK_EQ_INT(serve_curl(&d, "GET", "/health", NULL, &body, NULL), 200);
+    CHECK(body && strstr(body, "\"slot\":\"a\"") != NULL);
+    free(body);
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2}", &body), 200);
+    free(body);
+    /* Ready ended the trial (right after READY=1; allow the daemon a moment). */
+    for (int i = 0; i < 200; i++) {
+        if (update_get_status(&b.cfg, &st, out, sizeof out) == 0 && st.trial == -1) break;
+        usleep(10000);
+    }
+    CHECK_EQ_INT(st.trial, -1);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+    FILE *f = fopen(d.audit, "r");
+    REQUIRE(f != NULL);
+    char line[2048];
+    int slot_a = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "\"endpoint\":\"/v1/chat/completions\"") && strstr(line, "\"slot\":\"a\"")) slot_a = 1;
+    fclose(f);
+    CHECK(slot_a);
 }
