@@ -14,6 +14,7 @@ struct command {
 static const struct command commands[] = {
 
     { "inspect", cmd_inspect, "print a model file's metadata, tensors and hyper-parameters" },
+    { "convert", tool_convert_main, "convert the official safetensors checkpoint (FP8 + FP4) to a deepseek4 GGUF" },
 
 };
 
