@@ -6,7 +6,7 @@
 
 int cmd_logits(int argc, char **argv);   /* firmware/cmd_logits.c */
 int cmd_inspect(int argc, char **argv);  /* firmware/cmd_inspect.c */
-int tool_mkmodel_main(int argc, char **argv); /* tools/mkmodel.c */
+int tool_mkmodel_main(int argc, char **argv); /* tools/mkmodel_cli.c */
 int tool_convert_main(int argc, char **argv); /* tools/convert.c */
 
 #endif

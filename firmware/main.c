@@ -12,7 +12,9 @@ struct command {
 };
 
 static const struct command commands[] = {
+    { "logits", cmd_logits, "write or print the logits of a token sequence" },
 
+    { "mkmodel", tool_mkmodel_main, "write a seeded random-weight deepseek4 GGUF (test and default models)" },
     { "inspect", cmd_inspect, "print a model file's metadata, tensors and hyper-parameters" },
     { "convert", tool_convert_main, "convert the official safetensors checkpoint (FP8 + FP4) to a deepseek4 GGUF" },
 

@@ -1,0 +1,28 @@
+/* What a backend provides to engine.c: session state creation and token evaluation.
+ * Internal to engine/; each backend (ref_backend.c, vk_*.c) fills one table. */
+#ifndef FLASHBOX_ENGINE_BACKEND_H
+#define FLASHBOX_ENGINE_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+#include "engine/model.h"
+
+struct backend_ops {
+    const char *name;
+    /* Per-engine setup (device, uploads); *ctx is the backend's engine-wide state. */
+    int (*open)(const struct model *m, const struct engine_options *opt, void **ctx, char *err, size_t err_len);
+    void (*close)(void *ctx);
+    int (*session_create)(void *ctx, const struct model *m, uint32_t n_ctx, void **state, char *err, size_t err_len);
+    void (*session_destroy)(void *state);
+    void (*session_reset)(void *state);
+    /* Evaluates tokens at the state's current position (the state tracks it). */
+    int (*eval)(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
+                char *err, size_t err_len);
+};
+
+extern const struct backend_ops ref_backend_ops;
+
+#endif

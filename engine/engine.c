@@ -1,0 +1,130 @@
+/* The engine: a bound model plus a backend; sessions over it. See engine.h. */
+#include "engine/engine.h"
+#include "engine/backend.h"
+#include "engine/errmsg.h"
+#include "engine/model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SESSION_DEFAULT_CTX 4096u
+
+struct engine {
+    struct model *model;
+    const struct backend_ops *ops;
+    void *backend_ctx;
+};
+
+struct session {
+    struct engine *e;
+    void *state;
+    uint32_t n_ctx;
+    uint32_t pos;
+};
+
+void engine_options_default(struct engine_options *opt)
+{
+    memset(opt, 0, sizeof *opt);
+    opt->backend = ENGINE_BACKEND_REF;
+    opt->device_index = -1;
+}
+
+int engine_backend_parse(const char *name, enum engine_backend *out)
+{
+    if (!strcmp(name, "ref")) *out = ENGINE_BACKEND_REF;
+    else if (!strcmp(name, "vulkan")) *out = ENGINE_BACKEND_VULKAN;
+    else return -1;
+    return 0;
+}
+
+static const struct backend_ops *backend_for(enum engine_backend b)
+{
+    switch (b) {
+    case ENGINE_BACKEND_REF: return &ref_backend_ops;
+    case ENGINE_BACKEND_VULKAN: return NULL;
+    }
+    return NULL;
+}
+
+int engine_open(struct engine **out, const struct engine_options *opt, char *err, size_t err_len)
+{
+    *out = NULL;
+    if (!opt->model_path) return errf(err, err_len, "no model path given");
+    const struct backend_ops *ops = backend_for(opt->backend);
+    if (!ops) return errf(err, err_len, "backend %d is not available in this build", (int)opt->backend);
+    struct engine *e = calloc(1, sizeof *e);
+    if (!e) return errf(err, err_len, "out of memory");
+    e->ops = ops;
+    if (model_open(&e->model, opt->model_path, err, err_len)) goto fail;
+    if (ops->open(e->model, opt, &e->backend_ctx, err, err_len)) goto fail;
+    *out = e;
+    return 0;
+fail:
+    model_close(e->model);
+    free(e);
+    return -1;
+}
+
+void engine_close(struct engine *e)
+{
+    if (!e) return;
+    e->ops->close(e->backend_ctx);
+    model_close(e->model);
+    free(e);
+}
+
+void engine_get_info(const struct engine *e, struct engine_info *info)
+{
+    const struct model_hparams *hp = &e->model->hp;
+    info->model_name = hp->name;
+    info->backend_name = e->ops->name;
+    info->n_vocab = hp->n_vocab;
+    info->n_ctx_train = hp->n_ctx_train;
+    info->n_layer = hp->n_layer;
+    info->n_embd = hp->n_embd;
+    info->bos = (int32_t)hp->bos;
+    info->eos = (int32_t)hp->eos;
+}
+
+int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char *err, size_t err_len)
+{
+    *out = NULL;
+    if (n_ctx == 0) n_ctx = e->model->hp.n_ctx_train < SESSION_DEFAULT_CTX ? e->model->hp.n_ctx_train : SESSION_DEFAULT_CTX;
+    struct session *s = calloc(1, sizeof *s);
+    if (!s) return errf(err, err_len, "out of memory");
+    s->e = e;
+    s->n_ctx = n_ctx;
+    if (e->ops->session_create(e->backend_ctx, e->model, n_ctx, &s->state, err, err_len)) {
+        free(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+void session_destroy(struct session *s)
+{
+    if (!s) return;
+    s->e->ops->session_destroy(s->state);
+    free(s);
+}
+
+void session_reset(struct session *s)
+{
+    s->e->ops->session_reset(s->state);
+    s->pos = 0;
+}
+
+uint32_t session_pos(const struct session *s) { return s->pos; }
+uint32_t session_n_ctx(const struct session *s) { return s->n_ctx; }
+
+int session_eval(struct session *s, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
+                 char *err, size_t err_len)
+{
+    if (n == 0) return errf(err, err_len, "no tokens to evaluate");
+    if (n > s->n_ctx - s->pos)
+        return errf(err, err_len, "context full: %u tokens at position %u exceed the session's %u", n, s->pos, s->n_ctx);
+    if (s->e->ops->eval(s->e->backend_ctx, s->state, tokens, n, logits, all_logits, err, err_len)) return -1;
+    s->pos += n;
+    return 0;
+}

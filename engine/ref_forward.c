@@ -1,0 +1,207 @@
+/* The CPU reference forward: per-session state, the block (spec §3.3) and the whole model
+ * (embedding, layers, hc_head, final norm, LM head). Batches run layer-major in chunks of
+ * REF_BATCH tokens; every buffer is allocated when the state is created. */
+#include "engine/ref.h"
+#include "engine/errmsg.h"
+#include "engine/ref_ops.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const float *f32(tensor_ref t) { return (const float *)t->data; }
+
+static uint32_t max_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
+
+static void compressor_reset(struct ref_compressor *c)
+{
+    if (!c->kv) return;
+    uint64_t n = (uint64_t)c->n_rows * c->coff * c->width;
+    memset(c->kv, 0, n * sizeof(float));
+    for (uint64_t i = 0; i < n; i++) c->score[i] = -INFINITY; /* absent previous block */
+}
+
+void ref_state_reset(struct ref_state *st)
+{
+    const struct model_hparams *hp = &st->m->hp;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        compressor_reset(&st->layers[il].kvc);
+        compressor_reset(&st->layers[il].ixc);
+    }
+    st->pos = 0;
+}
+
+static int compressor_alloc(struct ref_compressor *c, uint32_t ratio, uint32_t width)
+{
+    c->ratio = ratio;
+    c->width = width;
+    c->coff = ratio == 4 ? 2 : 1;
+    c->n_rows = ratio == 4 ? 2 * ratio : ratio;
+    uint64_t n = (uint64_t)c->n_rows * c->coff * width;
+    c->kv = malloc(n * sizeof(float));
+    c->score = malloc(n * sizeof(float));
+    return c->kv && c->score ? 0 : -1;
+}
+
+void ref_state_destroy(struct ref_state *st)
+{
+    if (!st) return;
+    if (st->layers) {
+        for (uint32_t il = 0; il < st->m->hp.n_layer; il++) {
+            struct ref_layer_state *ls = &st->layers[il];
+            free(ls->ring);
+            free(ls->comp);
+            free(ls->kvc.kv);
+            free(ls->kvc.score);
+            free(ls->ix_keys);
+            free(ls->ixc.kv);
+            free(ls->ixc.score);
+        }
+    }
+    free(st->layers);
+    /* every scratch pointer was allocated separately */
+    struct ref_scratch *s = &st->s;
+    void *bufs[] = { s->rowbuf, s->a, s->f, s->qr, s->q, s->kv, s->o, s->z, s->entry, s->ixq,
+                     s->ixw, s->ix_score, s->ix_sel, s->att, s->acc, s->gate_logits, s->router_biased, s->expert_h,
+                     s->expert_u, s->expert_y, s->hc_mix, s->hc_post, s->hc_comb, s->x_old, s->freqs_swa,
+                     s->freqs_comp };
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(st->x_batch);
+    free(st);
+}
+
+int ref_state_create(const struct model *m, uint32_t n_ctx, struct ref_state **out, char *err, size_t err_len)
+{
+    *out = NULL;
+    const struct model_hparams *hp = &m->hp;
+    if (n_ctx == 0) return errf(err, err_len, "context length 0");
+    struct ref_state *st = calloc(1, sizeof *st);
+    if (!st) return errf(err, err_len, "out of memory");
+    st->m = m;
+    st->n_ctx = n_ctx;
+    st->layers = calloc(hp->n_layer, sizeof *st->layers);
+    if (!st->layers) goto oom;
+    const uint32_t hd = hp->head_dim;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        struct ref_layer_state *ls = &st->layers[il];
+        uint32_t r = hp->ratio[il];
+        ls->ring = calloc((uint64_t)hp->window * hd, sizeof(float));
+        if (!ls->ring) goto oom;
+        if (r) {
+            ls->comp = calloc((uint64_t)(n_ctx / r + 1) * hd, sizeof(float));
+            if (!ls->comp || compressor_alloc(&ls->kvc, r, hd)) goto oom;
+        }
+        if (r == 4) {
+            ls->ix_keys = calloc((uint64_t)(n_ctx / 4 + 1) * hp->ix_dim, sizeof(float));
+            if (!ls->ix_keys || compressor_alloc(&ls->ixc, 4, hp->ix_dim)) goto oom;
+        }
+    }
+    /* the longest weight row any matvec dequantizes */
+    uint32_t max_row = max_u32(max_u32(hp->n_embd, hp->q_rank), max_u32(hp->n_ff_exp, hp->o_groups * hp->o_rank));
+    max_row = max_u32(max_row, hp->n_head * hd / hp->o_groups);
+    const uint32_t mix = (2 + hp->n_hc) * hp->n_hc;
+    const uint64_t n_att = (uint64_t)hp->window + n_ctx / 4 + n_ctx / 128 + 2;
+    struct ref_scratch *s = &st->s;
+#define ALLOC(p, n) if (!((p) = calloc((n), sizeof *(p)))) goto oom
+    ALLOC(s->rowbuf, max_row);
+    ALLOC(s->a, hp->n_embd);
+    ALLOC(s->f, hp->n_embd);
+    ALLOC(s->qr, hp->q_rank);
+    ALLOC(s->q, (uint64_t)hp->n_head * hd);
+    ALLOC(s->kv, hd);
+    ALLOC(s->o, (uint64_t)hp->n_head * hd);
+    ALLOC(s->z, (uint64_t)hp->o_groups * hp->o_rank);
+    ALLOC(s->entry, max_u32(hd, hp->ix_dim));
+    ALLOC(s->ixq, (uint64_t)max_u32(hp->ix_head, 1) * max_u32(hp->ix_dim, 1));
+    ALLOC(s->ixw, max_u32(hp->ix_head, 1));
+    ALLOC(s->ix_score, n_ctx / 4 + 1);
+    ALLOC(s->ix_sel, max_u32(hp->ix_topk, 1));
+    ALLOC(s->att, n_att);
+    ALLOC(s->acc, hd);
+    ALLOC(s->gate_logits, hp->n_expert);
+    ALLOC(s->router_biased, hp->n_expert);
+    ALLOC(s->expert_h, hp->n_ff_exp);
+    ALLOC(s->expert_u, hp->n_ff_exp);
+    ALLOC(s->expert_y, hp->n_embd);
+    ALLOC(s->hc_mix, mix);
+    ALLOC(s->hc_post, hp->n_hc);
+    ALLOC(s->hc_comb, (uint64_t)hp->n_hc * hp->n_hc);
+    ALLOC(s->x_old, (uint64_t)hp->n_hc * hp->n_embd);
+    ALLOC(s->freqs_swa, hp->rope_dim / 2);
+    ALLOC(s->freqs_comp, hp->rope_dim / 2);
+    ALLOC(st->x_batch, (uint64_t)REF_BATCH * hp->n_hc * hp->n_embd);
+#undef ALLOC
+    ref_rope_freqs(hp, false, s->freqs_swa);
+    ref_rope_freqs(hp, true, s->freqs_comp);
+    ref_state_reset(st);
+    *out = st;
+    return 0;
+oom:
+    ref_state_destroy(st);
+    return errf(err, err_len, "out of memory for a %u-token reference state", n_ctx);
+}
+
+/* One block (spec §3.3) for one token: X [n_hc][n_embd] updated in place. */
+static void block_forward(struct ref_state *st, uint32_t il, float *X, int32_t tok, uint32_t pos)
+{
+    const struct model_hparams *hp = &st->m->hp;
+    const struct layer_weights *lw = &st->m->layers[il];
+    struct ref_scratch *s = &st->s;
+    const uint64_t xn = (uint64_t)hp->n_hc * hp->n_embd;
+
+    memcpy(s->x_old, X, xn * sizeof(float));
+    ref_hc_pre(hp, X, f32(lw->hc_attn_fn), f32(lw->hc_attn_base), f32(lw->hc_attn_scale), s->a, s->hc_post,
+               s->hc_comb, s->hc_mix);
+    ref_rmsnorm(s->a, f32(lw->attn_norm), hp->n_embd, hp->rms_eps, s->a);
+    ref_attention(st, il, s->a, pos, s->f);
+    ref_hc_post(hp, s->f, s->x_old, s->hc_post, s->hc_comb, X);
+
+    memcpy(s->x_old, X, xn * sizeof(float));
+    ref_hc_pre(hp, X, f32(lw->hc_ffn_fn), f32(lw->hc_ffn_base), f32(lw->hc_ffn_scale), s->a, s->hc_post,
+               s->hc_comb, s->hc_mix);
+    ref_rmsnorm(s->a, f32(lw->ffn_norm), hp->n_embd, hp->rms_eps, s->a);
+    ref_moe(st, il, s->a, tok, s->f, st->last_experts[il]);
+    ref_hc_post(hp, s->f, s->x_old, s->hc_post, s->hc_comb, X);
+}
+
+/* Final head (spec §3.12) for one token's streams: logits [n_vocab]. */
+static void head_forward(struct ref_state *st, const float *X, float *logits)
+{
+    const struct model *m = st->m;
+    const struct model_hparams *hp = &m->hp;
+    struct ref_scratch *s = &st->s;
+    ref_hc_head(hp, X, f32(m->output_hc_fn), f32(m->output_hc_base), f32(m->output_hc_scale), s->a);
+    ref_rmsnorm(s->a, f32(m->output_norm), hp->n_embd, hp->rms_eps, s->a);
+    ref_matvec(m->output, 0, hp->n_vocab, s->a, logits, s->rowbuf);
+}
+
+int ref_forward(struct ref_state *st, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
+                char *err, size_t err_len)
+{
+    const struct model_hparams *hp = &st->m->hp;
+    for (uint32_t t = 0; t < n; t++)
+        if (tokens[t] < 0 || (uint32_t)tokens[t] >= hp->n_vocab)
+            return errf(err, err_len, "token %u: id %" PRId32 " outside the vocabulary [0, %u)", t, tokens[t], hp->n_vocab);
+    if (n > st->n_ctx - st->pos)
+        return errf(err, err_len, "%u tokens at position %u exceed the context of %u", n, st->pos, st->n_ctx);
+    const uint64_t xn = (uint64_t)hp->n_hc * hp->n_embd;
+    for (uint32_t c0 = 0; c0 < n; c0 += REF_BATCH) {
+        const uint32_t nc = n - c0 < REF_BATCH ? n - c0 : REF_BATCH;
+        for (uint32_t t = 0; t < nc; t++) { /* 3.1: embedding copied into every stream */
+            float *X = st->x_batch + t * xn;
+            ref_get_row(st->m->token_embd, (uint64_t)tokens[c0 + t], X);
+            for (uint32_t j = 1; j < hp->n_hc; j++) memcpy(X + (uint64_t)j * hp->n_embd, X, hp->n_embd * sizeof(float));
+        }
+        for (uint32_t il = 0; il < hp->n_layer; il++)
+            for (uint32_t t = 0; t < nc; t++)
+                block_forward(st, il, st->x_batch + t * xn, tokens[c0 + t], st->pos + t);
+        for (uint32_t t = 0; t < nc; t++) {
+            bool last = c0 + t == n - 1;
+            if (logits && (all_logits || last))
+                head_forward(st, st->x_batch + t * xn, logits + (all_logits ? (uint64_t)(c0 + t) * hp->n_vocab : 0));
+        }
+        st->pos += nc;
+    }
+    return 0;
+}

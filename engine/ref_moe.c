@@ -1,0 +1,63 @@
+/* Mixture of experts on the CPU (spec §3.11): sqrt-softplus router, bias-corrected top-k
+ * or hash routing through tid2eid, weight renormalisation and scale, clamped SwiGLU on the
+ * routed and shared experts, weighted accumulation. */
+#include "engine/ref.h"
+#include "engine/ref_ops.h"
+
+#include <math.h>
+#include <string.h>
+
+/* SwiGLU expert: h = silu(min(g, limit)) * clamp(u, -limit, limit) * weight, y = W2 h.
+ * expert e selects rows of the stacked tensors (the shared expert is e = 0 of 2-D ones).
+ * limit <= 0 disables the clamp. Accumulates y into out. */
+static void swiglu_expert(struct ref_scratch *s, const struct model_hparams *hp, tensor_ref gate, tensor_ref up,
+                          tensor_ref down, uint32_t e, float limit, double weight, const float *x, float *out)
+{
+    const uint32_t F = hp->n_ff_exp, d = hp->n_embd;
+    ref_matvec(gate, (uint64_t)e * F, F, x, s->expert_h, s->rowbuf);
+    ref_matvec(up, (uint64_t)e * F, F, x, s->expert_u, s->rowbuf);
+    for (uint32_t i = 0; i < F; i++) {
+        double g = s->expert_h[i], u = s->expert_u[i];
+        if (limit > 0) {
+            g = fmin(g, limit);
+            u = fmax(fmin(u, limit), -limit);
+        }
+        /* the routing weight multiplies the hidden before the down projection (spec §3.11.4) */
+        s->expert_h[i] = (float)(ref_silu(g) * u * weight);
+    }
+    ref_matvec(down, (uint64_t)e * d, d, s->expert_h, s->expert_y, s->rowbuf);
+    for (uint32_t i = 0; i < d; i++) out[i] += s->expert_y[i];
+}
+
+void ref_moe(struct ref_state *st, uint32_t il, const float *f, int32_t tok, float *out, int32_t *experts_out)
+{
+    const struct model_hparams *hp = &st->m->hp;
+    const struct layer_weights *lw = &st->m->layers[il];
+    struct ref_scratch *s = &st->s;
+    const uint32_t E = hp->n_expert, K = hp->n_expert_used;
+    float *score = s->gate_logits;
+    ref_matvec(lw->ffn_gate_inp, 0, E, f, score, s->rowbuf);
+    for (uint32_t e = 0; e < E; e++) score[e] = (float)sqrt(ref_softplus(score[e]));
+
+    int32_t idx[64];
+    if (lw->tid2eid) {
+        memcpy(idx, (const int32_t *)lw->tid2eid->data + (uint64_t)tok * K, K * sizeof(int32_t));
+    } else {
+        /* bias-corrected selection: the bias changes which experts, not their weights */
+        const float *bias = (const float *)lw->exp_probs_b->data;
+        for (uint32_t e = 0; e < E; e++) s->router_biased[e] = score[e] + bias[e];
+        ref_topk(s->router_biased, E, K, idx);
+    }
+    double sum = 0.0;
+    for (uint32_t k = 0; k < K; k++) sum += score[idx[k]];
+    for (uint32_t i = 0; i < hp->n_embd; i++) out[i] = 0.0f;
+    for (uint32_t k = 0; k < K; k++) {
+        double w = hp->expert_weights_norm ? score[idx[k]] / sum : score[idx[k]];
+        w *= hp->expert_weights_scale;
+        swiglu_expert(s, hp, lw->ffn_gate_exps, lw->ffn_up_exps, lw->ffn_down_exps, (uint32_t)idx[k],
+                      hp->swiglu_clamp_exp[il], w, f, out);
+        experts_out[k] = idx[k];
+    }
+    swiglu_expert(s, hp, lw->ffn_gate_shexp, lw->ffn_up_shexp, lw->ffn_down_shexp, 0, hp->swiglu_clamp_shexp[il],
+                  1.0, f, out);
+}

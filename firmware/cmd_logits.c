@@ -1,0 +1,168 @@
+/* `flashbox logits`: the logits of every position of a token sequence, as raw
+ * little-endian float32 [n_tokens][n_vocab] (--out) or the top K per position (--top).
+ * Acceptance checks use this interface; keep it stable. */
+#include "engine/engine.h"
+#include "firmware/commands.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: flashbox logits -m MODEL.gguf --tokens 1,2,3[,...] (--out FILE | --top K)\n"
+            "                       [--backend ref|vulkan] [--incremental]\n"
+            "  --out FILE      write float32 little-endian logits [n_tokens][n_vocab]\n"
+            "  --top K         print the K largest (id, logit) of each position instead\n"
+            "  --backend B     ref (CPU reference; default) or vulkan\n"
+            "  --incremental   feed the tokens one at a time instead of one batch\n");
+}
+
+/* Parses "1,2,3" into a new array; returns the count or -1 with a message. */
+static long parse_tokens(const char *s, int32_t **out)
+{
+    size_t cap = 16, n = 0;
+    int32_t *v = malloc(cap * sizeof *v);
+    if (!v) return -1;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || x < 0 || x > INT32_MAX || (*end && *end != ',')) {
+            fprintf(stderr, "flashbox logits: --tokens: bad id at \"%.20s\"\n", p);
+            free(v);
+            return -1;
+        }
+        if (n == cap) {
+            int32_t *nv = realloc(v, (cap *= 2) * sizeof *v);
+            if (!nv) {
+                free(v);
+                return -1;
+            }
+            v = nv;
+        }
+        v[n++] = (int32_t)x;
+        p = *end ? end + 1 : end;
+    }
+    if (n == 0) {
+        fprintf(stderr, "flashbox logits: --tokens is empty\n");
+        free(v);
+        return -1;
+    }
+    *out = v;
+    return (long)n;
+}
+
+/* Prints "pos: id:logit id:logit ..." for the k largest logits (ties: lower id first). */
+static void print_top(const float *logits, uint32_t n_vocab, uint32_t k, uint32_t pos, uint32_t *best)
+{
+    if (k > n_vocab) k = n_vocab;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < n_vocab; i++) {
+        /* insertion into best[0..n) kept in descending order; strict '>' keeps lower ids first */
+        uint32_t j = n < k ? n++ : k;
+        if (j == k && !(logits[i] > logits[best[k - 1]])) continue;
+        if (j == k) j = k - 1;
+        while (j > 0 && logits[i] > logits[best[j - 1]]) {
+            best[j] = best[j - 1];
+            j--;
+        }
+        best[j] = i;
+    }
+    printf("%u:", pos);
+    for (uint32_t j = 0; j < n; j++) printf(" %u:%.6f", best[j], logits[best[j]]);
+    printf("\n");
+}
+
+int cmd_logits(int argc, char **argv)
+{
+    struct engine_options opt;
+    engine_options_default(&opt);
+    const char *tokens_arg = NULL, *out_path = NULL;
+    long top = 0;
+    bool incremental = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) opt.model_path = argv[++i];
+        else if (!strcmp(a, "--tokens") && v) tokens_arg = argv[++i];
+        else if (!strcmp(a, "--out") && v) out_path = argv[++i];
+        else if (!strcmp(a, "--top") && v) {
+            char *end;
+            top = strtol(argv[++i], &end, 10);
+            if (*end || top < 1 || top > 1000000) {
+                fprintf(stderr, "flashbox logits: --top expects 1..1000000\n");
+                return 2;
+            }
+        } else if (!strcmp(a, "--backend") && v) {
+            if (engine_backend_parse(argv[++i], &opt.backend)) {
+                fprintf(stderr, "flashbox logits: unknown backend '%s' (ref, vulkan)\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--incremental")) incremental = true;
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "flashbox logits: unknown or incomplete argument '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!opt.model_path || !tokens_arg || (!out_path && !top)) {
+        usage(stderr);
+        return 2;
+    }
+    int32_t *tokens = NULL;
+    long n = parse_tokens(tokens_arg, &tokens);
+    if (n < 0) return 2;
+
+    char err[1024];
+    int rc = 1;
+    struct engine *e = NULL;
+    struct session *s = NULL;
+    float *logits = NULL;
+    uint32_t *best = NULL;
+    FILE *out = NULL;
+    if (engine_open(&e, &opt, err, sizeof err)) goto fail;
+    struct engine_info info;
+    engine_get_info(e, &info);
+    if (session_create(e, (uint32_t)n, &s, err, sizeof err)) goto fail;
+    logits = malloc((size_t)n * info.n_vocab * sizeof *logits);
+    best = malloc((top ? (size_t)top : 1) * sizeof *best);
+    if (!logits || !best) {
+        snprintf(err, sizeof err, "out of memory for %ld x %u logits", n, info.n_vocab);
+        goto fail;
+    }
+    if (incremental) {
+        for (long t = 0; t < n; t++)
+            if (session_eval(s, &tokens[t], 1, logits + (size_t)t * info.n_vocab, false, err, sizeof err)) goto fail;
+    } else if (session_eval(s, tokens, (uint32_t)n, logits, true, err, sizeof err)) {
+        goto fail;
+    }
+    if (out_path) {
+        out = fopen(out_path, "wb");
+        if (!out || fwrite(logits, sizeof *logits * info.n_vocab, (size_t)n, out) != (size_t)n || fclose(out) != 0) {
+            snprintf(err, sizeof err, "%s: %s", out_path, strerror(errno));
+            out = NULL;
+            goto fail;
+        }
+        out = NULL;
+    }
+    if (top)
+        for (long t = 0; t < n; t++) print_top(logits + (size_t)t * info.n_vocab, info.n_vocab, (uint32_t)top, (uint32_t)t, best);
+    rc = 0;
+fail:
+    if (rc) fprintf(stderr, "flashbox logits: %s\n", err);
+    if (out) fclose(out);
+    free(best);
+    free(logits);
+    free(tokens);
+    session_destroy(s);
+    engine_close(e);
+    return rc;
+}
