@@ -370,42 +370,65 @@ static int run(const char *cmd)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-TEST(convert_command_converts_and_logits_match_reference)
+/* Converts with the command, then compares `flashbox logits` of the converted file with
+ * those of the F32 reference; returns the largest difference relative to the largest
+ * reference logit, or -1 when something failed. */
+static double logits_vs_reference(const char *dense)
 {
     char ckpt[512], ref[512], out[512], cmd[2048];
     tmp_path(ckpt, sizeof ckpt, "ckpt");
     tmp_path(ref, sizeof ref, "ref-f32.gguf");
     tmp_path(out, sizeof out, "out.gguf");
-    REQUIRE(tiny_ckpt_write(ckpt, ref, 3, 21, TINY_OK) == 0);
-    snprintf(cmd, sizeof cmd, "'%s' convert --hf '%s' --out '%s' --dense bf16 --quiet >/dev/null", test_flashbox_bin(), ckpt, out);
-    REQUIRE(run(cmd) == 0);
-    REQUIRE(exists(out));
-    snprintf(cmd, sizeof cmd, "'%s' convert --hf '%s' --out '%s' --dense q4 2>/dev/null", test_flashbox_bin(), ckpt, out);
-    CHECK(run(cmd) == 2);
-    /* Logits: converted file vs the F32 reference, through the engine. */
-    snprintf(cmd, sizeof cmd, "'%s' logits --help >/dev/null 2>&1", test_flashbox_bin());
-    if (run(cmd) != 0) test_skip("flashbox logits is not on this branch yet");
+    if (tiny_ckpt_write(ckpt, ref, 3, 21, TINY_OK)) return -1;
+    snprintf(cmd, sizeof cmd, "'%s' convert --hf '%s' --out '%s' --dense %s --quiet >/dev/null", test_flashbox_bin(), ckpt, out, dense);
+    if (run(cmd) != 0 || !exists(out)) return -1;
     char la[600], lb[600];
     snprintf(la, sizeof la, "%s/ref.logits", test_tmpdir());
     snprintf(lb, sizeof lb, "%s/out.logits", test_tmpdir());
+    /* 20 tokens: past the window of 16 and through several CSA blocks. */
     const char *tokens = "0,5,17,300,42,7,99,256,3,1,2,8,13,21,34,55,89,144,233,377";
     snprintf(cmd, sizeof cmd, "'%s' logits -m '%s' --tokens %s --out '%s'", test_flashbox_bin(), ref, tokens, la);
-    REQUIRE(run(cmd) == 0);
+    if (run(cmd) != 0) return -1;
     snprintf(cmd, sizeof cmd, "'%s' logits -m '%s' --tokens %s --out '%s'", test_flashbox_bin(), out, tokens, lb);
-    REQUIRE(run(cmd) == 0);
+    if (run(cmd) != 0) return -1;
     FILE *fa = fopen(la, "rb"), *fb = fopen(lb, "rb");
-    REQUIRE(fa && fb);
-    static float a[20 * TINY_VOCAB], b[20 * TINY_VOCAB];
-    size_t na = fread(a, 4, 20 * TINY_VOCAB, fa), nb = fread(b, 4, 20 * TINY_VOCAB, fb);
-    fclose(fa);
-    fclose(fb);
-    CHECK_EQ_INT(na, 20 * TINY_VOCAB);
-    CHECK_EQ_INT(nb, na);
+    static float a[20 * TINY_VOCAB + 1], b[20 * TINY_VOCAB + 1];
+    size_t na = fa ? fread(a, 4, 20 * TINY_VOCAB + 1, fa) : 0, nb = fb ? fread(b, 4, 20 * TINY_VOCAB + 1, fb) : 0;
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    if (na != 20 * TINY_VOCAB || nb != na) return -1;
     double maxdiff = 0, maxabs = 0;
-    for (size_t i = 0; i < na && i < nb; i++) {
+    for (size_t i = 0; i < na; i++) {
+        if (!isfinite(a[i]) || !isfinite(b[i])) return -1;
         maxdiff = fmax(maxdiff, fabs((double)a[i] - b[i]));
         maxabs = fmax(maxabs, fabs((double)a[i]));
     }
-    /* Same weights, different storage types (BF16 vs F32 of equal values). */
-    CHECK(maxdiff <= 1e-5 * fmax(1.0, maxabs));
+    fprintf(stderr, "  --dense %s: max |logit difference| %.3g, max |logit| %.3g\n", dense, maxdiff, maxabs);
+    return maxdiff / fmax(1.0, maxabs);
+}
+
+TEST(convert_command_rejects_bad_arguments)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "'%s' convert --hf /nonexistent --out x.gguf --dense q4 2>/dev/null", test_flashbox_bin());
+    CHECK(run(cmd) == 2);
+    snprintf(cmd, sizeof cmd, "'%s' convert --out x.gguf 2>/dev/null", test_flashbox_bin());
+    CHECK(run(cmd) == 2);
+    snprintf(cmd, sizeof cmd, "'%s' convert --hf /nonexistent --out '%s/x.gguf' 2>/dev/null", test_flashbox_bin(), test_tmpdir());
+    CHECK(run(cmd) == 1);
+}
+
+/* Same weights stored as BF16 instead of F32 (exact): the engine's logits agree to float
+ * rounding of the different kernels. */
+TEST(convert_bf16_logits_equal_reference_logits)
+{
+    double rel = logits_vs_reference("bf16");
+    CHECK(rel >= 0 && rel <= 1e-5);
+}
+
+/* Q8_0 requantization of the FP8 weights: close, not equal. */
+TEST(convert_q8_0_logits_match_reference_logits_within_tolerance)
+{
+    double rel = logits_vs_reference("q8_0");
+    CHECK(rel >= 0 && rel <= 2e-2);
 }
