@@ -283,7 +283,6 @@ static int resolve_item(struct resolver *r, struct conv_item *it)
             it->ne[2] = it->n_src;
         }
     }
-    it->ne[it->n_dims] = 1;
     uint64_t n = 1;
     for (uint32_t i = 0; i < it->n_dims; i++) n *= it->ne[i]; /* config sizes are capped: no overflow */
     if (gguf_type_nbytes(it->type, n, &it->out_bytes))
