@@ -432,3 +432,28 @@ TEST(convert_q8_0_logits_match_reference_logits_within_tolerance)
     double rel = logits_vs_reference("q8_0");
     CHECK(rel >= 0 && rel <= 2e-2);
 }
+
+/* Throughput figure, not a pass/fail on time: FLASHBOX_BENCH=1 make test TEST=convert_throughput.
+ * 1024 routed experts per block make the experts ~95% of the bytes, as in the real model. */
+TEST(convert_throughput_on_a_generated_checkpoint)
+{
+    if (!getenv("FLASHBOX_BENCH")) test_skip("set FLASHBOX_BENCH=1 to measure");
+    char ckpt[512], out[512], err[1024];
+    tmp_path(ckpt, sizeof ckpt, "ckpt");
+    tmp_path(out, sizeof out, "out.gguf");
+    REQUIRE(tiny_ckpt_write_experts(ckpt, NULL, 4, 1, TINY_OK, 1024) == 0);
+    static const struct {
+        enum convert_dense dense;
+        const char *name;
+    } modes[] = { { CONVERT_DENSE_Q8_0, "q8_0" }, { CONVERT_DENSE_BF16, "bf16" } };
+    for (size_t i = 0; i < 2; i++) {
+        struct convert_opts o = { .hf_dir = ckpt, .out_path = out, .dense = modes[i].dense, .quiet = true };
+        struct convert_stats st;
+        if (convert_run(&o, &st, err, sizeof err)) {
+            test_fail_at(__FILE__, __LINE__, "%s", err);
+            return;
+        }
+        fprintf(stderr, "  --dense %s: %.1f MB read, %.1f MB written in %.3f s: %.0f MB/s read\n", modes[i].name,
+                (double)st.bytes_read / 1e6, (double)st.bytes_written / 1e6, st.seconds, (double)st.bytes_read / 1e6 / st.seconds);
+    }
+}

@@ -14,7 +14,7 @@
 /* spec §6.1 */
 enum {
     V = TINY_VOCAB, D = TINY_EMBD, NL = TINY_LAYERS, H = 2, HD = 128, ROPE = 64, QR = 128, OG = 2, OR = 128,
-    WIN = 16, IXH = 8, IXD = 128, IXK = 4, NE = 8, NEU = 2, FF = 128, NHASH = 3, HC = 4,
+    WIN = 16, IXH = 8, IXD = 128, IXK = 4, NEU = 2, FF = 128, NHASH = 3, HC = 4,
     MIX = (2 + HC) * HC,
 };
 static const int ratios[NL + 1] = { 0, 0, 4, 128, 4, 0 };
@@ -31,6 +31,7 @@ struct otensor {             /* one official tensor */
 struct gen {
     uint64_t rng;
     enum tiny_fault fault;
+    int n_exp;                /* routed experts */
     struct otensor *t;
     size_t n, cap;
     struct gguf_writer *ref;  /* NULL when no reference is wanted */
@@ -304,7 +305,8 @@ static void bf16m(struct gen *g, const char *P, int N, const char *off, const ch
 static void experts(struct gen *g, const char *P, int N, const char *w, const char *gg, uint64_t rows, uint64_t cols,
                     double std)
 {
-    float *all = keep(g, malloc(NE * rows * cols * sizeof(float)));
+    const int NE = g->n_exp;
+    float *all = keep(g, malloc((size_t)NE * rows * cols * sizeof(float)));
     for (int e = 0; e < NE; e++) {
         char a[160];
         float *v = fp4_matrix(g, FMT(a, "%sffn.experts.%d.%s", P, e, w), rows, cols, std);
@@ -321,6 +323,7 @@ static void block(struct gen *g, const char *P, int N, int ratio, bool hash)
 {
     char a[160], b[160];
     const double sd = 1.0 / sqrt((double)D);
+    const int NE = g->n_exp;
     vec(g, P, N, "attn_norm.weight", "attn_norm.weight", true, D, 1, 0.1);
     if (g->fault == TINY_FAULT_DTYPE && N == 0) {
         int64_t *s = calloc(H, 8);
@@ -393,7 +396,7 @@ static int write_json(json_t *j, const char *path)
     return rc;
 }
 
-static int write_config(const char *dir)
+static int write_config(const char *dir, int NE)
 {
     char path[4096];
     json_t *cr = json_array();
@@ -497,7 +500,7 @@ static int write_shard(struct gen *g, const char *dir, const char *file, size_t 
     return rc;
 }
 
-static void ref_metadata(struct gguf_writer *w)
+static void ref_metadata(struct gguf_writer *w, int NE)
 {
     int32_t cr[NL + 1];
     float clamp[NL + 1];
@@ -547,14 +550,15 @@ static void ref_metadata(struct gguf_writer *w)
     gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 1);
 }
 
-int tiny_ckpt_write(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_fault fault)
+int tiny_ckpt_write_experts(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_fault fault,
+                            int n_expert)
 {
-    struct gen g = { .rng = seed * 0x9E3779B97F4A7C15ull + 1, .fault = fault };
+    struct gen g = { .rng = seed * 0x9E3779B97F4A7C15ull + 1, .fault = fault, .n_exp = n_expert };
     int rc = -1;
     mkdir(dir, 0755);
     if (ref_gguf) {
         if (!(g.ref = gguf_writer_create())) return -1;
-        ref_metadata(g.ref);
+        ref_metadata(g.ref, n_expert);
     }
     char a[160], b[160];
     {
@@ -592,7 +596,7 @@ int tiny_ckpt_write(const char *dir, const char *ref_gguf, int n_shards, uint64_
         fprintf(stderr, "tiny_ckpt: out of memory\n");
         goto out;
     }
-    if (write_config(dir) || write_tokenizer(dir)) goto out;
+    if (write_config(dir, n_expert) || write_tokenizer(dir)) goto out;
     json_t *wm = json_object();
     for (int s = 0; s < n_shards; s++) {
         char file[128];
@@ -621,4 +625,9 @@ out:
     free(g.keep);
     if (g.ref) gguf_writer_destroy(g.ref);
     return rc;
+}
+
+int tiny_ckpt_write(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_fault fault)
+{
+    return tiny_ckpt_write_experts(dir, ref_gguf, n_shards, seed, fault, TINY_EXPERTS);
 }

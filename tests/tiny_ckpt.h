@@ -15,6 +15,7 @@
 #define TINY_VOCAB 512
 #define TINY_EMBD 128
 #define TINY_LAYERS 5
+#define TINY_EXPERTS 8
 
 /* Faults the generator can plant for malformed-input tests. */
 enum tiny_fault {
@@ -29,5 +30,9 @@ enum tiny_fault {
 /* Writes the checkpoint into dir (created) with n_shards shards, and, when ref_gguf is not
  * NULL, the F32 reference GGUF. Returns 0 or -1 (message on stderr). */
 int tiny_ckpt_write(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_fault fault);
+/* Same with n_expert routed experts (>= 2): routed experts are ~97% of the real checkpoint,
+ * so many of them make a checkpoint of realistic composition for throughput figures. */
+int tiny_ckpt_write_experts(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_fault fault,
+                            int n_expert);
 
 #endif

@@ -23,6 +23,7 @@ struct driver {
     struct gguf_writer *w;
     uint64_t done, total;        /* checkpoint bytes read so far / in all */
     double t0, last_print;
+    bool line_open;              /* a progress line without its newline is on stderr */
     const char *current;         /* GGUF tensor being written */
     uint8_t *in;                 /* [CHUNK_ELEMS * 8] raw source bytes */
     uint8_t *in2;                /* [CHUNK_ELEMS * 8] second source (scales, h_proj) */
@@ -41,6 +42,8 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Prints "NN.N% done of total, rate, ETA, tensor": on a terminal as one line rewritten in
+ * place four times a second, otherwise a line every ten seconds. */
 static void progress(struct driver *d, bool final)
 {
     if (d->o->quiet) return;
@@ -50,9 +53,12 @@ static void progress(struct driver *d, bool final)
     d->last_print = t;
     double rate = el > 0 ? (double)d->done / el : 0, pct = d->total ? 100.0 * (double)d->done / (double)d->total : 100;
     double eta = rate > 0 ? (double)(d->total - d->done) / rate : 0;
-    fprintf(stderr, "%s[%5.1f%%] %.1f / %.1f GB  %.0f MB/s  ETA %d:%02d:%02d  %-40s%s", tty ? "\r" : "", pct,
-            (double)d->done / 1e9, (double)d->total / 1e9, rate / 1e6, (int)(eta / 3600), (int)(eta / 60) % 60,
-            (int)eta % 60, final ? "done" : d->current, tty && !final ? "" : "\n");
+    const bool gb = d->total >= 1000000000ull;
+    const double unit = gb ? 1e9 : 1e6;
+    fprintf(stderr, "%s[%5.1f%%] %.*f / %.*f %s  %.0f MB/s  ETA %d:%02d:%02d  %-40s%s", tty ? "\r" : "", pct, gb ? 1 : 0,
+            (double)d->done / unit, gb ? 1 : 0, (double)d->total / unit, gb ? "GB" : "MB", rate / 1e6, (int)(eta / 3600),
+            (int)(eta / 60) % 60, (int)eta % 60, final ? "verified" : d->current, tty && !final ? "" : "\n");
+    d->line_open = tty && !final;
 }
 
 static int emit(struct driver *d, const void *p, uint64_t n)
@@ -271,6 +277,7 @@ int convert_run(const struct convert_opts *o, struct convert_stats *stats, char 
 {
     memset(stats, 0, sizeof *stats);
     struct driver d = { .o = o, .err = err, .len = len, .t0 = now_s() };
+    d.last_print = d.t0;
     struct conv_config cfg;
     struct conv_shards shards = { 0 };
     struct conv_plan plan = { 0 };
@@ -320,6 +327,7 @@ int convert_run(const struct convert_opts *o, struct convert_stats *stats, char 
             goto out;
         }
     snprintf(path, sizeof path, "%s.tmp", o->out_path);
+    d.current = "verifying";
     if (verify(path, &plan, &stats->bytes_written, err, len)) goto out;
     streaming = false;
     if (gguf_writer_finish(d.w, true, err, len)) goto out;
@@ -329,6 +337,7 @@ int convert_run(const struct convert_opts *o, struct convert_stats *stats, char 
     progress(&d, true);
     rc = 0;
 out:
+    if (d.line_open) fputc('\n', stderr); /* the error message starts on its own line */
     if (streaming) gguf_writer_finish(d.w, false, NULL, 0);
     if (d.w) gguf_writer_destroy(d.w);
     free(d.in);
