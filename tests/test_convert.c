@@ -362,6 +362,63 @@ TEST(convert_rejects_unknown_tensor_names) { expect_failure(TINY_FAULT_UNKNOWN_N
 /* Found only while streaming: the partial file must still disappear. */
 TEST(convert_rejects_tid2eid_out_of_range_midway) { expect_failure(TINY_FAULT_TID2EID_RANGE, NULL, "is expert 8, expected 0..7"); }
 
+static void drop_index_keep_one_shard(const char *ckpt)
+{
+    char a[600], b[600];
+    snprintf(a, sizeof a, "%s/model.safetensors.index.json", ckpt);
+    CHECK(unlink(a) == 0);
+    snprintf(a, sizeof a, "%s/model-00001-of-00001.safetensors", ckpt);
+    snprintf(b, sizeof b, "%s/model.safetensors", ckpt);
+    CHECK(rename(a, b) == 0);
+}
+
+TEST(convert_reads_a_single_unindexed_shard_and_a_separate_tokenizer_dir)
+{
+    char ckpt[512], out[512], tokdir[512], a[600], b[600], err[1024];
+    tmp_path(ckpt, sizeof ckpt, "ckpt");
+    tmp_path(out, sizeof out, "out.gguf");
+    tmp_path(tokdir, sizeof tokdir, "tok");
+    REQUIRE(tiny_ckpt_write(ckpt, NULL, 1, 9, TINY_OK) == 0);
+    drop_index_keep_one_shard(ckpt);
+    REQUIRE(mkdir(tokdir, 0755) == 0);
+    snprintf(a, sizeof a, "%s/tokenizer.json", ckpt);
+    snprintf(b, sizeof b, "%s/tokenizer.json", tokdir);
+    REQUIRE(rename(a, b) == 0);
+    struct convert_opts o = { .hf_dir = ckpt, .out_path = out, .dense = CONVERT_DENSE_BF16, .quiet = true };
+    struct convert_stats st;
+    CHECK(convert_run(&o, &st, err, sizeof err) != 0 && strstr(err, "tokenizer.json"));
+    CHECK(!exists(out));
+    o.tokenizer_dir = tokdir;
+    if (convert_run(&o, &st, err, sizeof err)) test_fail_at(__FILE__, __LINE__, "%s", err);
+    CHECK(exists(out));
+    CHECK(st.n_tensors > 150 && st.bytes_read > 1000000 && st.bytes_written > 1000000);
+}
+
+static void index_lists_a_tensor_the_shard_lacks(const char *ckpt)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", ckpt);
+    FILE *f = fopen(p, "r+b");
+    REQUIRE(f);
+    /* The index is JSON written with one-space indent: open it up after the first '{'. */
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    char *wm = strstr(buf, "\"weight_map\": {");
+    REQUIRE(wm);
+    wm += strlen("\"weight_map\": {");
+    char out[sizeof buf + 128];
+    snprintf(out, sizeof out, "%.*s\"layers.9.ghost.weight\": \"model-00001-of-00003.safetensors\",%s", (int)(wm - buf), buf, wm);
+    rewind(f);
+    fputs(out, f);
+    fclose(f);
+}
+
+TEST(convert_rejects_an_index_that_disagrees_with_the_shards)
+{
+    expect_failure(TINY_OK, index_lists_a_tensor_the_shard_lacks, "layers.9.ghost.weight is listed for shard");
+}
+
 /* ---- the command ---- */
 
 static int run(const char *cmd)
