@@ -286,7 +286,8 @@ TEST(convert_writes_metadata_and_tokenizer_that_model_open_reads)
     CHECK(merges->arr_strs[2].len == 5 && !memcmp(merges->arr_strs[2].ptr, "he ll", 5));
     uint32_t u;
     CHECK(gguf_get_u32(f, "deepseek4.block_count", &u, err, sizeof err) == 0 && u == TINY_LAYERS + 1);
-    CHECK(gguf_find_tensor(f, "blk.5.nextn.eh_proj.weight") != NULL);
+    CHECK(gguf_find_tensor(f, "blk.5.nextn.e_proj.weight") != NULL);
+    CHECK(gguf_find_tensor(f, "blk.5.nextn.hc_head_fn.weight") != NULL);
     model_close(m);
 }
 

@@ -560,7 +560,7 @@ int tiny_ckpt_write_experts(const char *dir, const char *ref_gguf, int n_shards,
         if (!(g.ref = gguf_writer_create())) return -1;
         ref_metadata(g.ref, n_expert);
     }
-    char a[160], b[160];
+    char a[160];
     {
         float *v = plain(&g, "embed.weight", true, 2, V, D, 0, 1);
         add_ref(&g, "token_embd.weight", GGUF_TYPE_F32, 2, D, V, 1, v);
@@ -569,16 +569,8 @@ int tiny_ckpt_write_experts(const char *dir, const char *ref_gguf, int n_shards,
     /* MTP block: a full block plus its projections, norms and hc head. */
     block(&g, "mtp.0.", NL, ratios[NL], false);
     {
-        float *e = fp8_matrix(&g, "mtp.0.e_proj", D, D, 1.0 / sqrt((double)D));
-        float *h = fp8_matrix(&g, "mtp.0.h_proj", D, D, 1.0 / sqrt((double)D));
-        float *eh = malloc((size_t)D * 2 * D * sizeof *eh);
-        if (e && h && eh)
-            for (int r = 0; r < D; r++) {
-                memcpy(eh + (size_t)r * 2 * D, e + (size_t)r * D, D * sizeof *eh);
-                memcpy(eh + (size_t)r * 2 * D + D, h + (size_t)r * D, D * sizeof *eh);
-            }
-        free(e), free(h);
-        add_ref(&g, FMT(b, "blk.%d.nextn.eh_proj.weight", NL), GGUF_TYPE_F32, 2, 2 * D, D, 1, eh);
+        fp8(&g, "mtp.0.", NL, "e_proj", "nextn.e_proj.weight", D, D);
+        fp8(&g, "mtp.0.", NL, "h_proj", "nextn.h_proj.weight", D, D);
         vec(&g, "mtp.0.", NL, "enorm.weight", "nextn.enorm.weight", true, D, 1, 0.1);
         vec(&g, "mtp.0.", NL, "hnorm.weight", "nextn.hnorm.weight", true, D, 1, 0.1);
         vec(&g, "mtp.0.", NL, "norm.weight", "nextn.shared_head_norm.weight", true, D, 1, 0.1);

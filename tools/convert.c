@@ -26,9 +26,9 @@ struct driver {
     bool line_open;              /* a progress line without its newline is on stderr */
     const char *current;         /* GGUF tensor being written */
     uint8_t *in;                 /* [CHUNK_ELEMS * 8] raw source bytes */
-    uint8_t *in2;                /* [CHUNK_ELEMS * 8] second source (scales, h_proj) */
-    float *f;                    /* [2 * CHUNK_ELEMS] dequantized rows */
-    uint8_t *out;                /* [2 * CHUNK_ELEMS * 4] converted bytes */
+    uint8_t *in2;                /* [CHUNK_ELEMS * 8] FP4 scales of the rows in in */
+    float *f;                    /* [CHUNK_ELEMS] dequantized rows */
+    uint8_t *out;                /* [CHUNK_ELEMS * 4] converted bytes */
     uint8_t *grid;               /* FP8 scale grid of the current source */
     size_t grid_cap;
     char *err;
@@ -205,28 +205,6 @@ static int write_tid2eid(struct driver *d, const struct conv_item *it)
     return 0;
 }
 
-/* MTP: row o of the output is [e_proj row o, h_proj row o] (input = [e ; hn]). */
-static int write_eh_proj(struct driver *d, const struct conv_item *it)
-{
-    const uint64_t cols = it->cols, step = chunk_rows(2 * cols);
-    /* f holds [2 * CHUNK_ELEMS] floats: e rows, h rows, then the joined rows. */
-    float *fe = d->f, *fh = d->f + CHUNK_ELEMS / 2;
-    for (uint64_t r = 0; r < it->rows; r += step) {
-        uint64_t n = it->rows - r < step ? it->rows - r : step;
-        for (int k = 0; k < 2; k++) {
-            if (it->src[k].w->t->dtype == ST_F8_E4M3 && load_grid(d, it->src[k].scale)) return -1;
-            if (rows_f32(d, &it->src[k], r, n, cols, k ? fh : fe)) return -1;
-        }
-        float *dst = d->f + CHUNK_ELEMS;
-        for (uint64_t i = 0; i < n; i++) {
-            memcpy(dst + i * 2 * cols, fe + i * cols, cols * 4);
-            memcpy(dst + i * 2 * cols + cols, fh + i * cols, cols * 4);
-        }
-        if (emit_f32(d, it->type, dst, n, 2 * cols)) return -1;
-    }
-    return 0;
-}
-
 static int write_item(struct driver *d, const struct conv_item *it)
 {
     d->current = it->name;
@@ -234,7 +212,6 @@ static int write_item(struct driver *d, const struct conv_item *it)
     case CONV_VECTOR:
     case CONV_MATRIX: return write_dense(d, &it->src[0], it->type, it->rows, it->cols);
     case CONV_TID2EID: return write_tid2eid(d, it);
-    case CONV_EH_PROJ: return write_eh_proj(d, it);
     case CONV_EXPERTS:
         for (uint32_t e = 0; e < it->n_src; e++) {
             int rc = it->type == GGUF_TYPE_MXFP4 ? write_fp4_expert(d, &it->src[e], it->rows, it->cols)
@@ -313,8 +290,8 @@ int convert_run(const struct convert_opts *o, struct convert_stats *stats, char 
     }
     d.in = malloc((size_t)CHUNK_ELEMS * 8);
     d.in2 = malloc((size_t)CHUNK_ELEMS * 8);
-    d.f = malloc((size_t)CHUNK_ELEMS * 2 * sizeof(float));
-    d.out = malloc((size_t)CHUNK_ELEMS * 2 * 4);
+    d.f = malloc((size_t)CHUNK_ELEMS * sizeof(float));
+    d.out = malloc((size_t)CHUNK_ELEMS * 4);
     if (!d.in || !d.in2 || !d.f || !d.out) {
         errf(err, len, "out of memory");
         goto out;

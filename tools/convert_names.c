@@ -207,7 +207,7 @@ static int want_matrix(struct resolver *r, const char *wname, uint64_t rows, uin
 static int resolve_item(struct resolver *r, struct conv_item *it)
 {
     const uint64_t rows = it->rows, cols = it->cols;
-    it->n_src = it->kind == CONV_EXPERTS ? r->c->n_expert : it->kind == CONV_EH_PROJ ? 2 : 1;
+    it->n_src = it->kind == CONV_EXPERTS ? r->c->n_expert : 1;
     it->src = calloc(it->n_src, sizeof *it->src);
     if (!it->src) return errf(r->err, r->len, "out of memory");
     switch (it->kind) {
@@ -229,18 +229,6 @@ static int resolve_item(struct resolver *r, struct conv_item *it)
         if (it->src_dtype != ST_I64 && it->src_dtype != ST_I32)
             return errf(r->err, r->len, "%s: dtype %s, expected I64 or I32", it->src_name, st_dtype_name(it->src_dtype));
         it->type = GGUF_TYPE_I32;
-        break;
-    case CONV_EH_PROJ:
-        for (int k = 0; k < 2; k++) {
-            enum gguf_type t;
-            if (want_matrix(r, k ? it->src_suffix : it->src_name, rows, cols, &it->src[k], &t)) return -1;
-            if (k && (t != it->type || it->src[1].w->t->dtype != it->src[0].w->t->dtype))
-                return errf(r->err, r->len, "%s and %s: different dtypes", it->src_name, it->src_suffix);
-            it->type = t;
-        }
-        it->src_dtype = it->src[0].w->t->dtype;
-        if (it->type == GGUF_TYPE_Q8_0 && (2 * cols) % QK8_0)
-            return errf(r->err, r->len, "%s: Q8_0 needs a multiple of %d columns", it->name, QK8_0);
         break;
     case CONV_EXPERTS:
         for (uint32_t e = 0; e < it->n_src; e++) {
@@ -276,7 +264,7 @@ static int resolve_item(struct resolver *r, struct conv_item *it)
         it->ne[0] = cols;
     } else {
         it->n_dims = 2;
-        it->ne[0] = it->kind == CONV_EH_PROJ ? 2 * cols : cols;
+        it->ne[0] = cols;
         it->ne[1] = rows;
         if (it->kind == CONV_EXPERTS) {
             it->n_dims = 3;
@@ -306,12 +294,13 @@ int conv_plan_build(struct conv_plan *p, const struct conv_config *c, struct con
     }
     p->mtp = include_mtp && c->n_nextn > 0 && conv_shards_find(s, "mtp.0.e_proj.weight");
     if (p->mtp) {
-        /* llama.cpp's nextn layout: the MTP block is block n_layer, with its extra tensors
-         * under blk.N.nextn.*; embed and head are shared with the trunk. */
+        /* llama.cpp's nextn layout (llama_model_deepseek4's loader): the MTP block is block
+         * n_layer with the usual block names, its extra tensors under blk.N.nextn.*, e_proj
+         * and h_proj kept apart; embed and head are shared with the trunk. */
         const uint32_t N = c->n_layer;
         add_block(&b, c, "mtp.0.", N, c->n_ratio > N ? c->ratio[N] : 0, false);
-        struct conv_item *eh = item(&b, CONV_EH_PROJ, 2, d, d, "mtp.0.e_proj.weight", "blk.%u.nextn.eh_proj.weight", N);
-        if (eh) snprintf(eh->src_suffix, sizeof eh->src_suffix, "mtp.0.h_proj.weight");
+        item(&b, CONV_MATRIX, 2, d, d, "mtp.0.e_proj.weight", "blk.%u.nextn.e_proj.weight", N);
+        item(&b, CONV_MATRIX, 2, d, d, "mtp.0.h_proj.weight", "blk.%u.nextn.h_proj.weight", N);
         item(&b, CONV_VECTOR, 1, 1, d, "mtp.0.enorm.weight", "blk.%u.nextn.enorm.weight", N);
         item(&b, CONV_VECTOR, 1, 1, d, "mtp.0.hnorm.weight", "blk.%u.nextn.hnorm.weight", N);
         item(&b, CONV_VECTOR, 1, 1, d, "mtp.0.norm.weight", "blk.%u.nextn.shared_head_norm.weight", N);

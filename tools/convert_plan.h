@@ -68,7 +68,6 @@ enum conv_kind {
     CONV_MATRIX,   /* dense weight [rows][cols]: FP8 + scales -> dense type, BF16/F16 kept */
     CONV_EXPERTS,  /* n_expert weights [rows][cols] stacked: FP4 (I8) -> MXFP4, FP8 -> dense */
     CONV_TID2EID,  /* hash table [n_vocab][k] I64 -> I32, entries checked */
-    CONV_EH_PROJ,  /* MTP e_proj and h_proj [d][d] side by side -> [d][2d] */
 };
 
 #define CONV_NAME_LEN 160
@@ -83,7 +82,7 @@ struct conv_item {
     char name[CONV_NAME_LEN];    /* GGUF (llama.cpp) name */
     enum conv_kind kind;
     char src_name[CONV_NAME_LEN];/* official name; experts: "prefix" of prefix.E.suffix */
-    char src_suffix[32];         /* experts: "w1" / "w2" / "w3"; eh_proj: second source */
+    char src_suffix[32];         /* experts: "w1" / "w2" / "w3" */
     uint32_t src_dims;           /* expected official dims: 1 or 2 */
     uint64_t rows, cols;         /* official logical shape per source ([cols] when 1-D) */
     /* filled by conv_plan_resolve */
