@@ -157,7 +157,7 @@ static int convert(const char *ckpt, const char *out, enum convert_dense dense, 
 
 /* Every tensor of the reference is in the converted file with the same shape and, once
  * dequantized, the same values: exactly, or within half a Q8_0 step when q8_0. */
-static void compare_to_reference(const char *ref_path, const char *out_path, enum convert_dense dense)
+static void compare_to_reference(const char *ref_path, const char *out_path, enum convert_dense dense, bool fp8_experts)
 {
     char err[512];
     struct gguf_file *ref, *out;
@@ -177,18 +177,18 @@ static void compare_to_reference(const char *ref_path, const char *out_path, enu
             continue;
         }
         /* What each kind must become. */
-        bool expert = strstr(rt->name, "_exps") != NULL, vec_f32 = rt->type == GGUF_TYPE_F32 && rt->n_dims == 1;
+        bool expert = strstr(rt->name, "_exps") != NULL;
         bool is_bf16_src = strstr(rt->name, "compressor_kv") || strstr(rt->name, "compressor_gate") ||
                            strstr(rt->name, "indexer.proj") || strstr(rt->name, "ffn_gate_inp") ||
                            !strcmp(rt->name, "token_embd.weight") || !strcmp(rt->name, "output.weight");
         bool is_fp8 = rt->n_dims == 2 && !expert && !is_bf16_src && rt->type == GGUF_TYPE_F32 &&
                       !strstr(rt->name, "hc_") && !strstr(rt->name, "_ape");
+        if (expert && fp8_experts) is_fp8 = true;
         enum gguf_type want = rt->type == GGUF_TYPE_I32 ? GGUF_TYPE_I32
-                              : expert ? GGUF_TYPE_MXFP4
+                              : expert && !fp8_experts ? GGUF_TYPE_MXFP4
                               : is_bf16_src ? GGUF_TYPE_BF16
                               : is_fp8 ? (dense == CONVERT_DENSE_Q8_0 ? GGUF_TYPE_Q8_0 : dense == CONVERT_DENSE_BF16 ? GGUF_TYPE_BF16 : GGUF_TYPE_F16)
                               : GGUF_TYPE_F32;
-        (void)vec_f32;
         if (ot->type != want) {
             test_fail_at(__FILE__, __LINE__, "%s: type %s, expected %s", rt->name, gguf_type_name(ot->type), gguf_type_name(want));
             reported++;
@@ -218,32 +218,34 @@ static void compare_to_reference(const char *ref_path, const char *out_path, enu
     gguf_close(out);
 }
 
-static void convert_and_compare(enum convert_dense dense)
+static void convert_and_compare(enum convert_dense dense, enum tiny_variant variant)
 {
     char ckpt[512], ref[512], out[512], tmp[520], err[1024];
     tmp_path(ckpt, sizeof ckpt, "ckpt");
     tmp_path(ref, sizeof ref, "ref-f32.gguf");
     tmp_path(out, sizeof out, "out.gguf");
-    REQUIRE(tiny_ckpt_write(ckpt, ref, 3, 7, TINY_OK) == 0);
+    REQUIRE(tiny_ckpt_write(ckpt, ref, 3, 7, variant) == 0);
     if (convert(ckpt, out, dense, err, sizeof err)) {
         test_fail_at(__FILE__, __LINE__, "convert: %s", err);
         return;
     }
     snprintf(tmp, sizeof tmp, "%s.tmp", out);
     CHECK(!exists(tmp));
-    compare_to_reference(ref, out, dense);
+    compare_to_reference(ref, out, dense, variant == TINY_FP8_EXPERTS);
 }
 
-TEST(convert_bf16_equals_dequantized_reference_exactly) { convert_and_compare(CONVERT_DENSE_BF16); }
-TEST(convert_f16_equals_dequantized_reference_exactly) { convert_and_compare(CONVERT_DENSE_F16); }
-TEST(convert_q8_0_matches_dequantized_reference_within_half_a_step) { convert_and_compare(CONVERT_DENSE_Q8_0); }
+TEST(convert_bf16_equals_dequantized_reference_exactly) { convert_and_compare(CONVERT_DENSE_BF16, TINY_OFFICIAL); }
+TEST(convert_f16_equals_dequantized_reference_exactly) { convert_and_compare(CONVERT_DENSE_F16, TINY_OFFICIAL); }
+TEST(convert_q8_0_matches_dequantized_reference_within_half_a_step) { convert_and_compare(CONVERT_DENSE_Q8_0, TINY_OFFICIAL); }
+/* V4-Flash-Base stores its experts in FP8: they follow --dense like the other FP8 weights. */
+TEST(convert_fp8_experts_follow_the_dense_type) { convert_and_compare(CONVERT_DENSE_Q8_0, TINY_FP8_EXPERTS); }
 
 TEST(convert_writes_metadata_and_tokenizer_that_model_open_reads)
 {
     char ckpt[512], out[512], err[1024];
     tmp_path(ckpt, sizeof ckpt, "ckpt");
     tmp_path(out, sizeof out, "out.gguf");
-    REQUIRE(tiny_ckpt_write(ckpt, NULL, 2, 3, TINY_OK) == 0);
+    REQUIRE(tiny_ckpt_write(ckpt, NULL, 2, 3, TINY_OFFICIAL) == 0);
     REQUIRE(convert(ckpt, out, CONVERT_DENSE_Q8_0, err, sizeof err) == 0);
     struct model *m;
     REQUIRE(model_open(&m, out, err, sizeof err) == 0);
@@ -296,7 +298,7 @@ TEST(convert_without_mtp_drops_the_nextn_block)
     char ckpt[512], out[512], err[1024];
     tmp_path(ckpt, sizeof ckpt, "ckpt");
     tmp_path(out, sizeof out, "out.gguf");
-    REQUIRE(tiny_ckpt_write(ckpt, NULL, 1, 5, TINY_OK) == 0);
+    REQUIRE(tiny_ckpt_write(ckpt, NULL, 1, 5, TINY_OFFICIAL) == 0);
     struct convert_opts o = { .hf_dir = ckpt, .out_path = out, .dense = CONVERT_DENSE_BF16, .no_mtp = true, .quiet = true };
     struct convert_stats st;
     REQUIRE(convert_run(&o, &st, err, sizeof err) == 0);
@@ -312,7 +314,7 @@ TEST(convert_without_mtp_drops_the_nextn_block)
 
 /* ---- malformed checkpoints: a clear error, and nothing under the output name ---- */
 
-static void expect_failure(enum tiny_fault fault, void (*mangle)(const char *ckpt), const char *needle)
+static void expect_failure(enum tiny_variant fault, void (*mangle)(const char *ckpt), const char *needle)
 {
     char ckpt[512], out[512], tmp[520], err[1024] = "";
     tmp_path(ckpt, sizeof ckpt, "ckpt");
@@ -351,8 +353,8 @@ static void header_length_past_file(const char *ckpt)
     fclose(f);
 }
 
-TEST(convert_rejects_missing_shard) { expect_failure(TINY_OK, remove_shard_2, "model-00002-of-00003.safetensors"); }
-TEST(convert_rejects_header_length_past_file) { expect_failure(TINY_OK, header_length_past_file, "runs past the file"); }
+TEST(convert_rejects_missing_shard) { expect_failure(TINY_OFFICIAL, remove_shard_2, "model-00002-of-00003.safetensors"); }
+TEST(convert_rejects_header_length_past_file) { expect_failure(TINY_OFFICIAL, header_length_past_file, "runs past the file"); }
 TEST(convert_rejects_overlapping_tensors) { expect_failure(TINY_FAULT_OVERLAP, NULL, "overlap"); }
 TEST(convert_rejects_dtype_mismatch) { expect_failure(TINY_FAULT_DTYPE, NULL, "layers.0.attn.attn_sink: dtype I64"); }
 TEST(convert_rejects_shape_mismatch_with_config)
@@ -379,7 +381,7 @@ TEST(convert_reads_a_single_unindexed_shard_and_a_separate_tokenizer_dir)
     tmp_path(ckpt, sizeof ckpt, "ckpt");
     tmp_path(out, sizeof out, "out.gguf");
     tmp_path(tokdir, sizeof tokdir, "tok");
-    REQUIRE(tiny_ckpt_write(ckpt, NULL, 1, 9, TINY_OK) == 0);
+    REQUIRE(tiny_ckpt_write(ckpt, NULL, 1, 9, TINY_OFFICIAL) == 0);
     drop_index_keep_one_shard(ckpt);
     REQUIRE(mkdir(tokdir, 0755) == 0);
     snprintf(a, sizeof a, "%s/tokenizer.json", ckpt);
@@ -417,7 +419,7 @@ static void index_lists_a_tensor_the_shard_lacks(const char *ckpt)
 
 TEST(convert_rejects_an_index_that_disagrees_with_the_shards)
 {
-    expect_failure(TINY_OK, index_lists_a_tensor_the_shard_lacks, "layers.9.ghost.weight is listed for shard");
+    expect_failure(TINY_OFFICIAL, index_lists_a_tensor_the_shard_lacks, "layers.9.ghost.weight is listed for shard");
 }
 
 /* ---- the command ---- */
@@ -437,7 +439,7 @@ static double logits_vs_reference(const char *dense)
     tmp_path(ckpt, sizeof ckpt, "ckpt");
     tmp_path(ref, sizeof ref, "ref-f32.gguf");
     tmp_path(out, sizeof out, "out.gguf");
-    if (tiny_ckpt_write(ckpt, ref, 3, 21, TINY_OK)) return -1;
+    if (tiny_ckpt_write(ckpt, ref, 3, 21, TINY_OFFICIAL)) return -1;
     snprintf(cmd, sizeof cmd, "'%s' convert --hf '%s' --out '%s' --dense %s --quiet >/dev/null", test_flashbox_bin(), ckpt, out, dense);
     if (run(cmd) != 0 || !exists(out)) return -1;
     char la[600], lb[600];
@@ -499,7 +501,7 @@ TEST(convert_throughput_on_a_generated_checkpoint)
     char ckpt[512], out[512], err[1024];
     tmp_path(ckpt, sizeof ckpt, "ckpt");
     tmp_path(out, sizeof out, "out.gguf");
-    REQUIRE(tiny_ckpt_write_experts(ckpt, NULL, 4, 1, TINY_OK, 1024) == 0);
+    REQUIRE(tiny_ckpt_write_experts(ckpt, NULL, 4, 1, TINY_OFFICIAL, 1024) == 0);
     static const struct {
         enum convert_dense dense;
         const char *name;

@@ -30,7 +30,7 @@ struct otensor {             /* one official tensor */
 
 struct gen {
     uint64_t rng;
-    enum tiny_fault fault;
+    enum tiny_variant fault;
     int n_exp;                /* routed experts */
     struct otensor *t;
     size_t n, cap;
@@ -309,7 +309,8 @@ static void experts(struct gen *g, const char *P, int N, const char *w, const ch
     float *all = keep(g, malloc((size_t)NE * rows * cols * sizeof(float)));
     for (int e = 0; e < NE; e++) {
         char a[160];
-        float *v = fp4_matrix(g, FMT(a, "%sffn.experts.%d.%s", P, e, w), rows, cols, std);
+        float *v = g->fault == TINY_FP8_EXPERTS ? fp8_matrix(g, FMT(a, "%sffn.experts.%d.%s", P, e, w), rows, cols, std)
+                                                : fp4_matrix(g, FMT(a, "%sffn.experts.%d.%s", P, e, w), rows, cols, std);
         if (v && all) memcpy(all + (uint64_t)e * rows * cols, v, rows * cols * sizeof(float));
         free(v);
     }
@@ -550,7 +551,7 @@ static void ref_metadata(struct gguf_writer *w, int NE)
     gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 1);
 }
 
-int tiny_ckpt_write_experts(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_fault fault,
+int tiny_ckpt_write_experts(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_variant fault,
                             int n_expert)
 {
     struct gen g = { .rng = seed * 0x9E3779B97F4A7C15ull + 1, .fault = fault, .n_exp = n_expert };
@@ -619,7 +620,7 @@ out:
     return rc;
 }
 
-int tiny_ckpt_write(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_fault fault)
+int tiny_ckpt_write(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_variant fault)
 {
     return tiny_ckpt_write_experts(dir, ref_gguf, n_shards, seed, fault, TINY_EXPERTS);
 }

@@ -17,9 +17,11 @@
 #define TINY_LAYERS 5
 #define TINY_EXPERTS 8
 
-/* Faults the generator can plant for malformed-input tests. */
-enum tiny_fault {
-    TINY_OK,
+/* What to write: the official layout, a legitimate variant, or a planted fault for the
+ * malformed-input tests. */
+enum tiny_variant {
+    TINY_OFFICIAL,
+    TINY_FP8_EXPERTS,         /* routed experts FP8 + 128x128 scales, as in V4-Flash-Base */
     TINY_FAULT_OVERLAP,       /* two tensors' data_offsets share bytes */
     TINY_FAULT_DTYPE,         /* layers.0.attn.attn_sink written as I64 */
     TINY_FAULT_SHAPE,         /* layers.1.attn.q_norm.weight is [100], config says [128] */
@@ -29,10 +31,10 @@ enum tiny_fault {
 
 /* Writes the checkpoint into dir (created) with n_shards shards, and, when ref_gguf is not
  * NULL, the F32 reference GGUF. Returns 0 or -1 (message on stderr). */
-int tiny_ckpt_write(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_fault fault);
+int tiny_ckpt_write(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_variant fault);
 /* Same with n_expert routed experts (>= 2): routed experts are ~97% of the real checkpoint,
  * so many of them make a checkpoint of realistic composition for throughput figures. */
-int tiny_ckpt_write_experts(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_fault fault,
+int tiny_ckpt_write_experts(const char *dir, const char *ref_gguf, int n_shards, uint64_t seed, enum tiny_variant fault,
                             int n_expert);
 
 #endif
