@@ -11,6 +11,7 @@
 #include "tools/convert.h"
 #include "tools/safetensors.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -420,6 +421,35 @@ static void index_lists_a_tensor_the_shard_lacks(const char *ckpt)
 TEST(convert_rejects_an_index_that_disagrees_with_the_shards)
 {
     expect_failure(TINY_OFFICIAL, index_lists_a_tensor_the_shard_lacks, "layers.9.ghost.weight is listed for shard");
+}
+
+/* Rewrites one key of config.json (value as JSON text; NULL deletes the key). */
+static void edit_config(const char *ckpt, const char *key, const char *json_value)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/config.json", ckpt);
+    json_t *c = json_load_file(p, 0, NULL);
+    REQUIRE(c);
+    if (json_value) json_object_set_new(json_object_get(c, "quantization_config") && !strcmp(key, "weight_block_size")
+                                            ? json_object_get(c, "quantization_config") : c,
+                                        key, json_loads(json_value, JSON_DECODE_ANY, NULL));
+    else json_object_del(c, key);
+    REQUIRE(json_dump_file(c, p, 0) == 0);
+    json_decref(c);
+}
+
+static void config_fp8_blocks_32(const char *ckpt) { edit_config(ckpt, "weight_block_size", "[32, 32]"); }
+static void config_without_hidden_size(const char *ckpt) { edit_config(ckpt, "hidden_size", NULL); }
+static void config_ratio_16(const char *ckpt) { edit_config(ckpt, "compress_ratios", "[0, 0, 4, 16, 4, 0]"); }
+static void config_more_experts(const char *ckpt) { edit_config(ckpt, "n_routed_experts", "9"); }
+
+TEST(convert_rejects_configs_it_cannot_honour)
+{
+    expect_failure(TINY_OFFICIAL, config_fp8_blocks_32, "weight_block_size must be [128, 128]");
+    expect_failure(TINY_OFFICIAL, config_without_hidden_size, "key hidden_size missing");
+    expect_failure(TINY_OFFICIAL, config_ratio_16, "compress_ratios[3] must be 0, 4 or 128");
+    /* The checkpoint has 8 experts per layer where config.json now says 9. */
+    expect_failure(TINY_OFFICIAL, config_more_experts, "layers.0.ffn.gate.weight: shape [8, 128], expected [9, 128]");
 }
 
 /* ---- the command ---- */

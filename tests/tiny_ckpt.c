@@ -420,6 +420,10 @@ static int write_config(const char *dir, int NE)
                           "hidden_act", "silu", "hc_sinkhorn_iters", 20, "bos_token_id", 0,
                           "rms_norm_eps", 1e-6, "swiglu_limit", 10.0, "tie_word_embeddings", 0,
                           "eos_token_id", 1, "max_seq_len", 1024, "torch_dtype", "bfloat16", "expert_dtype", "fp4");
+    if (c)
+        json_object_set_new(c, "quantization_config",
+                            json_pack("{s:s, s:s, s:s, s:s, s:[i, i]}", "quant_method", "fp8", "fmt", "e4m3", "scale_fmt",
+                                      "ue8m0", "activation_scheme", "dynamic", "weight_block_size", 128, 128));
     snprintf(path, sizeof path, "%s/config.json", dir);
     return write_json(c, path);
 }

@@ -103,6 +103,16 @@ int conv_config_load(const char *path, struct conv_config *c, char *err, size_t 
         errf(err, len, "%s: scoring_func must be \"sqrtsoftplus\" for deepseek4", path);
         goto out;
     }
+    /* FP8 scales are read as one e8m0 per 128x128 block (ckpt_formats.h); a checkpoint with
+     * other blocks (V4.1 uses 32x32) must not be misread silently. */
+    json_t *qc = json_object_get(root, "quantization_config");
+    json_t *bs = json_is_object(qc) ? json_object_get(qc, "weight_block_size") : NULL;
+    if (bs && (!json_is_array(bs) || json_array_size(bs) != 2 || json_integer_value(json_array_get(bs, 0)) != 128 ||
+               json_integer_value(json_array_get(bs, 1)) != 128)) {
+        errf(err, len, "%s: quantization_config.weight_block_size must be [128, 128] (the FP8 scale blocks this "
+                       "converter reads)", path);
+        goto out;
+    }
     json_t *nt = json_object_get(root, "norm_topk_prob");
     c->norm_topk_prob = nt ? json_is_true(nt) : true;
     json_t *rs = json_object_get(root, "rope_scaling");
