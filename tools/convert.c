@@ -26,7 +26,7 @@ struct driver {
     bool line_open;              /* a progress line without its newline is on stderr */
     const char *current;         /* GGUF tensor being written */
     uint8_t *in;                 /* [CHUNK_ELEMS * 8] raw source bytes */
-    uint8_t *in2;                /* [CHUNK_ELEMS * 8] FP4 scales of the rows in in */
+    uint8_t *in2;                /* [CHUNK_ELEMS / 32] FP4 scales of the rows in in */
     float *f;                    /* [CHUNK_ELEMS] dequantized rows */
     uint8_t *out;                /* [CHUNK_ELEMS * 4] converted bytes */
     uint8_t *grid;               /* FP8 scale grid of the current source */
@@ -289,7 +289,7 @@ int convert_run(const struct convert_opts *o, struct convert_stats *stats, char 
         }
     }
     d.in = malloc((size_t)CHUNK_ELEMS * 8);
-    d.in2 = malloc((size_t)CHUNK_ELEMS * 8);
+    d.in2 = malloc((size_t)CHUNK_ELEMS / CKPT_FP4_BLOCK);
     d.f = malloc((size_t)CHUNK_ELEMS * sizeof(float));
     d.out = malloc((size_t)CHUNK_ELEMS * 4);
     if (!d.in || !d.in2 || !d.f || !d.out) {
