@@ -21,6 +21,8 @@ struct backend_ops {
     /* Evaluates tokens at the state's current position (the state tracks it). */
     int (*eval)(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
                 char *err, size_t err_len);
+    /* Expert-cache counters; NULL or -1 when experts are not paged. */
+    int (*expert_counters)(void *ctx, struct expert_counters *out);
 };
 
 extern const struct backend_ops ref_backend_ops;

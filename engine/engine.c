@@ -3,6 +3,7 @@
 #include "engine/backend.h"
 #include "engine/errmsg.h"
 #include "engine/model.h"
+#include "engine/tokenizer.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 
 struct engine {
     struct model *model;
+    struct tokenizer *tok;      /* NULL when the file carries no usable tokenizer */
     const struct backend_ops *ops;
     void *backend_ctx;
 };
@@ -57,6 +59,9 @@ int engine_open(struct engine **out, const struct engine_options *opt, char *err
     e->ops = ops;
     if (model_open(&e->model, opt->model_path, err, err_len)) goto fail;
     if (ops->open(e->model, opt, &e->backend_ctx, err, err_len)) goto fail;
+    /* a model without a tokenizer still computes logits from token ids */
+    char tok_err[256];
+    if (tok_create(&e->tok, e->model->file, tok_err, sizeof tok_err)) e->tok = NULL;
     *out = e;
     return 0;
 fail:
@@ -69,6 +74,7 @@ void engine_close(struct engine *e)
 {
     if (!e) return;
     e->ops->close(e->backend_ctx);
+    tok_destroy(e->tok);
     model_close(e->model);
     free(e);
 }
@@ -84,6 +90,15 @@ void engine_get_info(const struct engine *e, struct engine_info *info)
     info->n_embd = hp->n_embd;
     info->bos = (int32_t)hp->bos;
     info->eos = (int32_t)hp->eos;
+}
+
+const struct tokenizer *engine_tokenizer(const struct engine *e) { return e->tok; }
+
+int engine_expert_counters(const struct engine *e, struct expert_counters *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!e->ops->expert_counters) return -1;
+    return e->ops->expert_counters(e->backend_ctx, out);
 }
 
 int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char *err, size_t err_len)

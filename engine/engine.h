@@ -12,6 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/chat.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
+
 struct engine;
 struct session;
 
@@ -20,12 +24,37 @@ enum engine_backend {
     ENGINE_BACKEND_VULKAN = 1,
 };
 
+/* How routed experts are read from the model file when they are paged (expert_cache_mb). */
+enum engine_expert_read {
+    ENGINE_EXPERT_READ_AUTO = 0,    /* direct when the file exceeds 80% of available memory */
+    ENGINE_EXPERT_READ_PAGECACHE,   /* pread through the page cache, with readahead hints */
+    ENGINE_EXPERT_READ_DIRECT,      /* O_DIRECT through io_uring into an aligned staging buffer */
+};
+
 struct engine_options {
     const char *model_path;
     enum engine_backend backend;
     int device_index;           /* -1: let the board pick */
     const char *device_uuid;    /* NULL: any */
-    uint64_t expert_cache_mb;   /* 0: default budget */
+    uint64_t expert_cache_mb;   /* 0: every expert resident; else page experts through a cache of this size */
+    enum engine_expert_read expert_read;
+    bool expert_no_prefetch;    /* disable speculative loads (to measure what prefetch hides) */
+};
+
+enum engine_expert_kind { ENGINE_EXPERT_HASH = 0, ENGINE_EXPERT_LEARNED = 1 };
+
+/* Expert-cache counters since the engine was opened (all zero without paging). */
+struct expert_counters {
+    uint64_t hits[2], misses[2];    /* by layer kind (enum engine_expert_kind) */
+    uint64_t bytes_read;            /* from the model file */
+    uint64_t loads;
+    uint64_t stall_ns;              /* time spent waiting for loads */
+    uint64_t prefetch_issued;       /* speculative loads started (hash layers) */
+    uint64_t prefetch_used;         /* ... whose expert was then used */
+    uint64_t evictions;
+    uint32_t n_slots;
+    uint64_t slot_bytes;
+    enum engine_expert_read read_path; /* the path in use */
 };
 
 struct engine_info {
@@ -45,6 +74,10 @@ int engine_backend_parse(const char *name, enum engine_backend *out);
 int engine_open(struct engine **out, const struct engine_options *opt, char *err, size_t err_len);
 void engine_close(struct engine *e);
 void engine_get_info(const struct engine *e, struct engine_info *info);
+/* Fills *out; returns -1 (and zeros) when experts are not paged. */
+int engine_expert_counters(const struct engine *e, struct expert_counters *out);
+/* The tokenizer of the model's file (owned by the engine, valid until engine_close). */
+const struct tokenizer *engine_tokenizer(const struct engine *e);
 
 /* A session holds up to n_ctx positions (0 = the model's training context, capped at 4096). */
 int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char *err, size_t err_len);

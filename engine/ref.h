@@ -66,8 +66,11 @@ struct ref_scratch {
 
 #define REF_BATCH 32 /* tokens per layer-major chunk */
 
+struct expert_store;
+
 struct ref_state {
     const struct model *m;
+    struct expert_store *experts;   /* NULL: routed experts read from the mapped file */
     uint32_t n_ctx;
     uint32_t pos;                   /* next position */
     struct ref_layer_state *layers; /* [n_layer] */
@@ -115,7 +118,9 @@ bool ref_compressor_step(struct ref_compressor *c, const struct model_hparams *h
                          const float *a, uint32_t pos, struct ref_scratch *s, float *entry);
 
 /* MoE sublayer of layer il for the normed input f and token tok: out [n_embd]; the
- * selected experts go to experts_out [n_expert_used]. */
-void ref_moe(struct ref_state *st, uint32_t il, const float *f, int32_t tok, float *out, int32_t *experts_out);
+ * selected experts go to experts_out [n_expert_used]. Fails only when paged experts cannot
+ * be read. */
+int ref_moe(struct ref_state *st, uint32_t il, const float *f, int32_t tok, float *out, int32_t *experts_out,
+            char *err, size_t err_len);
 
 #endif

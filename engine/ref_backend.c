@@ -1,21 +1,45 @@
-/* The CPU reference as an engine backend. */
+/* The CPU reference as an engine backend; routed experts optionally paged through the
+ * expert store (engine_options.expert_cache_mb). */
 #include "engine/backend.h"
+#include "engine/expert_store.h"
 #include "engine/ref.h"
+
+#include <stdlib.h>
+
+struct ref_ctx {
+    struct expert_store *experts; /* NULL: every expert resident (read from the mapping) */
+};
 
 static int ref_open(const struct model *m, const struct engine_options *opt, void **ctx, char *err, size_t err_len)
 {
-    (void)m, (void)opt, (void)err, (void)err_len;
-    *ctx = NULL;
+    struct ref_ctx *c = calloc(1, sizeof *c);
+    if (!c) return -1;
+    if (opt->expert_cache_mb) {
+        struct expert_store_options so = { .budget_bytes = opt->expert_cache_mb << 20, .read_path = opt->expert_read,
+                                         .no_prefetch = opt->expert_no_prefetch };
+        if (expert_store_open(&c->experts, m, opt->model_path, &so, err, err_len)) {
+            free(c);
+            return -1;
+        }
+    }
+    *ctx = c;
     return 0;
 }
 
-static void ref_close(void *ctx) { (void)ctx; }
+static void ref_close(void *ctx)
+{
+    struct ref_ctx *c = ctx;
+    if (!c) return;
+    expert_store_close(c->experts);
+    free(c);
+}
 
 static int ref_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **state, char *err, size_t err_len)
 {
-    (void)ctx;
+    struct ref_ctx *c = ctx;
     struct ref_state *st;
     if (ref_state_create(m, n_ctx, &st, err, err_len)) return -1;
+    st->experts = c->experts;
     *state = st;
     return 0;
 }
@@ -30,6 +54,14 @@ static int ref_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, f
     return ref_forward(state, tokens, n, logits, all_logits, err, err_len);
 }
 
+static int ref_expert_counters(void *ctx, struct expert_counters *out)
+{
+    struct ref_ctx *c = ctx;
+    if (!c->experts) return -1;
+    expert_store_get_counters(c->experts, out);
+    return 0;
+}
+
 const struct backend_ops ref_backend_ops = {
     .name = "ref",
     .open = ref_open,
@@ -38,4 +70,5 @@ const struct backend_ops ref_backend_ops = {
     .session_destroy = ref_session_destroy,
     .session_reset = ref_session_reset,
     .eval = ref_eval,
+    .expert_counters = ref_expert_counters,
 };

@@ -3,6 +3,7 @@
  * REF_BATCH tokens; every buffer is allocated when the state is created. */
 #include "engine/ref.h"
 #include "engine/errmsg.h"
+#include "engine/expert_store.h"
 #include "engine/ref_ops.h"
 
 #include <inttypes.h>
@@ -143,13 +144,17 @@ oom:
 }
 
 /* One block (spec §3.3) for one token: X [n_hc][n_embd] updated in place. */
-static void block_forward(struct ref_state *st, uint32_t il, float *X, int32_t tok, uint32_t pos)
+static int block_forward(struct ref_state *st, uint32_t il, float *X, int32_t tok, uint32_t pos, char *err, size_t err_len)
 {
     const struct model_hparams *hp = &st->m->hp;
     const struct layer_weights *lw = &st->m->layers[il];
     struct ref_scratch *s = &st->s;
     const uint64_t xn = (uint64_t)hp->n_hc * hp->n_embd;
 
+    /* hash layers know their experts from the token: load them while attention runs */
+    if (st->experts && lw->tid2eid)
+        expert_store_prefetch(st->experts, il, (const int32_t *)lw->tid2eid->data + (uint64_t)tok * hp->n_expert_used,
+                              hp->n_expert_used, true);
     memcpy(s->x_old, X, xn * sizeof(float));
     ref_hc_pre(hp, X, f32(lw->hc_attn_fn), f32(lw->hc_attn_base), f32(lw->hc_attn_scale), s->a, s->hc_post,
                s->hc_comb, s->hc_mix);
@@ -161,8 +166,9 @@ static void block_forward(struct ref_state *st, uint32_t il, float *X, int32_t t
     ref_hc_pre(hp, X, f32(lw->hc_ffn_fn), f32(lw->hc_ffn_base), f32(lw->hc_ffn_scale), s->a, s->hc_post,
                s->hc_comb, s->hc_mix);
     ref_rmsnorm(s->a, f32(lw->ffn_norm), hp->n_embd, hp->rms_eps, s->a);
-    ref_moe(st, il, s->a, tok, s->f, st->last_experts[il]);
+    if (ref_moe(st, il, s->a, tok, s->f, st->last_experts[il], err, err_len)) return -1;
     ref_hc_post(hp, s->f, s->x_old, s->hc_post, s->hc_comb, X);
+    return 0;
 }
 
 /* Final head (spec §3.12) for one token's streams: logits [n_vocab]. */
@@ -195,7 +201,8 @@ int ref_forward(struct ref_state *st, const int32_t *tokens, uint32_t n, float *
         }
         for (uint32_t il = 0; il < hp->n_layer; il++)
             for (uint32_t t = 0; t < nc; t++)
-                block_forward(st, il, st->x_batch + t * xn, tokens[c0 + t], st->pos + t);
+                if (block_forward(st, il, st->x_batch + t * xn, tokens[c0 + t], st->pos + t, err, err_len))
+                    return errf_prefix(err, err_len, "position %u (the session must be reset)", st->pos + t);
         for (uint32_t t = 0; t < nc; t++) {
             bool last = c0 + t == n - 1;
             if (logits && (all_logits || last))

@@ -2,6 +2,7 @@
  * or hash routing through tid2eid, weight renormalisation and scale, clamped SwiGLU on the
  * routed and shared experts, weighted accumulation. */
 #include "engine/ref.h"
+#include "engine/expert_store.h"
 #include "engine/ref_ops.h"
 
 #include <math.h>
@@ -29,7 +30,8 @@ static void swiglu_expert(struct ref_scratch *s, const struct model_hparams *hp,
     for (uint32_t i = 0; i < d; i++) out[i] += s->expert_y[i];
 }
 
-void ref_moe(struct ref_state *st, uint32_t il, const float *f, int32_t tok, float *out, int32_t *experts_out)
+int ref_moe(struct ref_state *st, uint32_t il, const float *f, int32_t tok, float *out, int32_t *experts_out,
+            char *err, size_t err_len)
 {
     const struct model_hparams *hp = &st->m->hp;
     const struct layer_weights *lw = &st->m->layers[il];
@@ -51,13 +53,22 @@ void ref_moe(struct ref_state *st, uint32_t il, const float *f, int32_t tok, flo
     double sum = 0.0;
     for (uint32_t k = 0; k < K; k++) sum += score[idx[k]];
     for (uint32_t i = 0; i < hp->n_embd; i++) out[i] = 0.0f;
+    /* Paged experts: start their loads, run the shared expert meanwhile, then wait. */
+    struct expert_view views[64];
+    if (st->experts) expert_store_prefetch(st->experts, il, idx, K, false);
+    swiglu_expert(s, hp, lw->ffn_gate_shexp, lw->ffn_up_shexp, lw->ffn_down_shexp, 0, hp->swiglu_clamp_shexp[il],
+                  1.0, f, out);
+    if (st->experts && expert_store_acquire(st->experts, il, idx, K, views, err, err_len)) return -1;
     for (uint32_t k = 0; k < K; k++) {
         double w = hp->expert_weights_norm ? score[idx[k]] / sum : score[idx[k]];
         w *= hp->expert_weights_scale;
-        swiglu_expert(s, hp, lw->ffn_gate_exps, lw->ffn_up_exps, lw->ffn_down_exps, (uint32_t)idx[k],
-                      hp->swiglu_clamp_exp[il], w, f, out);
+        if (st->experts)
+            swiglu_expert(s, hp, &views[k].gate, &views[k].up, &views[k].down, 0, hp->swiglu_clamp_exp[il], w, f, out);
+        else
+            swiglu_expert(s, hp, lw->ffn_gate_exps, lw->ffn_up_exps, lw->ffn_down_exps, (uint32_t)idx[k],
+                          hp->swiglu_clamp_exp[il], w, f, out);
         experts_out[k] = idx[k];
     }
-    swiglu_expert(s, hp, lw->ffn_gate_shexp, lw->ffn_up_shexp, lw->ffn_down_shexp, 0, hp->swiglu_clamp_shexp[il],
-                  1.0, f, out);
+    if (st->experts) expert_store_release(st->experts, il);
+    return 0;
 }

@@ -18,7 +18,9 @@ static void usage(FILE *out)
             "  --out FILE      write float32 little-endian logits [n_tokens][n_vocab]\n"
             "  --top K         print the K largest (id, logit) of each position instead\n"
             "  --backend B     ref (CPU reference; default) or vulkan\n"
-            "  --incremental   feed the tokens one at a time instead of one batch\n");
+            "  --incremental   feed the tokens one at a time instead of one batch\n"
+            "  --expert-cache-mb N   page routed experts through a cache of N MiB (default: all resident)\n"
+            "  --expert-read auto|pagecache|direct   how paged experts are read (default auto)\n");
 }
 
 /* Parses "1,2,3" into a new array; returns the count or -1 with a message. */
@@ -101,6 +103,23 @@ int cmd_logits(int argc, char **argv)
         } else if (!strcmp(a, "--backend") && v) {
             if (engine_backend_parse(argv[++i], &opt.backend)) {
                 fprintf(stderr, "flashbox logits: unknown backend '%s' (ref, vulkan)\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--expert-cache-mb") && v) {
+            char *end;
+            long long mb = strtoll(argv[++i], &end, 10);
+            if (*end || mb < 1 || mb > (1ll << 30)) {
+                fprintf(stderr, "flashbox logits: --expert-cache-mb expects a positive number of MiB\n");
+                return 2;
+            }
+            opt.expert_cache_mb = (uint64_t)mb;
+        } else if (!strcmp(a, "--expert-read") && v) {
+            const char *r = argv[++i];
+            if (!strcmp(r, "auto")) opt.expert_read = ENGINE_EXPERT_READ_AUTO;
+            else if (!strcmp(r, "pagecache")) opt.expert_read = ENGINE_EXPERT_READ_PAGECACHE;
+            else if (!strcmp(r, "direct")) opt.expert_read = ENGINE_EXPERT_READ_DIRECT;
+            else {
+                fprintf(stderr, "flashbox logits: --expert-read: '%s', expected auto, pagecache or direct\n", r);
                 return 2;
             }
         } else if (!strcmp(a, "--incremental")) incremental = true;

@@ -6,6 +6,9 @@
 
 int cmd_logits(int argc, char **argv);   /* firmware/cmd_logits.c */
 int cmd_inspect(int argc, char **argv);  /* firmware/cmd_inspect.c */
+int cmd_tokenize(int argc, char **argv);   /* firmware/cmd_tokenize.c */
+int cmd_detokenize(int argc, char **argv); /* firmware/cmd_tokenize.c */
+int cmd_run(int argc, char **argv);        /* firmware/cmd_run.c */
 int tool_mkmodel_main(int argc, char **argv); /* tools/mkmodel_cli.c */
 int tool_convert_main(int argc, char **argv); /* tools/convert.c */
 

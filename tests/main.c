@@ -72,38 +72,65 @@ const char *test_flashbox_bin(void)
     return b && *b ? b : "build/flashbox";
 }
 
-static int run_one(struct test_case *tc, const char *tmproot, int idx)
+struct running {
+    pid_t pid;
+    struct test_case *tc;
+    char dir[512];
+    struct timespec t0;
+};
+
+/* Forks the test with its output going to DIR/log; the parent reports it when it ends. */
+static int start_one(struct test_case *tc, const char *tmproot, int idx, struct running *r)
 {
-    snprintf(g_tmpdir, sizeof g_tmpdir, "%s/%d-%s", tmproot, idx, tc->name);
-    if (mkdir(g_tmpdir, 0700) != 0 && errno != EEXIST) {
-        fprintf(stderr, "FAIL %s: cannot create %s: %s\n", tc->name, g_tmpdir, strerror(errno));
-        return EXIT_FAIL;
-    }
+    snprintf(r->dir, sizeof r->dir, "%s/%d-%s", tmproot, idx, tc->name);
+    if (mkdir(r->dir, 0700) != 0 && errno != EEXIST) return -1;
+    r->tc = tc;
+    clock_gettime(CLOCK_MONOTONIC, &r->t0);
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
-    if (pid < 0) return EXIT_FAIL;
+    if (pid < 0) return -1;
     if (pid == 0) {
+        char log[600];
+        snprintf(log, sizeof log, "%s/log", r->dir);
+        if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(EXIT_FAIL);
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        snprintf(g_tmpdir, sizeof g_tmpdir, "%s", r->dir);
+        /* a hung test is a failure, not a hung run (FLASHBOX_TEST_TIMEOUT seconds, default 600) */
+        const char *to = getenv("FLASHBOX_TEST_TIMEOUT");
+        alarm(to && atoi(to) > 0 ? (unsigned)atoi(to) : 600u);
         g_failed = 0;
         tc->fn();
         fflush(stdout);
         fflush(stderr);
         _exit(g_failed ? EXIT_FAIL : EXIT_PASS);
     }
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-    if (WIFSIGNALED(status)) {
-        fprintf(stderr, "FAIL %s (%s): killed by signal %d\n", tc->name, tc->file, WTERMSIG(status));
-        return EXIT_FAIL;
-    }
-    int rc = WEXITSTATUS(status);
-    if (rc == EXIT_FAIL || (rc != EXIT_PASS && rc != EXIT_SKIP)) {
-        fprintf(stderr, "FAIL %s (%s)\n", tc->name, tc->file);
-        return EXIT_FAIL;
-    }
-    if (rc == EXIT_PASS) {
+    r->pid = pid;
+    return 0;
+}
+
+/* Prints the finished test's line and its output; returns its outcome. */
+static int finish_one(struct running *r, int status)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (t1.tv_sec - r->t0.tv_sec) * 1e3 + (t1.tv_nsec - r->t0.tv_nsec) / 1e6;
+    int rc;
+    if (WIFSIGNALED(status)) rc = EXIT_FAIL;
+    else rc = WEXITSTATUS(status) == EXIT_PASS || WEXITSTATUS(status) == EXIT_SKIP ? WEXITSTATUS(status) : EXIT_FAIL;
+    const char *word = rc == EXIT_PASS ? "ok  " : rc == EXIT_SKIP ? "skip" : "FAIL";
+    printf("%s %-60s %8.1f ms\n", word, r->tc->name, ms);
+    char log[600], line[4096];
+    snprintf(log, sizeof log, "%s/log", r->dir);
+    FILE *f = fopen(log, "r");
+    while (f && fgets(line, sizeof line, f)) fputs(line, stdout);
+    if (f) fclose(f);
+    if (WIFSIGNALED(status)) printf("FAIL %s (%s): killed by signal %d\n", r->tc->name, r->tc->file, WTERMSIG(status));
+    else if (rc == EXIT_FAIL) printf("FAIL %s (%s)\n", r->tc->name, r->tc->file);
+    fflush(stdout);
+    if (rc != EXIT_FAIL) {
         char cmd[700];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmpdir);
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", r->dir);
         if (system(cmd) != 0) {}
     }
     return rc;
@@ -125,20 +152,43 @@ int main(int argc, char **argv)
         perror("mkdtemp");
         return 2;
     }
-    int passed = 0, failed = 0, skipped = 0, idx = 0;
-    for (struct test_case *tc = rev; tc; tc = tc->next) {
-        if (filter && !strstr(tc->name, filter)) continue;
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        int rc = run_one(tc, tmproot, idx++);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
-        const char *word = rc == EXIT_PASS ? "ok  " : rc == EXIT_SKIP ? "skip" : "FAIL";
-        printf("%s %-60s %8.1f ms\n", word, tc->name, ms);
-        fflush(stdout);
-        if (rc == EXIT_PASS) passed++;
-        else if (rc == EXIT_SKIP) skipped++;
-        else failed++;
+    /* FLASHBOX_TEST_JOBS tests at a time (default: the number of CPUs) */
+    long jobs = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *j = getenv("FLASHBOX_TEST_JOBS");
+    if (j && atoi(j) > 0) jobs = atoi(j);
+    if (jobs < 1) jobs = 1;
+    if (jobs > 64) jobs = 64;
+    struct running run[64];
+    int n_run = 0, passed = 0, failed = 0, skipped = 0, idx = 0;
+    struct test_case *next = rev;
+    for (;;) {
+        while (n_run < jobs && next) {
+            struct test_case *tc = next;
+            next = next->next;
+            if (filter && !strstr(tc->name, filter)) continue;
+            if (start_one(tc, tmproot, idx++, &run[n_run]) != 0) {
+                printf("FAIL %s: cannot start: %s\n", tc->name, strerror(errno));
+                failed++;
+                continue;
+            }
+            n_run++;
+        }
+        if (n_run == 0) break;
+        int status = 0;
+        pid_t pid = wait(&status);
+        if (pid < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        for (int k = 0; k < n_run; k++) {
+            if (run[k].pid != pid) continue;
+            int rc = finish_one(&run[k], status);
+            if (rc == EXIT_PASS) passed++;
+            else if (rc == EXIT_SKIP) skipped++;
+            else failed++;
+            run[k] = run[--n_run];
+            break;
+        }
     }
     if (failed == 0) {
         char cmd[600];

@@ -1,0 +1,510 @@
+/* The expert store: slot pool, replacement, loader thread and the two read paths. See
+ * expert_store.h. One mutex guards the slot table; the loader reads without it. */
+#include "engine/expert_store.h"
+#include "engine/errmsg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DIRECT_ALIGN 4096u
+#define FREQ_HALVING_TICKS 4096u /* frequency decays so old favourites can leave */
+
+enum slot_state { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
+
+struct slot {
+    enum slot_state state;
+    int32_t il, expert;     /* what it holds (or is loading); -1 when empty */
+    uint32_t pins;
+    uint64_t last_use;      /* store tick of the last acquire */
+    uint32_t freq;          /* acquires, halved every FREQ_HALVING_TICKS */
+    bool prefetched;        /* loaded by a speculative prefetch and not acquired since */
+    bool requested;         /* loaded by the early half of an acquire: a miss when acquired */
+    char err[256];          /* why the load failed */
+};
+
+struct part { uint64_t offset, size; }; /* one matrix of one expert in the file */
+
+struct expert_store {
+    const struct model *m;
+    int fd;                         /* page-cache reads */
+    int fd_direct;                  /* O_DIRECT reads, -1 unless the direct path is used */
+    uint64_t file_size;
+    enum engine_expert_read path;
+    uint8_t *mem;                   /* [n_slots][slot_bytes] */
+    bool own_mem;
+    uint64_t slot_bytes, budget;
+    uint32_t n_slots;
+    struct slot *slots;             /* [n_slots] */
+    int32_t *slot_of;               /* [n_layer][n_expert]: slot holding it, or -1 */
+    int32_t pinned[MODEL_MAX_LAYERS][64];
+    uint32_t n_pinned[MODEL_MAX_LAYERS];
+    /* loader */
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    uint32_t *queue;                /* ring of slot indices to load, capacity n_slots */
+    uint32_t q_head, q_len;
+    pthread_t loader;
+    bool loader_started, stop;
+    struct io_uring ring;
+    bool ring_ok;
+    uint8_t *staging;               /* [3][staging_part] aligned, direct path only */
+    uint64_t staging_part;
+    uint64_t tick;
+    bool no_prefetch;
+    struct expert_counters c;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void expert_parts(const struct expert_store *s, uint32_t il, uint32_t e, struct part p[3])
+{
+    const struct layer_weights *w = &s->m->layers[il];
+    tensor_ref t[3] = { w->ffn_gate_exps, w->ffn_up_exps, w->ffn_down_exps };
+    const uint64_t E = s->m->hp.n_expert;
+    for (int k = 0; k < 3; k++) {
+        p[k].size = t[k]->nbytes / E;
+        p[k].offset = (uint64_t)((const uint8_t *)t[k]->data - s->m->file->map) + e * p[k].size;
+    }
+}
+
+uint64_t expert_store_slot_bytes(const struct model *m)
+{
+    uint64_t most = 0;
+    for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+        uint64_t b = model_expert_bytes(m, il);
+        if (b > most) most = b;
+    }
+    return (most + 63) / 64 * 64; /* keep slots cache-line aligned */
+}
+
+/* ---- reading ---- */
+
+static int read_pagecache(struct expert_store *s, const struct part *p, uint8_t *dst, char *err, size_t len)
+{
+    for (int k = 0; k < 3; k++) {
+        uint64_t done = 0;
+        while (done < p[k].size) {
+            ssize_t n = pread(s->fd, dst + done, p[k].size - done, (off_t)(p[k].offset + done));
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0)
+                return errf(err, len, "read of %" PRIu64 " bytes at offset %" PRIu64 " failed: %s", p[k].size,
+                            p[k].offset + done, n < 0 ? strerror(errno) : "end of file (was the file truncated?)");
+            done += (uint64_t)n;
+        }
+        dst += p[k].size;
+    }
+    return 0;
+}
+
+/* Direct path: each part is read as the aligned superset into its staging region through
+ * io_uring (all three in one submission), then the exact bytes are copied into the slot. */
+static int read_direct(struct expert_store *s, const struct part *p, uint8_t *dst, char *err, size_t len)
+{
+    uint64_t start[3], span[3];
+    for (int k = 0; k < 3; k++) {
+        start[k] = p[k].offset / DIRECT_ALIGN * DIRECT_ALIGN;
+        span[k] = (p[k].offset + p[k].size + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN - start[k];
+    }
+    int64_t got[3] = { -1, -1, -1 };
+    if (s->ring_ok) {
+        for (int k = 0; k < 3; k++) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+            if (!sqe) return errf(err, len, "io_uring: no submission entry");
+            io_uring_prep_read(sqe, s->fd_direct, s->staging + k * s->staging_part, (unsigned)span[k], start[k]);
+            io_uring_sqe_set_data64(sqe, (uint64_t)k);
+        }
+        int rc = io_uring_submit(&s->ring);
+        if (rc != 3) return errf(err, len, "io_uring submit: %s", rc < 0 ? strerror(-rc) : "partial");
+        for (int i = 0; i < 3; i++) {
+            struct io_uring_cqe *cqe;
+            rc = io_uring_wait_cqe(&s->ring, &cqe);
+            if (rc < 0) return errf(err, len, "io_uring wait: %s", strerror(-rc));
+            got[io_uring_cqe_get_data64(cqe)] = cqe->res;
+            io_uring_cqe_seen(&s->ring, cqe);
+        }
+    } else {
+        for (int k = 0; k < 3; k++) {
+            ssize_t n = pread(s->fd_direct, s->staging + k * s->staging_part, span[k], (off_t)start[k]);
+            got[k] = n < 0 ? -errno : n;
+        }
+    }
+    for (int k = 0; k < 3; k++) {
+        uint64_t need = p[k].offset + p[k].size - start[k];
+        if (got[k] < 0 || (uint64_t)got[k] < need)
+            return errf(err, len, "direct read of %" PRIu64 " bytes at offset %" PRIu64 " failed: %s", p[k].size,
+                        p[k].offset, got[k] < 0 ? strerror((int)-got[k]) : "end of file (was the file truncated?)");
+        memcpy(dst, s->staging + k * s->staging_part + (p[k].offset - start[k]), p[k].size);
+        dst += p[k].size;
+    }
+    return 0;
+}
+
+static void *loader_main(void *arg)
+{
+    struct expert_store *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->stop && s->q_len == 0) pthread_cond_wait(&s->cv_work, &s->mu);
+        if (s->stop) break;
+        uint32_t idx = s->queue[s->q_head];
+        s->q_head = (s->q_head + 1) % s->n_slots;
+        s->q_len--;
+        struct slot *sl = &s->slots[idx];
+        const uint32_t il = (uint32_t)sl->il, e = (uint32_t)sl->expert;
+        pthread_mutex_unlock(&s->mu);
+
+        struct part p[3];
+        expert_parts(s, il, e, p);
+        char err[200]; /* the slot's message adds at most 40 bytes */
+        uint8_t *dst = s->mem + (uint64_t)idx * s->slot_bytes;
+        int rc = s->path == ENGINE_EXPERT_READ_DIRECT ? read_direct(s, p, dst, err, sizeof err)
+                                               : read_pagecache(s, p, dst, err, sizeof err);
+        pthread_mutex_lock(&s->mu);
+        if (rc) {
+            sl->state = SLOT_FAILED;
+            snprintf(sl->err, sizeof sl->err, "layer %u expert %u: %s", il, e, err);
+        } else {
+            sl->state = SLOT_READY;
+            s->c.bytes_read += p[0].size + p[1].size + p[2].size;
+            s->c.loads++;
+        }
+        pthread_cond_broadcast(&s->cv_done);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* ---- slot table (s->mu held) ---- */
+
+static uint32_t slot_index(const struct expert_store *s, uint32_t il, uint32_t e) { return il * s->m->hp.n_expert + e; }
+
+/* The unpinned, not-loading slot to reuse: empty first, then the lowest frequency, then the
+ * least recently used. -1 when every slot is busy. */
+static int32_t pick_victim(struct expert_store *s)
+{
+    int32_t best = -1;
+    for (uint32_t i = 0; i < s->n_slots; i++) {
+        const struct slot *sl = &s->slots[i];
+        if (sl->pins || sl->state == SLOT_LOADING) continue;
+        if (sl->state == SLOT_EMPTY || sl->state == SLOT_FAILED) return (int32_t)i;
+        if (best < 0) {
+            best = (int32_t)i;
+            continue;
+        }
+        const struct slot *b = &s->slots[best];
+        if (sl->freq < b->freq || (sl->freq == b->freq && sl->last_use < b->last_use)) best = (int32_t)i;
+    }
+    return best;
+}
+
+/* Starts loading (il, e) into a free or evicted slot; returns the slot or -1. */
+static int32_t start_load(struct expert_store *s, uint32_t il, uint32_t e)
+{
+    int32_t v = pick_victim(s);
+    if (v < 0) return -1;
+    struct slot *sl = &s->slots[v];
+    if (sl->il >= 0) {
+        s->slot_of[slot_index(s, (uint32_t)sl->il, (uint32_t)sl->expert)] = -1;
+        if (sl->state == SLOT_READY) s->c.evictions++;
+    }
+    sl->il = (int32_t)il;
+    sl->expert = (int32_t)e;
+    sl->state = SLOT_LOADING;
+    sl->freq = 0;
+    sl->prefetched = false;
+    sl->requested = false;
+    sl->err[0] = 0;
+    s->slot_of[slot_index(s, il, e)] = v;
+    s->queue[(s->q_head + s->q_len) % s->n_slots] = (uint32_t)v;
+    s->q_len++;
+    pthread_cond_signal(&s->cv_work);
+    return v;
+}
+
+static void fill_view(const struct expert_store *s, uint32_t il, const uint8_t *slot, struct expert_view *v)
+{
+    const struct layer_weights *w = &s->m->layers[il];
+    const struct model_hparams *hp = &s->m->hp;
+    tensor_ref t[3] = { w->ffn_gate_exps, w->ffn_up_exps, w->ffn_down_exps };
+    struct gguf_tensor *out[3] = { &v->gate, &v->up, &v->down };
+    for (int k = 0; k < 3; k++) {
+        memset(out[k], 0, sizeof *out[k]);
+        out[k]->name = t[k]->name;
+        out[k]->type = t[k]->type;
+        out[k]->n_dims = 2;
+        out[k]->ne[0] = t[k]->ne[0];
+        out[k]->ne[1] = t[k]->ne[1];
+        out[k]->ne[2] = out[k]->ne[3] = 1;
+        out[k]->n_elements = t[k]->ne[0] * t[k]->ne[1];
+        out[k]->nbytes = t[k]->nbytes / hp->n_expert;
+        out[k]->data = slot;
+        slot += out[k]->nbytes;
+    }
+}
+
+/* ---- public ---- */
+
+int expert_store_open(struct expert_store **out, const struct model *m, const char *path,
+                      const struct expert_store_options *opt, char *err, size_t err_len)
+{
+    *out = NULL;
+    const struct model_hparams *hp = &m->hp;
+    if (hp->n_expert_used > 64) return errf(err, err_len, "expert store: %u experts per token, at most 64", hp->n_expert_used);
+    struct expert_store *s = calloc(1, sizeof *s);
+    if (!s) return errf(err, err_len, "out of memory");
+    s->m = m;
+    s->fd = s->fd_direct = -1;
+    s->slot_bytes = expert_store_slot_bytes(m);
+    s->budget = opt->budget_bytes;
+    uint64_t n_slots = s->budget / s->slot_bytes, total = (uint64_t)hp->n_layer * hp->n_expert;
+    if (n_slots < hp->n_expert_used) {
+        errf(err, err_len, "expert cache of %" PRIu64 " bytes holds %" PRIu64 " experts of %" PRIu64
+             " bytes; at least %u (the experts of one token's layer) are needed",
+             s->budget, n_slots, s->slot_bytes, hp->n_expert_used);
+        goto fail;
+    }
+    s->n_slots = (uint32_t)(n_slots < total ? n_slots : total);
+    s->fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (s->fd < 0 || fstat(s->fd, &st) != 0) {
+        errf(err, err_len, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    s->file_size = (uint64_t)st.st_size;
+    s->path = opt->read_path;
+    s->no_prefetch = opt->no_prefetch;
+    if (s->path == ENGINE_EXPERT_READ_AUTO) {
+        long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        uint64_t avail = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+        s->path = avail && s->file_size > avail / 5 * 4 ? ENGINE_EXPERT_READ_DIRECT : ENGINE_EXPERT_READ_PAGECACHE;
+    }
+    if (s->path == ENGINE_EXPERT_READ_DIRECT) {
+        s->fd_direct = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+        if (s->fd_direct < 0) {
+            errf(err, err_len, "%s: direct reads (O_DIRECT) not possible here: %s", path, strerror(errno));
+            goto fail;
+        }
+        uint64_t most = 0;
+        for (uint32_t il = 0; il < hp->n_layer; il++) {
+            struct part p[3];
+            expert_parts(s, il, 0, p);
+            for (int k = 0; k < 3; k++) most = p[k].size > most ? p[k].size : most;
+        }
+        s->staging_part = (most + 2 * DIRECT_ALIGN) / DIRECT_ALIGN * DIRECT_ALIGN;
+        if (posix_memalign((void **)&s->staging, DIRECT_ALIGN, 3 * s->staging_part)) {
+            s->staging = NULL;
+            errf(err, err_len, "out of memory for the direct-read staging buffer");
+            goto fail;
+        }
+        s->ring_ok = io_uring_queue_init(8, &s->ring, 0) == 0; /* else plain pread on the O_DIRECT fd */
+    }
+    if (opt->slot_memory) {
+        s->mem = opt->slot_memory;
+    } else {
+        if (posix_memalign((void **)&s->mem, 64, (uint64_t)s->n_slots * s->slot_bytes)) {
+            s->mem = NULL;
+            errf(err, err_len, "out of memory for %u expert slots", s->n_slots);
+            goto fail;
+        }
+        s->own_mem = true;
+    }
+    s->slots = calloc(s->n_slots, sizeof *s->slots);
+    s->slot_of = malloc(total * sizeof *s->slot_of);
+    s->queue = calloc(s->n_slots, sizeof *s->queue);
+    if (!s->slots || !s->slot_of || !s->queue) {
+        errf(err, err_len, "out of memory");
+        goto fail;
+    }
+    for (uint64_t i = 0; i < total; i++) s->slot_of[i] = -1;
+    for (uint32_t i = 0; i < s->n_slots; i++) s->slots[i].il = s->slots[i].expert = -1;
+    s->c.n_slots = s->n_slots;
+    s->c.slot_bytes = s->slot_bytes;
+    s->c.read_path = s->path;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv_work, NULL);
+    pthread_cond_init(&s->cv_done, NULL);
+    if (pthread_create(&s->loader, NULL, loader_main, s) != 0) {
+        errf(err, err_len, "cannot start the expert loader thread");
+        goto fail;
+    }
+    s->loader_started = true;
+    *out = s;
+    return 0;
+fail:
+    expert_store_close(s);
+    return -1;
+}
+
+void expert_store_close(struct expert_store *s)
+{
+    if (!s) return;
+    if (s->loader_started) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = true;
+        pthread_cond_broadcast(&s->cv_work);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->loader, NULL);
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cv_work);
+        pthread_cond_destroy(&s->cv_done);
+    }
+    if (s->ring_ok) io_uring_queue_exit(&s->ring);
+    if (s->fd >= 0) close(s->fd);
+    if (s->fd_direct >= 0) close(s->fd_direct);
+    if (s->own_mem) free(s->mem);
+    free(s->staging);
+    free(s->slots);
+    free(s->slot_of);
+    free(s->queue);
+    free(s);
+}
+
+void expert_store_prefetch(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n, bool speculative)
+{
+    if (speculative && s->no_prefetch) return;
+    pthread_mutex_lock(&s->mu);
+    /* hold what this request already has, so its own loads cannot evict it */
+    int32_t held[64];
+    uint32_t n_held = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        int32_t v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])];
+        if (v >= 0) {
+            s->slots[v].pins++;
+            held[n_held++] = v;
+        }
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        if (s->slot_of[slot_index(s, il, (uint32_t)ids[k])] >= 0) continue;
+        int32_t v = start_load(s, il, (uint32_t)ids[k]);
+        if (v < 0) break; /* every slot busy: a prefetch never waits */
+        s->slots[v].pins++; /* loading slots are never victims, but keep the accounting symmetric */
+        held[n_held++] = v;
+        if (speculative) {
+            s->slots[v].prefetched = true;
+            s->c.prefetch_issued++;
+        } else {
+            s->slots[v].requested = true;
+        }
+    }
+    for (uint32_t k = 0; k < n_held; k++) s->slots[held[k]].pins--;
+    pthread_mutex_unlock(&s->mu);
+}
+
+int expert_store_acquire(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n,
+                         struct expert_view *views, char *err, size_t err_len)
+{
+    const int kind = il < s->m->hp.n_hash_layer ? ENGINE_EXPERT_HASH : ENGINE_EXPERT_LEARNED;
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    if (s->n_pinned[il]) { /* a previous acquire of this layer was not released */
+        for (uint32_t k = 0; k < s->n_pinned[il]; k++) s->slots[s->pinned[il][k]].pins--;
+        s->n_pinned[il] = 0;
+    }
+    s->tick++;
+    if (s->tick % FREQ_HALVING_TICKS == 0)
+        for (uint32_t i = 0; i < s->n_slots; i++) s->slots[i].freq /= 2;
+    /* pin what is resident first, so starting the misses cannot evict them */
+    int32_t slot_for[64];
+    for (uint32_t k = 0; k < n; k++) {
+        int32_t v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])];
+        slot_for[k] = v;
+        if (v >= 0) {
+            struct slot *sl = &s->slots[v];
+            sl->pins++;
+            if (sl->requested) {
+                s->c.misses[kind]++; /* started by this token's own request */
+                sl->requested = false;
+            } else {
+                s->c.hits[kind]++;
+            }
+            if (sl->prefetched) {
+                s->c.prefetch_used++;
+                sl->prefetched = false;
+            }
+        }
+    }
+    for (uint32_t k = 0; k < n && !rc; k++) {
+        if (slot_for[k] >= 0) continue;
+        int32_t v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])]; /* a duplicate id in ids */
+        if (v < 0) v = start_load(s, il, (uint32_t)ids[k]);
+        if (v < 0) {
+            rc = errf(err, err_len, "expert cache: no free slot among %u for layer %u (all pinned or loading)", s->n_slots, il);
+            break;
+        }
+        slot_for[k] = v;
+        s->slots[v].pins++;
+        s->c.misses[kind]++;
+    }
+    uint64_t t0 = now_ns();
+    bool waited = false;
+    for (uint32_t k = 0; k < n && !rc; k++) {
+        struct slot *sl = &s->slots[slot_for[k]];
+        while (sl->state == SLOT_LOADING) {
+            waited = true;
+            pthread_cond_wait(&s->cv_done, &s->mu);
+        }
+        if (sl->state == SLOT_FAILED) rc = errf(err, err_len, "expert load failed: %s", sl->err);
+    }
+    if (waited) s->c.stall_ns += now_ns() - t0;
+    uint32_t pinned = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        if (slot_for[k] < 0) continue;
+        struct slot *sl = &s->slots[slot_for[k]];
+        if (rc) {
+            sl->pins--;
+            if (sl->state == SLOT_FAILED && sl->il >= 0) { /* forget it: a later acquire retries */
+                s->slot_of[slot_index(s, (uint32_t)sl->il, (uint32_t)sl->expert)] = -1;
+                sl->il = sl->expert = -1;
+            }
+            continue;
+        }
+        sl->last_use = s->tick;
+        sl->freq++;
+        s->pinned[il][pinned++] = slot_for[k];
+        fill_view(s, il, s->mem + (uint64_t)slot_for[k] * s->slot_bytes, &views[k]);
+    }
+    s->n_pinned[il] = rc ? 0 : pinned;
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+void expert_store_release(struct expert_store *s, uint32_t il)
+{
+    pthread_mutex_lock(&s->mu);
+    for (uint32_t k = 0; k < s->n_pinned[il]; k++) s->slots[s->pinned[il][k]].pins--;
+    s->n_pinned[il] = 0;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void expert_store_get_counters(struct expert_store *s, struct expert_counters *out)
+{
+    pthread_mutex_lock(&s->mu);
+    *out = s->c;
+    pthread_mutex_unlock(&s->mu);
+}
+
+uint64_t expert_store_resident_bytes(struct expert_store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < s->n_slots; i++)
+        if (s->slots[i].state != SLOT_EMPTY) n += s->slot_bytes;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+uint64_t expert_store_budget_bytes(const struct expert_store *s) { return s->budget; }

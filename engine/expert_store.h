@@ -1,0 +1,59 @@
+/* The expert store: routed experts are not loaded with the model; a fixed pool of slots,
+ * under a byte budget, caches them, filled on demand from the model file through the page
+ * cache (pread + readahead hints) or with direct reads (O_DIRECT through io_uring into an
+ * aligned staging buffer) when the file is far larger than RAM. Replacement weighs recency
+ * and frequency; slots in use are pinned; loads run on a loader thread so they overlap
+ * compute, and hash layers can prefetch from the token id before the layer runs.
+ *
+ * A slot holds one expert's three matrices in their file format, back to back:
+ * [gate: n_ff_exp rows of n_embd][up: n_ff_exp rows of n_embd][down: n_embd rows of n_ff_exp].
+ * The bytes are exactly the file's, so results never depend on the budget. */
+#ifndef FLASHBOX_ENGINE_EXPERT_STORE_H
+#define FLASHBOX_ENGINE_EXPERT_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+#include "engine/model.h"
+
+struct expert_store_options {
+    uint64_t budget_bytes;          /* slot memory; at least n_expert_used slots */
+    enum engine_expert_read read_path;
+    void *slot_memory;              /* optional caller-owned memory of budget_bytes (e.g. mapped device memory) */
+    bool no_prefetch;               /* speculative prefetches do nothing */
+};
+
+/* One expert's matrices inside a slot, as tensor views ref_matvec accepts. */
+struct expert_view {
+    struct gguf_tensor gate, up, down;
+};
+
+struct expert_store;
+
+/* Slot bytes of one expert (the largest layer's). */
+uint64_t expert_store_slot_bytes(const struct model *m);
+
+int expert_store_open(struct expert_store **out, const struct model *m, const char *path,
+                      const struct expert_store_options *opt, char *err, size_t err_len);
+void expert_store_close(struct expert_store *s);
+
+/* Makes experts ids[n] of layer il resident and pinned, waiting for loads still in flight,
+ * and fills views[n]. A read error fails this call with a message naming the layer, expert
+ * and file offset; the store stays usable. */
+int expert_store_acquire(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n,
+                         struct expert_view *views, char *err, size_t err_len);
+/* Unpins what the last acquire of layer il pinned. */
+void expert_store_release(struct expert_store *s, uint32_t il);
+/* Starts loads for experts that will be needed soon (never waits, never evicts a pinned
+ * slot; skipped when no slot is free to take). speculative: counted as a prefetch (hash
+ * layers); otherwise it is the early half of an acquire that follows (learned routers). */
+void expert_store_prefetch(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n, bool speculative);
+
+void expert_store_get_counters(struct expert_store *s, struct expert_counters *out);
+/* The store's own accounting: bytes held by slots in use, never above the budget. */
+uint64_t expert_store_resident_bytes(struct expert_store *s);
+uint64_t expert_store_budget_bytes(const struct expert_store *s);
+
+#endif

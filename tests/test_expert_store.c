@@ -1,0 +1,186 @@
+/* The expert store: results bitwise identical for every budget and both read paths, the
+ * budget never exceeded, hash-layer prefetch used, read errors reported and survived. */
+#include "engine/expert_store.h"
+#include "engine/model.h"
+#include "engine/ref.h"
+#include "tests/harness.h"
+#include "tools/mkmodel.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+static void tiny_mixed(char *path, size_t len)
+{
+    snprintf(path, len, "%s/tiny-mixed.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.quant = MKMODEL_MIXED;
+    char err[256];
+    if (mkmodel_write(&c, path, err, sizeof err)) test_fail_at(__FILE__, __LINE__, "mkmodel: %s", err);
+}
+
+static void fill_tokens(int32_t *t, uint32_t n, uint32_t n_vocab, uint64_t seed)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        t[i] = (int32_t)((seed >> 33) % n_vocab);
+    }
+}
+
+/* Runs tokens one by one with experts paged through a store of budget bytes (0: no store);
+ * returns the logits [n][n_vocab] and checks the store's accounting after every token. */
+static float *run(const struct model *m, const char *path, uint64_t budget, enum engine_expert_read rp,
+                  const int32_t *tokens, uint32_t n, struct expert_counters *counters)
+{
+    char err[512];
+    struct ref_state *st;
+    struct expert_store *es = NULL;
+    if (ref_state_create(m, n, &st, err, sizeof err)) return NULL;
+    if (budget) {
+        struct expert_store_options o = { .budget_bytes = budget, .read_path = rp };
+        if (expert_store_open(&es, m, path, &o, err, sizeof err)) {
+            test_fail_at(__FILE__, __LINE__, "%s", err);
+            ref_state_destroy(st);
+            return NULL;
+        }
+        st->experts = es;
+    }
+    float *logits = malloc((size_t)n * m->hp.n_vocab * sizeof(float));
+    for (uint32_t t = 0; t < n; t++) {
+        if (ref_forward(st, &tokens[t], 1, logits + (size_t)t * m->hp.n_vocab, false, err, sizeof err)) {
+            test_fail_at(__FILE__, __LINE__, "token %u: %s", t, err);
+            break;
+        }
+        if (es && expert_store_resident_bytes(es) > expert_store_budget_bytes(es)) {
+            test_fail_at(__FILE__, __LINE__, "budget exceeded at token %u", t);
+            break;
+        }
+    }
+    if (es && counters) expert_store_get_counters(es, counters);
+    expert_store_close(es);
+    ref_state_destroy(st);
+    return logits;
+}
+
+TEST(paged_logits_are_bitwise_identical_for_every_budget)
+{
+    char path[512], err[512];
+    tiny_mixed(path, sizeof path);
+    struct model *m;
+    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    const uint32_t N = 300, V = m->hp.n_vocab;
+    int32_t tokens[300];
+    fill_tokens(tokens, N, V, 23);
+    const uint64_t slot = expert_store_slot_bytes(m);
+    const uint64_t minimum = (uint64_t)m->hp.n_expert_used * m->hp.n_layer * slot; /* experts-used slots per layer */
+    float *full = run(m, path, 0, ENGINE_EXPERT_READ_PAGECACHE, tokens, N, NULL);
+    REQUIRE(full);
+    const uint64_t mult[3] = { 1, 2, 4 };
+    for (int i = 0; i < 3; i++) {
+        struct expert_counters c;
+        float *paged = run(m, path, mult[i] * minimum, ENGINE_EXPERT_READ_PAGECACHE, tokens, N, &c);
+        REQUIRE(paged);
+        if (memcmp(paged, full, (size_t)N * V * sizeof(float)) != 0)
+            test_fail_at(__FILE__, __LINE__, "budget %llux the minimum changed the logits", (unsigned long long)mult[i]);
+        uint64_t hits = c.hits[0] + c.hits[1], misses = c.misses[0] + c.misses[1];
+        printf("  %llux minimum (%u slots): hit rate %.3f, %.1f KiB read per token, %llu evictions\n",
+               (unsigned long long)mult[i], c.n_slots, (double)hits / (double)(hits + misses),
+               (double)c.bytes_read / N / 1024, (unsigned long long)c.evictions);
+        CHECK_EQ_INT(hits + misses, (uint64_t)N * m->hp.n_layer * m->hp.n_expert_used);
+        if (mult[i] == 1) CHECK(c.evictions > 0); /* the small budget really pages */
+        free(paged);
+    }
+    free(full);
+    model_close(m);
+}
+
+TEST(direct_reads_equal_page_cache_reads)
+{
+    char path[512], err[512];
+    tiny_mixed(path, sizeof path);
+    struct model *m;
+    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    const uint32_t N = 64, V = m->hp.n_vocab;
+    int32_t tokens[64];
+    fill_tokens(tokens, N, V, 29);
+    const uint64_t budget = 12 * expert_store_slot_bytes(m);
+    struct expert_counters cp, cd;
+    float *a = run(m, path, budget, ENGINE_EXPERT_READ_PAGECACHE, tokens, N, &cp);
+    float *b = run(m, path, budget, ENGINE_EXPERT_READ_DIRECT, tokens, N, &cd);
+    REQUIRE(a && b);
+    CHECK(memcmp(a, b, (size_t)N * V * sizeof(float)) == 0);
+    CHECK(cp.read_path == ENGINE_EXPERT_READ_PAGECACHE && cd.read_path == ENGINE_EXPERT_READ_DIRECT);
+    CHECK(cp.bytes_read > 0 && cp.bytes_read == cd.bytes_read);
+    free(a);
+    free(b);
+    model_close(m);
+}
+
+TEST(hash_layer_prefetch_is_used)
+{
+    char path[512], err[512];
+    tiny_mixed(path, sizeof path);
+    struct model *m;
+    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    int32_t tokens[40];
+    fill_tokens(tokens, 40, m->hp.n_vocab, 31);
+    struct expert_counters c;
+    float *l = run(m, path, 10 * expert_store_slot_bytes(m), ENGINE_EXPERT_READ_PAGECACHE, tokens, 40, &c);
+    REQUIRE(l);
+    CHECK(c.prefetch_issued > 0);
+    CHECK(c.prefetch_used == c.prefetch_issued); /* hash routing is exact: every prefetch is used */
+    CHECK_EQ_INT(c.misses[ENGINE_EXPERT_HASH], 0); /* hash layers never miss: their loads started early */
+    CHECK(c.misses[ENGINE_EXPERT_LEARNED] > 0);
+    free(l);
+    model_close(m);
+}
+
+TEST(expert_budget_below_one_layer_is_refused)
+{
+    char path[512], err[512];
+    tiny_mixed(path, sizeof path);
+    struct model *m;
+    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    struct expert_store *es;
+    struct expert_store_options o = { .budget_bytes = expert_store_slot_bytes(m) * (m->hp.n_expert_used - 1) };
+    CHECK(expert_store_open(&es, m, path, &o, err, sizeof err) != 0);
+    CHECK(strstr(err, "at least 2") != NULL);
+    model_close(m);
+}
+
+TEST(read_error_after_truncation_fails_that_request_and_the_store_survives)
+{
+    char path[512], err[512];
+    tiny_mixed(path, sizeof path);
+    struct model *m;
+    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    struct expert_store *es;
+    struct expert_store_options o = { .budget_bytes = 8 * expert_store_slot_bytes(m), .read_path = ENGINE_EXPERT_READ_PAGECACHE };
+    REQUIRE(expert_store_open(&es, m, path, &o, err, sizeof err) == 0);
+    /* cut the file inside layer 4's experts (only the store's pread touches those bytes) */
+    const struct gguf_tensor *down4 = m->layers[4].ffn_down_exps;
+    uint64_t cut = (uint64_t)((const uint8_t *)down4->data - m->file->map) + down4->nbytes / 2;
+    REQUIRE(truncate(path, (off_t)cut) == 0);
+    struct expert_view v[2];
+    int32_t late[2] = { 6, 7 }, early[2] = { 0, 1 };
+    CHECK(expert_store_acquire(es, 4, late, 2, v, err, sizeof err) != 0);
+    CHECK(strstr(err, "layer 4 expert") != NULL && strstr(err, "truncated") != NULL);
+    CHECK(expert_store_acquire(es, 0, early, 2, v, err, sizeof err) == 0);
+    expert_store_release(es, 0);
+    CHECK(expert_store_acquire(es, 4, late, 2, v, err, sizeof err) != 0); /* retried, still failing */
+    expert_store_close(es);
+    model_close(m);
+}
+
+TEST(expert_tensor_past_the_end_is_rejected_at_load)
+{
+    char path[512], err[512];
+    tiny_mixed(path, sizeof path);
+    struct model *m;
+    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    uint64_t cut = (uint64_t)((const uint8_t *)m->layers[4].ffn_up_exps->data - m->file->map) + 100;
+    model_close(m);
+    REQUIRE(truncate(path, (off_t)cut) == 0);
+    CHECK(model_open(&m, path, err, sizeof err) != 0);
+    CHECK(strstr(err, "blk.4.ffn_up_exps.weight") != NULL && strstr(err, "past the end") != NULL);
+}

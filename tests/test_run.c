@@ -1,0 +1,134 @@
+/* `flashbox run` end to end on the tiny fixture model (reference backend): greedy output
+ * equals a greedy loop written here against the engine API, seeds reproduce, -n limits,
+ * and the interactive chat keeps its KV state between turns. */
+#include "engine/engine.h"
+#include "tests/harness.h"
+
+#include <stdlib.h>
+
+static int run_cmd(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    return pclose(p);
+}
+
+/* Splits "TEXT\nprompt N tokens, generated M tokens, ..." into its parts; returns the
+ * text length or -1 if the stats line is missing. */
+static long split_stats(const char *out, const char *from, unsigned *n_prompt, unsigned *n_gen)
+{
+    const char *st = strstr(from, "prompt ");
+    while (st && st != out && st[-1] != '\n') st = strstr(st + 1, "prompt ");
+    if (!st || sscanf(st, "prompt %u tokens, generated %u tokens, prefill", n_prompt, n_gen) != 2) return -1;
+    if (!strstr(st, "decode ") || !strstr(st, "tok/s\n")) return -1;
+    return (long)(st - from) - 1; /* the newline before the stats */
+}
+
+TEST(run_greedy_prints_the_greedy_continuation_and_stats)
+{
+    const char *model = test_fixture("model/v4-tiny-f32.gguf");
+    char cmd[8192], out[16384], err[512];
+    snprintf(cmd, sizeof cmd, "%s run -m %s -p 'Hello world' -n 12 --temp 0 --backend ref", test_flashbox_bin(), model);
+    REQUIRE(run_cmd(cmd, out, sizeof out) == 0);
+    unsigned n_prompt, n_gen;
+    long text_len = split_stats(out, out, &n_prompt, &n_gen);
+    REQUIRE(text_len >= 0);
+
+    /* the same continuation by hand: BOS + text, argmax each step, stop at EOS or 12 */
+    struct engine_options eo;
+    engine_options_default(&eo);
+    eo.model_path = model;
+    struct engine *e;
+    struct session *s;
+    struct tokenizer *t;
+    REQUIRE(engine_open(&e, &eo, err, sizeof err) == 0);
+    REQUIRE(session_create(e, 0, &s, err, sizeof err) == 0);
+    REQUIRE(tok_create_from_file(&t, model, err, sizeof err) == 0);
+    struct tok_vec prompt = { 0 };
+    REQUIRE(tok_vec_push(&prompt, tok_bos(t)) == 0);
+    REQUIRE(tok_encode(t, "Hello world", 11, 0, &prompt, err, sizeof err) == 0);
+    CHECK_EQ_INT(n_prompt, prompt.n);
+    uint32_t n_vocab = tok_n_vocab(t);
+    float *logits = malloc(n_vocab * sizeof *logits);
+    REQUIRE(session_eval(s, prompt.ids, (uint32_t)prompt.n, logits, false, err, sizeof err) == 0);
+    struct tok_stream ts;
+    tok_stream_init(&ts, t, TOK_DECODE_SPECIAL);
+    char want[4096], piece[1024];
+    size_t o = 0;
+    unsigned gen = 0;
+    for (; gen < 12; ) {
+        int32_t best = 0;
+        for (uint32_t i = 1; i < n_vocab; i++)
+            if (logits[i] > logits[best]) best = (int32_t)i;
+        gen++;
+        if (best == tok_eos(t)) break;
+        int n = tok_stream_feed(&ts, best, piece, sizeof piece);
+        memcpy(want + o, piece, (size_t)n);
+        o += (size_t)n;
+        REQUIRE(session_eval(s, &best, 1, logits, false, err, sizeof err) == 0);
+    }
+    o += (size_t)tok_stream_flush(&ts, want + o, sizeof want - o);
+    CHECK_EQ_INT(n_gen, gen);
+    CHECK_EQ_INT(text_len, o);
+    CHECK(text_len == (long)o && !memcmp(out, want, o));
+    free(logits);
+    tok_vec_free(&prompt);
+    tok_destroy(t);
+    session_destroy(s);
+    engine_close(e);
+}
+
+TEST(run_same_seed_same_text_and_n_limits_the_tokens)
+{
+    const char *model = test_fixture("model/v4-tiny-f32.gguf");
+    char cmd[8192], a[16384], b[16384], c[16384];
+    snprintf(cmd, sizeof cmd, "%s run -m %s -p 'Once' -n 9 --seed 42 --top-p 0.9", test_flashbox_bin(), model);
+    REQUIRE(run_cmd(cmd, a, sizeof a) == 0);
+    REQUIRE(run_cmd(cmd, b, sizeof b) == 0);
+    unsigned np, ng;
+    long la = split_stats(a, a, &np, &ng), lb = split_stats(b, b, &np, &ng);
+    REQUIRE(la >= 0 && lb >= 0);
+    CHECK(la == lb && !memcmp(a, b, (size_t)la));
+    CHECK(ng <= 9);
+    snprintf(cmd, sizeof cmd, "%s run -m %s -p 'Once' -n 3 --seed 42 --top-p 0.9", test_flashbox_bin(), model);
+    REQUIRE(run_cmd(cmd, c, sizeof c) == 0);
+    REQUIRE(split_stats(c, c, &np, &ng) >= 0);
+    CHECK(ng <= 3);
+    snprintf(cmd, sizeof cmd, "%s run -m %s -p x --temp nope 2>&1", test_flashbox_bin(), model);
+    CHECK(run_cmd(cmd, c, sizeof c) != 0);
+    CHECK(strstr(c, "--temp") != NULL);
+}
+
+TEST(run_interactive_chat_keeps_the_kv_state_between_turns)
+{
+    const char *model = test_fixture("model/v4-tiny-f32.gguf");
+    char cmd[8192], out[32768], err[512];
+    snprintf(cmd, sizeof cmd, "printf 'Hi there\\nAnd again\\n' | %s run -m %s -n 4 --temp 0 2>/dev/null",
+             test_flashbox_bin(), model);
+    REQUIRE(run_cmd(cmd, out, sizeof out) == 0);
+    unsigned p1, g1, p2, g2;
+    REQUIRE(split_stats(out, out, &p1, &g1) >= 0);
+    const char *second = strstr(out, "tok/s\n");
+    REQUIRE(second);
+    REQUIRE(split_stats(out, second + 6, &p2, &g2) >= 0);
+    struct tokenizer *t;
+    REQUIRE(tok_create_from_file(&t, model, err, sizeof err) == 0);
+    /* turn 1: the whole conversation so far */
+    struct chat_message m1 = { .role = CHAT_ROLE_USER, .content = "Hi there" };
+    struct chat_options co = { .add_generation_prompt = true };
+    struct tok_vec v = { 0 };
+    REQUIRE(chat_render(t, &m1, 1, &co, &v, err, sizeof err) == 0);
+    CHECK_EQ_INT(p1, v.n);
+    /* turn 2: only the tokens that close answer 1 (its unevaluated last token and EOS
+     * unless that was it) and open turn 2, no BOS, nothing re-evaluated */
+    struct chat_message m2 = { .role = CHAT_ROLE_USER, .content = "And again" };
+    co.omit_bos = true;
+    v.n = 0;
+    REQUIRE(chat_render(t, &m2, 1, &co, &v, err, sizeof err) == 0);
+    CHECK(p2 == v.n + 1 || p2 == v.n + 2);
+    CHECK(g1 >= 1 && g1 <= 4 && g2 >= 1 && g2 <= 4);
+    tok_vec_free(&v);
+    tok_destroy(t);
+}
