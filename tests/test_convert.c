@@ -273,9 +273,11 @@ TEST(convert_writes_metadata_and_tokenizer_that_model_open_reads)
     REQUIRE(toks->arr_count == TINY_VOCAB && types->arr_count == TINY_VOCAB);
 #define TOK_IS(id, text) (toks->arr_strs[id].len == strlen(text) && !memcmp(toks->arr_strs[id].ptr, text, strlen(text)))
     CHECK(TOK_IS(0, "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"));
-    CHECK(TOK_IS(3, "!"));
-    CHECK(TOK_IS(3 + ('a' - 33), "a"));
-    CHECK(TOK_IS(97, "he"));
+    CHECK(TOK_IS(3, "\xc4\x80"));  /* byte 0 is U+0100 in the byte-level map */
+    CHECK(TOK_IS(3 + '!', "!"));
+    CHECK(TOK_IS(3 + ' ', "\xc4\xa0")); /* space is U+0120 */
+    CHECK(TOK_IS(259, "he"));
+    CHECK(TOK_IS(262, "o!"));
     CHECK(TOK_IS(300, "<think>"));
     CHECK(TOK_IS(301, "[PAD301]"));
     int64_t t;
@@ -545,5 +547,33 @@ TEST(convert_throughput_on_a_generated_checkpoint)
         }
         fprintf(stderr, "  --dense %s: %.1f MB read, %.1f MB written in %.3f s: %.0f MB/s read\n", modes[i].name,
                 (double)st.bytes_read / 1e6, (double)st.bytes_written / 1e6, st.seconds, (double)st.bytes_read / 1e6 / st.seconds);
+    }
+}
+
+/* The converted vocabulary through the engine's own tokenizer: "hello" merges h+e, l+l,
+ * he+ll (ranks 0..2) into "hell" (261); 'o' and '!' are byte tokens 3 + 111 and 3 + 33; the
+ * added token <think> (300) matches as a special token. */
+TEST(converted_tokenizer_encodes_with_the_engine_tokenizer)
+{
+    char ckpt[512], out[512], cmd[2048], line[256];
+    tmp_path(ckpt, sizeof ckpt, "ckpt");
+    tmp_path(out, sizeof out, "out.gguf");
+    REQUIRE(tiny_ckpt_write(ckpt, NULL, 2, 4, TINY_OFFICIAL) == 0);
+    snprintf(cmd, sizeof cmd, "'%s' convert --hf '%s' --out '%s' --quiet >/dev/null", test_flashbox_bin(), ckpt, out);
+    REQUIRE(run(cmd) == 0);
+    static const struct {
+        const char *text, *flags, *ids;
+    } cases[] = { { "hello!", "", "261,114,36" }, { "<think>hello", "--special", "300,261,114" } };
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, "printf '%%s' '%s' | '%s' tokenize %s -m '%s'", cases[i].text, test_flashbox_bin(),
+                 cases[i].flags, out);
+        FILE *p = popen(cmd, "r");
+        REQUIRE(p);
+        line[0] = 0;
+        if (!fgets(line, sizeof line, p)) line[0] = 0;
+        int st = pclose(p);
+        line[strcspn(line, "\n")] = 0;
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        CHECK_STR(line, cases[i].ids);
     }
 }

@@ -428,9 +428,28 @@ static int write_config(const char *dir, int NE)
     return write_json(c, path);
 }
 
-/* Tiny byte-level BPE vocabulary: three specials, printable ASCII bytes, a few merges. */
+/* Tiny byte-level BPE vocabulary: three specials, the 256 byte symbols of GPT-2's byte-level
+ * mapping (ids 3..258), four merges (ids 259..262), one non-special added token (300). */
 #define TINY_N_MERGES 4
 static const char *const tiny_merges[TINY_N_MERGES][2] = { { "h", "e" }, { "l", "l" }, { "he", "ll" }, { "o", "!" } };
+
+/* GPT-2's byte -> code point map: printable Latin-1 bytes map to themselves, the other 68
+ * bytes to 256, 257, ... in byte order. Written as UTF-8 into out (>= 3 bytes + NUL). */
+static void byte_symbol(int b, char *out)
+{
+    int cp = b, extra = 0;
+    bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    if (!printable) {
+        for (int x = 0; x < b; x++)
+            if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) extra++;
+        cp = 256 + extra;
+    }
+    if (cp < 0x80) {
+        out[0] = (char)cp, out[1] = 0;
+    } else {
+        out[0] = (char)(0xc0 | cp >> 6), out[1] = (char)(0x80 | (cp & 0x3f)), out[2] = 0;
+    }
+}
 
 static int write_tokenizer(const char *dir)
 {
@@ -441,9 +460,10 @@ static int write_tokenizer(const char *dir)
     for (int i = 0; i < 3; i++)
         json_array_append_new(added, json_pack("{s:i, s:s, s:b, s:b}", "id", i, "content", specials[i], "special", 1, "normalized", 0));
     int id = 3;
-    for (int ch = 33; ch < 127; ch++) {
-        char s[2] = { (char)ch, 0 };
-        json_object_set_new(vocab, s, json_integer(id++));
+    for (int b = 0; b < 256; b++) {
+        char sym[4];
+        byte_symbol(b, sym);
+        json_object_set_new(vocab, sym, json_integer(id++));
     }
     for (int m = 0; m < TINY_N_MERGES; m++) {
         char s[16];
