@@ -454,6 +454,20 @@ TEST(convert_rejects_configs_it_cannot_honour)
     expect_failure(TINY_OFFICIAL, config_more_experts, "layers.0.ffn.gate.weight: shape [8, 128], expected [9, 128]");
 }
 
+TEST(convert_cancelled_leaves_no_file)
+{
+    char ckpt[512], out[512], tmp[520], err[1024] = "";
+    tmp_path(ckpt, sizeof ckpt, "ckpt");
+    tmp_path(out, sizeof out, "out.gguf");
+    REQUIRE(tiny_ckpt_write(ckpt, NULL, 2, 6, TINY_OFFICIAL) == 0);
+    volatile sig_atomic_t cancel = 1;
+    struct convert_opts o = { .hf_dir = ckpt, .out_path = out, .quiet = true, .cancel = &cancel };
+    struct convert_stats st;
+    CHECK(convert_run(&o, &st, err, sizeof err) != 0 && strstr(err, "interrupted"));
+    snprintf(tmp, sizeof tmp, "%s.tmp", out);
+    CHECK(!exists(out) && !exists(tmp));
+}
+
 /* ---- the command ---- */
 
 static int run(const char *cmd)

@@ -63,6 +63,7 @@ static void progress(struct driver *d, bool final)
 
 static int emit(struct driver *d, const void *p, uint64_t n)
 {
+    if (d->o->cancel && *d->o->cancel) return errf(d->err, d->len, "interrupted; nothing written");
     return gguf_writer_stream_part(d->w, p, n, d->err, d->len);
 }
 
@@ -339,9 +340,12 @@ static void usage(FILE *f)
                "  --no-mtp         leave out the MTP block (mtp.0.*)\n");
 }
 
+static volatile sig_atomic_t interrupted;
+static void on_signal(int sig) { interrupted = sig; }
+
 int tool_convert_main(int argc, char **argv)
 {
-    struct convert_opts o = { .dense = CONVERT_DENSE_Q8_0 };
+    struct convert_opts o = { .dense = CONVERT_DENSE_Q8_0, .cancel = &interrupted };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has = i + 1 < argc;
@@ -372,6 +376,12 @@ int tool_convert_main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* Ctrl-C or a stop must not leave a temporary file of the model's size behind. */
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     char err[1024];
     struct convert_stats st;
     if (convert_run(&o, &st, err, sizeof err)) {

@@ -5,6 +5,7 @@
 #ifndef FLASHBOX_TOOLS_CONVERT_H
 #define FLASHBOX_TOOLS_CONVERT_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -22,6 +23,9 @@ struct convert_opts {
     enum convert_dense dense;
     bool no_mtp;               /* drop the mtp.* tensors instead of writing the nextn block */
     bool quiet;                /* no progress lines */
+    /* When set and it becomes non-zero (a signal handler's flag), the conversion stops at
+     * the next chunk and removes its temporary file. */
+    volatile sig_atomic_t *cancel;
 };
 
 struct convert_stats {
