@@ -249,6 +249,7 @@ static void dir_name(char *dst, size_t n, const char *dir)
     size_t s = l;
     while (s > 0 && dir[s - 1] != '/') s--;
     snprintf(dst, n, "%.*s", (int)(l - s), dir + s);
+    if (!dst[0] || !strcmp(dst, ".") || !strcmp(dst, "..") || !strcmp(dst, "/")) snprintf(dst, n, "deepseek4");
 }
 
 int convert_run(const struct convert_opts *o, struct convert_stats *stats, char *err, size_t len)
