@@ -1,0 +1,158 @@
+/* `flashbox update verify|install|status|rollback|verify-slot` and `flashbox bundle`:
+ * the command line of signed updates. The self-test is wired to the engine here. */
+#include "firmware/commands.h"
+#include "firmware/selftest.h"
+#include "tools/bundle_cli.h"
+#include "update/update.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: flashbox update verify BUNDLE    check signature, product and every chunk\n"
+            "       flashbox update install BUNDLE   verify, write the inactive slot, self-test, switch\n"
+            "       flashbox update status           both slots, versions, epochs, which is active\n"
+            "       flashbox update rollback         switch to the other slot (valid, not below the floor)\n"
+            "       flashbox update verify-slot a|b  re-hash a slot's payloads against its manifest\n"
+            "options:\n"
+            "  --data-dir DIR   slots and state (" UPDATE_DEFAULT_DATA_DIR ")\n"
+            "  --keys DIR       trusted public keys, *.pem (" UPDATE_DEFAULT_KEYS_DIR ");\n"
+            "                   DATA/trusted-keys.pem replaces it once a bundle has rotated the keys\n"
+            "  --product ID     this box's product id (" UPDATE_DEFAULT_PRODUCT ")\n"
+            "  --backend B      engine backend of the install self-test: ref (default) or vulkan\n");
+}
+
+static void print_info(const struct update_bundle_info *in)
+{
+    char when[64] = "?";
+    time_t t = (time_t)in->created;
+    struct tm tm;
+    if (gmtime_r(&t, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm);
+    printf("signature: Ed25519, good, key %s (%s)\n", in->key_fingerprint, in->key_origin);
+    printf("manifest:  %u bytes, product %s, version %s, epoch %" PRIu64 ", created %s\n", in->manifest_bytes,
+           in->product, in->version, in->epoch, when);
+    for (uint32_t i = 0; i < in->n_payloads; i++)
+        printf("payload:   %s, %" PRIu64 " bytes, %" PRIu64 " chunks of %u bytes, every chunk SHA-256 matched\n",
+               in->payloads[i].name, in->payloads[i].size, in->payloads[i].n_chunks, in->payloads[i].chunk_size);
+    if (in->n_new_keys) printf("keys:      carries a new trusted key set of %u key(s)\n", in->n_new_keys);
+    printf("self-test: %u greedy tokens recorded\n", in->n_expected);
+}
+
+static int print_status(const struct update_config *cfg)
+{
+    struct update_status st;
+    char err[1024];
+    if (update_get_status(cfg, &st, err, sizeof err)) {
+        fprintf(stderr, "flashbox update status: %s\n", err);
+        return 1;
+    }
+    printf("data dir:    %s\n", cfg->data_dir);
+    printf("keys:        %s\n", st.keys_source);
+    printf("epoch floor: %" PRIu64 "\n", st.epoch_floor);
+    printf("active:      %s\n", st.active < 0 ? "none" : st.slots[st.active].name);
+    for (int i = 0; i < 2; i++) {
+        const struct update_slot_status *s = &st.slots[i];
+        if (s->valid)
+            printf("slot %s%s  valid   product %s, version %s, epoch %" PRIu64 "\n", s->name, s->active ? "*" : " ",
+                   s->product, s->version, s->epoch);
+        else printf("slot %s%s  invalid (%s)\n", s->name, s->active ? "*" : " ", s->why_invalid);
+    }
+    if (st.trial >= 0) printf("boot trial:  slot %s, %u attempt(s)\n", st.slots[st.trial].name, st.boot_attempts);
+    if (st.last_fallback[0]) printf("last fallback: %s\n", st.last_fallback);
+    return 0;
+}
+
+int cmd_update(int argc, char **argv)
+{
+    struct update_config cfg;
+    update_config_default(&cfg);
+    struct selftest_opts so = { ENGINE_BACKEND_REF };
+    const char *sub = NULL, *arg = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--data-dir") && i + 1 < argc) cfg.data_dir = argv[++i];
+        else if (!strcmp(a, "--keys") && i + 1 < argc) cfg.keys_dir = argv[++i];
+        else if (!strcmp(a, "--product") && i + 1 < argc) cfg.product = argv[++i];
+        else if (!strcmp(a, "--backend") && i + 1 < argc) {
+            if (engine_backend_parse(argv[++i], &so.backend)) {
+                fprintf(stderr, "flashbox update: unknown backend '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (a[0] == '-') {
+            fprintf(stderr, "flashbox update: unknown option '%s'\n", a);
+            return 2;
+        } else if (!sub) sub = a;
+        else if (!arg) arg = a;
+        else {
+            fprintf(stderr, "flashbox update: unexpected argument '%s'\n", a);
+            return 2;
+        }
+    }
+    if (!sub) {
+        usage(stderr);
+        return 2;
+    }
+    char err[1024];
+    struct update_bundle_info info;
+    struct update_hooks hooks = { update_progress_tty, selftest_run, &so };
+    int needs_arg = !strcmp(sub, "verify") || !strcmp(sub, "install") || !strcmp(sub, "verify-slot");
+    if (needs_arg != (arg != NULL)) {
+        fprintf(stderr, "flashbox update %s: %s\n", sub, needs_arg ? "takes one argument" : "takes no argument");
+        return 2;
+    }
+    if (!strcmp(sub, "verify")) {
+        if (update_verify_bundle(&cfg, arg, &hooks, &info, err, sizeof err)) {
+            fprintf(stderr, "flashbox update verify: %s: REFUSED: %s\n", arg, err);
+            return 1;
+        }
+        print_info(&info);
+        printf("%s: OK\n", arg);
+        return 0;
+    }
+    if (!strcmp(sub, "install")) {
+        if (update_install(&cfg, arg, &hooks, &info, err, sizeof err)) {
+            fprintf(stderr, "flashbox update install: %s: REFUSED: %s (active slot unchanged)\n", arg, err);
+            return 1;
+        }
+        print_info(&info);
+        printf("installed %s version %s (epoch %" PRIu64 "); self-test passed; now active\n", info.product,
+               info.version, info.epoch);
+        return 0;
+    }
+    if (!strcmp(sub, "status")) return print_status(&cfg);
+    if (!strcmp(sub, "rollback")) {
+        if (update_rollback(&cfg, err, sizeof err)) {
+            fprintf(stderr, "flashbox update rollback: %s\n", err);
+            return 1;
+        }
+        return print_status(&cfg);
+    }
+    if (!strcmp(sub, "verify-slot")) {
+        int slot = !strcmp(arg, "a") ? 0 : !strcmp(arg, "b") ? 1 : -1;
+        if (slot < 0) {
+            fprintf(stderr, "flashbox update verify-slot: slot '%s', expected a or b\n", arg);
+            return 2;
+        }
+        if (update_verify_slot(&cfg, slot, &hooks, err, sizeof err)) {
+            fprintf(stderr, "flashbox update verify-slot: %s\n", err);
+            return 1;
+        }
+        printf("slot %s: signature and every chunk OK\n", arg);
+        return 0;
+    }
+    fprintf(stderr, "flashbox update: unknown subcommand '%s'\n", sub);
+    usage(stderr);
+    return 2;
+}
+
+int cmd_bundle(int argc, char **argv)
+{
+    return tool_bundle_run(argc, argv, selftest_greedy, NULL);
+}

@@ -1,0 +1,225 @@
+/* The slot store under the data directory (see store.h and the layout in update.h).
+ *
+ * State file format (text, one "key value" per line, exactly these lines in this order):
+ *   flashbox-update-state 1
+ *   epoch_floor <u64>
+ *   trial <-|a|b>
+ *   boot_attempts <u32>
+ *   last_fallback <text to end of line, may be empty>
+ * The epoch floor lives in a plain root-owned file: it stops rollback through the update
+ * path, not an attacker who already has root (update-api-security.md §1.4.5). */
+#include "update/store.h"
+
+#include "engine/errmsg.h"
+#include "update/durable.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define STATE_MAGIC_LINE "flashbox-update-state 1"
+#define STATE_MAX_BYTES 4096
+
+const char *store_slot_name(int slot) { return slot == 0 ? "a" : "b"; }
+
+void store_slot_dir(const struct update_config *cfg, int slot, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/slot-%s", cfg->data_dir, store_slot_name(slot));
+}
+
+int store_load_trust(const struct update_config *cfg, struct keyset *ks, char *source, size_t source_len, char *err,
+                     size_t err_len)
+{
+    memset(ks, 0, sizeof *ks);
+    char rotated[4200];
+    snprintf(rotated, sizeof rotated, "%s/%s", cfg->data_dir, STORE_ROTATED_KEYS);
+    if (access(rotated, F_OK) == 0) {
+        snprintf(source, source_len, "%s", rotated);
+        return keys_load_file(ks, rotated, err, err_len);
+    }
+    snprintf(source, source_len, "%s", cfg->keys_dir);
+    return keys_load_dir(ks, cfg->keys_dir, err, err_len);
+}
+
+int store_active(const struct update_config *cfg, int *slot, char *err, size_t err_len)
+{
+    char path[4200], target[64];
+    snprintf(path, sizeof path, "%s/active", cfg->data_dir);
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    if (n < 0) {
+        if (errno == ENOENT) {
+            *slot = -1;
+            return 0;
+        }
+        return errf(err, err_len, "%s: %s", path, strerror(errno));
+    }
+    target[n] = '\0';
+    if (!strcmp(target, "slot-a")) *slot = 0;
+    else if (!strcmp(target, "slot-b")) *slot = 1;
+    else return errf(err, err_len, "%s points to \"%s\", expected slot-a or slot-b", path, target);
+    return 0;
+}
+
+int store_set_active(const struct update_config *cfg, int slot, char *err, size_t err_len)
+{
+    char path[4200], target[16];
+    snprintf(path, sizeof path, "%s/active", cfg->data_dir);
+    snprintf(target, sizeof target, "slot-%s", store_slot_name(slot));
+    return durable_replace_symlink(path, target, err, err_len);
+}
+
+static int parse_u64_field(const char *line, const char *key, uint64_t max, uint64_t *v, char *err, size_t err_len)
+{
+    size_t kl = strlen(key);
+    if (strncmp(line, key, kl) || line[kl] != ' ')
+        return errf(err, err_len, "state file: expected a \"%s\" line, got \"%.40s\"", key, line);
+    const char *s = line + kl + 1;
+    if (*s < '0' || *s > '9' || (s[0] == '0' && s[1] != '\0'))
+        return errf(err, err_len, "state file: %s \"%.40s\" is not a canonical decimal number", key, s);
+    uint64_t x = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9') return errf(err, err_len, "state file: %s has a non-digit", key);
+        if (x > (UINT64_MAX - (uint64_t)(*s - '0')) / 10) return errf(err, err_len, "state file: %s overflows", key);
+        x = x * 10 + (uint64_t)(*s - '0');
+    }
+    if (x > max) return errf(err, err_len, "state file: %s %" PRIu64 " over %" PRIu64, key, x, max);
+    *v = x;
+    return 0;
+}
+
+int store_parse_state(const char *text, size_t len, struct store_state *st, char *err, size_t err_len)
+{
+    memset(st, 0, sizeof *st);
+    st->trial = -1;
+    if (len > STATE_MAX_BYTES) return errf(err, err_len, "state file: %zu bytes, at most %d", len, STATE_MAX_BYTES);
+    char buf[STATE_MAX_BYTES + 1];
+    memcpy(buf, text, len);
+    buf[len] = '\0';
+    if (strlen(buf) != len) return errf(err, err_len, "state file: contains a NUL byte");
+    char *lines[6];
+    int n = 0;
+    char *p = buf;
+    while (n < 6 && *p) {
+        char *nl = strchr(p, '\n');
+        if (!nl) return errf(err, err_len, "state file: line %d does not end with a newline", n + 1);
+        *nl = '\0';
+        lines[n++] = p;
+        p = nl + 1;
+    }
+    if (n != 5 || *p) return errf(err, err_len, "state file: expected exactly 5 lines");
+    if (strcmp(lines[0], STATE_MAGIC_LINE))
+        return errf(err, err_len, "state file: first line \"%.40s\", expected \"%s\"", lines[0], STATE_MAGIC_LINE);
+    uint64_t v;
+    if (parse_u64_field(lines[1], "epoch_floor", UINT64_MAX, &st->epoch_floor, err, err_len)) return -1;
+    if (!strcmp(lines[2], "trial -")) st->trial = -1;
+    else if (!strcmp(lines[2], "trial a")) st->trial = 0;
+    else if (!strcmp(lines[2], "trial b")) st->trial = 1;
+    else return errf(err, err_len, "state file: \"%.40s\", expected \"trial -|a|b\"", lines[2]);
+    if (parse_u64_field(lines[3], "boot_attempts", UINT32_MAX, &v, err, err_len)) return -1;
+    st->boot_attempts = (uint32_t)v;
+    if (strncmp(lines[4], "last_fallback ", 14)) return errf(err, err_len, "state file: expected a \"last_fallback\" line");
+    if (strlen(lines[4] + 14) >= sizeof st->last_fallback) return errf(err, err_len, "state file: last_fallback too long");
+    snprintf(st->last_fallback, sizeof st->last_fallback, "%s", lines[4] + 14);
+    return 0;
+}
+
+int store_read_state(const struct update_config *cfg, struct store_state *st, char *err, size_t err_len)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/state", cfg->data_dir);
+    char *text;
+    size_t len;
+    if (access(path, F_OK) != 0 && errno == ENOENT) {
+        memset(st, 0, sizeof *st); /* a fresh box: floor 0, nothing under trial */
+        st->trial = -1;
+        return 0;
+    }
+    if (durable_read_small(path, STATE_MAX_BYTES, &text, &len, err, err_len)) return -1;
+    int rc = store_parse_state(text, len, st, err, err_len);
+    free(text);
+    if (rc) errf_prefix(err, err_len, "%s", path);
+    return rc;
+}
+
+int store_write_state(const struct update_config *cfg, const struct store_state *st, char *err, size_t err_len)
+{
+    char path[4200], text[1024], reason[256];
+    snprintf(path, sizeof path, "%s/state", cfg->data_dir);
+    /* One line: a reason never carries a newline into the file. */
+    snprintf(reason, sizeof reason, "%s", st->last_fallback);
+    for (char *c = reason; *c; c++)
+        if (*c == '\n' || *c == '\r') *c = ' ';
+    int n = snprintf(text, sizeof text, "%s\nepoch_floor %" PRIu64 "\ntrial %s\nboot_attempts %u\nlast_fallback %s\n",
+                     STATE_MAGIC_LINE, st->epoch_floor, st->trial < 0 ? "-" : store_slot_name(st->trial),
+                     st->boot_attempts, reason);
+    return durable_replace_file(path, text, (size_t)n, 0644, err, err_len);
+}
+
+int store_lock(const struct update_config *cfg, bool wait, int *fd, char *err, size_t err_len)
+{
+    if (mkdir(cfg->data_dir, 0755) != 0 && errno != EEXIST)
+        return errf(err, err_len, "data directory %s: %s", cfg->data_dir, strerror(errno));
+    char path[4200];
+    snprintf(path, sizeof path, "%s/lock", cfg->data_dir);
+    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (*fd < 0) return errf(err, err_len, "%s: %s", path, strerror(errno));
+    while (flock(*fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0) {
+        if (errno == EINTR) continue;
+        int e = errno;
+        close(*fd);
+        *fd = -1;
+        if (e == EWOULDBLOCK) return errf(err, err_len, "%s: another update operation is running", cfg->data_dir);
+        return errf(err, err_len, "%s: flock: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+void store_unlock(int fd)
+{
+    if (fd >= 0) close(fd); /* closing drops the flock */
+}
+
+int store_check_slot(const struct update_config *cfg, const struct keyset *ks, int slot, bool deep,
+                     const struct update_hooks *hooks, struct bundle *b, char *err, size_t err_len)
+{
+    memset(b, 0, sizeof *b);
+    b->fd = -1;
+    char dir[4200], path[4400];
+    store_slot_dir(cfg, slot, dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/%s", dir, STORE_SLOT_MANIFEST);
+    char *head;
+    size_t head_len;
+    if (access(path, F_OK) != 0) return errf(err, err_len, "no signed manifest (empty or incomplete)");
+    if (durable_read_small(path, (size_t)BUNDLE_HEADER_LEN + MANIFEST_MAX_BYTES + KEYS_SIG_LEN, &head, &head_len, err,
+                           err_len))
+        return -1;
+    if (bundle_parse_head(b, (uint8_t *)head, head_len, ks, err, err_len)) {
+        free(head);
+        return errf_prefix(err, err_len, "slot %s", store_slot_name(slot));
+    }
+    for (uint32_t i = 0; i < b->m.n_payloads; i++) {
+        const struct manifest_payload *p = &b->m.payloads[i];
+        snprintf(path, sizeof path, "%s/%s", dir, p->name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        int rc = 0;
+        if (fd < 0) rc = errf(err, err_len, "slot %s: %s: %s", store_slot_name(slot), p->name, strerror(errno));
+        else if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != p->size)
+            rc = errf(err, err_len, "slot %s: %s is %lld bytes, the manifest says %llu", store_slot_name(slot), p->name,
+                      (long long)st.st_size, (unsigned long long)p->size);
+        else if (deep)
+            rc = bundle_check_payload(fd, 0, p, path, UPDATE_PHASE_VERIFY, hooks, NULL, NULL, err, err_len);
+        if (fd >= 0) close(fd);
+        if (rc) {
+            bundle_close(b);
+            return -1;
+        }
+    }
+    return 0;
+}
