@@ -51,6 +51,7 @@ static const struct cfg_entry entries[] = {
     { "limits", "max_stop", CFG_U32, F(max_stop), 0, 16, "stop strings per request" },
     { "limits", "max_stop_len", CFG_U32, F(max_stop_len), 1, 1024, "bytes per stop string" },
     { "limits", "max_messages", CFG_U32, F(max_messages), 1, 65536, "chat messages per request" },
+    { "limits", "max_requests_per_uid", CFG_U32, F(max_requests_per_uid), 0, 65536, "generation requests one peer uid may have queued or running (429 above); 0 = no cap" },
     { "access", "allow_uids", CFG_UIDS, 0, 0, 0, 0, "peer uids allowed (SO_PEERCRED), comma-separated; both lists empty = socket permissions decide" },
     { "access", "allow_gids", CFG_GIDS, 0, 0, 0, 0, "peer primary or supplementary gids allowed, comma-separated" },
     { "update", "data_dir", CFG_STR, F(update_data_dir), 0, 0, "signed-update slot store (e.g. /var/lib/flashbox): serve its active slot with the boot protocol; empty = serve model.path" },

@@ -39,6 +39,7 @@ struct serve_config {
     uint32_t max_stop;            /* stop strings per request */
     uint32_t max_stop_len;        /* bytes per stop string */
     uint32_t max_messages;
+    uint32_t max_requests_per_uid; /* generation requests in flight per peer uid; 0 = no cap */
     /* [access] */
     uint32_t n_allow_uids, n_allow_gids;
     uint32_t allow_uids[CONFIG_MAX_IDS];

@@ -48,6 +48,7 @@ struct req {
     uint64_t tokens_in, tokens_out;
     char *audit_prompt;           /* only with audit.log_prompts */
     int denied;
+    int uid_counted;              /* holds one of its uid's per_uid slots */
 
     /* Generation. */
     struct job *job;
@@ -60,6 +61,8 @@ struct req {
     int stream_ended, role_sent;
     uint64_t last_event_ns;
 };
+
+static void uid_release(struct api *a, struct req *r);
 
 /* ---- small helpers ---- */
 
@@ -201,6 +204,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         job_release(r->job);
         atomic_fetch_sub(&a->in_flight, 1);
     }
+    uid_release(a, r);
     uint64_t now = sched_now_ns();
     if (!r->status) r->status = 499; /* never answered: client gone before a response */
     metrics_request_done(r->ep, r->status);
@@ -556,6 +560,44 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     return send_json(c, r, 200, o);
 }
 
+/* Takes one of the peer uid's in-flight places; 0 when over the cap (or the table is full). */
+static int uid_acquire(struct api *a, struct req *r)
+{
+    if (!r->cfg.max_requests_per_uid || !r->conn->peer.is_unix) return 1;
+    uint32_t uid = (uint32_t)r->conn->peer.uid;
+    int ok = 0;
+    pthread_mutex_lock(&a->conns_lock);
+    int free_i = -1, at = -1;
+    for (int i = 0; i < 64; i++) {
+        if (a->per_uid[i].n && a->per_uid[i].uid == uid) at = i;
+        if (!a->per_uid[i].n && free_i < 0) free_i = i;
+    }
+    if (at < 0 && free_i >= 0) {
+        at = free_i;
+        a->per_uid[at].uid = uid;
+    }
+    if (at >= 0 && a->per_uid[at].n < r->cfg.max_requests_per_uid) {
+        a->per_uid[at].n++;
+        r->uid_counted = 1;
+        ok = 1;
+    }
+    pthread_mutex_unlock(&a->conns_lock);
+    return ok;
+}
+
+static void uid_release(struct api *a, struct req *r)
+{
+    if (!r->uid_counted) return;
+    pthread_mutex_lock(&a->conns_lock);
+    for (int i = 0; i < 64; i++)
+        if (a->per_uid[i].n && a->per_uid[i].uid == (uint32_t)r->conn->peer.uid) {
+            a->per_uid[i].n--;
+            break;
+        }
+    pthread_mutex_unlock(&a->conns_lock);
+    r->uid_counted = 0;
+}
+
 static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
 {
     struct api *a = r->api;
@@ -588,15 +630,23 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
         return send_error(c, r, 400, n_prompt ? "context_length_exceeded" : "invalid_request", err);
     }
     r->tokens_in = n_prompt;
+    if (!uid_acquire(a, r)) {
+        free(prompt);
+        gen_request_free(&gr);
+        metrics_rejected("peer_quota");
+        return send_error(c, r, 429, "peer_quota", "this peer has limits.max_requests_per_uid requests in flight");
+    }
     if (r->cfg.log_prompts) r->audit_prompt = strndup(r->body, r->body_len);
     struct job *j = job_create(&gr, prompt, n_prompt, r->cfg.request_deadline_s);
     if (!j) {
+        uid_release(a, r);
         free(prompt);
         gen_request_free(&gr);
         return send_error(c, r, 500, "internal", "out of memory");
     }
     enum sched_submit sr = scheduler_submit(a->sched, j);
     if (sr != SCHED_OK) {
+        uid_release(a, r);
         job_release(j);
         metrics_rejected(sr == SCHED_FULL ? "queue_full" : "shutdown");
         return sr == SCHED_FULL ? send_error(c, r, 429, "queue_full", "too many requests waiting; retry later")
@@ -744,6 +794,7 @@ int api_start(struct api *a, const struct serve_config *cfg, int unix_fd, int tc
     pthread_mutex_init(&a->lock, NULL);
     pthread_mutex_init(&a->conns_lock, NULL);
     a->conns = NULL;
+    memset(a->per_uid, 0, sizeof a->per_uid);
     a->cfg = *cfg;
     atomic_store(&a->state, API_LOADING);
     atomic_store(&a->next_id, 1);

@@ -33,6 +33,9 @@ struct api {
     struct conn *conns;          /* open connections, so api_stop can wake idle ones */
     atomic_uint_fast64_t next_id;
     atomic_int in_flight;        /* generation requests not yet completed */
+    /* Generation requests in flight per peer uid (limits.max_requests_per_uid), guarded by
+     * conns_lock; a small table, since only a few client programs talk to one box. */
+    struct { uint32_t uid, n; } per_uid[64];
     uint64_t id_base;
 };
 

@@ -25,7 +25,7 @@ struct histogram {
     double sum;
 };
 
-static const char *reasons[] = { "queue_full", "forbidden", "too_large", "deadline", "shutdown" };
+static const char *reasons[] = { "queue_full", "peer_quota", "forbidden", "too_large", "deadline", "shutdown" };
 enum { N_REASONS = sizeof reasons / sizeof reasons[0] };
 
 static struct {

@@ -32,7 +32,7 @@ void metrics_tokens(uint64_t prompt_tokens, uint64_t completion_tokens);
 void metrics_time_to_first_token(double seconds);
 void metrics_token_latency(double seconds);
 void metrics_cancelled(void);
-/* reason: "queue_full", "forbidden", "too_large", "deadline", "shutdown" */
+/* reason: "queue_full", "peer_quota", "forbidden", "too_large", "deadline", "shutdown" */
 void metrics_rejected(const char *reason);
 /* Renders the text exposition format into a malloc'd buffer. */
 int metrics_render(const struct metrics_gauges *g, char **out, size_t *out_len);

@@ -8,6 +8,7 @@
 #include "tests/serve_client.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -595,7 +596,10 @@ TEST(serve_takes_a_socket_from_systemd_activation)
             dup2(fd, 3);
             close(fd);
         }
-        char pid[32];
+        char pid[32], log[700];
+        snprintf(log, sizeof log, "%s/serve.log", test_tmpdir());
+        int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (lfd >= 0) dup2(lfd, 2);
         snprintf(pid, sizeof pid, "%d", (int)getpid());
         setenv("LISTEN_FDS", "1", 1);
         setenv("LISTEN_PID", pid, 1);

@@ -423,3 +423,55 @@ TEST(serve_runs_the_active_update_slot_and_ends_its_boot_trial)
     fclose(f);
     CHECK(slot_a);
 }
+
+TEST(serve_caps_requests_in_flight_per_peer_uid)
+{
+    const char *sets[] = { "server.slots=2", "limits.max_requests_per_uid=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    int fd = start_stream(d.sock, 4096);
+    REQUIRE(fd >= 0);
+    /* A slot is free, but this uid already has its one request running. */
+    char *out;
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"two\"}],\"max_tokens\":2}", &out), 429);
+    json_t *o = json_loads(out ? out : "", 0, NULL);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "error"), "code")), "peer_quota");
+    json_decref(o);
+    free(out);
+    close(fd);
+    CHECK_EQ_INT(serve_wait_idle(&d, 10000), 0);
+    /* Released with the connection: the next one goes through. */
+    int st = -1;
+    for (int i = 0; i < 100 && st != 200; i++) {
+        st = status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"three\"}],\"max_tokens\":2}", &out);
+        free(out);
+        if (st != 200) usleep(20000);
+    }
+    CHECK_EQ_INT(st, 200);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+TEST(serve_stream_waiting_in_the_queue_gets_sse_keepalives)
+{
+    const char *sets[] = { "server.slots=1", "server.sse_ping_s=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    int busy = start_stream(d.sock, 4096);
+    REQUIRE(busy >= 0);
+    /* A second stream waits for the only slot: its client hears ": ping" comments, so
+     * proxies and idle timeouts keep the connection, and no content yet. */
+    int fd = serve_connect(d.sock);
+    REQUIRE(fd >= 0);
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"wait\"}],\"max_tokens\":2,\"stream\":true}";
+    char req[512];
+    int n = snprintf(req, sizeof req, "POST " CHAT " HTTP/1.1\r\nHost: localhost\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    CHECK(write(fd, req, (size_t)n) == n);
+    char *got;
+    serve_read_all(fd, 2500, &got);
+    CHECK(strstr(got, ": ping\n\n") != NULL);
+    CHECK(strstr(got, "\"content\"") == NULL);
+    free(got);
+    close(fd);
+    close(busy);
+    serve_stop(&d, SIGTERM, 10000);
+}
