@@ -140,7 +140,10 @@ static int render(struct sink *s, const struct chat_message *msgs, size_t n, con
             put_str(s, "</tool_result>");
             break;
         case CHAT_ROLE_ASSISTANT: {
-            bool keep = opt->thinking && (opt->keep_all_reasoning || last_user == SIZE_MAX || i > last_user);
+            /* the spec: reasoning stays for the turn being answered, and everywhere once
+             * tools are present */
+            bool keep = opt->thinking && (opt->keep_all_reasoning || opt->tools_prompt || last_user == SIZE_MAX ||
+                                          i > last_user);
             put_control(s, CHAT_ASSISTANT, -1, true);
             if (keep && m->reasoning) {
                 put_control(s, CHAT_THINK, -1, true);

@@ -6,10 +6,11 @@
  *
  * where R is "</think>" (a closed, empty think block) or, for an assistant turn whose
  * reasoning is kept, "<think>reasoning</think>"; G, the generation prompt, is "</think>" in
- * chat mode and "<think>" in thinking mode. Reasoning is kept only in thinking mode and
- * only for assistant turns after the last user message (the turn being answered, e.g.
- * across tool calls), unless keep_all_reasoning. Tool calls follow the answer as a DSML
- * block ("\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"N\">\n<｜DSML｜parameter name=\"P\"
+ * chat mode and "<think>" in thinking mode. Reasoning is kept only in thinking mode: for
+ * assistant turns after the last user message (the turn being answered, e.g. across tool
+ * calls), and for every turn when tools are present (tools_prompt set) or when asked
+ * (keep_all_reasoning); earlier turns render as "</think>answer". Tool calls follow
+ * the answer as a DSML block ("\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"N\">\n<｜DSML｜parameter name=\"P\"
  * string=\"true\">V</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>"); tool
  * results go in a user turn as "<tool_result>...</tool_result>", consecutive results
  * joined by a blank line. System messages render their text in place (normally first). */
@@ -53,7 +54,7 @@ struct chat_message {
 struct chat_options {
     bool thinking;              /* thinking mode: the generation prompt opens <think> */
     bool add_generation_prompt; /* end with <｜Assistant｜> + G when the last message is not the assistant's */
-    bool keep_all_reasoning;    /* keep every assistant turn's reasoning (e.g. when tools are in play) */
+    bool keep_all_reasoning;    /* keep every assistant turn's reasoning (implied by tools_prompt) */
     bool omit_bos;              /* continue an existing context: no BOS at the start */
     const char *tools_prompt;   /* text placed after the system text, a blank line apart; NULL = none */
 };

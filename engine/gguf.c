@@ -120,7 +120,7 @@ static char *str_dup(const struct gguf_str *s)
     return p;
 }
 
-static uint64_t val_size(enum gguf_val t)
+uint64_t gguf_val_size(enum gguf_val t)
 {
     switch (t) {
     case GGUF_VAL_UINT8: case GGUF_VAL_INT8: case GGUF_VAL_BOOL: return 1;
@@ -184,7 +184,7 @@ static int read_kv(struct cursor *c, struct gguf_kv *kv, uint64_t index)
                 if (rd_str(c, &kv->arr_strs[i], kv->key)) return -1;
             return 0;
         }
-        uint64_t es = val_size((enum gguf_val)et);
+        uint64_t es = gguf_val_size((enum gguf_val)et);
         if (!es)
             return errf(c->err, c->err_len, "%s: array element type %u is not supported", kv->key, et);
         if (n > (c->size - c->pos) / es)
@@ -194,7 +194,7 @@ static int read_kv(struct cursor *c, struct gguf_kv *kv, uint64_t index)
         c->pos += n * es;
         return 0;
     }
-    uint64_t sz = val_size(kv->type);
+    uint64_t sz = gguf_val_size(kv->type);
     if (!sz) return errf(c->err, c->err_len, "%s: unknown value type %u", kv->key, t);
     if (need(c, sz, kv->key)) return -1;
     load_scalar(kv, kv->type, c->base + c->pos);
@@ -506,7 +506,7 @@ int gguf_arr_get_i64(const struct gguf_kv *kv, uint64_t i, int64_t *out)
 {
     if (kv->type != GGUF_VAL_ARRAY || i >= kv->arr_count || !kv->arr_data) return -1;
     struct gguf_kv tmp;
-    uint64_t es = val_size(kv->arr_type);
+    uint64_t es = gguf_val_size(kv->arr_type);
     load_scalar(&tmp, kv->arr_type, kv->arr_data + i * es);
     if (is_unsigned(kv->arr_type) || kv->arr_type == GGUF_VAL_BOOL) {
         if (tmp.v.u64 > INT64_MAX) return -1;
@@ -524,7 +524,7 @@ int gguf_arr_get_f64(const struct gguf_kv *kv, uint64_t i, double *out)
     if (kv->type != GGUF_VAL_ARRAY || i >= kv->arr_count || !kv->arr_data) return -1;
     if (kv->arr_type == GGUF_VAL_FLOAT32 || kv->arr_type == GGUF_VAL_FLOAT64) {
         struct gguf_kv tmp;
-        load_scalar(&tmp, kv->arr_type, kv->arr_data + i * val_size(kv->arr_type));
+        load_scalar(&tmp, kv->arr_type, kv->arr_data + i * gguf_val_size(kv->arr_type));
         *out = tmp.v.f64;
         return 0;
     }

@@ -78,6 +78,9 @@ struct gguf_file {
     struct gguf_tensor *tensors; /* [n_tensors] */
 };
 
+/* Bytes of one metadata value of a fixed-size type; 0 for strings, arrays and unknown types. */
+uint64_t gguf_val_size(enum gguf_val t);
+
 /* Type facts. Unknown types: block size 0. */
 uint32_t gguf_type_block_elems(enum gguf_type type);
 uint32_t gguf_type_block_bytes(enum gguf_type type);
@@ -135,6 +138,9 @@ int gguf_writer_write_file(struct gguf_writer *w, const char *path, char *err, s
  * finish(commit=false) removes the temporary file. */
 int gguf_writer_begin(struct gguf_writer *w, const char *path, char *err, size_t err_len);
 int gguf_writer_stream_tensor(struct gguf_writer *w, const void *data, uint64_t nbytes, char *err, size_t err_len);
+/* Appends the next nbytes of the current tensor; the tensor is complete (and padded) once
+ * its nbytes have arrived. Lets a converter write a tensor larger than memory. */
+int gguf_writer_stream_part(struct gguf_writer *w, const void *data, uint64_t nbytes, char *err, size_t err_len);
 int gguf_writer_finish(struct gguf_writer *w, bool commit, char *err, size_t err_len);
 
 #endif

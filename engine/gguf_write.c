@@ -43,6 +43,7 @@ struct gguf_writer {
     int fd;
     char *path, *tmp_path;
     size_t next_tensor;
+    uint64_t part_done; /* bytes of tensor next_tensor already streamed in parts */
     uint64_t pos;       /* bytes written so far */
 };
 
@@ -131,21 +132,10 @@ int gguf_writer_add_str(struct gguf_writer *w, const char *key, const char *v)
     return rc;
 }
 
-static uint64_t elem_size(enum gguf_val t)
-{
-    switch (t) {
-    case GGUF_VAL_UINT8: case GGUF_VAL_INT8: case GGUF_VAL_BOOL: return 1;
-    case GGUF_VAL_UINT16: case GGUF_VAL_INT16: return 2;
-    case GGUF_VAL_UINT32: case GGUF_VAL_INT32: case GGUF_VAL_FLOAT32: return 4;
-    case GGUF_VAL_UINT64: case GGUF_VAL_INT64: case GGUF_VAL_FLOAT64: return 8;
-    default: return 0;
-    }
-}
-
 int gguf_writer_add_arr(struct gguf_writer *w, const char *key, enum gguf_val elem_type,
                         const void *elems, uint64_t count)
 {
-    uint64_t es = elem_size(elem_type);
+    uint64_t es = gguf_val_size(elem_type);
     if (!es || count > (UINT64_MAX - 12) / es) return w->broken = true, -1;
     return add_kv(w, key, GGUF_VAL_ARRAY, elem_type, count, elems, es * count);
 }
@@ -246,6 +236,7 @@ int gguf_writer_begin(struct gguf_writer *w, const char *path, char *err, size_t
     if (w->fd < 0) return errf(err, err_len, "%s: %s", w->tmp_path, strerror(errno));
     w->pos = 0;
     w->next_tensor = 0;
+    w->part_done = 0;
     uint64_t off = 0;
     for (size_t i = 0; i < w->n_t; i++) {
         w->t[i].offset = off;
@@ -290,10 +281,31 @@ int gguf_writer_stream_tensor(struct gguf_writer *w, const void *data, uint64_t 
     if (w->next_tensor >= w->n_t)
         return errf(err, err_len, "%s: more tensors streamed than registered (%zu)", w->tmp_path, w->n_t);
     const struct wtensor *t = &w->t[w->next_tensor];
+    if (w->part_done)
+        return errf(err, err_len, "%s: already partly streamed with gguf_writer_stream_part", t->name);
     if (nbytes != t->nbytes)
         return errf(err, err_len, "%s: %" PRIu64 " bytes streamed, expected %" PRIu64, t->name, nbytes, t->nbytes);
     if (write_all(w, data, nbytes, err, err_len) || write_pad(w, err, err_len)) return -1;
     w->next_tensor++;
+    return 0;
+}
+
+int gguf_writer_stream_part(struct gguf_writer *w, const void *data, uint64_t nbytes, char *err, size_t err_len)
+{
+    if (w->fd < 0) return errf(err, err_len, "gguf writer: not streaming");
+    if (w->next_tensor >= w->n_t)
+        return errf(err, err_len, "%s: more tensors streamed than registered (%zu)", w->tmp_path, w->n_t);
+    const struct wtensor *t = &w->t[w->next_tensor];
+    if (nbytes > t->nbytes - w->part_done)
+        return errf(err, err_len, "%s: part of %" PRIu64 " bytes at byte %" PRIu64 " runs past the tensor's %" PRIu64,
+                    t->name, nbytes, w->part_done, t->nbytes);
+    if (write_all(w, data, nbytes, err, err_len)) return -1;
+    w->part_done += nbytes;
+    if (w->part_done == t->nbytes) {
+        if (write_pad(w, err, err_len)) return -1;
+        w->part_done = 0;
+        w->next_tensor++;
+    }
     return 0;
 }
 

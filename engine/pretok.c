@@ -40,6 +40,12 @@ struct pretok_def {
     "\\x{104B0}-\\x{104D3}\\x{104D8}-\\x{104FB}\\x{10C80}-\\x{10CB2}\\x{10CC0}-\\x{10CF2}" \
     "\\x{118A0}-\\x{118DF}\\x{1E900}-\\x{1E943}"
 
+/* Whitespace as the HF tokenizers' regex engines read \s: Unicode White_Space (tab .. CR,
+ * NEL and the Z categories). PCRE2 10.42's \s under UCP already includes NEL (U+0085);
+ * it is named here so the split does not depend on that. */
+#define WS "[\\s\\x{85}]"
+#define NOT_WS "[^\\s\\x{85}]"
+
 static const struct pretok_def defs[] = {
     { "deepseek-v3", { "joyai-llm", NULL, NULL }, {
         "\\p{N}{1,3}",
@@ -47,20 +53,20 @@ static const struct pretok_def defs[] = {
         "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+"
         "|[^\\r\\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
         "| ?[\\p{P}\\p{S}]+[\\r\\n]*"
-        "|\\s*[\\r\\n]+"
-        "|\\s+(?!\\S)"
-        "|\\s+",
+        "|" WS "*[\\r\\n]+"
+        "|" WS "+(?!" NOT_WS ")"
+        "|" WS "+",
     } },
     { "deepseek-llm", { NULL, NULL, NULL }, {
         "[\\r\\n]",
-        "\\s?[" DEEPSEEK_LLM_LETTERS "]+",
-        "\\s?[!-/:-~\\x{FF01}-\\x{FF0F}\\x{FF1A}-\\x{FF5E}\\x{2018}-\\x{201F}\\x{3000}-\\x{3002}]+",
-        "\\s+$",
+        WS "?[" DEEPSEEK_LLM_LETTERS "]+",
+        WS "?[!-/:-~\\x{FF01}-\\x{FF0F}\\x{FF1A}-\\x{FF5E}\\x{2018}-\\x{201F}\\x{3000}-\\x{3002}]+",
+        WS "+$",
         "[\\x{4E00}-\\x{9FA5}\\x{0800}-\\x{4E00}\\x{AC00}-\\x{D7FF}]+",
         "\\p{N}+",
     } },
     { "gpt2", { "gpt-2", "default", NULL }, {
-        "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
+        "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\x{85}\\p{L}\\p{N}]+|" WS "+(?!" NOT_WS ")|" WS "+",
     } },
 };
 

@@ -17,6 +17,10 @@ struct merge_slot {
     int32_t result;
 };
 
+/* Most tokens or merges a vocabulary may have (real ones have ~10^5); keeps every hash
+ * table size a 32-bit power of two. */
+#define TOK_MAX_ENTRIES (1u << 28)
+
 struct tokenizer {
     uint32_t n_vocab;
     int32_t bos, eos;
@@ -190,9 +194,9 @@ static int load_vocab(struct tokenizer *t, const struct gguf_kv *tokens, const s
                       size_t err_len)
 {
     uint64_t n = tokens->arr_count;
-    if (n == 0 || n > INT32_MAX)
-        return errf(err, err_len, "tokenizer.ggml.tokens: %llu entries, expected 1 .. %d", (unsigned long long)n,
-                    INT32_MAX);
+    if (n == 0 || n > TOK_MAX_ENTRIES)
+        return errf(err, err_len, "tokenizer.ggml.tokens: %llu entries, expected 1 .. %u", (unsigned long long)n,
+                    TOK_MAX_ENTRIES);
     if (types && types->arr_count != n)
         return errf(err, err_len, "tokenizer.ggml.token_type: %llu entries, expected %llu (one per token)",
                     (unsigned long long)types->arr_count, (unsigned long long)n);
@@ -240,7 +244,9 @@ static int load_vocab(struct tokenizer *t, const struct gguf_kv *tokens, const s
 static int load_merges(struct tokenizer *t, const struct gguf_kv *merges, char *err, size_t err_len)
 {
     uint64_t n = merges ? merges->arr_count : 0;
-    if (n > INT32_MAX) return errf(err, err_len, "tokenizer.ggml.merges: %llu entries, too many", (unsigned long long)n);
+    if (n > TOK_MAX_ENTRIES)
+        return errf(err, err_len, "tokenizer.ggml.merges: %llu entries, expected at most %u", (unsigned long long)n,
+                    TOK_MAX_ENTRIES);
     t->merge_cap = pow2_at_least(2 * n + 1);
     t->merges = malloc((size_t)t->merge_cap * sizeof *t->merges);
     if (!t->merges) return errf(err, err_len, "tokenizer: out of memory for %llu merges", (unsigned long long)n);

@@ -37,7 +37,10 @@ enum tok_type {
 /* Encode flags. */
 enum {
     /* Match control and user-defined tokens written in the text ("<｜User｜>") as whole
-     * tokens. Without it, all text is literal: user content can never forge a turn. */
+     * tokens (leftmost, longest first). Without it, all text is literal: user content can
+     * never forge a turn. (HF and llama.cpp match user-defined tokens, e.g. "<think>" when a
+     * GGUF types it so, even without this; here that too needs the flag.) No BOS/EOS is
+     * ever added: the caller (or chat_render) places them. */
     TOK_ENCODE_PARSE_SPECIAL = 1u << 0,
 };
 

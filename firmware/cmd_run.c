@@ -38,7 +38,7 @@ struct run_opts {
 struct runner {
     struct engine *engine;
     struct session *session;
-    struct tokenizer *tok;
+    const struct tokenizer *tok; /* the engine's */
     struct sampler *sampler;
     struct stopper *stopper;
     float *logits;      /* [n_vocab] */
@@ -130,7 +130,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         } else if (!strcmp(a, "--repeat-penalty")) {
             bad = parse_f32(v, &o->sp.repeat_penalty);
         } else if (!strcmp(a, "--top-k")) {
-            uint32_t k;
+            uint32_t k = 0;
             bad = parse_u32(v, &k) || k > INT32_MAX;
             o->sp.top_k = (int32_t)k;
         } else if (!strcmp(a, "--seed")) {
@@ -164,7 +164,6 @@ static void runner_close(struct runner *r)
     free(r->released);
     stopper_destroy(r->stopper);
     sampler_destroy(r->sampler);
-    tok_destroy(r->tok);
     session_destroy(r->session);
     engine_close(r->engine);
 }
@@ -181,7 +180,11 @@ static int runner_open(struct runner *r, const struct run_opts *o, char *err, si
     engine_get_info(r->engine, &info);
     r->n_vocab = info.n_vocab;
     if (session_create(r->engine, o->n_ctx, &r->session, err, err_len)) return -1;
-    if (tok_create_from_file(&r->tok, o->model, err, err_len)) return -1;
+    r->tok = engine_tokenizer(r->engine);
+    if (!r->tok) {
+        snprintf(err, err_len, "%s: the model file has no usable tokenizer (tokenizer.ggml.*)", o->model);
+        return -1;
+    }
     if (tok_n_vocab(r->tok) > r->n_vocab) {
         snprintf(err, err_len, "%s: tokenizer has %u tokens, the model's vocabulary only %u", o->model,
                  tok_n_vocab(r->tok), r->n_vocab);

@@ -8,10 +8,12 @@ int cmd_logits(int argc, char **argv);   /* firmware/cmd_logits.c */
 int cmd_inspect(int argc, char **argv);  /* firmware/cmd_inspect.c */
 int cmd_bench(int argc, char **argv);    /* firmware/cmd_bench.c */
 int cmd_board(int argc, char **argv);    /* firmware/cmd_board.c */
+int cmd_serve(int argc, char **argv);    /* firmware/serve.c */
 int cmd_tokenize(int argc, char **argv);   /* firmware/cmd_tokenize.c */
 int cmd_detokenize(int argc, char **argv); /* firmware/cmd_tokenize.c */
 int cmd_run(int argc, char **argv);        /* firmware/cmd_run.c */
 int tool_mkmodel_main(int argc, char **argv); /* tools/mkmodel_cli.c */
+int tool_convert_main(int argc, char **argv); /* tools/convert.c */
 int cmd_update(int argc, char **argv);   /* firmware/cmd_update.c */
 int cmd_bundle(int argc, char **argv);   /* firmware/cmd_update.c -> tools/bundle_cli.c */
 int tool_keygen_main(int argc, char **argv); /* tools/bundle_cli.c */

@@ -18,6 +18,8 @@ static const struct command commands[] = {
     { "bench", cmd_bench, "measure prefill/decode speed, per-kernel GPU time and bandwidth" },
     { "board", cmd_board, "print the GPUs found (DRM + Vulkan), their limits and the one flashbox picks" },
     { "inspect", cmd_inspect, "print a model file's metadata, tensors and hyper-parameters" },
+    { "serve", cmd_serve, "run the API daemon (Unix socket, OpenAI-compatible HTTP)" },
+    { "convert", tool_convert_main, "convert the official safetensors checkpoint (FP8 + FP4) to a deepseek4 GGUF" },
     { "tokenize", cmd_tokenize, "print the token ids of the text on stdin" },
     { "detokenize", cmd_detokenize, "print the text of comma-separated token ids on stdin" },
     { "run", cmd_run, "generate from a prompt, or chat interactively, streaming the answer" },

@@ -1,11 +1,43 @@
 #!/bin/sh
-# `make run`: make the default model if absent, show its summary and the logits of a short
-# prompt. (Replaced by the daemon demo once `flashbox serve` lands.)
+# `make run`: make the default model if absent, start `flashbox serve` on a local Unix
+# socket (./run/demo.sock), send one chat request with curl over that socket, print the
+# answer, then stop the daemon with SIGTERM (it finishes in-flight work, flushes the audit
+# log and exits 0). The daemon's own log and audit lines go to run/demo.log.
 set -eu
 bin=${1:-build/flashbox}
 model=models/default.gguf
-mkdir -p models
+sock=run/demo.sock
+log=run/demo.log
+mkdir -p models run
 [ -f "$model" ] || "$bin" mkmodel --out "$model"
-"$bin" inspect -m "$model" | tail -n 3
-echo "top-3 logits of tokens 0,5,6,7:"
-"$bin" logits -m "$model" --tokens 0,5,6,7 --top 3
+
+"$bin" serve -m "$model" --socket "$sock" --set server.slots=2 >"$log" 2>&1 &
+pid=$!
+stop() { kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; }
+trap stop EXIT INT TERM
+
+# Ready when /health answers 200 (the model loads in the background; 503 until then).
+i=0
+until curl -sf --unix-socket "$sock" http://localhost/health >/dev/null 2>&1; do
+    i=$((i + 1))
+    if [ "$i" -gt 200 ] || ! kill -0 "$pid" 2>/dev/null; then
+        echo "flashbox serve did not become ready; its log:" >&2
+        cat "$log" >&2
+        exit 1
+    fi
+    sleep 0.05
+done
+echo "daemon ready on $sock: $(curl -s --unix-socket "$sock" http://localhost/health)"
+
+request='{"messages":[{"role":"user","content":"Hello! Who are you?"}],"max_tokens":24,"temperature":0}'
+echo "request:  POST /v1/chat/completions $request"
+response=$(curl -s --unix-socket "$sock" -H 'Content-Type: application/json' -d "$request" \
+    http://localhost/v1/chat/completions)
+echo "response: $response"
+# The answer text alone (the default model has random weights: expect noise, deterministically).
+printf '%s' "$response" | python3 -c 'import json,sys; print("answer:  ", repr(json.load(sys.stdin)["choices"][0]["message"]["content"]))' 2>/dev/null || true
+
+trap - EXIT INT TERM
+kill -TERM "$pid"
+wait "$pid"
+echo "daemon stopped (exit $?); log and audit lines in $log"

@@ -50,6 +50,10 @@ TEST(thinking_mode_opens_think_and_drops_earlier_reasoning)
     CHECK_RENDER(msgs, &opt, B U "2+2?" A "</think>4" E U "3+3?" A "<think>");
     opt.keep_all_reasoning = true;
     CHECK_RENDER(msgs, &opt, B U "2+2?" A "<think>add them</think>4" E U "3+3?" A "<think>");
+    /* with tools present every turn keeps its reasoning */
+    opt.keep_all_reasoning = false;
+    opt.tools_prompt = "T";
+    CHECK_RENDER(msgs, &opt, B "T" U "2+2?" A "<think>add them</think>4" E U "3+3?" A "<think>");
     /* chat mode never shows reasoning */
     struct chat_options chat = { .add_generation_prompt = true };
     CHECK_RENDER(msgs, &chat, B U "2+2?" A "</think>4" E U "3+3?" A "</think>");

@@ -194,6 +194,9 @@ TEST(gpt2_pretokenizer_splits_contractions_and_categories)
     REQUIRE(pretok_create(&p, "gpt-2", err, sizeof err) == 0);
     CHECK_SPLIT(p, "I'll go 42x!?", "I", "'ll", " go", " 42", "x", "!?");
     CHECK_SPLIT(p, "é ü", "é", " ü");
+    /* NEL (U+0085) is whitespace, as in the HF regex engines: each one before a letter
+     * is split off rather than joined as punctuation */
+    CHECK_SPLIT(p, "\xc2\x85\xc2\x85" "b", "\xc2\x85", "\xc2\x85", "b");
     pretok_destroy(p);
 }
 
@@ -513,4 +516,51 @@ TEST(tokenize_and_detokenize_commands_round_trip_text)
     CHECK(strstr(out, "99999") != NULL);
     tok_vec_free(&ids);
     tok_destroy(t);
+}
+
+static size_t unhex(const char *s, size_t n, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i + 1 < n; i += 2) {
+        unsigned v;
+        if (sscanf(s + i, "%2x", &v) != 1) return (size_t)-1;
+        out[o++] = (char)v;
+    }
+    return o;
+}
+
+TEST(deepseek_v3_pretokenizer_matches_hf_tokenizers_on_random_text)
+{
+    /* tests/data/pretok-deepseek-v3.txt: splits computed by HF tokenizers (see its header) */
+    FILE *f = fopen("tests/data/pretok-deepseek-v3.txt", "r");
+    REQUIRE(f);
+    struct pretok *p;
+    char err[256];
+    REQUIRE(pretok_create(&p, "deepseek-v3", err, sizeof err) == 0);
+    struct pretok_spans spans = { 0 };
+    static char line[8192], text[4096], piece[4096];
+    int n_cases = 0;
+    while (fgets(line, sizeof line, f) && !test_failed()) {
+        if (line[0] == '#') continue;
+        char *tab = strchr(line, '\t');
+        REQUIRE(tab);
+        size_t len = unhex(line, (size_t)(tab - line), text);
+        REQUIRE(len != (size_t)-1);
+        REQUIRE(pretok_split(p, text, len, &spans, err, sizeof err) == 0);
+        size_t k = 0;
+        for (char *tokp = strtok(tab + 1, " \n"); tokp; tokp = strtok(NULL, " \n"), k++) {
+            size_t pl = unhex(tokp, strlen(tokp), piece);
+            if (k >= spans.n || spans.v[k].len != pl || memcmp(text + spans.v[k].off, piece, pl)) {
+                test_fail_at(__FILE__, __LINE__, "case %d (\"%.*s\"): piece %zu differs", n_cases, (int)len, text, k);
+                break;
+            }
+        }
+        if (!test_failed() && k != spans.n)
+            test_fail_at(__FILE__, __LINE__, "case %d: %zu pieces, expected %zu", n_cases, spans.n, k);
+        n_cases++;
+    }
+    CHECK_EQ_INT(n_cases, 600);
+    pretok_spans_free(&spans);
+    pretok_destroy(p);
+    fclose(f);
 }

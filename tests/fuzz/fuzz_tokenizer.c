@@ -1,7 +1,11 @@
-/* Fuzz target: arbitrary bytes through each pre-tokenizer and the BPE of the hand-made
- * vocabulary (tests/tok_vocab.h), with and without special-token parsing. Checks that
- * literal encoding round-trips byte for byte and that the streaming detokenizer only ever
- * emits valid UTF-8. The first input byte picks the pre-tokenizer and the flags. */
+/* Fuzz target, two modes picked by the first input byte:
+ * - text (byte < 0xF0): arbitrary bytes through each pre-tokenizer and the BPE of the
+ *   hand-made vocabulary (tests/tok_vocab.h), with and without special-token parsing;
+ *   literal encoding must round-trip byte for byte and the streaming detokenizer must
+ *   only ever emit valid UTF-8. The byte picks the pre-tokenizer and the flags.
+ * - vocabulary (byte >= 0xF0): the rest is a GGUF image whose tokenizer metadata is
+ *   loaded; a load must fail cleanly or give a tokenizer that encodes and decodes. */
+#include "engine/gguf.h"
 #include "engine/tokenizer.h"
 #include "tests/tok_vocab.h"
 
@@ -39,9 +43,33 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+static void fuzz_vocabulary(const uint8_t *data, size_t size)
+{
+    struct gguf_file *f;
+    struct tokenizer *t;
+    char err[256];
+    if (gguf_parse(&f, data, size, err, sizeof err)) return;
+    if (tok_create(&t, f, err, sizeof err) == 0) {
+        static const char text[] = "abc <ctl> x\xff 12";
+        struct tok_vec ids = { 0 };
+        if (tok_encode(t, text, sizeof text - 1, TOK_ENCODE_PARSE_SPECIAL, &ids, err, sizeof err)) abort();
+        char *back;
+        size_t len;
+        if (tok_decode(t, ids.ids, ids.n, TOK_DECODE_SPECIAL, &back, &len, err, sizeof err)) abort();
+        free(back);
+        tok_vec_free(&ids);
+        tok_destroy(t);
+    }
+    gguf_close(f);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) return 0;
+    if (data[0] >= 0xF0) {
+        fuzz_vocabulary(data + 1, size - 1);
+        return 0;
+    }
     const struct tokenizer *t = toks[data[0] % 3];
     unsigned flags = (data[0] & 4) ? TOK_ENCODE_PARSE_SPECIAL : 0;
     const char *text = (const char *)data + 1;

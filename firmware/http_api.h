@@ -1,0 +1,55 @@
+/* The HTTP API: libmicrohttpd daemons on the Unix socket (and loopback TCP when asked),
+ * the routes (/health, /v1/models, /v1/chat/completions, /v1/completions, /tokenize,
+ * /detokenize, /metrics), peer checks, body caps, OpenAI JSON and SSE responses, the
+ * per-request audit record and metrics. No model management lives here: updates come
+ * through the update module's own admin socket. */
+#ifndef FLASHBOX_FIRMWARE_HTTP_API_H
+#define FLASHBOX_FIRMWARE_HTTP_API_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "firmware/config.h"
+
+struct scheduler;
+struct textgen;
+struct MHD_Daemon;
+struct conn;
+
+enum api_state { API_LOADING = 0, API_READY = 1, API_STOPPING = 2, API_FAILED = 3 };
+
+struct api {
+    pthread_mutex_t lock;        /* guards cfg (SIGHUP swaps it) */
+    struct serve_config cfg;
+    atomic_int state;            /* enum api_state */
+    struct scheduler *sched;     /* set before state becomes READY */
+    struct textgen *tg;
+    uint32_t n_vocab;
+    char model_id[128];
+    struct MHD_Daemon *unix_d, *tcp_d;
+    pthread_mutex_t conns_lock;  /* guards conns */
+    struct conn *conns;          /* open connections, so api_stop can wake idle ones */
+    atomic_uint_fast64_t next_id;
+    atomic_int in_flight;        /* generation requests not yet completed */
+    /* Generation requests in flight per peer uid (limits.max_requests_per_uid), guarded by
+     * conns_lock; a small table, since only a few client programs talk to one box. */
+    struct { uint32_t uid, n; } per_uid[64];
+    uint64_t id_base;
+};
+
+/* Starts serving on the listening sockets (tcp_fd -1 = none); state is LOADING until
+ * api_set_ready. The api struct must outlive api_stop. */
+int api_start(struct api *a, const struct serve_config *cfg, int unix_fd, int tcp_fd, char *err, size_t err_len);
+void api_set_ready(struct api *a, struct scheduler *sched, struct textgen *tg, uint32_t n_vocab, const char *model_id);
+/* Applies a reloaded config (limits, access lists, audit flags). */
+void api_set_config(struct api *a, const struct serve_config *cfg);
+/* Stops accepting connections and closes the listening sockets; open connections go on. */
+void api_quiesce(struct api *a);
+/* Closes every connection and stops the daemons. Returns -1 when a connection (a client
+ * that stopped reading) kept them from stopping within timeout_ms: the caller must then
+ * leave everything the API uses alive and just exit. */
+int api_stop(struct api *a, uint32_t timeout_ms);
+
+#endif

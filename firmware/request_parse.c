@@ -1,0 +1,404 @@
+/* JSON request bodies → struct gen_request (see request_parse.h). Every field is checked for
+ * type and range here, once, so nothing downstream sees a negative count, a NaN, an
+ * oversized string or a field it does not implement. */
+#include "firmware/request_parse.h"
+
+#include "engine/errmsg.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void req_limits_default(struct req_limits *lim)
+{
+    lim->max_body_bytes = 1u << 20;
+    lim->max_tokens = 4096;
+    lim->default_max_tokens = 256;
+    lim->max_stop = 4;
+    lim->max_stop_len = 64;
+    lim->max_messages = 256;
+    lim->max_detok_tokens = 65536;
+}
+
+void gen_request_free(struct gen_request *r)
+{
+    free(r->prompt);
+    for (uint32_t i = 0; i < r->n_messages; i++) free(r->messages[i].content);
+    free(r->messages);
+    for (uint32_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    memset(r, 0, sizeof *r);
+}
+
+static json_t *load(const char *body, size_t len, char *err, size_t err_len)
+{
+    json_error_t je;
+    /* Duplicate keys are refused: two "max_tokens" would make the effective value depend on
+     * the parser. jansson also refuses invalid UTF-8 and \u0000. */
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        errf(err, err_len, "body: invalid JSON at byte %d: %s", je.position, je.text);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        errf(err, err_len, "body: expected a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
+static int get_uint(json_t *v, const char *name, uint64_t lo, uint64_t hi, uint32_t *out, char *err, size_t err_len)
+{
+    if (!json_is_integer(v)) return errf(err, err_len, "%s: expected an integer", name);
+    json_int_t x = json_integer_value(v);
+    if (x < (json_int_t)lo || (uint64_t)x > hi)
+        return errf(err, err_len, "%s: %lld out of range [%llu, %llu]", name, (long long)x, (unsigned long long)lo,
+                    (unsigned long long)hi);
+    *out = (uint32_t)x;
+    return 0;
+}
+
+/* Range with open/closed ends given by lo_open/hi_open. */
+static int get_float(json_t *v, const char *name, double lo, bool lo_open, double hi, bool hi_open, float *out,
+                     char *err, size_t err_len)
+{
+    if (!json_is_number(v)) return errf(err, err_len, "%s: expected a number", name);
+    double x = json_number_value(v);
+    if (!isfinite(x) || (lo_open ? x <= lo : x < lo) || (hi_open ? x >= hi : x > hi))
+        return errf(err, err_len, "%s: %g out of range %c%g, %g%c", name, x, lo_open ? '(' : '[', lo, hi,
+                    hi_open ? ')' : ']');
+    *out = (float)x;
+    return 0;
+}
+
+static int get_bool(json_t *v, const char *name, bool *out, char *err, size_t err_len)
+{
+    if (!json_is_boolean(v)) return errf(err, err_len, "%s: expected true or false", name);
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int dup_string(json_t *v, const char *name, size_t max_len, char **out, char *err, size_t err_len)
+{
+    if (!json_is_string(v)) return errf(err, err_len, "%s: expected a string", name);
+    size_t n = json_string_length(v);
+    if (n > max_len) return errf(err, err_len, "%s: %zu bytes, at most %zu", name, n, max_len);
+    *out = strndup(json_string_value(v), n);
+    if (!*out) return errf(err, err_len, "%s: out of memory", name);
+    return 0;
+}
+
+static int parse_stop(json_t *v, const struct req_limits *lim, struct gen_request *r, char *err, size_t err_len)
+{
+    if (json_is_null(v)) return 0;
+    json_t *one[1] = { v };
+    json_t **items = one;
+    size_t n = 1;
+    if (json_is_array(v)) {
+        n = json_array_size(v);
+        items = NULL;
+    } else if (!json_is_string(v)) {
+        return errf(err, err_len, "stop: expected a string or an array of strings");
+    }
+    if (n > lim->max_stop || n > REQ_MAX_STOP)
+        return errf(err, err_len, "stop: %zu strings, at most %u", n, lim->max_stop < REQ_MAX_STOP ? lim->max_stop : REQ_MAX_STOP);
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = items ? items[i] : json_array_get(v, i);
+        char name[32];
+        snprintf(name, sizeof name, "stop[%zu]", i);
+        if (dup_string(s, name, lim->max_stop_len, &r->stop[r->n_stop], err, err_len)) return -1;
+        r->n_stop++;
+        if (!r->stop[r->n_stop - 1][0]) return errf(err, err_len, "%s: empty string", name);
+    }
+    return 0;
+}
+
+static int parse_thinking(json_t *v, bool *out, char *err, size_t err_len)
+{
+    if (json_is_boolean(v)) {
+        *out = json_is_true(v);
+        return 0;
+    }
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *x;
+        json_object_foreach(v, key, x) {
+            if (strcmp(key, "type")) return errf(err, err_len, "thinking.%s: unknown field", key);
+            const char *t = json_string_value(x);
+            if (t && !strcmp(t, "enabled")) *out = true;
+            else if (t && !strcmp(t, "disabled")) *out = false;
+            else return errf(err, err_len, "thinking.type: expected \"enabled\" or \"disabled\"");
+        }
+        return 0;
+    }
+    return errf(err, err_len, "thinking: expected true, false or {\"type\": \"enabled\"|\"disabled\"}");
+}
+
+/* Content is a string or an array of {"type":"text","text":...} parts, concatenated. */
+static int parse_content(json_t *v, const char *name, char **out, char *err, size_t err_len)
+{
+    if (json_is_string(v)) return dup_string(v, name, SIZE_MAX, out, err, err_len);
+    if (!json_is_array(v)) return errf(err, err_len, "%s: expected a string or an array of text parts", name);
+    size_t total = 0, i;
+    json_t *part;
+    json_array_foreach(v, i, part) {
+        json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
+        if (!json_is_object(part) || json_object_size(part) != 2 || !json_is_string(type) ||
+            strcmp(json_string_value(type), "text") || !json_is_string(text))
+            return errf(err, err_len, "%s[%zu]: expected {\"type\": \"text\", \"text\": string}", name, i);
+        total += json_string_length(text);
+    }
+    char *s = malloc(total + 1);
+    if (!s) return errf(err, err_len, "%s: out of memory", name);
+    size_t off = 0;
+    json_array_foreach(v, i, part) {
+        json_t *text = json_object_get(part, "text");
+        memcpy(s + off, json_string_value(text), json_string_length(text));
+        off += json_string_length(text);
+    }
+    s[off] = 0;
+    *out = s;
+    return 0;
+}
+
+static int parse_messages(json_t *v, const struct req_limits *lim, struct gen_request *r, char *err, size_t err_len)
+{
+    if (!json_is_array(v)) return errf(err, err_len, "messages: expected an array");
+    size_t n = json_array_size(v);
+    if (n == 0) return errf(err, err_len, "messages: empty");
+    if (n > lim->max_messages) return errf(err, err_len, "messages: %zu, at most %u", n, lim->max_messages);
+    r->messages = calloc(n, sizeof *r->messages);
+    if (!r->messages) return errf(err, err_len, "messages: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(v, i);
+        char name[48];
+        if (!json_is_object(m)) return errf(err, err_len, "messages[%zu]: expected an object", i);
+        const char *key;
+        json_t *x;
+        json_t *role = NULL, *content = NULL;
+        json_object_foreach(m, key, x) {
+            if (!strcmp(key, "role")) role = x;
+            else if (!strcmp(key, "content")) content = x;
+            else if (!strcmp(key, "name")) {
+                if (!json_is_string(x)) return errf(err, err_len, "messages[%zu].name: expected a string", i);
+            } else return errf(err, err_len, "messages[%zu].%s: unknown field", i, key);
+        }
+        const char *rs = json_string_value(role);
+        struct req_message *msg = &r->messages[i];
+        if (!rs) return errf(err, err_len, "messages[%zu].role: expected a string", i);
+        if (!strcmp(rs, "system") || !strcmp(rs, "developer")) msg->role = REQ_ROLE_SYSTEM;
+        else if (!strcmp(rs, "user")) msg->role = REQ_ROLE_USER;
+        else if (!strcmp(rs, "assistant")) msg->role = REQ_ROLE_ASSISTANT;
+        else return errf(err, err_len, "messages[%zu].role: '%.32s', expected system, user or assistant", i, rs);
+        snprintf(name, sizeof name, "messages[%zu].content", i);
+        if (!content) return errf(err, err_len, "%s: missing", name);
+        if (parse_content(content, name, &msg->content, err, err_len)) return -1;
+        r->n_messages++;
+    }
+    return 0;
+}
+
+/* Fields both endpoints share. Returns 1 when the key was one of them, 0 when not, -1 on
+ * a bad value. */
+static int parse_common(const char *key, json_t *x, const struct req_limits *lim, struct gen_request *r,
+                        bool *max_tokens_seen, char *err, size_t err_len)
+{
+    if (!strcmp(key, "model")) {
+        if (!json_is_string(x) || json_string_length(x) >= sizeof r->model)
+            return errf(err, err_len, "model: expected a string of at most %zu bytes", sizeof r->model - 1);
+        memcpy(r->model, json_string_value(x), json_string_length(x) + 1);
+    } else if (!strcmp(key, "max_tokens") || !strcmp(key, "max_completion_tokens")) {
+        if (json_is_null(x)) return 1;
+        /* max_completion_tokens is the newer name; when both come, it wins. */
+        if (*max_tokens_seen && !strcmp(key, "max_tokens")) {
+            uint32_t ignored;
+            return get_uint(x, key, 1, lim->max_tokens, &ignored, err, err_len) ? -1 : 1;
+        }
+        if (get_uint(x, key, 1, lim->max_tokens, &r->max_tokens, err, err_len)) return -1;
+        *max_tokens_seen = !strcmp(key, "max_completion_tokens");
+    } else if (!strcmp(key, "temperature")) {
+        if (!json_is_null(x) && get_float(x, key, 0, false, 2, false, &r->temperature, err, err_len)) return -1;
+    } else if (!strcmp(key, "top_p")) {
+        if (!json_is_null(x) && get_float(x, key, 0, true, 1, false, &r->top_p, err, err_len)) return -1;
+    } else if (!strcmp(key, "min_p")) {
+        if (!json_is_null(x) && get_float(x, key, 0, false, 1, true, &r->min_p, err, err_len)) return -1;
+    } else if (!strcmp(key, "top_k")) {
+        if (!json_is_null(x) && get_uint(x, key, 0, 1u << 20, &r->top_k, err, err_len)) return -1;
+    } else if (!strcmp(key, "seed")) {
+        if (json_is_null(x)) return 1;
+        if (!json_is_integer(x)) return errf(err, err_len, "seed: expected an integer");
+        r->has_seed = true;
+        r->seed = (uint64_t)json_integer_value(x);
+    } else if (!strcmp(key, "stop")) {
+        if (parse_stop(x, lim, r, err, err_len)) return -1;
+    } else if (!strcmp(key, "stream")) {
+        if (!json_is_null(x) && get_bool(x, key, &r->stream, err, err_len)) return -1;
+    } else if (!strcmp(key, "stream_options")) {
+        if (json_is_null(x)) return 1;
+        if (!json_is_object(x)) return errf(err, err_len, "stream_options: expected an object");
+        const char *k;
+        json_t *y;
+        json_object_foreach(x, k, y) {
+            if (strcmp(k, "include_usage")) return errf(err, err_len, "stream_options.%s: unknown field", k);
+            if (get_bool(y, "stream_options.include_usage", &r->include_usage, err, err_len)) return -1;
+        }
+    } else if (!strcmp(key, "ignore_eos")) {
+        if (!json_is_null(x) && get_bool(x, key, &r->ignore_eos, err, err_len)) return -1;
+    } else if (!strcmp(key, "n")) {
+        uint32_t n;
+        if (!json_is_null(x) && get_uint(x, key, 1, 1, &n, err, err_len)) return -1;
+    } else if (!strcmp(key, "user")) {
+        if (!json_is_string(x)) return errf(err, err_len, "user: expected a string");
+    } else if (!strcmp(key, "presence_penalty") || !strcmp(key, "frequency_penalty")) {
+        /* Not implemented: accepted only at their neutral value so no client is misled. */
+        float p;
+        if (!json_is_null(x) && get_float(x, key, 0, false, 0, false, &p, err, err_len)) return -1;
+    } else if (!strcmp(key, "logprobs")) {
+        if (!json_is_null(x) && (!json_is_boolean(x) || json_is_true(x)))
+            return errf(err, err_len, "logprobs: only false is supported");
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+static void defaults(struct gen_request *r, enum req_kind kind, const struct req_limits *lim)
+{
+    memset(r, 0, sizeof *r);
+    r->kind = kind;
+    r->max_tokens = lim->default_max_tokens;
+    r->temperature = 1.0f;
+    r->top_p = 1.0f;
+}
+
+static int parse_request(const char *body, size_t len, enum req_kind kind, const struct req_limits *lim,
+                         struct gen_request *out, char *err, size_t err_len)
+{
+    defaults(out, kind, lim);
+    if (len > lim->max_body_bytes) return errf(err, err_len, "body: %zu bytes, at most %llu", len, (unsigned long long)lim->max_body_bytes);
+    json_t *root = load(body, len, err, err_len);
+    if (!root) return -1;
+    bool max_seen = false, have_input = false;
+    const char *key;
+    json_t *x;
+    int rc = 0;
+    json_object_foreach(root, key, x) {
+        int c = parse_common(key, x, lim, out, &max_seen, err, err_len);
+        if (c < 0) { rc = -1; break; }
+        if (c == 1) continue;
+        if (kind == REQ_CHAT && !strcmp(key, "messages")) {
+            if (parse_messages(x, lim, out, err, err_len)) { rc = -1; break; }
+            have_input = true;
+        } else if (kind == REQ_CHAT && !strcmp(key, "thinking")) {
+            if (parse_thinking(x, &out->thinking, err, err_len)) { rc = -1; break; }
+        } else if (kind == REQ_CHAT && !strcmp(key, "chat_template_kwargs")) {
+            const char *k;
+            json_t *y;
+            if (!json_is_object(x)) { rc = errf(err, err_len, "chat_template_kwargs: expected an object"); break; }
+            json_object_foreach(x, k, y) {
+                if (strcmp(k, "thinking") && strcmp(k, "enable_thinking")) {
+                    rc = errf(err, err_len, "chat_template_kwargs.%s: unknown field", k);
+                    break;
+                }
+                if (get_bool(y, "chat_template_kwargs.thinking", &out->thinking, err, err_len)) { rc = -1; break; }
+            }
+            if (rc) break;
+        } else if (kind == REQ_COMPLETION && !strcmp(key, "prompt")) {
+            json_t *p = x;
+            if (json_is_array(x)) {
+                if (json_array_size(x) != 1) { rc = errf(err, err_len, "prompt: arrays must hold exactly one string"); break; }
+                p = json_array_get(x, 0);
+            }
+            if (dup_string(p, "prompt", SIZE_MAX, &out->prompt, err, err_len)) { rc = -1; break; }
+            have_input = true;
+        } else {
+            rc = errf(err, err_len, "%.64s: unknown field", key);
+            break;
+        }
+    }
+    json_decref(root);
+    if (!rc && !have_input) rc = errf(err, err_len, kind == REQ_CHAT ? "messages: missing" : "prompt: missing");
+    if (rc) gen_request_free(out);
+    return rc;
+}
+
+int request_parse_chat(const char *body, size_t len, const struct req_limits *lim, struct gen_request *out,
+                       char *err, size_t err_len)
+{
+    return parse_request(body, len, REQ_CHAT, lim, out, err, err_len);
+}
+
+int request_parse_completion(const char *body, size_t len, const struct req_limits *lim, struct gen_request *out,
+                             char *err, size_t err_len)
+{
+    return parse_request(body, len, REQ_COMPLETION, lim, out, err, err_len);
+}
+
+int request_parse_tokenize(const char *body, size_t len, char **content, bool *add_special, char *err, size_t err_len)
+{
+    *content = NULL;
+    *add_special = false;
+    json_t *root = load(body, len, err, err_len);
+    if (!root) return -1;
+    const char *key;
+    json_t *x;
+    int rc = 0;
+    json_object_foreach(root, key, x) {
+        if (!strcmp(key, "content")) {
+            free(*content);
+            *content = NULL;
+            if (dup_string(x, "content", SIZE_MAX, content, err, err_len)) { rc = -1; break; }
+        } else if (!strcmp(key, "add_special")) {
+            if (get_bool(x, "add_special", add_special, err, err_len)) { rc = -1; break; }
+        } else {
+            rc = errf(err, err_len, "%.64s: unknown field", key);
+            break;
+        }
+    }
+    json_decref(root);
+    if (!rc && !*content) rc = errf(err, err_len, "content: missing");
+    if (rc) {
+        free(*content);
+        *content = NULL;
+    }
+    return rc;
+}
+
+int request_parse_detokenize(const char *body, size_t len, uint32_t n_vocab, uint32_t max_tokens, int32_t **tokens,
+                             uint32_t *n_tokens, char *err, size_t err_len)
+{
+    *tokens = NULL;
+    *n_tokens = 0;
+    json_t *root = load(body, len, err, err_len);
+    if (!root) return -1;
+    int rc = 0;
+    json_t *arr = NULL;
+    const char *key;
+    json_t *x;
+    json_object_foreach(root, key, x) {
+        if (!strcmp(key, "tokens")) arr = x;
+        else { rc = errf(err, err_len, "%.64s: unknown field", key); break; }
+    }
+    if (!rc && !json_is_array(arr)) rc = errf(err, err_len, "tokens: expected an array of integers");
+    if (!rc && json_array_size(arr) > max_tokens) rc = errf(err, err_len, "tokens: %zu ids, at most %u", json_array_size(arr), max_tokens);
+    if (!rc) {
+        size_t n = json_array_size(arr);
+        *tokens = malloc((n ? n : 1) * sizeof **tokens);
+        if (!*tokens) rc = errf(err, err_len, "tokens: out of memory");
+        for (size_t i = 0; !rc && i < n; i++) {
+            json_t *t = json_array_get(arr, i);
+            if (!json_is_integer(t) || json_integer_value(t) < 0 || json_integer_value(t) >= (json_int_t)n_vocab)
+                rc = errf(err, err_len, "tokens[%zu]: expected an integer in [0, %u)", i, n_vocab);
+            else (*tokens)[i] = (int32_t)json_integer_value(t);
+        }
+        *n_tokens = (uint32_t)n;
+    }
+    json_decref(root);
+    if (rc) {
+        free(*tokens);
+        *tokens = NULL;
+        *n_tokens = 0;
+    }
+    return rc;
+}

@@ -1,0 +1,552 @@
+/* Request queue and engine worker (see scheduler.h). Lock order: the scheduler's lock
+ * before a job's lock, never the other way round. The worker holds no lock while it runs
+ * the engine, so HTTP threads can queue, cancel and read text during a forward pass. */
+#include "firmware/scheduler.h"
+
+#include "engine/engine.h"
+#include "engine/errmsg.h"
+#include "firmware/metrics.h"
+#include "firmware/textgen.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+uint64_t sched_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void cond_init_monotonic(pthread_cond_t *c)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static struct timespec abs_after_ms(uint64_t ms)
+{
+    uint64_t t = sched_now_ns() + ms * 1000000ull;
+    return (struct timespec){ .tv_sec = (time_t)(t / 1000000000ull), .tv_nsec = (long)(t % 1000000000ull) };
+}
+
+/* ---- jobs ---- */
+
+struct job *job_create(struct gen_request *req, int32_t *prompt, uint32_t n_prompt, uint32_t deadline_s)
+{
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+    /* Room for the common case up front; append doubles it when a long answer needs more. */
+    j->text_cap = 4096;
+    j->text = malloc(j->text_cap);
+    if (!j->text) {
+        free(j);
+        return NULL;
+    }
+    j->req = *req;
+    memset(req, 0, sizeof *req);
+    j->prompt = prompt;
+    j->n_prompt = n_prompt;
+    j->thinking = j->req.kind == REQ_CHAT && j->req.thinking;
+    j->t_submit_ns = sched_now_ns();
+    j->deadline_ns = j->t_submit_ns + (uint64_t)deadline_s * 1000000000ull;
+    j->refs = 1;
+    j->slot = -1;
+    pthread_mutex_init(&j->lock, NULL);
+    cond_init_monotonic(&j->cond);
+    return j;
+}
+
+void job_release(struct job *j)
+{
+    if (!j) return;
+    pthread_mutex_lock(&j->lock);
+    int left = --j->refs;
+    pthread_mutex_unlock(&j->lock);
+    if (left) return;
+    gen_request_free(&j->req);
+    free(j->prompt);
+    free(j->text);
+    pthread_mutex_destroy(&j->lock);
+    pthread_cond_destroy(&j->cond);
+    free(j);
+}
+
+const char *job_finish_name(enum job_finish f)
+{
+    switch (f) {
+    case JOB_RUNNING: return NULL;
+    case JOB_STOP: return "stop";
+    case JOB_LENGTH: return "length";
+    case JOB_CANCELLED: return "cancelled";
+    case JOB_DEADLINE: return "deadline";
+    case JOB_SHUTDOWN: return "shutdown";
+    case JOB_ERROR: return "error";
+    }
+    return "error";
+}
+
+/* ---- scheduler ---- */
+
+struct slot {
+    struct session *sess;
+    struct textgen_seq *seq;
+    float *logits;       /* [n_vocab] logits of the last evaluated token */
+    struct job *job;     /* NULL when free */
+    uint32_t prefilled;  /* prompt tokens evaluated so far */
+    uint64_t t_last_ns;  /* previous token's time */
+};
+
+struct scheduler {
+    struct engine *engine;
+    struct textgen *tg;
+    struct sched_options opt;
+    uint32_t n_vocab, n_ctx;
+    struct slot *slots;  /* [opt.slots] */
+    int32_t *batch_tok;  /* [opt.slots] next token of each decoding slot */
+    int *batch_slot;     /* [opt.slots] */
+
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* new job, cancel, stop, drain */
+    pthread_cond_t idle; /* queue and slots empty */
+    struct job *head, *tail;
+    uint32_t n_queued, n_busy;
+    bool stop, draining, cancel_all;
+    uint64_t engine_errors;
+    bool last_eval_failed;
+    bool have_experts;
+    struct expert_counters experts; /* copied by the worker: the engine is only called from it */
+    pthread_t worker;
+    bool worker_started;
+};
+
+uint32_t scheduler_n_ctx(const struct scheduler *s) { return s->n_ctx; }
+
+/* Appends bytes to the job's text under its lock. On out of memory the text is cut short
+ * and the job ends with an error rather than losing bytes silently. */
+static int job_append(struct job *j, const char *p, size_t n)
+{
+    if (j->text_len + n + 1 > j->text_cap) {
+        size_t cap = j->text_cap * 2;
+        while (cap < j->text_len + n + 1) cap *= 2;
+        char *t = realloc(j->text, cap);
+        if (!t) return -1;
+        j->text = t;
+        j->text_cap = cap;
+    }
+    memcpy(j->text + j->text_len, p, n);
+    j->text_len += n;
+    j->text[j->text_len] = 0;
+    return 0;
+}
+
+/* Ends the slot's job. flush: append the text held back for stop-string matching and
+ * an incomplete UTF-8 tail (not after a stop string, whose text is cut off). */
+static void slot_finish_ex(struct scheduler *s, struct slot *sl, enum job_finish f, const char *error, bool flush)
+{
+    struct job *j = sl->job;
+    if (flush) {
+        const char *text;
+        size_t n;
+        textgen_seq_finish(sl->seq, &text, &n);
+        pthread_mutex_lock(&j->lock);
+        if (n) job_append(j, text, n);
+        pthread_mutex_unlock(&j->lock);
+    }
+    pthread_mutex_lock(&j->lock);
+    j->finish = f;
+    j->committed = j->text_len;
+    j->slot = -1;
+    if (error) snprintf(j->error, sizeof j->error, "%s", error);
+    pthread_cond_broadcast(&j->cond);
+    uint32_t n_out = j->n_out;
+    pthread_mutex_unlock(&j->lock);
+    metrics_tokens(sl->prefilled, n_out);
+    if (f == JOB_CANCELLED || f == JOB_DEADLINE || f == JOB_SHUTDOWN) metrics_cancelled();
+    session_reset(sl->sess);
+    sl->job = NULL;
+    sl->prefilled = 0;
+    job_release(j);
+    pthread_mutex_lock(&s->lock);
+    s->n_busy--;
+    if (!s->n_busy && !s->n_queued) pthread_cond_broadcast(&s->idle);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void slot_finish(struct scheduler *s, struct slot *sl, enum job_finish f, const char *error)
+{
+    slot_finish_ex(s, sl, f, error, f == JOB_STOP || f == JOB_LENGTH || f == JOB_DEADLINE);
+}
+
+/* Ends a job that never reached a slot (queue deadline, shutdown). */
+static void finish_unstarted(struct job *j, enum job_finish f)
+{
+    pthread_mutex_lock(&j->lock);
+    j->finish = f;
+    j->committed = j->text_len;
+    pthread_cond_broadcast(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+    if (f != JOB_STOP) metrics_cancelled();
+    job_release(j);
+}
+
+/* Called with s->lock held: moves queued jobs into free slots. */
+static void admit(struct scheduler *s)
+{
+    for (uint32_t i = 0; i < s->opt.slots && s->head; i++) {
+        struct slot *sl = &s->slots[i];
+        if (sl->job) continue;
+        struct job *j = s->head;
+        s->head = j->next;
+        if (!s->head) s->tail = NULL;
+        j->next = NULL;
+        j->queued = false;
+        s->n_queued--;
+        char err[256];
+        if (sched_now_ns() > j->deadline_ns) {
+            finish_unstarted(j, JOB_DEADLINE);
+            i--; /* the slot is still free */
+            continue;
+        }
+        if (textgen_seq_start(sl->seq, &j->req, err, sizeof err)) {
+            pthread_mutex_lock(&j->lock);
+            snprintf(j->error, sizeof j->error, "%s", err);
+            pthread_mutex_unlock(&j->lock);
+            finish_unstarted(j, JOB_ERROR);
+            i--;
+            continue;
+        }
+        sl->job = j;
+        sl->prefilled = 0;
+        s->n_busy++;
+        pthread_mutex_lock(&j->lock);
+        j->slot = (int)i;
+        pthread_mutex_unlock(&j->lock);
+    }
+    if (!s->n_busy && !s->n_queued) pthread_cond_broadcast(&s->idle);
+}
+
+/* Samples from the slot's logits and appends the token's released text. Returns 1 when
+ * the slot should evaluate the token next (still generating), 0 when the job ended. */
+static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
+{
+    struct job *j = sl->job;
+    int32_t tok = textgen_seq_sample(sl->seq, sl->logits);
+    uint64_t now = sched_now_ns();
+    if (tok < 0) {
+        slot_finish(s, sl, JOB_ERROR, "every logit is -inf or NaN");
+        return 0;
+    }
+    const char *text;
+    size_t n;
+    enum textgen_stop why = textgen_seq_feed(sl->seq, tok, &text, &n);
+    if (why == TEXTGEN_END_TOKEN) {
+        slot_finish(s, sl, JOB_STOP, NULL);
+        return 0;
+    }
+    size_t reasoning_end;
+    bool reasoning_known = textgen_seq_reasoning_end(sl->seq, &reasoning_end);
+    pthread_mutex_lock(&j->lock);
+    int oom = n ? job_append(j, text, n) : 0;
+    j->n_out++;
+    if (reasoning_known && !j->reasoning_known) {
+        j->reasoning_known = true;
+        j->reasoning_end = reasoning_end;
+    }
+    j->committed = j->text_len; /* the stopper released only text that cannot change */
+    bool first = j->t_first_ns == 0;
+    if (first) j->t_first_ns = now;
+    pthread_cond_broadcast(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+    if (first) metrics_time_to_first_token((double)(now - j->t_submit_ns) / 1e9);
+    else metrics_token_latency((double)(now - sl->t_last_ns) / 1e9);
+    sl->t_last_ns = now;
+    if (oom) {
+        slot_finish(s, sl, JOB_ERROR, "out of memory for the answer text");
+        return 0;
+    }
+    if (why == TEXTGEN_STOP_STRING) {
+        slot_finish_ex(s, sl, JOB_STOP, NULL, false);
+        return 0;
+    }
+    if (why == TEXTGEN_LENGTH || session_pos(sl->sess) >= s->n_ctx) {
+        slot_finish(s, sl, JOB_LENGTH, NULL);
+        return 0;
+    }
+    *tok_out = tok;
+    return 1;
+}
+
+static void note_eval(struct scheduler *s, bool failed)
+{
+    pthread_mutex_lock(&s->lock);
+    if (failed) s->engine_errors++;
+    s->last_eval_failed = failed;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Evaluates one token for each of n slots. engine.h has no multi-session call yet, so
+ * this is where a batched forward pass goes; today it runs the sessions in turn. */
+static void decode_batch(struct scheduler *s, const int *slot_ids, const int32_t *toks, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        struct slot *sl = &s->slots[slot_ids[i]];
+        char err[256];
+        int rc = session_eval(sl->sess, &toks[i], 1, sl->logits, false, err, sizeof err);
+        note_eval(s, rc != 0);
+        if (rc) slot_finish(s, sl, JOB_ERROR, err);
+    }
+}
+
+static void step(struct scheduler *s)
+{
+    uint32_t n_batch = 0;
+    uint64_t now = sched_now_ns();
+    for (uint32_t i = 0; i < s->opt.slots; i++) {
+        struct slot *sl = &s->slots[i];
+        struct job *j = sl->job;
+        if (!j) continue;
+        pthread_mutex_lock(&j->lock);
+        bool cancel = j->cancel;
+        pthread_mutex_unlock(&j->lock);
+        if (cancel) {
+            slot_finish(s, sl, JOB_CANCELLED, NULL);
+            continue;
+        }
+        if (now > j->deadline_ns) {
+            slot_finish(s, sl, JOB_DEADLINE, NULL);
+            continue;
+        }
+        if (sl->prefilled < j->n_prompt) {
+            uint32_t n = j->n_prompt - sl->prefilled;
+            if (n > s->opt.prefill_chunk) n = s->opt.prefill_chunk;
+            bool last = sl->prefilled + n == j->n_prompt;
+            char err[256];
+            int rc = session_eval(sl->sess, j->prompt + sl->prefilled, n, last ? sl->logits : NULL, false, err, sizeof err);
+            note_eval(s, rc != 0);
+            if (rc) {
+                slot_finish(s, sl, JOB_ERROR, err);
+                continue;
+            }
+            sl->prefilled += n;
+            if (!last) continue;
+        }
+        int32_t tok;
+        if (slot_emit(s, sl, &tok)) {
+            s->batch_slot[n_batch] = (int)i;
+            s->batch_tok[n_batch] = tok;
+            n_batch++;
+        }
+    }
+    if (n_batch) decode_batch(s, s->batch_slot, s->batch_tok, n_batch);
+}
+
+static void *worker_main(void *arg)
+{
+    struct scheduler *s = arg;
+    uint64_t last_beat = 0;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        if (s->cancel_all) {
+            while (s->head) {
+                struct job *j = s->head;
+                s->head = j->next;
+                j->queued = false;
+                s->n_queued--;
+                finish_unstarted(j, JOB_SHUTDOWN);
+            }
+            s->tail = NULL;
+        }
+        admit(s);
+        bool stop = s->stop, cancel_all = s->cancel_all;
+        uint32_t busy = s->n_busy;
+        if (stop && !busy) break;
+        if (!busy) {
+            struct timespec until = abs_after_ms(s->opt.heartbeat_ms ? s->opt.heartbeat_ms : 1000);
+            pthread_cond_timedwait(&s->wake, &s->lock, &until);
+        }
+        pthread_mutex_unlock(&s->lock);
+        uint64_t now = sched_now_ns();
+        if (s->opt.heartbeat && now - last_beat >= (uint64_t)s->opt.heartbeat_ms * 1000000ull / 2) {
+            s->opt.heartbeat(s->opt.heartbeat_ctx);
+            last_beat = now;
+        }
+        if (cancel_all || stop) {
+            for (uint32_t i = 0; i < s->opt.slots; i++)
+                if (s->slots[i].job) slot_finish(s, &s->slots[i], JOB_SHUTDOWN, NULL);
+        } else if (busy) {
+            step(s);
+        }
+        struct expert_counters ec;
+        int have = engine_expert_counters(s->engine, &ec) == 0;
+        pthread_mutex_lock(&s->lock);
+        s->have_experts = have;
+        if (have) s->experts = ec;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *tg, const struct sched_options *opt,
+                     char *err, size_t err_len)
+{
+    *out = NULL;
+    struct scheduler *s = calloc(1, sizeof *s);
+    if (!s) return errf(err, err_len, "scheduler: out of memory");
+    s->engine = e;
+    s->tg = tg;
+    s->opt = *opt;
+    if (!s->opt.slots) s->opt.slots = 1;
+    if (!s->opt.prefill_chunk) s->opt.prefill_chunk = 128;
+    struct engine_info info;
+    engine_get_info(e, &info);
+    s->n_vocab = info.n_vocab;
+    pthread_mutex_init(&s->lock, NULL);
+    cond_init_monotonic(&s->wake);
+    cond_init_monotonic(&s->idle);
+    s->slots = calloc(s->opt.slots, sizeof *s->slots);
+    s->batch_tok = calloc(s->opt.slots, sizeof *s->batch_tok);
+    s->batch_slot = calloc(s->opt.slots, sizeof *s->batch_slot);
+    if (!s->slots || !s->batch_tok || !s->batch_slot) {
+        scheduler_destroy(s);
+        return errf(err, err_len, "scheduler: out of memory for %u slots", opt->slots);
+    }
+    for (uint32_t i = 0; i < s->opt.slots; i++) {
+        struct slot *sl = &s->slots[i];
+        if (session_create(e, opt->n_ctx, &sl->sess, err, err_len) ||
+            textgen_seq_create(tg, &sl->seq, err, err_len)) {
+            errf_prefix(err, err_len, "slot %u", i);
+            scheduler_destroy(s);
+            return -1;
+        }
+        sl->logits = malloc((size_t)s->n_vocab * sizeof *sl->logits);
+        if (!sl->logits) {
+            scheduler_destroy(s);
+            return errf(err, err_len, "slot %u: out of memory", i);
+        }
+    }
+    s->n_ctx = session_n_ctx(s->slots[0].sess);
+    if (pthread_create(&s->worker, NULL, worker_main, s)) {
+        scheduler_destroy(s);
+        return errf(err, err_len, "scheduler: cannot start the worker thread");
+    }
+    s->worker_started = true;
+    *out = s;
+    return 0;
+}
+
+void scheduler_destroy(struct scheduler *s)
+{
+    if (!s) return;
+    if (s->worker_started) {
+        pthread_mutex_lock(&s->lock);
+        s->stop = true;
+        s->cancel_all = true;
+        pthread_cond_broadcast(&s->wake);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->worker, NULL);
+    }
+    for (uint32_t i = 0; s->slots && i < s->opt.slots; i++) {
+        session_destroy(s->slots[i].sess);
+        textgen_seq_destroy(s->slots[i].seq);
+        free(s->slots[i].logits);
+    }
+    free(s->slots);
+    free(s->batch_tok);
+    free(s->batch_slot);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->wake);
+    pthread_cond_destroy(&s->idle);
+    free(s);
+}
+
+enum sched_submit scheduler_submit(struct scheduler *s, struct job *j)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->draining || s->stop) {
+        pthread_mutex_unlock(&s->lock);
+        return SCHED_DRAINING;
+    }
+    /* At most slots + queue_depth jobs are in the system: a free slot takes a job at once,
+     * so queue_depth counts only the jobs that really wait. */
+    if (s->n_busy + s->n_queued >= s->opt.slots + s->opt.queue_depth) {
+        pthread_mutex_unlock(&s->lock);
+        return SCHED_FULL;
+    }
+    pthread_mutex_lock(&j->lock);
+    j->refs++;
+    pthread_mutex_unlock(&j->lock);
+    j->queued = true;
+    j->next = NULL;
+    if (s->tail) s->tail->next = j;
+    else s->head = j;
+    s->tail = j;
+    s->n_queued++;
+    pthread_cond_broadcast(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    return SCHED_OK;
+}
+
+void scheduler_cancel(struct scheduler *s, struct job *j)
+{
+    pthread_mutex_lock(&s->lock);
+    bool was_queued = false;
+    if (j->queued) {
+        struct job **pp = &s->head, *prev = NULL;
+        while (*pp && *pp != j) {
+            prev = *pp;
+            pp = &(*pp)->next;
+        }
+        if (*pp) {
+            *pp = j->next;
+            if (s->tail == j) s->tail = prev;
+            j->next = NULL;
+            j->queued = false;
+            s->n_queued--;
+            was_queued = true;
+        }
+    }
+    pthread_mutex_lock(&j->lock);
+    j->cancel = true;
+    pthread_mutex_unlock(&j->lock);
+    pthread_cond_broadcast(&s->wake);
+    if (!s->n_busy && !s->n_queued) pthread_cond_broadcast(&s->idle);
+    pthread_mutex_unlock(&s->lock);
+    if (was_queued) finish_unstarted(j, JOB_CANCELLED);
+}
+
+int scheduler_drain(struct scheduler *s, uint32_t grace_ms)
+{
+    pthread_mutex_lock(&s->lock);
+    s->draining = true;
+    struct timespec until = abs_after_ms(grace_ms);
+    while ((s->n_busy || s->n_queued) && pthread_cond_timedwait(&s->idle, &s->lock, &until) != ETIMEDOUT) {}
+    int left = (int)(s->n_busy + s->n_queued);
+    if (left) {
+        s->cancel_all = true;
+        pthread_cond_broadcast(&s->wake);
+        while (s->n_busy || s->n_queued) pthread_cond_wait(&s->idle, &s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return left;
+}
+
+void scheduler_stats(struct scheduler *s, struct sched_stats *st)
+{
+    pthread_mutex_lock(&s->lock);
+    st->queued = s->n_queued;
+    st->queue_capacity = s->opt.queue_depth;
+    st->busy = s->n_busy;
+    st->slots = s->opt.slots;
+    st->engine_errors = s->engine_errors;
+    st->last_eval_failed = s->last_eval_failed;
+    st->have_experts = s->have_experts;
+    st->experts = s->experts;
+    pthread_mutex_unlock(&s->lock);
+}

@@ -1,0 +1,112 @@
+/* The request queue in front of the engine and the one worker thread that owns it.
+ *
+ * A job is one generation request, shared by the HTTP connection thread that waits for its
+ * text and the worker that produces it (reference counted; whichever lets go last frees
+ * it). The worker holds a fixed set of slots, one engine session each; every step it admits
+ * queued jobs into free slots, then advances every busy slot: a prefill chunk, or one
+ * sampled token. Cancellation (client gone, deadline, shutdown) is checked at every step
+ * and frees the slot at once.
+ *
+ * Batching: each step collects the next token of every decoding slot and hands them to
+ * decode_batch() together. engine.h evaluates one session per call today, so the batch is
+ * evaluated sequence by sequence; a batched engine entry point slots in there. */
+#ifndef FLASHBOX_FIRMWARE_SCHEDULER_H
+#define FLASHBOX_FIRMWARE_SCHEDULER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+#include "firmware/request_parse.h"
+
+struct engine;
+struct textgen;
+struct scheduler;
+
+enum job_finish {
+    JOB_RUNNING = 0,
+    JOB_STOP,       /* end token or a stop string */
+    JOB_LENGTH,     /* max_tokens reached */
+    JOB_CANCELLED,  /* client went away */
+    JOB_DEADLINE,   /* request_deadline_s passed */
+    JOB_SHUTDOWN,   /* daemon stopping after the grace period */
+    JOB_ERROR,      /* engine failure; message in error */
+};
+
+struct job {
+    /* Inputs, fixed once submitted. */
+    struct gen_request req;
+    int32_t *prompt;            /* [n_prompt] token ids */
+    uint32_t n_prompt;
+    uint64_t t_submit_ns;       /* CLOCK_MONOTONIC */
+    uint64_t deadline_ns;
+
+    /* Shared state, guarded by lock; cond signals every change. */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int refs;
+    bool cancel;                /* set by the HTTP side */
+    char *text;                 /* [text_cap] generated UTF-8 (stop string cut off) */
+    size_t text_len, text_cap;
+    size_t committed;           /* text[0, committed) can no longer change: safe to send */
+    uint32_t n_out;             /* tokens generated */
+    enum job_finish finish;
+    int slot;                   /* slot index while running, -1 otherwise */
+    uint64_t t_first_ns;        /* first token; 0 before */
+    bool thinking;              /* chat in thinking mode: text starts with the reasoning */
+    bool reasoning_known;       /* the reasoning ended: text[0, reasoning_end) is reasoning */
+    size_t reasoning_end;
+    char error[256];
+
+    /* Queue links, guarded by the scheduler's lock. */
+    struct job *next;
+    bool queued;
+};
+
+/* A job with one reference (the caller's). Takes ownership of req's contents and prompt. */
+struct job *job_create(struct gen_request *req, int32_t *prompt, uint32_t n_prompt, uint32_t deadline_s);
+void job_release(struct job *j);
+const char *job_finish_name(enum job_finish f); /* OpenAI finish_reason or our own word */
+
+struct sched_options {
+    uint32_t slots;        /* sessions decoded together */
+    uint32_t queue_depth;  /* waiting jobs before submit says full */
+    uint32_t n_ctx;        /* per session; 0 = engine default */
+    uint32_t prefill_chunk;/* prompt tokens per eval call, so cancel is checked between */
+    /* Called from the worker loop at least every heartbeat_ms (systemd watchdog). */
+    void (*heartbeat)(void *ctx);
+    void *heartbeat_ctx;
+    uint32_t heartbeat_ms;
+};
+
+int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *tg, const struct sched_options *opt,
+                     char *err, size_t err_len);
+/* Cancels everything, joins the worker, destroys the sessions. */
+void scheduler_destroy(struct scheduler *s);
+uint32_t scheduler_n_ctx(const struct scheduler *s);
+
+enum sched_submit { SCHED_OK = 0, SCHED_FULL = -1, SCHED_DRAINING = -2 };
+/* Queues j (the scheduler takes its own reference). */
+enum sched_submit scheduler_submit(struct scheduler *s, struct job *j);
+/* Marks j cancelled; a queued job leaves the queue now, a running one frees its slot at
+ * the worker's next step. */
+void scheduler_cancel(struct scheduler *s, struct job *j);
+/* Stops admitting new jobs (submit says DRAINING), waits up to grace_ms for queued and
+ * running jobs to finish, then cancels what is left (JOB_SHUTDOWN). Returns the number
+ * cancelled. */
+int scheduler_drain(struct scheduler *s, uint32_t grace_ms);
+
+struct sched_stats {
+    uint32_t queued, queue_capacity, busy, slots;
+    uint64_t engine_errors;
+    bool last_eval_failed;
+    bool have_experts;            /* experts are paged: counters below are live */
+    struct expert_counters experts; /* as of the worker's last step */
+};
+void scheduler_stats(struct scheduler *s, struct sched_stats *st);
+
+uint64_t sched_now_ns(void);
+
+#endif

@@ -1,0 +1,453 @@
+/* `flashbox serve`: the appliance daemon's lifecycle. Reads the config (file, then flags),
+ * opens the API socket (Unix, mode and group from the config; loopback TCP only when
+ * asked), starts the HTTP API in "loading" state, loads the model in a loader thread,
+ * then tells systemd READY=1 (Type=notify) and pings its watchdog from the scheduler loop.
+ * Signals are taken synchronously by the main thread: SIGHUP reloads the config, SIGTERM
+ * and SIGINT stop accepting, give in-flight work shutdown_grace_s to finish, cancel the
+ * rest, flush the audit log and exit 0.
+ *
+ * Signed updates: with update.data_dir set the daemon serves the slot store's active slot
+ * through the boot protocol: update_boot_begin() before loading (it counts the start of a
+ * slot under trial and falls back to the other slot after too many failed starts) names
+ * the model and the slot; update_boot_ready() after READY=1 ends the trial. Model updates
+ * never come through the API socket: `flashbox update install` (root, or a future admin
+ * socket, server.admin_socket, "ADMIN HOOK" below) writes the other slot and restarts us. */
+#include "engine/engine.h"
+#include "engine/errmsg.h"
+#include "firmware/audit.h"
+#include "firmware/commands.h"
+#include "firmware/config.h"
+#include "firmware/http_api.h"
+#include "firmware/scheduler.h"
+#include "firmware/textgen.h"
+#include "update/update.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: flashbox serve -m MODEL [--config FILE] [--socket PATH] [--listen 127.0.0.1:PORT]\n"
+            "                      [--set section.key=value ...] [--print-config]\n"
+            "  -m, --model PATH     the GGUF model to serve (model.path)\n"
+            "  --config FILE        settings file; flags override it (see --print-config)\n"
+            "  --socket PATH        API Unix socket (server.socket)\n"
+            "  --listen ADDR        also serve loopback TCP (server.listen; off by default)\n"
+            "  --set S.K=V          any other setting, e.g. --set server.slots=8\n"
+            "  --print-config       print every setting with its effective value and exit\n"
+            "Signals: SIGTERM/SIGINT stop gracefully (server.shutdown_grace_s), SIGHUP reloads the config.\n");
+}
+
+/* Applies "section.key=value". */
+static int apply_set(struct serve_config *c, const char *arg, char *err, size_t err_len)
+{
+    const char *dot = strchr(arg, '.'), *eq = strchr(arg, '=');
+    if (!dot || !eq || dot > eq) return errf(err, err_len, "--set '%s': expected section.key=value", arg);
+    char section[32], key[64];
+    if ((size_t)(dot - arg) >= sizeof section || (size_t)(eq - dot - 1) >= sizeof key)
+        return errf(err, err_len, "--set '%s': name too long", arg);
+    memcpy(section, arg, (size_t)(dot - arg));
+    section[dot - arg] = 0;
+    memcpy(key, dot + 1, (size_t)(eq - dot - 1));
+    key[eq - dot - 1] = 0;
+    return config_set(c, section, key, eq + 1, err, err_len);
+}
+
+/* Builds the config from defaults, --config, then the other flags in order. */
+static int build_config(int argc, char **argv, struct serve_config *c, const char **config_path, int *print_only,
+                        char *err, size_t err_len)
+{
+    config_default(c);
+    *config_path = NULL;
+    *print_only = 0;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) *config_path = argv[++i];
+    if (*config_path && config_load_file(c, *config_path, err, err_len)) return -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rc = 0;
+        if (!strcmp(a, "--config") && v) i++;
+        else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) rc = config_set(c, "model", "path", argv[++i], err, err_len);
+        else if (!strcmp(a, "--socket") && v) rc = config_set(c, "server", "socket", argv[++i], err, err_len);
+        else if (!strcmp(a, "--listen") && v) rc = config_set(c, "server", "listen", argv[++i], err, err_len);
+        else if (!strcmp(a, "--set") && v) rc = apply_set(c, argv[++i], err, err_len);
+        else if (!strcmp(a, "--print-config")) *print_only = 1;
+        else return errf(err, err_len, "unknown or incomplete argument '%s'", a);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+static int mkdir_parents(const char *path)
+{
+    char buf[CONFIG_PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    char *slash = strrchr(buf, '/');
+    if (!slash || slash == buf) return 0;
+    *slash = 0;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    /* The socket's own directory: only the service and its group may traverse it. */
+    if (mkdir(buf, 0750) != 0 && errno != EEXIST) return -1;
+    return 0;
+}
+
+static int open_unix_socket(const struct serve_config *c, char *err, size_t err_len)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(c->socket_path) >= sizeof sa.sun_path)
+        return errf(err, err_len, "server.socket: path longer than %zu bytes", sizeof sa.sun_path - 1);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", c->socket_path);
+    if (mkdir_parents(c->socket_path)) return errf(err, err_len, "%s: cannot create its directory: %s", c->socket_path, strerror(errno));
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errf(err, err_len, "socket: %s", strerror(errno));
+    struct stat st;
+    if (lstat(c->socket_path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            close(fd);
+            return errf(err, err_len, "%s: exists and is not a socket", c->socket_path);
+        }
+        /* A socket file is left over from a crash unless someone still answers on it. */
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+            close(fd);
+            return errf(err, err_len, "%s: another daemon is listening there", c->socket_path);
+        }
+        close(fd);
+        unlink(c->socket_path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) return errf(err, err_len, "socket: %s", strerror(errno));
+    }
+    /* Bind under a umask that leaves the socket unreachable until chmod sets its mode. */
+    mode_t old = umask(0777);
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    umask(old);
+    if (rc != 0) {
+        close(fd);
+        return errf(err, err_len, "%s: bind: %s", c->socket_path, strerror(errno));
+    }
+    if (c->socket_group[0]) {
+        struct group gr, *res = NULL;
+        char buf[4096];
+        if (getgrnam_r(c->socket_group, &gr, buf, sizeof buf, &res) != 0 || !res) {
+            close(fd);
+            unlink(c->socket_path);
+            return errf(err, err_len, "server.socket_group: no group '%s'", c->socket_group);
+        }
+        if (chown(c->socket_path, (uid_t)-1, gr.gr_gid) != 0) {
+            close(fd);
+            unlink(c->socket_path);
+            return errf(err, err_len, "%s: chown to group %s: %s", c->socket_path, c->socket_group, strerror(errno));
+        }
+    }
+    if (chmod(c->socket_path, (mode_t)c->socket_mode) != 0 || listen(fd, 128) != 0) {
+        close(fd);
+        unlink(c->socket_path);
+        return errf(err, err_len, "%s: %s", c->socket_path, strerror(errno));
+    }
+    return fd;
+}
+
+static int open_tcp_socket(const struct serve_config *c, char *err, size_t err_len)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(c->listen + 10)) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errf(err, err_len, "socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 128) != 0) {
+        close(fd);
+        return errf(err, err_len, "%s: %s", c->listen, strerror(errno));
+    }
+    return fd;
+}
+
+/* ---- model loading (its own thread, so signals are answered while it runs) ---- */
+
+struct loader {
+    struct serve_config cfg;
+    struct engine *engine;
+    struct textgen *tg;
+    struct scheduler *sched;
+    char model_id[128];
+    uint32_t n_vocab;
+    int rc;
+    char err[512];
+    volatile sig_atomic_t done;
+    pthread_t thread;
+};
+
+static void watchdog_ping(void *ctx)
+{
+    (void)ctx;
+    sd_notify(0, "WATCHDOG=1");
+}
+
+static void *loader_main(void *arg)
+{
+    struct loader *l = arg;
+    struct engine_options eo;
+    engine_options_default(&eo);
+    eo.model_path = l->cfg.model_path;
+    eo.expert_cache_mb = l->cfg.expert_cache_mb;
+    l->rc = -1;
+    if (engine_backend_parse(l->cfg.backend, &eo.backend) != 0) {
+        errf(l->err, sizeof l->err, "model.backend: '%s', expected ref or vulkan", l->cfg.backend);
+        goto out;
+    }
+    if (engine_open(&l->engine, &eo, l->err, sizeof l->err)) goto out;
+    if (textgen_open(&l->tg, l->engine, l->err, sizeof l->err)) goto out;
+    struct engine_info info;
+    engine_get_info(l->engine, &info);
+    l->n_vocab = info.n_vocab;
+    if (info.model_name && *info.model_name) snprintf(l->model_id, sizeof l->model_id, "%.127s", info.model_name);
+    else {
+        const char *base = strrchr(l->cfg.model_path, '/');
+        snprintf(l->model_id, sizeof l->model_id, "%.127s", base ? base + 1 : l->cfg.model_path);
+    }
+    uint64_t wd_usec = 0;
+    struct sched_options so = {
+        .slots = l->cfg.slots,
+        .queue_depth = l->cfg.queue_depth,
+        .n_ctx = l->cfg.n_ctx,
+        .prefill_chunk = 128,
+        .heartbeat_ms = 1000,
+    };
+    if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec) {
+        so.heartbeat = watchdog_ping;
+        so.heartbeat_ms = (uint32_t)(wd_usec / 1000 / 2 ? wd_usec / 1000 / 2 : 1);
+    }
+    if (scheduler_create(&l->sched, l->engine, l->tg, &so, l->err, sizeof l->err)) goto out;
+    l->rc = 0;
+out:
+    l->done = 1;
+    kill(getpid(), SIGUSR1); /* wakes the main thread's sigtimedwait */
+    return NULL;
+}
+
+static void audit_event(const char *event, const char *model, const char *slot, const char *detail)
+{
+    struct audit_record ar = { .event = event, .model = model, .slot = slot, .detail = detail };
+    audit_write(&ar);
+}
+
+/* SIGHUP: re-read the file and apply it over the flags given at start. Settings that
+ * need a restart (socket, model, slots, listen) keep their running values. */
+static void reload(struct api *api, int argc, char **argv, const struct serve_config *running)
+{
+    struct serve_config c;
+    const char *path;
+    int print_only;
+    char err[512];
+    if (build_config(argc, argv, &c, &path, &print_only, err, sizeof err) || config_validate(&c, err, sizeof err)) {
+        fprintf(stderr, "flashbox serve: reload refused, keeping the running config: %s\n", err);
+        audit_event("reload_failed", api->model_id, running->slot, err);
+        return;
+    }
+    memcpy(c.model_path, running->model_path, sizeof c.model_path);
+    memcpy(c.backend, running->backend, sizeof c.backend);
+    memcpy(c.socket_path, running->socket_path, sizeof c.socket_path);
+    memcpy(c.listen, running->listen, sizeof c.listen);
+    c.slots = running->slots;
+    memcpy(c.update_data_dir, running->update_data_dir, sizeof c.update_data_dir);
+    if (running->update_data_dir[0]) memcpy(c.slot, running->slot, sizeof c.slot); /* the slot store's, not the file's */
+    c.n_ctx = running->n_ctx;
+    c.queue_depth = running->queue_depth;
+    if (audit_open(c.audit_log, err, sizeof err)) fprintf(stderr, "flashbox serve: reload: %s (audit log unchanged)\n", err);
+    api_set_config(api, &c);
+    audit_event("reload", api->model_id, c.slot, path ? path : "(flags only)");
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        }
+    struct serve_config cfg;
+    const char *config_path;
+    int print_only;
+    char err[512];
+    if (build_config(argc, argv, &cfg, &config_path, &print_only, err, sizeof err)) {
+        fprintf(stderr, "flashbox serve: %s\n", err);
+        return 2;
+    }
+    if (print_only) {
+        config_print(&cfg, stdout);
+        return 0;
+    }
+    if (config_validate(&cfg, err, sizeof err)) {
+        fprintf(stderr, "flashbox serve: %s\n", err);
+        return 2;
+    }
+    /* Every thread inherits this mask; the main thread takes the signals with sigtimedwait. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (audit_open(cfg.audit_log, err, sizeof err)) {
+        fprintf(stderr, "flashbox serve: %s\n", err);
+        return 1;
+    }
+    /* Socket activation (flashbox.socket): systemd created, bound and owns the socket, so
+     * it exists before the model loads and survives restarts; otherwise we make it. */
+    int activated = sd_listen_fds(1) >= 1 && sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) > 0;
+    int ufd = activated ? SD_LISTEN_FDS_START : open_unix_socket(&cfg, err, sizeof err);
+    if (ufd < 0) {
+        fprintf(stderr, "flashbox serve: %s\n", err);
+        return 1;
+    }
+    if (activated) {
+        struct sockaddr_un sa;
+        socklen_t sl = sizeof sa;
+        if (getsockname(ufd, (struct sockaddr *)&sa, &sl) == 0 && sl > offsetof(struct sockaddr_un, sun_path) && sa.sun_path[0])
+            snprintf(cfg.socket_path, sizeof cfg.socket_path, "%.*s", (int)(sl - offsetof(struct sockaddr_un, sun_path)), sa.sun_path);
+    }
+    int tfd = -1;
+    if (cfg.listen[0] && (tfd = open_tcp_socket(&cfg, err, sizeof err)) < 0) {
+        fprintf(stderr, "flashbox serve: %s\n", err);
+        close(ufd);
+        if (!activated) unlink(cfg.socket_path);
+        return 1;
+    }
+    /* ADMIN HOOK: start the update module's admin socket here when it is built in. */
+    if (cfg.admin_socket[0])
+        fprintf(stderr, "flashbox serve: server.admin_socket is served by the update module, not part of this build; ignored\n");
+
+    static struct api api; /* outlives every connection thread */
+    if (api_start(&api, &cfg, ufd, tfd, err, sizeof err)) {
+        fprintf(stderr, "flashbox serve: %s\n", err);
+        close(ufd);
+        if (tfd >= 0) close(tfd);
+        if (!activated) unlink(cfg.socket_path);
+        return 1;
+    }
+    sd_notifyf(0, "STATUS=loading %s", cfg.model_path);
+    audit_event("start", NULL, cfg.slot, cfg.socket_path);
+    fprintf(stderr, "flashbox serve: listening on %s%s%s, loading %s\n", cfg.socket_path, cfg.listen[0] ? " and " : "",
+            cfg.listen, cfg.model_path);
+
+    struct update_config uc = { .data_dir = cfg.update_data_dir, .keys_dir = cfg.update_keys_dir,
+                                .product = cfg.update_product, .max_boot_attempts = cfg.update_max_boot_attempts };
+    if (cfg.update_data_dir[0]) {
+        static struct update_boot boot;
+        if (update_boot_begin(&uc, &boot, err, sizeof err)) {
+            fprintf(stderr, "flashbox serve: update boot: %s\n", err);
+            audit_event("boot_failed", NULL, cfg.slot, err);
+            api_quiesce(&api);
+            api_stop(&api, 2000);
+            if (!activated) unlink(cfg.socket_path);
+            audit_close();
+            return 1;
+        }
+        if (boot.fell_back) {
+            fprintf(stderr, "flashbox serve: fell back to slot %s: %s\n", boot.slot, boot.reason);
+            audit_event("fallback", NULL, boot.slot, boot.reason);
+        }
+        if (strlen(boot.model_path) >= sizeof cfg.model_path) {
+            fprintf(stderr, "flashbox serve: update boot: model path longer than %zu bytes\n", sizeof cfg.model_path - 1);
+            return 1;
+        }
+        memcpy(cfg.model_path, boot.model_path, strlen(boot.model_path) + 1);
+        snprintf(cfg.slot, sizeof cfg.slot, "%s", boot.slot);
+        api_set_config(&api, &cfg);
+    }
+    struct loader *ld = calloc(1, sizeof *ld);
+    if (!ld) return 1;
+    ld->cfg = cfg;
+    int exit_code = 0, stopping = 0, loaded = 0;
+    if (pthread_create(&ld->thread, NULL, loader_main, ld)) {
+        fprintf(stderr, "flashbox serve: cannot start the loader thread\n");
+        exit_code = 1;
+        stopping = 1;
+    }
+    while (!stopping) {
+        struct timespec tick = { .tv_sec = 1 };
+        int sig = sigtimedwait(&set, NULL, &tick);
+        if (!loaded && ld->done) {
+            pthread_join(ld->thread, NULL);
+            loaded = 1;
+            if (ld->rc) {
+                fprintf(stderr, "flashbox serve: loading the model failed: %s\n", ld->err);
+                audit_event("load_failed", NULL, cfg.slot, ld->err);
+                atomic_store(&api.state, API_FAILED);
+                exit_code = 1;
+                break;
+            }
+            api_set_ready(&api, ld->sched, ld->tg, ld->n_vocab, ld->model_id);
+            sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s", ld->model_id, cfg.socket_path);
+            /* The slot loaded and serves: its boot trial (if any) is over. */
+            if (cfg.update_data_dir[0] && update_boot_ready(&uc, err, sizeof err)) {
+                fprintf(stderr, "flashbox serve: update boot: %s\n", err);
+                audit_event("boot_ready_failed", ld->model_id, cfg.slot, err);
+            }
+            audit_event("ready", ld->model_id, cfg.slot, NULL);
+            fprintf(stderr, "flashbox serve: ready (%s, %u slots)\n", ld->model_id, cfg.slots);
+        }
+        if (sig == SIGHUP) {
+            sd_notify(0, "RELOADING=1");
+            reload(&api, argc, argv, &cfg);
+            sd_notify(0, "READY=1");
+        } else if (sig == SIGTERM || sig == SIGINT) {
+            stopping = 1;
+        }
+    }
+
+    sd_notify(0, "STOPPING=1");
+    if (atomic_load(&api.state) != API_FAILED) atomic_store(&api.state, API_STOPPING);
+    api_quiesce(&api);
+    if (!activated) unlink(cfg.socket_path); /* an activated socket is systemd's to remove */
+    if (!loaded) { /* a signal during loading: let the load end, then tear down */
+        pthread_join(ld->thread, NULL);
+        loaded = 1;
+    }
+    int cancelled = 0;
+    if (ld->sched) {
+        struct serve_config live;
+        pthread_mutex_lock(&api.lock);
+        live = api.cfg;
+        pthread_mutex_unlock(&api.lock);
+        cancelled = scheduler_drain(ld->sched, live.shutdown_grace_s * 1000);
+    }
+    int stuck = api_stop(&api, 2000);
+    if (!stuck) {
+        scheduler_destroy(ld->sched);
+        textgen_close(ld->tg);
+        engine_close(ld->engine);
+    } else {
+        /* A client stopped reading and holds its connection thread; it may still touch
+         * the scheduler, so nothing is freed: the process exits now. */
+        fprintf(stderr, "flashbox serve: a stalled connection did not close; exiting without waiting for it\n");
+    }
+    char detail[64];
+    snprintf(detail, sizeof detail, "%d requests cancelled at shutdown", cancelled);
+    audit_event("stop", api.model_id[0] ? api.model_id : NULL, cfg.slot, detail);
+    audit_close();
+    fprintf(stderr, "flashbox serve: stopped (%s)\n", detail);
+    if (!stuck) free(ld);
+    return exit_code;
+}

@@ -1,0 +1,335 @@
+/* Daemon test tools (see serve_client.h). */
+#include "tests/serve_client.h"
+
+#include "tests/harness.h"
+#include "tools/mkmodel.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+const char *serve_test_model(void)
+{
+    static char path[600];
+    snprintf(path, sizeof path, "%s/tiny.gguf", test_tmpdir());
+    if (access(path, R_OK) == 0) return path;
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    char err[256];
+    if (mkmodel_write(&c, path, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "mkmodel: %s", err);
+        return NULL;
+    }
+    return path;
+}
+
+/* Runs argv with stdout to a pipe; returns the exit status (or -1) and the output. */
+static int run_capture(char *const argv[], char **out)
+{
+    int p[2];
+    *out = NULL;
+    if (pipe(p)) return -1;
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        dup2(p[1], 1);
+        close(p[0]);
+        close(p[1]);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) dup2(devnull, 2);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (len + 1 >= cap) buf = realloc(buf, cap *= 2);
+        ssize_t n = read(p[0], buf + len, cap - len - 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    buf[len] = 0;
+    close(p[0]);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    *out = buf;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int serve_curl_as(const char *sock, int uid, const char *method, const char *path, const char *body, char **out)
+{
+    char url[512], bodyfile[700], uidarg[64], gidarg[64];
+    snprintf(url, sizeof url, "http://localhost%s", path);
+    const char *argv[40];
+    int n = 0;
+    if (uid >= 0) {
+        snprintf(uidarg, sizeof uidarg, "--reuid=%d", uid);
+        snprintf(gidarg, sizeof gidarg, "--regid=%d", uid);
+        argv[n++] = "setpriv";
+        argv[n++] = uidarg;
+        argv[n++] = gidarg;
+        argv[n++] = "--clear-groups";
+    }
+    argv[n++] = "curl";
+    argv[n++] = "-sS";
+    argv[n++] = "--max-time";
+    argv[n++] = "30";
+    argv[n++] = "--unix-socket";
+    argv[n++] = sock;
+    argv[n++] = "-X";
+    argv[n++] = method;
+    argv[n++] = "-w";
+    argv[n++] = "\n%{http_code}";
+    if (body) {
+        /* Through a file, so any bytes (invalid UTF-8, megabytes) travel unchanged. */
+        snprintf(bodyfile, sizeof bodyfile, "%s/body-%d-%llu", test_tmpdir(), (int)getpid(), (unsigned long long)now_ms());
+        static unsigned seq;
+        size_t l = strlen(bodyfile);
+        snprintf(bodyfile + l, sizeof bodyfile - l, "-%u", seq++);
+        FILE *f = fopen(bodyfile, "wb");
+        if (!f) return -1;
+        fwrite(body, 1, strlen(body), f);
+        fclose(f);
+        chmod(bodyfile, 0644);
+        static char dataarg[720];
+        snprintf(dataarg, sizeof dataarg, "@%s", bodyfile);
+        argv[n++] = "-H";
+        argv[n++] = "Content-Type: application/json";
+        argv[n++] = "--data-binary";
+        argv[n++] = dataarg;
+    }
+    argv[n++] = url;
+    argv[n] = NULL;
+    char *text;
+    int rc = run_capture((char *const *)argv, &text);
+    if (body) unlink(bodyfile);
+    if (rc != 0 || !text) {
+        free(text);
+        *out = NULL;
+        return -1;
+    }
+    char *nl = strrchr(text, '\n');
+    if (!nl) {
+        free(text);
+        *out = NULL;
+        return -1;
+    }
+    int status = atoi(nl + 1);
+    *nl = 0;
+    *out = text;
+    return status;
+}
+
+int serve_curl(const struct served *s, const char *method, const char *path, const char *body, char **out,
+               const char *const *extra)
+{
+    if (!extra) return serve_curl_as(s->sock, -1, method, path, body, out);
+    /* Extra arguments: build the command directly (used for streaming with -N). */
+    char url[512];
+    snprintf(url, sizeof url, "http://localhost%s", path);
+    const char *argv[48];
+    int n = 0;
+    argv[n++] = "curl";
+    argv[n++] = "-sS";
+    argv[n++] = "--max-time";
+    argv[n++] = "30";
+    argv[n++] = "--unix-socket";
+    argv[n++] = s->sock;
+    argv[n++] = "-X";
+    argv[n++] = method;
+    argv[n++] = "-w";
+    argv[n++] = "\n%{http_code}";
+    for (int i = 0; extra[i] && n < 40; i++) argv[n++] = extra[i];
+    if (body) {
+        argv[n++] = "--data-binary";
+        argv[n++] = body;
+    }
+    argv[n++] = url;
+    argv[n] = NULL;
+    char *text;
+    int rc = run_capture((char *const *)argv, &text);
+    if (rc != 0 || !text) {
+        free(text);
+        *out = NULL;
+        return -1;
+    }
+    char *nl = strrchr(text, '\n');
+    int status = nl ? atoi(nl + 1) : -1;
+    if (nl) *nl = 0;
+    *out = text;
+    return status;
+}
+
+int serve_start(struct served *s, const char *const *sets)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "%s", test_tmpdir());
+    snprintf(s->sock, sizeof s->sock, "%s/run/api.sock", s->dir);
+    snprintf(s->audit, sizeof s->audit, "%s/audit.jsonl", s->dir);
+    snprintf(s->log, sizeof s->log, "%s/serve.log", s->dir);
+    const char *model = serve_test_model();
+    if (!model) return -1;
+    snprintf(s->model, sizeof s->model, "%s", model);
+    static char auditset[700];
+    snprintf(auditset, sizeof auditset, "audit.log=%s", s->audit);
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = test_flashbox_bin();
+    argv[n++] = "serve";
+    argv[n++] = "-m";
+    argv[n++] = s->model;
+    argv[n++] = "--socket";
+    argv[n++] = s->sock;
+    argv[n++] = "--set";
+    argv[n++] = auditset;
+    for (int i = 0; sets && sets[i] && n < 60; i++) {
+        argv[n++] = "--set";
+        argv[n++] = sets[i];
+    }
+    argv[n] = NULL;
+    s->pid = fork();
+    if (s->pid < 0) return -1;
+    if (s->pid == 0) {
+        int fd = open(s->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    uint64_t t0 = now_ms();
+    while (now_ms() - t0 < 20000) {
+        int st;
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            s->pid = 0;
+            break;
+        }
+        char *out = NULL;
+        if (access(s->sock, F_OK) == 0 && serve_curl(s, "GET", "/health", NULL, &out, NULL) == 200) {
+            free(out);
+            return 0;
+        }
+        free(out);
+        usleep(20000);
+    }
+    char *log = NULL;
+    FILE *f = fopen(s->log, "r");
+    if (f) {
+        log = calloc(1, 8192);
+        if (log) fread(log, 1, 8191, f);
+        fclose(f);
+    }
+    test_fail_at(__FILE__, __LINE__, "daemon did not become ready; log:\n%s", log ? log : "(none)");
+    free(log);
+    if (s->pid > 0) serve_stop(s, SIGKILL, 5000);
+    return -1;
+}
+
+int serve_stop(struct served *s, int sig, int timeout_ms)
+{
+    if (s->pid <= 0) return -1;
+    kill(s->pid, sig);
+    uint64_t t0 = now_ms();
+    for (;;) {
+        int st;
+        pid_t r = waitpid(s->pid, &st, WNOHANG);
+        if (r == s->pid) {
+            s->pid = 0;
+            return st;
+        }
+        if (now_ms() - t0 > (uint64_t)timeout_ms) {
+            kill(s->pid, SIGKILL);
+            waitpid(s->pid, &st, 0);
+            s->pid = 0;
+            return -1;
+        }
+        usleep(10000);
+    }
+}
+
+int serve_connect(const char *sock)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+size_t serve_read_all(int fd, int timeout_ms, char **out)
+{
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    uint64_t t0 = now_ms();
+    for (;;) {
+        int left = timeout_ms - (int)(now_ms() - t0);
+        if (left <= 0) break;
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        if (poll(&p, 1, left) <= 0) break;
+        if (len + 1 >= cap) buf = realloc(buf, cap *= 2);
+        ssize_t n = read(fd, buf + len, cap - len - 1);
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    buf[len] = 0;
+    *out = buf;
+    return len;
+}
+
+int serve_wait_idle(const struct served *s, int timeout_ms)
+{
+    uint64_t t0 = now_ms();
+    while (now_ms() - t0 < (uint64_t)timeout_ms) {
+        char *out = NULL;
+        int st = serve_curl(s, "GET", "/health", NULL, &out, NULL);
+        int idle = st == 200 && out && strstr(out, "\"slots_busy\":0,") && strstr(out, "\"queue_depth\":0");
+        free(out);
+        if (idle) return 0;
+        usleep(20000);
+    }
+    return -1;
+}
+
+double serve_metric(const struct served *s, const char *name)
+{
+    char *out = NULL;
+    if (serve_curl(s, "GET", "/metrics", NULL, &out, NULL) != 200 || !out) {
+        free(out);
+        return -1;
+    }
+    double v = -1;
+    size_t nl = strlen(name);
+    for (char *line = out; line && *line;) {
+        char *next = strchr(line, '\n');
+        if (!strncmp(line, name, nl) && line[nl] == ' ') {
+            v = strtod(line + nl + 1, NULL);
+            break;
+        }
+        line = next ? next + 1 : NULL;
+    }
+    free(out);
+    return v;
+}

@@ -1,0 +1,477 @@
+/* The daemon under load and at the edges of a request's life: 32 concurrent clients,
+ * a client that disconnects mid-stream, a full queue, SIGTERM during generation, SIGHUP,
+ * and peers that are not on the allow-list. */
+#include "tests/harness.h"
+#include "tests/serve_client.h"
+#include "tests/update_support.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHAT "/v1/chat/completions"
+
+/* Sends a streaming chat request on a raw connection and reads until the first content
+ * chunk arrived, so the request is known to be generating. Returns the fd or -1. */
+static int start_stream(const char *sock, int max_tokens)
+{
+    int fd = serve_connect(sock);
+    if (fd < 0) return -1;
+    char body[256], req[512];
+    int bl = snprintf(body, sizeof body,
+                      "{\"messages\":[{\"role\":\"user\",\"content\":\"go on\"}],\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}",
+                      max_tokens);
+    int rl = snprintf(req, sizeof req, "POST " CHAT " HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %d\r\n\r\n%s", bl, body);
+    if (write(fd, req, (size_t)rl) != rl) {
+        close(fd);
+        return -1;
+    }
+    char buf[8192];
+    size_t got = 0;
+    time_t t0 = time(NULL);
+    while (got < sizeof buf - 1 && time(NULL) - t0 < 10) {
+        ssize_t n = read(fd, buf + got, sizeof buf - 1 - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+        buf[got] = 0;
+        if (strstr(buf, "\"content\"")) return fd;
+    }
+    close(fd);
+    return -1;
+}
+
+static int status_of(const struct served *d, const char *body, char **out)
+{
+    return serve_curl(d, "POST", CHAT, body, out, NULL);
+}
+
+TEST(serve_32_concurrent_clients_all_get_their_answer)
+{
+    const char *sets[] = { "server.slots=4", "server.queue_depth=32", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    /* Four different prompts; each answer is first taken alone, then 32 clients at once
+     * must get exactly the same greedy text. */
+    const char *prompts[4] = { "alpha", "bravo charlie", "delta echo foxtrot", "golf" };
+    char *want[4];
+    char body[4][256];
+    for (int p = 0; p < 4; p++) {
+        snprintf(body[p], sizeof body[p], "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":4,\"temperature\":0}", prompts[p]);
+        char *out;
+        REQUIRE(status_of(&d, body[p], &out) == 200);
+        json_t *o = json_loads(out, 0, NULL);
+        want[p] = strdup(json_string_value(json_object_get(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "message"), "content")));
+        json_decref(o);
+        free(out);
+    }
+    pid_t kids[32];
+    for (int i = 0; i < 32; i++) {
+        kids[i] = fork();
+        REQUIRE(kids[i] >= 0);
+        if (kids[i] == 0) {
+            char *out;
+            int st = status_of(&d, body[i % 4], &out);
+            int ok = 0;
+            if (st == 200) {
+                json_t *o = json_loads(out, 0, NULL);
+                const char *got = json_string_value(json_object_get(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "message"), "content"));
+                ok = got && !strcmp(got, want[i % 4]);
+            }
+            _exit(ok ? 0 : 1);
+        }
+    }
+    int good = 0;
+    for (int i = 0; i < 32; i++) {
+        int st;
+        waitpid(kids[i], &st, 0);
+        good += WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    CHECK_EQ_INT(good, 32);
+    CHECK_EQ_INT(serve_metric(&d, "flashbox_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}"), 36);
+    for (int p = 0; p < 4; p++) free(want[p]);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+}
+
+TEST(serve_client_gone_mid_stream_frees_its_slot)
+{
+    const char *sets[] = { "server.slots=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    int fd = start_stream(d.sock, 4096);
+    REQUIRE(fd >= 0);
+    close(fd);
+    /* The only slot comes free without the 4096 tokens being generated. */
+    CHECK_EQ_INT(serve_wait_idle(&d, 10000), 0);
+    CHECK_EQ_INT(serve_metric(&d, "flashbox_cancelled_total"), 1);
+    double generated = serve_metric(&d, "flashbox_completion_tokens_total");
+    CHECK(generated >= 1 && generated < 4000);
+    char *out;
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"next\"}],\"max_tokens\":2}", &out), 200);
+    free(out);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+TEST(serve_full_queue_answers_429_with_a_json_error)
+{
+    const char *sets[] = { "server.slots=1", "server.queue_depth=0", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    int fd = start_stream(d.sock, 4096);
+    REQUIRE(fd >= 0);
+    char *out;
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"me too\"}],\"max_tokens\":2}", &out), 429);
+    json_t *o = json_loads(out ? out : "", 0, NULL);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "error"), "code")), "queue_full");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "error"), "type")), "rate_limit_error");
+    json_decref(o);
+    free(out);
+    CHECK_EQ_INT(serve_metric(&d, "flashbox_rejected_total{reason=\"queue_full\"}"), 1);
+    close(fd);
+    CHECK_EQ_INT(serve_wait_idle(&d, 10000), 0);
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"now\"}],\"max_tokens\":2}", &out), 200);
+    free(out);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+TEST(serve_sigterm_during_generation_exits_0_within_the_grace_period)
+{
+    const char *sets[] = { "server.slots=2", "server.shutdown_grace_s=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    /* Two generations in flight: curl reading its stream, and a raw client that stopped
+     * reading after the first chunk (its socket buffer fills up). */
+    char outpath[700];
+    snprintf(outpath, sizeof outpath, "%s/stream.out", d.dir);
+    pid_t reader = fork();
+    REQUIRE(reader >= 0);
+    if (reader == 0) {
+        int fd = open(outpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 1);
+        execlp("curl", "curl", "-sN", "--max-time", "30", "--unix-socket", d.sock, "http://localhost" CHAT, "--data-binary",
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"go\"}],\"max_tokens\":4096,\"ignore_eos\":true,\"stream\":true}",
+               (char *)NULL);
+        _exit(127);
+    }
+    int stalled = start_stream(d.sock, 4096);
+    REQUIRE(stalled >= 0);
+    for (int i = 0; i < 500; i++) { /* until curl has received content */
+        FILE *f = fopen(outpath, "r");
+        char buf[4096] = "";
+        if (f) {
+            size_t n = fread(buf, 1, sizeof buf - 1, f);
+            buf[n] = 0;
+            fclose(f);
+        }
+        if (strstr(buf, "\"content\"")) break;
+        usleep(10000);
+    }
+    /* Grace 1 s, then the generations are cancelled; 10 s is the test's outer bound only. */
+    int st = serve_stop(&d, SIGTERM, 10000);
+    CHECK(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    int rst;
+    waitpid(reader, &rst, 0);
+    CHECK(WIFEXITED(rst) && WEXITSTATUS(rst) == 0);
+    /* curl's stream ended properly: an error event saying why, then [DONE]. */
+    FILE *f = fopen(outpath, "r");
+    REQUIRE(f != NULL);
+    static char all[1 << 20];
+    size_t n = fread(all, 1, sizeof all - 1, f);
+    all[n] = 0;
+    fclose(f);
+    CHECK(strstr(all, "\"code\":\"shutdown\"") != NULL);
+    CHECK(n > 14 && !strcmp(all + n - 14, "data: [DONE]\n\n"));
+    close(stalled);
+    CHECK(access(d.sock, F_OK) != 0); /* socket file removed */
+    f = fopen(d.audit, "r");
+    REQUIRE(f != NULL);
+    char line[2048];
+    int stop_line = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "\"event\":\"stop\"") && strstr(line, "2 requests cancelled")) stop_line = 1;
+    fclose(f);
+    CHECK(stop_line);
+}
+
+TEST(serve_request_past_its_deadline_gets_504_and_frees_the_slot)
+{
+    const char *sets[] = { "server.slots=1", "server.request_deadline_s=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    char *out;
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"long\"}],\"max_tokens\":4096,\"ignore_eos\":true}", &out), 504);
+    json_t *o = json_loads(out ? out : "", 0, NULL);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "error"), "code")), "deadline");
+    json_decref(o);
+    free(out);
+    CHECK_EQ_INT(serve_wait_idle(&d, 5000), 0);
+    CHECK(serve_metric(&d, "flashbox_completion_tokens_total") < 4096);
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"short\"}],\"max_tokens\":2}", &out), 200);
+    free(out);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+TEST(serve_socket_file_gets_the_configured_mode_and_group)
+{
+    if (getuid() != 0) test_skip("changing the socket's group needs root");
+    const char *sets[] = { "server.socket_mode=0640", "server.socket_group=nogroup", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    struct stat st;
+    REQUIRE(stat(d.sock, &st) == 0);
+    CHECK(S_ISSOCK(st.st_mode));
+    CHECK_EQ_INT(st.st_mode & 0777, 0640);
+    CHECK_EQ_INT(st.st_gid, 65534); /* Debian's nogroup */
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+TEST(serve_peer_not_on_the_allow_list_is_refused)
+{
+    char uids[64];
+    snprintf(uids, sizeof uids, "access.allow_uids=%u", (unsigned)getuid() + 1);
+    const char *sets[] = { uids, NULL };
+    /* Started by hand: serve_start waits for a 200 from /health, which this peer never gets. */
+    struct served d2;
+    memset(&d2, 0, sizeof d2);
+    snprintf(d2.sock, sizeof d2.sock, "%s/run2/api.sock", test_tmpdir());
+    snprintf(d2.audit, sizeof d2.audit, "%s/audit2.jsonl", test_tmpdir());
+    char auditset[700];
+    snprintf(auditset, sizeof auditset, "audit.log=%s", d2.audit);
+    d2.pid = fork();
+    REQUIRE(d2.pid >= 0);
+    if (d2.pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 2);
+        execl(test_flashbox_bin(), test_flashbox_bin(), "serve", "-m", serve_test_model(), "--socket", d2.sock, "--set",
+              auditset, "--set", sets[0], (char *)NULL);
+        _exit(127);
+    }
+    char *out = NULL;
+    int st = -1;
+    for (int i = 0; i < 500 && st != 403; i++) {
+        free(out);
+        out = NULL;
+        usleep(10000);
+        if (access(d2.sock, F_OK) == 0) st = serve_curl(&d2, "GET", "/health", NULL, &out, NULL);
+    }
+    CHECK_EQ_INT(st, 403);
+    json_t *o = json_loads(out ? out : "", 0, NULL);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "error"), "code")), "forbidden");
+    json_decref(o);
+    free(out);
+    CHECK_EQ_INT(serve_curl(&d2, "POST", CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &out, NULL), 403);
+    free(out);
+    serve_stop(&d2, SIGTERM, 10000);
+    FILE *f = fopen(d2.audit, "r");
+    REQUIRE(f != NULL);
+    char line[2048];
+    int denied = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "\"event\":\"denied\"")) denied++;
+    fclose(f);
+    CHECK(denied >= 2);
+}
+
+TEST(serve_peer_of_another_uid_is_refused_by_so_peercred)
+{
+    if (getuid() != 0) test_skip("needs root to run the client under another uid");
+    if (access("/usr/bin/setpriv", X_OK) != 0) test_skip("setpriv not installed");
+    /* A socket every uid can reach, so only the SO_PEERCRED allow-list decides. */
+    char dir[128];
+    snprintf(dir, sizeof dir, "/tmp/flashbox-peer-%d", (int)getpid());
+    mkdir(dir, 0755);
+    chmod(dir, 0755);
+    char sockset[200], audit[200], auditset[220];
+    snprintf(sockset, sizeof sockset, "%s/api.sock", dir);
+    snprintf(audit, sizeof audit, "%s/audit.jsonl", test_tmpdir());
+    snprintf(auditset, sizeof auditset, "audit.log=%s", audit);
+    struct served d = { 0 };
+    snprintf(d.sock, sizeof d.sock, "%s", sockset);
+    d.pid = fork();
+    REQUIRE(d.pid >= 0);
+    if (d.pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 2);
+        execl(test_flashbox_bin(), test_flashbox_bin(), "serve", "-m", serve_test_model(), "--socket", sockset, "--set",
+              auditset, "--set", "server.socket_mode=0666", "--set", "access.allow_uids=0", (char *)NULL);
+        _exit(127);
+    }
+    char *out = NULL;
+    int st = -1;
+    for (int i = 0; i < 500 && st != 200; i++) {
+        free(out);
+        out = NULL;
+        usleep(10000);
+        if (access(sockset, F_OK) == 0) st = serve_curl(&d, "GET", "/health", NULL, &out, NULL);
+    }
+    CHECK_EQ_INT(st, 200);
+    free(out);
+    CHECK_EQ_INT(serve_curl_as(sockset, 65534, "GET", "/health", NULL, &out), 403);
+    free(out);
+    serve_stop(&d, SIGTERM, 10000);
+    rmdir(dir);
+    FILE *f = fopen(audit, "r");
+    REQUIRE(f != NULL);
+    char line[2048];
+    int denied = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "\"event\":\"denied\"") && strstr(line, "\"peer_uid\":65534")) denied = 1;
+    fclose(f);
+    CHECK(denied);
+}
+
+TEST(serve_sighup_reloads_the_allow_list)
+{
+    char conf[700];
+    snprintf(conf, sizeof conf, "%s/serve.conf", test_tmpdir());
+    FILE *f = fopen(conf, "w");
+    REQUIRE(f != NULL);
+    fprintf(f, "[access]\nallow_uids = %u\n", (unsigned)getuid());
+    fclose(f);
+    struct served d;
+    char *out;
+    /* --config goes through --set's neighbour: start by hand with the file. */
+    memset(&d, 0, sizeof d);
+    snprintf(d.sock, sizeof d.sock, "%s/run/api.sock", test_tmpdir());
+    d.pid = fork();
+    REQUIRE(d.pid >= 0);
+    if (d.pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 2);
+        execl(test_flashbox_bin(), test_flashbox_bin(), "serve", "--config", conf, "-m", serve_test_model(), "--socket",
+              d.sock, (char *)NULL);
+        _exit(127);
+    }
+    int st = -1;
+    for (int i = 0; i < 500 && st != 200; i++) {
+        usleep(10000);
+        out = NULL;
+        if (access(d.sock, F_OK) == 0) st = serve_curl(&d, "GET", "/health", NULL, &out, NULL);
+        free(out);
+    }
+    CHECK_EQ_INT(st, 200);
+    f = fopen(conf, "w");
+    REQUIRE(f != NULL);
+    fprintf(f, "[access]\nallow_uids = %u\n", (unsigned)getuid() + 1);
+    fclose(f);
+    kill(d.pid, SIGHUP);
+    for (int i = 0; i < 300 && st != 403; i++) {
+        usleep(10000);
+        st = serve_curl(&d, "GET", "/health", NULL, &out, NULL);
+        free(out);
+    }
+    CHECK_EQ_INT(st, 403);
+    /* A broken file on reload keeps the running config. */
+    f = fopen(conf, "w");
+    REQUIRE(f != NULL);
+    fprintf(f, "[access]\nno_such_key = 1\n");
+    fclose(f);
+    kill(d.pid, SIGHUP);
+    usleep(300000);
+    CHECK_EQ_INT(serve_curl(&d, "GET", "/health", NULL, &out, NULL), 403);
+    free(out);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+}
+
+TEST(serve_runs_the_active_update_slot_and_ends_its_boot_trial)
+{
+    /* A slot store with one signed release installed (slot a, under boot trial). */
+    struct upd_box b;
+    REQUIRE(upd_box_init(&b) == 0);
+    char bundle[1024], out[8192];
+    snprintf(bundle, sizeof bundle, "%s/v1.fbx", b.root);
+    REQUIRE(upd_make_bundle(&b, bundle, "1.0", 1, serve_test_model(), NULL) == 0);
+    REQUIRE(upd_cli(&b, out, sizeof out, "install", bundle) == 0);
+    struct update_status st;
+    REQUIRE(update_get_status(&b.cfg, &st, out, sizeof out) == 0);
+    CHECK_EQ_INT(st.trial, 0);
+
+    char data[700], keys[700], product[200];
+    snprintf(data, sizeof data, "update.data_dir=%s", b.data);
+    snprintf(keys, sizeof keys, "update.keys_dir=%s", b.keys);
+    snprintf(product, sizeof product, "update.product=%s", b.cfg.product);
+    const char *sets[] = { data, keys, product, "server.slots=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    char *body;
+    CHECK_EQ_INT(serve_curl(&d, "GET", "/health", NULL, &body, NULL), 200);
+    CHECK(body && strstr(body, "\"slot\":\"a\"") != NULL);
+    free(body);
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2}", &body), 200);
+    free(body);
+    /* Ready ended the trial (right after READY=1; allow the daemon a moment). */
+    for (int i = 0; i < 200; i++) {
+        if (update_get_status(&b.cfg, &st, out, sizeof out) == 0 && st.trial == -1) break;
+        usleep(10000);
+    }
+    CHECK_EQ_INT(st.trial, -1);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+    FILE *f = fopen(d.audit, "r");
+    REQUIRE(f != NULL);
+    char line[2048];
+    int slot_a = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "\"endpoint\":\"/v1/chat/completions\"") && strstr(line, "\"slot\":\"a\"")) slot_a = 1;
+    fclose(f);
+    CHECK(slot_a);
+}
+
+TEST(serve_caps_requests_in_flight_per_peer_uid)
+{
+    const char *sets[] = { "server.slots=2", "limits.max_requests_per_uid=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    int fd = start_stream(d.sock, 4096);
+    REQUIRE(fd >= 0);
+    /* A slot is free, but this uid already has its one request running. */
+    char *out;
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"two\"}],\"max_tokens\":2}", &out), 429);
+    json_t *o = json_loads(out ? out : "", 0, NULL);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "error"), "code")), "peer_quota");
+    json_decref(o);
+    free(out);
+    close(fd);
+    CHECK_EQ_INT(serve_wait_idle(&d, 10000), 0);
+    /* Released with the connection: the next one goes through. */
+    int st = -1;
+    for (int i = 0; i < 100 && st != 200; i++) {
+        st = status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"three\"}],\"max_tokens\":2}", &out);
+        free(out);
+        if (st != 200) usleep(20000);
+    }
+    CHECK_EQ_INT(st, 200);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+TEST(serve_stream_waiting_in_the_queue_gets_sse_keepalives)
+{
+    const char *sets[] = { "server.slots=1", "server.sse_ping_s=1", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    int busy = start_stream(d.sock, 4096);
+    REQUIRE(busy >= 0);
+    /* A second stream waits for the only slot: its client hears ": ping" comments, so
+     * proxies and idle timeouts keep the connection, and no content yet. */
+    int fd = serve_connect(d.sock);
+    REQUIRE(fd >= 0);
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"wait\"}],\"max_tokens\":2,\"stream\":true}";
+    char req[512];
+    int n = snprintf(req, sizeof req, "POST " CHAT " HTTP/1.1\r\nHost: localhost\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    CHECK(write(fd, req, (size_t)n) == n);
+    char *got;
+    serve_read_all(fd, 2500, &got);
+    CHECK(strstr(got, ": ping\n\n") != NULL);
+    CHECK(strstr(got, "\"content\"") == NULL);
+    free(got);
+    close(fd);
+    close(busy);
+    serve_stop(&d, SIGTERM, 10000);
+}
