@@ -66,6 +66,7 @@ static int upload_proj(struct vk_engine *e, uint32_t il, bool *placed, char *err
         if (t[i]->type != t[0]->type || t[i]->ne[0] != t[0]->ne[0] || vk_wtype(t[i]->type) < 0) p->fused = false;
     }
     if (p->width > e->proj_width_max) e->proj_width_max = p->width;
+    if (bytes > e->d->max_range || bytes > e->d->max_alloc) p->fused = false; /* the matvec splits rows instead */
     if (!p->fused) return 0;
     struct vk_span all;
     if (vk_arena_alloc(e->weights, bytes, 256, &all, err, err_len)) return -1;
@@ -95,6 +96,8 @@ static int upload_group(struct vk_engine *e, const tensor_ref *t, int n, bool *p
         if (!t[i] || t[i]->type != t[0]->type || t[i]->ne[0] != t[0]->ne[0] || vk_wtype(t[i]->type) < 0) return 0;
         bytes += t[i]->nbytes;
     }
+    /* a group bound whole must fit one binding and one allocation; else keep them apart */
+    if (bytes > e->d->max_range || bytes > e->d->max_alloc) return 0;
     if (vk_arena_alloc(e->weights, bytes, 256, all, err, err_len)) return -1;
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
