@@ -31,7 +31,7 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
     /* A subgroup per row, two rows per subgroup (best on lavapipe, where one row per
      * invocation measured 2.5-4x slower for F32/BF16 because every lane's loads differ). */
     uint32_t wg = ABI_WG_SIZE < d->subgroup_size ? d->subgroup_size : ABI_WG_SIZE;
-    ops->rows_per_wg = 2 * (wg / d->subgroup_size);
+    ops->rows_per_wg = 4 * (wg / d->subgroup_size);
     const uint32_t tile1[2] = { 1, wg }, tile_n[2] = { VK_MATMUL_TILE, wg };
     for (int t = 0; t < VK_N_WTYPES; t++) {
         if (vk_kernel_create(d, &ops->matvec[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile1, 2, err, err_len) ||

@@ -191,6 +191,44 @@ void main()
     uint xt[TOK_TILE];
     for (uint t = 0u; t < TOK_TILE; t++) xt[t] = x_base + min(t0 + t, pc.n_tok - 1u) * pc.x_tstride;
 
+    if ((pc.flags & ABI_MATVEC_FLAG_VEC) != 0u) {
+        /* Four rows per subgroup at once: one x load serves four weight groups and one
+         * vec4 subgroupAdd finishes four rows (per-row reductions dominate short rows on
+         * lavapipe). Rows past n_out repeat the last row and are not written. */
+        const uint n_groups = GROUPS_PER_ROW(pc.n_in);
+        for (uint r0 = gl_SubgroupID * 4u; r0 < pc.rows_per_wg; r0 += gl_NumSubgroups * 4u) {
+            const uint row0 = gl_WorkGroupID.x * pc.rows_per_wg + r0;
+            if (row0 >= pc.n_out) break;
+            uint rb[4];
+            for (uint k = 0u; k < 4u; k++) rb[k] = w_base + min(row0 + k, pc.n_out - 1u) * pc.row_bytes;
+            vec4 acc4[TOK_TILE];
+            for (uint t = 0u; t < TOK_TILE; t++) acc4[t] = vec4(0.0);
+            for (uint g = lane; g < n_groups; g += sg_size) {
+                vec4 hi0, hi1, hi2, hi3;
+                const vec4 w0 = load_group(rb[0], g, hi0), w1 = load_group(rb[1], g, hi1);
+                const vec4 w2 = load_group(rb[2], g, hi2), w3 = load_group(rb[3], g, hi3);
+                const uint gx = group_x4(g);
+                for (uint t = 0u; t < TOK_TILE; t++) {
+                    const uint xq = (xt[t] >> 2) + gx;
+                    const vec4 xv = x4[xq];
+                    acc4[t] += vec4(dot(w0, xv), dot(w1, xv), dot(w2, xv), dot(w3, xv));
+#if W_TYPE == ABI_WTYPE_MXFP4
+                    const vec4 xh = x4[xq + 4u];
+                    acc4[t] += vec4(dot(hi0, xh), dot(hi1, xh), dot(hi2, xh), dot(hi3, xh));
+#endif
+                }
+            }
+            for (uint t = 0u; t < TOK_TILE; t++) {
+                const vec4 s4 = subgroupAdd(acc4[t]) * pc.scale;
+                if (lane == 0u && t0 + t < pc.n_tok)
+                    for (uint k = 0u; k < 4u && row0 + k < pc.n_out; k++) {
+                        const uint yi = y_base + (t0 + t) * pc.y_tstride + row0 + k;
+                        y[yi] = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u ? y[yi] + s4[k] : s4[k];
+                    }
+            }
+        }
+        return;
+    }
     for (uint r = gl_SubgroupID; r < pc.rows_per_wg; r += gl_NumSubgroups) {
         const uint row = gl_WorkGroupID.x * pc.rows_per_wg + r;
         if (row >= pc.n_out) break;
