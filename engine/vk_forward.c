@@ -286,12 +286,22 @@ static int moe_layer(struct fwd *f, uint32_t il)
         if (dispatch(f, VK_KIND_ROUTER, &e->ops.router, b, &p, nt, 1, 1)) return -1;
     }
     barrier(f);
-    /* routed gate and up: slot z = t*K + k reads token t's input and expert ids[z]; the up
-     * half (slots n_routed..) lands n_routed rows further */
+    /* Routed gate and up. Decode: slot z = t*K + k reads token t's input and expert ids[z];
+     * the up half (slots n_routed..) lands n_routed rows further. Prefill: slots are grouped
+     * by expert first, so each expert's matrices are read once for all of its tokens. */
+    const bool grouped = nt >= VK_MOE_GROUP_MIN_TOKENS;
+    if (grouped) {
+        struct abi_moe_group_push gp = { .n_expert = E, .n_slots = n_routed };
+        const struct vk_span *b[2] = { &s->ids, &s->grp };
+        if (dispatch(f, VK_KIND_ROUTER, &e->ops.moe_group, b, &gp, 1, 1, 1)) return -1;
+        barrier(f);
+    }
     if (mo->gu_fused) {
         struct vk_matvec_args a = {
-            .w = &mo->gu, .x = &s->a, .y = &s->gu, .ids = &s->ids, .x_zstride = d, .x_zdiv = K, .y_zstride = F,
-            .n_tok = 1, .n_slot = 2 * n_routed, .ids_wrap = n_routed, .mat_add = E, .scale = 1.0f,
+            .w = &mo->gu, .x = &s->a, .y = &s->gu, .ids = grouped ? &s->grp : &s->ids, .x_zstride = d, .x_zdiv = K,
+            .y_zstride = F, .n_tok = grouped ? nt : 1, .n_slot = grouped ? 2 * E : 2 * n_routed,
+            .ids_wrap = grouped ? E : n_routed, .mat_add = E, .y_wrap_add = grouped ? n_routed * F : 0,
+            .grouped = grouped, .scale = 1.0f,
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "gate/up experts");
         s->weight_bytes_step += 2 * mo->gu.mat_bytes * K;
@@ -302,8 +312,9 @@ static int moe_layer(struct fwd *f, uint32_t il)
             struct vk_weight vw;
             if (vk_weight_of(e, gu[i], 0, &vw, f->err, f->err_len)) return -1;
             struct vk_matvec_args a = {
-                .w = &vw, .x = &s->a, .y = &s->gu, .ids = &s->ids, .x_zstride = d, .x_zdiv = K,
-                .y_off = (uint32_t)i * n_routed * F, .y_zstride = F, .n_tok = 1, .n_slot = n_routed, .scale = 1.0f,
+                .w = &vw, .x = &s->a, .y = &s->gu, .ids = grouped ? &s->grp : &s->ids, .x_zstride = d, .x_zdiv = K,
+                .y_off = (uint32_t)i * n_routed * F, .y_zstride = F, .n_tok = grouped ? nt : 1,
+                .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0, .grouped = grouped, .scale = 1.0f,
             };
             if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", gu[i]->name);
             s->weight_bytes_step += vw.mat_bytes * K;
@@ -323,8 +334,9 @@ static int moe_layer(struct fwd *f, uint32_t il)
         struct vk_weight vw;
         if (vk_weight_of(e, lw->ffn_down_exps, 0, &vw, f->err, f->err_len)) return -1;
         struct vk_matvec_args a = {
-            .w = &vw, .x = &s->gu, .y = &s->yd, .ids = &s->ids, .x_zstride = F, .x_zdiv = 1,
-            .y_zstride = d, .n_tok = 1, .n_slot = n_routed, .scale = 1.0f,
+            .w = &vw, .x = &s->gu, .y = &s->yd, .ids = grouped ? &s->grp : &s->ids, .x_zstride = F, .x_zdiv = 1,
+            .y_zstride = d, .n_tok = grouped ? nt : 1, .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0,
+            .grouped = grouped, .scale = 1.0f,
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "down experts");
         s->weight_bytes_step += vw.mat_bytes * K;

@@ -11,6 +11,8 @@
 
 /* Tokens per command buffer; longer prompts run in chunks of this size. */
 #define VK_BATCH 64
+/* Batches of at least this many tokens group the routed slots by expert (prefill). */
+#define VK_MOE_GROUP_MIN_TOKENS 4
 
 struct vk_engine;
 struct vk_session;

@@ -47,6 +47,7 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
         { &ops->attention, "attention", 7, sizeof(struct abi_attn_push) },
         { &ops->router, "router", 5, sizeof(struct abi_router_push) },
         { &ops->swiglu, "swiglu", 3, sizeof(struct abi_swiglu_push) },
+        { &ops->moe_group, "moe_group", 2, sizeof(struct abi_moe_group_push) },
     };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++)
         if (vk_kernel_create(d, simple[i].k, simple[i].name, simple[i].n_bind, simple[i].push, NULL, 0, err, err_len)) goto fail;
@@ -64,7 +65,7 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->matmul[t]);
     }
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress,
-                                   &ops->indexer, &ops->attention, &ops->router, &ops->swiglu };
+                                   &ops->indexer, &ops->attention, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
     ops->d = NULL;
 }
@@ -126,7 +127,8 @@ int vk_op_matvec(struct vk_recorder *r, const struct vk_ops *ops, const struct v
         .x_off = a->x_off + (uint32_t)(rel_x / 4), .x_tstride = a->x_tstride, .x_zstride = a->x_zstride, .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
         .y_tstride = a->y_tstride, .y_zstride = a->y_zstride, .ids_off = a->ids_off + (uint32_t)(rel_i / 4),
         .ids_wrap = a->ids_wrap, .mat_add = a->mat_add, .y_wrap_add = a->y_wrap_add,
-        .flags = (a->accumulate ? ABI_MATVEC_FLAG_ACCUMULATE : 0) | (a->ids ? ABI_MATVEC_FLAG_IDS : 0),
+        .flags = (a->accumulate ? ABI_MATVEC_FLAG_ACCUMULATE : 0) | (a->ids ? ABI_MATVEC_FLAG_IDS : 0) |
+                 (a->grouped ? ABI_MATVEC_FLAG_GROUPED : 0),
         .scale = a->scale,
     };
     uint32_t n_slot = a->n_slot ? a->n_slot : 1;

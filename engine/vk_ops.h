@@ -26,6 +26,7 @@ struct vk_ops {
     struct vk_kernel attention;
     struct vk_kernel router;
     struct vk_kernel swiglu;
+    struct vk_kernel moe_group;
     uint32_t rows_per_wg;                   /* matvec rows per workgroup on this device */
 };
 
@@ -57,6 +58,7 @@ struct vk_matvec_args {
     uint32_t y_off, y_tstride, y_zstride;
     uint32_t n_tok, n_slot, ids_off;
     uint32_t ids_wrap, mat_add, y_wrap_add; /* fused gate+up: see ABI_MATVEC_FIELDS */
+    bool grouped;                           /* ids holds moe_group lists; ids_wrap = n_expert */
     float scale;
     bool accumulate;
 };

@@ -124,7 +124,7 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
         { &s->f, (uint64_t)B * hp->n_embd },
         { &s->ixq, (uint64_t)B * ixh * ixd },
         { &s->ixs, (uint64_t)B * (n_ctx / 4 + 1) }, { &s->sel, (uint64_t)B * max_u32(hp->ix_topk, 1) },
-        { &s->mp, (uint64_t)B * (hp->n_expert + 2 * hp->n_ff_exp) }, { &s->ids, (uint64_t)B * K }, { &s->rw, (uint64_t)B * K },
+        { &s->mp, (uint64_t)B * (hp->n_expert + 2 * hp->n_ff_exp) }, { &s->ids, (uint64_t)B * K }, { &s->grp, (uint64_t)hp->n_expert + 1 + (uint64_t)B * K }, { &s->rw, (uint64_t)B * K },
         { &s->gu, 2ull * B * K * hp->n_ff_exp },
         { &s->yd, (uint64_t)B * (K + 1) * hp->n_embd },
     };

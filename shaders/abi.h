@@ -44,6 +44,7 @@
 #define ABI_MATVEC_FLAG_ACCUMULATE 1u /* y += ... instead of y = ... */
 #define ABI_MATVEC_FLAG_IDS 2u        /* pick slot z's matrix through ids[] */
 #define ABI_MATVEC_FLAG_VEC 4u        /* aligned rows and x: the vectorised path */
+#define ABI_MATVEC_FLAG_GROUPED 8u    /* prefill MoE: slot z = expert, tokens from grouped lists */
 
 #define ABI_MATVEC_FIELDS(U, F) \
     U n_in;          /* elements per row */ \
@@ -180,6 +181,14 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
     U q_off; U ring_off; U comp_off; U sel_off; U sinks_off; U rope_off; U o_off; \
     F scale;
 
+/* ---- moe_group: one invocation sorts the batch's n_slots routed slots (slot z = t*k + j
+ * picks expert ids[z]) by expert: out[e] = first list index of expert e (out[n_expert] =
+ * n_slots), then out[n_expert + 1 + i] = the slots in expert order, ascending within one. */
+#define ABI_MOE_GROUP_BIND_IDS 0
+#define ABI_MOE_GROUP_BIND_OUT 1
+#define ABI_MOE_GROUP_FIELDS(U, F) \
+    U n_expert; U n_slots;
+
 /* ---- router: one workgroup per token: score = sqrt(softplus(logit)); experts from
  * tid2eid[tok] (hash layers) or the top-k of score + bias; weights renormalised (flag) and
  * scaled. Writes ids [n_tok][k] and weights [n_tok][k]. */
@@ -216,6 +225,8 @@ ABI_STRUCT(abi_indexer_push, ABI_INDEXER_FIELDS)
 ABI_STRUCT(abi_attn_push, ABI_ATTN_FIELDS)
 ABI_STRUCT(abi_router_push, ABI_ROUTER_FIELDS)
 ABI_STRUCT(abi_swiglu_push, ABI_SWIGLU_FIELDS)
+ABI_STRUCT(abi_moe_group_push, ABI_MOE_GROUP_FIELDS)
+_Static_assert(sizeof(struct abi_moe_group_push) == 2 * 4, "moe_group push block");
 _Static_assert(sizeof(struct abi_hc_push) == 16 * 4, "hc push block");
 _Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push block");
 _Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");

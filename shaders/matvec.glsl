@@ -178,18 +178,38 @@ void main()
     const uint lane = gl_SubgroupInvocationID, sg_size = gl_SubgroupSize;
     const uint z = gl_WorkGroupID.z;
     const uint t0 = gl_WorkGroupID.y * TOK_TILE;
-    const bool second = pc.ids_wrap != 0u && z >= pc.ids_wrap;   /* the up half of a fused gate+up */
-    const uint zz = second ? z - pc.ids_wrap : z;
-    const uint mat = (pc.flags & ABI_MATVEC_FLAG_IDS) != 0u ? uint(ids[pc.ids_off + zz]) + (second ? pc.mat_add : 0u) : z;
-    const uint w_base = pc.w_off + mat * pc.w_zstride;
-    const uint x_base = pc.x_off + (zz / max(pc.x_zdiv, 1u)) * pc.x_zstride;
-    const uint y_base = pc.y_off + z * pc.y_zstride + (second ? pc.y_wrap_add : 0u);
     const uint n_blk = pc.n_in / BLK;
-
-    /* Token offsets in x, clamped to the last token so the inner loop needs no branch;
-     * rows of clamped tokens are computed twice and written once. */
-    uint xt[TOK_TILE];
-    for (uint t = 0u; t < TOK_TILE; t++) xt[t] = x_base + min(t0 + t, pc.n_tok - 1u) * pc.x_tstride;
+    uint mat, xt[TOK_TILE], yt[TOK_TILE]; /* weight matrix; per token: x and y offsets */
+    bool tv[TOK_TILE];                    /* token t of the tile exists (else clamped, not written) */
+    if ((pc.flags & ABI_MATVEC_FLAG_GROUPED) != 0u) {
+        /* Prefill MoE: slot z is expert e's matrix (gate e, or up e at z >= n_grp); its tokens
+         * are the list ids[ids_off + n_grp + 1 + first ..] of slot indices s (token s / x_zdiv,
+         * output row s), first = ids[ids_off + e], count = ids[ids_off + e + 1] - first. */
+        const uint n_grp = pc.ids_wrap, e = z % n_grp;
+        const uint first = uint(ids[pc.ids_off + e]), cnt = uint(ids[pc.ids_off + e + 1u]) - first;
+        if (t0 >= cnt) return; /* uniform: the whole workgroup leaves */
+        mat = z;
+        for (uint t = 0u; t < TOK_TILE; t++) {
+            const uint slot = uint(ids[pc.ids_off + n_grp + 1u + first + min(t0 + t, cnt - 1u)]);
+            xt[t] = pc.x_off + (slot / max(pc.x_zdiv, 1u)) * pc.x_zstride;
+            yt[t] = pc.y_off + slot * pc.y_zstride + (z >= n_grp ? pc.y_wrap_add : 0u);
+            tv[t] = t0 + t < cnt;
+        }
+    } else {
+        const bool second = pc.ids_wrap != 0u && z >= pc.ids_wrap;   /* the up half of a fused gate+up */
+        const uint zz = second ? z - pc.ids_wrap : z;
+        mat = (pc.flags & ABI_MATVEC_FLAG_IDS) != 0u ? uint(ids[pc.ids_off + zz]) + (second ? pc.mat_add : 0u) : z;
+        const uint x_base = pc.x_off + (zz / max(pc.x_zdiv, 1u)) * pc.x_zstride;
+        const uint y_base = pc.y_off + z * pc.y_zstride + (second ? pc.y_wrap_add : 0u);
+        /* token offsets clamped to the last token so the inner loop needs no branch; rows of
+         * clamped tokens are computed twice and written once */
+        for (uint t = 0u; t < TOK_TILE; t++) {
+            xt[t] = x_base + min(t0 + t, pc.n_tok - 1u) * pc.x_tstride;
+            yt[t] = y_base + (t0 + t) * pc.y_tstride;
+            tv[t] = t0 + t < pc.n_tok;
+        }
+    }
+    const uint w_base = pc.w_off + mat * pc.w_zstride;
 
     if ((pc.flags & ABI_MATVEC_FLAG_VEC) != 0u) {
         /* Four rows per subgroup at once: one x load serves four weight groups and one
@@ -220,9 +240,9 @@ void main()
             }
             for (uint t = 0u; t < TOK_TILE; t++) {
                 const vec4 s4 = subgroupAdd(acc4[t]) * pc.scale;
-                if (lane == 0u && t0 + t < pc.n_tok)
+                if (lane == 0u && tv[t])
                     for (uint k = 0u; k < 4u && row0 + k < pc.n_out; k++) {
-                        const uint yi = y_base + (t0 + t) * pc.y_tstride + row0 + k;
+                        const uint yi = yt[t] + row0 + k;
                         y[yi] = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u ? y[yi] + s4[k] : s4[k];
                     }
             }
@@ -236,21 +256,6 @@ void main()
         float acc[TOK_TILE];
         for (uint t = 0u; t < TOK_TILE; t++) acc[t] = 0.0;
 
-        if ((pc.flags & ABI_MATVEC_FLAG_VEC) != 0u) {
-            const uint n_groups = GROUPS_PER_ROW(pc.n_in);
-            for (uint g = lane; g < n_groups; g += sg_size) {
-                vec4 hi;
-                const vec4 lo = load_group(row_byte, g, hi);
-                const uint gx = group_x4(g);
-                for (uint t = 0u; t < TOK_TILE; t++) {
-                    const uint xq = (xt[t] >> 2) + gx;
-                    acc[t] += dot(lo, x4[xq]);
-#if W_TYPE == ABI_WTYPE_MXFP4
-                    acc[t] += dot(hi, x4[xq + 4u]);
-#endif
-                }
-            }
-        } else
         for (uint b = lane; b < n_blk; b += sg_size) {
             float v[BLK];
             load_block(row_byte, b, v);
@@ -262,7 +267,6 @@ void main()
             }
         }
 #ifndef QUANT
-        if ((pc.flags & ABI_MATVEC_FLAG_VEC) == 0u)
         for (uint e = n_blk * BLK + lane; e < pc.n_in; e += sg_size) {
             const float v = load_elem(row_byte, e);
             for (uint t = 0u; t < TOK_TILE; t++) acc[t] += v * x[xt[t] + e];
@@ -270,8 +274,8 @@ void main()
 #endif
         for (uint t = 0u; t < TOK_TILE; t++) {
             const float s = subgroupAdd(acc[t]) * pc.scale;
-            if (lane == 0u && t0 + t < pc.n_tok) {
-                const uint yi = y_base + (t0 + t) * pc.y_tstride + row;
+            if (lane == 0u && tv[t]) {
+                const uint yi = yt[t] + row;
                 y[yi] = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u ? y[yi] + s : s;
             }
         }
