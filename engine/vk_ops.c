@@ -142,7 +142,9 @@ int vk_op_matvec(struct vk_recorder *r, const struct vk_ops *ops, const struct v
         p.n_out = w->n_out;
         p.y_off = a->y_off + (uint32_t)(rel_y / 4);
         if (vec_ok(&p, w->type)) p.flags |= ABI_MATVEC_FLAG_VEC;
-        return vk_recorder_dispatch(r, k, b, &p, div_up(w->n_out, p.rows_per_wg), div_up(a->n_tok, tile), n_slot, err, err_len);
+        /* grouped slots walk their own token tiles: one workgroup row per expert */
+        uint32_t gy = a->grouped ? 1 : div_up(a->n_tok, tile);
+        return vk_recorder_dispatch(r, k, b, &p, div_up(w->n_out, p.rows_per_wg), gy, n_slot, err, err_len);
     }
     /* One matrix: split the rows so every binding stays under maxStorageBufferRange. */
     uint64_t fit = (d->max_range - d->storage_align) / w->row_bytes;
