@@ -40,8 +40,7 @@ struct admin {
     bool busy;                    /* an operation is running */
     char kind[16];                /* "install" or "rollback" */
     char bundle[ADMIN_PATH_MAX];
-    bool have_phase;
-    enum update_phase phase;
+    char phase[16];               /* hash, verify, write, selftest, activate, reload; "" = none yet */
     char what[128];
     uint64_t done, total;         /* bytes of what, in phase */
     uint64_t seq_started, seq_finished;
@@ -178,8 +177,8 @@ static enum MHD_Result route_status(struct MHD_Connection *c, struct admin *ad, 
     if (op && ad->busy) {
         json_object_set_new(op, "kind", json_string(ad->kind));
         if (ad->bundle[0]) json_object_set_new(op, "bundle", json_string(ad->bundle));
-        if (ad->have_phase) {
-            json_object_set_new(op, "phase", json_string(phase_name(ad->phase)));
+        if (ad->phase[0]) {
+            json_object_set_new(op, "phase", json_string(ad->phase));
             json_object_set_new(op, "what", json_string(ad->what));
             json_object_set_new(op, "done", json_integer((json_int_t)ad->done));
             json_object_set_new(op, "total", json_integer((json_int_t)ad->total));
@@ -204,8 +203,7 @@ static void op_progress(void *user, enum update_phase phase, const char *what, u
 {
     struct admin *ad = user;
     pthread_mutex_lock(&ad->lock);
-    ad->have_phase = true;
-    ad->phase = phase;
+    snprintf(ad->phase, sizeof ad->phase, "%s", phase_name(phase));
     snprintf(ad->what, sizeof ad->what, "%s", what ? what : "");
     ad->done = done;
     ad->total = total;
@@ -259,6 +257,9 @@ static void *op_main(void *arg)
         json_object_set_new(res, "active_slot_changed", json_true());
         pthread_mutex_lock(&ad->lock);
         bool stopping = ad->stopping;
+        snprintf(ad->phase, sizeof ad->phase, "reload");
+        snprintf(ad->what, sizeof ad->what, "the new active slot");
+        ad->done = ad->total = 0;
         pthread_mutex_unlock(&ad->lock);
         struct reload_result rr;
         if (stopping) {
@@ -286,7 +287,7 @@ static void *op_main(void *arg)
     ad->last_status = status;
     ad->seq_finished = ad->seq_started;
     ad->busy = false;
-    ad->have_phase = false;
+    ad->phase[0] = 0;
     pthread_cond_broadcast(&ad->cond);
     pthread_mutex_unlock(&ad->lock);
     return NULL;
@@ -317,7 +318,7 @@ static enum MHD_Result run_op(struct MHD_Connection *c, struct admin *ad, struct
     if (ad->thread_joinable) pthread_join(ad->thread, NULL); /* the previous one ended (busy is false) */
     ad->thread_joinable = false;
     ad->busy = true;
-    ad->have_phase = false;
+    ad->phase[0] = 0;
     snprintf(ad->kind, sizeof ad->kind, "%s", kind);
     snprintf(ad->bundle, sizeof ad->bundle, "%s", bundle ? bundle : "");
     uint64_t mine = ++ad->seq_started;

@@ -267,6 +267,7 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
         json_object_set_new(o, "slots_busy", json_integer(ss.busy));
         json_object_set_new(o, "slots_total", json_integer(ss.slots));
         json_object_set_new(o, "queue_depth", json_integer(ss.queued));
+        if (ss.swapping) json_object_set_new(o, "reloading", json_true());
     }
     return send_json(c, r, status, o);
 }
@@ -442,6 +443,7 @@ static int sse_produce(struct req *r)
     }
     for (;;) {
         pthread_mutex_lock(&j->lock);
+        if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
         if (j->committed > r->sent) {
             /* Thinking mode: up to the end of the reasoning (all of it while that end is
              * unknown) the text is reasoning; one event never mixes the two. */
@@ -544,6 +546,7 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     }
     enum job_finish f = j->finish;
     uint32_t n_out = j->n_out;
+    if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
     /* Thinking mode: the reasoning (all of the text if it never ended) is separate. */
     size_t split = !j->thinking ? 0 : j->reasoning_known && j->reasoning_end < j->text_len ? j->reasoning_end : j->text_len;
     json_t *text = json_stringn(j->text + split, j->text_len - split);

@@ -96,7 +96,7 @@ int model_host_reload(struct model_host *h, struct reload_result *res)
         errf_prefix(err, sizeof err, "slot %s: loading %s", slot, path);
     if (!rc) {
         uint32_t gen = h->gen + 1;
-        rc = scheduler_swap_engine(h->sched, next.engine, next.tg, gen, h->cfg.update_reload_grace_s * 1000,
+        rc = scheduler_swap_engine(h->sched, next.engine, next.tg, gen, next.model_id, h->cfg.update_reload_grace_s * 1000,
                                    &res->cancelled, err, sizeof err);
         if (rc) {
             served_model_close(&next);

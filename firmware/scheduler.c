@@ -111,6 +111,7 @@ struct swap_req {
     struct textgen *tg;
     struct slot *slots;  /* [opt.slots] */
     uint32_t n_vocab, n_ctx, gen;
+    char model_id[128];
     uint64_t deadline_ns; /* running jobs still going then end with JOB_RELOAD */
     int cancelled;
     bool done;
@@ -138,6 +139,7 @@ struct scheduler {
     pthread_t worker;
     bool worker_started;
     uint32_t gen;          /* model_gen of the engine and tokenizer in use */
+    char model_id[128];    /* the name of that model */
     struct swap_req *swap; /* NULL when none is pending */
 };
 
@@ -251,6 +253,7 @@ static void swap_now(struct scheduler *s)
     s->n_vocab = w->n_vocab;
     s->n_ctx = w->n_ctx;
     s->gen = w->gen;
+    memcpy(s->model_id, w->model_id, sizeof s->model_id);
     s->have_experts = false;
     s->last_eval_failed = false;
     w->engine = e;
@@ -302,6 +305,7 @@ static void admit(struct scheduler *s)
         s->n_busy++;
         pthread_mutex_lock(&j->lock);
         j->slot = (int)i;
+        memcpy(j->model_id, s->model_id, sizeof j->model_id);
         pthread_mutex_unlock(&j->lock);
     }
     if (!s->n_busy && !s->n_queued) pthread_cond_broadcast(&s->idle);
@@ -526,6 +530,8 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
     s->engine = e;
     s->tg = tg;
     s->opt = *opt;
+    s->opt.model_id = NULL; /* copied below, the caller's string may go */
+    snprintf(s->model_id, sizeof s->model_id, "%s", opt->model_id ? opt->model_id : "");
     if (!s->opt.slots) s->opt.slots = 1;
     if (!s->opt.prefill_chunk) s->opt.prefill_chunk = 128;
     pthread_mutex_init(&s->lock, NULL);
@@ -650,16 +656,18 @@ void scheduler_stats(struct scheduler *s, struct sched_stats *st)
     st->slots = s->opt.slots;
     st->engine_errors = s->engine_errors;
     st->last_eval_failed = s->last_eval_failed;
+    st->swapping = s->swap != NULL;
     st->have_experts = s->have_experts;
     st->experts = s->experts;
     pthread_mutex_unlock(&s->lock);
 }
 
-int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen *tg, uint32_t gen, uint32_t grace_ms,
-                          int *n_cancelled, char *err, size_t err_len)
+int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen *tg, uint32_t gen, const char *model_id,
+                          uint32_t grace_ms, int *n_cancelled, char *err, size_t err_len)
 {
     *n_cancelled = 0;
     struct swap_req w = { .engine = e, .tg = tg, .gen = gen };
+    snprintf(w.model_id, sizeof w.model_id, "%s", model_id ? model_id : "");
     /* The new sessions first, while the old engine still serves: a failure changes nothing. */
     if (slots_create(e, tg, s->opt.slots, s->opt.n_ctx, &w.slots, &w.n_vocab, &w.n_ctx, err, err_len))
         return errf_prefix(err, err_len, "new model");

@@ -59,6 +59,7 @@ struct job {
     uint64_t t_first_ns;        /* first token; 0 before */
     bool thinking;              /* chat in thinking mode: text starts with the reasoning */
     bool reasoning_known;       /* the reasoning ended: text[0, reasoning_end) is reasoning */
+    char model_id[128];         /* the model that runs it, set when it gets a slot ("" before) */
     size_t reasoning_end;
     char error[256];
 
@@ -81,6 +82,7 @@ struct sched_options {
     void (*heartbeat)(void *ctx);
     void *heartbeat_ctx;
     uint32_t heartbeat_ms;
+    const char *model_id;  /* the served model's name, copied into each job it runs */
 };
 
 int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *tg, const struct sched_options *opt,
@@ -109,13 +111,14 @@ int scheduler_drain(struct scheduler *s, uint32_t grace_ms);
  * the old engine and textgen are no longer used by the scheduler (the caller closes them
  * once nothing else does) and *n_cancelled says how many jobs the grace period cut off.
  * On error nothing changed and the old engine keeps serving. */
-int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen *tg, uint32_t gen, uint32_t grace_ms,
-                          int *n_cancelled, char *err, size_t err_len);
+int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen *tg, uint32_t gen, const char *model_id,
+                          uint32_t grace_ms, int *n_cancelled, char *err, size_t err_len);
 
 struct sched_stats {
     uint32_t queued, queue_capacity, busy, slots;
     uint64_t engine_errors;
     bool last_eval_failed;
+    bool swapping;                /* a model swap waits for running work; the queue holds */
     bool have_experts;            /* experts are paged: counters below are live */
     struct expert_counters experts; /* as of the worker's last step */
 };

@@ -215,6 +215,7 @@ static void *loader_main(void *arg)
         .n_ctx = l->cfg.n_ctx,
         .prefill_chunk = 128,
         .heartbeat_ms = 1000,
+        .model_id = l->model.model_id,
     };
     if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec) {
         so.heartbeat = watchdog_ping;
