@@ -493,3 +493,45 @@ TEST(admin_unloadable_slot_keeps_old_model_degraded)
     CHECK_STR(slot, "a");
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
 }
+
+TEST(admin_unloadable_slot_falls_back_after_failed_starts)
+{
+    /* Installed offline (no daemon running): model C becomes active under boot trial, but
+     * this daemon's 1 MiB expert cache cannot hold it. Each start fails and counts; the
+     * start after max_boot_attempts falls back to slot a and records why. */
+    const char *extra[] = { "server.slots=1", "model.expert_cache_mb=1", "update.max_boot_attempts=2", NULL };
+    struct admin_box x;
+    REQUIRE(box_setup(&x, "none", extra) == 0);
+    char model_c[800], bundle_c[800], out[8192];
+    snprintf(model_c, sizeof model_c, "%s/c.gguf", test_tmpdir());
+    snprintf(bundle_c, sizeof bundle_c, "%s/c.fbx", test_tmpdir());
+    REQUIRE(write_model(model_c, "model-C", 9, 512) == 0);
+    REQUIRE(upd_make_bundle(&x.b, bundle_c, "3.0", 1, model_c, NULL) == 0);
+    REQUIRE(upd_cli(&x.b, out, sizeof out, "install", bundle_c) == 0);
+    CHECK_EQ_INT(upd_active_slot(&x.b), 1);
+    char args[4096];
+    int off = 0;
+    for (int i = 0; x.sets[i]; i++) off += snprintf(args + off, sizeof args - off, " --set '%s'", x.sets[i]);
+    for (int attempt = 1; attempt <= 2; attempt++) {
+        int rc = upd_sh(out, sizeof out, "timeout 60 %s serve -m %s --socket %s/f.sock%s", test_flashbox_bin(),
+                        x.model_a, test_tmpdir(), args);
+        CHECK_EQ_INT(rc, 1);
+        CHECK(strstr(out, "expert cache") != NULL);
+        struct update_status st;
+        REQUIRE(update_get_status(&x.b.cfg, &st, out, sizeof out) == 0);
+        CHECK_EQ_INT(st.trial, 1);
+        CHECK_EQ_INT(st.boot_attempts, attempt);
+    }
+    struct served d;
+    REQUIRE(serve_start(&d, x.sets) == 0);
+    char model[128], slot[16], status[32];
+    CHECK_EQ_INT(health(&d, model, slot, status, NULL), 200);
+    CHECK_STR(model, "model-A");
+    CHECK_STR(slot, "a");
+    struct update_status st;
+    REQUIRE(update_get_status(&x.b.cfg, &st, out, sizeof out) == 0);
+    CHECK_EQ_INT(st.active, 0);
+    CHECK_EQ_INT(st.trial, -1);
+    CHECK(strstr(st.last_fallback, "slot b did not become ready in 2 starts; fell back to slot a") != NULL);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+}
