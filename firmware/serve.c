@@ -52,7 +52,9 @@ static void usage(FILE *out)
             "  --listen ADDR        also serve loopback TCP (server.listen; off by default)\n"
             "  --set S.K=V          any other setting, e.g. --set server.slots=8\n"
             "  --print-config       print every setting with its effective value and exit\n"
-            "Signals: SIGTERM/SIGINT stop gracefully (server.shutdown_grace_s), SIGHUP reloads the config.\n");
+            "Signals: SIGTERM/SIGINT stop gracefully (server.shutdown_grace_s), SIGHUP reloads the config.\n"
+            "Updates: with update.data_dir set, server.admin_socket (mode 0600) takes status, install and\n"
+            "rollback (flashbox update ... --admin-socket PATH) and hot-reloads the new slot.\n");
 }
 
 /* Applies "section.key=value". */
