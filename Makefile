@@ -58,7 +58,7 @@ $(BUILD)/%.o: %.c | $(DEPS_OK)
 # Shaders: GLSL -> SPIR-V (validated) -> one generated C table linked into the engine.
 $(BUILD)/shaders/%.spv: shaders/%.comp $(wildcard shaders/*.h shaders/*.glsl) | $(DEPS_OK)
 	@mkdir -p $(@D)
-	glslangValidator --quiet --target-env vulkan1.1 -I shaders -o $@ $<
+	glslangValidator --quiet --target-env vulkan1.1 -Ishaders -o $@ $<
 	spirv-val --target-env vulkan1.1 $@
 
 $(BUILD)/shaders/spirv_table.c: $(SPV) scripts/embed-spirv.sh

@@ -21,10 +21,16 @@ struct backend_ops {
     /* Evaluates tokens at the state's current position (the state tracks it). */
     int (*eval)(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
                 char *err, size_t err_len);
+    /* Optional (NULL: no profile): see session_profile in engine.h. */
+    void (*profile)(void *state, bool on);
+    void (*get_profile)(const void *state, struct engine_profile *out);
+    int (*copy_bandwidth)(void *ctx, double *bytes_per_s, char *err, size_t err_len);
+    int (*bench_kernels)(void *ctx, const struct model *m, FILE *out, char *err, size_t err_len);
     /* Expert-cache counters; NULL or -1 when experts are not paged. */
     int (*expert_counters)(void *ctx, struct expert_counters *out);
 };
 
 extern const struct backend_ops ref_backend_ops;
+extern const struct backend_ops vk_backend_ops; /* engine/vk_forward.c */
 
 #endif

@@ -43,7 +43,7 @@ static const struct backend_ops *backend_for(enum engine_backend b)
 {
     switch (b) {
     case ENGINE_BACKEND_REF: return &ref_backend_ops;
-    case ENGINE_BACKEND_VULKAN: return NULL;
+    case ENGINE_BACKEND_VULKAN: return &vk_backend_ops;
     }
     return NULL;
 }
@@ -142,4 +142,28 @@ int session_eval(struct session *s, const int32_t *tokens, uint32_t n, float *lo
     if (s->e->ops->eval(s->e->backend_ctx, s->state, tokens, n, logits, all_logits, err, err_len)) return -1;
     s->pos += n;
     return 0;
+}
+
+void session_profile(struct session *s, bool on)
+{
+    if (s->e->ops->profile) s->e->ops->profile(s->state, on);
+}
+
+void session_get_profile(const struct session *s, struct engine_profile *out)
+{
+    memset(out, 0, sizeof *out);
+    if (s->e->ops->get_profile) s->e->ops->get_profile(s->state, out);
+}
+
+int engine_copy_bandwidth(struct engine *e, double *bytes_per_s, char *err, size_t err_len)
+{
+    *bytes_per_s = 0;
+    if (!e->ops->copy_bandwidth) return errf(err, err_len, "backend %s: no device to measure", e->ops->name);
+    return e->ops->copy_bandwidth(e->backend_ctx, bytes_per_s, err, err_len);
+}
+
+int engine_bench_kernels(struct engine *e, FILE *out, char *err, size_t err_len)
+{
+    if (!e->ops->bench_kernels) return errf(err, err_len, "backend %s: no kernels to time", e->ops->name);
+    return e->ops->bench_kernels(e->backend_ctx, e->model, out, err, err_len);
 }

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "engine/chat.h"
 #include "engine/sampler.h"
@@ -94,5 +95,25 @@ uint32_t session_n_ctx(const struct session *s);
  * says which. */
 int session_eval(struct session *s, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
                  char *err, size_t err_len);
+
+/* GPU time per kernel kind, for benchmarks (Vulkan backend; others report n_kinds = 0).
+ * session_profile(s, true) clears the counters and times every later dispatch (slower);
+ * session_profile(s, false) stops timing. */
+#define ENGINE_PROFILE_MAX_KINDS 16
+struct engine_profile {
+    uint32_t n_kinds;
+    const char *kind[ENGINE_PROFILE_MAX_KINDS];
+    double gpu_ns[ENGINE_PROFILE_MAX_KINDS];
+    uint32_t dispatches[ENGINE_PROFILE_MAX_KINDS];
+    uint64_t weight_bytes;          /* weight bytes the recorded kernels read, summed over evals */
+    uint32_t last_dispatch_count;   /* dispatches in the last command buffer */
+};
+void session_profile(struct session *s, bool on);
+void session_get_profile(const struct session *s, struct engine_profile *out);
+/* Device copy bandwidth (bytes/s) measured with a large buffer-to-buffer copy. */
+int engine_copy_bandwidth(struct engine *e, double *bytes_per_s, char *err, size_t err_len);
+/* Times every matvec/matmul kernel alone on the model's weight shapes and prints a table
+ * (elements/s, GB/s) and the dispatch count per layer to out. */
+int engine_bench_kernels(struct engine *e, FILE *out, char *err, size_t err_len);
 
 #endif

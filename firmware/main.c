@@ -15,6 +15,8 @@ static const struct command commands[] = {
     { "logits", cmd_logits, "write or print the logits of a token sequence" },
 
     { "mkmodel", tool_mkmodel_main, "write a seeded random-weight deepseek4 GGUF (test and default models)" },
+    { "bench", cmd_bench, "measure prefill/decode speed, per-kernel GPU time and bandwidth" },
+    { "board", cmd_board, "print the GPUs found (DRM + Vulkan), their limits and the one flashbox picks" },
     { "inspect", cmd_inspect, "print a model file's metadata, tensors and hyper-parameters" },
     { "serve", cmd_serve, "run the API daemon (Unix socket, OpenAI-compatible HTTP)" },
     { "convert", tool_convert_main, "convert the official safetensors checkpoint (FP8 + FP4) to a deepseek4 GGUF" },

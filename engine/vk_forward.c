@@ -1,0 +1,492 @@
+/* The Vulkan forward schedule (spec §3.3, §3.12): for each batch of up to VK_BATCH tokens
+ * one command buffer runs the embedding copy, every layer (hc_pre, attention with its
+ * compressors and indexer, hc_post, hc_pre, MoE, hc_post) and the head. Barriers sit only
+ * between a kernel and the first one that reads what it wrote; independent kernels (the
+ * projections of one input) share a barrier interval. */
+#include "engine/vk_internal.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+#include "engine/errmsg.h"
+#include "engine/quant.h"
+
+const char *const vk_kind_names[VK_KIND_COUNT] = {
+    "matvec", "hc", "norm_rope", "compress", "indexer", "attention", "router", "swiglu", "other",
+};
+
+/* One batch being recorded. */
+struct fwd {
+    struct vk_session *s;
+    struct vk_engine *e;
+    const struct model_hparams *hp;
+    uint32_t pos0, nt;
+    uint32_t il;                /* layer being recorded */
+    /* the finished sublayer whose hc_post the next hc dispatch applies first */
+    bool post_pending;
+    struct abi_hc_push post;    /* its src_* fields */
+    const struct vk_span *post_src;
+    char *err;
+    size_t err_len;
+};
+
+static void after_dispatch(struct fwd *f, enum vk_kind kind)
+{
+    struct vk_session *s = f->s;
+    if (!s->prof || !s->prof->enabled) return;
+    int q = vk_recorder_timestamp(s->rec);
+    if (q < 0) return;
+    s->kinds[s->n_timed] = (uint8_t)kind;
+    s->stamps[s->n_timed++] = q;
+}
+
+static int dispatch(struct fwd *f, enum vk_kind kind, const struct vk_kernel *k, const struct vk_span *const *spans,
+                    const void *push, uint32_t gx, uint32_t gy, uint32_t gz)
+{
+    if (vk_op_dispatch(f->s->rec, &f->e->ops, k, spans, push, gx, gy, gz, f->err, f->err_len)) return -1;
+    after_dispatch(f, kind);
+    return 0;
+}
+
+static void barrier(struct fwd *f) { vk_recorder_barrier(f->s->rec); }
+
+/* y[t] = W x[t] for the batch's tokens (x, y rows of x_tstride / y_tstride floats). */
+static int matvec(struct fwd *f, tensor_ref w, const struct vk_span *x, uint32_t x_tstride, const struct vk_span *y,
+                  uint32_t y_off, uint32_t y_tstride, uint32_t n_tok, uint32_t x_off)
+{
+    struct vk_weight vw;
+    if (vk_weight_of(f->e, w, 0, &vw, f->err, f->err_len)) return -1;
+    struct vk_matvec_args a = {
+        .w = &vw, .x = x, .y = y, .x_off = x_off, .x_tstride = x_tstride, .y_off = y_off, .y_tstride = y_tstride,
+        .n_tok = n_tok, .scale = 1.0f,
+    };
+    if (vk_op_matvec(f->s->rec, &f->e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", w->name);
+    f->s->weight_bytes_step += vw.mat_bytes;
+    after_dispatch(f, VK_KIND_MATVEC);
+    return 0;
+}
+
+static int norm_rope(struct fwd *f, const struct vk_span *x, const struct vk_span *y, const struct vk_span *w,
+                     const struct vk_span *rope, struct abi_norm_rope_push p, uint32_t n_rows, uint32_t n_tok)
+{
+    if (p.y_tmod == 0) p.y_tmod = 0x7fffffffu;
+    p.eps = f->hp->rms_eps;
+    const struct vk_span *b[4] = { x, y, w ? w : x, rope };
+    return dispatch(f, VK_KIND_NORM_ROPE, &f->e->ops.norm_rope, b, &p, n_rows, n_tok, 1);
+}
+
+/* hc_pre (or hc_head with head) for tokens [t0, t0 + n) into s->a, applying the pending
+ * hc_post of the previous sublayer first (only those tokens' streams: the others are not
+ * read again in this batch). */
+static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scale, tensor_ref norm, bool head,
+                  uint32_t t0, uint32_t n)
+{
+    struct vk_session *s = f->s;
+    const struct model_hparams *hp = f->hp;
+    struct abi_hc_push p = f->post;
+    p.n_embd = hp->n_embd;
+    p.n_hc = hp->n_hc;
+    p.n_tok = n;
+    p.sinkhorn_iters = hp->hc_sinkhorn_iters;
+    p.x_off = t0 * hp->n_hc * hp->n_embd;
+    p.y_off = t0 * hp->n_embd;
+    p.hc_off = t0 * (hp->n_hc + hp->n_hc * hp->n_hc);
+    p.flags = (head ? ABI_HC_FLAG_HEAD : 0) | (f->post_pending ? ABI_HC_FLAG_POST : 0);
+    p.src_off += t0 * p.src_tstride;
+    p.extra_off += t0 * p.extra_tstride;
+    p.rms_eps = hp->rms_eps;
+    p.hc_eps = hp->hc_eps;
+    const struct vk_span *b[8] = { &s->x, vk_tensor_span(f->e, fn), vk_tensor_span(f->e, base), vk_tensor_span(f->e, scale),
+                                   vk_tensor_span(f->e, norm), &s->a, &s->hc, f->post_pending ? f->post_src : &s->f };
+    f->post_pending = false;
+    return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
+}
+
+/* Marks the sublayer output in src as pending: the next hc dispatch adds it to the streams. */
+static void hc_post_pending(struct fwd *f, const struct vk_span *src, uint32_t src_tstride, uint32_t src_sstride,
+                            uint32_t n_src, uint32_t extra_off, uint32_t extra_tstride)
+{
+    memset(&f->post, 0, sizeof f->post);
+    f->post.src_tstride = src_tstride;
+    f->post.src_sstride = src_sstride;
+    f->post.n_src = n_src;
+    f->post.extra_off = extra_off;
+    f->post.extra_tstride = extra_tstride;
+    f->post_src = src;
+    f->post_pending = true;
+}
+
+/* One compressor (main or indexer) over the batch: state machine, then norm + rope of the
+ * entries completed in this batch. Its kv and score inputs are the columns from kv_col and
+ * score_col of the projection rows (coff*width each). */
+static int compressor(struct fwd *f, uint32_t ratio, uint32_t width, uint32_t kv_col, uint32_t score_col, tensor_ref ape,
+                      tensor_ref norm, const struct vk_span *state, const struct vk_span *out, bool finish)
+{
+    const uint32_t coff = ratio == 4 ? 2 : 1;
+    if (!finish) {
+        struct abi_compress_push p = {
+            .width = width, .ratio = ratio, .coff = coff, .pos0 = f->pos0, .n_tok = f->nt,
+            .kv_off = kv_col, .score_off = score_col, .in_tstride = f->s->e->proj[f->il].width,
+        };
+        const struct vk_span *b[5] = { &f->s->proj, &f->s->proj, vk_tensor_span(f->e, ape), state, out };
+        return dispatch(f, VK_KIND_COMPRESS, &f->e->ops.compress, b, &p, (width + ABI_WG_SIZE - 1) / ABI_WG_SIZE, 1, 1);
+    }
+    const uint32_t e0 = f->pos0 / ratio, e1 = (f->pos0 + f->nt) / ratio;
+    if (e1 == e0) return 0;
+    struct abi_norm_rope_push p = {
+        .n = width, .rope_dim = f->hp->rope_dim,
+        .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
+        .x_off = e0 * width, .x_tstride = width, .y_tstride = width, .y_row0 = e0,
+        .pos_base = e0 * ratio, .pos_step = ratio,
+    };
+    return norm_rope(f, out, out, vk_tensor_span(f->e, norm), &f->s->rope_comp, p, 1, e1 - e0);
+}
+
+static int attention_layer(struct fwd *f, uint32_t il)
+{
+    struct vk_session *s = f->s;
+    struct vk_engine *e = f->e;
+    const struct model_hparams *hp = f->hp;
+    const struct layer_weights *lw = &e->m->layers[il];
+    struct vk_layer_state *ls = &s->layers[il];
+    const uint32_t nt = f->nt, hd = hp->head_dim, H = hp->n_head, ratio = hp->ratio[il];
+    const struct vk_span *rope = ratio ? &s->rope_comp : &s->rope_swa;
+
+    if (hc_pre(f, lw->hc_attn_fn, lw->hc_attn_base, lw->hc_attn_scale, lw->attn_norm, false, 0, nt)) return -1;
+    barrier(f);
+    /* every projection of the normed input a: one dispatch when the weights are fused */
+    const struct vk_proj *pj = &e->proj[il];
+    const uint32_t pw = pj->width;
+    if (pj->fused) {
+        struct vk_matvec_args ma = { .w = &pj->w, .x = &s->a, .y = &s->proj, .x_tstride = hp->n_embd, .y_tstride = pw,
+                                     .n_tok = nt, .scale = 1.0f };
+        if (vk_op_matvec(s->rec, &e->ops, &ma, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "projections");
+        s->weight_bytes_step += pj->w.mat_bytes;
+        after_dispatch(f, VK_KIND_MATVEC);
+    } else {
+        tensor_ref t[VK_PROJ_COUNT];
+        vk_proj_tensors(e->m, il, t);
+        for (int i = 0; i < VK_PROJ_COUNT; i++)
+            if (t[i] && matvec(f, t[i], &s->a, hp->n_embd, &s->proj, pj->col[i], pw, nt, 0)) return -1;
+    }
+    barrier(f);
+    {
+        struct abi_norm_rope_push p = { .n = hp->q_rank, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT,
+                                        .x_off = pj->col[VK_PROJ_Q], .x_tstride = pw, .y_tstride = hp->q_rank };
+        if (norm_rope(f, &s->proj, &s->qr, vk_tensor_span(e, lw->attn_q_a_norm), rope, p, 1, nt)) return -1;
+        struct abi_norm_rope_push pk = {
+            .n = hd, .rope_dim = hp->rope_dim,
+            .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
+            .x_off = pj->col[VK_PROJ_KV], .x_tstride = pw, .y_tstride = hd, .y_row0 = f->pos0 % s->ring_len,
+            .y_tmod = s->ring_len, .pos_base = f->pos0, .pos_step = 1,
+        };
+        if (norm_rope(f, &s->proj, &ls->ring, vk_tensor_span(e, lw->attn_kv_a_norm), rope, pk, 1, nt)) return -1;
+    }
+    if (ratio && compressor(f, ratio, hd, pj->col[VK_PROJ_CKV], pj->col[VK_PROJ_CG], lw->comp_ape, lw->comp_norm, &ls->kvc,
+                            &ls->comp, false))
+        return -1;
+    if (ratio == 4 && compressor(f, 4, hp->ix_dim, pj->col[VK_PROJ_ICKV], pj->col[VK_PROJ_ICG], lw->ix_comp_ape,
+                                 lw->ix_comp_norm, &ls->ixc, &ls->ix_keys, false))
+        return -1;
+    barrier(f);
+    /* projections of the normed qr; finishing the entries completed in this batch */
+    if (matvec(f, lw->attn_q_b, &s->qr, hp->q_rank, &s->q, 0, H * hd, nt, 0)) return -1;
+    if (ratio == 4 && matvec(f, lw->ix_q_b, &s->qr, hp->q_rank, &s->ixq, 0, hp->ix_head * hp->ix_dim, nt, 0)) return -1;
+    if (ratio && compressor(f, ratio, hd, 0, 0, NULL, lw->comp_norm, NULL, &ls->comp, true)) return -1;
+    if (ratio == 4 && compressor(f, 4, hp->ix_dim, 0, 0, NULL, lw->ix_comp_norm, NULL, &ls->ix_keys, true)) return -1;
+    barrier(f);
+    {
+        struct abi_norm_rope_push p = {
+            .n = hd, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_ROPE,
+            .x_tstride = H * hd, .x_hstride = hd, .y_tstride = H * hd, .y_hstride = hd, .pos_base = f->pos0, .pos_step = 1,
+        };
+        if (norm_rope(f, &s->q, &s->q, NULL, rope, p, H, nt)) return -1;
+    }
+    if (ratio == 4) {
+        const uint32_t D = hp->ix_dim, IH = hp->ix_head;
+        struct abi_norm_rope_push p = {
+            .n = D, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_ROPE,
+            .x_tstride = IH * D, .x_hstride = D, .y_tstride = IH * D, .y_hstride = D, .pos_base = f->pos0, .pos_step = 1,
+        };
+        if (norm_rope(f, &s->ixq, &s->ixq, NULL, rope, p, IH, nt)) return -1;
+        barrier(f);
+        struct abi_indexer_push ip = {
+            .n_head = IH, .dim = D, .topk = hp->ix_topk, .pos0 = f->pos0, .n_tok = nt,
+            .w_off = pj->col[VK_PROJ_IXW], .w_tstride = pw,
+            .score_tstride = s->n_ctx / 4 + 1, .scale = (float)(1.0 / sqrt((double)D * IH)),
+        };
+        const struct vk_span *b[5] = { &s->ixq, &s->proj, &ls->ix_keys, &s->ixs, &s->sel };
+        if (dispatch(f, VK_KIND_INDEXER, &e->ops.indexer, b, &ip, nt, 1, 1)) return -1;
+    }
+    barrier(f);
+    {
+        struct abi_attn_push p = {
+            .head_dim = hd, .n_head = H, .rope_dim = hp->rope_dim, .window = hp->window, .ring_len = s->ring_len,
+            .ratio = ratio, .topk = hp->ix_topk, .pos0 = f->pos0, .n_tok = nt,
+            .scale = (float)(1.0 / sqrt((double)hd)),
+        };
+        const struct vk_span *b[7] = { &s->q, &ls->ring, ratio ? &ls->comp : &ls->ring, &s->sel,
+                                       vk_tensor_span(e, lw->attn_sinks), rope, &s->o };
+        if (dispatch(f, VK_KIND_ATTENTION, &e->ops.attention, b, &p, H, nt, 1)) return -1;
+    }
+    barrier(f);
+    {   /* grouped output projection: group g's heads times its block of rows */
+        struct vk_weight vw;
+        if (vk_weight_of(e, lw->attn_output_a, hp->o_groups, &vw, f->err, f->err_len)) return -1;
+        const uint32_t group_in = H * hd / hp->o_groups;
+        struct vk_matvec_args a = {
+            .w = &vw, .x = &s->o, .y = &s->z, .x_tstride = H * hd, .x_zstride = group_in, .x_zdiv = 1,
+            .y_tstride = hp->o_groups * hp->o_rank, .y_zstride = hp->o_rank, .n_tok = nt, .n_slot = hp->o_groups, .scale = 1.0f,
+        };
+        if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return -1;
+        s->weight_bytes_step += vw.mat_bytes * vw.n_mat;
+        after_dispatch(f, VK_KIND_MATVEC);
+    }
+    barrier(f);
+    if (matvec(f, lw->attn_output_b, &s->z, hp->o_groups * hp->o_rank, &s->f, 0, hp->n_embd, nt, 0)) return -1;
+    barrier(f);
+    hc_post_pending(f, &s->f, hp->n_embd, 0, 1, 0, 0);
+    return 0;
+}
+
+static int moe_layer(struct fwd *f, uint32_t il)
+{
+    struct vk_session *s = f->s;
+    struct vk_engine *e = f->e;
+    const struct model_hparams *hp = f->hp;
+    const struct layer_weights *lw = &e->m->layers[il];
+    const struct vk_moe *mo = &e->moe[il];
+    const uint32_t nt = f->nt, K = hp->n_expert_used, F = hp->n_ff_exp, d = hp->n_embd, E = hp->n_expert;
+    const uint32_t n_routed = nt * K, mw = mo->width; /* rows of routed experts; mp row width */
+
+    if (hc_pre(f, lw->hc_ffn_fn, lw->hc_ffn_base, lw->hc_ffn_scale, lw->ffn_norm, false, 0, nt)) return -1;
+    barrier(f);
+    /* router logits, shared gate, shared up: one row [E | F | F] per token */
+    if (mo->proj_fused) {
+        struct vk_matvec_args a = { .w = &mo->proj, .x = &s->a, .y = &s->mp, .x_tstride = d, .y_tstride = mw, .n_tok = nt,
+                                    .scale = 1.0f };
+        if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "moe projections");
+        s->weight_bytes_step += mo->proj.mat_bytes;
+        after_dispatch(f, VK_KIND_MATVEC);
+    } else if (matvec(f, lw->ffn_gate_inp, &s->a, d, &s->mp, 0, mw, nt, 0) ||
+               matvec(f, lw->ffn_gate_shexp, &s->a, d, &s->mp, E, mw, nt, 0) ||
+               matvec(f, lw->ffn_up_shexp, &s->a, d, &s->mp, E + F, mw, nt, 0)) {
+        return -1;
+    }
+    barrier(f);
+    {
+        struct abi_router_push p = {
+            .n_expert = E, .k = K, .n_tok = nt, .logits_tstride = mw,
+            .flags = (lw->tid2eid ? ABI_ROUTER_FLAG_HASH : 0) | (hp->expert_weights_norm ? ABI_ROUTER_FLAG_NORM : 0),
+            .scale = hp->expert_weights_scale,
+        };
+        const struct vk_span *b[5] = { &s->mp, vk_tensor_span(e, lw->tid2eid ? lw->tid2eid : lw->exp_probs_b), &s->tokens,
+                                       &s->ids, &s->rw };
+        if (dispatch(f, VK_KIND_ROUTER, &e->ops.router, b, &p, nt, 1, 1)) return -1;
+    }
+    barrier(f);
+    /* Routed gate and up. Decode: slot z = t*K + k reads token t's input and expert ids[z];
+     * the up half (slots n_routed..) lands n_routed rows further. Prefill: slots are grouped
+     * by expert first, so each expert's matrices are read once for all of its tokens. */
+    const bool grouped = nt >= VK_MOE_GROUP_MIN_TOKENS;
+    if (grouped) {
+        struct abi_moe_group_push gp = { .n_expert = E, .n_slots = n_routed };
+        const struct vk_span *b[2] = { &s->ids, &s->grp };
+        if (dispatch(f, VK_KIND_ROUTER, &e->ops.moe_group, b, &gp, 1, 1, 1)) return -1;
+        barrier(f);
+    }
+    if (mo->gu_fused) {
+        struct vk_matvec_args a = {
+            .w = &mo->gu, .x = &s->a, .y = &s->gu, .ids = grouped ? &s->grp : &s->ids, .x_zstride = d, .x_zdiv = K,
+            .y_zstride = F, .n_tok = grouped ? nt : 1, .n_slot = grouped ? 2 * E : 2 * n_routed,
+            .ids_wrap = grouped ? E : n_routed, .mat_add = E, .y_wrap_add = grouped ? n_routed * F : 0,
+            .grouped = grouped, .scale = 1.0f,
+        };
+        if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "gate/up experts");
+        s->weight_bytes_step += 2 * mo->gu.mat_bytes * K;
+        after_dispatch(f, VK_KIND_MATVEC);
+    } else {
+        tensor_ref gu[2] = { lw->ffn_gate_exps, lw->ffn_up_exps };
+        for (int i = 0; i < 2; i++) {
+            struct vk_weight vw;
+            if (vk_weight_of(e, gu[i], 0, &vw, f->err, f->err_len)) return -1;
+            struct vk_matvec_args a = {
+                .w = &vw, .x = &s->a, .y = &s->gu, .ids = grouped ? &s->grp : &s->ids, .x_zstride = d, .x_zdiv = K,
+                .y_off = (uint32_t)i * n_routed * F, .y_zstride = F, .n_tok = grouped ? nt : 1,
+                .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0, .grouped = grouped, .scale = 1.0f,
+            };
+            if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", gu[i]->name);
+            s->weight_bytes_step += vw.mat_bytes * K;
+            after_dispatch(f, VK_KIND_MATVEC);
+        }
+    }
+    barrier(f);
+    {
+        struct abi_swiglu_push p = { .n_ff = F, .n_rows = n_routed + nt, .n_routed = n_routed, .u_off = n_routed * F,
+                                     .sh_off = E, .sh_tstride = mw,
+                                     .lim_routed = hp->swiglu_clamp_exp[il], .lim_shared = hp->swiglu_clamp_shexp[il] };
+        const struct vk_span *b[3] = { &s->gu, &s->mp, &s->rw };
+        if (dispatch(f, VK_KIND_SWIGLU, &e->ops.swiglu, b, &p, (F + ABI_WG_SIZE - 1) / ABI_WG_SIZE, n_routed + nt, 1)) return -1;
+    }
+    barrier(f);
+    {
+        struct vk_weight vw;
+        if (vk_weight_of(e, lw->ffn_down_exps, 0, &vw, f->err, f->err_len)) return -1;
+        struct vk_matvec_args a = {
+            .w = &vw, .x = &s->gu, .y = &s->yd, .ids = grouped ? &s->grp : &s->ids, .x_zstride = F, .x_zdiv = 1,
+            .y_zstride = d, .n_tok = grouped ? nt : 1, .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0,
+            .grouped = grouped, .scale = 1.0f,
+        };
+        if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "down experts");
+        s->weight_bytes_step += vw.mat_bytes * K;
+        after_dispatch(f, VK_KIND_MATVEC);
+        if (matvec(f, lw->ffn_down_shexp, &s->mp, mw, &s->yd, n_routed * d, d, nt, E)) return -1;
+    }
+    barrier(f);
+    hc_post_pending(f, &s->yd, K * d, d, K, n_routed * d, d);
+    return 0;
+}
+
+/* Records and runs one batch of nt tokens at position pos0; logits of the tokens from
+ * first_logit on land in s->logits rows 0... */
+static int run_batch(struct vk_session *s, const int32_t *tokens, uint32_t pos0, uint32_t nt, uint32_t first_logit,
+                     char *err, size_t err_len)
+{
+    struct vk_engine *e = s->e;
+    const struct model *m = e->m;
+    const struct model_hparams *hp = &m->hp;
+    struct fwd f = { .s = s, .e = e, .hp = hp, .pos0 = pos0, .nt = nt, .err = err, .err_len = err_len };
+    const uint32_t d = hp->n_embd;
+
+    /* 3.1: embedding rows on the host (straight from the mapped file), copied to every stream */
+    for (uint32_t t = 0; t < nt; t++) {
+        uint64_t n = m->token_embd->ne[0], row_bytes = m->token_embd->nbytes / m->token_embd->ne[1];
+        dequant_row(m->token_embd->type, (const uint8_t *)m->token_embd->data + (uint64_t)tokens[t] * row_bytes,
+                    (float *)s->in_embd.host + (uint64_t)t * d, n);
+        ((int32_t *)s->tokens.host)[t] = tokens[t];
+    }
+    s->n_timed = 0;
+    s->weight_bytes_step = 0;
+    if (vk_recorder_begin(s->rec, err, err_len)) return -1;
+    VkCommandBuffer cb = s->rec->cb;
+    if (s->needs_reset) { /* compressor state: kv rows 0, score rows -inf (no previous block) */
+        for (uint32_t il = 0; il < hp->n_layer; il++) {
+            struct vk_span *st[2] = { &s->layers[il].kvc, &s->layers[il].ixc };
+            for (int i = 0; i < 2; i++) {
+                if (!st[i]->buf) continue;
+                uint64_t half = st[i]->size / 2;
+                vkCmdFillBuffer(cb, st[i]->buf, st[i]->off, half, 0);
+                vkCmdFillBuffer(cb, st[i]->buf, st[i]->off + half, half, 0xff800000u);
+            }
+        }
+        s->needs_reset = false;
+    }
+    for (uint32_t t = 0; t < nt; t++)
+        for (uint32_t j = 0; j < hp->n_hc; j++)
+            s->copies[t * hp->n_hc + j] = (VkBufferCopy){ .srcOffset = s->in_embd.off + (uint64_t)t * d * 4,
+                                                          .dstOffset = s->x.off + ((uint64_t)t * hp->n_hc + j) * d * 4,
+                                                          .size = (uint64_t)d * 4 };
+    vkCmdCopyBuffer(cb, s->in_embd.buf, s->x.buf, nt * hp->n_hc, s->copies);
+    vk_recorder_barrier(s->rec);
+    if (s->prof && s->prof->enabled) {
+        s->stamps[s->n_timed] = vk_recorder_timestamp(s->rec);
+        s->kinds[s->n_timed++] = VK_KIND_OTHER;
+    }
+
+    for (uint32_t il = 0; il < hp->n_layer; il++)
+        if ((f.il = il, attention_layer(&f, il)) || moe_layer(&f, il)) {
+            errf_prefix(err, err_len, "layer %u", il);
+            vk_recorder_abort(s->rec);
+            return -1;
+        }
+    if (first_logit < nt) {
+        uint32_t n_out = nt - first_logit;
+        if (hc_pre(&f, m->output_hc_fn, m->output_hc_base, m->output_hc_scale, m->output_norm, true, first_logit, n_out)) {
+            vk_recorder_abort(s->rec);
+            return -1;
+        }
+        barrier(&f);
+        if (matvec(&f, m->output, &s->a, d, &s->logits, 0, hp->n_vocab, n_out, first_logit * d)) {
+            vk_recorder_abort(s->rec);
+            return -1;
+        }
+    }
+    uint32_t n_dispatch = s->rec->n_dispatch;
+    if (vk_recorder_submit(s->rec, err, err_len)) return -1;
+    if (s->prof) {
+        s->prof->n_dispatch = n_dispatch;
+        s->prof->weight_bytes += s->weight_bytes_step;
+        for (uint32_t i = 1; i < s->n_timed; i++) {
+            double ns = vk_recorder_elapsed_ns(s->rec, s->stamps[i - 1], s->stamps[i]);
+            s->prof->ns[s->kinds[i]] += ns;
+            s->prof->dispatches[s->kinds[i]]++;
+        }
+    }
+    return 0;
+}
+
+int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
+            char *err, size_t err_len)
+{
+    (void)ctx;
+    struct vk_session *s = state;
+    const struct model_hparams *hp = &s->e->m->hp;
+    for (uint32_t t = 0; t < n; t++)
+        if (tokens[t] < 0 || (uint32_t)tokens[t] >= hp->n_vocab)
+            return errf(err, err_len, "token %u: id %" PRId32 " outside the vocabulary [0, %u)", t, tokens[t], hp->n_vocab);
+    if (n > s->n_ctx - s->pos)
+        return errf(err, err_len, "%u tokens at position %u exceed the context of %u", n, s->pos, s->n_ctx);
+    for (uint32_t c0 = 0; c0 < n; c0 += VK_BATCH) {
+        const uint32_t nt = n - c0 < VK_BATCH ? n - c0 : VK_BATCH;
+        const bool last_chunk = c0 + nt == n;
+        uint32_t first_logit = !logits ? nt : all_logits ? 0 : last_chunk ? nt - 1 : nt;
+        if (run_batch(s, tokens + c0, s->pos, nt, first_logit, err, err_len)) {
+            s->needs_reset = true;
+            return errf_prefix(err, err_len, "vulkan eval (session must be reset)");
+        }
+        if (first_logit < nt) {
+            const float *src = (const float *)s->logits.host;
+            uint64_t rows = nt - first_logit;
+            float *dst = all_logits ? logits + (uint64_t)c0 * hp->n_vocab : logits;
+            memcpy(dst, src, rows * hp->n_vocab * sizeof(float));
+        }
+        s->pos += nt;
+    }
+    return 0;
+}
+
+static void vk_profile_onoff(void *state, bool on)
+{
+    struct vk_session *s = state;
+    memset(&s->profile, 0, sizeof s->profile);
+    s->profile.enabled = on;
+    s->prof = &s->profile;
+}
+
+static void vk_get_profile(const void *state, struct engine_profile *out)
+{
+    const struct vk_session *s = state;
+    out->n_kinds = VK_KIND_COUNT;
+    for (int k = 0; k < VK_KIND_COUNT; k++) {
+        out->kind[k] = vk_kind_names[k];
+        out->gpu_ns[k] = s->profile.ns[k];
+        out->dispatches[k] = s->profile.dispatches[k];
+    }
+    out->weight_bytes = s->profile.weight_bytes;
+    out->last_dispatch_count = s->profile.n_dispatch;
+}
+
+const struct backend_ops vk_backend_ops = {
+    .profile = vk_profile_onoff,
+    .get_profile = vk_get_profile,
+    .copy_bandwidth = vk_copy_bandwidth,
+    .bench_kernels = vk_bench_kernels,
+    .name = "vulkan",
+    .open = vk_engine_open,
+    .close = vk_engine_close,
+    .session_create = vk_session_create,
+    .session_destroy = vk_session_destroy,
+    .session_reset = vk_session_reset,
+    .eval = vk_eval,
+};

@@ -1,0 +1,114 @@
+/* Internals shared by the Vulkan backend's files: the engine (device, kernels, weights)
+ * and the session (device state and activations). Not for use outside engine/vk_*.c and
+ * the Vulkan tests. */
+#ifndef FLASHBOX_ENGINE_VK_INTERNAL_H
+#define FLASHBOX_ENGINE_VK_INTERNAL_H
+
+#include "engine/model.h"
+#include "engine/vk_forward.h"
+#include "shaders/abi.h"
+
+/* The projections of a layer's attention input a, stored back to back so that one matvec
+ * computes all of them into one row per token: q_a, kv, then (ratio != 0) the compressor's
+ * kv and gate, then (ratio 4) the indexer compressor's kv and gate and the indexer weights.
+ * col[] gives each part's first column in that row. */
+enum vk_proj_part { VK_PROJ_Q, VK_PROJ_KV, VK_PROJ_CKV, VK_PROJ_CG, VK_PROJ_ICKV, VK_PROJ_ICG, VK_PROJ_IXW, VK_PROJ_COUNT };
+struct vk_proj {
+    uint32_t col[VK_PROJ_COUNT];
+    uint32_t width;             /* columns of the whole row */
+    bool fused;                 /* one weight span (same type and row length): one dispatch */
+    struct vk_weight w;         /* the concatenated weight when fused */
+};
+
+/* A layer's MoE weights arranged for few dispatches: the router, shared gate and shared up
+ * back to back (one matvec gives a row [n_expert | gate | up] per token), and the routed
+ * gate and up expert tensors back to back (one matvec with ids computes both halves). */
+struct vk_moe {
+    bool proj_fused, gu_fused;
+    struct vk_weight proj;      /* [n_embd, n_expert + 2*n_ff_exp] when proj_fused */
+    struct vk_weight gu;        /* [n_embd, n_ff_exp, 2*n_expert] when gu_fused */
+    uint32_t width;             /* n_expert + 2*n_ff_exp */
+};
+
+struct vk_engine {
+    const struct model *m;
+    struct vk_device *d;
+    struct vk_ops ops;
+    struct vk_arena *weights;
+    struct vk_span *tspans;      /* [n_tensors] of the file, in file order */
+    uint64_t weight_bytes;
+    struct vk_proj *proj;        /* [n_layer] */
+    struct vk_moe *moe;          /* [n_layer] */
+    uint32_t proj_width_max;
+};
+
+/* The tensors of each projection part of layer il (NULL where the layer has none). */
+void vk_proj_tensors(const struct model *m, uint32_t il, tensor_ref out[VK_PROJ_COUNT]);
+
+struct vk_layer_state {
+    struct vk_span ring;         /* [ring_len][head_dim]: kv of position p in row p % ring_len */
+    struct vk_span comp;         /* [n_ctx/ratio + 1][head_dim]: compressed entries */
+    struct vk_span kvc;          /* main compressor: kv [n_rows][coff*head_dim], then score rows */
+    struct vk_span ix_keys;      /* [n_ctx/4 + 1][ix_dim] */
+    struct vk_span ixc;          /* indexer compressor: kv [8][2*ix_dim], then score rows */
+};
+
+struct vk_session {
+    struct vk_engine *e;
+    uint32_t n_ctx, pos;
+    uint32_t ring_len;           /* window + VK_BATCH, so one batch never overwrites keys it needs */
+    bool needs_reset;            /* compressor state is cleared at the start of the next eval */
+    struct vk_arena *arena;      /* device state and activations */
+    struct vk_arena *host;       /* host-visible: embeddings in, tokens, logits out */
+    struct vk_recorder *rec;
+    struct vk_layer_state *layers; /* [n_layer] */
+    struct vk_span rope_swa, rope_comp; /* [n_ctx][rope_dim/2] of (cos, sin) */
+    /* activations of up to VK_BATCH tokens */
+    struct vk_span x;            /* [B][n_hc][n_embd] residual streams */
+    struct vk_span hc;           /* [B][n_hc + n_hc^2] post, comb of the current site */
+    struct vk_span a;            /* [B][n_embd] normed sublayer input */
+    struct vk_span qr;           /* [B][q_rank] */
+    struct vk_span q;            /* [B][n_head][head_dim] */
+    struct vk_span proj;         /* [B][proj_width_max]: the attention input's projections */
+    struct vk_span o;            /* [B][n_head][head_dim] */
+    struct vk_span z;            /* [B][o_groups*o_rank] */
+    struct vk_span f;            /* [B][n_embd] attention output */
+    struct vk_span ixq;          /* [B][ix_head][ix_dim] */
+    struct vk_span ixs;          /* [B][n_ctx/4 + 1] indexer scores */
+    struct vk_span sel;          /* [B][ix_topk] int32 */
+    struct vk_span mp;           /* [B][n_expert + 2*n_ff_exp]: router logits (then scores), shared gate, up */
+    struct vk_span ids;          /* [B][n_expert_used] int32 */
+    struct vk_span grp;          /* [n_expert + 1 + B*n_expert_used] int32: slots grouped by expert */
+    struct vk_span rw;           /* [B][n_expert_used] routing weights */
+    struct vk_span gu;           /* [2][B*K][n_ff_exp]: routed gate rows t*K+k, then up rows */
+    struct vk_span yd;           /* [B*(K+1)][n_embd]: routed outputs t*K+k, then the shared ones */
+    struct vk_span in_embd;      /* host: [B][n_embd] */
+    struct vk_span tokens;       /* host: [B] int32 */
+    struct vk_span logits;       /* host: [B][n_vocab] */
+    float *embd_row;             /* [n_embd] host scratch */
+    VkBufferCopy *copies;        /* [B*n_hc] embedding -> stream copies */
+    struct vk_profile *prof;     /* &profile once profiling was asked for */
+    struct vk_profile profile;
+    uint8_t *kinds;              /* [max dispatches] kind of each timed dispatch */
+    int *stamps;                 /* [max dispatches] timestamp after it */
+    uint32_t n_timed;
+    uint64_t weight_bytes_step;
+};
+
+const struct vk_span *vk_tensor_span(const struct vk_engine *e, tensor_ref t);
+int vk_weight_of(const struct vk_engine *e, tensor_ref t, uint32_t n_mat_split, struct vk_weight *w, char *err,
+                 size_t err_len);
+
+int vk_engine_open(const struct model *m, const struct engine_options *opt, void **ctx, char *err, size_t err_len);
+void vk_engine_close(void *ctx);
+int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **state, char *err, size_t err_len);
+void vk_session_destroy(void *state);
+void vk_session_reset(void *state);
+int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
+            char *err, size_t err_len);
+
+/* engine/vk_bench.c */
+int vk_copy_bandwidth(void *ctx, double *bytes_per_s, char *err, size_t err_len);
+int vk_bench_kernels(void *ctx, const struct model *m, FILE *out, char *err, size_t err_len);
+
+#endif

@@ -1,0 +1,198 @@
+/* Pipeline set and per-operation recording (see vk_ops.h). */
+#include "engine/vk_ops.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "engine/errmsg.h"
+#include "shaders/abi.h"
+
+static const char *const matvec_names[VK_N_WTYPES] = {
+    [ABI_WTYPE_F32] = "matvec_f32", [ABI_WTYPE_F16] = "matvec_f16", [ABI_WTYPE_BF16] = "matvec_bf16",
+    [ABI_WTYPE_Q8_0] = "matvec_q8_0", [ABI_WTYPE_MXFP4] = "matvec_mxfp4",
+};
+
+int vk_wtype(enum gguf_type type)
+{
+    switch (type) {
+    case GGUF_TYPE_F32: return ABI_WTYPE_F32;
+    case GGUF_TYPE_F16: return ABI_WTYPE_F16;
+    case GGUF_TYPE_BF16: return ABI_WTYPE_BF16;
+    case GGUF_TYPE_Q8_0: return ABI_WTYPE_Q8_0;
+    case GGUF_TYPE_MXFP4: return ABI_WTYPE_MXFP4;
+    default: return -1;
+    }
+}
+
+int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err_len)
+{
+    memset(ops, 0, sizeof *ops);
+    ops->d = d;
+    /* A subgroup per row, two rows per subgroup (best on lavapipe, where one row per
+     * invocation measured 2.5-4x slower for F32/BF16 because every lane's loads differ). */
+    uint32_t wg = ABI_WG_SIZE < d->subgroup_size ? d->subgroup_size : ABI_WG_SIZE;
+    ops->rows_per_wg = 4 * (wg / d->subgroup_size);
+    const uint32_t tile1[2] = { 1, wg }, tile_n[2] = { VK_MATMUL_TILE, wg };
+    for (int t = 0; t < VK_N_WTYPES; t++) {
+        if (vk_kernel_create(d, &ops->matvec[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile1, 2, err, err_len) ||
+            vk_kernel_create(d, &ops->matmul[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile_n, 2, err, err_len))
+            goto fail;
+    }
+    const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push; } simple[] = {
+        { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push) },
+        { &ops->hc, "hc", 8, sizeof(struct abi_hc_push) },
+        { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push) },
+        { &ops->compress, "compress", 5, sizeof(struct abi_compress_push) },
+        { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push) },
+        { &ops->attention, "attention", 7, sizeof(struct abi_attn_push) },
+        { &ops->router, "router", 5, sizeof(struct abi_router_push) },
+        { &ops->swiglu, "swiglu", 3, sizeof(struct abi_swiglu_push) },
+        { &ops->moe_group, "moe_group", 2, sizeof(struct abi_moe_group_push) },
+    };
+    for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++)
+        if (vk_kernel_create(d, simple[i].k, simple[i].name, simple[i].n_bind, simple[i].push, NULL, 0, err, err_len)) goto fail;
+    return 0;
+fail:
+    vk_ops_destroy(ops);
+    return -1;
+}
+
+void vk_ops_destroy(struct vk_ops *ops)
+{
+    if (!ops->d) return;
+    for (int t = 0; t < VK_N_WTYPES; t++) {
+        vk_kernel_destroy(ops->d, &ops->matvec[t]);
+        vk_kernel_destroy(ops->d, &ops->matmul[t]);
+    }
+    struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress,
+                                   &ops->indexer, &ops->attention, &ops->router, &ops->swiglu, &ops->moe_group };
+    for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
+    ops->d = NULL;
+}
+
+int vk_weight_init(struct vk_weight *w, const struct vk_span *span, enum gguf_type type, uint32_t n_in, uint32_t n_out,
+                   uint32_t n_mat, char *err, size_t err_len)
+{
+    memset(w, 0, sizeof *w);
+    if (vk_wtype(type) < 0) return errf(err, err_len, "weight type %s: no Vulkan kernel reads it", gguf_type_name(type));
+    uint32_t be = gguf_type_block_elems(type), bb = gguf_type_block_bytes(type);
+    if (n_in % be) return errf(err, err_len, "weight rows of %u %s elements: expected a multiple of %u", n_in, gguf_type_name(type), be);
+    w->span = *span;
+    w->type = type;
+    w->n_in = n_in;
+    w->n_out = n_out;
+    w->n_mat = n_mat ? n_mat : 1;
+    w->row_bytes = n_in / be * bb;
+    w->mat_bytes = (uint64_t)w->row_bytes * n_out;
+    if (w->mat_bytes * w->n_mat > span->size)
+        return errf(err, err_len, "weight [%u, %u, %u] %s needs %llu bytes, span holds %llu", n_in, n_out, w->n_mat,
+                    gguf_type_name(type), (unsigned long long)(w->mat_bytes * w->n_mat), (unsigned long long)span->size);
+    /* Q8_0 and 16-bit rows are read as 2-byte aligned words; MXFP4 rows at any byte. */
+    if (w->row_bytes % 2 && type != GGUF_TYPE_MXFP4)
+        return errf(err, err_len, "weight rows of %u bytes: kernels need an even row size", w->row_bytes);
+    return 0;
+}
+
+static uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
+
+/* Whether the vectorised path may run: x vectors start on 16 bytes and the weight rows,
+ * matrices and start offset are aligned for the type's wide loads. */
+static bool vec_ok(const struct abi_matvec_push *p, enum gguf_type type)
+{
+    if ((p->x_off | p->x_tstride | p->x_zstride) % 4) return false;
+    uint32_t align = type == GGUF_TYPE_F32 ? 16 : (type == GGUF_TYPE_F16 || type == GGUF_TYPE_BF16) ? 8 : 1;
+    return (p->row_bytes | p->w_off | p->w_zstride) % align == 0;
+}
+
+int vk_op_matvec(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len)
+{
+    const struct vk_weight *w = a->w;
+    const struct vk_device *d = ops->d;
+    int t = vk_wtype(w->type);
+    if (t < 0 || a->n_tok == 0) return errf(err, err_len, "matvec: bad weight type or zero tokens");
+    const struct vk_kernel *k = a->n_tok >= VK_MATMUL_TILE ? &ops->matmul[t] : &ops->matvec[t];
+    uint32_t tile = a->n_tok >= VK_MATMUL_TILE ? VK_MATMUL_TILE : 1;
+
+    VkDescriptorBufferInfo b[4];
+    uint64_t rel_x, rel_y, rel_i = 0;
+    if (vk_span_range(d, a->x, 0, a->x->size, &b[1], &rel_x, err, err_len) ||
+        vk_span_range(d, a->y, 0, a->y->size, &b[2], &rel_y, err, err_len))
+        return errf_prefix(err, err_len, "matvec activations");
+    const struct vk_span *ids = a->ids ? a->ids : a->x; /* bound but unread without ids */
+    if (vk_span_range(d, ids, 0, ids->size, &b[3], &rel_i, err, err_len)) return errf_prefix(err, err_len, "matvec ids");
+
+    struct abi_matvec_push p = {
+        .n_in = w->n_in, .n_tok = a->n_tok, .rows_per_wg = ops->rows_per_wg, .row_bytes = w->row_bytes,
+        .w_zstride = (uint32_t)w->mat_bytes,
+        .x_off = a->x_off + (uint32_t)(rel_x / 4), .x_tstride = a->x_tstride, .x_zstride = a->x_zstride, .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
+        .y_tstride = a->y_tstride, .y_zstride = a->y_zstride, .ids_off = a->ids_off + (uint32_t)(rel_i / 4),
+        .ids_wrap = a->ids_wrap, .mat_add = a->mat_add, .y_wrap_add = a->y_wrap_add,
+        .flags = (a->accumulate ? ABI_MATVEC_FLAG_ACCUMULATE : 0) | (a->ids ? ABI_MATVEC_FLAG_IDS : 0) |
+                 (a->grouped ? ABI_MATVEC_FLAG_GROUPED : 0),
+        .scale = a->scale,
+    };
+    uint32_t n_slot = a->n_slot ? a->n_slot : 1;
+    if (a->ids || n_slot > 1) {
+        /* Expert matrices are picked on the device: the whole tensor is one binding. */
+        uint64_t rel_w;
+        if (vk_span_range(d, &w->span, 0, w->mat_bytes * w->n_mat, &b[0], &rel_w, err, err_len))
+            return errf_prefix(err, err_len, "matvec expert weights");
+        if (w->mat_bytes * w->n_mat > UINT32_MAX) return errf(err, err_len, "matvec: expert tensor over 4 GiB");
+        p.w_off = (uint32_t)rel_w;
+        p.n_out = w->n_out;
+        p.y_off = a->y_off + (uint32_t)(rel_y / 4);
+        if (vec_ok(&p, w->type)) p.flags |= ABI_MATVEC_FLAG_VEC;
+        return vk_recorder_dispatch(r, k, b, &p, div_up(w->n_out, p.rows_per_wg), div_up(a->n_tok, tile), n_slot, err, err_len);
+    }
+    /* One matrix: split the rows so every binding stays under maxStorageBufferRange. */
+    uint64_t fit = (d->max_range - d->storage_align) / w->row_bytes;
+    if (fit == 0) return errf(err, err_len, "matvec: one row of %u bytes exceeds the binding limit", w->row_bytes);
+    uint32_t chunk_rows = fit >= w->n_out ? w->n_out : (uint32_t)(fit / ops->rows_per_wg * ops->rows_per_wg);
+    if (chunk_rows == 0) chunk_rows = (uint32_t)fit;
+    for (uint32_t row0 = 0; row0 < w->n_out; row0 += chunk_rows) {
+        uint32_t rows = w->n_out - row0 < chunk_rows ? w->n_out - row0 : chunk_rows;
+        uint64_t rel_w;
+        if (vk_span_range(d, &w->span, (uint64_t)row0 * w->row_bytes, (uint64_t)rows * w->row_bytes, &b[0], &rel_w, err, err_len))
+            return errf_prefix(err, err_len, "matvec weights");
+        p.w_off = (uint32_t)rel_w;
+        p.n_out = rows;
+        p.y_off = a->y_off + (uint32_t)(rel_y / 4) + row0;
+        p.flags = (p.flags & ~ABI_MATVEC_FLAG_VEC) | (vec_ok(&p, w->type) ? ABI_MATVEC_FLAG_VEC : 0);
+        if (vk_recorder_dispatch(r, k, b, &p, div_up(rows, p.rows_per_wg), div_up(a->n_tok, tile), 1, err, err_len)) return -1;
+    }
+    return 0;
+}
+
+int vk_op_rmsnorm(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_span *x, uint32_t x_off,
+                  uint32_t x_stride, const struct vk_span *y, uint32_t y_off, uint32_t y_stride,
+                  const struct vk_span *w, uint32_t w_off, uint32_t n, uint32_t n_rows, float eps,
+                  char *err, size_t err_len)
+{
+    VkDescriptorBufferInfo b[3];
+    uint64_t rx, ry, rw;
+    const struct vk_span *ws = w ? w : x;
+    if (vk_span_range(ops->d, x, 0, x->size, &b[0], &rx, err, err_len) ||
+        vk_span_range(ops->d, y, 0, y->size, &b[1], &ry, err, err_len) ||
+        vk_span_range(ops->d, ws, 0, ws->size, &b[2], &rw, err, err_len))
+        return errf_prefix(err, err_len, "rmsnorm");
+    struct abi_rmsnorm_push p = {
+        .n = n, .n_rows = n_rows, .x_off = x_off + (uint32_t)(rx / 4), .x_stride = x_stride,
+        .y_off = y_off + (uint32_t)(ry / 4), .y_stride = y_stride, .w_off = w_off + (uint32_t)(rw / 4),
+        .flags = w ? ABI_RMSNORM_FLAG_WEIGHT : 0, .eps = eps,
+    };
+    return vk_recorder_dispatch(r, &ops->rmsnorm, b, &p, n_rows, 1, 1, err, err_len);
+}
+
+int vk_op_dispatch(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_kernel *k,
+                   const struct vk_span *const *spans, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
+                   char *err, size_t err_len)
+{
+    VkDescriptorBufferInfo b[VK_KERNEL_MAX_BINDINGS];
+    for (uint32_t i = 0; i < k->n_bind; i++) {
+        uint64_t rel;
+        if (vk_span_range(ops->d, spans[i], 0, spans[i]->size, &b[i], &rel, err, err_len))
+            return errf_prefix(err, err_len, "%s binding %u", k->name, i);
+        if (rel) return errf(err, err_len, "%s binding %u: span not aligned to the storage alignment", k->name, i);
+    }
+    return vk_recorder_dispatch(r, k, b, push, gx, gy, gz, err, err_len);
+}

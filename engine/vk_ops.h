@@ -1,0 +1,79 @@
+/* The backend's kernels as operations: the set of pipelines built at engine open, and one
+ * recording function per operation that fills the ABI push block (shaders/abi.h), picks the
+ * pipeline variant for the weight type and token count, splits weights that exceed one
+ * binding into row ranges, and records the dispatch. Barriers are the caller's business. */
+#ifndef FLASHBOX_ENGINE_VK_OPS_H
+#define FLASHBOX_ENGINE_VK_OPS_H
+
+#include "engine/gguf.h"
+#include "engine/vk_memory.h"
+#include "engine/vk_pipeline.h"
+
+/* The matvec weight types, in ABI_WTYPE_* order. */
+#define VK_N_WTYPES 5
+/* Tokens per weight load in the prefill (matrix-matrix) pipelines. */
+#define VK_MATMUL_TILE 8
+
+struct vk_ops {
+    struct vk_device *d;
+    struct vk_kernel matvec[VK_N_WTYPES];   /* TOK_TILE = 1 */
+    struct vk_kernel matmul[VK_N_WTYPES];   /* TOK_TILE = VK_MATMUL_TILE */
+    struct vk_kernel rmsnorm;
+    struct vk_kernel hc;          /* hc_post of the previous sublayer + hc_pre / hc_head + norm */
+    struct vk_kernel norm_rope;
+    struct vk_kernel compress;
+    struct vk_kernel indexer;
+    struct vk_kernel attention;
+    struct vk_kernel router;
+    struct vk_kernel swiglu;
+    struct vk_kernel moe_group;
+    uint32_t rows_per_wg;                   /* matvec rows per workgroup on this device */
+};
+
+/* A weight tensor on the device in its file format: n_mat matrices of n_out rows of n_in. */
+struct vk_weight {
+    struct vk_span span;
+    enum gguf_type type;
+    uint32_t n_in, n_out, n_mat;
+    uint32_t row_bytes;
+    uint64_t mat_bytes;
+};
+
+int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err_len);
+void vk_ops_destroy(struct vk_ops *ops);
+
+/* Maps a GGUF type to its ABI_WTYPE_*, or -1 when the kernels do not read it. */
+int vk_wtype(enum gguf_type type);
+/* Describes a tensor of shape [n_in, n_out(, n_mat)] already placed in span; checks the
+ * type and that rows hold whole blocks. */
+int vk_weight_init(struct vk_weight *w, const struct vk_span *span, enum gguf_type type, uint32_t n_in, uint32_t n_out,
+                   uint32_t n_mat, char *err, size_t err_len);
+
+/* y[z][t][o] (+)= scale * sum_i W_m[o][i] x[z][t][i] for t < n_tok, z < n_slot, with
+ * m = ids ? ids[ids_off + z] : z. Offsets and strides count floats. */
+struct vk_matvec_args {
+    const struct vk_weight *w;
+    const struct vk_span *x, *y, *ids;      /* ids: NULL unless picking experts */
+    uint32_t x_off, x_tstride, x_zstride, x_zdiv; /* slot z reads x vector z / x_zdiv */
+    uint32_t y_off, y_tstride, y_zstride;
+    uint32_t n_tok, n_slot, ids_off;
+    uint32_t ids_wrap, mat_add, y_wrap_add; /* fused gate+up: see ABI_MATVEC_FIELDS */
+    bool grouped;                           /* ids holds moe_group lists; ids_wrap = n_expert */
+    float scale;
+    bool accumulate;
+};
+int vk_op_matvec(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len);
+
+/* y[t][i] = x[t][i] / sqrt(mean x^2 + eps) (* w[i]) for n_rows rows of n elements. */
+int vk_op_rmsnorm(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_span *x, uint32_t x_off,
+                  uint32_t x_stride, const struct vk_span *y, uint32_t y_off, uint32_t y_stride,
+                  const struct vk_span *w, uint32_t w_off, uint32_t n, uint32_t n_rows, float eps,
+                  char *err, size_t err_len);
+
+/* Records kernel k with binding i = the whole of spans[i] (spans are allocated aligned, so
+ * offsets in the push block count from each span's start). */
+int vk_op_dispatch(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_kernel *k,
+                   const struct vk_span *const *spans, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
+                   char *err, size_t err_len);
+
+#endif

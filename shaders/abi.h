@@ -1,0 +1,239 @@
+/* The one ABI between the C host (engine/vk_*.c) and the GLSL kernels (the .comp files):
+ * push-constant layouts, descriptor binding slots, workgroup sizes and specialization
+ * constant ids. Valid C11 and valid GLSL 450: each push block is written once as a field
+ * list macro, expanded into a C struct (with _Static_assert on its size) and into the
+ * shader's push_constant block. Every field is a 32-bit scalar, so std430/push-constant
+ * offsets equal C offsets with no padding. */
+#ifndef FLASHBOX_SHADERS_ABI_H
+#define FLASHBOX_SHADERS_ABI_H
+
+#ifdef VULKAN /* defined by glslangValidator when compiling for Vulkan */
+#define ABI_U32 uint
+#define ABI_F32 float
+#define ABI_PUSH(fields) layout(push_constant) uniform push_block { fields(ABI_U32, ABI_F32) } pc;
+#else
+#include <stdint.h>
+#define ABI_U32 uint32_t
+#define ABI_F32 float
+#define ABI_STRUCT(name, fields) struct name { fields(ABI_U32, ABI_F32) };
+#endif
+
+/* Every kernel works in workgroups of this many invocations (one or more subgroups). */
+#define ABI_WG_SIZE 64
+
+/* Specialization constant ids. */
+#define ABI_SPEC_TOK_TILE 0 /* matvec: tokens processed per weight load (1 decode, 8 prefill) */
+#define ABI_SPEC_WG_SIZE 1  /* matvec: invocations per workgroup (a multiple of the subgroup size) */
+
+/* Weight types of the matvec family (values of the W_TYPE define in the .comp files). */
+#define ABI_WTYPE_F32 0
+#define ABI_WTYPE_F16 1
+#define ABI_WTYPE_BF16 2
+#define ABI_WTYPE_Q8_0 3
+#define ABI_WTYPE_MXFP4 4
+
+/* ---- matvec / matmul: y[z][t][o] (+)= scale * sum_i W_z[o][i] * x[z][t][i] -------------
+ * Bindings: weights as raw 32-bit words (file format), x and y float32, ids int32.
+ * Workgroup (gx, 1, gz): gx covers rows_per_wg rows each, gz the expert slots (or 1).
+ * The weight matrix of slot z starts at byte w_off + (ids ? ids[ids_off + z] : z) * w_zstride;
+ * row o at + o * row_bytes. */
+#define ABI_MATVEC_BIND_W 0
+#define ABI_MATVEC_BIND_X 1
+#define ABI_MATVEC_BIND_Y 2
+#define ABI_MATVEC_BIND_IDS 3
+#define ABI_MATVEC_FLAG_ACCUMULATE 1u /* y += ... instead of y = ... */
+#define ABI_MATVEC_FLAG_IDS 2u        /* pick slot z's matrix through ids[] */
+#define ABI_MATVEC_FLAG_VEC 4u        /* aligned rows and x: the vectorised path */
+#define ABI_MATVEC_FLAG_GROUPED 8u    /* prefill MoE: slot z = expert, tokens from grouped lists */
+
+#define ABI_MATVEC_FIELDS(U, F) \
+    U n_in;          /* elements per row */ \
+    U n_out;         /* rows */ \
+    U n_tok;         /* tokens */ \
+    U rows_per_wg;   /* rows one workgroup covers */ \
+    U w_off;         /* bytes: start of the (first) matrix in the weight binding */ \
+    U row_bytes;     /* bytes per row in the file format */ \
+    U w_zstride;     /* bytes between expert matrices */ \
+    U x_off;         /* floats */ \
+    U x_tstride;     /* floats between tokens */ \
+    U x_zstride;     /* floats between x vectors of consecutive slot groups */ \
+    U x_zdiv;        /* slots per x vector: slot z reads x vector z / x_zdiv (>= 1) */ \
+    U y_off;         /* floats */ \
+    U y_tstride; \
+    U y_zstride; \
+    U ids_off;       /* ints */ \
+    U ids_wrap;      /* with ids: slots from ids_wrap on reuse ids[z - ids_wrap] (0: none) */ \
+    U mat_add;       /* ... and take matrix ids[...] + mat_add (gate and up stored back to back) */ \
+    U y_wrap_add;    /* ... and write mat_add's rows y_wrap_add floats further */ \
+    U flags;         /* ABI_MATVEC_FLAG_* */ \
+    F scale;         /* multiplies the dot product */
+
+#ifndef VULKAN
+ABI_STRUCT(abi_matvec_push, ABI_MATVEC_FIELDS)
+_Static_assert(sizeof(struct abi_matvec_push) == 20 * 4, "matvec push block: 20 words");
+_Static_assert(sizeof(struct abi_matvec_push) <= 128, "push constants fit the guaranteed 128 bytes");
+#endif
+
+/* ---- rmsnorm: y[t][i] = x[t][i] / sqrt(mean_i x^2 + eps) * (w ? w[i] : 1) -------------
+ * One workgroup per row (token, or head when rows are heads). Bindings: x, y, w. */
+#define ABI_RMSNORM_BIND_X 0
+#define ABI_RMSNORM_BIND_Y 1
+#define ABI_RMSNORM_BIND_W 2
+#define ABI_RMSNORM_FLAG_WEIGHT 1u
+
+#define ABI_RMSNORM_FIELDS(U, F) \
+    U n;             /* elements per row */ \
+    U n_rows; \
+    U x_off;  U x_stride; /* floats */ \
+    U y_off;  U y_stride; \
+    U w_off;         /* floats */ \
+    U flags; \
+    F eps;
+
+#ifndef VULKAN
+ABI_STRUCT(abi_rmsnorm_push, ABI_RMSNORM_FIELDS)
+_Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 words");
+#endif
+
+/* ---- hc (one workgroup per token), spec §3.2: with ABI_HC_FLAG_POST it first finishes the
+ * previous sublayer (hc_post) in place: X[k][i] = post[k] * F[i] + sum_j comb[j][k] X[j][i],
+ * where F[i] sums n_src parts of the token's sublayer output (src_off + t*src_tstride +
+ * s*src_sstride) plus, when extra_tstride != 0, one more at extra_off + t*extra_tstride (the
+ * shared expert), and post/comb are the token's previous hc row. Then hc_pre: mixes
+ * m = rms(X) * (fn . X), pre = sigmoid(m*scale0 + base) + hc_eps, post = 2 sigmoid(...),
+ * comb = Sinkhorn(...) (all iterations here), y = rmsnorm(sum_j pre_j X_j) * norm; or, with
+ * ABI_HC_FLAG_HEAD, hc_head (pre mixes only) and the final norm. One dispatch per site. */
+#define ABI_HC_MAX_MIX 24 /* (2 + n_hc) * n_hc for n_hc <= 4 */
+#define ABI_HC_BIND_X 0       /* [n_tok][n_hc][n_embd] */
+#define ABI_HC_BIND_FN 1      /* [mix][n_hc*n_embd] */
+#define ABI_HC_BIND_BASE 2    /* [mix] */
+#define ABI_HC_BIND_SCALE 3   /* [3] */
+#define ABI_HC_BIND_NORM 4    /* [n_embd] */
+#define ABI_HC_BIND_Y 5       /* [n_tok][n_embd] */
+#define ABI_HC_BIND_HC 6      /* [n_tok][n_hc + n_hc*n_hc]: post, then comb[j][k] */
+#define ABI_HC_BIND_SRC 7     /* the previous sublayer's output parts */
+#define ABI_HC_FLAG_HEAD 1u   /* hc_head: only the pre mixes, no post/comb */
+#define ABI_HC_FLAG_POST 2u   /* apply the previous sublayer's hc_post first */
+
+#define ABI_HC_FIELDS(U, F) \
+    U n_embd; U n_hc; U n_tok; U sinkhorn_iters; \
+    U x_off; U y_off; U hc_off;   /* floats */ \
+    U flags; \
+    U src_off; U src_tstride; U src_sstride; U n_src; U extra_off; U extra_tstride; \
+    F rms_eps; F hc_eps;
+
+/* ---- norm_rope: per (row h, token t) workgroup: optional RMSNorm (optional weight) over n,
+ * then RoPE on the last rope_dim elements in interleaved pairs at position
+ * pos_base + t * pos_step, reading the cos/sin table rope[pos][rope_dim/2][2] at rope_off.
+ * Output row: y_off + ((y_row0 + t) % y_tmod) * y_tstride + h * y_hstride. */
+#define ABI_NORM_ROPE_BIND_X 0
+#define ABI_NORM_ROPE_BIND_Y 1
+#define ABI_NORM_ROPE_BIND_W 2
+#define ABI_NORM_ROPE_BIND_ROPE 3
+#define ABI_NORM_ROPE_FLAG_NORM 1u
+#define ABI_NORM_ROPE_FLAG_WEIGHT 2u
+#define ABI_NORM_ROPE_FLAG_ROPE 4u
+#define ABI_NORM_ROPE_FIELDS(U, F) \
+    U n; U rope_dim; U flags; \
+    U x_off; U x_tstride; U x_hstride; \
+    U y_off; U y_tstride; U y_hstride; U y_row0; U y_tmod; \
+    U w_off; U rope_off; U pos_base; U pos_step; \
+    F eps;
+
+/* ---- compress: a compressor's state machine for n_tok tokens, one invocation per channel
+ * (spec §3.7). kv/score rows of the batch [n_tok][coff*width] come from matmuls; the state
+ * holds n_rows rows of kv then n_rows rows of score. Completed blocks write the pooled,
+ * not yet normalised entry to out[pos / ratio][width]. */
+#define ABI_COMPRESS_BIND_KV 0
+#define ABI_COMPRESS_BIND_SCORE 1
+#define ABI_COMPRESS_BIND_APE 2
+#define ABI_COMPRESS_BIND_STATE 3
+#define ABI_COMPRESS_BIND_OUT 4
+#define ABI_COMPRESS_FIELDS(U, F) \
+    U width; U ratio; U coff; U pos0; U n_tok; \
+    U kv_off; U score_off; U in_tstride; U ape_off; U state_off; U out_off;
+
+/* ---- indexer: one workgroup per token: score[b] = sum_h w_h * scale * relu(q_h . k_b) over
+ * the visible entries b < (pos+1)/4, then the top-k (ties to the lower index) into sel. */
+#define ABI_INDEXER_BIND_Q 0
+#define ABI_INDEXER_BIND_W 1
+#define ABI_INDEXER_BIND_KEYS 2
+#define ABI_INDEXER_BIND_SCORE 3
+#define ABI_INDEXER_BIND_SEL 4
+#define ABI_INDEXER_FIELDS(U, F) \
+    U n_head; U dim; U topk; U pos0; U n_tok; \
+    U q_off; U w_off; U w_tstride; U keys_off; U score_off; U score_tstride; U sel_off; \
+    F scale;
+
+/* ---- attention: one workgroup per (head, token): softmax with a sink over the window
+ * (ring rows p % ring_len) and the compressed entries (all completed ones, or the
+ * indexer's selection when ratio == 4), value = key, then inverse RoPE of the output. */
+#define ABI_ATTN_BIND_Q 0
+#define ABI_ATTN_BIND_RING 1
+#define ABI_ATTN_BIND_COMP 2
+#define ABI_ATTN_BIND_SEL 3
+#define ABI_ATTN_BIND_SINKS 4
+#define ABI_ATTN_BIND_ROPE 5
+#define ABI_ATTN_BIND_O 6
+#define ABI_ATTN_MAX_KEYS 2048
+#define ABI_ATTN_FIELDS(U, F) \
+    U head_dim; U n_head; U rope_dim; U window; U ring_len; U ratio; U topk; U pos0; U n_tok; \
+    U q_off; U ring_off; U comp_off; U sel_off; U sinks_off; U rope_off; U o_off; \
+    F scale;
+
+/* ---- moe_group: one invocation sorts the batch's n_slots routed slots (slot z = t*k + j
+ * picks expert ids[z]) by expert: out[e] = first list index of expert e (out[n_expert] =
+ * n_slots), then out[n_expert + 1 + i] = the slots in expert order, ascending within one. */
+#define ABI_MOE_GROUP_BIND_IDS 0
+#define ABI_MOE_GROUP_BIND_OUT 1
+#define ABI_MOE_GROUP_FIELDS(U, F) \
+    U n_expert; U n_slots;
+
+/* ---- router: one workgroup per token: score = sqrt(softplus(logit)); experts from
+ * tid2eid[tok] (hash layers) or the top-k of score + bias; weights renormalised (flag) and
+ * scaled. Writes ids [n_tok][k] and weights [n_tok][k]. */
+#define ABI_ROUTER_BIND_LOGITS 0
+#define ABI_ROUTER_BIND_BIAS 1   /* bias [n_expert], or tid2eid [n_vocab][k] with FLAG_HASH */
+#define ABI_ROUTER_BIND_TOKENS 2
+#define ABI_ROUTER_BIND_IDS 3
+#define ABI_ROUTER_BIND_WEIGHTS 4
+#define ABI_ROUTER_FLAG_HASH 1u
+#define ABI_ROUTER_FLAG_NORM 2u
+#define ABI_ROUTER_MAX_EXPERTS 1024
+#define ABI_ROUTER_MAX_K 16
+#define ABI_ROUTER_FIELDS(U, F) \
+    U n_expert; U k; U n_tok; U flags; U logits_off; U logits_tstride; U bias_off; U tokens_off; U ids_off; \
+    U weights_off; F scale;
+
+/* ---- swiglu: h = silu(min(g, lim)) * clamp(u, -lim, lim) * weight for rows r < n_rows of
+ * n_ff, in place on g. Rows below n_routed are routed experts: g at gu[r*n_ff], u at
+ * gu[u_off + r*n_ff], weights[r], lim_routed. The others are the shared expert of token
+ * t = r - n_routed: g at sh[sh_off + t*sh_tstride], u n_ff further, weight 1, lim_shared.
+ * A limit <= 0 disables the clamp. */
+#define ABI_SWIGLU_BIND_GU 0
+#define ABI_SWIGLU_BIND_SHARED 1
+#define ABI_SWIGLU_BIND_WEIGHTS 2
+#define ABI_SWIGLU_FIELDS(U, F) \
+    U n_ff; U n_rows; U n_routed; U weights_off; U u_off; U sh_off; U sh_tstride; \
+    F lim_routed; F lim_shared;
+
+#ifndef VULKAN
+ABI_STRUCT(abi_hc_push, ABI_HC_FIELDS)
+ABI_STRUCT(abi_norm_rope_push, ABI_NORM_ROPE_FIELDS)
+ABI_STRUCT(abi_compress_push, ABI_COMPRESS_FIELDS)
+ABI_STRUCT(abi_indexer_push, ABI_INDEXER_FIELDS)
+ABI_STRUCT(abi_attn_push, ABI_ATTN_FIELDS)
+ABI_STRUCT(abi_router_push, ABI_ROUTER_FIELDS)
+ABI_STRUCT(abi_swiglu_push, ABI_SWIGLU_FIELDS)
+ABI_STRUCT(abi_moe_group_push, ABI_MOE_GROUP_FIELDS)
+_Static_assert(sizeof(struct abi_moe_group_push) == 2 * 4, "moe_group push block");
+_Static_assert(sizeof(struct abi_hc_push) == 16 * 4, "hc push block");
+_Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push block");
+_Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");
+_Static_assert(sizeof(struct abi_indexer_push) == 13 * 4, "indexer push block");
+_Static_assert(sizeof(struct abi_attn_push) == 17 * 4, "attention push block");
+_Static_assert(sizeof(struct abi_router_push) == 11 * 4, "router push block");
+_Static_assert(sizeof(struct abi_swiglu_push) == 9 * 4, "swiglu push block");
+#endif
+
+#endif

@@ -1,0 +1,707 @@
+/* Every Vulkan kernel against the CPU reference on random inputs over edge shapes (sizes
+ * that are not multiples of the workgroup or block, one token, many tokens), with guard
+ * words around outputs to catch out-of-range writes. Skipped without any Vulkan device. */
+#include <stdlib.h>
+
+#include "engine/quant.h"
+#include "tests/vk_fixture.h"
+
+/* Quantizes n_rows rows of n_in floats to type into a fresh buffer (*bytes long) and
+ * replaces w by the dequantized values, which the reference then uses. */
+static uint8_t *quantize_rows(float *w, uint32_t n_in, uint32_t n_rows, enum gguf_type type, uint64_t *bytes)
+{
+    uint32_t row_bytes = n_in / gguf_type_block_elems(type) * gguf_type_block_bytes(type);
+    uint8_t *q = calloc(n_rows, row_bytes);
+    for (uint32_t r = 0; r < n_rows; r++) {
+        float *src = w + (size_t)r * n_in;
+        uint8_t *dst = q + (size_t)r * row_bytes;
+        switch (type) {
+        case GGUF_TYPE_F32: memcpy(dst, src, (size_t)n_in * 4); break;
+        case GGUF_TYPE_F16: for (uint32_t i = 0; i < n_in; i++) { uint16_t h = f32_to_fp16(src[i]); memcpy(dst + 2 * i, &h, 2); } break;
+        case GGUF_TYPE_BF16: for (uint32_t i = 0; i < n_in; i++) { uint16_t h = f32_to_bf16(src[i]); memcpy(dst + 2 * i, &h, 2); } break;
+        case GGUF_TYPE_Q8_0: quantize_row_q8_0(src, (struct block_q8_0 *)dst, n_in); break;
+        case GGUF_TYPE_MXFP4: quantize_row_mxfp4(src, (struct block_mxfp4 *)dst, n_in); break;
+        default: break;
+        }
+        dequant_row(type, dst, src, n_in);
+    }
+    *bytes = (uint64_t)n_rows * row_bytes;
+    return q;
+}
+
+struct mv_case {
+    uint32_t n_in, n_out, n_tok, n_mat, n_slot;
+    bool use_ids, accumulate;
+};
+
+/* Runs one matvec case of the given type; returns the NMSE (or 1e9 on a harness failure). */
+static double run_matvec(struct vk_fixture *f, enum gguf_type type, struct mv_case c, uint64_t seed)
+{
+    uint64_t rng = seed;
+    uint32_t n_mat = c.n_mat ? c.n_mat : 1, n_slot = c.n_slot ? c.n_slot : 1;
+    size_t n_w = (size_t)n_mat * c.n_out * c.n_in;
+    float *w = malloc(n_w * 4);
+    for (size_t i = 0; i < n_w; i++) w[i] = vk_test_rand(&rng);
+    uint64_t wbytes;
+    uint8_t *wq = quantize_rows(w, c.n_in, n_mat * c.n_out, type, &wbytes);
+
+    /* x: [n_slot][n_tok][n_in] (slot stride 0 when slots share x). */
+    uint32_t x_slots = c.use_ids && c.n_slot > 1 ? n_slot : 1;
+    size_t n_x = (size_t)x_slots * c.n_tok * c.n_in;
+    float *x = malloc(n_x * 4);
+    for (size_t i = 0; i < n_x; i++) x[i] = vk_test_rand(&rng);
+    int32_t ids[16];
+    for (uint32_t z = 0; z < n_slot; z++) ids[z] = (int32_t)((z * 7 + 3) % n_mat);
+
+    size_t n_y = (size_t)n_slot * c.n_tok * c.n_out;
+    float *y = malloc((n_y + 2 * VK_GUARD) * 4);
+    double *ref = malloc(n_y * sizeof *ref);
+    vk_guard_fill(y, n_y);
+    for (size_t i = 0; i < n_y; i++) y[VK_GUARD + i] = vk_test_rand(&rng);
+    for (uint32_t z = 0; z < n_slot; z++)
+        for (uint32_t t = 0; t < c.n_tok; t++)
+            for (uint32_t o = 0; o < c.n_out; o++) {
+                uint32_t m = c.use_ids ? (uint32_t)ids[z] : z;
+                const float *row = w + ((size_t)m * c.n_out + o) * c.n_in;
+                const float *xv = x + ((size_t)(x_slots > 1 ? z : 0) * c.n_tok + t) * c.n_in;
+                double s = 0;
+                for (uint32_t i = 0; i < c.n_in; i++) s += (double)row[i] * xv[i];
+                size_t yi = ((size_t)z * c.n_tok + t) * c.n_out + o;
+                ref[yi] = 0.5 * s + (c.accumulate ? y[VK_GUARD + yi] : 0.0);
+            }
+
+    double nmse = 1e9;
+    struct vk_span sw, sx, sy, si;
+    struct vk_weight vw;
+    if (vk_fixture_put(f, wq, wbytes, &sw) || vk_fixture_put(f, x, n_x * 4, &sx) ||
+        vk_fixture_put(f, y, (n_y + 2 * VK_GUARD) * 4, &sy) || vk_fixture_put(f, ids, sizeof ids, &si) ||
+        vk_weight_init(&vw, &sw, type, c.n_in, c.n_out, n_mat, f->err, sizeof f->err))
+        goto out;
+    struct vk_matvec_args a = {
+        .w = &vw, .x = &sx, .y = &sy, .ids = c.use_ids ? &si : NULL,
+        .x_tstride = c.n_in, .x_zstride = x_slots > 1 ? c.n_tok * c.n_in : 0,
+        .y_off = VK_GUARD, .y_tstride = c.n_out, .y_zstride = c.n_tok * c.n_out,
+        .n_tok = c.n_tok, .n_slot = n_slot, .scale = 0.5f, .accumulate = c.accumulate,
+    };
+    if (vk_recorder_begin(f->rec, f->err, sizeof f->err) || vk_op_matvec(f->rec, &f->ops, &a, f->err, sizeof f->err) ||
+        vk_recorder_submit(f->rec, f->err, sizeof f->err) ||
+        vk_span_download(f->d, &sy, 0, y, (n_y + 2 * VK_GUARD) * 4, f->err, sizeof f->err))
+        goto out;
+    if (!vk_guard_intact(y, n_y)) {
+        test_fail_at(__FILE__, __LINE__, "%s [%u,%u] x %u tokens: write outside the output", gguf_type_name(type), c.n_in, c.n_out, c.n_tok);
+        goto out;
+    }
+    nmse = vk_test_nmse(y + VK_GUARD, ref, n_y);
+out:
+    if (nmse >= 1e9) test_fail_at(__FILE__, __LINE__, "%s", f->err);
+    free(w); free(wq); free(x); free(y); free(ref);
+    return nmse;
+}
+
+static const enum gguf_type all_types[] = { GGUF_TYPE_F32, GGUF_TYPE_F16, GGUF_TYPE_BF16, GGUF_TYPE_Q8_0, GGUF_TYPE_MXFP4 };
+
+static void check_cases(struct vk_fixture *f, const struct mv_case *cases, size_t n_cases, bool quant_only)
+{
+    for (size_t ti = 0; ti < sizeof all_types / sizeof all_types[0]; ti++) {
+        enum gguf_type type = all_types[ti];
+        for (size_t ci = 0; ci < n_cases; ci++) {
+            struct mv_case c = cases[ci];
+            bool float_type = type == GGUF_TYPE_F32 || type == GGUF_TYPE_F16 || type == GGUF_TYPE_BF16;
+            if (c.n_in % 32 && !float_type) continue;
+            if (quant_only && float_type && c.n_in % 32 == 0 && ci % 2) continue;
+            double e = run_matvec(f, type, c, 1000 + ci * 31 + ti);
+            /* The weights are the same dequantized values on both sides; only float32
+             * accumulation order differs from the float64 reference. */
+            if (!(e < 1e-10))
+                test_fail_at(__FILE__, __LINE__, "matvec %s [%u in, %u out] x %u tokens (mats %u, slots %u, ids %d, acc %d): nmse %.3g",
+                             gguf_type_name(type), c.n_in, c.n_out, c.n_tok, c.n_mat, c.n_slot, c.use_ids, c.accumulate, e);
+        }
+    }
+}
+
+TEST(vk_matvec_matches_reference_for_every_weight_type_on_edge_shapes)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    static const struct mv_case cases[] = {
+        { 32, 1, 1, 0, 0, false, false },     /* one block, one row */
+        { 96, 37, 1, 0, 0, false, false },    /* rows not a multiple of the workgroup */
+        { 37, 19, 1, 0, 0, false, false },    /* float types: odd row length, tail loop */
+        { 1024, 70, 1, 0, 0, false, true },   /* long rows, accumulate into y */
+        { 256, 67, 3, 0, 0, false, false },   /* a few tokens (decode kernel per token) */
+    };
+    check_cases(&f, cases, sizeof cases / sizeof cases[0], false);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_matmul_matches_reference_for_many_tokens)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    static const struct mv_case cases[] = {
+        { 160, 33, 8, 0, 0, false, false },   /* exactly one token tile */
+        { 64, 45, 21, 0, 0, false, true },    /* tiles with a remainder, accumulate */
+        { 45, 13, 9, 0, 0, false, false },    /* float types: odd rows in the tiled kernel */
+    };
+    check_cases(&f, cases, sizeof cases / sizeof cases[0], false);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_matvec_picks_expert_matrices_through_ids)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    static const struct mv_case cases[] = {
+        { 64, 24, 1, 8, 3, true, false },     /* three experts of eight, shared x (gate/up) */
+        { 96, 17, 1, 5, 4, true, true },      /* per-slot x (down), accumulate */
+    };
+    check_cases(&f, cases, sizeof cases / sizeof cases[0], false);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_matvec_splits_weights_larger_than_one_binding)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    /* Pretend the device binds at most 6 KiB so a [128, 70] matrix needs several ranges,
+     * most starting at offsets that are not aligned to the storage alignment. */
+    f.d->max_range = 6144;
+    static const struct mv_case cases[] = { { 128, 70, 1, 0, 0, false, false }, { 128, 29, 9, 0, 0, false, false } };
+    check_cases(&f, cases, sizeof cases / sizeof cases[0], false);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_rmsnorm_matches_reference_with_and_without_weight)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    static const uint32_t shapes[][2] = { { 1, 1 }, { 37, 3 }, { 512, 5 }, { 1000, 2 } };
+    for (size_t si = 0; si < 4; si++) {
+        uint32_t n = shapes[si][0], rows = shapes[si][1];
+        for (int weighted = 0; weighted < 2; weighted++) {
+            uint64_t rng = 77 + si;
+            float *x = malloc((size_t)n * rows * 4), *w = malloc((size_t)n * 4);
+            float *y = malloc(((size_t)n * rows + 2 * VK_GUARD) * 4);
+            double *ref = malloc((size_t)n * rows * sizeof *ref);
+            for (size_t i = 0; i < (size_t)n * rows; i++) x[i] = 3 * vk_test_rand(&rng);
+            for (size_t i = 0; i < n; i++) w[i] = 1 + 0.1f * vk_test_rand(&rng);
+            for (uint32_t r = 0; r < rows; r++) {
+                double ss = 0;
+                for (uint32_t i = 0; i < n; i++) ss += (double)x[r * n + i] * x[r * n + i];
+                double inv = 1 / sqrt(ss / n + 1e-6);
+                for (uint32_t i = 0; i < n; i++) ref[r * n + i] = x[r * n + i] * inv * (weighted ? w[i] : 1.0);
+            }
+            vk_guard_fill(y, (size_t)n * rows);
+            struct vk_span sx, sw, sy;
+            int rc = vk_fixture_put(&f, x, (size_t)n * rows * 4, &sx) || vk_fixture_put(&f, w, (size_t)n * 4, &sw) ||
+                     vk_fixture_put(&f, y, ((size_t)n * rows + 2 * VK_GUARD) * 4, &sy) ||
+                     vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+                     vk_op_rmsnorm(f.rec, &f.ops, &sx, 0, n, &sy, VK_GUARD, n, weighted ? &sw : NULL, 0, n, rows, 1e-6f, f.err, sizeof f.err) ||
+                     vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+                     vk_span_download(f.d, &sy, 0, y, ((size_t)n * rows + 2 * VK_GUARD) * 4, f.err, sizeof f.err);
+            if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+            else {
+                CHECK(vk_guard_intact(y, (size_t)n * rows));
+                double e = vk_test_nmse(y + VK_GUARD, ref, (size_t)n * rows);
+                if (!(e < 1e-12)) test_fail_at(__FILE__, __LINE__, "rmsnorm n=%u rows=%u weighted=%d: nmse %.3g", n, rows, weighted, e);
+            }
+            free(x); free(w); free(y); free(ref);
+        }
+    }
+    vk_fixture_close(&f);
+}
+
+/* ---- the non-matvec kernels against the reference's per-step functions ---- */
+
+#include "engine/ref.h"
+#include "engine/ref_ops.h"
+#include "shaders/abi.h"
+
+static struct model_hparams hc_hparams(uint32_t n_embd)
+{
+    struct model_hparams hp;
+    memset(&hp, 0, sizeof hp);
+    hp.n_embd = n_embd;
+    hp.n_hc = 4;
+    hp.hc_sinkhorn_iters = 20;
+    hp.hc_eps = 1e-6f;
+    hp.rms_eps = 1e-6f;
+    return hp;
+}
+
+static float *rand_vec(uint64_t *rng, size_t n, float scale, float offset)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = offset + scale * vk_test_rand(rng);
+    return v;
+}
+
+static double nmse_f(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return num / den;
+}
+
+TEST(vk_hc_pre_with_sinkhorn_and_norm_matches_reference_in_one_dispatch)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t d = 200, n_tok = 3, n = 4, mix = (2 + n) * n; /* d not a multiple of the workgroup */
+    struct model_hparams hp = hc_hparams(d);
+    uint64_t rng = 5;
+    float *X = rand_vec(&rng, (size_t)n_tok * n * d, 2, 0), *fn = rand_vec(&rng, (size_t)mix * n * d, 0.05f, 0);
+    float *base = rand_vec(&rng, mix, 0.5f, 0), *scale = rand_vec(&rng, 3, 0.1f, 1), *norm = rand_vec(&rng, d, 0.1f, 1);
+    for (int head = 0; head < 2; head++) {
+        size_t ny = (size_t)n_tok * d, nh = (size_t)n_tok * (n + n * n);
+        float *y = calloc(ny + 2 * VK_GUARD, 4), *hc = calloc(nh, 4);
+        vk_guard_fill(y, ny);
+        struct vk_span sX, sfn, sb, ss, sn, sy, shc;
+        int rc = vk_fixture_put(&f, X, (size_t)n_tok * n * d * 4, &sX) || vk_fixture_put(&f, fn, (size_t)mix * n * d * 4, &sfn) ||
+                 vk_fixture_put(&f, base, mix * 4, &sb) || vk_fixture_put(&f, scale, 12, &ss) || vk_fixture_put(&f, norm, d * 4, &sn) ||
+                 vk_fixture_put(&f, y, (ny + 2 * VK_GUARD) * 4, &sy) || vk_fixture_put(&f, NULL, nh * 4, &shc);
+        struct abi_hc_push p = { .n_embd = d, .n_hc = n, .n_tok = n_tok, .sinkhorn_iters = 20, .y_off = VK_GUARD,
+                                 .flags = head ? ABI_HC_FLAG_HEAD : 0, .rms_eps = 1e-6f, .hc_eps = 1e-6f };
+        const struct vk_span *b[8] = { &sX, &sfn, &sb, &ss, &sn, &sy, &shc, &sX };
+        rc = rc || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.hc, b, &p, n_tok, 1, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sy, 0, y, (ny + 2 * VK_GUARD) * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &shc, 0, hc, nh * 4, f.err, sizeof f.err);
+        if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+        CHECK(vk_guard_intact(y, ny));
+        for (uint32_t t = 0; t < n_tok && !rc; t++) {
+            float ry[200], post[4], comb[16], mixo[24];
+            const float *Xt = X + (size_t)t * n * d;
+            if (head) ref_hc_head(&hp, Xt, fn, base, scale, ry);
+            else ref_hc_pre(&hp, Xt, fn, base, scale, ry, post, comb, mixo);
+            ref_rmsnorm(ry, norm, d, hp.rms_eps, ry);
+            double e = nmse_f(y + VK_GUARD + t * d, ry, d);
+            if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "hc head=%d token %u: y nmse %.3g", head, t, e);
+            if (!head) {
+                double ep = nmse_f(hc + t * (n + n * n), post, n), ec = nmse_f(hc + t * (n + n * n) + n, comb, n * n);
+                if (!(ep < 1e-10 && ec < 1e-10)) test_fail_at(__FILE__, __LINE__, "hc token %u: post nmse %.3g comb nmse %.3g", t, ep, ec);
+            }
+        }
+        free(y);
+        free(hc);
+    }
+    free(X); free(fn); free(base); free(scale); free(norm);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t d = 150, n_tok = 2, n = 4, K = 3, mix = (2 + n) * n, hcw = n + n * n;
+    struct model_hparams hp = hc_hparams(d);
+    uint64_t rng = 9;
+    float *X = rand_vec(&rng, (size_t)n_tok * n * d, 1, 0), *src = rand_vec(&rng, (size_t)n_tok * (K + 1) * d, 1, 0);
+    float *hc = rand_vec(&rng, (size_t)n_tok * hcw, 0.5f, 0.5f);
+    float *fn = rand_vec(&rng, (size_t)mix * n * d, 0.05f, 0), *base = rand_vec(&rng, mix, 0.5f, 0);
+    float *scale = rand_vec(&rng, 3, 0.1f, 1), *norm = rand_vec(&rng, d, 0.1f, 1);
+    struct vk_span sX, ssrc, shc, sfn, sb, ss, sn, sy;
+    struct abi_hc_push p = { .n_embd = d, .n_hc = n, .n_tok = n_tok, .sinkhorn_iters = 20, .flags = ABI_HC_FLAG_POST,
+                             .src_tstride = K * d, .src_sstride = d, .n_src = K, .extra_off = n_tok * K * d,
+                             .extra_tstride = d, .rms_eps = 1e-6f, .hc_eps = 1e-6f };
+    const struct vk_span *b[8] = { &sX, &sfn, &sb, &ss, &sn, &sy, &shc, &ssrc };
+    float *out = malloc((size_t)n_tok * n * d * 4), *y = malloc((size_t)n_tok * d * 4), *hc_out = malloc((size_t)n_tok * hcw * 4);
+    int rc = vk_fixture_put(&f, X, (size_t)n_tok * n * d * 4, &sX) || vk_fixture_put(&f, src, (size_t)n_tok * (K + 1) * d * 4, &ssrc) ||
+             vk_fixture_put(&f, hc, (size_t)n_tok * hcw * 4, &shc) || vk_fixture_put(&f, fn, (size_t)mix * n * d * 4, &sfn) ||
+             vk_fixture_put(&f, base, mix * 4, &sb) || vk_fixture_put(&f, scale, 12, &ss) || vk_fixture_put(&f, norm, d * 4, &sn) ||
+             vk_fixture_put(&f, NULL, (size_t)n_tok * d * 4, &sy) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.hc, b, &p, n_tok, 1, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sX, 0, out, (size_t)n_tok * n * d * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sy, 0, y, (size_t)n_tok * d * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &shc, 0, hc_out, (size_t)n_tok * hcw * 4, f.err, sizeof f.err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    for (uint32_t t = 0; t < n_tok && !rc; t++) {
+        float F[150], ref[4 * 150], ry[150], post[4], comb[16], mixo[24];
+        for (uint32_t i = 0; i < d; i++) {
+            double sum = src[(size_t)n_tok * K * d + t * d + i];
+            for (uint32_t k = 0; k < K; k++) sum += src[(size_t)t * K * d + k * d + i];
+            F[i] = (float)sum;
+        }
+        const float *h = hc + t * hcw;
+        ref_hc_post(&hp, F, X + (size_t)t * n * d, h, h + n, ref);
+        double e = nmse_f(out + (size_t)t * n * d, ref, n * d);
+        if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "hc_post token %u: nmse %.3g", t, e);
+        ref_hc_pre(&hp, ref, fn, base, scale, ry, post, comb, mixo);
+        ref_rmsnorm(ry, norm, d, hp.rms_eps, ry);
+        double ey = nmse_f(y + t * d, ry, d), ep = nmse_f(hc_out + t * hcw, post, n), ec = nmse_f(hc_out + t * hcw + n, comb, n * n);
+        if (!(ey < 1e-10 && ep < 1e-10 && ec < 1e-10))
+            test_fail_at(__FILE__, __LINE__, "hc after post, token %u: y %.3g post %.3g comb %.3g", t, ey, ep, ec);
+    }
+    free(X); free(src); free(hc); free(fn); free(base); free(scale); free(norm); free(out); free(y); free(hc_out);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_norm_rope_matches_reference_rows_and_ring_write)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    struct model_hparams hp;
+    memset(&hp, 0, sizeof hp);
+    hp.rope_dim = 64; hp.rope_base = 10000; hp.compress_rope_base = 160000; hp.yarn_factor = 16;
+    hp.yarn_orig_ctx = 65536; hp.yarn_beta_fast = 32; hp.yarn_beta_slow = 1;
+    const uint32_t n = 128, heads = 3, n_tok = 5, n_pos = 2048, pos0 = 1900, ring = 7;
+    double freqs[32];
+    ref_rope_freqs(&hp, true, freqs);
+    float *tab = malloc((size_t)n_pos * 32 * 2 * 4);
+    for (uint32_t p = 0; p < n_pos; p++)
+        for (uint32_t i = 0; i < 32; i++) {
+            tab[(p * 32 + i) * 2] = (float)cos(p * freqs[i]);
+            tab[(p * 32 + i) * 2 + 1] = (float)sin(p * freqs[i]);
+        }
+    uint64_t rng = 3;
+    float *x = rand_vec(&rng, (size_t)n_tok * heads * n, 2, 0), *w = rand_vec(&rng, n, 0.1f, 1);
+    size_t ny = (size_t)ring * heads * n;
+    float *y = calloc(ny + 2 * VK_GUARD, 4);
+    vk_guard_fill(y, ny);
+    struct vk_span sx, sy, sw, st;
+    /* written into a ring of 7 rows: token t lands in row (pos0 + t) % 7 */
+    struct abi_norm_rope_push p = {
+        .n = n, .rope_dim = 64, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
+        .x_tstride = heads * n, .x_hstride = n, .y_off = VK_GUARD, .y_tstride = heads * n, .y_hstride = n,
+        .y_row0 = pos0 % ring, .y_tmod = ring, .pos_base = pos0, .pos_step = 1, .eps = 1e-6f,
+    };
+    const struct vk_span *b[4] = { &sx, &sy, &sw, &st };
+    int rc = vk_fixture_put(&f, x, (size_t)n_tok * heads * n * 4, &sx) || vk_fixture_put(&f, y, (ny + 2 * VK_GUARD) * 4, &sy) ||
+             vk_fixture_put(&f, w, n * 4, &sw) || vk_fixture_put(&f, tab, (size_t)n_pos * 64 * 4, &st) ||
+             vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.norm_rope, b, &p, heads, n_tok, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sy, 0, y, (ny + 2 * VK_GUARD) * 4, f.err, sizeof f.err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    CHECK(vk_guard_intact(y, ny));
+    for (uint32_t t = 0; t < n_tok && !rc; t++)
+        for (uint32_t h = 0; h < heads; h++) {
+            float ref[128];
+            ref_rmsnorm(x + ((size_t)t * heads + h) * n, w, n, 1e-6f, ref);
+            ref_rope(ref, n, 64, freqs, pos0 + t, false);
+            const float *got = y + VK_GUARD + ((size_t)((pos0 + t) % ring) * heads + h) * n;
+            double e = nmse_f(got, ref, n);
+            if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "norm_rope token %u head %u: nmse %.3g", t, h, e);
+        }
+    free(tab); free(x); free(w); free(y);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_router_matches_reference_for_biased_and_hash_routing)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t E = 70, K = 6, n_tok = 4, n_vocab = 10;
+    uint64_t rng = 11;
+    float *logits = rand_vec(&rng, (size_t)n_tok * E, 3, 0), *bias = rand_vec(&rng, E, 0.1f, 0);
+    int32_t tokens[4] = { 3, 9, 0, 3 }, tid2eid[10 * 6];
+    for (uint32_t i = 0; i < n_vocab * K; i++) tid2eid[i] = (int32_t)((i * 37 + 5) % E);
+    for (int hash = 0; hash < 2; hash++) {
+        struct vk_span sl, sb, st, si, sw;
+        int32_t ids[4 * 6];
+        float wts[4 * 6];
+        struct abi_router_push p = { .n_expert = E, .k = K, .n_tok = n_tok, .logits_tstride = E,
+                                     .flags = ABI_ROUTER_FLAG_NORM | (hash ? ABI_ROUTER_FLAG_HASH : 0), .scale = 1.5f };
+        const struct vk_span *b[5] = { &sl, &sb, &st, &si, &sw };
+        int rc = vk_fixture_put(&f, logits, (size_t)n_tok * E * 4, &sl) ||
+                 (hash ? vk_fixture_put(&f, tid2eid, sizeof tid2eid, &sb) : vk_fixture_put(&f, bias, E * 4, &sb)) ||
+                 vk_fixture_put(&f, tokens, sizeof tokens, &st) || vk_fixture_put(&f, NULL, sizeof ids, &si) ||
+                 vk_fixture_put(&f, NULL, sizeof wts, &sw) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+                 vk_op_dispatch(f.rec, &f.ops, &f.ops.router, b, &p, n_tok, 1, 1, f.err, sizeof f.err) ||
+                 vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+                 vk_span_download(f.d, &si, 0, ids, sizeof ids, f.err, sizeof f.err) ||
+                 vk_span_download(f.d, &sw, 0, wts, sizeof wts, f.err, sizeof f.err);
+        if (rc) { test_fail_at(__FILE__, __LINE__, "%s", f.err); break; }
+        for (uint32_t t = 0; t < n_tok; t++) {
+            float score[70], biased[70];
+            int32_t idx[6];
+            for (uint32_t e = 0; e < E; e++) {
+                score[e] = (float)sqrt(ref_softplus(logits[t * E + e]));
+                biased[e] = score[e] + bias[e];
+            }
+            if (hash) memcpy(idx, tid2eid + tokens[t] * K, sizeof idx);
+            else ref_topk(biased, E, K, idx);
+            double sum = 0;
+            for (uint32_t k = 0; k < K; k++) sum += score[idx[k]];
+            for (uint32_t k = 0; k < K; k++) {
+                CHECK_EQ_INT(ids[t * K + k], idx[k]);
+                CHECK_NEAR(wts[t * K + k], score[idx[k]] / sum * 1.5, 1e-5);
+            }
+        }
+    }
+    free(logits); free(bias);
+    vk_fixture_close(&f);
+}
+
+TEST(vk_swiglu_clamps_and_weights_routed_and_shared_rows)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    /* 4 routed rows in gu ([gate rows][up rows]) and 2 tokens' shared rows in a projection
+     * buffer of rows [E=3 | gate | up] */
+    const uint32_t F = 77, routed = 4, n_sh = 2, E = 3, mw = E + 2 * F;
+    uint64_t rng = 13;
+    float *gu = rand_vec(&rng, (size_t)2 * routed * F, 20, 0), *sh = rand_vec(&rng, (size_t)n_sh * mw, 20, 0);
+    float *w = rand_vec(&rng, routed, 0.5f, 0.5f);
+    float *out_gu = malloc((size_t)2 * routed * F * 4), *out_sh = malloc((size_t)n_sh * mw * 4);
+    struct vk_span sgu, ssh, sw;
+    struct abi_swiglu_push p = { .n_ff = F, .n_rows = routed + n_sh, .n_routed = routed, .u_off = routed * F, .sh_off = E,
+                                 .sh_tstride = mw, .lim_routed = 10, .lim_shared = 0 };
+    const struct vk_span *b[3] = { &sgu, &ssh, &sw };
+    int rc = vk_fixture_put(&f, gu, (size_t)2 * routed * F * 4, &sgu) || vk_fixture_put(&f, sh, (size_t)n_sh * mw * 4, &ssh) ||
+             vk_fixture_put(&f, w, routed * 4, &sw) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.swiglu, b, &p, (F + 63) / 64, routed + n_sh, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sgu, 0, out_gu, (size_t)2 * routed * F * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &ssh, 0, out_sh, (size_t)n_sh * mw * 4, f.err, sizeof f.err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    for (uint32_t r = 0; r < routed + n_sh && !rc; r++)
+        for (uint32_t i = 0; i < F; i++) {
+            bool is_routed = r < routed;
+            size_t gi = is_routed ? (size_t)r * F + i : (size_t)(r - routed) * mw + E + i;
+            double gv = is_routed ? gu[gi] : sh[gi], uv = is_routed ? gu[routed * F + gi] : sh[gi + F];
+            double wt = is_routed ? w[r] : 1.0;
+            if (is_routed) { gv = fmin(gv, 10); uv = fmax(fmin(uv, 10), -10); } /* shared: limit 0, no clamp */
+            double ref = ref_silu(gv) * uv * wt, got = is_routed ? out_gu[gi] : out_sh[gi];
+            if (!(fabs(got - ref) <= 1e-4 * (1 + fabs(ref)))) {
+                test_fail_at(__FILE__, __LINE__, "swiglu row %u col %u: %.7g vs %.7g", r, i, got, ref);
+                r = routed + n_sh;
+                break;
+            }
+        }
+    /* the routed up rows and the shared up columns are inputs only: unchanged */
+    CHECK(memcmp(out_gu + routed * F, gu + routed * F, (size_t)routed * F * 4) == 0);
+    free(gu); free(sh); free(w); free(out_gu); free(out_sh);
+    vk_fixture_close(&f);
+}
+
+/* A float32 tensor over caller memory, for the reference's per-step functions. */
+static struct gguf_tensor fake_f32(float *data, uint64_t ne0, uint64_t ne1)
+{
+    struct gguf_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = (char *)"test";
+    t.n_dims = 2;
+    t.ne[0] = ne0; t.ne[1] = ne1; t.ne[2] = 1; t.ne[3] = 1;
+    t.type = GGUF_TYPE_F32;
+    t.n_elements = ne0 * ne1;
+    t.nbytes = t.n_elements * 4;
+    t.data = data;
+    return t;
+}
+
+/* The compressor state machine (compress + norm_rope finishing) fed in uneven chunks, for
+ * the overlapping ratio-4 kind and a pooling-only ratio, against ref_compressor_step fed
+ * token by token. */
+static void check_compressor(struct vk_fixture *f, uint32_t ratio)
+{
+    const uint32_t d = 32, w = 64, coff = ratio == 4 ? 2 : 1, cw = coff * w, n_tok = 37, n_rows = ratio == 4 ? 8 : ratio;
+    struct model_hparams hp;
+    memset(&hp, 0, sizeof hp);
+    hp.rope_dim = 32; hp.compress_rope_base = 160000; hp.yarn_factor = 16; hp.yarn_orig_ctx = 65536;
+    hp.yarn_beta_fast = 32; hp.yarn_beta_slow = 1; hp.rms_eps = 1e-6f;
+    double freqs[16];
+    ref_rope_freqs(&hp, true, freqs);
+    uint64_t rng = 21 + ratio;
+    float *wkv = rand_vec(&rng, (size_t)cw * d, 0.3f, 0), *wg = rand_vec(&rng, (size_t)cw * d, 0.3f, 0);
+    float *ape = rand_vec(&rng, (size_t)ratio * cw, 0.5f, 0), *norm = rand_vec(&rng, w, 0.1f, 1);
+    float *a = rand_vec(&rng, (size_t)n_tok * d, 1, 0);
+    struct gguf_tensor t_kv = fake_f32(wkv, d, cw), t_g = fake_f32(wg, d, cw), t_ape = fake_f32(ape, cw, ratio), t_n = fake_f32(norm, w, 1);
+    float *tab = malloc((size_t)n_tok * 16 * 2 * 4);
+    for (uint32_t p = 0; p < n_tok; p++)
+        for (uint32_t i = 0; i < 16; i++) {
+            tab[(p * 16 + i) * 2] = (float)cos(p * freqs[i]);
+            tab[(p * 16 + i) * 2 + 1] = (float)sin(p * freqs[i]);
+        }
+    /* reference, token by token */
+    struct ref_compressor rc = { .ratio = ratio, .width = w, .coff = coff, .n_rows = n_rows };
+    rc.kv = calloc((size_t)n_rows * cw, 4);
+    rc.score = malloc((size_t)n_rows * cw * 4);
+    for (size_t i = 0; i < (size_t)n_rows * cw; i++) rc.score[i] = -INFINITY;
+    struct ref_scratch s;
+    memset(&s, 0, sizeof s);
+    s.rowbuf = malloc(d * 4);
+    uint32_t n_ent = n_tok / ratio + 1;
+    float *ref_ent = calloc((size_t)n_ent * w, 4), entry[64];
+    for (uint32_t p = 0; p < n_tok; p++)
+        if (ref_compressor_step(&rc, &hp, &t_kv, &t_g, &t_ape, &t_n, freqs, a + (size_t)p * d, p, &s, entry))
+            memcpy(ref_ent + (size_t)(p / ratio) * w, entry, w * 4);
+    /* device: kv/score rows from the CPU, the kernels on the device, in chunks 5, 3, 11, ... */
+    float *kv_in = malloc((size_t)n_tok * cw * 4), *sc_in = malloc((size_t)n_tok * cw * 4);
+    for (uint32_t p = 0; p < n_tok; p++)
+        for (uint32_t o = 0; o < cw; o++) {
+            double k = 0, g = 0;
+            for (uint32_t i = 0; i < d; i++) { k += (double)wkv[o * d + i] * a[p * d + i]; g += (double)wg[o * d + i] * a[p * d + i]; }
+            kv_in[p * cw + o] = (float)k;
+            sc_in[p * cw + o] = (float)g;
+        }
+    float *state = malloc((size_t)2 * n_rows * cw * 4);
+    for (size_t i = 0; i < (size_t)n_rows * cw; i++) { state[i] = 0; state[n_rows * cw + i] = -INFINITY; }
+    struct vk_span skv, ssc, sape, sst, sout, snorm, stab;
+    float *got = calloc((size_t)n_ent * w, 4);
+    int rcode = vk_fixture_put(f, kv_in, (size_t)n_tok * cw * 4, &skv) || vk_fixture_put(f, sc_in, (size_t)n_tok * cw * 4, &ssc) ||
+                vk_fixture_put(f, ape, (size_t)ratio * cw * 4, &sape) || vk_fixture_put(f, state, (size_t)2 * n_rows * cw * 4, &sst) ||
+                vk_fixture_put(f, NULL, (size_t)n_ent * w * 4, &sout) || vk_fixture_put(f, norm, w * 4, &snorm) ||
+                vk_fixture_put(f, tab, (size_t)n_tok * 32 * 4, &stab);
+    const uint32_t chunks[] = { 5, 3, 11, 1, 9, 8 };
+    for (uint32_t pos = 0, ci = 0; pos < n_tok && !rcode; ci++) {
+        uint32_t nt = chunks[ci % 6] < n_tok - pos ? chunks[ci % 6] : n_tok - pos;
+        struct abi_compress_push p = { .width = w, .ratio = ratio, .coff = coff, .pos0 = pos, .n_tok = nt,
+                                       .kv_off = pos * cw, .score_off = pos * cw, .in_tstride = cw };
+        const struct vk_span *b[5] = { &skv, &ssc, &sape, &sst, &sout };
+        rcode = vk_recorder_begin(f->rec, f->err, sizeof f->err) ||
+                vk_op_dispatch(f->rec, &f->ops, &f->ops.compress, b, &p, 1, 1, 1, f->err, sizeof f->err);
+        uint32_t e0 = pos / ratio, e1 = (pos + nt) / ratio;
+        if (!rcode && e1 > e0) {
+            vk_recorder_barrier(f->rec);
+            struct abi_norm_rope_push q = {
+                .n = w, .rope_dim = 32, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
+                .x_off = e0 * w, .x_tstride = w, .y_tstride = w, .y_row0 = e0, .y_tmod = 1u << 30,
+                .pos_base = e0 * ratio, .pos_step = ratio, .eps = 1e-6f,
+            };
+            const struct vk_span *bq[4] = { &sout, &sout, &snorm, &stab };
+            rcode = vk_op_dispatch(f->rec, &f->ops, &f->ops.norm_rope, bq, &q, 1, e1 - e0, 1, f->err, sizeof f->err);
+        }
+        rcode = rcode || vk_recorder_submit(f->rec, f->err, sizeof f->err);
+        pos += nt;
+    }
+    rcode = rcode || vk_span_download(f->d, &sout, 0, got, (size_t)n_ent * w * 4, f->err, sizeof f->err);
+    if (rcode) test_fail_at(__FILE__, __LINE__, "%s", f->err);
+    for (uint32_t e = 0; e < n_tok / ratio && !rcode; e++) {
+        double err = nmse_f(got + (size_t)e * w, ref_ent + (size_t)e * w, w);
+        if (!(err < 1e-10)) test_fail_at(__FILE__, __LINE__, "compressor ratio %u entry %u: nmse %.3g", ratio, e, err);
+    }
+    free(wkv); free(wg); free(ape); free(norm); free(a); free(tab); free(rc.kv); free(rc.score); free(s.rowbuf);
+    free(ref_ent); free(kv_in); free(sc_in); free(state); free(got);
+}
+
+TEST(vk_compressor_matches_reference_across_uneven_chunks)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    check_compressor(&f, 4);
+    check_compressor(&f, 8);
+    vk_fixture_close(&f);
+}
+
+/* Attention of a few tokens over a wrapped window ring plus compressed entries (HCA: every
+ * completed one; CSA: a given selection), with a sink and the inverse rotation, against a
+ * direct double-precision evaluation of spec §3.9-3.10.1. */
+static void check_attention(struct vk_fixture *f, uint32_t ratio)
+{
+    const uint32_t hd = 64, H = 3, rope = 32, W = 6, ring = W + 4, n_tok = 4, pos0 = 29, topk = 3;
+    const uint32_t n_comp = (pos0 + n_tok) / (ratio ? ratio : 1) + 1, n_pos = 64;
+    uint64_t rng = 31 + ratio;
+    float *q = rand_vec(&rng, (size_t)n_tok * H * hd, 1, 0), *ringv = rand_vec(&rng, (size_t)ring * hd, 1, 0);
+    float *comp = rand_vec(&rng, (size_t)n_comp * hd, 1, 0), *sinks = rand_vec(&rng, H, 1, 0);
+    int32_t sel[4 * 3];
+    for (uint32_t i = 0; i < n_tok * topk; i++) sel[i] = (int32_t)((i * 5 + 1) % ((pos0 + 1) / 4));
+    double freqs[16];
+    float *tab = malloc((size_t)n_pos * 16 * 2 * 4);
+    for (uint32_t i = 0; i < 16; i++) freqs[i] = pow(10000.0, -2.0 * i / rope);
+    for (uint32_t p = 0; p < n_pos; p++)
+        for (uint32_t i = 0; i < 16; i++) {
+            tab[(p * 16 + i) * 2] = (float)cos(p * freqs[i]);
+            tab[(p * 16 + i) * 2 + 1] = (float)sin(p * freqs[i]);
+        }
+    size_t no = (size_t)n_tok * H * hd;
+    float *o = calloc(no + 2 * VK_GUARD, 4);
+    vk_guard_fill(o, no);
+    struct vk_span sq, sr, sc, ss, ssk, st, so;
+    struct abi_attn_push p = { .head_dim = hd, .n_head = H, .rope_dim = rope, .window = W, .ring_len = ring, .ratio = ratio,
+                               .topk = topk, .pos0 = pos0, .n_tok = n_tok, .o_off = VK_GUARD, .scale = 0.125f };
+    const struct vk_span *b[7] = { &sq, &sr, &sc, &ss, &ssk, &st, &so };
+    int rc = vk_fixture_put(f, q, no * 4, &sq) || vk_fixture_put(f, ringv, (size_t)ring * hd * 4, &sr) ||
+             vk_fixture_put(f, comp, (size_t)n_comp * hd * 4, &sc) || vk_fixture_put(f, sel, sizeof sel, &ss) ||
+             vk_fixture_put(f, sinks, H * 4, &ssk) || vk_fixture_put(f, tab, (size_t)n_pos * 32 * 4, &st) ||
+             vk_fixture_put(f, o, (no + 2 * VK_GUARD) * 4, &so) || vk_recorder_begin(f->rec, f->err, sizeof f->err) ||
+             vk_op_dispatch(f->rec, &f->ops, &f->ops.attention, b, &p, H, n_tok, 1, f->err, sizeof f->err) ||
+             vk_recorder_submit(f->rec, f->err, sizeof f->err) ||
+             vk_span_download(f->d, &so, 0, o, (no + 2 * VK_GUARD) * 4, f->err, sizeof f->err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f->err);
+    CHECK(vk_guard_intact(o, no));
+    for (uint32_t t = 0; t < n_tok && !rc; t++)
+        for (uint32_t h = 0; h < H; h++) {
+            const uint32_t pos = pos0 + t, first = pos + 1 > W ? pos + 1 - W : 0, n_win = pos + 1 - first;
+            uint32_t nc = ratio == 4 ? ((pos + 1) / 4 < topk ? (pos + 1) / 4 : topk) : ratio ? (pos + 1) / ratio : 0;
+            const float *qh = q + ((size_t)t * H + h) * hd;
+            double att[64], mx = sinks[h], acc[64] = { 0 }, den;
+            const float *keys[64];
+            for (uint32_t j = 0; j < n_win + nc; j++) {
+                keys[j] = j < n_win ? ringv + (size_t)((first + j) % ring) * hd
+                                    : comp + (size_t)(ratio == 4 ? (uint32_t)sel[t * topk + j - n_win] : j - n_win) * hd;
+                double dot = 0;
+                for (uint32_t i = 0; i < hd; i++) dot += (double)qh[i] * keys[j][i];
+                att[j] = dot * 0.125;
+                mx = fmax(mx, att[j]);
+            }
+            den = exp(sinks[h] - mx);
+            for (uint32_t j = 0; j < n_win + nc; j++) {
+                double e = exp(att[j] - mx);
+                den += e;
+                for (uint32_t i = 0; i < hd; i++) acc[i] += e * keys[j][i];
+            }
+            float ref[64];
+            for (uint32_t i = 0; i < hd; i++) ref[i] = (float)(acc[i] / den);
+            ref_rope(ref, hd, rope, freqs, pos, true);
+            double e = nmse_f(o + VK_GUARD + ((size_t)t * H + h) * hd, ref, hd);
+            if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "attention ratio %u token %u head %u: nmse %.3g", ratio, t, h, e);
+        }
+    free(q); free(ringv); free(comp); free(sinks); free(tab); free(o);
+}
+
+TEST(vk_attention_matches_direct_evaluation_for_swa_csa_and_hca)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    check_attention(&f, 0);
+    check_attention(&f, 4);
+    check_attention(&f, 8);
+    vk_fixture_close(&f);
+}
+
+/* The indexer's scores and top-k selection against a direct evaluation and ref_topk. */
+TEST(vk_indexer_selects_the_reference_top_k)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t IH = 4, D = 32, topk = 5, pos0 = 70, n_tok = 3, n_keys = (pos0 + n_tok) / 4 + 1, stride = 40;
+    uint64_t rng = 41;
+    float *q = rand_vec(&rng, (size_t)n_tok * IH * D, 1, 0), *w = rand_vec(&rng, (size_t)n_tok * 7, 1, 0);
+    float *keys = rand_vec(&rng, (size_t)n_keys * D, 1, 0);
+    int32_t sel[3 * 5];
+    struct vk_span sq, sw, sk, ss, ssel;
+    /* the per-token head weights sit at column 2 of rows of 7 (as in the projection rows) */
+    struct abi_indexer_push p = { .n_head = IH, .dim = D, .topk = topk, .pos0 = pos0, .n_tok = n_tok, .w_off = 2, .w_tstride = 7,
+                                  .score_tstride = stride, .scale = 0.1f };
+    const struct vk_span *b[5] = { &sq, &sw, &sk, &ss, &ssel };
+    int rc = vk_fixture_put(&f, q, (size_t)n_tok * IH * D * 4, &sq) || vk_fixture_put(&f, w, (size_t)n_tok * 7 * 4, &sw) ||
+             vk_fixture_put(&f, keys, (size_t)n_keys * D * 4, &sk) || vk_fixture_put(&f, NULL, (size_t)n_tok * stride * 4, &ss) ||
+             vk_fixture_put(&f, NULL, sizeof sel, &ssel) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.indexer, b, &p, n_tok, 1, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) || vk_span_download(f.d, &ssel, 0, sel, sizeof sel, f.err, sizeof f.err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    for (uint32_t t = 0; t < n_tok && !rc; t++) {
+        uint32_t n_vis = (pos0 + t + 1) / 4;
+        float score[64];
+        for (uint32_t k = 0; k < n_vis; k++) {
+            double s = 0;
+            for (uint32_t h = 0; h < IH; h++) {
+                double dot = 0;
+                for (uint32_t i = 0; i < D; i++) dot += (double)q[((size_t)t * IH + h) * D + i] * keys[(size_t)k * D + i];
+                s += w[t * 7 + 2 + h] * 0.1 * fmax(dot, 0);
+            }
+            score[k] = (float)s;
+        }
+        int32_t idx[5];
+        ref_topk(score, n_vis, topk, idx);
+        for (uint32_t k = 0; k < topk; k++) CHECK_EQ_INT(sel[t * topk + k], idx[k]);
+    }
+    free(q); free(w); free(keys);
+    vk_fixture_close(&f);
+}
