@@ -72,21 +72,14 @@ int dequant_row(enum gguf_type type, const void *src, float *dst, uint64_t n)
     case GGUF_TYPE_F32:
         memcpy(dst, src, n * 4);
         return 0;
-    case GGUF_TYPE_F16: {
-        const uint8_t *p = src;
-        for (uint64_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, p + 2 * i, 2);
-            dst[i] = fp16_to_f32(h);
-        }
-        return 0;
-    }
+    case GGUF_TYPE_F16:
     case GGUF_TYPE_BF16: {
+        float (*to_f32)(uint16_t) = type == GGUF_TYPE_F16 ? fp16_to_f32 : bf16_to_f32;
         const uint8_t *p = src;
         for (uint64_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
-            dst[i] = bf16_to_f32(h);
+            dst[i] = to_f32(h);
         }
         return 0;
     }

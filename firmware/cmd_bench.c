@@ -5,10 +5,13 @@
 #include "engine/engine.h"
 #include "firmware/commands.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now_s(void)
 {
@@ -21,7 +24,48 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: flashbox bench -m MODEL.gguf [--prompt N (64)] [--gen N (16)] [--backend ref|vulkan (vulkan)]\n"
                  "                      [--device N] [--kernels]\n"
-                 "  --kernels   also time each matvec/matmul kernel alone on the model's shapes\n");
+                 "  --kernels   also time each matvec/matmul kernel alone on the model's shapes\n"
+                 "  --expert-cache-mb N   page routed experts through a cache of N MiB\n"
+                 "  --expert-read auto|pagecache|direct   how paged experts are read\n"
+                 "  --no-prefetch   turn hash-layer expert prefetch off (to see the stall it hides)\n"
+                 "  --cold      drop the model file's pages from the page cache before the measured run\n");
+}
+
+/* Sequential read bandwidth of the file's device: up to 256 MiB read with O_DIRECT in 4 MiB
+ * requests (falls back to buffered reads where O_DIRECT is refused). Bytes per second. */
+static double storage_read_bandwidth(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd < 0) fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    const size_t chunk = 4u << 20;
+    void *buf = NULL;
+    if (posix_memalign(&buf, 4096, chunk)) {
+        close(fd);
+        return 0;
+    }
+    uint64_t total = 0;
+    double t0 = now_s();
+    for (off_t off = 0; total < (256u << 20);) {
+        ssize_t n = pread(fd, buf, chunk, off);
+        if (n <= 0) break;
+        total += (uint64_t)n;
+        off += n;
+    }
+    double dt = now_s() - t0;
+    free(buf);
+    close(fd);
+    return dt > 0 ? (double)total / dt : 0;
+}
+
+/* Drops the file's clean pages so the next reads come from storage. */
+static void drop_file_pages(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    fdatasync(fd);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
 }
 
 int cmd_bench(int argc, char **argv)
@@ -30,7 +74,7 @@ int cmd_bench(int argc, char **argv)
     engine_options_default(&opt);
     opt.backend = ENGINE_BACKEND_VULKAN;
     uint32_t n_prompt = 64, n_gen = 16;
-    bool kernels = false;
+    bool kernels = false, cold = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) opt.model_path = argv[++i];
@@ -38,6 +82,19 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--gen") && v) n_gen = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--device") && v) opt.device_index = atoi(argv[++i]);
         else if (!strcmp(a, "--kernels")) kernels = true;
+        else if (!strcmp(a, "--cold")) cold = true;
+        else if (!strcmp(a, "--no-prefetch")) opt.expert_no_prefetch = true;
+        else if (!strcmp(a, "--expert-cache-mb") && v) opt.expert_cache_mb = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--expert-read") && v) {
+            const char *r = argv[++i];
+            if (!strcmp(r, "auto")) opt.expert_read = ENGINE_EXPERT_READ_AUTO;
+            else if (!strcmp(r, "pagecache")) opt.expert_read = ENGINE_EXPERT_READ_PAGECACHE;
+            else if (!strcmp(r, "direct")) opt.expert_read = ENGINE_EXPERT_READ_DIRECT;
+            else {
+                fprintf(stderr, "flashbox bench: --expert-read: '%s', expected auto, pagecache or direct\n", r);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--backend") && v) {
             if (engine_backend_parse(argv[++i], &opt.backend)) {
                 fprintf(stderr, "flashbox bench: unknown backend '%s'\n", argv[i]);
@@ -74,6 +131,9 @@ int cmd_bench(int argc, char **argv)
     /* warm-up (first-use costs), then the measured runs */
     if (session_eval(s, toks, 1, logits, false, err, sizeof err)) goto fail;
     session_reset(s);
+    if (cold) drop_file_pages(opt.model_path);
+    struct expert_counters ec0, ec1;
+    bool paged = engine_expert_counters(e, &ec0) == 0;
     double t0 = now_s();
     if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) goto fail;
     double t_prefill = now_s() - t0;
@@ -82,6 +142,7 @@ int cmd_bench(int argc, char **argv)
     for (uint32_t i = 0; i < n_gen; i++)
         if (session_eval(s, toks + n_prompt + i, 1, logits, false, err, sizeof err)) goto fail;
     double t_decode = now_s() - t0;
+    if (paged) engine_expert_counters(e, &ec1);
     struct engine_profile pd;
     session_get_profile(s, &pd);
 
@@ -133,6 +194,33 @@ int cmd_bench(int argc, char **argv)
             first = 0;
         }
     printf("}}\n");
+    if (paged) {
+        /* counters of the measured prefill + decode only */
+        uint64_t hit = ec1.hits[0] + ec1.hits[1] - ec0.hits[0] - ec0.hits[1];
+        uint64_t miss = ec1.misses[0] + ec1.misses[1] - ec0.misses[0] - ec0.misses[1];
+        uint64_t hash_q = ec1.hits[0] + ec1.misses[0] - ec0.hits[0] - ec0.misses[0];
+        uint64_t learned_q = ec1.hits[1] + ec1.misses[1] - ec0.hits[1] - ec0.misses[1];
+        double n_tok = n_prompt + n_gen;
+        double read_tok = (double)(ec1.bytes_read - ec0.bytes_read) / n_tok;
+        double stall_ms = (double)(ec1.stall_ns - ec0.stall_ns) / 1e6;
+        uint64_t pf = ec1.prefetch_issued - ec0.prefetch_issued, pfu = ec1.prefetch_used - ec0.prefetch_used;
+        double disk_bw = storage_read_bandwidth(opt.model_path);
+        double bound = read_tok > 0 && disk_bw > 0 ? disk_bw / read_tok : 0;
+        printf("experts      %u slots of %.1f KiB (%s reads%s), hit rate %.3f (hash %.3f, learned %.3f)\n", ec1.n_slots,
+               ec1.slot_bytes / 1024.0, ec1.read_path == ENGINE_EXPERT_READ_DIRECT ? "direct" : "page-cache",
+               cold ? ", cold" : "", hit + miss ? (double)hit / (hit + miss) : 0,
+               hash_q ? (double)(ec1.hits[0] - ec0.hits[0]) / hash_q : 0,
+               learned_q ? (double)(ec1.hits[1] - ec0.hits[1]) / learned_q : 0);
+        printf("             %.1f KiB read per token, stalled %.1f ms in all (%.2f ms/token), prefetch %llu issued %llu used\n",
+               read_tok / 1024, stall_ms, stall_ms / n_tok, (unsigned long long)pf, (unsigned long long)pfu);
+        printf("             storage %.2f GB/s sequential: bound %.1f tok/s at this read rate\n", disk_bw / 1e9, bound);
+        printf("{\"experts\":{\"slots\":%u,\"hit_rate\":%.4f,\"bytes_read_per_token\":%.0f,\"stall_ms\":%.3f,"
+               "\"prefetch_issued\":%llu,\"prefetch_used\":%llu,\"storage_gb_s\":%.3f,\"storage_bound_tok_s\":%.2f,"
+               "\"cold\":%s,\"read_path\":\"%s\"}}\n",
+               ec1.n_slots, hit + miss ? (double)hit / (hit + miss) : 0, read_tok, stall_ms, (unsigned long long)pf,
+               (unsigned long long)pfu, disk_bw / 1e9, bound, cold ? "true" : "false",
+               ec1.read_path == ENGINE_EXPERT_READ_DIRECT ? "direct" : "pagecache");
+    }
     if (kernels && engine_bench_kernels(e, stdout, err, sizeof err)) goto fail;
     rc = 0;
     goto out;

@@ -1,12 +1,19 @@
 /* `flashbox update verify|install|status|rollback|verify-slot` and `flashbox bundle`:
- * the command line of signed updates. The self-test is wired to the engine here. */
+ * the command line of signed updates. The self-test is wired to the engine here. With
+ * --admin-socket, status, install and rollback go to a running daemon's admin socket
+ * instead (it installs, then hot-reloads the new slot without closing its API socket). */
+#include "firmware/admin_client.h"
 #include "firmware/commands.h"
 #include "firmware/selftest.h"
 #include "tools/bundle_cli.h"
 #include "update/update.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -23,7 +30,133 @@ static void usage(FILE *out)
             "  --keys DIR       trusted public keys, *.pem (" UPDATE_DEFAULT_KEYS_DIR ");\n"
             "                   DATA/trusted-keys.pem replaces it once a bundle has rotated the keys\n"
             "  --product ID     this box's product id (" UPDATE_DEFAULT_PRODUCT ")\n"
-            "  --backend B      engine backend of the install self-test: ref (default) or vulkan\n");
+            "  --backend B      engine backend of the install self-test: ref (default) or vulkan\n"
+            "  --admin-socket P status, install and rollback through a running daemon's admin socket\n"
+            "                   (server.admin_socket); the daemon then serves the new slot at once\n");
+}
+
+/* ---- through a running daemon's admin socket ---- */
+
+static const char *jstr(json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? v : "";
+}
+
+static int admin_print_status(json_t *o)
+{
+    json_t *serving = json_object_get(o, "serving"), *store = json_object_get(o, "store"), *op = json_object_get(o, "operation");
+    if (json_is_object(serving)) {
+        printf("serving:     %s from slot %s (%s)\n", jstr(serving, "model"), jstr(serving, "slot"), jstr(serving, "status"));
+        if (json_object_get(serving, "reason")) printf("degraded:    %s\n", jstr(serving, "reason"));
+    } else {
+        printf("serving:     nothing yet (loading)\n");
+    }
+    printf("data dir:    %s\n", jstr(store, "data_dir"));
+    printf("keys:        %s\n", jstr(store, "keys"));
+    printf("epoch floor: %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(store, "epoch_floor")));
+    printf("active:      %s\n", json_is_string(json_object_get(store, "active")) ? jstr(store, "active") : "none");
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(store, "slots"), i, s) {
+        int active = json_is_true(json_object_get(s, "active"));
+        if (json_is_true(json_object_get(s, "valid")))
+            printf("slot %s%s  valid   product %s, version %s, epoch %" JSON_INTEGER_FORMAT "\n", jstr(s, "name"),
+                   active ? "*" : " ", jstr(s, "product"), jstr(s, "version"), json_integer_value(json_object_get(s, "epoch")));
+        else printf("slot %s%s  invalid (%s)\n", jstr(s, "name"), active ? "*" : " ", jstr(s, "why_invalid"));
+    }
+    if (json_is_string(json_object_get(store, "trial")))
+        printf("boot trial:  slot %s, %" JSON_INTEGER_FORMAT " attempt(s)\n", jstr(store, "trial"),
+               json_integer_value(json_object_get(store, "boot_attempts")));
+    if (*jstr(store, "last_fallback")) printf("last fallback: %s\n", jstr(store, "last_fallback"));
+    if (json_is_true(json_object_get(op, "running")))
+        printf("in progress: %s %s, phase %s (%s %" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT ")\n", jstr(op, "kind"),
+               jstr(op, "bundle"), jstr(op, "phase"), jstr(op, "what"), json_integer_value(json_object_get(op, "done")),
+               json_integer_value(json_object_get(op, "total")));
+    return 0;
+}
+
+/* Prints an install or rollback result; 0 only when the daemon serves the new slot. */
+static int admin_print_result(const char *sub, int status, json_t *o)
+{
+    json_t *e = json_object_get(o, "error"), *reload = json_object_get(o, "reload");
+    if (status != 200) {
+        const char *msg = json_is_object(e) ? jstr(e, "message") : "(no message)";
+        if (status == 422)
+            fprintf(stderr, "flashbox update %s: REFUSED: %s (active slot unchanged, still serving the old model)\n", sub, msg);
+        else fprintf(stderr, "flashbox update %s: the daemon answered %d: %s\n", sub, status, msg);
+        return 1;
+    }
+    json_t *b = json_object_get(o, "bundle");
+    if (json_is_object(b))
+        printf("installed %s version %s (epoch %" JSON_INTEGER_FORMAT "), key %s; self-test passed; now active\n",
+               jstr(b, "product"), jstr(b, "version"), json_integer_value(json_object_get(b, "epoch")), jstr(b, "key"));
+    else printf("rolled back: the other slot is active\n");
+    if (!json_is_true(json_object_get(reload, "ok"))) {
+        fprintf(stderr, "flashbox update %s: but the daemon still serves %s from slot %s: %s\n", sub, jstr(reload, "model"),
+                jstr(reload, "slot"), jstr(reload, "error"));
+        return 1;
+    }
+    printf("the daemon now serves %s from slot %s", jstr(reload, "model"), jstr(reload, "slot"));
+    json_int_t cut = json_integer_value(json_object_get(reload, "cancelled_generations"));
+    if (cut) printf(" (%" JSON_INTEGER_FORMAT " generation(s) cut off after the grace period)", cut);
+    printf("\n");
+    return 0;
+}
+
+static int admin_command(const char *sock, const char *sub, const char *arg)
+{
+    char err[1024];
+    char *req_body = NULL;
+    const char *method = "POST", *path;
+    if (!strcmp(sub, "status")) {
+        method = "GET";
+        path = "/admin/update/status";
+    } else if (!strcmp(sub, "rollback")) {
+        path = "/admin/update/rollback";
+    } else if (!strcmp(sub, "install")) {
+        /* The daemon opens the file itself: give it an absolute path. */
+        char abs[PATH_MAX];
+        if (!realpath(arg, abs)) {
+            fprintf(stderr, "flashbox update install: %s: %s\n", arg, strerror(errno));
+            return 1;
+        }
+        json_t *o = json_pack("{s:s}", "bundle", abs);
+        req_body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (!req_body) {
+            fprintf(stderr, "flashbox update install: out of memory\n");
+            return 1;
+        }
+        path = "/admin/update/install";
+    } else {
+        fprintf(stderr, "flashbox update %s: not available through the admin socket (status, install, rollback are)\n", sub);
+        return 2;
+    }
+    int status;
+    char *resp;
+    int rc = admin_client_request(sock, method, path, req_body, &status, &resp, err, sizeof err);
+    free(req_body);
+    if (rc) {
+        fprintf(stderr, "flashbox update %s: %s\n", sub, err);
+        return 1;
+    }
+    json_error_t je;
+    json_t *o = json_loads(resp, 0, &je);
+    free(resp);
+    if (!json_is_object(o)) {
+        fprintf(stderr, "flashbox update %s: the daemon answered %d with no JSON object (%s)\n", sub, status, je.text);
+        json_decref(o);
+        return 1;
+    }
+    if (!strcmp(sub, "status")) {
+        if (status != 200) rc = admin_print_result(sub, status, o);
+        else rc = admin_print_status(o);
+    } else {
+        rc = admin_print_result(sub, status, o);
+    }
+    json_decref(o);
+    return rc;
 }
 
 static void print_info(const struct update_bundle_info *in)
@@ -71,7 +204,7 @@ int cmd_update(int argc, char **argv)
     struct update_config cfg;
     update_config_default(&cfg);
     struct selftest_opts so = { ENGINE_BACKEND_REF };
-    const char *sub = NULL, *arg = NULL;
+    const char *sub = NULL, *arg = NULL, *admin_sock = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -80,6 +213,7 @@ int cmd_update(int argc, char **argv)
         } else if (!strcmp(a, "--data-dir") && i + 1 < argc) cfg.data_dir = argv[++i];
         else if (!strcmp(a, "--keys") && i + 1 < argc) cfg.keys_dir = argv[++i];
         else if (!strcmp(a, "--product") && i + 1 < argc) cfg.product = argv[++i];
+        else if (!strcmp(a, "--admin-socket") && i + 1 < argc) admin_sock = argv[++i];
         else if (!strcmp(a, "--backend") && i + 1 < argc) {
             if (engine_backend_parse(argv[++i], &so.backend)) {
                 fprintf(stderr, "flashbox update: unknown backend '%s'\n", argv[i]);
@@ -107,6 +241,7 @@ int cmd_update(int argc, char **argv)
         fprintf(stderr, "flashbox update %s: %s\n", sub, needs_arg ? "takes one argument" : "takes no argument");
         return 2;
     }
+    if (admin_sock) return admin_command(admin_sock, sub, arg);
     if (!strcmp(sub, "verify")) {
         if (update_verify_bundle(&cfg, arg, &hooks, &info, err, sizeof err)) {
             fprintf(stderr, "flashbox update verify: %s: REFUSED: %s\n", arg, err);

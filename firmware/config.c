@@ -36,7 +36,7 @@ static const struct cfg_entry entries[] = {
     { "server", "socket_group", CFG_STR, F(socket_group), 0, 0, "group owning the socket; empty = the daemon's group" },
     { "server", "socket_mode", CFG_OCT, F(socket_mode), 0, 0777, "permission bits of the socket file (octal)" },
     { "server", "listen", CFG_STR, F(listen), 0, 0, "loopback TCP address 127.0.0.1:PORT; empty = Unix socket only (flag --listen)" },
-    { "server", "admin_socket", CFG_STR, F(admin_socket), 0, 0, "root-only update socket (served by the update module); empty = none" },
+    { "server", "admin_socket", CFG_STR, F(admin_socket), 0, 0, "update admin socket (mode 0600, root or the daemon's uid) when update.data_dir is set; empty = /run/flashbox/admin.sock as root, else admin.sock next to server.socket; none = off" },
     { "server", "max_connections", CFG_U32, F(max_connections), 1, 4096, "open connections at once" },
     { "server", "connection_timeout_s", CFG_U32, F(connection_timeout_s), 1, 3600, "a connection idle this long (slow headers or body) is closed" },
     { "server", "slots", CFG_U32, F(slots), 1, 256, "conversations decoded together (one session each)" },
@@ -57,6 +57,7 @@ static const struct cfg_entry entries[] = {
     { "update", "data_dir", CFG_STR, F(update_data_dir), 0, 0, "signed-update slot store (e.g. /var/lib/flashbox): serve its active slot with the boot protocol; empty = serve model.path" },
     { "update", "keys_dir", CFG_STR, F(update_keys_dir), 0, 0, "trusted public keys of the slot store" },
     { "update", "product", CFG_STR, F(update_product), 0, 0, "this box's product id" },
+    { "update", "reload_grace_s", CFG_U32, F(update_reload_grace_s), 0, 3600, "after an install or rollback through the admin socket: time in-flight requests get to finish on the old model" },
     { "update", "max_boot_attempts", CFG_U32, F(update_max_boot_attempts), 1, 100, "failed starts of a new slot before falling back to the other" },
     { "audit", "log", CFG_STR, F(audit_log), 0, 0, "audit log: stderr (journald) or a file path, JSON lines" },
     { "audit", "log_prompts", CFG_BOOL, F(log_prompts), 0, 1, "also record prompt text (off: never)" },
@@ -68,6 +69,14 @@ void config_default_socket(char *out, size_t out_len)
     if (geteuid() == 0) snprintf(out, out_len, "/run/flashbox/api.sock");
     else if (xdg && *xdg == '/') snprintf(out, out_len, "%s/flashbox/api.sock", xdg);
     else snprintf(out, out_len, "run/api.sock");
+}
+
+void config_default_admin_socket(const char *api_socket, char *out, size_t out_len)
+{
+    const char *slash = strrchr(api_socket, '/');
+    if (geteuid() == 0) snprintf(out, out_len, "/run/flashbox/admin.sock");
+    else if (slash) snprintf(out, out_len, "%.*s/admin.sock", (int)(slash - api_socket), api_socket);
+    else snprintf(out, out_len, "admin.sock");
 }
 
 void config_default(struct serve_config *c)
@@ -96,6 +105,7 @@ void config_default(struct serve_config *c)
     snprintf(c->update_keys_dir, sizeof c->update_keys_dir, "%s", uc.keys_dir);
     snprintf(c->update_product, sizeof c->update_product, "%s", uc.product);
     c->update_max_boot_attempts = uc.max_boot_attempts;
+    c->update_reload_grace_s = 30;
 }
 
 static int parse_u64(const char *v, int base, uint64_t *out)

@@ -23,7 +23,7 @@ struct serve_config {
     char socket_group[64];        /* group owning the socket; empty = daemon's group */
     uint32_t socket_mode;         /* octal permission bits of the socket file */
     char listen[64];              /* "127.0.0.1:PORT" for loopback TCP; empty = none */
-    char admin_socket[CONFIG_PATH_MAX]; /* root-only update socket (update module); empty = none */
+    char admin_socket[CONFIG_PATH_MAX]; /* update admin socket (with update.data_dir); empty = default, "none" = off */
     uint32_t max_connections;
     uint32_t connection_timeout_s; /* idle / slow-header limit per connection */
     uint32_t slots;               /* sequences decoded together */
@@ -49,6 +49,7 @@ struct serve_config {
     char update_keys_dir[CONFIG_PATH_MAX];
     char update_product[64];
     uint32_t update_max_boot_attempts;
+    uint32_t update_reload_grace_s; /* hot reload: time in-flight requests get to finish */
     /* [audit] */
     char audit_log[CONFIG_PATH_MAX]; /* "stderr" or a file path (appended) */
     bool log_prompts;
@@ -58,6 +59,9 @@ void config_default(struct serve_config *c);
 /* The default socket path: /run/flashbox/api.sock as root, else $XDG_RUNTIME_DIR/flashbox/
  * api.sock, else ./run/api.sock. */
 void config_default_socket(char *out, size_t out_len);
+/* The admin socket's path when server.admin_socket is empty: /run/flashbox/admin.sock as
+ * root, else admin.sock next to the API socket. */
+void config_default_admin_socket(const char *api_socket, char *out, size_t out_len);
 /* Applies a config file's text over c. On error c may be partly updated; callers parse into
  * a copy and keep the old one (SIGHUP). The message names the line and key. */
 int config_parse(struct serve_config *c, const char *text, size_t len, const char *name, char *err, size_t err_len);

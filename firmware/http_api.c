@@ -36,6 +36,7 @@ struct req {
     struct api *api;
     struct conn *conn;
     struct serve_config cfg;      /* snapshot at request start */
+    char model_id[128];           /* the served model's name at request start */
     enum metrics_endpoint ep;
     const char *method, *path;
     char id[40];
@@ -66,10 +67,11 @@ static void uid_release(struct api *a, struct req *r);
 
 /* ---- small helpers ---- */
 
-static void snapshot_cfg(struct api *a, struct serve_config *c)
+static void snapshot_cfg(struct api *a, struct req *r)
 {
     pthread_mutex_lock(&a->lock);
-    *c = a->cfg;
+    r->cfg = a->cfg;
+    memcpy(r->model_id, a->model_id, sizeof r->model_id);
     pthread_mutex_unlock(&a->lock);
 }
 
@@ -214,7 +216,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         .request_id = r->id,
         .method = r->method,
         .endpoint = r->ep == METRICS_EP_OTHER ? "other" : metrics_endpoint_name(r->ep),
-        .model = a->model_id[0] ? a->model_id : NULL,
+        .model = r->model_id[0] ? r->model_id : NULL,
         .slot = r->cfg.slot,
         .tokens_in = r->tokens_in,
         .tokens_out = r->tokens_out,
@@ -251,13 +253,21 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
 {
     int status;
     const char *w = state_word(r->api, &status);
-    json_t *o = json_pack("{s:s,s:s,s:s}", "status", w, "model", r->api->model_id, "slot", r->cfg.slot);
+    char degraded[256];
+    pthread_mutex_lock(&r->api->lock);
+    memcpy(degraded, r->api->degraded, sizeof degraded);
+    pthread_mutex_unlock(&r->api->lock);
+    /* Still serving, but not what the slot store says is active (a hot reload failed). */
+    if (degraded[0] && status == 200) w = "degraded";
+    json_t *o = json_pack("{s:s,s:s,s:s}", "status", w, "model", r->model_id, "slot", r->cfg.slot);
+    if (o && degraded[0]) json_object_set_new(o, "reason", json_string(degraded));
     if (o && atomic_load(&r->api->state) == API_READY) {
         struct sched_stats ss;
         scheduler_stats(r->api->sched, &ss);
         json_object_set_new(o, "slots_busy", json_integer(ss.busy));
         json_object_set_new(o, "slots_total", json_integer(ss.slots));
         json_object_set_new(o, "queue_depth", json_integer(ss.queued));
+        if (ss.swapping) json_object_set_new(o, "reloading", json_true());
     }
     return send_json(c, r, status, o);
 }
@@ -265,7 +275,7 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
 static enum MHD_Result route_models(struct MHD_Connection *c, struct req *r)
 {
     if (atomic_load(&r->api->state) != API_READY) return send_error(c, r, 503, "loading", "the model is not loaded yet");
-    json_t *o = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:s}]}", "object", "list", "data", "id", r->api->model_id, "object",
+    json_t *o = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:s}]}", "object", "list", "data", "id", r->model_id, "object",
                           "model", "created", (json_int_t)(r->api->id_base / 1000000000ull), "owned_by", "flashbox",
                           "slot", r->cfg.slot);
     return send_json(c, r, 200, o);
@@ -276,7 +286,7 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
     struct metrics_gauges g = { 0 };
     int st = atomic_load(&r->api->state);
     g.ready = st == API_READY ? 1 : st == API_LOADING ? 0 : -1;
-    g.model_id = r->api->model_id;
+    g.model_id = r->model_id;
     g.slot = r->cfg.slot;
     if (st == API_READY) {
         struct sched_stats ss;
@@ -316,7 +326,9 @@ static enum MHD_Result route_tokenize(struct MHD_Connection *c, struct req *r)
         return send_error(c, r, 400, "invalid_request", err);
     int32_t *ids;
     uint32_t n;
+    pthread_rwlock_rdlock(&r->api->model_lock);
     int rc = textgen_tokenize(r->api->tg, content, strlen(content), add_special, &ids, &n, err, sizeof err);
+    pthread_rwlock_unlock(&r->api->model_lock);
     free(content);
     if (rc) return send_error(c, r, 400, "invalid_request", err);
     json_t *arr = json_array();
@@ -331,11 +343,15 @@ static enum MHD_Result route_detokenize(struct MHD_Connection *c, struct req *r)
     char err[256];
     int32_t *ids;
     uint32_t n;
-    if (request_parse_detokenize(r->body, r->body_len, r->api->n_vocab, 1u << 20, &ids, &n, err, sizeof err))
+    pthread_rwlock_rdlock(&r->api->model_lock);
+    if (request_parse_detokenize(r->body, r->body_len, r->api->n_vocab, 1u << 20, &ids, &n, err, sizeof err)) {
+        pthread_rwlock_unlock(&r->api->model_lock);
         return send_error(c, r, 400, "invalid_request", err);
+    }
     char *text;
     size_t len;
     int rc = textgen_detokenize(r->api->tg, ids, n, &text, &len, err, sizeof err);
+    pthread_rwlock_unlock(&r->api->model_lock);
     free(ids);
     if (rc) return send_error(c, r, 400, "invalid_request", err);
     json_t *s = json_stringn(text, len);
@@ -357,7 +373,7 @@ static json_t *chunk_json(const struct req *r, json_t *choice)
 {
     json_t *o = json_pack("{s:s+,s:s,s:I,s:s,s:[]}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
                           r->chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)r->created,
-                          "model", r->api->model_id, "choices");
+                          "model", r->model_id, "choices");
     if (o && choice) json_array_append_new(json_object_get(o, "choices"), choice);
     else json_decref(choice);
     return o;
@@ -427,6 +443,7 @@ static int sse_produce(struct req *r)
     }
     for (;;) {
         pthread_mutex_lock(&j->lock);
+        if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
         if (j->committed > r->sent) {
             /* Thinking mode: up to the end of the reasoning (all of it while that end is
              * unknown) the text is reasoning; one event never mixes the two. */
@@ -456,7 +473,8 @@ static int sse_produce(struct req *r)
                 out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 0, openai_finish(f), 0)));
             } else {
                 const char *msg = f == JOB_ERROR ? "generation failed" : f == JOB_DEADLINE ? "request deadline passed"
-                                : f == JOB_SHUTDOWN ? "the server is shutting down" : "cancelled";
+                                : f == JOB_SHUTDOWN ? "the server is shutting down"
+                                : f == JOB_RELOAD ? "cancelled while the model was replaced; retry" : "cancelled";
                 out_event(r, json_pack("{s:{s:s,s:s,s:s}}", "error", "message", msg, "type", "server_error", "code",
                                        job_finish_name(f)));
             }
@@ -528,6 +546,7 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     }
     enum job_finish f = j->finish;
     uint32_t n_out = j->n_out;
+    if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
     /* Thinking mode: the reasoning (all of the text if it never ended) is separate. */
     size_t split = !j->thinking ? 0 : j->reasoning_known && j->reasoning_end < j->text_len ? j->reasoning_end : j->text_len;
     json_t *text = json_stringn(j->text + split, j->text_len - split);
@@ -543,6 +562,10 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
         json_decref(text);
         return send_error(c, r, 504, "deadline", "the request deadline passed before the answer was complete");
     }
+    if (f == JOB_RELOAD) {
+        json_decref(text);
+        return send_error(c, r, 503, "model_reload", "cancelled while the model was replaced; retry");
+    }
     if (f == JOB_SHUTDOWN || f == JOB_CANCELLED) {
         json_decref(text);
         return send_error(c, r, 503, "shutdown", "the server is shutting down");
@@ -556,7 +579,7 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     else json_decref(reasoning);
     json_t *o = json_pack("{s:s+,s:s,s:I,s:s,s:[o],s:o}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
                           r->chat ? "chat.completion" : "text_completion", "created", (json_int_t)r->created, "model",
-                          r->api->model_id, "choices", choice, "usage", usage_json(r, n_out));
+                          r->model_id, "choices", choice, "usage", usage_json(r, n_out));
     return send_json(c, r, 200, o);
 }
 
@@ -617,7 +640,13 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
     if (rc) return send_error(c, r, 400, "invalid_request", err);
     int32_t *prompt;
     uint32_t n_prompt;
-    if (textgen_prompt(a->tg, &gr, &prompt, &n_prompt, err, sizeof err)) {
+    /* The tokenizer's generation travels with the job: one queued across a model swap is
+     * encoded again by the scheduler with the new model's tokenizer. */
+    pthread_rwlock_rdlock(&a->model_lock);
+    uint32_t model_gen = a->model_gen;
+    rc = textgen_prompt(a->tg, &gr, &prompt, &n_prompt, err, sizeof err);
+    pthread_rwlock_unlock(&a->model_lock);
+    if (rc) {
         gen_request_free(&gr);
         return send_error(c, r, 400, "invalid_request", err);
     }
@@ -644,6 +673,7 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
         gen_request_free(&gr);
         return send_error(c, r, 500, "internal", "out of memory");
     }
+    j->model_gen = model_gen;
     enum sched_submit sr = scheduler_submit(a->sched, j);
     if (sr != SCHED_OK) {
         uid_release(a, r);
@@ -697,7 +727,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                  (unsigned long long)atomic_fetch_add(&a->next_id, 1));
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         r->conn = ci ? ci->socket_context : NULL;
-        snapshot_cfg(a, &r->cfg);
+        snapshot_cfg(a, r);
         r->method = !strcmp(method, "GET") ? "GET" : !strcmp(method, "POST") ? "POST" : "other";
         r->ep = METRICS_EP_OTHER;
         const char *want = NULL;
@@ -793,6 +823,9 @@ int api_start(struct api *a, const struct serve_config *cfg, int unix_fd, int tc
 {
     pthread_mutex_init(&a->lock, NULL);
     pthread_mutex_init(&a->conns_lock, NULL);
+    pthread_rwlock_init(&a->model_lock, NULL);
+    a->model_gen = 0;
+    a->degraded[0] = 0;
     a->conns = NULL;
     memset(a->per_uid, 0, sizeof a->per_uid);
     a->cfg = *cfg;
@@ -820,8 +853,42 @@ void api_set_ready(struct api *a, struct scheduler *sched, struct textgen *tg, u
     a->sched = sched;
     a->tg = tg;
     a->n_vocab = n_vocab;
+    pthread_mutex_lock(&a->lock);
     snprintf(a->model_id, sizeof a->model_id, "%s", model_id);
+    pthread_mutex_unlock(&a->lock);
     atomic_store(&a->state, API_READY);
+}
+
+void api_swap_model(struct api *a, struct textgen *tg, uint32_t n_vocab, uint32_t gen, const char *model_id,
+                    const char *slot)
+{
+    pthread_rwlock_wrlock(&a->model_lock); /* waits for tokenizations in progress on the old one */
+    a->tg = tg;
+    a->n_vocab = n_vocab;
+    a->model_gen = gen;
+    pthread_mutex_lock(&a->lock);
+    snprintf(a->model_id, sizeof a->model_id, "%s", model_id);
+    snprintf(a->cfg.slot, sizeof a->cfg.slot, "%s", slot);
+    a->degraded[0] = 0;
+    pthread_mutex_unlock(&a->lock);
+    pthread_rwlock_unlock(&a->model_lock);
+}
+
+void api_set_degraded(struct api *a, const char *reason)
+{
+    pthread_mutex_lock(&a->lock);
+    snprintf(a->degraded, sizeof a->degraded, "%s", reason ? reason : "");
+    pthread_mutex_unlock(&a->lock);
+}
+
+void api_get_model(struct api *a, char *model_id, size_t model_len, char *slot, size_t slot_len, char *degraded,
+                   size_t degraded_len)
+{
+    pthread_mutex_lock(&a->lock);
+    if (model_id) snprintf(model_id, model_len, "%s", a->model_id);
+    if (slot) snprintf(slot, slot_len, "%s", a->cfg.slot);
+    if (degraded) snprintf(degraded, degraded_len, "%s", a->degraded);
+    pthread_mutex_unlock(&a->lock);
 }
 
 void api_set_config(struct api *a, const struct serve_config *cfg)

@@ -21,13 +21,18 @@ struct conn;
 enum api_state { API_LOADING = 0, API_READY = 1, API_STOPPING = 2, API_FAILED = 3 };
 
 struct api {
-    pthread_mutex_t lock;        /* guards cfg (SIGHUP swaps it) */
+    pthread_mutex_t lock;        /* guards cfg (SIGHUP swaps it), model_id and degraded */
     struct serve_config cfg;
     atomic_int state;            /* enum api_state */
     struct scheduler *sched;     /* set before state becomes READY */
+    /* tg, n_vocab and model_gen change together in a model swap: read them under
+     * model_lock's read side for as long as the tokenizer is in use. */
+    pthread_rwlock_t model_lock;
     struct textgen *tg;
     uint32_t n_vocab;
+    uint32_t model_gen;
     char model_id[128];
+    char degraded[256];          /* why the served model is not the active slot's; "" = fine */
     struct MHD_Daemon *unix_d, *tcp_d;
     pthread_mutex_t conns_lock;  /* guards conns */
     struct conn *conns;          /* open connections, so api_stop can wake idle ones */
@@ -43,6 +48,15 @@ struct api {
  * api_set_ready. The api struct must outlive api_stop. */
 int api_start(struct api *a, const struct serve_config *cfg, int unix_fd, int tcp_fd, char *err, size_t err_len);
 void api_set_ready(struct api *a, struct scheduler *sched, struct textgen *tg, uint32_t n_vocab, const char *model_id);
+/* After scheduler_swap_engine: serve tg (generation gen) as model_id from slot; waits
+ * for requests tokenizing with the old one, then the caller may close it. Clears degraded. */
+void api_swap_model(struct api *a, struct textgen *tg, uint32_t n_vocab, uint32_t gen, const char *model_id,
+                    const char *slot);
+/* /health says "degraded" with this reason (NULL or "" clears it) while still serving. */
+void api_set_degraded(struct api *a, const char *reason);
+/* Copies of what is served now (any pointer may be NULL). */
+void api_get_model(struct api *a, char *model_id, size_t model_len, char *slot, size_t slot_len, char *degraded,
+                   size_t degraded_len);
 /* Applies a reloaded config (limits, access lists, audit flags). */
 void api_set_config(struct api *a, const struct serve_config *cfg);
 /* Stops accepting connections and closes the listening sockets; open connections go on. */

@@ -88,6 +88,7 @@ const char *job_finish_name(enum job_finish f)
     case JOB_DEADLINE: return "deadline";
     case JOB_SHUTDOWN: return "shutdown";
     case JOB_ERROR: return "error";
+    case JOB_RELOAD: return "reload";
     }
     return "error";
 }
@@ -101,6 +102,19 @@ struct slot {
     struct job *job;     /* NULL when free */
     uint32_t prefilled;  /* prompt tokens evaluated so far */
     uint64_t t_last_ns;  /* previous token's time */
+};
+
+/* A pending engine swap (scheduler_swap_engine): posted by the caller, carried out by the
+ * worker once no slot is busy. Before: the new engine's slots; after: the old ones. */
+struct swap_req {
+    struct engine *engine;
+    struct textgen *tg;
+    struct slot *slots;  /* [opt.slots] */
+    uint32_t n_vocab, n_ctx, gen;
+    char model_id[128];
+    uint64_t deadline_ns; /* running jobs still going then end with JOB_RELOAD */
+    int cancelled;
+    bool done;
 };
 
 struct scheduler {
@@ -124,9 +138,18 @@ struct scheduler {
     struct expert_counters experts; /* copied by the worker: the engine is only called from it */
     pthread_t worker;
     bool worker_started;
+    uint32_t gen;          /* model_gen of the engine and tokenizer in use */
+    char model_id[128];    /* the name of that model */
+    struct swap_req *swap; /* NULL when none is pending */
 };
 
-uint32_t scheduler_n_ctx(const struct scheduler *s) { return s->n_ctx; }
+uint32_t scheduler_n_ctx(struct scheduler *s)
+{
+    pthread_mutex_lock(&s->lock); /* a model swap changes it */
+    uint32_t n = s->n_ctx;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
 
 /* Appends bytes to the job's text under its lock. On out of memory the text is cut short
  * and the job ends with an error rather than losing bytes silently. */
@@ -175,7 +198,8 @@ static void slot_finish_ex(struct scheduler *s, struct slot *sl, enum job_finish
     job_release(j);
     pthread_mutex_lock(&s->lock);
     s->n_busy--;
-    if (!s->n_busy && !s->n_queued) pthread_cond_broadcast(&s->idle);
+    /* idle also wakes a pending swap, which waits only for the slots to empty */
+    if (!s->n_busy) pthread_cond_broadcast(&s->idle);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -196,6 +220,52 @@ static void finish_unstarted(struct job *j, enum job_finish f)
     job_release(j);
 }
 
+/* A job queued before a model swap holds token ids of the old tokenizer: encode its request
+ * again with the one in use (the HTTP side checked the length against the old context). */
+static int retokenize(struct scheduler *s, struct job *j, char *err, size_t err_len)
+{
+    int32_t *ids;
+    uint32_t n;
+    if (textgen_prompt(s->tg, &j->req, &ids, &n, err, err_len)) return -1;
+    if (n == 0 || n >= s->n_ctx) {
+        free(ids);
+        return errf(err, err_len, "prompt: %u tokens for the new model, its context is %u", n, s->n_ctx);
+    }
+    free(j->prompt);
+    j->prompt = ids;
+    j->n_prompt = n;
+    j->model_gen = s->gen;
+    return 0;
+}
+
+/* Called with s->lock held by the worker, with no slot busy: exchanges the engine, its
+ * tokenizer and its slots with the pending swap's; the caller gets the old ones back. */
+static void swap_now(struct scheduler *s)
+{
+    struct swap_req *w = s->swap;
+    struct engine *e = s->engine;
+    struct textgen *tg = s->tg;
+    struct slot *slots = s->slots;
+    uint32_t n_vocab = s->n_vocab, n_ctx = s->n_ctx;
+    s->engine = w->engine;
+    s->tg = w->tg;
+    s->slots = w->slots;
+    s->n_vocab = w->n_vocab;
+    s->n_ctx = w->n_ctx;
+    s->gen = w->gen;
+    memcpy(s->model_id, w->model_id, sizeof s->model_id);
+    s->have_experts = false;
+    s->last_eval_failed = false;
+    w->engine = e;
+    w->tg = tg;
+    w->slots = slots;
+    w->n_vocab = n_vocab;
+    w->n_ctx = n_ctx;
+    w->done = true;
+    s->swap = NULL;
+    pthread_cond_broadcast(&s->idle);
+}
+
 /* Called with s->lock held: moves queued jobs into free slots. */
 static void admit(struct scheduler *s)
 {
@@ -214,6 +284,14 @@ static void admit(struct scheduler *s)
             i--; /* the slot is still free */
             continue;
         }
+        if (j->model_gen != s->gen && retokenize(s, j, err, sizeof err)) {
+            pthread_mutex_lock(&j->lock);
+            snprintf(j->error, sizeof j->error, "%s", err);
+            pthread_mutex_unlock(&j->lock);
+            finish_unstarted(j, JOB_ERROR);
+            i--;
+            continue;
+        }
         if (textgen_seq_start(sl->seq, &j->req, err, sizeof err)) {
             pthread_mutex_lock(&j->lock);
             snprintf(j->error, sizeof j->error, "%s", err);
@@ -227,6 +305,7 @@ static void admit(struct scheduler *s)
         s->n_busy++;
         pthread_mutex_lock(&j->lock);
         j->slot = (int)i;
+        memcpy(j->model_id, s->model_id, sizeof j->model_id);
         pthread_mutex_unlock(&j->lock);
     }
     if (!s->n_busy && !s->n_queued) pthread_cond_broadcast(&s->idle);
@@ -363,9 +442,11 @@ static void *worker_main(void *arg)
             }
             s->tail = NULL;
         }
-        admit(s);
+        if (s->swap && !s->n_busy) swap_now(s);
+        if (!s->swap) admit(s); /* a pending swap holds the queue until it is done */
         bool stop = s->stop, cancel_all = s->cancel_all;
         uint32_t busy = s->n_busy;
+        bool cut = s->swap && busy && sched_now_ns() >= s->swap->deadline_ns;
         if (stop && !busy) break;
         if (!busy) {
             struct timespec until = abs_after_ms(s->opt.heartbeat_ms ? s->opt.heartbeat_ms : 1000);
@@ -380,6 +461,16 @@ static void *worker_main(void *arg)
         if (cancel_all || stop) {
             for (uint32_t i = 0; i < s->opt.slots; i++)
                 if (s->slots[i].job) slot_finish(s, &s->slots[i], JOB_SHUTDOWN, NULL);
+        } else if (cut) {
+            int n = 0;
+            for (uint32_t i = 0; i < s->opt.slots; i++)
+                if (s->slots[i].job) {
+                    slot_finish(s, &s->slots[i], JOB_RELOAD, NULL);
+                    n++;
+                }
+            pthread_mutex_lock(&s->lock);
+            if (s->swap) s->swap->cancelled += n;
+            pthread_mutex_unlock(&s->lock);
         } else if (busy) {
             step(s);
         }
@@ -393,6 +484,43 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+static void slots_destroy(struct slot *slots, uint32_t n)
+{
+    for (uint32_t i = 0; slots && i < n; i++) {
+        session_destroy(slots[i].sess);
+        textgen_seq_destroy(slots[i].seq);
+        free(slots[i].logits);
+    }
+    free(slots);
+}
+
+/* n slots on engine e: a session, a text sequence and a logits row each. */
+static int slots_create(struct engine *e, struct textgen *tg, uint32_t n, uint32_t n_ctx_want, struct slot **out,
+                        uint32_t *n_vocab, uint32_t *n_ctx, char *err, size_t err_len)
+{
+    struct engine_info info;
+    engine_get_info(e, &info);
+    struct slot *slots = calloc(n, sizeof *slots);
+    if (!slots) return errf(err, err_len, "scheduler: out of memory for %u slots", n);
+    for (uint32_t i = 0; i < n; i++) {
+        struct slot *sl = &slots[i];
+        if (session_create(e, n_ctx_want, &sl->sess, err, err_len) || textgen_seq_create(tg, &sl->seq, err, err_len)) {
+            errf_prefix(err, err_len, "slot %u", i);
+            slots_destroy(slots, n);
+            return -1;
+        }
+        sl->logits = malloc((size_t)info.n_vocab * sizeof *sl->logits);
+        if (!sl->logits) {
+            slots_destroy(slots, n);
+            return errf(err, err_len, "slot %u: out of memory", i);
+        }
+    }
+    *out = slots;
+    *n_vocab = info.n_vocab;
+    *n_ctx = session_n_ctx(slots[0].sess);
+    return 0;
+}
+
 int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *tg, const struct sched_options *opt,
                      char *err, size_t err_len)
 {
@@ -402,36 +530,23 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
     s->engine = e;
     s->tg = tg;
     s->opt = *opt;
+    s->opt.model_id = NULL; /* copied below, the caller's string may go */
+    snprintf(s->model_id, sizeof s->model_id, "%s", opt->model_id ? opt->model_id : "");
     if (!s->opt.slots) s->opt.slots = 1;
     if (!s->opt.prefill_chunk) s->opt.prefill_chunk = 128;
-    struct engine_info info;
-    engine_get_info(e, &info);
-    s->n_vocab = info.n_vocab;
     pthread_mutex_init(&s->lock, NULL);
     cond_init_monotonic(&s->wake);
     cond_init_monotonic(&s->idle);
-    s->slots = calloc(s->opt.slots, sizeof *s->slots);
     s->batch_tok = calloc(s->opt.slots, sizeof *s->batch_tok);
     s->batch_slot = calloc(s->opt.slots, sizeof *s->batch_slot);
-    if (!s->slots || !s->batch_tok || !s->batch_slot) {
+    if (!s->batch_tok || !s->batch_slot) {
         scheduler_destroy(s);
         return errf(err, err_len, "scheduler: out of memory for %u slots", opt->slots);
     }
-    for (uint32_t i = 0; i < s->opt.slots; i++) {
-        struct slot *sl = &s->slots[i];
-        if (session_create(e, opt->n_ctx, &sl->sess, err, err_len) ||
-            textgen_seq_create(tg, &sl->seq, err, err_len)) {
-            errf_prefix(err, err_len, "slot %u", i);
-            scheduler_destroy(s);
-            return -1;
-        }
-        sl->logits = malloc((size_t)s->n_vocab * sizeof *sl->logits);
-        if (!sl->logits) {
-            scheduler_destroy(s);
-            return errf(err, err_len, "slot %u: out of memory", i);
-        }
+    if (slots_create(e, tg, s->opt.slots, opt->n_ctx, &s->slots, &s->n_vocab, &s->n_ctx, err, err_len)) {
+        scheduler_destroy(s);
+        return -1;
     }
-    s->n_ctx = session_n_ctx(s->slots[0].sess);
     if (pthread_create(&s->worker, NULL, worker_main, s)) {
         scheduler_destroy(s);
         return errf(err, err_len, "scheduler: cannot start the worker thread");
@@ -452,12 +567,7 @@ void scheduler_destroy(struct scheduler *s)
         pthread_mutex_unlock(&s->lock);
         pthread_join(s->worker, NULL);
     }
-    for (uint32_t i = 0; s->slots && i < s->opt.slots; i++) {
-        session_destroy(s->slots[i].sess);
-        textgen_seq_destroy(s->slots[i].seq);
-        free(s->slots[i].logits);
-    }
-    free(s->slots);
+    slots_destroy(s->slots, s->opt.slots);
     free(s->batch_tok);
     free(s->batch_slot);
     pthread_mutex_destroy(&s->lock);
@@ -546,7 +656,34 @@ void scheduler_stats(struct scheduler *s, struct sched_stats *st)
     st->slots = s->opt.slots;
     st->engine_errors = s->engine_errors;
     st->last_eval_failed = s->last_eval_failed;
+    st->swapping = s->swap != NULL;
     st->have_experts = s->have_experts;
     st->experts = s->experts;
     pthread_mutex_unlock(&s->lock);
+}
+
+int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen *tg, uint32_t gen, const char *model_id,
+                          uint32_t grace_ms, int *n_cancelled, char *err, size_t err_len)
+{
+    *n_cancelled = 0;
+    struct swap_req w = { .engine = e, .tg = tg, .gen = gen };
+    snprintf(w.model_id, sizeof w.model_id, "%s", model_id ? model_id : "");
+    /* The new sessions first, while the old engine still serves: a failure changes nothing. */
+    if (slots_create(e, tg, s->opt.slots, s->opt.n_ctx, &w.slots, &w.n_vocab, &w.n_ctx, err, err_len))
+        return errf_prefix(err, err_len, "new model");
+    pthread_mutex_lock(&s->lock);
+    if (s->swap || s->stop || s->draining) {
+        pthread_mutex_unlock(&s->lock);
+        slots_destroy(w.slots, s->opt.slots);
+        return errf(err, err_len, "scheduler: %s", s->swap ? "another model swap is in progress" : "shutting down");
+    }
+    w.deadline_ns = sched_now_ns() + (uint64_t)grace_ms * 1000000ull;
+    s->swap = &w;
+    pthread_cond_broadcast(&s->wake);
+    while (!w.done) pthread_cond_wait(&s->idle, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+    /* w now holds the old engine's slots: their sessions go before the caller closes it. */
+    slots_destroy(w.slots, s->opt.slots);
+    *n_cancelled = w.cancelled;
+    return 0;
 }

@@ -33,6 +33,7 @@ enum job_finish {
     JOB_DEADLINE,   /* request_deadline_s passed */
     JOB_SHUTDOWN,   /* daemon stopping after the grace period */
     JOB_ERROR,      /* engine failure; message in error */
+    JOB_RELOAD,     /* cancelled after the grace period of a model swap (scheduler_swap_engine) */
 };
 
 struct job {
@@ -42,6 +43,7 @@ struct job {
     uint32_t n_prompt;
     uint64_t t_submit_ns;       /* CLOCK_MONOTONIC */
     uint64_t deadline_ns;
+    uint32_t model_gen;         /* generation of the tokenizer the prompt came from (see swap) */
 
     /* Shared state, guarded by lock; cond signals every change. */
     pthread_mutex_t lock;
@@ -57,6 +59,7 @@ struct job {
     uint64_t t_first_ns;        /* first token; 0 before */
     bool thinking;              /* chat in thinking mode: text starts with the reasoning */
     bool reasoning_known;       /* the reasoning ended: text[0, reasoning_end) is reasoning */
+    char model_id[128];         /* the model that runs it, set when it gets a slot ("" before) */
     size_t reasoning_end;
     char error[256];
 
@@ -79,13 +82,14 @@ struct sched_options {
     void (*heartbeat)(void *ctx);
     void *heartbeat_ctx;
     uint32_t heartbeat_ms;
+    const char *model_id;  /* the served model's name, copied into each job it runs */
 };
 
 int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *tg, const struct sched_options *opt,
                      char *err, size_t err_len);
 /* Cancels everything, joins the worker, destroys the sessions. */
 void scheduler_destroy(struct scheduler *s);
-uint32_t scheduler_n_ctx(const struct scheduler *s);
+uint32_t scheduler_n_ctx(struct scheduler *s);
 
 enum sched_submit { SCHED_OK = 0, SCHED_FULL = -1, SCHED_DRAINING = -2 };
 /* Queues j (the scheduler takes its own reference). */
@@ -98,10 +102,23 @@ void scheduler_cancel(struct scheduler *s, struct job *j);
  * cancelled. */
 int scheduler_drain(struct scheduler *s, uint32_t grace_ms);
 
+/* Replaces the engine the worker runs without closing the queue (hot reload after an
+ * update switched slots). The new sessions are built first, here, while the old engine
+ * serves; then the worker stops admitting queued jobs, gives running ones grace_ms to
+ * finish and ends the rest with JOB_RELOAD, swaps in e and tg, and resumes. Requests
+ * submitted meanwhile wait in the queue. A queued job whose model_gen differs from gen
+ * (tokenized for the old model) is re-tokenized with tg when it is admitted. On success
+ * the old engine and textgen are no longer used by the scheduler (the caller closes them
+ * once nothing else does) and *n_cancelled says how many jobs the grace period cut off.
+ * On error nothing changed and the old engine keeps serving. */
+int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen *tg, uint32_t gen, const char *model_id,
+                          uint32_t grace_ms, int *n_cancelled, char *err, size_t err_len);
+
 struct sched_stats {
     uint32_t queued, queue_capacity, busy, slots;
     uint64_t engine_errors;
     bool last_eval_failed;
+    bool swapping;                /* a model swap waits for running work; the queue holds */
     bool have_experts;            /* experts are paged: counters below are live */
     struct expert_counters experts; /* as of the worker's last step */
 };

@@ -10,14 +10,17 @@
  * through the boot protocol: update_boot_begin() before loading (it counts the start of a
  * slot under trial and falls back to the other slot after too many failed starts) names
  * the model and the slot; update_boot_ready() after READY=1 ends the trial. Model updates
- * never come through the API socket: `flashbox update install` (root, or a future admin
- * socket, server.admin_socket, "ADMIN HOOK" below) writes the other slot and restarts us. */
+ * never come through the API socket: the admin socket (server.admin_socket, mode 0600,
+ * admin.c) installs or rolls back and then hot-reloads the new active slot (reload.c)
+ * while the API socket stays open. SIGTERM first lets an update in progress finish. */
 #include "engine/engine.h"
 #include "engine/errmsg.h"
+#include "firmware/admin.h"
 #include "firmware/audit.h"
 #include "firmware/commands.h"
 #include "firmware/config.h"
 #include "firmware/http_api.h"
+#include "firmware/reload.h"
 #include "firmware/scheduler.h"
 #include "firmware/textgen.h"
 #include "update/update.h"
@@ -49,7 +52,9 @@ static void usage(FILE *out)
             "  --listen ADDR        also serve loopback TCP (server.listen; off by default)\n"
             "  --set S.K=V          any other setting, e.g. --set server.slots=8\n"
             "  --print-config       print every setting with its effective value and exit\n"
-            "Signals: SIGTERM/SIGINT stop gracefully (server.shutdown_grace_s), SIGHUP reloads the config.\n");
+            "Signals: SIGTERM/SIGINT stop gracefully (server.shutdown_grace_s), SIGHUP reloads the config.\n"
+            "Updates: with update.data_dir set, server.admin_socket (mode 0600) takes status, install and\n"
+            "rollback (flashbox update ... --admin-socket PATH) and hot-reloads the new slot.\n");
 }
 
 /* Applies "section.key=value". */
@@ -110,28 +115,30 @@ static int mkdir_parents(const char *path)
     return 0;
 }
 
-static int open_unix_socket(const struct serve_config *c, char *err, size_t err_len)
+/* A listening Unix socket at path with the given mode (and group, when not empty). */
+static int open_unix_socket(const char *path, const char *group, uint32_t mode, const char *setting, char *err,
+                            size_t err_len)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    if (strlen(c->socket_path) >= sizeof sa.sun_path)
-        return errf(err, err_len, "server.socket: path longer than %zu bytes", sizeof sa.sun_path - 1);
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", c->socket_path);
-    if (mkdir_parents(c->socket_path)) return errf(err, err_len, "%s: cannot create its directory: %s", c->socket_path, strerror(errno));
+    if (strlen(path) >= sizeof sa.sun_path)
+        return errf(err, err_len, "%s: path longer than %zu bytes", setting, sizeof sa.sun_path - 1);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    if (mkdir_parents(path)) return errf(err, err_len, "%s: cannot create its directory: %s", path, strerror(errno));
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return errf(err, err_len, "socket: %s", strerror(errno));
     struct stat st;
-    if (lstat(c->socket_path, &st) == 0) {
+    if (lstat(path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
             close(fd);
-            return errf(err, err_len, "%s: exists and is not a socket", c->socket_path);
+            return errf(err, err_len, "%s: exists and is not a socket", path);
         }
         /* A socket file is left over from a crash unless someone still answers on it. */
         if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
             close(fd);
-            return errf(err, err_len, "%s: another daemon is listening there", c->socket_path);
+            return errf(err, err_len, "%s: another daemon is listening there", path);
         }
         close(fd);
-        unlink(c->socket_path);
+        unlink(path);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) return errf(err, err_len, "socket: %s", strerror(errno));
     }
@@ -141,26 +148,26 @@ static int open_unix_socket(const struct serve_config *c, char *err, size_t err_
     umask(old);
     if (rc != 0) {
         close(fd);
-        return errf(err, err_len, "%s: bind: %s", c->socket_path, strerror(errno));
+        return errf(err, err_len, "%s: bind: %s", path, strerror(errno));
     }
-    if (c->socket_group[0]) {
+    if (group[0]) {
         struct group gr, *res = NULL;
         char buf[4096];
-        if (getgrnam_r(c->socket_group, &gr, buf, sizeof buf, &res) != 0 || !res) {
+        if (getgrnam_r(group, &gr, buf, sizeof buf, &res) != 0 || !res) {
             close(fd);
-            unlink(c->socket_path);
-            return errf(err, err_len, "server.socket_group: no group '%s'", c->socket_group);
+            unlink(path);
+            return errf(err, err_len, "%s: no group '%s'", setting, group);
         }
-        if (chown(c->socket_path, (uid_t)-1, gr.gr_gid) != 0) {
+        if (chown(path, (uid_t)-1, gr.gr_gid) != 0) {
             close(fd);
-            unlink(c->socket_path);
-            return errf(err, err_len, "%s: chown to group %s: %s", c->socket_path, c->socket_group, strerror(errno));
+            unlink(path);
+            return errf(err, err_len, "%s: chown to group %s: %s", path, group, strerror(errno));
         }
     }
-    if (chmod(c->socket_path, (mode_t)c->socket_mode) != 0 || listen(fd, 128) != 0) {
+    if (chmod(path, (mode_t)mode) != 0 || listen(fd, 128) != 0) {
         close(fd);
-        unlink(c->socket_path);
-        return errf(err, err_len, "%s: %s", c->socket_path, strerror(errno));
+        unlink(path);
+        return errf(err, err_len, "%s: %s", path, strerror(errno));
     }
     return fd;
 }
@@ -184,11 +191,8 @@ static int open_tcp_socket(const struct serve_config *c, char *err, size_t err_l
 
 struct loader {
     struct serve_config cfg;
-    struct engine *engine;
-    struct textgen *tg;
+    struct served_model model;
     struct scheduler *sched;
-    char model_id[128];
-    uint32_t n_vocab;
     int rc;
     char err[512];
     volatile sig_atomic_t done;
@@ -204,25 +208,8 @@ static void watchdog_ping(void *ctx)
 static void *loader_main(void *arg)
 {
     struct loader *l = arg;
-    struct engine_options eo;
-    engine_options_default(&eo);
-    eo.model_path = l->cfg.model_path;
-    eo.expert_cache_mb = l->cfg.expert_cache_mb;
     l->rc = -1;
-    if (engine_backend_parse(l->cfg.backend, &eo.backend) != 0) {
-        errf(l->err, sizeof l->err, "model.backend: '%s', expected ref or vulkan", l->cfg.backend);
-        goto out;
-    }
-    if (engine_open(&l->engine, &eo, l->err, sizeof l->err)) goto out;
-    if (textgen_open(&l->tg, l->engine, l->err, sizeof l->err)) goto out;
-    struct engine_info info;
-    engine_get_info(l->engine, &info);
-    l->n_vocab = info.n_vocab;
-    if (info.model_name && *info.model_name) snprintf(l->model_id, sizeof l->model_id, "%.127s", info.model_name);
-    else {
-        const char *base = strrchr(l->cfg.model_path, '/');
-        snprintf(l->model_id, sizeof l->model_id, "%.127s", base ? base + 1 : l->cfg.model_path);
-    }
+    if (served_model_open(&l->model, &l->cfg, l->cfg.model_path, l->err, sizeof l->err)) goto out;
     uint64_t wd_usec = 0;
     struct sched_options so = {
         .slots = l->cfg.slots,
@@ -230,12 +217,13 @@ static void *loader_main(void *arg)
         .n_ctx = l->cfg.n_ctx,
         .prefill_chunk = 128,
         .heartbeat_ms = 1000,
+        .model_id = l->model.model_id,
     };
     if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec) {
         so.heartbeat = watchdog_ping;
         so.heartbeat_ms = (uint32_t)(wd_usec / 1000 / 2 ? wd_usec / 1000 / 2 : 1);
     }
-    if (scheduler_create(&l->sched, l->engine, l->tg, &so, l->err, sizeof l->err)) goto out;
+    if (scheduler_create(&l->sched, l->model.engine, l->model.tg, &so, l->err, sizeof l->err)) goto out;
     l->rc = 0;
 out:
     l->done = 1;
@@ -251,15 +239,23 @@ static void audit_event(const char *event, const char *model, const char *slot, 
 
 /* SIGHUP: re-read the file and apply it over the flags given at start. Settings that
  * need a restart (socket, model, slots, listen) keep their running values. */
-static void reload(struct api *api, int argc, char **argv, const struct serve_config *running)
+static void reload(struct api *api, int argc, char **argv)
 {
+    /* What runs now: the start-up config, with the slot a hot reload may have changed. */
+    struct serve_config now;
+    char model_id[128];
+    pthread_mutex_lock(&api->lock);
+    now = api->cfg;
+    pthread_mutex_unlock(&api->lock);
+    api_get_model(api, model_id, sizeof model_id, NULL, 0, NULL, 0);
+    const struct serve_config *running = &now;
     struct serve_config c;
     const char *path;
     int print_only;
     char err[512];
     if (build_config(argc, argv, &c, &path, &print_only, err, sizeof err) || config_validate(&c, err, sizeof err)) {
         fprintf(stderr, "flashbox serve: reload refused, keeping the running config: %s\n", err);
-        audit_event("reload_failed", api->model_id, running->slot, err);
+        audit_event("reload_failed", model_id, running->slot, err);
         return;
     }
     memcpy(c.model_path, running->model_path, sizeof c.model_path);
@@ -273,7 +269,7 @@ static void reload(struct api *api, int argc, char **argv, const struct serve_co
     c.queue_depth = running->queue_depth;
     if (audit_open(c.audit_log, err, sizeof err)) fprintf(stderr, "flashbox serve: reload: %s (audit log unchanged)\n", err);
     api_set_config(api, &c);
-    audit_event("reload", api->model_id, c.slot, path ? path : "(flags only)");
+    audit_event("reload", model_id, c.slot, path ? path : "(flags only)");
 }
 
 int cmd_serve(int argc, char **argv)
@@ -316,7 +312,8 @@ int cmd_serve(int argc, char **argv)
     /* Socket activation (flashbox.socket): systemd created, bound and owns the socket, so
      * it exists before the model loads and survives restarts; otherwise we make it. */
     int activated = sd_listen_fds(1) >= 1 && sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) > 0;
-    int ufd = activated ? SD_LISTEN_FDS_START : open_unix_socket(&cfg, err, sizeof err);
+    int ufd = activated ? SD_LISTEN_FDS_START
+                        : open_unix_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode, "server.socket", err, sizeof err);
     if (ufd < 0) {
         fprintf(stderr, "flashbox serve: %s\n", err);
         return 1;
@@ -334,18 +331,50 @@ int cmd_serve(int argc, char **argv)
         if (!activated) unlink(cfg.socket_path);
         return 1;
     }
-    /* ADMIN HOOK: start the update module's admin socket here when it is built in. */
-    if (cfg.admin_socket[0])
-        fprintf(stderr, "flashbox serve: server.admin_socket is served by the update module, not part of this build; ignored\n");
+    /* The update admin socket: only with a slot store to update, mode 0600 whatever the
+     * API socket's mode, and only root or our own uid get past SO_PEERCRED. */
+    int afd = -1;
+    if (cfg.update_data_dir[0] && strcmp(cfg.admin_socket, "none")) {
+        if (!cfg.admin_socket[0]) config_default_admin_socket(cfg.socket_path, cfg.admin_socket, sizeof cfg.admin_socket);
+        if (!strcmp(cfg.admin_socket, cfg.socket_path)) {
+            errf(err, sizeof err, "server.admin_socket: %s is the API socket", cfg.admin_socket);
+            afd = -1;
+        } else {
+            afd = open_unix_socket(cfg.admin_socket, "", 0600, "server.admin_socket", err, sizeof err);
+        }
+        if (afd < 0) {
+            fprintf(stderr, "flashbox serve: %s\n", err);
+            close(ufd);
+            if (tfd >= 0) close(tfd);
+            if (!activated) unlink(cfg.socket_path);
+            return 1;
+        }
+    }
 
     static struct api api; /* outlives every connection thread */
     if (api_start(&api, &cfg, ufd, tfd, err, sizeof err)) {
         fprintf(stderr, "flashbox serve: %s\n", err);
         close(ufd);
         if (tfd >= 0) close(tfd);
+        if (afd >= 0) {
+            close(afd);
+            unlink(cfg.admin_socket);
+        }
         if (!activated) unlink(cfg.socket_path);
         return 1;
     }
+    struct admin *admin = NULL;
+    if (afd >= 0 && admin_start(&admin, &cfg, afd, err, sizeof err)) {
+        fprintf(stderr, "flashbox serve: %s\n", err);
+        close(afd);
+        unlink(cfg.admin_socket);
+        api_quiesce(&api);
+        api_stop(&api, 2000);
+        if (!activated) unlink(cfg.socket_path);
+        return 1;
+    }
+    static struct model_host host; /* the served model once loaded; hot reloads replace it */
+    int host_ready = 0;
     sd_notifyf(0, "STATUS=loading %s", cfg.model_path);
     audit_event("start", NULL, cfg.slot, cfg.socket_path);
     fprintf(stderr, "flashbox serve: listening on %s%s%s, loading %s\n", cfg.socket_path, cfg.listen[0] ? " and " : "",
@@ -358,6 +387,8 @@ int cmd_serve(int argc, char **argv)
         if (update_boot_begin(&uc, &boot, err, sizeof err)) {
             fprintf(stderr, "flashbox serve: update boot: %s\n", err);
             audit_event("boot_failed", NULL, cfg.slot, err);
+            admin_stop(admin);
+            if (admin) unlink(cfg.admin_socket);
             api_quiesce(&api);
             api_stop(&api, 2000);
             if (!activated) unlink(cfg.socket_path);
@@ -398,19 +429,23 @@ int cmd_serve(int argc, char **argv)
                 exit_code = 1;
                 break;
             }
-            api_set_ready(&api, ld->sched, ld->tg, ld->n_vocab, ld->model_id);
-            sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s", ld->model_id, cfg.socket_path);
+            api_set_ready(&api, ld->sched, ld->model.tg, ld->model.n_vocab, ld->model.model_id);
+            model_host_init(&host, &cfg, &api, ld->sched, &ld->model);
+            host_ready = 1;
+            if (admin) admin_set_host(admin, &host);
+            sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s", ld->model.model_id, cfg.socket_path);
             /* The slot loaded and serves: its boot trial (if any) is over. */
             if (cfg.update_data_dir[0] && update_boot_ready(&uc, err, sizeof err)) {
                 fprintf(stderr, "flashbox serve: update boot: %s\n", err);
-                audit_event("boot_ready_failed", ld->model_id, cfg.slot, err);
+                audit_event("boot_ready_failed", ld->model.model_id, cfg.slot, err);
             }
-            audit_event("ready", ld->model_id, cfg.slot, NULL);
-            fprintf(stderr, "flashbox serve: ready (%s, %u slots)\n", ld->model_id, cfg.slots);
+            audit_event("ready", ld->model.model_id, cfg.slot, NULL);
+            fprintf(stderr, "flashbox serve: ready (%s, %u slots)%s%s\n", ld->model.model_id, cfg.slots,
+                    admin ? "; update admin socket " : "", admin ? cfg.admin_socket : "");
         }
         if (sig == SIGHUP) {
             sd_notify(0, "RELOADING=1");
-            reload(&api, argc, argv, &cfg);
+            reload(&api, argc, argv);
             sd_notify(0, "READY=1");
         } else if (sig == SIGTERM || sig == SIGINT) {
             stopping = 1;
@@ -418,6 +453,12 @@ int cmd_serve(int argc, char **argv)
     }
 
     sd_notify(0, "STOPPING=1");
+    /* First the admin socket: an update in progress ends (and its reload runs) before the
+     * scheduler is torn down under it. */
+    if (admin) {
+        admin_stop(admin);
+        unlink(cfg.admin_socket);
+    }
     if (atomic_load(&api.state) != API_FAILED) atomic_store(&api.state, API_STOPPING);
     api_quiesce(&api);
     if (!activated) unlink(cfg.socket_path); /* an activated socket is systemd's to remove */
@@ -436,8 +477,8 @@ int cmd_serve(int argc, char **argv)
     int stuck = api_stop(&api, 2000);
     if (!stuck) {
         scheduler_destroy(ld->sched);
-        textgen_close(ld->tg);
-        engine_close(ld->engine);
+        if (host_ready) model_host_close(&host); /* the model served last, after any hot reload */
+        else served_model_close(&ld->model);
     } else {
         /* A client stopped reading and holds its connection thread; it may still touch
          * the scheduler, so nothing is freed: the process exits now. */
@@ -445,7 +486,9 @@ int cmd_serve(int argc, char **argv)
     }
     char detail[64];
     snprintf(detail, sizeof detail, "%d requests cancelled at shutdown", cancelled);
-    audit_event("stop", api.model_id[0] ? api.model_id : NULL, cfg.slot, detail);
+    char last_model[128], last_slot[16];
+    api_get_model(&api, last_model, sizeof last_model, last_slot, sizeof last_slot, NULL, 0);
+    audit_event("stop", last_model[0] ? last_model : NULL, last_slot, detail);
     audit_close();
     fprintf(stderr, "flashbox serve: stopped (%s)\n", detail);
     if (!stuck) free(ld);

@@ -398,7 +398,8 @@ TEST(serve_runs_the_active_update_slot_and_ends_its_boot_trial)
     snprintf(data, sizeof data, "update.data_dir=%s", b.data);
     snprintf(keys, sizeof keys, "update.keys_dir=%s", b.keys);
     snprintf(product, sizeof product, "update.product=%s", b.cfg.product);
-    const char *sets[] = { data, keys, product, "server.slots=1", NULL };
+    /* No admin socket: as root its default path is shared by every daemon on the machine. */
+    const char *sets[] = { data, keys, product, "server.slots=1", "server.admin_socket=none", NULL };
     struct served d;
     REQUIRE(serve_start(&d, sets) == 0);
     char *body;

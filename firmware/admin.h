@@ -1,0 +1,34 @@
+/* The update admin socket: a second HTTP server on its own Unix socket (mode 0600; only
+ * peers with uid 0 or the daemon's own uid, by SO_PEERCRED) for signed updates of a
+ * running daemon. Routes:
+ *   GET  /admin/update/status    the slot store (update_get_status), what is served, and
+ *                                the operation in progress with its phase and bytes
+ *   POST /admin/update/install   body {"bundle": "/abs/path.fbx"}: update_install with the
+ *                                engine self-test, then a hot reload of the new slot
+ *   POST /admin/update/rollback  update_rollback, then a hot reload
+ * One operation at a time (409 otherwise). An operation runs on its own thread; the
+ * request waits for it and answers with the result (a client that hangs up does not stop
+ * it: the status route shows it, and its result, afterwards). The API socket has no model
+ * management at all. */
+#ifndef FLASHBOX_FIRMWARE_ADMIN_H
+#define FLASHBOX_FIRMWARE_ADMIN_H
+
+#include "firmware/config.h"
+
+#include <stddef.h>
+
+struct admin;
+struct model_host;
+
+/* Serves on the listening socket fd (taken over). Operations answer 503 until
+ * admin_set_host hands over the loaded model. */
+int admin_start(struct admin **out, const struct serve_config *cfg, int fd, char *err, size_t err_len);
+void admin_set_host(struct admin *ad, struct model_host *h);
+/* Stops taking requests, waits for an operation in progress (an install is not
+ * interrupted: it is crash-safe, but a finished one is better), stops the server. */
+void admin_stop(struct admin *ad);
+
+/* The install body: {"bundle": "/absolute/path"}; path is copied into out (path_cap bytes). */
+int admin_parse_install(const char *body, size_t len, char *path, size_t path_cap, char *err, size_t err_len);
+
+#endif

@@ -1,0 +1,140 @@
+/* The served model and its hot reload (see reload.h). Order of a reload, chosen so that a
+ * failure at any step leaves the old model serving untouched:
+ *   1. open the new model and its tokenizer while the old one serves (both in memory)
+ *   2. scheduler_swap_engine: new sessions, drain or cut off running work, swap, resume
+ *   3. api_swap_model: tokenizing requests switch over (after the ones in progress)
+ *   4. close the old model; update_boot_ready ends the new slot's trial */
+#include "firmware/reload.h"
+
+#include "engine/engine.h"
+#include "engine/errmsg.h"
+#include "firmware/audit.h"
+#include "firmware/http_api.h"
+#include "firmware/scheduler.h"
+#include "firmware/textgen.h"
+#include "update/update.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int served_model_open(struct served_model *m, const struct serve_config *cfg, const char *model_path, char *err,
+                      size_t err_len)
+{
+    memset(m, 0, sizeof *m);
+    struct engine_options eo;
+    engine_options_default(&eo);
+    eo.model_path = model_path;
+    eo.expert_cache_mb = cfg->expert_cache_mb;
+    if (engine_backend_parse(cfg->backend, &eo.backend) != 0)
+        return errf(err, err_len, "model.backend: '%s', expected ref or vulkan", cfg->backend);
+    if (engine_open(&m->engine, &eo, err, err_len)) return -1;
+    if (textgen_open(&m->tg, m->engine, err, err_len)) {
+        engine_close(m->engine);
+        m->engine = NULL;
+        return -1;
+    }
+    struct engine_info info;
+    engine_get_info(m->engine, &info);
+    m->n_vocab = info.n_vocab;
+    if (info.model_name && *info.model_name) snprintf(m->model_id, sizeof m->model_id, "%.127s", info.model_name);
+    else {
+        const char *base = strrchr(model_path, '/');
+        snprintf(m->model_id, sizeof m->model_id, "%.127s", base ? base + 1 : model_path);
+    }
+    return 0;
+}
+
+void served_model_close(struct served_model *m)
+{
+    textgen_close(m->tg);
+    engine_close(m->engine);
+    memset(m, 0, sizeof *m);
+}
+
+void model_host_init(struct model_host *h, const struct serve_config *cfg, struct api *api, struct scheduler *sched,
+                     struct served_model *first)
+{
+    pthread_mutex_init(&h->lock, NULL);
+    h->cfg = *cfg;
+    h->api = api;
+    h->sched = sched;
+    h->cur = *first;
+    h->gen = 0;
+}
+
+static void audit_reload(const char *event, const char *model, const char *slot, const char *detail)
+{
+    struct audit_record ar = { .event = event, .model = model, .slot = slot, .detail = detail };
+    audit_write(&ar);
+}
+
+/* The active slot's name and model file, read from the store now. */
+static int active_model(const struct update_config *uc, char *slot, size_t slot_len, char *path, size_t path_len,
+                        char *err, size_t err_len)
+{
+    static struct update_status st; /* 10 KiB; reloads are serialized by the host lock */
+    if (update_get_status(uc, &st, err, err_len)) return -1;
+    if (st.active < 0) return errf(err, err_len, "%s: no active slot", uc->data_dir);
+    const struct update_slot_status *s = &st.slots[st.active];
+    snprintf(slot, slot_len, "%s", s->name);
+    if ((size_t)snprintf(path, path_len, "%s/%s", s->path, UPDATE_MODEL_PAYLOAD) >= path_len)
+        return errf(err, err_len, "%s: path too long", s->path);
+    return 0;
+}
+
+int model_host_reload(struct model_host *h, struct reload_result *res)
+{
+    memset(res, 0, sizeof *res);
+    pthread_mutex_lock(&h->lock);
+    struct update_config uc = { .data_dir = h->cfg.update_data_dir, .keys_dir = h->cfg.update_keys_dir,
+                                .product = h->cfg.update_product, .max_boot_attempts = h->cfg.update_max_boot_attempts };
+    char old_slot[16], path[4200], slot[16] = "", err[600];
+    api_get_model(h->api, NULL, 0, old_slot, sizeof old_slot, NULL, 0);
+    struct served_model next;
+    int rc = active_model(&uc, slot, sizeof slot, path, sizeof path, err, sizeof err);
+    if (!rc && (rc = served_model_open(&next, &h->cfg, path, err, sizeof err)) != 0)
+        errf_prefix(err, sizeof err, "slot %s: loading %s", slot, path);
+    if (!rc) {
+        uint32_t gen = h->gen + 1;
+        rc = scheduler_swap_engine(h->sched, next.engine, next.tg, gen, next.model_id, h->cfg.update_reload_grace_s * 1000,
+                                   &res->cancelled, err, sizeof err);
+        if (rc) {
+            served_model_close(&next);
+            errf_prefix(err, sizeof err, "slot %s", slot);
+        } else {
+            api_swap_model(h->api, next.tg, next.n_vocab, gen, next.model_id, slot);
+            served_model_close(&h->cur); /* nothing uses it any more: scheduler and API moved on */
+            h->cur = next;
+            h->gen = gen;
+        }
+    }
+    if (rc) {
+        /* The old model keeps serving; /health says so until a reload succeeds. */
+        snprintf(res->error, sizeof res->error, "%s", err);
+        char why[256];
+        snprintf(why, sizeof why, "active slot %s did not load, still serving slot %s: %.150s", slot[0] ? slot : "?",
+                 old_slot, err);
+        api_set_degraded(h->api, why);
+        audit_reload("reload_failed", h->cur.model_id, old_slot, err);
+        fprintf(stderr, "flashbox serve: hot reload failed, still serving slot %s: %s\n", old_slot, err);
+    } else {
+        res->ok = true;
+        audit_reload("reload", h->cur.model_id, slot, res->cancelled ? "generations cut off by the grace period" : NULL);
+        fprintf(stderr, "flashbox serve: now serving %s from slot %s (%d generation(s) cut off)\n", h->cur.model_id, slot,
+                res->cancelled);
+        /* The new slot loaded and serves: its boot trial is over. */
+        if (update_boot_ready(&uc, err, sizeof err)) {
+            fprintf(stderr, "flashbox serve: update boot: %s\n", err);
+            audit_reload("boot_ready_failed", h->cur.model_id, slot, err);
+        }
+    }
+    api_get_model(h->api, res->model_id, sizeof res->model_id, res->slot, sizeof res->slot, NULL, 0);
+    pthread_mutex_unlock(&h->lock);
+    return rc ? -1 : 0;
+}
+
+void model_host_close(struct model_host *h)
+{
+    served_model_close(&h->cur);
+    pthread_mutex_destroy(&h->lock);
+}

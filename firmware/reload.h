@@ -1,0 +1,61 @@
+/* The served model of a running daemon and its hot reload: opening a model with the
+ * daemon's engine options (at start, and again when an update switched the active slot),
+ * and swapping it in behind the scheduler and the HTTP API without closing the API socket.
+ * The update admin socket (admin.c) calls model_host_reload after an install or rollback. */
+#ifndef FLASHBOX_FIRMWARE_RELOAD_H
+#define FLASHBOX_FIRMWARE_RELOAD_H
+
+#include "firmware/config.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct api;
+struct engine;
+struct scheduler;
+struct textgen;
+
+/* One opened model: the engine and the text side borrowing its tokenizer. */
+struct served_model {
+    struct engine *engine;
+    struct textgen *tg;
+    uint32_t n_vocab;
+    char model_id[128];         /* general.name, else the file's base name */
+};
+
+/* Opens model_path with cfg's backend and expert cache (the options `flashbox serve` uses). */
+int served_model_open(struct served_model *m, const struct serve_config *cfg, const char *model_path, char *err,
+                      size_t err_len);
+void served_model_close(struct served_model *m);
+
+/* What the daemon serves now, and what a reload needs to replace it. */
+struct model_host {
+    pthread_mutex_t lock;       /* one reload at a time; guards cur and gen */
+    struct serve_config cfg;    /* engine options, update store, reload grace */
+    struct api *api;
+    struct scheduler *sched;
+    struct served_model cur;
+    uint32_t gen;               /* model generation (api and scheduler model_gen) */
+};
+
+struct reload_result {
+    bool ok;
+    char slot[16];              /* the slot served afterwards */
+    char model_id[128];         /* the model served afterwards */
+    int cancelled;              /* generations cut off after the grace period */
+    char error[768];            /* why the new model is not served ("" when ok) */
+};
+
+void model_host_init(struct model_host *h, const struct serve_config *cfg, struct api *api, struct scheduler *sched,
+                     struct served_model *first);
+/* Opens the slot store's active slot (update.data_dir) and swaps it in: in-flight
+ * generations get update.reload_grace_s to finish, requests meanwhile wait in the queue.
+ * Success ends the slot's boot trial (update_boot_ready). Failure keeps the old model
+ * serving and marks /health degraded with the reason. Returns 0 or -1 (res says why). */
+int model_host_reload(struct model_host *h, struct reload_result *res);
+/* Closes the served model (the scheduler must be destroyed first). */
+void model_host_close(struct model_host *h);
+
+#endif
