@@ -39,14 +39,18 @@ struct expert_store {
     int fd_direct;                  /* O_DIRECT reads, -1 unless the direct path is used */
     uint64_t file_size;
     enum engine_expert_read path;
-    uint8_t *mem;                   /* [n_slots][slot_bytes] */
+    uint8_t *mem;                   /* [n_slots][slot_bytes], unless split */
     bool own_mem;
+    uint8_t *part_mem[3];           /* split layout: part p of slot k at part_mem[p] + k*part_stride[p] */
+    uint64_t part_stride[3];
+    bool split;
     uint64_t slot_bytes, budget;
     uint32_t n_slots;
     struct slot *slots;             /* [n_slots] */
     int32_t *slot_of;               /* [n_layer][n_expert]: slot holding it, or -1 */
-    int32_t pinned[MODEL_MAX_LAYERS][64];
+    int32_t *pinned;                /* [n_layer][n_slots]: slots the layer's last acquire pinned */
     uint32_t n_pinned[MODEL_MAX_LAYERS];
+    int32_t *slot_for;              /* [n_slots] acquire scratch */
     /* loader */
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
@@ -91,28 +95,39 @@ uint64_t expert_store_slot_bytes(const struct model *m)
     return (most + 63) / 64 * 64; /* keep slots cache-line aligned */
 }
 
+/* Where slot idx keeps the three parts of an expert whose sizes are p. */
+static void slot_parts(const struct expert_store *s, uint32_t idx, const struct part p[3], uint8_t *dst[3])
+{
+    if (s->split) {
+        for (int k = 0; k < 3; k++) dst[k] = s->part_mem[k] + (uint64_t)idx * s->part_stride[k];
+        return;
+    }
+    dst[0] = s->mem + (uint64_t)idx * s->slot_bytes;
+    dst[1] = dst[0] + p[0].size;
+    dst[2] = dst[1] + p[1].size;
+}
+
 /* ---- reading ---- */
 
-static int read_pagecache(struct expert_store *s, const struct part *p, uint8_t *dst, char *err, size_t len)
+static int read_pagecache(struct expert_store *s, const struct part *p, uint8_t *const dst[3], char *err, size_t len)
 {
     for (int k = 0; k < 3; k++) {
         uint64_t done = 0;
         while (done < p[k].size) {
-            ssize_t n = pread(s->fd, dst + done, p[k].size - done, (off_t)(p[k].offset + done));
+            ssize_t n = pread(s->fd, dst[k] + done, p[k].size - done, (off_t)(p[k].offset + done));
             if (n < 0 && errno == EINTR) continue;
             if (n <= 0)
                 return errf(err, len, "read of %" PRIu64 " bytes at offset %" PRIu64 " failed: %s", p[k].size,
                             p[k].offset + done, n < 0 ? strerror(errno) : "end of file (was the file truncated?)");
             done += (uint64_t)n;
         }
-        dst += p[k].size;
     }
     return 0;
 }
 
 /* Direct path: each part is read as the aligned superset into its staging region through
  * io_uring (all three in one submission), then the exact bytes are copied into the slot. */
-static int read_direct(struct expert_store *s, const struct part *p, uint8_t *dst, char *err, size_t len)
+static int read_direct(struct expert_store *s, const struct part *p, uint8_t *const dst[3], char *err, size_t len)
 {
     uint64_t start[3], span[3];
     for (int k = 0; k < 3; k++) {
@@ -147,8 +162,7 @@ static int read_direct(struct expert_store *s, const struct part *p, uint8_t *ds
         if (got[k] < 0 || (uint64_t)got[k] < need)
             return errf(err, len, "direct read of %" PRIu64 " bytes at offset %" PRIu64 " failed: %s", p[k].size,
                         p[k].offset, got[k] < 0 ? strerror((int)-got[k]) : "end of file (was the file truncated?)");
-        memcpy(dst, s->staging + k * s->staging_part + (p[k].offset - start[k]), p[k].size);
-        dst += p[k].size;
+        memcpy(dst[k], s->staging + k * s->staging_part + (p[k].offset - start[k]), p[k].size);
     }
     return 0;
 }
@@ -170,7 +184,8 @@ static void *loader_main(void *arg)
         struct part p[3];
         expert_parts(s, il, e, p);
         char err[200]; /* the slot's message adds at most 40 bytes */
-        uint8_t *dst = s->mem + (uint64_t)idx * s->slot_bytes;
+        uint8_t *dst[3];
+        slot_parts(s, idx, p, dst);
         int rc = s->path == ENGINE_EXPERT_READ_DIRECT ? read_direct(s, p, dst, err, sizeof err)
                                                : read_pagecache(s, p, dst, err, sizeof err);
         pthread_mutex_lock(&s->mu);
@@ -235,12 +250,16 @@ static int32_t start_load(struct expert_store *s, uint32_t il, uint32_t e)
     return v;
 }
 
-static void fill_view(const struct expert_store *s, uint32_t il, const uint8_t *slot, struct expert_view *v)
+static void fill_view(const struct expert_store *s, uint32_t il, uint32_t idx, struct expert_view *v)
 {
     const struct layer_weights *w = &s->m->layers[il];
     const struct model_hparams *hp = &s->m->hp;
     tensor_ref t[3] = { w->ffn_gate_exps, w->ffn_up_exps, w->ffn_down_exps };
     struct gguf_tensor *out[3] = { &v->gate, &v->up, &v->down };
+    struct part p[3];
+    uint8_t *dst[3];
+    expert_parts(s, il, 0, p);
+    slot_parts(s, idx, p, dst);
     for (int k = 0; k < 3; k++) {
         memset(out[k], 0, sizeof *out[k]);
         out[k]->name = t[k]->name;
@@ -251,8 +270,7 @@ static void fill_view(const struct expert_store *s, uint32_t il, const uint8_t *
         out[k]->ne[2] = out[k]->ne[3] = 1;
         out[k]->n_elements = t[k]->ne[0] * t[k]->ne[1];
         out[k]->nbytes = t[k]->nbytes / hp->n_expert;
-        out[k]->data = slot;
-        slot += out[k]->nbytes;
+        out[k]->data = dst[k];
     }
 }
 
@@ -268,8 +286,25 @@ int expert_store_open(struct expert_store **out, const struct model *m, const ch
     if (!s) return errf(err, err_len, "out of memory");
     s->m = m;
     s->fd = s->fd_direct = -1;
-    s->slot_bytes = expert_store_slot_bytes(m);
+    s->split = opt->part_memory[0] != NULL;
+    s->slot_bytes = s->split ? opt->part_stride[0] + opt->part_stride[1] + opt->part_stride[2] : expert_store_slot_bytes(m);
     s->budget = opt->budget_bytes;
+    if (s->split) {
+        for (int k = 0; k < 3; k++) {
+            s->part_mem[k] = opt->part_memory[k];
+            s->part_stride[k] = opt->part_stride[k];
+        }
+        for (uint32_t il = 0; il < hp->n_layer; il++) {
+            struct part p[3];
+            expert_parts(s, il, 0, p);
+            for (int k = 0; k < 3; k++)
+                if (p[k].size > s->part_stride[k]) {
+                    errf(err, err_len, "layer %u: expert part %d of %" PRIu64 " bytes exceeds the slot stride %" PRIu64,
+                         il, k, p[k].size, s->part_stride[k]);
+                    goto fail;
+                }
+        }
+    }
     uint64_t n_slots = s->budget / s->slot_bytes, total = (uint64_t)hp->n_layer * hp->n_expert;
     if (n_slots < hp->n_expert_used) {
         errf(err, err_len, "expert cache of %" PRIu64 " bytes holds %" PRIu64 " experts of %" PRIu64
@@ -312,7 +347,9 @@ int expert_store_open(struct expert_store **out, const struct model *m, const ch
         }
         s->ring_ok = io_uring_queue_init(8, &s->ring, 0) == 0; /* else plain pread on the O_DIRECT fd */
     }
-    if (opt->slot_memory) {
+    if (s->split) {
+        /* the caller owns the three part regions */
+    } else if (opt->slot_memory) {
         s->mem = opt->slot_memory;
     } else {
         if (posix_memalign((void **)&s->mem, 64, (uint64_t)s->n_slots * s->slot_bytes)) {
@@ -325,7 +362,9 @@ int expert_store_open(struct expert_store **out, const struct model *m, const ch
     s->slots = calloc(s->n_slots, sizeof *s->slots);
     s->slot_of = malloc(total * sizeof *s->slot_of);
     s->queue = calloc(s->n_slots, sizeof *s->queue);
-    if (!s->slots || !s->slot_of || !s->queue) {
+    s->pinned = calloc((uint64_t)hp->n_layer * s->n_slots, sizeof *s->pinned);
+    s->slot_for = calloc(s->n_slots, sizeof *s->slot_for);
+    if (!s->slots || !s->slot_of || !s->queue || !s->pinned || !s->slot_for) {
         errf(err, err_len, "out of memory");
         goto fail;
     }
@@ -370,6 +409,8 @@ void expert_store_close(struct expert_store *s)
     free(s->slots);
     free(s->slot_of);
     free(s->queue);
+    free(s->pinned);
+    free(s->slot_for);
     free(s);
 }
 
@@ -378,8 +419,9 @@ void expert_store_prefetch(struct expert_store *s, uint32_t il, const int32_t *i
     if (speculative && s->no_prefetch) return;
     pthread_mutex_lock(&s->mu);
     /* hold what this request already has, so its own loads cannot evict it */
-    int32_t held[64];
+    int32_t *held = s->slot_for;
     uint32_t n_held = 0;
+    if (n > s->n_slots) n = s->n_slots;
     for (uint32_t k = 0; k < n; k++) {
         int32_t v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])];
         if (v >= 0) {
@@ -404,21 +446,24 @@ void expert_store_prefetch(struct expert_store *s, uint32_t il, const int32_t *i
     pthread_mutex_unlock(&s->mu);
 }
 
-int expert_store_acquire(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n,
-                         struct expert_view *views, char *err, size_t err_len)
+int expert_store_acquire_slots(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n,
+                               int32_t *slots_out, char *err, size_t err_len)
 {
+    if (n > s->n_slots)
+        return errf(err, err_len, "expert cache: %u experts requested at once, the cache holds %u", n, s->n_slots);
     const int kind = il < s->m->hp.n_hash_layer ? ENGINE_EXPERT_HASH : ENGINE_EXPERT_LEARNED;
+    int32_t *pinned = s->pinned + (uint64_t)il * s->n_slots;
     int rc = 0;
     pthread_mutex_lock(&s->mu);
     if (s->n_pinned[il]) { /* a previous acquire of this layer was not released */
-        for (uint32_t k = 0; k < s->n_pinned[il]; k++) s->slots[s->pinned[il][k]].pins--;
+        for (uint32_t k = 0; k < s->n_pinned[il]; k++) s->slots[pinned[k]].pins--;
         s->n_pinned[il] = 0;
     }
     s->tick++;
     if (s->tick % FREQ_HALVING_TICKS == 0)
         for (uint32_t i = 0; i < s->n_slots; i++) s->slots[i].freq /= 2;
     /* pin what is resident first, so starting the misses cannot evict them */
-    int32_t slot_for[64];
+    int32_t *slot_for = s->slot_for;
     for (uint32_t k = 0; k < n; k++) {
         int32_t v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])];
         slot_for[k] = v;
@@ -460,7 +505,7 @@ int expert_store_acquire(struct expert_store *s, uint32_t il, const int32_t *ids
         if (sl->state == SLOT_FAILED) rc = errf(err, err_len, "expert load failed: %s", sl->err);
     }
     if (waited) s->c.stall_ns += now_ns() - t0;
-    uint32_t pinned = 0;
+    uint32_t n_pinned = 0;
     for (uint32_t k = 0; k < n; k++) {
         if (slot_for[k] < 0) continue;
         struct slot *sl = &s->slots[slot_for[k]];
@@ -474,18 +519,31 @@ int expert_store_acquire(struct expert_store *s, uint32_t il, const int32_t *ids
         }
         sl->last_use = s->tick;
         sl->freq++;
-        s->pinned[il][pinned++] = slot_for[k];
-        fill_view(s, il, s->mem + (uint64_t)slot_for[k] * s->slot_bytes, &views[k]);
+        pinned[n_pinned++] = slot_for[k];
+        slots_out[k] = slot_for[k];
     }
-    s->n_pinned[il] = rc ? 0 : pinned;
+    s->n_pinned[il] = rc ? 0 : n_pinned;
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
 
+int expert_store_acquire(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n,
+                         struct expert_view *views, char *err, size_t err_len)
+{
+    int32_t slots[64];
+    if (n > 64) return errf(err, err_len, "expert cache: %u experts in one view request, at most 64", n);
+    if (expert_store_acquire_slots(s, il, ids, n, slots, err, err_len)) return -1;
+    for (uint32_t k = 0; k < n; k++) fill_view(s, il, (uint32_t)slots[k], &views[k]);
+    return 0;
+}
+
+uint32_t expert_store_n_slots(const struct expert_store *s) { return s->n_slots; }
+
 void expert_store_release(struct expert_store *s, uint32_t il)
 {
     pthread_mutex_lock(&s->mu);
-    for (uint32_t k = 0; k < s->n_pinned[il]; k++) s->slots[s->pinned[il][k]].pins--;
+    const int32_t *pinned = s->pinned + (uint64_t)il * s->n_slots;
+    for (uint32_t k = 0; k < s->n_pinned[il]; k++) s->slots[pinned[k]].pins--;
     s->n_pinned[il] = 0;
     pthread_mutex_unlock(&s->mu);
 }

@@ -22,6 +22,11 @@ struct expert_store_options {
     uint64_t budget_bytes;          /* slot memory; at least n_expert_used slots */
     enum engine_expert_read read_path;
     void *slot_memory;              /* optional caller-owned memory of budget_bytes (e.g. mapped device memory) */
+    /* Optional split layout instead (a device backend's three slot tensors): part p (gate,
+     * up, down) of slot k at part_memory[p] + k * part_stride[p]; every layer's part must
+     * fit its stride. budget_bytes then counts sum(part_stride) per slot. */
+    void *part_memory[3];
+    uint64_t part_stride[3];
     bool no_prefetch;               /* speculative prefetches do nothing */
 };
 
@@ -44,6 +49,11 @@ void expert_store_close(struct expert_store *s);
  * and file offset; the store stays usable. */
 int expert_store_acquire(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n,
                          struct expert_view *views, char *err, size_t err_len);
+/* The same, giving the slot index of each expert instead of views (a device backend that
+ * reads the split layout by slot). n may be up to the number of slots. */
+int expert_store_acquire_slots(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n,
+                               int32_t *slots_out, char *err, size_t err_len);
+uint32_t expert_store_n_slots(const struct expert_store *s);
 /* Unpins what the last acquire of layer il pinned. */
 void expert_store_release(struct expert_store *s, uint32_t il);
 /* Starts loads for experts that will be needed soon (never waits, never evicts a pinned
