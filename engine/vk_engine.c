@@ -128,6 +128,7 @@ static int upload_moe(struct vk_engine *e, uint32_t il, bool *placed, char *err,
         if (vk_weight_init(&mo->proj, &all, proj[0]->type, hp->n_embd, mo->width, 1, err, err_len)) return -1;
     }
     tensor_ref gu[2] = { lw->ffn_gate_exps, lw->ffn_up_exps };
+    if (e->paging) return 0; /* paged experts live in the slot tensors, not here */
     if (gu[0] && gu[1] && gu[0]->ne[1] != gu[1]->ne[1]) return 0;
     rc = upload_group(e, gu, 2, placed, &all, err, err_len);
     if (rc < 0) return -1;
@@ -153,6 +154,8 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     struct vk_engine *e = calloc(1, sizeof *e);
     if (!e) return errf(err, err_len, "out of memory");
     e->m = m;
+    e->paging = opt->expert_cache_mb > 0;
+    e->max_batch = VK_BATCH;
     const struct gguf_file *f = m->file;
     e->tspans = calloc(f->n_tensors ? f->n_tensors : 1, sizeof *e->tspans);
     if (!e->tspans) { free(e); return errf(err, err_len, "out of memory"); }
@@ -164,14 +167,21 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
         if (t == m->token_embd) continue;
+        if (is_expert_tensor(m, t)) {
+            need_experts += t->nbytes;
+            if (e->paging) continue;
+        }
         need += (t->nbytes + 255) & ~(uint64_t)255;
-        if (is_expert_tensor(m, t)) need_experts += t->nbytes;
     }
     uint64_t have = device_local_bytes(e->d);
     if (need > have) {
-        errf(err, err_len, "vulkan: %s has %" PRIu64 " MiB of device memory; the weights need %" PRIu64 " MiB (%" PRIu64
-             " MiB without the routed experts, which this backend does not page yet)",
-             e->d->props.deviceName, have >> 20, need >> 20, (need - need_experts) >> 20);
+        if (e->paging)
+            errf(err, err_len, "vulkan: %s has %" PRIu64 " MiB of device memory; the weights other than the routed experts need %" PRIu64 " MiB",
+                 e->d->props.deviceName, have >> 20, need >> 20);
+        else
+            errf(err, err_len, "vulkan: %s has %" PRIu64 " MiB of device memory; the weights need %" PRIu64 " MiB (%" PRIu64
+                 " MiB without the routed experts: page them with --expert-cache-mb)",
+                 e->d->props.deviceName, have >> 20, need >> 20, (need - need_experts) >> 20);
         goto fail;
     }
     uint64_t chunk = e->d->max_alloc < (1ull << 30) ? e->d->max_alloc : (1ull << 30);
@@ -202,7 +212,7 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     }
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
-        if (t == m->token_embd || placed[i]) continue;
+        if (t == m->token_embd || placed[i] || (e->paging && is_expert_tensor(m, t))) continue;
         if (vk_arena_alloc(e->weights, t->nbytes, 256, &e->tspans[i], err, err_len) ||
             vk_span_upload(e->d, &e->tspans[i], 0, t->data, t->nbytes, err, err_len)) {
             errf_prefix(err, err_len, "uploading %s", t->name);
@@ -210,6 +220,7 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
         }
         e->weight_bytes += t->nbytes;
     }
+    if (e->paging && vk_experts_open(e, opt, err, err_len)) goto fail;
     /* every pipeline the forward uses, now rather than on the first token */
     if (vk_ops_prepare_all(&e->ops, err, err_len)) goto fail;
     /* ... and the matvec pipelines of every weight type the model's matrices have */
@@ -235,6 +246,7 @@ void vk_engine_close(void *ctx)
 {
     struct vk_engine *e = ctx;
     if (!e) return;
+    vk_experts_close(e);
     if (e->weights) vk_arena_destroy(e->weights);
     vk_ops_destroy(&e->ops);
     vk_device_destroy(e->d);

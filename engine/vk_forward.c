@@ -51,6 +51,35 @@ static int dispatch(struct fwd *f, enum vk_kind kind, struct vk_kernel *k, const
 
 static void barrier(struct fwd *f) { vk_recorder_barrier(f->s->rec); }
 
+/* Adds the timestamps recorded since the recording began to the session profile. */
+static void collect_profile(struct vk_session *s)
+{
+    if (!s->prof) return;
+    for (uint32_t i = 1; i < s->n_timed; i++) {
+        double ns = vk_recorder_elapsed_ns(s->rec, s->stamps[i - 1], s->stamps[i]);
+        s->prof->ns[s->kinds[i]] += ns;
+        s->prof->dispatches[s->kinds[i]]++;
+    }
+    s->n_timed = 0;
+}
+
+/* Expert paging: runs what is recorded so far (through this layer's router), then pins the
+ * experts it chose and records on in a fresh command buffer. */
+static int page_in_experts(struct fwd *f, uint32_t il, uint32_t n_routed)
+{
+    struct vk_session *s = f->s;
+    s->n_dispatch_flushed += s->rec->n_dispatch;
+    if (vk_recorder_submit(s->rec, f->err, f->err_len)) return -1;
+    collect_profile(s);
+    if (vk_experts_map(f->e, s, il, n_routed, f->err, f->err_len) || vk_recorder_begin(s->rec, f->err, f->err_len))
+        return -1;
+    if (s->prof && s->prof->enabled) {
+        s->stamps[s->n_timed] = vk_recorder_timestamp(s->rec);
+        s->kinds[s->n_timed++] = VK_KIND_OTHER;
+    }
+    return 0;
+}
+
 /* y[t] = W x[t] for the batch's tokens (x, y rows of x_tstride / y_tstride floats). */
 static int matvec(struct fwd *f, tensor_ref w, const struct vk_span *x, uint32_t x_tstride, const struct vk_span *y,
                   uint32_t y_off, uint32_t y_tstride, uint32_t n_tok, uint32_t x_off)
@@ -286,10 +315,15 @@ static int moe_layer(struct fwd *f, uint32_t il)
         if (dispatch(f, VK_KIND_ROUTER, &e->ops.router, b, &p, nt, 1, 1)) return -1;
     }
     barrier(f);
+    /* Paged experts: wait for the router, pin the chosen experts' slots; the kernels then
+     * read slot tensors through slot indices instead of the stacked expert tensors. */
+    const bool paged = e->experts != NULL;
+    if (paged && page_in_experts(f, il, n_routed)) return errf_prefix(f->err, f->err_len, "paging experts");
     /* Routed gate and up. Decode: slot z = t*K + k reads token t's input and expert ids[z];
      * the up half (slots n_routed..) lands n_routed rows further. Prefill: slots are grouped
      * by expert first, so each expert's matrices are read once for all of its tokens. */
-    const bool grouped = nt >= VK_MOE_GROUP_MIN_TOKENS;
+    const bool grouped = !paged && nt >= VK_MOE_GROUP_MIN_TOKENS;
+    const struct vk_span *ids = paged ? &s->slot_ids : grouped ? &s->grp : &s->ids;
     if (grouped) {
         struct abi_moe_group_push gp = { .n_expert = E, .n_slots = n_routed };
         const struct vk_span *b[2] = { &s->ids, &s->grp };
@@ -298,7 +332,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
     }
     if (mo->gu_fused) {
         struct vk_matvec_args a = {
-            .w = &mo->gu, .x = &s->a, .y = &s->gu, .ids = grouped ? &s->grp : &s->ids, .x_zstride = d, .x_zdiv = K,
+            .w = &mo->gu, .x = &s->a, .y = &s->gu, .ids = ids, .x_zstride = d, .x_zdiv = K,
             .y_zstride = F, .n_tok = grouped ? nt : 1, .n_slot = grouped ? 2 * E : 2 * n_routed,
             .ids_wrap = grouped ? E : n_routed, .mat_add = E, .y_wrap_add = grouped ? n_routed * F : 0,
             .grouped = grouped, .scale = 1.0f,
@@ -310,9 +344,10 @@ static int moe_layer(struct fwd *f, uint32_t il)
         tensor_ref gu[2] = { lw->ffn_gate_exps, lw->ffn_up_exps };
         for (int i = 0; i < 2; i++) {
             struct vk_weight vw;
-            if (vk_weight_of(e, gu[i], 0, &vw, f->err, f->err_len)) return -1;
+            if (paged) vw = e->slot_w[i];
+            else if (vk_weight_of(e, gu[i], 0, &vw, f->err, f->err_len)) return -1;
             struct vk_matvec_args a = {
-                .w = &vw, .x = &s->a, .y = &s->gu, .ids = grouped ? &s->grp : &s->ids, .x_zstride = d, .x_zdiv = K,
+                .w = &vw, .x = &s->a, .y = &s->gu, .ids = ids, .x_zstride = d, .x_zdiv = K,
                 .y_off = (uint32_t)i * n_routed * F, .y_zstride = F, .n_tok = grouped ? nt : 1,
                 .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0, .grouped = grouped, .scale = 1.0f,
             };
@@ -332,9 +367,10 @@ static int moe_layer(struct fwd *f, uint32_t il)
     barrier(f);
     {
         struct vk_weight vw;
-        if (vk_weight_of(e, lw->ffn_down_exps, 0, &vw, f->err, f->err_len)) return -1;
+        if (paged) vw = e->slot_w[2];
+        else if (vk_weight_of(e, lw->ffn_down_exps, 0, &vw, f->err, f->err_len)) return -1;
         struct vk_matvec_args a = {
-            .w = &vw, .x = &s->gu, .y = &s->yd, .ids = grouped ? &s->grp : &s->ids, .x_zstride = F, .x_zdiv = 1,
+            .w = &vw, .x = &s->gu, .y = &s->yd, .ids = ids, .x_zstride = F, .x_zdiv = 1,
             .y_zstride = d, .n_tok = grouped ? nt : 1, .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0,
             .grouped = grouped, .scale = 1.0f,
         };
@@ -368,6 +404,9 @@ static int run_batch(struct vk_session *s, const int32_t *tokens, uint32_t pos0,
     }
     s->n_timed = 0;
     s->weight_bytes_step = 0;
+    s->n_dispatch_flushed = 0;
+    /* hash layers know their experts from the tokens: start those loads now */
+    if (e->experts) vk_experts_prefetch_hash(e, tokens, nt, s->ids_host);
     if (vk_recorder_begin(s->rec, err, err_len)) return -1;
     VkCommandBuffer cb = s->rec->cb;
     if (s->needs_reset) { /* compressor state: kv rows 0, score rows -inf (no previous block) */
@@ -397,7 +436,8 @@ static int run_batch(struct vk_session *s, const int32_t *tokens, uint32_t pos0,
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if ((f.il = il, attention_layer(&f, il)) || moe_layer(&f, il)) {
             errf_prefix(err, err_len, "layer %u", il);
-            vk_recorder_abort(s->rec);
+            if (s->rec->recording) vk_recorder_abort(s->rec);
+            vk_experts_release(e, s);
             return -1;
         }
     if (first_logit < nt) {
@@ -412,16 +452,14 @@ static int run_batch(struct vk_session *s, const int32_t *tokens, uint32_t pos0,
             return -1;
         }
     }
-    uint32_t n_dispatch = s->rec->n_dispatch;
-    if (vk_recorder_submit(s->rec, err, err_len)) return -1;
+    uint32_t n_dispatch = s->n_dispatch_flushed + s->rec->n_dispatch;
+    int rc = vk_recorder_submit(s->rec, err, err_len);
+    vk_experts_release(e, s); /* the GPU is done with the last paged layer */
+    if (rc) return -1;
     if (s->prof) {
         s->prof->n_dispatch = n_dispatch;
         s->prof->weight_bytes += s->weight_bytes_step;
-        for (uint32_t i = 1; i < s->n_timed; i++) {
-            double ns = vk_recorder_elapsed_ns(s->rec, s->stamps[i - 1], s->stamps[i]);
-            s->prof->ns[s->kinds[i]] += ns;
-            s->prof->dispatches[s->kinds[i]]++;
-        }
+        collect_profile(s);
     }
     return 0;
 }
@@ -437,8 +475,9 @@ int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *lo
             return errf(err, err_len, "token %u: id %" PRId32 " outside the vocabulary [0, %u)", t, tokens[t], hp->n_vocab);
     if (n > s->n_ctx - s->pos)
         return errf(err, err_len, "%u tokens at position %u exceed the context of %u", n, s->pos, s->n_ctx);
-    for (uint32_t c0 = 0; c0 < n; c0 += VK_BATCH) {
-        const uint32_t nt = n - c0 < VK_BATCH ? n - c0 : VK_BATCH;
+    const uint32_t B = s->e->max_batch; /* fewer than VK_BATCH when paged experts must fit the slots */
+    for (uint32_t c0 = 0; c0 < n; c0 += B) {
+        const uint32_t nt = n - c0 < B ? n - c0 : B;
         const bool last_chunk = c0 + nt == n;
         uint32_t first_logit = !logits ? nt : all_logits ? 0 : last_chunk ? nt - 1 : nt;
         if (run_batch(s, tokens + c0, s->pos, nt, first_logit, err, err_len)) {
@@ -489,4 +528,5 @@ const struct backend_ops vk_backend_ops = {
     .session_destroy = vk_session_destroy,
     .session_reset = vk_session_reset,
     .eval = vk_eval,
+    .expert_counters = vk_expert_counters,
 };

@@ -30,8 +30,19 @@ struct vk_moe {
     uint32_t width;             /* n_expert + 2*n_ff_exp */
 };
 
+struct expert_store;
+
 struct vk_engine {
     const struct model *m;
+    /* Routed experts paged through the expert store (engine option expert_cache_mb): not
+     * uploaded; three slot tensors in host-visible memory that the store's loader writes
+     * into, slot_w[0] gate and slot_w[1] up [n_embd, n_ff_exp, n_slots], slot_w[2] down
+     * [n_ff_exp, n_embd, n_slots]. experts is NULL when every expert is resident. */
+    struct expert_store *experts;
+    struct vk_arena *slot_arena;
+    struct vk_weight slot_w[3];
+    uint32_t max_batch;          /* tokens per batch: VK_BATCH, or fewer so a batch's experts fit the slots */
+    bool paging;
     struct vk_device *d;
     struct vk_ops ops;
     struct vk_arena *weights;
@@ -82,6 +93,10 @@ struct vk_session {
     struct vk_span rw;           /* [B][n_expert_used] routing weights */
     struct vk_span gu;           /* [2][B*K][n_ff_exp]: routed gate rows t*K+k, then up rows */
     struct vk_span yd;           /* [B*(K+1)][n_embd]: routed outputs t*K+k, then the shared ones */
+    struct vk_span slot_ids;     /* host: [B][n_expert_used] int32, the slot of each routed expert (paging) */
+    int32_t *ids_host;           /* [B][n_expert_used] the router's choices read back (paging) */
+    int32_t pinned_layer;        /* layer whose slots stay pinned until the GPU has used them, or -1 */
+    uint32_t n_dispatch_flushed; /* dispatches of this step already submitted by a paging flush */
     struct vk_span in_embd;      /* host: [B][n_embd] */
     struct vk_span tokens;       /* host: [B] int32 */
     struct vk_span logits;       /* host: [B][n_vocab] */
@@ -106,6 +121,17 @@ void vk_session_destroy(void *state);
 void vk_session_reset(void *state);
 int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
             char *err, size_t err_len);
+
+/* engine/vk_experts.c: expert paging */
+int vk_experts_open(struct vk_engine *e, const struct engine_options *opt, char *err, size_t err_len);
+void vk_experts_close(struct vk_engine *e);
+/* After the router of layer il ran (and was waited for): pins the n_routed experts it chose
+ * and writes their slots into s->slot_ids. Releases the previously pinned layer first. */
+int vk_experts_map(struct vk_engine *e, struct vk_session *s, uint32_t il, uint32_t n_routed, char *err, size_t err_len);
+/* Starts loads of the hash layers' experts for tokens[nt] before the batch runs. */
+void vk_experts_prefetch_hash(struct vk_engine *e, const int32_t *tokens, uint32_t nt, int32_t *scratch);
+void vk_experts_release(struct vk_engine *e, struct vk_session *s);
+int vk_expert_counters(void *ctx, struct expert_counters *out);
 
 /* engine/vk_bench.c */
 int vk_copy_bandwidth(void *ctx, double *bytes_per_s, char *err, size_t err_len);

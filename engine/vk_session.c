@@ -45,6 +45,7 @@ void vk_session_destroy(void *state)
 {
     struct vk_session *s = state;
     if (!s) return;
+    vk_experts_release(s->e, s);
     vk_recorder_destroy(s->rec);
     vk_arena_destroy(s->arena);
     vk_arena_destroy(s->host);
@@ -53,6 +54,7 @@ void vk_session_destroy(void *state)
     free(s->copies);
     free(s->kinds);
     free(s->stamps);
+    free(s->ids_host);
     free(s);
 }
 
@@ -85,13 +87,15 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
     s->ring_len = hp->window + VK_BATCH;
     s->needs_reset = true;
     s->prof = &s->profile;
+    s->pinned_layer = -1;
     const uint32_t B = VK_BATCH, hd = hp->head_dim, K = hp->n_expert_used;
+    s->ids_host = malloc((size_t)B * K * sizeof *s->ids_host);
     s->layers = calloc(hp->n_layer, sizeof *s->layers);
     s->embd_row = malloc((size_t)hp->n_embd * sizeof(float));
     s->copies = malloc((size_t)B * hp->n_hc * sizeof *s->copies);
     s->kinds = malloc(max_dispatches(hp));
     s->stamps = malloc(max_dispatches(hp) * sizeof *s->stamps);
-    if (!s->layers || !s->embd_row || !s->copies || !s->kinds || !s->stamps) {
+    if (!s->layers || !s->embd_row || !s->copies || !s->kinds || !s->stamps || !s->ids_host) {
         vk_session_destroy(s);
         return errf(err, err_len, "out of memory");
     }
@@ -132,9 +136,10 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
         if (alloc_f(s, s->arena, bufs[i].sp, bufs[i].n, err, err_len)) goto fail;
     if (alloc_f(s, s->host, &s->in_embd, (uint64_t)B * hp->n_embd, err, err_len) ||
         alloc_f(s, s->host, &s->tokens, B, err, err_len) ||
-        alloc_f(s, s->host, &s->logits, (uint64_t)B * hp->n_vocab, err, err_len))
+        alloc_f(s, s->host, &s->logits, (uint64_t)B * hp->n_vocab, err, err_len) ||
+        alloc_f(s, s->host, &s->slot_ids, (uint64_t)B * K, err, err_len))
         goto fail;
-    if (!s->in_embd.host || !s->tokens.host || !s->logits.host) {
+    if (!s->in_embd.host || !s->tokens.host || !s->logits.host || !s->slot_ids.host) {
         errf(err, err_len, "vulkan: host-visible memory is not mappable");
         goto fail;
     }
