@@ -210,6 +210,18 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
         }
         e->weight_bytes += t->nbytes;
     }
+    /* every pipeline the forward uses, now rather than on the first token */
+    if (vk_ops_prepare_all(&e->ops, err, err_len)) goto fail;
+    /* ... and the matvec pipelines of every weight type the model's matrices have */
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const struct layer_weights *lw = &m->layers[il];
+        tensor_ref mats[] = { lw->attn_q_a, lw->attn_q_b, lw->attn_kv, lw->attn_output_a, lw->attn_output_b, lw->comp_kv,
+                              lw->comp_gate, lw->ix_q_b, lw->ix_proj, lw->ix_comp_kv, lw->ix_comp_gate, lw->ffn_gate_inp,
+                              lw->ffn_gate_exps, lw->ffn_up_exps, lw->ffn_down_exps, lw->ffn_gate_shexp, lw->ffn_up_shexp,
+                              lw->ffn_down_shexp, m->output };
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
+            if (mats[i] && vk_ops_prepare_matvec(&e->ops, mats[i]->type, err, err_len)) goto fail;
+    }
     free(placed);
     *ctx = e;
     return 0;

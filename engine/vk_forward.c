@@ -41,7 +41,7 @@ static void after_dispatch(struct fwd *f, enum vk_kind kind)
     s->stamps[s->n_timed++] = q;
 }
 
-static int dispatch(struct fwd *f, enum vk_kind kind, const struct vk_kernel *k, const struct vk_span *const *spans,
+static int dispatch(struct fwd *f, enum vk_kind kind, struct vk_kernel *k, const struct vk_span *const *spans,
                     const void *push, uint32_t gx, uint32_t gy, uint32_t gz)
 {
     if (vk_op_dispatch(f->s->rec, &f->e->ops, k, spans, push, gx, gy, gz, f->err, f->err_len)) return -1;

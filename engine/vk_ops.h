@@ -28,6 +28,7 @@ struct vk_ops {
     struct vk_kernel swiglu;
     struct vk_kernel moe_group;
     uint32_t rows_per_wg;                   /* matvec rows per workgroup on this device */
+    uint32_t wg;                            /* matvec workgroup size */
 };
 
 /* A weight tensor on the device in its file format: n_mat matrices of n_out rows of n_in. */
@@ -62,17 +63,22 @@ struct vk_matvec_args {
     float scale;
     bool accumulate;
 };
-int vk_op_matvec(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len);
+int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len);
+/* Builds the matvec and matmul pipelines of a weight type (once; vk_op_matvec calls it, the
+ * engine calls it at open for every type its model uses, so no token pays for it). */
+int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, size_t err_len);
+/* Builds every non-matvec pipeline now (the engine does at open; tests build on use). */
+int vk_ops_prepare_all(struct vk_ops *ops, char *err, size_t err_len);
 
 /* y[t][i] = x[t][i] / sqrt(mean x^2 + eps) (* w[i]) for n_rows rows of n elements. */
-int vk_op_rmsnorm(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_span *x, uint32_t x_off,
+int vk_op_rmsnorm(struct vk_recorder *r, struct vk_ops *ops, const struct vk_span *x, uint32_t x_off,
                   uint32_t x_stride, const struct vk_span *y, uint32_t y_off, uint32_t y_stride,
                   const struct vk_span *w, uint32_t w_off, uint32_t n, uint32_t n_rows, float eps,
                   char *err, size_t err_len);
 
 /* Records kernel k with binding i = the whole of spans[i] (spans are allocated aligned, so
  * offsets in the push block count from each span's start). */
-int vk_op_dispatch(struct vk_recorder *r, const struct vk_ops *ops, const struct vk_kernel *k,
+int vk_op_dispatch(struct vk_recorder *r, struct vk_ops *ops, struct vk_kernel *k,
                    const struct vk_span *const *spans, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
                    char *err, size_t err_len);
 
