@@ -208,13 +208,14 @@ static void *loader_main(void *arg)
 static uint32_t slot_index(const struct expert_store *s, uint32_t il, uint32_t e) { return il * s->m->hp.n_expert + e; }
 
 /* The unpinned, not-loading slot to reuse: empty first, then the lowest frequency, then the
- * least recently used. -1 when every slot is busy. */
-static int32_t pick_victim(struct expert_store *s)
+ * least recently used. A speculative load never takes a slot another prefetch filled and
+ * nobody has used yet. -1 when every slot is busy. */
+static int32_t pick_victim(struct expert_store *s, bool speculative)
 {
     int32_t best = -1;
     for (uint32_t i = 0; i < s->n_slots; i++) {
         const struct slot *sl = &s->slots[i];
-        if (sl->pins || sl->state == SLOT_LOADING) continue;
+        if (sl->pins || sl->state == SLOT_LOADING || (speculative && sl->prefetched)) continue;
         if (sl->state == SLOT_EMPTY || sl->state == SLOT_FAILED) return (int32_t)i;
         if (best < 0) {
             best = (int32_t)i;
@@ -227,9 +228,9 @@ static int32_t pick_victim(struct expert_store *s)
 }
 
 /* Starts loading (il, e) into a free or evicted slot; returns the slot or -1. */
-static int32_t start_load(struct expert_store *s, uint32_t il, uint32_t e)
+static int32_t start_load(struct expert_store *s, uint32_t il, uint32_t e, bool speculative)
 {
-    int32_t v = pick_victim(s);
+    int32_t v = pick_victim(s, speculative);
     if (v < 0) return -1;
     struct slot *sl = &s->slots[v];
     if (sl->il >= 0) {
@@ -431,7 +432,7 @@ void expert_store_prefetch(struct expert_store *s, uint32_t il, const int32_t *i
     }
     for (uint32_t k = 0; k < n; k++) {
         if (s->slot_of[slot_index(s, il, (uint32_t)ids[k])] >= 0) continue;
-        int32_t v = start_load(s, il, (uint32_t)ids[k]);
+        int32_t v = start_load(s, il, (uint32_t)ids[k], speculative);
         if (v < 0) break; /* every slot busy: a prefetch never waits */
         s->slots[v].pins++; /* loading slots are never victims, but keep the accounting symmetric */
         held[n_held++] = v;
@@ -485,9 +486,19 @@ int expert_store_acquire_slots(struct expert_store *s, uint32_t il, const int32_
     for (uint32_t k = 0; k < n && !rc; k++) {
         if (slot_for[k] >= 0) continue;
         int32_t v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])]; /* a duplicate id in ids */
-        if (v < 0) v = start_load(s, il, (uint32_t)ids[k]);
+        while (v < 0) {
+            v = start_load(s, il, (uint32_t)ids[k], false);
+            if (v >= 0) break;
+            /* every unpinned slot is still loading (prefetches of other layers): wait for one */
+            bool loading = false;
+            for (uint32_t i = 0; i < s->n_slots && !loading; i++)
+                loading = s->slots[i].state == SLOT_LOADING && !s->slots[i].pins;
+            if (!loading) break;
+            pthread_cond_wait(&s->cv_done, &s->mu);
+            v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])];
+        }
         if (v < 0) {
-            rc = errf(err, err_len, "expert cache: no free slot among %u for layer %u (all pinned or loading)", s->n_slots, il);
+            rc = errf(err, err_len, "expert cache: no free slot among %u for layer %u (all pinned)", s->n_slots, il);
             break;
         }
         slot_for[k] = v;
