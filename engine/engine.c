@@ -35,6 +35,7 @@ int engine_backend_parse(const char *name, enum engine_backend *out)
 {
     if (!strcmp(name, "ref")) *out = ENGINE_BACKEND_REF;
     else if (!strcmp(name, "vulkan")) *out = ENGINE_BACKEND_VULKAN;
+    else if (!strcmp(name, "auto")) *out = ENGINE_BACKEND_AUTO;
     else return -1;
     return 0;
 }
@@ -44,6 +45,7 @@ static const struct backend_ops *backend_for(enum engine_backend b)
     switch (b) {
     case ENGINE_BACKEND_REF: return &ref_backend_ops;
     case ENGINE_BACKEND_VULKAN: return &vk_backend_ops;
+    case ENGINE_BACKEND_AUTO: return NULL; /* resolved by the caller */
     }
     return NULL;
 }
@@ -52,6 +54,8 @@ int engine_open(struct engine **out, const struct engine_options *opt, char *err
 {
     *out = NULL;
     if (!opt->model_path) return errf(err, err_len, "no model path given");
+    if (opt->backend == ENGINE_BACKEND_AUTO)
+        return errf(err, err_len, "backend \"auto\" must be resolved to ref or vulkan before the engine opens");
     const struct backend_ops *ops = backend_for(opt->backend);
     if (!ops) return errf(err, err_len, "backend %d is not available in this build", (int)opt->backend);
     struct engine *e = calloc(1, sizeof *e);

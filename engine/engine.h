@@ -23,6 +23,8 @@ struct session;
 enum engine_backend {
     ENGINE_BACKEND_REF = 0,     /* CPU reference: slow, obvious, the oracle */
     ENGINE_BACKEND_VULKAN = 1,
+    ENGINE_BACKEND_AUTO = 2,    /* resolved by the caller from the board before engine_open
+                                 * (firmware/backend_pick.c): vulkan on a GPU, ref otherwise */
 };
 
 /* How routed experts are read from the model file when they are paged (expert_cache_mb). */
@@ -69,7 +71,7 @@ struct engine_info {
 };
 
 void engine_options_default(struct engine_options *opt);
-/* Parses "ref" / "vulkan"; -1 if unknown. */
+/* Parses "ref" / "vulkan" / "auto"; -1 if unknown. */
 int engine_backend_parse(const char *name, enum engine_backend *out);
 
 int engine_open(struct engine **out, const struct engine_options *opt, char *err, size_t err_len);

@@ -3,6 +3,7 @@
  * one), weight bytes read per decoded token and the bandwidth that achieves, against the
  * device's copy bandwidth measured here. Prints a table, then one JSON line. */
 #include "engine/engine.h"
+#include "firmware/backend_pick.h"
 #include "firmware/commands.h"
 
 #include <errno.h>
@@ -22,7 +23,7 @@ static double now_s(void)
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: flashbox bench -m MODEL.gguf [--prompt N (64)] [--gen N (16)] [--backend ref|vulkan (vulkan)]\n"
+    fprintf(out, "usage: flashbox bench -m MODEL.gguf [--prompt N (64)] [--gen N (16)] [--backend auto|ref|vulkan (auto)]\n"
                  "                      [--device N] [--kernels]\n"
                  "  --kernels   also time each matvec/matmul kernel alone on the model's shapes\n"
                  "  --expert-cache-mb N   page routed experts through a cache of N MiB\n"
@@ -72,7 +73,7 @@ int cmd_bench(int argc, char **argv)
 {
     struct engine_options opt;
     engine_options_default(&opt);
-    opt.backend = ENGINE_BACKEND_VULKAN;
+    opt.backend = ENGINE_BACKEND_AUTO;
     uint32_t n_prompt = 64, n_gen = 16;
     bool kernels = false, cold = false;
     for (int i = 1; i < argc; i++) {
@@ -112,6 +113,7 @@ int cmd_bench(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    backend_resolve(&opt);
     char err[512];
     struct engine *e;
     if (engine_open(&e, &opt, err, sizeof err)) {

@@ -2,6 +2,7 @@
  * little-endian float32 [n_tokens][n_vocab] (--out) or the top K per position (--top).
  * Acceptance checks use this interface; keep it stable. */
 #include "engine/engine.h"
+#include "firmware/backend_pick.h"
 #include "firmware/commands.h"
 
 #include <errno.h>
@@ -17,7 +18,7 @@ static void usage(FILE *out)
             "                       [--backend ref|vulkan] [--incremental]\n"
             "  --out FILE      write float32 little-endian logits [n_tokens][n_vocab]\n"
             "  --top K         print the K largest (id, logit) of each position instead\n"
-            "  --backend B     ref (CPU reference; default) or vulkan\n"
+            "  --backend B     auto (default: vulkan on a GPU, else ref), ref (CPU reference) or vulkan\n"
             "  --incremental   feed the tokens one at a time instead of one batch\n"
             "  --expert-cache-mb N   page routed experts through a cache of N MiB (default: all resident)\n"
             "  --expert-read auto|pagecache|direct   how paged experts are read (default auto)\n");
@@ -84,6 +85,7 @@ int cmd_logits(int argc, char **argv)
 {
     struct engine_options opt;
     engine_options_default(&opt);
+    opt.backend = ENGINE_BACKEND_AUTO;
     const char *tokens_arg = NULL, *out_path = NULL;
     long top = 0;
     bool incremental = false;
@@ -140,6 +142,7 @@ int cmd_logits(int argc, char **argv)
     long n = parse_tokens(tokens_arg, &tokens);
     if (n < 0) return 2;
 
+    backend_resolve(&opt);
     char err[1024];
     int rc = 1;
     struct engine *e = NULL;

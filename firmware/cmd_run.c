@@ -6,6 +6,7 @@
  * in the context exactly as they were generated (reasoning included). Ctrl-C stops the
  * current answer; Ctrl-C at the prompt or end of input (Ctrl-D) quits. */
 #include "engine/engine.h"
+#include "firmware/backend_pick.h"
 #include "firmware/commands.h"
 
 #include <errno.h>
@@ -64,7 +65,7 @@ static void usage(FILE *out)
             "  --repeat-penalty R penalty on the last 64 tokens (default 1.0 = off)\n"
             "  --seed S           sampling seed (default: from the clock)\n"
             "  --ctx N            context length (default: the model's, capped at 4096)\n"
-            "  --backend B        ref (CPU reference, default) or vulkan\n"
+            "  --backend B        auto (default: vulkan on a GPU, else ref), ref or vulkan\n"
             "Each answer ends with a line: prompt tokens, generated tokens, prefill and decode tok/s.\n");
 }
 
@@ -95,7 +96,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
     sampler_params_default(&o->sp);
     o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     o->sp.penalty_last_n = 64;
-    o->backend = ENGINE_BACKEND_REF;
+    o->backend = ENGINE_BACKEND_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -175,6 +176,7 @@ static int runner_open(struct runner *r, const struct run_opts *o, char *err, si
     engine_options_default(&eo);
     eo.model_path = o->model;
     eo.backend = o->backend;
+    backend_resolve(&eo);
     if (engine_open(&r->engine, &eo, err, err_len)) return -1;
     struct engine_info info;
     engine_get_info(r->engine, &info);

@@ -28,7 +28,7 @@ struct cfg_entry {
 
 static const struct cfg_entry entries[] = {
     { "model", "path", CFG_STR, F(model_path), 0, 0, "GGUF model file (flag -m)" },
-    { "model", "backend", CFG_STR, F(backend), 0, 0, "ref (CPU reference) or vulkan" },
+    { "model", "backend", CFG_STR, F(backend), 0, 0, "auto (vulkan on a GPU, else the CPU reference), ref or vulkan" },
     { "model", "slot", CFG_STR, F(slot), 0, 0, "label of the active update slot, reported in /health and the audit log" },
     { "model", "expert_cache_mb", CFG_U64, F(expert_cache_mb), 0, 1ull << 30, "routed-expert cache in MiB; 0 = every expert resident (no paging)" },
     { "model", "n_ctx", CFG_U32, F(n_ctx), 0, 1u << 20, "positions per conversation; 0 = the model's (capped by the engine)" },
@@ -82,7 +82,7 @@ void config_default_admin_socket(const char *api_socket, char *out, size_t out_l
 void config_default(struct serve_config *c)
 {
     memset(c, 0, sizeof *c);
-    snprintf(c->backend, sizeof c->backend, "ref");
+    snprintf(c->backend, sizeof c->backend, "auto");
     snprintf(c->slot, sizeof c->slot, "none");
     config_default_socket(c->socket_path, sizeof c->socket_path);
     c->socket_mode = 0660;

@@ -13,6 +13,7 @@
 #include "firmware/scheduler.h"
 #include "firmware/textgen.h"
 #include "update/update.h"
+#include "firmware/backend_pick.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -26,7 +27,8 @@ int served_model_open(struct served_model *m, const struct serve_config *cfg, co
     eo.model_path = model_path;
     eo.expert_cache_mb = cfg->expert_cache_mb;
     if (engine_backend_parse(cfg->backend, &eo.backend) != 0)
-        return errf(err, err_len, "model.backend: '%s', expected ref or vulkan", cfg->backend);
+        return errf(err, err_len, "model.backend: '%s', expected auto, ref or vulkan", cfg->backend);
+    backend_resolve(&eo);
     if (engine_open(&m->engine, &eo, err, err_len)) return -1;
     if (textgen_open(&m->tg, m->engine, err, err_len)) {
         engine_close(m->engine);
