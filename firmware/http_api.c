@@ -546,6 +546,8 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     }
     enum job_finish f = j->finish;
     uint32_t n_out = j->n_out;
+    char why[sizeof j->error + 64];
+    snprintf(why, sizeof why, "the engine failed during generation: %s", j->error);
     if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
     /* Thinking mode: the reasoning (all of the text if it never ended) is separate. */
     size_t split = !j->thinking ? 0 : j->reasoning_known && j->reasoning_end < j->text_len ? j->reasoning_end : j->text_len;
@@ -556,7 +558,7 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     r->finish = job_finish_name(f);
     if (f == JOB_ERROR) {
         json_decref(text);
-        return send_error(c, r, 500, "generation_failed", "the engine failed during generation");
+        return send_error(c, r, 500, "generation_failed", why);
     }
     if (f == JOB_DEADLINE) {
         json_decref(text);
