@@ -217,10 +217,12 @@ int serve_start(struct served *s, const char *const *sets)
         _exit(127);
     }
     uint64_t t0 = now_ms();
+    int exit_status = -1;
     while (now_ms() - t0 < 20000) {
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             s->pid = 0;
+            exit_status = st;
             break;
         }
         char *out = NULL;
@@ -238,7 +240,10 @@ int serve_start(struct served *s, const char *const *sets)
         if (log) fread(log, 1, 8191, f);
         fclose(f);
     }
-    test_fail_at(__FILE__, __LINE__, "daemon did not become ready; log:\n%s", log ? log : "(none)");
+    test_fail_at(__FILE__, __LINE__, "daemon did not become ready (%s %d); log:\n%s",
+                 exit_status < 0 ? "still running, wait status" : WIFSIGNALED(exit_status) ? "killed by signal" : "exit",
+                 exit_status < 0 ? -1 : WIFSIGNALED(exit_status) ? WTERMSIG(exit_status) : WEXITSTATUS(exit_status),
+                 log ? log : "(none)");
     free(log);
     if (s->pid > 0) serve_stop(s, SIGKILL, 5000);
     return -1;

@@ -28,7 +28,7 @@ static void skip_without_vulkan(const char *model)
     if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
 }
 
-TEST(serve_expert_read_error_fails_that_request_and_the_daemon_stays_up)
+TEST(serve_paged_expert_read_error_keeps_serving)
 {
     const char *model = serve_test_model();
     REQUIRE(model);
