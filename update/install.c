@@ -312,18 +312,27 @@ static int switch_to_other(const struct update_config *cfg, const struct keyset 
     return store_write_state(cfg, st, why, why_len);
 }
 
+/* With the store locked: the trusted keys, the state (its epoch floor repaired up to the
+ * active slot's) and the active slot (-1 when none). */
+static int load_store(const struct update_config *cfg, struct keyset *ks, struct store_state *st, int *active,
+                      char *err, size_t err_len)
+{
+    char source[4096];
+    int rc = store_load_trust(cfg, ks, source, sizeof source, err, err_len);
+    if (!rc) rc = store_read_state(cfg, st, err, err_len);
+    if (!rc) rc = repair_floor(cfg, ks, st, err, err_len);
+    if (!rc) rc = store_active(cfg, active, err, err_len);
+    return rc;
+}
+
 int update_rollback(const struct update_config *cfg, char *err, size_t err_len)
 {
     int lock;
     if (store_lock(cfg, false, &lock, err, err_len)) return -1;
     struct keyset ks;
-    char source[4096];
     struct store_state st;
     int active = -1;
-    int rc = store_load_trust(cfg, &ks, source, sizeof source, err, err_len);
-    if (!rc) rc = store_read_state(cfg, &st, err, err_len);
-    if (!rc) rc = repair_floor(cfg, &ks, &st, err, err_len);
-    if (!rc) rc = store_active(cfg, &active, err, err_len);
+    int rc = load_store(cfg, &ks, &st, &active, err, err_len);
     if (!rc && active < 0) rc = errf(err, err_len, "%s: no active slot, nothing to roll back from", cfg->data_dir);
     if (!rc && switch_to_other(cfg, &ks, &st, active, err, err_len)) rc = errf_prefix(err, err_len, "rollback refused");
     store_unlock(lock);
@@ -336,13 +345,9 @@ int update_boot_begin(const struct update_config *cfg, struct update_boot *boot,
     int lock;
     if (store_lock(cfg, true, &lock, err, err_len)) return -1;
     struct keyset ks;
-    char source[4096];
     struct store_state st;
     int active = -1;
-    int rc = store_load_trust(cfg, &ks, source, sizeof source, err, err_len);
-    if (!rc) rc = store_read_state(cfg, &st, err, err_len);
-    if (!rc) rc = repair_floor(cfg, &ks, &st, err, err_len);
-    if (!rc) rc = store_active(cfg, &active, err, err_len);
+    int rc = load_store(cfg, &ks, &st, &active, err, err_len);
     if (!rc && active < 0) rc = errf(err, err_len, "%s: no slot installed yet", cfg->data_dir);
     if (!rc && st.trial >= 0 && st.trial != active) { /* a trial that never got activated */
         st.trial = -1;
