@@ -26,6 +26,8 @@ struct backend_ops {
     void (*get_profile)(const void *state, struct engine_profile *out);
     int (*copy_bandwidth)(void *ctx, double *bytes_per_s, char *err, size_t err_len);
     int (*bench_kernels)(void *ctx, const struct model *m, FILE *out, char *err, size_t err_len);
+    /* Device memory held and the device's local memory; NULL or -1 without a device. */
+    int (*device_memory)(void *ctx, uint64_t *used, uint64_t *total);
     /* Expert-cache counters; NULL or -1 when experts are not paged. */
     int (*expert_counters)(void *ctx, struct expert_counters *out);
 };

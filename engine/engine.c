@@ -98,6 +98,13 @@ void engine_get_info(const struct engine *e, struct engine_info *info)
 
 const struct tokenizer *engine_tokenizer(const struct engine *e) { return e->tok; }
 
+int engine_device_memory(const struct engine *e, uint64_t *used, uint64_t *total)
+{
+    *used = *total = 0;
+    if (!e->ops->device_memory) return -1;
+    return e->ops->device_memory(e->backend_ctx, used, total);
+}
+
 int engine_expert_counters(const struct engine *e, struct expert_counters *out)
 {
     memset(out, 0, sizeof *out);

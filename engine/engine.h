@@ -77,6 +77,9 @@ int engine_backend_parse(const char *name, enum engine_backend *out);
 int engine_open(struct engine **out, const struct engine_options *opt, char *err, size_t err_len);
 void engine_close(struct engine *e);
 void engine_get_info(const struct engine *e, struct engine_info *info);
+/* Device memory the engine holds (weights, expert slots, sessions' state) and the device's
+ * local memory, in bytes; returns -1 (and zeros) for backends without a device. */
+int engine_device_memory(const struct engine *e, uint64_t *used, uint64_t *total);
 /* Fills *out; returns -1 (and zeros) when experts are not paged. */
 int engine_expert_counters(const struct engine *e, struct expert_counters *out);
 /* The tokenizer of the model's file (owned by the engine, valid until engine_close). */

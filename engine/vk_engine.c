@@ -256,6 +256,14 @@ void vk_engine_close(void *ctx)
     free(e);
 }
 
+int vk_device_memory(void *ctx, uint64_t *used, uint64_t *total)
+{
+    struct vk_engine *e = ctx;
+    *used = vk_arena_bytes(e->weights) + (e->slot_arena ? vk_arena_bytes(e->slot_arena) : 0) + e->session_bytes;
+    *total = device_local_bytes(e->d);
+    return 0;
+}
+
 int vk_weight_of(const struct vk_engine *e, tensor_ref t, uint32_t n_mat_split, struct vk_weight *w, char *err, size_t err_len)
 {
     /* GGUF shape [n_in, n_out, n_mat]; n_mat_split > 0 views a 2-D tensor's rows as that many

@@ -529,4 +529,5 @@ const struct backend_ops vk_backend_ops = {
     .session_reset = vk_session_reset,
     .eval = vk_eval,
     .expert_counters = vk_expert_counters,
+    .device_memory = vk_device_memory,
 };

@@ -43,6 +43,7 @@ struct vk_engine {
     struct vk_weight slot_w[3];
     uint32_t max_batch;          /* tokens per batch: VK_BATCH, or fewer so a batch's experts fit the slots */
     bool paging;
+    _Atomic uint64_t session_bytes; /* device memory of the open sessions */
     struct vk_device *d;
     struct vk_ops ops;
     struct vk_arena *weights;
@@ -97,6 +98,7 @@ struct vk_session {
     int32_t *ids_host;           /* [B][n_expert_used] the router's choices read back (paging) */
     int32_t pinned_layer;        /* layer whose slots stay pinned until the GPU has used them, or -1 */
     uint32_t n_dispatch_flushed; /* dispatches of this step already submitted by a paging flush */
+    uint64_t counted_bytes;      /* device bytes this session added to e->session_bytes */
     struct vk_span in_embd;      /* host: [B][n_embd] */
     struct vk_span tokens;       /* host: [B] int32 */
     struct vk_span logits;       /* host: [B][n_vocab] */
@@ -132,6 +134,7 @@ int vk_experts_map(struct vk_engine *e, struct vk_session *s, uint32_t il, uint3
 void vk_experts_prefetch_hash(struct vk_engine *e, const int32_t *tokens, uint32_t nt, int32_t *scratch);
 void vk_experts_release(struct vk_engine *e, struct vk_session *s);
 int vk_expert_counters(void *ctx, struct expert_counters *out);
+int vk_device_memory(void *ctx, uint64_t *used, uint64_t *total);
 
 /* engine/vk_bench.c */
 int vk_copy_bandwidth(void *ctx, double *bytes_per_s, char *err, size_t err_len);

@@ -47,6 +47,7 @@ void vk_session_destroy(void *state)
     if (!s) return;
     vk_experts_release(s->e, s);
     vk_recorder_destroy(s->rec);
+    s->e->session_bytes -= s->counted_bytes;
     vk_arena_destroy(s->arena);
     vk_arena_destroy(s->host);
     free(s->layers);
@@ -144,6 +145,8 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
         goto fail;
     }
     if (rope_table(s, false, &s->rope_swa, err, err_len) || rope_table(s, true, &s->rope_comp, err, err_len)) goto fail;
+    s->counted_bytes = vk_arena_bytes(s->arena);
+    e->session_bytes += s->counted_bytes;
     *state = s;
     return 0;
 fail:

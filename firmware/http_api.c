@@ -296,6 +296,9 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
         g.slots_busy = ss.busy;
         g.slots_total = ss.slots;
         if (ss.last_eval_failed) g.ready = -1;
+        g.have_device = ss.have_device;
+        g.device_used = ss.device_used;
+        g.device_total = ss.device_total;
         if (ss.have_experts) {
             g.have_expert_stats = 1;
             for (int k = 0; k < 2; k++) {

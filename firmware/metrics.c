@@ -192,6 +192,14 @@ int metrics_render(const struct metrics_gauges *g, char **out, size_t *out_len)
     put(&t, "\",slot=\"");
     put_label(&t, g->slot);
     put(&t, "\"} 1\n");
+    if (g->have_device) {
+        put(&t, "# HELP flashbox_device_memory_used_bytes Device memory held: weights, expert slots, sessions.\n"
+                "# TYPE flashbox_device_memory_used_bytes gauge\nflashbox_device_memory_used_bytes %llu\n",
+            (unsigned long long)g->device_used);
+        put(&t, "# HELP flashbox_device_memory_total_bytes The device's local memory.\n"
+                "# TYPE flashbox_device_memory_total_bytes gauge\nflashbox_device_memory_total_bytes %llu\n",
+            (unsigned long long)g->device_total);
+    }
     if (g->have_expert_stats) {
         static const char *kinds[2] = { "hash", "learned" };
         put(&t, "# HELP flashbox_expert_cache_hits_total Routed-expert lookups served from the cache.\n# TYPE flashbox_expert_cache_hits_total counter\n");

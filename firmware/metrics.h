@@ -18,6 +18,9 @@ struct metrics_gauges {
     uint32_t slots_busy, slots_total;
     int ready;                    /* 1 ready, 0 loading, -1 degraded */
     const char *model_id, *slot;
+    /* Device memory, reported only for a backend with a device (have_device). */
+    int have_device;
+    uint64_t device_used, device_total;
     /* Expert-cache counters, reported only when experts are paged (have_expert_stats). */
     int have_expert_stats;
     uint64_t expert_hits[2], expert_misses[2]; /* [hash, learned] layers */

@@ -135,6 +135,8 @@ struct scheduler {
     uint64_t engine_errors;
     bool last_eval_failed;
     bool have_experts;
+    bool have_device;
+    uint64_t device_used, device_total;
     struct expert_counters experts; /* copied by the worker: the engine is only called from it */
     pthread_t worker;
     bool worker_started;
@@ -476,9 +478,14 @@ static void *worker_main(void *arg)
         }
         struct expert_counters ec;
         int have = engine_expert_counters(s->engine, &ec) == 0;
+        uint64_t dev_used, dev_total;
+        int have_dev = engine_device_memory(s->engine, &dev_used, &dev_total) == 0;
         pthread_mutex_lock(&s->lock);
         s->have_experts = have;
         if (have) s->experts = ec;
+        s->have_device = have_dev;
+        s->device_used = dev_used;
+        s->device_total = dev_total;
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;
@@ -657,6 +664,9 @@ void scheduler_stats(struct scheduler *s, struct sched_stats *st)
     st->engine_errors = s->engine_errors;
     st->last_eval_failed = s->last_eval_failed;
     st->swapping = s->swap != NULL;
+    st->have_device = s->have_device;
+    st->device_used = s->device_used;
+    st->device_total = s->device_total;
     st->have_experts = s->have_experts;
     st->experts = s->experts;
     pthread_mutex_unlock(&s->lock);

@@ -119,6 +119,8 @@ struct sched_stats {
     uint64_t engine_errors;
     bool last_eval_failed;
     bool swapping;                /* a model swap waits for running work; the queue holds */
+    bool have_device;             /* the backend has a device: the two below are live */
+    uint64_t device_used, device_total; /* bytes of device memory held / the device's local memory */
     bool have_experts;            /* experts are paged: counters below are live */
     struct expert_counters experts; /* as of the worker's last step */
 };

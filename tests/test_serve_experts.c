@@ -51,6 +51,10 @@ TEST(serve_paged_expert_read_error_keeps_serving)
     CHECK_EQ_INT(serve_curl(&d, "POST", CHAT, body, &out, NULL), 200);
     free(out);
     CHECK(serve_metric(&d, "flashbox_expert_cache_misses_total{layer=\"learned\"}") > 0); /* the cache pages */
+    /* device memory held (whole arena chunks) and the device's size */
+    double used = serve_metric(&d, "flashbox_device_memory_used_bytes");
+    CHECK(used >= (1 << 20));
+    CHECK(serve_metric(&d, "flashbox_device_memory_total_bytes") >= used);
 
     REQUIRE(truncate(d.model, cut) == 0);
     int failures = 0;
