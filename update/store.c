@@ -169,8 +169,15 @@ int store_lock(const struct update_config *cfg, bool wait, int *fd, char *err, s
     snprintf(path, sizeof path, "%s/lock", cfg->data_dir);
     *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (*fd < 0) return errf(err, err_len, "%s: %s", path, strerror(errno));
+    /* A writer that does not wait still allows two seconds: the daemon's boot bookkeeping
+     * holds the lock for milliseconds, an install for minutes. */
+    int tries = 100;
     while (flock(*fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0) {
         if (errno == EINTR) continue;
+        if (errno == EWOULDBLOCK && --tries > 0) {
+            usleep(20000);
+            continue;
+        }
         int e = errno;
         close(*fd);
         *fd = -1;
