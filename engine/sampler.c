@@ -1,5 +1,6 @@
 /* Token sampling on logits with buffers allocated once per sampler (see sampler.h). */
 #include "engine/sampler.h"
+#include "engine/rng.h"
 
 #include "engine/errmsg.h"
 
@@ -32,37 +33,11 @@ void sampler_params_default(struct sampler_params *p)
     p->repeat_penalty = 1.0f;
 }
 
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(uint64_t s[4])
-{
-    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-/* Uniform in [0, 1). */
-static double rng_unit(uint64_t s[4]) { return (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0); }
-
 void sampler_reset(struct sampler *s)
 {
     for (uint32_t i = 0; i < s->n_recent; i++) s->count[s->recent[i]] = 0;
     s->n_recent = s->recent_head = 0;
-    uint64_t x = s->p.seed;
-    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
+    rng_seed(s->rng, s->p.seed);
 }
 
 int sampler_create(struct sampler **out, uint32_t n_vocab, const struct sampler_params *p, char *err, size_t err_len)

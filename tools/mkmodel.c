@@ -7,6 +7,7 @@
 #include "engine/errmsg.h"
 #include "engine/gguf.h"
 #include "engine/quant.h"
+#include "engine/rng.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -43,7 +44,7 @@ void mkmodel_defaults(struct mkmodel_config *c)
     snprintf(c->name, sizeof c->name, "flashbox-tiny-random");
 }
 
-/* ---- deterministic random numbers: splitmix64 seeding xoshiro256** ---- */
+/* ---- deterministic random numbers (engine/rng.h) and normal deviates ---- */
 
 struct rng {
     uint64_t s[4];
@@ -51,36 +52,14 @@ struct rng {
     double spare;
 };
 
-static uint64_t splitmix64(uint64_t *x)
+static void mk_rng_seed(struct rng *r, uint64_t seed)
 {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static void rng_seed(struct rng *r, uint64_t seed)
-{
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+    rng_seed(r->s, seed);
     r->have_spare = false;
     r->spare = 0.0;
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(struct rng *r)
-{
-    uint64_t *s = r->s, result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-static double rng_uniform(struct rng *r) { return (rng_next(r) >> 11) * 0x1.0p-53; } /* [0, 1) */
+static double rng_uniform(struct rng *r) { return rng_unit(r->s); } /* [0, 1) */
 
 static double rng_normal(struct rng *r)
 {
@@ -252,7 +231,7 @@ static void generate(struct rng *r, const struct mkmodel_config *c, const struct
                 int32_t e;
                 bool dup;
                 do {
-                    e = (int32_t)(rng_next(r) % c->n_expert);
+                    e = (int32_t)(rng_next(r->s) % c->n_expert);
                     dup = false;
                     for (uint32_t q = 0; q < j; q++) dup |= ids[row * k + q] == e;
                 } while (dup);
@@ -365,7 +344,7 @@ int mkmodel_write(const struct mkmodel_config *c, const char *path, char *err, s
     }
     if (gguf_writer_begin(w, path, err, err_len)) goto done;
     struct rng r;
-    rng_seed(&r, c->seed);
+    mk_rng_seed(&r, c->seed);
     for (size_t i = 0; i < l.n; i++) {
         const struct tspec *t = &l.t[i];
         const uint64_t n = t->ne[0] * t->ne[1] * t->ne[2];
