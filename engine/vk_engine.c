@@ -184,7 +184,10 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
                  e->d->props.deviceName, have >> 20, need >> 20, (need - need_experts) >> 20);
         goto fail;
     }
+    /* chunks of up to 1 GiB, but no bigger than the weights need (plus alignment slack):
+     * a small model must not hold a whole gigabyte of device memory */
     uint64_t chunk = e->d->max_alloc < (1ull << 30) ? e->d->max_alloc : (1ull << 30);
+    if (need + (16u << 20) < chunk) chunk = need + (16u << 20);
     if (vk_arena_create(&e->weights, e->d, VK_MEM_DEVICE, chunk, err, err_len)) goto fail;
     e->proj = calloc(hp->n_layer, sizeof *e->proj);
     e->moe = calloc(hp->n_layer, sizeof *e->moe);
