@@ -437,6 +437,20 @@ static const char *openai_finish(enum job_finish f)
 }
 
 /* Produces the next SSE events into r->out; returns -1 when the client is gone. */
+/* Waits on the job's condition (lock held) for at most WAIT_SLICE_MS, so the caller can look
+ * at the client between slices. */
+static void wait_job_slice(struct job *j)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_nsec += WAIT_SLICE_MS * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&j->cond, &j->lock, &until);
+}
+
 static int sse_produce(struct req *r)
 {
     struct job *j = r->job;
@@ -489,14 +503,7 @@ static int sse_produce(struct req *r)
             r->stream_ended = 1;
             return out_raw(r, "data: [DONE]\n\n");
         }
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += WAIT_SLICE_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&j->cond, &j->lock, &until);
+        wait_job_slice(j);
         pthread_mutex_unlock(&j->lock);
         if (client_gone(r->conn->fd)) {
             scheduler_cancel(r->api->sched, j);
@@ -530,14 +537,7 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     struct job *j = r->job;
     pthread_mutex_lock(&j->lock);
     while (j->finish == JOB_RUNNING) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += WAIT_SLICE_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&j->cond, &j->lock, &until);
+        wait_job_slice(j);
         if (j->finish != JOB_RUNNING) break;
         pthread_mutex_unlock(&j->lock);
         if (client_gone(r->conn->fd)) {

@@ -1,6 +1,7 @@
 /* Tokenizer tests: llama.cpp's test vectors for real vocabularies, BPE merge order on a
  * hand-made vocabulary, pre-tokenizer splits worked out by hand, round trips, invalid
  * UTF-8, special tokens, the streaming detokenizer and malformed vocabularies. */
+#include "tests/utf8_check.h"
 #include "engine/gguf.h"
 #include "engine/pretok.h"
 #include "engine/tokenizer.h"
@@ -340,19 +341,6 @@ TEST(parse_special_prefers_the_longest_token_and_user_defined_ones)
     CHECK_EQ_INT(tok_bos(t), 259);
     CHECK_EQ_INT(tok_eos(t), -1);
     tok_destroy(t);
-}
-
-static int valid_utf8(const char *s, size_t n)
-{
-    const uint8_t *p = (const uint8_t *)s;
-    for (size_t i = 0; i < n;) {
-        size_t len = p[i] < 0x80 ? 1 : (p[i] & 0xE0) == 0xC0 ? 2 : (p[i] & 0xF0) == 0xE0 ? 3 : (p[i] & 0xF8) == 0xF0 ? 4 : 0;
-        if (!len || i + len > n) return 0;
-        for (size_t k = 1; k < len; k++)
-            if ((p[i + k] & 0xC0) != 0x80) return 0;
-        i += len;
-    }
-    return 1;
 }
 
 TEST(streaming_detokenizer_never_emits_partial_utf8)

@@ -5,6 +5,7 @@
  *   only ever emit valid UTF-8. The byte picks the pre-tokenizer and the flags.
  * - vocabulary (byte >= 0xF0): the rest is a GGUF image whose tokenizer metadata is
  *   loaded; a load must fail cleanly or give a tokenizer that encodes and decodes. */
+#include "tests/utf8_check.h"
 #include "engine/gguf.h"
 #include "engine/tokenizer.h"
 #include "tests/tok_vocab.h"
@@ -15,19 +16,6 @@
 #include <unistd.h>
 
 static struct tokenizer *toks[3];
-
-static int valid_utf8(const char *s, size_t n)
-{
-    const uint8_t *p = (const uint8_t *)s;
-    for (size_t i = 0; i < n;) {
-        size_t len = p[i] < 0x80 ? 1 : (p[i] & 0xE0) == 0xC0 ? 2 : (p[i] & 0xF0) == 0xE0 ? 3 : (p[i] & 0xF8) == 0xF0 ? 4 : 0;
-        if (!len || i + len > n) return 0;
-        for (size_t k = 1; k < len; k++)
-            if ((p[i + k] & 0xC0) != 0x80) return 0;
-        i += len;
-    }
-    return 1;
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
