@@ -77,8 +77,7 @@ static int upload_proj(struct vk_engine *e, uint32_t il, bool *placed, char *err
         if (vk_span_upload(e->d, &all, off, t[i]->data, t[i]->nbytes, err, err_len))
             return errf_prefix(err, err_len, "uploading %s", t[i]->name);
         /* the tensor's own span is its part of the group */
-        e->tspans[idx] = (struct vk_span){ .buf = all.buf, .off = all.off + off, .size = t[i]->nbytes,
-                                           .host = all.host ? all.host + off : NULL };
+        e->tspans[idx] = vk_span_sub(&all, off, t[i]->nbytes);
         placed[idx] = true;
         e->weight_bytes += t[i]->nbytes;
         off += t[i]->nbytes;
@@ -104,8 +103,7 @@ static int upload_group(struct vk_engine *e, const tensor_ref *t, int n, bool *p
         uint64_t idx = (uint64_t)(t[i] - e->m->file->tensors);
         if (vk_span_upload(e->d, all, off, t[i]->data, t[i]->nbytes, err, err_len))
             return errf_prefix(err, err_len, "uploading %s", t[i]->name);
-        e->tspans[idx] = (struct vk_span){ .buf = all->buf, .off = all->off + off, .size = t[i]->nbytes,
-                                           .host = all->host ? all->host + off : NULL };
+        e->tspans[idx] = vk_span_sub(all, off, t[i]->nbytes);
         placed[idx] = true;
         e->weight_bytes += t[i]->nbytes;
         off += t[i]->nbytes;
@@ -184,9 +182,12 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
                  e->d->props.deviceName, have >> 20, need >> 20, (need - need_experts) >> 20);
         goto fail;
     }
-    /* chunks of up to 1 GiB, but no bigger than the weights need (plus alignment slack):
-     * a small model must not hold a whole gigabyte of device memory */
+    /* chunks of up to 1 GiB, and no more than one word-texel view spans (the LANES token
+     * tile reads words through it), but no bigger than the weights need (plus alignment
+     * slack): a small model must not hold a whole gigabyte of device memory */
     uint64_t chunk = e->d->max_alloc < (1ull << 30) ? e->d->max_alloc : (1ull << 30);
+    uint64_t word_view = (uint64_t)e->d->props.limits.maxTexelBufferElements * 4;
+    if (word_view >= (64u << 20) && word_view < chunk) chunk = word_view;
     if (need + (16u << 20) < chunk) chunk = need + (16u << 20);
     if (vk_arena_create(&e->weights, e->d, VK_MEM_DEVICE, chunk, err, err_len)) goto fail;
     e->proj = calloc(hp->n_layer, sizeof *e->proj);

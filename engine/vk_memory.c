@@ -1,6 +1,7 @@
 /* Chunked device memory, spans, transfers and descriptor ranges (see vk_memory.h). */
 #include "engine/vk_memory.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,37 @@ static int find_mem_type(const struct vk_device *d, uint32_t type_bits, enum vk_
     return -1;
 }
 
+static void destroy_views(struct vk_device *d, struct vk_chunk *c)
+{
+    if (c->texels_u32x4) vkDestroyBufferView(d->dev, c->texels_u32x4, NULL);
+    if (c->texels_f32x4) vkDestroyBufferView(d->dev, c->texels_f32x4, NULL);
+    if (c->texels_u32) vkDestroyBufferView(d->dev, c->texels_u32, NULL);
+    c->texels_u32x4 = c->texels_f32x4 = c->texels_u32 = VK_NULL_HANDLE;
+}
+
+/* Whole-chunk texel views (R32G32B32A32 and R32 formats are mandatory for uniform texel
+ * buffers). A view whose texel count exceeds the device's limit, or what a 32-bit texel
+ * index reaches, is not made; kernels then read that chunk as a storage buffer. */
+static int create_views(struct vk_device *d, struct vk_chunk *c, char *err, size_t err_len)
+{
+    const struct { VkFormat fmt; uint64_t texel_bytes; VkBufferView *view; } v[3] = {
+        { VK_FORMAT_R32G32B32A32_UINT, 16, &c->texels_u32x4 },
+        { VK_FORMAT_R32G32B32A32_SFLOAT, 16, &c->texels_f32x4 },
+        { VK_FORMAT_R32_UINT, 4, &c->texels_u32 },
+    };
+    for (int i = 0; i < 3; i++) {
+        uint64_t texels = c->size / v[i].texel_bytes;
+        if (texels == 0 || texels > d->props.limits.maxTexelBufferElements || texels > INT32_MAX) continue;
+        VkBufferViewCreateInfo vi = { .sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO, .buffer = c->buf, .format = v[i].fmt,
+                                      .offset = 0, .range = texels * v[i].texel_bytes };
+        if (vk_check(vkCreateBufferView(d->dev, &vi, NULL, v[i].view), "vkCreateBufferView", err, err_len)) {
+            destroy_views(d, c);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int chunk_create(struct vk_arena *a, uint64_t size, char *err, size_t err_len)
 {
     struct vk_device *d = a->d;
@@ -32,7 +64,8 @@ static int chunk_create(struct vk_arena *a, uint64_t size, char *err, size_t err
     memset(c, 0, sizeof *c);
     VkBufferCreateInfo bci = {
         .sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = size,
-        .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+        .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_UNIFORM_TEXEL_BUFFER_BIT |
+                 VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT,
         .sharingMode = VK_SHARING_MODE_EXCLUSIVE,
     };
     if (vk_check(vkCreateBuffer(d->dev, &bci, NULL, &c->buf), "vkCreateBuffer", err, err_len)) return -1;
@@ -57,6 +90,7 @@ static int chunk_create(struct vk_arena *a, uint64_t size, char *err, size_t err
         c->map = p;
     }
     c->size = size;
+    if (create_views(d, c, err, err_len)) goto fail;
     a->mem_type = (uint32_t)type;
     a->n_chunks++;
     return 0;
@@ -82,6 +116,7 @@ void vk_arena_destroy(struct vk_arena *a)
 {
     if (!a) return;
     for (uint32_t i = 0; i < a->n_chunks; i++) {
+        destroy_views(a->d, &a->chunks[i]);
         if (a->chunks[i].map) vkUnmapMemory(a->d->dev, a->chunks[i].mem);
         vkDestroyBuffer(a->d->dev, a->chunks[i].buf, NULL);
         vkFreeMemory(a->d->dev, a->chunks[i].mem, NULL);
@@ -118,7 +153,19 @@ int vk_arena_alloc(struct vk_arena *a, uint64_t size, uint64_t align, struct vk_
     out->off = off;
     out->size = size;
     out->host = c->map ? c->map + off : NULL;
+    out->texels_u32x4 = c->texels_u32x4;
+    out->texels_f32x4 = c->texels_f32x4;
+    out->texels_u32 = c->texels_u32;
     return 0;
+}
+
+struct vk_span vk_span_sub(const struct vk_span *s, uint64_t off, uint64_t size)
+{
+    struct vk_span sub = *s;
+    sub.off = s->off + off;
+    sub.size = size;
+    sub.host = s->host ? s->host + off : NULL;
+    return sub;
 }
 
 /* Copies through a temporary host-visible buffer (load time only, never per token). */

@@ -20,11 +20,17 @@ struct vk_span {
     uint64_t off;    /* bytes into buf */
     uint64_t size;   /* bytes */
     uint8_t *host;   /* mapped address of byte off, or NULL when not host-visible */
+    /* The chunk's whole buffer as uniform texel buffers, for kernels that read through
+     * texel fetches: 16-byte texels of raw words and of float4 (texel index = (off +
+     * byte) / 16) and single words (index = (off + byte) / 4); VK_NULL_HANDLE when the
+     * chunk has more texels of that size than the device allows in one view. */
+    VkBufferView texels_u32x4, texels_f32x4, texels_u32;
 };
 
 struct vk_chunk {
     VkDeviceMemory mem;
     VkBuffer buf;
+    VkBufferView texels_u32x4, texels_f32x4, texels_u32;   /* see vk_span */
     uint64_t size, used;  /* bytes */
     uint8_t *map;         /* NULL when not host-visible */
 };
@@ -43,6 +49,8 @@ int vk_arena_create(struct vk_arena **out, struct vk_device *d, enum vk_mem_kind
 void vk_arena_destroy(struct vk_arena *a);
 /* A span of size bytes aligned to align (a power of two, at least 4). */
 int vk_arena_alloc(struct vk_arena *a, uint64_t size, uint64_t align, struct vk_span *out, char *err, size_t err_len);
+/* Bytes [off, off + size) of span s as a span of their own (same chunk, same views). */
+struct vk_span vk_span_sub(const struct vk_span *s, uint64_t off, uint64_t size);
 /* Bytes allocated from the device so far. */
 uint64_t vk_arena_bytes(const struct vk_arena *a);
 

@@ -11,6 +11,16 @@ static const char *const matvec_names[VK_N_WTYPES] = {
     [ABI_WTYPE_F32] = "matvec_f32", [ABI_WTYPE_F16] = "matvec_f16", [ABI_WTYPE_BF16] = "matvec_bf16",
     [ABI_WTYPE_Q8_0] = "matvec_q8_0", [ABI_WTYPE_MXFP4] = "matvec_mxfp4",
 };
+static const char *const lanes_names[VK_N_WTYPES] = {
+    [ABI_WTYPE_F32] = "matvec_lanes_f32", [ABI_WTYPE_F16] = "matvec_lanes_f16", [ABI_WTYPE_BF16] = "matvec_lanes_bf16",
+    [ABI_WTYPE_Q8_0] = "matvec_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matvec_lanes_mxfp4",
+};
+static const char *const lanes_tiled_names[VK_N_WTYPES] = {
+    [ABI_WTYPE_F32] = "matvec_lanes_f32", [ABI_WTYPE_F16] = "matvec_lanes_f16", [ABI_WTYPE_BF16] = "matvec_lanes_bf16",
+    [ABI_WTYPE_Q8_0] = "matmul_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matmul_lanes_mxfp4",
+};
+/* LANES texel bindings: weights and x. */
+#define LANES_TEXEL_MASK ((1u << ABI_MATVEC_BIND_W) | (1u << ABI_MATVEC_BIND_X))
 
 int vk_wtype(enum gguf_type type)
 {
@@ -25,6 +35,7 @@ int vk_wtype(enum gguf_type type)
 }
 
 static int build(struct vk_ops *ops, struct vk_kernel *k, char *err, size_t err_len);
+static uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
 
 int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, size_t err_len)
 {
@@ -34,11 +45,23 @@ int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, si
     const uint32_t tile1[2] = { 1, ops->wg }, tile_n[2] = { VK_MATMUL_TILE, ops->wg };
     if (vk_kernel_create(ops->d, &ops->matvec[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile1, 2, err, err_len))
         return -1;
-    if (vk_kernel_create(ops->d, &ops->matmul[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile_n, 2, err, err_len)) {
-        vk_kernel_destroy(ops->d, &ops->matvec[t]);
-        return -1;
+    if (vk_kernel_create(ops->d, &ops->matmul[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile_n, 2, err, err_len))
+        goto fail;
+    if (ops->layout == VK_MATVEC_LANES) {
+        const uint32_t lanes1[3] = { 1, ops->lanes_wg, ops->lanes_rows_matvec };
+        const uint32_t lanes_n[3] = { VK_MATMUL_TILE, ops->lanes_wg, ops->lanes_rows_matmul };
+        if (vk_kernel_create_texel(ops->d, &ops->lanes_matvec[t], lanes_names[t], 4, LANES_TEXEL_MASK,
+                                   sizeof(struct abi_matvec_push), lanes1, 3, err, err_len) ||
+            vk_kernel_create_texel(ops->d, &ops->lanes_matmul[t], lanes_tiled_names[t], 4, LANES_TEXEL_MASK,
+                                   sizeof(struct abi_matvec_push), lanes_n, 3, err, err_len))
+            goto fail;
     }
     return 0;
+fail:
+    vk_kernel_destroy(ops->d, &ops->matvec[t]);
+    vk_kernel_destroy(ops->d, &ops->matmul[t]);
+    vk_kernel_destroy(ops->d, &ops->lanes_matvec[t]);
+    return -1;
 }
 
 int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err_len)
@@ -50,6 +73,12 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
      * pipelines are built per weight type on first need (vk_ops_prepare_matvec). */
     ops->wg = ABI_WG_SIZE < d->subgroup_size ? d->subgroup_size : ABI_WG_SIZE;
     ops->rows_per_wg = 4 * (ops->wg / d->subgroup_size);
+    /* LANES on CPU drivers: a workgroup is one SIMD register of rows, each invocation
+     * walks 16 rows so every x fetch serves 16 rows (measured best on lavapipe). */
+    ops->layout = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? VK_MATVEC_LANES : VK_MATVEC_SUBGROUP;
+    ops->lanes_wg = d->subgroup_size;
+    ops->lanes_rows_matvec = 16;
+    ops->lanes_rows_matmul = 16;
     const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push; } simple[] = {
         { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push) },
         { &ops->hc, "hc", 8, sizeof(struct abi_hc_push) },
@@ -78,6 +107,8 @@ void vk_ops_destroy(struct vk_ops *ops)
     for (int t = 0; t < VK_N_WTYPES; t++) {
         vk_kernel_destroy(ops->d, &ops->matvec[t]);
         vk_kernel_destroy(ops->d, &ops->matmul[t]);
+        vk_kernel_destroy(ops->d, &ops->lanes_matvec[t]);
+        vk_kernel_destroy(ops->d, &ops->lanes_matmul[t]);
     }
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress,
                                    &ops->indexer, &ops->attention, &ops->router, &ops->swiglu, &ops->moe_group };
@@ -108,7 +139,6 @@ int vk_weight_init(struct vk_weight *w, const struct vk_span *span, enum gguf_ty
     return 0;
 }
 
-static uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
 
 /* Whether the vectorised path may run: x vectors start on 16 bytes and the weight rows,
  * matrices and start offset are aligned for the type's wide loads. */
@@ -119,6 +149,62 @@ static bool vec_ok(const struct abi_matvec_push *p, enum gguf_type type)
     return (p->row_bytes | p->w_off | p->w_zstride) % align == 0;
 }
 
+/* The block types' token tile reads words (matmul_lanes); everything else 16-byte texels. */
+static bool lanes_reads_words(const struct vk_matvec_args *a)
+{
+    return a->n_tok >= VK_MATMUL_TILE && (a->w->type == GGUF_TYPE_Q8_0 || a->w->type == GGUF_TYPE_MXFP4);
+}
+
+bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a)
+{
+    const struct vk_weight *w = a->w;
+    if (ops->layout != VK_MATVEC_LANES || !a->x->texels_f32x4) return false;
+    /* rows of whole chunks (super-blocks for the word reads) from an aligned start */
+    const bool words = lanes_reads_words(a);
+    const bool block_type = w->type == GGUF_TYPE_Q8_0 || w->type == GGUF_TYPE_MXFP4;
+    const uint32_t unit = words ? ABI_LANES_SUPERBLOCK_BYTES : block_type ? ABI_LANES_BLOCK_CHUNK_BYTES : ABI_LANES_FLOAT_CHUNK_BYTES;
+    if (!(words ? w->span.texels_u32 : w->span.texels_u32x4) || w->row_bytes % unit || w->span.off % (words ? 4 : 16) ||
+        w->span.off + w->mat_bytes * w->n_mat > UINT32_MAX)
+        return false;
+    /* x vectors of whole float4 */
+    if (a->x->off % 16 || (a->x_off | a->x_tstride | a->x_zstride) % 4 || a->x->off / 4 + a->x_off > UINT32_MAX) return false;
+    return true;
+}
+
+/* The LANES kernels read weights and x through the chunks' texel views, so a weight of any
+ * size is one binding; only y is a storage range. */
+static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, int t, char *err,
+                        size_t err_len)
+{
+    const struct vk_weight *w = a->w;
+    const bool tiled = a->n_tok >= VK_MATMUL_TILE;
+    const struct vk_kernel *k = tiled ? &ops->lanes_matmul[t] : &ops->lanes_matvec[t];
+    const uint32_t tile = tiled ? VK_MATMUL_TILE : 1;
+    VkDescriptorBufferInfo b[4] = { 0 };
+    VkBufferView v[4] = { lanes_reads_words(a) ? w->span.texels_u32 : w->span.texels_u32x4, a->x->texels_f32x4,
+                          VK_NULL_HANDLE, VK_NULL_HANDLE };
+    uint64_t rel_y, rel_i = 0;
+    if (vk_span_range(ops->d, a->y, 0, a->y->size, &b[2], &rel_y, err, err_len)) return errf_prefix(err, err_len, "matvec output");
+    const struct vk_span *ids = a->ids ? a->ids : a->y; /* bound but unread without ids */
+    if (vk_span_range(ops->d, ids, 0, ids->size, &b[3], &rel_i, err, err_len)) return errf_prefix(err, err_len, "matvec ids");
+    struct abi_matvec_push p = {
+        .n_in = w->n_in, .n_out = w->n_out, .n_tok = a->n_tok,
+        .rows_per_wg = ops->lanes_wg * (tiled ? ops->lanes_rows_matmul : ops->lanes_rows_matvec),
+        .w_off = (uint32_t)w->span.off, .row_bytes = w->row_bytes, .w_zstride = (uint32_t)w->mat_bytes,
+        .x_off = (uint32_t)(a->x->off / 4) + a->x_off, .x_tstride = a->x_tstride, .x_zstride = a->x_zstride,
+        .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
+        .y_off = a->y_off + (uint32_t)(rel_y / 4), .y_tstride = a->y_tstride, .y_zstride = a->y_zstride,
+        .ids_off = a->ids_off + (uint32_t)(rel_i / 4), .ids_wrap = a->ids_wrap, .mat_add = a->mat_add,
+        .y_wrap_add = a->y_wrap_add,
+        .flags = (a->accumulate ? ABI_MATVEC_FLAG_ACCUMULATE : 0) | (a->ids ? ABI_MATVEC_FLAG_IDS : 0) |
+                 (a->grouped ? ABI_MATVEC_FLAG_GROUPED : 0),
+        .scale = a->scale,
+    };
+    uint32_t n_slot = a->n_slot ? a->n_slot : 1;
+    uint32_t gy = a->grouped ? 1 : div_up(a->n_tok, tile);
+    return vk_recorder_dispatch_texel(r, k, b, v, &p, div_up(w->n_out, p.rows_per_wg), gy, n_slot, err, err_len);
+}
+
 int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len)
 {
     const struct vk_weight *w = a->w;
@@ -126,6 +212,7 @@ int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matv
     int t = vk_wtype(w->type);
     if (t < 0 || a->n_tok == 0) return errf(err, err_len, "matvec: bad weight type or zero tokens");
     if (vk_ops_prepare_matvec(ops, w->type, err, err_len)) return -1;
+    if (vk_matvec_uses_lanes(ops, a)) return matvec_lanes(r, ops, a, t, err, err_len);
     const struct vk_kernel *k = a->n_tok >= VK_MATMUL_TILE ? &ops->matmul[t] : &ops->matvec[t];
     uint32_t tile = a->n_tok >= VK_MATMUL_TILE ? VK_MATMUL_TILE : 1;
 

@@ -14,10 +14,20 @@
 /* Tokens per weight load in the prefill (matrix-matrix) pipelines. */
 #define VK_MATMUL_TILE 8
 
+/* How the matvec kernels map rows to invocations. SUBGROUP (matvec.glsl): a subgroup per
+ * four rows, lanes along the row, coalesced storage-buffer reads (GPUs). LANES
+ * (matvec_lanes.glsl): an invocation per row, weights and x through texel fetches (CPU
+ * drivers, where memory operations per element are what costs). */
+enum vk_matvec_layout { VK_MATVEC_SUBGROUP, VK_MATVEC_LANES };
+
 struct vk_ops {
     struct vk_device *d;
     struct vk_kernel matvec[VK_N_WTYPES];   /* TOK_TILE = 1 */
     struct vk_kernel matmul[VK_N_WTYPES];   /* TOK_TILE = VK_MATMUL_TILE */
+    struct vk_kernel lanes_matvec[VK_N_WTYPES], lanes_matmul[VK_N_WTYPES];
+    enum vk_matvec_layout layout;           /* chosen by device type; LANES falls back per call */
+    uint32_t lanes_wg;                      /* LANES: invocations per workgroup */
+    uint32_t lanes_rows_matvec, lanes_rows_matmul; /* LANES: rows per invocation */
     struct vk_kernel rmsnorm;
     struct vk_kernel hc;          /* hc_post of the previous sublayer + hc_pre / hc_head + norm */
     struct vk_kernel norm_rope;
@@ -64,6 +74,8 @@ struct vk_matvec_args {
     bool accumulate;
 };
 int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len);
+/* Whether a matvec of these arguments would run on the LANES kernels (else SUBGROUP). */
+bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a);
 /* Builds the matvec and matmul pipelines of a weight type (once; vk_op_matvec calls it, the
  * engine calls it at open for every type its model uses, so no token pays for it). */
 int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, size_t err_len);

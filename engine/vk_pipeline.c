@@ -14,13 +14,25 @@ static const struct spirv_blob *find_spirv(const char *name)
     return NULL;
 }
 
+static VkDescriptorType binding_type(const struct vk_kernel *k, uint32_t i)
+{
+    return (k->texel_mask >> i) & 1u ? VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER : VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+}
+
 int vk_kernel_create(struct vk_device *d, struct vk_kernel *k, const char *name, uint32_t n_bind, uint32_t push_size,
                      const uint32_t *spec, uint32_t n_spec, char *err, size_t err_len)
+{
+    return vk_kernel_create_texel(d, k, name, n_bind, 0, push_size, spec, n_spec, err, err_len);
+}
+
+int vk_kernel_create_texel(struct vk_device *d, struct vk_kernel *k, const char *name, uint32_t n_bind, uint32_t texel_mask,
+                           uint32_t push_size, const uint32_t *spec, uint32_t n_spec, char *err, size_t err_len)
 {
     memset(k, 0, sizeof *k);
     k->name = name;
     k->n_bind = n_bind;
     k->push_size = push_size;
+    k->texel_mask = texel_mask;
     const struct spirv_blob *blob = find_spirv(name);
     if (!blob) return errf(err, err_len, "shader %s: not in the embedded SPIR-V table", name);
     if (n_bind > VK_KERNEL_MAX_BINDINGS) return errf(err, err_len, "shader %s: %u bindings, at most %d", name, n_bind, VK_KERNEL_MAX_BINDINGS);
@@ -30,7 +42,7 @@ int vk_kernel_create(struct vk_device *d, struct vk_kernel *k, const char *name,
 
     VkDescriptorSetLayoutBinding b[VK_KERNEL_MAX_BINDINGS];
     for (uint32_t i = 0; i < n_bind; i++)
-        b[i] = (VkDescriptorSetLayoutBinding){ .binding = i, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+        b[i] = (VkDescriptorSetLayoutBinding){ .binding = i, .descriptorType = binding_type(k, i),
                                                .descriptorCount = 1, .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT };
     VkDescriptorSetLayoutCreateInfo dci = { .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO, .bindingCount = n_bind, .pBindings = b };
     if (vk_check(vkCreateDescriptorSetLayout(d->dev, &dci, NULL, &k->dsl), name, err, err_len)) return -1;
@@ -85,8 +97,10 @@ int vk_recorder_create(struct vk_device *d, uint32_t max_sets, uint32_t max_quer
     if (!r) return errf(err, err_len, "out of memory");
     r->d = d;
     r->max_sets = max_sets;
-    VkDescriptorPoolSize ps = { .type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = max_sets * VK_KERNEL_MAX_BINDINGS };
-    VkDescriptorPoolCreateInfo pci = { .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = max_sets, .poolSizeCount = 1, .pPoolSizes = &ps };
+    /* every binding of every set may be of either kind */
+    VkDescriptorPoolSize ps[2] = { { .type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = max_sets * VK_KERNEL_MAX_BINDINGS },
+                                   { .type = VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER, .descriptorCount = max_sets * VK_KERNEL_MAX_BINDINGS } };
+    VkDescriptorPoolCreateInfo pci = { .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = max_sets, .poolSizeCount = 2, .pPoolSizes = ps };
     if (vk_check(vkCreateDescriptorPool(d->dev, &pci, NULL, &r->pool), "vkCreateDescriptorPool", err, err_len)) goto fail;
     VkCommandBufferAllocateInfo ai = { .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = d->cmd_pool,
                                        .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1 };
@@ -131,6 +145,14 @@ int vk_recorder_begin(struct vk_recorder *r, char *err, size_t err_len)
 int vk_recorder_dispatch(struct vk_recorder *r, const struct vk_kernel *k, const VkDescriptorBufferInfo *binds,
                          const void *push, uint32_t gx, uint32_t gy, uint32_t gz, char *err, size_t err_len)
 {
+    return vk_recorder_dispatch_texel(r, k, binds, NULL, push, gx, gy, gz, err, err_len);
+}
+
+int vk_recorder_dispatch_texel(struct vk_recorder *r, const struct vk_kernel *k, const VkDescriptorBufferInfo *binds,
+                               const VkBufferView *views, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
+                               char *err, size_t err_len)
+{
+    if (k->texel_mask && !views) return errf(err, err_len, "%s: texel bindings without views", k->name);
     if (!r->recording) return errf(err, err_len, "%s: dispatch outside a recording", k->name);
     if (r->n_sets == r->max_sets) return errf(err, err_len, "%s: more than %u dispatches in one recording", k->name, r->max_sets);
     if (gx == 0 || gy == 0 || gz == 0) return 0;
@@ -140,10 +162,12 @@ int vk_recorder_dispatch(struct vk_recorder *r, const struct vk_kernel *k, const
     if (vk_check(vkAllocateDescriptorSets(r->d->dev, &ai, &set), k->name, err, err_len)) return -1;
     r->n_sets++;
     VkWriteDescriptorSet w[VK_KERNEL_MAX_BINDINGS];
-    for (uint32_t i = 0; i < k->n_bind; i++)
+    for (uint32_t i = 0; i < k->n_bind; i++) {
         w[i] = (VkWriteDescriptorSet){ .sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = set, .dstBinding = i,
-                                       .descriptorCount = 1, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                       .pBufferInfo = &binds[i] };
+                                       .descriptorCount = 1, .descriptorType = binding_type(k, i) };
+        if ((k->texel_mask >> i) & 1u) w[i].pTexelBufferView = &views[i];
+        else w[i].pBufferInfo = &binds[i];
+    }
     vkUpdateDescriptorSets(r->d->dev, k->n_bind, w, 0, NULL);
     vkCmdBindPipeline(r->cb, VK_PIPELINE_BIND_POINT_COMPUTE, k->pipe);
     vkCmdBindDescriptorSets(r->cb, VK_PIPELINE_BIND_POINT_COMPUTE, k->layout, 0, 1, &set, 0, NULL);

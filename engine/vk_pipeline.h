@@ -13,6 +13,7 @@
 struct vk_kernel {
     const char *name;           /* shader name (spirv table) */
     uint32_t n_bind, push_size;
+    uint32_t texel_mask;        /* bit i: binding i is a uniform texel buffer, else a storage buffer */
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
     VkPipeline pipe;
@@ -22,6 +23,9 @@ struct vk_kernel {
  * push_size bytes of push constants and specialization constants spec[i] at id i. */
 int vk_kernel_create(struct vk_device *d, struct vk_kernel *k, const char *name, uint32_t n_bind, uint32_t push_size,
                      const uint32_t *spec, uint32_t n_spec, char *err, size_t err_len);
+/* The same with the bindings in texel_mask declared as uniform texel buffers. */
+int vk_kernel_create_texel(struct vk_device *d, struct vk_kernel *k, const char *name, uint32_t n_bind, uint32_t texel_mask,
+                           uint32_t push_size, const uint32_t *spec, uint32_t n_spec, char *err, size_t err_len);
 void vk_kernel_destroy(struct vk_device *d, struct vk_kernel *k);
 
 struct vk_recorder {
@@ -45,6 +49,11 @@ int vk_recorder_begin(struct vk_recorder *r, char *err, size_t err_len);
 /* binds[k] is binding k of the kernel; push is k->push_size bytes. */
 int vk_recorder_dispatch(struct vk_recorder *r, const struct vk_kernel *k, const VkDescriptorBufferInfo *binds,
                          const void *push, uint32_t gx, uint32_t gy, uint32_t gz, char *err, size_t err_len);
+/* The same for a kernel with texel bindings: views[k] is binding k's view where bit k of
+ * k->texel_mask is set (binds[k] is then unused). */
+int vk_recorder_dispatch_texel(struct vk_recorder *r, const struct vk_kernel *k, const VkDescriptorBufferInfo *binds,
+                               const VkBufferView *views, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
+                               char *err, size_t err_len);
 /* Makes every earlier shader or transfer write visible to every later read or write. */
 void vk_recorder_barrier(struct vk_recorder *r);
 /* Writes a timestamp after all earlier work; returns its query index or -1 when full/off. */

@@ -24,6 +24,7 @@
 /* Specialization constant ids. */
 #define ABI_SPEC_TOK_TILE 0 /* matvec: tokens processed per weight load (1 decode, 8 prefill) */
 #define ABI_SPEC_WG_SIZE 1  /* matvec: invocations per workgroup (a multiple of the subgroup size) */
+#define ABI_SPEC_ROWS_PER_LANE 2 /* matvec_lanes: rows each invocation computes */
 
 /* Weight types of the matvec family (values of the W_TYPE define in the .comp files). */
 #define ABI_WTYPE_F32 0
@@ -38,6 +39,12 @@
  * The weight matrix of slot z starts at byte w_off + (ids ? ids[ids_off + z] : z) * w_zstride;
  * row o at + o * row_bytes. */
 #define ABI_MATVEC_BIND_W 0
+/* matvec_lanes: rows are walked in chunks of whole 16-byte texels: 272 bytes for the block
+ * types (8 Q8_0 or 16 MXFP4 blocks), 128 bytes for the float types; its token-tile variant
+ * for the block types (matmul_lanes) in 68-byte super-blocks of words (2 Q8_0 or 4 MXFP4). */
+#define ABI_LANES_BLOCK_CHUNK_BYTES 272
+#define ABI_LANES_FLOAT_CHUNK_BYTES 128
+#define ABI_LANES_SUPERBLOCK_BYTES 68
 #define ABI_MATVEC_BIND_X 1
 #define ABI_MATVEC_BIND_Y 2
 #define ABI_MATVEC_BIND_IDS 3

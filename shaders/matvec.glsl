@@ -9,6 +9,7 @@
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_GOOGLE_include_directive : require
 #include "abi.h"
+#include "dequant.glsl"
 
 layout(local_size_x_id = ABI_SPEC_WG_SIZE) in;
 layout(constant_id = ABI_SPEC_TOK_TILE) const uint TOK_TILE = 1;
@@ -51,14 +52,6 @@ float load_elem(uint row_byte, uint e) { return uintBitsToFloat(w[(row_byte >> 2
 
 #elif W_TYPE == ABI_WTYPE_F16 || W_TYPE == ABI_WTYPE_BF16
 #define BLK 4u
-vec2 unpack2(uint u)
-{
-#if W_TYPE == ABI_WTYPE_F16
-    return unpackHalf2x16(u);
-#else
-    return vec2(uintBitsToFloat(u << 16), uintBitsToFloat(u & 0xffff0000u));
-#endif
-}
 void load_block(uint row_byte, uint b, out float v[BLK])
 {
     uint a = row_byte + b * 8u;
@@ -95,15 +88,6 @@ void load_block(uint row_byte, uint b, out float v[BLK])
 /* E2M1 codes times two; the block scale 2^(e-128) undoes the doubling. */
 const float mxfp4_x2[16] = float[16](0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0,
                                      0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0);
-/* E2M1 codes times two without a table (a table indexed per lane is a gather on CPU
- * drivers): e = 0 gives m; otherwise 2^e * (1 + m/2), built as float bits. */
-vec4 fp4_x2(uvec4 c)
-{
-    const uvec4 e = (c >> 1) & 3u, m = c & 1u, s = c >> 3;
-    const uvec4 normal = ((e + 127u) << 23) | (m << 22);
-    const uvec4 bits = mix(m * 0x3f800000u, normal, greaterThan(e, uvec4(0u)));
-    return uintBitsToFloat(bits | (s << 31));
-}
 
 void load_block(uint row_byte, uint b, out float v[BLK])
 {
@@ -158,8 +142,8 @@ vec4 load_group(uint row_byte, uint g, out vec4 hi)
     float d = ldexp(1.0, int(load_u32_a1(a) & 0xffu) - 128);
     uint q = load_u32_a1(a + 1u + 4u * wi);
     const uvec4 sh = uvec4(0u, 8u, 16u, 24u);
-    hi = d * fp4_x2((uvec4(q) >> (sh + 4u)) & 15u);
-    return d * fp4_x2((uvec4(q) >> sh) & 15u);
+    hi = d * e2m1_x2((uvec4(q) >> (sh + 4u)) & 15u);
+    return d * e2m1_x2((uvec4(q) >> sh) & 15u);
 #endif
 }
 
@@ -252,41 +236,4 @@ void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TIL
     }
 }
 
-void main()
-{
-    const uint z = gl_WorkGroupID.z;
-    uint xt[TOK_TILE], yt[TOK_TILE]; /* per token of the tile: x and y offsets */
-    bool tv[TOK_TILE];               /* token t of the tile exists (else clamped, not written) */
-    if ((pc.flags & ABI_MATVEC_FLAG_GROUPED) != 0u) {
-        /* Prefill MoE: slot z is expert e's matrix (gate e, or up e at z >= n_grp); its tokens
-         * are the list ids[ids_off + n_grp + 1 + first ..] of slot indices s (token s / x_zdiv,
-         * output row s), first = ids[ids_off + e], count = ids[ids_off + e + 1] - first. The
-         * workgroup walks all of the expert's tiles, so unused experts cost one early exit. */
-        const uint n_grp = pc.ids_wrap, e = z % n_grp;
-        const uint first = uint(ids[pc.ids_off + e]), cnt = uint(ids[pc.ids_off + e + 1u]) - first;
-        for (uint t0 = 0u; t0 < cnt; t0 += TOK_TILE) {
-            for (uint t = 0u; t < TOK_TILE; t++) {
-                const uint slot = uint(ids[pc.ids_off + n_grp + 1u + first + min(t0 + t, cnt - 1u)]);
-                xt[t] = pc.x_off + (slot / max(pc.x_zdiv, 1u)) * pc.x_zstride;
-                yt[t] = pc.y_off + slot * pc.y_zstride + (z >= n_grp ? pc.y_wrap_add : 0u);
-                tv[t] = t0 + t < cnt;
-            }
-            compute_tile(z, xt, yt, tv);
-        }
-        return;
-    }
-    const uint t0 = gl_WorkGroupID.y * TOK_TILE;
-    const bool second = pc.ids_wrap != 0u && z >= pc.ids_wrap;   /* the up half of a fused gate+up */
-    const uint zz = second ? z - pc.ids_wrap : z;
-    const uint mat = (pc.flags & ABI_MATVEC_FLAG_IDS) != 0u ? uint(ids[pc.ids_off + zz]) + (second ? pc.mat_add : 0u) : z;
-    const uint x_base = pc.x_off + (zz / max(pc.x_zdiv, 1u)) * pc.x_zstride;
-    const uint y_base = pc.y_off + z * pc.y_zstride + (second ? pc.y_wrap_add : 0u);
-    /* token offsets clamped to the last token so the inner loop needs no branch; rows of
-     * clamped tokens are computed twice and written once */
-    for (uint t = 0u; t < TOK_TILE; t++) {
-        xt[t] = x_base + min(t0 + t, pc.n_tok - 1u) * pc.x_tstride;
-        yt[t] = y_base + (t0 + t) * pc.y_tstride;
-        tv[t] = t0 + t < pc.n_tok;
-    }
-    compute_tile(mat, xt, yt, tv);
-}
+#include "matvec_main.glsl"

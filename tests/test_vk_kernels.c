@@ -32,6 +32,7 @@ static uint8_t *quantize_rows(float *w, uint32_t n_in, uint32_t n_rows, enum ggu
 struct mv_case {
     uint32_t n_in, n_out, n_tok, n_mat, n_slot;
     bool use_ids, accumulate;
+    bool lanes;     /* shaped for the LANES kernels: must run on them when that layout is on */
 };
 
 /* Runs one matvec case of the given type; returns the NMSE (or 1e9 on a harness failure). */
@@ -83,6 +84,10 @@ static double run_matvec(struct vk_fixture *f, enum gguf_type type, struct mv_ca
         .y_off = VK_GUARD, .y_tstride = c.n_out, .y_zstride = c.n_tok * c.n_out,
         .n_tok = c.n_tok, .n_slot = n_slot, .scale = 0.5f, .accumulate = c.accumulate,
     };
+    if (c.lanes && f->ops.layout == VK_MATVEC_LANES && !vk_matvec_uses_lanes(&f->ops, &a)) {
+        test_fail_at(__FILE__, __LINE__, "%s [%u,%u] x %u tokens: expected the LANES kernel", gguf_type_name(type), c.n_in, c.n_out, c.n_tok);
+        goto out;
+    }
     if (vk_recorder_begin(f->rec, f->err, sizeof f->err) || vk_op_matvec(f->rec, &f->ops, &a, f->err, sizeof f->err) ||
         vk_recorder_submit(f->rec, f->err, sizeof f->err) ||
         vk_span_download(f->d, &sy, 0, y, (n_y + 2 * VK_GUARD) * 4, f->err, sizeof f->err))
@@ -124,11 +129,11 @@ TEST(vk_matvec_matches_reference_for_every_weight_type_on_edge_shapes)
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
     static const struct mv_case cases[] = {
-        { 32, 1, 1, 0, 0, false, false },     /* one block, one row */
-        { 96, 37, 1, 0, 0, false, false },    /* rows not a multiple of the workgroup */
-        { 37, 19, 1, 0, 0, false, false },    /* float types: odd row length, tail loop */
-        { 1024, 70, 1, 0, 0, false, true },   /* long rows, accumulate into y */
-        { 256, 67, 3, 0, 0, false, false },   /* a few tokens (decode kernel per token) */
+        { 32, 1, 1, 0, 0, false, false, false },     /* one block, one row */
+        { 96, 37, 1, 0, 0, false, false, false },    /* rows not a multiple of the workgroup */
+        { 37, 19, 1, 0, 0, false, false, false },    /* float types: odd row length, tail loop */
+        { 1024, 70, 1, 0, 0, false, true, false },   /* long rows, accumulate into y */
+        { 256, 67, 3, 0, 0, false, false, false },   /* a few tokens (decode kernel per token) */
     };
     check_cases(&f, cases, sizeof cases / sizeof cases[0], false);
     vk_fixture_close(&f);
@@ -139,9 +144,9 @@ TEST(vk_matmul_matches_reference_for_many_tokens)
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
     static const struct mv_case cases[] = {
-        { 160, 33, 8, 0, 0, false, false },   /* exactly one token tile */
-        { 64, 45, 21, 0, 0, false, true },    /* tiles with a remainder, accumulate */
-        { 45, 13, 9, 0, 0, false, false },    /* float types: odd rows in the tiled kernel */
+        { 160, 33, 8, 0, 0, false, false, false },   /* exactly one token tile */
+        { 64, 45, 21, 0, 0, false, true, false },    /* tiles with a remainder, accumulate */
+        { 45, 13, 9, 0, 0, false, false, false },    /* float types: odd rows in the tiled kernel */
     };
     check_cases(&f, cases, sizeof cases / sizeof cases[0], false);
     vk_fixture_close(&f);
@@ -152,10 +157,50 @@ TEST(vk_matvec_picks_expert_matrices_through_ids)
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
     static const struct mv_case cases[] = {
-        { 64, 24, 1, 8, 3, true, false },     /* three experts of eight, shared x (gate/up) */
-        { 96, 17, 1, 5, 4, true, true },      /* per-slot x (down), accumulate */
+        { 64, 24, 1, 8, 3, true, false, false },     /* three experts of eight, shared x (gate/up) */
+        { 96, 17, 1, 5, 4, true, true, false },      /* per-slot x (down), accumulate */
     };
     check_cases(&f, cases, sizeof cases / sizeof cases[0], false);
+    vk_fixture_close(&f);
+}
+
+/* Both row layouts on the same cases, whichever the device would pick: rows of whole
+ * chunks (272 bytes for the block types, 128 for the float types), 68-byte super-blocks in
+ * the token tile, rows and tokens that are not multiples of the workgroup or tile, expert
+ * slots through ids with per-slot x, accumulation. */
+TEST(vk_matvec_lanes_and_subgroup_layouts_match_reference)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    static const struct mv_case cases[] = {
+        { 512, 70, 1, 0, 0, false, false, true },    /* decode: 2 chunks of MXFP4, 4 of Q8_0 */
+        { 1024, 37, 1, 0, 0, false, true, true },    /* accumulate, a partial row set */
+        { 512, 45, 21, 0, 0, false, false, true },   /* token tiles with a remainder */
+        { 512, 24, 1, 8, 3, true, false, true },     /* experts through ids, shared x */
+        { 512, 17, 9, 5, 4, true, true, true },      /* per-slot x, tiles, accumulate */
+        { 512, 300, 1, 0, 0, false, false, true },   /* more rows than one workgroup covers */
+    };
+    static const struct mv_case float_cases[] = {
+        { 128, 19, 1, 0, 0, false, false, true },
+        { 64, 13, 9, 0, 0, false, true, true },
+    };
+    for (int layout = 0; layout < 2; layout++) {
+        f.ops.layout = layout ? VK_MATVEC_SUBGROUP : VK_MATVEC_LANES;
+        for (int t = 0; t < 5; t++) {
+            enum gguf_type type = all_types[t];
+            bool block_type = type == GGUF_TYPE_Q8_0 || type == GGUF_TYPE_MXFP4;
+            const struct mv_case *cs = block_type ? cases : float_cases;
+            size_t n = block_type ? sizeof cases / sizeof cases[0] : sizeof float_cases / sizeof float_cases[0];
+            for (size_t ci = 0; ci < n; ci++) {
+                struct mv_case c = cs[ci];
+                if (!block_type && type != GGUF_TYPE_F32 && c.n_in % 64) c.n_in = 128; /* 128-byte chunks of 16-bit rows */
+                double e = run_matvec(&f, type, c, 77 + ci * 13 + t);
+                if (!(e < 1e-10))
+                    test_fail_at(__FILE__, __LINE__, "%s layout %s [%u in, %u out] x %u tokens: nmse %.3g", gguf_type_name(type),
+                                 layout ? "subgroup" : "lanes", c.n_in, c.n_out, c.n_tok, e);
+            }
+        }
+    }
     vk_fixture_close(&f);
 }
 
@@ -166,7 +211,7 @@ TEST(vk_matvec_splits_weights_larger_than_one_binding)
     /* Pretend the device binds at most 6 KiB so a [128, 70] matrix needs several ranges,
      * most starting at offsets that are not aligned to the storage alignment. */
     f.d->max_range = 6144;
-    static const struct mv_case cases[] = { { 128, 70, 1, 0, 0, false, false }, { 128, 29, 9, 0, 0, false, false } };
+    static const struct mv_case cases[] = { { 128, 70, 1, 0, 0, false, false, false }, { 128, 29, 9, 0, 0, false, false, false } };
     check_cases(&f, cases, sizeof cases / sizeof cases[0], false);
     vk_fixture_close(&f);
 }

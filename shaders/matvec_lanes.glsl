@@ -1,0 +1,213 @@
+/* Matrix-vector (decode, TOK_TILE = 1) and matrix-matrix (prefill) product for CPU drivers
+ * (lavapipe), included by matvec_lanes_<type>.comp with W_TYPE defined. Same ABI and slot
+ * logic as matvec.glsl (shared through matvec_main.glsl); a different layout:
+ *
+ * One row per invocation, ROWS_PER_LANE rows each (rows lane, lane + WG, ... of the
+ * workgroup's block). On a CPU driver a subgroup is one SIMD register, and what costs is
+ * the number of memory operations per element, not their pattern: weights and x are
+ * bound as texel buffers (a texel fetch is a plain gather; a storage-buffer load is a
+ * per-lane loop with bounds checks there), weights read 16 bytes per fetch. Every lane
+ * walks its rows in step, so a block's position inside the 16-byte texels is the same for
+ * all lanes and, with the block loop unrolled, a compile-time constant: the unpacking is
+ * constant shifts. Each x value is fetched once per ROWS_PER_LANE rows and tokens reuse a
+ * decoded block.
+ *
+ * Requires rows that start on 16 bytes and hold whole chunks (ABI_LANES_*_CHUNK_BYTES), x
+ * vectors on 16 bytes; vk_matvec_uses_lanes checks. */
+#extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
+#include "abi.h"
+#include "dequant.glsl"
+
+layout(local_size_x_id = ABI_SPEC_WG_SIZE) in;
+layout(constant_id = ABI_SPEC_TOK_TILE) const uint TOK_TILE = 1;
+layout(constant_id = ABI_SPEC_ROWS_PER_LANE) const uint ROWS_PER_LANE = 16;
+
+ABI_PUSH(ABI_MATVEC_FIELDS)
+
+layout(binding = ABI_MATVEC_BIND_W) uniform usamplerBuffer w_tex;   /* the file's bytes: 16-byte texels, or words (LANES_WORDS) */
+layout(binding = ABI_MATVEC_BIND_X) uniform samplerBuffer x_tex;    /* float4 texels */
+layout(std430, binding = ABI_MATVEC_BIND_Y) buffer y_buf { float y[]; };
+layout(std430, binding = ABI_MATVEC_BIND_IDS) readonly buffer ids_buf { int ids[]; };
+
+/* Word i of a window of texels t[] and the 32 bits starting at byte b (i, b compile-time
+ * constants after unrolling, so this is at most two shifts and an or). */
+#define WORD(t, i) (t[(i) >> 2][(i) & 3u])
+#define BYTES4(t, b) (((b) & 3u) == 0u ? WORD(t, (b) >> 2) : \
+    (WORD(t, (b) >> 2) >> (8u * ((b) & 3u))) | (WORD(t, ((b) >> 2) + 1u) << (32u - 8u * ((b) & 3u))))
+
+/* A chunk is CHUNK_BLOCKS blocks = CHUNK_TEXELS texels (ABI_LANES_*_CHUNK_BYTES); rows
+ * hold whole chunks. A chunk is walked in parts of PART_BLOCKS blocks: x of a part is
+ * fetched once for every row, then each row fetches the part's texels (a window of at most
+ * PART_TEXELS) and dots it. Decode uses long parts (fewer passes over the rows); the token
+ * tile uses short ones (its x for all tokens stays small). */
+#define WIN_TEXELS 17u       /* the longest part window: a whole 272-byte chunk */
+#if W_TYPE == ABI_WTYPE_Q8_0
+#define BLOCK_ELEMS 32u
+#define BLOCK_BYTES 34u      /* f16 d, 32 int8 */
+#define CHUNK_BLOCKS 8u
+/* The block at byte o of a window whose 32 bits at byte b are B4(b): its 32 int8 values as
+ * eight vec4 (unscaled) into v; evaluates to d. Shared by the texel and the word window. */
+#define DECODE_BLOCK(B4, o, v) \
+    decode_q8_0_words(uvec4(B4((o) + 2u), B4((o) + 6u), B4((o) + 10u), B4((o) + 14u)), \
+                      uvec4(B4((o) + 18u), B4((o) + 22u), B4((o) + 26u), B4((o) + 30u)), B4(o), v)
+float decode_q8_0_words(const uvec4 lo, const uvec4 hi, const uint d_word, out vec4 v[8])
+{
+    [[unroll]] for (uint k = 0u; k < 4u; k++) {
+        v[k] = vec4(ivec4(uvec4(lo[k]) << uvec4(24u, 16u, 8u, 0u)) >> 24);
+        v[4u + k] = vec4(ivec4(uvec4(hi[k]) << uvec4(24u, 16u, 8u, 0u)) >> 24);
+    }
+    return unpackHalf2x16(d_word).x;
+}
+#elif W_TYPE == ABI_WTYPE_MXFP4
+#define BLOCK_ELEMS 32u
+#define BLOCK_BYTES 17u      /* e8m0 scale, 16 bytes of nibbles */
+#define CHUNK_BLOCKS 16u
+/* The block at byte o (see the Q8_0 DECODE_BLOCK): eight vec4 in element order (the low
+ * nibble of byte j is element j, the high nibble element j + 16); evaluates to the scale. */
+#define DECODE_BLOCK(B4, o, v) \
+    decode_mxfp4_words(uvec4(B4((o) + 1u), B4((o) + 5u), B4((o) + 9u), B4((o) + 13u)), B4(o), v)
+float decode_mxfp4_words(const uvec4 q, const uint e_word, out vec4 v[8])
+{
+    const uvec4 sh = uvec4(0u, 8u, 16u, 24u);
+    [[unroll]] for (uint k = 0u; k < 4u; k++) {
+        v[k] = e2m1_x2((uvec4(q[k]) >> sh) & 15u);
+        v[4u + k] = e2m1_x2((uvec4(q[k]) >> (sh + 4u)) & 15u);
+    }
+    return ldexp(1.0, int(e_word & 0xffu) - 128);
+}
+#else /* float types: a "block" is one texel */
+#define BLOCK_BYTES 16u
+#define CHUNK_BLOCKS (ABI_LANES_FLOAT_CHUNK_BYTES / 16u)
+#if W_TYPE == ABI_WTYPE_F32
+#define BLOCK_ELEMS 4u
+#define DECODE_BLOCK(B4, o, v) decode_f32(uvec4(B4(o), B4((o) + 4u), B4((o) + 8u), B4((o) + 12u)), v)
+float decode_f32(const uvec4 u, out vec4 v[8]) { v[0] = uintBitsToFloat(u); return 1.0; }
+#else
+#define BLOCK_ELEMS 8u
+#define DECODE_BLOCK(B4, o, v) decode_f16(uvec4(B4(o), B4((o) + 4u), B4((o) + 8u), B4((o) + 12u)), v)
+float decode_f16(const uvec4 u, out vec4 v[8])
+{
+    v[0] = vec4(unpack2(u.x), unpack2(u.y));
+    v[1] = vec4(unpack2(u.z), unpack2(u.w));
+    return 1.0;
+}
+#endif
+#endif
+
+#ifndef LANES_WORDS
+#define BLOCK_VEC4 (BLOCK_ELEMS / 4u)
+#define CHUNK_TEXELS (CHUNK_BLOCKS * BLOCK_BYTES / 16u)
+const uint PART_BLOCKS = CHUNK_BLOCKS;
+const uint N_PARTS = CHUNK_BLOCKS / PART_BLOCKS;
+const uint PART_VEC4 = PART_BLOCKS * BLOCK_VEC4;
+/* texels a part can touch from its first texel (at most WIN_TEXELS) */
+#define PART_TEXELS(h) ((((BLOCK_BYTES * PART_BLOCKS * (h)) & 15u) + BLOCK_BYTES * PART_BLOCKS + 15u) >> 4)
+
+void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TILE], const bool tv[TOK_TILE])
+{
+    const uint wg = gl_WorkGroupSize.x, wg_row0 = gl_WorkGroupID.x * pc.rows_per_wg;
+    const uint row0 = wg_row0 + gl_LocalInvocationIndex;      /* this lane's rows: row0 + r * wg */
+    const uint mat_texel = (pc.w_off + mat * pc.w_zstride) >> 4;
+    const uint row_texels = pc.row_bytes >> 4;
+    const bool accumulate = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u;
+    const uint n_chunks = pc.n_in / (BLOCK_ELEMS * CHUNK_BLOCKS);
+    for (uint c = 0u; c < n_chunks; c++) {
+        [[unroll]] for (uint h = 0u; h < N_PARTS; h++) {
+            const uint part_byte = BLOCK_BYTES * PART_BLOCKS * h;      /* in the chunk */
+            /* the part's x for every token, fetched once for all rows */
+            vec4 xv[TOK_TILE][PART_VEC4];
+            const uint xe = (c * CHUNK_BLOCKS + h * PART_BLOCKS) * BLOCK_VEC4;
+            [[unroll]] for (uint t = 0u; t < TOK_TILE; t++)
+                [[unroll]] for (uint k = 0u; k < PART_VEC4; k++) xv[t][k] = texelFetch(x_tex, int((xt[t] >> 2) + xe + k));
+            for (uint r = 0u; r < ROWS_PER_LANE; r++) {
+                if (wg_row0 + r * wg >= pc.n_out) break;               /* the same for the whole workgroup */
+                /* a lane past n_out repeats the last row so all lanes stay in step; it writes nothing */
+                const uint row = min(row0 + r * wg, pc.n_out - 1u);
+                const uint tex0 = mat_texel + row * row_texels + c * CHUNK_TEXELS + (part_byte >> 4);
+                uvec4 win[WIN_TEXELS];
+                [[unroll]] for (uint i = 0u; i < PART_TEXELS(h); i++) win[i] = texelFetch(w_tex, int(tex0 + i));
+                float s[TOK_TILE];
+                [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) s[t] = 0.0;
+                [[unroll]] for (uint bb = 0u; bb < PART_BLOCKS; bb++) {
+                    vec4 v[8];
+#define WIN_B4(b) BYTES4(win, b)
+                    const float d = DECODE_BLOCK(WIN_B4, (part_byte & 15u) + BLOCK_BYTES * bb, v);
+                    [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) {
+                        vec4 p = v[0] * xv[t][bb * BLOCK_VEC4];
+                        [[unroll]] for (uint k = 1u; k < BLOCK_VEC4; k++) p += v[k] * xv[t][bb * BLOCK_VEC4 + k];
+                        s[t] += d * ((p.x + p.y) + (p.z + p.w));
+                    }
+                }
+                /* partial sums go straight to y: no per-row accumulators to index */
+                if (row0 + r * wg < pc.n_out)
+                    for (uint t = 0u; t < TOK_TILE; t++)
+                        if (tv[t]) {
+                            const uint yi = yt[t] + row;
+                            const bool first = c == 0u && h == 0u;
+                            y[yi] = (first && !accumulate ? 0.0 : y[yi]) + s[t] * pc.scale;
+                        }
+            }
+        }
+    }
+}
+
+#else /* LANES_WORDS */
+
+/* The token-tile variant for the block types reads 32-bit words: a super-block of
+ * SB_BLOCKS blocks is 68 bytes = 17 words (2 Q8_0 or 4 MXFP4 blocks), so with rows on 4
+ * bytes every super-block starts on a word and its unpacking is constant shifts inside a
+ * plain (not unrolled) loop. x of a super-block for all tokens is fetched once per row
+ * set; partial sums go to y after each super-block. */
+#define SB_WORDS 17u
+#define BYTES4W(u, b) (((b) & 3u) == 0u ? u[(b) >> 2] : \
+    (u[(b) >> 2] >> (8u * ((b) & 3u))) | (u[((b) >> 2) + 1u] << (32u - 8u * ((b) & 3u))))
+#if W_TYPE == ABI_WTYPE_Q8_0
+#define SB_BLOCKS 2u
+#else
+#define SB_BLOCKS 4u
+#endif
+#define SB_VEC4 (SB_BLOCKS * 8u)
+
+void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TILE], const bool tv[TOK_TILE])
+{
+    const uint wg = gl_WorkGroupSize.x, wg_row0 = gl_WorkGroupID.x * pc.rows_per_wg;
+    const uint row0 = wg_row0 + gl_LocalInvocationIndex;
+    const uint mat_word = (pc.w_off + mat * pc.w_zstride) >> 2;
+    const uint row_words = pc.row_bytes >> 2;
+    const bool accumulate = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u;
+    const uint n_sb = pc.n_in / (32u * SB_BLOCKS);
+    for (uint c = 0u; c < n_sb; c++) {
+        vec4 xv[TOK_TILE][SB_VEC4];
+        [[unroll]] for (uint t = 0u; t < TOK_TILE; t++)
+            [[unroll]] for (uint k = 0u; k < SB_VEC4; k++) xv[t][k] = texelFetch(x_tex, int((xt[t] >> 2) + c * SB_VEC4 + k));
+        for (uint r = 0u; r < ROWS_PER_LANE; r++) {
+            if (wg_row0 + r * wg >= pc.n_out) break;
+            const uint row = min(row0 + r * wg, pc.n_out - 1u);
+            const uint w0 = mat_word + row * row_words + c * SB_WORDS;
+            uint u[SB_WORDS];
+            [[unroll]] for (uint i = 0u; i < SB_WORDS; i++) u[i] = texelFetch(w_tex, int(w0 + i)).x;
+            float s[TOK_TILE];
+            [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) s[t] = 0.0;
+            [[unroll]] for (uint bb = 0u; bb < SB_BLOCKS; bb++) {
+                vec4 v[8];
+#define U_B4(b) BYTES4W(u, b)
+                const float d = DECODE_BLOCK(U_B4, BLOCK_BYTES * bb, v);
+                [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) {
+                    vec4 p = v[0] * xv[t][bb * 8u];
+                    [[unroll]] for (uint k = 1u; k < 8u; k++) p += v[k] * xv[t][bb * 8u + k];
+                    s[t] += d * ((p.x + p.y) + (p.z + p.w));
+                }
+            }
+            if (row0 + r * wg < pc.n_out)
+                for (uint t = 0u; t < TOK_TILE; t++)
+                    if (tv[t]) {
+                        const uint yi = yt[t] + row;
+                        y[yi] = (c == 0u && !accumulate ? 0.0 : y[yi]) + s[t] * pc.scale;
+                    }
+        }
+    }
+}
+#endif
+
+#include "matvec_main.glsl"

@@ -1,0 +1,5 @@
+/* Lane-per-row matrix-vector / matrix-matrix product over MXFP4 weights (see matvec_lanes.glsl). */
+#version 450
+#extension GL_GOOGLE_include_directive : require
+#define W_TYPE ABI_WTYPE_MXFP4
+#include "matvec_lanes.glsl"

@@ -1,0 +1,41 @@
+/* The entry point shared by the matvec layouts (matvec.glsl, matvec_lanes.glsl): which
+ * matrix, x and y rows each workgroup slice works on (plain, expert slots through ids,
+ * fused gate+up, grouped prefill MoE), handed to the layout's compute_tile. */
+void main()
+{
+    const uint z = gl_WorkGroupID.z;
+    uint xt[TOK_TILE], yt[TOK_TILE]; /* per token of the tile: x and y offsets */
+    bool tv[TOK_TILE];               /* token t of the tile exists (else clamped, not written) */
+    if ((pc.flags & ABI_MATVEC_FLAG_GROUPED) != 0u) {
+        /* Prefill MoE: slot z is expert e's matrix (gate e, or up e at z >= n_grp); its tokens
+         * are the list ids[ids_off + n_grp + 1 + first ..] of slot indices s (token s / x_zdiv,
+         * output row s), first = ids[ids_off + e], count = ids[ids_off + e + 1] - first. The
+         * workgroup walks all of the expert's tiles, so unused experts cost one early exit. */
+        const uint n_grp = pc.ids_wrap, e = z % n_grp;
+        const uint first = uint(ids[pc.ids_off + e]), cnt = uint(ids[pc.ids_off + e + 1u]) - first;
+        for (uint t0 = 0u; t0 < cnt; t0 += TOK_TILE) {
+            for (uint t = 0u; t < TOK_TILE; t++) {
+                const uint slot = uint(ids[pc.ids_off + n_grp + 1u + first + min(t0 + t, cnt - 1u)]);
+                xt[t] = pc.x_off + (slot / max(pc.x_zdiv, 1u)) * pc.x_zstride;
+                yt[t] = pc.y_off + slot * pc.y_zstride + (z >= n_grp ? pc.y_wrap_add : 0u);
+                tv[t] = t0 + t < cnt;
+            }
+            compute_tile(z, xt, yt, tv);
+        }
+        return;
+    }
+    const uint t0 = gl_WorkGroupID.y * TOK_TILE;
+    const bool second = pc.ids_wrap != 0u && z >= pc.ids_wrap;   /* the up half of a fused gate+up */
+    const uint zz = second ? z - pc.ids_wrap : z;
+    const uint mat = (pc.flags & ABI_MATVEC_FLAG_IDS) != 0u ? uint(ids[pc.ids_off + zz]) + (second ? pc.mat_add : 0u) : z;
+    const uint x_base = pc.x_off + (zz / max(pc.x_zdiv, 1u)) * pc.x_zstride;
+    const uint y_base = pc.y_off + z * pc.y_zstride + (second ? pc.y_wrap_add : 0u);
+    /* token offsets clamped to the last token so the inner loop needs no branch; rows of
+     * clamped tokens are computed twice and written once */
+    for (uint t = 0u; t < TOK_TILE; t++) {
+        xt[t] = x_base + min(t0 + t, pc.n_tok - 1u) * pc.x_tstride;
+        yt[t] = y_base + (t0 + t) * pc.y_tstride;
+        tv[t] = t0 + t < pc.n_tok;
+    }
+    compute_tile(mat, xt, yt, tv);
+}
