@@ -64,6 +64,7 @@ struct expert_store {
     uint64_t q_seq;
     pthread_t loader;
     bool loader_started, stop;
+    bool hold;                      /* tests: the loader starts no read while set */
     struct io_uring ring;
     bool ring_ok;
     uint8_t *staging;               /* [3][staging_part] aligned, direct path only */
@@ -197,7 +198,7 @@ static void *loader_main(void *arg)
     struct expert_store *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (!s->stop && s->q_len == 0) pthread_cond_wait(&s->cv_work, &s->mu);
+        while (!s->stop && (s->q_len == 0 || s->hold)) pthread_cond_wait(&s->cv_work, &s->mu);
         if (s->stop) break;
         uint32_t idx = next_queued(s);
         struct slot *sl = &s->slots[idx];
@@ -262,8 +263,8 @@ static int32_t pick_victim(struct expert_store *s, bool speculative)
     for (uint32_t i = 0; i < s->n_slots; i++) {
         const struct slot *sl = &s->slots[i];
         if (sl->pins) continue;
-        if (sl->state == SLOT_LOADING) {
-            if (sl->queued && !sl->urgent) queued_guess = (int32_t)i;
+        if (sl->state == SLOT_LOADING) { /* the newest queued guess: the one read last */
+            if (sl->queued && !sl->urgent && (queued_guess < 0 || sl->seq > s->slots[queued_guess].seq)) queued_guess = (int32_t)i;
             continue;
         }
         if (sl->state == SLOT_EMPTY || sl->state == SLOT_FAILED) return (int32_t)i;
@@ -662,6 +663,14 @@ void expert_store_release(struct expert_store *s, uint32_t il)
 }
 
 bool expert_store_speculates(const struct expert_store *s) { return !s->no_prefetch; }
+
+void expert_store_hold_loader(struct expert_store *s, bool hold)
+{
+    pthread_mutex_lock(&s->mu);
+    s->hold = hold;
+    pthread_cond_broadcast(&s->cv_work);
+    pthread_mutex_unlock(&s->mu);
+}
 
 void expert_store_get_counters(struct expert_store *s, struct expert_counters *out)
 {

@@ -82,6 +82,9 @@ void expert_store_prefetch(struct expert_store *s, uint32_t il, const int32_t *i
 void expert_store_drop_speculation(struct expert_store *s, uint32_t il);
 /* Whether speculative loads are on (no_prefetch not set): callers skip computing guesses. */
 bool expert_store_speculates(const struct expert_store *s);
+/* For tests: while held, the loader starts no read (queued loads wait), so queue order and
+ * dropping can be observed without timing. */
+void expert_store_hold_loader(struct expert_store *s, bool hold);
 
 void expert_store_get_counters(struct expert_store *s, struct expert_counters *out);
 /* The store's own accounting: bytes held by slots in use, never above the budget. */
