@@ -142,7 +142,7 @@ TEST(hash_layer_prefetch_is_used)
     model_close(m);
 }
 
-TEST(learned_layer_guesses_are_counted_and_change_no_logit)
+TEST(expert_guesses_for_learned_layers_are_counted_and_change_no_logit)
 {
     char path[512], err[512];
     tiny_mixed(path, sizeof path);
@@ -178,7 +178,7 @@ TEST(learned_layer_guesses_are_counted_and_change_no_logit)
     model_close(m);
 }
 
-TEST(a_guess_never_takes_a_needed_slot_nor_makes_a_needed_load_wait)
+TEST(expert_guess_never_takes_a_needed_slot_nor_makes_a_needed_load_wait)
 {
     char path[512], err[512];
     tiny_mixed(path, sizeof path);

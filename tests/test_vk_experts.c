@@ -108,7 +108,7 @@ TEST(vk_paged_decode_is_bitwise_identical_for_every_budget)
     free(want);
 }
 
-TEST(vk_paged_decode_without_speculation_is_identical_and_guesses_nothing)
+TEST(vk_paged_decode_without_expert_guesses_is_identical_and_guesses_nothing)
 {
     char path[512];
     int32_t tokens[N_TOK];
