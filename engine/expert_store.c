@@ -56,7 +56,7 @@ struct expert_store {
     int32_t *slot_of;               /* [n_layer][n_expert]: slot holding it, or -1 */
     int32_t *pinned;                /* [n_layer][n_slots]: slot of each id of the layer's last request, pinned */
     uint32_t n_pinned[MODEL_MAX_LAYERS];
-    int32_t *slot_for;              /* [n_slots] acquire scratch */
+    int32_t *slot_for;              /* [n_slots] prefetch scratch: the slots a prefetch holds */
     /* loader */
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
