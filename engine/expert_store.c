@@ -264,12 +264,14 @@ static int32_t pick_victim(struct expert_store *s, bool speculative)
         const struct slot *sl = &s->slots[i];
         if (sl->pins) continue;
         if (sl->state == SLOT_LOADING) { /* the newest queued guess: the one read last */
-            if (sl->queued && !sl->urgent && (queued_guess < 0 || sl->seq > s->slots[queued_guess].seq)) queued_guess = (int32_t)i;
+            bool newer = queued_guess < 0 || sl->seq > s->slots[queued_guess].seq;
+            if (sl->queued && !sl->urgent && newer) queued_guess = (int32_t)i;
             continue;
         }
         if (sl->state == SLOT_EMPTY || sl->state == SLOT_FAILED) return (int32_t)i;
         if (sl->prefetched || (speculative && sl->requested)) {
-            if (!speculative && better_victim(sl, best_guess >= 0 ? &s->slots[best_guess] : NULL)) best_guess = (int32_t)i;
+            if (!speculative && better_victim(sl, best_guess >= 0 ? &s->slots[best_guess] : NULL))
+                best_guess = (int32_t)i;
             continue;
         }
         if (better_victim(sl, best >= 0 ? &s->slots[best] : NULL)) best = (int32_t)i;

@@ -2,8 +2,8 @@
  * tensors filled by the expert store (engine/expert_store.c); after each layer's router the
  * forward waits, reads the chosen experts back, pins their slots and hands the kernels slot
  * indices instead of expert indices; the guesses for later layers recorded with the router
- * start their loads while the GPU runs on. The bytes in a slot are the file's, so the logits are
- * the same as with every expert resident. */
+ * start their loads while the GPU runs on. The bytes in a slot are the file's, so the logits
+ * are the same as with every expert resident. */
 #include "engine/errmsg.h"
 #include "engine/expert_store.h"
 #include "engine/vk_internal.h"
