@@ -31,7 +31,7 @@ DEPS_OK  := $(BUILD)/.deps-ok
 FLASHBOX := $(BUILD)/flashbox
 TESTBIN  := $(BUILD)/flashbox-test
 
-.PHONY: all test run sanitize fuzz clean help deps check-ci
+.PHONY: all test run sanitize fuzz clean help deps check-ci check-small
 
 all: $(FLASHBOX) $(TESTBIN)
 
@@ -40,6 +40,7 @@ help:
 	@echo "make test       run every test (ends with 'N passed, N failed')"
 	@echo "make run        build, make the default model, start the daemon, answer one request"
 	@echo "make sanitize   build with ASan+UBSan into build-san/ and run the tests there"
+	@echo "make check-small  paged-expert logits on the 500 MB small model equal full residency (minutes)"
 	@echo "make fuzz       build the libFuzzer targets into $(BUILD)/fuzz/ (FUZZ_SECONDS=N runs each)"
 	@echo "make deps       install the Debian packages (root; apt-get update once)"
 	@echo "make clean      remove $(BUILD)/ and build-san/"
@@ -83,6 +84,9 @@ test: all
 
 run: $(FLASHBOX)
 	sh scripts/run-demo.sh $(FLASHBOX)
+
+check-small: $(FLASHBOX)
+	sh scripts/check-small.sh $(FLASHBOX)
 
 sanitize:
 	$(MAKE) BUILD=build-san CC=clang OPT="-O1 $(SAN_FLAGS)" all

@@ -52,8 +52,10 @@ struct expert_counters {
     uint64_t bytes_read;            /* from the model file */
     uint64_t loads;
     uint64_t stall_ns;              /* time spent waiting for loads */
-    uint64_t prefetch_issued;       /* speculative loads started (hash layers) */
+    uint64_t prefetch_issued;       /* speculative loads queued (hash layers, next-layer router guesses) */
     uint64_t prefetch_used;         /* ... whose expert was then used */
+    uint64_t prefetch_issued_kind[2], prefetch_used_kind[2]; /* the same by the kind of the layer loaded for */
+    uint64_t prefetch_dropped;      /* ... dropped unread once their layer had chosen otherwise */
     uint64_t evictions;
     uint32_t n_slots;
     uint64_t slot_bytes;

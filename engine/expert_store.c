@@ -1,5 +1,8 @@
 /* The expert store: slot pool, replacement, loader thread and the two read paths. See
- * expert_store.h. One mutex guards the slot table; the loader reads without it. */
+ * expert_store.h. One mutex guards the slot table; the loader reads without it. Loads
+ * queue in two classes: needed (an acquire, or its early half) before speculative (hash
+ * prefetch, next-layer router guesses), so a guess never delays a load somebody waits for;
+ * a guess still queued when its layer has chosen is dropped unread. */
 #include "engine/expert_store.h"
 #include "engine/errmsg.h"
 
@@ -26,8 +29,11 @@ struct slot {
     uint32_t pins;
     uint64_t last_use;      /* store tick of the last acquire */
     uint32_t freq;          /* acquires, halved every FREQ_HALVING_TICKS */
-    bool prefetched;        /* loaded by a speculative prefetch and not acquired since */
+    bool prefetched;        /* a speculative load whose layer has not chosen yet (and not acquired since) */
     bool requested;         /* loaded by the early half of an acquire: a miss when acquired */
+    bool queued;            /* waiting for the loader (state SLOT_LOADING, read not started) */
+    bool urgent;            /* queued for a needed load: served before every speculative one */
+    uint64_t seq;           /* queue order within its class */
     char err[256];          /* why the load failed */
 };
 
@@ -48,16 +54,17 @@ struct expert_store {
     uint32_t n_slots;
     struct slot *slots;             /* [n_slots] */
     int32_t *slot_of;               /* [n_layer][n_expert]: slot holding it, or -1 */
-    int32_t *pinned;                /* [n_layer][n_slots]: slots the layer's last acquire pinned */
+    int32_t *pinned;                /* [n_layer][n_slots]: slot of each id of the layer's last request, pinned */
     uint32_t n_pinned[MODEL_MAX_LAYERS];
-    int32_t *slot_for;              /* [n_slots] acquire scratch */
+    int32_t *slot_for;              /* [n_slots] prefetch scratch: the slots a prefetch holds */
     /* loader */
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
-    uint32_t *queue;                /* ring of slot indices to load, capacity n_slots */
-    uint32_t q_head, q_len;
+    uint32_t q_len;                 /* slots queued for the loader */
+    uint64_t q_seq;
     pthread_t loader;
     bool loader_started, stop;
+    bool hold;                      /* tests: the loader starts no read while set */
     struct io_uring ring;
     bool ring_ok;
     uint8_t *staging;               /* [3][staging_part] aligned, direct path only */
@@ -167,17 +174,36 @@ static int read_direct(struct expert_store *s, const struct part *p, uint8_t *co
     return 0;
 }
 
+static int kind_of(const struct expert_store *s, uint32_t il)
+{
+    return il < s->m->hp.n_hash_layer ? ENGINE_EXPERT_HASH : ENGINE_EXPERT_LEARNED;
+}
+
+/* The queued slot the loader reads next: needed loads first, then the oldest. (s->mu held,
+ * q_len > 0; a linear scan: the pool is a few hundred slots and a read takes far longer.) */
+static uint32_t next_queued(const struct expert_store *s)
+{
+    int32_t best = -1;
+    for (uint32_t i = 0; i < s->n_slots; i++) {
+        const struct slot *sl = &s->slots[i];
+        if (!sl->queued) continue;
+        const struct slot *b = best >= 0 ? &s->slots[best] : NULL;
+        if (!b || (sl->urgent && !b->urgent) || (sl->urgent == b->urgent && sl->seq < b->seq)) best = (int32_t)i;
+    }
+    return (uint32_t)best;
+}
+
 static void *loader_main(void *arg)
 {
     struct expert_store *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (!s->stop && s->q_len == 0) pthread_cond_wait(&s->cv_work, &s->mu);
+        while (!s->stop && (s->q_len == 0 || s->hold)) pthread_cond_wait(&s->cv_work, &s->mu);
         if (s->stop) break;
-        uint32_t idx = s->queue[s->q_head];
-        s->q_head = (s->q_head + 1) % s->n_slots;
-        s->q_len--;
+        uint32_t idx = next_queued(s);
         struct slot *sl = &s->slots[idx];
+        sl->queued = false;
+        s->q_len--;
         const uint32_t il = (uint32_t)sl->il, e = (uint32_t)sl->expert;
         pthread_mutex_unlock(&s->mu);
 
@@ -207,24 +233,56 @@ static void *loader_main(void *arg)
 
 static uint32_t slot_index(const struct expert_store *s, uint32_t il, uint32_t e) { return il * s->m->hp.n_expert + e; }
 
-/* The unpinned, not-loading slot to reuse: empty first, then the lowest frequency, then the
- * least recently used. A speculative load never takes a slot another prefetch filled and
- * nobody has used yet. -1 when every slot is busy. */
+/* Takes a speculative load that has not started off the queue and empties its slot. */
+static void drop_queued(struct expert_store *s, uint32_t v)
+{
+    struct slot *sl = &s->slots[v];
+    sl->queued = false;
+    s->q_len--;
+    s->slot_of[slot_index(s, (uint32_t)sl->il, (uint32_t)sl->expert)] = -1;
+    sl->il = sl->expert = -1;
+    sl->state = SLOT_EMPTY;
+    sl->prefetched = false;
+    s->c.prefetch_dropped++;
+}
+
+/* Replacement order: the lower frequency, then the less recently used. */
+static bool better_victim(const struct slot *sl, const struct slot *b)
+{
+    return !b || sl->freq < b->freq || (sl->freq == b->freq && sl->last_use < b->last_use);
+}
+
+/* The unpinned, not-loading slot to reuse: empty first, then by better_victim. A speculative
+ * load never takes a slot that is needed soon (the early half of an acquire) or that holds
+ * another guess not yet decided; a needed load takes an undecided guess only when nothing
+ * else is left, and before it would wait it drops a guess still queued. -1 when every slot
+ * is busy. */
 static int32_t pick_victim(struct expert_store *s, bool speculative)
 {
-    int32_t best = -1;
+    int32_t best = -1, best_guess = -1, queued_guess = -1;
     for (uint32_t i = 0; i < s->n_slots; i++) {
         const struct slot *sl = &s->slots[i];
-        if (sl->pins || sl->state == SLOT_LOADING || (speculative && sl->prefetched)) continue;
-        if (sl->state == SLOT_EMPTY || sl->state == SLOT_FAILED) return (int32_t)i;
-        if (best < 0) {
-            best = (int32_t)i;
+        if (sl->pins) continue;
+        if (sl->state == SLOT_LOADING) { /* the newest queued guess: the one read last */
+            bool newer = queued_guess < 0 || sl->seq > s->slots[queued_guess].seq;
+            if (sl->queued && !sl->urgent && newer) queued_guess = (int32_t)i;
             continue;
         }
-        const struct slot *b = &s->slots[best];
-        if (sl->freq < b->freq || (sl->freq == b->freq && sl->last_use < b->last_use)) best = (int32_t)i;
+        if (sl->state == SLOT_EMPTY || sl->state == SLOT_FAILED) return (int32_t)i;
+        if (sl->prefetched || (speculative && sl->requested)) {
+            if (!speculative && better_victim(sl, best_guess >= 0 ? &s->slots[best_guess] : NULL))
+                best_guess = (int32_t)i;
+            continue;
+        }
+        if (better_victim(sl, best >= 0 ? &s->slots[best] : NULL)) best = (int32_t)i;
     }
-    return best;
+    if (best >= 0 || speculative) return best;
+    if (best_guess >= 0) return best_guess;
+    if (queued_guess >= 0) {
+        drop_queued(s, (uint32_t)queued_guess);
+        return queued_guess;
+    }
+    return -1;
 }
 
 /* Starts loading (il, e) into a free or evicted slot; returns the slot or -1. */
@@ -245,7 +303,9 @@ static int32_t start_load(struct expert_store *s, uint32_t il, uint32_t e, bool 
     sl->requested = false;
     sl->err[0] = 0;
     s->slot_of[slot_index(s, il, e)] = v;
-    s->queue[(s->q_head + s->q_len) % s->n_slots] = (uint32_t)v;
+    sl->queued = true;
+    sl->urgent = !speculative;
+    sl->seq = ++s->q_seq;
     s->q_len++;
     pthread_cond_signal(&s->cv_work);
     return v;
@@ -362,10 +422,9 @@ int expert_store_open(struct expert_store **out, const struct model *m, const ch
     }
     s->slots = calloc(s->n_slots, sizeof *s->slots);
     s->slot_of = malloc(total * sizeof *s->slot_of);
-    s->queue = calloc(s->n_slots, sizeof *s->queue);
     s->pinned = calloc((uint64_t)hp->n_layer * s->n_slots, sizeof *s->pinned);
     s->slot_for = calloc(s->n_slots, sizeof *s->slot_for);
-    if (!s->slots || !s->slot_of || !s->queue || !s->pinned || !s->slot_for) {
+    if (!s->slots || !s->slot_of || !s->pinned || !s->slot_for) {
         errf(err, err_len, "out of memory");
         goto fail;
     }
@@ -409,7 +468,6 @@ void expert_store_close(struct expert_store *s)
     free(s->staging);
     free(s->slots);
     free(s->slot_of);
-    free(s->queue);
     free(s->pinned);
     free(s->slot_for);
     free(s);
@@ -439,6 +497,7 @@ void expert_store_prefetch(struct expert_store *s, uint32_t il, const int32_t *i
         if (speculative) {
             s->slots[v].prefetched = true;
             s->c.prefetch_issued++;
+            s->c.prefetch_issued_kind[kind_of(s, il)]++;
         } else {
             s->slots[v].requested = true;
         }
@@ -447,30 +506,46 @@ void expert_store_prefetch(struct expert_store *s, uint32_t il, const int32_t *i
     pthread_mutex_unlock(&s->mu);
 }
 
-int expert_store_acquire_slots(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n,
-                               int32_t *slots_out, char *err, size_t err_len)
+void expert_store_drop_speculation(struct expert_store *s, uint32_t il)
+{
+    pthread_mutex_lock(&s->mu);
+    for (uint32_t i = 0; i < s->n_slots; i++) {
+        struct slot *sl = &s->slots[i];
+        if (sl->il != (int32_t)il || !sl->prefetched) continue;
+        if (sl->queued && !sl->urgent && !sl->pins) drop_queued(s, i);
+        else sl->prefetched = false; /* read, or being read, for nothing: an ordinary victim now */
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Unpins the slots of layer il's last request (s->mu held). */
+static void unpin_layer(struct expert_store *s, uint32_t il)
+{
+    const int32_t *pinned = s->pinned + (uint64_t)il * s->n_slots;
+    for (uint32_t k = 0; k < s->n_pinned[il]; k++) s->slots[pinned[k]].pins--;
+    s->n_pinned[il] = 0;
+}
+
+int expert_store_request(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n, char *err, size_t err_len)
 {
     if (n > s->n_slots)
         return errf(err, err_len, "expert cache: %u experts requested at once, the cache holds %u", n, s->n_slots);
-    const int kind = il < s->m->hp.n_hash_layer ? ENGINE_EXPERT_HASH : ENGINE_EXPERT_LEARNED;
-    int32_t *pinned = s->pinned + (uint64_t)il * s->n_slots;
+    const int kind = kind_of(s, il);
+    int32_t *slot_for = s->pinned + (uint64_t)il * s->n_slots; /* the request's slots, in ids order */
     int rc = 0;
     pthread_mutex_lock(&s->mu);
-    if (s->n_pinned[il]) { /* a previous acquire of this layer was not released */
-        for (uint32_t k = 0; k < s->n_pinned[il]; k++) s->slots[pinned[k]].pins--;
-        s->n_pinned[il] = 0;
-    }
+    unpin_layer(s, il); /* a previous acquire of this layer was not released */
     s->tick++;
     if (s->tick % FREQ_HALVING_TICKS == 0)
         for (uint32_t i = 0; i < s->n_slots; i++) s->slots[i].freq /= 2;
-    /* pin what is resident first, so starting the misses cannot evict them */
-    int32_t *slot_for = s->slot_for;
+    /* pin what is resident (or on its way) first, so starting the misses cannot evict them */
     for (uint32_t k = 0; k < n; k++) {
         int32_t v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])];
         slot_for[k] = v;
         if (v >= 0) {
             struct slot *sl = &s->slots[v];
             sl->pins++;
+            sl->urgent = true; /* a guess still queued is needed now */
             if (sl->requested) {
                 s->c.misses[kind]++; /* started by this token's own request */
                 sl->requested = false;
@@ -479,17 +554,19 @@ int expert_store_acquire_slots(struct expert_store *s, uint32_t il, const int32_
             }
             if (sl->prefetched) {
                 s->c.prefetch_used++;
+                s->c.prefetch_used_kind[kind]++;
                 sl->prefetched = false;
             }
         }
     }
+    uint32_t n_pinned = n;
     for (uint32_t k = 0; k < n && !rc; k++) {
         if (slot_for[k] >= 0) continue;
         int32_t v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])]; /* a duplicate id in ids */
         while (v < 0) {
             v = start_load(s, il, (uint32_t)ids[k], false);
             if (v >= 0) break;
-            /* every unpinned slot is still loading (prefetches of other layers): wait for one */
+            /* every unpinned slot is being read (needed loads of an early half): wait for one */
             bool loading = false;
             for (uint32_t i = 0; i < s->n_slots && !loading; i++)
                 loading = s->slots[i].state == SLOT_LOADING && !s->slots[i].pins;
@@ -505,6 +582,22 @@ int expert_store_acquire_slots(struct expert_store *s, uint32_t il, const int32_
         s->slots[v].pins++;
         s->c.misses[kind]++;
     }
+    if (rc) { /* every id with a slot holds a pin of this request; the failing one has none */
+        for (uint32_t k = 0; k < n; k++)
+            if (slot_for[k] >= 0) s->slots[slot_for[k]].pins--;
+        n_pinned = 0;
+    }
+    s->n_pinned[il] = n_pinned;
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int expert_store_await(struct expert_store *s, uint32_t il, int32_t *slots_out, char *err, size_t err_len)
+{
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    const int32_t *slot_for = s->pinned + (uint64_t)il * s->n_slots;
+    const uint32_t n = s->n_pinned[il];
     uint64_t t0 = now_ns();
     bool waited = false;
     for (uint32_t k = 0; k < n && !rc; k++) {
@@ -516,12 +609,9 @@ int expert_store_acquire_slots(struct expert_store *s, uint32_t il, const int32_
         if (sl->state == SLOT_FAILED) rc = errf(err, err_len, "expert load failed: %s", sl->err);
     }
     if (waited) s->c.stall_ns += now_ns() - t0;
-    uint32_t n_pinned = 0;
     for (uint32_t k = 0; k < n; k++) {
-        if (slot_for[k] < 0) continue;
         struct slot *sl = &s->slots[slot_for[k]];
         if (rc) {
-            sl->pins--;
             if (sl->state == SLOT_FAILED && sl->il >= 0) { /* forget it: a later acquire retries */
                 s->slot_of[slot_index(s, (uint32_t)sl->il, (uint32_t)sl->expert)] = -1;
                 sl->il = sl->expert = -1;
@@ -530,12 +620,18 @@ int expert_store_acquire_slots(struct expert_store *s, uint32_t il, const int32_
         }
         sl->last_use = s->tick;
         sl->freq++;
-        pinned[n_pinned++] = slot_for[k];
         slots_out[k] = slot_for[k];
     }
-    s->n_pinned[il] = rc ? 0 : n_pinned;
+    if (rc) unpin_layer(s, il);
     pthread_mutex_unlock(&s->mu);
     return rc;
+}
+
+int expert_store_acquire_slots(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n,
+                               int32_t *slots_out, char *err, size_t err_len)
+{
+    if (expert_store_request(s, il, ids, n, err, err_len)) return -1;
+    return expert_store_await(s, il, slots_out, err, err_len);
 }
 
 int expert_store_acquire(struct expert_store *s, uint32_t il, const int32_t *ids, uint32_t n,
@@ -548,14 +644,33 @@ int expert_store_acquire(struct expert_store *s, uint32_t il, const int32_t *ids
     return 0;
 }
 
+int expert_store_await_views(struct expert_store *s, uint32_t il, struct expert_view *views, uint32_t n, char *err,
+                             size_t err_len)
+{
+    int32_t slots[64];
+    if (n > 64 || n != s->n_pinned[il])
+        return errf(err, err_len, "expert cache: %u views asked of layer %u's request of %u", n, il, s->n_pinned[il]);
+    if (expert_store_await(s, il, slots, err, err_len)) return -1;
+    for (uint32_t k = 0; k < n; k++) fill_view(s, il, (uint32_t)slots[k], &views[k]);
+    return 0;
+}
+
 uint32_t expert_store_n_slots(const struct expert_store *s) { return s->n_slots; }
 
 void expert_store_release(struct expert_store *s, uint32_t il)
 {
     pthread_mutex_lock(&s->mu);
-    const int32_t *pinned = s->pinned + (uint64_t)il * s->n_slots;
-    for (uint32_t k = 0; k < s->n_pinned[il]; k++) s->slots[pinned[k]].pins--;
-    s->n_pinned[il] = 0;
+    unpin_layer(s, il);
+    pthread_mutex_unlock(&s->mu);
+}
+
+bool expert_store_speculates(const struct expert_store *s) { return !s->no_prefetch; }
+
+void expert_store_hold_loader(struct expert_store *s, bool hold)
+{
+    pthread_mutex_lock(&s->mu);
+    s->hold = hold;
+    pthread_cond_broadcast(&s->cv_work);
     pthread_mutex_unlock(&s->mu);
 }
 

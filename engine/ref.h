@@ -53,6 +53,7 @@ struct ref_scratch {
     double *acc;        /* [head_dim] attention output accumulator */
     float *gate_logits; /* [n_expert] router scores */
     float *router_biased; /* [n_expert] scores + selection bias */
+    float *guess_scores; /* [n_expert] a later layer's router scores (expert prefetch guesses) */
     float *expert_h;    /* [n_ff_exp] */
     float *expert_u;    /* [n_ff_exp] */
     float *expert_y;    /* [n_embd] */

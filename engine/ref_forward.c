@@ -64,7 +64,7 @@ void ref_state_destroy(struct ref_state *st)
     /* every scratch pointer was allocated separately */
     struct ref_scratch *s = &st->s;
     void *bufs[] = { s->rowbuf, s->a, s->f, s->qr, s->q, s->kv, s->o, s->z, s->entry, s->ixq,
-                     s->ixw, s->ix_score, s->ix_sel, s->att, s->acc, s->gate_logits, s->router_biased, s->expert_h,
+                     s->ixw, s->ix_score, s->ix_sel, s->att, s->acc, s->gate_logits, s->router_biased, s->guess_scores, s->expert_h,
                      s->expert_u, s->expert_y, s->hc_mix, s->hc_post, s->hc_comb, s->x_old, s->freqs_swa,
                      s->freqs_comp };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
@@ -122,6 +122,7 @@ int ref_state_create(const struct model *m, uint32_t n_ctx, struct ref_state **o
     ALLOC(s->acc, hd);
     ALLOC(s->gate_logits, hp->n_expert);
     ALLOC(s->router_biased, hp->n_expert);
+    ALLOC(s->guess_scores, hp->n_expert);
     ALLOC(s->expert_h, hp->n_ff_exp);
     ALLOC(s->expert_u, hp->n_ff_exp);
     ALLOC(s->expert_y, hp->n_embd);
@@ -199,10 +200,13 @@ int ref_forward(struct ref_state *st, const int32_t *tokens, uint32_t n, float *
             ref_get_row(st->m->token_embd, (uint64_t)tokens[c0 + t], X);
             for (uint32_t j = 1; j < hp->n_hc; j++) memcpy(X + (uint64_t)j * hp->n_embd, X, hp->n_embd * sizeof(float));
         }
-        for (uint32_t il = 0; il < hp->n_layer; il++)
+        for (uint32_t il = 0; il < hp->n_layer; il++) {
             for (uint32_t t = 0; t < nc; t++)
                 if (block_forward(st, il, st->x_batch + t * xn, tokens[c0 + t], st->pos + t, err, err_len))
                     return errf_prefix(err, err_len, "position %u (the session must be reset)", st->pos + t);
+            /* every token of the chunk has chosen this layer's experts: drop wrong guesses */
+            if (st->experts) expert_store_drop_speculation(st->experts, il);
+        }
         for (uint32_t t = 0; t < nc; t++) {
             bool last = c0 + t == n - 1;
             if (logits && (all_logits || last))

@@ -1,8 +1,9 @@
 /* Expert paging on the Vulkan backend: the routed experts live in three host-visible slot
  * tensors filled by the expert store (engine/expert_store.c); after each layer's router the
  * forward waits, reads the chosen experts back, pins their slots and hands the kernels slot
- * indices instead of expert indices. The bytes in a slot are the file's, so the logits are
- * the same as with every expert resident. */
+ * indices instead of expert indices; the guesses for later layers recorded with the router
+ * start their loads while the GPU runs on. The bytes in a slot are the file's, so the logits
+ * are the same as with every expert resident. */
 #include "engine/errmsg.h"
 #include "engine/expert_store.h"
 #include "engine/vk_internal.h"
@@ -80,8 +81,21 @@ int vk_experts_map(struct vk_engine *e, struct vk_session *s, uint32_t il, uint3
 {
     vk_experts_release(e, s); /* the GPU has finished with the previous layer's slots */
     if (vk_span_download(e->d, &s->ids, 0, s->ids_host, (uint64_t)n_routed * sizeof(int32_t), err, err_len)) return -1;
-    if (expert_store_acquire_slots(e->experts, il, s->ids_host, n_routed, (int32_t *)s->slot_ids.host, err, err_len))
-        return -1;
+    /* this layer's loads first, so the guesses queue behind them and cannot evict them */
+    if (expert_store_request(e->experts, il, s->ids_host, n_routed, err, err_len)) return -1;
+    const uint32_t B = VK_BATCH, K = e->m->hp.n_expert_used;
+    for (uint32_t j = 0; j < EXPERT_STORE_LOOKAHEAD; j++) {
+        if (!s->guessed[j]) continue;
+        int32_t *guess = s->guess_host + (uint64_t)j * B * K;
+        if (vk_span_download(e->d, &s->guess_ids, (uint64_t)j * B * K * sizeof(int32_t), guess,
+                             (uint64_t)n_routed * sizeof(int32_t), err, err_len)) {
+            expert_store_release(e->experts, il);
+            return -1;
+        }
+        expert_store_prefetch(e->experts, il + 1 + j, guess, n_routed, true);
+    }
+    if (expert_store_await(e->experts, il, (int32_t *)s->slot_ids.host, err, err_len)) return -1;
+    expert_store_drop_speculation(e->experts, il);
     s->pinned_layer = (int32_t)il;
     return 0;
 }

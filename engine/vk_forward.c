@@ -279,6 +279,43 @@ static int attention_layer(struct fwd *f, uint32_t il)
     return 0;
 }
 
+/* Paging guesses (see vk_session.guess_*): the routers of the learned-router layers after il
+ * applied to layer il's MoE input, recorded beside its own projections and router so they
+ * ride in the same submit. Marks which ones were recorded in s->guessed. */
+static int guess_logits(struct fwd *f, uint32_t il)
+{
+    struct vk_session *s = f->s;
+    const struct model_hparams *hp = f->hp;
+    const bool on = f->e->experts && expert_store_speculates(f->e->experts);
+    for (uint32_t j = 0; j < EXPERT_STORE_LOOKAHEAD; j++) {
+        const uint32_t next = il + 1 + j;
+        s->guessed[j] = on && next < hp->n_layer && !f->e->m->layers[next].tid2eid;
+        if (s->guessed[j] && matvec(f, f->e->m->layers[next].ffn_gate_inp, &s->a, hp->n_embd, &s->guess_mp,
+                                    j * VK_BATCH * hp->n_expert, hp->n_expert, f->nt, 0))
+            return -1;
+    }
+    return 0;
+}
+
+static int guess_route(struct fwd *f)
+{
+    struct vk_session *s = f->s;
+    const struct model_hparams *hp = f->hp;
+    for (uint32_t j = 0; j < EXPERT_STORE_LOOKAHEAD; j++) {
+        if (!s->guessed[j]) continue;
+        const struct layer_weights *next = &f->e->m->layers[f->il + 1 + j];
+        struct abi_router_push p = {
+            .n_expert = hp->n_expert, .k = hp->n_expert_used, .n_tok = f->nt, .logits_tstride = hp->n_expert,
+            .logits_off = j * VK_BATCH * hp->n_expert, .ids_off = j * VK_BATCH * hp->n_expert_used,
+            .weights_off = j * VK_BATCH * hp->n_expert_used, .scale = 1.0f,
+        };
+        const struct vk_span *b[5] = { &s->guess_mp, vk_tensor_span(f->e, next->exp_probs_b), &s->tokens, &s->guess_ids,
+                                       &s->guess_rw };
+        if (dispatch(f, VK_KIND_ROUTER, &f->e->ops.router, b, &p, f->nt, 1, 1)) return -1;
+    }
+    return 0;
+}
+
 static int moe_layer(struct fwd *f, uint32_t il)
 {
     struct vk_session *s = f->s;
@@ -303,6 +340,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
                matvec(f, lw->ffn_up_shexp, &s->a, d, &s->mp, E + F, mw, nt, 0)) {
         return -1;
     }
+    if (guess_logits(f, il)) return -1;
     barrier(f);
     {
         struct abi_router_push p = {
@@ -314,6 +352,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
                                        &s->ids, &s->rw };
         if (dispatch(f, VK_KIND_ROUTER, &e->ops.router, b, &p, nt, 1, 1)) return -1;
     }
+    if (guess_route(f)) return -1;
     barrier(f);
     /* Paged experts: wait for the router, pin the chosen experts' slots; the kernels then
      * read slot tensors through slot indices instead of the stacked expert tensors. */

@@ -4,6 +4,7 @@
 #ifndef FLASHBOX_ENGINE_VK_INTERNAL_H
 #define FLASHBOX_ENGINE_VK_INTERNAL_H
 
+#include "engine/expert_store.h"
 #include "engine/model.h"
 #include "engine/vk_forward.h"
 #include "shaders/abi.h"
@@ -96,6 +97,13 @@ struct vk_session {
     struct vk_span yd;           /* [B*(K+1)][n_embd]: routed outputs t*K+k, then the shared ones */
     struct vk_span slot_ids;     /* host: [B][n_expert_used] int32, the slot of each routed expert (paging) */
     int32_t *ids_host;           /* [B][n_expert_used] the router's choices read back (paging) */
+    /* Paging guesses: layer il + 1 + j's router applied to layer il's MoE input (j <
+     * EXPERT_STORE_LOOKAHEAD), recorded with layer il's router and read back with its ids. */
+    struct vk_span guess_mp;     /* [LOOKAHEAD][B][n_expert] router logits, then scores */
+    struct vk_span guess_ids;    /* [LOOKAHEAD][B][n_expert_used] int32 */
+    struct vk_span guess_rw;     /* [LOOKAHEAD][B][n_expert_used] weights (unused) */
+    int32_t *guess_host;         /* [LOOKAHEAD][B][n_expert_used] guesses read back */
+    bool guessed[EXPERT_STORE_LOOKAHEAD]; /* which guesses the current layer recorded */
     int32_t pinned_layer;        /* layer whose slots stay pinned until the GPU has used them, or -1 */
     uint32_t n_dispatch_flushed; /* dispatches of this step already submitted by a paging flush */
     uint64_t counted_bytes;      /* device bytes this session added to e->session_bytes */
@@ -127,8 +135,10 @@ int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *lo
 /* engine/vk_experts.c: expert paging */
 int vk_experts_open(struct vk_engine *e, const struct engine_options *opt, char *err, size_t err_len);
 void vk_experts_close(struct vk_engine *e);
-/* After the router of layer il ran (and was waited for): pins the n_routed experts it chose
- * and writes their slots into s->slot_ids. Releases the previously pinned layer first. */
+/* After the router of layer il ran (and was waited for): pins the n_routed experts it chose,
+ * starts the loads of the guesses for later layers recorded with it (s->guessed), waits for
+ * its own and writes their slots into s->slot_ids. Releases the previously pinned layer
+ * first; drops layer il's guesses that were wrong. */
 int vk_experts_map(struct vk_engine *e, struct vk_session *s, uint32_t il, uint32_t n_routed, char *err, size_t err_len);
 /* Starts loads of the hash layers' experts for tokens[nt] before the batch runs. */
 void vk_experts_prefetch_hash(struct vk_engine *e, const int32_t *tokens, uint32_t nt, int32_t *scratch);

@@ -56,6 +56,7 @@ void vk_session_destroy(void *state)
     free(s->kinds);
     free(s->stamps);
     free(s->ids_host);
+    free(s->guess_host);
     free(s);
 }
 
@@ -91,12 +92,13 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
     s->pinned_layer = -1;
     const uint32_t B = VK_BATCH, hd = hp->head_dim, K = hp->n_expert_used;
     s->ids_host = malloc((size_t)B * K * sizeof *s->ids_host);
+    s->guess_host = malloc((size_t)EXPERT_STORE_LOOKAHEAD * B * K * sizeof *s->guess_host);
     s->layers = calloc(hp->n_layer, sizeof *s->layers);
     s->embd_row = malloc((size_t)hp->n_embd * sizeof(float));
     s->copies = malloc((size_t)B * hp->n_hc * sizeof *s->copies);
     s->kinds = malloc(max_dispatches(hp));
     s->stamps = malloc(max_dispatches(hp) * sizeof *s->stamps);
-    if (!s->layers || !s->embd_row || !s->copies || !s->kinds || !s->stamps || !s->ids_host) {
+    if (!s->layers || !s->embd_row || !s->copies || !s->kinds || !s->stamps || !s->ids_host || !s->guess_host) {
         vk_session_destroy(s);
         return errf(err, err_len, "out of memory");
     }
@@ -132,6 +134,8 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
         { &s->mp, (uint64_t)B * (hp->n_expert + 2 * hp->n_ff_exp) }, { &s->ids, (uint64_t)B * K }, { &s->grp, (uint64_t)hp->n_expert + 1 + (uint64_t)B * K }, { &s->rw, (uint64_t)B * K },
         { &s->gu, 2ull * B * K * hp->n_ff_exp },
         { &s->yd, (uint64_t)B * (K + 1) * hp->n_embd },
+        { &s->guess_mp, (uint64_t)EXPERT_STORE_LOOKAHEAD * B * hp->n_expert },
+        { &s->guess_ids, (uint64_t)EXPERT_STORE_LOOKAHEAD * B * K }, { &s->guess_rw, (uint64_t)EXPERT_STORE_LOOKAHEAD * B * K },
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (alloc_f(s, s->arena, bufs[i].sp, bufs[i].n, err, err_len)) goto fail;

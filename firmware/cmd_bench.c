@@ -28,7 +28,8 @@ static void usage(FILE *out)
                  "  --kernels   also time each matvec/matmul kernel alone on the model's shapes\n"
                  "  --expert-cache-mb N   page routed experts through a cache of N MiB\n"
                  "  --expert-read auto|pagecache|direct   how paged experts are read\n"
-                 "  --no-prefetch   turn hash-layer expert prefetch off (to see the stall it hides)\n"
+                 "  --no-prefetch   turn speculative expert loads off (hash-layer prefetch and next-layer\n"
+                 "                  router guesses), to see the stall they hide\n"
                  "  --cold      drop the model file's pages from the page cache before the measured run\n");
 }
 
@@ -134,11 +135,12 @@ int cmd_bench(int argc, char **argv)
     if (session_eval(s, toks, 1, logits, false, err, sizeof err)) goto fail;
     session_reset(s);
     if (cold) drop_file_pages(opt.model_path);
-    struct expert_counters ec0, ec1;
+    struct expert_counters ec0, ec1, ecm;
     bool paged = engine_expert_counters(e, &ec0) == 0;
     double t0 = now_s();
     if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) goto fail;
     double t_prefill = now_s() - t0;
+    if (paged) engine_expert_counters(e, &ecm); /* splits the stall into prefill and decode */
     session_profile(s, false); /* clears the byte counters: count decode only */
     t0 = now_s();
     for (uint32_t i = 0; i < n_gen; i++)
@@ -213,13 +215,24 @@ int cmd_bench(int argc, char **argv)
                cold ? ", cold" : "", hit + miss ? (double)hit / (hit + miss) : 0,
                hash_q ? (double)(ec1.hits[0] - ec0.hits[0]) / hash_q : 0,
                learned_q ? (double)(ec1.hits[1] - ec0.hits[1]) / learned_q : 0);
-        printf("             %.1f KiB read per token, stalled %.1f ms in all (%.2f ms/token), prefetch %llu issued %llu used\n",
-               read_tok / 1024, stall_ms, stall_ms / n_tok, (unsigned long long)pf, (unsigned long long)pfu);
+        double stall_dec = (double)(ec1.stall_ns - ecm.stall_ns) / 1e6;
+        uint64_t pfh = ec1.prefetch_issued_kind[0] - ec0.prefetch_issued_kind[0];
+        uint64_t pfl = ec1.prefetch_issued_kind[1] - ec0.prefetch_issued_kind[1];
+        uint64_t pfhu = ec1.prefetch_used_kind[0] - ec0.prefetch_used_kind[0];
+        uint64_t pflu = ec1.prefetch_used_kind[1] - ec0.prefetch_used_kind[1];
+        uint64_t pfd = ec1.prefetch_dropped - ec0.prefetch_dropped;
+        printf("             %.1f KiB read per token, stalled %.1f ms in all (%.2f ms/token; decode %.2f ms/token)\n",
+               read_tok / 1024, stall_ms, stall_ms / n_tok, n_gen ? stall_dec / n_gen : 0);
+        printf("             prefetch %llu issued %llu used (accuracy %.3f; hash %.3f of %llu, learned %.3f of %llu), "
+               "%llu dropped unread\n",
+               (unsigned long long)pf, (unsigned long long)pfu, pf ? (double)pfu / pf : 0, pfh ? (double)pfhu / pfh : 0,
+               (unsigned long long)pfh, pfl ? (double)pflu / pfl : 0, (unsigned long long)pfl, (unsigned long long)pfd);
         printf("             storage %.2f GB/s sequential: bound %.1f tok/s at this read rate\n", disk_bw / 1e9, bound);
         printf("{\"experts\":{\"slots\":%u,\"hit_rate\":%.4f,\"bytes_read_per_token\":%.0f,\"stall_ms\":%.3f,"
-               "\"prefetch_issued\":%llu,\"prefetch_used\":%llu,\"storage_gb_s\":%.3f,\"storage_bound_tok_s\":%.2f,"
+               "\"decode_stall_ms_per_token\":%.3f,\"prefetch_issued\":%llu,\"prefetch_used\":%llu,\"storage_gb_s\":%.3f,\"storage_bound_tok_s\":%.2f,"
                "\"cold\":%s,\"read_path\":\"%s\"}}\n",
-               ec1.n_slots, hit + miss ? (double)hit / (hit + miss) : 0, read_tok, stall_ms, (unsigned long long)pf,
+               ec1.n_slots, hit + miss ? (double)hit / (hit + miss) : 0, read_tok, stall_ms, n_gen ? stall_dec / n_gen : 0,
+               (unsigned long long)pf,
                (unsigned long long)pfu, disk_bw / 1e9, bound, cold ? "true" : "false",
                ec1.read_path == ENGINE_EXPERT_READ_DIRECT ? "direct" : "pagecache");
     }

@@ -311,6 +311,11 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
             g.expert_stall_ns = ss.experts.stall_ns;
             g.expert_prefetch_issued = ss.experts.prefetch_issued;
             g.expert_prefetch_used = ss.experts.prefetch_used;
+            for (int k = 0; k < 2; k++) {
+                g.expert_prefetch_issued_kind[k] = ss.experts.prefetch_issued_kind[k];
+                g.expert_prefetch_used_kind[k] = ss.experts.prefetch_used_kind[k];
+            }
+            g.expert_prefetch_dropped = ss.experts.prefetch_dropped;
             g.expert_cache_bytes = (uint64_t)ss.experts.n_slots * ss.experts.slot_bytes;
         }
     }

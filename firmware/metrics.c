@@ -212,6 +212,11 @@ int metrics_render(const struct metrics_gauges *g, char **out, size_t *out_len)
         put(&t, "# TYPE flashbox_expert_stall_seconds_total counter\nflashbox_expert_stall_seconds_total %.9g\n", (double)g->expert_stall_ns / 1e9);
         put(&t, "# TYPE flashbox_expert_prefetch_issued_total counter\nflashbox_expert_prefetch_issued_total %llu\n", (unsigned long long)g->expert_prefetch_issued);
         put(&t, "# TYPE flashbox_expert_prefetch_used_total counter\nflashbox_expert_prefetch_used_total %llu\n", (unsigned long long)g->expert_prefetch_used);
+        put(&t, "# HELP flashbox_expert_prefetch_by_layer_issued_total Speculative expert loads queued, by the kind of layer they guess for.\n# TYPE flashbox_expert_prefetch_by_layer_issued_total counter\n");
+        for (int k = 0; k < 2; k++) put(&t, "flashbox_expert_prefetch_by_layer_issued_total{layer=\"%s\"} %llu\n", kinds[k], (unsigned long long)g->expert_prefetch_issued_kind[k]);
+        put(&t, "# HELP flashbox_expert_prefetch_by_layer_used_total Speculative expert loads whose expert was then used.\n# TYPE flashbox_expert_prefetch_by_layer_used_total counter\n");
+        for (int k = 0; k < 2; k++) put(&t, "flashbox_expert_prefetch_by_layer_used_total{layer=\"%s\"} %llu\n", kinds[k], (unsigned long long)g->expert_prefetch_used_kind[k]);
+        put(&t, "# HELP flashbox_expert_prefetch_dropped_total Speculative expert loads dropped unread once their layer had chosen.\n# TYPE flashbox_expert_prefetch_dropped_total counter\nflashbox_expert_prefetch_dropped_total %llu\n", (unsigned long long)g->expert_prefetch_dropped);
         put(&t, "# HELP flashbox_expert_cache_bytes Bytes of the expert cache (slots x slot size).\n# TYPE flashbox_expert_cache_bytes gauge\nflashbox_expert_cache_bytes %llu\n", (unsigned long long)g->expert_cache_bytes);
     }
     if (t.oom) {

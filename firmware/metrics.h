@@ -26,6 +26,7 @@ struct metrics_gauges {
     uint64_t expert_hits[2], expert_misses[2]; /* [hash, learned] layers */
     uint64_t expert_bytes_read, expert_loads, expert_evictions, expert_stall_ns;
     uint64_t expert_prefetch_issued, expert_prefetch_used, expert_cache_bytes;
+    uint64_t expert_prefetch_issued_kind[2], expert_prefetch_used_kind[2], expert_prefetch_dropped;
 };
 
 const char *metrics_endpoint_name(enum metrics_endpoint ep);

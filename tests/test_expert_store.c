@@ -29,15 +29,15 @@ static void fill_tokens(int32_t *t, uint32_t n, uint32_t n_vocab, uint64_t seed)
 
 /* Runs tokens one by one with experts paged through a store of budget bytes (0: no store);
  * returns the logits [n][n_vocab] and checks the store's accounting after every token. */
-static float *run(const struct model *m, const char *path, uint64_t budget, enum engine_expert_read rp,
-                  const int32_t *tokens, uint32_t n, struct expert_counters *counters)
+static float *run_spec(const struct model *m, const char *path, uint64_t budget, enum engine_expert_read rp,
+                       bool no_prefetch, const int32_t *tokens, uint32_t n, struct expert_counters *counters)
 {
     char err[512];
     struct ref_state *st;
     struct expert_store *es = NULL;
     if (ref_state_create(m, n, &st, err, sizeof err)) return NULL;
     if (budget) {
-        struct expert_store_options o = { .budget_bytes = budget, .read_path = rp };
+        struct expert_store_options o = { .budget_bytes = budget, .read_path = rp, .no_prefetch = no_prefetch };
         if (expert_store_open(&es, m, path, &o, err, sizeof err)) {
             test_fail_at(__FILE__, __LINE__, "%s", err);
             ref_state_destroy(st);
@@ -60,6 +60,12 @@ static float *run(const struct model *m, const char *path, uint64_t budget, enum
     expert_store_close(es);
     ref_state_destroy(st);
     return logits;
+}
+
+static float *run(const struct model *m, const char *path, uint64_t budget, enum engine_expert_read rp,
+                  const int32_t *tokens, uint32_t n, struct expert_counters *counters)
+{
+    return run_spec(m, path, budget, rp, false, tokens, n, counters);
 }
 
 TEST(paged_logits_are_bitwise_identical_for_every_budget)
@@ -104,15 +110,22 @@ TEST(direct_reads_equal_page_cache_reads)
     int32_t tokens[64];
     fill_tokens(tokens, N, V, 29);
     const uint64_t budget = 12 * expert_store_slot_bytes(m);
-    struct expert_counters cp, cd;
-    float *a = run(m, path, budget, ENGINE_EXPERT_READ_PAGECACHE, tokens, N, &cp);
-    float *b = run(m, path, budget, ENGINE_EXPERT_READ_DIRECT, tokens, N, &cd);
-    REQUIRE(a && b);
+    /* Without speculative loads every load is awaited before the next layer asks, so both
+     * paths read exactly the same experts; with them, which guesses are read depends on the
+     * loader's timing, so only the logits must agree. */
+    struct expert_counters cp, cd, cs;
+    float *a = run_spec(m, path, budget, ENGINE_EXPERT_READ_PAGECACHE, true, tokens, N, &cp);
+    float *b = run_spec(m, path, budget, ENGINE_EXPERT_READ_DIRECT, true, tokens, N, &cd);
+    float *c = run_spec(m, path, budget, ENGINE_EXPERT_READ_DIRECT, false, tokens, N, &cs);
+    REQUIRE(a && b && c);
     CHECK(memcmp(a, b, (size_t)N * V * sizeof(float)) == 0);
+    CHECK(memcmp(a, c, (size_t)N * V * sizeof(float)) == 0);
     CHECK(cp.read_path == ENGINE_EXPERT_READ_PAGECACHE && cd.read_path == ENGINE_EXPERT_READ_DIRECT);
     CHECK(cp.bytes_read > 0 && cp.bytes_read == cd.bytes_read);
+    CHECK(cs.read_path == ENGINE_EXPERT_READ_DIRECT && cs.prefetch_issued > 0);
     free(a);
     free(b);
+    free(c);
     model_close(m);
 }
 
@@ -127,11 +140,101 @@ TEST(hash_layer_prefetch_is_used)
     struct expert_counters c;
     float *l = run(m, path, 10 * expert_store_slot_bytes(m), ENGINE_EXPERT_READ_PAGECACHE, tokens, 40, &c);
     REQUIRE(l);
-    CHECK(c.prefetch_issued > 0);
-    CHECK(c.prefetch_used == c.prefetch_issued); /* hash routing is exact: every prefetch is used */
+    CHECK(c.prefetch_issued_kind[ENGINE_EXPERT_HASH] > 0);
+    /* hash routing is exact: every hash-layer prefetch is used */
+    CHECK_EQ_INT(c.prefetch_used_kind[ENGINE_EXPERT_HASH], c.prefetch_issued_kind[ENGINE_EXPERT_HASH]);
     CHECK_EQ_INT(c.misses[ENGINE_EXPERT_HASH], 0); /* hash layers never miss: their loads started early */
     CHECK(c.misses[ENGINE_EXPERT_LEARNED] > 0);
     free(l);
+    model_close(m);
+}
+
+TEST(expert_guesses_for_learned_layers_are_counted_and_change_no_logit)
+{
+    char path[512], err[512];
+    tiny_mixed(path, sizeof path);
+    struct model *m;
+    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    const uint32_t N = 60, V = m->hp.n_vocab;
+    int32_t tokens[60];
+    fill_tokens(tokens, N, V, 37);
+    const uint64_t budget = (uint64_t)m->hp.n_expert_used * m->hp.n_layer * expert_store_slot_bytes(m);
+    struct expert_counters on, off;
+    float *full = run(m, path, 0, ENGINE_EXPERT_READ_PAGECACHE, tokens, N, NULL);
+    float *a = run_spec(m, path, budget, ENGINE_EXPERT_READ_PAGECACHE, false, tokens, N, &on);
+    float *b = run_spec(m, path, budget, ENGINE_EXPERT_READ_PAGECACHE, true, tokens, N, &off);
+    REQUIRE(full && a && b);
+    CHECK(memcmp(a, full, (size_t)N * V * sizeof(float)) == 0);
+    CHECK(memcmp(b, full, (size_t)N * V * sizeof(float)) == 0);
+    /* with speculation: the learned layers (3 and 4) were guessed from the layer before */
+    CHECK(on.prefetch_issued_kind[ENGINE_EXPERT_LEARNED] > 0);
+    CHECK(on.prefetch_used_kind[ENGINE_EXPERT_LEARNED] > 0);
+    CHECK(on.prefetch_used_kind[ENGINE_EXPERT_LEARNED] <= on.prefetch_issued_kind[ENGINE_EXPERT_LEARNED]);
+    CHECK_EQ_INT(on.prefetch_issued, on.prefetch_issued_kind[0] + on.prefetch_issued_kind[1]);
+    CHECK_EQ_INT(on.prefetch_used, on.prefetch_used_kind[0] + on.prefetch_used_kind[1]);
+    CHECK(on.hits[ENGINE_EXPERT_LEARNED] > off.hits[ENGINE_EXPERT_LEARNED]); /* the guesses turn misses into hits */
+    printf("  learned-layer guesses: %llu issued, %llu used, %llu dropped; learned hits %llu with, %llu without\n",
+           (unsigned long long)on.prefetch_issued_kind[1], (unsigned long long)on.prefetch_used_kind[1],
+           (unsigned long long)on.prefetch_dropped, (unsigned long long)on.hits[1], (unsigned long long)off.hits[1]);
+    /* without: no speculative load at all */
+    CHECK_EQ_INT(off.prefetch_issued + off.prefetch_used + off.prefetch_dropped, 0);
+    CHECK_EQ_INT(off.prefetch_issued_kind[0] + off.prefetch_issued_kind[1], 0);
+    free(full);
+    free(a);
+    free(b);
+    model_close(m);
+}
+
+TEST(expert_guess_never_takes_a_needed_slot_nor_makes_a_needed_load_wait)
+{
+    char path[512], err[512];
+    tiny_mixed(path, sizeof path);
+    struct model *m;
+    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    struct expert_store *es;
+    struct expert_store_options o = { .budget_bytes = 4 * expert_store_slot_bytes(m), .read_path = ENGINE_EXPERT_READ_PAGECACHE };
+    REQUIRE(expert_store_open(&es, m, path, &o, err, sizeof err) == 0);
+    REQUIRE(expert_store_n_slots(es) == 4);
+    /* four guesses for layer 4 fill every slot; the loader reads nothing yet */
+    expert_store_hold_loader(es, true);
+    const int32_t guess[4] = { 0, 1, 2, 3 }, need[2] = { 5, 6 };
+    expert_store_prefetch(es, 4, guess, 4, true);
+    /* layer 3 needs two other experts: it drops the two newest queued guesses (2 and 3)
+     * instead of waiting for them (with the loader held, waiting would never end) */
+    REQUIRE(expert_store_request(es, 3, need, 2, err, sizeof err) == 0);
+    struct expert_counters c;
+    expert_store_get_counters(es, &c);
+    CHECK_EQ_INT(c.prefetch_issued, 4);
+    CHECK_EQ_INT(c.prefetch_dropped, 2);
+    CHECK_EQ_INT(c.loads, 0);
+    /* more guesses while layer 3's slots are pinned and the other two hold undecided guesses:
+     * no slot may be taken */
+    const int32_t more[4] = { 4, 5, 6, 7 };
+    expert_store_prefetch(es, 4, more, 4, true);
+    expert_store_get_counters(es, &c);
+    CHECK_EQ_INT(c.prefetch_issued, 4);
+    expert_store_hold_loader(es, false);
+    struct expert_view v[2];
+    REQUIRE(expert_store_await_views(es, 3, v, 2, err, sizeof err) == 0);
+    /* the slots hold the file's bytes of layer 3's experts 5 and 6 */
+    const struct gguf_tensor *gate = m->layers[3].ffn_gate_exps;
+    const uint64_t part = gate->nbytes / m->hp.n_expert;
+    CHECK(memcmp(v[0].gate.data, (const uint8_t *)gate->data + 5 * part, part) == 0);
+    CHECK(memcmp(v[1].gate.data, (const uint8_t *)gate->data + 6 * part, part) == 0);
+    expert_store_release(es, 3);
+    /* layer 4 chooses 1 and 7: the surviving guess 1 is used */
+    expert_store_get_counters(es, &c);
+    const uint64_t used0 = c.prefetch_used;
+    const int32_t chosen[2] = { 1, 7 };
+    REQUIRE(expert_store_acquire(es, 4, chosen, 2, v, err, sizeof err) == 0);
+    expert_store_drop_speculation(es, 4);
+    expert_store_release(es, 4);
+    expert_store_get_counters(es, &c);
+    CHECK_EQ_INT(c.prefetch_used - used0, 1);
+    CHECK_EQ_INT(c.prefetch_used_kind[ENGINE_EXPERT_LEARNED], c.prefetch_used);
+    CHECK(memcmp(v[0].gate.data, (const uint8_t *)m->layers[4].ffn_gate_exps->data + 1 * part, part) == 0);
+    CHECK(memcmp(v[1].gate.data, (const uint8_t *)m->layers[4].ffn_gate_exps->data + 7 * part, part) == 0);
+    expert_store_close(es);
     model_close(m);
 }
 

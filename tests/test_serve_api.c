@@ -476,6 +476,12 @@ TEST(serve_metrics_report_expert_cache_counters_when_paging)
     CHECK(hits + misses >= 4); /* at least one routed lookup per generated token */
     CHECK(serve_metric(&d, "flashbox_expert_bytes_read_total") > 0);
     CHECK(serve_metric(&d, "flashbox_expert_cache_bytes") > 0);
+    /* the learned layers' experts were guessed from the layer before; used never exceeds issued */
+    double guessed = serve_metric(&d, "flashbox_expert_prefetch_by_layer_issued_total{layer=\"learned\"}");
+    CHECK(guessed > 0);
+    CHECK(serve_metric(&d, "flashbox_expert_prefetch_by_layer_used_total{layer=\"learned\"}") <= guessed);
+    CHECK(serve_metric(&d, "flashbox_expert_prefetch_issued_total") ==
+          guessed + serve_metric(&d, "flashbox_expert_prefetch_by_layer_issued_total{layer=\"hash\"}"));
     serve_stop(&d, SIGTERM, 10000);
 }
 

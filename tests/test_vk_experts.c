@@ -11,8 +11,8 @@
 
 #define N_TOK 80
 
-static int open_engine(struct engine **e, const char *path, enum engine_backend b, uint64_t cache_mb,
-                       enum engine_expert_read rp)
+static int open_engine_spec(struct engine **e, const char *path, enum engine_backend b, uint64_t cache_mb,
+                            enum engine_expert_read rp, bool no_prefetch)
 {
     struct engine_options o;
     engine_options_default(&o);
@@ -20,11 +20,18 @@ static int open_engine(struct engine **e, const char *path, enum engine_backend 
     o.backend = b;
     o.expert_cache_mb = cache_mb;
     o.expert_read = rp;
+    o.expert_no_prefetch = no_prefetch;
     char err[512];
     if (engine_open(e, &o, err, sizeof err) == 0) return 0;
     if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
     test_fail_at(__FILE__, __LINE__, "%s", err);
     return -1;
+}
+
+static int open_engine(struct engine **e, const char *path, enum engine_backend b, uint64_t cache_mb,
+                       enum engine_expert_read rp)
+{
+    return open_engine_spec(e, path, b, cache_mb, rp, false);
 }
 
 /* logits [N_TOK][n_vocab] of tokens fed one at a time (incremental) or as one batch */
@@ -91,12 +98,41 @@ TEST(vk_paged_decode_is_bitwise_identical_for_every_budget)
         CHECK((uint64_t)c.n_slots * c.slot_bytes <= budgets_mb[i] << 20);
         CHECK(c.evictions > 0); /* the cache really pages */
         CHECK(c.prefetch_issued > 0 && c.prefetch_used > 0);
+        /* the learned layers (3, 4) were guessed from the layer before, in the same submit */
+        CHECK(c.prefetch_issued_kind[ENGINE_EXPERT_LEARNED] > 0 && c.prefetch_used_kind[ENGINE_EXPERT_LEARNED] > 0);
         printf("  %llu MiB: %u slots, %llu loads, %.1f KiB read per token\n", (unsigned long long)budgets_mb[i], c.n_slots,
                (unsigned long long)c.loads, (double)c.bytes_read / N_TOK / 1024);
         free(got);
         engine_close(e);
     }
     free(want);
+}
+
+TEST(vk_paged_decode_without_expert_guesses_is_identical_and_guesses_nothing)
+{
+    char path[512];
+    int32_t tokens[N_TOK];
+    tiny_f32(path, sizeof path, tokens);
+    struct engine *on, *off;
+    if (open_engine_spec(&on, path, ENGINE_BACKEND_VULKAN, 1, ENGINE_EXPERT_READ_PAGECACHE, false)) return;
+    REQUIRE(open_engine_spec(&off, path, ENGINE_BACKEND_VULKAN, 1, ENGINE_EXPERT_READ_PAGECACHE, true) == 0);
+    struct engine_info info;
+    engine_get_info(on, &info);
+    float *a = run(on, tokens, true, info.n_vocab), *b = run(off, tokens, true, info.n_vocab);
+    REQUIRE(a && b);
+    CHECK(memcmp(a, b, (size_t)N_TOK * info.n_vocab * sizeof(float)) == 0);
+    struct expert_counters con, coff;
+    CHECK(engine_expert_counters(on, &con) == 0 && engine_expert_counters(off, &coff) == 0);
+    CHECK(con.prefetch_issued_kind[ENGINE_EXPERT_LEARNED] > 0);
+    CHECK(con.hits[ENGINE_EXPERT_LEARNED] > coff.hits[ENGINE_EXPERT_LEARNED]);
+    CHECK_EQ_INT(coff.prefetch_issued + coff.prefetch_used + coff.prefetch_dropped, 0);
+    printf("  learned guesses %llu issued, %llu used; learned hits %llu with, %llu without\n",
+           (unsigned long long)con.prefetch_issued_kind[1], (unsigned long long)con.prefetch_used_kind[1],
+           (unsigned long long)con.hits[1], (unsigned long long)coff.hits[1]);
+    free(a);
+    free(b);
+    engine_close(on);
+    engine_close(off);
 }
 
 TEST(vk_paged_prefill_and_direct_reads_match_the_reference)
