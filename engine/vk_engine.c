@@ -148,6 +148,9 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     if (hp->window + hp->ix_topk > ABI_ATTN_MAX_KEYS)
         return errf(err, err_len, "vulkan: window %u + indexer top-k %u exceed the attention kernel's %d keys", hp->window,
                     hp->ix_topk, ABI_ATTN_MAX_KEYS);
+    if (hp->head_dim % 4 || hp->head_dim > ABI_ATTN_MAX_HEAD_DIM)
+        return errf(err, err_len, "vulkan: head_dim %u, the attention kernel reads rows of float4 up to %d", hp->head_dim,
+                    ABI_ATTN_MAX_HEAD_DIM);
     bool *placed = NULL; /* [n_tensors]: already uploaded as part of a projection group */
     struct vk_engine *e = calloc(1, sizeof *e);
     if (!e) return errf(err, err_len, "out of memory");

@@ -183,6 +183,7 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_ATTN_BIND_ROPE 5
 #define ABI_ATTN_BIND_O 6
 #define ABI_ATTN_MAX_KEYS 2048
+#define ABI_ATTN_MAX_HEAD_DIM 512 /* rows are float4; q per lane, output per invocation in registers */
 #define ABI_ATTN_FIELDS(U, F) \
     U head_dim; U n_head; U rope_dim; U window; U ring_len; U ratio; U topk; U pos0; U n_tok; \
     U q_off; U ring_off; U comp_off; U sel_off; U sinks_off; U rope_off; U o_off; \
