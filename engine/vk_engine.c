@@ -142,6 +142,7 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     *ctx = NULL;
     const struct model_hparams *hp = &m->hp;
     if (hp->n_hc > 4) return errf(err, err_len, "vulkan: n_hc %u, the hc kernel handles at most 4 streams", hp->n_hc);
+    if (hp->n_embd % 4) return errf(err, err_len, "vulkan: n_embd %u, the hc kernel reads streams as float4", hp->n_embd);
     if (hp->n_expert_used > ABI_ROUTER_MAX_K || hp->n_expert > ABI_ROUTER_MAX_EXPERTS)
         return errf(err, err_len, "vulkan: %u of %u experts per token, the router kernel handles %d of %d", hp->n_expert_used,
                     hp->n_expert, ABI_ROUTER_MAX_K, ABI_ROUTER_MAX_EXPERTS);

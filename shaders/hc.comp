@@ -5,12 +5,14 @@
  * is hc_head (pre gates only) followed by the final norm. */
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 #include "common.glsl"
 
 ABI_PUSH(ABI_HC_FIELDS)
 
 layout(std430, binding = ABI_HC_BIND_X) coherent buffer x_buf { float X[]; };
-layout(std430, binding = ABI_HC_BIND_FN) readonly buffer fn_buf { float fn[]; };
+layout(std430, binding = ABI_HC_BIND_X) coherent buffer x4_buf { vec4 X4[]; };
+layout(std430, binding = ABI_HC_BIND_FN) readonly buffer fn_buf { vec4 fn4[]; };
 layout(std430, binding = ABI_HC_BIND_BASE) readonly buffer base_buf { float base_v[]; };
 layout(std430, binding = ABI_HC_BIND_SCALE) readonly buffer scale_buf { float scale_v[]; };
 layout(std430, binding = ABI_HC_BIND_NORM) readonly buffer norm_buf { float norm_w[]; };
@@ -19,6 +21,8 @@ layout(std430, binding = ABI_HC_BIND_HC) buffer hc_buf { float hc[]; };
 layout(std430, binding = ABI_HC_BIND_SRC) readonly buffer src_buf { float src[]; };
 
 shared float mixes[ABI_HC_MAX_MIX];
+/* per subgroup: its sum of squares, then its partial mixes (one barrier for all of them) */
+shared float sg_part[ABI_WG_SIZE][1 + ABI_HC_MAX_MIX];
 shared float old_hc[4 + 16];
 shared float pre_s[4];
 
@@ -52,19 +56,35 @@ void main()
         barrier();
     }
 
-    /* mixes: every invocation accumulates its strided share of all rows at once */
+    /* mixes: every invocation accumulates its strided share of all rows at once, reading
+     * float4 (n_embd is a multiple of 4, the host checks): on CPU drivers each load is a
+     * per-lane loop, so four elements per load matter */
     float acc[ABI_HC_MAX_MIX];
-    for (uint r = 0u; r < ABI_HC_MAX_MIX; r++) acc[r] = 0.0;
+    [[unroll]] for (uint r = 0u; r < ABI_HC_MAX_MIX; r++) acc[r] = 0.0;
     float ss = 0.0;
-    for (uint i = tid; i < width; i += ABI_WG_SIZE) {
-        const float xv = X[xb + i];
-        ss += xv * xv;
-        for (uint r = 0u; r < n_mix; r++) acc[r] += fn[r * width + i] * xv;
+    const uint width4 = width / 4u;
+    for (uint i4 = tid; i4 < width4; i4 += ABI_WG_SIZE) {
+        const vec4 xv = X4[xb / 4u + i4];
+        ss += dot(xv, xv);
+        [[unroll]] for (uint r = 0u; r < ABI_HC_MAX_MIX; r++)
+            if (r < n_mix) acc[r] += dot(fn4[r * width4 + i4], xv);
     }
-    const float rms = 1.0 / sqrt(wg_sum(ss) / float(width) + pc.rms_eps);
-    for (uint r = 0u; r < n_mix; r++) {
-        const float m = wg_sum(acc[r]);
-        if (tid == 0u) mixes[r] = m * rms;
+    ss = subgroupAdd(ss);
+    [[unroll]] for (uint r = 0u; r < ABI_HC_MAX_MIX; r++) acc[r] = subgroupAdd(acc[r]);
+    if (subgroupElect()) {
+        sg_part[gl_SubgroupID][0] = ss;
+        [[unroll]] for (uint r = 0u; r < ABI_HC_MAX_MIX; r++) sg_part[gl_SubgroupID][1u + r] = acc[r];
+    }
+    barrier();
+    if (tid == 0u) {
+        float total_ss = 0.0;
+        for (uint g = 0u; g < gl_NumSubgroups; g++) total_ss += sg_part[g][0];
+        const float rms = 1.0 / sqrt(total_ss / float(width) + pc.rms_eps);
+        for (uint r = 0u; r < n_mix; r++) {
+            float m = 0.0;
+            for (uint g = 0u; g < gl_NumSubgroups; g++) m += sg_part[g][1u + r];
+            mixes[r] = m * rms;
+        }
     }
     barrier();
 
