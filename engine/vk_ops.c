@@ -78,7 +78,7 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
     ops->layout = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? VK_MATVEC_LANES : VK_MATVEC_SUBGROUP;
     ops->lanes_wg = d->subgroup_size;
     ops->lanes_rows_matvec = 16;
-    ops->lanes_rows_matmul = 16;
+    ops->lanes_rows_matmul = 32;
     const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push; } simple[] = {
         { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push) },
         { &ops->hc, "hc", 8, sizeof(struct abi_hc_push) },
