@@ -162,7 +162,7 @@ bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args 
     /* rows of whole chunks (super-blocks for the word reads) from an aligned start */
     const bool words = lanes_reads_words(a);
     const bool block_type = w->type == GGUF_TYPE_Q8_0 || w->type == GGUF_TYPE_MXFP4;
-    const uint32_t unit = words ? ABI_LANES_SUPERBLOCK_BYTES : block_type ? ABI_LANES_BLOCK_CHUNK_BYTES : ABI_LANES_FLOAT_CHUNK_BYTES;
+    const uint32_t unit = words ? ABI_LANES_TILE_STEP_BYTES : block_type ? ABI_LANES_BLOCK_CHUNK_BYTES : ABI_LANES_FLOAT_CHUNK_BYTES;
     if (!(words ? w->span.texels_u32 : w->span.texels_u32x4) || w->row_bytes % unit || w->span.off % (words ? 4 : 16) ||
         w->span.off + w->mat_bytes * w->n_mat > UINT32_MAX)
         return false;
