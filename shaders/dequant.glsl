@@ -14,14 +14,14 @@ vec2 unpack2(uint u)
 #endif
 
 #if W_TYPE == ABI_WTYPE_MXFP4
+/* Magnitudes of the E2M1 codes 0..7 times two (0 1 2 3 4 6 8 12), a nibble each: a table
+ * in a register, indexed by a shift. */
+#define E2M1_X2_NIBBLES 0xC8643210u
 /* E2M1 codes (4 bits each) times two, so every value is a small integer; the block scale
- * 2^(e-128) undoes the doubling. e = 0 gives m; otherwise 2^e * (1 + m/2), built as float
- * bits. */
+ * 2^(e-128) undoes the doubling. The sign is bit 3 of the code, moved to the float's. */
 vec4 e2m1_x2(uvec4 c)
 {
-    const uvec4 e = (c >> 1) & 3u, m = c & 1u, s = c >> 3;
-    const uvec4 normal = ((e + 127u) << 23) | (m << 22);
-    const uvec4 bits = mix(m * 0x3f800000u, normal, greaterThan(e, uvec4(0u)));
-    return uintBitsToFloat(bits | (s << 31));
+    const uvec4 mag = (uvec4(E2M1_X2_NIBBLES) >> ((c & 7u) << 2)) & 15u;
+    return uintBitsToFloat(floatBitsToUint(vec4(mag)) | ((c & 8u) << 28));
 }
 #endif
