@@ -37,11 +37,10 @@ layout(std430, binding = ABI_MATVEC_BIND_IDS) readonly buffer ids_buf { int ids[
     (WORD(t, (b) >> 2) >> (8u * ((b) & 3u))) | (WORD(t, ((b) >> 2) + 1u) << (32u - 8u * ((b) & 3u))))
 
 /* A chunk is CHUNK_BLOCKS blocks = CHUNK_TEXELS texels (ABI_LANES_*_CHUNK_BYTES); rows
- * hold whole chunks. A chunk is walked in parts of PART_BLOCKS blocks: x of a part is
- * fetched once for every row, then each row fetches the part's texels (a window of at most
- * PART_TEXELS) and dots it. Decode uses long parts (fewer passes over the rows); the token
- * tile uses short ones (its x for all tokens stays small). */
-#define WIN_TEXELS 17u       /* the longest part window: a whole 272-byte chunk */
+ * hold whole chunks. x of a chunk is fetched once for every row, then each row fetches the
+ * chunk's texels and dots them. The chunk loop must stay a plain loop around the row loop:
+ * unrolling anything that holds the row loop made LLVM take minutes to compile. */
+#define WIN_TEXELS 17u       /* texels of the longest chunk: 272 bytes */
 #if W_TYPE == ABI_WTYPE_Q8_0
 #define BLOCK_ELEMS 32u
 #define BLOCK_BYTES 34u      /* f16 d, 32 int8 */
@@ -98,11 +97,7 @@ float decode_f16(const uvec4 u, out vec4 v[8])
 #ifndef LANES_WORDS
 #define BLOCK_VEC4 (BLOCK_ELEMS / 4u)
 #define CHUNK_TEXELS (CHUNK_BLOCKS * BLOCK_BYTES / 16u)
-const uint PART_BLOCKS = CHUNK_BLOCKS;
-const uint N_PARTS = CHUNK_BLOCKS / PART_BLOCKS;
-const uint PART_VEC4 = PART_BLOCKS * BLOCK_VEC4;
-/* texels a part can touch from its first texel (at most WIN_TEXELS) */
-#define PART_TEXELS(h) ((((BLOCK_BYTES * PART_BLOCKS * (h)) & 15u) + BLOCK_BYTES * PART_BLOCKS + 15u) >> 4)
+#define CHUNK_VEC4 (CHUNK_BLOCKS * BLOCK_VEC4)
 
 void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TILE], const bool tv[TOK_TILE])
 {
@@ -113,41 +108,36 @@ void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TIL
     const bool accumulate = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u;
     const uint n_chunks = pc.n_in / (BLOCK_ELEMS * CHUNK_BLOCKS);
     for (uint c = 0u; c < n_chunks; c++) {
-        [[unroll]] for (uint h = 0u; h < N_PARTS; h++) {
-            const uint part_byte = BLOCK_BYTES * PART_BLOCKS * h;      /* in the chunk */
-            /* the part's x for every token, fetched once for all rows */
-            vec4 xv[TOK_TILE][PART_VEC4];
-            const uint xe = (c * CHUNK_BLOCKS + h * PART_BLOCKS) * BLOCK_VEC4;
-            [[unroll]] for (uint t = 0u; t < TOK_TILE; t++)
-                [[unroll]] for (uint k = 0u; k < PART_VEC4; k++) xv[t][k] = texelFetch(x_tex, int((xt[t] >> 2) + xe + k));
-            for (uint r = 0u; r < ROWS_PER_LANE; r++) {
-                if (wg_row0 + r * wg >= pc.n_out) break;               /* the same for the whole workgroup */
-                /* a lane past n_out repeats the last row so all lanes stay in step; it writes nothing */
-                const uint row = min(row0 + r * wg, pc.n_out - 1u);
-                const uint tex0 = mat_texel + row * row_texels + c * CHUNK_TEXELS + (part_byte >> 4);
-                uvec4 win[WIN_TEXELS];
-                [[unroll]] for (uint i = 0u; i < PART_TEXELS(h); i++) win[i] = texelFetch(w_tex, int(tex0 + i));
-                float s[TOK_TILE];
-                [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) s[t] = 0.0;
-                [[unroll]] for (uint bb = 0u; bb < PART_BLOCKS; bb++) {
-                    vec4 v[8];
+        /* the chunk's x for every token, fetched once for all rows */
+        vec4 xv[TOK_TILE][CHUNK_VEC4];
+        [[unroll]] for (uint t = 0u; t < TOK_TILE; t++)
+            [[unroll]] for (uint k = 0u; k < CHUNK_VEC4; k++) xv[t][k] = texelFetch(x_tex, int((xt[t] >> 2) + c * CHUNK_VEC4 + k));
+        for (uint r = 0u; r < ROWS_PER_LANE; r++) {
+            if (wg_row0 + r * wg >= pc.n_out) break;               /* the same for the whole workgroup */
+            /* a lane past n_out repeats the last row so all lanes stay in step; it writes nothing */
+            const uint row = min(row0 + r * wg, pc.n_out - 1u);
+            const uint tex0 = mat_texel + row * row_texels + c * CHUNK_TEXELS;
+            uvec4 win[WIN_TEXELS];
+            [[unroll]] for (uint i = 0u; i < CHUNK_TEXELS; i++) win[i] = texelFetch(w_tex, int(tex0 + i));
+            float s[TOK_TILE];
+            [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) s[t] = 0.0;
+            [[unroll]] for (uint bb = 0u; bb < CHUNK_BLOCKS; bb++) {
+                vec4 v[8];
 #define WIN_B4(b) BYTES4(win, b)
-                    const float d = DECODE_BLOCK(WIN_B4, (part_byte & 15u) + BLOCK_BYTES * bb, v);
-                    [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) {
-                        vec4 p = v[0] * xv[t][bb * BLOCK_VEC4];
-                        [[unroll]] for (uint k = 1u; k < BLOCK_VEC4; k++) p += v[k] * xv[t][bb * BLOCK_VEC4 + k];
-                        s[t] += d * ((p.x + p.y) + (p.z + p.w));
-                    }
+                const float d = DECODE_BLOCK(WIN_B4, BLOCK_BYTES * bb, v);
+                [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) {
+                    vec4 p = v[0] * xv[t][bb * BLOCK_VEC4];
+                    [[unroll]] for (uint k = 1u; k < BLOCK_VEC4; k++) p += v[k] * xv[t][bb * BLOCK_VEC4 + k];
+                    s[t] += d * ((p.x + p.y) + (p.z + p.w));
                 }
-                /* partial sums go straight to y: no per-row accumulators to index */
-                if (row0 + r * wg < pc.n_out)
-                    for (uint t = 0u; t < TOK_TILE; t++)
-                        if (tv[t]) {
-                            const uint yi = yt[t] + row;
-                            const bool first = c == 0u && h == 0u;
-                            y[yi] = (first && !accumulate ? 0.0 : y[yi]) + s[t] * pc.scale;
-                        }
             }
+            /* partial sums go straight to y: no per-row accumulators to index */
+            if (row0 + r * wg < pc.n_out)
+                for (uint t = 0u; t < TOK_TILE; t++)
+                    if (tv[t]) {
+                        const uint yi = yt[t] + row;
+                        y[yi] = (c == 0u && !accumulate ? 0.0 : y[yi]) + s[t] * pc.scale;
+                    }
         }
     }
 }
