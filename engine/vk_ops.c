@@ -15,8 +15,9 @@ static const char *const lanes_names[VK_N_WTYPES] = {
     [ABI_WTYPE_F32] = "matvec_lanes_f32", [ABI_WTYPE_F16] = "matvec_lanes_f16", [ABI_WTYPE_BF16] = "matvec_lanes_bf16",
     [ABI_WTYPE_Q8_0] = "matvec_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matvec_lanes_mxfp4",
 };
-static const char *const lanes_tiled_names[VK_N_WTYPES] = {
-    [ABI_WTYPE_F32] = "matvec_lanes_f32", [ABI_WTYPE_F16] = "matvec_lanes_f16", [ABI_WTYPE_BF16] = "matvec_lanes_bf16",
+/* The block types' LANES token tile is its own shader (it reads words); the float types'
+ * tile is their matvec shader with TOK_TILE > 1. */
+static const char *const lanes_word_tile_names[VK_N_WTYPES] = {
     [ABI_WTYPE_Q8_0] = "matmul_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matmul_lanes_mxfp4",
 };
 /* LANES texel bindings: weights and x. */
@@ -52,7 +53,7 @@ int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, si
         const uint32_t lanes_n[3] = { VK_MATMUL_TILE, ops->lanes_wg, ops->lanes_rows_matmul };
         if (vk_kernel_create_texel(ops->d, &ops->lanes_matvec[t], lanes_names[t], 4, LANES_TEXEL_MASK,
                                    sizeof(struct abi_matvec_push), lanes1, 3, err, err_len) ||
-            vk_kernel_create_texel(ops->d, &ops->lanes_matmul[t], lanes_tiled_names[t], 4, LANES_TEXEL_MASK,
+            vk_kernel_create_texel(ops->d, &ops->lanes_matmul[t], lanes_word_tile_names[t] ? lanes_word_tile_names[t] : lanes_names[t], 4, LANES_TEXEL_MASK,
                                    sizeof(struct abi_matvec_push), lanes_n, 3, err, err_len))
             goto fail;
     }
@@ -61,6 +62,7 @@ fail:
     vk_kernel_destroy(ops->d, &ops->matvec[t]);
     vk_kernel_destroy(ops->d, &ops->matmul[t]);
     vk_kernel_destroy(ops->d, &ops->lanes_matvec[t]);
+    vk_kernel_destroy(ops->d, &ops->lanes_matmul[t]);
     return -1;
 }
 
@@ -139,7 +141,6 @@ int vk_weight_init(struct vk_weight *w, const struct vk_span *span, enum gguf_ty
     return 0;
 }
 
-
 /* Whether the vectorised path may run: x vectors start on 16 bytes and the weight rows,
  * matrices and start offset are aligned for the type's wide loads. */
 static bool vec_ok(const struct abi_matvec_push *p, enum gguf_type type)
@@ -149,10 +150,30 @@ static bool vec_ok(const struct abi_matvec_push *p, enum gguf_type type)
     return (p->row_bytes | p->w_off | p->w_zstride) % align == 0;
 }
 
+/* Token tiles (the matmul pipelines) from VK_MATMUL_TILE tokens on, in both layouts. */
+static bool tiled(const struct vk_matvec_args *a) { return a->n_tok >= VK_MATMUL_TILE; }
+
 /* The block types' token tile reads words (matmul_lanes); everything else 16-byte texels. */
 static bool lanes_reads_words(const struct vk_matvec_args *a)
 {
-    return a->n_tok >= VK_MATMUL_TILE && (a->w->type == GGUF_TYPE_Q8_0 || a->w->type == GGUF_TYPE_MXFP4);
+    return tiled(a) && (a->w->type == GGUF_TYPE_Q8_0 || a->w->type == GGUF_TYPE_MXFP4);
+}
+
+/* The push block both layouts share; the caller adds where w, x, y and ids start in their
+ * bindings (x_off, y_off, ids_off as given here are the caller's own offsets). */
+static struct abi_matvec_push matvec_push(const struct vk_matvec_args *a, uint32_t rows_per_wg)
+{
+    const struct vk_weight *w = a->w;
+    return (struct abi_matvec_push){
+        .n_in = w->n_in, .n_out = w->n_out, .n_tok = a->n_tok, .rows_per_wg = rows_per_wg, .row_bytes = w->row_bytes,
+        .w_zstride = (uint32_t)w->mat_bytes,
+        .x_off = a->x_off, .x_tstride = a->x_tstride, .x_zstride = a->x_zstride, .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
+        .y_off = a->y_off, .y_tstride = a->y_tstride, .y_zstride = a->y_zstride, .ids_off = a->ids_off,
+        .ids_wrap = a->ids_wrap, .mat_add = a->mat_add, .y_wrap_add = a->y_wrap_add,
+        .flags = (a->accumulate ? ABI_MATVEC_FLAG_ACCUMULATE : 0) | (a->ids ? ABI_MATVEC_FLAG_IDS : 0) |
+                 (a->grouped ? ABI_MATVEC_FLAG_GROUPED : 0),
+        .scale = a->scale,
+    };
 }
 
 bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a)
@@ -177,9 +198,9 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
                         size_t err_len)
 {
     const struct vk_weight *w = a->w;
-    const bool tiled = a->n_tok >= VK_MATMUL_TILE;
-    const struct vk_kernel *k = tiled ? &ops->lanes_matmul[t] : &ops->lanes_matvec[t];
-    const uint32_t tile = tiled ? VK_MATMUL_TILE : 1;
+    const bool tile_on = tiled(a);
+    const struct vk_kernel *k = tile_on ? &ops->lanes_matmul[t] : &ops->lanes_matvec[t];
+    const uint32_t tile = tile_on ? VK_MATMUL_TILE : 1;
     VkDescriptorBufferInfo b[4] = { 0 };
     VkBufferView v[4] = { lanes_reads_words(a) ? w->span.texels_u32 : w->span.texels_u32x4, a->x->texels_f32x4,
                           VK_NULL_HANDLE, VK_NULL_HANDLE };
@@ -187,19 +208,12 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
     if (vk_span_range(ops->d, a->y, 0, a->y->size, &b[2], &rel_y, err, err_len)) return errf_prefix(err, err_len, "matvec output");
     const struct vk_span *ids = a->ids ? a->ids : a->y; /* bound but unread without ids */
     if (vk_span_range(ops->d, ids, 0, ids->size, &b[3], &rel_i, err, err_len)) return errf_prefix(err, err_len, "matvec ids");
-    struct abi_matvec_push p = {
-        .n_in = w->n_in, .n_out = w->n_out, .n_tok = a->n_tok,
-        .rows_per_wg = ops->lanes_wg * (tiled ? ops->lanes_rows_matmul : ops->lanes_rows_matvec),
-        .w_off = (uint32_t)w->span.off, .row_bytes = w->row_bytes, .w_zstride = (uint32_t)w->mat_bytes,
-        .x_off = (uint32_t)(a->x->off / 4) + a->x_off, .x_tstride = a->x_tstride, .x_zstride = a->x_zstride,
-        .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
-        .y_off = a->y_off + (uint32_t)(rel_y / 4), .y_tstride = a->y_tstride, .y_zstride = a->y_zstride,
-        .ids_off = a->ids_off + (uint32_t)(rel_i / 4), .ids_wrap = a->ids_wrap, .mat_add = a->mat_add,
-        .y_wrap_add = a->y_wrap_add,
-        .flags = (a->accumulate ? ABI_MATVEC_FLAG_ACCUMULATE : 0) | (a->ids ? ABI_MATVEC_FLAG_IDS : 0) |
-                 (a->grouped ? ABI_MATVEC_FLAG_GROUPED : 0),
-        .scale = a->scale,
-    };
+    struct abi_matvec_push p = matvec_push(a, ops->lanes_wg * (tile_on ? ops->lanes_rows_matmul : ops->lanes_rows_matvec));
+    /* texel views cover the whole chunk: weights and x start at their span's place in it */
+    p.w_off = (uint32_t)w->span.off;
+    p.x_off += (uint32_t)(a->x->off / 4);
+    p.y_off += (uint32_t)(rel_y / 4);
+    p.ids_off += (uint32_t)(rel_i / 4);
     uint32_t n_slot = a->n_slot ? a->n_slot : 1;
     uint32_t gy = a->grouped ? 1 : div_up(a->n_tok, tile);
     return vk_recorder_dispatch_texel(r, k, b, v, &p, div_up(w->n_out, p.rows_per_wg), gy, n_slot, err, err_len);
@@ -213,8 +227,8 @@ int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matv
     if (t < 0 || a->n_tok == 0) return errf(err, err_len, "matvec: bad weight type or zero tokens");
     if (vk_ops_prepare_matvec(ops, w->type, err, err_len)) return -1;
     if (vk_matvec_uses_lanes(ops, a)) return matvec_lanes(r, ops, a, t, err, err_len);
-    const struct vk_kernel *k = a->n_tok >= VK_MATMUL_TILE ? &ops->matmul[t] : &ops->matvec[t];
-    uint32_t tile = a->n_tok >= VK_MATMUL_TILE ? VK_MATMUL_TILE : 1;
+    const struct vk_kernel *k = tiled(a) ? &ops->matmul[t] : &ops->matvec[t];
+    uint32_t tile = tiled(a) ? VK_MATMUL_TILE : 1;
 
     VkDescriptorBufferInfo b[4];
     uint64_t rel_x, rel_y, rel_i = 0;
@@ -224,16 +238,9 @@ int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matv
     const struct vk_span *ids = a->ids ? a->ids : a->x; /* bound but unread without ids */
     if (vk_span_range(d, ids, 0, ids->size, &b[3], &rel_i, err, err_len)) return errf_prefix(err, err_len, "matvec ids");
 
-    struct abi_matvec_push p = {
-        .n_in = w->n_in, .n_tok = a->n_tok, .rows_per_wg = ops->rows_per_wg, .row_bytes = w->row_bytes,
-        .w_zstride = (uint32_t)w->mat_bytes,
-        .x_off = a->x_off + (uint32_t)(rel_x / 4), .x_tstride = a->x_tstride, .x_zstride = a->x_zstride, .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
-        .y_tstride = a->y_tstride, .y_zstride = a->y_zstride, .ids_off = a->ids_off + (uint32_t)(rel_i / 4),
-        .ids_wrap = a->ids_wrap, .mat_add = a->mat_add, .y_wrap_add = a->y_wrap_add,
-        .flags = (a->accumulate ? ABI_MATVEC_FLAG_ACCUMULATE : 0) | (a->ids ? ABI_MATVEC_FLAG_IDS : 0) |
-                 (a->grouped ? ABI_MATVEC_FLAG_GROUPED : 0),
-        .scale = a->scale,
-    };
+    struct abi_matvec_push p = matvec_push(a, ops->rows_per_wg);
+    p.x_off += (uint32_t)(rel_x / 4);
+    p.ids_off += (uint32_t)(rel_i / 4);
     uint32_t n_slot = a->n_slot ? a->n_slot : 1;
     if (a->ids || n_slot > 1) {
         /* Expert matrices are picked on the device: the whole tensor is one binding. */
@@ -242,7 +249,6 @@ int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matv
             return errf_prefix(err, err_len, "matvec expert weights");
         if (w->mat_bytes * w->n_mat > UINT32_MAX) return errf(err, err_len, "matvec: expert tensor over 4 GiB");
         p.w_off = (uint32_t)rel_w;
-        p.n_out = w->n_out;
         p.y_off = a->y_off + (uint32_t)(rel_y / 4);
         if (vec_ok(&p, w->type)) p.flags |= ABI_MATVEC_FLAG_VEC;
         /* grouped slots walk their own token tiles: one workgroup row per expert */
