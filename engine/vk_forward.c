@@ -129,6 +129,22 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
     const struct vk_span *b[8] = { &s->x, vk_tensor_span(f->e, fn), vk_tensor_span(f->e, base), vk_tensor_span(f->e, scale),
                                    vk_tensor_span(f->e, norm), &s->a, &s->hc, f->post_pending ? f->post_src : &s->f };
     f->post_pending = false;
+    if (head || n < VK_MATMUL_TILE) return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
+    /* A prefill batch: one workgroup per token would read all of fn per token (on CPU
+     * drivers that was 15% of prefill), so the mixes are a token-tiled matmul instead. */
+    const uint32_t width = hp->n_hc * hp->n_embd, n_mix = (2 + hp->n_hc) * hp->n_hc;
+    if (p.flags & ABI_HC_FLAG_POST) {
+        struct abi_hc_push post = p;
+        post.flags |= ABI_HC_FLAG_POST_ONLY;
+        if (dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &post, n, 1, 1)) return -1;
+        barrier(f);
+    }
+    if (matvec(f, fn, &s->x, width, &s->mix, t0 * n_mix, n_mix, n, t0 * width)) return -1;
+    barrier(f);
+    b[ABI_HC_BIND_FN] = &s->mix;
+    p.flags = ABI_HC_FLAG_MIXES_GIVEN;
+    p.mix_off = t0 * n_mix;
+    p.mix_tstride = n_mix;
     return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
 }
 

@@ -79,6 +79,7 @@ struct vk_session {
     /* activations of up to VK_BATCH tokens */
     struct vk_span x;            /* [B][n_hc][n_embd] residual streams */
     struct vk_span hc;           /* [B][n_hc + n_hc^2] post, comb of the current site */
+    struct vk_span mix;          /* [B][ABI_HC_MAX_MIX] fn . X of a prefill batch's hc site */
     struct vk_span a;            /* [B][n_embd] normed sublayer input */
     struct vk_span qr;           /* [B][q_rank] */
     struct vk_span q;            /* [B][n_head][head_dim] */

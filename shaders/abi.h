@@ -112,6 +112,7 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
  * m = rms(X) * (fn . X), pre = sigmoid(m*scale0 + base) + hc_eps, post = 2 sigmoid(...),
  * comb = Sinkhorn(...) (all iterations here), y = rmsnorm(sum_j pre_j X_j) * norm; or, with
  * ABI_HC_FLAG_HEAD, hc_head (pre mixes only) and the final norm. One dispatch per site. */
+#define ABI_HC_MAX_STREAMS 4 /* n_hc */
 #define ABI_HC_MAX_MIX 24 /* (2 + n_hc) * n_hc for n_hc <= 4 */
 #define ABI_HC_BIND_X 0       /* [n_tok][n_hc][n_embd] */
 #define ABI_HC_BIND_FN 1      /* [mix][n_hc*n_embd] */
@@ -123,13 +124,19 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_HC_BIND_SRC 7     /* the previous sublayer's output parts */
 #define ABI_HC_FLAG_HEAD 1u   /* hc_head: only the pre mixes, no post/comb */
 #define ABI_HC_FLAG_POST 2u   /* apply the previous sublayer's hc_post first */
+#define ABI_HC_FLAG_POST_ONLY 4u   /* stop after hc_post */
+/* The mixes fn . X (before the rms scale) are read at mix_off + t * mix_tstride from the
+ * buffer bound at ABI_HC_BIND_FN (fn itself is not needed then) instead of computed here. Prefill batches take this split: hc_post, the
+ * mixes as one token-tiled matmul (fn read once per tile, not once per token), then this. */
+#define ABI_HC_FLAG_MIXES_GIVEN 8u
 
 #define ABI_HC_FIELDS(U, F) \
     U n_embd; U n_hc; U n_tok; U sinkhorn_iters; \
     U x_off; U y_off; U hc_off;   /* floats */ \
     U flags; \
     U src_off; U src_tstride; U src_sstride; U n_src; U extra_off; U extra_tstride; \
-    F rms_eps; F hc_eps;
+    F rms_eps; F hc_eps; \
+    U mix_off; U mix_tstride;     /* floats */
 
 /* ---- norm_rope: per (row h, token t) workgroup: optional RMSNorm (optional weight) over n,
  * then RoPE on the last rope_dim elements in interleaved pairs at position
@@ -237,7 +244,7 @@ ABI_STRUCT(abi_router_push, ABI_ROUTER_FIELDS)
 ABI_STRUCT(abi_swiglu_push, ABI_SWIGLU_FIELDS)
 ABI_STRUCT(abi_moe_group_push, ABI_MOE_GROUP_FIELDS)
 _Static_assert(sizeof(struct abi_moe_group_push) == 2 * 4, "moe_group push block");
-_Static_assert(sizeof(struct abi_hc_push) == 16 * 4, "hc push block");
+_Static_assert(sizeof(struct abi_hc_push) == 18 * 4, "hc push block");
 _Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push block");
 _Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");
 _Static_assert(sizeof(struct abi_indexer_push) == 13 * 4, "indexer push block");

@@ -1,8 +1,10 @@
-/* Hyper-connections (spec §3.2), one dispatch per site: the previous sublayer's exit
- * (hc_post, ABI_HC_FLAG_POST), then this sublayer's entry: the mixes of the flattened
+/* Hyper-connections (spec §3.2), one dispatch per site (decode): the previous sublayer's
+ * exit (hc_post, ABI_HC_FLAG_POST), then this sublayer's entry: the mixes of the flattened
  * streams, sigmoid gates, Sinkhorn normalisation of comb (all iterations inside this
  * dispatch), the weighted stream sum and the sublayer's RMSNorm. With ABI_HC_FLAG_HEAD it
- * is hc_head (pre gates only) followed by the final norm. */
+ * is hc_head (pre gates only) followed by the final norm. Prefill batches split a site in
+ * three (ABI_HC_FLAG_MIXES_GIVEN in abi.h): hc_post alone, the mixes as a matmul, then the
+ * rest here. */
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
@@ -13,12 +15,13 @@ ABI_PUSH(ABI_HC_FIELDS)
 layout(std430, binding = ABI_HC_BIND_X) coherent buffer x_buf { float X[]; };
 layout(std430, binding = ABI_HC_BIND_X) coherent buffer x4_buf { vec4 X4[]; };
 layout(std430, binding = ABI_HC_BIND_FN) readonly buffer fn_buf { vec4 fn4[]; };
+layout(std430, binding = ABI_HC_BIND_FN) readonly buffer mix_buf { float mix_in[]; }; /* ABI_HC_FLAG_MIXES_GIVEN */
 layout(std430, binding = ABI_HC_BIND_BASE) readonly buffer base_buf { float base_v[]; };
 layout(std430, binding = ABI_HC_BIND_SCALE) readonly buffer scale_buf { float scale_v[]; };
 layout(std430, binding = ABI_HC_BIND_NORM) readonly buffer norm_buf { float norm_w[]; };
-layout(std430, binding = ABI_HC_BIND_Y) buffer y_buf { float y[]; };
+layout(std430, binding = ABI_HC_BIND_Y) buffer y_buf { vec4 y4[]; };
 layout(std430, binding = ABI_HC_BIND_HC) buffer hc_buf { float hc[]; };
-layout(std430, binding = ABI_HC_BIND_SRC) readonly buffer src_buf { float src[]; };
+layout(std430, binding = ABI_HC_BIND_SRC) readonly buffer src_buf { vec4 src4[]; };
 
 shared float mixes[ABI_HC_MAX_MIX];
 /* per subgroup: its sum of squares, then its partial mixes (one barrier for all of them) */
@@ -36,25 +39,31 @@ void main()
     const uint hb = pc.hc_off + t * (n + n * n);
 
     if ((pc.flags & ABI_HC_FLAG_POST) != 0u) {
-        /* the previous sublayer's hc_post; each invocation owns channel i of every stream */
+        /* the previous sublayer's hc_post; each invocation owns float4 i4 of every stream
+         * (every offset here is a multiple of 4 floats, as n_embd is: the host checks) */
         if (tid == 0u)
             for (uint j = 0u; j < n + n * n; j++) old_hc[j] = hc[hb + j];
         barrier();
-        for (uint i = tid; i < d; i += ABI_WG_SIZE) {
-            float f = 0.0;
-            for (uint s = 0u; s < pc.n_src; s++) f += src[pc.src_off + t * pc.src_tstride + s * pc.src_sstride + i];
-            if (pc.extra_tstride != 0u) f += src[pc.extra_off + t * pc.extra_tstride + i];
-            float old[4];
-            for (uint j = 0u; j < n; j++) old[j] = X[xb + j * d + i];
-            for (uint k = 0u; k < n; k++) {
-                float v = old_hc[k] * f;
-                for (uint j = 0u; j < n; j++) v += old_hc[n + j * n + k] * old[j];
-                X[xb + k * d + i] = v;
+        const uint d4 = d / 4u, xb4 = xb / 4u;
+        for (uint i4 = tid; i4 < d4; i4 += ABI_WG_SIZE) {
+            vec4 f = vec4(0.0);
+            for (uint s = 0u; s < pc.n_src; s++) f += src4[(pc.src_off + t * pc.src_tstride + s * pc.src_sstride) / 4u + i4];
+            if (pc.extra_tstride != 0u) f += src4[(pc.extra_off + t * pc.extra_tstride) / 4u + i4];
+            vec4 old[ABI_HC_MAX_STREAMS];
+            [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++) old[j] = j < n ? X4[xb4 + j * d4 + i4] : vec4(0.0);
+            [[unroll]] for (uint k = 0u; k < ABI_HC_MAX_STREAMS; k++) {
+                if (k >= n) break;
+                vec4 v = old_hc[k] * f;
+                [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++)
+                    if (j < n) v += old_hc[n + j * n + k] * old[j];
+                X4[xb4 + k * d4 + i4] = v;
             }
         }
+        if ((pc.flags & ABI_HC_FLAG_POST_ONLY) != 0u) return;
         memoryBarrierBuffer();
         barrier();
     }
+    const bool given = (pc.flags & ABI_HC_FLAG_MIXES_GIVEN) != 0u;
 
     /* mixes: every invocation accumulates its strided share of all rows at once, reading
      * float4 (n_embd is a multiple of 4, the host checks): on CPU drivers each load is a
@@ -66,6 +75,7 @@ void main()
     for (uint i4 = tid; i4 < width4; i4 += ABI_WG_SIZE) {
         const vec4 xv = X4[xb / 4u + i4];
         ss += dot(xv, xv);
+        if (given) continue;
         [[unroll]] for (uint r = 0u; r < ABI_HC_MAX_MIX; r++)
             if (r < n_mix) acc[r] += dot(fn4[r * width4 + i4], xv);
     }
@@ -82,7 +92,9 @@ void main()
         const float rms = 1.0 / sqrt(total_ss / float(width) + pc.rms_eps);
         for (uint r = 0u; r < n_mix; r++) {
             float m = 0.0;
-            for (uint g = 0u; g < gl_NumSubgroups; g++) m += sg_part[g][1u + r];
+            if (given) m = mix_in[pc.mix_off + t * pc.mix_tstride + r];
+            else
+                for (uint g = 0u; g < gl_NumSubgroups; g++) m += sg_part[g][1u + r];
             mixes[r] = m * rms;
         }
     }
@@ -92,42 +104,53 @@ void main()
         for (uint j = 0u; j < n; j++) pre_s[j] = sigmoid(mixes[j] * scale_v[0] + base_v[j]) + pc.hc_eps;
         if (!head) {
             for (uint j = 0u; j < n; j++) hc[hb + j] = 2.0 * sigmoid(mixes[n + j] * scale_v[1] + base_v[n + j]);
-            float c[16];
-            for (uint jk = 0u; jk < n * n; jk++) c[jk] = mixes[2u * n + jk] * scale_v[2] + base_v[2u * n + jk];
-            for (uint j = 0u; j < n; j++) { /* row softmax over destinations, + eps */
-                float mx = c[j * n];
-                for (uint k = 1u; k < n; k++) mx = max(mx, c[j * n + k]);
+            /* comb[j][k] in rows of ABI_HC_MAX_STREAMS and loops unrolled to that bound, so
+             * every index is a constant (a register), not a per-lane array access */
+#define M ABI_HC_MAX_STREAMS
+            float c[M * M];
+            [[unroll]] for (uint j = 0u; j < M; j++)
+                [[unroll]] for (uint k = 0u; k < M; k++)
+                    c[j * M + k] = j < n && k < n ? mixes[2u * n + j * n + k] * scale_v[2] + base_v[2u * n + j * n + k] : 0.0;
+            [[unroll]] for (uint j = 0u; j < M; j++) { /* row softmax over destinations, + eps */
+                if (j >= n) break;
+                float mx = c[j * M];
+                [[unroll]] for (uint k = 1u; k < M; k++) if (k < n) mx = max(mx, c[j * M + k]);
                 float s = 0.0;
-                for (uint k = 0u; k < n; k++) s += exp(c[j * n + k] - mx);
-                for (uint k = 0u; k < n; k++) c[j * n + k] = exp(c[j * n + k] - mx) / s + pc.hc_eps;
+                [[unroll]] for (uint k = 0u; k < M; k++) if (k < n) s += exp(c[j * M + k] - mx);
+                [[unroll]] for (uint k = 0u; k < M; k++) if (k < n) c[j * M + k] = exp(c[j * M + k] - mx) / s + pc.hc_eps;
             }
             for (uint it = 0u; it < pc.sinkhorn_iters; it++) {
                 if (it > 0u)
-                    for (uint j = 0u; j < n; j++) {
+                    [[unroll]] for (uint j = 0u; j < M; j++) {
                         float s = 0.0;
-                        for (uint k = 0u; k < n; k++) s += c[j * n + k];
-                        for (uint k = 0u; k < n; k++) c[j * n + k] /= s + pc.hc_eps;
+                        [[unroll]] for (uint k = 0u; k < M; k++) if (k < n) s += c[j * M + k];
+                        [[unroll]] for (uint k = 0u; k < M; k++) c[j * M + k] /= s + pc.hc_eps;
                     }
-                for (uint k = 0u; k < n; k++) {
+                [[unroll]] for (uint k = 0u; k < M; k++) {
                     float s = 0.0;
-                    for (uint j = 0u; j < n; j++) s += c[j * n + k];
-                    for (uint j = 0u; j < n; j++) c[j * n + k] /= s + pc.hc_eps;
+                    [[unroll]] for (uint j = 0u; j < M; j++) if (j < n) s += c[j * M + k];
+                    [[unroll]] for (uint j = 0u; j < M; j++) c[j * M + k] /= s + pc.hc_eps;
                 }
             }
-            for (uint jk = 0u; jk < n * n; jk++) hc[hb + n + jk] = c[jk];
+            [[unroll]] for (uint j = 0u; j < M; j++)
+                [[unroll]] for (uint k = 0u; k < M; k++)
+                    if (j < n && k < n) hc[hb + n + j * n + k] = c[j * M + k];
+#undef M
         }
     }
     barrier();
 
     /* y = sum_j pre_j X_j, then RMSNorm with the sublayer's weight */
-    const uint yb = pc.y_off + t * d;
+    const uint d4 = d / 4u, xb4 = xb / 4u, yb4 = (pc.y_off + t * d) / 4u;
     float ss2 = 0.0;
-    for (uint i = tid; i < d; i += ABI_WG_SIZE) {
-        float v = 0.0;
-        for (uint j = 0u; j < n; j++) v += pre_s[j] * X[xb + j * d + i];
-        y[yb + i] = v;
-        ss2 += v * v;
+    for (uint i4 = tid; i4 < d4; i4 += ABI_WG_SIZE) {
+        vec4 v = vec4(0.0);
+        [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++)
+            if (j < n) v += pre_s[j] * X4[xb4 + j * d4 + i4];
+        y4[yb4 + i4] = v;
+        ss2 += dot(v, v);
     }
     const float inv = 1.0 / sqrt(wg_sum(ss2) / float(d) + pc.rms_eps);
-    for (uint i = tid; i < d; i += ABI_WG_SIZE) y[yb + i] = y[yb + i] * inv * norm_w[i];
+    for (uint i4 = tid; i4 < d4; i4 += ABI_WG_SIZE)
+        y4[yb4 + i4] *= inv * vec4(norm_w[4u * i4], norm_w[4u * i4 + 1u], norm_w[4u * i4 + 2u], norm_w[4u * i4 + 3u]);
 }

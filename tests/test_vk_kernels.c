@@ -338,49 +338,85 @@ TEST(vk_hc_pre_with_sinkhorn_and_norm_matches_reference_in_one_dispatch)
     vk_fixture_close(&f);
 }
 
-TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first)
+/* Runs hc with a pending hc_post on every token: fused (one dispatch, decode's way) or
+ * split (hc_post alone, the mixes as a matmul, the rest with the mixes given: prefill's). */
+static int hc_post_then_pre(struct vk_fixture *f, bool split, struct abi_hc_push p, const struct vk_span *const b_in[8],
+                            const struct vk_span *mixes, uint32_t n_tok)
+{
+    const struct vk_span *b[8];
+    memcpy(b, b_in, sizeof b);
+    if (vk_recorder_begin(f->rec, f->err, sizeof f->err)) return -1;
+    if (!split) {
+        if (vk_op_dispatch(f->rec, &f->ops, &f->ops.hc, b, &p, n_tok, 1, 1, f->err, sizeof f->err)) goto fail;
+        return vk_recorder_submit(f->rec, f->err, sizeof f->err);
+    }
+    struct abi_hc_push post = p;
+    post.flags |= ABI_HC_FLAG_POST_ONLY;
+    if (vk_op_dispatch(f->rec, &f->ops, &f->ops.hc, b, &post, n_tok, 1, 1, f->err, sizeof f->err)) goto fail;
+    vk_recorder_barrier(f->rec);
+    const uint32_t width = p.n_hc * p.n_embd, n_mix = (2 + p.n_hc) * p.n_hc;
+    struct vk_weight fn;
+    if (vk_weight_init(&fn, b[ABI_HC_BIND_FN], GGUF_TYPE_F32, width, n_mix, 1, f->err, sizeof f->err)) goto fail;
+    struct vk_matvec_args a = { .w = &fn, .x = b[ABI_HC_BIND_X], .y = mixes, .x_tstride = width, .y_tstride = n_mix,
+                                .n_tok = n_tok, .scale = 1.0f };
+    if (vk_op_matvec(f->rec, &f->ops, &a, f->err, sizeof f->err)) goto fail;
+    vk_recorder_barrier(f->rec);
+    p.flags = ABI_HC_FLAG_MIXES_GIVEN;
+    p.mix_tstride = n_mix;
+    b[ABI_HC_BIND_FN] = mixes;
+    if (vk_op_dispatch(f->rec, &f->ops, &f->ops.hc, b, &p, n_tok, 1, 1, f->err, sizeof f->err)) goto fail;
+    return vk_recorder_submit(f->rec, f->err, sizeof f->err);
+fail:
+    vk_recorder_abort(f->rec);
+    return -1;
+}
+
+TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first_fused_or_split)
 {
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
-    const uint32_t d = 150, n_tok = 2, n = 4, K = 3, mix = (2 + n) * n, hcw = n + n * n;
+    /* d a multiple of 4 (the host checks n_embd) but not of the workgroup; 9 tokens: one
+     * token tile of the mixes matmul and a remainder */
+    const uint32_t d = 148, n_tok = 9, n = 4, K = 3, mix = (2 + n) * n, hcw = n + n * n;
     struct model_hparams hp = hc_hparams(d);
     uint64_t rng = 9;
     float *X = rand_vec(&rng, (size_t)n_tok * n * d, 1, 0), *src = rand_vec(&rng, (size_t)n_tok * (K + 1) * d, 1, 0);
     float *hc = rand_vec(&rng, (size_t)n_tok * hcw, 0.5f, 0.5f);
     float *fn = rand_vec(&rng, (size_t)mix * n * d, 0.05f, 0), *base = rand_vec(&rng, mix, 0.5f, 0);
     float *scale = rand_vec(&rng, 3, 0.1f, 1), *norm = rand_vec(&rng, d, 0.1f, 1);
-    struct vk_span sX, ssrc, shc, sfn, sb, ss, sn, sy;
     struct abi_hc_push p = { .n_embd = d, .n_hc = n, .n_tok = n_tok, .sinkhorn_iters = 20, .flags = ABI_HC_FLAG_POST,
                              .src_tstride = K * d, .src_sstride = d, .n_src = K, .extra_off = n_tok * K * d,
                              .extra_tstride = d, .rms_eps = 1e-6f, .hc_eps = 1e-6f };
-    const struct vk_span *b[8] = { &sX, &sfn, &sb, &ss, &sn, &sy, &shc, &ssrc };
     float *out = malloc((size_t)n_tok * n * d * 4), *y = malloc((size_t)n_tok * d * 4), *hc_out = malloc((size_t)n_tok * hcw * 4);
-    int rc = vk_fixture_put(&f, X, (size_t)n_tok * n * d * 4, &sX) || vk_fixture_put(&f, src, (size_t)n_tok * (K + 1) * d * 4, &ssrc) ||
-             vk_fixture_put(&f, hc, (size_t)n_tok * hcw * 4, &shc) || vk_fixture_put(&f, fn, (size_t)mix * n * d * 4, &sfn) ||
-             vk_fixture_put(&f, base, mix * 4, &sb) || vk_fixture_put(&f, scale, 12, &ss) || vk_fixture_put(&f, norm, d * 4, &sn) ||
-             vk_fixture_put(&f, NULL, (size_t)n_tok * d * 4, &sy) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
-             vk_op_dispatch(f.rec, &f.ops, &f.ops.hc, b, &p, n_tok, 1, 1, f.err, sizeof f.err) ||
-             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
-             vk_span_download(f.d, &sX, 0, out, (size_t)n_tok * n * d * 4, f.err, sizeof f.err) ||
-             vk_span_download(f.d, &sy, 0, y, (size_t)n_tok * d * 4, f.err, sizeof f.err) ||
-             vk_span_download(f.d, &shc, 0, hc_out, (size_t)n_tok * hcw * 4, f.err, sizeof f.err);
-    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
-    for (uint32_t t = 0; t < n_tok && !rc; t++) {
-        float F[150], ref[4 * 150], ry[150], post[4], comb[16], mixo[24];
-        for (uint32_t i = 0; i < d; i++) {
-            double sum = src[(size_t)n_tok * K * d + t * d + i];
-            for (uint32_t k = 0; k < K; k++) sum += src[(size_t)t * K * d + k * d + i];
-            F[i] = (float)sum;
+    for (int split = 0; split < 2; split++) {
+        struct vk_span sX, ssrc, shc, sfn, sb, ss, sn, sy, smix;
+        const struct vk_span *b[8] = { &sX, &sfn, &sb, &ss, &sn, &sy, &shc, &ssrc };
+        int rc = vk_fixture_put(&f, X, (size_t)n_tok * n * d * 4, &sX) || vk_fixture_put(&f, src, (size_t)n_tok * (K + 1) * d * 4, &ssrc) ||
+                 vk_fixture_put(&f, hc, (size_t)n_tok * hcw * 4, &shc) || vk_fixture_put(&f, fn, (size_t)mix * n * d * 4, &sfn) ||
+                 vk_fixture_put(&f, base, mix * 4, &sb) || vk_fixture_put(&f, scale, 12, &ss) || vk_fixture_put(&f, norm, d * 4, &sn) ||
+                 vk_fixture_put(&f, NULL, (size_t)n_tok * d * 4, &sy) || vk_fixture_put(&f, NULL, (size_t)n_tok * mix * 4, &smix) ||
+                 hc_post_then_pre(&f, split, p, b, &smix, n_tok) ||
+                 vk_span_download(f.d, &sX, 0, out, (size_t)n_tok * n * d * 4, f.err, sizeof f.err) ||
+                 vk_span_download(f.d, &sy, 0, y, (size_t)n_tok * d * 4, f.err, sizeof f.err) ||
+                 vk_span_download(f.d, &shc, 0, hc_out, (size_t)n_tok * hcw * 4, f.err, sizeof f.err);
+        if (rc) test_fail_at(__FILE__, __LINE__, "split=%d: %s", split, f.err);
+        for (uint32_t t = 0; t < n_tok && !rc; t++) {
+            float F[148], ref[4 * 148], ry[148], post[4], comb[16], mixo[24];
+            for (uint32_t i = 0; i < d; i++) {
+                double sum = src[(size_t)n_tok * K * d + t * d + i];
+                for (uint32_t k = 0; k < K; k++) sum += src[(size_t)t * K * d + k * d + i];
+                F[i] = (float)sum;
+            }
+            const float *h = hc + t * hcw;
+            ref_hc_post(&hp, F, X + (size_t)t * n * d, h, h + n, ref);
+            double e = nmse_f(out + (size_t)t * n * d, ref, n * d);
+            if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "split=%d hc_post token %u: nmse %.3g", split, t, e);
+            ref_hc_pre(&hp, ref, fn, base, scale, ry, post, comb, mixo);
+            ref_rmsnorm(ry, norm, d, hp.rms_eps, ry);
+            double ey = nmse_f(y + t * d, ry, d), ep = nmse_f(hc_out + t * hcw, post, n), ec = nmse_f(hc_out + t * hcw + n, comb, n * n);
+            if (!(ey < 1e-10 && ep < 1e-10 && ec < 1e-10))
+                test_fail_at(__FILE__, __LINE__, "split=%d hc after post, token %u: y %.3g post %.3g comb %.3g", split, t, ey, ep, ec);
         }
-        const float *h = hc + t * hcw;
-        ref_hc_post(&hp, F, X + (size_t)t * n * d, h, h + n, ref);
-        double e = nmse_f(out + (size_t)t * n * d, ref, n * d);
-        if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "hc_post token %u: nmse %.3g", t, e);
-        ref_hc_pre(&hp, ref, fn, base, scale, ry, post, comb, mixo);
-        ref_rmsnorm(ry, norm, d, hp.rms_eps, ry);
-        double ey = nmse_f(y + t * d, ry, d), ep = nmse_f(hc_out + t * hcw, post, n), ec = nmse_f(hc_out + t * hcw + n, comb, n * n);
-        if (!(ey < 1e-10 && ep < 1e-10 && ec < 1e-10))
-            test_fail_at(__FILE__, __LINE__, "hc after post, token %u: y %.3g post %.3g comb %.3g", t, ey, ep, ec);
     }
     free(X); free(src); free(hc); free(fn); free(base); free(scale); free(norm); free(out); free(y); free(hc_out);
     vk_fixture_close(&f);
