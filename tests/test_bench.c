@@ -32,6 +32,12 @@ TEST(bench_reports_prefill_and_decode_as_table_and_json)
     REQUIRE(p && d);
     CHECK(strtod(p + strlen("\"prefill_tok_s\":"), NULL) > 0);
     CHECK(strtod(d + strlen("\"decode_tok_s\":"), NULL) > 0);
+    /* CPU time per token: the work, positive for both phases */
+    const char *cp = strstr(js, "\"cpu_ms_per_token\":{\"prefill\":"), *cd = cp ? strstr(cp, "\"decode\":") : NULL;
+    REQUIRE(cp && cd);
+    CHECK(strtod(cp + strlen("\"cpu_ms_per_token\":{\"prefill\":"), NULL) > 0);
+    CHECK(strtod(cd + strlen("\"decode\":"), NULL) > 0);
+    CHECK(strstr(out, "cpu time     prefill") != NULL);
 
     /* one pass: no "best of" claim */
     snprintf(cmd, sizeof cmd, "%s bench -m %s --backend ref --prompt 3 --gen 1 2>&1", test_flashbox_bin(), model);
