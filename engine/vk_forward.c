@@ -273,7 +273,15 @@ static int attention_layer(struct fwd *f, uint32_t il)
         };
         const struct vk_span *b[7] = { &s->q, &ls->ring, ratio ? &ls->comp : &ls->ring, &s->sel,
                                        vk_tensor_span(e, lw->attn_sinks), rope, &s->o };
-        if (dispatch(f, VK_KIND_ATTENTION, &e->ops.attention, b, &p, H, nt, 1)) return -1;
+        /* CPU drivers read q and the key rows through their chunks' texel views */
+        const bool texel = e->ops.layout == VK_MATVEC_LANES && b[0]->texels_f32x4 && b[1]->texels_f32x4 &&
+                           b[2]->texels_f32x4 && (b[0]->off | b[1]->off | b[2]->off) / 4 <= UINT32_MAX / 2;
+        if (texel) {
+            p.q_off += (uint32_t)(b[0]->off / 4);
+            p.ring_off += (uint32_t)(b[1]->off / 4);
+            p.comp_off += (uint32_t)(b[2]->off / 4);
+        }
+        if (dispatch(f, VK_KIND_ATTENTION, texel ? &e->ops.attention_texel : &e->ops.attention, b, &p, H, nt, 1)) return -1;
     }
     barrier(f);
     {   /* grouped output projection: group g's heads times its block of rows */

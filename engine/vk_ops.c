@@ -81,16 +81,18 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
     ops->lanes_wg = d->subgroup_size;
     ops->lanes_rows_matvec = 16;
     ops->lanes_rows_matmul = 32;
-    const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push; } simple[] = {
-        { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push) },
-        { &ops->hc, "hc", 8, sizeof(struct abi_hc_push) },
-        { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push) },
-        { &ops->compress, "compress", 5, sizeof(struct abi_compress_push) },
-        { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push) },
-        { &ops->attention, "attention", 7, sizeof(struct abi_attn_push) },
-        { &ops->router, "router", 5, sizeof(struct abi_router_push) },
-        { &ops->swiglu, "swiglu", 3, sizeof(struct abi_swiglu_push) },
-        { &ops->moe_group, "moe_group", 2, sizeof(struct abi_moe_group_push) },
+    const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push, texel_mask; } simple[] = {
+        { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push), 0 },
+        { &ops->hc, "hc", 8, sizeof(struct abi_hc_push), 0 },
+        { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push), 0 },
+        { &ops->compress, "compress", 5, sizeof(struct abi_compress_push), 0 },
+        { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push), 0 },
+        { &ops->attention, "attention", 7, sizeof(struct abi_attn_push), 0 },
+        { &ops->attention_texel, "attention_texel", 7, sizeof(struct abi_attn_push),
+          1u << ABI_ATTN_BIND_Q | 1u << ABI_ATTN_BIND_RING | 1u << ABI_ATTN_BIND_COMP },
+        { &ops->router, "router", 5, sizeof(struct abi_router_push), 0 },
+        { &ops->swiglu, "swiglu", 3, sizeof(struct abi_swiglu_push), 0 },
+        { &ops->moe_group, "moe_group", 2, sizeof(struct abi_moe_group_push), 0 },
     };
     /* declared here, built on first use or by vk_ops_prepare_all (compiling a pipeline is
      * the slow part of opening on lavapipe; a kernel test needs only its own) */
@@ -98,6 +100,7 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
         simple[i].k->name = simple[i].name;
         simple[i].k->n_bind = simple[i].n_bind;
         simple[i].k->push_size = simple[i].push;
+        simple[i].k->texel_mask = simple[i].texel_mask;
     }
     (void)err, (void)err_len;
     return 0;
@@ -113,7 +116,7 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->lanes_matmul[t]);
     }
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress,
-                                   &ops->indexer, &ops->attention, &ops->router, &ops->swiglu, &ops->moe_group };
+                                   &ops->indexer, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
     ops->d = NULL;
 }
@@ -298,13 +301,14 @@ int vk_op_rmsnorm(struct vk_recorder *r, struct vk_ops *ops, const struct vk_spa
 static int build(struct vk_ops *ops, struct vk_kernel *k, char *err, size_t err_len)
 {
     if (k->pipe) return 0;
-    return vk_kernel_create(ops->d, k, k->name, k->n_bind, k->push_size, NULL, 0, err, err_len);
+    const uint32_t texel_mask = k->texel_mask; /* creation starts the kernel afresh */
+    return vk_kernel_create_texel(ops->d, k, k->name, k->n_bind, texel_mask, k->push_size, NULL, 0, err, err_len);
 }
 
 int vk_ops_prepare_all(struct vk_ops *ops, char *err, size_t err_len)
 {
     struct vk_kernel *all[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress, &ops->indexer,
-                                &ops->attention, &ops->router, &ops->swiglu, &ops->moe_group };
+                                &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (build(ops, all[i], err, err_len)) return -1;
     return 0;
@@ -315,12 +319,18 @@ int vk_op_dispatch(struct vk_recorder *r, struct vk_ops *ops, struct vk_kernel *
                    char *err, size_t err_len)
 {
     if (build(ops, k, err, err_len)) return -1;
-    VkDescriptorBufferInfo b[VK_KERNEL_MAX_BINDINGS];
+    VkDescriptorBufferInfo b[VK_KERNEL_MAX_BINDINGS] = { 0 };
+    VkBufferView v[VK_KERNEL_MAX_BINDINGS] = { 0 };
     for (uint32_t i = 0; i < k->n_bind; i++) {
+        if ((k->texel_mask >> i) & 1u) {
+            v[i] = spans[i]->texels_f32x4;
+            if (!v[i]) return errf(err, err_len, "%s binding %u: the span's chunk has no float4 texel view", k->name, i);
+            continue;
+        }
         uint64_t rel;
         if (vk_span_range(ops->d, spans[i], 0, spans[i]->size, &b[i], &rel, err, err_len))
             return errf_prefix(err, err_len, "%s binding %u", k->name, i);
         if (rel) return errf(err, err_len, "%s binding %u: span not aligned to the storage alignment", k->name, i);
     }
-    return vk_recorder_dispatch(r, k, b, push, gx, gy, gz, err, err_len);
+    return vk_recorder_dispatch_texel(r, k, b, k->texel_mask ? v : NULL, push, gx, gy, gz, err, err_len);
 }

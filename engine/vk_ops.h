@@ -34,6 +34,7 @@ struct vk_ops {
     struct vk_kernel compress;
     struct vk_kernel indexer;
     struct vk_kernel attention;
+    struct vk_kernel attention_texel; /* q and key rows through texel views (LANES layout) */
     struct vk_kernel router;
     struct vk_kernel swiglu;
     struct vk_kernel moe_group;
@@ -89,7 +90,9 @@ int vk_op_rmsnorm(struct vk_recorder *r, struct vk_ops *ops, const struct vk_spa
                   char *err, size_t err_len);
 
 /* Records kernel k with binding i = the whole of spans[i] (spans are allocated aligned, so
- * offsets in the push block count from each span's start). */
+ * offsets in the push block count from each span's start). A binding in k->texel_mask is
+ * instead the float4 texel view of spans[i]'s whole chunk: its offsets count from the
+ * chunk's start (add spans[i]->off). */
 int vk_op_dispatch(struct vk_recorder *r, struct vk_ops *ops, struct vk_kernel *k,
                    const struct vk_span *const *spans, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
                    char *err, size_t err_len);

@@ -672,8 +672,9 @@ TEST(vk_compressor_matches_reference_across_uneven_chunks)
 
 /* Attention of a few tokens over a wrapped window ring plus compressed entries (HCA: every
  * completed one; CSA: a given selection), with a sink and the inverse rotation, against a
- * direct double-precision evaluation of spec §3.9-3.10.1. */
-static void check_attention(struct vk_fixture *f, uint32_t ratio)
+ * direct double-precision evaluation of spec §3.9-3.10.1; rows through storage buffers or
+ * (texel) through their chunks' texel views. */
+static void check_attention(struct vk_fixture *f, uint32_t ratio, bool texel)
 {
     const uint32_t hd = 64, H = 3, rope = 32, W = 6, ring = W + 4, n_tok = 4, pos0 = 29, topk = 3;
     const uint32_t n_comp = (pos0 + n_tok) / (ratio ? ratio : 1) + 1, n_pos = 64;
@@ -700,8 +701,14 @@ static void check_attention(struct vk_fixture *f, uint32_t ratio)
     int rc = vk_fixture_put(f, q, no * 4, &sq) || vk_fixture_put(f, ringv, (size_t)ring * hd * 4, &sr) ||
              vk_fixture_put(f, comp, (size_t)n_comp * hd * 4, &sc) || vk_fixture_put(f, sel, sizeof sel, &ss) ||
              vk_fixture_put(f, sinks, H * 4, &ssk) || vk_fixture_put(f, tab, (size_t)n_pos * 32 * 4, &st) ||
-             vk_fixture_put(f, o, (no + 2 * VK_GUARD) * 4, &so) || vk_recorder_begin(f->rec, f->err, sizeof f->err) ||
-             vk_op_dispatch(f->rec, &f->ops, &f->ops.attention, b, &p, H, n_tok, 1, f->err, sizeof f->err) ||
+             vk_fixture_put(f, o, (no + 2 * VK_GUARD) * 4, &so);
+    if (texel) { /* texel views span the whole chunk */
+        p.q_off += (uint32_t)(sq.off / 4);
+        p.ring_off += (uint32_t)(sr.off / 4);
+        p.comp_off += (uint32_t)(sc.off / 4);
+    }
+    rc = rc || vk_recorder_begin(f->rec, f->err, sizeof f->err) ||
+             vk_op_dispatch(f->rec, &f->ops, texel ? &f->ops.attention_texel : &f->ops.attention, b, &p, H, n_tok, 1, f->err, sizeof f->err) ||
              vk_recorder_submit(f->rec, f->err, sizeof f->err) ||
              vk_span_download(f->d, &so, 0, o, (no + 2 * VK_GUARD) * 4, f->err, sizeof f->err);
     if (rc) test_fail_at(__FILE__, __LINE__, "%s", f->err);
@@ -731,18 +738,21 @@ static void check_attention(struct vk_fixture *f, uint32_t ratio)
             for (uint32_t i = 0; i < hd; i++) ref[i] = (float)(acc[i] / den);
             ref_rope(ref, hd, rope, freqs, pos, true);
             double e = nmse_f(o + VK_GUARD + ((size_t)t * H + h) * hd, ref, hd);
-            if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "attention ratio %u token %u head %u: nmse %.3g", ratio, t, h, e);
+            if (!(e < 1e-10))
+                test_fail_at(__FILE__, __LINE__, "attention texel=%d ratio %u token %u head %u: nmse %.3g", texel, ratio, t, h, e);
         }
     free(q); free(ringv); free(comp); free(sinks); free(tab); free(o);
 }
 
-TEST(vk_attention_matches_direct_evaluation_for_swa_csa_and_hca)
+TEST(vk_attention_matches_direct_evaluation_for_swa_csa_and_hca_from_buffers_and_texels)
 {
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
-    check_attention(&f, 0);
-    check_attention(&f, 4);
-    check_attention(&f, 8);
+    for (int texel = 0; texel < 2; texel++) {
+        check_attention(&f, 0, texel);
+        check_attention(&f, 4, texel);
+        check_attention(&f, 8, texel);
+    }
     vk_fixture_close(&f);
 }
 

@@ -1,0 +1,134 @@
+/* Sparse attention of one head for one token (spec §3.9): keys are the sliding window (a
+ * ring of ring_len rows) plus compressed entries (every completed one for HCA, the
+ * indexer's selection for CSA); value = key; a per-head sink joins the softmax; the output
+ * gets the inverse rotation of its rope dims (§3.10.1).
+ *
+ * Rows are read as float4 (head_dim and every row offset are multiples of 4; the host
+ * checks): one load per four elements matters on CPU drivers, where each load is a
+ * per-lane loop. Each key's row offset is found once (a CSA key needs the indexer's
+ * selection) and kept in shared memory with its probability; q stays in registers.
+ *
+ * Included by attention.comp (rows through storage buffers) and attention_texel.comp
+ * (ATTN_TEXELS: q and the key rows through float4 texel views of their whole chunk, for
+ * CPU drivers, where a texel fetch is a plain gather and a storage load a per-lane loop;
+ * the host adds each span's place in its chunk to q_off, ring_off and comp_off). */
+#extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
+#include "common.glsl"
+
+ABI_PUSH(ABI_ATTN_FIELDS)
+
+#ifdef ATTN_TEXELS
+layout(binding = ABI_ATTN_BIND_Q) uniform samplerBuffer q_tex;
+layout(binding = ABI_ATTN_BIND_RING) uniform samplerBuffer ring_tex;
+layout(binding = ABI_ATTN_BIND_COMP) uniform samplerBuffer comp_tex;
+#define Q4(i) texelFetch(q_tex, int(i))
+#define RING4(i) texelFetch(ring_tex, int(i))
+#define COMP4(i) texelFetch(comp_tex, int(i))
+#else
+layout(std430, binding = ABI_ATTN_BIND_Q) readonly buffer q_buf { vec4 q4[]; };
+layout(std430, binding = ABI_ATTN_BIND_RING) readonly buffer ring_buf { vec4 ring4[]; };
+layout(std430, binding = ABI_ATTN_BIND_COMP) readonly buffer comp_buf { vec4 comp4[]; };
+#define Q4(i) q4[i]
+#define RING4(i) ring4[i]
+#define COMP4(i) comp4[i]
+#endif
+layout(std430, binding = ABI_ATTN_BIND_SEL) readonly buffer sel_buf { int sel[]; };
+layout(std430, binding = ABI_ATTN_BIND_SINKS) readonly buffer sinks_buf { float sinks[]; };
+layout(std430, binding = ABI_ATTN_BIND_ROPE) readonly buffer rope_buf { vec2 rope[]; };
+layout(std430, binding = ABI_ATTN_BIND_O) writeonly buffer o_buf { vec4 o4[]; };
+
+shared float att[ABI_ATTN_MAX_KEYS];    /* scores, then probabilities */
+shared uint key_row[ABI_ATTN_MAX_KEYS]; /* float4 index of the key's row; top bit: compressed */
+
+#define COMP_BIT 0x80000000u
+/* float4 of a head row held per lane (q) and per invocation (output): enough for
+ * ABI_ATTN_MAX_HEAD_DIM with subgroups of 4 or more and workgroups of ABI_WG_SIZE */
+#define Q_VEC4_PER_LANE 32u
+#define O_VEC4_PER_INVOCATION 2u
+
+vec4 key4(uint kr, uint i4) { return (kr & COMP_BIT) != 0u ? COMP4((kr & ~COMP_BIT) + i4) : RING4(kr + i4); }
+
+void main()
+{
+    const uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y, tid = gl_LocalInvocationID.x;
+    const uint hd4 = pc.head_dim / 4u, pos = pc.pos0 + t;
+    const uint first = pos + 1u > pc.window ? pos + 1u - pc.window : 0u, n_win = pos + 1u - first;
+    uint n_comp = 0u;
+    if (pc.ratio == 4u) n_comp = min((pos + 1u) / 4u, pc.topk);
+    else if (pc.ratio != 0u) n_comp = (pos + 1u) / pc.ratio;
+    const uint n_keys = min(n_win + n_comp, uint(ABI_ATTN_MAX_KEYS));
+
+    for (uint j = tid; j < n_keys; j += ABI_WG_SIZE) {
+        if (j < n_win) {
+            key_row[j] = (pc.ring_off + ((first + j) % pc.ring_len) * pc.head_dim) / 4u;
+        } else {
+            const uint c = j - n_win;
+            const uint e = pc.ratio == 4u ? uint(sel[pc.sel_off + t * pc.topk + c]) : c;
+            key_row[j] = ((pc.comp_off + e * pc.head_dim) / 4u) | COMP_BIT;
+        }
+    }
+    barrier();
+
+    /* scores: one subgroup per key, lanes across the row's float4 */
+    const uint lane = gl_SubgroupInvocationID, sg = gl_SubgroupSize;
+    const uint qb4 = (pc.q_off + (t * pc.n_head + h) * pc.head_dim) / 4u;
+    vec4 qr[Q_VEC4_PER_LANE];
+    [[unroll]] for (uint m = 0u; m < Q_VEC4_PER_LANE; m++) {
+        const uint i4 = lane + m * sg;
+        qr[m] = i4 < hd4 ? Q4(qb4 + i4) : vec4(0.0);
+    }
+    for (uint j = gl_SubgroupID; j < n_keys; j += gl_NumSubgroups) {
+        const uint kr = key_row[j];
+        float dot_sum = 0.0;
+        [[unroll]] for (uint m = 0u; m < Q_VEC4_PER_LANE; m++) {
+            if (m * sg >= hd4) break;
+            const uint i4 = lane + m * sg;
+            if (i4 < hd4) dot_sum += dot(qr[m], key4(kr, i4));
+        }
+        dot_sum = subgroupAdd(dot_sum);
+        if (subgroupElect()) att[j] = dot_sum * pc.scale;
+    }
+    barrier();
+
+    /* softmax with the sink, probabilities written back */
+    const float sink = sinks[pc.sinks_off + h];
+    float mx = sink;
+    for (uint j = tid; j < n_keys; j += ABI_WG_SIZE) mx = max(mx, att[j]);
+    mx = wg_max(mx);
+    float den = 0.0;
+    for (uint j = tid; j < n_keys; j += ABI_WG_SIZE) den += exp(att[j] - mx);
+    den = wg_sum(den) + exp(sink - mx);
+    barrier();
+    for (uint j = tid; j < n_keys; j += ABI_WG_SIZE) att[j] = exp(att[j] - mx) / den;
+    barrier();
+
+    /* values: invocation tid owns float4 tid, tid + WG, ... of the output row */
+    vec4 acc[O_VEC4_PER_INVOCATION];
+    [[unroll]] for (uint r = 0u; r < O_VEC4_PER_INVOCATION; r++) acc[r] = vec4(0.0);
+    for (uint j = 0u; j < n_keys; j++) {
+        const float p = att[j];
+        const uint kr = key_row[j];
+        [[unroll]] for (uint r = 0u; r < O_VEC4_PER_INVOCATION; r++) {
+            const uint i4 = tid + r * ABI_WG_SIZE;
+            if (i4 < hd4) acc[r] += p * key4(kr, i4);
+        }
+    }
+    const uint first_rot = pc.head_dim - pc.rope_dim, half_dim = pc.rope_dim / 2u;
+    const uint ob4 = (pc.o_off + (t * pc.n_head + h) * pc.head_dim) / 4u;
+    [[unroll]] for (uint r = 0u; r < O_VEC4_PER_INVOCATION; r++) {
+        const uint i4 = tid + r * ABI_WG_SIZE;
+        if (i4 >= hd4) continue;
+        vec4 v = acc[r];
+        for (uint pr = 0u; pr < 2u; pr++) { /* the two interleaved pairs of this float4 */
+            const uint i0 = 4u * i4 + 2u * pr;
+            if (i0 < first_rot) continue;
+            /* inverse rotation: angle -pos*freq */
+            const vec2 cs = rope[pc.rope_off / 2u + pos * half_dim + (i0 - first_rot) / 2u];
+            const float a = v[2u * pr], b = v[2u * pr + 1u];
+            v[2u * pr] = a * cs.x + b * cs.y;
+            v[2u * pr + 1u] = -a * cs.y + b * cs.x;
+        }
+        o4[ob4 + i4] = v;
+    }
+}
