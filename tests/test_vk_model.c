@@ -185,3 +185,16 @@ TEST(vk_logits_equal_reference_with_every_weight_in_its_own_dispatch)
     }
     pair_close(&p);
 }
+
+TEST(vk_logits_equal_reference_with_the_gpu_kernel_layout)
+{
+    /* the SUBGROUP matrix kernels, storage-buffer attention and hc that real GPUs run,
+     * here on the CPU driver: prefill tiles, the split hc of a batch, and decode */
+    setenv("FLASHBOX_VK_LAYOUT", "subgroup", 1);
+    struct pair p;
+    if (pair_open(&p, MKMODEL_MIXED) == 0) {
+        const uint32_t sizes[] = { 19, 1, 9, 1 };
+        run_chunks(&p, sizes, sizeof sizes / sizeof sizes[0], 40, "gpu layout");
+    }
+    pair_close(&p);
+}
