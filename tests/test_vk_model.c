@@ -174,27 +174,27 @@ TEST(vk_session_reset_gives_the_same_logits_again)
     pair_close(&p);
 }
 
+/* The mixed tiny model in chunks with one engine setting from the environment. */
+static void run_with_env(const char *name, const char *value, const uint32_t *sizes, uint32_t n_sizes,
+                         uint32_t n_total, const char *what)
+{
+    setenv(name, value, 1); /* each test runs in its own process */
+    struct pair p;
+    if (pair_open(&p, MKMODEL_MIXED) == 0) run_chunks(&p, sizes, n_sizes, n_total, what);
+    pair_close(&p);
+}
+
 TEST(vk_logits_equal_reference_with_every_weight_in_its_own_dispatch)
 {
     /* the unfused fallback (projections of different types): same results */
-    setenv("FLASHBOX_VK_NO_FUSE", "1", 1);
-    struct pair p;
-    if (pair_open(&p, MKMODEL_MIXED) == 0) {
-        const uint32_t sizes[] = { 21, 1, 1, 19 };
-        run_chunks(&p, sizes, sizeof sizes / sizeof sizes[0], 42, "unfused");
-    }
-    pair_close(&p);
+    const uint32_t sizes[] = { 21, 1, 1, 19 };
+    run_with_env("FLASHBOX_VK_NO_FUSE", "1", sizes, sizeof sizes / sizeof sizes[0], 42, "unfused");
 }
 
 TEST(vk_logits_equal_reference_with_the_gpu_kernel_layout)
 {
     /* the SUBGROUP matrix kernels, storage-buffer attention and hc that real GPUs run,
      * here on the CPU driver: prefill tiles, the split hc of a batch, and decode */
-    setenv("FLASHBOX_VK_LAYOUT", "subgroup", 1);
-    struct pair p;
-    if (pair_open(&p, MKMODEL_MIXED) == 0) {
-        const uint32_t sizes[] = { 19, 1, 9, 1 };
-        run_chunks(&p, sizes, sizeof sizes / sizeof sizes[0], 40, "gpu layout");
-    }
-    pair_close(&p);
+    const uint32_t sizes[] = { 19, 1, 9, 1 };
+    run_with_env("FLASHBOX_VK_LAYOUT", "subgroup", sizes, sizeof sizes / sizeof sizes[0], 40, "gpu layout");
 }
