@@ -91,7 +91,8 @@ int vk_bench_kernels(void *ctx, const struct model *m, FILE *out, char *err, siz
         vk_arena_alloc(a, nx, 256, &y, err, err_len) || vk_recorder_create(e->d, 64, 4, &r, err, err_len))
         goto out;
     /* x holds 0.5 everywhere: fresh memory may hold denormals, which CPU drivers compute
-     * on about a hundred times slower and which no model activation looks like */
+     * on several times slower (lavapipe: 0.3-1.2 against 3.6-4.5 G elements/s) and which
+     * no model activation looks like */
     if (vk_recorder_begin(r, err, err_len)) goto out;
     vkCmdFillBuffer(r->cb, x.buf, x.off, x.size, 0x3f000000u);
     vkCmdFillBuffer(r->cb, y.buf, y.off, y.size, 0);

@@ -441,7 +441,6 @@ static const char *openai_finish(enum job_finish f)
     return f == JOB_STOP ? "stop" : f == JOB_LENGTH ? "length" : job_finish_name(f);
 }
 
-/* Produces the next SSE events into r->out; returns -1 when the client is gone. */
 /* Waits on the job's condition (lock held) for at most WAIT_SLICE_MS, so the caller can look
  * at the client between slices. */
 static void wait_job_slice(struct job *j)
@@ -456,6 +455,7 @@ static void wait_job_slice(struct job *j)
     pthread_cond_timedwait(&j->cond, &j->lock, &until);
 }
 
+/* Produces the next SSE events into r->out; returns -1 when the client is gone. */
 static int sse_produce(struct req *r)
 {
     struct job *j = r->job;

@@ -46,7 +46,7 @@
 #define ABI_LANES_BLOCK_CHUNK_BYTES 272
 #define ABI_LANES_FLOAT_CHUNK_BYTES 128
 #define ABI_LANES_SUPERBLOCK_BYTES 68
-#define ABI_LANES_TILE_STEP_BYTES 136
+#define ABI_LANES_TILE_STEP_BYTES (2 * ABI_LANES_SUPERBLOCK_BYTES)
 #define ABI_MATVEC_BIND_X 1
 #define ABI_MATVEC_BIND_Y 2
 #define ABI_MATVEC_BIND_IDS 3
@@ -126,8 +126,9 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_HC_FLAG_POST 2u   /* apply the previous sublayer's hc_post first */
 #define ABI_HC_FLAG_POST_ONLY 4u   /* stop after hc_post */
 /* The mixes fn . X (before the rms scale) are read at mix_off + t * mix_tstride from the
- * buffer bound at ABI_HC_BIND_FN (fn itself is not needed then) instead of computed here. Prefill batches take this split: hc_post, the
- * mixes as one token-tiled matmul (fn read once per tile, not once per token), then this. */
+ * buffer bound at ABI_HC_BIND_FN (fn itself is not needed then) instead of computed here.
+ * Prefill batches take this split: hc_post, the mixes as one token-tiled matmul (fn read
+ * once per tile, not once per token), then this. */
 #define ABI_HC_FLAG_MIXES_GIVEN 8u
 
 #define ABI_HC_FIELDS(U, F) \

@@ -12,7 +12,6 @@
 
 ABI_PUSH(ABI_HC_FIELDS)
 
-layout(std430, binding = ABI_HC_BIND_X) coherent buffer x_buf { float X[]; };
 layout(std430, binding = ABI_HC_BIND_X) coherent buffer x4_buf { vec4 X4[]; };
 layout(std430, binding = ABI_HC_BIND_FN) readonly buffer fn_buf { vec4 fn4[]; };
 layout(std430, binding = ABI_HC_BIND_FN) readonly buffer mix_buf { float mix_in[]; }; /* ABI_HC_FLAG_MIXES_GIVEN */
@@ -26,8 +25,8 @@ layout(std430, binding = ABI_HC_BIND_SRC) readonly buffer src_buf { vec4 src4[];
 shared float mixes[ABI_HC_MAX_MIX];
 /* per subgroup: its sum of squares, then its partial mixes (one barrier for all of them) */
 shared float sg_part[ABI_WG_SIZE][1 + ABI_HC_MAX_MIX];
-shared float old_hc[4 + 16];
-shared float pre_s[4];
+shared float old_hc[ABI_HC_MAX_STREAMS + ABI_HC_MAX_STREAMS * ABI_HC_MAX_STREAMS];
+shared float pre_s[ABI_HC_MAX_STREAMS];
 
 void main()
 {

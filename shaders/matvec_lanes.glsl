@@ -40,11 +40,11 @@ layout(std430, binding = ABI_MATVEC_BIND_IDS) readonly buffer ids_buf { int ids[
  * hold whole chunks. x of a chunk is fetched once for every row, then each row fetches the
  * chunk's texels and dots them. The chunk loop must stay a plain loop around the row loop:
  * unrolling anything that holds the row loop made LLVM take minutes to compile. */
-#define WIN_TEXELS 17u       /* texels of the longest chunk: 272 bytes */
+#define WIN_TEXELS (ABI_LANES_BLOCK_CHUNK_BYTES / 16u) /* texels of the longest chunk */
 #if W_TYPE == ABI_WTYPE_Q8_0
 #define BLOCK_ELEMS 32u
 #define BLOCK_BYTES 34u      /* f16 d, 32 int8 */
-#define CHUNK_BLOCKS 8u
+#define CHUNK_BLOCKS (ABI_LANES_BLOCK_CHUNK_BYTES / BLOCK_BYTES)
 /* The block at byte o of a window whose 32 bits at byte b are B4(b): its 32 int8 values as
  * eight vec4 (unscaled) into v; evaluates to d. Shared by the texel and the word window. */
 #define DECODE_BLOCK(B4, o, v) \
@@ -61,7 +61,7 @@ float decode_q8_0_words(const uvec4 lo, const uvec4 hi, const uint d_word, out v
 #elif W_TYPE == ABI_WTYPE_MXFP4
 #define BLOCK_ELEMS 32u
 #define BLOCK_BYTES 17u      /* e8m0 scale, 16 bytes of nibbles */
-#define CHUNK_BLOCKS 16u
+#define CHUNK_BLOCKS (ABI_LANES_BLOCK_CHUNK_BYTES / BLOCK_BYTES)
 /* The block at byte o (see the Q8_0 DECODE_BLOCK): eight vec4 in element order (the low
  * nibble of byte j is element j, the high nibble element j + 16); evaluates to the scale. */
 #define DECODE_BLOCK(B4, o, v) \
@@ -149,7 +149,7 @@ void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TIL
  * bytes every super-block starts on a word and its unpacking is constant shifts inside a
  * plain (not unrolled) loop. x of SB_STEP super-blocks for all tokens is fetched once per
  * row set; partial sums go to y after each step. */
-#define SB_WORDS 17u
+#define SB_WORDS (ABI_LANES_SUPERBLOCK_BYTES / 4u)
 #define BYTES4W(u, b) (((b) & 3u) == 0u ? u[(b) >> 2] : \
     (u[(b) >> 2] >> (8u * ((b) & 3u))) | (u[((b) >> 2) + 1u] << (32u - 8u * ((b) & 3u))))
 #if W_TYPE == ABI_WTYPE_Q8_0
@@ -160,7 +160,7 @@ void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TIL
 #define SB_VEC4 (SB_BLOCKS * 8u)
 /* super-blocks per pass over the rows: each pass writes every row's partial sums to y
  * once, and that read-modify-write costs about as much as the pass's arithmetic */
-#define SB_STEP 2u
+#define SB_STEP (ABI_LANES_TILE_STEP_BYTES / ABI_LANES_SUPERBLOCK_BYTES)
 
 void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TILE], const bool tv[TOK_TILE])
 {
