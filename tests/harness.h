@@ -29,6 +29,9 @@ const char *test_fixture(const char *relpath);
 const char *test_tmpdir(void);
 /* The flashbox binary under test (FLASHBOX env var, default build/flashbox). */
 const char *test_flashbox_bin(void);
+/* Runs a shell command, keeping the first cap - 1 bytes of its standard output in out
+ * (NUL-terminated); returns its exit status, or -1 when it could not run or was killed. */
+int test_run_cmd(const char *cmd, char *out, size_t cap);
 
 #define TEST(fn_name)                                                            \
     static void fn_name(void);                                                   \

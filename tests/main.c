@@ -72,6 +72,16 @@ const char *test_flashbox_bin(void)
     return b && *b ? b : "build/flashbox";
 }
 
+int test_run_cmd(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 struct running {
     pid_t pid;
     struct test_case *tc;

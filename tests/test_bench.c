@@ -4,16 +4,14 @@
 #include "tests/harness.h"
 
 #include <stdlib.h>
-#include <sys/wait.h>
 
-static int run_cmd(const char *cmd, char *out, size_t cap)
+/* The number after "key": in the JSON text js, or -1 when the key is absent. */
+static double json_num(const char *js, const char *key)
 {
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(js, pat);
+    return p ? strtod(p + strlen(pat), NULL) : -1;
 }
 
 TEST(bench_reports_prefill_and_decode_as_table_and_json)
@@ -21,27 +19,25 @@ TEST(bench_reports_prefill_and_decode_as_table_and_json)
     const char *model = test_fixture("model/v4-tiny-f32.gguf");
     char cmd[8192], out[16384];
     snprintf(cmd, sizeof cmd, "%s bench -m %s --backend ref --prompt 5 --gen 3 --runs 2 2>&1", test_flashbox_bin(), model);
-    REQUIRE(run_cmd(cmd, out, sizeof out) == 0);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
     CHECK(strstr(out, "best of the runs") != NULL);
     CHECK(strstr(out, "prefill      5 tokens") != NULL);
     CHECK(strstr(out, "decode       3 tokens") != NULL);
     const char *js = strstr(out, "{\"model\":");
     REQUIRE(js != NULL);
     CHECK(strstr(js, "\"prompt\":5,\"gen\":3") != NULL);
-    const char *p = strstr(js, "\"prefill_tok_s\":"), *d = strstr(js, "\"decode_tok_s\":");
-    REQUIRE(p && d);
-    CHECK(strtod(p + strlen("\"prefill_tok_s\":"), NULL) > 0);
-    CHECK(strtod(d + strlen("\"decode_tok_s\":"), NULL) > 0);
+    CHECK(json_num(js, "prefill_tok_s") > 0);
+    CHECK(json_num(js, "decode_tok_s") > 0);
     /* CPU time per token: the work, positive for both phases */
-    const char *cp = strstr(js, "\"cpu_ms_per_token\":{\"prefill\":"), *cd = cp ? strstr(cp, "\"decode\":") : NULL;
-    REQUIRE(cp && cd);
-    CHECK(strtod(cp + strlen("\"cpu_ms_per_token\":{\"prefill\":"), NULL) > 0);
-    CHECK(strtod(cd + strlen("\"decode\":"), NULL) > 0);
+    const char *cpu = strstr(js, "\"cpu_ms_per_token\":{");
+    REQUIRE(cpu != NULL);
+    CHECK(json_num(cpu, "prefill") > 0);
+    CHECK(json_num(cpu, "decode") > 0);
     CHECK(strstr(out, "cpu time     prefill") != NULL);
 
     /* one pass: no "best of" claim */
     snprintf(cmd, sizeof cmd, "%s bench -m %s --backend ref --prompt 3 --gen 1 2>&1", test_flashbox_bin(), model);
-    REQUIRE(run_cmd(cmd, out, sizeof out) == 0);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
     CHECK(strstr(out, "best of the runs") == NULL);
 }
 
@@ -50,9 +46,9 @@ TEST(bench_refuses_zero_runs_and_a_missing_model)
     const char *model = test_fixture("model/v4-tiny-f32.gguf");
     char cmd[8192], out[16384];
     snprintf(cmd, sizeof cmd, "%s bench -m %s --runs 0 2>&1", test_flashbox_bin(), model);
-    CHECK(run_cmd(cmd, out, sizeof out) == 2);
+    CHECK(test_run_cmd(cmd, out, sizeof out) == 2);
     CHECK(strstr(out, "usage:") != NULL);
     snprintf(cmd, sizeof cmd, "%s bench -m %s/missing.gguf --backend ref 2>&1", test_flashbox_bin(), test_tmpdir());
-    CHECK(run_cmd(cmd, out, sizeof out) == 1);
+    CHECK(test_run_cmd(cmd, out, sizeof out) == 1);
     CHECK(strstr(out, "missing.gguf") != NULL);
 }

@@ -6,15 +6,6 @@
 
 #include <stdlib.h>
 
-static int run_cmd(const char *cmd, char *out, size_t cap)
-{
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    return pclose(p);
-}
-
 /* Splits "TEXT\nprompt N tokens, generated M tokens, ..." into its parts; returns the
  * text length or -1 if the stats line is missing. */
 static long split_stats(const char *out, const char *from, unsigned *n_prompt, unsigned *n_gen)
@@ -31,7 +22,7 @@ TEST(run_greedy_prints_the_greedy_continuation_and_stats)
     const char *model = test_fixture("model/v4-tiny-f32.gguf");
     char cmd[8192], out[16384], err[512];
     snprintf(cmd, sizeof cmd, "%s run -m %s -p 'Hello world' -n 12 --temp 0 --backend ref", test_flashbox_bin(), model);
-    REQUIRE(run_cmd(cmd, out, sizeof out) == 0);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
     unsigned n_prompt, n_gen;
     long text_len = split_stats(out, out, &n_prompt, &n_gen);
     REQUIRE(text_len >= 0);
@@ -85,19 +76,19 @@ TEST(run_same_seed_same_text_and_n_limits_the_tokens)
     const char *model = test_fixture("model/v4-tiny-f32.gguf");
     char cmd[8192], a[16384], b[16384], c[16384];
     snprintf(cmd, sizeof cmd, "%s run -m %s -p 'Once' -n 9 --seed 42 --top-p 0.9", test_flashbox_bin(), model);
-    REQUIRE(run_cmd(cmd, a, sizeof a) == 0);
-    REQUIRE(run_cmd(cmd, b, sizeof b) == 0);
+    REQUIRE(test_run_cmd(cmd, a, sizeof a) == 0);
+    REQUIRE(test_run_cmd(cmd, b, sizeof b) == 0);
     unsigned np, ng;
     long la = split_stats(a, a, &np, &ng), lb = split_stats(b, b, &np, &ng);
     REQUIRE(la >= 0 && lb >= 0);
     CHECK(la == lb && !memcmp(a, b, (size_t)la));
     CHECK(ng <= 9);
     snprintf(cmd, sizeof cmd, "%s run -m %s -p 'Once' -n 3 --seed 42 --top-p 0.9", test_flashbox_bin(), model);
-    REQUIRE(run_cmd(cmd, c, sizeof c) == 0);
+    REQUIRE(test_run_cmd(cmd, c, sizeof c) == 0);
     REQUIRE(split_stats(c, c, &np, &ng) >= 0);
     CHECK(ng <= 3);
     snprintf(cmd, sizeof cmd, "%s run -m %s -p x --temp nope 2>&1", test_flashbox_bin(), model);
-    CHECK(run_cmd(cmd, c, sizeof c) != 0);
+    CHECK(test_run_cmd(cmd, c, sizeof c) != 0);
     CHECK(strstr(c, "--temp") != NULL);
 }
 
@@ -107,7 +98,7 @@ TEST(run_interactive_chat_keeps_the_kv_state_between_turns)
     char cmd[8192], out[32768], err[512];
     snprintf(cmd, sizeof cmd, "printf 'Hi there\\nAnd again\\n' | %s run -m %s -n 4 --temp 0 2>/dev/null",
              test_flashbox_bin(), model);
-    REQUIRE(run_cmd(cmd, out, sizeof out) == 0);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
     unsigned p1, g1, p2, g2;
     REQUIRE(split_stats(out, out, &p1, &g1) >= 0);
     const char *second = strstr(out, "tok/s\n");

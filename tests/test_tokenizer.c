@@ -466,22 +466,13 @@ TEST(decode_refuses_out_of_range_ids_naming_the_index)
     tok_destroy(t);
 }
 
-static int run_cmd(const char *cmd, char *out, size_t cap)
-{
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    return pclose(p);
-}
-
 TEST(tokenize_and_detokenize_commands_round_trip_text)
 {
     const char *model = test_fixture("model/v4-tiny-f32.gguf");
     char cmd[8192], out[4096], expect[4096];
     /* plain: control tokens are literal text */
     snprintf(cmd, sizeof cmd, "printf 'Hi <｜User｜> 123' | %s tokenize -m %s", test_flashbox_bin(), model);
-    REQUIRE(run_cmd(cmd, out, sizeof out) == 0);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
     struct tokenizer *t = load(model);
     REQUIRE(t);
     struct tok_vec ids = { 0 };
@@ -494,13 +485,13 @@ TEST(tokenize_and_detokenize_commands_round_trip_text)
     /* --special: the control token is one id; detokenize gives the text back */
     snprintf(cmd, sizeof cmd, "printf 'Hi<｜User｜>there' | %s tokenize --special -m %s | %s detokenize -m %s",
              test_flashbox_bin(), model, test_flashbox_bin(), model);
-    REQUIRE(run_cmd(cmd, out, sizeof out) == 0);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
     CHECK_STR(out, "Hi<｜User｜>there");
     snprintf(cmd, sizeof cmd, "printf '299' | %s detokenize -m %s", test_flashbox_bin(), model);
-    REQUIRE(run_cmd(cmd, out, sizeof out) == 0);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
     CHECK_STR(out, "<｜User｜>");
     snprintf(cmd, sizeof cmd, "printf '1,99999' | %s detokenize -m %s 2>&1", test_flashbox_bin(), model);
-    CHECK(run_cmd(cmd, out, sizeof out) != 0);
+    CHECK(test_run_cmd(cmd, out, sizeof out) != 0);
     CHECK(strstr(out, "99999") != NULL);
     tok_vec_free(&ids);
     tok_destroy(t);
