@@ -9,14 +9,21 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static void tiny_mixed(char *path, size_t len)
+/* Writes the tiny mixed model into the test's scratch directory (its path into path) and
+ * opens it; NULL, with the test failed, when either step fails. */
+static struct model *open_tiny_mixed(char *path, size_t len)
 {
     snprintf(path, len, "%s/tiny-mixed.gguf", test_tmpdir());
     struct mkmodel_config c;
     mkmodel_defaults(&c);
     c.quant = MKMODEL_MIXED;
-    char err[256];
-    if (mkmodel_write(&c, path, err, sizeof err)) test_fail_at(__FILE__, __LINE__, "mkmodel: %s", err);
+    char err[512];
+    struct model *m = NULL;
+    if (mkmodel_write(&c, path, err, sizeof err) || model_open(&m, path, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "tiny mixed model: %s", err);
+        return NULL;
+    }
+    return m;
 }
 
 static void fill_tokens(int32_t *t, uint32_t n, uint32_t n_vocab, uint64_t seed)
@@ -70,10 +77,9 @@ static float *run(const struct model *m, const char *path, uint64_t budget, enum
 
 TEST(paged_logits_are_bitwise_identical_for_every_budget)
 {
-    char path[512], err[512];
-    tiny_mixed(path, sizeof path);
-    struct model *m;
-    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    char path[512];
+    struct model *m = open_tiny_mixed(path, sizeof path);
+    REQUIRE(m);
     const uint32_t N = 300, V = m->hp.n_vocab;
     int32_t tokens[300];
     fill_tokens(tokens, N, V, 23);
@@ -102,10 +108,9 @@ TEST(paged_logits_are_bitwise_identical_for_every_budget)
 
 TEST(direct_reads_equal_page_cache_reads)
 {
-    char path[512], err[512];
-    tiny_mixed(path, sizeof path);
-    struct model *m;
-    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    char path[512];
+    struct model *m = open_tiny_mixed(path, sizeof path);
+    REQUIRE(m);
     const uint32_t N = 64, V = m->hp.n_vocab;
     int32_t tokens[64];
     fill_tokens(tokens, N, V, 29);
@@ -131,10 +136,9 @@ TEST(direct_reads_equal_page_cache_reads)
 
 TEST(hash_layer_prefetch_is_used)
 {
-    char path[512], err[512];
-    tiny_mixed(path, sizeof path);
-    struct model *m;
-    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    char path[512];
+    struct model *m = open_tiny_mixed(path, sizeof path);
+    REQUIRE(m);
     int32_t tokens[40];
     fill_tokens(tokens, 40, m->hp.n_vocab, 31);
     struct expert_counters c;
@@ -151,10 +155,9 @@ TEST(hash_layer_prefetch_is_used)
 
 TEST(expert_guesses_for_learned_layers_are_counted_and_change_no_logit)
 {
-    char path[512], err[512];
-    tiny_mixed(path, sizeof path);
-    struct model *m;
-    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    char path[512];
+    struct model *m = open_tiny_mixed(path, sizeof path);
+    REQUIRE(m);
     const uint32_t N = 60, V = m->hp.n_vocab;
     int32_t tokens[60];
     fill_tokens(tokens, N, V, 37);
@@ -188,9 +191,8 @@ TEST(expert_guesses_for_learned_layers_are_counted_and_change_no_logit)
 TEST(expert_guess_never_takes_a_needed_slot_nor_makes_a_needed_load_wait)
 {
     char path[512], err[512];
-    tiny_mixed(path, sizeof path);
-    struct model *m;
-    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    struct model *m = open_tiny_mixed(path, sizeof path);
+    REQUIRE(m);
     struct expert_store *es;
     struct expert_store_options o = { .budget_bytes = 4 * expert_store_slot_bytes(m), .read_path = ENGINE_EXPERT_READ_PAGECACHE };
     REQUIRE(expert_store_open(&es, m, path, &o, err, sizeof err) == 0);
@@ -241,9 +243,8 @@ TEST(expert_guess_never_takes_a_needed_slot_nor_makes_a_needed_load_wait)
 TEST(expert_budget_below_one_layer_is_refused)
 {
     char path[512], err[512];
-    tiny_mixed(path, sizeof path);
-    struct model *m;
-    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    struct model *m = open_tiny_mixed(path, sizeof path);
+    REQUIRE(m);
     struct expert_store *es;
     struct expert_store_options o = { .budget_bytes = expert_store_slot_bytes(m) * (m->hp.n_expert_used - 1) };
     CHECK(expert_store_open(&es, m, path, &o, err, sizeof err) != 0);
@@ -254,9 +255,8 @@ TEST(expert_budget_below_one_layer_is_refused)
 TEST(read_error_after_truncation_fails_that_request_and_the_store_survives)
 {
     char path[512], err[512];
-    tiny_mixed(path, sizeof path);
-    struct model *m;
-    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    struct model *m = open_tiny_mixed(path, sizeof path);
+    REQUIRE(m);
     struct expert_store *es;
     struct expert_store_options o = { .budget_bytes = 8 * expert_store_slot_bytes(m), .read_path = ENGINE_EXPERT_READ_PAGECACHE };
     REQUIRE(expert_store_open(&es, m, path, &o, err, sizeof err) == 0);
@@ -278,9 +278,8 @@ TEST(read_error_after_truncation_fails_that_request_and_the_store_survives)
 TEST(expert_tensor_past_the_end_is_rejected_at_load)
 {
     char path[512], err[512];
-    tiny_mixed(path, sizeof path);
-    struct model *m;
-    REQUIRE(model_open(&m, path, err, sizeof err) == 0);
+    struct model *m = open_tiny_mixed(path, sizeof path);
+    REQUIRE(m);
     uint64_t cut = (uint64_t)((const uint8_t *)m->layers[4].ffn_up_exps->data - m->file->map) + 100;
     model_close(m);
     REQUIRE(truncate(path, (off_t)cut) == 0);
