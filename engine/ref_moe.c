@@ -31,14 +31,21 @@ static void swiglu_expert(struct ref_scratch *s, const struct model_hparams *hp,
     for (uint32_t i = 0; i < d; i++) out[i] += s->expert_y[i];
 }
 
-/* The learned router's selection (spec §3.11.1) of layer il for input f: the top K of
- * sqrt(softplus(logit)) + bias into idx; score [n_expert] keeps the unbiased scores. */
+/* The router scores sqrt(softplus(logit)) of layer lw for input f into score [n_expert]. */
+static void router_scores(struct ref_scratch *s, const struct model_hparams *hp, const struct layer_weights *lw,
+                          const float *f, float *score)
+{
+    ref_matvec(lw->ffn_gate_inp, 0, hp->n_expert, f, score, s->rowbuf);
+    for (uint32_t e = 0; e < hp->n_expert; e++) score[e] = (float)sqrt(ref_softplus(score[e]));
+}
+
+/* The learned router's selection (spec §3.11.1) of layer lw for input f: the top K of
+ * score + bias into idx; score [n_expert] keeps the unbiased scores. */
 static void learned_route(struct ref_scratch *s, const struct model_hparams *hp, const struct layer_weights *lw,
                           const float *f, float *score, int32_t *idx)
 {
     const uint32_t E = hp->n_expert;
-    ref_matvec(lw->ffn_gate_inp, 0, E, f, score, s->rowbuf);
-    for (uint32_t e = 0; e < E; e++) score[e] = (float)sqrt(ref_softplus(score[e]));
+    router_scores(s, hp, lw, f, score);
     /* bias-corrected selection: the bias changes which experts, not their weights */
     const float *bias = (const float *)lw->exp_probs_b->data;
     for (uint32_t e = 0; e < E; e++) s->router_biased[e] = score[e] + bias[e];
@@ -65,12 +72,11 @@ int ref_moe(struct ref_state *st, uint32_t il, const float *f, int32_t tok, floa
     const struct model_hparams *hp = &st->m->hp;
     const struct layer_weights *lw = &st->m->layers[il];
     struct ref_scratch *s = &st->s;
-    const uint32_t E = hp->n_expert, K = hp->n_expert_used;
+    const uint32_t K = hp->n_expert_used;
     float *score = s->gate_logits;
     int32_t idx[64];
     if (lw->tid2eid) {
-        ref_matvec(lw->ffn_gate_inp, 0, E, f, score, s->rowbuf);
-        for (uint32_t e = 0; e < E; e++) score[e] = (float)sqrt(ref_softplus(score[e]));
+        router_scores(s, hp, lw, f, score);
         memcpy(idx, (const int32_t *)lw->tid2eid->data + (uint64_t)tok * K, K * sizeof(int32_t));
     } else {
         learned_route(s, hp, lw, f, score, idx);
