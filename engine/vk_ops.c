@@ -21,6 +21,9 @@ static const char *const lanes_names[VK_N_WTYPES] = {
 static const char *const lanes_word_tile_names[VK_N_WTYPES] = {
     [ABI_WTYPE_Q8_0] = "matmul_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matmul_lanes_mxfp4",
 };
+static const char *const ksplit_names[VK_N_WTYPES] = {
+    [ABI_WTYPE_Q8_0] = "matmul_ksplit_q8_0", [ABI_WTYPE_MXFP4] = "matmul_ksplit_mxfp4",
+};
 /* LANES texel bindings: weights and x. */
 #define LANES_TEXEL_MASK ((1u << ABI_MATVEC_BIND_W) | (1u << ABI_MATVEC_BIND_X))
 
@@ -86,6 +89,12 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
     ops->lanes_wg = d->subgroup_size;
     ops->lanes_rows_matvec = 16;
     ops->lanes_rows_matmul = 32;
+    /* The K-split tile beats a row per lane once every lane has a unit of K; with half the
+     * lanes idle it measured 1.3-1.4x slower. FLASHBOX_VK_KSPLIT=all takes it from one unit
+     * on: how the tests run it on the tiny model's short rows. */
+    ops->ksplit_min_units = d->subgroup_size;
+    const char *ks = getenv("FLASHBOX_VK_KSPLIT");
+    if (ks && !strcmp(ks, "all")) ops->ksplit_min_units = 1;
     const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push, texel_mask; } simple[] = {
         { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push), 0 },
         { &ops->hc, "hc", 8, sizeof(struct abi_hc_push), 0 },
@@ -119,6 +128,8 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->matmul[t]);
         vk_kernel_destroy(ops->d, &ops->lanes_matvec[t]);
         vk_kernel_destroy(ops->d, &ops->lanes_matmul[t]);
+        vk_kernel_destroy(ops->d, &ops->ksplit[t][0]);
+        vk_kernel_destroy(ops->d, &ops->ksplit[t][1]);
     }
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress,
                                    &ops->indexer, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
@@ -184,15 +195,29 @@ static struct abi_matvec_push matvec_push(const struct vk_matvec_args *a, uint32
     };
 }
 
+/* The block types' token tile with K split across the lanes (matmul_ksplit): units of K
+ * per lane per pass, 1 or 2, or 0 where the row-per-lane tile runs instead. Two units
+ * (passes of 1024 elements) measured 10-25% faster than one for Q8_0 once K fills them. */
+static uint32_t ksplit_units(const struct vk_ops *ops, const struct vk_matvec_args *a)
+{
+    const struct vk_weight *w = a->w;
+    if (ops->layout != VK_MATVEC_LANES || !lanes_reads_words(a) || w->n_in % ABI_KSPLIT_UNIT_ELEMS) return 0;
+    const uint32_t units = w->n_in / ABI_KSPLIT_UNIT_ELEMS;
+    if (units < ops->ksplit_min_units) return 0;
+    return units >= 2 * ops->lanes_wg ? 2 : 1;
+}
+
 bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a)
 {
     const struct vk_weight *w = a->w;
     if (ops->layout != VK_MATVEC_LANES || !a->x->texels_f32x4) return false;
-    /* rows of whole chunks (super-blocks for the word reads) from an aligned start */
+    /* rows of whole chunks (super-blocks for the word reads; 64-element units, whose
+     * MXFP4 rows may start 2 bytes into a word, for the K-split tile) from an aligned start */
     const bool words = lanes_reads_words(a);
     const bool block_type = w->type == GGUF_TYPE_Q8_0 || w->type == GGUF_TYPE_MXFP4;
     const uint32_t unit = words ? ABI_LANES_TILE_STEP_BYTES : block_type ? ABI_LANES_BLOCK_CHUNK_BYTES : ABI_LANES_FLOAT_CHUNK_BYTES;
-    if (!(words ? w->span.texels_u32 : w->span.texels_u32x4) || w->row_bytes % unit || w->span.off % (words ? 4 : 16) ||
+    const bool rows_fit = ksplit_units(ops, a) || w->row_bytes % unit == 0;
+    if (!(words ? w->span.texels_u32 : w->span.texels_u32x4) || !rows_fit || w->span.off % (words ? 4 : 16) ||
         w->span.off + w->mat_bytes * w->n_mat > UINT32_MAX)
         return false;
     /* x vectors of whole float4 */
@@ -209,6 +234,15 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
     const bool tile_on = tiled(a);
     const struct vk_kernel *k = tile_on ? &ops->lanes_matmul[t] : &ops->lanes_matvec[t];
     const uint32_t tile = tile_on ? VK_MATMUL_TILE : 1;
+    const uint32_t units = ksplit_units(ops, a);
+    if (units) {
+        struct vk_kernel *ks = &ops->ksplit[t][units - 1];
+        const uint32_t spec[3] = { VK_MATMUL_TILE, ops->lanes_wg, units };
+        if (!ks->pipe && vk_kernel_create_texel(ops->d, ks, ksplit_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
+                                                spec, 3, err, err_len))
+            return -1;
+        k = ks;
+    }
     VkDescriptorBufferInfo b[4] = { 0 };
     VkBufferView v[4] = { lanes_reads_words(a) ? w->span.texels_u32 : w->span.texels_u32x4, a->x->texels_f32x4,
                           VK_NULL_HANDLE, VK_NULL_HANDLE };

@@ -25,6 +25,10 @@ struct vk_ops {
     struct vk_kernel matvec[VK_N_WTYPES];   /* TOK_TILE = 1 */
     struct vk_kernel matmul[VK_N_WTYPES];   /* TOK_TILE = VK_MATMUL_TILE */
     struct vk_kernel lanes_matvec[VK_N_WTYPES], lanes_matmul[VK_N_WTYPES];
+    /* LANES token tile of the block types with K split across a subgroup (matmul_ksplit):
+     * [type][units of K per lane per pass - 1], built on first use */
+    struct vk_kernel ksplit[VK_N_WTYPES][2];
+    uint32_t ksplit_min_units;              /* K-split from this many units of K (default: one per lane) */
     enum vk_matvec_layout layout;           /* chosen by device type; LANES falls back per call */
     uint32_t lanes_wg;                      /* LANES: invocations per workgroup */
     uint32_t lanes_rows_matvec, lanes_rows_matmul; /* LANES: rows per invocation */

@@ -25,6 +25,7 @@
 #define ABI_SPEC_TOK_TILE 0 /* matvec: tokens processed per weight load (1 decode, 8 prefill) */
 #define ABI_SPEC_WG_SIZE 1  /* matvec: invocations per workgroup (a multiple of the subgroup size) */
 #define ABI_SPEC_ROWS_PER_LANE 2 /* matvec_lanes: rows each invocation computes */
+#define ABI_SPEC_KSPLIT_UNITS 2  /* matmul_ksplit: units of K per lane per pass (ROWS_PER_LANE's id; it has no rows per lane) */
 
 /* Weight types of the matvec family (values of the W_TYPE define in the .comp files). */
 #define ABI_WTYPE_F32 0
@@ -47,6 +48,9 @@
 #define ABI_LANES_FLOAT_CHUNK_BYTES 128
 #define ABI_LANES_SUPERBLOCK_BYTES 68
 #define ABI_LANES_TILE_STEP_BYTES (2 * ABI_LANES_SUPERBLOCK_BYTES)
+/* matmul_ksplit: the block types' token tile with K split across a subgroup's lanes, in
+ * units of 64 elements (two blocks: 68 bytes of Q8_0, 34 of MXFP4). */
+#define ABI_KSPLIT_UNIT_ELEMS 64
 #define ABI_MATVEC_BIND_X 1
 #define ABI_MATVEC_BIND_Y 2
 #define ABI_MATVEC_BIND_IDS 3

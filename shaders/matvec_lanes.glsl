@@ -41,40 +41,9 @@ layout(std430, binding = ABI_MATVEC_BIND_IDS) readonly buffer ids_buf { int ids[
  * chunk's texels and dots them. The chunk loop must stay a plain loop around the row loop:
  * unrolling anything that holds the row loop made LLVM take minutes to compile. */
 #define WIN_TEXELS (ABI_LANES_BLOCK_CHUNK_BYTES / 16u) /* texels of the longest chunk */
-#if W_TYPE == ABI_WTYPE_Q8_0
+#if W_TYPE == ABI_WTYPE_Q8_0 || W_TYPE == ABI_WTYPE_MXFP4 /* BLOCK_BYTES, DECODE_BLOCK: dequant.glsl */
 #define BLOCK_ELEMS 32u
-#define BLOCK_BYTES 34u      /* f16 d, 32 int8 */
 #define CHUNK_BLOCKS (ABI_LANES_BLOCK_CHUNK_BYTES / BLOCK_BYTES)
-/* The block at byte o of a window whose 32 bits at byte b are B4(b): its 32 int8 values as
- * eight vec4 (unscaled) into v; evaluates to d. Shared by the texel and the word window. */
-#define DECODE_BLOCK(B4, o, v) \
-    decode_q8_0_words(uvec4(B4((o) + 2u), B4((o) + 6u), B4((o) + 10u), B4((o) + 14u)), \
-                      uvec4(B4((o) + 18u), B4((o) + 22u), B4((o) + 26u), B4((o) + 30u)), B4(o), v)
-float decode_q8_0_words(const uvec4 lo, const uvec4 hi, const uint d_word, out vec4 v[8])
-{
-    [[unroll]] for (uint k = 0u; k < 4u; k++) {
-        v[k] = vec4(ivec4(uvec4(lo[k]) << uvec4(24u, 16u, 8u, 0u)) >> 24);
-        v[4u + k] = vec4(ivec4(uvec4(hi[k]) << uvec4(24u, 16u, 8u, 0u)) >> 24);
-    }
-    return unpackHalf2x16(d_word).x;
-}
-#elif W_TYPE == ABI_WTYPE_MXFP4
-#define BLOCK_ELEMS 32u
-#define BLOCK_BYTES 17u      /* e8m0 scale, 16 bytes of nibbles */
-#define CHUNK_BLOCKS (ABI_LANES_BLOCK_CHUNK_BYTES / BLOCK_BYTES)
-/* The block at byte o (see the Q8_0 DECODE_BLOCK): eight vec4 in element order (the low
- * nibble of byte j is element j, the high nibble element j + 16); evaluates to the scale. */
-#define DECODE_BLOCK(B4, o, v) \
-    decode_mxfp4_words(uvec4(B4((o) + 1u), B4((o) + 5u), B4((o) + 9u), B4((o) + 13u)), B4(o), v)
-float decode_mxfp4_words(const uvec4 q, const uint e_word, out vec4 v[8])
-{
-    const uvec4 sh = uvec4(0u, 8u, 16u, 24u);
-    [[unroll]] for (uint k = 0u; k < 4u; k++) {
-        v[k] = e2m1_x2((uvec4(q[k]) >> sh) & 15u);
-        v[4u + k] = e2m1_x2((uvec4(q[k]) >> (sh + 4u)) & 15u);
-    }
-    return ldexp(1.0, int(e_word & 0xffu) - 128);
-}
 #else /* float types: a "block" is one texel */
 #define BLOCK_BYTES 16u
 #define CHUNK_BLOCKS (ABI_LANES_FLOAT_CHUNK_BYTES / 16u)

@@ -166,8 +166,9 @@ TEST(vk_matvec_picks_expert_matrices_through_ids)
 
 /* Both row layouts on the same cases, whichever the device would pick: rows of whole
  * chunks (272 bytes for the block types, 128 for the float types), 68-byte super-blocks in
- * the token tile, rows and tokens that are not multiples of the workgroup or tile, expert
- * slots through ids with per-slot x, accumulation. */
+ * the token tile, the K-split token tile from 512 elements on, rows and tokens that are
+ * not multiples of the workgroup or tile, expert slots through ids with per-slot x,
+ * accumulation. */
 TEST(vk_matvec_lanes_and_subgroup_layouts_match_reference)
 {
     struct vk_fixture f;
@@ -179,6 +180,11 @@ TEST(vk_matvec_lanes_and_subgroup_layouts_match_reference)
         { 512, 24, 1, 8, 3, true, false, true },     /* experts through ids, shared x */
         { 512, 17, 9, 5, 4, true, true, true },      /* per-slot x, tiles, accumulate */
         { 512, 300, 1, 0, 0, false, false, true },   /* more rows than one workgroup covers */
+        /* the K-split tile: one unit of K per lane and pass, the last pass with one lane
+         * (and MXFP4 rows of 306 bytes, every other one starting 2 bytes into a word) */
+        { 576, 33, 9, 0, 0, false, true, true },
+        { 1536, 45, 21, 0, 0, false, false, true },  /* two units per lane, a half-empty last pass */
+        { 1024, 260, 17, 5, 4, true, true, true },   /* per-slot x through ids, a partial row group */
     };
     static const struct mv_case float_cases[] = {
         { 128, 19, 1, 0, 0, false, false, true },

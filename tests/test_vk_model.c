@@ -198,3 +198,12 @@ TEST(vk_logits_equal_reference_with_the_gpu_kernel_layout)
     const uint32_t sizes[] = { 19, 1, 9, 1 };
     run_with_env("FLASHBOX_VK_LAYOUT", "subgroup", sizes, sizeof sizes / sizeof sizes[0], 40, "gpu layout");
 }
+
+TEST(vk_logits_equal_reference_with_the_k_split_tile_on_every_block_matrix)
+{
+    /* the tiny model's rows are too short for the K-split token tile by default; this
+     * takes it from one unit of K on: dense Q8_0 tiles, grouped MXFP4 experts (gate+up
+     * through the wrapped slots, down with per-slot x), and decode in between */
+    const uint32_t sizes[] = { 37, 1, 16, 1 };
+    run_with_env("FLASHBOX_VK_KSPLIT", "all", sizes, sizeof sizes / sizeof sizes[0], 55, "k-split tile");
+}
