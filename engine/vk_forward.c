@@ -281,7 +281,14 @@ static int attention_layer(struct fwd *f, uint32_t il)
             p.ring_off += (uint32_t)(b[1]->off / 4);
             p.comp_off += (uint32_t)(b[2]->off / 4);
         }
-        if (dispatch(f, VK_KIND_ATTENTION, texel ? &e->ops.attention_texel : &e->ops.attention, b, &p, H, nt, 1)) return -1;
+        struct vk_kernel *heads_k = NULL;
+        uint32_t heads = 1;
+        if (texel && vk_ops_attention_heads(&e->ops, hd, H, nt, &heads_k, &heads, f->err, f->err_len)) return -1;
+        if (heads_k) {
+            if (dispatch(f, VK_KIND_ATTENTION, heads_k, b, &p, H / heads, nt, 1)) return -1;
+        } else if (dispatch(f, VK_KIND_ATTENTION, texel ? &e->ops.attention_texel : &e->ops.attention, b, &p, H, nt, 1)) {
+            return -1;
+        }
     }
     barrier(f);
     {   /* grouped output projection: group g's heads times its block of rows */

@@ -131,6 +131,7 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->ksplit[t][0]);
         vk_kernel_destroy(ops->d, &ops->ksplit[t][1]);
     }
+    for (int g = 0; g < 4; g++) vk_kernel_destroy(ops->d, &ops->attention_heads[g]);
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress,
                                    &ops->indexer, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
@@ -342,6 +343,32 @@ static int build(struct vk_ops *ops, struct vk_kernel *k, char *err, size_t err_
     if (k->pipe) return 0;
     const uint32_t texel_mask = k->texel_mask; /* creation starts the kernel afresh */
     return vk_kernel_create_texel(ops->d, k, k->name, k->n_bind, texel_mask, k->push_size, NULL, 0, err, err_len);
+}
+
+int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_head, uint32_t n_tok, struct vk_kernel **k,
+                           uint32_t *heads, char *err, size_t err_len)
+{
+    *k = NULL;
+    const uint32_t sg = ops->lanes_wg;
+    if (ops->layout != VK_MATVEC_LANES || head_dim % (4 * sg) || head_dim > ABI_ATTN_MAX_HEAD_DIM ||
+        (ops->attention_heads_dim && ops->attention_heads_dim != head_dim))
+        return 0;
+    /* up to 8 heads share each key fetch; fewer while that leaves under two workgroups
+     * (lavapipe runs workgroups on all cores, a workgroup on one) */
+    uint32_t g = 3;
+    while (g > 0 && (n_head % (1u << g) || (n_head >> g) * n_tok < 2)) g--;
+    struct vk_kernel *kk = &ops->attention_heads[g];
+    if (!kk->pipe) {
+        const uint32_t spec[5] = { 0, sg, 0, 1u << g, head_dim / 4 / sg };
+        if (vk_kernel_create_texel(ops->d, kk, "attention_heads", 7,
+                                   1u << ABI_ATTN_BIND_Q | 1u << ABI_ATTN_BIND_RING | 1u << ABI_ATTN_BIND_COMP,
+                                   sizeof(struct abi_attn_push), spec, 5, err, err_len))
+            return -1;
+        ops->attention_heads_dim = head_dim;
+    }
+    *k = kk;
+    *heads = 1u << g;
+    return 0;
 }
 
 int vk_ops_prepare_all(struct vk_ops *ops, char *err, size_t err_len)

@@ -39,6 +39,10 @@ struct vk_ops {
     struct vk_kernel indexer;
     struct vk_kernel attention;
     struct vk_kernel attention_texel; /* q and key rows through texel views (LANES layout) */
+    /* LANES layout: a subgroup per group of 1, 2, 4 or 8 heads ([log2]), built on first use
+     * for the model's head_dim (vk_ops_attention_heads) */
+    struct vk_kernel attention_heads[4];
+    uint32_t attention_heads_dim;
     struct vk_kernel router;
     struct vk_kernel swiglu;
     struct vk_kernel moe_group;
@@ -97,6 +101,11 @@ int vk_op_rmsnorm(struct vk_recorder *r, struct vk_ops *ops, const struct vk_spa
  * offsets in the push block count from each span's start). A binding in k->texel_mask is
  * instead the float4 texel view of spans[i]'s whole chunk: its offsets count from the
  * chunk's start (add spans[i]->off). */
+/* The attention_heads kernel for n_head heads of head_dim over n_tok tokens, and how many
+ * heads each workgroup takes (*heads); *k = NULL where it does not apply (not the LANES
+ * layout, or a row that does not split evenly over a subgroup). */
+int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_head, uint32_t n_tok, struct vk_kernel **k,
+                           uint32_t *heads, char *err, size_t err_len);
 int vk_op_dispatch(struct vk_recorder *r, struct vk_ops *ops, struct vk_kernel *k,
                    const struct vk_span *const *spans, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
                    char *err, size_t err_len);

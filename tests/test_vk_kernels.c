@@ -676,13 +676,18 @@ TEST(vk_compressor_matches_reference_across_uneven_chunks)
     vk_fixture_close(&f);
 }
 
+/* How the attention test runs the kernel: attention.comp, attention_texel.comp, or
+ * attention_heads.comp (a subgroup per group of heads, one pass with an online softmax). */
+enum attn_kernel { ATTN_BUFFERS, ATTN_TEXELS, ATTN_HEADS };
+
 /* Attention of a few tokens over a wrapped window ring plus compressed entries (HCA: every
  * completed one; CSA: a given selection), with a sink and the inverse rotation, against a
  * direct double-precision evaluation of spec §3.9-3.10.1; rows through storage buffers or
- * (texel) through their chunks' texel views. */
-static void check_attention(struct vk_fixture *f, uint32_t ratio, bool texel)
+ * through their chunks' texel views. H heads, n_tok <= 4 tokens. */
+static void check_attention(struct vk_fixture *f, uint32_t ratio, enum attn_kernel kernel, uint32_t H, uint32_t n_tok)
 {
-    const uint32_t hd = 64, H = 3, rope = 32, W = 6, ring = W + 4, n_tok = 4, pos0 = 29, topk = 3;
+    const bool texel = kernel != ATTN_BUFFERS;
+    const uint32_t hd = 64, rope = 32, W = 6, ring = W + 4, pos0 = 29, topk = 3;
     const uint32_t n_comp = (pos0 + n_tok) / (ratio ? ratio : 1) + 1, n_pos = 64;
     uint64_t rng = 31 + ratio;
     float *q = rand_vec(&rng, (size_t)n_tok * H * hd, 1, 0), *ringv = rand_vec(&rng, (size_t)ring * hd, 1, 0);
@@ -713,8 +718,19 @@ static void check_attention(struct vk_fixture *f, uint32_t ratio, bool texel)
         p.ring_off += (uint32_t)(sr.off / 4);
         p.comp_off += (uint32_t)(sc.off / 4);
     }
+    struct vk_kernel *k = kernel == ATTN_TEXELS ? &f->ops.attention_texel : &f->ops.attention;
+    uint32_t heads = 1;
+    if (kernel == ATTN_HEADS) {
+        struct vk_kernel *kh = NULL;
+        rc = rc || vk_ops_attention_heads(&f->ops, hd, H, n_tok, &kh, &heads, f->err, sizeof f->err);
+        if (!rc && !kh) {
+            test_fail_at(__FILE__, __LINE__, "attention_heads refused %u heads of %u", H, hd);
+            rc = 1;
+        }
+        k = kh;
+    }
     rc = rc || vk_recorder_begin(f->rec, f->err, sizeof f->err) ||
-             vk_op_dispatch(f->rec, &f->ops, texel ? &f->ops.attention_texel : &f->ops.attention, b, &p, H, n_tok, 1, f->err, sizeof f->err) ||
+             vk_op_dispatch(f->rec, &f->ops, k, b, &p, H / heads, n_tok, 1, f->err, sizeof f->err) ||
              vk_recorder_submit(f->rec, f->err, sizeof f->err) ||
              vk_span_download(f->d, &so, 0, o, (no + 2 * VK_GUARD) * 4, f->err, sizeof f->err);
     if (rc) test_fail_at(__FILE__, __LINE__, "%s", f->err);
@@ -745,7 +761,8 @@ static void check_attention(struct vk_fixture *f, uint32_t ratio, bool texel)
             ref_rope(ref, hd, rope, freqs, pos, true);
             double e = nmse_f(o + VK_GUARD + ((size_t)t * H + h) * hd, ref, hd);
             if (!(e < 1e-10))
-                test_fail_at(__FILE__, __LINE__, "attention texel=%d ratio %u token %u head %u: nmse %.3g", texel, ratio, t, h, e);
+                test_fail_at(__FILE__, __LINE__, "attention kernel %d (%u heads a workgroup) ratio %u token %u head %u: nmse %.3g",
+                             (int)kernel, heads, ratio, t, h, e);
         }
     free(q); free(ringv); free(comp); free(sinks); free(tab); free(o);
 }
@@ -754,11 +771,27 @@ TEST(vk_attention_matches_direct_evaluation_for_swa_csa_and_hca_from_buffers_and
 {
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
-    for (int texel = 0; texel < 2; texel++) {
-        check_attention(&f, 0, texel);
-        check_attention(&f, 4, texel);
-        check_attention(&f, 8, texel);
+    for (int kernel = ATTN_BUFFERS; kernel <= ATTN_TEXELS; kernel++) {
+        check_attention(&f, 0, kernel, 3, 4);
+        check_attention(&f, 4, kernel, 3, 4);
+        check_attention(&f, 8, kernel, 3, 4);
     }
+    vk_fixture_close(&f);
+}
+
+TEST(vk_attention_heads_matches_direct_evaluation_for_every_head_grouping)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    f.ops.layout = VK_MATVEC_LANES; /* the CPU-driver kernel, on any device */
+    static const uint32_t shapes[][2] = {
+        { 8, 4 }, /* 8 heads a workgroup */
+        { 8, 1 }, /* one token: 4 heads a workgroup, so two workgroups */
+        { 6, 3 }, /* 2 heads a workgroup */
+        { 3, 4 }, /* 1 head a workgroup */
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (uint32_t ratio = 0; ratio <= 8; ratio += 4) check_attention(&f, ratio, ATTN_HEADS, shapes[i][0], shapes[i][1]);
     vk_fixture_close(&f);
 }
 
