@@ -171,6 +171,7 @@ int vk_device_create(struct vk_device **out, int device_index, const char *devic
     vkGetPhysicalDeviceProperties2(d->phys, &p2);
     vkGetPhysicalDeviceMemoryProperties(d->phys, &d->mem);
     d->subgroup_size = sg.subgroupSize;
+    d->subgroup_shuffle = (sg.supportedOperations & VK_SUBGROUP_FEATURE_SHUFFLE_BIT) != 0;
     d->max_alloc = m3.maxMemoryAllocationSize;
     d->max_range = d->props.limits.maxStorageBufferRange;
     d->storage_align = d->props.limits.minStorageBufferOffsetAlignment;

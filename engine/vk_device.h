@@ -21,6 +21,7 @@ struct vk_device {
     VkPhysicalDeviceMemoryProperties mem;
     uint32_t index;              /* in vkEnumeratePhysicalDevices order */
     uint32_t subgroup_size;
+    bool subgroup_shuffle;      /* VK_SUBGROUP_FEATURE_SHUFFLE_BIT in compute (the CPU-driver kernels' sums) */
     uint64_t max_alloc;          /* maxMemoryAllocationSize, bytes */
     uint64_t max_range;          /* maxStorageBufferRange, bytes */
     uint64_t storage_align;      /* minStorageBufferOffsetAlignment, bytes */

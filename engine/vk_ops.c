@@ -202,7 +202,8 @@ static struct abi_matvec_push matvec_push(const struct vk_matvec_args *a, uint32
 static uint32_t ksplit_units(const struct vk_ops *ops, const struct vk_matvec_args *a)
 {
     const struct vk_weight *w = a->w;
-    if (ops->layout != VK_MATVEC_LANES || !lanes_reads_words(a) || w->n_in % ABI_KSPLIT_UNIT_ELEMS) return 0;
+    if (ops->layout != VK_MATVEC_LANES || !ops->d->subgroup_shuffle || !lanes_reads_words(a) || w->n_in % ABI_KSPLIT_UNIT_ELEMS)
+        return 0;
     const uint32_t units = w->n_in / ABI_KSPLIT_UNIT_ELEMS;
     if (units < ops->ksplit_min_units) return 0;
     return units >= 2 * ops->lanes_wg ? 2 : 1;
@@ -238,9 +239,10 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
     const uint32_t units = ksplit_units(ops, a);
     if (units) {
         struct vk_kernel *ks = &ops->ksplit[t][units - 1];
-        const uint32_t spec[3] = { VK_MATMUL_TILE, ops->lanes_wg, units };
+        const uint32_t spec[ABI_SPEC_LANES_SUM + 1] = { [ABI_SPEC_TOK_TILE] = VK_MATMUL_TILE, [ABI_SPEC_WG_SIZE] = ops->lanes_wg,
+                                                        [ABI_SPEC_KSPLIT_UNITS] = units, [ABI_SPEC_LANES_SUM] = ops->lanes_wg };
         if (!ks->pipe && vk_kernel_create_texel(ops->d, ks, ksplit_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
-                                                spec, 3, err, err_len))
+                                                spec, ABI_SPEC_LANES_SUM + 1, err, err_len))
             return -1;
         k = ks;
     }
@@ -350,7 +352,7 @@ int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_hea
 {
     *k = NULL;
     const uint32_t sg = ops->lanes_wg;
-    if (ops->layout != VK_MATVEC_LANES || head_dim % (4 * sg) || head_dim > ABI_ATTN_MAX_HEAD_DIM ||
+    if (ops->layout != VK_MATVEC_LANES || !ops->d->subgroup_shuffle || head_dim % (4 * sg) || head_dim > ABI_ATTN_MAX_HEAD_DIM ||
         (ops->attention_heads_dim && ops->attention_heads_dim != head_dim))
         return 0;
     /* up to 8 heads share each key fetch; fewer while that leaves under two workgroups
@@ -359,10 +361,11 @@ int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_hea
     while (g > 0 && (n_head % (1u << g) || (n_head >> g) * n_tok < 2)) g--;
     struct vk_kernel *kk = &ops->attention_heads[g];
     if (!kk->pipe) {
-        const uint32_t spec[5] = { 0, sg, 0, 1u << g, head_dim / 4 / sg };
+        const uint32_t spec[ABI_SPEC_LANES_SUM + 1] = { [ABI_SPEC_WG_SIZE] = sg, [ABI_SPEC_ATTN_HEADS] = 1u << g,
+                                                        [ABI_SPEC_ATTN_KV4] = head_dim / 4 / sg, [ABI_SPEC_LANES_SUM] = sg };
         if (vk_kernel_create_texel(ops->d, kk, "attention_heads", 7,
                                    1u << ABI_ATTN_BIND_Q | 1u << ABI_ATTN_BIND_RING | 1u << ABI_ATTN_BIND_COMP,
-                                   sizeof(struct abi_attn_push), spec, 5, err, err_len))
+                                   sizeof(struct abi_attn_push), spec, ABI_SPEC_LANES_SUM + 1, err, err_len))
             return -1;
         ops->attention_heads_dim = head_dim;
     }

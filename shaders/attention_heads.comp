@@ -4,7 +4,7 @@
  * Every head of a token attends to the same keys (one key/value row per position, value =
  * key), so here each key row is fetched once for HEADS heads: lane l holds float4s l,
  * l + SG, ... of the row (KV4 of them), of each head's q, and of each head's running
- * output. Per key: the HEADS scores (a subgroup sum each), the online softmax update (the
+ * output. Per key: the HEADS scores (a subgroup sum each, lanes_sum), the online softmax update (the
  * running maximum starts at the sink's logit, which joins the denominator with no value),
  * and the outputs rescaled and accumulated. attention.glsl's layout (a workgroup per head,
  * scores then probabilities through shared memory) fetches each row once per head, and on
@@ -16,8 +16,8 @@
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
-#extension GL_KHR_shader_subgroup_arithmetic : require
 #include "abi.h"
+#include "lanes_sum.glsl"
 
 layout(local_size_x_id = ABI_SPEC_WG_SIZE) in;           /* the subgroup size */
 layout(constant_id = ABI_SPEC_ATTN_HEADS) const uint HEADS = 8;
@@ -41,7 +41,7 @@ void attend(vec4 k[KV4], const uint lane, const uint hd4, const vec4 q[HEADS][KV
     [[unroll]] for (uint h = 0u; h < HEADS; h++) {
         vec4 d4 = q[h][0] * k[0];
         [[unroll]] for (uint m = 1u; m < KV4; m++) d4 += q[h][m] * k[m];
-        const float s = subgroupAdd((d4.x + d4.y) + (d4.z + d4.w)) * pc.scale;
+        const float s = lanes_sum((d4.x + d4.y) + (d4.z + d4.w)) * pc.scale;
         const float mx = max(run_max[h], s), corr = exp(run_max[h] - mx), p = exp(s - mx);
         run_max[h] = mx;
         den[h] = den[h] * corr + p;

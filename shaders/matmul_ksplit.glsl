@@ -9,7 +9,7 @@
  * row: lane l takes units l, l + SG, ... of a pass over K (a unit is 64 elements: two
  * blocks), so the x it needs for the whole pass is its own (no copy of x per lane) and is
  * fetched once for all of the workgroup's rows. A row's sums are reduced across the lanes
- * (subgroupAdd), lane j of each group of SG rows keeps row j's, and the group's y is
+ * (lanes_sum), lane j of each group of SG rows keeps row j's, and the group's y is
  * written once per pass: one lane loop per token for SG rows.
  *
  * Requires n_in a multiple of 64, the matrices on 4 bytes and x vectors on 16
@@ -21,11 +21,11 @@
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
-#extension GL_KHR_shader_subgroup_arithmetic : require
 #include "abi.h"
 #include "dequant.glsl"
+#include "lanes_sum.glsl"
 
-layout(local_size_x_id = ABI_SPEC_WG_SIZE) in;
+layout(local_size_x_id = ABI_SPEC_WG_SIZE) in; /* one subgroup (lanes_sum needs it) */
 layout(constant_id = ABI_SPEC_TOK_TILE) const uint TOK_TILE = 8;
 layout(constant_id = ABI_SPEC_KSPLIT_UNITS) const uint SEG_UNITS = 2; /* units per lane per pass */
 
@@ -75,8 +75,7 @@ void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TIL
                 [[unroll]] for (uint k = 0u; k < UNIT_VEC4; k++)
                     xv[t][j * UNIT_VEC4 + k] = texelFetch(x_tex, int((xt[t] >> 2) + uc * UNIT_VEC4 + k)) * x_on;
         }
-        /* groups of SG rows; subgroups of a larger workgroup take alternate groups */
-        for (uint g = gl_SubgroupID * SG; g < wg_rows; g += gl_NumSubgroups * SG) {
+        for (uint g = 0u; g < wg_rows; g += SG) { /* groups of SG rows */
             const uint g_rows = min(SG, wg_rows - g);
             float kept[TOK_TILE];           /* after the group: row g + lane's sums */
             [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) kept[t] = 0.0;
@@ -105,7 +104,7 @@ void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TIL
                     }
                 }
                 [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) {
-                    const float r = subgroupAdd(s[t]);
+                    const float r = lanes_sum(s[t]);
                     kept[t] = lane == jr ? r : kept[t];
                 }
             }
