@@ -13,15 +13,34 @@ void main()
          * workgroup walks all of the expert's tiles, so unused experts cost one early exit. */
         const uint n_grp = pc.ids_wrap, e = z % n_grp;
         const uint first = uint(ids[pc.ids_off + e]), cnt = uint(ids[pc.ids_off + e + 1u]) - first;
-        for (uint t0 = 0u; t0 < cnt; t0 += TOK_TILE) {
-            for (uint t = 0u; t < TOK_TILE; t++) {
-                const uint slot = uint(ids[pc.ids_off + n_grp + 1u + first + min(t0 + t, cnt - 1u)]);
-                xt[t] = pc.x_off + (slot / max(pc.x_zdiv, 1u)) * pc.x_zstride;
-                yt[t] = pc.y_off + slot * pc.y_zstride + (z >= n_grp ? pc.y_wrap_add : 0u);
-                tv[t] = t0 + t < cnt;
+#define GROUPED_TILE(n, xt, yt, tv) \
+            for (uint t = 0u; t < (n); t++) { \
+                const uint slot = uint(ids[pc.ids_off + n_grp + 1u + first + min(t0 + t, cnt - 1u)]); \
+                xt[t] = pc.x_off + (slot / max(pc.x_zdiv, 1u)) * pc.x_zstride; \
+                yt[t] = pc.y_off + slot * pc.y_zstride + (z >= n_grp ? pc.y_wrap_add : 0u); \
+                tv[t] = t0 + t < cnt; \
             }
+        uint t0 = 0u;
+#ifdef HALF_TILE
+        /* the layout has compute_half_tile: full tiles while more than half a tile is left,
+         * then at most one half tile (loops, not a branch: a CPU driver skips a loop that
+         * no lane enters but runs both sides of a branch) */
+        for (; t0 + HALF_TOK_TILE < cnt; t0 += TOK_TILE) {
+            GROUPED_TILE(TOK_TILE, xt, yt, tv)
             compute_tile(z, xt, yt, tv);
         }
+        for (; t0 < cnt; t0 += HALF_TOK_TILE) {
+            uint xh[HALF_TOK_TILE], yh[HALF_TOK_TILE];
+            bool th[HALF_TOK_TILE];
+            GROUPED_TILE(HALF_TOK_TILE, xh, yh, th)
+            compute_half_tile(z, xh, yh, th);
+        }
+#else
+        for (; t0 < cnt; t0 += TOK_TILE) {
+            GROUPED_TILE(TOK_TILE, xt, yt, tv)
+            compute_tile(z, xt, yt, tv);
+        }
+#endif
         return;
     }
     const uint t0 = gl_WorkGroupID.y * TOK_TILE;

@@ -1,0 +1,69 @@
+/* The K-split tile for KS_TOKENS tokens as function KS_FN: included twice by
+ * matmul_ksplit.glsl (a full and a half token tile). */
+void KS_FN(const uint mat, const uint xt[KS_TOKENS], const uint yt[KS_TOKENS], const bool tv[KS_TOKENS])
+{
+    const uint SG = gl_SubgroupSize, lane = gl_SubgroupInvocationID;
+    const uint wg_row0 = gl_WorkGroupID.x * pc.rows_per_wg;
+    const uint wg_rows = min(pc.rows_per_wg, pc.n_out - min(wg_row0, pc.n_out));
+    const uint mat_byte = pc.w_off + mat * pc.w_zstride;
+    const bool accumulate = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u;
+    const uint n_units = pc.n_in / UNIT_ELEMS, pass_units = SG * SEG_UNITS;
+    for (uint p0 = 0u; p0 < n_units; p0 += pass_units) {
+        /* this lane's units of the pass: p0 + j * SG + lane; x for every token, fetched once */
+        vec4 xv[KS_TOKENS][SEG_UNITS * UNIT_VEC4];
+        uint unit_byte[SEG_UNITS];
+        [[unroll]] for (uint j = 0u; j < SEG_UNITS; j++) {
+            const uint un = p0 + j * SG + lane;
+            /* past the end: read a real unit with x zero (a multiply: a conditional fetch
+             * made LLVM take seconds longer to compile the pipeline) */
+            const uint uc = min(un, n_units - 1u);
+            const float x_on = un < n_units ? 1.0 : 0.0;
+            unit_byte[j] = uc * 2u * BLOCK_BYTES;
+            [[unroll]] for (uint t = 0u; t < KS_TOKENS; t++)
+                [[unroll]] for (uint k = 0u; k < UNIT_VEC4; k++)
+                    xv[t][j * UNIT_VEC4 + k] = texelFetch(x_tex, int((xt[t] >> 2) + uc * UNIT_VEC4 + k)) * x_on;
+        }
+        for (uint g = 0u; g < wg_rows; g += SG) { /* groups of SG rows */
+            const uint g_rows = min(SG, wg_rows - g);
+            float kept[KS_TOKENS];           /* after the group: row g + lane's sums */
+            [[unroll]] for (uint t = 0u; t < KS_TOKENS; t++) kept[t] = 0.0;
+            for (uint jr = 0u; jr < g_rows; jr++) {
+                const uint row_byte = mat_byte + (wg_row0 + g + jr) * pc.row_bytes;
+                float s[KS_TOKENS];
+                [[unroll]] for (uint t = 0u; t < KS_TOKENS; t++) s[t] = 0.0;
+                [[unroll]] for (uint j = 0u; j < SEG_UNITS; j++) {
+                    const uint b0 = row_byte + unit_byte[j];
+                    uint u[UNIT_WORDS];
+                    [[unroll]] for (uint i = 0u; i < UNIT_WORDS; i++) u[i] = texelFetch(w_words, int((b0 >> 2) + i)).x;
+#if W_TYPE == ABI_WTYPE_MXFP4
+                    const bool odd = (b0 & 2u) != 0u;  /* the unit starts 2 bytes into its first word */
+                    [[unroll]] for (uint i = 0u; i + 1u < UNIT_WORDS; i++) u[i] = odd ? (u[i] >> 16) | (u[i + 1u] << 16) : u[i];
+                    u[UNIT_WORDS - 1u] = odd ? u[UNIT_WORDS - 1u] >> 16 : u[UNIT_WORDS - 1u];
+#endif
+                    [[unroll]] for (uint bb = 0u; bb < 2u; bb++) {
+                        vec4 v[8];
+                        const float d = DECODE_BLOCK(U_B4, BLOCK_BYTES * bb, v);
+                        const uint xk = (j * 2u + bb) * 8u;
+                        [[unroll]] for (uint t = 0u; t < KS_TOKENS; t++) {
+                            vec4 q = v[0] * xv[t][xk];
+                            [[unroll]] for (uint k = 1u; k < 8u; k++) q += v[k] * xv[t][xk + k];
+                            s[t] += d * ((q.x + q.y) + (q.z + q.w));
+                        }
+                    }
+                }
+                [[unroll]] for (uint t = 0u; t < KS_TOKENS; t++) {
+                    const float r = lanes_sum(s[t]);
+                    kept[t] = lane == jr ? r : kept[t];
+                }
+            }
+            if (lane < g_rows) {
+                const uint row = wg_row0 + g + lane;
+                for (uint t = 0u; t < KS_TOKENS; t++)
+                    if (tv[t]) {
+                        const uint yi = yt[t] + row;
+                        y[yi] = (p0 == 0u && !accumulate ? 0.0 : y[yi]) + kept[t] * pc.scale;
+                    }
+            }
+        }
+    }
+}
