@@ -43,6 +43,14 @@ void main()
         if (tid == 0u)
             for (uint j = 0u; j < n + n * n; j++) old_hc[j] = hc[hb + j];
         barrier();
+        /* the coefficients into registers (constant indices after unrolling): inside the
+         * loop each shared-memory read is a per-lane loop on CPU drivers */
+        float post_w[ABI_HC_MAX_STREAMS], comb[ABI_HC_MAX_STREAMS * ABI_HC_MAX_STREAMS];
+        [[unroll]] for (uint k = 0u; k < ABI_HC_MAX_STREAMS; k++) {
+            post_w[k] = k < n ? old_hc[k] : 0.0;
+            [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++)
+                comb[j * ABI_HC_MAX_STREAMS + k] = j < n && k < n ? old_hc[n + j * n + k] : 0.0;
+        }
         const uint d4 = d / 4u, xb4 = xb / 4u;
         for (uint i4 = tid; i4 < d4; i4 += ABI_WG_SIZE) {
             vec4 f = vec4(0.0);
@@ -52,9 +60,8 @@ void main()
             [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++) old[j] = j < n ? X4[xb4 + j * d4 + i4] : vec4(0.0);
             [[unroll]] for (uint k = 0u; k < ABI_HC_MAX_STREAMS; k++) {
                 if (k >= n) break;
-                vec4 v = old_hc[k] * f;
-                [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++)
-                    if (j < n) v += old_hc[n + j * n + k] * old[j];
+                vec4 v = post_w[k] * f;
+                [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++) v += comb[j * ABI_HC_MAX_STREAMS + k] * old[j];
                 X4[xb4 + k * d4 + i4] = v;
             }
         }
@@ -143,11 +150,13 @@ void main()
 
     /* y = sum_j pre_j X_j, then RMSNorm with the sublayer's weight */
     const uint d4 = d / 4u, xb4 = xb / 4u, yb4 = (pc.y_off + t * d) / 4u;
+    float pre[ABI_HC_MAX_STREAMS]; /* in registers, as post_w above */
+    [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++) pre[j] = j < n ? pre_s[j] : 0.0;
     float ss2 = 0.0;
     for (uint i4 = tid; i4 < d4; i4 += ABI_WG_SIZE) {
         vec4 v = vec4(0.0);
         [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++)
-            if (j < n) v += pre_s[j] * X4[xb4 + j * d4 + i4];
+            if (j < n) v += pre[j] * X4[xb4 + j * d4 + i4];
         y4[yb4 + i4] = v;
         ss2 += dot(v, v);
     }
