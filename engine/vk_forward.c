@@ -126,17 +126,26 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
     p.extra_off += t0 * p.extra_tstride;
     p.rms_eps = hp->rms_eps;
     p.hc_eps = hp->hc_eps;
-    const struct vk_span *b[8] = { &s->x, vk_tensor_span(f->e, fn), vk_tensor_span(f->e, base), vk_tensor_span(f->e, scale),
-                                   vk_tensor_span(f->e, norm), &s->a, &s->hc, f->post_pending ? f->post_src : &s->f };
+    const struct vk_span *src = f->post_pending ? f->post_src : &s->f;
+    const struct vk_span *b[10] = { &s->x, vk_tensor_span(f->e, fn), vk_tensor_span(f->e, base), vk_tensor_span(f->e, scale),
+                                    vk_tensor_span(f->e, norm), &s->a, &s->hc, src, &s->x, src };
     f->post_pending = false;
     if (head || n < VK_MATMUL_TILE) return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
     /* A prefill batch: one workgroup per token would read all of fn per token (on CPU
-     * drivers that was 15% of prefill), so the mixes are a token-tiled matmul instead. */
+     * drivers that was 15% of prefill), so the mixes are a token-tiled matmul instead.
+     * CPU drivers read X and the sources through texel views there (hc_texel). */
+    const bool texel = f->e->ops.layout == VK_MATVEC_LANES && s->x.texels_f32x4 && src->texels_f32x4 &&
+                       (s->x.off | src->off) % 16 == 0 && (s->x.off | src->off) / 4 <= UINT32_MAX / 2;
+    struct vk_kernel *k = texel ? &f->e->ops.hc_texel : &f->e->ops.hc;
+    if (texel) {
+        p.x_tex_off = (uint32_t)(s->x.off / 4);
+        p.src_tex_off = (uint32_t)(src->off / 4);
+    }
     const uint32_t width = hp->n_hc * hp->n_embd, n_mix = (2 + hp->n_hc) * hp->n_hc;
     if (p.flags & ABI_HC_FLAG_POST) {
         struct abi_hc_push post = p;
         post.flags |= ABI_HC_FLAG_POST_ONLY;
-        if (dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &post, n, 1, 1)) return -1;
+        if (dispatch(f, VK_KIND_HC, k, b, &post, n, 1, 1)) return -1;
         barrier(f);
     }
     if (matvec(f, fn, &s->x, width, &s->mix, t0 * n_mix, n_mix, n, t0 * width)) return -1;
@@ -145,7 +154,7 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
     p.flags = ABI_HC_FLAG_MIXES_GIVEN;
     p.mix_off = t0 * n_mix;
     p.mix_tstride = n_mix;
-    return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
+    return dispatch(f, VK_KIND_HC, k, b, &p, n, 1, 1);
 }
 
 /* Marks the sublayer output in src as pending: the next hc dispatch adds it to the streams. */

@@ -98,6 +98,7 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
     const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push, texel_mask; } simple[] = {
         { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push), 0 },
         { &ops->hc, "hc", 8, sizeof(struct abi_hc_push), 0 },
+        { &ops->hc_texel, "hc_texel", 10, sizeof(struct abi_hc_push), 1u << ABI_HC_BIND_X_TEX | 1u << ABI_HC_BIND_SRC_TEX },
         { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push), 0 },
         { &ops->compress, "compress", 5, sizeof(struct abi_compress_push), 0 },
         { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push), 0 },
@@ -132,7 +133,7 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->ksplit[t][1]);
     }
     for (int g = 0; g < 4; g++) vk_kernel_destroy(ops->d, &ops->attention_heads[g]);
-    struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress,
+    struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->hc_texel, &ops->norm_rope, &ops->compress,
                                    &ops->indexer, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
     ops->d = NULL;
@@ -376,7 +377,7 @@ int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_hea
 
 int vk_ops_prepare_all(struct vk_ops *ops, char *err, size_t err_len)
 {
-    struct vk_kernel *all[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress, &ops->indexer,
+    struct vk_kernel *all[] = { &ops->rmsnorm, &ops->hc, &ops->hc_texel, &ops->norm_rope, &ops->compress, &ops->indexer,
                                 &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (build(ops, all[i], err, err_len)) return -1;

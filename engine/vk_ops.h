@@ -34,6 +34,7 @@ struct vk_ops {
     uint32_t lanes_rows_matvec, lanes_rows_matmul; /* LANES: rows per invocation */
     struct vk_kernel rmsnorm;
     struct vk_kernel hc;          /* hc_post of the previous sublayer + hc_pre / hc_head + norm */
+    struct vk_kernel hc_texel;    /* the same reading X and the sources through texel views (LANES layout, prefill) */
     struct vk_kernel norm_rope;
     struct vk_kernel compress;
     struct vk_kernel indexer;

@@ -8,7 +8,7 @@
 
 #include "engine/vk_device.h"
 
-#define VK_KERNEL_MAX_BINDINGS 8
+#define VK_KERNEL_MAX_BINDINGS 10
 
 struct vk_kernel {
     const char *name;           /* shader name (spirv table) */

@@ -129,6 +129,11 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_HC_BIND_Y 5       /* [n_tok][n_embd] */
 #define ABI_HC_BIND_HC 6      /* [n_tok][n_hc + n_hc*n_hc]: post, then comb[j][k] */
 #define ABI_HC_BIND_SRC 7     /* the previous sublayer's output parts */
+/* hc_texel (CPU drivers, prefill's split dispatches only): X and SRC read through float4
+ * texel views of their chunks, which start x_tex_off / src_tex_off floats before the
+ * bindings above (reads of X there see it as it was when the dispatch began) */
+#define ABI_HC_BIND_X_TEX 8
+#define ABI_HC_BIND_SRC_TEX 9
 #define ABI_HC_FLAG_HEAD 1u   /* hc_head: only the pre mixes, no post/comb */
 #define ABI_HC_FLAG_POST 2u   /* apply the previous sublayer's hc_post first */
 #define ABI_HC_FLAG_POST_ONLY 4u   /* stop after hc_post */
@@ -144,7 +149,8 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
     U flags; \
     U src_off; U src_tstride; U src_sstride; U n_src; U extra_off; U extra_tstride; \
     F rms_eps; F hc_eps; \
-    U mix_off; U mix_tstride;     /* floats */
+    U mix_off; U mix_tstride;     /* floats */ \
+    U x_tex_off; U src_tex_off;   /* floats (hc_texel) */
 
 /* ---- norm_rope: per (row h, token t) workgroup: optional RMSNorm (optional weight) over n,
  * then RoPE on the last rope_dim elements in interleaved pairs at position
@@ -252,7 +258,7 @@ ABI_STRUCT(abi_router_push, ABI_ROUTER_FIELDS)
 ABI_STRUCT(abi_swiglu_push, ABI_SWIGLU_FIELDS)
 ABI_STRUCT(abi_moe_group_push, ABI_MOE_GROUP_FIELDS)
 _Static_assert(sizeof(struct abi_moe_group_push) == 2 * 4, "moe_group push block");
-_Static_assert(sizeof(struct abi_hc_push) == 18 * 4, "hc push block");
+_Static_assert(sizeof(struct abi_hc_push) == 20 * 4, "hc push block");
 _Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push block");
 _Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");
 _Static_assert(sizeof(struct abi_indexer_push) == 13 * 4, "indexer push block");

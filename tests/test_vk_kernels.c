@@ -344,21 +344,31 @@ TEST(vk_hc_pre_with_sinkhorn_and_norm_matches_reference_in_one_dispatch)
     vk_fixture_close(&f);
 }
 
-/* Runs hc with a pending hc_post on every token: fused (one dispatch, decode's way) or
- * split (hc_post alone, the mixes as a matmul, the rest with the mixes given: prefill's). */
-static int hc_post_then_pre(struct vk_fixture *f, bool split, struct abi_hc_push p, const struct vk_span *const b_in[8],
+/* How hc runs with a pending hc_post: fused (one dispatch, decode's way), split (hc_post
+ * alone, the mixes as a matmul, the rest with the mixes given: prefill's), or split through
+ * hc_texel (prefill's on CPU drivers: X and the sources read through texel views). */
+enum hc_mode { HC_FUSED, HC_SPLIT, HC_SPLIT_TEXEL };
+
+static int hc_post_then_pre(struct vk_fixture *f, enum hc_mode mode, struct abi_hc_push p, const struct vk_span *const b_in[8],
                             const struct vk_span *mixes, uint32_t n_tok)
 {
-    const struct vk_span *b[8];
-    memcpy(b, b_in, sizeof b);
+    const struct vk_span *b[10];
+    memcpy(b, b_in, 8 * sizeof b[0]);
+    b[ABI_HC_BIND_X_TEX] = b[ABI_HC_BIND_X];
+    b[ABI_HC_BIND_SRC_TEX] = b[ABI_HC_BIND_SRC];
+    struct vk_kernel *k = mode == HC_SPLIT_TEXEL ? &f->ops.hc_texel : &f->ops.hc;
+    if (mode == HC_SPLIT_TEXEL) {
+        p.x_tex_off = (uint32_t)(b[ABI_HC_BIND_X]->off / 4);
+        p.src_tex_off = (uint32_t)(b[ABI_HC_BIND_SRC]->off / 4);
+    }
     if (vk_recorder_begin(f->rec, f->err, sizeof f->err)) return -1;
-    if (!split) {
+    if (mode == HC_FUSED) {
         if (vk_op_dispatch(f->rec, &f->ops, &f->ops.hc, b, &p, n_tok, 1, 1, f->err, sizeof f->err)) goto fail;
         return vk_recorder_submit(f->rec, f->err, sizeof f->err);
     }
     struct abi_hc_push post = p;
     post.flags |= ABI_HC_FLAG_POST_ONLY;
-    if (vk_op_dispatch(f->rec, &f->ops, &f->ops.hc, b, &post, n_tok, 1, 1, f->err, sizeof f->err)) goto fail;
+    if (vk_op_dispatch(f->rec, &f->ops, k, b, &post, n_tok, 1, 1, f->err, sizeof f->err)) goto fail;
     vk_recorder_barrier(f->rec);
     const uint32_t width = p.n_hc * p.n_embd, n_mix = (2 + p.n_hc) * p.n_hc;
     struct vk_weight fn;
@@ -370,14 +380,14 @@ static int hc_post_then_pre(struct vk_fixture *f, bool split, struct abi_hc_push
     p.flags = ABI_HC_FLAG_MIXES_GIVEN;
     p.mix_tstride = n_mix;
     b[ABI_HC_BIND_FN] = mixes;
-    if (vk_op_dispatch(f->rec, &f->ops, &f->ops.hc, b, &p, n_tok, 1, 1, f->err, sizeof f->err)) goto fail;
+    if (vk_op_dispatch(f->rec, &f->ops, k, b, &p, n_tok, 1, 1, f->err, sizeof f->err)) goto fail;
     return vk_recorder_submit(f->rec, f->err, sizeof f->err);
 fail:
     vk_recorder_abort(f->rec);
     return -1;
 }
 
-TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first_fused_or_split)
+TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first_fused_or_split_from_buffers_or_texels)
 {
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
@@ -394,14 +404,14 @@ TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first_fused_or_spli
                              .src_tstride = K * d, .src_sstride = d, .n_src = K, .extra_off = n_tok * K * d,
                              .extra_tstride = d, .rms_eps = 1e-6f, .hc_eps = 1e-6f };
     float *out = malloc((size_t)n_tok * n * d * 4), *y = malloc((size_t)n_tok * d * 4), *hc_out = malloc((size_t)n_tok * hcw * 4);
-    for (int split = 0; split < 2; split++) {
+    for (int split = HC_FUSED; split <= HC_SPLIT_TEXEL; split++) {
         struct vk_span sX, ssrc, shc, sfn, sb, ss, sn, sy, smix;
         const struct vk_span *b[8] = { &sX, &sfn, &sb, &ss, &sn, &sy, &shc, &ssrc };
         int rc = vk_fixture_put(&f, X, (size_t)n_tok * n * d * 4, &sX) || vk_fixture_put(&f, src, (size_t)n_tok * (K + 1) * d * 4, &ssrc) ||
                  vk_fixture_put(&f, hc, (size_t)n_tok * hcw * 4, &shc) || vk_fixture_put(&f, fn, (size_t)mix * n * d * 4, &sfn) ||
                  vk_fixture_put(&f, base, mix * 4, &sb) || vk_fixture_put(&f, scale, 12, &ss) || vk_fixture_put(&f, norm, d * 4, &sn) ||
                  vk_fixture_put(&f, NULL, (size_t)n_tok * d * 4, &sy) || vk_fixture_put(&f, NULL, (size_t)n_tok * mix * 4, &smix) ||
-                 hc_post_then_pre(&f, split, p, b, &smix, n_tok) ||
+                 hc_post_then_pre(&f, (enum hc_mode)split, p, b, &smix, n_tok) ||
                  vk_span_download(f.d, &sX, 0, out, (size_t)n_tok * n * d * 4, f.err, sizeof f.err) ||
                  vk_span_download(f.d, &sy, 0, y, (size_t)n_tok * d * 4, f.err, sizeof f.err) ||
                  vk_span_download(f.d, &shc, 0, hc_out, (size_t)n_tok * hcw * 4, f.err, sizeof f.err);
