@@ -89,10 +89,11 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
     ops->lanes_wg = d->subgroup_size;
     ops->lanes_rows_matvec = 16;
     ops->lanes_rows_matmul = 32;
-    /* The K-split tile beats a row per lane once every lane has a unit of K; with half the
-     * lanes idle it measured 1.3-1.4x slower. FLASHBOX_VK_KSPLIT=all takes it from one unit
-     * on: how the tests run it on the tiny model's short rows. */
-    ops->ksplit_min_units = d->subgroup_size;
+    /* The K-split tile beats a row per lane from 4 units of K on (half a subgroup per row,
+     * two rows at once: 0.71-0.80 of the row-per-lane tile's time at K = 256).
+     * FLASHBOX_VK_KSPLIT=all takes it from one unit on: how the tests run it on the tiny
+     * model's short rows. */
+    ops->ksplit_min_units = 4;
     const char *ks = getenv("FLASHBOX_VK_KSPLIT");
     if (ks && !strcmp(ks, "all")) ops->ksplit_min_units = 1;
     const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push, texel_mask; } simple[] = {
@@ -129,8 +130,7 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->matmul[t]);
         vk_kernel_destroy(ops->d, &ops->lanes_matvec[t]);
         vk_kernel_destroy(ops->d, &ops->lanes_matmul[t]);
-        vk_kernel_destroy(ops->d, &ops->ksplit[t][0]);
-        vk_kernel_destroy(ops->d, &ops->ksplit[t][1]);
+        for (int v = 0; v < VK_KSPLIT_VARIANTS; v++) vk_kernel_destroy(ops->d, &ops->ksplit[t][v]);
     }
     for (int g = 0; g < 4; g++) vk_kernel_destroy(ops->d, &ops->attention_heads[g]);
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->hc_texel, &ops->norm_rope, &ops->compress,
@@ -197,17 +197,32 @@ static struct abi_matvec_push matvec_push(const struct vk_matvec_args *a, uint32
     };
 }
 
-/* The block types' token tile with K split across the lanes (matmul_ksplit): units of K
- * per lane per pass, 1 or 2, or 0 where the row-per-lane tile runs instead. Two units
- * (passes of 1024 elements) measured 10-25% faster than one for Q8_0 once K fills them. */
-static uint32_t ksplit_units(const struct vk_ops *ops, const struct vk_matvec_args *a)
+/* The block types' token tile with K split across the lanes (matmul_ksplit): lanes per
+ * row (the subgroup, or the largest power of two that K's units fill) and units of K per
+ * lane per pass; lpr 0 where the row-per-lane tile runs instead. Two units (passes of 1024
+ * elements) measured 10-25% faster than one for Q8_0 once K fills them. */
+struct ksplit_shape { uint32_t lpr, units; };
+
+static struct ksplit_shape ksplit_shape(const struct vk_ops *ops, const struct vk_matvec_args *a)
 {
     const struct vk_weight *w = a->w;
+    struct ksplit_shape k = { 0, 0 };
     if (ops->layout != VK_MATVEC_LANES || !ops->d->subgroup_shuffle || !lanes_reads_words(a) || w->n_in % ABI_KSPLIT_UNIT_ELEMS)
-        return 0;
+        return k;
     const uint32_t units = w->n_in / ABI_KSPLIT_UNIT_ELEMS;
-    if (units < ops->ksplit_min_units) return 0;
-    return units >= 2 * ops->lanes_wg ? 2 : 1;
+    if (units < ops->ksplit_min_units) return k;
+    k.lpr = ops->lanes_wg;
+    while (k.lpr > 1 && units < k.lpr) k.lpr /= 2;
+    k.units = k.lpr == ops->lanes_wg && units >= 2 * k.lpr ? 2 : 1;
+    return k;
+}
+
+/* Its pipeline: [0] two units a lane, [1 + i] one unit and lanes_wg >> i lanes per row. */
+static struct vk_kernel *ksplit_kernel(struct vk_ops *ops, int t, struct ksplit_shape k)
+{
+    uint32_t i = 0;
+    while ((ops->lanes_wg >> i) > k.lpr) i++;
+    return &ops->ksplit[t][k.units == 2 ? 0 : 1 + i];
 }
 
 bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a)
@@ -219,7 +234,7 @@ bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args 
     const bool words = lanes_reads_words(a);
     const bool block_type = w->type == GGUF_TYPE_Q8_0 || w->type == GGUF_TYPE_MXFP4;
     const uint32_t unit = words ? ABI_LANES_TILE_STEP_BYTES : block_type ? ABI_LANES_BLOCK_CHUNK_BYTES : ABI_LANES_FLOAT_CHUNK_BYTES;
-    const bool rows_fit = ksplit_units(ops, a) || w->row_bytes % unit == 0;
+    const bool rows_fit = ksplit_shape(ops, a).lpr || w->row_bytes % unit == 0;
     if (!(words ? w->span.texels_u32 : w->span.texels_u32x4) || !rows_fit || w->span.off % (words ? 4 : 16) ||
         w->span.off + w->mat_bytes * w->n_mat > UINT32_MAX)
         return false;
@@ -237,13 +252,15 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
     const bool tile_on = tiled(a);
     const struct vk_kernel *k = tile_on ? &ops->lanes_matmul[t] : &ops->lanes_matvec[t];
     const uint32_t tile = tile_on ? VK_MATMUL_TILE : 1;
-    const uint32_t units = ksplit_units(ops, a);
-    if (units) {
-        struct vk_kernel *ks = &ops->ksplit[t][units - 1];
-        const uint32_t spec[ABI_SPEC_LANES_SUM + 1] = { [ABI_SPEC_TOK_TILE] = VK_MATMUL_TILE, [ABI_SPEC_WG_SIZE] = ops->lanes_wg,
-                                                        [ABI_SPEC_KSPLIT_UNITS] = units, [ABI_SPEC_LANES_SUM] = ops->lanes_wg };
+    const struct ksplit_shape shape = ksplit_shape(ops, a);
+    if (shape.lpr) {
+        struct vk_kernel *ks = ksplit_kernel(ops, t, shape);
+        const uint32_t spec[ABI_SPEC_KSPLIT_LPR + 1] = {
+            [ABI_SPEC_TOK_TILE] = VK_MATMUL_TILE, [ABI_SPEC_WG_SIZE] = ops->lanes_wg, [ABI_SPEC_KSPLIT_UNITS] = shape.units,
+            [ABI_SPEC_LANES_SUM] = shape.lpr, [ABI_SPEC_KSPLIT_LPR] = shape.lpr,
+        };
         if (!ks->pipe && vk_kernel_create_texel(ops->d, ks, ksplit_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
-                                                spec, ABI_SPEC_LANES_SUM + 1, err, err_len))
+                                                spec, ABI_SPEC_KSPLIT_LPR + 1, err, err_len))
             return -1;
         k = ks;
     }

@@ -13,6 +13,9 @@
 #define VK_N_WTYPES 5
 /* Tokens per weight load in the prefill (matrix-matrix) pipelines. */
 #define VK_MATMUL_TILE 8
+/* K-split tile pipelines per weight type: two units a lane, then one unit with 1, 1/2, ...
+ * 1/64 of a subgroup per row (subgroups of up to 64 lanes) */
+#define VK_KSPLIT_VARIANTS 8
 
 /* How the matvec kernels map rows to invocations. SUBGROUP (matvec.glsl): a subgroup per
  * four rows, lanes along the row, coalesced storage-buffer reads (GPUs). LANES
@@ -25,10 +28,11 @@ struct vk_ops {
     struct vk_kernel matvec[VK_N_WTYPES];   /* TOK_TILE = 1 */
     struct vk_kernel matmul[VK_N_WTYPES];   /* TOK_TILE = VK_MATMUL_TILE */
     struct vk_kernel lanes_matvec[VK_N_WTYPES], lanes_matmul[VK_N_WTYPES];
-    /* LANES token tile of the block types with K split across a subgroup (matmul_ksplit):
-     * [type][units of K per lane per pass - 1], built on first use */
-    struct vk_kernel ksplit[VK_N_WTYPES][2];
-    uint32_t ksplit_min_units;              /* K-split from this many units of K (default: one per lane) */
+    /* LANES token tile of the block types with K split across a subgroup's lanes
+     * (matmul_ksplit): [type][shape: two units of K a lane, or one and lanes_wg >> i lanes
+     * per row at 1 + i], built on first use */
+    struct vk_kernel ksplit[VK_N_WTYPES][VK_KSPLIT_VARIANTS];
+    uint32_t ksplit_min_units;              /* K-split from this many 64-element units of K */
     enum vk_matvec_layout layout;           /* chosen by device type; LANES falls back per call */
     uint32_t lanes_wg;                      /* LANES: invocations per workgroup */
     uint32_t lanes_rows_matvec, lanes_rows_matmul; /* LANES: rows per invocation */

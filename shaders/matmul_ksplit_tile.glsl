@@ -3,17 +3,19 @@
 void KS_FN(const uint mat, const uint xt[KS_TOKENS], const uint yt[KS_TOKENS], const bool tv[KS_TOKENS])
 {
     const uint SG = gl_SubgroupSize, lane = gl_SubgroupInvocationID;
+    /* a row's K is split over LPR lanes (KSPLIT_LPR); SG / LPR rows are worked on at once */
+    const uint part = lane % KSPLIT_LPR, row_set = lane / KSPLIT_LPR;
     const uint wg_row0 = gl_WorkGroupID.x * pc.rows_per_wg;
     const uint wg_rows = min(pc.rows_per_wg, pc.n_out - min(wg_row0, pc.n_out));
     const uint mat_byte = pc.w_off + mat * pc.w_zstride;
     const bool accumulate = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u;
-    const uint n_units = pc.n_in / UNIT_ELEMS, pass_units = SG * SEG_UNITS;
+    const uint n_units = pc.n_in / UNIT_ELEMS, pass_units = KSPLIT_LPR * SEG_UNITS;
     for (uint p0 = 0u; p0 < n_units; p0 += pass_units) {
-        /* this lane's units of the pass: p0 + j * SG + lane; x for every token, fetched once */
+        /* this lane's units of the pass: p0 + j * LPR + part; x for every token, fetched once */
         vec4 xv[KS_TOKENS][SEG_UNITS * UNIT_VEC4];
         uint unit_byte[SEG_UNITS];
         [[unroll]] for (uint j = 0u; j < SEG_UNITS; j++) {
-            const uint un = p0 + j * SG + lane;
+            const uint un = p0 + j * KSPLIT_LPR + part;
             /* past the end: read a real unit with x zero (a multiply: a conditional fetch
              * made LLVM take seconds longer to compile the pipeline) */
             const uint uc = min(un, n_units - 1u);
@@ -27,8 +29,10 @@ void KS_FN(const uint mat, const uint xt[KS_TOKENS], const uint yt[KS_TOKENS], c
             const uint g_rows = min(SG, wg_rows - g);
             float kept[KS_TOKENS];           /* after the group: row g + lane's sums */
             [[unroll]] for (uint t = 0u; t < KS_TOKENS; t++) kept[t] = 0.0;
-            for (uint jr = 0u; jr < g_rows; jr++) {
-                const uint row_byte = mat_byte + (wg_row0 + g + jr) * pc.row_bytes;
+            /* step jr: the lanes of row set r work on row g + r * LPR + jr (a row past the
+             * group's end repeats its last row and is not kept) */
+            for (uint jr = 0u; jr < min(KSPLIT_LPR, g_rows); jr++) {
+                const uint row_byte = mat_byte + (wg_row0 + g + min(row_set * KSPLIT_LPR + jr, g_rows - 1u)) * pc.row_bytes;
                 float s[KS_TOKENS];
                 [[unroll]] for (uint t = 0u; t < KS_TOKENS; t++) s[t] = 0.0;
                 [[unroll]] for (uint j = 0u; j < SEG_UNITS; j++) {
@@ -53,7 +57,7 @@ void KS_FN(const uint mat, const uint xt[KS_TOKENS], const uint yt[KS_TOKENS], c
                 }
                 [[unroll]] for (uint t = 0u; t < KS_TOKENS; t++) {
                     const float r = lanes_sum(s[t]);
-                    kept[t] = lane == jr ? r : kept[t];
+                    kept[t] = part == jr ? r : kept[t];
                 }
             }
             if (lane < g_rows) {

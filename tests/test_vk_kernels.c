@@ -166,7 +166,7 @@ TEST(vk_matvec_picks_expert_matrices_through_ids)
 
 /* Both row layouts on the same cases, whichever the device would pick: rows of whole
  * chunks (272 bytes for the block types, 128 for the float types), 68-byte super-blocks in
- * the token tile, the K-split token tile from 512 elements on, rows and tokens that are
+ * the token tile, the K-split token tile from 256 elements on, rows and tokens that are
  * not multiples of the workgroup or tile, expert slots through ids with per-slot x,
  * accumulation. */
 TEST(vk_matvec_lanes_and_subgroup_layouts_match_reference)
@@ -185,6 +185,8 @@ TEST(vk_matvec_lanes_and_subgroup_layouts_match_reference)
         { 576, 33, 9, 0, 0, false, true, true },
         { 1536, 45, 21, 0, 0, false, false, true },  /* two units per lane, a half-empty last pass */
         { 1024, 260, 17, 5, 4, true, true, true },   /* per-slot x through ids, a partial row group */
+        { 256, 37, 9, 0, 0, false, true, true },     /* half a subgroup per row, two rows at once */
+        { 320, 45, 21, 0, 0, false, false, true },   /* ... and a last pass with one lane of four */
     };
     static const struct mv_case float_cases[] = {
         { 128, 19, 1, 0, 0, false, false, true },
