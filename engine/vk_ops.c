@@ -22,7 +22,7 @@ static const char *const lanes_word_tile_names[VK_N_WTYPES] = {
     [ABI_WTYPE_Q8_0] = "matmul_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matmul_lanes_mxfp4",
 };
 static const char *const ksplit_names[VK_N_WTYPES] = {
-    [ABI_WTYPE_Q8_0] = "matmul_ksplit_q8_0", [ABI_WTYPE_MXFP4] = "matmul_ksplit_mxfp4",
+    [ABI_WTYPE_F32] = "matmul_ksplit_f32", [ABI_WTYPE_Q8_0] = "matmul_ksplit_q8_0", [ABI_WTYPE_MXFP4] = "matmul_ksplit_mxfp4",
 };
 /* LANES texel bindings: weights and x. */
 #define LANES_TEXEL_MASK ((1u << ABI_MATVEC_BIND_W) | (1u << ABI_MATVEC_BIND_X))
@@ -197,17 +197,19 @@ static struct abi_matvec_push matvec_push(const struct vk_matvec_args *a, uint32
     };
 }
 
-/* The block types' token tile with K split across the lanes (matmul_ksplit): lanes per
- * row (the subgroup, or the largest power of two that K's units fill) and units of K per
- * lane per pass; lpr 0 where the row-per-lane tile runs instead. Two units (passes of 1024
- * elements) measured 10-25% faster than one for Q8_0 once K fills them. */
+/* The token tile with K split across the lanes (matmul_ksplit; F32 and the block types):
+ * lanes per row (the subgroup, or the largest power of two that K's units fill) and units
+ * of K per lane per pass; lpr 0 where the row-per-lane tile runs instead. Two units
+ * (passes of 1024 elements) measured 10-25% faster than one for Q8_0 once K fills them. */
 struct ksplit_shape { uint32_t lpr, units; };
 
 static struct ksplit_shape ksplit_shape(const struct vk_ops *ops, const struct vk_matvec_args *a)
 {
     const struct vk_weight *w = a->w;
     struct ksplit_shape k = { 0, 0 };
-    if (ops->layout != VK_MATVEC_LANES || !ops->d->subgroup_shuffle || !lanes_reads_words(a) || w->n_in % ABI_KSPLIT_UNIT_ELEMS)
+    const int t = vk_wtype(w->type);
+    if (ops->layout != VK_MATVEC_LANES || !ops->d->subgroup_shuffle || !tiled(a) || t < 0 || !ksplit_names[t] ||
+        w->n_in % ABI_KSPLIT_UNIT_ELEMS || (t == ABI_WTYPE_F32 && (w->span.off | w->mat_bytes) % 16))
         return k;
     const uint32_t units = w->n_in / ABI_KSPLIT_UNIT_ELEMS;
     if (units < ops->ksplit_min_units) return k;

@@ -37,8 +37,13 @@ void KS_FN(const uint mat, const uint xt[KS_TOKENS], const uint yt[KS_TOKENS], c
                 [[unroll]] for (uint t = 0u; t < KS_TOKENS; t++) s[t] = 0.0;
                 [[unroll]] for (uint j = 0u; j < SEG_UNITS; j++) {
                     const uint b0 = row_byte + unit_byte[j];
+#if W_TYPE == ABI_WTYPE_F32
+                    uvec4 tx[UNIT_TEXELS];
+                    [[unroll]] for (uint i = 0u; i < UNIT_TEXELS; i++) tx[i] = texelFetch(w_words, int((b0 >> 4) + i));
+#else
                     uint u[UNIT_WORDS];
                     [[unroll]] for (uint i = 0u; i < UNIT_WORDS; i++) u[i] = texelFetch(w_words, int((b0 >> 2) + i)).x;
+#endif
 #if W_TYPE == ABI_WTYPE_MXFP4
                     const bool odd = (b0 & 2u) != 0u;  /* the unit starts 2 bytes into its first word */
                     [[unroll]] for (uint i = 0u; i + 1u < UNIT_WORDS; i++) u[i] = odd ? (u[i] >> 16) | (u[i + 1u] << 16) : u[i];
@@ -46,7 +51,12 @@ void KS_FN(const uint mat, const uint xt[KS_TOKENS], const uint yt[KS_TOKENS], c
 #endif
                     [[unroll]] for (uint bb = 0u; bb < 2u; bb++) {
                         vec4 v[8];
+#if W_TYPE == ABI_WTYPE_F32
+                        [[unroll]] for (uint k = 0u; k < 8u; k++) v[k] = uintBitsToFloat(tx[bb * 8u + k]);
+                        const float d = 1.0;
+#else
                         const float d = DECODE_BLOCK(U_B4, BLOCK_BYTES * bb, v);
+#endif
                         const uint xk = (j * 2u + bb) * 8u;
                         [[unroll]] for (uint t = 0u; t < KS_TOKENS; t++) {
                             vec4 q = v[0] * xv[t][xk];

@@ -191,6 +191,8 @@ TEST(vk_matvec_lanes_and_subgroup_layouts_match_reference)
     static const struct mv_case float_cases[] = {
         { 128, 19, 1, 0, 0, false, false, true },
         { 64, 13, 9, 0, 0, false, true, true },
+        { 512, 24, 9, 0, 0, false, true, true },     /* F32: the K-split tile (hc's mixes are this shape) */
+        { 1216, 19, 21, 0, 0, false, false, true },  /* F32: two units a lane, a partial last pass */
     };
     for (int layout = 0; layout < 2; layout++) {
         f.ops.layout = layout ? VK_MATVEC_SUBGROUP : VK_MATVEC_LANES;
