@@ -132,7 +132,8 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->lanes_matmul[t]);
         for (int v = 0; v < VK_KSPLIT_VARIANTS; v++) vk_kernel_destroy(ops->d, &ops->ksplit[t][v]);
     }
-    for (int g = 0; g < 4; g++) vk_kernel_destroy(ops->d, &ops->attention_heads[g]);
+    for (size_t g = 0; g < sizeof ops->attention_heads / sizeof ops->attention_heads[0]; g++)
+        vk_kernel_destroy(ops->d, &ops->attention_heads[g]);
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->hc_texel, &ops->norm_rope, &ops->compress,
                                    &ops->indexer, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);

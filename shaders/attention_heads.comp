@@ -4,9 +4,9 @@
  * Every head of a token attends to the same keys (one key/value row per position, value =
  * key), so here each key row is fetched once for HEADS heads: lane l holds float4s l,
  * l + SG, ... of the row (KV4 of them), of each head's q, and of each head's running
- * output. Per key: the HEADS scores (a subgroup sum each, lanes_sum), the online softmax update (the
- * running maximum starts at the sink's logit, which joins the denominator with no value),
- * and the outputs rescaled and accumulated. attention.glsl's layout (a workgroup per head,
+ * output. Per key: the HEADS scores (a subgroup sum each, lanes_sum), the online softmax
+ * update (the running maximum starts at the sink's logit, which joins the denominator with
+ * no value), and the outputs rescaled and accumulated. attention.glsl's layout (a workgroup per head,
  * scores then probabilities through shared memory) fetches each row once per head, and on
  * lavapipe its shared-memory reads are per-lane loops.
  *
