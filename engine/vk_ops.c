@@ -130,7 +130,8 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->matmul[t]);
         vk_kernel_destroy(ops->d, &ops->lanes_matvec[t]);
         vk_kernel_destroy(ops->d, &ops->lanes_matmul[t]);
-        for (int v = 0; v < VK_KSPLIT_VARIANTS; v++) vk_kernel_destroy(ops->d, &ops->ksplit[t][v]);
+        for (int g = 0; g < 2; g++)
+            for (int v = 0; v < VK_KSPLIT_VARIANTS; v++) vk_kernel_destroy(ops->d, &ops->ksplit[t][g][v]);
     }
     for (size_t g = 0; g < sizeof ops->attention_heads / sizeof ops->attention_heads[0]; g++)
         vk_kernel_destroy(ops->d, &ops->attention_heads[g]);
@@ -220,12 +221,13 @@ static struct ksplit_shape ksplit_shape(const struct vk_ops *ops, const struct v
     return k;
 }
 
-/* Its pipeline: [0] two units a lane, [1 + i] one unit and lanes_wg >> i lanes per row. */
-static struct vk_kernel *ksplit_kernel(struct vk_ops *ops, int t, struct ksplit_shape k)
+/* Its pipeline: [grouped][0] two units a lane, [grouped][1 + i] one unit and lanes_wg >> i
+ * lanes per row. */
+static struct vk_kernel *ksplit_kernel(struct vk_ops *ops, int t, struct ksplit_shape k, bool grouped)
 {
     uint32_t i = 0;
     while ((ops->lanes_wg >> i) > k.lpr) i++;
-    return &ops->ksplit[t][k.units == 2 ? 0 : 1 + i];
+    return &ops->ksplit[t][grouped][k.units == 2 ? 0 : 1 + i];
 }
 
 bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a)
@@ -257,13 +259,13 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
     const uint32_t tile = tile_on ? VK_MATMUL_TILE : 1;
     const struct ksplit_shape shape = ksplit_shape(ops, a);
     if (shape.lpr) {
-        struct vk_kernel *ks = ksplit_kernel(ops, t, shape);
-        const uint32_t spec[ABI_SPEC_KSPLIT_LPR + 1] = {
+        struct vk_kernel *ks = ksplit_kernel(ops, t, shape, a->grouped);
+        const uint32_t spec[ABI_SPEC_KSPLIT_HALF + 1] = {
             [ABI_SPEC_TOK_TILE] = VK_MATMUL_TILE, [ABI_SPEC_WG_SIZE] = ops->lanes_wg, [ABI_SPEC_KSPLIT_UNITS] = shape.units,
-            [ABI_SPEC_LANES_SUM] = shape.lpr, [ABI_SPEC_KSPLIT_LPR] = shape.lpr,
+            [ABI_SPEC_LANES_SUM] = shape.lpr, [ABI_SPEC_KSPLIT_LPR] = shape.lpr, [ABI_SPEC_KSPLIT_HALF] = a->grouped,
         };
         if (!ks->pipe && vk_kernel_create_texel(ops->d, ks, ksplit_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
-                                                spec, ABI_SPEC_KSPLIT_LPR + 1, err, err_len))
+                                                spec, ABI_SPEC_KSPLIT_HALF + 1, err, err_len))
             return -1;
         k = ks;
     }

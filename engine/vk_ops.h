@@ -28,10 +28,10 @@ struct vk_ops {
     struct vk_kernel matvec[VK_N_WTYPES];   /* TOK_TILE = 1 */
     struct vk_kernel matmul[VK_N_WTYPES];   /* TOK_TILE = VK_MATMUL_TILE */
     struct vk_kernel lanes_matvec[VK_N_WTYPES], lanes_matmul[VK_N_WTYPES];
-    /* LANES token tile of the block types with K split across a subgroup's lanes
-     * (matmul_ksplit): [type][shape: two units of K a lane, or one and lanes_wg >> i lanes
-     * per row at 1 + i], built on first use */
-    struct vk_kernel ksplit[VK_N_WTYPES][VK_KSPLIT_VARIANTS];
+    /* LANES token tile with K split across a subgroup's lanes (matmul_ksplit): [type]
+     * [grouped MoE: with the half tile][shape: two units of K a lane, or one and
+     * lanes_wg >> i lanes per row at 1 + i], built on first use */
+    struct vk_kernel ksplit[VK_N_WTYPES][2][VK_KSPLIT_VARIANTS];
     uint32_t ksplit_min_units;              /* K-split from this many 64-element units of K */
     enum vk_matvec_layout layout;           /* chosen by device type; LANES falls back per call */
     uint32_t lanes_wg;                      /* LANES: invocations per workgroup */

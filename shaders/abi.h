@@ -30,6 +30,7 @@
 #define ABI_SPEC_ATTN_KV4 4      /* attention_heads: float4 of a head row per lane */
 #define ABI_SPEC_LANES_SUM 5     /* lanes_sum.glsl: lanes summed (a power of two up to the subgroup size) */
 #define ABI_SPEC_KSPLIT_LPR 6    /* matmul_ksplit: lanes per row */
+#define ABI_SPEC_KSPLIT_HALF 7   /* matmul_ksplit: 1 where grouped MoE tiles end in a half tile */
 
 /* Weight types of the matvec family (values of the W_TYPE define in the .comp files). */
 #define ABI_WTYPE_F32 0

@@ -62,7 +62,9 @@ layout(std430, binding = ABI_MATVEC_BIND_IDS) readonly buffer ids_buf { int ids[
 
 /* A full token tile, and a half one for an expert's last few tokens in a grouped prefill
  * MoE (matvec_main.glsl): about 6 tokens per expert at 64 a batch leave many tiles a
- * quarter or more empty, and a 4-token tile measured 0.62-0.69 of an 8-token one. */
+ * quarter or more empty, and a 4-token tile measured 0.62-0.69 of an 8-token one. Only the
+ * grouped pipelines set KSPLIT_HALF: the half tile doubles the code LLVM compiles. */
+layout(constant_id = ABI_SPEC_KSPLIT_HALF) const uint KSPLIT_HALF = 0;
 #define KS_TOKENS TOK_TILE
 #define KS_FN compute_tile
 #include "matmul_ksplit_tile.glsl"
@@ -72,6 +74,6 @@ const uint HALF_TOK_TILE = TOK_TILE / 2u; /* one name: array types sized by it m
 #define KS_TOKENS HALF_TOK_TILE
 #define KS_FN compute_half_tile
 #include "matmul_ksplit_tile.glsl"
-#define HALF_TILE 1 /* matvec_main.glsl: the layout has compute_half_tile */
+#define HALF_TILE KSPLIT_HALF /* matvec_main.glsl: the layout has compute_half_tile */
 
 #include "matvec_main.glsl"

@@ -22,24 +22,26 @@ void main()
             }
         uint t0 = 0u;
 #ifdef HALF_TILE
-        /* the layout has compute_half_tile: full tiles while more than half a tile is left,
-         * then at most one half tile (loops, not a branch: a CPU driver skips a loop that
-         * no lane enters but runs both sides of a branch) */
-        for (; t0 + HALF_TOK_TILE < cnt; t0 += TOK_TILE) {
-            GROUPED_TILE(TOK_TILE, xt, yt, tv)
-            compute_tile(z, xt, yt, tv);
-        }
-        for (; t0 < cnt; t0 += HALF_TOK_TILE) {
-            uint xh[HALF_TOK_TILE], yh[HALF_TOK_TILE];
-            bool th[HALF_TOK_TILE];
-            GROUPED_TILE(HALF_TOK_TILE, xh, yh, th)
-            compute_half_tile(z, xh, yh, th);
-        }
+        /* the layout has compute_half_tile (where the HALF_TILE specialization constant is
+         * set): full tiles while more than half a tile is left, then at most one half tile
+         * (loops, not a branch: a CPU driver skips a loop that no lane enters but runs both
+         * sides of a branch) */
+        const uint full_past = HALF_TILE != 0u ? HALF_TOK_TILE : 0u;
 #else
-        for (; t0 < cnt; t0 += TOK_TILE) {
+        const uint full_past = 0u;
+#endif
+        for (; t0 + full_past < cnt; t0 += TOK_TILE) {
             GROUPED_TILE(TOK_TILE, xt, yt, tv)
             compute_tile(z, xt, yt, tv);
         }
+#ifdef HALF_TILE
+        if (HALF_TILE != 0u) /* compiled away where the constant is 0 */
+            for (; t0 < cnt; t0 += HALF_TOK_TILE) {
+                uint xh[HALF_TOK_TILE], yh[HALF_TOK_TILE];
+                bool th[HALF_TOK_TILE];
+                GROUPED_TILE(HALF_TOK_TILE, xh, yh, th)
+                compute_half_tile(z, xh, yh, th);
+            }
 #endif
         return;
     }
