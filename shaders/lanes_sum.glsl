@@ -1,10 +1,10 @@
 /* Sum over a subgroup for the CPU-driver kernels (matmul_ksplit.glsl, attention_heads.comp):
  * butterfly shuffles, xor LANES_SUM_WIDTH / 2 down to 1, so every lane gets the total of
- * its aligned group of LANES_SUM_WIDTH lanes (the whole subgroup, or fewer). On
- * lavapipe a shuffle by lane ^ constant unrolls into one vector shuffle, where subgroupAdd
- * is a loop over the lanes that tests each one's execution mask: the K-split tile ran
- * 5-20% faster this way. The width is its own specialization constant (the host passes the
- * subgroup size or the group) so the untaken steps vanish at pipeline creation: as a loop over
+ * its aligned group of LANES_SUM_WIDTH lanes (the whole subgroup, or fewer). On lavapipe a
+ * shuffle by lane ^ constant unrolls into one vector shuffle, where subgroupAdd is a loop
+ * over the lanes that tests each one's execution mask: the K-split tile ran 5-20% faster
+ * this way. The width is its own specialization constant (the host passes the subgroup
+ * size or the group's) so the untaken steps vanish at pipeline creation: as a loop over
  * gl_SubgroupSize the tile ran 1.4-1.7x slower, and tests of gl_WorkGroupSize gave wrong
  * sums on lavapipe. Needs VK_SUBGROUP_FEATURE_SHUFFLE_BIT (the host checks). */
 #extension GL_KHR_shader_subgroup_basic : require

@@ -13,6 +13,8 @@ void main()
          * workgroup walks all of the expert's tiles, so unused experts cost one early exit. */
         const uint n_grp = pc.ids_wrap, e = z % n_grp;
         const uint first = uint(ids[pc.ids_off + e]), cnt = uint(ids[pc.ids_off + e + 1u]) - first;
+        /* the x and y offsets of the expert's tokens t0 .. t0 + n - 1 (past its count:
+         * its last token again, not written) */
 #define GROUPED_TILE(n, xt, yt, tv) \
             for (uint t = 0u; t < (n); t++) { \
                 const uint slot = uint(ids[pc.ids_off + n_grp + 1u + first + min(t0 + t, cnt - 1u)]); \
