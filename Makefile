@@ -40,7 +40,7 @@ help:
 	@echo "make test       run every test (ends with 'N passed, N failed')"
 	@echo "make run        build, make the default model, start the daemon, answer one request"
 	@echo "make sanitize   build with ASan+UBSan into build-san/ and run the tests there"
-	@echo "make check-small  paged-expert logits on the 500 MB small model equal full residency (minutes)"
+	@echo "make check-small  on the 500 MB small model: paged-expert logits equal full residency, Vulkan prefill equals the reference (minutes)"
 	@echo "make fuzz       build the libFuzzer targets into $(BUILD)/fuzz/ (FUZZ_SECONDS=N runs each)"
 	@echo "make deps       install the Debian packages (root; apt-get update once)"
 	@echo "make clean      remove $(BUILD)/ and build-san/"
