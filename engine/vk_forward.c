@@ -105,6 +105,14 @@ static int norm_rope(struct fwd *f, const struct vk_span *x, const struct vk_spa
     return dispatch(f, VK_KIND_NORM_ROPE, &f->e->ops.norm_rope, b, &p, n_rows, n_tok, 1);
 }
 
+/* Whether a CPU-driver kernel may read span s through its chunk's float4 texel view: the
+ * LANES layout, a view, and a float4-aligned place in the chunk that a 32-bit float index
+ * (the push block's offsets, in floats) reaches. */
+static bool texel_readable(const struct fwd *f, const struct vk_span *s)
+{
+    return f->e->ops.layout == VK_MATVEC_LANES && s->texels_f32x4 && s->off % 16 == 0 && s->off / 4 <= UINT32_MAX / 2;
+}
+
 /* hc_pre (or hc_head with head) for tokens [t0, t0 + n) into s->a, applying the pending
  * hc_post of the previous sublayer first (only those tokens' streams: the others are not
  * read again in this batch). */
@@ -134,8 +142,7 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
     /* A prefill batch: one workgroup per token would read all of fn per token (on CPU
      * drivers that was 15% of prefill), so the mixes are a token-tiled matmul instead.
      * CPU drivers read X and the sources through texel views there (hc_texel). */
-    const bool texel = f->e->ops.layout == VK_MATVEC_LANES && s->x.texels_f32x4 && src->texels_f32x4 &&
-                       (s->x.off | src->off) % 16 == 0 && (s->x.off | src->off) / 4 <= UINT32_MAX / 2;
+    const bool texel = texel_readable(f, &s->x) && texel_readable(f, src);
     struct vk_kernel *k = texel ? &f->e->ops.hc_texel : &f->e->ops.hc;
     if (texel) {
         p.x_tex_off = (uint32_t)(s->x.off / 4);
@@ -283,8 +290,7 @@ static int attention_layer(struct fwd *f, uint32_t il)
         const struct vk_span *b[7] = { &s->q, &ls->ring, ratio ? &ls->comp : &ls->ring, &s->sel,
                                        vk_tensor_span(e, lw->attn_sinks), rope, &s->o };
         /* CPU drivers read q and the key rows through their chunks' texel views */
-        const bool texel = e->ops.layout == VK_MATVEC_LANES && b[0]->texels_f32x4 && b[1]->texels_f32x4 &&
-                           b[2]->texels_f32x4 && (b[0]->off | b[1]->off | b[2]->off) / 4 <= UINT32_MAX / 2;
+        const bool texel = texel_readable(f, b[0]) && texel_readable(f, b[1]) && texel_readable(f, b[2]);
         if (texel) {
             p.q_off += (uint32_t)(b[0]->off / 4);
             p.ring_off += (uint32_t)(b[1]->off / 4);

@@ -230,7 +230,8 @@ static struct vk_kernel *ksplit_kernel(struct vk_ops *ops, int t, struct ksplit_
     return &ops->ksplit[t][grouped][k.units == 2 ? 0 : 1 + i];
 }
 
-bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a)
+/* Whether the LANES kernels take this call, given its K-split shape. */
+static bool lanes_fit(const struct vk_ops *ops, const struct vk_matvec_args *a, struct ksplit_shape shape)
 {
     const struct vk_weight *w = a->w;
     if (ops->layout != VK_MATVEC_LANES || !a->x->texels_f32x4) return false;
@@ -239,7 +240,7 @@ bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args 
     const bool words = lanes_reads_words(a);
     const bool block_type = w->type == GGUF_TYPE_Q8_0 || w->type == GGUF_TYPE_MXFP4;
     const uint32_t unit = words ? ABI_LANES_TILE_STEP_BYTES : block_type ? ABI_LANES_BLOCK_CHUNK_BYTES : ABI_LANES_FLOAT_CHUNK_BYTES;
-    const bool rows_fit = ksplit_shape(ops, a).lpr || w->row_bytes % unit == 0;
+    const bool rows_fit = shape.lpr || w->row_bytes % unit == 0;
     if (!(words ? w->span.texels_u32 : w->span.texels_u32x4) || !rows_fit || w->span.off % (words ? 4 : 16) ||
         w->span.off + w->mat_bytes * w->n_mat > UINT32_MAX)
         return false;
@@ -248,21 +249,25 @@ bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args 
     return true;
 }
 
+bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a)
+{
+    return lanes_fit(ops, a, ksplit_shape(ops, a));
+}
+
 /* The LANES kernels read weights and x through the chunks' texel views, so a weight of any
  * size is one binding; only y is a storage range. */
-static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, int t, char *err,
-                        size_t err_len)
+static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, int t,
+                        struct ksplit_shape shape, char *err, size_t err_len)
 {
     const struct vk_weight *w = a->w;
     const bool tile_on = tiled(a);
     const struct vk_kernel *k = tile_on ? &ops->lanes_matmul[t] : &ops->lanes_matvec[t];
     const uint32_t tile = tile_on ? VK_MATMUL_TILE : 1;
-    const struct ksplit_shape shape = ksplit_shape(ops, a);
     if (shape.lpr) {
         struct vk_kernel *ks = ksplit_kernel(ops, t, shape, a->grouped);
         const uint32_t spec[ABI_SPEC_KSPLIT_HALF + 1] = {
             [ABI_SPEC_TOK_TILE] = VK_MATMUL_TILE, [ABI_SPEC_WG_SIZE] = ops->lanes_wg, [ABI_SPEC_KSPLIT_UNITS] = shape.units,
-            [ABI_SPEC_LANES_SUM] = shape.lpr, [ABI_SPEC_KSPLIT_LPR] = shape.lpr, [ABI_SPEC_KSPLIT_HALF] = a->grouped,
+            [ABI_SPEC_KSPLIT_LPR] = shape.lpr, [ABI_SPEC_KSPLIT_HALF] = a->grouped,
         };
         if (!ks->pipe && vk_kernel_create_texel(ops->d, ks, ksplit_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
                                                 spec, ABI_SPEC_KSPLIT_HALF + 1, err, err_len))
@@ -294,7 +299,8 @@ int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matv
     int t = vk_wtype(w->type);
     if (t < 0 || a->n_tok == 0) return errf(err, err_len, "matvec: bad weight type or zero tokens");
     if (vk_ops_prepare_matvec(ops, w->type, err, err_len)) return -1;
-    if (vk_matvec_uses_lanes(ops, a)) return matvec_lanes(r, ops, a, t, err, err_len);
+    const struct ksplit_shape shape = ksplit_shape(ops, a);
+    if (lanes_fit(ops, a, shape)) return matvec_lanes(r, ops, a, t, shape, err, err_len);
     const struct vk_kernel *k = tiled(a) ? &ops->matmul[t] : &ops->matvec[t];
     uint32_t tile = tiled(a) ? VK_MATMUL_TILE : 1;
 
@@ -384,11 +390,12 @@ int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_hea
     while (g > 0 && (n_head % (1u << g) || (n_head >> g) * n_tok < 2)) g--;
     struct vk_kernel *kk = &ops->attention_heads[g];
     if (!kk->pipe) {
-        const uint32_t spec[ABI_SPEC_LANES_SUM + 1] = { [ABI_SPEC_WG_SIZE] = sg, [ABI_SPEC_ATTN_HEADS] = 1u << g,
-                                                        [ABI_SPEC_ATTN_KV4] = head_dim / 4 / sg, [ABI_SPEC_LANES_SUM] = sg };
+        const uint32_t spec[ABI_SPEC_ATTN_SUBGROUP + 1] = { [ABI_SPEC_WG_SIZE] = sg, [ABI_SPEC_ATTN_HEADS] = 1u << g,
+                                                            [ABI_SPEC_ATTN_KV4] = head_dim / 4 / sg,
+                                                            [ABI_SPEC_ATTN_SUBGROUP] = sg };
         if (vk_kernel_create_texel(ops->d, kk, "attention_heads", 7,
                                    1u << ABI_ATTN_BIND_Q | 1u << ABI_ATTN_BIND_RING | 1u << ABI_ATTN_BIND_COMP,
-                                   sizeof(struct abi_attn_push), spec, ABI_SPEC_LANES_SUM + 1, err, err_len))
+                                   sizeof(struct abi_attn_push), spec, ABI_SPEC_ATTN_SUBGROUP + 1, err, err_len))
             return -1;
         ops->attention_heads_dim = head_dim;
     }

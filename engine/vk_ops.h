@@ -102,15 +102,16 @@ int vk_op_rmsnorm(struct vk_recorder *r, struct vk_ops *ops, const struct vk_spa
                   const struct vk_span *w, uint32_t w_off, uint32_t n, uint32_t n_rows, float eps,
                   char *err, size_t err_len);
 
-/* Records kernel k with binding i = the whole of spans[i] (spans are allocated aligned, so
- * offsets in the push block count from each span's start). A binding in k->texel_mask is
- * instead the float4 texel view of spans[i]'s whole chunk: its offsets count from the
- * chunk's start (add spans[i]->off). */
 /* The attention_heads kernel for n_head heads of head_dim over n_tok tokens, and how many
  * heads each workgroup takes (*heads); *k = NULL where it does not apply (not the LANES
  * layout, or a row that does not split evenly over a subgroup). */
 int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_head, uint32_t n_tok, struct vk_kernel **k,
                            uint32_t *heads, char *err, size_t err_len);
+
+/* Records kernel k with binding i = the whole of spans[i] (spans are allocated aligned, so
+ * offsets in the push block count from each span's start). A binding in k->texel_mask is
+ * instead the float4 texel view of spans[i]'s whole chunk: its offsets count from the
+ * chunk's start (add spans[i]->off). */
 int vk_op_dispatch(struct vk_recorder *r, struct vk_ops *ops, struct vk_kernel *k,
                    const struct vk_span *const *spans, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
                    char *err, size_t err_len);

@@ -17,11 +17,13 @@
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
 #include "abi.h"
-#include "lanes_sum.glsl"
 
 layout(local_size_x_id = ABI_SPEC_WG_SIZE) in;           /* the subgroup size */
 layout(constant_id = ABI_SPEC_ATTN_HEADS) const uint HEADS = 8;
 layout(constant_id = ABI_SPEC_ATTN_KV4) const uint KV4 = 16; /* float4 per lane: head_dim / 4 / subgroup size */
+layout(constant_id = ABI_SPEC_ATTN_SUBGROUP) const uint SUBGROUP_LANES = 8;
+#define LANES_SUM_WIDTH SUBGROUP_LANES
+#include "lanes_sum.glsl"
 
 ABI_PUSH(ABI_ATTN_FIELDS)
 

@@ -3,14 +3,15 @@
  * its aligned group of LANES_SUM_WIDTH lanes (the whole subgroup, or fewer). On lavapipe a
  * shuffle by lane ^ constant unrolls into one vector shuffle, where subgroupAdd is a loop
  * over the lanes that tests each one's execution mask: the K-split tile ran 5-20% faster
- * this way. The width is its own specialization constant (the host passes the subgroup
- * size or the group's) so the untaken steps vanish at pipeline creation: as a loop over
- * gl_SubgroupSize the tile ran 1.4-1.7x slower, and tests of gl_WorkGroupSize gave wrong
- * sums on lavapipe. Needs VK_SUBGROUP_FEATURE_SHUFFLE_BIT (the host checks). */
+ * this way.
+ *
+ * The includer defines LANES_SUM_WIDTH as a specialization constant (matmul_ksplit: its
+ * lanes per row; attention_heads: the subgroup size), so the untaken steps vanish at
+ * pipeline creation: as a loop over gl_SubgroupSize the tile ran 1.4-1.7x slower, and
+ * tests of gl_WorkGroupSize gave wrong sums on lavapipe. Needs
+ * VK_SUBGROUP_FEATURE_SHUFFLE_BIT (the host checks). */
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
-
-layout(constant_id = ABI_SPEC_LANES_SUM) const uint LANES_SUM_WIDTH = 8;
 
 float lanes_sum(float v)
 {

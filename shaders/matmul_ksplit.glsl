@@ -24,14 +24,15 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #include "abi.h"
 #include "dequant.glsl"
-#include "lanes_sum.glsl"
 
 layout(local_size_x_id = ABI_SPEC_WG_SIZE) in; /* one subgroup (lanes_sum needs it) */
 layout(constant_id = ABI_SPEC_TOK_TILE) const uint TOK_TILE = 8;
 layout(constant_id = ABI_SPEC_KSPLIT_UNITS) const uint SEG_UNITS = 2; /* units per lane per pass */
 /* lanes that share a row: the subgroup size, or fewer for rows of fewer units; lanes_sum
- * sums over this many lanes (the host passes the same value at ABI_SPEC_LANES_SUM) */
+ * sums over this many lanes */
 layout(constant_id = ABI_SPEC_KSPLIT_LPR) const uint KSPLIT_LPR = 8;
+#define LANES_SUM_WIDTH KSPLIT_LPR
+#include "lanes_sum.glsl"
 
 ABI_PUSH(ABI_MATVEC_FIELDS)
 
