@@ -33,10 +33,7 @@ layout(std430, binding = ABI_ATTN_BIND_COMP) readonly buffer comp_buf { vec4 com
 #define RING4(i) ring4[i]
 #define COMP4(i) comp4[i]
 #endif
-layout(std430, binding = ABI_ATTN_BIND_SEL) readonly buffer sel_buf { int sel[]; };
-layout(std430, binding = ABI_ATTN_BIND_SINKS) readonly buffer sinks_buf { float sinks[]; };
-layout(std430, binding = ABI_ATTN_BIND_ROPE) readonly buffer rope_buf { vec2 rope[]; };
-layout(std430, binding = ABI_ATTN_BIND_O) writeonly buffer o_buf { vec4 o4[]; };
+#include "attention_common.glsl"
 
 shared float att[ABI_ATTN_MAX_KEYS];    /* scores, then probabilities */
 shared uint key_row[ABI_ATTN_MAX_KEYS]; /* float4 index of the key's row; top bit: compressed */
@@ -53,10 +50,8 @@ void main()
 {
     const uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y, tid = gl_LocalInvocationID.x;
     const uint hd4 = pc.head_dim / 4u, pos = pc.pos0 + t;
-    const uint first = pos + 1u > pc.window ? pos + 1u - pc.window : 0u, n_win = pos + 1u - first;
-    uint n_comp = 0u;
-    if (pc.ratio == 4u) n_comp = min((pos + 1u) / 4u, pc.topk);
-    else if (pc.ratio != 0u) n_comp = (pos + 1u) / pc.ratio;
+    uint first, n_win, n_comp;
+    attn_keys(pos, first, n_win, n_comp);
     const uint n_keys = min(n_win + n_comp, uint(ABI_ATTN_MAX_KEYS));
 
     for (uint j = tid; j < n_keys; j += ABI_WG_SIZE) {
@@ -114,21 +109,9 @@ void main()
             if (i4 < hd4) acc[r] += p * key4(kr, i4);
         }
     }
-    const uint first_rot = pc.head_dim - pc.rope_dim, half_dim = pc.rope_dim / 2u;
     const uint ob4 = (pc.o_off + (t * pc.n_head + h) * pc.head_dim) / 4u;
     [[unroll]] for (uint r = 0u; r < O_VEC4_PER_INVOCATION; r++) {
         const uint i4 = tid + r * ABI_WG_SIZE;
-        if (i4 >= hd4) continue;
-        vec4 v = acc[r];
-        for (uint pr = 0u; pr < 2u; pr++) { /* the two interleaved pairs of this float4 */
-            const uint i0 = 4u * i4 + 2u * pr;
-            if (i0 < first_rot) continue;
-            /* inverse rotation: angle -pos*freq */
-            const vec2 cs = rope[pc.rope_off / 2u + pos * half_dim + (i0 - first_rot) / 2u];
-            const float a = v[2u * pr], b = v[2u * pr + 1u];
-            v[2u * pr] = a * cs.x + b * cs.y;
-            v[2u * pr + 1u] = -a * cs.y + b * cs.x;
-        }
-        o4[ob4 + i4] = v;
+        if (i4 < hd4) o4[ob4 + i4] = attn_unrope4(acc[r], i4, pos);
     }
 }

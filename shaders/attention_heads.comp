@@ -30,10 +30,7 @@ ABI_PUSH(ABI_ATTN_FIELDS)
 layout(binding = ABI_ATTN_BIND_Q) uniform samplerBuffer q_tex;
 layout(binding = ABI_ATTN_BIND_RING) uniform samplerBuffer ring_tex;
 layout(binding = ABI_ATTN_BIND_COMP) uniform samplerBuffer comp_tex;
-layout(std430, binding = ABI_ATTN_BIND_SEL) readonly buffer sel_buf { int sel[]; };
-layout(std430, binding = ABI_ATTN_BIND_SINKS) readonly buffer sinks_buf { float sinks[]; };
-layout(std430, binding = ABI_ATTN_BIND_ROPE) readonly buffer rope_buf { vec2 rope[]; };
-layout(std430, binding = ABI_ATTN_BIND_O) writeonly buffer o_buf { vec4 o4[]; };
+#include "attention_common.glsl"
 
 /* One key row k (this lane's float4s) for every head: score, online softmax update, output. */
 void attend(vec4 k[KV4], const uint lane, const uint hd4, const vec4 q[HEADS][KV4], inout vec4 acc[HEADS][KV4],
@@ -55,10 +52,8 @@ void main()
 {
     const uint h0 = gl_WorkGroupID.x * HEADS, t = gl_WorkGroupID.y, lane = gl_SubgroupInvocationID, SG = gl_SubgroupSize;
     const uint hd4 = pc.head_dim / 4u, pos = pc.pos0 + t;
-    const uint first = pos + 1u > pc.window ? pos + 1u - pc.window : 0u, n_win = pos + 1u - first;
-    uint n_comp = 0u;
-    if (pc.ratio == 4u) n_comp = min((pos + 1u) / 4u, pc.topk);
-    else if (pc.ratio != 0u) n_comp = (pos + 1u) / pc.ratio;
+    uint first, n_win, n_comp;
+    attn_keys(pos, first, n_win, n_comp);
 
     /* q of each head and the running state: maximum (from the sink), denominator, output */
     vec4 q[HEADS][KV4], acc[HEADS][KV4];
@@ -88,23 +83,12 @@ void main()
         [[unroll]] for (uint m = 0u; m < KV4; m++) k[m] = texelFetch(comp_tex, int(kb4 + min(lane + m * SG, hd4 - 1u)));
         attend(k, lane, hd4, q, acc, run_max, den);
     }
-    /* normalise, undo the rope of the last rope_dim dims (angle -pos*freq), write */
-    const uint first_rot = pc.head_dim - pc.rope_dim, half_dim = pc.rope_dim / 2u;
+    /* normalise, undo the rope, write */
     [[unroll]] for (uint h = 0u; h < HEADS; h++) {
         const uint ob4 = (pc.o_off + (t * pc.n_head + h0 + h) * pc.head_dim) / 4u;
         [[unroll]] for (uint m = 0u; m < KV4; m++) {
             const uint i4 = lane + m * SG;
-            if (i4 >= hd4) continue;
-            vec4 v = acc[h][m] / den[h];
-            for (uint pr = 0u; pr < 2u; pr++) { /* the two interleaved pairs of this float4 */
-                const uint i0 = 4u * i4 + 2u * pr;
-                if (i0 < first_rot) continue;
-                const vec2 cs = rope[pc.rope_off / 2u + pos * half_dim + (i0 - first_rot) / 2u];
-                const float a = v[2u * pr], b = v[2u * pr + 1u];
-                v[2u * pr] = a * cs.x + b * cs.y;
-                v[2u * pr + 1u] = -a * cs.y + b * cs.x;
-            }
-            o4[ob4 + i4] = v;
+            if (i4 < hd4) o4[ob4 + i4] = attn_unrope4(acc[h][m] / den[h], i4, pos);
         }
     }
 }
