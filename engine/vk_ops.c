@@ -406,10 +406,13 @@ int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_hea
 
 int vk_ops_prepare_all(struct vk_ops *ops, char *err, size_t err_len)
 {
-    struct vk_kernel *all[] = { &ops->rmsnorm, &ops->hc, &ops->hc_texel, &ops->norm_rope, &ops->compress, &ops->indexer,
-                                &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
+    struct vk_kernel *all[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress, &ops->indexer,
+                                &ops->attention, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (build(ops, all[i], err, err_len)) return -1;
+    /* the texel variants run only in the LANES layout (CPU drivers) */
+    if (ops->layout == VK_MATVEC_LANES && (build(ops, &ops->hc_texel, err, err_len) || build(ops, &ops->attention_texel, err, err_len)))
+        return -1;
     return 0;
 }
 
