@@ -96,19 +96,26 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
     ops->ksplit_min_units = 4;
     const char *ks = getenv("FLASHBOX_VK_KSPLIT");
     if (ks && !strcmp(ks, "all")) ops->ksplit_min_units = 1;
-    const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push, texel_mask; } simple[] = {
-        { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push), 0 },
-        { &ops->hc, "hc", 8, sizeof(struct abi_hc_push), 0 },
-        { &ops->hc_texel, "hc_texel", 10, sizeof(struct abi_hc_push), 1u << ABI_HC_BIND_X_TEX | 1u << ABI_HC_BIND_SRC_TEX },
-        { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push), 0 },
-        { &ops->compress, "compress", 5, sizeof(struct abi_compress_push), 0 },
-        { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push), 0 },
-        { &ops->attention, "attention", 7, sizeof(struct abi_attn_push), 0 },
+    /* Row kernels (a workgroup per row or token, striding over it) run one subgroup per
+     * workgroup on CPU drivers: lavapipe runs a workgroup's subgroups one after another and
+     * switches between them at every barrier, so ABI_WG_SIZE invocations there cost 8
+     * subgroups' barriers and idle lanes in the serial parts. One subgroup took the small
+     * model's 64-token prefill from 56 to 60-62 tok/s (hc most of it). GPUs keep
+     * ABI_WG_SIZE. */
+    const uint32_t row_wg = ops->layout == VK_MATVEC_LANES && d->subgroup_size <= ABI_WG_SIZE ? d->subgroup_size : 0;
+    const struct { struct vk_kernel *k; const char *name; uint32_t n_bind, push, texel_mask, wg; } simple[] = {
+        { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push), 0, row_wg },
+        { &ops->hc, "hc", 8, sizeof(struct abi_hc_push), 0, row_wg },
+        { &ops->hc_texel, "hc_texel", 10, sizeof(struct abi_hc_push), 1u << ABI_HC_BIND_X_TEX | 1u << ABI_HC_BIND_SRC_TEX, row_wg },
+        { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push), 0, row_wg },
+        { &ops->compress, "compress", 5, sizeof(struct abi_compress_push), 0, 0 },
+        { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push), 0, row_wg },
+        { &ops->attention, "attention", 7, sizeof(struct abi_attn_push), 0, 0 },
         { &ops->attention_texel, "attention_texel", 7, sizeof(struct abi_attn_push),
-          1u << ABI_ATTN_BIND_Q | 1u << ABI_ATTN_BIND_RING | 1u << ABI_ATTN_BIND_COMP },
-        { &ops->router, "router", 5, sizeof(struct abi_router_push), 0 },
-        { &ops->swiglu, "swiglu", 3, sizeof(struct abi_swiglu_push), 0 },
-        { &ops->moe_group, "moe_group", 2, sizeof(struct abi_moe_group_push), 0 },
+          1u << ABI_ATTN_BIND_Q | 1u << ABI_ATTN_BIND_RING | 1u << ABI_ATTN_BIND_COMP, 0 },
+        { &ops->router, "router", 5, sizeof(struct abi_router_push), 0, row_wg },
+        { &ops->swiglu, "swiglu", 3, sizeof(struct abi_swiglu_push), 0, 0 },
+        { &ops->moe_group, "moe_group", 2, sizeof(struct abi_moe_group_push), 0, 0 },
     };
     /* declared here, built on first use or by vk_ops_prepare_all (compiling a pipeline is
      * the slow part of opening on lavapipe; a kernel test needs only its own) */
@@ -117,6 +124,7 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
         simple[i].k->n_bind = simple[i].n_bind;
         simple[i].k->push_size = simple[i].push;
         simple[i].k->texel_mask = simple[i].texel_mask;
+        simple[i].k->wg = simple[i].wg;
     }
     (void)err, (void)err_len;
     return 0;
@@ -372,8 +380,13 @@ int vk_op_rmsnorm(struct vk_recorder *r, struct vk_ops *ops, const struct vk_spa
 static int build(struct vk_ops *ops, struct vk_kernel *k, char *err, size_t err_len)
 {
     if (k->pipe) return 0;
-    const uint32_t texel_mask = k->texel_mask; /* creation starts the kernel afresh */
-    return vk_kernel_create_texel(ops->d, k, k->name, k->n_bind, texel_mask, k->push_size, NULL, 0, err, err_len);
+    const uint32_t texel_mask = k->texel_mask, wg = k->wg; /* creation starts the kernel afresh */
+    const uint32_t spec[ABI_SPEC_WG_SIZE + 1] = { [ABI_SPEC_WG_SIZE] = wg };
+    if (vk_kernel_create_texel(ops->d, k, k->name, k->n_bind, texel_mask, k->push_size, wg ? spec : NULL,
+                               wg ? ABI_SPEC_WG_SIZE + 1 : 0, err, err_len))
+        return -1;
+    k->wg = wg;
+    return 0;
 }
 
 int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_head, uint32_t n_tok, struct vk_kernel **k,

@@ -14,6 +14,7 @@ struct vk_kernel {
     const char *name;           /* shader name (spirv table) */
     uint32_t n_bind, push_size;
     uint32_t texel_mask;        /* bit i: binding i is a uniform texel buffer, else a storage buffer */
+    uint32_t wg;                /* workgroup size a row kernel is specialized to (vk_ops.c); 0: the shader's */
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
     VkPipeline pipe;

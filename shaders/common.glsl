@@ -4,7 +4,9 @@
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #include "abi.h"
 
-layout(local_size_x = ABI_WG_SIZE) in;
+/* ABI_WG_SIZE invocations unless the host specializes the size (vk_ops.c: one subgroup on
+ * CPU drivers); the row kernels stride by gl_WorkGroupSize.x, never by the constant. */
+layout(local_size_x = ABI_WG_SIZE, local_size_x_id = ABI_SPEC_WG_SIZE) in;
 
 shared float red_partial[ABI_WG_SIZE];
 

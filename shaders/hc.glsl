@@ -65,7 +65,7 @@ void main()
                 comb[j * ABI_HC_MAX_STREAMS + k] = j < n && k < n ? old_hc[n + j * n + k] : 0.0;
         }
         const uint d4 = d / 4u, xb4 = xb / 4u;
-        for (uint i4 = tid; i4 < d4; i4 += ABI_WG_SIZE) {
+        for (uint i4 = tid; i4 < d4; i4 += gl_WorkGroupSize.x) {
             vec4 f = vec4(0.0);
             for (uint s = 0u; s < pc.n_src; s++) f += SRC_READ((pc.src_off + t * pc.src_tstride + s * pc.src_sstride) / 4u + i4);
             if (pc.extra_tstride != 0u) f += SRC_READ((pc.extra_off + t * pc.extra_tstride) / 4u + i4);
@@ -91,7 +91,7 @@ void main()
     [[unroll]] for (uint r = 0u; r < ABI_HC_MAX_MIX; r++) acc[r] = 0.0;
     float ss = 0.0;
     const uint width4 = width / 4u;
-    for (uint i4 = tid; i4 < width4; i4 += ABI_WG_SIZE) {
+    for (uint i4 = tid; i4 < width4; i4 += gl_WorkGroupSize.x) {
         const vec4 xv = X_READ(xb / 4u + i4);
         ss += dot(xv, xv);
         if (given) continue;
@@ -166,7 +166,7 @@ void main()
     float pre[ABI_HC_MAX_STREAMS]; /* in registers, as post_w above */
     [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++) pre[j] = j < n ? pre_s[j] : 0.0;
     float ss2 = 0.0;
-    for (uint i4 = tid; i4 < d4; i4 += ABI_WG_SIZE) {
+    for (uint i4 = tid; i4 < d4; i4 += gl_WorkGroupSize.x) {
         vec4 v = vec4(0.0);
         [[unroll]] for (uint j = 0u; j < ABI_HC_MAX_STREAMS; j++)
             if (j < n) v += pre[j] * X_READ(xb4 + j * d4 + i4);
@@ -174,6 +174,6 @@ void main()
         ss2 += dot(v, v);
     }
     const float inv = 1.0 / sqrt(wg_sum(ss2) / float(d) + pc.rms_eps);
-    for (uint i4 = tid; i4 < d4; i4 += ABI_WG_SIZE)
+    for (uint i4 = tid; i4 < d4; i4 += gl_WorkGroupSize.x)
         y4[yb4 + i4] *= inv * vec4(norm_w[4u * i4], norm_w[4u * i4 + 1u], norm_w[4u * i4 + 2u], norm_w[4u * i4 + 3u]);
 }

@@ -6,7 +6,7 @@
 #extension GL_GOOGLE_include_directive : require
 #include "abi.h"
 
-layout(local_size_x = ABI_WG_SIZE) in;
+layout(local_size_x = ABI_WG_SIZE, local_size_x_id = ABI_SPEC_WG_SIZE) in; /* see common.glsl */
 ABI_PUSH(ABI_INDEXER_FIELDS)
 
 layout(std430, binding = ABI_INDEXER_BIND_Q) readonly buffer q_buf { float q[]; };
@@ -21,7 +21,7 @@ void main()
     const uint pos = pc.pos0 + t, n_vis = (pos + 1u) / 4u;
     const uint H = pc.n_head, D = pc.dim;
     const uint qb = pc.q_off + t * H * D, sb = pc.score_off + t * pc.score_tstride;
-    for (uint b = tid; b < n_vis; b += ABI_WG_SIZE) {
+    for (uint b = tid; b < n_vis; b += gl_WorkGroupSize.x) {
         const uint kb = pc.keys_off + b * D;
         float s = 0.0;
         for (uint h = 0u; h < H; h++) {
@@ -34,7 +34,7 @@ void main()
     memoryBarrierBuffer();
     barrier();
     const uint k = min(n_vis, pc.topk);
-    for (uint b = tid; b < n_vis; b += ABI_WG_SIZE) {
+    for (uint b = tid; b < n_vis; b += gl_WorkGroupSize.x) {
         const float v = score[sb + b];
         uint rank = 0u;
         for (uint o = 0u; o < n_vis; o++) {

@@ -21,7 +21,7 @@ void main()
     float inv = 1.0;
     if ((pc.flags & ABI_NORM_ROPE_FLAG_NORM) != 0u) {
         float ss = 0.0;
-        for (uint i = tid; i < pc.n; i += ABI_WG_SIZE) ss += x[xb + i] * x[xb + i];
+        for (uint i = tid; i < pc.n; i += gl_WorkGroupSize.x) ss += x[xb + i] * x[xb + i];
         inv = 1.0 / sqrt(wg_sum(ss) / float(pc.n) + pc.eps);
     }
     const bool weighted = (pc.flags & ABI_NORM_ROPE_FLAG_WEIGHT) != 0u;
@@ -29,7 +29,7 @@ void main()
     const uint first_rot = pc.n - pc.rope_dim, half_dim = pc.rope_dim / 2u;
     const uint pos = pc.pos_base + t * pc.pos_step;
     /* each invocation owns element pairs (2p, 2p+1), so in-place rotation is race-free */
-    for (uint p = tid; p < pc.n / 2u; p += ABI_WG_SIZE) {
+    for (uint p = tid; p < pc.n / 2u; p += gl_WorkGroupSize.x) {
         const uint i0 = 2u * p;
         float a = x[xb + i0] * inv, b = x[xb + i0 + 1u] * inv;
         if (weighted) { a *= w[pc.w_off + i0]; b *= w[pc.w_off + i0 + 1u]; }

@@ -6,7 +6,7 @@
 #extension GL_GOOGLE_include_directive : require
 #include "abi.h"
 
-layout(local_size_x = ABI_WG_SIZE) in;
+layout(local_size_x = ABI_WG_SIZE, local_size_x_id = ABI_SPEC_WG_SIZE) in; /* see common.glsl */
 ABI_PUSH(ABI_ROUTER_FIELDS)
 
 layout(std430, binding = ABI_ROUTER_BIND_LOGITS) buffer l_buf { float logits[]; };
@@ -21,7 +21,7 @@ void main()
 {
     const uint t = gl_WorkGroupID.x, tid = gl_LocalInvocationID.x;
     const uint E = pc.n_expert, K = pc.k, lb = pc.logits_off + t * pc.logits_tstride;
-    for (uint e = tid; e < E; e += ABI_WG_SIZE) logits[lb + e] = sqrt(softplus(logits[lb + e]));
+    for (uint e = tid; e < E; e += gl_WorkGroupSize.x) logits[lb + e] = sqrt(softplus(logits[lb + e]));
     memoryBarrierBuffer();
     barrier();
     if (tid != 0u) return;
