@@ -447,7 +447,8 @@ static int moe_layer(struct fwd *f, uint32_t il)
                                      .sh_off = E, .sh_tstride = mw,
                                      .lim_routed = hp->swiglu_clamp_exp[il], .lim_shared = hp->swiglu_clamp_shexp[il] };
         const struct vk_span *b[3] = { &s->gu, &s->mp, &s->rw };
-        if (dispatch(f, VK_KIND_SWIGLU, &e->ops.swiglu, b, &p, (F + ABI_WG_SIZE - 1) / ABI_WG_SIZE, n_routed + nt, 1)) return -1;
+        if (vk_op_swiglu(s->rec, &e->ops, b, &p, f->err, f->err_len)) return -1;
+        after_dispatch(f, VK_KIND_SWIGLU);
     }
     barrier(f);
     {

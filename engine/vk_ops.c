@@ -377,6 +377,15 @@ int vk_op_rmsnorm(struct vk_recorder *r, struct vk_ops *ops, const struct vk_spa
     return vk_recorder_dispatch(r, &ops->rmsnorm, b, &p, n_rows, 1, 1, err, err_len);
 }
 
+int vk_op_swiglu(struct vk_recorder *r, struct vk_ops *ops, const struct vk_span *const *spans, struct abi_swiglu_push *p,
+                 char *err, size_t err_len)
+{
+    const bool vec4 = (p->n_ff | p->u_off | p->sh_off | p->sh_tstride) % 4 == 0;
+    p->flags = vec4 ? ABI_SWIGLU_FLAG_VEC4 : 0;
+    const uint32_t per_wg = ABI_WG_SIZE * (vec4 ? 4 : 1);
+    return vk_op_dispatch(r, ops, &ops->swiglu, spans, p, div_up(p->n_ff, per_wg), p->n_rows, 1, err, err_len);
+}
+
 static int build(struct vk_ops *ops, struct vk_kernel *k, char *err, size_t err_len)
 {
     if (k->pipe) return 0;

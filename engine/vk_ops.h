@@ -8,6 +8,7 @@
 #include "engine/gguf.h"
 #include "engine/vk_memory.h"
 #include "engine/vk_pipeline.h"
+struct abi_swiglu_push; /* shaders/abi.h */
 
 /* The matvec weight types, in ABI_WTYPE_* order. */
 #define VK_N_WTYPES 5
@@ -101,6 +102,11 @@ int vk_op_rmsnorm(struct vk_recorder *r, struct vk_ops *ops, const struct vk_spa
                   uint32_t x_stride, const struct vk_span *y, uint32_t y_off, uint32_t y_stride,
                   const struct vk_span *w, uint32_t w_off, uint32_t n, uint32_t n_rows, float eps,
                   char *err, size_t err_len);
+
+/* swiglu (abi.h) over p's rows, spans as its bindings (gu, shared rows, weights): four
+ * elements an invocation where the offsets allow (sets p->flags). */
+int vk_op_swiglu(struct vk_recorder *r, struct vk_ops *ops, const struct vk_span *const *spans, struct abi_swiglu_push *p,
+                 char *err, size_t err_len);
 
 /* The attention_heads kernel for n_head heads of head_dim over n_tok tokens, and how many
  * heads each workgroup takes (*heads); *k = NULL where it does not apply (not the LANES

@@ -242,12 +242,15 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
  * n_ff, in place on g. Rows below n_routed are routed experts: g at gu[r*n_ff], u at
  * gu[u_off + r*n_ff], weights[r], lim_routed. The others are the shared expert of token
  * t = r - n_routed: g at sh[sh_off + t*sh_tstride], u n_ff further, weight 1, lim_shared.
- * A limit <= 0 disables the clamp. */
+ * A limit <= 0 disables the clamp. With ABI_SWIGLU_FLAG_VEC4 (n_ff, u_off, sh_off and
+ * sh_tstride multiples of 4) each invocation does four adjacent elements: on CPU drivers a
+ * load or store is a loop over the lanes, so one float4 access replaces four. */
+#define ABI_SWIGLU_FLAG_VEC4 1u
 #define ABI_SWIGLU_BIND_GU 0
 #define ABI_SWIGLU_BIND_SHARED 1
 #define ABI_SWIGLU_BIND_WEIGHTS 2
 #define ABI_SWIGLU_FIELDS(U, F) \
-    U n_ff; U n_rows; U n_routed; U weights_off; U u_off; U sh_off; U sh_tstride; \
+    U n_ff; U n_rows; U n_routed; U weights_off; U u_off; U sh_off; U sh_tstride; U flags; \
     F lim_routed; F lim_shared;
 
 #ifndef VULKAN
@@ -266,7 +269,7 @@ _Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block"
 _Static_assert(sizeof(struct abi_indexer_push) == 13 * 4, "indexer push block");
 _Static_assert(sizeof(struct abi_attn_push) == 17 * 4, "attention push block");
 _Static_assert(sizeof(struct abi_router_push) == 11 * 4, "router push block");
-_Static_assert(sizeof(struct abi_swiglu_push) == 9 * 4, "swiglu push block");
+_Static_assert(sizeof(struct abi_swiglu_push) == 10 * 4, "swiglu push block");
 #endif
 
 #endif

@@ -539,45 +539,53 @@ TEST(vk_router_matches_reference_for_biased_and_hash_routing)
     vk_fixture_close(&f);
 }
 
-TEST(vk_swiglu_clamps_and_weights_routed_and_shared_rows)
+TEST(vk_swiglu_clamps_and_weights_routed_and_shared_rows_one_or_four_elements_an_invocation)
 {
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
     /* 4 routed rows in gu ([gate rows][up rows]) and 2 tokens' shared rows in a projection
-     * buffer of rows [E=3 | gate | up] */
-    const uint32_t F = 77, routed = 4, n_sh = 2, E = 3, mw = E + 2 * F;
-    uint64_t rng = 13;
-    float *gu = rand_vec(&rng, (size_t)2 * routed * F, 20, 0), *sh = rand_vec(&rng, (size_t)n_sh * mw, 20, 0);
-    float *w = rand_vec(&rng, routed, 0.5f, 0.5f);
-    float *out_gu = malloc((size_t)2 * routed * F * 4), *out_sh = malloc((size_t)n_sh * mw * 4);
-    struct vk_span sgu, ssh, sw;
-    struct abi_swiglu_push p = { .n_ff = F, .n_rows = routed + n_sh, .n_routed = routed, .u_off = routed * F, .sh_off = E,
-                                 .sh_tstride = mw, .lim_routed = 10, .lim_shared = 0 };
-    const struct vk_span *b[3] = { &sgu, &ssh, &sw };
-    int rc = vk_fixture_put(&f, gu, (size_t)2 * routed * F * 4, &sgu) || vk_fixture_put(&f, sh, (size_t)n_sh * mw * 4, &ssh) ||
-             vk_fixture_put(&f, w, routed * 4, &sw) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
-             vk_op_dispatch(f.rec, &f.ops, &f.ops.swiglu, b, &p, (F + 63) / 64, routed + n_sh, 1, f.err, sizeof f.err) ||
-             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
-             vk_span_download(f.d, &sgu, 0, out_gu, (size_t)2 * routed * F * 4, f.err, sizeof f.err) ||
-             vk_span_download(f.d, &ssh, 0, out_sh, (size_t)n_sh * mw * 4, f.err, sizeof f.err);
-    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
-    for (uint32_t r = 0; r < routed + n_sh && !rc; r++)
-        for (uint32_t i = 0; i < F; i++) {
-            bool is_routed = r < routed;
-            size_t gi = is_routed ? (size_t)r * F + i : (size_t)(r - routed) * mw + E + i;
-            double gv = is_routed ? gu[gi] : sh[gi], uv = is_routed ? gu[routed * F + gi] : sh[gi + F];
-            double wt = is_routed ? w[r] : 1.0;
-            if (is_routed) { gv = fmin(gv, 10); uv = fmax(fmin(uv, 10), -10); } /* shared: limit 0, no clamp */
-            double ref = ref_silu(gv) * uv * wt, got = is_routed ? out_gu[gi] : out_sh[gi];
-            if (!(fabs(got - ref) <= 1e-4 * (1 + fabs(ref)))) {
-                test_fail_at(__FILE__, __LINE__, "swiglu row %u col %u: %.7g vs %.7g", r, i, got, ref);
-                r = routed + n_sh;
-                break;
+     * buffer of rows [E | gate | up]: F = 77 runs an element per invocation, F = 80 with E = 4
+     * (every offset a multiple of 4) four */
+    const uint32_t shapes[2][2] = { { 77, 3 }, { 80, 4 } };
+    for (int c = 0; c < 2; c++) {
+        const uint32_t F = shapes[c][0], E = shapes[c][1], routed = 4, n_sh = 2, mw = E + 2 * F;
+        uint64_t rng = 13;
+        float *gu = rand_vec(&rng, (size_t)2 * routed * F, 20, 0), *sh = rand_vec(&rng, (size_t)n_sh * mw, 20, 0);
+        float *w = rand_vec(&rng, routed, 0.5f, 0.5f);
+        float *out_gu = malloc((size_t)2 * routed * F * 4), *out_sh = malloc((size_t)n_sh * mw * 4);
+        struct vk_span sgu, ssh, sw;
+        struct abi_swiglu_push p = { .n_ff = F, .n_rows = routed + n_sh, .n_routed = routed, .u_off = routed * F, .sh_off = E,
+                                     .sh_tstride = mw, .lim_routed = 10, .lim_shared = 0 };
+        const struct vk_span *b[3] = { &sgu, &ssh, &sw };
+        int rc = vk_fixture_put(&f, gu, (size_t)2 * routed * F * 4, &sgu) || vk_fixture_put(&f, sh, (size_t)n_sh * mw * 4, &ssh) ||
+                 vk_fixture_put(&f, w, routed * 4, &sw) || vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+                 vk_op_swiglu(f.rec, &f.ops, b, &p, f.err, sizeof f.err) || vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+                 vk_span_download(f.d, &sgu, 0, out_gu, (size_t)2 * routed * F * 4, f.err, sizeof f.err) ||
+                 vk_span_download(f.d, &ssh, 0, out_sh, (size_t)n_sh * mw * 4, f.err, sizeof f.err);
+        if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+        CHECK(!rc && (p.flags == ABI_SWIGLU_FLAG_VEC4) == (c == 1));
+        for (uint32_t r = 0; r < routed + n_sh && !rc; r++)
+            for (uint32_t i = 0; i < F; i++) {
+                bool is_routed = r < routed;
+                size_t gi = is_routed ? (size_t)r * F + i : (size_t)(r - routed) * mw + E + i;
+                double gv = is_routed ? gu[gi] : sh[gi], uv = is_routed ? gu[routed * F + gi] : sh[gi + F];
+                double wt = is_routed ? w[r] : 1.0;
+                if (is_routed) { gv = fmin(gv, 10); uv = fmax(fmin(uv, 10), -10); } /* shared: limit 0, no clamp */
+                double ref = ref_silu(gv) * uv * wt, got = is_routed ? out_gu[gi] : out_sh[gi];
+                if (!(fabs(got - ref) <= 1e-4 * (1 + fabs(ref)))) {
+                    test_fail_at(__FILE__, __LINE__, "F %u swiglu row %u col %u: %.7g vs %.7g", F, r, i, got, ref);
+                    r = routed + n_sh;
+                    break;
+                }
             }
+        /* the routed up rows, the shared up columns and the columns before them are inputs only */
+        CHECK(memcmp(out_gu + routed * F, gu + routed * F, (size_t)routed * F * 4) == 0);
+        for (uint32_t t = 0; t < n_sh; t++) {
+            CHECK(memcmp(out_sh + (size_t)t * mw, sh + (size_t)t * mw, E * 4) == 0);
+            CHECK(memcmp(out_sh + (size_t)t * mw + E + F, sh + (size_t)t * mw + E + F, F * 4) == 0);
         }
-    /* the routed up rows and the shared up columns are inputs only: unchanged */
-    CHECK(memcmp(out_gu + routed * F, gu + routed * F, (size_t)routed * F * 4) == 0);
-    free(gu); free(sh); free(w); free(out_gu); free(out_sh);
+        free(gu); free(sh); free(w); free(out_gu); free(out_sh);
+    }
     vk_fixture_close(&f);
 }
 
