@@ -82,7 +82,15 @@ void main()
         memoryBarrierBuffer();
         barrier();
     }
+#ifdef HC_TEXELS
+    /* the texel variant runs only prefill's POST_ONLY and MIXES_GIVEN dispatches, so the
+     * mixes are always given: as a constant the fn product below compiles away, where a
+     * test of the flag left it running masked on lavapipe (which runs a branch on a
+     * uniform value with the lanes masked off instead of jumping over it) */
+    const bool given = true;
+#else
     const bool given = (pc.flags & ABI_HC_FLAG_MIXES_GIVEN) != 0u;
+#endif
 
     /* mixes: every invocation accumulates its strided share of all rows at once, reading
      * float4 (n_embd is a multiple of 4, the host checks): on CPU drivers each load is a
