@@ -412,12 +412,11 @@ int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_hea
     while (g > 0 && (n_head % (1u << g) || (n_head >> g) * n_tok < 2)) g--;
     struct vk_kernel *kk = &ops->attention_heads[g];
     if (!kk->pipe) {
-        const uint32_t spec[ABI_SPEC_ATTN_SUBGROUP + 1] = { [ABI_SPEC_WG_SIZE] = sg, [ABI_SPEC_ATTN_HEADS] = 1u << g,
-                                                            [ABI_SPEC_ATTN_KV4] = head_dim / 4 / sg,
-                                                            [ABI_SPEC_ATTN_SUBGROUP] = sg };
+        const uint32_t spec[ABI_SPEC_ATTN_KV4 + 1] = { [ABI_SPEC_WG_SIZE] = sg, [ABI_SPEC_ATTN_HEADS] = 1u << g,
+                                                       [ABI_SPEC_ATTN_KV4] = head_dim / 4 / sg };
         if (vk_kernel_create_texel(ops->d, kk, "attention_heads", 7,
                                    1u << ABI_ATTN_BIND_Q | 1u << ABI_ATTN_BIND_RING | 1u << ABI_ATTN_BIND_COMP,
-                                   sizeof(struct abi_attn_push), spec, ABI_SPEC_ATTN_SUBGROUP + 1, err, err_len))
+                                   sizeof(struct abi_attn_push), spec, ABI_SPEC_ATTN_KV4 + 1, err, err_len))
             return -1;
         ops->attention_heads_dim = head_dim;
     }

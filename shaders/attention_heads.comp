@@ -18,10 +18,12 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #include "abi.h"
 
-layout(local_size_x_id = ABI_SPEC_WG_SIZE) in;           /* the subgroup size */
+/* one subgroup a workgroup: the same constant sizes the workgroup and lanes_sum (as a plain
+ * constant: lanes_sum.glsl says why not gl_WorkGroupSize) */
+layout(constant_id = ABI_SPEC_WG_SIZE) const uint SUBGROUP_LANES = 8;
+layout(local_size_x_id = ABI_SPEC_WG_SIZE) in;
 layout(constant_id = ABI_SPEC_ATTN_HEADS) const uint HEADS = 8;
 layout(constant_id = ABI_SPEC_ATTN_KV4) const uint KV4 = 16; /* float4 per lane: head_dim / 4 / subgroup size */
-layout(constant_id = ABI_SPEC_ATTN_SUBGROUP) const uint SUBGROUP_LANES = 8;
 #define LANES_SUM_WIDTH SUBGROUP_LANES
 #include "lanes_sum.glsl"
 

@@ -4,9 +4,8 @@
  * order like the reference. */
 #version 450
 #extension GL_GOOGLE_include_directive : require
-#include "abi.h"
+#include "common.glsl" /* the row kernels' workgroup layout */
 
-layout(local_size_x = ABI_WG_SIZE, local_size_x_id = ABI_SPEC_WG_SIZE) in; /* see common.glsl */
 ABI_PUSH(ABI_INDEXER_FIELDS)
 
 layout(std430, binding = ABI_INDEXER_BIND_Q) readonly buffer q_buf { float q[]; };
