@@ -31,7 +31,7 @@ DEPS_OK  := $(BUILD)/.deps-ok
 FLASHBOX := $(BUILD)/flashbox
 TESTBIN  := $(BUILD)/flashbox-test
 
-.PHONY: all test run sanitize fuzz clean help deps check-ci check-small
+.PHONY: all test run sanitize fuzz clean help deps check-ci check-small gpu-pack gpu-check
 
 all: $(FLASHBOX) $(TESTBIN)
 
@@ -41,6 +41,8 @@ help:
 	@echo "make run        build, make the default model, start the daemon, answer one request"
 	@echo "make sanitize   build with ASan+UBSan into build-san/ and run the tests there"
 	@echo "make check-small  on the 500 MB small model: paged-expert logits equal full residency, Vulkan prefill equals the reference (minutes)"
+	@echo "make gpu-check  on a machine with a GPU: board, the tests and the benches there, into gpu-check/ (minutes)"
+	@echo "make gpu-pack   the binaries, their libraries and the fixtures in gpu-pack/, for a GPU machine without the packages"
 	@echo "make fuzz       build the libFuzzer targets into $(BUILD)/fuzz/ (FUZZ_SECONDS=N runs each)"
 	@echo "make deps       install the Debian packages (root; apt-get update once)"
 	@echo "make clean      remove $(BUILD)/ and build-san/"
@@ -87,6 +89,12 @@ run: $(FLASHBOX)
 
 check-small: $(FLASHBOX)
 	sh scripts/check-small.sh $(FLASHBOX)
+
+gpu-check: all
+	FLASHBOX=$(FLASHBOX) FLASHBOX_TEST=$(TESTBIN) sh scripts/gpu-check.sh gpu-check
+
+gpu-pack: all
+	FLASHBOX=$(FLASHBOX) FLASHBOX_TEST=$(TESTBIN) sh scripts/gpu-pack.sh gpu-pack
 
 sanitize:
 	$(MAKE) BUILD=build-san CC=clang OPT="-O1 $(SAN_FLAGS)" all
