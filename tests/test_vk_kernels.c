@@ -169,7 +169,7 @@ TEST(vk_matvec_picks_expert_matrices_through_ids)
  * the token tile, the K-split token tile from 256 elements on, rows and tokens that are
  * not multiples of the workgroup or tile, expert slots through ids with per-slot x,
  * accumulation. */
-TEST(vk_matvec_lanes_and_subgroup_layouts_match_reference)
+static void check_both_layouts(void)
 {
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
@@ -212,6 +212,20 @@ TEST(vk_matvec_lanes_and_subgroup_layouts_match_reference)
         }
     }
     vk_fixture_close(&f);
+}
+
+TEST(vk_matvec_lanes_and_subgroup_layouts_match_reference)
+{
+    check_both_layouts();
+}
+
+/* The same with lavapipe's subgroups of 16 lanes (LP_NATIVE_VECTOR_WIDTH=512, its widest;
+ * read once per process, and each test runs in its own): shapes against a subgroup twice
+ * the usual 8, the way GPUs' 32 and 64 are. A real GPU ignores the variable. */
+TEST(vk_matvec_layouts_match_reference_in_subgroups_of_16)
+{
+    setenv("LP_NATIVE_VECTOR_WIDTH", "512", 1);
+    check_both_layouts();
 }
 
 TEST(vk_matvec_splits_weights_larger_than_one_binding)

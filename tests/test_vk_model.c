@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "engine/engine.h"
+#include "engine/vk_device.h"
 #include "tests/harness.h"
 #include "tools/mkmodel.h"
 
@@ -197,6 +198,42 @@ TEST(vk_logits_equal_reference_with_the_gpu_kernel_layout)
      * here on the CPU driver: prefill tiles, the split hc of a batch, and decode */
     const uint32_t sizes[] = { 19, 1, 9, 1 };
     run_with_env("FLASHBOX_VK_LAYOUT", "subgroup", sizes, sizeof sizes / sizeof sizes[0], 40, "gpu layout");
+}
+
+/* lavapipe makes subgroups of its vector width over 32 bits (LP_NATIVE_VECTOR_WIDTH, read
+ * once per process, at most 512): the GPU layout with 16 and with 4 lanes, so code that
+ * assumes lavapipe's usual 8 fails here rather than on a GPU of 32 or 64. Fails if
+ * lavapipe ignored the width; a real GPU keeps its own size and runs the plain check. */
+static void run_gpu_layout_in_subgroups_of(uint32_t lanes, const char *width)
+{
+    setenv("LP_NATIVE_VECTOR_WIDTH", width, 1); /* each test runs in its own process */
+    struct vk_device *d = NULL;
+    char err[512];
+    if (vk_device_create(&d, -1, NULL, err, sizeof err)) {
+        if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        return;
+    }
+    const bool cpu = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+    const uint32_t got = d->subgroup_size;
+    vk_device_destroy(d);
+    if (cpu && got != lanes) {
+        test_fail_at(__FILE__, __LINE__, "the CPU driver made subgroups of %u lanes at LP_NATIVE_VECTOR_WIDTH=%s, not %u",
+                     got, width, lanes);
+        return;
+    }
+    const uint32_t sizes[] = { 19, 1, 9, 1 };
+    run_with_env("FLASHBOX_VK_LAYOUT", "subgroup", sizes, sizeof sizes / sizeof sizes[0], 40, "gpu layout");
+}
+
+TEST(vk_logits_equal_reference_with_the_gpu_kernel_layout_in_subgroups_of_16)
+{
+    run_gpu_layout_in_subgroups_of(16, "512");
+}
+
+TEST(vk_logits_equal_reference_with_the_gpu_kernel_layout_in_subgroups_of_4)
+{
+    run_gpu_layout_in_subgroups_of(4, "128");
 }
 
 TEST(vk_logits_equal_reference_with_the_k_split_tile_on_every_block_matrix)
