@@ -11,6 +11,8 @@
 #include <vulkan/vulkan.h>
 #include <xf86drm.h>
 
+/* engine/errmsg.h's errf, restated: board/ sits below engine/ (design.md: libc, libdrm and
+ * the Vulkan loader only), so it cannot include it */
 static int board_err(char *err, size_t err_len, const char *fmt, ...)
 {
     if (err && err_len) {

@@ -126,6 +126,8 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
         simple[i].k->texel_mask = simple[i].texel_mask;
         simple[i].k->wg = simple[i].wg;
     }
+    /* attention's q registers: as many float4 per lane as the longest head row needs */
+    ops->attention.attn_kv4 = ops->attention_texel.attn_kv4 = div_up(ABI_ATTN_MAX_HEAD_DIM / 4, d->subgroup_size);
     (void)err, (void)err_len;
     return 0;
 }
@@ -389,12 +391,17 @@ int vk_op_swiglu(struct vk_recorder *r, struct vk_ops *ops, const struct vk_span
 static int build(struct vk_ops *ops, struct vk_kernel *k, char *err, size_t err_len)
 {
     if (k->pipe) return 0;
-    const uint32_t texel_mask = k->texel_mask, wg = k->wg; /* creation starts the kernel afresh */
-    const uint32_t spec[ABI_SPEC_WG_SIZE + 1] = { [ABI_SPEC_WG_SIZE] = wg };
-    if (vk_kernel_create_texel(ops->d, k, k->name, k->n_bind, texel_mask, k->push_size, wg ? spec : NULL,
-                               wg ? ABI_SPEC_WG_SIZE + 1 : 0, err, err_len))
+    /* creation starts the kernel afresh */
+    const uint32_t texel_mask = k->texel_mask, wg = k->wg, attn_kv4 = k->attn_kv4;
+    /* ids 0..n-1 are all given; those the shader lacks are ignored, and a workgroup size of
+     * 0 is not allowed, so unspecialized kernels get ABI_WG_SIZE, their default */
+    const uint32_t spec[ABI_SPEC_ATTN_KV4 + 1] = { [ABI_SPEC_WG_SIZE] = wg ? wg : ABI_WG_SIZE, [ABI_SPEC_ATTN_KV4] = attn_kv4 };
+    const uint32_t n_spec = attn_kv4 ? ABI_SPEC_ATTN_KV4 + 1 : wg ? ABI_SPEC_WG_SIZE + 1 : 0;
+    if (vk_kernel_create_texel(ops->d, k, k->name, k->n_bind, texel_mask, k->push_size, n_spec ? spec : NULL, n_spec, err,
+                               err_len))
         return -1;
     k->wg = wg;
+    k->attn_kv4 = attn_kv4;
     return 0;
 }
 

@@ -15,6 +15,7 @@ struct vk_kernel {
     uint32_t n_bind, push_size;
     uint32_t texel_mask;        /* bit i: binding i is a uniform texel buffer, else a storage buffer */
     uint32_t wg;                /* workgroup size a row kernel is specialized to (vk_ops.c); 0: the shader's */
+    uint32_t attn_kv4;          /* ABI_SPEC_ATTN_KV4 of an attention kernel (vk_ops.c); 0: the shader's */
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
     VkPipeline pipe;

@@ -27,7 +27,7 @@
 #define ABI_SPEC_ROWS_PER_LANE 2 /* matvec_lanes: rows each invocation computes */
 #define ABI_SPEC_KSPLIT_UNITS 2  /* matmul_ksplit: units of K per lane per pass (ROWS_PER_LANE's id; it has no rows per lane) */
 #define ABI_SPEC_ATTN_HEADS 3    /* attention_heads: heads per workgroup */
-#define ABI_SPEC_ATTN_KV4 4      /* attention_heads: float4 of a head row per lane */
+#define ABI_SPEC_ATTN_KV4 4      /* attention, attention_heads: float4 of a head row per lane */
 #define ABI_SPEC_KSPLIT_LPR 6    /* matmul_ksplit: lanes per row */
 #define ABI_SPEC_KSPLIT_HALF 7   /* matmul_ksplit: 1 where grouped MoE tiles end in a half tile */
 

@@ -39,9 +39,11 @@ shared float att[ABI_ATTN_MAX_KEYS];    /* scores, then probabilities */
 shared uint key_row[ABI_ATTN_MAX_KEYS]; /* float4 index of the key's row; top bit: compressed */
 
 #define COMP_BIT 0x80000000u
-/* float4 of a head row held per lane (q) and per invocation (output): enough for
- * ABI_ATTN_MAX_HEAD_DIM with subgroups of 4 or more and workgroups of ABI_WG_SIZE */
-#define Q_VEC4_PER_LANE 32u
+/* float4 of a head row held per lane (q) and per invocation (output). The host sets q's
+ * to ABI_ATTN_MAX_HEAD_DIM / 4 over its subgroup size (vk_ops.c): 4 on a GPU of 32 lanes,
+ * where the default, enough for 4 lanes, would hold 128 registers a lane for q alone.
+ * The output's two are enough for ABI_ATTN_MAX_HEAD_DIM with workgroups of ABI_WG_SIZE. */
+layout(constant_id = ABI_SPEC_ATTN_KV4) const uint Q_VEC4_PER_LANE = ABI_ATTN_MAX_HEAD_DIM / 16;
 #define O_VEC4_PER_INVOCATION 2u
 
 vec4 key4(uint kr, uint i4) { return (kr & COMP_BIT) != 0u ? COMP4((kr & ~COMP_BIT) + i4) : RING4(kr + i4); }

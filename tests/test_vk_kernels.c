@@ -716,15 +716,18 @@ TEST(vk_compressor_matches_reference_across_uneven_chunks)
  * attention_heads.comp (a subgroup per group of heads, one pass with an online softmax). */
 enum attn_kernel { ATTN_BUFFERS, ATTN_TEXELS, ATTN_HEADS };
 #define ATTN_TEST_HEAD_DIM 64
+#define ATTN_TEST_MAX_HEAD_DIM ABI_ATTN_MAX_HEAD_DIM /* V4's 512: the most q registers a lane holds */
 
 /* Attention of a few tokens over a wrapped window ring plus compressed entries (HCA: every
  * completed one; CSA: a given selection), with a sink and the inverse rotation, against a
  * direct double-precision evaluation of spec §3.9-3.10.1; rows through storage buffers or
- * through their chunks' texel views. H heads, n_tok <= 4 tokens. */
-static void check_attention(struct vk_fixture *f, uint32_t ratio, enum attn_kernel kernel, uint32_t H, uint32_t n_tok)
+ * through their chunks' texel views. H heads of hd floats (<= ATTN_TEST_MAX_HEAD_DIM), n_tok <= 4
+ * tokens. */
+static void check_attention(struct vk_fixture *f, uint32_t ratio, enum attn_kernel kernel, uint32_t H, uint32_t n_tok,
+                            uint32_t hd)
 {
     const bool texel = kernel != ATTN_BUFFERS;
-    const uint32_t hd = ATTN_TEST_HEAD_DIM, rope = 32, W = 6, ring = W + 4, pos0 = 29, topk = 3;
+    const uint32_t rope = 32, W = 6, ring = W + 4, pos0 = 29, topk = 3;
     const uint32_t n_comp = (pos0 + n_tok) / (ratio ? ratio : 1) + 1, n_pos = 64;
     uint64_t rng = 31 + ratio;
     float *q = rand_vec(&rng, (size_t)n_tok * H * hd, 1, 0), *ringv = rand_vec(&rng, (size_t)ring * hd, 1, 0);
@@ -777,7 +780,7 @@ static void check_attention(struct vk_fixture *f, uint32_t ratio, enum attn_kern
             const uint32_t pos = pos0 + t, first = pos + 1 > W ? pos + 1 - W : 0, n_win = pos + 1 - first;
             uint32_t nc = ratio == 4 ? ((pos + 1) / 4 < topk ? (pos + 1) / 4 : topk) : ratio ? (pos + 1) / ratio : 0;
             const float *qh = q + ((size_t)t * H + h) * hd;
-            double att[64], mx = sinks[h], acc[ATTN_TEST_HEAD_DIM] = { 0 }, den; /* att: up to 64 keys */
+            double att[64], mx = sinks[h], acc[ATTN_TEST_MAX_HEAD_DIM] = { 0 }, den; /* att: up to 64 keys */
             const float *keys[64];
             for (uint32_t j = 0; j < n_win + nc; j++) {
                 keys[j] = j < n_win ? ringv + (size_t)((first + j) % ring) * hd
@@ -793,7 +796,7 @@ static void check_attention(struct vk_fixture *f, uint32_t ratio, enum attn_kern
                 den += e;
                 for (uint32_t i = 0; i < hd; i++) acc[i] += e * keys[j][i];
             }
-            float ref[ATTN_TEST_HEAD_DIM];
+            float ref[ATTN_TEST_MAX_HEAD_DIM];
             for (uint32_t i = 0; i < hd; i++) ref[i] = (float)(acc[i] / den);
             ref_rope(ref, hd, rope, freqs, pos, true);
             double e = nmse_f(o + VK_GUARD + ((size_t)t * H + h) * hd, ref, hd);
@@ -809,9 +812,10 @@ TEST(vk_attention_matches_direct_evaluation_for_swa_csa_and_hca_from_buffers_and
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
     for (int kernel = ATTN_BUFFERS; kernel <= ATTN_TEXELS; kernel++) {
-        check_attention(&f, 0, kernel, 3, 4);
-        check_attention(&f, 4, kernel, 3, 4);
-        check_attention(&f, 8, kernel, 3, 4);
+        check_attention(&f, 0, kernel, 3, 4, ATTN_TEST_HEAD_DIM);
+        check_attention(&f, 4, kernel, 3, 4, ATTN_TEST_HEAD_DIM);
+        check_attention(&f, 8, kernel, 3, 4, ATTN_TEST_HEAD_DIM);
+        check_attention(&f, 4, kernel, 2, 2, ATTN_TEST_MAX_HEAD_DIM); /* the longest rows the kernels take */
     }
     vk_fixture_close(&f);
 }
@@ -832,7 +836,7 @@ TEST(vk_attention_heads_matches_direct_evaluation_for_every_head_grouping)
         { 3, 4 }, /* 1 head a workgroup */
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
-        for (uint32_t ratio = 0; ratio <= 8; ratio += 4) check_attention(&f, ratio, ATTN_HEADS, shapes[i][0], shapes[i][1]);
+        for (uint32_t ratio = 0; ratio <= 8; ratio += 4) check_attention(&f, ratio, ATTN_HEADS, shapes[i][0], shapes[i][1], ATTN_TEST_HEAD_DIM);
     vk_fixture_close(&f);
 }
 
