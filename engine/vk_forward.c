@@ -138,7 +138,26 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
     const struct vk_span *b[10] = { &s->x, vk_tensor_span(f->e, fn), vk_tensor_span(f->e, base), vk_tensor_span(f->e, scale),
                                     vk_tensor_span(f->e, norm), &s->a, &s->hc, src, &s->x, src };
     f->post_pending = false;
-    if (head || n < VK_MATMUL_TILE) return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
+    const uint32_t width = hp->n_hc * hp->n_embd, n_mix = (2 + hp->n_hc) * hp->n_hc;
+    /* Decode: the fused kernel is one workgroup per token, so one core of a CPU driver and
+     * one multiprocessor of a GPU read all of fn (V4: 1.5 MB a site, 86 sites a token).
+     * Instead its K is split into parts, each a workgroup's slice of every row (a GPU: 256
+     * floats a part; a CPU driver: one part per core it is likely to have, 4), as long as
+     * the parts' partial mixes fit the mix buffer; the fused kernel stays where fn does not
+     * split into whole chunks. */
+    uint32_t parts = 1;
+    struct vk_weight fn_w, fn_parts;
+    if (!head && n < VK_MATMUL_TILE) {
+        if (vk_weight_of(f->e, fn, 0, &fn_w, f->err, f->err_len)) return -1;
+        parts = f->e->ops.layout == VK_MATVEC_LANES ? 4 : width / 256;
+        if (parts > VK_BATCH / n) parts = VK_BATCH / n;
+        char why[160];
+        if (parts < 2 || vk_weight_split_k(&fn_w, parts, &fn_parts, why, sizeof why)) parts = 1;
+    }
+    if (head || (n < VK_MATMUL_TILE && parts == 1)) {
+        s->weight_bytes_step += fn->nbytes; /* the fused kernel reads all of fn */
+        return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
+    }
     /* A prefill batch: one workgroup per token would read all of fn per token (on CPU
      * drivers that was 15% of prefill), so the mixes are a token-tiled matmul instead.
      * CPU drivers read X and the sources through texel views there (hc_texel). */
@@ -148,19 +167,28 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
         p.x_tex_off = (uint32_t)(s->x.off / 4);
         p.src_tex_off = (uint32_t)(src->off / 4);
     }
-    const uint32_t width = hp->n_hc * hp->n_embd, n_mix = (2 + hp->n_hc) * hp->n_hc;
     if (p.flags & ABI_HC_FLAG_POST) {
         struct abi_hc_push post = p;
         post.flags |= ABI_HC_FLAG_POST_ONLY;
         if (dispatch(f, VK_KIND_HC, k, b, &post, n, 1, 1)) return -1;
         barrier(f);
     }
-    if (matvec(f, fn, &s->x, width, &s->mix, t0 * n_mix, n_mix, n, t0 * width)) return -1;
+    if (parts > 1) { /* decode: mixes [n][parts][n_mix] from the mix buffer's start */
+        struct vk_matvec_args a = { .w = &fn_parts, .x = &s->x, .y = &s->mix, .x_off = t0 * width, .x_tstride = width,
+                                    .x_zstride = width / parts, .x_zdiv = 1, .y_tstride = parts * n_mix, .y_zstride = n_mix,
+                                    .n_tok = n, .n_slot = parts, .scale = 1.0f };
+        if (vk_op_matvec(s->rec, &f->e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", fn->name);
+        s->weight_bytes_step += fn_w.mat_bytes;
+        after_dispatch(f, VK_KIND_MATVEC);
+    } else if (matvec(f, fn, &s->x, width, &s->mix, t0 * n_mix, n_mix, n, t0 * width)) {
+        return -1;
+    }
     barrier(f);
     b[ABI_HC_BIND_FN] = &s->mix;
     p.flags = ABI_HC_FLAG_MIXES_GIVEN;
-    p.mix_off = t0 * n_mix;
-    p.mix_tstride = n_mix;
+    p.mix_off = parts > 1 ? 0 : t0 * n_mix;
+    p.mix_tstride = parts * n_mix;
+    p.mix_parts = parts;
     return dispatch(f, VK_KIND_HC, k, b, &p, n, 1, 1);
 }
 

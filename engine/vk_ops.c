@@ -174,6 +174,25 @@ int vk_weight_init(struct vk_weight *w, const struct vk_span *span, enum gguf_ty
     return 0;
 }
 
+uint64_t vk_weight_extent(const struct vk_weight *w)
+{
+    return (uint64_t)(w->n_mat - 1) * w->mat_bytes + (uint64_t)w->n_out * w->row_bytes;
+}
+
+int vk_weight_split_k(const struct vk_weight *w, uint32_t parts, struct vk_weight *out, char *err, size_t err_len)
+{
+    const bool float_type = w->type == GGUF_TYPE_F32 || w->type == GGUF_TYPE_F16 || w->type == GGUF_TYPE_BF16;
+    const uint32_t part_bytes = parts ? w->row_bytes / parts : 0;
+    if (!float_type || w->n_mat != 1 || parts == 0 || w->row_bytes % parts || part_bytes % ABI_LANES_FLOAT_CHUNK_BYTES)
+        return errf(err, err_len, "%s rows of %u bytes (%u matrices) do not split into %u parts of whole %u-byte chunks",
+                    gguf_type_name(w->type), w->row_bytes, w->n_mat, parts, ABI_LANES_FLOAT_CHUNK_BYTES);
+    *out = *w;
+    out->n_in = w->n_in / parts;
+    out->n_mat = parts;
+    out->mat_bytes = part_bytes; /* matrix z starts z parts into every row */
+    return 0;
+}
+
 /* Whether the vectorised path may run: x vectors start on 16 bytes and the weight rows,
  * matrices and start offset are aligned for the type's wide loads. */
 static bool vec_ok(const struct abi_matvec_push *p, enum gguf_type type)
@@ -252,7 +271,7 @@ static bool lanes_fit(const struct vk_ops *ops, const struct vk_matvec_args *a, 
     const uint32_t unit = words ? ABI_LANES_TILE_STEP_BYTES : block_type ? ABI_LANES_BLOCK_CHUNK_BYTES : ABI_LANES_FLOAT_CHUNK_BYTES;
     const bool rows_fit = shape.lpr || w->row_bytes % unit == 0;
     if (!(words ? w->span.texels_u32 : w->span.texels_u32x4) || !rows_fit || w->span.off % (words ? 4 : 16) ||
-        w->span.off + w->mat_bytes * w->n_mat > UINT32_MAX)
+        w->span.off + vk_weight_extent(w) > UINT32_MAX)
         return false;
     /* x vectors of whole float4 */
     if (a->x->off % 16 || (a->x_off | a->x_tstride | a->x_zstride) % 4 || a->x->off / 4 + a->x_off > UINT32_MAX) return false;
@@ -329,9 +348,9 @@ int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matv
     if (a->ids || n_slot > 1) {
         /* Expert matrices are picked on the device: the whole tensor is one binding. */
         uint64_t rel_w;
-        if (vk_span_range(d, &w->span, 0, w->mat_bytes * w->n_mat, &b[0], &rel_w, err, err_len))
+        if (vk_span_range(d, &w->span, 0, vk_weight_extent(w), &b[0], &rel_w, err, err_len))
             return errf_prefix(err, err_len, "matvec expert weights");
-        if (w->mat_bytes * w->n_mat > UINT32_MAX) return errf(err, err_len, "matvec: expert tensor over 4 GiB");
+        if (vk_weight_extent(w) > UINT32_MAX) return errf(err, err_len, "matvec: expert tensor over 4 GiB");
         p.w_off = (uint32_t)rel_w;
         p.y_off = a->y_off + (uint32_t)(rel_y / 4);
         if (vec_ok(&p, w->type)) p.flags |= ABI_MATVEC_FLAG_VEC;

@@ -75,6 +75,15 @@ int vk_wtype(enum gguf_type type);
 int vk_weight_init(struct vk_weight *w, const struct vk_span *span, enum gguf_type type, uint32_t n_in, uint32_t n_out,
                    uint32_t n_mat, char *err, size_t err_len);
 
+/* Bytes of w's span that its kernels read: up to the end of the last matrix's last row. */
+uint64_t vk_weight_extent(const struct vk_weight *w);
+/* A K-split view of the one-matrix weight w: `parts` matrices, matrix z holding columns
+ * [z, z + 1) * n_in / parts of every row (rows keep their stride), so a matvec over
+ * n_slot = parts with x_zstride = n_in / parts writes each part's partial sums to its own
+ * slot. Float types only, in parts of whole ABI_LANES_FLOAT_CHUNK_BYTES (what the CPU-driver
+ * kernels step by); -1 with err otherwise. */
+int vk_weight_split_k(const struct vk_weight *w, uint32_t parts, struct vk_weight *out, char *err, size_t err_len);
+
 /* y[z][t][o] (+)= scale * sum_i W_m[o][i] x[z][t][i] for t < n_tok, z < n_slot, with
  * m = ids ? ids[ids_off + z] : z. Offsets and strides count floats. */
 struct vk_matvec_args {

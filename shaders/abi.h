@@ -139,9 +139,11 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_HC_FLAG_POST 2u   /* apply the previous sublayer's hc_post first */
 #define ABI_HC_FLAG_POST_ONLY 4u   /* stop after hc_post */
 /* The mixes fn . X (before the rms scale) are read at mix_off + t * mix_tstride from the
- * buffer bound at ABI_HC_BIND_FN (fn itself is not needed then) instead of computed here.
- * Prefill batches take this split: hc_post, the mixes as one token-tiled matmul (fn read
- * once per tile, not once per token), then this. */
+ * buffer bound at ABI_HC_BIND_FN (fn itself is not needed then) instead of computed here:
+ * the sum of mix_parts (0 counts as 1) partial rows of (2 + n_hc) * n_hc, one after the
+ * other. Prefill batches take this split: hc_post, the mixes as one token-tiled matmul (fn
+ * read once per tile, not once per token), then this; decode takes it with the mixes'
+ * K split into parts, so many workgroups share fn's read instead of one (vk_forward.c). */
 #define ABI_HC_FLAG_MIXES_GIVEN 8u
 
 #define ABI_HC_FIELDS(U, F) \
@@ -150,7 +152,7 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
     U flags; \
     U src_off; U src_tstride; U src_sstride; U n_src; U extra_off; U extra_tstride; \
     F rms_eps; F hc_eps; \
-    U mix_off; U mix_tstride;     /* floats */ \
+    U mix_off; U mix_tstride; U mix_parts; /* floats, floats, partial rows summed */ \
     U x_tex_off; U src_tex_off;   /* floats (hc_texel) */
 
 /* ---- norm_rope: per (row h, token t) workgroup: optional RMSNorm (optional weight) over n,
@@ -262,7 +264,7 @@ ABI_STRUCT(abi_router_push, ABI_ROUTER_FIELDS)
 ABI_STRUCT(abi_swiglu_push, ABI_SWIGLU_FIELDS)
 ABI_STRUCT(abi_moe_group_push, ABI_MOE_GROUP_FIELDS)
 _Static_assert(sizeof(struct abi_moe_group_push) == 2 * 4, "moe_group push block");
-_Static_assert(sizeof(struct abi_hc_push) == 20 * 4, "hc push block");
+_Static_assert(sizeof(struct abi_hc_push) == 21 * 4, "hc push block");
 _Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push block");
 _Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");
 _Static_assert(sizeof(struct abi_indexer_push) == 13 * 4, "indexer push block");

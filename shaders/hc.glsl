@@ -121,7 +121,9 @@ void main()
         const float rms = 1.0 / sqrt(total_ss / float(width) + pc.rms_eps);
         for (uint r = 0u; r < n_mix; r++) {
             float m = 0.0;
-            if (given) m = mix_in[pc.mix_off + t * pc.mix_tstride + r];
+            if (given)
+                for (uint part = 0u; part < max(pc.mix_parts, 1u); part++)
+                    m += mix_in[pc.mix_off + t * pc.mix_tstride + part * n_mix + r];
             else
                 for (uint g = 0u; g < gl_NumSubgroups; g++) m += sg_part[g][1u + r];
             mixes[r] = m * rms;

@@ -240,6 +240,71 @@ TEST(vk_matvec_splits_weights_larger_than_one_binding)
     vk_fixture_close(&f);
 }
 
+static float *rand_vec(uint64_t *rng, size_t n, float scale, float offset);
+
+/* The K-split view (decode's hc mixes): parts' partial sums, added on the host, equal the
+ * whole product in both layouts, for one token and a few (under the token tile); rows
+ * whose parts are not whole 128-byte chunks, block types and stacked matrices are refused
+ * with a message. */
+TEST(vk_matvec_k_split_view_parts_sum_to_the_product_or_are_refused)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t n_in = 768, n_out = 24, parts = 6, n_tok = 3, part = n_in / parts;
+    uint64_t rng = 5;
+    float *w = rand_vec(&rng, (size_t)n_out * n_in, 1, 0), *x = rand_vec(&rng, (size_t)n_tok * n_in, 1, 0);
+    size_t n_y = (size_t)n_tok * parts * n_out;
+    float *y = malloc((n_y + 2 * VK_GUARD) * 4);
+    struct vk_span sw, sx, sy;
+    struct vk_weight whole, split;
+    int rc = vk_fixture_put(&f, w, (size_t)n_out * n_in * 4, &sw) || vk_fixture_put(&f, x, (size_t)n_tok * n_in * 4, &sx) ||
+             vk_fixture_put(&f, NULL, (n_y + 2 * VK_GUARD) * 4, &sy) ||
+             vk_weight_init(&whole, &sw, GGUF_TYPE_F32, n_in, n_out, 1, f.err, sizeof f.err) ||
+             vk_weight_split_k(&whole, parts, &split, f.err, sizeof f.err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    for (int layout = 0; layout < 2 && !rc; layout++) {
+        f.ops.layout = layout ? VK_MATVEC_SUBGROUP : VK_MATVEC_LANES;
+        for (uint32_t nt = 1; nt <= n_tok; nt += n_tok - 1) {
+            vk_guard_fill(y, n_y);
+            struct vk_matvec_args a = { .w = &split, .x = &sx, .y = &sy, .x_tstride = n_in, .x_zstride = part, .x_zdiv = 1,
+                                        .y_off = VK_GUARD, .y_tstride = parts * n_out, .y_zstride = n_out, .n_tok = nt,
+                                        .n_slot = parts, .scale = 1.0f };
+            if (vk_span_upload(f.d, &sy, 0, y, (n_y + 2 * VK_GUARD) * 4, f.err, sizeof f.err) ||
+                vk_recorder_begin(f.rec, f.err, sizeof f.err) || vk_op_matvec(f.rec, &f.ops, &a, f.err, sizeof f.err) ||
+                vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+                vk_span_download(f.d, &sy, 0, y, (n_y + 2 * VK_GUARD) * 4, f.err, sizeof f.err)) {
+                test_fail_at(__FILE__, __LINE__, "%s", f.err);
+                rc = 1;
+                break;
+            }
+            CHECK(vk_guard_intact(y, n_y));
+            for (uint32_t t = 0; t < nt; t++)
+                for (uint32_t o = 0; o < n_out; o++) {
+                    double ref = 0, got = 0;
+                    for (uint32_t i = 0; i < n_in; i++) ref += (double)w[(size_t)o * n_in + i] * x[(size_t)t * n_in + i];
+                    for (uint32_t z = 0; z < parts; z++) got += y[VK_GUARD + ((size_t)t * parts + z) * n_out + o];
+                    if (!(fabs(got - ref) < 1e-4 * (1 + fabs(ref))))
+                        test_fail_at(__FILE__, __LINE__, "layout %d, %u tokens, token %u row %u: %g, expected %g", layout, nt,
+                                     t, o, got, ref);
+                }
+        }
+    }
+    /* rows of 3072 bytes: 5 parts do not divide them, 48 parts of 64 bytes are half a
+     * chunk, 12 parts of 256 bytes are two chunks */
+    CHECK(vk_weight_split_k(&whole, 5, &split, f.err, sizeof f.err) == -1 && strstr(f.err, "5 parts"));
+    CHECK(vk_weight_split_k(&whole, 48, &split, f.err, sizeof f.err) == -1 && strstr(f.err, "128-byte"));
+    CHECK(vk_weight_split_k(&whole, 0, &split, f.err, sizeof f.err) == -1);
+    CHECK(vk_weight_split_k(&whole, 12, &split, f.err, sizeof f.err) == 0 && split.n_in == 64 && split.n_mat == 12);
+    struct vk_weight q8 = whole;
+    q8.type = GGUF_TYPE_Q8_0;
+    CHECK(vk_weight_split_k(&q8, 2, &split, f.err, sizeof f.err) == -1 && strstr(f.err, "Q8_0"));
+    struct vk_weight stacked = whole;
+    stacked.n_mat = 2;
+    CHECK(vk_weight_split_k(&stacked, 2, &split, f.err, sizeof f.err) == -1 && strstr(f.err, "2 matrices"));
+    free(w); free(x); free(y);
+    vk_fixture_close(&f);
+}
+
 TEST(vk_rmsnorm_matches_reference_with_and_without_weight)
 {
     struct vk_fixture f;
@@ -362,10 +427,12 @@ TEST(vk_hc_pre_with_sinkhorn_and_norm_matches_reference_in_one_dispatch)
     vk_fixture_close(&f);
 }
 
-/* How hc runs with a pending hc_post: fused (one dispatch, decode's way), split (hc_post
- * alone, the mixes as a matmul, the rest with the mixes given: prefill's), or split through
- * hc_texel (prefill's on CPU drivers: X and the sources read through texel views). */
-enum hc_mode { HC_FUSED, HC_SPLIT, HC_SPLIT_TEXEL };
+/* How hc runs with a pending hc_post: fused (one dispatch, where fn does not split), split
+ * (hc_post alone, the mixes as a matmul, the rest with the mixes given: prefill's), split
+ * through hc_texel (prefill's on CPU drivers: X and the sources read through texel views),
+ * or split with the mixes' K in parts, summed by hc (decode's). */
+enum hc_mode { HC_FUSED, HC_SPLIT, HC_SPLIT_TEXEL, HC_SPLIT_PARTS };
+#define HC_TEST_PARTS 19 /* 608-float rows: 19 parts of one 32-float chunk */
 
 static int hc_post_then_pre(struct vk_fixture *f, enum hc_mode mode, struct abi_hc_push p, const struct vk_span *const b_in[8],
                             const struct vk_span *mixes, uint32_t n_tok)
@@ -389,14 +456,19 @@ static int hc_post_then_pre(struct vk_fixture *f, enum hc_mode mode, struct abi_
     if (vk_op_dispatch(f->rec, &f->ops, k, b, &post, n_tok, 1, 1, f->err, sizeof f->err)) goto fail;
     vk_recorder_barrier(f->rec);
     const uint32_t width = p.n_hc * p.n_embd, n_mix = (2 + p.n_hc) * p.n_hc;
-    struct vk_weight fn;
-    if (vk_weight_init(&fn, b[ABI_HC_BIND_FN], GGUF_TYPE_F32, width, n_mix, 1, f->err, sizeof f->err)) goto fail;
-    struct vk_matvec_args a = { .w = &fn, .x = b[ABI_HC_BIND_X], .y = mixes, .x_tstride = width, .y_tstride = n_mix,
-                                .n_tok = n_tok, .scale = 1.0f };
+    const uint32_t parts = mode == HC_SPLIT_PARTS ? HC_TEST_PARTS : 1;
+    struct vk_weight fn, fn_parts;
+    if (vk_weight_init(&fn, b[ABI_HC_BIND_FN], GGUF_TYPE_F32, width, n_mix, 1, f->err, sizeof f->err) ||
+        vk_weight_split_k(&fn, parts, &fn_parts, f->err, sizeof f->err))
+        goto fail;
+    struct vk_matvec_args a = { .w = &fn_parts, .x = b[ABI_HC_BIND_X], .y = mixes, .x_tstride = width,
+                                .x_zstride = width / parts, .x_zdiv = 1, .y_tstride = parts * n_mix, .y_zstride = n_mix,
+                                .n_tok = n_tok, .n_slot = parts, .scale = 1.0f };
     if (vk_op_matvec(f->rec, &f->ops, &a, f->err, sizeof f->err)) goto fail;
     vk_recorder_barrier(f->rec);
     p.flags = ABI_HC_FLAG_MIXES_GIVEN;
-    p.mix_tstride = n_mix;
+    p.mix_tstride = parts * n_mix;
+    p.mix_parts = parts;
     b[ABI_HC_BIND_FN] = mixes;
     if (vk_op_dispatch(f->rec, &f->ops, k, b, &p, n_tok, 1, 1, f->err, sizeof f->err)) goto fail;
     return vk_recorder_submit(f->rec, f->err, sizeof f->err);
@@ -405,13 +477,13 @@ fail:
     return -1;
 }
 
-TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first_fused_or_split_from_buffers_or_texels)
+TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first_fused_or_split_from_buffers_or_texels_or_in_k_parts)
 {
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
     /* d a multiple of 4 (the host checks n_embd) but not of the workgroup; 9 tokens: one
      * token tile of the mixes matmul and a remainder */
-    const uint32_t d = 148, n_tok = 9, n = 4, K = 3, mix = (2 + n) * n, hcw = n + n * n;
+    const uint32_t d = 152, n_tok = 9, n = 4, K = 3, mix = (2 + n) * n, hcw = n + n * n;
     struct model_hparams hp = hc_hparams(d);
     uint64_t rng = 9;
     float *X = rand_vec(&rng, (size_t)n_tok * n * d, 1, 0), *src = rand_vec(&rng, (size_t)n_tok * (K + 1) * d, 1, 0);
@@ -422,20 +494,20 @@ TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first_fused_or_spli
                              .src_tstride = K * d, .src_sstride = d, .n_src = K, .extra_off = n_tok * K * d,
                              .extra_tstride = d, .rms_eps = 1e-6f, .hc_eps = 1e-6f };
     float *out = malloc((size_t)n_tok * n * d * 4), *y = malloc((size_t)n_tok * d * 4), *hc_out = malloc((size_t)n_tok * hcw * 4);
-    for (int split = HC_FUSED; split <= HC_SPLIT_TEXEL; split++) {
+    for (int split = HC_FUSED; split <= HC_SPLIT_PARTS; split++) {
         struct vk_span sX, ssrc, shc, sfn, sb, ss, sn, sy, smix;
         const struct vk_span *b[8] = { &sX, &sfn, &sb, &ss, &sn, &sy, &shc, &ssrc };
         int rc = vk_fixture_put(&f, X, (size_t)n_tok * n * d * 4, &sX) || vk_fixture_put(&f, src, (size_t)n_tok * (K + 1) * d * 4, &ssrc) ||
                  vk_fixture_put(&f, hc, (size_t)n_tok * hcw * 4, &shc) || vk_fixture_put(&f, fn, (size_t)mix * n * d * 4, &sfn) ||
                  vk_fixture_put(&f, base, mix * 4, &sb) || vk_fixture_put(&f, scale, 12, &ss) || vk_fixture_put(&f, norm, d * 4, &sn) ||
-                 vk_fixture_put(&f, NULL, (size_t)n_tok * d * 4, &sy) || vk_fixture_put(&f, NULL, (size_t)n_tok * mix * 4, &smix) ||
+                 vk_fixture_put(&f, NULL, (size_t)n_tok * d * 4, &sy) || vk_fixture_put(&f, NULL, (size_t)n_tok * HC_TEST_PARTS * mix * 4, &smix) ||
                  hc_post_then_pre(&f, (enum hc_mode)split, p, b, &smix, n_tok) ||
                  vk_span_download(f.d, &sX, 0, out, (size_t)n_tok * n * d * 4, f.err, sizeof f.err) ||
                  vk_span_download(f.d, &sy, 0, y, (size_t)n_tok * d * 4, f.err, sizeof f.err) ||
                  vk_span_download(f.d, &shc, 0, hc_out, (size_t)n_tok * hcw * 4, f.err, sizeof f.err);
         if (rc) test_fail_at(__FILE__, __LINE__, "split=%d: %s", split, f.err);
         for (uint32_t t = 0; t < n_tok && !rc; t++) {
-            float F[148], ref[4 * 148], ry[148], post[4], comb[16], mixo[24];
+            float F[152], ref[4 * 152], ry[152], post[4], comb[16], mixo[24];
             for (uint32_t i = 0; i < d; i++) {
                 double sum = src[(size_t)n_tok * K * d + t * d + i];
                 for (uint32_t k = 0; k < K; k++) sum += src[(size_t)t * K * d + k * d + i];
