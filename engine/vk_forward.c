@@ -159,8 +159,10 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
         return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
     }
     /* A prefill batch: one workgroup per token would read all of fn per token (on CPU
-     * drivers that was 15% of prefill), so the mixes are a token-tiled matmul instead.
-     * CPU drivers read X and the sources through texel views there (hc_texel). */
+     * drivers that was 15% of prefill), so the mixes are a token-tiled matmul instead; a
+     * split decode step: the mixes in parts, as above. Either way hc_post first, then the
+     * rest with the mixes given. CPU drivers read X and the sources through texel views
+     * there (hc_texel). */
     const bool texel = texel_readable(f, &s->x) && texel_readable(f, src);
     struct vk_kernel *k = texel ? &f->e->ops.hc_texel : &f->e->ops.hc;
     if (texel) {
