@@ -95,9 +95,13 @@ if ! "$bin" board $dev >"$out/board.json" 2>"$out/board.err"; then
     exit 1
 fi
 rm -f "$out/board.err"
-picked_type=$(awk '/"index"/ { i = $2 + 0 } /"type"/ { gsub(/[",]/, "", $2); t[i] = $2 }
-                   /"picked"/ { p = $2 + 0 } END { print t[p] }' "$out/board.json")
-picked_name=$(awk -F'"' '/"name"/ { n[i++] = $4 } /"picked"/ { split($0, a, ": "); p = a[2] + 0 } END { print n[p] }' "$out/board.json")
+# the picked device's "type" and "name" from board.json (one key per line, as board prints)
+picked() {
+    awk -F'"' -v key="$1" '/"index":/ { split($3, a, /[:,]/); i = a[2] + 0 } $2 == key { v[i] = $4 }
+                           /"picked":/ { split($3, a, /[:,]/); p = a[2] + 0 } END { print v[p] }' "$out/board.json"
+}
+picked_type=$(picked type)
+picked_name=$(picked name)
 echo "gpu-check: picked $picked_name ($picked_type)"
 if [ "$picked_type" = cpu ] && [ "${GPU_CHECK_ALLOW_CPU:-0}" != 1 ]; then
     echo "gpu-check: the picked device is a CPU driver; no GPU to check (board.json lists what was found)" >&2
