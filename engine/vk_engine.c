@@ -50,6 +50,22 @@ void vk_proj_tensors(const struct model *m, uint32_t il, tensor_ref out[VK_PROJ_
 
 /* Places layer il's projection weights back to back in one span when they share type and
  * row length (then one dispatch computes them all), and records each part's columns. */
+/* Decode's hc split of one site (see struct vk_hc_split): a part per core a CPU driver is
+ * likely to have (4), else 256 floats a part (V4: 64, the small model: 16), halved until
+ * any decode step's partial mixes fit the mix buffer (parts x (VK_MATMUL_TILE - 1) tokens
+ * <= VK_BATCH rows) and the parts are whole chunks. */
+static void plan_hc_split(const struct vk_engine *e, tensor_ref fn, struct vk_hc_split *out)
+{
+    out->parts = 1;
+    struct vk_weight w;
+    char why[160];
+    if (vk_weight_of(e, fn, 0, &w, why, sizeof why)) return; /* the fused kernel needs no view */
+    uint32_t parts = e->ops.layout == VK_MATVEC_LANES ? 4 : w.n_in / 256;
+    while (parts > 1 && (parts * (VK_MATMUL_TILE - 1) > VK_BATCH || vk_weight_split_k(&w, parts, &out->w, why, sizeof why)))
+        parts /= 2;
+    if (parts > 1) out->parts = parts;
+}
+
 static int upload_proj(struct vk_engine *e, uint32_t il, bool *placed, char *err, size_t err_len)
 {
     const struct model *m = e->m;
@@ -228,6 +244,15 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
         }
         e->weight_bytes += t->nbytes;
     }
+    e->hc_split = calloc(hp->n_layer, sizeof *e->hc_split);
+    if (!e->hc_split) {
+        errf(err, err_len, "out of memory");
+        goto fail;
+    }
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        plan_hc_split(e, m->layers[il].hc_attn_fn, &e->hc_split[il][0]);
+        plan_hc_split(e, m->layers[il].hc_ffn_fn, &e->hc_split[il][1]);
+    }
     if (e->paging && vk_experts_open(e, opt, err, err_len)) goto fail;
     /* every pipeline the forward uses, now rather than on the first token */
     if (vk_ops_prepare_all(&e->ops, err, err_len)) goto fail;
@@ -261,6 +286,7 @@ void vk_engine_close(void *ctx)
     free(e->tspans);
     free(e->proj);
     free(e->moe);
+    free(e->hc_split);
     free(e);
 }
 

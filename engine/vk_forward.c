@@ -116,8 +116,8 @@ static bool texel_readable(const struct fwd *f, const struct vk_span *s)
 /* hc_pre (or hc_head with head) for tokens [t0, t0 + n) into s->a, applying the pending
  * hc_post of the previous sublayer first (only those tokens' streams: the others are not
  * read again in this batch). */
-static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scale, tensor_ref norm, bool head,
-                  uint32_t t0, uint32_t n)
+static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scale, tensor_ref norm,
+                  const struct vk_hc_split *split, bool head, uint32_t t0, uint32_t n)
 {
     struct vk_session *s = f->s;
     const struct model_hparams *hp = f->hp;
@@ -140,20 +140,10 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
     f->post_pending = false;
     const uint32_t width = hp->n_hc * hp->n_embd, n_mix = (2 + hp->n_hc) * hp->n_hc;
     /* Decode: the fused kernel is one workgroup per token, so one core of a CPU driver and
-     * one multiprocessor of a GPU read all of fn (V4: 1.5 MB a site, 86 sites a token).
-     * Instead its K is split into parts, each a workgroup's slice of every row (a GPU: 256
-     * floats a part; a CPU driver: one part per core it is likely to have, 4), as long as
-     * the parts' partial mixes fit the mix buffer; the fused kernel stays where fn does not
-     * split into whole chunks. */
-    uint32_t parts = 1;
-    struct vk_weight fn_w, fn_parts;
-    if (!head && n < VK_MATMUL_TILE) {
-        if (vk_weight_of(f->e, fn, 0, &fn_w, f->err, f->err_len)) return -1;
-        parts = f->e->ops.layout == VK_MATVEC_LANES ? 4 : width / 256;
-        if (parts > VK_BATCH / n) parts = VK_BATCH / n;
-        char why[160];
-        if (parts < 2 || vk_weight_split_k(&fn_w, parts, &fn_parts, why, sizeof why)) parts = 1;
-    }
+     * one multiprocessor of a GPU read all of fn (V4: 1.5 MB a site, 86 sites a token);
+     * where fn splits (split->parts > 1, planned at load) its K slices are workgroups of
+     * their own instead. The head and unsplit sites keep the fused kernel. */
+    const uint32_t parts = !head && n < VK_MATMUL_TILE && split ? split->parts : 1;
     if (head || (n < VK_MATMUL_TILE && parts == 1)) {
         s->weight_bytes_step += fn->nbytes; /* the fused kernel reads all of fn */
         return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
@@ -176,11 +166,11 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
         barrier(f);
     }
     if (parts > 1) { /* decode: mixes [n][parts][n_mix] from the mix buffer's start */
-        struct vk_matvec_args a = { .w = &fn_parts, .x = &s->x, .y = &s->mix, .x_off = t0 * width, .x_tstride = width,
+        struct vk_matvec_args a = { .w = &split->w, .x = &s->x, .y = &s->mix, .x_off = t0 * width, .x_tstride = width,
                                     .x_zstride = width / parts, .x_zdiv = 1, .y_tstride = parts * n_mix, .y_zstride = n_mix,
                                     .n_tok = n, .n_slot = parts, .scale = 1.0f };
         if (vk_op_matvec(s->rec, &f->e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", fn->name);
-        s->weight_bytes_step += fn_w.mat_bytes;
+        s->weight_bytes_step += vk_weight_extent(&split->w);
         after_dispatch(f, VK_KIND_MATVEC);
     } else if (matvec(f, fn, &s->x, width, &s->mix, t0 * n_mix, n_mix, n, t0 * width)) {
         return -1;
@@ -244,7 +234,8 @@ static int attention_layer(struct fwd *f, uint32_t il)
     const uint32_t nt = f->nt, hd = hp->head_dim, H = hp->n_head, ratio = hp->ratio[il];
     const struct vk_span *rope = ratio ? &s->rope_comp : &s->rope_swa;
 
-    if (hc_pre(f, lw->hc_attn_fn, lw->hc_attn_base, lw->hc_attn_scale, lw->attn_norm, false, 0, nt)) return -1;
+    if (hc_pre(f, lw->hc_attn_fn, lw->hc_attn_base, lw->hc_attn_scale, lw->attn_norm, &e->hc_split[il][0], false, 0, nt))
+        return -1;
     barrier(f);
     /* every projection of the normed input a: one dispatch when the weights are fused */
     const struct vk_proj *pj = &e->proj[il];
@@ -402,7 +393,8 @@ static int moe_layer(struct fwd *f, uint32_t il)
     const uint32_t nt = f->nt, K = hp->n_expert_used, F = hp->n_ff_exp, d = hp->n_embd, E = hp->n_expert;
     const uint32_t n_routed = nt * K, mw = mo->width; /* rows of routed experts; mp row width */
 
-    if (hc_pre(f, lw->hc_ffn_fn, lw->hc_ffn_base, lw->hc_ffn_scale, lw->ffn_norm, false, 0, nt)) return -1;
+    if (hc_pre(f, lw->hc_ffn_fn, lw->hc_ffn_base, lw->hc_ffn_scale, lw->ffn_norm, &e->hc_split[il][1], false, 0, nt))
+        return -1;
     barrier(f);
     /* router logits, shared gate, shared up: one row [E | F | F] per token */
     if (mo->proj_fused) {
@@ -558,7 +550,7 @@ static int run_batch(struct vk_session *s, const int32_t *tokens, uint32_t pos0,
         }
     if (first_logit < nt) {
         uint32_t n_out = nt - first_logit;
-        if (hc_pre(&f, m->output_hc_fn, m->output_hc_base, m->output_hc_scale, m->output_norm, true, first_logit, n_out)) {
+        if (hc_pre(&f, m->output_hc_fn, m->output_hc_base, m->output_hc_scale, m->output_norm, NULL, true, first_logit, n_out)) {
             vk_recorder_abort(s->rec);
             return -1;
         }

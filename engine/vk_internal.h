@@ -31,6 +31,14 @@ struct vk_moe {
     uint32_t width;             /* n_expert + 2*n_ff_exp */
 };
 
+/* Decode's hc mixes for one hc site: hc_fn as a K-split view of `parts` slices (see
+ * vk_weight_split_k), so each slice is its own workgroup; parts 1 where fn does not split,
+ * and the fused one-workgroup kernel runs instead. Planned once at load. */
+struct vk_hc_split {
+    struct vk_weight w;
+    uint32_t parts;
+};
+
 struct expert_store;
 
 struct vk_engine {
@@ -52,6 +60,7 @@ struct vk_engine {
     uint64_t weight_bytes;
     struct vk_proj *proj;        /* [n_layer] */
     struct vk_moe *moe;          /* [n_layer] */
+    struct vk_hc_split (*hc_split)[2]; /* [n_layer][attention site, ffn site] */
     uint32_t proj_width_max;
 };
 

@@ -55,6 +55,17 @@ static inline int vk_fixture_put(struct vk_fixture *f, const void *src, uint64_t
     return rc;
 }
 
+/* For tests run with LP_NATIVE_VECTOR_WIDTH set: false (the test failed) when a CPU driver
+ * did not make subgroups of `lanes`, since the test would otherwise rerun the usual width
+ * and pass for nothing; a GPU keeps its own size and passes. */
+static inline bool vk_test_subgroups_as_asked(const struct vk_device *d, uint32_t lanes)
+{
+    if (d->props.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU || d->subgroup_size == lanes) return true;
+    test_fail_at(__FILE__, __LINE__, "the CPU driver made subgroups of %u lanes, not %u (LP_NATIVE_VECTOR_WIDTH=%s)",
+                 d->subgroup_size, lanes, getenv("LP_NATIVE_VECTOR_WIDTH") ? getenv("LP_NATIVE_VECTOR_WIDTH") : "unset");
+    return false;
+}
+
 /* Deterministic uniform floats in [-1, 1). */
 static inline float vk_test_rand(uint64_t *state)
 {
