@@ -10,8 +10,12 @@ CFLAGS_BASE = -std=c11 -Wall -Wextra -Werror -g -D_GNU_SOURCE -pthread -I. -I$(B
 CFLAGS     ?= $(OPT)
 ALL_CFLAGS  = $(CFLAGS_BASE) $(CFLAGS) -MMD -MP
 PKGS        = openssl jansson libpcre2-8 libmicrohttpd libsystemd libdrm liburing vulkan
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# The packages' flags are read from files that the deps step writes after installing them,
+# not computed when make parses this file: on a fresh machine pkg-config and the -dev
+# packages do not exist yet at parse time. Recursive `=` defers the read to each recipe,
+# and every recipe that compiles or links runs after $(DEPS_OK).
+PKG_CFLAGS  = $(shell cat $(BUILD)/pkg.cflags 2>/dev/null)
+PKG_LIBS    = $(shell cat $(BUILD)/pkg.libs 2>/dev/null)
 LDLIBS      = $(PKG_LIBS) -lm -pthread
 
 # Library code: every module folder except the program's entry point.
@@ -49,9 +53,13 @@ help:
 	@echo "TEST=pattern    run only the tests whose name contains pattern"
 
 deps: $(DEPS_OK)
-$(DEPS_OK): scripts/deps.sh
+$(DEPS_OK): scripts/deps.sh Makefile
 	@mkdir -p $(@D)
-	@scripts/deps.sh
+	@sh scripts/deps.sh
+	@pkg-config --cflags $(PKGS) > $(BUILD)/pkg.cflags.tmp
+	@pkg-config --libs $(PKGS) > $(BUILD)/pkg.libs.tmp
+	@mv $(BUILD)/pkg.cflags.tmp $(BUILD)/pkg.cflags
+	@mv $(BUILD)/pkg.libs.tmp $(BUILD)/pkg.libs
 	@touch $@
 
 $(BUILD)/%.o: %.c | $(DEPS_OK)

@@ -34,8 +34,15 @@ echo "request:  POST /v1/chat/completions $request"
 response=$(curl -s --unix-socket "$sock" -H 'Content-Type: application/json' -d "$request" \
     http://localhost/v1/chat/completions)
 echo "response: $response"
-# The answer text alone (the default model has random weights: expect noise, deterministically).
-printf '%s' "$response" | python3 -c 'import json,sys; print("answer:  ", repr(json.load(sys.stdin)["choices"][0]["message"]["content"]))' 2>/dev/null || true
+# The answer text alone, still JSON-escaped (the default model has random weights: expect
+# noise, deterministically). sed, not a JSON tool: a fresh Debian 12 has neither python nor jq.
+answer=$(printf '%s' "$response" | sed -n 's/.*"content":"\(\([^"\\]\|\\.\)*\)".*/\1/p')
+if [ -z "$answer" ] && ! printf '%s' "$response" | grep -q '"content":""'; then
+    echo "no answer in the response; the daemon's log:" >&2
+    cat "$log" >&2
+    exit 1
+fi
+echo "answer:   \"$answer\""
 
 trap - EXIT INT TERM
 kill -TERM "$pid"
