@@ -4,6 +4,7 @@
  * prefetch, next-layer router guesses), so a guess never delays a load somebody waits for;
  * a guess still queued when its layer has chosen is dropped unread. */
 #include "engine/expert_store.h"
+#include "common/safe_open.h"
 #include "engine/errmsg.h"
 
 #include <errno.h>
@@ -374,9 +375,10 @@ int expert_store_open(struct expert_store **out, const struct model *m, const ch
         goto fail;
     }
     s->n_slots = (uint32_t)(n_slots < total ? n_slots : total);
-    s->fd = open(path, O_RDONLY | O_CLOEXEC);
+    s->fd = safe_open(path, O_RDONLY, 0, err, err_len);
     struct stat st;
-    if (s->fd < 0 || fstat(s->fd, &st) != 0) {
+    if (s->fd < 0) goto fail;
+    if (fstat(s->fd, &st) != 0) {
         errf(err, err_len, "%s: %s", path, strerror(errno));
         goto fail;
     }
@@ -389,9 +391,10 @@ int expert_store_open(struct expert_store **out, const struct model *m, const ch
         s->path = avail && s->file_size > avail / 5 * 4 ? ENGINE_EXPERT_READ_DIRECT : ENGINE_EXPERT_READ_PAGECACHE;
     }
     if (s->path == ENGINE_EXPERT_READ_DIRECT) {
-        s->fd_direct = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+        char derr[256];
+        s->fd_direct = safe_open(path, O_RDONLY | O_DIRECT, 0, derr, sizeof derr);
         if (s->fd_direct < 0) {
-            errf(err, err_len, "%s: direct reads (O_DIRECT) not possible here: %s", path, strerror(errno));
+            errf(err, err_len, "direct reads (O_DIRECT) not possible here: %s", derr);
             goto fail;
         }
         uint64_t most = 0;

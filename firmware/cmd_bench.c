@@ -3,6 +3,7 @@
  * one), weight bytes read per decoded token and the bandwidth that achieves, against the
  * device's copy bandwidth measured here. Prints a table, then one JSON line. */
 #include "engine/engine.h"
+#include "common/safe_open.h"
 #include "firmware/backend_pick.h"
 #include "firmware/commands.h"
 
@@ -49,8 +50,8 @@ static void usage(FILE *out)
  * requests (falls back to buffered reads where O_DIRECT is refused). Bytes per second. */
 static double storage_read_bandwidth(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
-    if (fd < 0) fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = safe_open(path, O_RDONLY | O_DIRECT, 0, NULL, 0);
+    if (fd < 0) fd = safe_open(path, O_RDONLY, 0, NULL, 0);
     if (fd < 0) return 0;
     const size_t chunk = 4u << 20;
     void *buf = NULL;
@@ -75,7 +76,7 @@ static double storage_read_bandwidth(const char *path)
 /* Drops the file's clean pages so the next reads come from storage. */
 static void drop_file_pages(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = safe_open(path, O_RDONLY, 0, NULL, 0);
     if (fd < 0) return;
     fdatasync(fd);
     posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);

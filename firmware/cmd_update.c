@@ -235,7 +235,7 @@ int cmd_update(int argc, char **argv)
     }
     char err[1024];
     struct update_bundle_info info;
-    struct update_hooks hooks = { update_progress_tty, selftest_run, &so };
+    struct update_hooks hooks = { .progress = update_progress_tty, .selftest = selftest_run, .user = &so };
     int needs_arg = !strcmp(sub, "verify") || !strcmp(sub, "install") || !strcmp(sub, "verify-slot");
     if (needs_arg != (arg != NULL)) {
         fprintf(stderr, "flashbox update %s: %s\n", sub, needs_arg ? "takes one argument" : "takes no argument");

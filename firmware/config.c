@@ -2,12 +2,14 @@
  * One table lists every setting once (section, key, type, range, help), so the parser, the
  * printer and the documentation cannot drift apart. */
 #include "firmware/config.h"
+#include "common/safe_open.h"
 
 #include "engine/errmsg.h"
 #include "update/update.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +59,7 @@ static const struct cfg_entry entries[] = {
     { "update", "data_dir", CFG_STR, F(update_data_dir), 0, 0, "signed-update slot store (e.g. /var/lib/flashbox): serve its active slot with the boot protocol; empty = serve model.path" },
     { "update", "keys_dir", CFG_STR, F(update_keys_dir), 0, 0, "trusted public keys of the slot store" },
     { "update", "product", CFG_STR, F(update_product), 0, 0, "this box's product id" },
+    { "update", "operation_timeout_s", CFG_U32, F(update_operation_timeout_s), 1, 86400, "an install or rollback through the admin socket is cancelled (the store left as a crash would) when it runs longer than this" },
     { "update", "reload_grace_s", CFG_U32, F(update_reload_grace_s), 0, 3600, "after an install or rollback through the admin socket: time in-flight requests get to finish on the old model" },
     { "update", "max_boot_attempts", CFG_U32, F(update_max_boot_attempts), 1, 100, "failed starts of a new slot before falling back to the other" },
     { "audit", "log", CFG_STR, F(audit_log), 0, 0, "audit log: stderr (journald) or a file path, JSON lines" },
@@ -106,6 +109,7 @@ void config_default(struct serve_config *c)
     snprintf(c->update_product, sizeof c->update_product, "%s", uc.product);
     c->update_max_boot_attempts = uc.max_boot_attempts;
     c->update_reload_grace_s = 30;
+    c->update_operation_timeout_s = 3600;
 }
 
 static int parse_u64(const char *v, int base, uint64_t *out)
@@ -225,8 +229,13 @@ int config_parse(struct serve_config *c, const char *text, size_t len, const cha
 
 int config_load_file(struct serve_config *c, const char *path, char *err, size_t err_len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return errf(err, err_len, "%s: %s", path, strerror(errno));
+    int fd = safe_open(path, O_RDONLY, 0, err, err_len);
+    if (fd < 0) return -1;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return errf(err, err_len, "%s: %s", path, strerror(errno));
+    }
     enum { CAP = 256 * 1024 };
     char *buf = malloc(CAP + 1);
     if (!buf) {

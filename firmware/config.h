@@ -50,6 +50,7 @@ struct serve_config {
     char update_product[64];
     uint32_t update_max_boot_attempts;
     uint32_t update_reload_grace_s; /* hot reload: time in-flight requests get to finish */
+    uint32_t update_operation_timeout_s; /* admin install/rollback deadline */
     /* [audit] */
     char audit_log[CONFIG_PATH_MAX]; /* "stderr" or a file path (appended) */
     bool log_prompts;

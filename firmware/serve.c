@@ -12,7 +12,14 @@
  * the model and the slot; update_boot_ready() after READY=1 ends the trial. Model updates
  * never come through the API socket: the admin socket (server.admin_socket, mode 0600,
  * admin.c) installs or rolls back and then hot-reloads the new active slot (reload.c)
- * while the API socket stays open. SIGTERM first lets an update in progress finish. */
+ * while the API socket stays open.
+ *
+ * SIGTERM always ends the process within shutdown_grace_s plus a small bound: an update in
+ * progress and in-flight requests share the grace period; then the update is cancelled at
+ * its next cancellation point (ADMIN_CANCEL_BOUND_MS more) and requests are cut off. What
+ * still does not return (a read from a stalled mount, a model load) is left behind: the
+ * process exits without freeing what it may touch, which leaves the slot store as a
+ * kill -9 there would (every install step is crash-safe). */
 #include "engine/engine.h"
 #include "engine/errmsg.h"
 #include "firmware/admin.h"
@@ -39,6 +46,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 static void usage(FILE *out)
@@ -387,7 +395,7 @@ int cmd_serve(int argc, char **argv)
         if (update_boot_begin(&uc, &boot, err, sizeof err)) {
             fprintf(stderr, "flashbox serve: update boot: %s\n", err);
             audit_event("boot_failed", NULL, cfg.slot, err);
-            admin_stop(admin);
+            admin_stop(admin, 0);
             if (admin) unlink(cfg.admin_socket);
             api_quiesce(&api);
             api_stop(&api, 2000);
@@ -453,28 +461,46 @@ int cmd_serve(int argc, char **argv)
     }
 
     sd_notify(0, "STOPPING=1");
+    struct serve_config live;
+    pthread_mutex_lock(&api.lock);
+    live = api.cfg;
+    pthread_mutex_unlock(&api.lock);
+    uint32_t grace_ms = live.shutdown_grace_s * 1000;
+    struct timespec t_stop;
+    clock_gettime(CLOCK_MONOTONIC, &t_stop);
     /* First the admin socket: an update in progress ends (and its reload runs) before the
-     * scheduler is torn down under it. */
+     * scheduler is torn down under it; past the grace period it is cancelled. */
+    int left_behind = 0;
     if (admin) {
-        admin_stop(admin);
+        if (admin_stop(admin, grace_ms)) {
+            fprintf(stderr, "flashbox serve: the update operation did not end after it was cancelled; exiting without "
+                            "it (the slot store is left as a crash at that point would leave it)\n");
+            audit_event("update_abandoned", NULL, cfg.slot, "did not end within shutdown_grace_s after SIGTERM");
+            left_behind = 1;
+        }
         unlink(cfg.admin_socket);
     }
     if (atomic_load(&api.state) != API_FAILED) atomic_store(&api.state, API_STOPPING);
     api_quiesce(&api);
     if (!activated) unlink(cfg.socket_path); /* an activated socket is systemd's to remove */
-    if (!loaded) { /* a signal during loading: let the load end, then tear down */
-        pthread_join(ld->thread, NULL);
-        loaded = 1;
+    if (!loaded) { /* a signal during loading: the load gets the grace period, then is left behind */
+        for (uint32_t waited = 0; !ld->done && waited < grace_ms + ADMIN_CANCEL_BOUND_MS; waited += 50) usleep(50000);
+        if (ld->done) {
+            pthread_join(ld->thread, NULL);
+            loaded = 1;
+        } else {
+            fprintf(stderr, "flashbox serve: the model load did not end within the grace period; exiting without it\n");
+            left_behind = 1;
+        }
     }
     int cancelled = 0;
-    if (ld->sched) {
-        struct serve_config live;
-        pthread_mutex_lock(&api.lock);
-        live = api.cfg;
-        pthread_mutex_unlock(&api.lock);
-        cancelled = scheduler_drain(ld->sched, live.shutdown_grace_s * 1000);
+    if (loaded && ld->sched) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        uint64_t spent = (uint64_t)(now.tv_sec - t_stop.tv_sec) * 1000u + (uint64_t)(now.tv_nsec - t_stop.tv_nsec) / 1000000;
+        cancelled = scheduler_drain(ld->sched, spent < grace_ms ? grace_ms - (uint32_t)spent : 0);
     }
-    int stuck = api_stop(&api, 2000);
+    int stuck = api_stop(&api, 2000) || left_behind;
     if (!stuck) {
         scheduler_destroy(ld->sched);
         if (host_ready) model_host_close(&host); /* the model served last, after any hot reload */
@@ -482,7 +508,8 @@ int cmd_serve(int argc, char **argv)
     } else {
         /* A client stopped reading and holds its connection thread; it may still touch
          * the scheduler, so nothing is freed: the process exits now. */
-        fprintf(stderr, "flashbox serve: a stalled connection did not close; exiting without waiting for it\n");
+        if (!left_behind)
+            fprintf(stderr, "flashbox serve: a stalled connection did not close; exiting without waiting for it\n");
     }
     char detail[64];
     snprintf(detail, sizeof detail, "%d requests cancelled at shutdown", cancelled);
