@@ -20,6 +20,11 @@
 struct engine;
 struct session;
 
+/* Every error message of a step that failed because the GPU is gone (VK_ERROR_DEVICE_LOST,
+ * or a fence that did not signal within the timeout) contains this. The engine is
+ * unusable from then on: close it and open the model again. */
+#define ENGINE_ERR_DEVICE_LOST "GPU device lost"
+
 enum engine_backend {
     ENGINE_BACKEND_REF = 0,     /* CPU reference: slow, obvious, the oracle */
     ENGINE_BACKEND_VULKAN = 1,

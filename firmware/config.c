@@ -44,6 +44,7 @@ static const struct cfg_entry entries[] = {
     { "server", "slots", CFG_U32, F(slots), 1, 256, "conversations decoded together (one session each)" },
     { "server", "queue_depth", CFG_U32, F(queue_depth), 0, 65536, "requests waiting for a slot; one more is answered 429" },
     { "server", "request_deadline_s", CFG_U32, F(request_deadline_s), 1, 86400, "wall time a generation request may take (queue + run)" },
+    { "server", "device_recover_tries", CFG_U32, F(device_recover_tries), 0, 100, "after a GPU device loss: times the backend is reopened before the daemon stays degraded (0 = never)" },
     { "server", "shutdown_grace_s", CFG_U32, F(shutdown_grace_s), 0, 3600, "SIGTERM: time in-flight requests get to finish before they are cancelled" },
     { "server", "sse_ping_s", CFG_U32, F(sse_ping_s), 1, 3600, "SSE keep-alive comment interval while a stream waits" },
     { "limits", "max_body_bytes", CFG_U64, F(max_body_bytes), 64, 1u << 30, "request body cap (413 above)" },
@@ -110,6 +111,7 @@ void config_default(struct serve_config *c)
     c->update_max_boot_attempts = uc.max_boot_attempts;
     c->update_reload_grace_s = 30;
     c->update_operation_timeout_s = 3600;
+    c->device_recover_tries = 3;
 }
 
 static int parse_u64(const char *v, int base, uint64_t *out)

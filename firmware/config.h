@@ -30,6 +30,7 @@ struct serve_config {
     uint32_t queue_depth;         /* requests waiting for a slot before 429 */
     uint32_t request_deadline_s;  /* wall time per generation request */
     uint32_t shutdown_grace_s;    /* SIGTERM: time in-flight work gets to finish */
+    uint32_t device_recover_tries; /* GPU lost: reopen attempts before staying degraded */
     uint32_t sse_ping_s;          /* SSE comment keep-alive while nothing is produced */
     /* [limits] */
     uint64_t max_body_bytes;

@@ -233,6 +233,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
     *req_cls = NULL;
 }
 
+static bool is_device_lost(const char *engine_err)
+{
+    return strstr(engine_err, ENGINE_ERR_DEVICE_LOST) != NULL;
+}
+
 /* ---- simple routes ---- */
 
 static const char *state_word(struct api *a, int *http_status)
@@ -488,17 +493,20 @@ static int sse_produce(struct req *r)
         if (j->finish != JOB_RUNNING) {
             enum job_finish f = j->finish;
             uint32_t n_out = j->n_out;
+            bool lost = f == JOB_ERROR && is_device_lost(j->error);
+            char lost_msg[sizeof j->error];
+            memcpy(lost_msg, j->error, sizeof lost_msg);
             pthread_mutex_unlock(&j->lock);
             r->tokens_out = n_out;
             r->finish = job_finish_name(f);
             if (f == JOB_STOP || f == JOB_LENGTH) {
                 out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 0, openai_finish(f), 0)));
             } else {
-                const char *msg = f == JOB_ERROR ? "generation failed" : f == JOB_DEADLINE ? "request deadline passed"
+                const char *msg = lost ? lost_msg : f == JOB_ERROR ? "generation failed" : f == JOB_DEADLINE ? "request deadline passed"
                                 : f == JOB_SHUTDOWN ? "the server is shutting down"
                                 : f == JOB_RELOAD ? "cancelled while the model was replaced; retry" : "cancelled";
                 out_event(r, json_pack("{s:{s:s,s:s,s:s}}", "error", "message", msg, "type", "server_error", "code",
-                                       job_finish_name(f)));
+                                       lost ? "device_lost" : job_finish_name(f)));
             }
             if (r->job->req.include_usage) {
                 json_t *o = chunk_json(r, NULL);
@@ -556,6 +564,7 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     uint32_t n_out = j->n_out;
     char why[sizeof j->error + 64];
     snprintf(why, sizeof why, "the engine failed during generation: %s", j->error);
+    bool lost = f == JOB_ERROR && is_device_lost(j->error);
     if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
     /* Thinking mode: the reasoning (all of the text if it never ended) is separate. */
     size_t split = !j->thinking ? 0 : j->reasoning_known && j->reasoning_end < j->text_len ? j->reasoning_end : j->text_len;
@@ -564,6 +573,11 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     pthread_mutex_unlock(&j->lock);
     r->tokens_out = n_out;
     r->finish = job_finish_name(f);
+    if (lost) {
+        /* Not this request's fault and not for good: the daemon reopens the backend. */
+        json_decref(text);
+        return send_error(c, r, 503, "device_lost", why);
+    }
     if (f == JOB_ERROR) {
         json_decref(text);
         return send_error(c, r, 500, "generation_failed", why);

@@ -39,6 +39,7 @@
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,6 +240,51 @@ out:
     return NULL;
 }
 
+/* ---- GPU device loss: the backend is reopened on its own thread (reload.c) ---- */
+
+struct recovery {
+    struct model_host *host;
+    uint32_t tries;
+    char why[200];
+    atomic_int running;         /* the thread runs model_host_recover */
+    atomic_int gave_up;         /* the last recovery failed every try: stay degraded */
+    bool joinable;
+    pthread_t thread;
+};
+
+static void *recovery_main(void *arg)
+{
+    struct recovery *r = arg;
+    if (model_host_recover(r->host, r->why, r->tries)) atomic_store(&r->gave_up, 1);
+    atomic_store(&r->running, 0);
+    return NULL;
+}
+
+/* Called from the main loop's tick: starts a recovery when a step reported the device
+ * lost and none runs (nor gave up on this loss already). */
+static void recovery_poll(struct recovery *r, struct scheduler *sched)
+{
+    if (atomic_load(&r->running)) return;
+    if (r->joinable) {
+        pthread_join(r->thread, NULL);
+        r->joinable = false;
+    }
+    struct sched_stats ss;
+    scheduler_stats(sched, &ss);
+    if (!ss.device_lost) {
+        atomic_store(&r->gave_up, 0);
+        return;
+    }
+    if (atomic_load(&r->gave_up)) return;
+    snprintf(r->why, sizeof r->why, "%s", ss.device_lost_why);
+    atomic_store(&r->running, 1);
+    if (pthread_create(&r->thread, NULL, recovery_main, r)) {
+        atomic_store(&r->running, 0);
+        return;
+    }
+    r->joinable = true;
+}
+
 static void audit_event(const char *event, const char *model, const char *slot, const char *detail)
 {
     struct audit_record ar = { .event = event, .model = model, .slot = slot, .detail = detail };
@@ -419,6 +465,9 @@ int cmd_serve(int argc, char **argv)
     if (!ld) return 1;
     ld->cfg = cfg;
     int exit_code = 0, stopping = 0, loaded = 0;
+    static struct recovery rec;
+    rec.host = &host;
+    rec.tries = cfg.device_recover_tries;
     if (pthread_create(&ld->thread, NULL, loader_main, ld)) {
         fprintf(stderr, "flashbox serve: cannot start the loader thread\n");
         exit_code = 1;
@@ -451,6 +500,7 @@ int cmd_serve(int argc, char **argv)
             fprintf(stderr, "flashbox serve: ready (%s, %u slots)%s%s\n", ld->model.model_id, cfg.slots,
                     admin ? "; update admin socket " : "", admin ? cfg.admin_socket : "");
         }
+        if (host_ready) recovery_poll(&rec, ld->sched);
         if (sig == SIGHUP) {
             sd_notify(0, "RELOADING=1");
             reload(&api, argc, argv);
@@ -493,6 +543,15 @@ int cmd_serve(int argc, char **argv)
             left_behind = 1;
         }
     }
+    if (atomic_load(&rec.running)) { /* a backend reopen in progress gets the grace period too */
+        for (uint32_t waited = 0; atomic_load(&rec.running) && waited < grace_ms + ADMIN_CANCEL_BOUND_MS; waited += 50)
+            usleep(50000);
+        if (atomic_load(&rec.running)) {
+            fprintf(stderr, "flashbox serve: the GPU backend reopen did not end within the grace period; exiting without it\n");
+            left_behind = 1;
+        }
+    }
+    if (rec.joinable && !atomic_load(&rec.running)) pthread_join(rec.thread, NULL);
     int cancelled = 0;
     if (loaded && ld->sched) {
         struct timespec now;
