@@ -47,6 +47,9 @@ struct engine_options {
     uint64_t expert_cache_mb;   /* 0: every expert resident; else page experts through a cache of this size */
     enum engine_expert_read expert_read;
     bool expert_no_prefetch;    /* disable speculative loads (to measure what prefetch hides) */
+    bool expert_verify;         /* paged experts: checksum every expert at open (one pass over them)
+                                   and check each load against it, so a storage fault or a file
+                                   changed on disk fails the request instead of serving wrong weights */
 };
 
 enum engine_expert_kind { ENGINE_EXPERT_HASH = 0, ENGINE_EXPERT_LEARNED = 1 };

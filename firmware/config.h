@@ -18,6 +18,7 @@ struct serve_config {
     char slot[16];                /* active update slot label reported in health/audit */
     uint32_t n_ctx;               /* positions per session; 0 = model's, capped by engine */
     uint64_t expert_cache_mb;     /* 0 = every expert resident; else page experts through this cache */
+    bool expert_verify;           /* paged experts checked against checksums taken at load */
     /* [server] */
     char socket_path[CONFIG_PATH_MAX];
     char socket_group[64];        /* group owning the socket; empty = daemon's group */

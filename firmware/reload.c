@@ -27,6 +27,7 @@ int served_model_open(struct served_model *m, const struct serve_config *cfg, co
     engine_options_default(&eo);
     eo.model_path = model_path;
     eo.expert_cache_mb = cfg->expert_cache_mb;
+    eo.expert_verify = cfg->expert_verify;
     if (engine_backend_parse(cfg->backend, &eo.backend) != 0)
         return errf(err, err_len, "model.backend: '%s', expected auto, ref or vulkan", cfg->backend);
     backend_resolve(&eo);

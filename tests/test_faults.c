@@ -1,9 +1,10 @@
 /* Faults around the appliance (issue 21): paths that are not regular files are refused at
  * once (safe_open and every user-named file behind it); a lost or wedged GPU (Vulkan fault
  * injection on lavapipe) fails the step with a clear error and a reopened backend answers
- * as before. The daemon-level fault tests live in test_serve_admin.c. */
+ * as before; expert reads that fail or return other bytes fail the step, never the answer. The daemon-level fault tests live in test_serve_admin.c. */
 #include "common/safe_open.h"
 #include "engine/engine.h"
+#include "engine/expert_store.h"
 #include "engine/vk_device.h"
 #include "firmware/config.h"
 #include "tests/harness.h"
@@ -301,4 +302,63 @@ TEST(serve_gpu_loss_stays_degraded_when_reopen_fails)
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", GPU_REQ, &out, NULL), 503);
     free(out);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
+}
+
+/* ---- storage faults in expert paging ---- */
+
+static int open_paged(struct engine **e, const char *path, bool verify, char *err, size_t err_len)
+{
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_path = path;
+    o.backend = ENGINE_BACKEND_REF;
+    o.expert_cache_mb = 1; /* a few experts at a time: every step reads experts from the file */
+    o.expert_verify = verify;
+    return engine_open(e, &o, err, err_len);
+}
+
+TEST(expert_read_faults_fail_the_step_and_never_serve_wrong_weights)
+{
+    char path[600], err[512];
+    snprintf(path, sizeof path, "%s/tiny.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    REQUIRE(mkmodel_write(&c, path, err, sizeof err) == 0);
+    struct engine *e;
+    REQUIRE(open_paged(&e, path, true, err, sizeof err) == 0);
+    struct engine_info info;
+    engine_get_info(e, &info);
+    size_t n = (size_t)FAULT_N_TOK * info.n_vocab;
+    float *good = malloc(n * sizeof *good), *again = malloc(n * sizeof *again);
+    REQUIRE(good && again);
+    REQUIRE(eval_tokens(e, good, info.n_vocab, err, sizeof err) == 0);
+
+    /* EIO, a short read, a changed byte: each fails the step with what happened, and the
+     * store serves the next request from the file as before (bit for bit). */
+    static const struct { const char *spec, *want; } cases[] = {
+        { "eio:2", "Input/output error" },
+        { "short:1", "end of file" },
+        { "flip:3", "differ from the ones checksummed at load" },
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        expert_store_fault_configure(cases[k].spec);
+        CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), -1);
+        CHECK(strstr(err, cases[k].want) != NULL && strstr(err, "expert") != NULL);
+        if (test_failed()) fprintf(stderr, "%s: %s\n", cases[k].spec, err);
+        expert_store_fault_configure("");
+        CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), 0);
+        CHECK(memcmp(good, again, n * sizeof *good) == 0);
+    }
+    engine_close(e);
+
+    /* Without expert_verify the changed byte goes unnoticed: the answer differs. (This is
+     * what the checksum is for; the test shows the injection really corrupts.) */
+    REQUIRE(open_paged(&e, path, false, err, sizeof err) == 0);
+    expert_store_fault_configure("flip:1+");
+    CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), 0);
+    CHECK(memcmp(good, again, n * sizeof *good) != 0);
+    expert_store_fault_configure("");
+    engine_close(e);
+    free(good);
+    free(again);
 }
