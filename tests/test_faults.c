@@ -131,6 +131,18 @@ TEST(update_verify_of_a_fifo_returns_at_once_with_a_clear_error)
 
 enum { FAULT_N_TOK = 5 };
 
+/* The default tiny model at <tmpdir>/tiny.gguf; its path into path. */
+static int write_tiny(char *path, size_t path_len)
+{
+    char err[512];
+    snprintf(path, path_len, "%s/tiny.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    if (mkmodel_write(&c, path, err, sizeof err) == 0) return 0;
+    test_fail_at(__FILE__, __LINE__, "mkmodel: %s", err);
+    return -1;
+}
+
 static int open_vk(struct engine **e, const char *path, char *err, size_t err_len)
 {
     struct engine_options o;
@@ -158,10 +170,7 @@ static int eval_tokens(struct engine *e, float *logits, uint32_t n_vocab, char *
 TEST(vk_device_loss_fails_the_step_and_a_reopened_backend_answers_the_same)
 {
     char path[600], err[512];
-    snprintf(path, sizeof path, "%s/tiny.gguf", test_tmpdir());
-    struct mkmodel_config c;
-    mkmodel_defaults(&c);
-    REQUIRE(mkmodel_write(&c, path, err, sizeof err) == 0);
+    REQUIRE(write_tiny(path, sizeof path) == 0);
     struct engine *e;
     REQUIRE(open_vk(&e, path, err, sizeof err) == 0);
     struct engine_info info;
@@ -207,11 +216,8 @@ TEST(vk_device_loss_fails_the_step_and_a_reopened_backend_answers_the_same)
 
 TEST(vk_fault_switch_in_the_environment_fails_a_run_with_a_clear_error)
 {
-    char path[600], err[512], out[8192], cmd[2048];
-    snprintf(path, sizeof path, "%s/tiny.gguf", test_tmpdir());
-    struct mkmodel_config c;
-    mkmodel_defaults(&c);
-    REQUIRE(mkmodel_write(&c, path, err, sizeof err) == 0);
+    char path[600], out[8192], cmd[2048];
+    REQUIRE(write_tiny(path, sizeof path) == 0);
     snprintf(cmd, sizeof cmd, "FLASHBOX_VK_FAULT=submit:1+ timeout 120 %s logits -m %s --backend vulkan --tokens 1,2 --top 1 2>&1",
              test_flashbox_bin(), path);
     int rc = test_run_cmd(cmd, out, sizeof out);
@@ -320,10 +326,7 @@ static int open_paged(struct engine **e, const char *path, bool verify, char *er
 TEST(expert_read_faults_fail_the_step_and_never_serve_wrong_weights)
 {
     char path[600], err[512];
-    snprintf(path, sizeof path, "%s/tiny.gguf", test_tmpdir());
-    struct mkmodel_config c;
-    mkmodel_defaults(&c);
-    REQUIRE(mkmodel_write(&c, path, err, sizeof err) == 0);
+    REQUIRE(write_tiny(path, sizeof path) == 0);
     struct engine *e;
     REQUIRE(open_paged(&e, path, true, err, sizeof err) == 0);
     struct engine_info info;
