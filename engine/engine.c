@@ -3,6 +3,7 @@
 #include "engine/backend.h"
 #include "engine/errmsg.h"
 #include "engine/model.h"
+#include "engine/session_state.h"
 #include "engine/tokenizer.h"
 
 #include <stdlib.h>
@@ -152,6 +153,55 @@ int session_eval(struct session *s, const int32_t *tokens, uint32_t n, float *lo
         return errf(err, err_len, "context full: %u tokens at position %u exceed the session's %u", n, s->pos, s->n_ctx);
     if (s->e->ops->eval(s->e->backend_ctx, s->state, tokens, n, logits, all_logits, err, err_len)) return -1;
     s->pos += n;
+    return 0;
+}
+
+uint64_t session_state_bytes(const struct session *s, uint32_t pos)
+{
+    return SESSION_STATE_HEADER_U32 * 4 + session_state_floats(&s->e->model->hp, pos) * 4;
+}
+
+/* The header's fields after the magic: version, pos, then the shape the layout depends on. */
+static void state_header(const struct model_hparams *hp, uint32_t pos, uint32_t h[SESSION_STATE_HEADER_U32])
+{
+    const uint32_t v[SESSION_STATE_HEADER_U32] = { SESSION_STATE_MAGIC, SESSION_STATE_VERSION, pos, hp->n_layer,
+                                                   hp->window, hp->head_dim, hp->ix_dim, hp->n_embd };
+    memcpy(h, v, sizeof v);
+}
+
+int session_state_save(struct session *s, void *buf, uint64_t len, char *err, size_t err_len)
+{
+    const uint64_t need = session_state_bytes(s, s->pos);
+    if (!s->e->ops->state_save) return errf(err, err_len, "backend %s: no session state", s->e->ops->name);
+    if (len < need)
+        return errf(err, err_len, "session state at position %u: %llu bytes, buffer holds %llu", s->pos,
+                    (unsigned long long)need, (unsigned long long)len);
+    uint32_t h[SESSION_STATE_HEADER_U32];
+    state_header(&s->e->model->hp, s->pos, h);
+    memcpy(buf, h, sizeof h);
+    return s->e->ops->state_save(s->state, (float *)((uint8_t *)buf + sizeof h), err, err_len);
+}
+
+int session_state_load(struct session *s, const void *buf, uint64_t len, char *err, size_t err_len)
+{
+    const struct model_hparams *hp = &s->e->model->hp;
+    uint32_t h[SESSION_STATE_HEADER_U32], want[SESSION_STATE_HEADER_U32];
+    if (!s->e->ops->state_load) return errf(err, err_len, "backend %s: no session state", s->e->ops->name);
+    if (len < sizeof h) return errf(err, err_len, "session state: %llu bytes, shorter than its header", (unsigned long long)len);
+    memcpy(h, buf, sizeof h);
+    state_header(hp, h[2], want);
+    for (int i = 0; i < SESSION_STATE_HEADER_U32; i++)
+        if (h[i] != want[i])
+            return errf(err, err_len, "session state: header word %d is %u, this model expects %u", i, h[i], want[i]);
+    if (h[2] > s->n_ctx) return errf(err, err_len, "session state at position %u: the session holds %u", h[2], s->n_ctx);
+    if (len != session_state_bytes(s, h[2]))
+        return errf(err, err_len, "session state at position %u: %llu bytes, expected %llu", h[2], (unsigned long long)len,
+                    (unsigned long long)session_state_bytes(s, h[2]));
+    if (s->e->ops->state_load(s->state, h[2], (const float *)((const uint8_t *)buf + sizeof h), err, err_len)) {
+        session_reset(s);
+        return -1;
+    }
+    s->pos = h[2];
     return 0;
 }
 

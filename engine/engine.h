@@ -103,6 +103,19 @@ uint32_t session_n_ctx(const struct session *s);
 int session_eval(struct session *s, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
                  char *err, size_t err_len);
 
+/* A session's state at its position (window rows, compressed entries, compressor and
+ * indexer state), in a layout that does not depend on the backend: state saved from one
+ * backend's session loads into a session of either backend on the same model, and
+ * evaluation then continues exactly as it would have (prefix reuse). Bytes of the saved
+ * state at position pos: */
+uint64_t session_state_bytes(const struct session *s, uint32_t pos);
+/* Writes the state at the session's position into buf[len] (len >= session_state_bytes). */
+int session_state_save(struct session *s, void *buf, uint64_t len, char *err, size_t err_len);
+/* Replaces the session's state by buf[len] (from session_state_save on the same model);
+ * the session's position becomes the saved one. A buffer that does not fit is refused
+ * with the session unchanged; a backend failure midway resets it. */
+int session_state_load(struct session *s, const void *buf, uint64_t len, char *err, size_t err_len);
+
 /* GPU time per kernel kind, for benchmarks (Vulkan backend; others report n_kinds = 0).
  * session_profile(s, true) clears the counters and times every later dispatch (slower);
  * session_profile(s, false) stops timing. */

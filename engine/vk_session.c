@@ -10,6 +10,7 @@
 
 #include "engine/errmsg.h"
 #include "engine/ref_ops.h"
+#include "engine/session_state.h"
 
 static uint32_t max_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
 
@@ -19,23 +20,31 @@ static int alloc_f(struct vk_session *s, struct vk_arena *a, struct vk_span *sp,
     return vk_arena_alloc(a, (n_floats ? n_floats : 1) * 4, 256, sp, err, err_len);
 }
 
-/* cos/sin of pos * freq for every position: [n_ctx][rope_dim/2][2]. */
+void vk_rope_fill(const double *freqs, uint32_t half, uint32_t rows, float *tab)
+{
+    for (uint32_t r = 0; r < rows; r++) {
+        const uint64_t p = r < ABI_ROPE_LO_ROWS ? r : (uint64_t)(r - ABI_ROPE_LO_ROWS) * ABI_ROPE_LO_ROWS;
+        for (uint32_t i = 0; i < half; i++) {
+            double ang = (double)p * freqs[i];
+            tab[((uint64_t)r * half + i) * 2] = (float)cos(ang);
+            tab[((uint64_t)r * half + i) * 2 + 1] = (float)sin(ang);
+        }
+    }
+}
+
+/* The factored cos/sin table of pos * freq (abi.h, ABI_ROPE_LO_ROWS): rows for positions
+ * 0..LO_ROWS-1, then rows for h * LO_ROWS up to n_ctx; [rows][rope_dim/2][2]. */
 static int rope_table(struct vk_session *s, bool compressed, struct vk_span *out, char *err, size_t err_len)
 {
     const struct model_hparams *hp = &s->e->m->hp;
-    const uint32_t half = hp->rope_dim / 2;
-    uint64_t n = (uint64_t)s->n_ctx * half * 2;
+    const uint32_t half = hp->rope_dim / 2, rows = vk_rope_rows(s->n_ctx);
+    uint64_t n = (uint64_t)rows * half * 2;
     double freqs[256];
     if (half > 256) return errf(err, err_len, "rope_dim %u: at most 512", hp->rope_dim);
     ref_rope_freqs(hp, compressed, freqs);
     float *tab = malloc(n * sizeof *tab);
     if (!tab) return errf(err, err_len, "out of memory");
-    for (uint32_t p = 0; p < s->n_ctx; p++)
-        for (uint32_t i = 0; i < half; i++) {
-            double ang = (double)p * freqs[i];
-            tab[((uint64_t)p * half + i) * 2] = (float)cos(ang);
-            tab[((uint64_t)p * half + i) * 2 + 1] = (float)sin(ang);
-        }
+    vk_rope_fill(freqs, half, rows, tab);
     int rc = alloc_f(s, s->arena, out, n, err, err_len) || vk_span_upload(s->e->d, out, 0, tab, n * 4, err, err_len);
     free(tab);
     return rc ? -1 : 0;
@@ -75,18 +84,12 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
     struct vk_engine *e = ctx;
     const struct model_hparams *hp = &m->hp;
     *state = NULL;
-    for (uint32_t il = 0; il < hp->n_layer; il++) {
-        uint32_t r = hp->ratio[il];
-        uint64_t keys = (uint64_t)hp->window + (r == 4 ? hp->ix_topk : r ? n_ctx / r : 0);
-        if (keys > ABI_ATTN_MAX_KEYS)
-            return errf(err, err_len, "vulkan: a %u-position session needs %llu attention keys in layer %u (ratio %u); "
-                        "the attention kernel holds %d", n_ctx, (unsigned long long)keys, il, r, ABI_ATTN_MAX_KEYS);
-    }
     struct vk_session *s = calloc(1, sizeof *s);
     if (!s) return errf(err, err_len, "out of memory");
     s->e = e;
     s->n_ctx = n_ctx;
     s->ring_len = hp->window + VK_BATCH;
+    s->ix_rows = vk_indexer_rows(n_ctx);
     s->needs_reset = true;
     s->prof = &s->profile;
     s->pinned_layer = -1;
@@ -114,11 +117,11 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
         if (alloc_f(s, s->arena, &ls->ring, (uint64_t)s->ring_len * hd, err, err_len)) goto fail;
         if (r) {
             uint32_t coff = r == 4 ? 2 : 1, rows = r == 4 ? 8 : r;
-            if (alloc_f(s, s->arena, &ls->comp, (uint64_t)(n_ctx / r + 1) * hd, err, err_len) ||
+            if (alloc_f(s, s->arena, &ls->comp, (uint64_t)(n_ctx / r) * hd, err, err_len) ||
                 alloc_f(s, s->arena, &ls->kvc, 2ull * rows * coff * hd, err, err_len))
                 goto fail;
         }
-        if (r == 4 && (alloc_f(s, s->arena, &ls->ix_keys, (uint64_t)(n_ctx / 4 + 1) * hp->ix_dim, err, err_len) ||
+        if (r == 4 && (alloc_f(s, s->arena, &ls->ix_keys, (uint64_t)(n_ctx / 4) * hp->ix_dim, err, err_len) ||
                        alloc_f(s, s->arena, &ls->ixc, 2ull * 8 * 2 * hp->ix_dim, err, err_len)))
             goto fail;
     }
@@ -131,7 +134,7 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
         { &s->o, (uint64_t)B * hp->n_head * hd }, { &s->z, (uint64_t)B * hp->o_groups * hp->o_rank },
         { &s->f, (uint64_t)B * hp->n_embd },
         { &s->ixq, (uint64_t)B * ixh * ixd },
-        { &s->ixs, (uint64_t)B * (n_ctx / 4 + 1) }, { &s->sel, (uint64_t)B * max_u32(hp->ix_topk, 1) },
+        { &s->ixs, (uint64_t)s->ix_rows * (n_ctx / 4 + 1) }, { &s->sel, (uint64_t)B * max_u32(hp->ix_topk, 1) },
         { &s->mp, (uint64_t)B * (hp->n_expert + 2 * hp->n_ff_exp) }, { &s->ids, (uint64_t)B * K }, { &s->grp, (uint64_t)hp->n_expert + 1 + (uint64_t)B * K }, { &s->rw, (uint64_t)B * K },
         { &s->gu, 2ull * B * K * hp->n_ff_exp },
         { &s->yd, (uint64_t)B * (K + 1) * hp->n_embd },
@@ -158,4 +161,62 @@ fail:
     errf_prefix(err, err_len, "vulkan session of %u positions", n_ctx);
     vk_session_destroy(s);
     return -1;
+}
+
+/* The session's state to or from the layout of session_state.h. The window ring is moved
+ * whole (its rows sit at p % ring_len); everything else part by part. */
+static int state_move(struct vk_session *s, uint32_t pos, float *data, bool save, char *err, size_t err_len)
+{
+    const struct model_hparams *hp = &s->e->m->hp;
+    struct vk_device *d = s->e->d;
+    const uint32_t hd = hp->head_dim;
+    const uint64_t ring_floats = (uint64_t)s->ring_len * hd;
+    float *ring = calloc(ring_floats, sizeof *ring);
+    if (!ring) return errf(err, err_len, "out of memory");
+    int rc = 0;
+    for (uint32_t il = 0; il < hp->n_layer && !rc; il++) {
+        const struct vk_layer_state *ls = &s->layers[il];
+        struct session_state_layer o;
+        session_state_layer(hp, pos, il, &o);
+        if (save) rc = vk_span_download(d, &ls->ring, 0, ring, ring_floats * 4, err, err_len);
+        for (uint64_t r = 0; r < o.ring_rows && !rc; r++) {
+            float *row = ring + (uint64_t)((o.ring_first + r) % s->ring_len) * hd, *lay = data + o.ring_off + r * hd;
+            memcpy(save ? lay : row, save ? row : lay, hd * sizeof(float));
+        }
+        if (!save && !rc) rc = vk_span_upload(d, &ls->ring, 0, ring, ring_floats * 4, err, err_len);
+        const struct { const struct vk_span *sp; uint64_t off, n; } parts[4] = {
+            { &ls->comp, o.comp_off, o.comp_rows * hd }, { &ls->kvc, o.kvc_off, o.kvc_floats },
+            { &ls->ix_keys, o.ix_off, o.ix_rows * hp->ix_dim }, { &ls->ixc, o.ixc_off, o.ixc_floats },
+        };
+        for (int i = 0; i < 4 && !rc; i++) {
+            if (!parts[i].n) continue;
+            if (save && s->needs_reset && (i == 1 || i == 3)) { /* never run: the state a reset gives */
+                for (uint64_t j = 0; j < parts[i].n; j++) data[parts[i].off + j] = j < parts[i].n / 2 ? 0.0f : -INFINITY;
+                continue;
+            }
+            rc = save ? vk_span_download(d, parts[i].sp, 0, data + parts[i].off, parts[i].n * 4, err, err_len)
+                      : vk_span_upload(d, parts[i].sp, 0, data + parts[i].off, parts[i].n * 4, err, err_len);
+        }
+    }
+    free(ring);
+    return rc ? errf_prefix(err, err_len, "vulkan session state") : 0;
+}
+
+int vk_state_save(void *state, float *data, char *err, size_t err_len)
+{
+    struct vk_session *s = state;
+    if (s->needs_reset && s->pos)
+        return errf(err, err_len, "vulkan session state: a failed evaluation left it unusable (reset it first)");
+    return state_move(s, s->pos, data, true, err, err_len);
+}
+
+int vk_state_load(void *state, uint32_t pos, const float *data, char *err, size_t err_len)
+{
+    struct vk_session *s = state;
+    s->pos = 0;
+    s->needs_reset = true;
+    if (state_move(s, pos, (float *)data, false, err, err_len)) return -1; /* only read from when loading */
+    s->pos = pos;
+    s->needs_reset = false;
+    return 0;
 }

@@ -261,6 +261,33 @@ TEST(topk_breaks_ties_toward_the_lower_index)
     CHECK(idx[0] == 1 && idx[1] == 2 && idx[2] == 4 && idx[3] == 3);
 }
 
+/* The heap selection against a plain rule (the best is the largest value, the lower index
+ * on ties) applied k times, on values with many ties, for every k up to n. */
+TEST(topk_equals_repeated_best_pick_with_many_ties)
+{
+    enum { N = 300 };
+    float v[N];
+    int32_t idx[N], want[N];
+    bool taken[N];
+    for (uint32_t i = 0; i < N; i++) v[i] = (float)((i * 7919u) % 37u) - 18.0f; /* 37 values, 8 copies each */
+    for (uint32_t k = 0; k <= N; k += (k < 20 ? 1 : 23)) {
+        memset(taken, 0, sizeof taken);
+        for (uint32_t j = 0; j < k; j++) {
+            int32_t best = -1;
+            for (uint32_t i = 0; i < N; i++)
+                if (!taken[i] && (best < 0 || v[i] > v[best])) best = (int32_t)i;
+            taken[best] = true;
+            want[j] = best;
+        }
+        ref_topk(v, N, k, idx);
+        for (uint32_t j = 0; j < k; j++)
+            if (idx[j] != want[j]) {
+                CHECK_EQ_INT(idx[j], want[j]);
+                break;
+            }
+    }
+}
+
 TEST(mixed_file_logits_match_f32_file_of_the_same_dequantized_weights)
 {
     struct model *mq = tiny_model(MKMODEL_MIXED, 4), *mf = tiny_model(MKMODEL_F32_DEQUANT, 4);
