@@ -3,6 +3,7 @@
 #include "engine/backend.h"
 #include "engine/errmsg.h"
 #include "engine/model.h"
+#include "engine/session_plan.h"
 #include "engine/session_state.h"
 #include "engine/tokenizer.h"
 
@@ -12,6 +13,8 @@
 #define SESSION_DEFAULT_CTX 4096u
 
 struct engine {
+    enum engine_backend backend;
+    uint64_t expert_cache_mb;   /* 0: every expert resident */
     struct model *model;
     struct tokenizer *tok;      /* NULL when the file carries no usable tokenizer */
     const struct backend_ops *ops;
@@ -62,6 +65,8 @@ int engine_open(struct engine **out, const struct engine_options *opt, char *err
     struct engine *e = calloc(1, sizeof *e);
     if (!e) return errf(err, err_len, "out of memory");
     e->ops = ops;
+    e->backend = opt->backend;
+    e->expert_cache_mb = opt->expert_cache_mb;
     if (model_open(&e->model, opt->model_path, err, err_len)) goto fail;
     if (ops->open(e->model, opt, &e->backend_ctx, err, err_len)) goto fail;
     /* a model without a tokenizer still computes logits from token ids */
@@ -99,6 +104,41 @@ void engine_get_info(const struct engine *e, struct engine_info *info)
 
 const struct tokenizer *engine_tokenizer(const struct engine *e) { return e->tok; }
 
+void engine_plan_open(const struct engine *e, uint32_t n_ctx, uint32_t n_slots, struct engine_plan *out)
+{
+    engine_plan_model(e->model, e->backend, n_ctx, n_slots, e->expert_cache_mb, out);
+}
+
+uint32_t engine_plan_open_fit(const struct engine *e, uint32_t n_slots, uint64_t budget, struct engine_plan *out)
+{
+    engine_plan_model(e->model, e->backend, 0, n_slots, e->expert_cache_mb, out);
+    return engine_plan_fit_ctx(e->model, out, budget);
+}
+
+uint64_t engine_host_memory_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (uint64_t)kb << 10;
+}
+
+uint64_t engine_plan_budget(const struct engine *e)
+{
+    uint64_t used, total;
+    if (e->ops->device_memory && e->ops->device_memory(e->backend_ctx, &used, &total) == 0) return total;
+    /* ref: the weights are the file's mapped pages, counted in the plan, so they are
+     * added back to what the kernel reports available */
+    struct engine_plan p;
+    engine_plan_model(e->model, e->backend, 128, 1, e->expert_cache_mb, &p);
+    uint64_t avail = engine_host_memory_available();
+    return avail ? avail + p.weights : 0;
+}
+
 int engine_device_memory(const struct engine *e, uint64_t *used, uint64_t *total)
 {
     *used = *total = 0;
@@ -113,10 +153,39 @@ int engine_expert_counters(const struct engine *e, struct expert_counters *out)
     return e->ops->expert_counters(e->backend_ctx, out);
 }
 
+/* Refuses, with the plan's numbers, a session that the memory left cannot hold: device
+ * memory not yet used (Vulkan) or the host's available memory (ref). */
+static int session_fits(const struct engine *e, uint32_t n_ctx, char *err, size_t err_len)
+{
+    struct engine_plan p;
+    engine_plan_open(e, n_ctx, 1, &p);
+    uint64_t used, total, free_bytes, need = p.per_session;
+    const char *where;
+    if (e->ops->device_memory && e->ops->device_memory(e->backend_ctx, &used, &total) == 0) {
+        free_bytes = total > used ? total - used : 0;
+        need -= p.session[ENGINE_PLAN_HOST];
+        where = "device memory free";
+    } else {
+        free_bytes = engine_host_memory_available();
+        where = "host memory available";
+        if (!free_bytes) return 0; /* unknown: let the allocation decide */
+    }
+    if (need <= free_bytes) return 0;
+    const uint64_t M = 1u << 20;
+    return errf(err, err_len,
+                "a %u-position session needs %llu MiB (CSA entries %llu, HCA entries %llu, indexer keys %llu, window %llu, "
+                "scratch %llu MiB), %s is %llu MiB; `flashbox plan` shows the largest context that fits",
+                n_ctx, (unsigned long long)(need / M), (unsigned long long)(p.session[ENGINE_PLAN_CSA_ENTRIES] / M),
+                (unsigned long long)(p.session[ENGINE_PLAN_HCA_ENTRIES] / M),
+                (unsigned long long)(p.session[ENGINE_PLAN_IX_KEYS] / M), (unsigned long long)(p.session[ENGINE_PLAN_WINDOW] / M),
+                (unsigned long long)(p.session[ENGINE_PLAN_SCRATCH] / M), where, (unsigned long long)(free_bytes / M));
+}
+
 int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char *err, size_t err_len)
 {
     *out = NULL;
     if (n_ctx == 0) n_ctx = e->model->hp.n_ctx_train < SESSION_DEFAULT_CTX ? e->model->hp.n_ctx_train : SESSION_DEFAULT_CTX;
+    if (session_fits(e, n_ctx, err, err_len)) return -1;
     struct session *s = calloc(1, sizeof *s);
     if (!s) return errf(err, err_len, "out of memory");
     s->e = e;

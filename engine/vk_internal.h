@@ -76,6 +76,9 @@ struct vk_layer_state {
     struct vk_span ixc;          /* indexer compressor: kv [8][2*ix_dim], then score rows */
 };
 
+#define VK_N_SCRATCH 22 /* activation buffers of a session (vk_session_buffers) */
+#define VK_N_HOST 4     /* host-visible ones */
+
 struct vk_session {
     struct vk_engine *e;
     uint32_t n_ctx, pos;

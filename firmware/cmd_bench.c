@@ -14,6 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Longer prompts skip the profiled rerun of the prefill. */
+#define BENCH_PROFILE_MAX_PROMPT 4096u
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -154,11 +157,26 @@ int cmd_bench(int argc, char **argv)
      * keep the fastest of `runs` passes, since a shared machine's noise only ever slows. */
     if (paged || cold) runs = 1;
     double t_prefill = 1e30, t_decode = 1e30, cpu_prefill = 1e30, cpu_decode = 1e30;
+    /* A long prompt's first and last EDGE tokens are timed on their own (whole batches, so
+     * the batching is the same): the per-token cost at the start and at the prompt's depth. */
+    const uint32_t EDGE = 256, edge = n_prompt >= 4 * EDGE ? EDGE : 0;
+    double t_first = 1e30, t_last = 1e30;
     for (uint32_t run = 0; run < runs; run++) {
         if (run) session_reset(s);
-        double t0 = now_s(), c0 = cpu_s();
-        if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) goto fail;
+        double t0 = now_s(), c0 = cpu_s(), tf = 0, tl = 0;
+        if (edge) {
+            if (session_eval(s, toks, edge, NULL, false, err, sizeof err)) goto fail;
+            tf = now_s() - t0;
+            if (session_eval(s, toks + edge, n_prompt - 2 * edge, NULL, false, err, sizeof err)) goto fail;
+            double tm = now_s();
+            if (session_eval(s, toks + n_prompt - edge, edge, logits, false, err, sizeof err)) goto fail;
+            tl = now_s() - tm;
+        } else if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) {
+            goto fail;
+        }
         double tp = now_s() - t0, cp = cpu_s() - c0;
+        if (edge && tf < t_first) t_first = tf;
+        if (edge && tl < t_last) t_last = tl;
         if (tp < t_prefill) t_prefill = tp;
         if (cp < cpu_prefill) cpu_prefill = cp;
         if (paged) engine_expert_counters(e, &ecm); /* splits the stall into prefill and decode */
@@ -175,18 +193,22 @@ int cmd_bench(int argc, char **argv)
     struct engine_profile pd;
     session_get_profile(s, &pd);
 
-    /* profiled run: the same prefill and decode steps with timestamps around every dispatch */
-    session_reset(s);
-    session_profile(s, true);
-    if (session_eval(s, toks, n_prompt, NULL, false, err, sizeof err)) goto fail;
-    struct engine_profile pf;
-    session_get_profile(s, &pf);
-    session_profile(s, true);
-    for (uint32_t i = 0; i < n_gen; i++)
-        if (session_eval(s, toks + n_prompt + i, 1, logits, false, err, sizeof err)) goto fail;
-    struct engine_profile pp;
-    session_get_profile(s, &pp);
-    session_profile(s, false);
+    /* profiled run: the same prefill and decode steps with timestamps around every dispatch
+     * (not for long prompts, whose prefill it would repeat) */
+    struct engine_profile pf, pp;
+    memset(&pf, 0, sizeof pf);
+    memset(&pp, 0, sizeof pp);
+    if (n_prompt <= BENCH_PROFILE_MAX_PROMPT) {
+        session_reset(s);
+        session_profile(s, true);
+        if (session_eval(s, toks, n_prompt, NULL, false, err, sizeof err)) goto fail;
+        session_get_profile(s, &pf);
+        session_profile(s, true);
+        for (uint32_t i = 0; i < n_gen; i++)
+            if (session_eval(s, toks + n_prompt + i, 1, logits, false, err, sizeof err)) goto fail;
+        session_get_profile(s, &pp);
+        session_profile(s, false);
+    }
 
     double copy_bw = 0;
     if (engine_copy_bandwidth(e, &copy_bw, err, sizeof err)) copy_bw = 0;
@@ -196,7 +218,11 @@ int cmd_bench(int argc, char **argv)
     double gbs = bytes_tok * decode_tps / 1e9;
     printf("model        %s (%s backend)%s\n", info.model_name, info.backend_name, runs > 1 ? ", best of the runs" : "");
     printf("prefill      %u tokens  %.2f tok/s\n", n_prompt, prefill_tps);
-    printf("decode       %u tokens  %.2f tok/s  (%.2f ms/token)\n", n_gen, decode_tps, n_gen ? 1e3 * t_decode / n_gen : 0);
+    if (edge)
+        printf("prefill per token  %.4f ms at positions 0..%u, %.4f ms at %u..%u (%.2fx)\n", 1e3 * t_first / edge, edge - 1,
+               1e3 * t_last / edge, n_prompt - edge, n_prompt - 1, t_last / t_first);
+    printf("decode       %u tokens  %.2f tok/s  (%.2f ms/token) at depth %u\n", n_gen, decode_tps,
+           n_gen ? 1e3 * t_decode / n_gen : 0, n_prompt);
     printf("prefill/decode per-token speed-up  %.2fx\n", decode_tps > 0 ? prefill_tps / decode_tps : 0);
     double cpu_p_ms = 1e3 * cpu_prefill / n_prompt, cpu_d_ms = n_gen ? 1e3 * cpu_decode / n_gen : 0;
     printf("cpu time     prefill %.2f ms/token, decode %.2f ms/token, speed-up %.2fx (all threads)\n", cpu_p_ms, cpu_d_ms,
@@ -235,7 +261,11 @@ int cmd_bench(int argc, char **argv)
             printf("%s\"%s\":%.4f", first ? "" : ",", pp.kind[k], pp.gpu_ns[k] / 1e6 / n_gen);
             first = 0;
         }
-    printf("}}\n");
+    printf("}");
+    if (edge)
+        printf(",\"prefill_ms_per_token_first\":%.5f,\"prefill_ms_per_token_last\":%.5f", 1e3 * t_first / edge,
+               1e3 * t_last / edge);
+    printf("}\n");
     if (paged) {
         /* counters of the measured prefill + decode only */
         uint64_t hit = ec1.hits[0] + ec1.hits[1] - ec0.hits[0] - ec0.hits[1];

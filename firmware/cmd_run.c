@@ -64,7 +64,7 @@ static void usage(FILE *out)
             "  --min-p P          keep tokens with p >= P * p_max (default 0 = off)\n"
             "  --repeat-penalty R penalty on the last 64 tokens (default 1.0 = off)\n"
             "  --seed S           sampling seed (default: from the clock)\n"
-            "  --ctx N            context length (default: the model's, capped at 4096)\n"
+            "  --ctx N            context length (default: the largest whose memory plan fits, up to the model's)\n"
             "  --backend B        auto (default: vulkan on a GPU, else ref), ref or vulkan\n"
             "Each answer ends with a line: prompt tokens, generated tokens, prefill and decode tok/s.\n");
 }
@@ -181,7 +181,13 @@ static int runner_open(struct runner *r, const struct run_opts *o, char *err, si
     struct engine_info info;
     engine_get_info(r->engine, &info);
     r->n_vocab = info.n_vocab;
-    if (session_create(r->engine, o->n_ctx, &r->session, err, err_len)) return -1;
+    uint32_t n_ctx = o->n_ctx;
+    if (n_ctx == 0) { /* the largest context whose memory plan fits, up to the model's */
+        struct engine_plan p;
+        n_ctx = engine_plan_open_fit(r->engine, 1, engine_plan_budget(r->engine), &p);
+        if (n_ctx == 0) n_ctx = 128; /* session_create then says what does not fit */
+    }
+    if (session_create(r->engine, n_ctx, &r->session, err, err_len)) return -1;
     r->tok = engine_tokenizer(r->engine);
     if (!r->tok) {
         snprintf(err, err_len, "%s: the model file has no usable tokenizer (tokenizer.ggml.*)", o->model);

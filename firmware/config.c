@@ -31,7 +31,7 @@ static const struct cfg_entry entries[] = {
     { "model", "backend", CFG_STR, F(backend), 0, 0, "auto (vulkan on a GPU, else the CPU reference), ref or vulkan" },
     { "model", "slot", CFG_STR, F(slot), 0, 0, "label of the active update slot, reported in /health and the audit log" },
     { "model", "expert_cache_mb", CFG_U64, F(expert_cache_mb), 0, 1ull << 30, "routed-expert cache in MiB; 0 = every expert resident (no paging)" },
-    { "model", "n_ctx", CFG_U32, F(n_ctx), 0, 1u << 20, "positions per conversation; 0 = the model's (capped by the engine)" },
+    { "model", "n_ctx", CFG_U32, F(n_ctx), 0, 1u << 20, "positions per conversation; 0 = the largest whose memory plan fits every slot, up to the model's" },
     { "server", "socket", CFG_STR, F(socket_path), 0, 0, "API Unix socket path (flag --socket)" },
     { "server", "socket_group", CFG_STR, F(socket_group), 0, 0, "group owning the socket; empty = the daemon's group" },
     { "server", "socket_mode", CFG_OCT, F(socket_mode), 0, 0777, "permission bits of the socket file (octal)" },

@@ -267,6 +267,7 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
         json_object_set_new(o, "slots_busy", json_integer(ss.busy));
         json_object_set_new(o, "slots_total", json_integer(ss.slots));
         json_object_set_new(o, "queue_depth", json_integer(ss.queued));
+        json_object_set_new(o, "context_length", json_integer(scheduler_n_ctx(r->api->sched)));
         if (ss.swapping) json_object_set_new(o, "reloading", json_true());
     }
     return send_json(c, r, status, o);
@@ -275,9 +276,9 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
 static enum MHD_Result route_models(struct MHD_Connection *c, struct req *r)
 {
     if (atomic_load(&r->api->state) != API_READY) return send_error(c, r, 503, "loading", "the model is not loaded yet");
-    json_t *o = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:s}]}", "object", "list", "data", "id", r->model_id, "object",
+    json_t *o = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:s,s:I}]}", "object", "list", "data", "id", r->model_id, "object",
                           "model", "created", (json_int_t)(r->api->id_base / 1000000000ull), "owned_by", "flashbox",
-                          "slot", r->cfg.slot);
+                          "slot", r->cfg.slot, "context_length", (json_int_t)scheduler_n_ctx(r->api->sched));
     return send_json(c, r, 200, o);
 }
 

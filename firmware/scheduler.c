@@ -507,6 +507,15 @@ static int slots_create(struct engine *e, struct textgen *tg, uint32_t n, uint32
 {
     struct engine_info info;
     engine_get_info(e, &info);
+    if (n_ctx_want == 0) { /* the largest context whose plan fits every slot in the memory there is */
+        struct engine_plan p;
+        n_ctx_want = engine_plan_open_fit(e, n, engine_plan_budget(e), &p);
+        if (n_ctx_want == 0)
+            return errf(err, err_len, "no context fits %u slots: weights %llu MiB + expert cache %llu MiB + %u x %llu MiB "
+                        "for 128 positions exceed %llu MiB", n, (unsigned long long)(p.weights >> 20),
+                        (unsigned long long)(p.expert_cache >> 20), n, (unsigned long long)(p.per_session >> 20),
+                        (unsigned long long)(engine_plan_budget(e) >> 20));
+    }
     struct slot *slots = calloc(n, sizeof *slots);
     if (!slots) return errf(err, err_len, "scheduler: out of memory for %u slots", n);
     for (uint32_t i = 0; i < n; i++) {

@@ -31,6 +31,22 @@ static int write_small(const char *name, const uint32_t *ratios, uint32_t n_laye
     return 0;
 }
 
+/* The spec's tiny model (every layer kind, window 16, head rows of 128 floats) trained on
+ * n_ctx positions, into path. */
+static int write_tiny(uint32_t n_ctx, char *path, size_t path_len)
+{
+    char err[512];
+    snprintf(path, path_len, "%s/tiny.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.n_ctx = n_ctx;
+    if (mkmodel_write(&c, path, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        return -1;
+    }
+    return 0;
+}
+
 static int open_backend(const char *path, enum engine_backend b, struct engine **out)
 {
     char err[512];
@@ -133,14 +149,7 @@ TEST(sessions_of_1048576_positions_open_on_both_backends)
     /* the spec's tiny model (every layer kind, head rows of 128 floats): its compressed
      * entries and indexer keys at 1M positions are 128 MiB a CSA layer */
     char path[512], err[512];
-    snprintf(path, sizeof path, "%s/tiny.gguf", test_tmpdir());
-    struct mkmodel_config c;
-    mkmodel_defaults(&c);
-    c.n_ctx = 1u << 20;
-    if (mkmodel_write(&c, path, err, sizeof err)) {
-        test_fail_at(__FILE__, __LINE__, "%s", err);
-        return;
-    }
+    if (write_tiny(1u << 20, path, sizeof path)) return;
     const enum engine_backend bs[2] = { ENGINE_BACKEND_REF, ENGINE_BACKEND_VULKAN };
     for (int b = 0; b < 2; b++) {
         struct engine *e = NULL;
@@ -165,13 +174,7 @@ TEST(sessions_of_1048576_positions_open_on_both_backends)
 static void check_reuse(enum engine_backend backend)
 {
     char path[512], err[512];
-    snprintf(path, sizeof path, "%s/tiny.gguf", test_tmpdir());
-    struct mkmodel_config c;
-    mkmodel_defaults(&c);
-    if (mkmodel_write(&c, path, err, sizeof err)) {
-        test_fail_at(__FILE__, __LINE__, "%s", err);
-        return;
-    }
+    if (write_tiny(4096, path, sizeof path)) return;
     struct engine *e = NULL;
     if (open_backend(path, backend, &e)) return;
     enum { N = 200 };
@@ -248,4 +251,54 @@ done:
     session_destroy(s2);
     engine_close(e1);
     engine_close(e2);
+}
+
+/* The plan is what the Vulkan backend allocates: a session's device memory (what
+ * engine_device_memory counts) is the plan's session less its host-visible part, to the
+ * byte, at a short and at a long context. */
+TEST(memory_plan_equals_the_vulkan_sessions_device_memory)
+{
+    char path[512], err[512];
+    if (write_tiny(1u << 20, path, sizeof path)) return;
+    struct engine *e = NULL;
+    if (open_backend(path, ENGINE_BACKEND_VULKAN, &e)) return;
+    static const uint32_t ctxs[] = { 4096, 300000 };
+    for (int i = 0; i < 2; i++) {
+        uint64_t used0, used1, total;
+        struct session *s = NULL;
+        struct engine_plan p;
+        engine_plan_open(e, ctxs[i], 1, &p);
+        if (engine_device_memory(e, &used0, &total) || session_create(e, ctxs[i], &s, err, sizeof err) ||
+            engine_device_memory(e, &used1, &total)) {
+            test_fail_at(__FILE__, __LINE__, "%s", err);
+            break;
+        }
+        CHECK_EQ_INT(used1 - used0, p.per_session - p.session[ENGINE_PLAN_HOST]);
+        CHECK(p.session[ENGINE_PLAN_CSA_ENTRIES] == 2ull * (ctxs[i] / 4) * 128 * 4); /* 2 CSA layers, rows of 128 */
+        session_destroy(s);
+    }
+    /* a plan that fits is refused no session: the fitted context opens */
+    struct engine_plan f;
+    uint32_t fit = engine_plan_open_fit(e, 2, engine_plan_budget(e), &f);
+    CHECK(fit >= 128 && fit <= (1u << 20) && fit % 128 == 0);
+    engine_close(e);
+}
+
+/* A context that does not fit is refused with the plan's numbers, on both backends. */
+TEST(a_session_that_does_not_fit_is_refused_with_the_plans_numbers)
+{
+    char path[512], err[512];
+    if (write_tiny(4096, path, sizeof path)) return;
+    const enum engine_backend bs[2] = { ENGINE_BACKEND_REF, ENGINE_BACKEND_VULKAN };
+    for (int b = 0; b < 2; b++) {
+        struct engine *e = NULL;
+        struct session *s = NULL;
+        if (open_backend(path, bs[b], &e)) return;
+        /* 4 billion positions: terabytes of compressed entries */
+        CHECK(session_create(e, 0xffffff00u, &s, err, sizeof err) < 0);
+        CHECK(strstr(err, "4294967040-position session needs") != NULL);
+        CHECK(strstr(err, "CSA entries") != NULL && strstr(err, "MiB") != NULL);
+        session_destroy(s);
+        engine_close(e);
+    }
 }

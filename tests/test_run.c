@@ -123,3 +123,49 @@ TEST(run_interactive_chat_keeps_the_kv_state_between_turns)
     tok_vec_free(&v);
     tok_destroy(t);
 }
+
+/* `flashbox logits --tokens-file --last --ctx`: the last positions' top logits equal those
+ * of the whole sequence from --tokens, batch and incremental; a malformed file is refused. */
+TEST(logits_tokens_file_last_n_equals_the_tail_of_the_whole_sequence)
+{
+    char model[512], cmd[8192], whole[65536], tail[4096], inc[4096], path[512];
+    snprintf(model, sizeof model, "%s", test_fixture("model/v4-tiny-f32.gguf")); /* test_fixture's buffer is reused */
+    FILE *f = fopen(test_fixture("model/tokens.txt"), "r");
+    REQUIRE(f != NULL);
+    char ids[4096];
+    size_t n = fread(ids, 1, sizeof ids - 1, f);
+    fclose(f);
+    ids[n] = 0;
+    for (char *p = ids; *p; p++) if (*p == ',') *p = (p - ids) % 3 ? ' ' : '\n'; /* spaces and newlines */
+    snprintf(path, sizeof path, "%s/tokens.txt", test_tmpdir());
+    f = fopen(path, "w");
+    REQUIRE(f != NULL);
+    fputs(ids, f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens-file %s --top 3", test_flashbox_bin(), model, path);
+    REQUIRE(test_run_cmd(cmd, whole, sizeof whole) == 0);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens-file %s --top 3 --last 4 --ctx 512", test_flashbox_bin(),
+             model, path);
+    REQUIRE(test_run_cmd(cmd, tail, sizeof tail) == 0);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens-file %s --top 3 --last 4 --incremental",
+             test_flashbox_bin(), model, path);
+    REQUIRE(test_run_cmd(cmd, inc, sizeof inc) == 0);
+    const char *from = strstr(whole, "\n296:");
+    REQUIRE(from != NULL);
+    CHECK_STR(tail, from + 1);
+    CHECK_STR(inc, from + 1);
+    /* a letter, a negative id, and a context shorter than the tokens */
+    static const char *const bad[] = { "1 2 x 3", "1,-2", "" };
+    for (int i = 0; i < 3; i++) {
+        f = fopen(path, "w");
+        REQUIRE(f != NULL);
+        fputs(bad[i], f);
+        fclose(f);
+        snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens-file %s --top 1 2>&1", test_flashbox_bin(), model,
+                 path);
+        CHECK(test_run_cmd(cmd, tail, sizeof tail) != 0);
+    }
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens 1,2,3 --ctx 2 --top 1 2>&1", test_flashbox_bin(), model);
+    CHECK(test_run_cmd(cmd, tail, sizeof tail) != 0);
+    CHECK(strstr(tail, "exceed --ctx 2") != NULL);
+}

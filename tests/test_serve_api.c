@@ -106,6 +106,8 @@ TEST(serve_health_models_tokenize_metrics_over_unix_socket)
     CHECK_STR(json_string_value(json_object_get(o, "model")), "flashbox-tiny-random");
     CHECK_STR(json_string_value(json_object_get(o, "slot")), "none");
     CHECK_EQ_INT(json_integer_value(json_object_get(o, "slots_total")), 2);
+    /* model.n_ctx 0: the largest context whose memory plan fits, here the model's own */
+    CHECK_EQ_INT(json_integer_value(json_object_get(o, "context_length")), 4096);
     json_decref(o);
     free(out);
 
@@ -113,6 +115,7 @@ TEST(serve_health_models_tokenize_metrics_over_unix_socket)
     o = parse(out);
     CHECK_STR(json_string_value(json_object_get(o, "object")), "list");
     CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(o, "data"), 0), "id")), "flashbox-tiny-random");
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_array_get(json_object_get(o, "data"), 0), "context_length")), 4096);
     json_decref(o);
     free(out);
 
