@@ -274,6 +274,20 @@ int session_state_load(struct session *s, const void *buf, uint64_t len, char *e
     return 0;
 }
 
+int session_seek_zero(struct session *s, uint32_t pos, char *err, size_t err_len)
+{
+    if (pos > s->n_ctx) return errf(err, err_len, "position %u: the session holds %u", pos, s->n_ctx);
+    const uint64_t n = session_state_bytes(s, pos);
+    uint8_t *buf = calloc(1, n);
+    if (!buf) return errf(err, err_len, "out of memory for %llu bytes of state", (unsigned long long)n);
+    uint32_t h[SESSION_STATE_HEADER_U32];
+    state_header(&s->e->model->hp, pos, h);
+    memcpy(buf, h, sizeof h);
+    int rc = session_state_load(s, buf, n, err, err_len);
+    free(buf);
+    return rc;
+}
+
 void session_profile(struct session *s, bool on)
 {
     if (s->e->ops->profile) s->e->ops->profile(s->state, on);

@@ -108,6 +108,7 @@ struct engine_plan {
     uint32_t n_ctx, n_slots, n_ctx_train;
     uint32_t n_csa, n_hca;          /* layers of ratio 4 and of other ratios */
     uint64_t weights;               /* resident weight bytes (the routed experts too unless paged) */
+    bool no_tensors;                /* the file holds metadata only: weights unknown (0) */
     uint64_t expert_cache;          /* bytes of the paged experts' cache */
     uint64_t session[ENGINE_PLAN_PARTS]; /* bytes of one session, by part */
     uint64_t per_session;           /* their sum */
@@ -164,6 +165,12 @@ int session_state_save(struct session *s, void *buf, uint64_t len, char *err, si
  * the session's position becomes the saved one. A buffer that does not fit is refused
  * with the session unchanged; a backend failure midway resets it. */
 int session_state_load(struct session *s, const void *buf, uint64_t len, char *err, size_t err_len);
+
+/* Puts the session at position pos with every state value zero (window rows, entries,
+ * indexer keys, compressor state): for timing what a position costs, which does not depend
+ * on the values, without prefilling pos tokens (`flashbox bench --at`). Logits after it
+ * mean nothing. */
+int session_seek_zero(struct session *s, uint32_t pos, char *err, size_t err_len);
 
 /* GPU time per kernel kind, for benchmarks (Vulkan backend; others report n_kinds = 0).
  * session_profile(s, true) clears the counters and times every later dispatch (slower);

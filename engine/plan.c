@@ -7,6 +7,7 @@
 #include "engine/session_plan.h"
 
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 const char *const engine_plan_part_names[ENGINE_PLAN_PARTS] = {
@@ -55,14 +56,42 @@ void engine_plan_model(const struct model *m, enum engine_backend backend, uint3
         out->weights += t->nbytes;
     }
     out->expert_cache = expert_cache_mb << 20;
+    out->no_tensors = m->file->n_tensors == 0;
     plan_ctx(m, out, n_ctx ? n_ctx : hp->n_ctx_train);
+}
+
+/* The model of a file for planning: bound, or, for a file of metadata only (no tensors,
+ * `flashbox mkmodel --quant meta`), its hyper-parameters with no weights. */
+static int plan_open(const char *path, struct model **out, char *err, size_t err_len)
+{
+    struct gguf_file *f;
+    if (gguf_open(&f, path, err, err_len)) return -1;
+    if (f->n_tensors == 0) {
+        struct model *m = calloc(1, sizeof *m);
+        if (!m) {
+            gguf_close(f);
+            return errf(err, err_len, "out of memory");
+        }
+        m->file = f;
+        if (model_read_hparams(f, &m->hp, err, err_len)) {
+            model_close(m);
+            return errf_prefix(err, err_len, "%s", path);
+        }
+        *out = m;
+        return 0;
+    }
+    if (model_bind(out, f, err, err_len)) {
+        gguf_close(f);
+        return errf_prefix(err, err_len, "%s", path);
+    }
+    return 0;
 }
 
 int engine_plan_file(const char *model_path, enum engine_backend backend, uint32_t n_ctx, uint32_t n_slots,
                      uint64_t expert_cache_mb, struct engine_plan *out, char *err, size_t err_len)
 {
     struct model *m;
-    if (model_open(&m, model_path, err, err_len)) return -1;
+    if (plan_open(model_path, &m, err, err_len)) return -1;
     engine_plan_model(m, backend, n_ctx, n_slots, expert_cache_mb, out);
     model_close(m);
     return 0;
@@ -91,7 +120,7 @@ int engine_plan_file_fit(const char *model_path, enum engine_backend backend, ui
                          uint64_t budget, struct engine_plan *out, uint32_t *n_ctx, char *err, size_t err_len)
 {
     struct model *m;
-    if (model_open(&m, model_path, err, err_len)) return -1;
+    if (plan_open(model_path, &m, err, err_len)) return -1;
     engine_plan_model(m, backend, 0, n_slots, expert_cache_mb, out);
     *n_ctx = engine_plan_fit_ctx(m, out, budget);
     model_close(m);
@@ -108,7 +137,7 @@ void engine_plan_print(const struct engine_plan *p, uint64_t budget, const char 
     fprintf(out, "backend %s, context %u positions (model's %u), %u session%s; %u CSA and %u HCA layers\n",
             p->backend == ENGINE_BACKEND_VULKAN ? "vulkan" : "ref", p->n_ctx, p->n_ctx_train, p->n_slots,
             p->n_slots == 1 ? "" : "s", p->n_csa, p->n_hca);
-    print_bytes(out, "resident weights", p->weights);
+    print_bytes(out, p->no_tensors ? "resident weights (no tensors)" : "resident weights", p->weights);
     print_bytes(out, "expert cache", p->expert_cache);
     fprintf(out, "per session:\n");
     for (int i = 0; i < ENGINE_PLAN_PARTS; i++) print_bytes(out, engine_plan_part_names[i], p->session[i]);

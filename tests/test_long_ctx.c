@@ -302,3 +302,38 @@ TEST(a_session_that_does_not_fit_is_refused_with_the_plans_numbers)
         engine_close(e);
     }
 }
+
+/* The plan of V4-Flash's shape (a metadata-only file of its hyper-parameters, spec §1):
+ * the compressed entries and indexer keys are the spec's KV size (§3.15: 6,880 bytes a
+ * position in BF16, so 13,760 in float32) at 128K and 1M positions. */
+TEST(memory_plan_of_v4_flash_shape_matches_the_spec_kv_size)
+{
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/flash-shape.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.quant = MKMODEL_META;
+    c.n_embd = 4096; c.n_layer = 43; c.n_head = 64; c.head_dim = 512; c.rope_dim = 64; c.q_rank = 1024;
+    c.o_groups = 8; c.o_rank = 1024; c.window = 128; c.ix_head = 64; c.ix_dim = 128; c.ix_topk = 512;
+    c.n_expert = 256; c.n_expert_used = 6; c.n_ff_exp = 2048; c.n_vocab = 129280; c.n_hash_layer = 3; c.n_ctx = 1u << 20;
+    for (uint32_t il = 0; il < 43; il++) c.ratio[il] = il < 2 ? 0 : il % 2 ? 128 : 4;
+    if (mkmodel_write(&c, path, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        return;
+    }
+    static const uint32_t ctxs[] = { 131072, 1u << 20 };
+    for (int i = 0; i < 2; i++)
+        for (int b = 0; b < 2; b++) {
+            struct engine_plan p;
+            REQUIRE(engine_plan_file(path, b ? ENGINE_BACKEND_VULKAN : ENGINE_BACKEND_REF, ctxs[i], 1, 0, &p, err,
+                                     sizeof err) == 0);
+            CHECK_EQ_INT(p.n_csa, 21);
+            CHECK_EQ_INT(p.n_hca, 20);
+            CHECK(p.no_tensors && p.weights == 0);
+            /* the reference keeps one spare row per layer; Vulkan exactly n_ctx / ratio */
+            const uint64_t spare = b ? 0 : 21ull * 512 * 4 + 20ull * 512 * 4 + 21ull * 128 * 4;
+            CHECK_EQ_INT(p.session[ENGINE_PLAN_CSA_ENTRIES] + p.session[ENGINE_PLAN_HCA_ENTRIES] +
+                             p.session[ENGINE_PLAN_IX_KEYS],
+                         13760ull * ctxs[i] + spare);
+        }
+}
