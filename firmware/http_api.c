@@ -47,6 +47,7 @@ struct req {
     int status;
     const char *finish;
     uint64_t tokens_in, tokens_out;
+    uint64_t tokens_reused;     /* prompt tokens resumed from the prefix cache */
     char *audit_prompt;           /* only with audit.log_prompts */
     int denied;
     int uid_counted;              /* holds one of its uid's per_uid slots */
@@ -194,6 +195,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         pthread_mutex_lock(&r->job->lock);
         enum job_finish f = r->job->finish;
         r->tokens_out = r->job->n_out;
+        r->tokens_reused = r->job->n_reused;
         pthread_mutex_unlock(&r->job->lock);
         if (f == JOB_RUNNING) {
             /* The client left (or the write failed) before the end: stop generating now. */
@@ -220,6 +222,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         .slot = r->cfg.slot,
         .tokens_in = r->tokens_in,
         .tokens_out = r->tokens_out,
+        .tokens_reused = r->tokens_reused,
         .status = r->status,
         .duration_ms = (double)(now - r->t0_ns) / 1e6,
         .finish = r->finish,
@@ -318,6 +321,17 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
             }
             g.expert_prefetch_dropped = ss.experts.prefetch_dropped;
             g.expert_cache_bytes = (uint64_t)ss.experts.n_slots * ss.experts.slot_bytes;
+        }
+        if (ss.have_prefix) {
+            g.have_prefix = 1;
+            g.prefix_hits = ss.prefix.hits;
+            g.prefix_misses = ss.prefix.misses;
+            g.prefix_tokens_reused = ss.prefix.tokens_reused;
+            g.prefix_bytes_read = ss.prefix.bytes_read;
+            g.prefix_saves = ss.prefix.saves;
+            g.prefix_evictions = ss.prefix.evictions;
+            g.prefix_bytes_held = ss.prefix.bytes_held;
+            g.prefix_entries = ss.prefix.entries;
         }
     }
     char *text;

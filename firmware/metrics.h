@@ -27,6 +27,10 @@ struct metrics_gauges {
     uint64_t expert_bytes_read, expert_loads, expert_evictions, expert_stall_ns;
     uint64_t expert_prefetch_issued, expert_prefetch_used, expert_cache_bytes;
     uint64_t expert_prefetch_issued_kind[2], expert_prefetch_used_kind[2], expert_prefetch_dropped;
+    /* Prefix reuse, reported only when it is on (have_prefix). */
+    int have_prefix;
+    uint64_t prefix_hits, prefix_misses, prefix_tokens_reused, prefix_bytes_read, prefix_saves, prefix_evictions;
+    uint64_t prefix_bytes_held, prefix_entries;
 };
 
 const char *metrics_endpoint_name(enum metrics_endpoint ep);

@@ -123,6 +123,7 @@ struct scheduler {
     struct sched_options opt;
     uint32_t n_vocab, n_ctx;
     struct slot *slots;  /* [opt.slots] */
+    struct prefix_cache *prefix; /* NULL: prefix reuse off */
     int32_t *batch_tok;  /* [opt.slots] next token of each decoding slot */
     int *batch_slot;     /* [opt.slots] */
 
@@ -258,6 +259,7 @@ static void swap_now(struct scheduler *s)
     memcpy(s->model_id, w->model_id, sizeof s->model_id);
     s->have_experts = false;
     s->last_eval_failed = false;
+    if (s->prefix) prefix_cache_clear(s->prefix); /* states of the old model */
     w->engine = e;
     w->tg = tg;
     w->slots = slots;
@@ -303,9 +305,11 @@ static void admit(struct scheduler *s)
             continue;
         }
         sl->job = j;
-        sl->prefilled = 0;
+        /* the longest saved prefix of the prompt, if any, instead of prefilling it */
+        sl->prefilled = s->prefix ? prefix_cache_resume(s->prefix, sl->sess, j->prompt, j->n_prompt) : 0;
         s->n_busy++;
         pthread_mutex_lock(&j->lock);
+        j->n_reused = sl->prefilled;
         j->slot = (int)i;
         memcpy(j->model_id, s->model_id, sizeof j->model_id);
         pthread_mutex_unlock(&j->lock);
@@ -416,6 +420,10 @@ static void step(struct scheduler *s)
                 continue;
             }
             sl->prefilled += n;
+            /* prefix reuse: the state where the prompt's last whole chunk ends (chunks
+             * start at 0, so a later prefill from it batches the rest the same way) */
+            if (s->prefix && !last && sl->prefilled == (j->n_prompt - 1) / s->opt.prefill_chunk * s->opt.prefill_chunk)
+                prefix_cache_save(s->prefix, sl->sess, j->prompt);
             if (!last) continue;
         }
         int32_t tok;
@@ -563,6 +571,10 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
         scheduler_destroy(s);
         return -1;
     }
+    if (opt->prefix_cache_bytes && prefix_cache_create(&s->prefix, opt->prefix_cache_bytes)) {
+        scheduler_destroy(s);
+        return errf(err, err_len, "scheduler: out of memory for the prefix cache");
+    }
     if (pthread_create(&s->worker, NULL, worker_main, s)) {
         scheduler_destroy(s);
         return errf(err, err_len, "scheduler: cannot start the worker thread");
@@ -584,6 +596,7 @@ void scheduler_destroy(struct scheduler *s)
         pthread_join(s->worker, NULL);
     }
     slots_destroy(s->slots, s->opt.slots);
+    prefix_cache_destroy(s->prefix);
     free(s->batch_tok);
     free(s->batch_slot);
     pthread_mutex_destroy(&s->lock);
@@ -679,6 +692,8 @@ void scheduler_stats(struct scheduler *s, struct sched_stats *st)
     st->have_experts = s->have_experts;
     st->experts = s->experts;
     pthread_mutex_unlock(&s->lock);
+    st->have_prefix = s->prefix != NULL;
+    if (s->prefix) prefix_cache_get_stats(s->prefix, &st->prefix);
 }
 
 int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen *tg, uint32_t gen, const char *model_id,
