@@ -324,14 +324,7 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
         }
         if (ss.have_prefix) {
             g.have_prefix = 1;
-            g.prefix_hits = ss.prefix.hits;
-            g.prefix_misses = ss.prefix.misses;
-            g.prefix_tokens_reused = ss.prefix.tokens_reused;
-            g.prefix_bytes_read = ss.prefix.bytes_read;
-            g.prefix_saves = ss.prefix.saves;
-            g.prefix_evictions = ss.prefix.evictions;
-            g.prefix_bytes_held = ss.prefix.bytes_held;
-            g.prefix_entries = ss.prefix.entries;
+            g.prefix = ss.prefix;
         }
     }
     char *text;

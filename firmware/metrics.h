@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "firmware/prefix_cache.h"
+
 enum metrics_endpoint {
     METRICS_EP_HEALTH, METRICS_EP_MODELS, METRICS_EP_CHAT, METRICS_EP_COMPLETIONS, METRICS_EP_TOKENIZE,
     METRICS_EP_DETOKENIZE, METRICS_EP_METRICS, METRICS_EP_OTHER, METRICS_EP_COUNT
@@ -29,8 +31,7 @@ struct metrics_gauges {
     uint64_t expert_prefetch_issued_kind[2], expert_prefetch_used_kind[2], expert_prefetch_dropped;
     /* Prefix reuse, reported only when it is on (have_prefix). */
     int have_prefix;
-    uint64_t prefix_hits, prefix_misses, prefix_tokens_reused, prefix_bytes_read, prefix_saves, prefix_evictions;
-    uint64_t prefix_bytes_held, prefix_entries;
+    struct prefix_cache_stats prefix;
 };
 
 const char *metrics_endpoint_name(enum metrics_endpoint ep);
