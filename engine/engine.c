@@ -9,6 +9,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define SESSION_DEFAULT_CTX 4096u
 
@@ -103,6 +104,18 @@ void engine_get_info(const struct engine *e, struct engine_info *info)
 }
 
 const struct tokenizer *engine_tokenizer(const struct engine *e) { return e->tok; }
+
+int engine_model_identity(const struct engine *e, struct engine_model_id *out)
+{
+    struct stat st;
+    memset(out, 0, sizeof *out);
+    if (fstat(e->model->file->fd, &st)) return -1;
+    out->dev = (uint64_t)st.st_dev;
+    out->ino = (uint64_t)st.st_ino;
+    out->size = (uint64_t)st.st_size;
+    out->mtime_ns = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+    return 0;
+}
 
 void engine_plan_open(const struct engine *e, uint32_t n_ctx, uint32_t n_slots, struct engine_plan *out)
 {

@@ -84,6 +84,12 @@ void engine_get_info(const struct engine *e, struct engine_info *info);
 int engine_device_memory(const struct engine *e, uint64_t *used, uint64_t *total);
 /* Fills *out; returns -1 (and zeros) when experts are not paged. */
 int engine_expert_counters(const struct engine *e, struct expert_counters *out);
+/* What identifies the model file the engine runs (its device, inode, size and modification
+ * time): a cache of derived data keyed by it is never read for another file. */
+struct engine_model_id {
+    uint64_t dev, ino, size, mtime_ns;
+};
+int engine_model_identity(const struct engine *e, struct engine_model_id *out);
 /* The tokenizer of the model's file (owned by the engine, valid until engine_close). */
 const struct tokenizer *engine_tokenizer(const struct engine *e);
 

@@ -60,6 +60,8 @@ static const struct cfg_entry entries[] = {
     { "update", "reload_grace_s", CFG_U32, F(update_reload_grace_s), 0, 3600, "after an install or rollback through the admin socket: time in-flight requests get to finish on the old model" },
     { "update", "max_boot_attempts", CFG_U32, F(update_max_boot_attempts), 1, 100, "failed starts of a new slot before falling back to the other" },
     { "cache", "mem_mb", CFG_U64, F(cache_mem_mb), 0, 1ull << 30, "prefix reuse: MiB of saved session states (least recently used evicted first); 0 = off" },
+    { "cache", "dir", CFG_STR, F(cache_dir), 0, 0, "prefix reuse: also keep saved states in files here (atomic, checksummed, bound to the model file); empty = memory only" },
+    { "cache", "disk_mb", CFG_U64, F(cache_disk_mb), 0, 1ull << 40, "MiB of state files in cache.dir (least recently used deleted first)" },
     { "audit", "log", CFG_STR, F(audit_log), 0, 0, "audit log: stderr (journald) or a file path, JSON lines" },
     { "audit", "log_prompts", CFG_BOOL, F(log_prompts), 0, 1, "also record prompt text (off: never)" },
 };
@@ -91,6 +93,7 @@ void config_default(struct serve_config *c)
     c->connection_timeout_s = 30;
     c->slots = 4;
     c->cache_mem_mb = 256;
+    c->cache_disk_mb = 4096;
     c->queue_depth = 64;
     c->request_deadline_s = 600;
     c->shutdown_grace_s = 10;

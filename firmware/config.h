@@ -19,6 +19,8 @@ struct serve_config {
     uint32_t n_ctx;               /* positions per session; 0 = the largest the memory plan fits */
     uint64_t expert_cache_mb;     /* 0 = every expert resident; else page experts through this cache */
     uint64_t cache_mem_mb;        /* prefix reuse: saved session states held in memory; 0 = off */
+    char cache_dir[CONFIG_PATH_MAX]; /* and in files there ("" = memory only) */
+    uint64_t cache_disk_mb;       /* bytes of those files */
     /* [server] */
     char socket_path[CONFIG_PATH_MAX];
     char socket_group[64];        /* group owning the socket; empty = daemon's group */

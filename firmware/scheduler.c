@@ -259,7 +259,11 @@ static void swap_now(struct scheduler *s)
     memcpy(s->model_id, w->model_id, sizeof s->model_id);
     s->have_experts = false;
     s->last_eval_failed = false;
-    if (s->prefix) prefix_cache_clear(s->prefix); /* states of the old model */
+    if (s->prefix) { /* states of the old model */
+        struct engine_model_id id;
+        prefix_cache_clear(s->prefix);
+        if (engine_model_identity(s->engine, &id) == 0) prefix_cache_set_model(s->prefix, &id);
+    }
     w->engine = e;
     w->tg = tg;
     w->slots = slots;
@@ -571,9 +575,13 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
         scheduler_destroy(s);
         return -1;
     }
-    if (opt->prefix_cache_bytes && prefix_cache_create(&s->prefix, opt->prefix_cache_bytes)) {
-        scheduler_destroy(s);
-        return errf(err, err_len, "scheduler: out of memory for the prefix cache");
+    if (opt->prefix.mem_bytes) {
+        struct engine_model_id id;
+        if (prefix_cache_create(&s->prefix, &opt->prefix, err, err_len)) {
+            scheduler_destroy(s);
+            return -1;
+        }
+        if (engine_model_identity(e, &id) == 0) prefix_cache_set_model(s->prefix, &id);
     }
     if (pthread_create(&s->worker, NULL, worker_main, s)) {
         scheduler_destroy(s);

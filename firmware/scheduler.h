@@ -85,7 +85,7 @@ struct sched_options {
     void *heartbeat_ctx;
     uint32_t heartbeat_ms;
     const char *model_id;  /* the served model's name, copied into each job it runs */
-    uint64_t prefix_cache_bytes; /* prefix reuse: saved session states held; 0 = off */
+    struct prefix_cache_options prefix; /* prefix reuse; mem_bytes 0 = off (dir borrowed during create) */
 };
 
 int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *tg, const struct sched_options *opt,
