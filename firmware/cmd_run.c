@@ -222,6 +222,31 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Prompts longer than this prefill in chunks of RUN_PREFILL_CHUNK with a progress line on
+ * stderr (tokens done, tok/s, time left); Ctrl-C stops between chunks. */
+#define RUN_PROGRESS_MIN 4096u
+#define RUN_PREFILL_CHUNK 1024u
+
+static int prefill(struct runner *r, const int32_t *prompt, size_t n, double t0, char *err, size_t err_len)
+{
+    if (n <= RUN_PROGRESS_MIN) return session_eval(r->session, prompt, (uint32_t)n, r->logits, false, err, err_len);
+    for (size_t done = 0; done < n;) {
+        uint32_t k = n - done < RUN_PREFILL_CHUNK ? (uint32_t)(n - done) : RUN_PREFILL_CHUNK;
+        if (session_eval(r->session, prompt + done, k, done + k == n ? r->logits : NULL, false, err, err_len)) return -1;
+        done += k;
+        double dt = now_s() - t0, tps = dt > 0 ? (double)done / dt : 0;
+        fprintf(stderr, "\rprefill %zu/%zu tokens, %.0f tok/s, %.0f s left   ", done, n, tps,
+                tps > 0 ? (double)(n - done) / tps : 0);
+        if (done == n) fputc('\n', stderr);
+        if (g_interrupted && done < n) {
+            fputc('\n', stderr);
+            snprintf(err, err_len, "interrupted during the prefill at %zu of %zu tokens", done, n);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Evaluates prompt[0, n) after what the session holds, then samples and streams up to
  * n_predict tokens. *last gets the final generated token (-1 if none) so a chat can
  * close the turn; it is not in the KV cache yet. */
@@ -241,7 +266,7 @@ static int generate(struct runner *r, const int32_t *prompt, size_t n, int32_t *
     g_interrupted = 0;
 
     double t0 = now_s();
-    if (session_eval(r->session, prompt, (uint32_t)n, r->logits, false, err, err_len)) return -1;
+    if (prefill(r, prompt, n, t0, err, err_len)) return -1;
     double t_prefill = now_s() - t0, t_decode = 0;
     uint32_t n_gen = 0, n_decode_evals = 0;
     const char *why = NULL;

@@ -3,6 +3,7 @@
  * and the interactive chat keeps its KV state between turns. */
 #include "engine/engine.h"
 #include "tests/harness.h"
+#include "tools/mkmodel.h"
 
 #include <stdlib.h>
 
@@ -168,4 +169,27 @@ TEST(logits_tokens_file_last_n_equals_the_tail_of_the_whole_sequence)
     snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens 1,2,3 --ctx 2 --top 1 2>&1", test_flashbox_bin(), model);
     CHECK(test_run_cmd(cmd, tail, sizeof tail) != 0);
     CHECK(strstr(tail, "exceed --ctx 2") != NULL);
+}
+
+/* A prompt of more than 4096 tokens prefills in chunks with a progress line on stderr that
+ * ends at the prompt's length. */
+TEST(run_shows_prefill_progress_for_a_long_prompt)
+{
+    char model[512], cmd[65536], out[16384], err[512];
+    snprintf(model, sizeof model, "%s/long.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.n_ctx = 16384;
+    REQUIRE(mkmodel_write(&c, model, err, sizeof err) == 0);
+    char text[20000] = "";
+    for (int i = 0; i < 1500; i++) strcat(text, "ab cd ");
+    snprintf(cmd, sizeof cmd, "%s run -m %s -p '%s' -n 1 --temp 0 --backend ref 2>&1 >/dev/null", test_flashbox_bin(), model,
+             text);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    unsigned done = 0, total = 0;
+    const char *last = strrchr(out, '\r');
+    REQUIRE(last != NULL);
+    CHECK(sscanf(last, "\rprefill %u/%u tokens", &done, &total) == 2);
+    CHECK(total > 4096 && done == total);
+    CHECK(strstr(out, "tok/s") != NULL && strstr(out, "s left") != NULL);
 }
