@@ -61,7 +61,7 @@ int cmd_plan(int argc, char **argv)
     engine_options_default(&o);
     o.backend = ENGINE_BACKEND_AUTO;
     uint64_t ctx = 0, slots = 1, budget_mb = 0;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option but --help takes a value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return usage(stdout);
@@ -79,7 +79,6 @@ int cmd_plan(int argc, char **argv)
             fprintf(stderr, "flashbox plan: %s: bad value '%s'\n", a, v ? v : "(missing)");
             return 2;
         }
-        i++;
     }
     if (!o.model_path) {
         fprintf(stderr, "flashbox plan: -m MODEL is required\n");

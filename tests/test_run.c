@@ -193,3 +193,28 @@ TEST(run_shows_prefill_progress_for_a_long_prompt)
     CHECK(total > 4096 && done == total);
     CHECK(strstr(out, "tok/s") != NULL && strstr(out, "s left") != NULL);
 }
+
+/* `flashbox plan`: the per-part table and the largest context against a given budget; bad
+ * values and a missing model are usage errors. */
+TEST(plan_prints_the_parts_and_the_largest_context_that_fits)
+{
+    char model[512], cmd[2048], out[16384];
+    snprintf(model, sizeof model, "%s", test_fixture("model/v4-tiny-f32.gguf"));
+    snprintf(cmd, sizeof cmd, "%s plan -m %s --backend ref --ctx 4096 --slots 2 --budget-mb 1024 2>&1", test_flashbox_bin(),
+             model);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    CHECK(strstr(out, "context 4096 positions (model's 4096), 2 sessions; 2 CSA and 1 HCA layers") != NULL);
+    CHECK(strstr(out, "CSA compressed entries") != NULL && strstr(out, "indexer keys") != NULL);
+    CHECK(strstr(out, "largest context for 2 sessions: 4096 positions") != NULL);
+    /* a budget below the weights: nothing fits */
+    snprintf(cmd, sizeof cmd, "%s plan -m %s --backend ref --budget-mb 1 2>&1", test_flashbox_bin(), model);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    CHECK(strstr(out, "does NOT fit") != NULL && strstr(out, "no context fits 1 session") != NULL);
+    static const char *const bad[] = { "--ctx x", "--slots 0", "--budget-mb -1", "--bogus 1", "--ctx" };
+    for (int i = 0; i < 5; i++) {
+        snprintf(cmd, sizeof cmd, "%s plan -m %s %s 2>&1", test_flashbox_bin(), model, bad[i]);
+        CHECK_EQ_INT(test_run_cmd(cmd, out, sizeof out), 2);
+    }
+    snprintf(cmd, sizeof cmd, "%s plan 2>&1", test_flashbox_bin());
+    CHECK_EQ_INT(test_run_cmd(cmd, out, sizeof out), 2);
+}
