@@ -246,8 +246,10 @@ uint64_t session_state_bytes(const struct session *s, uint32_t pos)
 /* The header's fields after the magic: version, pos, then the shape the layout depends on. */
 static void state_header(const struct model_hparams *hp, uint32_t pos, uint32_t h[SESSION_STATE_HEADER_U32])
 {
+    uint32_t ratios = 2166136261u; /* FNV-1a of the schedule: which layers hold entries and keys */
+    for (uint32_t il = 0; il < hp->n_layer; il++) ratios = (ratios ^ hp->ratio[il]) * 16777619u;
     const uint32_t v[SESSION_STATE_HEADER_U32] = { SESSION_STATE_MAGIC, SESSION_STATE_VERSION, pos, hp->n_layer,
-                                                   hp->window, hp->head_dim, hp->ix_dim, hp->n_embd };
+                                                   hp->window, hp->head_dim, hp->ix_dim, hp->n_embd, ratios };
     memcpy(h, v, sizeof v);
 }
 

@@ -13,7 +13,8 @@
 
 #define SESSION_STATE_MAGIC 0x54534246u /* "FBST" */
 #define SESSION_STATE_VERSION 1u
-#define SESSION_STATE_HEADER_U32 8      /* magic, version, pos, n_layer, window, head_dim, ix_dim, n_embd */
+#define SESSION_STATE_HEADER_U32 9      /* magic, version, pos, n_layer, window, head_dim, ix_dim, n_embd,
+                                         * a hash of the layers' ratios */
 
 /* Where layer il's parts start, in floats after the header, and their row counts. A
  * compressor state is kv rows then score rows: 2 x n_rows x coff x width floats. */

@@ -111,7 +111,6 @@ static uint32_t proj_width_of(const struct model_hparams *hp)
     return w;
 }
 
-
 /* One span of n floats (alloc_f: at least one) placed in the planned arena and counted. */
 static void plan_add(struct vk_arena_plan *a, uint64_t *part, uint64_t *spans, uint64_t *largest, uint64_t floats)
 {
@@ -131,7 +130,7 @@ void vk_session_plan(const struct model_hparams *hp, uint32_t n_ctx, uint64_t pa
 {
     memset(parts, 0, ENGINE_PLAN_PARTS * sizeof *parts);
     *largest = 0;
-    static struct vk_arena_plan dev, host; /* large; the plan is not reentrant-critical but keep it off the stack */
+    struct vk_arena_plan dev, host; /* 4 KiB each */
     memset(&dev, 0, sizeof dev);
     memset(&host, 0, sizeof host);
     dev.chunk_bytes = VK_SESSION_CHUNK;

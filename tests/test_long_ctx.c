@@ -239,8 +239,9 @@ TEST(session_state_of_another_shape_or_length_is_refused)
     CHECK(session_state_load(s1, st, n - 4, err, sizeof err) < 0);
     CHECK(strstr(err, "bytes, expected") != NULL);
     CHECK(session_state_load(s1, st, n + 4, err, sizeof err) < 0);
-    /* a CSA model has another layout (indexer keys): its header word n_layer matches, the size does not */
+    /* a CSA model has another layout (indexer keys): the header's hash of the ratios differs */
     CHECK(session_state_load(s2, st, n, err, sizeof err) < 0);
+    CHECK(strstr(err, "header word 8") != NULL);
     st[0] ^= 1;
     CHECK(session_state_load(s1, st, n, err, sizeof err) < 0);
     CHECK(strstr(err, "header word 0") != NULL);
