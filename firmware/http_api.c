@@ -2,6 +2,7 @@
  * connection, so a handler may block waiting for its job; while it waits it polls the
  * socket for the client hanging up and cancels the job at once when it does. */
 #include "firmware/http_api.h"
+#include "firmware/backend_pick.h"
 
 #include "engine/errmsg.h"
 #include "firmware/audit.h"
@@ -264,6 +265,14 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
     if (degraded[0] && status == 200) w = "degraded";
     json_t *o = json_pack("{s:s,s:s,s:s}", "status", w, "model", r->model_id, "slot", r->cfg.slot);
     if (o && degraded[0]) json_object_set_new(o, "reason", json_string(degraded));
+    char pick[512];
+    backend_pick_reason(pick, sizeof pick);
+    const char *colon = strchr(pick, ':');
+    if (o && colon) {
+        /* "vulkan: auto, a discrete GPU (...)": the backend, then why it was picked. */
+        json_object_set_new(o, "backend", json_stringn(pick, (size_t)(colon - pick)));
+        json_object_set_new(o, "backend_reason", json_string(colon[1] == ' ' ? colon + 2 : colon + 1));
+    }
     if (o && atomic_load(&r->api->state) == API_READY) {
         struct sched_stats ss;
         scheduler_stats(r->api->sched, &ss);
