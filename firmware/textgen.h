@@ -26,6 +26,9 @@ uint32_t textgen_n_vocab(const struct textgen *tg);
  * literal text. Message text is always literal: no client text becomes a control token. */
 int textgen_prompt(const struct textgen *tg, const struct gen_request *req, int32_t **ids, uint32_t *n,
                    char *err, size_t err_len);
+/* A chat request's prompt as text (control tokens as their text), as textgen_prompt
+ * encodes it: for logs and golden tests against the official encoder. *text malloc'd. */
+int textgen_chat_text(const struct gen_request *req, char **text, size_t *len, char *err, size_t err_len);
 /* /tokenize: literal text; add_special prepends BOS. */
 int textgen_tokenize(const struct textgen *tg, const char *text, size_t len, bool add_special, int32_t **ids,
                      uint32_t *n, char *err, size_t err_len);
