@@ -272,10 +272,16 @@ int req_check_tools(const struct gen_request *r, char *err, size_t err_len)
     if ((r->tool_choice == REQ_TOOL_REQUIRED || r->tool_choice == REQ_TOOL_NAMED) && r->n_tools == 0)
         return errf(err, err_len, "tool_choice: a call is required but no tools are offered");
     if (r->tool_choice == REQ_TOOL_NAMED) {
-        for (uint32_t i = 0; i < r->n_tools; i++)
-            if (!strcmp(r->tools[i].name, r->tool_choice_name)) return 0;
-        return errf(err, err_len, "tool_choice.function.name: '%.64s' is not among the tools", r->tool_choice_name);
+        bool found = false;
+        for (uint32_t i = 0; i < r->n_tools && !found; i++) found = !strcmp(r->tools[i].name, r->tool_choice_name);
+        if (!found)
+            return errf(err, err_len, "tool_choice.function.name: '%.64s' is not among the tools", r->tool_choice_name);
     }
+    /* Forcing a call needs the sampler constrained to the DSML block (grammar-constrained
+     * sampling); until that is built, refusing is honest where "auto" would not be. */
+    if (r->tool_choice == REQ_TOOL_REQUIRED || r->tool_choice == REQ_TOOL_NAMED)
+        return errf(err, err_len, "tool_choice: \"required\" and named functions need constrained sampling, not "
+                    "available yet; use \"auto\"");
     return 0;
 }
 

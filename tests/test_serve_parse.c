@@ -105,19 +105,18 @@ TEST(request_parse_accepts_what_clients_send_by_default)
     CHECK_EQ_INT(r.n_stop, 7);
     gen_request_free(&r);
 
-    /* tools, a named choice, logit_bias and the maximum effort */
+    /* tools, a choice, logit_bias and the maximum effort */
     body = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"reasoning_effort\":\"max\","
            "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"description\":\"d\",\"parameters\":"
            "{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"number\",\"default\":0.1}}},\"strict\":true}}],"
-           "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"f\"}},\"logit_bias\":{\"7\":-100,\"9\":2.5}}";
+           "\"tool_choice\":\"auto\",\"logit_bias\":{\"7\":-100,\"9\":2.5}}";
     REQUIRE(parse_chat(body, &r, err, sizeof err) == 0);
     REQUIRE(r.n_tools == 1);
     CHECK_STR(r.tools[0].name, "f");
     /* as Python's json.dumps writes it, which the official encoder puts in the prompt */
     CHECK_STR(r.tools[0].schema, "{\"name\": \"f\", \"description\": \"d\", \"parameters\": {\"type\": \"object\", "
                                  "\"properties\": {\"x\": {\"type\": \"number\", \"default\": 0.1}}}, \"strict\": true}");
-    CHECK_EQ_INT(r.tool_choice, REQ_TOOL_NAMED);
-    CHECK_STR(r.tool_choice_name, "f");
+    CHECK_EQ_INT(r.tool_choice, REQ_TOOL_AUTO);
     CHECK(r.reasoning_max);
     REQUIRE(r.n_logit_bias == 2);
     CHECK(r.logit_bias[0].tok == 7 && r.logit_bias[0].bias == -100.0f);
@@ -178,6 +177,7 @@ TEST(request_parse_errors_name_the_field)
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\"}},{\"function\":{\"name\":\"f\"}}]}", "offered twice" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"required\"}", "no tools are offered" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"sometimes\"}", "tool_choice" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"required\"}", "constrained sampling" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}", "'g' is not among the tools" },
         { "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"type\":\"function\",\"function\":{\"arguments\":\"{}\"}}]}]}", "messages[0].tool_calls[0].function.name: missing" },
         { "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":{}}]}", "messages[0].tool_calls: expected an array" },
