@@ -10,6 +10,7 @@
 #include "firmware/request_parse.h"
 #include "firmware/scheduler.h"
 #include "firmware/textgen.h"
+#include "firmware/tool_output.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -61,6 +62,9 @@ struct req {
     size_t out_len, out_off;
     int stream_ended, role_sent;
     uint64_t last_event_ns;
+    /* Tool calls (chat with tools offered): the answer is read back for a DSML block. */
+    int tools;
+    char detail[320];             /* audit note, e.g. why model output did not parse as a call */
 };
 
 static void uid_release(struct api *a, struct req *r);
@@ -223,6 +227,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         .status = r->status,
         .duration_ms = (double)(now - r->t0_ns) / 1e6,
         .finish = r->finish,
+        .detail = r->detail[0] ? r->detail : NULL,
         .prompt = r->cfg.log_prompts ? r->audit_prompt : NULL,
     };
     audit_write(&ar);
@@ -455,6 +460,71 @@ static void wait_job_slice(struct job *j)
     pthread_cond_timedwait(&j->cond, &j->lock, &until);
 }
 
+/* The answer (text after the reasoning) read back for tool calls; on output that starts a
+ * block but does not parse, no calls and the reason goes to the audit log. */
+static void read_tool_calls(struct req *r, const char *answer, size_t len, struct tool_output *o)
+{
+    const struct gen_request *g = &r->job->req;
+    const char *names[128];
+    uint32_t n = g->n_tools < 128 ? g->n_tools : 128;
+    for (uint32_t i = 0; i < n; i++) names[i] = g->tools[i].name;
+    char err[256];
+    if (tool_output_parse(answer, len, names, n, o, err, sizeof err)) {
+        snprintf(r->detail, sizeof r->detail, "model output returned as text: %s", err);
+        return;
+    }
+    if (!g->parallel_tool_calls && o->n_calls > 1) { /* the first call only, as asked */
+        for (uint32_t i = 1; i < o->n_calls; i++) {
+            free(o->calls[i].name);
+            free(o->calls[i].arguments);
+        }
+        o->n_calls = 1;
+    }
+}
+
+/* OpenAI's tool_calls array; with stream_index, the deltas' form (index, and arguments
+ * left for a later delta). */
+static json_t *tool_calls_json(const struct req *r, const struct tool_output *o, uint32_t i0, uint32_t n, int stream)
+{
+    json_t *a = json_array();
+    for (uint32_t i = i0; a && i < i0 + n; i++) {
+        char id[64];
+        snprintf(id, sizeof id, "call_%s_%u", r->id, i);
+        json_t *fn = json_pack("{s:s,s:s}", "name", o->calls[i].name, "arguments", stream ? "" : o->calls[i].arguments);
+        json_t *c = json_pack("{s:s,s:s,s:o}", "id", id, "type", "function", "function", fn);
+        if (c && stream) json_object_set_new(c, "index", json_integer(i));
+        json_array_append_new(a, c);
+    }
+    return a;
+}
+
+/* Streaming: the end of a tools answer. The text past what was sent is content up to the
+ * block; then each call as OpenAI streams it: id, type and name first, then the arguments. */
+static int sse_tool_calls(struct req *r, const char *answer, size_t answer_len, size_t answer_sent,
+                          const char **finish)
+{
+    struct tool_output o;
+    read_tool_calls(r, answer, answer_len, &o);
+    if (o.content_len > answer_sent &&
+        out_event(r, chunk_json(r, stream_choice(r, answer + answer_sent, o.content_len - answer_sent, 0, NULL, 0))))
+        goto fail;
+    for (uint32_t i = 0; i < o.n_calls; i++) {
+        json_t *c = stream_choice(r, NULL, 0, 0, NULL, 0);
+        json_object_set_new(json_object_get(c, "delta"), "tool_calls", tool_calls_json(r, &o, i, 1, 1));
+        if (out_event(r, chunk_json(r, c))) goto fail;
+        c = stream_choice(r, NULL, 0, 0, NULL, 0);
+        json_t *args = json_pack("[{s:I,s:{s:s}}]", "index", (json_int_t)i, "function", "arguments", o.calls[i].arguments);
+        json_object_set_new(json_object_get(c, "delta"), "tool_calls", args);
+        if (out_event(r, chunk_json(r, c))) goto fail;
+    }
+    if (o.n_calls) *finish = "tool_calls";
+    tool_output_free(&o);
+    return 0;
+fail:
+    tool_output_free(&o);
+    return -1;
+}
+
 /* Produces the next SSE events into r->out; returns -1 when the client is gone. */
 static int sse_produce(struct req *r)
 {
@@ -466,33 +536,50 @@ static int sse_produce(struct req *r)
     for (;;) {
         pthread_mutex_lock(&j->lock);
         if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
-        if (j->committed > r->sent) {
+        size_t upto = j->committed;
+        int reasoning = 0;
+        if (upto > r->sent) {
             /* Thinking mode: up to the end of the reasoning (all of it while that end is
              * unknown) the text is reasoning; one event never mixes the two. */
-            size_t upto = j->committed;
-            int reasoning = 0;
             if (j->thinking && (!j->reasoning_known || r->sent < j->reasoning_end)) {
                 reasoning = 1;
                 if (j->reasoning_known && j->reasoning_end < upto) upto = j->reasoning_end;
+            } else if (r->tools) {
+                /* answer text that may start a call block waits for the end */
+                size_t a0 = j->thinking ? j->reasoning_end : 0;
+                upto = a0 + tool_output_safe_prefix(j->text + a0, upto - a0);
             }
+        }
+        if (upto > r->sent) {
             size_t n = upto - r->sent;
-            char *delta = malloc(n ? n : 1);
+            char *delta = malloc(n);
             if (delta) memcpy(delta, j->text + r->sent, n);
             r->sent = upto;
             pthread_mutex_unlock(&j->lock);
             if (!delta) return -1;
-            int rc = n ? out_event(r, chunk_json(r, stream_choice(r, delta, n, 0, NULL, reasoning))) : 0;
+            int rc = out_event(r, chunk_json(r, stream_choice(r, delta, n, 0, NULL, reasoning)));
             free(delta);
             return rc;
         }
         if (j->finish != JOB_RUNNING) {
             enum job_finish f = j->finish;
             uint32_t n_out = j->n_out;
+            const char *finish = openai_finish(f);
+            if (r->tools && (f == JOB_STOP || f == JOB_LENGTH)) {
+                /* the job is finished: its text no longer changes */
+                size_t a0 = j->thinking ? (j->reasoning_known ? j->reasoning_end : j->text_len) : 0;
+                if (r->sent >= a0 && sse_tool_calls(r, j->text + a0, j->text_len - a0, r->sent - a0, &finish)) {
+                    pthread_mutex_unlock(&j->lock);
+                    return -1;
+                }
+                r->sent = j->text_len;
+                if (f == JOB_LENGTH) finish = "length";
+            }
             pthread_mutex_unlock(&j->lock);
             r->tokens_out = n_out;
             r->finish = job_finish_name(f);
             if (f == JOB_STOP || f == JOB_LENGTH) {
-                out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 0, openai_finish(f), 0)));
+                out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 0, finish, 0)));
             } else {
                 const char *msg = f == JOB_ERROR ? "generation failed" : f == JOB_DEADLINE ? "request deadline passed"
                                 : f == JOB_SHUTDOWN ? "the server is shutting down"
@@ -581,12 +668,28 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
         return send_error(c, r, 503, "shutdown", "the server is shutting down");
     }
     if (!text) text = json_string("");
+    json_t *calls = NULL;
+    const char *finish = openai_finish(f);
+    if (r->tools && f == JOB_STOP) {
+        struct tool_output o;
+        read_tool_calls(r, json_string_value(text), json_string_length(text), &o);
+        if (o.n_calls) {
+            calls = tool_calls_json(r, &o, 0, o.n_calls, 0);
+            json_t *content = o.content_len ? json_stringn(json_string_value(text), o.content_len) : json_null();
+            json_decref(text);
+            text = content;
+            finish = "tool_calls";
+        }
+        tool_output_free(&o);
+    }
     json_t *choice = r->chat ? json_pack("{s:i,s:{s:s,s:o},s:s}", "index", 0, "message", "role", "assistant", "content",
-                                         text, "finish_reason", openai_finish(f))
+                                         text, "finish_reason", finish)
                              : json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", text, "logprobs", "finish_reason",
                                          openai_finish(f));
     if (reasoning && choice) json_object_set_new(json_object_get(choice, "message"), "reasoning_content", reasoning);
     else json_decref(reasoning);
+    if (calls && choice) json_object_set_new(json_object_get(choice, "message"), "tool_calls", calls);
+    else json_decref(calls);
     json_t *o = json_pack("{s:s+,s:s,s:I,s:s,s:[o],s:o}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
                           r->chat ? "chat.completion" : "text_completion", "created", (json_int_t)r->created, "model",
                           r->model_id, "choices", choice, "usage", usage_json(r, n_out));
@@ -693,6 +796,7 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
                                 : send_error(c, r, 503, "shutdown", "the server is shutting down");
     }
     r->job = j;
+    r->tools = r->chat && j->req.n_tools > 0 && j->req.tool_choice != REQ_TOOL_NONE;
     atomic_fetch_add(&a->in_flight, 1);
     r->created = (int64_t)time(NULL);
     if (!j->req.stream) return finish_blocking(c, r);

@@ -628,3 +628,140 @@ TEST(serve_takes_a_socket_from_systemd_activation)
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
     CHECK(access(d.sock, F_OK) == 0); /* the socket stays: it belongs to systemd */
 }
+
+/* One case of tests/data/chat-golden-dsv4.jsonl: its request body (malloc'd JSON object)
+ * and the prompt the official encoder renders for it. */
+static json_t *golden_case(const char *name, char **want)
+{
+    FILE *f = fopen("tests/data/chat-golden-dsv4.jsonl", "r");
+    char *line = NULL;
+    size_t cap = 0;
+    json_t *found = NULL;
+    while (f && !found && getline(&line, &cap, f) > 0) {
+        json_t *c = json_loads(line, 0, NULL);
+        if (c && !strcmp(json_string_value(json_object_get(c, "name")), name)) {
+            found = json_incref(json_object_get(c, "body"));
+            *want = strdup(json_string_value(json_object_get(c, "want")));
+        }
+        json_decref(c);
+    }
+    free(line);
+    if (f) fclose(f);
+    return found;
+}
+
+/* A tools conversation as clients send it: the prompt has the official encoder's tokens
+ * (its text split at the control tokens, as the official tokenizer does), and the answer is
+ * greedy decoding of exactly that prompt, blocking and streamed alike. The tiny random model
+ * writes no DSML block, so the answer comes back as content. */
+TEST(serve_tools_prompt_is_official_answer_greedy)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, small_sets) == 0);
+    char *want_text = NULL, err[256];
+    json_t *body = golden_case("two_calls_chat_mode", &want_text);
+    REQUIRE(body && want_text);
+    struct tokenizer *t;
+    REQUIRE(tok_create_from_file(&t, d.model, err, sizeof err) == 0);
+    struct tok_vec v = { 0 };
+    REQUIRE(tok_encode(t, want_text, strlen(want_text), TOK_ENCODE_PARSE_SPECIAL, &v, err, sizeof err) == 0);
+    uint32_t n_out;
+    char *want = engine_greedy(d.model, v.ids, (uint32_t)v.n, 8, &n_out);
+    REQUIRE(want);
+    json_object_set_new(body, "max_tokens", json_integer(8));
+    json_object_set_new(body, "temperature", json_integer(0));
+    json_object_set_new(body, "parallel_tool_calls", json_true());
+    json_object_set_new(body, "tool_choice", json_string("auto"));
+    char *req = json_dumps(body, 0), *out;
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", req, &out, NULL), 200);
+    json_t *o = parse(out);
+    json_t *choice = json_array_get(json_object_get(o, "choices"), 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(o, "usage"), "prompt_tokens")), v.n);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(choice, "message"), "content")), want);
+    CHECK(json_object_get(json_object_get(choice, "message"), "tool_calls") == NULL);
+    CHECK_STR(json_string_value(json_object_get(choice, "finish_reason")), n_out == 8 ? "length" : "stop");
+    json_decref(o);
+    free(out);
+    free(req);
+    /* streamed: the content deltas reassemble to the same answer */
+    json_object_set_new(body, "stream", json_true());
+    req = json_dumps(body, 0);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", req, &out, NULL), 200);
+    char joined[4096] = "";
+    const char *p = out, *finish = NULL;
+    json_t *last = NULL;
+    while (out && (p = strstr(p, "data: {"))) {
+        const char *e = strstr(p, "\n\n");
+        char *ev = strndup(p + 6, e ? (size_t)(e - p - 6) : strlen(p + 6));
+        json_t *c = json_loads(ev, 0, NULL);
+        json_t *ch = json_array_get(json_object_get(c, "choices"), 0);
+        const char *piece = json_string_value(json_object_get(json_object_get(ch, "delta"), "content"));
+        if (piece) strncat(joined, piece, sizeof joined - strlen(joined) - 1);
+        if (json_is_string(json_object_get(ch, "finish_reason"))) {
+            json_decref(last);
+            last = json_incref(c);
+            finish = json_string_value(json_object_get(ch, "finish_reason"));
+        }
+        json_decref(c);
+        free(ev);
+        p += 6;
+    }
+    CHECK_STR(joined, want);
+    CHECK(finish && !strcmp(finish, n_out == 8 ? "length" : "stop"));
+    json_decref(last);
+    free(out);
+    free(req);
+    free(want);
+    json_decref(body);
+    free(want_text);
+    tok_vec_free(&v);
+    tok_destroy(t);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+/* Fields clients send by default are honoured: the daemon takes its own output back with
+ * U+0000 in it; logit_bias +100 makes greedy decoding pick that token; penalties and many
+ * stop strings are accepted; a suffix on a model without fill-in-the-middle tokens and an
+ * image part get 400s that say why. */
+TEST(serve_client_defaults_and_logit_bias)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, small_sets) == 0);
+    char *out, err[256];
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\",\"name\":null},"
+                            "{\"role\":\"assistant\",\"content\":\"x\\u0000y\",\"reasoning_content\":null}"
+                            ",{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"go\",\"cache_control\":{\"type\":\"ephemeral\"}}]}],"
+                            "\"tools\":[],\"tool_choice\":\"none\",\"user\":null,\"logit_bias\":{},\"store\":false,"
+                            "\"parallel_tool_calls\":true,\"reasoning_effort\":\"high\",\"presence_penalty\":1.5,"
+                            "\"frequency_penalty\":0.5,\"stop\":[\"q1\",\"q2\",\"q3\",\"q4\",\"q5\",\"q6\",\"q7\"],"
+                            "\"max_tokens\":4}", &out, NULL), 200);
+    free(out);
+    struct tokenizer *t;
+    REQUIRE(tok_create_from_file(&t, d.model, err, sizeof err) == 0);
+    struct tok_vec v = { 0 };
+    REQUIRE(tok_encode(t, "Hello", 5, 0, &v, err, sizeof err) == 0);
+    REQUIRE(v.n == 1);
+    char req[256];
+    snprintf(req, sizeof req, "{\"prompt\":\"x\",\"max_tokens\":1,\"temperature\":0,\"logit_bias\":{\"%d\":100}}", v.ids[0]);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", req, &out, NULL), 200);
+    json_t *o = parse(out);
+    CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "text")), "Hello");
+    json_decref(o);
+    free(out);
+    snprintf(req, sizeof req, "{\"prompt\":\"x\",\"max_tokens\":1,\"logit_bias\":{\"%u\":1}}", 1u << 30);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", req, &out, NULL), 400);
+    CHECK(out && strstr(out, "not in the vocabulary"));
+    free(out);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"def f(\",\"suffix\":\"pass\"}", &out, NULL), 400);
+    CHECK(out && strstr(out, "fill-in-the-middle"));
+    free(out);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:,\"}}]}]}",
+                            &out, NULL), 400);
+    CHECK(out && strstr(out, "no vision"));
+    free(out);
+    tok_vec_free(&v);
+    tok_destroy(t);
+    serve_stop(&d, SIGTERM, 10000);
+}
