@@ -4,6 +4,7 @@
 #include "firmware/http_api.h"
 
 #include "engine/errmsg.h"
+#include "firmware/api_logprobs.h"
 #include "firmware/audit.h"
 #include "firmware/metrics.h"
 #include "firmware/peer.h"
@@ -64,6 +65,8 @@ struct req {
     uint64_t last_event_ns;
     /* Tool calls (chat with tools offered): the answer is read back for a DSML block. */
     int tools;
+    uint32_t lp_sent;             /* tokens whose logprobs were streamed */
+    size_t lp_offset;             /* completions: text_offset of the next token */
     char detail[320];             /* audit note, e.g. why model output did not parse as a call */
 };
 
@@ -409,6 +412,17 @@ static json_t *stream_choice(const struct req *r, const char *text, size_t len, 
     return json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", content ? content : json_string(""), "logprobs", "finish_reason", fin);
 }
 
+/* Attaches the logprobs of tokens [from, to) to a choice (chat or completion shape). */
+static void attach_logprobs(struct req *r, json_t *choice, uint32_t from, uint32_t to)
+{
+    if (!choice || !r->job->logprobs || to <= from) return;
+    pthread_rwlock_rdlock(&r->api->model_lock);
+    json_t *lp = r->chat ? logprobs_chat_json(r->api->tg, r->job->logprobs + from, to - from)
+                         : logprobs_completion_json(r->api->tg, r->job->logprobs + from, to - from, &r->lp_offset);
+    pthread_rwlock_unlock(&r->api->model_lock);
+    json_object_set_new(choice, "logprobs", lp);
+}
+
 /* Appends "data: <json>\n\n" to the pending output. */
 static int out_event(struct req *r, json_t *o)
 {
@@ -555,9 +569,13 @@ static int sse_produce(struct req *r)
             char *delta = malloc(n);
             if (delta) memcpy(delta, j->text + r->sent, n);
             r->sent = upto;
+            uint32_t lp_to = j->n_out; /* entries below n_out no longer change */
             pthread_mutex_unlock(&j->lock);
             if (!delta) return -1;
-            int rc = out_event(r, chunk_json(r, stream_choice(r, delta, n, 0, NULL, reasoning)));
+            json_t *choice = stream_choice(r, delta, n, 0, NULL, reasoning);
+            attach_logprobs(r, choice, r->lp_sent, lp_to);
+            r->lp_sent = lp_to;
+            int rc = out_event(r, chunk_json(r, choice));
             free(delta);
             return rc;
         }
@@ -579,7 +597,9 @@ static int sse_produce(struct req *r)
             r->tokens_out = n_out;
             r->finish = job_finish_name(f);
             if (f == JOB_STOP || f == JOB_LENGTH) {
-                out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 0, finish, 0)));
+                json_t *choice = stream_choice(r, NULL, 0, 0, finish, 0);
+                attach_logprobs(r, choice, r->lp_sent, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
+                out_event(r, chunk_json(r, choice));
             } else {
                 const char *msg = f == JOB_ERROR ? "generation failed" : f == JOB_DEADLINE ? "request deadline passed"
                                 : f == JOB_SHUTDOWN ? "the server is shutting down"
@@ -690,6 +710,7 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     else json_decref(reasoning);
     if (calls && choice) json_object_set_new(json_object_get(choice, "message"), "tool_calls", calls);
     else json_decref(calls);
+    attach_logprobs(r, choice, 0, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
     json_t *o = json_pack("{s:s+,s:s,s:I,s:s,s:[o],s:o}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
                           r->chat ? "chat.completion" : "text_completion", "created", (json_int_t)r->created, "model",
                           r->model_id, "choices", choice, "usage", usage_json(r, n_out));

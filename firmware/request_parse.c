@@ -346,11 +346,20 @@ static int parse_common(const char *key, json_t *x, const struct req_limits *lim
         if (!json_is_null(x) && (!json_is_boolean(x) || json_is_true(x)))
             return errf(err, err_len, "store: only false is supported (this server keeps no completions)");
     } else if (!strcmp(key, "top_logprobs")) {
-        uint32_t k;
-        if (!json_is_null(x) && get_uint(x, key, 0, 0, &k, err, err_len)) return -1;
+        if (!json_is_null(x) && get_uint(x, key, 0, REQ_MAX_TOP_LOGPROBS, &r->top_logprobs, err, err_len)) return -1;
     } else if (!strcmp(key, "logprobs")) {
-        if (!json_is_null(x) && (!json_is_boolean(x) || json_is_true(x)))
-            return errf(err, err_len, "logprobs: only false is supported");
+        /* chat: true or false (top_logprobs says how many alternatives); completions: the
+         * number of alternatives, as the legacy API has it */
+        if (json_is_null(x)) return 1;
+        if (json_is_boolean(x)) {
+            r->logprobs = json_is_true(x);
+        } else if (r->kind == REQ_COMPLETION && json_is_integer(x)) {
+            if (get_uint(x, key, 0, REQ_MAX_TOP_LOGPROBS, &r->top_logprobs, err, err_len)) return -1;
+            r->logprobs = true;
+        } else {
+            return errf(err, err_len, r->kind == REQ_CHAT ? "logprobs: expected true or false"
+                                                          : "logprobs: expected an integer 0 to %d", REQ_MAX_TOP_LOGPROBS);
+        }
     } else {
         return 0;
     }
@@ -434,6 +443,8 @@ static int parse_request(const char *body, size_t len, enum req_kind kind, const
     json_decref(root);
     if (!rc && !have_input) rc = errf(err, err_len, kind == REQ_CHAT ? "messages: missing" : "prompt: missing");
     if (!rc) rc = req_check_tools(out, err, err_len);
+    if (!rc && out->top_logprobs && !out->logprobs && kind == REQ_CHAT)
+        rc = errf(err, err_len, "top_logprobs: needs logprobs: true");
     if (rc) gen_request_free(out);
     return rc;
 }

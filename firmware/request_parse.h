@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { REQ_MAX_STOP = 16 };
+enum { REQ_MAX_STOP = 16, REQ_MAX_TOP_LOGPROBS = 20 };
 
 enum req_kind { REQ_CHAT, REQ_COMPLETION };
 enum req_role { REQ_ROLE_SYSTEM, REQ_ROLE_USER, REQ_ROLE_ASSISTANT, REQ_ROLE_TOOL };
@@ -83,6 +83,8 @@ struct gen_request {
     enum req_tool_choice tool_choice;
     char *tool_choice_name;       /* REQ_TOOL_NAMED */
     bool parallel_tool_calls;     /* false: at most one call is returned */
+    bool logprobs;                /* return each generated token's log probability */
+    uint32_t top_logprobs;        /* and the most likely alternatives, [0, REQ_MAX_TOP_LOGPROBS] */
     char model[128];              /* as asked; "" when absent */
 };
 

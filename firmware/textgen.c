@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,6 +38,8 @@ struct textgen_seq {
     size_t reasoning_end;      /* bytes of text before </think> */
     size_t fed;                /* bytes given to the stopper so far (all released in order) */
     int32_t think_end_tok;     /* </think>, or -1 */
+    bool logprobs;             /* this request wants them */
+    uint32_t top_logprobs;
 };
 
 int textgen_open(struct textgen **out, const struct engine *e, char *err, size_t err_len)
@@ -255,6 +258,12 @@ int textgen_prompt(const struct textgen *tg, const struct gen_request *req, int3
     return vec_out(&v, ids, n, err, err_len);
 }
 
+const char *textgen_token_piece(const struct textgen *tg, int32_t tok, size_t *len)
+{
+    const char *p = tok_piece(tg->tok, tok, TOK_DECODE_SPECIAL, len);
+    return p ? p : "";
+}
+
 int textgen_tokenize(const struct textgen *tg, const char *text, size_t len, bool add_special, int32_t **ids,
                      uint32_t *n, char *err, size_t err_len)
 {
@@ -376,6 +385,8 @@ int textgen_seq_start(struct textgen_seq *s, const struct gen_request *req, char
     s->reasoning_known = false;
     s->reasoning_end = 0;
     s->fed = 0;
+    s->logprobs = req->logprobs;
+    s->top_logprobs = req->top_logprobs < 20 ? req->top_logprobs : 20;
     return 0;
 }
 
@@ -385,10 +396,41 @@ bool textgen_seq_reasoning_end(const struct textgen_seq *s, size_t *end)
     return s->reasoning_known;
 }
 
-int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits)
+/* log-softmax of the raw logits at tok, and the k best (insertion into a short sorted
+ * list: k <= 20, one pass over the vocabulary, nothing allocated). NaN counts as -inf. */
+static void logprob_of(const float *logits, uint32_t n, int32_t tok, uint32_t k, struct textgen_logprob *lp)
+{
+    float max = -INFINITY;
+    for (uint32_t i = 0; i < n; i++)
+        if (logits[i] > max) max = logits[i];
+    double sum = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (logits[i] > -INFINITY) sum += exp((double)logits[i] - max);
+    float lse = max + (float)log(sum);
+    lp->tok = tok;
+    lp->logprob = logits[tok] > -INFINITY ? logits[tok] - lse : -INFINITY;
+    lp->n_top = 0;
+    for (uint32_t i = 0; i < n && k; i++) {
+        float l = logits[i];
+        if (!(l > -INFINITY)) continue;
+        if (lp->n_top == k && l <= lp->top_logprob[k - 1]) continue;
+        uint32_t at = lp->n_top < k ? lp->n_top++ : k - 1;
+        while (at > 0 && lp->top_logprob[at - 1] < l) {
+            lp->top_logprob[at] = lp->top_logprob[at - 1];
+            lp->top_tok[at] = lp->top_tok[at - 1];
+            at--;
+        }
+        lp->top_logprob[at] = l;
+        lp->top_tok[at] = (int32_t)i;
+    }
+    for (uint32_t i = 0; i < lp->n_top; i++) lp->top_logprob[i] -= lse;
+}
+
+int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits, struct textgen_logprob *lp)
 {
     int32_t tok = sampler_sample(s->sampler, logits);
     if (tok >= 0) sampler_accept(s->sampler, tok);
+    if (tok >= 0 && lp && s->logprobs) logprob_of(logits, s->tg->n_vocab, tok, s->top_logprobs, lp);
     return tok;
 }
 

@@ -29,6 +29,8 @@ int textgen_prompt(const struct textgen *tg, const struct gen_request *req, int3
 /* A chat request's prompt as text (control tokens as their text), as textgen_prompt
  * encodes it: for logs and golden tests against the official encoder. *text malloc'd. */
 int textgen_chat_text(const struct gen_request *req, char **text, size_t *len, char *err, size_t err_len);
+/* The bytes of one token, control tokens as their text (pointer into the tokenizer). */
+const char *textgen_token_piece(const struct textgen *tg, int32_t tok, size_t *len);
 /* /tokenize: literal text; add_special prepends BOS. */
 int textgen_tokenize(const struct textgen *tg, const char *text, size_t len, bool add_special, int32_t **ids,
                      uint32_t *n, char *err, size_t err_len);
@@ -36,6 +38,16 @@ int textgen_tokenize(const struct textgen *tg, const char *text, size_t len, boo
  * become U+FFFD), malloc'd and NUL-terminated. */
 int textgen_detokenize(const struct textgen *tg, const int32_t *ids, uint32_t n, char **text, size_t *len,
                        char *err, size_t err_len);
+
+/* A generated token's log probability under the model (log-softmax of the raw logits,
+ * before penalties, bias and temperature) and the most likely alternatives, best first. */
+struct textgen_logprob {
+    int32_t tok;
+    float logprob;
+    uint32_t n_top;
+    int32_t top_tok[20];
+    float top_logprob[20];
+};
 
 enum textgen_stop {
     TEXTGEN_GO = 0,      /* keep generating */
@@ -51,8 +63,9 @@ void textgen_seq_destroy(struct textgen_seq *s);
 /* Starts a new sequence with the request's sampling parameters, stop strings, max_tokens
  * and ignore_eos (a request without a seed gets one from the clock). */
 int textgen_seq_start(struct textgen_seq *s, const struct gen_request *req, char *err, size_t err_len);
-/* Picks the next token from logits [n_vocab]; -1 when every logit is -inf or NaN. */
-int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits);
+/* Picks the next token from logits [n_vocab]; -1 when every logit is -inf or NaN. When the
+ * request asked for logprobs, *lp (if not NULL) gets the token's. */
+int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits, struct textgen_logprob *lp);
 /* Takes a generated token: *text and *len get the text now safe to show (valid UTF-8, no part
  * of a stop string), pointing into the sequence's buffer until the next call. */
 enum textgen_stop textgen_seq_feed(struct textgen_seq *s, int32_t tok, const char **text, size_t *len);

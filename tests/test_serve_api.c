@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -763,5 +764,72 @@ TEST(serve_client_defaults_and_logit_bias)
     free(out);
     tok_vec_free(&v);
     tok_destroy(t);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+/* logprobs: one entry per generated token, the greedy token first among the alternatives,
+ * and the first token's log probability equal to a log-softmax of the engine's own logits
+ * for the same prompt. */
+TEST(serve_logprobs_match_the_engines_logits)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, small_sets) == 0);
+    const char *parts[] = { USER_MARK, "Hi", ASSISTANT_MARK, "</think>", NULL };
+    uint32_t n_prompt;
+    int32_t *prompt = encode_parts(d.model, parts, &n_prompt);
+    REQUIRE(prompt);
+    char err[256];
+    struct engine_options eo;
+    engine_options_default(&eo);
+    eo.model_path = d.model;
+    struct engine *e;
+    struct session *s;
+    REQUIRE(engine_open(&e, &eo, err, sizeof err) == 0);
+    REQUIRE(session_create(e, 0, &s, err, sizeof err) == 0);
+    struct engine_info info;
+    engine_get_info(e, &info);
+    float *logits = malloc(info.n_vocab * sizeof *logits);
+    REQUIRE(session_eval(s, prompt, n_prompt, logits, false, err, sizeof err) == 0);
+    double max = -1e30, sum = 0;
+    uint32_t best = 0;
+    for (uint32_t i = 0; i < info.n_vocab; i++) {
+        if (logits[i] > max) max = logits[i];
+        if (logits[i] > logits[best]) best = i;
+    }
+    for (uint32_t i = 0; i < info.n_vocab; i++) sum += exp((double)logits[i] - max);
+    double want = logits[best] - max - log(sum);
+    char *out;
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":4,\"temperature\":0,"
+                            "\"logprobs\":true,\"top_logprobs\":3}", &out, NULL), 200);
+    json_t *o = parse(out);
+    json_t *choice = json_array_get(json_object_get(o, "choices"), 0);
+    json_t *content = json_object_get(json_object_get(choice, "logprobs"), "content");
+    CHECK_EQ_INT(json_array_size(content), json_integer_value(json_object_get(json_object_get(o, "usage"), "completion_tokens")));
+    for (size_t i = 0; i < json_array_size(content); i++) {
+        json_t *c = json_array_get(content, i), *top = json_object_get(c, "top_logprobs");
+        REQUIRE(json_array_size(top) == 3);
+        CHECK_STR(json_string_value(json_object_get(json_array_get(top, 0), "token")), json_string_value(json_object_get(c, "token")));
+        double l0 = json_number_value(json_object_get(json_array_get(top, 0), "logprob"));
+        double l1 = json_number_value(json_object_get(json_array_get(top, 1), "logprob"));
+        CHECK(l0 <= 0 && l1 <= l0);
+    }
+    double got = json_number_value(json_object_get(json_array_get(content, 0), "logprob"));
+    if (fabs(got - want) > 1e-4) test_fail_at(__FILE__, __LINE__, "logprob %g, engine %g", got, want);
+    json_decref(o);
+    free(out);
+    /* completions: the legacy shape, one offset per token */
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":3,\"temperature\":0,\"logprobs\":2}",
+                            &out, NULL), 200);
+    o = parse(out);
+    json_t *lp = json_object_get(json_array_get(json_object_get(o, "choices"), 0), "logprobs");
+    CHECK_EQ_INT(json_array_size(json_object_get(lp, "tokens")), json_array_size(json_object_get(lp, "text_offset")));
+    CHECK_EQ_INT(json_object_size(json_array_get(json_object_get(lp, "top_logprobs"), 0)), 2);
+    json_decref(o);
+    free(out);
+    free(logits);
+    free(prompt);
+    session_destroy(s);
+    engine_close(e);
     serve_stop(&d, SIGTERM, 10000);
 }

@@ -45,7 +45,8 @@ static const struct bad_case cases[] = {
     { "POST", CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"extra\":1}]}", 400, NULL },
     { "POST", CHAT, "{" MSGS ",\"stream_options\":{\"x\":1}}", 400, NULL },
     { "POST", CHAT, "{" MSGS ",\"n\":2}", 400, NULL },
-    { "POST", CHAT, "{" MSGS ",\"logprobs\":true}", 400, NULL },
+    { "POST", CHAT, "{" MSGS ",\"logprobs\":\"yes\"}", 400, NULL },
+    { "POST", CHAT, "{" MSGS ",\"logprobs\":true,\"top_logprobs\":21}", 400, NULL },
     { "POST", CHAT, "{" MSGS "," MSGS "}", 400, NULL },                               /* duplicate key */
     { "POST", CHAT, "{" MSGS ",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\",\"l\",\"m\",\"n\",\"o\",\"p\",\"q\"]}", 400, NULL }, /* stop caps */
     { "POST", CHAT, "{" MSGS ",\"stop\":\"0123456789012345678901234567890123456789012345678901234567890123456789\"}", 400, NULL },
