@@ -82,6 +82,8 @@ enum stop_reason stopper_feed(struct stopper *s, int32_t tok, const char *text, 
 /* At the end of a generation that did not stop on a string: the held-back text. */
 size_t stopper_flush(struct stopper *s, char *out, size_t cap);
 size_t stopper_buf_size(const struct stopper *s);
+/* After STOP_STRING: the index of the stop string that matched; -1 otherwise. */
+int stopper_matched(const struct stopper *s);
 /* How many tokens it has taken since create/reset. */
 uint32_t stopper_n_tokens(const struct stopper *s);
 

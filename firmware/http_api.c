@@ -5,6 +5,7 @@
 
 #include "engine/errmsg.h"
 #include "firmware/api_logprobs.h"
+#include "firmware/api_shapes.h"
 #include "firmware/audit.h"
 #include "firmware/metrics.h"
 #include "firmware/peer.h"
@@ -65,6 +66,9 @@ struct req {
     uint64_t last_event_ns;
     /* Tool calls (chat with tools offered): the answer is read back for a DSML block. */
     int tools;
+    enum { FLAVOR_OPENAI, FLAVOR_ANTHROPIC, FLAVOR_RESPONSES } flavor; /* the API shape of the answer */
+    struct api_stream st;         /* Anthropic / Responses stream state */
+    char model_path[160];         /* GET /v1/models/{id}: the id asked for */
     uint32_t lp_sent;             /* tokens whose logprobs were streamed */
     size_t lp_offset;             /* completions: text_offset of the next token */
     char detail[320];             /* audit note, e.g. why model output did not parse as a call */
@@ -130,7 +134,9 @@ static enum MHD_Result send_error(struct MHD_Connection *c, struct req *r, int s
                                      : "invalid_request_error";
     json_t *m = json_string(msg);
     if (!m) m = json_string("invalid request");
-    json_t *o = json_pack("{s:{s:o,s:s,s:s}}", "error", "message", m, "type", type, "code", code);
+    json_t *o = r && r->flavor == FLAVOR_ANTHROPIC ? anthropic_error_json(status, json_string_value(m))
+              : json_pack("{s:{s:O,s:s,s:s}}", "error", "message", m, "type", type, "code", code);
+    json_decref(m);
     if (r) r->finish = code;
     return send_json(c, r, status, o);
 }
@@ -158,6 +164,8 @@ static const struct {
     { "/tokenize", METRICS_EP_TOKENIZE, "POST" },
     { "/detokenize", METRICS_EP_DETOKENIZE, "POST" },
     { "/metrics", METRICS_EP_METRICS, "GET" },
+    { "/v1/messages", METRICS_EP_MESSAGES, "POST" },
+    { "/v1/responses", METRICS_EP_RESPONSES, "POST" },
 };
 
 /* ---- connection and request lifecycle ---- */
@@ -283,10 +291,19 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
 static enum MHD_Result route_models(struct MHD_Connection *c, struct req *r)
 {
     if (atomic_load(&r->api->state) != API_READY) return send_error(c, r, 503, "loading", "the model is not loaded yet");
-    json_t *o = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:s}]}", "object", "list", "data", "id", r->model_id, "object",
-                          "model", "created", (json_int_t)(r->api->id_base / 1000000000ull), "owned_by", "flashbox",
-                          "slot", r->cfg.slot);
-    return send_json(c, r, 200, o);
+    json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", r->model_id, "object", "model", "created",
+                          (json_int_t)(r->api->id_base / 1000000000ull), "owned_by", "flashbox", "slot", r->cfg.slot);
+    if (r->model_path[0]) { /* GET /v1/models/{id}: the one model served, by its name */
+        if (strcmp(r->model_path, r->model_id)) {
+            json_decref(m);
+            char msg[256];
+            snprintf(msg, sizeof msg, "model '%.100s' is not served here (this server serves '%.100s')", r->model_path,
+                     r->model_id);
+            return send_error(c, r, 404, "model_not_found", msg);
+        }
+        return send_json(c, r, 200, m);
+    }
+    return send_json(c, r, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
 }
 
 static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
@@ -455,6 +472,28 @@ static int out_raw(struct req *r, const char *s)
     return 0;
 }
 
+/* Writes [name, data] pairs as "event: name\ndata: json\n\n" (Anthropic and Responses
+ * streams name their events). Consumes events. */
+static int out_named(struct req *r, json_t *events)
+{
+    int rc = 0;
+    size_t i;
+    json_t *ev;
+    json_array_foreach(events, i, ev) {
+        char head[96];
+        snprintf(head, sizeof head, "event: %s\n", json_string_value(json_array_get(ev, 0)));
+        if (out_raw(r, head) || out_event(r, json_incref(json_array_get(ev, 1)))) rc = -1;
+    }
+    json_decref(events);
+    return rc;
+}
+
+/* The parts of a result known before the end (ids, model, prompt size). */
+static struct api_result result_head(const struct req *r)
+{
+    return (struct api_result){ .id = r->id, .model = r->model_id, .created = r->created, .n_in = r->tokens_in };
+}
+
 static const char *openai_finish(enum job_finish f)
 {
     return f == JOB_STOP ? "stop" : f == JOB_LENGTH ? "length" : job_finish_name(f);
@@ -539,12 +578,73 @@ fail:
     return -1;
 }
 
+static const char *failure_message(enum job_finish f)
+{
+    return f == JOB_ERROR ? "generation failed" : f == JOB_DEADLINE ? "request deadline passed"
+         : f == JOB_SHUTDOWN ? "the server is shutting down"
+         : f == JOB_RELOAD ? "cancelled while the model was replaced; retry" : "cancelled";
+}
+
+/* The end of an Anthropic or Responses stream (job finished, its lock held): the rest of
+ * the answer up to any call block, the calls, and the closing events; or an error event. */
+static int sse_end_other(struct req *r)
+{
+    struct job *j = r->job;
+    enum job_finish f = j->finish;
+    r->tokens_out = j->n_out;
+    r->finish = job_finish_name(f);
+    r->stream_ended = 1;
+    json_t *events = json_array();
+    if (f != JOB_STOP && f != JOB_LENGTH) {
+        int status = f == JOB_DEADLINE ? 504 : f == JOB_ERROR ? 500 : 503;
+        json_t *e = r->flavor == FLAVOR_ANTHROPIC ? anthropic_error_json(status, failure_message(f))
+                  : json_pack("{s:s,s:s,s:s,s:n}", "type", "error", "code", job_finish_name(f), "message",
+                              failure_message(f), "param");
+        json_array_append_new(events, json_pack("[s,o]", "error", e));
+        return out_named(r, events);
+    }
+    size_t a0 = j->thinking ? (j->reasoning_known ? j->reasoning_end : j->text_len) : 0;
+    const char *answer = j->text + a0;
+    size_t len = j->text_len - a0, sent = r->sent > a0 ? r->sent - a0 : 0;
+    struct tool_output o = { .content_len = len };
+    if (r->tools && f == JOB_STOP) read_tool_calls(r, answer, len, &o);
+    struct api_result res = result_head(r);
+    if (j->thinking) {
+        res.reasoning = j->text;
+        res.reasoning_len = a0;
+    }
+    if (o.content_len > sent) {
+        if (r->flavor == FLAVOR_ANTHROPIC) anthropic_stream_delta(&r->st, false, answer + sent, o.content_len - sent, events);
+        else responses_stream_delta(&r->st, &res, false, answer + sent, o.content_len - sent, events);
+    }
+    r->sent = j->text_len;
+    int si = j->stop_index;
+    bool by_string = si >= 0 && (uint32_t)si < j->req.n_stop;
+    res.content = answer;
+    res.content_len = o.content_len;
+    res.calls = &o;
+    res.end = o.n_calls ? API_END_TOOL_CALLS : f == JOB_LENGTH ? API_END_LENGTH : by_string ? API_END_STOP_STRING : API_END_STOP;
+    res.stop_string = by_string ? j->req.stop[si] : NULL;
+    res.n_out = j->n_out;
+    if (r->flavor == FLAVOR_ANTHROPIC) anthropic_stream_end(&r->st, &res, events);
+    else responses_stream_end(&r->st, &res, events);
+    tool_output_free(&o);
+    return out_named(r, events);
+}
+
 /* Produces the next SSE events into r->out; returns -1 when the client is gone. */
 static int sse_produce(struct req *r)
 {
     struct job *j = r->job;
     if (!r->role_sent) {
         r->role_sent = 1;
+        if (r->flavor != FLAVOR_OPENAI) {
+            json_t *events = json_array();
+            struct api_result head = result_head(r);
+            if (r->flavor == FLAVOR_ANTHROPIC) anthropic_stream_start(&r->st, &head, events);
+            else responses_stream_start(&r->st, &head, events);
+            return out_named(r, events);
+        }
         if (r->chat) return out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 1, NULL, 0)));
     }
     for (;;) {
@@ -570,6 +670,18 @@ static int sse_produce(struct req *r)
             if (delta) memcpy(delta, j->text + r->sent, n);
             r->sent = upto;
             uint32_t lp_to = j->n_out; /* entries below n_out no longer change */
+            if (r->flavor != FLAVOR_OPENAI) {
+                /* under the lock: a Responses reasoning item closes with the reasoning text */
+                json_t *events = json_array();
+                struct api_result head = result_head(r);
+                head.reasoning = j->text;
+                head.reasoning_len = j->reasoning_known ? j->reasoning_end : j->text_len;
+                if (delta && r->flavor == FLAVOR_ANTHROPIC) anthropic_stream_delta(&r->st, reasoning, delta, n, events);
+                else if (delta) responses_stream_delta(&r->st, &head, reasoning, delta, n, events);
+                pthread_mutex_unlock(&j->lock);
+                free(delta);
+                return delta ? out_named(r, events) : (json_decref(events), -1);
+            }
             pthread_mutex_unlock(&j->lock);
             if (!delta) return -1;
             json_t *choice = stream_choice(r, delta, n, 0, NULL, reasoning);
@@ -577,6 +689,11 @@ static int sse_produce(struct req *r)
             r->lp_sent = lp_to;
             int rc = out_event(r, chunk_json(r, choice));
             free(delta);
+            return rc;
+        }
+        if (j->finish != JOB_RUNNING && r->flavor != FLAVOR_OPENAI) {
+            int rc = sse_end_other(r);
+            pthread_mutex_unlock(&j->lock);
             return rc;
         }
         if (j->finish != JOB_RUNNING) {
@@ -601,9 +718,7 @@ static int sse_produce(struct req *r)
                 attach_logprobs(r, choice, r->lp_sent, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
                 out_event(r, chunk_json(r, choice));
             } else {
-                const char *msg = f == JOB_ERROR ? "generation failed" : f == JOB_DEADLINE ? "request deadline passed"
-                                : f == JOB_SHUTDOWN ? "the server is shutting down"
-                                : f == JOB_RELOAD ? "cancelled while the model was replaced; retry" : "cancelled";
+                const char *msg = failure_message(f);
                 out_event(r, json_pack("{s:{s:s,s:s,s:s}}", "error", "message", msg, "type", "server_error", "code",
                                        job_finish_name(f)));
             }
@@ -622,7 +737,7 @@ static int sse_produce(struct req *r)
             return -1;
         }
         if (sched_now_ns() - r->last_event_ns > (uint64_t)r->cfg.sse_ping_s * 1000000000ull)
-            return out_raw(r, ": ping\n\n");
+            return out_raw(r, r->flavor == FLAVOR_ANTHROPIC ? "event: ping\ndata: {\"type\": \"ping\"}\n\n" : ": ping\n\n");
     }
 }
 
@@ -690,18 +805,35 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     if (!text) text = json_string("");
     json_t *calls = NULL;
     const char *finish = openai_finish(f);
-    if (r->tools && f == JOB_STOP) {
-        struct tool_output o;
-        read_tool_calls(r, json_string_value(text), json_string_length(text), &o);
-        if (o.n_calls) {
-            calls = tool_calls_json(r, &o, 0, o.n_calls, 0);
-            json_t *content = o.content_len ? json_stringn(json_string_value(text), o.content_len) : json_null();
-            json_decref(text);
-            text = content;
-            finish = "tool_calls";
-        }
+    struct tool_output o = { .content_len = json_string_length(text) };
+    if (r->tools && f == JOB_STOP) read_tool_calls(r, json_string_value(text), json_string_length(text), &o);
+    if (r->flavor != FLAVOR_OPENAI) {
+        int si = j->stop_index;
+        struct api_result res = {
+            .id = r->id, .model = r->model_id, .created = r->created,
+            .reasoning = reasoning ? json_string_value(reasoning) : NULL,
+            .reasoning_len = reasoning ? json_string_length(reasoning) : 0,
+            .content = json_string_value(text), .content_len = o.content_len, .calls = &o,
+            .end = o.n_calls ? API_END_TOOL_CALLS : f == JOB_LENGTH ? API_END_LENGTH
+                 : si >= 0 && (uint32_t)si < j->req.n_stop ? API_END_STOP_STRING : API_END_STOP,
+            .stop_string = si >= 0 && (uint32_t)si < j->req.n_stop ? j->req.stop[si] : NULL,
+            .n_in = r->tokens_in, .n_out = n_out,
+        };
+        json_t *out = r->flavor == FLAVOR_ANTHROPIC ? anthropic_message_json(&res)
+                                                    : responses_json(&res, f == JOB_LENGTH ? "incomplete" : "completed");
         tool_output_free(&o);
+        json_decref(text);
+        json_decref(reasoning);
+        return send_json(c, r, 200, out);
     }
+    if (o.n_calls) {
+        calls = tool_calls_json(r, &o, 0, o.n_calls, 0);
+        json_t *content = o.content_len ? json_stringn(json_string_value(text), o.content_len) : json_null();
+        json_decref(text);
+        text = content;
+        finish = "tool_calls";
+    }
+    tool_output_free(&o);
     json_t *choice = r->chat ? json_pack("{s:i,s:{s:s,s:o},s:s}", "index", 0, "message", "role", "assistant", "content",
                                          text, "finish_reason", finish)
                              : json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", text, "logprobs", "finish_reason",
@@ -711,10 +843,10 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
     if (calls && choice) json_object_set_new(json_object_get(choice, "message"), "tool_calls", calls);
     else json_decref(calls);
     attach_logprobs(r, choice, 0, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
-    json_t *o = json_pack("{s:s+,s:s,s:I,s:s,s:[o],s:o}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
-                          r->chat ? "chat.completion" : "text_completion", "created", (json_int_t)r->created, "model",
-                          r->model_id, "choices", choice, "usage", usage_json(r, n_out));
-    return send_json(c, r, 200, o);
+    json_t *resp = json_pack("{s:s+,s:s,s:I,s:s,s:[o],s:o}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
+                             r->chat ? "chat.completion" : "text_completion", "created", (json_int_t)r->created, "model",
+                             r->model_id, "choices", choice, "usage", usage_json(r, n_out));
+    return send_json(c, r, 200, resp);
 }
 
 /* Takes one of the peer uid's in-flight places; 0 when over the cap (or the table is full). */
@@ -768,9 +900,24 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
         .max_messages = r->cfg.max_messages,
     };
     struct gen_request gr;
-    r->chat = r->ep == METRICS_EP_CHAT;
-    int rc = r->chat ? request_parse_chat(r->body, r->body_len, &lim, &gr, err, sizeof err)
+    r->chat = r->ep != METRICS_EP_COMPLETIONS;
+    int rc;
+    if (r->flavor != FLAVOR_OPENAI) {
+        /* another API's body, translated into the chat body it means, then parsed as one */
+        if (r->body_len > lim.max_body_bytes) return send_error(c, r, 413, "body_too_large", "request body too large");
+        json_t *chat = r->flavor == FLAVOR_ANTHROPIC ? anthropic_to_chat(r->body, r->body_len, err, sizeof err)
+                                                     : responses_to_chat(r->body, r->body_len, err, sizeof err);
+        if (!chat) return send_error(c, r, 400, "invalid_request", err);
+        char *body = json_dumps(chat, JSON_COMPACT);
+        json_decref(chat);
+        if (!body) return send_error(c, r, 500, "internal", "out of memory");
+        lim.max_body_bytes = (uint64_t)strlen(body) + 1; /* the client's body was checked above */
+        rc = request_parse_chat(body, strlen(body), &lim, &gr, err, sizeof err);
+        free(body);
+    } else {
+        rc = r->chat ? request_parse_chat(r->body, r->body_len, &lim, &gr, err, sizeof err)
                      : request_parse_completion(r->body, r->body_len, &lim, &gr, err, sizeof err);
+    }
     if (rc) return send_error(c, r, 400, "invalid_request", err);
     int32_t *prompt;
     uint32_t n_prompt;
@@ -871,6 +1018,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 r->ep = routes[i].ep;
                 want = routes[i].method;
             }
+        if (!strncmp(url, "/v1/models/", 11) && url[11] && strlen(url + 11) < sizeof r->model_path) {
+            r->ep = METRICS_EP_MODELS;
+            want = "GET";
+            snprintf(r->model_path, sizeof r->model_path, "%s", url + 11);
+        }
+        if (r->ep == METRICS_EP_MESSAGES) r->flavor = FLAVOR_ANTHROPIC;
+        if (r->ep == METRICS_EP_RESPONSES) r->flavor = FLAVOR_RESPONSES;
         if (!r->conn || r->conn->peer_err) return send_error(c, r, 403, "forbidden", "peer credentials unavailable");
         if (!peer_allowed(&r->conn->peer, r->cfg.allow_uids, r->cfg.n_allow_uids, r->cfg.allow_gids, r->cfg.n_allow_gids)) {
             r->denied = 1;
@@ -878,6 +1032,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return send_error(c, r, 403, "forbidden", "this peer is not allowed to use the API");
         }
         if (!r->conn->peer.is_unix && !host_ok(c)) return send_error(c, r, 403, "forbidden", "Host must be a loopback name");
+        if (!want && !strcmp(url, "/v1/embeddings"))
+            return send_error(c, r, 404, "not_found", "no embeddings: the model has no embedding head");
         if (!want) return send_error(c, r, 404, "not_found", "no such endpoint");
         if (strcmp(method, want)) return send_error(c, r, 405, "method_not_allowed", "method not allowed on this endpoint");
         if (!strcmp(want, "POST")) {
@@ -936,7 +1092,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     case METRICS_EP_TOKENIZE: return route_tokenize(c, r);
     case METRICS_EP_DETOKENIZE: return route_detokenize(c, r);
     case METRICS_EP_CHAT:
-    case METRICS_EP_COMPLETIONS: return route_generate(c, r);
+    case METRICS_EP_COMPLETIONS:
+    case METRICS_EP_MESSAGES:
+    case METRICS_EP_RESPONSES: return route_generate(c, r);
     default: return send_error(c, r, 404, "not_found", "no such endpoint");
     }
 }

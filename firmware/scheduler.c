@@ -67,6 +67,7 @@ struct job *job_create(struct gen_request *req, int32_t *prompt, uint32_t n_prom
     j->deadline_ns = j->t_submit_ns + (uint64_t)deadline_s * 1000000000ull;
     j->refs = 1;
     j->slot = -1;
+    j->stop_index = -1;
     pthread_mutex_init(&j->lock, NULL);
     cond_init_monotonic(&j->cond);
     return j;
@@ -365,6 +366,7 @@ static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
         return 0;
     }
     if (why == TEXTGEN_STOP_STRING) {
+        j->stop_index = textgen_seq_stop_index(sl->seq); /* read after the job ends (finish is under its lock) */
         slot_finish_ex(s, sl, JOB_STOP, NULL, false);
         return 0;
     }

@@ -458,6 +458,8 @@ enum textgen_stop textgen_seq_feed(struct textgen_seq *s, int32_t tok, const cha
     }
 }
 
+int textgen_seq_stop_index(const struct textgen_seq *s) { return stopper_matched(s->stopper); }
+
 void textgen_seq_finish(struct textgen_seq *s, const char **text, size_t *len)
 {
     /* Held stop-string prefix first (it precedes the tail in the text), then a held

@@ -73,6 +73,8 @@ enum textgen_stop textgen_seq_feed(struct textgen_seq *s, int32_t tok, const cha
  * byte offset in the sequence's text where the answer starts (text before it is the
  * reasoning; the </think> marker itself is not part of the text). */
 bool textgen_seq_reasoning_end(const struct textgen_seq *s, size_t *end);
+/* After TEXTGEN_STOP_STRING: the index of the request's stop string that matched, else -1. */
+int textgen_seq_stop_index(const struct textgen_seq *s);
 /* At the end (not after a stop string): the held-back text. */
 void textgen_seq_finish(struct textgen_seq *s, const char **text, size_t *len);
 
