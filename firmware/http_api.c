@@ -66,6 +66,9 @@ struct req {
     uint64_t last_event_ns;
     /* Tool calls (chat with tools offered): the answer is read back for a DSML block. */
     int tools;
+    struct job *more[REQ_MAX_N - 1]; /* n > 1: the other choices' jobs, [n_more] */
+    uint32_t n_more;
+    int deadline_partial;         /* header Flashbox-Deadline: partial (finish_reason "length" at the deadline) */
     enum { FLAVOR_OPENAI, FLAVOR_ANTHROPIC, FLAVOR_RESPONSES } flavor; /* the API shape of the answer */
     struct api_stream st;         /* Anthropic / Responses stream state */
     char model_path[160];         /* GET /v1/models/{id}: the id asked for */
@@ -220,6 +223,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && f != JOB_RUNNING && r->status == 200) r->finish = "client_gone";
         job_release(r->job);
         atomic_fetch_sub(&a->in_flight, 1);
+    }
+    for (uint32_t k = 0; k < r->n_more; k++) {
+        scheduler_cancel(a->sched, r->more[k]); /* no-op once finished */
+        job_release(r->more[k]);
     }
     uid_release(a, r);
     uint64_t now = sched_now_ns();
@@ -430,12 +437,13 @@ static json_t *stream_choice(const struct req *r, const char *text, size_t len, 
 }
 
 /* Attaches the logprobs of tokens [from, to) to a choice (chat or completion shape). */
-static void attach_logprobs(struct req *r, json_t *choice, uint32_t from, uint32_t to)
+static void attach_logprobs(struct req *r, const struct job *j, json_t *choice, uint32_t from, uint32_t to)
 {
-    if (!choice || !r->job->logprobs || to <= from) return;
+    if (!choice || !j->logprobs || to <= from) return;
+    size_t offset0 = 0, *offset = j == r->job ? &r->lp_offset : &offset0; /* streams have one job */
     pthread_rwlock_rdlock(&r->api->model_lock);
-    json_t *lp = r->chat ? logprobs_chat_json(r->api->tg, r->job->logprobs + from, to - from)
-                         : logprobs_completion_json(r->api->tg, r->job->logprobs + from, to - from, &r->lp_offset);
+    json_t *lp = r->chat ? logprobs_chat_json(r->api->tg, j->logprobs + from, to - from)
+                         : logprobs_completion_json(r->api->tg, j->logprobs + from, to - from, offset);
     pthread_rwlock_unlock(&r->api->model_lock);
     json_object_set_new(choice, "logprobs", lp);
 }
@@ -594,6 +602,7 @@ static int sse_end_other(struct req *r)
     r->tokens_out = j->n_out;
     r->finish = job_finish_name(f);
     r->stream_ended = 1;
+    if (f == JOB_DEADLINE && r->deadline_partial) f = JOB_LENGTH; /* asked for what was produced */
     json_t *events = json_array();
     if (f != JOB_STOP && f != JOB_LENGTH) {
         int status = f == JOB_DEADLINE ? 504 : f == JOB_ERROR ? 500 : 503;
@@ -685,7 +694,7 @@ static int sse_produce(struct req *r)
             pthread_mutex_unlock(&j->lock);
             if (!delta) return -1;
             json_t *choice = stream_choice(r, delta, n, 0, NULL, reasoning);
-            attach_logprobs(r, choice, r->lp_sent, lp_to);
+            attach_logprobs(r, j, choice, r->lp_sent, lp_to);
             r->lp_sent = lp_to;
             int rc = out_event(r, chunk_json(r, choice));
             free(delta);
@@ -698,6 +707,7 @@ static int sse_produce(struct req *r)
         }
         if (j->finish != JOB_RUNNING) {
             enum job_finish f = j->finish;
+            if (f == JOB_DEADLINE && r->deadline_partial) f = JOB_LENGTH; /* asked for what was produced */
             uint32_t n_out = j->n_out;
             const char *finish = openai_finish(f);
             if (r->tools && (f == JOB_STOP || f == JOB_LENGTH)) {
@@ -715,7 +725,7 @@ static int sse_produce(struct req *r)
             r->finish = job_finish_name(f);
             if (f == JOB_STOP || f == JOB_LENGTH) {
                 json_t *choice = stream_choice(r, NULL, 0, 0, finish, 0);
-                attach_logprobs(r, choice, r->lp_sent, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
+                attach_logprobs(r, j, choice, r->lp_sent, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
                 out_event(r, chunk_json(r, choice));
             } else {
                 const char *msg = failure_message(f);
@@ -758,49 +768,56 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
-/* Non-streaming: waits for the job in this connection's thread. */
-static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
+/* Waits for a job in this connection's thread; -1 when the client left (every job of the
+ * request is then cancelled). */
+static int wait_job(struct req *r, struct job *j)
 {
-    struct job *j = r->job;
     pthread_mutex_lock(&j->lock);
     while (j->finish == JOB_RUNNING) {
         wait_job_slice(j);
         if (j->finish != JOB_RUNNING) break;
         pthread_mutex_unlock(&j->lock);
         if (client_gone(r->conn->fd)) {
-            scheduler_cancel(r->api->sched, j);
+            scheduler_cancel(r->api->sched, r->job);
+            for (uint32_t k = 0; k < r->n_more; k++) scheduler_cancel(r->api->sched, r->more[k]);
             r->finish = "cancelled";
-            return MHD_NO; /* nobody to answer; MHD closes the connection */
+            return -1;
         }
         pthread_mutex_lock(&j->lock);
     }
+    pthread_mutex_unlock(&j->lock);
+    return 0;
+}
+
+/* A finished job's answer as an OpenAI choice (index k), or its API shape for the other
+ * flavours (*shaped). NULL with *status and *code set when the job failed. */
+static json_t *finished_answer(struct req *r, struct job *j, uint32_t k, int *status, const char **code, char *why,
+                               size_t why_len)
+{
+    pthread_mutex_lock(&j->lock); /* finished: nothing changes any more, the lock is for the memory order */
     enum job_finish f = j->finish;
     uint32_t n_out = j->n_out;
-    char why[sizeof j->error + 64];
-    snprintf(why, sizeof why, "the engine failed during generation: %s", j->error);
     if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
     /* Thinking mode: the reasoning (all of the text if it never ended) is separate. */
     size_t split = !j->thinking ? 0 : j->reasoning_known && j->reasoning_end < j->text_len ? j->reasoning_end : j->text_len;
     json_t *text = json_stringn(j->text + split, j->text_len - split);
     json_t *reasoning = j->thinking ? json_stringn(j->text, split) : NULL;
+    snprintf(why, why_len, "the engine failed during generation: %s", j->error);
     pthread_mutex_unlock(&j->lock);
-    r->tokens_out = n_out;
+    r->tokens_out += n_out;
     r->finish = job_finish_name(f);
-    if (f == JOB_ERROR) {
+    /* a deadline answers with what was produced when the client asked for that */
+    bool partial = f == JOB_DEADLINE && r->deadline_partial;
+    if (partial) f = JOB_LENGTH;
+    if (f != JOB_STOP && f != JOB_LENGTH) {
         json_decref(text);
-        return send_error(c, r, 500, "generation_failed", why);
-    }
-    if (f == JOB_DEADLINE) {
-        json_decref(text);
-        return send_error(c, r, 504, "deadline", "the request deadline passed before the answer was complete");
-    }
-    if (f == JOB_RELOAD) {
-        json_decref(text);
-        return send_error(c, r, 503, "model_reload", "cancelled while the model was replaced; retry");
-    }
-    if (f == JOB_SHUTDOWN || f == JOB_CANCELLED) {
-        json_decref(text);
-        return send_error(c, r, 503, "shutdown", "the server is shutting down");
+        json_decref(reasoning);
+        *status = f == JOB_ERROR ? 500 : f == JOB_DEADLINE ? 504 : 503;
+        *code = f == JOB_ERROR ? "generation_failed" : f == JOB_DEADLINE ? "deadline" : f == JOB_RELOAD ? "model_reload" : "shutdown";
+        if (f == JOB_DEADLINE) snprintf(why, why_len, "the request deadline passed before the answer was complete");
+        else if (f == JOB_RELOAD) snprintf(why, why_len, "cancelled while the model was replaced; retry");
+        else if (f != JOB_ERROR) snprintf(why, why_len, "the server is shutting down");
+        return NULL;
     }
     if (!text) text = json_string("");
     json_t *calls = NULL;
@@ -824,7 +841,7 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
         tool_output_free(&o);
         json_decref(text);
         json_decref(reasoning);
-        return send_json(c, r, 200, out);
+        return out;
     }
     if (o.n_calls) {
         calls = tool_calls_json(r, &o, 0, o.n_calls, 0);
@@ -834,18 +851,47 @@ static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
         finish = "tool_calls";
     }
     tool_output_free(&o);
-    json_t *choice = r->chat ? json_pack("{s:i,s:{s:s,s:o},s:s}", "index", 0, "message", "role", "assistant", "content",
-                                         text, "finish_reason", finish)
-                             : json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", text, "logprobs", "finish_reason",
-                                         openai_finish(f));
+    json_t *choice = r->chat ? json_pack("{s:I,s:{s:s,s:o},s:s}", "index", (json_int_t)k, "message", "role", "assistant",
+                                         "content", text, "finish_reason", finish)
+                             : json_pack("{s:I,s:o,s:n,s:s}", "index", (json_int_t)k, "text", text, "logprobs",
+                                         "finish_reason", finish);
     if (reasoning && choice) json_object_set_new(json_object_get(choice, "message"), "reasoning_content", reasoning);
     else json_decref(reasoning);
     if (calls && choice) json_object_set_new(json_object_get(choice, "message"), "tool_calls", calls);
     else json_decref(calls);
-    attach_logprobs(r, choice, 0, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
-    json_t *resp = json_pack("{s:s+,s:s,s:I,s:s,s:[o],s:o}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
+    attach_logprobs(r, j, choice, 0, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
+    return choice;
+}
+
+/* Non-streaming: waits for the request's jobs (one per choice) in this connection's thread. */
+static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
+{
+    json_t *choices = json_array();
+    r->tokens_out = 0;
+    for (uint32_t k = 0; k <= r->n_more; k++) {
+        struct job *j = k ? r->more[k - 1] : r->job;
+        if (wait_job(r, j)) {
+            json_decref(choices);
+            return MHD_NO; /* nobody to answer; MHD closes the connection */
+        }
+        int status = 0;
+        const char *code = NULL;
+        char why[sizeof j->error + 64];
+        json_t *a = finished_answer(r, j, k, &status, &code, why, sizeof why);
+        if (!a) {
+            json_decref(choices);
+            for (uint32_t m = 0; m < r->n_more; m++) scheduler_cancel(r->api->sched, r->more[m]);
+            return send_error(c, r, status, code, why);
+        }
+        if (r->flavor != FLAVOR_OPENAI) {
+            json_decref(choices);
+            return send_json(c, r, 200, a);
+        }
+        json_array_append_new(choices, a);
+    }
+    json_t *resp = json_pack("{s:s+,s:s,s:I,s:s,s:o,s:o}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
                              r->chat ? "chat.completion" : "text_completion", "created", (json_int_t)r->created, "model",
-                             r->model_id, "choices", choice, "usage", usage_json(r, n_out));
+                             r->model_id, "choices", choices, "usage", usage_json(r, (uint32_t)r->tokens_out));
     return send_json(c, r, 200, resp);
 }
 
@@ -919,6 +965,23 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
                      : request_parse_completion(r->body, r->body_len, &lim, &gr, err, sizeof err);
     }
     if (rc) return send_error(c, r, 400, "invalid_request", err);
+    if (gr.n > 1) {
+        /* each choice decodes in its own slot: no more choices than slots, blocking only */
+        struct sched_stats st;
+        scheduler_stats(a->sched, &st);
+        const char *why = gr.stream ? "n > 1 is not supported with stream" : NULL;
+        char msg[128];
+        if (!why && gr.n > st.slots) {
+            snprintf(msg, sizeof msg, "n: %u, at most %u here (one decoding slot per choice: server.slots)", gr.n, st.slots);
+            why = msg;
+        }
+        if (why) {
+            gen_request_free(&gr);
+            return send_error(c, r, 400, "invalid_request", why);
+        }
+    }
+    const char *dl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Flashbox-Deadline");
+    r->deadline_partial = dl && !strcmp(dl, "partial");
     int32_t *prompt;
     uint32_t n_prompt;
     /* The tokenizer's generation travels with the job: one queued across a model swap is
@@ -966,6 +1029,33 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
     r->job = j;
     r->tools = r->chat && j->req.n_tools > 0 && j->req.tool_choice != REQ_TOOL_NONE;
     atomic_fetch_add(&a->in_flight, 1);
+    /* n > 1: the other choices, each its own job on the same prompt (the body parsed again:
+     * the same request), seeded seed + i when the request is seeded */
+    for (uint32_t k = 1; k < j->req.n; k++) {
+        struct gen_request gk;
+        rc = r->chat ? request_parse_chat(r->body, r->body_len, &lim, &gk, err, sizeof err)
+                     : request_parse_completion(r->body, r->body_len, &lim, &gk, err, sizeof err);
+        int32_t *pk = rc ? NULL : malloc((size_t)n_prompt * sizeof *pk);
+        struct job *jk = NULL;
+        if (pk) {
+            memcpy(pk, j->prompt, (size_t)n_prompt * sizeof *pk);
+            gk.seed += k;
+            jk = job_create(&gk, pk, n_prompt, r->cfg.request_deadline_s);
+        }
+        if (jk) jk->model_gen = model_gen;
+        if (!jk || scheduler_submit(a->sched, jk) != SCHED_OK) {
+            if (!jk) {
+                free(pk);
+                if (!rc) gen_request_free(&gk);
+            }
+            job_release(jk);
+            scheduler_cancel(a->sched, j);
+            for (uint32_t m = 0; m < r->n_more; m++) scheduler_cancel(a->sched, r->more[m]);
+            metrics_rejected("queue_full");
+            return send_error(c, r, 429, "queue_full", "not enough room in the queue for every choice; retry later");
+        }
+        r->more[r->n_more++] = jk;
+    }
     r->created = (int64_t)time(NULL);
     if (!j->req.stream) return finish_blocking(c, r);
     r->last_event_ns = sched_now_ns();

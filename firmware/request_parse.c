@@ -331,8 +331,7 @@ static int parse_common(const char *key, json_t *x, const struct req_limits *lim
     } else if (!strcmp(key, "ignore_eos")) {
         if (!json_is_null(x) && get_bool(x, key, &r->ignore_eos, err, err_len)) return -1;
     } else if (!strcmp(key, "n")) {
-        uint32_t n;
-        if (!json_is_null(x) && get_uint(x, key, 1, 1, &n, err, err_len)) return -1;
+        if (!json_is_null(x) && get_uint(x, key, 1, REQ_MAX_N, &r->n, err, err_len)) return -1;
     } else if (!strcmp(key, "user")) {
         if (!json_is_string(x) && !json_is_null(x)) return errf(err, err_len, "user: expected a string");
     } else if (!strcmp(key, "presence_penalty")) {
@@ -374,6 +373,7 @@ static void defaults(struct gen_request *r, enum req_kind kind, const struct req
     r->temperature = 1.0f;
     r->top_p = 1.0f;
     r->parallel_tool_calls = true;
+    r->n = 1;
 }
 
 static int parse_request(const char *body, size_t len, enum req_kind kind, const struct req_limits *lim,

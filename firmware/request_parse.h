@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { REQ_MAX_STOP = 16, REQ_MAX_TOP_LOGPROBS = 20 };
+enum { REQ_MAX_STOP = 16, REQ_MAX_TOP_LOGPROBS = 20, REQ_MAX_N = 16 };
 
 enum req_kind { REQ_CHAT, REQ_COMPLETION };
 enum req_role { REQ_ROLE_SYSTEM, REQ_ROLE_USER, REQ_ROLE_ASSISTANT, REQ_ROLE_TOOL };
@@ -85,6 +85,7 @@ struct gen_request {
     bool parallel_tool_calls;     /* false: at most one call is returned */
     bool logprobs;                /* return each generated token's log probability */
     uint32_t top_logprobs;        /* and the most likely alternatives, [0, REQ_MAX_TOP_LOGPROBS] */
+    uint32_t n;                   /* choices, [1, REQ_MAX_N]: each its own sequence (seed + i when seeded) */
     char model[128];              /* as asked; "" when absent */
 };
 

@@ -762,6 +762,28 @@ TEST(serve_client_defaults_and_logit_bias)
                             &out, NULL), 400);
     CHECK(out && strstr(out, "no vision"));
     free(out);
+    /* n choices: seeded, choice i is what seed + i answers alone; the same seed, the same text */
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":6,\"seed\":41,\"n\":2}",
+                            &out, NULL), 200);
+    o = parse(out);
+    json_t *choices = json_object_get(o, "choices");
+    REQUIRE(json_array_size(choices) == 2);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_array_get(choices, 1), "index")), 1);
+    char *second = strdup(json_string_value(json_object_get(json_array_get(choices, 1), "text")));
+    json_decref(o);
+    free(out);
+    for (int k = 0; k < 2; k++) {
+        CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":6,\"seed\":42}", &out,
+                                NULL), 200);
+        o = parse(out);
+        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "text")), second);
+        json_decref(o);
+        free(out);
+    }
+    free(second);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"n\":3}", &out, NULL), 400);
+    CHECK(out && strstr(out, "server.slots"));
+    free(out);
     tok_vec_free(&v);
     tok_destroy(t);
     serve_stop(&d, SIGTERM, 10000);
