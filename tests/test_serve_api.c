@@ -660,7 +660,7 @@ TEST(serve_tools_prompt_is_official_answer_greedy)
     struct served d;
     REQUIRE(serve_start(&d, small_sets) == 0);
     char *want_text = NULL, err[256];
-    json_t *body = golden_case("two_calls_chat_mode", &want_text);
+    json_t *body = golden_case("tools_without_system_message", &want_text); /* the shortest tools case */
     REQUIRE(body && want_text);
     struct tokenizer *t;
     REQUIRE(tok_create_from_file(&t, d.model, err, sizeof err) == 0);
