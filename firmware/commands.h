@@ -12,6 +12,7 @@ int cmd_serve(int argc, char **argv);    /* firmware/serve.c */
 int cmd_tokenize(int argc, char **argv);   /* firmware/cmd_tokenize.c */
 int cmd_detokenize(int argc, char **argv); /* firmware/cmd_tokenize.c */
 int cmd_run(int argc, char **argv);        /* firmware/cmd_run.c */
+int cmd_eval(int argc, char **argv);       /* firmware/cmd_eval.c */
 int tool_mkmodel_main(int argc, char **argv); /* tools/mkmodel_cli.c */
 int tool_convert_main(int argc, char **argv); /* tools/convert.c */
 int cmd_update(int argc, char **argv);   /* firmware/cmd_update.c */
