@@ -164,7 +164,7 @@ int tool_bundle_run(int argc, char **argv, update_greedy_fn greedy, void *greedy
     o.n_prompt = n_prompt;
     o.expected = expected;
     o.n_expected = (uint32_t)n_selftest;
-    struct update_hooks hooks = { update_progress_tty, NULL, NULL };
+    struct update_hooks hooks = { .progress = update_progress_tty };
     if (update_bundle_create(&o, &hooks, err, sizeof err)) {
         fprintf(stderr, "flashbox bundle create: %s\n", err);
         return 1;
