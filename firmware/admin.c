@@ -157,6 +157,7 @@ static json_t *slot_json(const struct update_slot_status *s)
         json_object_set_new(o, "version", json_string(s->version));
         json_object_set_new(o, "epoch", json_integer((json_int_t)s->epoch));
         json_object_set_new(o, "created", json_integer((json_int_t)s->created));
+        if (s->provenance[0]) json_object_set_new(o, "provenance", json_string(s->provenance));
     } else {
         json_object_set_new(o, "why_invalid", json_string(s->why_invalid));
     }

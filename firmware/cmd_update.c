@@ -75,6 +75,8 @@ static int admin_print_status(json_t *o)
             printf("slot %s%s  valid   product %s, version %s, epoch %" JSON_INTEGER_FORMAT "\n", jstr(s, "name"),
                    active ? "*" : " ", jstr(s, "product"), jstr(s, "version"), json_integer_value(json_object_get(s, "epoch")));
         else printf("slot %s%s  invalid (%s)\n", jstr(s, "name"), active ? "*" : " ", jstr(s, "why_invalid"));
+        const char *prov = jstr(s, "provenance");
+        if (*prov) print_provenance("        provenance: ", prov, strlen(prov));
         json_t *ev = json_object_get(s, "evaluation");
         if (json_is_object(ev))
             printf("        evaluation %s: score %.4f, threshold %.4f, %" JSON_INTEGER_FORMAT " cases, set sha256 %s\n",
@@ -190,6 +192,7 @@ static void print_info(const struct update_bundle_info *in)
                in->payloads[i].name, in->payloads[i].size, in->payloads[i].n_chunks, in->payloads[i].chunk_size);
     if (in->n_new_keys) printf("keys:      carries a new trusted key set of %u key(s)\n", in->n_new_keys);
     printf("self-test: %u greedy tokens recorded\n", in->n_expected);
+    if (in->provenance[0]) print_provenance("provenance: ", in->provenance, strlen(in->provenance));
 }
 
 static int print_status(const struct update_config *cfg)
@@ -213,6 +216,7 @@ static int print_status(const struct update_config *cfg)
         if (s->eval.verdict[0])
             printf("        evaluation %s: score %.4f, threshold %.4f, %u cases, set sha256 %s\n", s->eval.verdict,
                    s->eval.score, s->eval.threshold, s->eval.cases, s->eval.set_sha256);
+        if (s->valid && s->provenance[0]) print_provenance("        provenance: ", s->provenance, strlen(s->provenance));
     }
     if (st.trial >= 0) printf("boot trial:  slot %s, %u attempt(s)\n", st.slots[st.trial].name, st.boot_attempts);
     if (st.last_fallback[0]) printf("last fallback: %s\n", st.last_fallback);

@@ -298,6 +298,7 @@ static void fill_slot(const struct update_config *cfg, const struct keyset *ks, 
     snprintf(s->version, sizeof s->version, "%s", b.m.version);
     s->epoch = b.m.epoch;
     s->created = b.m.created;
+    if (b.m.provenance) snprintf(s->provenance, sizeof s->provenance, "%.*s", (int)b.m.provenance_len, b.m.provenance);
     bundle_close(&b);
 }
 

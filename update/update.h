@@ -32,6 +32,7 @@
 #define UPDATE_DEFAULT_CHUNK_SIZE (16u << 20)
 #define UPDATE_MODEL_PAYLOAD "model.gguf"
 #define UPDATE_FIRMWARE_PAYLOAD "firmware"
+#define UPDATE_MAX_PROVENANCE 16384u /* bytes of a manifest's provenance text */
 
 struct update_config {
     const char *data_dir;       /* slots, active pointer, state */
@@ -124,6 +125,7 @@ struct update_bundle_info {
     } payloads[8];
     uint32_t n_new_keys;        /* > 0: the bundle rotates the trusted key set */
     uint32_t n_expected;        /* self-test tokens recorded */
+    char provenance[UPDATE_MAX_PROVENANCE + 1]; /* the manifest's provenance (JSON text), "" if none */
 };
 
 /* Checks the signature against the trusted keys before parsing anything else, then the
@@ -161,6 +163,7 @@ struct update_slot_status {
     uint64_t epoch;
     uint64_t created;
     struct update_eval_record eval; /* its last site evaluation */
+    char provenance[UPDATE_MAX_PROVENANCE + 1]; /* its manifest's provenance (JSON text), "" if none */
 };
 
 struct update_status {
@@ -213,6 +216,7 @@ struct update_create_opts {
     uint32_t n_prompt;
     const int32_t *expected;    /* tokens the model produces after it (from update_greedy_fn) */
     uint32_t n_expected;
+    const char *provenance;     /* JSON text for the manifest's provenance section, or NULL */
     const char *out_path;
 };
 
