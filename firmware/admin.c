@@ -462,8 +462,12 @@ int admin_start(struct admin **out, const struct serve_config *cfg, int fd, char
     /* the self-test compares greedy tokens that `bundle create` recorded on the reference */
     if (engine_backend_parse(cfg->backend, &ad->so.backend) || ad->so.backend == ENGINE_BACKEND_AUTO)
         ad->so.backend = ENGINE_BACKEND_REF;
+    /* The evaluation runs on the backend the daemon serves with (model.backend, as the site
+     * recorded its set with flashbox eval), the self-test on the reference. */
+    if (engine_backend_parse(cfg->backend, &ad->policy.backend)) ad->policy.backend = ENGINE_BACKEND_AUTO;
+    enum engine_backend eval_backend = ad->policy.backend;
     ad->policy = (struct eval_policy){ .set_path = ad->cfg.update_eval_set, .min_score = cfg->update_eval_min_score,
-                                       .max_regression = cfg->update_eval_max_regression, .backend = ad->so.backend,
+                                       .max_regression = cfg->update_eval_max_regression, .backend = eval_backend,
                                        .jobs = cfg->update_eval_jobs, .cancel = &ad->cancel };
     ad->self_uid = geteuid();
     pthread_mutex_init(&ad->lock, NULL);

@@ -33,7 +33,8 @@ static void usage(FILE *out)
             "  --keys DIR       trusted public keys, *.pem (" UPDATE_DEFAULT_KEYS_DIR ");\n"
             "                   DATA/trusted-keys.pem replaces it once a bundle has rotated the keys\n"
             "  --product ID     this box's product id (" UPDATE_DEFAULT_PRODUCT ")\n"
-            "  --backend B      engine backend of the install self-test and evaluation: ref (default) or vulkan\n"
+            "  --backend B      engine backend of the install self-test (ref, the default) and of the\n"
+            "                   evaluation (default auto, as flashbox eval): ref or vulkan\n"
             "  --config FILE    the daemon's config file: its [update] settings (data_dir, keys_dir,\n"
             "                   product, eval_*) and [audit] log apply; flags override them\n"
             "  --eval-set FILE  install: the site's evaluation set the new slot must pass before it\n"
@@ -233,7 +234,7 @@ int cmd_update(int argc, char **argv)
     static struct serve_config sc;
     config_default(&sc);
     struct eval_policy policy = { .min_score = 0, .max_regression = -1, .jobs = 1 };
-    bool eval_flags = false;
+    bool eval_flags = false, backend_given = false;
     for (int i = 1; i + 1 < argc; i++) {
         if (strcmp(argv[i], "--config")) continue;
         char err[1024];
@@ -285,6 +286,7 @@ int cmd_update(int argc, char **argv)
             eval_flags = true;
         }
         else if (!strcmp(a, "--backend") && i + 1 < argc) {
+            backend_given = true;
             if (engine_backend_parse(argv[++i], &so.backend)) {
                 fprintf(stderr, "flashbox update: unknown backend '%s'\n", argv[i]);
                 return 2;
@@ -305,7 +307,9 @@ int cmd_update(int argc, char **argv)
     }
     char err[1024];
     struct update_bundle_info info;
-    policy.backend = so.backend;
+    /* The site records its set on the backend the box serves with (flashbox eval: auto),
+     * and greedy answers are bitwise the same only on the same backend. */
+    policy.backend = backend_given ? so.backend : ENGINE_BACKEND_AUTO;
     bool has_policy = policy.set_path && policy.set_path[0];
     struct update_hooks hooks = { .progress = update_progress_tty, .selftest = selftest_run, .user = &so,
                                   .evaluate = has_policy ? eval_gate_evaluate : NULL, .eval_user = &policy };
