@@ -298,19 +298,18 @@ TEST(admin_install_gated_on_site_eval_shows_the_evaluate_phase)
     struct served d;
     char admin[800];
     REQUIRE(start_daemon(&x, &d, admin, sizeof admin) == 0);
-    char body[1024];
     char *out = NULL;
 
     /* Other weights, through the admin socket: the status shows the evaluate phase with
      * cases done of 20 while it runs; then 422, and model A keeps serving from slot a. */
-    snprintf(body, sizeof body, "{\"bundle\":\"%s\"}", x.v3);
     fflush(stdout);
     fflush(stderr);
+    /* (The command line client waits as long as the install takes; curl would give up.) */
     pid_t p = fork();
     if (p == 0) {
-        char *o = NULL;
-        int st = serve_curl_as(admin, -1, "POST", "/admin/update/install", body, &o);
-        _exit(st == 422 && o && strstr(o, "below the threshold 0.9000") && strstr(o, "worst cases") ? 0 : 1);
+        static char o[16384];
+        int st = upd_sh(o, sizeof o, "%s update install %s --admin-socket %s", test_flashbox_bin(), x.v3, admin);
+        _exit(st == 1 && strstr(o, "REFUSED") && strstr(o, "below the threshold 0.9000") && strstr(o, "worst cases") ? 0 : 1);
     }
     bool saw_phase = false;
     for (int i = 0; i < 3000 && !saw_phase; i++) {
@@ -336,9 +335,8 @@ TEST(admin_install_gated_on_site_eval_shows_the_evaluate_phase)
     free(out);
 
     /* Same weights: accepted, the daemon serves slot b, whose score is in /health and /metrics. */
-    snprintf(body, sizeof body, "{\"bundle\":\"%s\"}", x.v2);
-    CHECK_EQ_INT(serve_curl_as(admin, -1, "POST", "/admin/update/install", body, &out), 200);
-    free(out);
+    static char cli[16384];
+    CHECK_EQ_INT(upd_sh(cli, sizeof cli, "%s update install %s --admin-socket %s", test_flashbox_bin(), x.v2, admin), 0);
     CHECK_EQ_INT(upd_active_slot(&x.b), 1);
     CHECK_EQ_INT(serve_curl(&d, "GET", "/health", NULL, &out, NULL), 200);
     CHECK(out && strstr(out, "\"slot\":\"b\"") && strstr(out, "\"verdict\":\"pass\"") && strstr(out, x.sha));
@@ -367,14 +365,12 @@ TEST(admin_sigterm_during_evaluation_leaves_the_new_slot_unactivated)
     struct served d;
     char admin[800];
     REQUIRE(start_daemon(&x, &d, admin, sizeof admin) == 0);
-    char body[1024];
-    snprintf(body, sizeof body, "{\"bundle\":\"%s\"}", x.v2);
     fflush(stdout);
     fflush(stderr);
     pid_t p = fork();
     if (p == 0) {
-        char *o = NULL;
-        serve_curl_as(admin, -1, "POST", "/admin/update/install", body, &o);
+        static char o[16384];
+        upd_sh(o, sizeof o, "%s update install %s --admin-socket %s", test_flashbox_bin(), x.v2, admin);
         _exit(0);
     }
     bool evaluating_now = false;
