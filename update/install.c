@@ -167,8 +167,11 @@ static int run_evaluation(const struct update_config *cfg, const struct bundle *
     bundle_test_pause();
     struct update_eval_result r = { 0 };
     int rc = hooks->evaluate(hooks->eval_user, &e, &r, err, err_len);
-    if (!r.ran) return rc ? errf_prefix(err, err_len, "site evaluation of slot %s could not run", e.slot)
-                          : errf(err, err_len, "site evaluation of slot %s gave no score", e.slot);
+    if (!r.ran && !rc) { /* the hook had no policy to apply: nothing to record */
+        memset(rec, 0, sizeof *rec);
+        return store_write_state(cfg, st, err, err_len);
+    }
+    if (!r.ran) return errf_prefix(err, err_len, "site evaluation of slot %s could not run", e.slot);
     snprintf(rec->verdict, sizeof rec->verdict, "%s", rc ? "fail" : "pass");
     rec->score = r.score < 0 ? 0 : r.score > 1 ? 1 : r.score;
     rec->threshold = r.threshold < 0 ? 0 : r.threshold > 1 ? 1 : r.threshold;
