@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum cfg_type { CFG_STR, CFG_U32, CFG_U64, CFG_OCT, CFG_BOOL, CFG_UIDS, CFG_GIDS };
+enum cfg_type { CFG_STR, CFG_U32, CFG_U64, CFG_OCT, CFG_BOOL, CFG_UIDS, CFG_GIDS, CFG_UNIT /* double in [0, 1], or "off" (-1) */ };
 
 struct cfg_entry {
     const char *section, *key;
@@ -62,6 +62,10 @@ static const struct cfg_entry entries[] = {
     { "cache", "mem_mb", CFG_U64, F(cache_mem_mb), 0, 1ull << 30, "prefix reuse: MiB of saved session states (least recently used evicted first); 0 = off" },
     { "cache", "dir", CFG_STR, F(cache_dir), 0, 0, "prefix reuse: also keep saved states in files here (atomic, checksummed, bound to the model file); empty = memory only" },
     { "cache", "disk_mb", CFG_U64, F(cache_disk_mb), 0, 1ull << 40, "MiB of state files in cache.dir (least recently used deleted first)" },
+    { "update", "eval_set", CFG_STR, F(update_eval_set), 0, 0, "the site's evaluation set (JSON lines, e.g. /etc/flashbox/eval/site.jsonl) a new slot must pass before it is activated; empty = no evaluation" },
+    { "update", "eval_min_score", CFG_UNIT, F(update_eval_min_score), 0, 0, "lowest score (0 to 1) on eval_set that a new slot may have" },
+    { "update", "eval_max_regression", CFG_UNIT, F(update_eval_max_regression), 0, 0, "most a new slot's score may fall below the active slot's last score on the same set (0 to 1); off = not checked" },
+    { "update", "eval_jobs", CFG_U32, F(update_eval_jobs), 1, 64, "engines evaluating at once during an install (each holds its own model state)" },
     { "audit", "log", CFG_STR, F(audit_log), 0, 0, "audit log: stderr (journald) or a file path, JSON lines" },
     { "audit", "log_prompts", CFG_BOOL, F(log_prompts), 0, 1, "also record prompt text (off: never)" },
 };
@@ -110,6 +114,9 @@ void config_default(struct serve_config *c)
     snprintf(c->update_keys_dir, sizeof c->update_keys_dir, "%s", uc.keys_dir);
     snprintf(c->update_product, sizeof c->update_product, "%s", uc.product);
     c->update_max_boot_attempts = uc.max_boot_attempts;
+    c->update_eval_min_score = 0;
+    c->update_eval_max_regression = -1;
+    c->update_eval_jobs = 1;
     c->update_reload_grace_s = 30;
 }
 
@@ -170,6 +177,15 @@ int config_set(struct serve_config *c, const char *section, const char *key, con
             if (e->type == CFG_U64) *(uint64_t *)field = x;
             else *(uint32_t *)field = (uint32_t)x;
             return 0;
+        case CFG_UNIT: {
+            char *end;
+            double v = strtod(value, &end);
+            if (!strcmp(value, "off")) v = -1;
+            else if (end == value || *end || !(v >= 0 && v <= 1))
+                return errf(err, err_len, "%s.%s: '%s', expected a number from 0 to 1 or off", e->section, e->key, value);
+            *(double *)field = v;
+            return 0;
+        }
         case CFG_UIDS: return parse_ids(value, c->allow_uids, &c->n_allow_uids, "access.allow_uids", err, err_len);
         case CFG_GIDS: return parse_ids(value, c->allow_gids, &c->n_allow_gids, "access.allow_gids", err, err_len);
         }
@@ -273,6 +289,10 @@ void config_print(const struct serve_config *c, FILE *out)
         case CFG_U32: fprintf(out, "%" PRIu32, *(const uint32_t *)field); break;
         case CFG_U64: fprintf(out, "%" PRIu64, *(const uint64_t *)field); break;
         case CFG_OCT: fprintf(out, "0%o", (unsigned)*(const uint32_t *)field); break;
+        case CFG_UNIT:
+            if (*(const double *)field < 0) fprintf(out, "off");
+            else fprintf(out, "%g", *(const double *)field);
+            break;
         case CFG_UIDS: print_ids(out, c->allow_uids, c->n_allow_uids); break;
         case CFG_GIDS: print_ids(out, c->allow_gids, c->n_allow_gids); break;
         }

@@ -53,6 +53,10 @@ struct serve_config {
     char update_product[64];
     uint32_t update_max_boot_attempts;
     uint32_t update_reload_grace_s; /* hot reload: time in-flight requests get to finish */
+    char update_eval_set[CONFIG_PATH_MAX]; /* the site's evaluation set; empty = none */
+    double update_eval_min_score;   /* 0..1 */
+    double update_eval_max_regression; /* 0..1, or -1 = off */
+    uint32_t update_eval_jobs;
     /* [audit] */
     char audit_log[CONFIG_PATH_MAX]; /* "stderr" or a file path (appended) */
     bool log_prompts;

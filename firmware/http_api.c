@@ -14,6 +14,7 @@
 #include "firmware/scheduler.h"
 #include "firmware/textgen.h"
 #include "firmware/tool_output.h"
+#include "update/update.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -276,6 +277,17 @@ static const char *state_word(struct api *a, int *http_status)
     return "ready";
 }
 
+/* The slot store's site evaluations (update.data_dir set): 0, or -1 when there are none. */
+static int read_evals(const struct req *r, struct update_eval_record ev[2])
+{
+    if (!r->cfg.update_data_dir[0]) return -1;
+    struct update_config uc;
+    update_config_default(&uc);
+    uc.data_dir = r->cfg.update_data_dir;
+    char err[256];
+    return update_read_evals(&uc, ev, err, sizeof err);
+}
+
 static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
 {
     int status;
@@ -305,6 +317,12 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
         json_object_set_new(o, "context_length", json_integer(scheduler_n_ctx(r->api->sched)));
         if (ss.swapping) json_object_set_new(o, "reloading", json_true());
     }
+    struct update_eval_record ev[2];
+    int served = !strcmp(r->cfg.slot, "a") ? 0 : !strcmp(r->cfg.slot, "b") ? 1 : -1;
+    if (o && served >= 0 && read_evals(r, ev) == 0 && ev[served].verdict[0])
+        json_object_set_new(o, "evaluation", json_pack("{s:s,s:f,s:f,s:i,s:s}", "verdict", ev[served].verdict, "score",
+                                                       ev[served].score, "threshold", ev[served].threshold, "cases",
+                                                       (json_int_t)ev[served].cases, "set_sha256", ev[served].set_sha256));
     return send_json(c, r, status, o);
 }
 
@@ -334,6 +352,13 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
     g.ready = st == API_READY ? 1 : st == API_LOADING ? 0 : -1;
     g.model_id = r->model_id;
     g.slot = r->cfg.slot;
+    struct update_eval_record ev[2];
+    if (read_evals(r, ev) == 0)
+        for (int i = 0; i < 2; i++)
+            if (!strcmp(ev[i].verdict, "pass") || !strcmp(ev[i].verdict, "fail")) {
+                g.have_eval_score[i] = 1;
+                g.eval_score[i] = ev[i].score;
+            }
     if (st == API_READY) {
         struct sched_stats ss;
         scheduler_stats(r->api->sched, &ss);

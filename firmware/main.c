@@ -24,6 +24,7 @@ static const struct command commands[] = {
     { "tokenize", cmd_tokenize, "print the token ids of the text on stdin" },
     { "detokenize", cmd_detokenize, "print the text of comma-separated token ids on stdin" },
     { "run", cmd_run, "generate from a prompt, or chat interactively, streaming the answer" },
+    { "eval", cmd_eval, "score a model on a site's evaluation set (JSON lines); --record fills expected answers" },
     { "update", cmd_update, "verify, install, roll back signed update bundles; show slot status" },
     { "bundle", cmd_bundle, "create a signed update bundle (bundle create --help)" },
     { "keygen", tool_keygen_main, "write an Ed25519 key pair for signing bundles" },

@@ -193,6 +193,11 @@ int metrics_render(const struct metrics_gauges *g, char **out, size_t *out_len)
     put(&t, "\",slot=\"");
     put_label(&t, g->slot);
     put(&t, "\"} 1\n");
+    if (g->have_eval_score[0] || g->have_eval_score[1]) {
+        put(&t, "# HELP flashbox_eval_score The slot's last score on the site's evaluation set (0 to 1).\n# TYPE flashbox_eval_score gauge\n");
+        for (int i = 0; i < 2; i++)
+            if (g->have_eval_score[i]) put(&t, "flashbox_eval_score{slot=\"%s\"} %.6f\n", i ? "b" : "a", g->eval_score[i]);
+    }
     if (g->have_device) {
         put(&t, "# HELP flashbox_device_memory_used_bytes Device memory held: weights, expert slots, sessions.\n"
                 "# TYPE flashbox_device_memory_used_bytes gauge\nflashbox_device_memory_used_bytes %llu\n",

@@ -21,6 +21,9 @@ struct metrics_gauges {
     uint32_t slots_busy, slots_total;
     int ready;                    /* 1 ready, 0 loading, -1 degraded */
     const char *model_id, *slot;
+    /* The site evaluation score per update slot (a, b), where one was recorded. */
+    int have_eval_score[2];
+    double eval_score[2];
     /* Device memory, reported only for a backend with a device (have_device). */
     int have_device;
     uint64_t device_used, device_total;
