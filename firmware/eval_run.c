@@ -90,7 +90,7 @@ static int generate(struct worker *w, const struct eval_case *c, const int32_t *
     bool flush = true;
     for (;;) {
         if (cancelled(w->run)) return errf(err, err_len, "cancelled");
-        int32_t tok = textgen_seq_sample(w->seq, w->logits);
+        int32_t tok = textgen_seq_sample(w->seq, w->logits, NULL);
         if (tok < 0) return errf(err, err_len, "every logit is -inf or NaN");
         const char *t;
         size_t n;
