@@ -113,8 +113,11 @@ int dequant_row(enum gguf_type type, const void *src, float *dst, uint64_t n)
         }
         return 0;
     }
+    default:
+        break;
     }
-    return -1;
+    if (dequant_row_k(type, src, dst, n) == 0) return 0;
+    return dequant_row_iq(type, src, dst, n);
 }
 
 void quantize_row_q8_0(const float *src, struct block_q8_0 *dst, uint64_t n)
