@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -82,6 +83,13 @@ const char *gguf_type_name(enum gguf_type type)
     case GGUF_TYPE_IQ4_XS: return "IQ4_XS";
     }
     return "unknown";
+}
+
+int gguf_type_from_name(const char *name)
+{
+    for (uint32_t t = 0; t < 64; t++)
+        if (gguf_type_known(t) && !strcasecmp(name, gguf_type_name((enum gguf_type)t))) return (int)t;
+    return -1;
 }
 
 /* ggml's names for the types the reader refuses, so the message says what the file holds. */

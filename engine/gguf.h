@@ -99,6 +99,8 @@ uint32_t gguf_type_block_elems(enum gguf_type type);
 uint32_t gguf_type_block_bytes(enum gguf_type type);
 const char *gguf_type_name(enum gguf_type type);
 bool gguf_type_known(uint32_t type);
+/* The type named name (gguf_type_name's spelling, any case: "q2_k", "IQ2_XXS"); -1 if none. */
+int gguf_type_from_name(const char *name);
 /* Bytes of n elements of type (n a multiple of the block size); -1 on overflow/mismatch. */
 int gguf_type_nbytes(enum gguf_type type, uint64_t n, uint64_t *nbytes);
 

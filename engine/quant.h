@@ -112,9 +112,6 @@ _Static_assert(sizeof(struct block_iq1_m) == 56, "IQ1_M block is 56 bytes");
 _Static_assert(sizeof(struct block_iq4_nl) == 18, "IQ4_NL block is 18 bytes");
 _Static_assert(sizeof(struct block_iq4_xs) == 136, "IQ4_XS block is 136 bytes");
 
-/* The 16 non-linear levels of IQ4_NL and IQ4_XS (ggml's kvalues_iq4nl). */
-extern const int8_t iq4nl_values[16];
-
 /* E2M1 codes times two (ggml's kvalues_mxfp4): value = code_x2[n] * 2^(e-128). */
 extern const int8_t mxfp4_code_x2[16];
 
@@ -131,6 +128,12 @@ int dequant_row(enum gguf_type type, const void *src, float *dst, uint64_t n);
 /* The K-quant and i-quant halves of dequant_row (same contract); -1 for a type they do not own. */
 int dequant_row_k(enum gguf_type type, const void *src, float *dst, uint64_t n);
 int dequant_row_iq(enum gguf_type type, const void *src, float *dst, uint64_t n);
+
+/* Fills n_blocks blocks of a K-quant or i-quant type with random bytes drawn from *seed
+ * (splitmix64) and sets every block's f16 scale (d, and dmin where the type has one) to
+ * d_half: valid blocks of arbitrary content, for generated test models and kernel tests.
+ * Returns -1 for other types. */
+int quant_random_blocks(enum gguf_type type, void *dst, uint64_t n_blocks, uint64_t *seed, uint16_t d_half);
 
 /* ggml's reference quantizers (quantize_row_q8_0_ref, quantize_row_mxfp4_ref). n % 32 == 0. */
 void quantize_row_q8_0(const float *src, struct block_q8_0 *dst, uint64_t n);

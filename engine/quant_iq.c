@@ -11,8 +11,6 @@
 
 #include "shaders/iq_grids.h"
 
-const int8_t iq4nl_values[16] = { -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113 };
-
 static const uint8_t iq2_levels[3] = { 8, 25, 43 };
 static const uint8_t iq3_levels[8] = { 4, 12, 20, 28, 36, 44, 52, 62 };
 #define IQ1_DELTA 0.125f
