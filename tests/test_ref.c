@@ -91,18 +91,27 @@ TEST(ref_matches_independent_float64_logits_mixed)
     check_against_fixture("model/v4-tiny-mixed.gguf", "model/v4-tiny-mixed.logits.f32", 64, 1e-4);
 }
 
-static struct model *tiny_model(enum mkmodel_quant q, uint32_t topk)
+static struct model *tiny_model_experts(enum mkmodel_quant q, uint32_t topk, enum gguf_type expert_type)
 {
     char path[512], err[512];
-    snprintf(path, sizeof path, "%s/tiny-%d-%u.gguf", test_tmpdir(), (int)q, topk);
+    snprintf(path, sizeof path, "%s/tiny-%d-%u-%d.gguf", test_tmpdir(), (int)q, topk, (int)expert_type);
     struct mkmodel_config c;
     mkmodel_defaults(&c);
     c.quant = q;
     c.ix_topk = topk;
+    if (expert_type != GGUF_TYPE_MXFP4) { /* ggml's super-blocks: rows of 256 */
+        c.expert_type = expert_type;
+        c.n_embd = c.n_ff_exp = 256;
+    }
     struct model *m = NULL;
     if (mkmodel_write(&c, path, err, sizeof err) || model_open(&m, path, err, sizeof err))
         test_fail_at(__FILE__, __LINE__, "%s", err);
     return m;
+}
+
+static struct model *tiny_model(enum mkmodel_quant q, uint32_t topk)
+{
+    return tiny_model_experts(q, topk, GGUF_TYPE_MXFP4);
 }
 
 static void fill_tokens(int32_t *t, uint32_t n, uint32_t n_vocab, uint64_t seed)
@@ -283,6 +292,41 @@ TEST(mixed_file_logits_match_f32_file_of_the_same_dequantized_weights)
     model_close(mf);
     free(la);
     free(lb);
+}
+
+/* The reference computes with every K-quant and i-quant expert type through dequant_row:
+ * the same logits as the F32 file holding the dequantized experts. */
+TEST(ref_with_ggml_quant_experts_matches_f32_file_of_their_dequantized_values)
+{
+    static const enum gguf_type types[] = {
+        GGUF_TYPE_Q2_K, GGUF_TYPE_Q3_K, GGUF_TYPE_Q4_K, GGUF_TYPE_Q5_K, GGUF_TYPE_Q6_K, GGUF_TYPE_IQ2_XXS, GGUF_TYPE_IQ2_XS,
+        GGUF_TYPE_IQ2_S, GGUF_TYPE_IQ3_XXS, GGUF_TYPE_IQ1_S, GGUF_TYPE_IQ1_M, GGUF_TYPE_IQ4_NL, GGUF_TYPE_IQ4_XS,
+    };
+    const uint32_t N = 12;
+    for (size_t i = 0; i < sizeof types / sizeof types[0] && !test_failed(); i++) {
+        struct model *mq = tiny_model_experts(MKMODEL_MIXED, 4, types[i]), *mf = tiny_model_experts(MKMODEL_F32_DEQUANT, 4, types[i]);
+        REQUIRE(mq && mf);
+        CHECK(mq->layers[0].ffn_down_exps->type == types[i]);
+        const uint32_t V = mq->hp.n_vocab;
+        char err[512];
+        struct ref_state *a, *b;
+        REQUIRE(ref_state_create(mq, N, &a, err, sizeof err) == 0 && ref_state_create(mf, N, &b, err, sizeof err) == 0);
+        int32_t tokens[12];
+        fill_tokens(tokens, N, V, 17);
+        float *la = malloc(N * V * sizeof(float)), *lb = malloc(N * V * sizeof(float));
+        REQUIRE(ref_forward(a, tokens, N, la, true, err, sizeof err) == 0);
+        REQUIRE(ref_forward(b, tokens, N, lb, true, err, sizeof err) == 0);
+        int miss;
+        double e = max_rel_err(la, lb, N, V, &miss);
+        if (!(e < 1e-6) || miss)
+            test_fail_at(__FILE__, __LINE__, "%s experts: relative error %.3g, %d top-1 mismatches", gguf_type_name(types[i]), e, miss);
+        ref_state_destroy(a);
+        ref_state_destroy(b);
+        model_close(mq);
+        model_close(mf);
+        free(la);
+        free(lb);
+    }
 }
 
 TEST(ref_forward_is_deterministic_and_refuses_bad_tokens)

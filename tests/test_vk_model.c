@@ -191,6 +191,37 @@ TEST(vk_paged_ggml_quant_experts_are_bitwise_identical_to_resident)
     }
 }
 
+/* IQ1_S / IQ1_M experts load on the reference but the Vulkan backend refuses them, naming
+ * the tensor and the type. */
+TEST(vk_refuses_iq1_experts_naming_tensor_and_type)
+{
+    char path[512], err[512] = "";
+    snprintf(path, sizeof path, "%s/iq1.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.quant = MKMODEL_MIXED;
+    c.expert_type = GGUF_TYPE_IQ1_M;
+    c.n_embd = c.n_ff_exp = 256;
+    REQUIRE(mkmodel_write(&c, path, err, sizeof err) == 0);
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_path = path;
+    o.backend = ENGINE_BACKEND_VULKAN;
+    struct engine *e = NULL;
+    struct session *s = NULL;
+    int rc = engine_open(&e, &o, err, sizeof err);
+    if (rc && (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device"))) test_skip(err);
+    if (rc == 0) { /* or at the first step, where a weight is first bound */
+        int32_t tok = 1;
+        float logits[512];
+        rc = session_create(e, 16, &s, err, sizeof err) || session_eval(s, &tok, 1, logits, false, err, sizeof err);
+    }
+    CHECK(rc != 0);
+    if (!strstr(err, "_exps.weight") || !strstr(err, "IQ1_M")) test_fail_at(__FILE__, __LINE__, "message: %s", err);
+    if (s) session_destroy(s);
+    if (e) engine_close(e);
+}
+
 TEST(vk_logits_equal_reference_decoding_token_by_token_past_window_and_first_hca_entry)
 {
     struct pair p;
