@@ -276,7 +276,10 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
                               lw->ffn_gate_exps, lw->ffn_up_exps, lw->ffn_down_exps, lw->ffn_gate_shexp, lw->ffn_up_shexp,
                               lw->ffn_down_shexp, m->output };
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
-            if (mats[i] && vk_ops_prepare_matvec(&e->ops, mats[i]->type, err, err_len)) goto fail;
+            if (mats[i] && vk_ops_prepare_matvec(&e->ops, mats[i]->type, err, err_len)) {
+                errf_prefix(err, err_len, "%s", mats[i]->name);
+                goto fail;
+            }
     }
     free(placed);
     *ctx = e;

@@ -37,6 +37,22 @@
 #define ABI_WTYPE_BF16 2
 #define ABI_WTYPE_Q8_0 3
 #define ABI_WTYPE_MXFP4 4
+/* ggml's K-quants and i-quants (super-blocks of 256; IQ4_NL blocks of 32): read by the
+ * subgroup matvec kernel only (dequant_ggml.glsl), 32 elements at a time. */
+#define ABI_WTYPE_Q2_K 5
+#define ABI_WTYPE_Q3_K 6
+#define ABI_WTYPE_Q4_K 7
+#define ABI_WTYPE_Q5_K 8
+#define ABI_WTYPE_Q6_K 9
+#define ABI_WTYPE_IQ2_XXS 10
+#define ABI_WTYPE_IQ2_XS 11
+#define ABI_WTYPE_IQ2_S 12
+#define ABI_WTYPE_IQ3_XXS 13
+#define ABI_WTYPE_IQ1_S 14      /* reserved: no kernel yet (shaders/iq_grids.h) */
+#define ABI_WTYPE_IQ1_M 15      /* reserved */
+#define ABI_WTYPE_IQ4_NL 16
+#define ABI_WTYPE_IQ4_XS 17
+#define ABI_WTYPE_COUNT 18
 
 /* ---- matvec / matmul: y[z][t][o] (+)= scale * sum_i W_z[o][i] * x[z][t][i] -------------
  * Bindings: weights as raw 32-bit words (file format), x and y float32, ids int32.

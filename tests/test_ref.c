@@ -91,18 +91,27 @@ TEST(ref_matches_independent_float64_logits_mixed)
     check_against_fixture("model/v4-tiny-mixed.gguf", "model/v4-tiny-mixed.logits.f32", 64, 1e-4);
 }
 
-static struct model *tiny_model(enum mkmodel_quant q, uint32_t topk)
+static struct model *tiny_model_experts(enum mkmodel_quant q, uint32_t topk, enum gguf_type expert_type)
 {
     char path[512], err[512];
-    snprintf(path, sizeof path, "%s/tiny-%d-%u.gguf", test_tmpdir(), (int)q, topk);
+    snprintf(path, sizeof path, "%s/tiny-%d-%u-%d.gguf", test_tmpdir(), (int)q, topk, (int)expert_type);
     struct mkmodel_config c;
     mkmodel_defaults(&c);
     c.quant = q;
     c.ix_topk = topk;
+    if (expert_type != GGUF_TYPE_MXFP4) { /* ggml's super-blocks: rows of 256 */
+        c.expert_type = expert_type;
+        c.n_embd = c.n_ff_exp = 256;
+    }
     struct model *m = NULL;
     if (mkmodel_write(&c, path, err, sizeof err) || model_open(&m, path, err, sizeof err))
         test_fail_at(__FILE__, __LINE__, "%s", err);
     return m;
+}
+
+static struct model *tiny_model(enum mkmodel_quant q, uint32_t topk)
+{
+    return tiny_model_experts(q, topk, GGUF_TYPE_MXFP4);
 }
 
 static void fill_tokens(int32_t *t, uint32_t n, uint32_t n_vocab, uint64_t seed)
@@ -288,28 +297,59 @@ TEST(topk_equals_repeated_best_pick_with_many_ties)
     }
 }
 
+/* Max relative error between the logits of two models over n random tokens (-1 when a
+ * forward fails); *miss counts the top-1 mismatches. Closes both models. */
+static double compare_models(struct model *mq, struct model *mf, uint32_t n, uint64_t seed, int *miss)
+{
+    double e = -1;
+    const uint32_t V = mq->hp.n_vocab;
+    char err[512];
+    struct ref_state *a = NULL, *b = NULL;
+    int32_t *tokens = malloc(n * sizeof *tokens);
+    float *la = malloc((size_t)n * V * sizeof(float)), *lb = malloc((size_t)n * V * sizeof(float));
+    if (tokens && la && lb && ref_state_create(mq, n, &a, err, sizeof err) == 0 && ref_state_create(mf, n, &b, err, sizeof err) == 0) {
+        fill_tokens(tokens, n, V, seed);
+        if (ref_forward(a, tokens, n, la, true, err, sizeof err) == 0 && ref_forward(b, tokens, n, lb, true, err, sizeof err) == 0)
+            e = max_rel_err(la, lb, n, V, miss);
+    }
+    if (e < 0) test_fail_at(__FILE__, __LINE__, "%s", err);
+    if (a) ref_state_destroy(a);
+    if (b) ref_state_destroy(b);
+    model_close(mq);
+    model_close(mf);
+    free(tokens);
+    free(la);
+    free(lb);
+    return e;
+}
+
 TEST(mixed_file_logits_match_f32_file_of_the_same_dequantized_weights)
 {
     struct model *mq = tiny_model(MKMODEL_MIXED, 4), *mf = tiny_model(MKMODEL_F32_DEQUANT, 4);
     REQUIRE(mq && mf);
-    const uint32_t V = mq->hp.n_vocab, N = 48;
-    char err[512];
-    struct ref_state *a, *b;
-    REQUIRE(ref_state_create(mq, N, &a, err, sizeof err) == 0 && ref_state_create(mf, N, &b, err, sizeof err) == 0);
-    int32_t tokens[48];
-    fill_tokens(tokens, N, V, 13);
-    float *la = malloc(N * V * sizeof(float)), *lb = malloc(N * V * sizeof(float));
-    REQUIRE(ref_forward(a, tokens, N, la, true, err, sizeof err) == 0);
-    REQUIRE(ref_forward(b, tokens, N, lb, true, err, sizeof err) == 0);
-    int miss;
-    CHECK(max_rel_err(la, lb, N, V, &miss) < 1e-6);
+    int miss = 0;
+    double e = compare_models(mq, mf, 48, 13, &miss);
+    CHECK(e >= 0 && e < 1e-6);
     CHECK_EQ_INT(miss, 0);
-    ref_state_destroy(a);
-    ref_state_destroy(b);
-    model_close(mq);
-    model_close(mf);
-    free(la);
-    free(lb);
+}
+
+/* The reference computes with every K-quant and i-quant expert type through dequant_row:
+ * the same logits as the F32 file holding the dequantized experts. */
+TEST(ref_with_ggml_quant_experts_matches_f32_file_of_their_dequantized_values)
+{
+    static const enum gguf_type types[] = {
+        GGUF_TYPE_Q2_K, GGUF_TYPE_Q3_K, GGUF_TYPE_Q4_K, GGUF_TYPE_Q5_K, GGUF_TYPE_Q6_K, GGUF_TYPE_IQ2_XXS, GGUF_TYPE_IQ2_XS,
+        GGUF_TYPE_IQ2_S, GGUF_TYPE_IQ3_XXS, GGUF_TYPE_IQ1_S, GGUF_TYPE_IQ1_M, GGUF_TYPE_IQ4_NL, GGUF_TYPE_IQ4_XS,
+    };
+    for (size_t i = 0; i < sizeof types / sizeof types[0] && !test_failed(); i++) {
+        struct model *mq = tiny_model_experts(MKMODEL_MIXED, 4, types[i]), *mf = tiny_model_experts(MKMODEL_F32_DEQUANT, 4, types[i]);
+        REQUIRE(mq && mf);
+        CHECK(mq->layers[0].ffn_down_exps->type == types[i]);
+        int miss = 0;
+        double e = compare_models(mq, mf, 12, 17, &miss);
+        if (!(e >= 0 && e < 1e-6) || miss)
+            test_fail_at(__FILE__, __LINE__, "%s experts: relative error %.3g, %d top-1 mismatches", gguf_type_name(types[i]), e, miss);
+    }
 }
 
 TEST(ref_forward_is_deterministic_and_refuses_bad_tokens)

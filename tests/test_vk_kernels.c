@@ -22,7 +22,11 @@ static uint8_t *quantize_rows(float *w, uint32_t n_in, uint32_t n_rows, enum ggu
         case GGUF_TYPE_BF16: for (uint32_t i = 0; i < n_in; i++) { uint16_t h = f32_to_bf16(src[i]); memcpy(dst + 2 * i, &h, 2); } break;
         case GGUF_TYPE_Q8_0: quantize_row_q8_0(src, (struct block_q8_0 *)dst, n_in); break;
         case GGUF_TYPE_MXFP4: quantize_row_mxfp4(src, (struct block_mxfp4 *)dst, n_in); break;
-        default: break;
+        default: { /* ggml's K-quants and i-quants: random valid blocks, scale 1/64 */
+            uint64_t seed = 0x9e37 + r;
+            quant_random_blocks(type, dst, n_in / gguf_type_block_elems(type), &seed, f32_to_fp16(1.0f / 64));
+            break;
+        }
         }
         dequant_row(type, dst, src, n_in);
     }
@@ -137,6 +141,36 @@ TEST(vk_matvec_matches_reference_for_every_weight_type_on_edge_shapes)
         { 256, 67, 3, 0, 0, false, false, false },   /* a few tokens (decode kernel per token) */
     };
     check_cases(&f, cases, sizeof cases / sizeof cases[0], false);
+    vk_fixture_close(&f);
+}
+
+/* ggml's K-quants and i-quants (the subgroup kernel with dequant_ggml.glsl): decode, token
+ * tiles with a remainder, experts through ids with shared and per-slot x, accumulation, rows
+ * that are not a multiple of the workgroup, more rows than one workgroup covers. */
+TEST(vk_matvec_matches_reference_for_ggml_k_and_i_quants)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    static const enum gguf_type ggml_types[] = {
+        GGUF_TYPE_Q2_K, GGUF_TYPE_Q3_K, GGUF_TYPE_Q4_K, GGUF_TYPE_Q5_K, GGUF_TYPE_Q6_K,
+        GGUF_TYPE_IQ2_XXS, GGUF_TYPE_IQ2_XS, GGUF_TYPE_IQ2_S, GGUF_TYPE_IQ3_XXS, GGUF_TYPE_IQ4_NL, GGUF_TYPE_IQ4_XS,
+    };
+    static const struct mv_case cases[] = {
+        { 256, 37, 1, 0, 0, false, false, false },   /* one super-block, odd rows */
+        { 768, 70, 3, 0, 0, false, true, false },    /* three super-blocks, a few tokens, accumulate */
+        { 512, 45, 21, 0, 0, false, false, false },  /* token tiles with a remainder */
+        { 256, 24, 1, 8, 3, true, false, false },    /* experts through ids, shared x */
+        { 512, 17, 9, 5, 4, true, true, false },     /* per-slot x, a tile, accumulate */
+        { 256, 300, 1, 0, 0, false, false, false },  /* more rows than one workgroup covers */
+    };
+    for (size_t ti = 0; ti < sizeof ggml_types / sizeof ggml_types[0]; ti++)
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            const struct mv_case c = cases[ci];
+            double e = run_matvec(&f, ggml_types[ti], c, 500 + ci * 17 + ti);
+            if (!(e < 1e-10))
+                test_fail_at(__FILE__, __LINE__, "matvec %s [%u in, %u out] x %u tokens (mats %u, slots %u, ids %d, acc %d): nmse %.3g",
+                             gguf_type_name(ggml_types[ti]), c.n_in, c.n_out, c.n_tok, c.n_mat, c.n_slot, c.use_ids, c.accumulate, e);
+        }
     vk_fixture_close(&f);
 }
 

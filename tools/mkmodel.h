@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/gguf.h"
+
 #define MKMODEL_MAX_LAYERS 128
 
 enum mkmodel_quant {
@@ -21,6 +23,10 @@ struct mkmodel_config {
     uint32_t n_expert, n_expert_used, n_ff_exp, n_vocab, n_hash_layer, n_ctx;
     uint64_t seed;
     enum mkmodel_quant quant;
+    /* routed experts' type in mixed / f32-dequant files: MXFP4 (quantized from the F32
+     * values) or one of ggml's K-quants / i-quants (random valid blocks with the F32 values'
+     * spread per expert, see mkmodel.c) */
+    enum gguf_type expert_type;
     char name[64];
 };
 
