@@ -7,6 +7,7 @@
 
 #include "engine/errmsg.h"
 #include "firmware/audit.h"
+#include "firmware/eval_gate.h"
 #include "firmware/http_api.h"
 #include "firmware/peer.h"
 #include "firmware/reload.h"
@@ -34,6 +35,8 @@ struct admin {
     struct serve_config cfg;      /* the update store's settings live here */
     struct update_config uc;      /* points into cfg */
     struct selftest_opts so;      /* install self-test: the daemon's backend */
+    struct eval_policy policy;    /* the site's evaluation of a new slot (update.eval_*) */
+    volatile int cancel;          /* set by admin_stop: an evaluation in progress gives up */
     uid_t self_uid;
 
     pthread_mutex_t lock;         /* guards everything below */
@@ -43,16 +46,16 @@ struct admin {
     bool busy;                    /* an operation is running */
     char kind[16];                /* "install" or "rollback" */
     char bundle[ADMIN_PATH_MAX];
-    char phase[16];               /* hash, verify, write, selftest, activate, reload; "" = none yet */
+    char phase[16];               /* hash, verify, write, selftest, evaluate, activate, reload; "" = none yet */
     char what[128];
-    uint64_t done, total;         /* bytes of what, in phase */
+    uint64_t done, total;         /* bytes of what, in phase (evaluate: cases) */
     uint64_t seq_started, seq_finished;
     int last_status;              /* HTTP status of the last operation's result */
     char *last_result;            /* its JSON text; NULL before the first */
     pthread_t thread;
     bool thread_joinable;
     struct timespec deadline;     /* CLOCK_MONOTONIC: the running operation is cancelled after it */
-    bool cancel;                  /* admin_stop: the grace period is over, stop at the next point */
+    bool grace_over;              /* admin_stop: the grace period is over, stop at the next point */
     bool abandoned;               /* admin_stop gave up waiting: requests waiting on it answer 503 */
 };
 
@@ -76,6 +79,7 @@ static const char *phase_name(enum update_phase p)
     case UPDATE_PHASE_VERIFY: return "verify";
     case UPDATE_PHASE_WRITE: return "write";
     case UPDATE_PHASE_SELFTEST: return "selftest";
+    case UPDATE_PHASE_EVALUATE: return "evaluate";
     case UPDATE_PHASE_ACTIVATE: return "activate";
     }
     return "?";
@@ -159,9 +163,14 @@ static json_t *slot_json(const struct update_slot_status *s)
         json_object_set_new(o, "version", json_string(s->version));
         json_object_set_new(o, "epoch", json_integer((json_int_t)s->epoch));
         json_object_set_new(o, "created", json_integer((json_int_t)s->created));
+        if (s->provenance[0]) json_object_set_new(o, "provenance", json_string(s->provenance));
     } else {
         json_object_set_new(o, "why_invalid", json_string(s->why_invalid));
     }
+    if (s->eval.verdict[0])
+        json_object_set_new(o, "evaluation", json_pack("{s:s,s:f,s:f,s:i,s:s}", "verdict", s->eval.verdict, "score",
+                                                       s->eval.score, "threshold", s->eval.threshold, "cases",
+                                                       (json_int_t)s->eval.cases, "set_sha256", s->eval.set_sha256));
     return o;
 }
 
@@ -223,7 +232,7 @@ static int op_cancelled(void *user, char *why, size_t why_len)
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     pthread_mutex_lock(&ad->lock);
-    int stop = ad->cancel;
+    int stop = ad->grace_over;
     bool late = now.tv_sec > ad->deadline.tv_sec || (now.tv_sec == ad->deadline.tv_sec && now.tv_nsec >= ad->deadline.tv_nsec);
     pthread_mutex_unlock(&ad->lock);
     if (stop) snprintf(why, why_len, "the daemon is stopping (server.shutdown_grace_s is over)");
@@ -260,7 +269,9 @@ static void *op_main(void *arg)
     bool install = !strcmp(kind, "install");
     int rc;
     if (install) {
-        struct update_hooks hooks = { .progress = op_progress, .selftest = op_selftest, .user = ad, .cancelled = op_cancelled };
+        struct update_hooks hooks = { .progress = op_progress, .selftest = op_selftest, .user = ad,
+                                      .evaluate = ad->policy.set_path[0] ? eval_gate_evaluate : NULL,
+                                      .eval_user = &ad->policy, .cancelled = op_cancelled };
         rc = update_install(&ad->uc, bundle, &hooks, &info, err, sizeof err);
     } else {
         rc = update_rollback(&ad->uc, err, sizeof err);
@@ -478,6 +489,13 @@ int admin_start(struct admin **out, const struct serve_config *cfg, int fd, char
     /* the self-test compares greedy tokens that `bundle create` recorded on the reference */
     if (engine_backend_parse(cfg->backend, &ad->so.backend) || ad->so.backend == ENGINE_BACKEND_AUTO)
         ad->so.backend = ENGINE_BACKEND_REF;
+    /* The evaluation runs on the backend the daemon serves with (model.backend, as the site
+     * recorded its set with flashbox eval), the self-test on the reference. */
+    if (engine_backend_parse(cfg->backend, &ad->policy.backend)) ad->policy.backend = ENGINE_BACKEND_AUTO;
+    enum engine_backend eval_backend = ad->policy.backend;
+    ad->policy = (struct eval_policy){ .set_path = ad->cfg.update_eval_set, .min_score = cfg->update_eval_min_score,
+                                       .max_regression = cfg->update_eval_max_regression, .backend = eval_backend,
+                                       .jobs = cfg->update_eval_jobs, .cancel = &ad->cancel };
     ad->self_uid = geteuid();
     pthread_mutex_init(&ad->lock, NULL);
     pthread_cond_init(&ad->cond, NULL);
@@ -523,13 +541,14 @@ int admin_stop(struct admin *ad, uint32_t grace_ms)
     if (!ad) return 0;
     pthread_mutex_lock(&ad->lock);
     ad->stopping = true;
+    ad->cancel = 1; /* an evaluation stops at its next token: the new slot is refused, the old one stays */
     pthread_mutex_unlock(&ad->lock);
     MHD_socket lfd = MHD_quiesce_daemon(ad->d);
     if (lfd != MHD_INVALID_SOCKET) close(lfd);
     pthread_mutex_lock(&ad->lock);
     wait_idle(ad, grace_ms);
     if (ad->busy) { /* grace is over: stop at the next cancellation point */
-        ad->cancel = true;
+        ad->grace_over = true;
         wait_idle(ad, ADMIN_CANCEL_BOUND_MS);
     }
     bool stuck = ad->busy;

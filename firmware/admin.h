@@ -4,7 +4,8 @@
  *   GET  /admin/update/status    the slot store (update_get_status), what is served, and
  *                                the operation in progress with its phase and bytes
  *   POST /admin/update/install   body {"bundle": "/abs/path.fbx"}: update_install with the
- *                                engine self-test, then a hot reload of the new slot
+ *                                engine self-test and the site's evaluation (update.eval_*,
+ *                                phase "evaluate", done/total in cases), then a hot reload
  *   POST /admin/update/rollback  update_rollback, then a hot reload
  * One operation at a time (409 otherwise). An operation runs on its own thread; the
  * request waits for it and answers with the result (a client that hangs up does not stop
@@ -25,7 +26,8 @@ struct model_host;
  * admin_set_host hands over the loaded model. */
 int admin_start(struct admin **out, const struct serve_config *cfg, int fd, char *err, size_t err_len);
 void admin_set_host(struct admin *ad, struct model_host *h);
-/* Stops taking requests and gives an operation in progress grace_ms to finish; then it is
+/* Stops taking requests; a site evaluation in progress gives up at once (the new slot is
+ * refused, the active one stays). Any other operation gets grace_ms to finish; then it is
  * cancelled at its next cancellation point (the store left as a crash there would leave
  * it) and gets ADMIN_CANCEL_BOUND_MS more. Returns 0 when it ended and everything was
  * freed; 1 when it did not (a read that never returns): then nothing is freed or joined,

@@ -4,7 +4,6 @@
 
 #include "engine/errmsg.h"
 #include "update/durable.h"
-#include "update/store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -324,26 +323,5 @@ void bundle_info_fill(const struct bundle *b, struct update_bundle_info *info)
     }
     info->n_new_keys = b->m.n_keys;
     info->n_expected = b->m.n_expected;
-}
-
-int update_verify_bundle(const struct update_config *cfg, const char *bundle_path, const struct update_hooks *hooks,
-                         struct update_bundle_info *info, char *err, size_t err_len)
-{
-    struct keyset ks;
-    char source[4096];
-    if (store_load_trust(cfg, &ks, source, sizeof source, err, err_len)) return -1;
-    struct bundle b;
-    if (bundle_open(&b, bundle_path, &ks, err, err_len)) return -1;
-    if (info) bundle_info_fill(&b, info);
-    int rc = 0;
-    if (strcmp(b.m.product, cfg->product))
-        rc = errf(err, err_len, "bundle is for product \"%s\", this box is \"%s\"", b.m.product, cfg->product);
-    for (uint32_t i = 0; i < b.m.n_payloads && !rc; i++) {
-        char what[200];
-        snprintf(what, sizeof what, "payload %s", b.m.payloads[i].name);
-        rc = bundle_check_payload(b.fd, b.payload_off[i], &b.m.payloads[i], what, UPDATE_PHASE_VERIFY, hooks, NULL,
-                                  NULL, err, err_len);
-    }
-    bundle_close(&b);
-    return rc;
+    if (b->m.provenance) snprintf(info->provenance, sizeof info->provenance, "%.*s", (int)b->m.provenance_len, b->m.provenance);
 }
