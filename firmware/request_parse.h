@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct jg_schema;
+
 enum { REQ_MAX_STOP = 16 };
 
 enum req_kind { REQ_CHAT, REQ_COMPLETION };
@@ -46,6 +48,8 @@ struct gen_request {
     bool stream, include_usage;
     bool ignore_eos;              /* llama-server's knob: keep generating past EOS */
     char model[128];              /* as asked; "" when absent */
+    struct jg_schema *schema;     /* response_format json_object / json_schema: the compiled
+                                   * grammar the answer must match (owned); NULL for text */
 };
 
 void req_limits_default(struct req_limits *lim);
