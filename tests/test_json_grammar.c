@@ -9,8 +9,11 @@
 #include "tests/serve_client.h"
 
 #include <jansson.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 /* ---- an independent validator for the supported subset ---- */
 
@@ -578,4 +581,114 @@ TEST(json_grammar_mask_only_removes_tokens_and_same_seed_same_text)
     CHECK(!(G.allow[(uint32_t)tok_eos(G.tok) >> 5] >> ((uint32_t)tok_eos(G.tok) & 31) & 1));
     jg_schema_free(g);
     gen_close(&G);
+}
+
+/* ---- end to end over the daemon's Unix socket ---- */
+
+static const char *const json_sets[] = { "server.slots=2", NULL };
+
+/* The answer's content (chat) or text (completion) and finish_reason of a 200 reply. */
+static char *answer_of(const char *reply, const char **finish, json_t **root)
+{
+    *root = json_loads(reply, 0, NULL);
+    json_t *ch = json_array_get(json_object_get(*root, "choices"), 0);
+    json_t *msg = json_object_get(ch, "message");
+    *finish = json_string_value(json_object_get(ch, "finish_reason"));
+    return (char *)json_string_value(msg ? json_object_get(msg, "content") : json_object_get(ch, "text"));
+}
+
+#define PERSON_SCHEMA "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":12},\"born\":{\"type\":\"string\",\"format\":\"date\"},\"tags\":{\"type\":\"array\",\"items\":{\"enum\":[\"a\",\"b\"]},\"maxItems\":3}},\"required\":[\"name\",\"born\",\"tags\"],\"additionalProperties\":false}"
+
+TEST(serve_json_answers_validate_bad_schemas_400)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, json_sets) == 0);
+    char *out = NULL, body[2048];
+    const char *finish;
+    json_t *root;
+    for (int seed = 0; seed < 4; seed++) {
+        snprintf(body, sizeof body,
+                 "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"Extract the person as JSON\"}],"
+                 "\"max_tokens\":80,\"seed\":%d,\"temperature\":%s,\"response_format\":{\"type\":\"json_schema\","
+                 "\"json_schema\":{\"name\":\"person\",\"strict\":true,\"schema\":" PERSON_SCHEMA "}}}",
+                 seed, seed ? "1.0" : "0");
+        CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", body, &out, NULL), 200);
+        const char *text = answer_of(out, &finish, &root);
+        CHECK(text && parses_and_validates(PERSON_SCHEMA, text, strlen(text)));
+        CHECK_STR(finish, "stop");
+        if (!text || !parses_and_validates(PERSON_SCHEMA, text, strlen(text))) test_fail_at(__FILE__, __LINE__, "reply %s", out);
+        json_decref(root);
+        free(out);
+    }
+    /* json_object on /v1/completions */
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions",
+                            "{\"prompt\":\"JSON:\",\"max_tokens\":40,\"seed\":3,\"response_format\":{\"type\":\"json_object\"}}",
+                            &out, NULL), 200);
+    const char *text = answer_of(out, &finish, &root);
+    json_t *v = text ? json_loads(text, 0, NULL) : NULL;
+    CHECK(json_is_object(v));
+    CHECK_STR(finish, "stop");
+    json_decref(v);
+    json_decref(root);
+    free(out);
+    /* refusals name what is wrong */
+    static const struct { const char *rf, *needle; } bad[] = {
+        { "{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":{\"type\":\"integer\",\"minimum\":1}}}", "minimum" },
+        { "{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{}}}", "name: missing" },
+        { "{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":{\"type\":\"strin\"}}}", "type" },
+        { "{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"extra\":1}}", "extra: unknown field" },
+        { "{\"type\":\"xml\"}", "response_format.type" },
+        { "\"json_object\"", "response_format" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"response_format\":%s}", bad[i].rf);
+        CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", body, &out, NULL), 400);
+        if (!out || !strstr(out, bad[i].needle)) test_fail_at(__FILE__, __LINE__, "%s: reply %s lacks '%s'", bad[i].rf, out, bad[i].needle);
+        free(out);
+    }
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"ignore_eos\":true,"
+                            "\"response_format\":{\"type\":\"json_object\"}}", &out, NULL), 400);
+    free(out);
+    /* too few tokens for the smallest instance: what fits, cut off, finish_reason "length" */
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":3,\"seed\":1,"
+             "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\",\"schema\":" PERSON_SCHEMA "}}}");
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", body, &out, NULL), 200);
+    answer_of(out, &finish, &root);
+    CHECK_STR(finish, "length");
+    json_decref(root);
+    free(out);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+TEST(serve_json_seeded_same_alone_and_loaded)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, json_sets) == 0);
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Extract\"}],\"max_tokens\":60,\"seed\":11,"
+                       "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\",\"schema\":" PERSON_SCHEMA "}}}";
+    char *alone = NULL, *loaded = NULL;
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", body, &alone, NULL), 200);
+    pid_t other = fork();
+    if (other == 0) { /* a second unconstrained request sharing the batch */
+        char *o = NULL;
+        int st = serve_curl(&d, "POST", "/v1/chat/completions",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":\"Write a long story\"}],\"max_tokens\":120,\"seed\":2}",
+                            &o, NULL);
+        _exit(st == 200 ? 0 : 1);
+    }
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", body, &loaded, NULL), 200);
+    int status = 0;
+    waitpid(other, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    const char *fa, *fb;
+    json_t *ra, *rb;
+    const char *ta = answer_of(alone, &fa, &ra), *tb = answer_of(loaded, &fb, &rb);
+    CHECK_STR(ta, tb);
+    CHECK(ta && parses_and_validates(PERSON_SCHEMA, ta, strlen(ta)));
+    json_decref(ra);
+    json_decref(rb);
+    free(alone);
+    free(loaded);
+    serve_stop(&d, SIGTERM, 10000);
 }
