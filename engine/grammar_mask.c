@@ -26,7 +26,7 @@ struct jg_vocab {
     uint32_t n_nodes;
     int32_t *toks;           /* [n_toks] token ids grouped by the node they end at */
     uint32_t max_len;        /* longest token in bytes = deepest level */
-    bool all_bytes;
+    bool ascii_bytes;        /* every printable ASCII byte is a token */
 };
 
 struct jg_matcher {
@@ -96,8 +96,8 @@ int jg_vocab_create(struct jg_vocab **out, const struct tokenizer *tok, char *er
         struct trie_node *nd = &v->nodes[end[id]];
         v->toks[nd->tok_first + nd->tok_count++] = (int32_t)id;
     }
-    v->all_bytes = true;
-    for (int i = 0; i < 256; i++) v->all_bytes &= root_child[i] != NONE && v->nodes[root_child[i]].tok_count > 0;
+    v->ascii_bytes = true;
+    for (int i = 0x20; i < 0x7F; i++) v->ascii_bytes &= root_child[i] != NONE && v->nodes[root_child[i]].tok_count > 0;
     free(end);
     *out = v;
     return 0;
@@ -115,7 +115,7 @@ void jg_vocab_destroy(struct jg_vocab *v)
     free(v);
 }
 
-bool jg_vocab_has_all_bytes(const struct jg_vocab *v) { return v->all_bytes; }
+bool jg_vocab_has_ascii_bytes(const struct jg_vocab *v) { return v->ascii_bytes; }
 size_t jg_mask_words(const struct jg_vocab *v) { return ((size_t)v->n_vocab + 31) / 32; }
 
 int jg_matcher_create(struct jg_matcher **out, const struct jg_vocab *v, char *err, size_t err_len)

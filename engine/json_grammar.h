@@ -19,9 +19,10 @@
  * JG_MAX_DEPTH.
  *
  * Budget: jg_state_min_close gives the fewest bytes that complete the value from a state.
- * Byte-level BPE vocabularies hold a token for every byte, so a mask that only allows tokens
- * after which the rest still fits the remaining token budget always ends in a complete value
- * when the budget allows the smallest one at all (see jg_mask).
+ * Byte-level BPE vocabularies hold a token for every printable ASCII byte (the bytes of
+ * shortest completions), so a mask that only allows tokens after which the rest still fits
+ * the remaining token budget always ends in a complete value when the budget allows the
+ * smallest one at all (see jg_mask).
  *
  * Allocation: compiling allocates; jg_state is a plain value and stepping, masking and
  * accepting allocate nothing (the matcher's buffers come from jg_matcher_create). */
@@ -82,8 +83,10 @@ uint32_t jg_state_min_close(const struct jg_schema *g, const struct jg_state *s)
 struct jg_vocab;
 int jg_vocab_create(struct jg_vocab **out, const struct tokenizer *tok, char *err, size_t err_len);
 void jg_vocab_destroy(struct jg_vocab *v);
-/* True when every byte value is a token of its own (the budget guarantee needs it). */
-bool jg_vocab_has_all_bytes(const struct jg_vocab *v);
+/* True when every printable ASCII byte is a token of its own: the budget guarantee needs
+ * the bytes of shortest completions as tokens (structure, digits, and the schema's keys and
+ * enum values, which are ASCII in practice). Byte-level BPE vocabularies have them. */
+bool jg_vocab_has_ascii_bytes(const struct jg_vocab *v);
 
 /* One sequence's position in the grammar, with the scratch the mask walk needs. */
 struct jg_matcher;

@@ -530,7 +530,7 @@ TEST(json_grammar_200_random_model_generations_under_20_schemas_all_validate)
 {
     struct gen G;
     REQUIRE(gen_open(&G) == 0);
-    REQUIRE(jg_vocab_has_all_bytes(G.vocab));
+    REQUIRE(jg_vocab_has_ascii_bytes(G.vocab));
     int ended = 0, total = 0;
     char text[8192];
     for (int i = 0; i < 20; i++) {
