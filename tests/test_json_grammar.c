@@ -620,6 +620,18 @@ TEST(serve_json_answers_validate_bad_schemas_400)
         json_decref(root);
         free(out);
     }
+    /* thinking: free reasoning, then the JSON after </think> as the content */
+    snprintf(body, sizeof body,
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"Think, then answer\"}],\"thinking\":true,\"max_tokens\":90,"
+             "\"seed\":5,\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\",\"schema\":" PERSON_SCHEMA "}}}");
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", body, &out, NULL), 200);
+    {
+        const char *t = answer_of(out, &finish, &root);
+        if (!t || !parses_and_validates(PERSON_SCHEMA, t, strlen(t))) test_fail_at(__FILE__, __LINE__, "thinking reply %s", out);
+        CHECK_STR(finish, "stop");
+        json_decref(root);
+        free(out);
+    }
     /* json_object on /v1/completions */
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions",
                             "{\"prompt\":\"JSON:\",\"max_tokens\":40,\"seed\":3,\"response_format\":{\"type\":\"json_object\"}}",
