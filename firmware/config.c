@@ -96,7 +96,7 @@ void config_default(struct serve_config *c)
     c->max_body_bytes = 1u << 20;
     c->max_tokens = 4096;
     c->default_max_tokens = 256;
-    c->max_stop = 4;
+    c->max_stop = 16; /* code assistants send 7 or more */
     c->max_stop_len = 64;
     c->max_messages = 256;
     snprintf(c->audit_log, sizeof c->audit_log, "stderr");

@@ -37,7 +37,8 @@ static struct {
 } m = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static const char *ep_names[METRICS_EP_COUNT] = {
-    "/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/metrics", "other",
+    "/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/metrics",
+    "/v1/messages", "/v1/responses", "other",
 };
 
 const char *metrics_endpoint_name(enum metrics_endpoint ep) { return ep < METRICS_EP_COUNT ? ep_names[ep] : "other"; }

@@ -53,11 +53,21 @@ struct job *job_create(struct gen_request *req, int32_t *prompt, uint32_t n_prom
     memset(req, 0, sizeof *req);
     j->prompt = prompt;
     j->n_prompt = n_prompt;
+    if (j->req.logprobs) { /* allocated here, so the token loop allocates nothing */
+        j->logprobs = malloc((size_t)j->req.max_tokens * sizeof *j->logprobs);
+        if (!j->logprobs) {
+            *req = j->req; /* the caller still owns it */
+            free(j->text);
+            free(j);
+            return NULL;
+        }
+    }
     j->thinking = j->req.kind == REQ_CHAT && j->req.thinking;
     j->t_submit_ns = sched_now_ns();
     j->deadline_ns = j->t_submit_ns + (uint64_t)deadline_s * 1000000000ull;
     j->refs = 1;
     j->slot = -1;
+    j->stop_index = -1;
     pthread_mutex_init(&j->lock, NULL);
     cond_init_monotonic(&j->cond);
     return j;
@@ -73,6 +83,7 @@ void job_release(struct job *j)
     gen_request_free(&j->req);
     free(j->prompt);
     free(j->text);
+    free(j->logprobs);
     pthread_mutex_destroy(&j->lock);
     pthread_cond_destroy(&j->cond);
     free(j);
@@ -318,7 +329,8 @@ static void admit(struct scheduler *s)
 static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
 {
     struct job *j = sl->job;
-    int32_t tok = textgen_seq_sample(sl->seq, sl->logits);
+    struct textgen_logprob lp;
+    int32_t tok = textgen_seq_sample(sl->seq, sl->logits, j->logprobs ? &lp : NULL);
     uint64_t now = sched_now_ns();
     if (tok < 0) {
         slot_finish(s, sl, JOB_ERROR, "every logit is -inf or NaN");
@@ -335,6 +347,7 @@ static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
     bool reasoning_known = textgen_seq_reasoning_end(sl->seq, &reasoning_end);
     pthread_mutex_lock(&j->lock);
     int oom = n ? job_append(j, text, n) : 0;
+    if (j->logprobs && j->n_out < j->req.max_tokens) j->logprobs[j->n_out] = lp;
     j->n_out++;
     if (reasoning_known && !j->reasoning_known) {
         j->reasoning_known = true;
@@ -353,6 +366,7 @@ static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
         return 0;
     }
     if (why == TEXTGEN_STOP_STRING) {
+        j->stop_index = textgen_seq_stop_index(sl->seq); /* read after the job ends (finish is under its lock) */
         slot_finish_ex(s, sl, JOB_STOP, NULL, false);
         return 0;
     }

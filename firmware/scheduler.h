@@ -20,6 +20,7 @@
 
 #include "engine/engine.h"
 #include "firmware/request_parse.h"
+#include "firmware/textgen.h"
 
 struct engine;
 struct textgen;
@@ -62,6 +63,8 @@ struct job {
     char model_id[128];         /* the model that runs it, set when it gets a slot ("" before) */
     size_t reasoning_end;
     char error[256];
+    int stop_index;             /* JOB_STOP by a stop string: which one (req.stop[i]); -1 otherwise */
+    struct textgen_logprob *logprobs; /* [req.max_tokens] when asked: one per generated token (n_out of them) */
 
     /* Queue links, guarded by the scheduler's lock. */
     struct job *next;

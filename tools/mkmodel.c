@@ -386,7 +386,13 @@ static const char *const merges_list[] = {
 };
 #define N_MERGES (sizeof merges_list / sizeof merges_list[0])
 
-static const char *const chat_tokens[] = { "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>" };
+/* The chat control tokens of spec §4: roles, the think markers, the DSML marker of tool
+ * calls, and the reminder and quick-task markers of the official encoder. */
+static const char *const chat_tokens[] = {
+    "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>", "｜DSML｜", "<｜latest_reminder｜>", "<｜action｜>",
+    "<｜query｜>", "<｜authority｜>", "<｜domain｜>", "<｜title｜>", "<｜extracted_url｜>", "<｜read_url｜>",
+};
+#define N_CHAT_TOKENS (sizeof chat_tokens / sizeof chat_tokens[0])
 
 /* UTF-8 of GPT-2's unicode stand-in for byte b. */
 static void byte_symbol(unsigned b, char out[4])
@@ -425,7 +431,7 @@ static unsigned byte_at(unsigned i)
 
 static int write_tokenizer(struct gguf_writer *w, const struct mkmodel_config *c, char *err, size_t err_len)
 {
-    const uint32_t fixed = 3 + 256 + N_MERGES + 4;
+    const uint32_t fixed = 3 + 256 + N_MERGES + N_CHAT_TOKENS;
     if (c->n_vocab < fixed)
         return errf(err, err_len, "--vocab: %u, expected at least %u (control, byte, merge and chat tokens)", c->n_vocab, fixed);
     char **toks = calloc(c->n_vocab, sizeof *toks);
@@ -453,7 +459,7 @@ static int write_tokenizer(struct gguf_writer *w, const struct mkmodel_config *c
         types[n] = 1;
         if (!(toks[n++] = strdup(buf))) goto done;
     }
-    for (int i = 0; i < 4; i++) {
+    for (size_t i = 0; i < N_CHAT_TOKENS; i++) {
         types[n] = 3;
         if (!(toks[n++] = strdup(chat_tokens[i]))) goto done;
     }
