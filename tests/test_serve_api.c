@@ -91,7 +91,7 @@ static int32_t *encode_parts(const char *model, const char *const *parts, uint32
 static json_t *parse(const char *s)
 {
     json_error_t je;
-    json_t *o = s ? json_loads(s, 0, &je) : NULL;
+    json_t *o = s ? json_loads(s, JSON_ALLOW_NUL, &je) : NULL; /* answers may hold U+0000 */
     if (!o) test_fail_at(__FILE__, __LINE__, "not JSON (%s): %.200s", s ? je.text : "null", s ? s : "");
     return o;
 }
@@ -694,7 +694,7 @@ TEST(serve_tools_prompt_is_official_answer_greedy)
     while (out && (p = strstr(p, "data: {"))) {
         const char *e = strstr(p, "\n\n");
         char *ev = strndup(p + 6, e ? (size_t)(e - p - 6) : strlen(p + 6));
-        json_t *c = json_loads(ev, 0, NULL);
+        json_t *c = json_loads(ev, JSON_ALLOW_NUL, NULL);
         json_t *ch = json_array_get(json_object_get(c, "choices"), 0);
         const char *piece = json_string_value(json_object_get(json_object_get(ch, "delta"), "content"));
         if (piece) strncat(joined, piece, sizeof joined - strlen(joined) - 1);
