@@ -698,6 +698,25 @@ TEST(serve_json_seeded_same_alone_and_loaded)
     const char *ta = answer_of(alone, &fa, &ra), *tb = answer_of(loaded, &fb, &rb);
     CHECK_STR(ta, tb);
     CHECK(ta && parses_and_validates(PERSON_SCHEMA, ta, strlen(ta)));
+    /* streamed: the content deltas reassemble to the same answer */
+    char sbody[2048];
+    snprintf(sbody, sizeof sbody, "%.*s,\"stream\":true}", (int)strlen(body) - 1, body);
+    static const char *const extra[] = { "-N", NULL };
+    char *sse = NULL, text[4096] = "";
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", sbody, &sse, extra), 200);
+    for (char *ev = sse ? strstr(sse, "data: ") : NULL; ev; ev = strstr(ev + 6, "data: ")) {
+        char *end = strstr(ev, "\n\n");
+        if (!end) break;
+        *end = 0;
+        json_t *c = json_loads(ev + 6, 0, NULL);
+        const char *piece = json_string_value(
+            json_object_get(json_object_get(json_array_get(json_object_get(c, "choices"), 0), "delta"), "content"));
+        if (piece) strncat(text, piece, sizeof text - strlen(text) - 1);
+        json_decref(c);
+        *end = '\n';
+    }
+    CHECK_STR(text, ta);
+    free(sse);
     json_decref(ra);
     json_decref(rb);
     free(alone);
