@@ -162,8 +162,8 @@ void jg_mask(struct jg_matcher *m, uint32_t remaining, int32_t eos, uint32_t *al
     /* With the budget in reach, a token must leave room for the shortest completion (one
      * token per byte at worst) and the end token; out of reach, any live token goes, and
      * the text ends at max_tokens. */
-    uint64_t close = jg_state_min_close(g, &m->state);
-    bool budget = close + 1 <= remaining;
+    uint64_t need = jg_state_min_close(g, &m->state);
+    bool budget = need + 1 <= remaining;
     uint32_t d = 0;
     w->cur[0] = v->nodes[0].first_child;
     for (;;) {

@@ -75,13 +75,13 @@ static int add_text(struct compiler *c, const char *s, size_t len, uint32_t *off
 }
 
 /* Literal order: bytewise, a prefix before its extensions, so the literals that share a
- * prefix are a contiguous range with the one equal to the prefix (if any) first. */
-static const struct jg_schema *sort_g;
-static int lit_cmp(const void *x, const void *y)
+ * prefix are a contiguous range with the one equal to the prefix (if any) first. The text
+ * comes as qsort_r's argument: HTTP threads compile schemas concurrently. */
+static int lit_cmp(const void *x, const void *y, void *text)
 {
     const struct jg_lit *a = x, *b = y;
     size_t n = a->len < b->len ? a->len : b->len;
-    int r = memcmp(sort_g->text + a->off, sort_g->text + b->off, n);
+    int r = memcmp((const char *)text + a->off, (const char *)text + b->off, n);
     return r ? r : (a->len > b->len) - (a->len < b->len);
 }
 
@@ -117,11 +117,10 @@ static uint32_t literal_node(struct compiler *c, json_t *const *vals, size_t n_v
         if (rc) return JG_INF;
         g->n_lits++;
     }
-    sort_g = g;
-    qsort(g->lits + first, g->n_lits - first, sizeof *g->lits, lit_cmp);
+    qsort_r(g->lits + first, g->n_lits - first, sizeof *g->lits, lit_cmp, g->text);
     uint32_t k = first + 1;
     for (uint32_t i = first + 1; i < g->n_lits; i++)
-        if (lit_cmp(&g->lits[i], &g->lits[k - 1])) g->lits[k++] = g->lits[i];
+        if (lit_cmp(&g->lits[i], &g->lits[k - 1], g->text)) g->lits[k++] = g->lits[i];
     g->n_lits = k;
     g->nodes[id].first = first;
     g->nodes[id].count = k - first;
