@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -25,7 +26,10 @@ uint32_t gguf_type_block_elems(enum gguf_type type)
 {
     switch (type) {
     case GGUF_TYPE_F32: case GGUF_TYPE_F16: case GGUF_TYPE_BF16: case GGUF_TYPE_I32: return 1;
-    case GGUF_TYPE_Q8_0: case GGUF_TYPE_MXFP4: return 32;
+    case GGUF_TYPE_Q8_0: case GGUF_TYPE_MXFP4: case GGUF_TYPE_IQ4_NL: return 32;
+    case GGUF_TYPE_Q2_K: case GGUF_TYPE_Q3_K: case GGUF_TYPE_Q4_K: case GGUF_TYPE_Q5_K: case GGUF_TYPE_Q6_K:
+    case GGUF_TYPE_IQ2_XXS: case GGUF_TYPE_IQ2_XS: case GGUF_TYPE_IQ2_S: case GGUF_TYPE_IQ3_XXS:
+    case GGUF_TYPE_IQ1_S: case GGUF_TYPE_IQ1_M: case GGUF_TYPE_IQ4_XS: return 256; /* super-blocks */
     }
     return 0;
 }
@@ -37,6 +41,20 @@ uint32_t gguf_type_block_bytes(enum gguf_type type)
     case GGUF_TYPE_F16: case GGUF_TYPE_BF16: return 2;
     case GGUF_TYPE_Q8_0: return 34;  /* f16 scale + 32 x int8 */
     case GGUF_TYPE_MXFP4: return 17; /* e8m0 scale + 16 bytes of nibbles */
+    /* block layouts: engine/quant.h */
+    case GGUF_TYPE_Q2_K: return 84;
+    case GGUF_TYPE_Q3_K: return 110;
+    case GGUF_TYPE_Q4_K: return 144;
+    case GGUF_TYPE_Q5_K: return 176;
+    case GGUF_TYPE_Q6_K: return 210;
+    case GGUF_TYPE_IQ2_XXS: return 66;
+    case GGUF_TYPE_IQ2_XS: return 74;
+    case GGUF_TYPE_IQ2_S: return 82;
+    case GGUF_TYPE_IQ3_XXS: return 98;
+    case GGUF_TYPE_IQ1_S: return 50;
+    case GGUF_TYPE_IQ1_M: return 56;
+    case GGUF_TYPE_IQ4_NL: return 18;
+    case GGUF_TYPE_IQ4_XS: return 136;
     }
     return 0;
 }
@@ -50,8 +68,40 @@ const char *gguf_type_name(enum gguf_type type)
     case GGUF_TYPE_Q8_0: return "Q8_0";
     case GGUF_TYPE_MXFP4: return "MXFP4";
     case GGUF_TYPE_I32: return "I32";
+    case GGUF_TYPE_Q2_K: return "Q2_K";
+    case GGUF_TYPE_Q3_K: return "Q3_K";
+    case GGUF_TYPE_Q4_K: return "Q4_K";
+    case GGUF_TYPE_Q5_K: return "Q5_K";
+    case GGUF_TYPE_Q6_K: return "Q6_K";
+    case GGUF_TYPE_IQ2_XXS: return "IQ2_XXS";
+    case GGUF_TYPE_IQ2_XS: return "IQ2_XS";
+    case GGUF_TYPE_IQ2_S: return "IQ2_S";
+    case GGUF_TYPE_IQ3_XXS: return "IQ3_XXS";
+    case GGUF_TYPE_IQ1_S: return "IQ1_S";
+    case GGUF_TYPE_IQ1_M: return "IQ1_M";
+    case GGUF_TYPE_IQ4_NL: return "IQ4_NL";
+    case GGUF_TYPE_IQ4_XS: return "IQ4_XS";
     }
     return "unknown";
+}
+
+int gguf_type_from_name(const char *name)
+{
+    for (uint32_t t = 0; t < 64; t++)
+        if (gguf_type_known(t) && !strcasecmp(name, gguf_type_name((enum gguf_type)t))) return (int)t;
+    return -1;
+}
+
+/* ggml's names for the types the reader refuses, so the message says what the file holds. */
+static const char *unsupported_type_label(uint32_t type)
+{
+    switch (type) {
+    case 2: return " (Q4_0)"; case 3: return " (Q4_1)"; case 6: return " (Q5_0)"; case 7: return " (Q5_1)";
+    case 9: return " (Q8_1)"; case 15: return " (Q8_K)"; case 21: return " (IQ3_S)"; case 24: return " (I8)";
+    case 25: return " (I16)"; case 27: return " (I64)"; case 28: return " (F64)"; case 34: return " (TQ1_0)";
+    case 35: return " (TQ2_0)"; case 40: return " (NVFP4)";
+    }
+    return "";
 }
 
 bool gguf_type_known(uint32_t type) { return gguf_type_block_elems((enum gguf_type)type) != 0; }
@@ -229,8 +279,9 @@ static int read_tensor_info(struct cursor *c, struct gguf_tensor *t, uint64_t in
     uint32_t type;
     if (rd_u32(c, &type, t->name) || rd_u64(c, &t->offset, t->name)) return -1;
     if (!gguf_type_known(type))
-        return errf(c->err, c->err_len, "%s: tensor type %u is not supported "
-                    "(F32, F16, BF16, Q8_0, MXFP4, I32)", t->name, type);
+        return errf(c->err, c->err_len, "%s: tensor type %u%s is not supported (F32, F16, BF16, Q8_0, MXFP4, "
+                    "I32, Q2_K..Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ1_S, IQ1_M, IQ4_NL, IQ4_XS)",
+                    t->name, type, unsupported_type_label(type));
     t->type = (enum gguf_type)type;
     if (t->ne[0] % gguf_type_block_elems(t->type))
         return errf(c->err, c->err_len, "%s: row of %" PRIu64 " elements is not a multiple of the %s block (%u)",

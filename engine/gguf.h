@@ -25,7 +25,20 @@ enum gguf_type {
     GGUF_TYPE_F32 = 0,
     GGUF_TYPE_F16 = 1,
     GGUF_TYPE_Q8_0 = 8,
+    GGUF_TYPE_Q2_K = 10,    /* the K-quants and i-quants: engine/quant_k.c, engine/quant_iq.c */
+    GGUF_TYPE_Q3_K = 11,
+    GGUF_TYPE_Q4_K = 12,
+    GGUF_TYPE_Q5_K = 13,
+    GGUF_TYPE_Q6_K = 14,
+    GGUF_TYPE_IQ2_XXS = 16,
+    GGUF_TYPE_IQ2_XS = 17,
+    GGUF_TYPE_IQ3_XXS = 18,
+    GGUF_TYPE_IQ1_S = 19,
+    GGUF_TYPE_IQ4_NL = 20,
+    GGUF_TYPE_IQ2_S = 22,
+    GGUF_TYPE_IQ4_XS = 23,
     GGUF_TYPE_I32 = 26,
+    GGUF_TYPE_IQ1_M = 29,
     GGUF_TYPE_BF16 = 30,
     GGUF_TYPE_MXFP4 = 39,
 };
@@ -86,6 +99,8 @@ uint32_t gguf_type_block_elems(enum gguf_type type);
 uint32_t gguf_type_block_bytes(enum gguf_type type);
 const char *gguf_type_name(enum gguf_type type);
 bool gguf_type_known(uint32_t type);
+/* The type named name (gguf_type_name's spelling, any case: "q2_k", "IQ2_XXS"); -1 if none. */
+int gguf_type_from_name(const char *name);
 /* Bytes of n elements of type (n a multiple of the block size); -1 on overflow/mismatch. */
 int gguf_type_nbytes(enum gguf_type type, uint64_t n, uint64_t *nbytes);
 

@@ -186,13 +186,26 @@ struct binder {
 
 enum { TYPES_FLOAT = 1, TYPES_MATRIX = 2, TYPES_EXPERT = 4, TYPES_I32 = 8 };
 
+/* ggml's K-quants and i-quants: what community low-bit files store their matrices in. */
+static bool type_is_k_or_i_quant(enum gguf_type t)
+{
+    switch (t) {
+    case GGUF_TYPE_Q2_K: case GGUF_TYPE_Q3_K: case GGUF_TYPE_Q4_K: case GGUF_TYPE_Q5_K: case GGUF_TYPE_Q6_K:
+    case GGUF_TYPE_IQ2_XXS: case GGUF_TYPE_IQ2_XS: case GGUF_TYPE_IQ2_S: case GGUF_TYPE_IQ3_XXS:
+    case GGUF_TYPE_IQ1_S: case GGUF_TYPE_IQ1_M: case GGUF_TYPE_IQ4_NL: case GGUF_TYPE_IQ4_XS:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static bool type_allowed(enum gguf_type t, int allowed)
 {
     if (allowed & TYPES_FLOAT) return t == GGUF_TYPE_F32;
     if (allowed & TYPES_I32) return t == GGUF_TYPE_I32;
     if (allowed & TYPES_MATRIX)
         return t == GGUF_TYPE_F32 || t == GGUF_TYPE_F16 || t == GGUF_TYPE_BF16 || t == GGUF_TYPE_Q8_0 ||
-               (t == GGUF_TYPE_MXFP4 && (allowed & TYPES_EXPERT));
+               type_is_k_or_i_quant(t) || (t == GGUF_TYPE_MXFP4 && (allowed & TYPES_EXPERT));
     return false;
 }
 

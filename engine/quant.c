@@ -2,7 +2,10 @@
 #include "engine/quant.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
+
+#include "engine/rng.h"
 
 const int8_t mxfp4_code_x2[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
 
@@ -113,8 +116,45 @@ int dequant_row(enum gguf_type type, const void *src, float *dst, uint64_t n)
         }
         return 0;
     }
+    default:
+        break;
     }
-    return -1;
+    if (dequant_row_k(type, src, dst, n) == 0) return 0;
+    return dequant_row_iq(type, src, dst, n);
+}
+
+int quant_random_blocks(enum gguf_type type, void *dst, uint64_t n_blocks, uint64_t *seed, uint16_t d_half)
+{
+    size_t d_off = 0, dmin_off = SIZE_MAX;
+    switch (type) {
+    case GGUF_TYPE_Q2_K: d_off = offsetof(struct block_q2_k, d); dmin_off = offsetof(struct block_q2_k, dmin); break;
+    case GGUF_TYPE_Q3_K: d_off = offsetof(struct block_q3_k, d); break;
+    case GGUF_TYPE_Q4_K: dmin_off = offsetof(struct block_q4_k, dmin); break;
+    case GGUF_TYPE_Q5_K: dmin_off = offsetof(struct block_q5_k, dmin); break;
+    case GGUF_TYPE_Q6_K: d_off = offsetof(struct block_q6_k, d); break;
+    case GGUF_TYPE_IQ2_XXS: case GGUF_TYPE_IQ2_XS: case GGUF_TYPE_IQ2_S: case GGUF_TYPE_IQ3_XXS:
+    case GGUF_TYPE_IQ1_S: case GGUF_TYPE_IQ1_M: case GGUF_TYPE_IQ4_NL: case GGUF_TYPE_IQ4_XS:
+        break; /* d first (IQ1_M: spread over its scales, below) */
+    default:
+        return -1;
+    }
+    const uint32_t bb = gguf_type_block_bytes(type);
+    uint8_t *p = dst;
+    for (uint64_t i = 0; i < n_blocks; i++, p += bb) {
+        for (uint32_t k = 0; k < bb; k += 8) {
+            uint64_t r = rng_splitmix64(seed);
+            for (uint32_t j = 0; j < 8 && k + j < bb; j++) p[k + j] = (uint8_t)(r >> 8 * j);
+        }
+        if (type == GGUF_TYPE_IQ1_M) {
+            /* the half's four nibbles are the top nibbles of the four 16-bit scale words */
+            uint8_t *sc = p + offsetof(struct block_iq1_m, scales);
+            for (int w = 0; w < 4; w++) sc[2 * w + 1] = (uint8_t)((sc[2 * w + 1] & 0x0f) | ((d_half >> 4 * w) & 0xf) << 4);
+            continue;
+        }
+        memcpy(p + d_off, &d_half, 2);
+        if (dmin_off != SIZE_MAX) memcpy(p + dmin_off, &d_half, 2);
+    }
+    return 0;
 }
 
 void quantize_row_q8_0(const float *src, struct block_q8_0 *dst, uint64_t n)

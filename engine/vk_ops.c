@@ -11,7 +11,16 @@
 static const char *const matvec_names[VK_N_WTYPES] = {
     [ABI_WTYPE_F32] = "matvec_f32", [ABI_WTYPE_F16] = "matvec_f16", [ABI_WTYPE_BF16] = "matvec_bf16",
     [ABI_WTYPE_Q8_0] = "matvec_q8_0", [ABI_WTYPE_MXFP4] = "matvec_mxfp4",
+    [ABI_WTYPE_Q2_K] = "matvec_q2_k", [ABI_WTYPE_Q3_K] = "matvec_q3_k", [ABI_WTYPE_Q4_K] = "matvec_q4_k",
+    [ABI_WTYPE_Q5_K] = "matvec_q5_k", [ABI_WTYPE_Q6_K] = "matvec_q6_k", [ABI_WTYPE_IQ2_XXS] = "matvec_iq2_xxs",
+    [ABI_WTYPE_IQ2_XS] = "matvec_iq2_xs", [ABI_WTYPE_IQ2_S] = "matvec_iq2_s", [ABI_WTYPE_IQ3_XXS] = "matvec_iq3_xxs",
+    [ABI_WTYPE_IQ4_NL] = "matvec_iq4_nl",
+    [ABI_WTYPE_IQ4_XS] = "matvec_iq4_xs",
 };
+_Static_assert(VK_N_WTYPES == ABI_WTYPE_COUNT, "one matvec kernel slot per ABI weight type");
+/* ggml's K-quants and i-quants have only the subgroup kernel (matvec.glsl with
+ * dequant_ggml.glsl); on CPU drivers they run it too (no LANES variant yet). */
+static bool wtype_is_ggml(int t) { return t >= ABI_WTYPE_Q2_K; }
 static const char *const lanes_names[VK_N_WTYPES] = {
     [ABI_WTYPE_F32] = "matvec_lanes_f32", [ABI_WTYPE_F16] = "matvec_lanes_f16", [ABI_WTYPE_BF16] = "matvec_lanes_bf16",
     [ABI_WTYPE_Q8_0] = "matvec_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matvec_lanes_mxfp4",
@@ -35,6 +44,18 @@ int vk_wtype(enum gguf_type type)
     case GGUF_TYPE_BF16: return ABI_WTYPE_BF16;
     case GGUF_TYPE_Q8_0: return ABI_WTYPE_Q8_0;
     case GGUF_TYPE_MXFP4: return ABI_WTYPE_MXFP4;
+    case GGUF_TYPE_Q2_K: return ABI_WTYPE_Q2_K;
+    case GGUF_TYPE_Q3_K: return ABI_WTYPE_Q3_K;
+    case GGUF_TYPE_Q4_K: return ABI_WTYPE_Q4_K;
+    case GGUF_TYPE_Q5_K: return ABI_WTYPE_Q5_K;
+    case GGUF_TYPE_Q6_K: return ABI_WTYPE_Q6_K;
+    case GGUF_TYPE_IQ2_XXS: return ABI_WTYPE_IQ2_XXS;
+    case GGUF_TYPE_IQ2_XS: return ABI_WTYPE_IQ2_XS;
+    case GGUF_TYPE_IQ2_S: return ABI_WTYPE_IQ2_S;
+    case GGUF_TYPE_IQ3_XXS: return ABI_WTYPE_IQ3_XXS;
+    /* IQ1_S, IQ1_M: no kernel yet (their 2048-entry grid needs a buffer on lavapipe) */
+    case GGUF_TYPE_IQ4_NL: return ABI_WTYPE_IQ4_NL;
+    case GGUF_TYPE_IQ4_XS: return ABI_WTYPE_IQ4_XS;
     default: return -1;
     }
 }
@@ -52,7 +73,7 @@ int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, si
         return -1;
     if (vk_kernel_create(ops->d, &ops->matmul[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile_n, 2, err, err_len))
         goto fail;
-    if (ops->layout == VK_MATVEC_LANES) {
+    if (ops->layout == VK_MATVEC_LANES && !wtype_is_ggml(t)) {
         const uint32_t lanes1[3] = { 1, ops->lanes_wg, ops->lanes_rows_matvec };
         const uint32_t lanes_n[3] = { VK_MATMUL_TILE, ops->lanes_wg, ops->lanes_rows_matmul };
         if (vk_kernel_create_texel(ops->d, &ops->lanes_matvec[t], lanes_names[t], 4, LANES_TEXEL_MASK,
@@ -197,6 +218,7 @@ int vk_weight_split_k(const struct vk_weight *w, uint32_t parts, struct vk_weigh
  * matrices and start offset are aligned for the type's wide loads. */
 static bool vec_ok(const struct abi_matvec_push *p, enum gguf_type type)
 {
+    if (wtype_is_ggml(vk_wtype(type))) return false;
     if ((p->x_off | p->x_tstride | p->x_zstride) % 4) return false;
     uint32_t align = type == GGUF_TYPE_F32 ? 16 : (type == GGUF_TYPE_F16 || type == GGUF_TYPE_BF16) ? 8 : 1;
     return (p->row_bytes | p->w_off | p->w_zstride) % align == 0;
@@ -263,7 +285,7 @@ static struct vk_kernel *ksplit_kernel(struct vk_ops *ops, int t, struct ksplit_
 static bool lanes_fit(const struct vk_ops *ops, const struct vk_matvec_args *a, struct ksplit_shape shape)
 {
     const struct vk_weight *w = a->w;
-    if (ops->layout != VK_MATVEC_LANES || !a->x->texels_f32x4) return false;
+    if (ops->layout != VK_MATVEC_LANES || !a->x->texels_f32x4 || wtype_is_ggml(vk_wtype(w->type))) return false;
     /* rows of whole chunks (super-blocks for the word reads; 64-element units, whose
      * MXFP4 rows may start 2 bytes into a word, for the K-split tile) from an aligned start */
     const bool words = lanes_reads_words(a);

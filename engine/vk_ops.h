@@ -11,7 +11,7 @@
 struct abi_swiglu_push; /* shaders/abi.h */
 
 /* The matvec weight types, in ABI_WTYPE_* order. */
-#define VK_N_WTYPES 5
+#define VK_N_WTYPES 18 /* ABI_WTYPE_COUNT (checked in vk_ops.c) */
 /* Tokens per weight load in the prefill (matrix-matrix) pipelines. */
 #define VK_MATMUL_TILE 8
 /* K-split tile pipelines per weight type: two units a lane, then one unit with 1, 1/2, ...

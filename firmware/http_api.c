@@ -2,6 +2,7 @@
  * connection, so a handler may block waiting for its job; while it waits it polls the
  * socket for the client hanging up and cancels the job at once when it does. */
 #include "firmware/http_api.h"
+#include "firmware/backend_pick.h"
 
 #include "engine/errmsg.h"
 #include "firmware/api_logprobs.h"
@@ -13,6 +14,7 @@
 #include "firmware/scheduler.h"
 #include "firmware/textgen.h"
 #include "firmware/tool_output.h"
+#include "update/update.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -50,6 +52,7 @@ struct req {
     int status;
     const char *finish;
     uint64_t tokens_in, tokens_out;
+    uint64_t tokens_reused;     /* prompt tokens resumed from the prefix cache */
     char *audit_prompt;           /* only with audit.log_prompts */
     int denied;
     int uid_counted;              /* holds one of its uid's per_uid slots */
@@ -212,6 +215,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         pthread_mutex_lock(&r->job->lock);
         enum job_finish f = r->job->finish;
         r->tokens_out = r->job->n_out;
+        r->tokens_reused = r->job->n_reused;
         pthread_mutex_unlock(&r->job->lock);
         if (f == JOB_RUNNING) {
             /* The client left (or the write failed) before the end: stop generating now. */
@@ -242,6 +246,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         .slot = r->cfg.slot,
         .tokens_in = r->tokens_in,
         .tokens_out = r->tokens_out,
+        .tokens_reused = r->tokens_reused,
         .status = r->status,
         .duration_ms = (double)(now - r->t0_ns) / 1e6,
         .finish = r->finish,
@@ -272,6 +277,17 @@ static const char *state_word(struct api *a, int *http_status)
     return "ready";
 }
 
+/* The slot store's site evaluations (update.data_dir set): 0, or -1 when there are none. */
+static int read_evals(const struct req *r, struct update_eval_record ev[2])
+{
+    if (!r->cfg.update_data_dir[0]) return -1;
+    struct update_config uc;
+    update_config_default(&uc);
+    uc.data_dir = r->cfg.update_data_dir;
+    char err[256];
+    return update_read_evals(&uc, ev, err, sizeof err);
+}
+
 static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
 {
     int status;
@@ -284,22 +300,38 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
     if (degraded[0] && status == 200) w = "degraded";
     json_t *o = json_pack("{s:s,s:s,s:s}", "status", w, "model", r->model_id, "slot", r->cfg.slot);
     if (o && degraded[0]) json_object_set_new(o, "reason", json_string(degraded));
+    char pick[512];
+    backend_pick_reason(pick, sizeof pick);
+    const char *colon = strchr(pick, ':');
+    if (o && colon) {
+        /* "vulkan: auto, a discrete GPU (...)": the backend, then why it was picked. */
+        json_object_set_new(o, "backend", json_stringn(pick, (size_t)(colon - pick)));
+        json_object_set_new(o, "backend_reason", json_string(colon[1] == ' ' ? colon + 2 : colon + 1));
+    }
     if (o && atomic_load(&r->api->state) == API_READY) {
         struct sched_stats ss;
         scheduler_stats(r->api->sched, &ss);
         json_object_set_new(o, "slots_busy", json_integer(ss.busy));
         json_object_set_new(o, "slots_total", json_integer(ss.slots));
         json_object_set_new(o, "queue_depth", json_integer(ss.queued));
+        json_object_set_new(o, "context_length", json_integer(scheduler_n_ctx(r->api->sched)));
         if (ss.swapping) json_object_set_new(o, "reloading", json_true());
     }
+    struct update_eval_record ev[2];
+    int served = !strcmp(r->cfg.slot, "a") ? 0 : !strcmp(r->cfg.slot, "b") ? 1 : -1;
+    if (o && served >= 0 && read_evals(r, ev) == 0 && ev[served].verdict[0])
+        json_object_set_new(o, "evaluation", json_pack("{s:s,s:f,s:f,s:i,s:s}", "verdict", ev[served].verdict, "score",
+                                                       ev[served].score, "threshold", ev[served].threshold, "cases",
+                                                       (json_int_t)ev[served].cases, "set_sha256", ev[served].set_sha256));
     return send_json(c, r, status, o);
 }
 
 static enum MHD_Result route_models(struct MHD_Connection *c, struct req *r)
 {
     if (atomic_load(&r->api->state) != API_READY) return send_error(c, r, 503, "loading", "the model is not loaded yet");
-    json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", r->model_id, "object", "model", "created",
-                          (json_int_t)(r->api->id_base / 1000000000ull), "owned_by", "flashbox", "slot", r->cfg.slot);
+    json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:s,s:I}", "id", r->model_id, "object", "model", "created",
+                          (json_int_t)(r->api->id_base / 1000000000ull), "owned_by", "flashbox", "slot", r->cfg.slot,
+                          "context_length", (json_int_t)scheduler_n_ctx(r->api->sched));
     if (r->model_path[0]) { /* GET /v1/models/{id}: the one model served, by its name */
         if (strcmp(r->model_path, r->model_id)) {
             json_decref(m);
@@ -320,6 +352,13 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
     g.ready = st == API_READY ? 1 : st == API_LOADING ? 0 : -1;
     g.model_id = r->model_id;
     g.slot = r->cfg.slot;
+    struct update_eval_record ev[2];
+    if (read_evals(r, ev) == 0)
+        for (int i = 0; i < 2; i++)
+            if (!strcmp(ev[i].verdict, "pass") || !strcmp(ev[i].verdict, "fail")) {
+                g.have_eval_score[i] = 1;
+                g.eval_score[i] = ev[i].score;
+            }
     if (st == API_READY) {
         struct sched_stats ss;
         scheduler_stats(r->api->sched, &ss);
@@ -349,6 +388,10 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
             }
             g.expert_prefetch_dropped = ss.experts.prefetch_dropped;
             g.expert_cache_bytes = (uint64_t)ss.experts.n_slots * ss.experts.slot_bytes;
+        }
+        if (ss.have_prefix) {
+            g.have_prefix = 1;
+            g.prefix = ss.prefix;
         }
     }
     char *text;

@@ -102,6 +102,8 @@ void load_block(uint row_byte, uint b, out float v[BLK])
         }
     }
 }
+#elif W_TYPE >= ABI_WTYPE_Q2_K && W_TYPE < ABI_WTYPE_COUNT
+#include "dequant_ggml.glsl"   /* ggml's K-quants and i-quants: no vectorised path (load_group) */
 #else
 #error "W_TYPE must be one of ABI_WTYPE_*"
 #endif
@@ -144,6 +146,8 @@ vec4 load_group(uint row_byte, uint g, out vec4 hi)
     const uvec4 sh = uvec4(0u, 8u, 16u, 24u);
     hi = d * e2m1_x2((uvec4(q) >> (sh + 4u)) & 15u);
     return d * e2m1_x2((uvec4(q) >> sh) & 15u);
+#else
+    return vec4(0.0); /* the ggml types never take the vectorised path (vk_ops.c: vec_ok) */
 #endif
 }
 

@@ -244,7 +244,7 @@ TEST(gguf_rejects_malformed_headers_with_clear_messages)
     FRESH(); v64 = 1ull << 40; memcpy(b + at + 4, &v64, 8);
     expect_reject(b, im.size, "t.q8_0: data", __LINE__);
     FRESH(); v32 = 2; memcpy(b + at + 12, &v32, 4); /* Q4_0: not supported */
-    expect_reject(b, im.size, "t.q8_0: tensor type 2 is not supported", __LINE__);
+    expect_reject(b, im.size, "t.q8_0: tensor type 2 (Q4_0) is not supported", __LINE__);
     FRESH(); memcpy(&v64, b + at + 16, 8); v64 += 1; memcpy(b + at + 16, &v64, 8);
     expect_reject(b, im.size, "not a multiple of the alignment", __LINE__);
     FRESH(); v64 = 1ull << 50; memcpy(b + at + 16, &v64, 8);

@@ -21,7 +21,7 @@ struct pair {
 
 /* Writes the tiny model, opens it on both backends and computes the reference logits of
  * every position. Returns -1 (test failed or skipped) on any problem. */
-static int pair_open(struct pair *p, enum mkmodel_quant quant)
+static int pair_open_with(struct pair *p, enum mkmodel_quant quant, enum gguf_type expert_type, uint64_t cache_mb, uint32_t n_ref)
 {
     memset(p, 0, sizeof *p);
     char path[512], err[512];
@@ -29,6 +29,10 @@ static int pair_open(struct pair *p, enum mkmodel_quant quant)
     struct mkmodel_config c;
     mkmodel_defaults(&c);
     c.quant = quant;
+    if (expert_type != GGUF_TYPE_MXFP4) { /* ggml's super-blocks: rows of 256 */
+        c.expert_type = expert_type;
+        c.n_embd = c.n_ff_exp = 256;
+    }
     if (mkmodel_write(&c, path, err, sizeof err)) {
         test_fail_at(__FILE__, __LINE__, "%s", err);
         return -1;
@@ -37,12 +41,14 @@ static int pair_open(struct pair *p, enum mkmodel_quant quant)
     engine_options_default(&o);
     o.model_path = path;
     o.backend = ENGINE_BACKEND_VULKAN;
+    o.expert_cache_mb = cache_mb;
     if (engine_open(&p->vk, &o, err, sizeof err)) {
         if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
         test_fail_at(__FILE__, __LINE__, "%s", err);
         return -1;
     }
     o.backend = ENGINE_BACKEND_REF;
+    o.expert_cache_mb = 0;
     if (engine_open(&p->ref, &o, err, sizeof err)) {
         test_fail_at(__FILE__, __LINE__, "%s", err);
         return -1;
@@ -58,12 +64,17 @@ static int pair_open(struct pair *p, enum mkmodel_quant quant)
     p->ref_logits = malloc((size_t)N_TOK * p->n_vocab * sizeof(float));
     struct session *s;
     if (!p->ref_logits || session_create(p->ref, 512, &s, err, sizeof err) ||
-        session_eval(s, p->tokens, N_TOK, p->ref_logits, true, err, sizeof err)) {
+        session_eval(s, p->tokens, n_ref, p->ref_logits, true, err, sizeof err)) {
         test_fail_at(__FILE__, __LINE__, "reference: %s", err);
         return -1;
     }
     session_destroy(s);
     return 0;
+}
+
+static int pair_open(struct pair *p, enum mkmodel_quant quant)
+{
+    return pair_open_with(p, quant, GGUF_TYPE_MXFP4, 0, N_TOK);
 }
 
 static void pair_close(struct pair *p)
@@ -130,6 +141,87 @@ TEST(vk_logits_equal_reference_mixed_batch_prefill_300)
     pair_close(&p);
 }
 
+/* Routed experts in each of ggml's K-quants and i-quants that the shaders read (the tiny
+ * model at n_embd = n_ff_exp = 256): prefill in uneven chunks, then decode. */
+TEST(vk_logits_equal_reference_with_ggml_quant_experts)
+{
+    static const enum gguf_type types[] = {
+        GGUF_TYPE_IQ2_XXS, GGUF_TYPE_Q2_K, GGUF_TYPE_Q4_K, GGUF_TYPE_Q3_K, GGUF_TYPE_Q5_K, GGUF_TYPE_Q6_K,
+        GGUF_TYPE_IQ2_XS, GGUF_TYPE_IQ2_S, GGUF_TYPE_IQ3_XXS, GGUF_TYPE_IQ4_NL, GGUF_TYPE_IQ4_XS,
+    };
+    const uint32_t sizes[] = { 13, 1, 1 };
+    for (size_t i = 0; i < sizeof types / sizeof types[0] && !test_failed(); i++) {
+        struct pair p;
+        if (pair_open_with(&p, MKMODEL_MIXED, types[i], 0, 20) == 0) run_chunks(&p, sizes, 3, 20, gguf_type_name(types[i]));
+        pair_close(&p);
+    }
+}
+
+/* The published deepseek4 layouts' expert types paged through a one-megabyte expert cache
+ * (about half the tiny model's 40 experts, so it evicts): token-by-token decode gives the
+ * same logits, bit for bit, as all experts resident. */
+TEST(vk_paged_ggml_quant_experts_are_bitwise_identical_to_resident)
+{
+    static const enum gguf_type types[] = { GGUF_TYPE_IQ2_XXS, GGUF_TYPE_Q2_K, GGUF_TYPE_Q4_K };
+    const uint32_t n = 24;
+    for (size_t i = 0; i < sizeof types / sizeof types[0] && !test_failed(); i++) {
+        float *out[2] = { NULL, NULL };
+        for (int paged = 0; paged < 2; paged++) {
+            struct pair p;
+            char err[512];
+            struct session *s;
+            if (pair_open_with(&p, MKMODEL_MIXED, types[i], paged ? 1 : 0, 1) == 0) {
+                out[paged] = malloc((size_t)n * p.n_vocab * sizeof(float));
+                if (!out[paged] || session_create(p.vk, 512, &s, err, sizeof err)) test_fail_at(__FILE__, __LINE__, "%s", err);
+                else {
+                    for (uint32_t pos = 0; pos < n; pos++)
+                        if (session_eval(s, p.tokens + pos, 1, out[paged] + (size_t)pos * p.n_vocab, false, err, sizeof err))
+                            test_fail_at(__FILE__, __LINE__, "%s", err);
+                    session_destroy(s);
+                    struct expert_counters ec;
+                    if (paged) CHECK(engine_expert_counters(p.vk, &ec) == 0 && ec.evictions > 0); /* it really pages */
+                }
+                if (paged && out[0] && out[1] && memcmp(out[0], out[1], (size_t)n * p.n_vocab * sizeof(float)))
+                    test_fail_at(__FILE__, __LINE__, "%s: paged logits differ from resident ones", gguf_type_name(types[i]));
+            }
+            pair_close(&p);
+        }
+        free(out[0]);
+        free(out[1]);
+    }
+}
+
+/* IQ1_S / IQ1_M experts load on the reference but the Vulkan backend refuses them, naming
+ * the tensor and the type. */
+TEST(vk_refuses_iq1_experts_naming_tensor_and_type)
+{
+    char path[512], err[512] = "";
+    snprintf(path, sizeof path, "%s/iq1.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.quant = MKMODEL_MIXED;
+    c.expert_type = GGUF_TYPE_IQ1_M;
+    c.n_embd = c.n_ff_exp = 256;
+    REQUIRE(mkmodel_write(&c, path, err, sizeof err) == 0);
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_path = path;
+    o.backend = ENGINE_BACKEND_VULKAN;
+    struct engine *e = NULL;
+    struct session *s = NULL;
+    int rc = engine_open(&e, &o, err, sizeof err);
+    if (rc && (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device"))) test_skip(err);
+    if (rc == 0) { /* or at the first step, where a weight is first bound */
+        int32_t tok = 1;
+        float logits[512];
+        rc = session_create(e, 16, &s, err, sizeof err) || session_eval(s, &tok, 1, logits, false, err, sizeof err);
+    }
+    CHECK(rc != 0);
+    if (!strstr(err, "_exps.weight") || !strstr(err, "IQ1_M")) test_fail_at(__FILE__, __LINE__, "message: %s", err);
+    if (s) session_destroy(s);
+    if (e) engine_close(e);
+}
+
 TEST(vk_logits_equal_reference_decoding_token_by_token_past_window_and_first_hca_entry)
 {
     struct pair p;
@@ -190,6 +282,15 @@ TEST(vk_logits_equal_reference_with_every_weight_in_its_own_dispatch)
     /* the unfused fallback (projections of different types): same results */
     const uint32_t sizes[] = { 21, 1, 1, 19 };
     run_with_env("FLASHBOX_VK_NO_FUSE", "1", sizes, sizeof sizes / sizeof sizes[0], 42, "unfused");
+}
+
+TEST(vk_logits_equal_reference_with_attention_chunks_of_three_keys)
+{
+    /* the storage-buffer attention (GPU layout) folding chunks of 3 keys: every window and
+     * compressed set of the tiny model spans several chunks */
+    setenv("FLASHBOX_VK_LAYOUT", "subgroup", 1);
+    const uint32_t sizes[] = { 19, 1, 9, 1 };
+    run_with_env("FLASHBOX_VK_ATTN_CHUNK", "3", sizes, sizeof sizes / sizeof sizes[0], 40, "chunks of 3");
 }
 
 TEST(vk_logits_equal_reference_with_the_gpu_kernel_layout)

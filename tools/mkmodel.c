@@ -41,6 +41,7 @@ void mkmodel_defaults(struct mkmodel_config *c)
     c->n_ctx = 4096;
     c->seed = 42;
     c->quant = MKMODEL_F32;
+    c->expert_type = GGUF_TYPE_MXFP4;
     snprintf(c->name, sizeof c->name, "flashbox-tiny-random");
 }
 
@@ -196,17 +197,45 @@ static int build_list(const struct mkmodel_config *c, struct tlist *l)
 
 /* The type a tensor has in a `mixed` file: Q8_0 matrices, MXFP4 routed experts, F32
  * vectors (and matrices whose rows are not whole 32-element blocks), I32 tid2eid. */
-static enum gguf_type mixed_type(const struct tspec *t)
+static enum gguf_type mixed_type(const struct mkmodel_config *c, const struct tspec *t)
 {
     if (t->cls == TC_I32) return GGUF_TYPE_I32;
+    if (t->cls == TC_EXPERT && t->ne[0] % gguf_type_block_elems(c->expert_type) == 0) return c->expert_type;
     if (t->cls == TC_VECTOR || t->ne[0] % 32) return GGUF_TYPE_F32;
     return t->cls == TC_EXPERT ? GGUF_TYPE_MXFP4 : GGUF_TYPE_Q8_0;
 }
 
 static enum gguf_type storage_type(const struct mkmodel_config *c, const struct tspec *t)
 {
-    if (c->quant == MKMODEL_MIXED || t->cls == TC_I32) return mixed_type(t);
+    if (c->quant == MKMODEL_MIXED || t->cls == TC_I32) return mixed_type(c, t);
     return GGUF_TYPE_F32;
+}
+
+/* ggml's K-quants and i-quants have no quantizer here (the i-quants need an importance
+ * matrix): their experts are random valid blocks (quant_random_blocks) whose super-block
+ * scale gives each expert matrix the root-mean-square of its F32 values, so the model keeps
+ * its shape (gate clamp on experts 0 and 1, output magnitudes) whatever the type. */
+static void random_expert_blocks(const struct mkmodel_config *c, const struct tspec *t, size_t ti, const float *master,
+                                 uint8_t *packed)
+{
+    const uint64_t per = t->ne[0] * t->ne[1], blocks = per / gguf_type_block_elems(c->expert_type);
+    const uint64_t mat_bytes = blocks * gguf_type_block_bytes(c->expert_type);
+    float probe[QK_K];
+    for (uint64_t e = 0; e < t->ne[2]; e++) {
+        double want = 0, got = 0;
+        for (uint64_t i = 0; i < per; i++) want += (double)master[e * per + i] * master[e * per + i];
+        uint64_t seed = c->seed * 1000003u + ti * 1009u + e, probe_seed = seed;
+        uint8_t *dst = packed + e * mat_bytes;
+        /* the blocks at scale 1 first, to measure their spread */
+        quant_random_blocks(c->expert_type, dst, blocks, &probe_seed, 0x3c00);
+        for (uint64_t b = 0; b < blocks; b++) {
+            const uint32_t be = gguf_type_block_elems(c->expert_type);
+            dequant_row(c->expert_type, dst + b * gguf_type_block_bytes(c->expert_type), probe, be);
+            for (uint32_t i = 0; i < be; i++) got += (double)probe[i] * probe[i];
+        }
+        const float scale = got > 0 ? (float)sqrt(want / got) : 0.0f;
+        quant_random_blocks(c->expert_type, dst, blocks, &seed, f32_to_fp16(scale));
+    }
 }
 
 /* Fills v[n] with the tensor's master values (float) in row-major GGUF order. */
@@ -259,6 +288,15 @@ int mkmodel_write(const struct mkmodel_config *c, const char *path, char *err, s
     if (c->n_hash_layer > c->n_layer) return errf(err, err_len, "--hash-layers exceeds --layers");
     if (c->o_groups == 0 || c->n_head % c->o_groups) return errf(err, err_len, "--o-groups must divide --heads");
     if (c->rope_dim > c->head_dim || c->rope_dim % 2 || c->rope_dim > c->ix_dim) return errf(err, err_len, "--rope-dim must be even and <= --head-dim and --index-dim");
+    uint64_t probe_seed = 0;
+    const uint32_t eb = gguf_type_block_elems(c->expert_type);
+    if (c->expert_type != GGUF_TYPE_MXFP4 && c->expert_type != GGUF_TYPE_Q8_0 &&
+        quant_random_blocks(c->expert_type, NULL, 0, &probe_seed, 0))
+        return errf(err, err_len, "--expert-type %s: expected MXFP4, Q8_0 or one of ggml's K-quants / i-quants",
+                    gguf_type_name(c->expert_type));
+    if (c->expert_type != GGUF_TYPE_MXFP4 && (c->n_embd % eb || c->n_ff_exp % eb))
+        return errf(err, err_len, "--expert-type %s: --dim (%u) and --ff (%u) must be multiples of its block (%u)",
+                    gguf_type_name(c->expert_type), c->n_embd, c->n_ff_exp, eb);
     for (uint32_t il = 0; il < c->n_layer; il++)
         if (c->ratio[il] != 0 && c->ratio[il] != 4 && c->ratio[il] != 128)
             return errf(err, err_len, "--ratios: layer %u has %u, expected 0, 4 or 128", il, c->ratio[il]);
@@ -326,6 +364,10 @@ int mkmodel_write(const struct mkmodel_config *c, const char *path, char *err, s
         if (m) errf(err, err_len, "out of memory building metadata");
         goto done;
     }
+    if (c->quant == MKMODEL_META) { /* no tensors */
+        rc = gguf_writer_begin(w, path, err, err_len) ? -1 : gguf_writer_finish(w, true, err, err_len);
+        goto done;
+    }
     uint64_t max_n = 0;
     for (size_t i = 0; i < l.n; i++) {
         const struct tspec *t = &l.t[i];
@@ -349,12 +391,13 @@ int mkmodel_write(const struct mkmodel_config *c, const char *path, char *err, s
         const struct tspec *t = &l.t[i];
         const uint64_t n = t->ne[0] * t->ne[1] * t->ne[2];
         generate(&r, c, t, master, n);
-        const enum gguf_type qt = mixed_type(t);
+        const enum gguf_type qt = mixed_type(c, t);
         const void *data = master;
         uint64_t nbytes = n * 4;
-        if (c->quant != MKMODEL_F32 && (qt == GGUF_TYPE_Q8_0 || qt == GGUF_TYPE_MXFP4)) {
+        if (c->quant != MKMODEL_F32 && qt != GGUF_TYPE_F32 && qt != GGUF_TYPE_I32) {
             if (qt == GGUF_TYPE_Q8_0) quantize_row_q8_0(master, packed, n);
-            else quantize_row_mxfp4(master, packed, n);
+            else if (qt == GGUF_TYPE_MXFP4) quantize_row_mxfp4(master, packed, n);
+            else random_expert_blocks(c, t, i, master, packed);
             if (c->quant == MKMODEL_MIXED) {
                 gguf_type_nbytes(qt, n, &nbytes);
                 data = packed;

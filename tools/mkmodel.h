@@ -5,12 +5,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/gguf.h"
+
 #define MKMODEL_MAX_LAYERS 128
 
 enum mkmodel_quant {
     MKMODEL_F32,         /* every weight F32 */
     MKMODEL_MIXED,       /* Q8_0 matrices, MXFP4 routed experts, F32 vectors, I32 tid2eid */
     MKMODEL_F32_DEQUANT, /* F32 holding the dequantized values of the mixed file, same seed */
+    MKMODEL_META,        /* metadata and tokenizer only, no tensors: a model's shape for `flashbox plan` */
 };
 
 struct mkmodel_config {
@@ -20,6 +23,10 @@ struct mkmodel_config {
     uint32_t n_expert, n_expert_used, n_ff_exp, n_vocab, n_hash_layer, n_ctx;
     uint64_t seed;
     enum mkmodel_quant quant;
+    /* routed experts' type in mixed / f32-dequant files: MXFP4 (quantized from the F32
+     * values) or one of ggml's K-quants / i-quants (random valid blocks with the F32 values'
+     * spread per expert, see mkmodel.c) */
+    enum gguf_type expert_type;
     char name[64];
 };
 

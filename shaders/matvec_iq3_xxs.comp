@@ -1,0 +1,5 @@
+/* Matrix-vector / matrix-matrix product over IQ3_XXS weights (see matvec.glsl, dequant_ggml.glsl). */
+#version 450
+#extension GL_GOOGLE_include_directive : require
+#define W_TYPE ABI_WTYPE_IQ3_XXS
+#include "matvec.glsl"

@@ -1,0 +1,5 @@
+/* Matrix-vector / matrix-matrix product over Q4_K weights (see matvec.glsl, dequant_ggml.glsl). */
+#version 450
+#extension GL_GOOGLE_include_directive : require
+#define W_TYPE ABI_WTYPE_Q4_K
+#include "matvec.glsl"

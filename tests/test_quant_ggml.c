@@ -1,0 +1,193 @@
+/* K-quants and i-quants against values from ggml's own reference implementation.
+ *
+ * tests/data/ggml-quants.bin was written once by a throwaway program compiled against ggml
+ * (ggml-org/ggml d99724f2, src/ggml-quants.c) and holds, per type, little-endian:
+ *   "FBQV" once, then per type: u32 ggml type, u32 n_blocks, u32 has_input, u32 n_sweep,
+ *   u64 sweep_hash, [f32 input[n_blocks * block_elems] if has_input],
+ *   block bytes [n_blocks], f32 dequantized[n_blocks * block_elems]
+ * The explicit blocks come from ggml's quantize_row_*_ref on the input (K-quants, IQ4_*) or
+ * are random bytes (grid i-quants, whose quantizers need an importance matrix). The sweep is
+ * n_sweep random blocks drawn here and there by the same splitmix64 stream (seed 0xf1a5b0c5 +
+ * type), enough to touch every grid entry; sweep_hash is FNV-1a 64 of ggml's output bits. */
+#include <stddef.h>
+#include <stdlib.h>
+
+#include "engine/quant.h"
+#include "engine/rng.h"
+#include "tests/harness.h"
+
+static const enum gguf_type ggml_types[] = {
+    GGUF_TYPE_Q2_K, GGUF_TYPE_Q3_K, GGUF_TYPE_Q4_K, GGUF_TYPE_Q5_K, GGUF_TYPE_Q6_K,
+    GGUF_TYPE_IQ2_XXS, GGUF_TYPE_IQ2_XS, GGUF_TYPE_IQ2_S, GGUF_TYPE_IQ3_XXS, GGUF_TYPE_IQ1_S,
+    GGUF_TYPE_IQ1_M, GGUF_TYPE_IQ4_NL, GGUF_TYPE_IQ4_XS,
+};
+#define N_GGML_TYPES (sizeof ggml_types / sizeof ggml_types[0])
+
+struct qvec {
+    enum gguf_type type;
+    uint32_t n_blocks, n_sweep;
+    uint64_t sweep_hash;
+    const float *input;     /* [n_blocks * block_elems] or NULL */
+    const uint8_t *blocks;  /* [n_blocks * block_bytes] */
+    const float *expected;  /* [n_blocks * block_elems] */
+};
+
+struct qvec_file {
+    uint8_t *bytes;
+    struct qvec v[N_GGML_TYPES];
+    int n;
+};
+
+static int load_vectors(struct qvec_file *f)
+{
+    memset(f, 0, sizeof *f);
+    FILE *fp = fopen("tests/data/ggml-quants.bin", "rb");
+    if (!fp) return -1;
+    fseek(fp, 0, SEEK_END);
+    long size = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    f->bytes = malloc((size_t)size);
+    if (!f->bytes || fread(f->bytes, 1, (size_t)size, fp) != (size_t)size) {
+        fclose(fp);
+        return -1;
+    }
+    fclose(fp);
+    if (size < 4 || memcmp(f->bytes, "FBQV", 4)) return -1;
+    size_t at = 4;
+    while (at < (size_t)size && f->n < (int)N_GGML_TYPES) {
+        struct qvec *q = &f->v[f->n];
+        uint32_t hdr[4];
+        if (at + 24 > (size_t)size) return -1;
+        memcpy(hdr, f->bytes + at, 16);
+        memcpy(&q->sweep_hash, f->bytes + at + 16, 8);
+        at += 24;
+        q->type = (enum gguf_type)hdr[0];
+        q->n_blocks = hdr[1];
+        q->n_sweep = hdr[3];
+        uint32_t be = gguf_type_block_elems(q->type), bb = gguf_type_block_bytes(q->type);
+        if (!be || q->n_blocks > 1024) return -1;
+        size_t n = (size_t)q->n_blocks * be;
+        size_t need = (hdr[2] ? 4 * n : 0) + (size_t)q->n_blocks * bb + 4 * n;
+        if (at + need > (size_t)size) return -1;
+        q->input = hdr[2] ? (const float *)(f->bytes + at) : NULL;
+        at += hdr[2] ? 4 * n : 0;
+        q->blocks = f->bytes + at;
+        at += (size_t)q->n_blocks * bb;
+        q->expected = (const float *)(f->bytes + at);
+        at += 4 * n;
+        f->n++;
+    }
+    return at == (size_t)size ? 0 : -1;
+}
+
+/* Where each type keeps its f16 scale(s): random bytes there are made finite (exponent bit
+ * 14 cleared when all five are set), the rule the generator applied. */
+static void finite_scales(enum gguf_type t, uint8_t *b)
+{
+    size_t off[2];
+    int n = 1;
+    switch (t) {
+    case GGUF_TYPE_Q2_K: off[0] = offsetof(struct block_q2_k, d); off[1] = offsetof(struct block_q2_k, dmin); n = 2; break;
+    case GGUF_TYPE_Q3_K: off[0] = offsetof(struct block_q3_k, d); break;
+    case GGUF_TYPE_Q4_K: off[0] = offsetof(struct block_q4_k, d); off[1] = offsetof(struct block_q4_k, dmin); n = 2; break;
+    case GGUF_TYPE_Q5_K: off[0] = offsetof(struct block_q5_k, d); off[1] = offsetof(struct block_q5_k, dmin); n = 2; break;
+    case GGUF_TYPE_Q6_K: off[0] = offsetof(struct block_q6_k, d); break;
+    case GGUF_TYPE_IQ1_M: off[0] = offsetof(struct block_iq1_m, scales) + 6; break; /* top nibble: exponent */
+    default: off[0] = 0; break; /* every other type starts with d */
+    }
+    for (int k = 0; k < n; k++)
+        if ((b[off[k] + 1] & 0x7c) == 0x7c) b[off[k] + 1] &= 0xbf;
+}
+
+static uint64_t fnv1a(const void *p, size_t n, uint64_t h)
+{
+    const uint8_t *c = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t sweep_hash(enum gguf_type t, uint32_t n_sweep)
+{
+    uint32_t be = gguf_type_block_elems(t), bb = gguf_type_block_bytes(t);
+    uint8_t *blocks = malloc((size_t)n_sweep * bb);
+    float *out = malloc((size_t)n_sweep * be * 4);
+    uint64_t seed = 0xf1a5b0c5u + (uint64_t)t, h = 0;
+    if (!blocks || !out) goto done;
+    for (uint32_t i = 0; i < n_sweep; i++) {
+        uint8_t *b = blocks + (size_t)i * bb;
+        for (uint32_t k = 0; k < bb; k += 8) {
+            uint64_t r = rng_splitmix64(&seed);
+            for (uint32_t j = 0; j < 8 && k + j < bb; j++) b[k + j] = (uint8_t)(r >> 8 * j);
+        }
+        finite_scales(t, b);
+    }
+    if (dequant_row(t, blocks, out, (uint64_t)n_sweep * be) == 0)
+        h = fnv1a(out, (size_t)n_sweep * be * 4, 0xcbf29ce484222325ull);
+done:
+    free(blocks);
+    free(out);
+    return h;
+}
+
+TEST(ggml_vectors_cover_every_k_and_i_quant)
+{
+    struct qvec_file f;
+    REQUIRE(load_vectors(&f) == 0);
+    CHECK_EQ_INT(f.n, N_GGML_TYPES);
+    for (int i = 0; i < f.n && i < (int)N_GGML_TYPES; i++) CHECK_EQ_INT(f.v[i].type, ggml_types[i]);
+    free(f.bytes);
+}
+
+TEST(k_and_i_quants_dequantize_bit_exact_with_ggml)
+{
+    struct qvec_file f;
+    REQUIRE(load_vectors(&f) == 0);
+    for (int i = 0; i < f.n; i++) {
+        const struct qvec *q = &f.v[i];
+        size_t n = (size_t)q->n_blocks * gguf_type_block_elems(q->type);
+        float *out = malloc(n * 4);
+        REQUIRE(out);
+        CHECK(dequant_row(q->type, q->blocks, out, n) == 0);
+        for (size_t j = 0; j < n; j++) {
+            uint32_t a, b;
+            memcpy(&a, &out[j], 4);
+            memcpy(&b, &q->expected[j], 4);
+            if (a != b) {
+                test_fail_at(__FILE__, __LINE__, "%s element %zu: %.9g, ggml %.9g", gguf_type_name(q->type), j,
+                             (double)out[j], (double)q->expected[j]);
+                break;
+            }
+        }
+        free(out);
+    }
+    free(f.bytes);
+}
+
+TEST(k_and_i_quant_grids_and_fields_match_ggml_on_random_blocks)
+{
+    struct qvec_file f;
+    REQUIRE(load_vectors(&f) == 0);
+    for (int i = 0; i < f.n; i++) {
+        uint64_t h = sweep_hash(f.v[i].type, f.v[i].n_sweep);
+        if (h != f.v[i].sweep_hash)
+            test_fail_at(__FILE__, __LINE__, "%s: %u random blocks hash %016llx, ggml %016llx", gguf_type_name(f.v[i].type),
+                         f.v[i].n_sweep, (unsigned long long)h, (unsigned long long)f.v[i].sweep_hash);
+    }
+    free(f.bytes);
+}
+
+TEST(quant_vectors_catch_one_flipped_bit)
+{
+    /* the comparison can fail: one flipped bit in a stored Q4_K block changes its output */
+    struct qvec_file f;
+    REQUIRE(load_vectors(&f) == 0);
+    const struct qvec *q = &f.v[2];
+    REQUIRE(q->type == GGUF_TYPE_Q4_K);
+    uint8_t blk[144];
+    memcpy(blk, q->blocks, sizeof blk);
+    blk[16 + 5] ^= 0x10; /* a high nibble of qs */
+    float out[QK_K];
+    dequant_row(GGUF_TYPE_Q4_K, blk, out, QK_K);
+    CHECK(memcmp(out, q->expected, sizeof out) != 0);
+    free(f.bytes);
+}
