@@ -139,20 +139,21 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
                                     vk_tensor_span(f->e, norm), &s->a, &s->hc, src, &s->x, src };
     f->post_pending = false;
     const uint32_t width = hp->n_hc * hp->n_embd, n_mix = (2 + hp->n_hc) * hp->n_hc;
-    /* Decode: the fused kernel is one workgroup per token, so one core of a CPU driver and
-     * one multiprocessor of a GPU read all of fn (V4: 1.5 MB a site, 86 sites a token);
-     * where fn splits (split->parts > 1, planned at load) its K slices are workgroups of
-     * their own instead. The head and unsplit sites keep the fused kernel. */
-    const uint32_t parts = !head && n < VK_MATMUL_TILE && split ? split->parts : 1;
-    if (head || (n < VK_MATMUL_TILE && parts == 1)) {
+    /* The head (only logits read its output) keeps the fused kernel, one workgroup per
+     * token, for decode and prefill alike. */
+    if (head) {
         s->weight_bytes_step += fn->nbytes; /* the fused kernel reads all of fn */
         return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
     }
-    /* A prefill batch: one workgroup per token would read all of fn per token (on CPU
-     * drivers that was 15% of prefill), so the mixes are a token-tiled matmul instead; a
-     * split decode step: the mixes in parts, as above. Either way hc_post first, then the
-     * rest with the mixes given. CPU drivers read X and the sources through texel views
-     * there (hc_texel). */
+    /* A block's site, decode and prefill alike (batch invariance: one reduction order for
+     * a token's mixes however many tokens share the step): hc_post first, then the mixes as
+     * a matvec of fn (where fn splits, split->parts > 1 planned at load: its K slices as
+     * matrices of their own, many workgroups instead of the one a fused kernel would use on
+     * one core of a CPU driver or one multiprocessor of a GPU), then the rest with the mixes
+     * given, summing the parts in order. A prefill batch also reads fn once per token tile
+     * this way instead of once per token. CPU drivers read X and the sources through texel
+     * views (hc_texel). */
+    const uint32_t parts = split ? split->parts : 1;
     const bool texel = texel_readable(f, &s->x) && texel_readable(f, src);
     struct vk_kernel *k = texel ? &f->e->ops.hc_texel : &f->e->ops.hc;
     if (texel) {
@@ -165,10 +166,11 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
         if (dispatch(f, VK_KIND_HC, k, b, &post, n, 1, 1)) return -1;
         barrier(f);
     }
-    if (parts > 1) { /* decode: mixes [n][parts][n_mix] from the mix buffer's start */
+    if (parts > 1) { /* mixes [n][parts][n_mix] from token t0's row of the mix buffer */
         struct vk_matvec_args a = { .w = &split->w, .x = &s->x, .y = &s->mix, .x_off = t0 * width, .x_tstride = width,
-                                    .x_zstride = width / parts, .x_zdiv = 1, .y_tstride = parts * n_mix, .y_zstride = n_mix,
-                                    .n_tok = n, .n_slot = parts, .scale = 1.0f };
+                                    .x_zstride = width / parts, .x_zdiv = 1, .y_off = t0 * parts * n_mix,
+                                    .y_tstride = parts * n_mix, .y_zstride = n_mix, .n_tok = n, .n_slot = parts,
+                                    .scale = 1.0f };
         if (vk_op_matvec(s->rec, &f->e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", fn->name);
         s->weight_bytes_step += vk_weight_extent(&split->w);
         after_dispatch(f, VK_KIND_MATVEC);
@@ -178,7 +180,7 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
     barrier(f);
     b[ABI_HC_BIND_FN] = &s->mix;
     p.flags = ABI_HC_FLAG_MIXES_GIVEN;
-    p.mix_off = parts > 1 ? 0 : t0 * n_mix;
+    p.mix_off = t0 * parts * n_mix;
     p.mix_tstride = parts * n_mix;
     p.mix_parts = parts;
     return dispatch(f, VK_KIND_HC, k, b, &p, n, 1, 1);

@@ -125,7 +125,7 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
     const uint32_t ixh = max_u32(hp->ix_head, 1), ixd = max_u32(hp->ix_dim, 1);
     struct { struct vk_span *sp; uint64_t n; } bufs[] = {
         { &s->x, (uint64_t)B * hp->n_hc * hp->n_embd }, { &s->hc, (uint64_t)B * (hp->n_hc + hp->n_hc * hp->n_hc) },
-        { &s->mix, (uint64_t)B * ABI_HC_MAX_MIX },
+        { &s->mix, (uint64_t)B * VK_HC_MAX_PARTS * ABI_HC_MAX_MIX },
         { &s->a, (uint64_t)B * hp->n_embd }, { &s->qr, (uint64_t)B * hp->q_rank },
         { &s->q, (uint64_t)B * hp->n_head * hd }, { &s->proj, (uint64_t)B * e->proj_width_max },
         { &s->o, (uint64_t)B * hp->n_head * hd }, { &s->z, (uint64_t)B * hp->o_groups * hp->o_rank },
