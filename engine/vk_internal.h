@@ -142,6 +142,7 @@ void vk_session_destroy(void *state);
 void vk_session_reset(void *state);
 int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
             char *err, size_t err_len);
+int vk_step(void *ctx, const struct backend_step *items, uint32_t n_items, char *err, size_t err_len);
 
 /* engine/vk_experts.c: expert paging */
 int vk_experts_open(struct vk_engine *e, const struct engine_options *opt, char *err, size_t err_len);
