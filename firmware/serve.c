@@ -215,7 +215,7 @@ static void *loader_main(void *arg)
         .slots = l->cfg.slots,
         .queue_depth = l->cfg.queue_depth,
         .n_ctx = l->cfg.n_ctx,
-        .prefill_chunk = 128,
+        .step_tokens = l->cfg.step_tokens,
         .heartbeat_ms = 1000,
         .model_id = l->model.model_id,
     };
