@@ -4,6 +4,7 @@
  * device's copy bandwidth measured here. Prints a table, then one JSON line. */
 #include "engine/engine.h"
 #include "firmware/backend_pick.h"
+#include "firmware/bench_sessions.h"
 #include "firmware/commands.h"
 
 #include <errno.h>
@@ -13,23 +14,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* CPU seconds used by every thread of this process (a CPU device's worker threads
- * included): on a CPU device this is the work itself, which time stolen by other guests on
- * a shared machine does not inflate, unlike wall time. */
-static double cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void usage(FILE *out)
 {
@@ -42,7 +26,11 @@ static void usage(FILE *out)
                  "  --expert-read auto|pagecache|direct   how paged experts are read\n"
                  "  --no-prefetch   turn speculative expert loads off (hash-layer prefetch and next-layer\n"
                  "                  router guesses), to see the stall they hide\n"
-                 "  --cold      drop the model file's pages from the page cache before the measured run\n");
+                 "  --cold      drop the model file's pages from the page cache before the measured run\n"
+                 "  --sessions N   instead: decode 1, 2, 4, ... N conversations at once (engine_step):\n"
+                 "                 aggregate tok/s and inter-token latency; then the time to first token of a\n"
+                 "                 --short-prompt N (16) request beside a --long-prompt N (4096; 0 = skip) being\n"
+                 "                 read in steps of --step-tokens N (128)\n");
 }
 
 /* Sequential read bandwidth of the file's device: up to 256 MiB read with O_DIRECT in 4 MiB
@@ -59,14 +47,14 @@ static double storage_read_bandwidth(const char *path)
         return 0;
     }
     uint64_t total = 0;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (off_t off = 0; total < (256u << 20);) {
         ssize_t n = pread(fd, buf, chunk, off);
         if (n <= 0) break;
         total += (uint64_t)n;
         off += n;
     }
-    double dt = now_s() - t0;
+    double dt = bench_now_s() - t0;
     free(buf);
     close(fd);
     return dt > 0 ? (double)total / dt : 0;
@@ -88,6 +76,7 @@ int cmd_bench(int argc, char **argv)
     engine_options_default(&opt);
     opt.backend = ENGINE_BACKEND_AUTO;
     uint32_t n_prompt = 64, n_gen = 16, runs = 1;
+    struct bench_sessions_options bs = { .long_prompt = 4096, .short_prompt = 16, .step_tokens = 128 };
     bool kernels = false, cold = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -96,6 +85,10 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--gen") && v) n_gen = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--runs") && v) runs = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--device") && v) opt.device_index = atoi(argv[++i]);
+        else if (!strcmp(a, "--sessions") && v) bs.max_sessions = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--long-prompt") && v) bs.long_prompt = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--short-prompt") && v) bs.short_prompt = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--step-tokens") && v) bs.step_tokens = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--kernels")) kernels = true;
         else if (!strcmp(a, "--cold")) cold = true;
         else if (!strcmp(a, "--no-prefetch")) opt.expert_no_prefetch = true;
@@ -134,6 +127,20 @@ int cmd_bench(int argc, char **argv)
         fprintf(stderr, "flashbox bench: %s\n", err);
         return 1;
     }
+    if (bs.max_sessions) {
+        bs.n_prompt = n_prompt;
+        bs.n_gen = n_gen ? n_gen : 1;
+        bs.runs = runs;
+        if (bs.short_prompt == 0 || bs.step_tokens == 0) {
+            usage(stderr);
+            engine_close(e);
+            return 2;
+        }
+        int brc = bench_sessions(e, &bs, err, sizeof err);
+        if (brc) fprintf(stderr, "flashbox bench: %s\n", err);
+        engine_close(e);
+        return brc ? 1 : 0;
+    }
     struct engine_info info;
     engine_get_info(e, &info);
     struct session *s = NULL;
@@ -156,18 +163,18 @@ int cmd_bench(int argc, char **argv)
     double t_prefill = 1e30, t_decode = 1e30, cpu_prefill = 1e30, cpu_decode = 1e30;
     for (uint32_t run = 0; run < runs; run++) {
         if (run) session_reset(s);
-        double t0 = now_s(), c0 = cpu_s();
+        double t0 = bench_now_s(), c0 = bench_cpu_s();
         if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) goto fail;
-        double tp = now_s() - t0, cp = cpu_s() - c0;
+        double tp = bench_now_s() - t0, cp = bench_cpu_s() - c0;
         if (tp < t_prefill) t_prefill = tp;
         if (cp < cpu_prefill) cpu_prefill = cp;
         if (paged) engine_expert_counters(e, &ecm); /* splits the stall into prefill and decode */
         session_profile(s, false); /* clears the byte counters: count decode only */
-        t0 = now_s();
-        c0 = cpu_s();
+        t0 = bench_now_s();
+        c0 = bench_cpu_s();
         for (uint32_t i = 0; i < n_gen; i++)
             if (session_eval(s, toks + n_prompt + i, 1, logits, false, err, sizeof err)) goto fail;
-        double td = now_s() - t0, cd = cpu_s() - c0;
+        double td = bench_now_s() - t0, cd = bench_cpu_s() - c0;
         if (td < t_decode) t_decode = td;
         if (cd < cpu_decode) cpu_decode = cd;
     }
