@@ -40,7 +40,7 @@ static const struct cfg_entry entries[] = {
     { "server", "max_connections", CFG_U32, F(max_connections), 1, 4096, "open connections at once" },
     { "server", "connection_timeout_s", CFG_U32, F(connection_timeout_s), 1, 3600, "a connection idle this long (slow headers or body) is closed" },
     { "server", "slots", CFG_U32, F(slots), 1, 256, "conversations decoded together (one session each)" },
-    { "server", "step_tokens", CFG_U32, F(step_tokens), 1, 65536, "tokens per scheduler step: every running conversation's next token, then chunks of waiting prompts up to this budget" },
+    { "server", "step_tokens", CFG_U32, F(step_tokens), 1, 65536, "tokens per scheduler step: every running conversation's next token, then chunks of waiting prompts up to this budget (restart to change)" },
     { "server", "queue_depth", CFG_U32, F(queue_depth), 0, 65536, "requests waiting for a slot; one more is answered 429" },
     { "server", "request_deadline_s", CFG_U32, F(request_deadline_s), 1, 86400, "wall time a generation request may take (queue + run)" },
     { "server", "shutdown_grace_s", CFG_U32, F(shutdown_grace_s), 0, 3600, "SIGTERM: time in-flight requests get to finish before they are cancelled" },

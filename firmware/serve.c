@@ -263,6 +263,7 @@ static void reload(struct api *api, int argc, char **argv)
     memcpy(c.socket_path, running->socket_path, sizeof c.socket_path);
     memcpy(c.listen, running->listen, sizeof c.listen);
     c.slots = running->slots;
+    c.step_tokens = running->step_tokens;
     memcpy(c.update_data_dir, running->update_data_dir, sizeof c.update_data_dir);
     if (running->update_data_dir[0]) memcpy(c.slot, running->slot, sizeof c.slot); /* the slot store's, not the file's */
     c.n_ctx = running->n_ctx;
