@@ -303,20 +303,26 @@ static int attention_q(struct fwd *f, const struct fwd_part *pt, uint32_t il)
 }
 
 /* The indexer's selection for a session's tokens (CSA layers), into its own score and
- * selection rows. */
+ * selection rows: in groups of the session's ix_rows tokens, whose score rows the next
+ * group reuses. */
 static int attention_index(struct fwd *f, const struct fwd_part *pt, uint32_t il)
 {
     const struct model_hparams *hp = f->hp;
     const struct vk_proj *pj = &f->e->proj[il];
     struct vk_session *ps = pt->s;
     const uint32_t D = hp->ix_dim, IH = hp->ix_head;
-    struct abi_indexer_push ip = {
-        .n_head = IH, .dim = D, .topk = hp->ix_topk, .pos0 = pt->pos0, .n_tok = pt->nt,
-        .q_off = pt->t0 * IH * D, .w_off = pj->col[VK_PROJ_IXW] + pt->t0 * pj->width, .w_tstride = pj->width,
-        .score_tstride = ps->n_ctx / 4 + 1, .scale = (float)(1.0 / sqrt((double)D * IH)),
-    };
-    const struct vk_span *b[5] = { &f->s->ixq, &f->s->proj, &ps->layers[il].ix_keys, &ps->ixs, &ps->sel };
-    return dispatch(f, VK_KIND_INDEXER, &f->e->ops.indexer, b, &ip, pt->nt, 1, 1);
+    for (uint32_t g0 = 0; g0 < pt->nt; g0 += ps->ix_rows) {
+        const uint32_t n = pt->nt - g0 < ps->ix_rows ? pt->nt - g0 : ps->ix_rows, t0 = pt->t0 + g0;
+        struct abi_indexer_push ip = {
+            .n_head = IH, .dim = D, .topk = hp->ix_topk, .pos0 = pt->pos0 + g0, .n_tok = n,
+            .q_off = t0 * IH * D, .w_off = pj->col[VK_PROJ_IXW] + t0 * pj->width, .w_tstride = pj->width,
+            .score_tstride = ps->n_ctx / 4 + 1, .sel_off = g0 * hp->ix_topk, .scale = (float)(1.0 / sqrt((double)D * IH)),
+        };
+        const struct vk_span *b[5] = { &f->s->ixq, &f->s->proj, &ps->layers[il].ix_keys, &ps->ixs, &ps->sel };
+        if (g0) barrier(f);
+        if (dispatch(f, VK_KIND_INDEXER, &f->e->ops.indexer, b, &ip, n, 1, 1)) return -1;
+    }
+    return 0;
 }
 
 /* Attention of a session's tokens over its ring and compressed entries, into o. */
@@ -331,7 +337,7 @@ static int attention_heads(struct fwd *f, const struct fwd_part *pt, uint32_t il
     struct abi_attn_push p = {
         .head_dim = hd, .n_head = H, .rope_dim = hp->rope_dim, .window = hp->window, .ring_len = ps->ring_len,
         .ratio = ratio, .topk = hp->ix_topk, .pos0 = pt->pos0, .n_tok = nt, .q_off = pt->t0 * H * hd,
-        .o_off = pt->t0 * H * hd, .scale = (float)(1.0 / sqrt((double)hd)),
+        .o_off = pt->t0 * H * hd, .scale = (float)(1.0 / sqrt((double)hd)), .chunk = e->attn_chunk,
     };
     const struct vk_span *b[7] = { &s->q, &ls->ring, ratio ? &ls->comp : &ls->ring, &ps->sel,
                                    vk_tensor_span(e, lw->attn_sinks), ratio ? &ps->rope_comp : &ps->rope_swa, &s->o };
@@ -671,6 +677,32 @@ static int run_step(const struct fwd_part *parts, uint32_t n_parts, const int32_
     return 0;
 }
 
+/* lavapipe (Mesa's CPU driver) ends the loops of a shader invocation after 65,535
+ * iterations in all (LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop), silently: past
+ * that a kernel returns wrong numbers. Loop iterations of one invocation of the indexer (the
+ * scores over H x D, the 32 counting passes, the ranking of the k kept) and of the
+ * attention (about one per key) at the last position a batch reaches. */
+#define VK_CPU_LOOP_LIMIT 65535u
+uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uint32_t pos)
+{
+    uint64_t worst = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const uint32_t r = hp->ratio[il];
+        uint64_t keys = (uint64_t)(pos + 1 < hp->window ? pos + 1 : hp->window), it = 0;
+        if (r == 4) {
+            const uint64_t n_vis = (pos + 1) / 4, k = n_vis < hp->ix_topk ? n_vis : hp->ix_topk;
+            const uint64_t per = (n_vis + wg - 1) / wg;
+            it = per * ((uint64_t)hp->ix_head * (hp->ix_dim + 1) + 1) + 33 * per + per + wg + (k + wg - 1) / wg * (k + 1);
+            keys += k;
+        } else if (r) {
+            keys += (pos + 1) / r;
+        }
+        if (keys * 2 > it) it = keys * 2;
+        if (it > worst) worst = it;
+    }
+    return worst;
+}
+
 /* Checks one session's tokens before any work. */
 static int check_tokens(const struct vk_session *s, const int32_t *tokens, uint32_t n, char *err, size_t err_len)
 {
@@ -680,6 +712,14 @@ static int check_tokens(const struct vk_session *s, const int32_t *tokens, uint3
             return errf(err, err_len, "token %u: id %" PRId32 " outside the vocabulary [0, %u)", t, tokens[t], hp->n_vocab);
     if (n > s->n_ctx - s->pos)
         return errf(err, err_len, "%u tokens at position %u exceed the context of %u", n, s->pos, s->n_ctx);
+    if (s->e->d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU && n) {
+        const uint32_t wg = s->e->d->subgroup_size < ABI_WG_SIZE ? s->e->d->subgroup_size : ABI_WG_SIZE;
+        uint64_t it = vk_cpu_loop_iterations(hp, wg, s->pos + n - 1);
+        if (it > VK_CPU_LOOP_LIMIT)
+            return errf(err, err_len, "position %u: the indexer/attention kernels would loop %llu times in one invocation, "
+                        "past the CPU driver's %u (lavapipe stops loops there and answers wrong); use a GPU or the ref backend",
+                        s->pos + n - 1, (unsigned long long)it, VK_CPU_LOOP_LIMIT);
+    }
     return 0;
 }
 
@@ -777,4 +817,6 @@ const struct backend_ops vk_backend_ops = {
     .step = vk_step,
     .expert_counters = vk_expert_counters,
     .device_memory = vk_device_memory,
+    .state_save = vk_state_save,
+    .state_load = vk_state_load,
 };

@@ -8,6 +8,7 @@ int cmd_logits(int argc, char **argv);   /* firmware/cmd_logits.c */
 int cmd_inspect(int argc, char **argv);  /* firmware/cmd_inspect.c */
 int cmd_bench(int argc, char **argv);    /* firmware/cmd_bench.c */
 int cmd_board(int argc, char **argv);    /* firmware/cmd_board.c */
+int cmd_plan(int argc, char **argv);     /* firmware/cmd_plan.c */
 int cmd_serve(int argc, char **argv);    /* firmware/serve.c */
 int cmd_tokenize(int argc, char **argv);   /* firmware/cmd_tokenize.c */
 int cmd_detokenize(int argc, char **argv); /* firmware/cmd_tokenize.c */

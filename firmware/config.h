@@ -16,8 +16,11 @@ struct serve_config {
     char model_path[CONFIG_PATH_MAX];
     char backend[16];             /* "ref" or "vulkan" */
     char slot[16];                /* active update slot label reported in health/audit */
-    uint32_t n_ctx;               /* positions per session; 0 = model's, capped by engine */
+    uint32_t n_ctx;               /* positions per session; 0 = the largest the memory plan fits */
     uint64_t expert_cache_mb;     /* 0 = every expert resident; else page experts through this cache */
+    uint64_t cache_mem_mb;        /* prefix reuse: saved session states held in memory; 0 = off */
+    char cache_dir[CONFIG_PATH_MAX]; /* and in files there ("" = memory only) */
+    uint64_t cache_disk_mb;       /* bytes of those files */
     /* [server] */
     char socket_path[CONFIG_PATH_MAX];
     char socket_group[64];        /* group owning the socket; empty = daemon's group */

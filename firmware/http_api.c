@@ -47,6 +47,7 @@ struct req {
     int status;
     const char *finish;
     uint64_t tokens_in, tokens_out;
+    uint64_t tokens_reused;     /* prompt tokens resumed from the prefix cache */
     char *audit_prompt;           /* only with audit.log_prompts */
     int denied;
     int uid_counted;              /* holds one of its uid's per_uid slots */
@@ -194,6 +195,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         pthread_mutex_lock(&r->job->lock);
         enum job_finish f = r->job->finish;
         r->tokens_out = r->job->n_out;
+        r->tokens_reused = r->job->n_reused;
         pthread_mutex_unlock(&r->job->lock);
         if (f == JOB_RUNNING) {
             /* The client left (or the write failed) before the end: stop generating now. */
@@ -220,6 +222,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         .slot = r->cfg.slot,
         .tokens_in = r->tokens_in,
         .tokens_out = r->tokens_out,
+        .tokens_reused = r->tokens_reused,
         .status = r->status,
         .duration_ms = (double)(now - r->t0_ns) / 1e6,
         .finish = r->finish,
@@ -267,6 +270,7 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
         json_object_set_new(o, "slots_busy", json_integer(ss.busy));
         json_object_set_new(o, "slots_total", json_integer(ss.slots));
         json_object_set_new(o, "queue_depth", json_integer(ss.queued));
+        json_object_set_new(o, "context_length", json_integer(scheduler_n_ctx(r->api->sched)));
         if (ss.swapping) json_object_set_new(o, "reloading", json_true());
     }
     return send_json(c, r, status, o);
@@ -275,9 +279,9 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
 static enum MHD_Result route_models(struct MHD_Connection *c, struct req *r)
 {
     if (atomic_load(&r->api->state) != API_READY) return send_error(c, r, 503, "loading", "the model is not loaded yet");
-    json_t *o = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:s}]}", "object", "list", "data", "id", r->model_id, "object",
+    json_t *o = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:s,s:I}]}", "object", "list", "data", "id", r->model_id, "object",
                           "model", "created", (json_int_t)(r->api->id_base / 1000000000ull), "owned_by", "flashbox",
-                          "slot", r->cfg.slot);
+                          "slot", r->cfg.slot, "context_length", (json_int_t)scheduler_n_ctx(r->api->sched));
     return send_json(c, r, 200, o);
 }
 
@@ -318,6 +322,10 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
             }
             g.expert_prefetch_dropped = ss.experts.prefetch_dropped;
             g.expert_cache_bytes = (uint64_t)ss.experts.n_slots * ss.experts.slot_bytes;
+        }
+        if (ss.have_prefix) {
+            g.have_prefix = 1;
+            g.prefix = ss.prefix;
         }
     }
     char *text;

@@ -16,6 +16,7 @@ static const struct command commands[] = {
 
     { "mkmodel", tool_mkmodel_main, "write a seeded random-weight deepseek4 GGUF (test and default models)" },
     { "bench", cmd_bench, "measure prefill/decode speed, per-kernel GPU time and bandwidth" },
+    { "plan", cmd_plan, "print the memory the engine would allocate for a context and the largest that fits" },
     { "board", cmd_board, "print the GPUs found (DRM + Vulkan), their limits and the one flashbox picks" },
     { "inspect", cmd_inspect, "print a model file's metadata, tensors and hyper-parameters" },
     { "serve", cmd_serve, "run the API daemon (Unix socket, OpenAI-compatible HTTP)" },

@@ -238,6 +238,16 @@ int metrics_render(const struct metrics_gauges *g, char **out, size_t *out_len)
         put(&t, "# HELP flashbox_expert_prefetch_dropped_total Speculative expert loads dropped unread once their layer had chosen.\n# TYPE flashbox_expert_prefetch_dropped_total counter\nflashbox_expert_prefetch_dropped_total %llu\n", (unsigned long long)g->expert_prefetch_dropped);
         put(&t, "# HELP flashbox_expert_cache_bytes Bytes of the expert cache (slots x slot size).\n# TYPE flashbox_expert_cache_bytes gauge\nflashbox_expert_cache_bytes %llu\n", (unsigned long long)g->expert_cache_bytes);
     }
+    if (g->have_prefix) {
+        put(&t, "# HELP flashbox_prefix_hits_total Requests that resumed from a saved prompt prefix.\n# TYPE flashbox_prefix_hits_total counter\nflashbox_prefix_hits_total %llu\n", (unsigned long long)g->prefix.hits);
+        put(&t, "# TYPE flashbox_prefix_misses_total counter\nflashbox_prefix_misses_total %llu\n", (unsigned long long)g->prefix.misses);
+        put(&t, "# HELP flashbox_prefix_tokens_reused_total Prompt tokens not prefilled again.\n# TYPE flashbox_prefix_tokens_reused_total counter\nflashbox_prefix_tokens_reused_total %llu\n", (unsigned long long)g->prefix.tokens_reused);
+        put(&t, "# HELP flashbox_prefix_bytes_read_total Saved-state bytes loaded into sessions.\n# TYPE flashbox_prefix_bytes_read_total counter\nflashbox_prefix_bytes_read_total %llu\n", (unsigned long long)g->prefix.bytes_read);
+        put(&t, "# TYPE flashbox_prefix_saves_total counter\nflashbox_prefix_saves_total %llu\n", (unsigned long long)g->prefix.saves);
+        put(&t, "# TYPE flashbox_prefix_evictions_total counter\nflashbox_prefix_evictions_total %llu\n", (unsigned long long)g->prefix.evictions);
+        put(&t, "# HELP flashbox_prefix_cache_bytes Saved-state bytes held now.\n# TYPE flashbox_prefix_cache_bytes gauge\nflashbox_prefix_cache_bytes %llu\n", (unsigned long long)g->prefix.bytes_held);
+        put(&t, "# TYPE flashbox_prefix_cache_entries gauge\nflashbox_prefix_cache_entries %llu\n", (unsigned long long)g->prefix.entries);
+    }
     if (t.oom) {
         free(t.p);
         return -1;

@@ -125,6 +125,7 @@ struct scheduler {
     struct sched_options opt;
     uint32_t n_vocab, n_ctx;
     struct slot *slots;  /* [opt.slots] */
+    struct prefix_cache *prefix; /* NULL: prefix reuse off */
     int32_t *batch_tok;  /* [opt.slots] next token of each decoding slot, by slot */
     int *batch_slot;     /* [opt.slots] the slot of each step item */
     struct session_step *items; /* [opt.slots] the step being built */
@@ -262,6 +263,11 @@ static void swap_now(struct scheduler *s)
     memcpy(s->model_id, w->model_id, sizeof s->model_id);
     s->have_experts = false;
     s->last_eval_failed = false;
+    if (s->prefix) { /* states of the old model */
+        struct engine_model_id id;
+        prefix_cache_clear(s->prefix);
+        if (engine_model_identity(s->engine, &id) == 0) prefix_cache_set_model(s->prefix, &id);
+    }
     w->engine = e;
     w->tg = tg;
     w->slots = slots;
@@ -307,9 +313,11 @@ static void admit(struct scheduler *s)
             continue;
         }
         sl->job = j;
-        sl->prefilled = 0;
+        /* the longest saved prefix of the prompt, if any, instead of prefilling it */
+        sl->prefilled = s->prefix ? prefix_cache_resume(s->prefix, sl->sess, j->prompt, j->n_prompt) : 0;
         s->n_busy++;
         pthread_mutex_lock(&j->lock);
+        j->n_reused = sl->prefilled;
         j->slot = (int)i;
         memcpy(j->model_id, s->model_id, sizeof j->model_id);
         pthread_mutex_unlock(&j->lock);
@@ -376,6 +384,13 @@ static void note_eval(struct scheduler *s, bool failed)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Where a prompt's state is saved for prefix reuse: the end of its last whole
+ * prefill_chunk before its last token (0: too short). */
+static uint32_t prefix_save_point(const struct scheduler *s, const struct job *j)
+{
+    return (j->n_prompt - 1) / s->opt.prefill_chunk * s->opt.prefill_chunk;
+}
+
 /* One step of continuous batching: every decoding slot samples its next token from the
  * logits of the last step and contributes it; prefilling slots contribute prompt chunks,
  * the shortest remaining prompt first (a short request is not stuck behind a long one),
@@ -426,7 +441,11 @@ static void step(struct scheduler *s)
         }
         if (best < 0) break;
         struct slot *sl = &s->slots[best];
-        const uint32_t n = best_left < room ? best_left : room;
+        uint32_t n = best_left < room ? best_left : room;
+        /* prefix reuse: a chunk stops where the prompt's last whole prefill_chunk ends, so
+         * the state there can be saved */
+        const uint32_t save_at = prefix_save_point(s, sl->job);
+        if (s->prefix && sl->prefilled < save_at && n > save_at - sl->prefilled) n = save_at - sl->prefilled;
         sl->in_step = true;
         sl->step_n = n;
         s->batch_slot[n_items] = best;
@@ -442,8 +461,13 @@ static void step(struct scheduler *s)
     for (uint32_t k = 0; k < n_items; k++) {
         struct slot *sl = &s->slots[s->batch_slot[k]];
         sl->in_step = false;
-        if (rc) slot_finish(s, sl, JOB_ERROR, err); /* resets the session */
-        else if (k >= n_decode) sl->prefilled += sl->step_n;
+        if (rc) {
+            slot_finish(s, sl, JOB_ERROR, err); /* resets the session */
+        } else if (k >= n_decode) {
+            sl->prefilled += sl->step_n;
+            if (s->prefix && sl->prefilled < sl->job->n_prompt && sl->prefilled == prefix_save_point(s, sl->job))
+                prefix_cache_save(s->prefix, sl->sess, sl->job->prompt);
+        }
     }
     uint64_t left = 0;
     for (uint32_t i = 0; i < s->opt.slots; i++)
@@ -532,6 +556,15 @@ static int slots_create(struct engine *e, struct textgen *tg, uint32_t n, uint32
 {
     struct engine_info info;
     engine_get_info(e, &info);
+    if (n_ctx_want == 0) { /* the largest context whose plan fits every slot in the memory there is */
+        struct engine_plan p;
+        n_ctx_want = engine_plan_open_fit(e, n, engine_plan_budget(e), &p);
+        if (n_ctx_want == 0)
+            return errf(err, err_len, "no context fits %u slots: weights %llu MiB + expert cache %llu MiB + %u x %llu MiB "
+                        "for 128 positions exceed %llu MiB", n, (unsigned long long)(p.weights >> 20),
+                        (unsigned long long)(p.expert_cache >> 20), n, (unsigned long long)(p.per_session >> 20),
+                        (unsigned long long)(engine_plan_budget(e) >> 20));
+    }
     struct slot *slots = calloc(n, sizeof *slots);
     if (!slots) return errf(err, err_len, "scheduler: out of memory for %u slots", n);
     for (uint32_t i = 0; i < n; i++) {
@@ -566,6 +599,7 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
     snprintf(s->model_id, sizeof s->model_id, "%s", opt->model_id ? opt->model_id : "");
     if (!s->opt.slots) s->opt.slots = 1;
     if (!s->opt.step_tokens) s->opt.step_tokens = 128;
+    if (!s->opt.prefill_chunk) s->opt.prefill_chunk = 128;
     pthread_mutex_init(&s->lock, NULL);
     cond_init_monotonic(&s->wake);
     cond_init_monotonic(&s->idle);
@@ -579,6 +613,14 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
     if (slots_create(e, tg, s->opt.slots, opt->n_ctx, &s->slots, &s->n_vocab, &s->n_ctx, err, err_len)) {
         scheduler_destroy(s);
         return -1;
+    }
+    if (opt->prefix.mem_bytes) {
+        struct engine_model_id id;
+        if (prefix_cache_create(&s->prefix, &opt->prefix, err, err_len)) {
+            scheduler_destroy(s);
+            return -1;
+        }
+        if (engine_model_identity(e, &id) == 0) prefix_cache_set_model(s->prefix, &id);
     }
     if (pthread_create(&s->worker, NULL, worker_main, s)) {
         scheduler_destroy(s);
@@ -601,6 +643,7 @@ void scheduler_destroy(struct scheduler *s)
         pthread_join(s->worker, NULL);
     }
     slots_destroy(s->slots, s->opt.slots);
+    prefix_cache_destroy(s->prefix);
     free(s->batch_tok);
     free(s->batch_slot);
     free(s->items);
@@ -699,6 +742,8 @@ void scheduler_stats(struct scheduler *s, struct sched_stats *st)
     st->prefill_waiting = s->prefill_left;
     for (const struct job *j = s->head; j; j = j->next) st->prefill_waiting += j->n_prompt;
     pthread_mutex_unlock(&s->lock);
+    st->have_prefix = s->prefix != NULL;
+    if (s->prefix) prefix_cache_get_stats(s->prefix, &st->prefix);
 }
 
 int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen *tg, uint32_t gen, const char *model_id,

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "engine/engine.h"
+#include "firmware/prefix_cache.h"
 #include "firmware/request_parse.h"
 
 struct engine;
@@ -54,6 +55,7 @@ struct job {
     size_t text_len, text_cap;
     size_t committed;           /* text[0, committed) can no longer change: safe to send */
     uint32_t n_out;             /* tokens generated */
+    uint32_t n_reused;          /* prompt tokens resumed from the prefix cache, not prefilled */
     enum job_finish finish;
     int slot;                   /* slot index while running, -1 otherwise */
     uint64_t t_first_ns;        /* first token; 0 before */
@@ -79,11 +81,14 @@ struct sched_options {
     uint32_t n_ctx;        /* per session; 0 = engine default */
     uint32_t step_tokens;  /* tokens per step across all slots (decode tokens always go in; prompt
                             * chunks fill the rest); 0 = 128 */
+    uint32_t prefill_chunk;/* prefix reuse saves a prompt's state at its last multiple of this
+                            * before its last token; 0 = 128 */
     /* Called from the worker loop at least every heartbeat_ms (systemd watchdog). */
     void (*heartbeat)(void *ctx);
     void *heartbeat_ctx;
     uint32_t heartbeat_ms;
     const char *model_id;  /* the served model's name, copied into each job it runs */
+    struct prefix_cache_options prefix; /* prefix reuse; mem_bytes 0 = off (dir borrowed during create) */
 };
 
 int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *tg, const struct sched_options *opt,
@@ -125,6 +130,8 @@ struct sched_stats {
     uint64_t device_used, device_total; /* bytes of device memory held / the device's local memory */
     bool have_experts;            /* experts are paged: counters below are live */
     struct expert_counters experts; /* as of the worker's last step */
+    bool have_prefix;             /* prefix reuse is on: the counters below are live */
+    struct prefix_cache_stats prefix;
 };
 void scheduler_stats(struct scheduler *s, struct sched_stats *st);
 

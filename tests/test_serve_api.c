@@ -106,6 +106,8 @@ TEST(serve_health_models_tokenize_metrics_over_unix_socket)
     CHECK_STR(json_string_value(json_object_get(o, "model")), "flashbox-tiny-random");
     CHECK_STR(json_string_value(json_object_get(o, "slot")), "none");
     CHECK_EQ_INT(json_integer_value(json_object_get(o, "slots_total")), 2);
+    /* model.n_ctx 0: the largest context whose memory plan fits, here the model's own */
+    CHECK_EQ_INT(json_integer_value(json_object_get(o, "context_length")), 4096);
     json_decref(o);
     free(out);
 
@@ -113,6 +115,7 @@ TEST(serve_health_models_tokenize_metrics_over_unix_socket)
     o = parse(out);
     CHECK_STR(json_string_value(json_object_get(o, "object")), "list");
     CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(o, "data"), 0), "id")), "flashbox-tiny-random");
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_array_get(json_object_get(o, "data"), 0), "context_length")), 4096);
     json_decref(o);
     free(out);
 
@@ -627,4 +630,52 @@ TEST(serve_takes_a_socket_from_systemd_activation)
     free(out);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
     CHECK(access(d.sock, F_OK) == 0); /* the socket stays: it belongs to systemd */
+}
+
+/* Prefix reuse: the second request with the same long prompt resumes from the state saved
+ * where the first one's last whole prefill chunk ended, and answers exactly what the engine
+ * answers from scratch; /metrics counts the hit and the tokens reused, the audit line says
+ * how many. */
+TEST(serve_prefix_reuse_answers_exactly_and_is_counted)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, small_sets) == 0);
+    char text[1024] = "";
+    for (int i = 0; i < 12; i++) strcat(text, "The quick brown fox jumps over the lazy dog. ");
+    const char *parts[] = { text, NULL };
+    uint32_t n_prompt, n_out;
+    int32_t *prompt = encode_parts(d.model, parts, &n_prompt);
+    REQUIRE(prompt != NULL && n_prompt > 129);
+    char *want = engine_greedy(d.model, prompt, n_prompt, 8, &n_out);
+    free(prompt);
+    REQUIRE(want != NULL);
+    char body[2048], *out;
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":8,\"temperature\":0}", text);
+    for (int round = 0; round < 2; round++) {
+        CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", body, &out, NULL), 200);
+        json_t *o = parse(out);
+        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "text")), want);
+        json_decref(o);
+        free(out);
+    }
+    const uint32_t reused = (n_prompt - 1) / 128 * 128;
+    CHECK_EQ_INT(serve_curl(&d, "GET", "/metrics", NULL, &out, NULL), 200);
+    char line[128];
+    CHECK(strstr(out, "flashbox_prefix_hits_total 1\n") != NULL);
+    CHECK(strstr(out, "flashbox_prefix_misses_total 1\n") != NULL);
+    snprintf(line, sizeof line, "flashbox_prefix_tokens_reused_total %u\n", reused);
+    CHECK(strstr(out, line) != NULL);
+    CHECK(strstr(out, "flashbox_prefix_cache_entries 1\n") != NULL);
+    free(out);
+    serve_stop(&d, SIGTERM, 10000);
+    FILE *f = fopen(d.audit, "r");
+    REQUIRE(f != NULL);
+    char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    snprintf(line, sizeof line, "\"tokens_reused\":%u", reused);
+    CHECK(strstr(buf, "\"tokens_reused\":0") != NULL); /* the first request */
+    CHECK(strstr(buf, line) != NULL);
+    free(want);
 }

@@ -326,6 +326,10 @@ int mkmodel_write(const struct mkmodel_config *c, const char *path, char *err, s
         if (m) errf(err, err_len, "out of memory building metadata");
         goto done;
     }
+    if (c->quant == MKMODEL_META) { /* no tensors */
+        rc = gguf_writer_begin(w, path, err, err_len) ? -1 : gguf_writer_finish(w, true, err, err_len);
+        goto done;
+    }
     uint64_t max_n = 0;
     for (size_t i = 0; i < l.n; i++) {
         const struct tspec *t = &l.t[i];

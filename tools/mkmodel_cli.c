@@ -21,7 +21,8 @@ static void usage(FILE *out)
             "  --experts N (%u) --experts-used N (%u) --ff N (%u) --vocab N (%u) --hash-layers N (%u)\n"
             "  --ctx N (%u) --seed N (%llu) --name S\n"
             "  --quant f32|mixed|f32-dequant (f32): mixed = Q8_0 matrices, MXFP4 experts, F32 vectors;\n"
-            "          f32-dequant = F32 holding the mixed file's dequantized values\n"
+            "          f32-dequant = F32 holding the mixed file's dequantized values;\n"
+            "          meta = the metadata only, no tensors (a model's shape for `flashbox plan`)\n"
             "--ratios lists one ratio per layer (0 SWA, 4 CSA, 128 HCA); a shorter list repeats its\n"
             "last two entries.\n",
             d.n_embd, d.n_layer, d.n_head, d.head_dim, d.rope_dim, d.q_rank, d.o_groups, d.o_rank, d.window,
@@ -86,8 +87,9 @@ int tool_mkmodel_main(int argc, char **argv)
             if (!strcmp(v, "f32")) c.quant = MKMODEL_F32;
             else if (!strcmp(v, "mixed")) c.quant = MKMODEL_MIXED;
             else if (!strcmp(v, "f32-dequant")) c.quant = MKMODEL_F32_DEQUANT;
+            else if (!strcmp(v, "meta")) c.quant = MKMODEL_META;
             else {
-                fprintf(stderr, "flashbox mkmodel: --quant: '%s', expected f32, mixed or f32-dequant\n", v);
+                fprintf(stderr, "flashbox mkmodel: --quant: '%s', expected f32, mixed, f32-dequant or meta\n", v);
                 return 2;
             }
         } else {
