@@ -10,6 +10,15 @@
 #include "engine/engine.h"
 #include "engine/model.h"
 
+/* One session's share of a multi-session step (engine_step): as eval's arguments. */
+struct backend_step {
+    void *state;
+    const int32_t *tokens;
+    uint32_t n;
+    float *logits;
+    bool all_logits;
+};
+
 struct backend_ops {
     const char *name;
     /* Per-engine setup (device, uploads); *ctx is the backend's engine-wide state. */
@@ -21,6 +30,9 @@ struct backend_ops {
     /* Evaluates tokens at the state's current position (the state tracks it). */
     int (*eval)(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
                 char *err, size_t err_len);
+    /* Evaluates the items' tokens in one step (distinct states, each at its position); on
+     * error every state of the step must be reset. */
+    int (*step)(void *ctx, const struct backend_step *items, uint32_t n_items, char *err, size_t err_len);
     /* Optional (NULL: no profile): see session_profile in engine.h. */
     void (*profile)(void *state, bool on);
     void (*get_profile)(const void *state, struct engine_profile *out);

@@ -20,6 +20,8 @@ struct engine {
     struct tokenizer *tok;      /* NULL when the file carries no usable tokenizer */
     const struct backend_ops *ops;
     void *backend_ctx;
+    struct backend_step *step_items; /* [step_cap] engine_step's items as the backend takes them */
+    uint32_t step_cap;
 };
 
 struct session {
@@ -85,6 +87,7 @@ void engine_close(struct engine *e)
 {
     if (!e) return;
     e->ops->close(e->backend_ctx);
+    free(e->step_items);
     tok_destroy(e->tok);
     model_close(e->model);
     free(e);
@@ -237,6 +240,43 @@ int session_eval(struct session *s, const int32_t *tokens, uint32_t n, float *lo
     s->pos += n;
     return 0;
 }
+
+int engine_step(struct engine *e, struct session_step *items, uint32_t n_items, char *err, size_t err_len)
+{
+    if (n_items == 0) return errf(err, err_len, "no sessions in the step");
+    for (uint32_t i = 0; i < n_items; i++) {
+        const struct session *s = items[i].s;
+        if (!s || s->e != e) return errf(err, err_len, "step item %u: not a session of this engine", i);
+        if (items[i].n == 0) return errf(err, err_len, "step item %u: no tokens to evaluate", i);
+        if (items[i].n > s->n_ctx - s->pos)
+            return errf(err, err_len, "step item %u: context full: %u tokens at position %u exceed the session's %u", i,
+                        items[i].n, s->pos, s->n_ctx);
+        for (uint32_t j = 0; j < i; j++)
+            if (items[j].s == s) return errf(err, err_len, "step items %u and %u: the same session twice", j, i);
+    }
+    if (n_items > e->step_cap) { /* grown outside the per-token path: once per larger step */
+        struct backend_step *b = realloc(e->step_items, n_items * sizeof *b);
+        if (!b) return errf(err, err_len, "out of memory for a step of %u sessions", n_items);
+        e->step_items = b;
+        e->step_cap = n_items;
+    }
+    for (uint32_t i = 0; i < n_items; i++)
+        e->step_items[i] = (struct backend_step){ .state = items[i].s->state, .tokens = items[i].tokens, .n = items[i].n,
+                                                  .logits = items[i].logits, .all_logits = items[i].all_logits };
+    int rc;
+    if (e->ops->step) {
+        rc = e->ops->step(e->backend_ctx, e->step_items, n_items, err, err_len);
+    } else {
+        rc = 0;
+        for (uint32_t i = 0; i < n_items && !rc; i++)
+            rc = e->ops->eval(e->backend_ctx, items[i].s->state, items[i].tokens, items[i].n, items[i].logits,
+                              items[i].all_logits, err, err_len);
+    }
+    if (rc) return -1;
+    for (uint32_t i = 0; i < n_items; i++) items[i].s->pos += items[i].n;
+    return 0;
+}
+
 
 uint64_t session_state_bytes(const struct session *s, uint32_t pos)
 {

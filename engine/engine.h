@@ -167,6 +167,27 @@ uint32_t session_n_ctx(const struct session *s);
 int session_eval(struct session *s, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
                  char *err, size_t err_len);
 
+/* One session's share of an engine_step: n tokens appended at its position (one decode
+ * token, or a chunk of a prompt), logits as in session_eval. */
+struct session_step {
+    struct session *s;
+    const int32_t *tokens;
+    uint32_t n;
+    float *logits;      /* NULL, [n_vocab] for the last token, or [n][n_vocab] when all_logits */
+    bool all_logits;
+};
+
+/* Evaluates a step for several sessions of one engine at once: every weight is read once
+ * for all of the step's tokens (as far as the backend's batch allows; a larger step runs
+ * as several), while attention, the compressors and the indexer run per session over its
+ * own state. The logits of each session are bitwise those of session_eval with the same
+ * tokens, whatever else shares the step. Sessions must be distinct. Tokens whose logits
+ * are wanted cost least when their items are adjacent (decode items first, then prompt
+ * chunks). Checked before any work: every item (n > 0, room in its context, token ids),
+ * and then nothing changes on error; on a backend failure every session of the step must
+ * be reset (the message says so). */
+int engine_step(struct engine *e, struct session_step *items, uint32_t n_items, char *err, size_t err_len);
+
 /* A session's state at its position (window rows, compressed entries, compressor and
  * indexer state), in a layout that does not depend on the backend: state saved from one
  * backend's session loads into a session of either backend on the same model, and

@@ -1,6 +1,7 @@
 /* The CPU reference as an engine backend; routed experts optionally paged through the
  * expert store (engine_options.expert_cache_mb). */
 #include "engine/backend.h"
+#include "engine/errmsg.h"
 #include "engine/expert_store.h"
 #include "engine/ref.h"
 #include "engine/session_state.h"
@@ -54,6 +55,16 @@ static int ref_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, f
 {
     (void)ctx;
     return ref_forward(state, tokens, n, logits, all_logits, err, err_len);
+}
+
+/* The reference evaluates token by token (every weight is read again for each token), so
+ * a step is its items one after another: each session's logits are those of its eval. */
+static int ref_step(void *ctx, const struct backend_step *items, uint32_t n_items, char *err, size_t err_len)
+{
+    for (uint32_t i = 0; i < n_items; i++)
+        if (ref_eval(ctx, items[i].state, items[i].tokens, items[i].n, items[i].logits, items[i].all_logits, err, err_len))
+            return errf_prefix(err, err_len, "step item %u", i);
+    return 0;
 }
 
 /* Copies one layer's state between the reference buffers and the layout (save: to data). */
@@ -117,6 +128,7 @@ const struct backend_ops ref_backend_ops = {
     .session_destroy = ref_session_destroy,
     .session_reset = ref_session_reset,
     .eval = ref_eval,
+    .step = ref_step,
     .expert_counters = ref_expert_counters,
     .state_save = ref_state_save,
     .state_load = ref_state_load,

@@ -50,10 +50,9 @@ void vk_proj_tensors(const struct model *m, uint32_t il, tensor_ref out[VK_PROJ_
 
 /* Places layer il's projection weights back to back in one span when they share type and
  * row length (then one dispatch computes them all), and records each part's columns. */
-/* Decode's hc split of one site (see struct vk_hc_split): a part per core a CPU driver is
- * likely to have (4), else 256 floats a part (V4: 64, the small model: 16), halved until
- * any decode step's partial mixes fit the mix buffer (parts x (VK_MATMUL_TILE - 1) tokens
- * <= VK_BATCH rows) and the parts are whole chunks. */
+/* The hc split of one site (see struct vk_hc_split): a part per core a CPU driver is likely
+ * to have (4), else 256 floats a part (V4: 64, the small model: 16), halved until the parts
+ * are whole chunks and at most VK_HC_MAX_PARTS (the mix buffer holds that many per token). */
 static void plan_hc_split(const struct vk_engine *e, tensor_ref fn, struct vk_hc_split *out)
 {
     out->parts = 1;
@@ -61,7 +60,7 @@ static void plan_hc_split(const struct vk_engine *e, tensor_ref fn, struct vk_hc
     char why[160];
     if (vk_weight_of(e, fn, 0, &w, why, sizeof why)) return; /* the fused kernel needs no view */
     uint32_t parts = e->ops.layout == VK_MATVEC_LANES ? 4 : w.n_in / 256;
-    while (parts > 1 && (parts * (VK_MATMUL_TILE - 1) > VK_BATCH || vk_weight_split_k(&w, parts, &out->w, why, sizeof why)))
+    while (parts > 1 && (parts > VK_HC_MAX_PARTS || vk_weight_split_k(&w, parts, &out->w, why, sizeof why)))
         parts /= 2;
     if (parts > 1) out->parts = parts;
 }

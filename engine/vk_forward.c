@@ -1,8 +1,17 @@
-/* The Vulkan forward schedule (spec §3.3, §3.12): for each batch of up to VK_BATCH tokens
+/* The Vulkan forward schedule (spec §3.3, §3.12): for each step of up to VK_BATCH tokens
  * one command buffer runs the embedding copy, every layer (hc_pre, attention with its
  * compressors and indexer, hc_post, hc_pre, MoE, hc_post) and the head. Barriers sit only
  * between a kernel and the first one that reads what it wrote; independent kernels (the
- * projections of one input) share a barrier interval. */
+ * projections of one input) share a barrier interval.
+ *
+ * A step holds the tokens of one or several sessions (engine_step): each session's tokens
+ * are consecutive rows of the step's activations, which live in the first session's
+ * buffers (the step's workspace). The weights' kernels (projections, hc, router, experts,
+ * the head) run once over all rows; what reads a session's own state or position (the kv
+ * row into its ring, its compressors, q's and the indexer's rope, the indexer, attention)
+ * is dispatched once per session over its rows. Every kernel reduces a token's outputs in
+ * one order whatever the other rows hold, so a session's logits are bitwise the same alone
+ * or in any step. */
 #include "engine/vk_internal.h"
 
 #include <inttypes.h>
@@ -16,12 +25,21 @@ const char *const vk_kind_names[VK_KIND_COUNT] = {
     "matvec", "hc", "norm_rope", "compress", "indexer", "attention", "router", "swiglu", "other",
 };
 
-/* One batch being recorded. */
-struct fwd {
+/* One session's share of a step: rows [t0, t0 + nt) at positions pos0...; logits of its rows
+ * from t0 + first_logit on. */
+struct fwd_part {
     struct vk_session *s;
+    uint32_t t0, nt, pos0, first_logit;
+};
+
+/* One step being recorded. */
+struct fwd {
+    struct vk_session *s;       /* the workspace: activations, recorder, paging, profile */
     struct vk_engine *e;
     const struct model_hparams *hp;
-    uint32_t pos0, nt;
+    const struct fwd_part *parts;
+    uint32_t n_parts;
+    uint32_t nt;                /* rows of the step */
     uint32_t il;                /* layer being recorded */
     /* the finished sublayer whose hc_post the next hc dispatch applies first */
     bool post_pending;
@@ -139,20 +157,21 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
                                     vk_tensor_span(f->e, norm), &s->a, &s->hc, src, &s->x, src };
     f->post_pending = false;
     const uint32_t width = hp->n_hc * hp->n_embd, n_mix = (2 + hp->n_hc) * hp->n_hc;
-    /* Decode: the fused kernel is one workgroup per token, so one core of a CPU driver and
-     * one multiprocessor of a GPU read all of fn (V4: 1.5 MB a site, 86 sites a token);
-     * where fn splits (split->parts > 1, planned at load) its K slices are workgroups of
-     * their own instead. The head and unsplit sites keep the fused kernel. */
-    const uint32_t parts = !head && n < VK_MATMUL_TILE && split ? split->parts : 1;
-    if (head || (n < VK_MATMUL_TILE && parts == 1)) {
+    /* The head (only logits read its output) keeps the fused kernel, one workgroup per
+     * token, for decode and prefill alike. */
+    if (head) {
         s->weight_bytes_step += fn->nbytes; /* the fused kernel reads all of fn */
         return dispatch(f, VK_KIND_HC, &f->e->ops.hc, b, &p, n, 1, 1);
     }
-    /* A prefill batch: one workgroup per token would read all of fn per token (on CPU
-     * drivers that was 15% of prefill), so the mixes are a token-tiled matmul instead; a
-     * split decode step: the mixes in parts, as above. Either way hc_post first, then the
-     * rest with the mixes given. CPU drivers read X and the sources through texel views
-     * there (hc_texel). */
+    /* A block's site, decode and prefill alike (batch invariance: one reduction order for
+     * a token's mixes however many tokens share the step): hc_post first, then the mixes as
+     * a matvec of fn (where fn splits, split->parts > 1 planned at load: its K slices as
+     * matrices of their own, many workgroups instead of the one a fused kernel would use on
+     * one core of a CPU driver or one multiprocessor of a GPU), then the rest with the mixes
+     * given, summing the parts in order. A prefill batch also reads fn once per token tile
+     * this way instead of once per token. CPU drivers read X and the sources through texel
+     * views (hc_texel). */
+    const uint32_t parts = split ? split->parts : 1;
     const bool texel = texel_readable(f, &s->x) && texel_readable(f, src);
     struct vk_kernel *k = texel ? &f->e->ops.hc_texel : &f->e->ops.hc;
     if (texel) {
@@ -165,10 +184,11 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
         if (dispatch(f, VK_KIND_HC, k, b, &post, n, 1, 1)) return -1;
         barrier(f);
     }
-    if (parts > 1) { /* decode: mixes [n][parts][n_mix] from the mix buffer's start */
+    if (parts > 1) { /* mixes [n][parts][n_mix] from token t0's row of the mix buffer */
         struct vk_matvec_args a = { .w = &split->w, .x = &s->x, .y = &s->mix, .x_off = t0 * width, .x_tstride = width,
-                                    .x_zstride = width / parts, .x_zdiv = 1, .y_tstride = parts * n_mix, .y_zstride = n_mix,
-                                    .n_tok = n, .n_slot = parts, .scale = 1.0f };
+                                    .x_zstride = width / parts, .x_zdiv = 1, .y_off = t0 * parts * n_mix,
+                                    .y_tstride = parts * n_mix, .y_zstride = n_mix, .n_tok = n, .n_slot = parts,
+                                    .scale = 1.0f };
         if (vk_op_matvec(s->rec, &f->e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", fn->name);
         s->weight_bytes_step += vk_weight_extent(&split->w);
         after_dispatch(f, VK_KIND_MATVEC);
@@ -178,7 +198,7 @@ static int hc_pre(struct fwd *f, tensor_ref fn, tensor_ref base, tensor_ref scal
     barrier(f);
     b[ABI_HC_BIND_FN] = &s->mix;
     p.flags = ABI_HC_FLAG_MIXES_GIVEN;
-    p.mix_off = parts > 1 ? 0 : t0 * n_mix;
+    p.mix_off = t0 * parts * n_mix;
     p.mix_tstride = parts * n_mix;
     p.mix_parts = parts;
     return dispatch(f, VK_KIND_HC, k, b, &p, n, 1, 1);
@@ -198,22 +218,23 @@ static void hc_post_pending(struct fwd *f, const struct vk_span *src, uint32_t s
     f->post_pending = true;
 }
 
-/* One compressor (main or indexer) over the batch: state machine, then norm + rope of the
- * entries completed in this batch. Its kv and score inputs are the columns from kv_col and
- * score_col of the projection rows (coff*width each). */
-static int compressor(struct fwd *f, uint32_t ratio, uint32_t width, uint32_t kv_col, uint32_t score_col, tensor_ref ape,
-                      tensor_ref norm, const struct vk_span *state, const struct vk_span *out, bool finish)
+/* One compressor (main or indexer) over a session's rows of the step: state machine, then
+ * norm + rope of the entries completed in this step. Its kv and score inputs are the
+ * columns from kv_col and score_col of the projection rows (coff*width each). */
+static int compressor(struct fwd *f, const struct fwd_part *pt, uint32_t ratio, uint32_t width, uint32_t kv_col,
+                      uint32_t score_col, tensor_ref ape, tensor_ref norm, const struct vk_span *state,
+                      const struct vk_span *out, bool finish)
 {
-    const uint32_t coff = ratio == 4 ? 2 : 1;
+    const uint32_t coff = ratio == 4 ? 2 : 1, pw = f->e->proj[f->il].width;
     if (!finish) {
         struct abi_compress_push p = {
-            .width = width, .ratio = ratio, .coff = coff, .pos0 = f->pos0, .n_tok = f->nt,
-            .kv_off = kv_col, .score_off = score_col, .in_tstride = f->s->e->proj[f->il].width,
+            .width = width, .ratio = ratio, .coff = coff, .pos0 = pt->pos0, .n_tok = pt->nt,
+            .kv_off = kv_col + pt->t0 * pw, .score_off = score_col + pt->t0 * pw, .in_tstride = pw,
         };
         const struct vk_span *b[5] = { &f->s->proj, &f->s->proj, vk_tensor_span(f->e, ape), state, out };
         return dispatch(f, VK_KIND_COMPRESS, &f->e->ops.compress, b, &p, (width + ABI_WG_SIZE - 1) / ABI_WG_SIZE, 1, 1);
     }
-    const uint32_t e0 = f->pos0 / ratio, e1 = (f->pos0 + f->nt) / ratio;
+    const uint32_t e0 = pt->pos0 / ratio, e1 = (pt->pos0 + pt->nt) / ratio;
     if (e1 == e0) return 0;
     struct abi_norm_rope_push p = {
         .n = width, .rope_dim = f->hp->rope_dim,
@@ -221,8 +242,126 @@ static int compressor(struct fwd *f, uint32_t ratio, uint32_t width, uint32_t kv
         .x_off = e0 * width, .x_tstride = width, .y_tstride = width, .y_row0 = e0,
         .pos_base = e0 * ratio, .pos_step = ratio,
     };
-    return norm_rope(f, out, out, vk_tensor_span(f->e, norm), &f->s->rope_comp, p, 1, e1 - e0);
+    return norm_rope(f, out, out, vk_tensor_span(f->e, norm), &pt->s->rope_comp, p, 1, e1 - e0);
 }
+
+/* The kv row of a session's tokens into its ring and its compressors' state machines. */
+static int attention_kv(struct fwd *f, const struct fwd_part *pt, uint32_t il)
+{
+    const struct model_hparams *hp = f->hp;
+    const struct layer_weights *lw = &f->e->m->layers[il];
+    const struct vk_proj *pj = &f->e->proj[il];
+    struct vk_session *ps = pt->s;
+    struct vk_layer_state *ls = &ps->layers[il];
+    const uint32_t hd = hp->head_dim, ratio = hp->ratio[il], pw = pj->width;
+    struct abi_norm_rope_push pk = {
+        .n = hd, .rope_dim = hp->rope_dim,
+        .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
+        .x_off = pj->col[VK_PROJ_KV] + pt->t0 * pw, .x_tstride = pw, .y_tstride = hd, .y_row0 = pt->pos0 % ps->ring_len,
+        .y_tmod = ps->ring_len, .pos_base = pt->pos0, .pos_step = 1,
+    };
+    if (norm_rope(f, &f->s->proj, &ls->ring, vk_tensor_span(f->e, lw->attn_kv_a_norm), ratio ? &ps->rope_comp : &ps->rope_swa,
+                  pk, 1, pt->nt))
+        return -1;
+    if (ratio && compressor(f, pt, ratio, hd, pj->col[VK_PROJ_CKV], pj->col[VK_PROJ_CG], lw->comp_ape, lw->comp_norm,
+                            &ls->kvc, &ls->comp, false))
+        return -1;
+    if (ratio == 4 && compressor(f, pt, 4, hp->ix_dim, pj->col[VK_PROJ_ICKV], pj->col[VK_PROJ_ICG], lw->ix_comp_ape,
+                                 lw->ix_comp_norm, &ls->ixc, &ls->ix_keys, false))
+        return -1;
+    return 0;
+}
+
+/* The entries a session's tokens completed, and q's (and the indexer's q's) norm and rope
+ * at its positions. */
+static int attention_q(struct fwd *f, const struct fwd_part *pt, uint32_t il)
+{
+    const struct model_hparams *hp = f->hp;
+    const struct layer_weights *lw = &f->e->m->layers[il];
+    struct vk_session *s = f->s, *ps = pt->s;
+    struct vk_layer_state *ls = &ps->layers[il];
+    const uint32_t hd = hp->head_dim, H = hp->n_head, ratio = hp->ratio[il];
+    const struct vk_span *rope = ratio ? &ps->rope_comp : &ps->rope_swa;
+    if (ratio && compressor(f, pt, ratio, hd, 0, 0, NULL, lw->comp_norm, NULL, &ls->comp, true)) return -1;
+    if (ratio == 4 && compressor(f, pt, 4, hp->ix_dim, 0, 0, NULL, lw->ix_comp_norm, NULL, &ls->ix_keys, true)) return -1;
+    struct abi_norm_rope_push p = {
+        .n = hd, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_ROPE,
+        .x_off = pt->t0 * H * hd, .x_tstride = H * hd, .x_hstride = hd, .y_tstride = H * hd, .y_hstride = hd,
+        .y_row0 = pt->t0, .pos_base = pt->pos0, .pos_step = 1,
+    };
+    if (norm_rope(f, &s->q, &s->q, NULL, rope, p, H, pt->nt)) return -1;
+    if (ratio == 4) {
+        const uint32_t D = hp->ix_dim, IH = hp->ix_head;
+        struct abi_norm_rope_push pi = {
+            .n = D, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_ROPE,
+            .x_off = pt->t0 * IH * D, .x_tstride = IH * D, .x_hstride = D, .y_tstride = IH * D, .y_hstride = D,
+            .y_row0 = pt->t0, .pos_base = pt->pos0, .pos_step = 1,
+        };
+        if (norm_rope(f, &s->ixq, &s->ixq, NULL, rope, pi, IH, pt->nt)) return -1;
+    }
+    return 0;
+}
+
+/* The indexer's selection for a session's tokens (CSA layers), into its own score and
+ * selection rows: in groups of the session's ix_rows tokens, whose score rows the next
+ * group reuses. */
+static int attention_index(struct fwd *f, const struct fwd_part *pt, uint32_t il)
+{
+    const struct model_hparams *hp = f->hp;
+    const struct vk_proj *pj = &f->e->proj[il];
+    struct vk_session *ps = pt->s;
+    const uint32_t D = hp->ix_dim, IH = hp->ix_head;
+    for (uint32_t g0 = 0; g0 < pt->nt; g0 += ps->ix_rows) {
+        const uint32_t n = pt->nt - g0 < ps->ix_rows ? pt->nt - g0 : ps->ix_rows, t0 = pt->t0 + g0;
+        struct abi_indexer_push ip = {
+            .n_head = IH, .dim = D, .topk = hp->ix_topk, .pos0 = pt->pos0 + g0, .n_tok = n,
+            .q_off = t0 * IH * D, .w_off = pj->col[VK_PROJ_IXW] + t0 * pj->width, .w_tstride = pj->width,
+            .score_tstride = ps->n_ctx / 4 + 1, .sel_off = g0 * hp->ix_topk, .scale = (float)(1.0 / sqrt((double)D * IH)),
+        };
+        const struct vk_span *b[5] = { &f->s->ixq, &f->s->proj, &ps->layers[il].ix_keys, &ps->ixs, &ps->sel };
+        if (g0) barrier(f);
+        if (dispatch(f, VK_KIND_INDEXER, &f->e->ops.indexer, b, &ip, n, 1, 1)) return -1;
+    }
+    return 0;
+}
+
+/* Attention of a session's tokens over its ring and compressed entries, into o. */
+static int attention_heads(struct fwd *f, const struct fwd_part *pt, uint32_t il)
+{
+    const struct model_hparams *hp = f->hp;
+    struct vk_engine *e = f->e;
+    const struct layer_weights *lw = &e->m->layers[il];
+    struct vk_session *s = f->s, *ps = pt->s;
+    struct vk_layer_state *ls = &ps->layers[il];
+    const uint32_t hd = hp->head_dim, H = hp->n_head, ratio = hp->ratio[il], nt = pt->nt;
+    struct abi_attn_push p = {
+        .head_dim = hd, .n_head = H, .rope_dim = hp->rope_dim, .window = hp->window, .ring_len = ps->ring_len,
+        .ratio = ratio, .topk = hp->ix_topk, .pos0 = pt->pos0, .n_tok = nt, .q_off = pt->t0 * H * hd,
+        .o_off = pt->t0 * H * hd, .scale = (float)(1.0 / sqrt((double)hd)), .chunk = e->attn_chunk,
+    };
+    const struct vk_span *b[7] = { &s->q, &ls->ring, ratio ? &ls->comp : &ls->ring, &ps->sel,
+                                   vk_tensor_span(e, lw->attn_sinks), ratio ? &ps->rope_comp : &ps->rope_swa, &s->o };
+    /* CPU drivers read q and the key rows through their chunks' texel views */
+    const bool texel = texel_readable(f, b[0]) && texel_readable(f, b[1]) && texel_readable(f, b[2]);
+    if (texel) {
+        p.q_off += (uint32_t)(b[0]->off / 4);
+        p.ring_off += (uint32_t)(b[1]->off / 4);
+        p.comp_off += (uint32_t)(b[2]->off / 4);
+    }
+    struct vk_kernel *heads_k = NULL;
+    uint32_t heads = 1;
+    if (texel && vk_ops_attention_heads(&e->ops, hd, H, nt, &heads_k, &heads, f->err, f->err_len)) return -1;
+    if (heads_k) return dispatch(f, VK_KIND_ATTENTION, heads_k, b, &p, H / heads, nt, 1);
+    return dispatch(f, VK_KIND_ATTENTION, texel ? &e->ops.attention_texel : &e->ops.attention, b, &p, H, nt, 1);
+}
+
+/* Runs call for every session of the step (as pt); their dispatches share a barrier
+ * interval: they write disjoint rows and their own state. */
+#define FOR_PARTS(f, call)                                                     \
+    for (uint32_t pi_ = 0; pi_ < (f)->n_parts; pi_++) {                        \
+        const struct fwd_part *pt = &(f)->parts[pi_];                          \
+        if (call) return -1;                                                   \
+    }
 
 static int attention_layer(struct fwd *f, uint32_t il)
 {
@@ -230,9 +369,7 @@ static int attention_layer(struct fwd *f, uint32_t il)
     struct vk_engine *e = f->e;
     const struct model_hparams *hp = f->hp;
     const struct layer_weights *lw = &e->m->layers[il];
-    struct vk_layer_state *ls = &s->layers[il];
     const uint32_t nt = f->nt, hd = hp->head_dim, H = hp->n_head, ratio = hp->ratio[il];
-    const struct vk_span *rope = ratio ? &s->rope_comp : &s->rope_swa;
 
     if (hc_pre(f, lw->hc_attn_fn, lw->hc_attn_base, lw->hc_attn_scale, lw->attn_norm, &e->hc_split[il][0], false, 0, nt))
         return -1;
@@ -253,84 +390,24 @@ static int attention_layer(struct fwd *f, uint32_t il)
             if (t[i] && matvec(f, t[i], &s->a, hp->n_embd, &s->proj, pj->col[i], pw, nt, 0)) return -1;
     }
     barrier(f);
-    {
+    {   /* q's low-rank norm (no rope: any session's table serves) */
         struct abi_norm_rope_push p = { .n = hp->q_rank, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT,
                                         .x_off = pj->col[VK_PROJ_Q], .x_tstride = pw, .y_tstride = hp->q_rank };
-        if (norm_rope(f, &s->proj, &s->qr, vk_tensor_span(e, lw->attn_q_a_norm), rope, p, 1, nt)) return -1;
-        struct abi_norm_rope_push pk = {
-            .n = hd, .rope_dim = hp->rope_dim,
-            .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
-            .x_off = pj->col[VK_PROJ_KV], .x_tstride = pw, .y_tstride = hd, .y_row0 = f->pos0 % s->ring_len,
-            .y_tmod = s->ring_len, .pos_base = f->pos0, .pos_step = 1,
-        };
-        if (norm_rope(f, &s->proj, &ls->ring, vk_tensor_span(e, lw->attn_kv_a_norm), rope, pk, 1, nt)) return -1;
+        if (norm_rope(f, &s->proj, &s->qr, vk_tensor_span(e, lw->attn_q_a_norm), &s->rope_swa, p, 1, nt)) return -1;
     }
-    if (ratio && compressor(f, ratio, hd, pj->col[VK_PROJ_CKV], pj->col[VK_PROJ_CG], lw->comp_ape, lw->comp_norm, &ls->kvc,
-                            &ls->comp, false))
-        return -1;
-    if (ratio == 4 && compressor(f, 4, hp->ix_dim, pj->col[VK_PROJ_ICKV], pj->col[VK_PROJ_ICG], lw->ix_comp_ape,
-                                 lw->ix_comp_norm, &ls->ixc, &ls->ix_keys, false))
-        return -1;
+    FOR_PARTS(f, attention_kv(f, pt, il))
     barrier(f);
-    /* projections of the normed qr; finishing the entries completed in this batch */
+    /* projections of the normed qr; finishing the entries completed in this step */
     if (matvec(f, lw->attn_q_b, &s->qr, hp->q_rank, &s->q, 0, H * hd, nt, 0)) return -1;
     if (ratio == 4 && matvec(f, lw->ix_q_b, &s->qr, hp->q_rank, &s->ixq, 0, hp->ix_head * hp->ix_dim, nt, 0)) return -1;
-    if (ratio && compressor(f, ratio, hd, 0, 0, NULL, lw->comp_norm, NULL, &ls->comp, true)) return -1;
-    if (ratio == 4 && compressor(f, 4, hp->ix_dim, 0, 0, NULL, lw->ix_comp_norm, NULL, &ls->ix_keys, true)) return -1;
     barrier(f);
-    {
-        struct abi_norm_rope_push p = {
-            .n = hd, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_ROPE,
-            .x_tstride = H * hd, .x_hstride = hd, .y_tstride = H * hd, .y_hstride = hd, .pos_base = f->pos0, .pos_step = 1,
-        };
-        if (norm_rope(f, &s->q, &s->q, NULL, rope, p, H, nt)) return -1;
-    }
+    FOR_PARTS(f, attention_q(f, pt, il))
     if (ratio == 4) {
-        const uint32_t D = hp->ix_dim, IH = hp->ix_head;
-        struct abi_norm_rope_push p = {
-            .n = D, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_ROPE,
-            .x_tstride = IH * D, .x_hstride = D, .y_tstride = IH * D, .y_hstride = D, .pos_base = f->pos0, .pos_step = 1,
-        };
-        if (norm_rope(f, &s->ixq, &s->ixq, NULL, rope, p, IH, nt)) return -1;
         barrier(f);
-        /* tokens in groups of ix_rows, whose score rows the next group reuses */
-        for (uint32_t t0 = 0; t0 < nt; t0 += s->ix_rows) {
-            const uint32_t n = nt - t0 < s->ix_rows ? nt - t0 : s->ix_rows;
-            struct abi_indexer_push ip = {
-                .n_head = IH, .dim = D, .topk = hp->ix_topk, .pos0 = f->pos0 + t0, .n_tok = n,
-                .q_off = t0 * IH * D, .w_off = pj->col[VK_PROJ_IXW] + t0 * pw, .w_tstride = pw,
-                .score_tstride = s->n_ctx / 4 + 1, .sel_off = t0 * hp->ix_topk, .scale = (float)(1.0 / sqrt((double)D * IH)),
-            };
-            const struct vk_span *b[5] = { &s->ixq, &s->proj, &ls->ix_keys, &s->ixs, &s->sel };
-            if (t0) barrier(f);
-            if (dispatch(f, VK_KIND_INDEXER, &e->ops.indexer, b, &ip, n, 1, 1)) return -1;
-        }
+        FOR_PARTS(f, attention_index(f, pt, il))
     }
     barrier(f);
-    {
-        struct abi_attn_push p = {
-            .head_dim = hd, .n_head = H, .rope_dim = hp->rope_dim, .window = hp->window, .ring_len = s->ring_len,
-            .ratio = ratio, .topk = hp->ix_topk, .pos0 = f->pos0, .n_tok = nt,
-            .scale = (float)(1.0 / sqrt((double)hd)), .chunk = e->attn_chunk,
-        };
-        const struct vk_span *b[7] = { &s->q, &ls->ring, ratio ? &ls->comp : &ls->ring, &s->sel,
-                                       vk_tensor_span(e, lw->attn_sinks), rope, &s->o };
-        /* CPU drivers read q and the key rows through their chunks' texel views */
-        const bool texel = texel_readable(f, b[0]) && texel_readable(f, b[1]) && texel_readable(f, b[2]);
-        if (texel) {
-            p.q_off += (uint32_t)(b[0]->off / 4);
-            p.ring_off += (uint32_t)(b[1]->off / 4);
-            p.comp_off += (uint32_t)(b[2]->off / 4);
-        }
-        struct vk_kernel *heads_k = NULL;
-        uint32_t heads = 1;
-        if (texel && vk_ops_attention_heads(&e->ops, hd, H, nt, &heads_k, &heads, f->err, f->err_len)) return -1;
-        if (heads_k) {
-            if (dispatch(f, VK_KIND_ATTENTION, heads_k, b, &p, H / heads, nt, 1)) return -1;
-        } else if (dispatch(f, VK_KIND_ATTENTION, texel ? &e->ops.attention_texel : &e->ops.attention, b, &p, H, nt, 1)) {
-            return -1;
-        }
-    }
+    FOR_PARTS(f, attention_heads(f, pt, il))
     barrier(f);
     {   /* grouped output projection: group g's heads times its block of rows */
         struct vk_weight vw;
@@ -434,7 +511,14 @@ static int moe_layer(struct fwd *f, uint32_t il)
     /* Routed gate and up. Decode: slot z = t*K + k reads token t's input and expert ids[z];
      * the up half (slots n_routed..) lands n_routed rows further. Prefill: slots are grouped
      * by expert first, so each expert's matrices are read once for all of its tokens. */
-    const bool grouped = !paged && nt >= VK_MOE_GROUP_MIN_TOKENS;
+    /* Grouping reads each chosen expert once for all of its tokens, in token tiles whose
+     * unused places are computed and dropped. GPUs (bandwidth-bound) group from
+     * VK_MOE_GROUP_MIN_TOKENS tokens on; CPU drivers, where that wasted arithmetic is the
+     * cost, only once experts average half a tile of tokens (a decode step of 8 sessions on
+     * the small model, 48 slots over 64 experts, ran its routed experts about 4x faster as
+     * slots). Both read a token's outputs in one order, so this choice never changes them. */
+    const bool grouped = !paged && (e->ops.layout == VK_MATVEC_LANES ? n_routed >= E * VK_MATMUL_TILE / 2
+                                                                      : nt >= VK_MOE_GROUP_MIN_TOKENS);
     const struct vk_span *ids = paged ? &s->slot_ids : grouped ? &s->grp : &s->ids;
     if (grouped) {
         struct abi_moe_group_push gp = { .n_expert = E, .n_slots = n_routed };
@@ -497,15 +581,17 @@ static int moe_layer(struct fwd *f, uint32_t il)
     return 0;
 }
 
-/* Records and runs one batch of nt tokens at position pos0; logits of the tokens from
- * first_logit on land in s->logits rows 0... */
-static int run_batch(struct vk_session *s, const int32_t *tokens, uint32_t pos0, uint32_t nt, uint32_t first_logit,
-                     char *err, size_t err_len)
+/* Records and runs one step: parts[] of one session each, whose tokens fill rows 0.. in
+ * order (tokens[t] for row t); logits of the rows each part asks for land in the
+ * workspace's (parts[0]'s) logits rows of the same index. */
+static int run_step(const struct fwd_part *parts, uint32_t n_parts, const int32_t *tokens, uint32_t nt, char *err,
+                    size_t err_len)
 {
+    struct vk_session *s = parts[0].s;
     struct vk_engine *e = s->e;
     const struct model *m = e->m;
     const struct model_hparams *hp = &m->hp;
-    struct fwd f = { .s = s, .e = e, .hp = hp, .pos0 = pos0, .nt = nt, .err = err, .err_len = err_len };
+    struct fwd f = { .s = s, .e = e, .hp = hp, .parts = parts, .n_parts = n_parts, .nt = nt, .err = err, .err_len = err_len };
     const uint32_t d = hp->n_embd;
 
     /* 3.1: embedding rows on the host (straight from the mapped file), copied to every stream */
@@ -522,17 +608,20 @@ static int run_batch(struct vk_session *s, const int32_t *tokens, uint32_t pos0,
     if (e->experts) vk_experts_prefetch_hash(e, tokens, nt, s->ids_host);
     if (vk_recorder_begin(s->rec, err, err_len)) return -1;
     VkCommandBuffer cb = s->rec->cb;
-    if (s->needs_reset) { /* compressor state: kv rows 0, score rows -inf (no previous block) */
+    for (uint32_t i = 0; i < n_parts; i++) {
+        struct vk_session *ps = parts[i].s;
+        if (!ps->needs_reset) continue;
+        /* compressor state: kv rows 0, score rows -inf (no previous block) */
         for (uint32_t il = 0; il < hp->n_layer; il++) {
-            struct vk_span *st[2] = { &s->layers[il].kvc, &s->layers[il].ixc };
-            for (int i = 0; i < 2; i++) {
-                if (!st[i]->buf) continue;
-                uint64_t half = st[i]->size / 2;
-                vkCmdFillBuffer(cb, st[i]->buf, st[i]->off, half, 0);
-                vkCmdFillBuffer(cb, st[i]->buf, st[i]->off + half, half, 0xff800000u);
+            struct vk_span *st[2] = { &ps->layers[il].kvc, &ps->layers[il].ixc };
+            for (int k = 0; k < 2; k++) {
+                if (!st[k]->buf) continue;
+                uint64_t half = st[k]->size / 2;
+                vkCmdFillBuffer(cb, st[k]->buf, st[k]->off, half, 0);
+                vkCmdFillBuffer(cb, st[k]->buf, st[k]->off + half, half, 0xff800000u);
             }
         }
-        s->needs_reset = false;
+        ps->needs_reset = false;
     }
     for (uint32_t t = 0; t < nt; t++)
         for (uint32_t j = 0; j < hp->n_hc; j++)
@@ -553,14 +642,25 @@ static int run_batch(struct vk_session *s, const int32_t *tokens, uint32_t pos0,
             vk_experts_release(e, s);
             return -1;
         }
-    if (first_logit < nt) {
-        uint32_t n_out = nt - first_logit;
-        if (hc_pre(&f, m->output_hc_fn, m->output_hc_base, m->output_hc_scale, m->output_norm, NULL, true, first_logit, n_out)) {
+    /* The head over each run of consecutive rows that want logits (one run when the
+     * parts that want them are adjacent); each run applies the last layer's pending
+     * hc_post to its own rows. */
+    const bool post_pending = f.post_pending;
+    const struct abi_hc_push post = f.post;
+    const struct vk_span *post_src = f.post_src;
+    for (uint32_t i = 0; i < n_parts;) {
+        uint32_t r0 = parts[i].t0 + parts[i].first_logit, r1 = parts[i].t0 + parts[i].nt;
+        for (i++; i < n_parts && r0 < r1 && parts[i].first_logit == 0 && parts[i].t0 == r1; i++) r1 += parts[i].nt;
+        if (r0 >= r1) continue;
+        f.post_pending = post_pending;
+        f.post = post;
+        f.post_src = post_src;
+        if (hc_pre(&f, m->output_hc_fn, m->output_hc_base, m->output_hc_scale, m->output_norm, NULL, true, r0, r1 - r0)) {
             vk_recorder_abort(s->rec);
             return -1;
         }
         barrier(&f);
-        if (matvec(&f, m->output, &s->a, d, &s->logits, 0, hp->n_vocab, n_out, first_logit * d)) {
+        if (matvec(&f, m->output, &s->a, d, &s->logits, r0 * hp->n_vocab, hp->n_vocab, r1 - r0, r0 * d)) {
             vk_recorder_abort(s->rec);
             return -1;
         }
@@ -603,11 +703,9 @@ uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uin
     return worst;
 }
 
-int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
-            char *err, size_t err_len)
+/* Checks one session's tokens before any work. */
+static int check_tokens(const struct vk_session *s, const int32_t *tokens, uint32_t n, char *err, size_t err_len)
 {
-    (void)ctx;
-    struct vk_session *s = state;
     const struct model_hparams *hp = &s->e->m->hp;
     for (uint32_t t = 0; t < n; t++)
         if (tokens[t] < 0 || (uint32_t)tokens[t] >= hp->n_vocab)
@@ -622,24 +720,65 @@ int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *lo
                         "past the CPU driver's %u (lavapipe stops loops there and answers wrong); use a GPU or the ref backend",
                         s->pos + n - 1, (unsigned long long)it, VK_CPU_LOOP_LIMIT);
     }
-    const uint32_t B = s->e->max_batch; /* fewer than VK_BATCH when paged experts must fit the slots */
-    for (uint32_t c0 = 0; c0 < n; c0 += B) {
-        const uint32_t nt = n - c0 < B ? n - c0 : B;
-        const bool last_chunk = c0 + nt == n;
-        uint32_t first_logit = !logits ? nt : all_logits ? 0 : last_chunk ? nt - 1 : nt;
-        if (run_batch(s, tokens + c0, s->pos, nt, first_logit, err, err_len)) {
-            s->needs_reset = true;
+    return 0;
+}
+
+int vk_step(void *ctx, const struct backend_step *items, uint32_t n_items, char *err, size_t err_len)
+{
+    struct vk_engine *e = ctx;
+    const uint32_t n_vocab = e->m->hp.n_vocab;
+    for (uint32_t i = 0; i < n_items; i++)
+        if (check_tokens(items[i].state, items[i].tokens, items[i].n, err, err_len))
+            return n_items > 1 ? errf_prefix(err, err_len, "step item %u", i) : -1;
+    /* Sub-steps of up to max_batch rows (fewer than VK_BATCH when paged experts must fit
+     * the slots): items in order, an item cut where a sub-step fills. */
+    struct fwd_part parts[VK_BATCH];
+    uint32_t part_item[VK_BATCH], part_off[VK_BATCH];
+    int32_t tokens[VK_BATCH];
+    const uint32_t B = e->max_batch;
+    uint32_t item = 0, off = 0;
+    while (item < n_items) {
+        uint32_t nt = 0, n_parts = 0;
+        for (; item < n_items && nt < B; off = 0, item++) {
+            const struct backend_step *it = &items[item];
+            struct vk_session *ps = it->state;
+            const uint32_t n = it->n - off < B - nt ? it->n - off : B - nt;
+            const bool last = off + n == it->n;
+            parts[n_parts] = (struct fwd_part){ .s = ps, .t0 = nt, .nt = n, .pos0 = ps->pos,
+                                                .first_logit = !it->logits ? n : it->all_logits ? 0 : last ? n - 1 : n };
+            part_item[n_parts] = item;
+            part_off[n_parts++] = off;
+            memcpy(tokens + nt, it->tokens + off, n * sizeof *tokens);
+            nt += n;
+            if (!last) { /* the rest of this item opens the next sub-step */
+                off += n;
+                break;
+            }
+        }
+        if (run_step(parts, n_parts, tokens, nt, err, err_len)) {
+            for (uint32_t i = 0; i < n_parts; i++) parts[i].s->needs_reset = true;
             return errf_prefix(err, err_len, "vulkan eval (session must be reset)");
         }
-        if (first_logit < nt) {
-            const float *src = (const float *)s->logits.host;
-            uint64_t rows = nt - first_logit;
-            float *dst = all_logits ? logits + (uint64_t)c0 * hp->n_vocab : logits;
-            memcpy(dst, src, rows * hp->n_vocab * sizeof(float));
+        const float *src = (const float *)parts[0].s->logits.host;
+        for (uint32_t i = 0; i < n_parts; i++) {
+            const struct fwd_part *pt = &parts[i];
+            const struct backend_step *it = &items[part_item[i]];
+            if (pt->first_logit < pt->nt) {
+                float *dst = it->all_logits ? it->logits + (uint64_t)part_off[i] * n_vocab : it->logits;
+                memcpy(dst, src + (uint64_t)(pt->t0 + pt->first_logit) * n_vocab,
+                       (uint64_t)(pt->nt - pt->first_logit) * n_vocab * sizeof(float));
+            }
+            pt->s->pos += pt->nt;
         }
-        s->pos += nt;
     }
     return 0;
+}
+
+int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
+            char *err, size_t err_len)
+{
+    const struct backend_step item = { .state = state, .tokens = tokens, .n = n, .logits = logits, .all_logits = all_logits };
+    return vk_step(ctx, &item, 1, err, err_len);
 }
 
 static void vk_profile_onoff(void *state, bool on)
@@ -675,6 +814,7 @@ const struct backend_ops vk_backend_ops = {
     .session_destroy = vk_session_destroy,
     .session_reset = vk_session_reset,
     .eval = vk_eval,
+    .step = vk_step,
     .expert_counters = vk_expert_counters,
     .device_memory = vk_device_memory,
     .state_save = vk_state_save,

@@ -31,9 +31,10 @@ struct vk_moe {
     uint32_t width;             /* n_expert + 2*n_ff_exp */
 };
 
-/* Decode's hc mixes for one hc site: hc_fn as a K-split view of `parts` slices (see
- * vk_weight_split_k), so each slice is its own workgroup; parts 1 where fn does not split,
- * and the fused one-workgroup kernel runs instead. Planned once at load. */
+/* The hc mixes of one block hc site (decode and prefill alike): hc_fn as a K-split view of
+ * `parts` slices (see vk_weight_split_k), so each slice is its own workgroup; parts 1 where
+ * fn does not split, and the mixes are one matvec of fn. Planned once at load. */
+#define VK_HC_MAX_PARTS 32
 struct vk_hc_split {
     struct vk_weight w;
     uint32_t parts;
@@ -92,7 +93,7 @@ struct vk_session {
     /* activations of up to VK_BATCH tokens */
     struct vk_span x;            /* [B][n_hc][n_embd] residual streams */
     struct vk_span hc;           /* [B][n_hc + n_hc^2] post, comb of the current site */
-    struct vk_span mix;          /* [B][ABI_HC_MAX_MIX] fn . X of a prefill batch's hc site */
+    struct vk_span mix;          /* [B][VK_HC_MAX_PARTS][ABI_HC_MAX_MIX] at most: fn . X of a batch's hc site, [t][part][mix] */
     struct vk_span a;            /* [B][n_embd] normed sublayer input */
     struct vk_span qr;           /* [B][q_rank] */
     struct vk_span q;            /* [B][n_head][head_dim] */
@@ -159,6 +160,7 @@ void vk_session_destroy(void *state);
 void vk_session_reset(void *state);
 int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
             char *err, size_t err_len);
+int vk_step(void *ctx, const struct backend_step *items, uint32_t n_items, char *err, size_t err_len);
 
 int vk_state_save(void *state, float *data, char *err, size_t err_len);
 int vk_state_load(void *state, uint32_t pos, const float *data, char *err, size_t err_len);

@@ -25,11 +25,6 @@ static const char *const lanes_names[VK_N_WTYPES] = {
     [ABI_WTYPE_F32] = "matvec_lanes_f32", [ABI_WTYPE_F16] = "matvec_lanes_f16", [ABI_WTYPE_BF16] = "matvec_lanes_bf16",
     [ABI_WTYPE_Q8_0] = "matvec_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matvec_lanes_mxfp4",
 };
-/* The block types' LANES token tile is its own shader (it reads words); the float types'
- * tile is their matvec shader with TOK_TILE > 1. */
-static const char *const lanes_word_tile_names[VK_N_WTYPES] = {
-    [ABI_WTYPE_Q8_0] = "matmul_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matmul_lanes_mxfp4",
-};
 static const char *const ksplit_names[VK_N_WTYPES] = {
     [ABI_WTYPE_F32] = "matmul_ksplit_f32", [ABI_WTYPE_Q8_0] = "matmul_ksplit_q8_0", [ABI_WTYPE_MXFP4] = "matmul_ksplit_mxfp4",
 };
@@ -78,7 +73,7 @@ int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, si
         const uint32_t lanes_n[3] = { VK_MATMUL_TILE, ops->lanes_wg, ops->lanes_rows_matmul };
         if (vk_kernel_create_texel(ops->d, &ops->lanes_matvec[t], lanes_names[t], 4, LANES_TEXEL_MASK,
                                    sizeof(struct abi_matvec_push), lanes1, 3, err, err_len) ||
-            vk_kernel_create_texel(ops->d, &ops->lanes_matmul[t], lanes_word_tile_names[t] ? lanes_word_tile_names[t] : lanes_names[t], 4, LANES_TEXEL_MASK,
+            vk_kernel_create_texel(ops->d, &ops->lanes_matmul[t], lanes_names[t], 4, LANES_TEXEL_MASK,
                                    sizeof(struct abi_matvec_push), lanes_n, 3, err, err_len))
             goto fail;
     }
@@ -110,12 +105,17 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
     ops->lanes_wg = d->subgroup_size;
     ops->lanes_rows_matvec = 16;
     ops->lanes_rows_matmul = 32;
-    /* The K-split tile beats a row per lane from 4 units of K on (half a subgroup per row,
-     * two rows at once: 0.71-0.80 of the row-per-lane tile's time at K = 256).
-     * FLASHBOX_VK_KSPLIT=all takes it from one unit on: how the tests run it on the tiny
-     * model's short rows. */
-    ops->ksplit_min_units = 4;
+    /* The K-split kernels: batch invariance needs decode and token tiles to reduce every
+     * output in one order, so they run for both or neither. As a token tile K-split beats
+     * a row per lane from 4 units of K on (0.71-0.80 of the row-per-lane tile's time at
+     * K = 256), but for one token it reads the block types as words, four times the
+     * fetches of the row-per-lane kernel's 16-byte texels: on the small model decode took
+     * 1.4-1.6x the CPU time. Decode matters more, so they are off unless
+     * FLASHBOX_VK_KSPLIT=on (from 4 units) or =all (from one unit on: how the tests run
+     * them on the tiny model's short rows). docs/performance.md has the figures. */
+    ops->ksplit_min_units = UINT32_MAX;
     const char *ks = getenv("FLASHBOX_VK_KSPLIT");
+    if (ks && !strcmp(ks, "on")) ops->ksplit_min_units = 4;
     if (ks && !strcmp(ks, "all")) ops->ksplit_min_units = 1;
     /* Row kernels (a workgroup per row or token, striding over it) run one subgroup per
      * workgroup on CPU drivers: lavapipe runs a workgroup's subgroups one after another and
@@ -161,7 +161,7 @@ void vk_ops_destroy(struct vk_ops *ops)
         vk_kernel_destroy(ops->d, &ops->matmul[t]);
         vk_kernel_destroy(ops->d, &ops->lanes_matvec[t]);
         vk_kernel_destroy(ops->d, &ops->lanes_matmul[t]);
-        for (int g = 0; g < 2; g++)
+        for (int g = 0; g < VK_KSPLIT_KINDS; g++)
             for (int v = 0; v < VK_KSPLIT_VARIANTS; v++) vk_kernel_destroy(ops->d, &ops->ksplit[t][g][v]);
     }
     for (size_t g = 0; g < sizeof ops->attention_heads / sizeof ops->attention_heads[0]; g++)
@@ -227,12 +227,6 @@ static bool vec_ok(const struct abi_matvec_push *p, enum gguf_type type)
 /* Token tiles (the matmul pipelines) from VK_MATMUL_TILE tokens on, in both layouts. */
 static bool tiled(const struct vk_matvec_args *a) { return a->n_tok >= VK_MATMUL_TILE; }
 
-/* The block types' token tile reads words (matmul_lanes); everything else 16-byte texels. */
-static bool lanes_reads_words(const struct vk_matvec_args *a)
-{
-    return tiled(a) && (a->w->type == GGUF_TYPE_Q8_0 || a->w->type == GGUF_TYPE_MXFP4);
-}
-
 /* The push block both layouts share; the caller adds where w, x, y and ids start in their
  * bindings (x_off, y_off, ids_off as given here are the caller's own offsets). */
 static struct abi_matvec_push matvec_push(const struct vk_matvec_args *a, uint32_t rows_per_wg)
@@ -250,10 +244,16 @@ static struct abi_matvec_push matvec_push(const struct vk_matvec_args *a, uint32
     };
 }
 
-/* The token tile with K split across the lanes (matmul_ksplit; F32 and the block types):
- * lanes per row (the subgroup, or the largest power of two that K's units fill) and units
- * of K per lane per pass; lpr 0 where the row-per-lane tile runs instead. Two units
- * (passes of 1024 elements) measured 10-25% faster than one for Q8_0 once K fills them. */
+/* K split across the lanes (matmul_ksplit; F32 and the block types): lanes per row (the
+ * subgroup, or the largest power of two that K's units fill) and units of K per lane per
+ * pass; lpr 0 where the row-per-lane kernels run instead. Two units (passes of 1024
+ * elements) measured 10-25% faster than one for Q8_0 once K fills them.
+ *
+ * Batch invariance: the shape depends on the weight alone, never on the number of tokens,
+ * and decode (one token) runs the same K-split kernel with a token tile of 1, so every
+ * output element is reduced in one order whether its token came alone, in a prefill tile
+ * or in a grouped MoE list (the kernels' per-token arithmetic does not depend on the
+ * tile). The row-per-lane kernels likewise run one shader for decode and tiles. */
 struct ksplit_shape { uint32_t lpr, units; };
 
 static struct ksplit_shape ksplit_shape(const struct vk_ops *ops, const struct vk_matvec_args *a)
@@ -261,7 +261,7 @@ static struct ksplit_shape ksplit_shape(const struct vk_ops *ops, const struct v
     const struct vk_weight *w = a->w;
     struct ksplit_shape k = { 0, 0 };
     const int t = vk_wtype(w->type);
-    if (ops->layout != VK_MATVEC_LANES || !ops->d->subgroup_shuffle || !tiled(a) || t < 0 || !ksplit_names[t] ||
+    if (ops->layout != VK_MATVEC_LANES || !ops->d->subgroup_shuffle || t < 0 || !ksplit_names[t] ||
         w->n_in % ABI_KSPLIT_UNIT_ELEMS || (t == ABI_WTYPE_F32 && (w->span.off | w->mat_bytes) % 16))
         return k;
     const uint32_t units = w->n_in / ABI_KSPLIT_UNIT_ELEMS;
@@ -272,13 +272,21 @@ static struct ksplit_shape ksplit_shape(const struct vk_ops *ops, const struct v
     return k;
 }
 
-/* Its pipeline: [grouped][0] two units a lane, [grouped][1 + i] one unit and lanes_wg >> i
+/* Its pipeline: [VK_KSPLIT_*][0] two units a lane, [..][1 + i] one unit and lanes_wg >> i
  * lanes per row. */
-static struct vk_kernel *ksplit_kernel(struct vk_ops *ops, int t, struct ksplit_shape k, bool grouped)
+static struct vk_kernel *ksplit_kernel(struct vk_ops *ops, int t, struct ksplit_shape k, const struct vk_matvec_args *a)
 {
     uint32_t i = 0;
     while ((ops->lanes_wg >> i) > k.lpr) i++;
-    return &ops->ksplit[t][grouped][k.units == 2 ? 0 : 1 + i];
+    const int kind = !tiled(a) ? VK_KSPLIT_ONE : a->grouped ? VK_KSPLIT_GROUPED : VK_KSPLIT_TILE;
+    return &ops->ksplit[t][kind][k.units == 2 ? 0 : 1 + i];
+}
+
+/* The K-split kernels read the block types as 32-bit words (F32: 16-byte texels), the
+ * row-per-lane kernels every type as 16-byte texels. */
+static bool lanes_reads_words(const struct vk_matvec_args *a, struct ksplit_shape shape)
+{
+    return shape.lpr && (a->w->type == GGUF_TYPE_Q8_0 || a->w->type == GGUF_TYPE_MXFP4);
 }
 
 /* Whether the LANES kernels take this call, given its K-split shape. */
@@ -286,11 +294,11 @@ static bool lanes_fit(const struct vk_ops *ops, const struct vk_matvec_args *a, 
 {
     const struct vk_weight *w = a->w;
     if (ops->layout != VK_MATVEC_LANES || !a->x->texels_f32x4 || wtype_is_ggml(vk_wtype(w->type))) return false;
-    /* rows of whole chunks (super-blocks for the word reads; 64-element units, whose
-     * MXFP4 rows may start 2 bytes into a word, for the K-split tile) from an aligned start */
-    const bool words = lanes_reads_words(a);
+    /* rows of whole chunks (64-element units, whose MXFP4 rows may start 2 bytes into a
+     * word, for the K-split kernels) from an aligned start */
+    const bool words = lanes_reads_words(a, shape);
     const bool block_type = w->type == GGUF_TYPE_Q8_0 || w->type == GGUF_TYPE_MXFP4;
-    const uint32_t unit = words ? ABI_LANES_TILE_STEP_BYTES : block_type ? ABI_LANES_BLOCK_CHUNK_BYTES : ABI_LANES_FLOAT_CHUNK_BYTES;
+    const uint32_t unit = block_type ? ABI_LANES_BLOCK_CHUNK_BYTES : ABI_LANES_FLOAT_CHUNK_BYTES;
     const bool rows_fit = shape.lpr || w->row_bytes % unit == 0;
     if (!(words ? w->span.texels_u32 : w->span.texels_u32x4) || !rows_fit || w->span.off % (words ? 4 : 16) ||
         w->span.off + vk_weight_extent(w) > UINT32_MAX)
@@ -315,9 +323,9 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
     const struct vk_kernel *k = tile_on ? &ops->lanes_matmul[t] : &ops->lanes_matvec[t];
     const uint32_t tile = tile_on ? VK_MATMUL_TILE : 1;
     if (shape.lpr) {
-        struct vk_kernel *ks = ksplit_kernel(ops, t, shape, a->grouped);
+        struct vk_kernel *ks = ksplit_kernel(ops, t, shape, a);
         const uint32_t spec[ABI_SPEC_KSPLIT_HALF + 1] = {
-            [ABI_SPEC_TOK_TILE] = VK_MATMUL_TILE, [ABI_SPEC_WG_SIZE] = ops->lanes_wg, [ABI_SPEC_KSPLIT_UNITS] = shape.units,
+            [ABI_SPEC_TOK_TILE] = tile, [ABI_SPEC_WG_SIZE] = ops->lanes_wg, [ABI_SPEC_KSPLIT_UNITS] = shape.units,
             [ABI_SPEC_KSPLIT_LPR] = shape.lpr, [ABI_SPEC_KSPLIT_HALF] = a->grouped,
         };
         if (!ks->pipe && vk_kernel_create_texel(ops->d, ks, ksplit_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
@@ -326,7 +334,7 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
         k = ks;
     }
     VkDescriptorBufferInfo b[4] = { 0 };
-    VkBufferView v[4] = { lanes_reads_words(a) ? w->span.texels_u32 : w->span.texels_u32x4, a->x->texels_f32x4,
+    VkBufferView v[4] = { lanes_reads_words(a, shape) ? w->span.texels_u32 : w->span.texels_u32x4, a->x->texels_f32x4,
                           VK_NULL_HANDLE, VK_NULL_HANDLE };
     uint64_t rel_y, rel_i = 0;
     if (vk_span_range(ops->d, a->y, 0, a->y->size, &b[2], &rel_y, err, err_len)) return errf_prefix(err, err_len, "matvec output");

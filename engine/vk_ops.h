@@ -17,6 +17,8 @@ struct abi_swiglu_push; /* shaders/abi.h */
 /* K-split tile pipelines per weight type: two units a lane, then one unit with 1, 1/2, ...
  * 1/64 of a subgroup per row (subgroups of up to 64 lanes) */
 #define VK_KSPLIT_VARIANTS 8
+/* ... by token tile: decode's single token, a prefill tile, a grouped MoE tile */
+enum { VK_KSPLIT_ONE, VK_KSPLIT_TILE, VK_KSPLIT_GROUPED, VK_KSPLIT_KINDS };
 
 /* How the matvec kernels map rows to invocations. SUBGROUP (matvec.glsl): a subgroup per
  * four rows, lanes along the row, coalesced storage-buffer reads (GPUs). LANES
@@ -29,10 +31,11 @@ struct vk_ops {
     struct vk_kernel matvec[VK_N_WTYPES];   /* TOK_TILE = 1 */
     struct vk_kernel matmul[VK_N_WTYPES];   /* TOK_TILE = VK_MATMUL_TILE */
     struct vk_kernel lanes_matvec[VK_N_WTYPES], lanes_matmul[VK_N_WTYPES];
-    /* LANES token tile with K split across a subgroup's lanes (matmul_ksplit): [type]
-     * [grouped MoE: with the half tile][shape: two units of K a lane, or one and
-     * lanes_wg >> i lanes per row at 1 + i], built on first use */
-    struct vk_kernel ksplit[VK_N_WTYPES][2][VK_KSPLIT_VARIANTS];
+    /* LANES kernels with K split across a subgroup's lanes (matmul_ksplit): [type]
+     * [VK_KSPLIT_*: one token, a token tile, or a grouped MoE tile with the half tile]
+     * [shape: two units of K a lane, or one and lanes_wg >> i lanes per row at 1 + i],
+     * built on first use */
+    struct vk_kernel ksplit[VK_N_WTYPES][VK_KSPLIT_KINDS][VK_KSPLIT_VARIANTS];
     uint32_t ksplit_min_units;              /* K-split from this many 64-element units of K */
     enum vk_matvec_layout layout;           /* chosen by device type; LANES falls back per call */
     uint32_t lanes_wg;                      /* LANES: invocations per workgroup */

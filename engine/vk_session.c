@@ -85,7 +85,7 @@ static void vk_session_buffers(const struct model_hparams *hp, uint32_t proj_wid
     const uint64_t B = VK_BATCH, hd = hp->head_dim, K = hp->n_expert_used, L = EXPERT_STORE_LOOKAHEAD;
     const uint64_t ixh = max_u32(hp->ix_head, 1), ixd = max_u32(hp->ix_dim, 1);
     const uint64_t n[VK_N_SCRATCH] = {
-        B * hp->n_hc * hp->n_embd, B * (hp->n_hc + hp->n_hc * hp->n_hc), B * ABI_HC_MAX_MIX, B * hp->n_embd,
+        B * hp->n_hc * hp->n_embd, B * (hp->n_hc + hp->n_hc * hp->n_hc), B * VK_HC_MAX_PARTS * ABI_HC_MAX_MIX, B * hp->n_embd,
         B * hp->q_rank, B * hp->n_head * hd, B * proj_width, B * hp->n_head * hd, B * hp->o_groups * hp->o_rank,
         B * hp->n_embd, B * ixh * ixd, (uint64_t)vk_indexer_rows(n_ctx) * (n_ctx / 4 + 1), B * max_u32(hp->ix_topk, 1),
         B * (hp->n_expert + 2 * hp->n_ff_exp), B * K, hp->n_expert + 1 + B * K, B * K, 2 * B * K * hp->n_ff_exp,

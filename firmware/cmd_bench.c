@@ -7,6 +7,7 @@
 #include "engine/errmsg.h"
 #include "engine/json_grammar.h"
 #include "firmware/backend_pick.h"
+#include "firmware/bench_sessions.h"
 #include "firmware/commands.h"
 
 #include <errno.h>
@@ -19,23 +20,6 @@
 
 /* Longer prompts skip the profiled rerun of the prefill. */
 #define BENCH_PROFILE_MAX_PROMPT 4096u
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* CPU seconds used by every thread of this process (a CPU device's worker threads
- * included): on a CPU device this is the work itself, which time stolen by other guests on
- * a shared machine does not inflate, unlike wall time. */
-static double cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void usage(FILE *out)
 {
@@ -57,7 +41,11 @@ static void usage(FILE *out)
                  "              position does not depend on the values), next to the same prompt at 0;\n"
                  "              decode is then timed at depth P + N\n"
                  "  --reuse T   time to first token of a next turn of T tokens after the prompt, prefilled\n"
-                 "              from scratch and resumed from the prompt's saved session state\n");
+                 "              from scratch and resumed from the prompt's saved session state\n"
+                 "  --sessions N   instead: decode 1, 2, 4, ... N conversations at once (engine_step):\n"
+                 "                 aggregate tok/s and inter-token latency; then the time to first token of a\n"
+                 "                 --short-prompt N (16) request beside a --long-prompt N (4096; 0 = skip) being\n"
+                 "                 read in steps of --step-tokens N (128)\n");
 }
 
 /* Structured output's cost: --gen decode steps sampled (temperature 1, seed 1) plainly and
@@ -103,13 +91,13 @@ static int bench_json_schema(struct engine *e, struct session *s, const char *pa
             jg_matcher_start(m, g);
             int32_t t = bos;
             uint32_t used = 0, done = 0;
-            double in_mask = 0, t0 = now_s(), c0 = cpu_s();
+            double in_mask = 0, t0 = bench_now_s(), c0 = bench_cpu_s();
             for (uint32_t i = 0; i < n_gen; i++) {
                 if (session_eval(s, &t, 1, logits, false, err, err_len)) goto out;
                 if (masked) {
-                    double m0 = now_s();
+                    double m0 = bench_now_s();
                     jg_mask(m, 64 - used, eos, allow); /* 64 tokens per JSON value */
-                    in_mask += now_s() - m0;
+                    in_mask += bench_now_s() - m0;
                 }
                 t = sampler_sample_masked(smp, logits, masked ? allow : NULL);
                 if (t < 0) {
@@ -128,7 +116,7 @@ static int bench_json_schema(struct engine *e, struct session *s, const char *pa
                     used++;
                 }
             }
-            double dt = now_s() - t0, dc = cpu_s() - c0;
+            double dt = bench_now_s() - t0, dc = bench_cpu_s() - c0;
             if (dt < best[masked]) best[masked] = dt;
             if (dc < best_cpu[masked]) best_cpu[masked] = dc;
             if (masked && in_mask < mask_s) mask_s = in_mask, values = done;
@@ -161,14 +149,14 @@ static double storage_read_bandwidth(const char *path)
         return 0;
     }
     uint64_t total = 0;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (off_t off = 0; total < (256u << 20);) {
         ssize_t n = pread(fd, buf, chunk, off);
         if (n <= 0) break;
         total += (uint64_t)n;
         off += n;
     }
-    double dt = now_s() - t0;
+    double dt = bench_now_s() - t0;
     free(buf);
     close(fd);
     return dt > 0 ? (double)total / dt : 0;
@@ -190,6 +178,7 @@ int cmd_bench(int argc, char **argv)
     engine_options_default(&opt);
     opt.backend = ENGINE_BACKEND_AUTO;
     uint32_t n_prompt = 64, n_gen = 16, runs = 1, at = 0, reuse = 0;
+    struct bench_sessions_options bs = { .long_prompt = 4096, .short_prompt = 16, .step_tokens = 128 };
     bool kernels = false, cold = false;
     const char *json_schema = NULL;
     for (int i = 1; i < argc; i++) {
@@ -201,6 +190,10 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--gen") && v) n_gen = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--runs") && v) runs = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--device") && v) opt.device_index = atoi(argv[++i]);
+        else if (!strcmp(a, "--sessions") && v) bs.max_sessions = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--long-prompt") && v) bs.long_prompt = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--short-prompt") && v) bs.short_prompt = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--step-tokens") && v) bs.step_tokens = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--kernels")) kernels = true;
         else if (!strcmp(a, "--cold")) cold = true;
         else if (!strcmp(a, "--json-schema") && v) json_schema = argv[++i];
@@ -240,6 +233,20 @@ int cmd_bench(int argc, char **argv)
         fprintf(stderr, "flashbox bench: %s\n", err);
         return 1;
     }
+    if (bs.max_sessions) {
+        bs.n_prompt = n_prompt;
+        bs.n_gen = n_gen ? n_gen : 1;
+        bs.runs = runs;
+        if (bs.short_prompt == 0 || bs.step_tokens == 0) {
+            usage(stderr);
+            engine_close(e);
+            return 2;
+        }
+        int brc = bench_sessions(e, &bs, err, sizeof err);
+        if (brc) fprintf(stderr, "flashbox bench: %s\n", err);
+        engine_close(e);
+        return brc ? 1 : 0;
+    }
     struct engine_info info;
     engine_get_info(e, &info);
     struct session *s = NULL;
@@ -271,37 +278,37 @@ int cmd_bench(int argc, char **argv)
     if (at) {
         for (uint32_t run = 0; run < runs; run++) {
             session_reset(s);
-            double t0 = now_s();
+            double t0 = bench_now_s();
             if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) goto fail;
-            if (now_s() - t0 < t_short) t_short = now_s() - t0;
+            if (bench_now_s() - t0 < t_short) t_short = bench_now_s() - t0;
         }
     }
     for (uint32_t run = 0; run < runs; run++) {
         if (run || at) session_reset(s);
         if (at && session_seek_zero(s, at, err, sizeof err)) goto fail;
-        double t0 = now_s(), c0 = cpu_s(), tf = 0, tl = 0;
+        double t0 = bench_now_s(), c0 = bench_cpu_s(), tf = 0, tl = 0;
         if (edge) {
             if (session_eval(s, toks, edge, NULL, false, err, sizeof err)) goto fail;
-            tf = now_s() - t0;
+            tf = bench_now_s() - t0;
             if (session_eval(s, toks + edge, n_prompt - 2 * edge, NULL, false, err, sizeof err)) goto fail;
-            double tm = now_s();
+            double tm = bench_now_s();
             if (session_eval(s, toks + n_prompt - edge, edge, logits, false, err, sizeof err)) goto fail;
-            tl = now_s() - tm;
+            tl = bench_now_s() - tm;
         } else if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) {
             goto fail;
         }
-        double tp = now_s() - t0, cp = cpu_s() - c0;
+        double tp = bench_now_s() - t0, cp = bench_cpu_s() - c0;
         if (edge && tf < t_first) t_first = tf;
         if (edge && tl < t_last) t_last = tl;
         if (tp < t_prefill) t_prefill = tp;
         if (cp < cpu_prefill) cpu_prefill = cp;
         if (paged) engine_expert_counters(e, &ecm); /* splits the stall into prefill and decode */
         session_profile(s, false); /* clears the byte counters: count decode only */
-        t0 = now_s();
-        c0 = cpu_s();
+        t0 = bench_now_s();
+        c0 = bench_cpu_s();
         for (uint32_t i = 0; i < n_gen; i++)
             if (session_eval(s, toks + n_prompt + i, 1, logits, false, err, sizeof err)) goto fail;
-        double td = now_s() - t0, cd = cpu_s() - c0;
+        double td = bench_now_s() - t0, cd = bench_cpu_s() - c0;
         if (td < t_decode) t_decode = td;
         if (cd < cpu_decode) cpu_decode = cd;
     }
@@ -332,9 +339,9 @@ int cmd_bench(int argc, char **argv)
     uint64_t state_bytes = 0;
     if (reuse) {
         session_reset(s);
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (session_eval(s, toks, n_prompt + reuse, logits, false, err, sizeof err)) goto fail;
-        t_cold = now_s() - t0;
+        t_cold = bench_now_s() - t0;
         session_reset(s);
         if (session_eval(s, toks, n_prompt, NULL, false, err, sizeof err)) goto fail;
         state_bytes = session_state_bytes(s, n_prompt);
@@ -344,11 +351,11 @@ int cmd_bench(int argc, char **argv)
         }
         if (session_state_save(s, state, state_bytes, err, sizeof err)) goto fail;
         session_reset(s);
-        t0 = now_s();
+        t0 = bench_now_s();
         if (session_state_load(s, state, state_bytes, err, sizeof err) ||
             session_eval(s, toks + n_prompt, reuse, logits, false, err, sizeof err))
             goto fail;
-        t_warm = now_s() - t0;
+        t_warm = bench_now_s() - t0;
     }
 
     double copy_bw = 0;

@@ -43,6 +43,7 @@ static const struct cfg_entry entries[] = {
     { "server", "max_connections", CFG_U32, F(max_connections), 1, 4096, "open connections at once" },
     { "server", "connection_timeout_s", CFG_U32, F(connection_timeout_s), 1, 3600, "a connection idle this long (slow headers or body) is closed" },
     { "server", "slots", CFG_U32, F(slots), 1, 256, "conversations decoded together (one session each)" },
+    { "server", "step_tokens", CFG_U32, F(step_tokens), 1, 65536, "tokens per scheduler step: every running conversation's next token, then chunks of waiting prompts up to this budget (restart to change)" },
     { "server", "queue_depth", CFG_U32, F(queue_depth), 0, 65536, "requests waiting for a slot; one more is answered 429" },
     { "server", "request_deadline_s", CFG_U32, F(request_deadline_s), 1, 86400, "wall time a generation request may take (queue + run)" },
     { "server", "device_recover_tries", CFG_U32, F(device_recover_tries), 0, 100, "after a GPU device loss: times the backend is reopened before the daemon stays degraded (0 = never)" },
@@ -101,6 +102,7 @@ void config_default(struct serve_config *c)
     c->max_connections = 64;
     c->connection_timeout_s = 30;
     c->slots = 4;
+    c->step_tokens = 128;
     c->cache_mem_mb = 256;
     c->cache_disk_mb = 4096;
     c->queue_depth = 64;

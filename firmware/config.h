@@ -31,6 +31,7 @@ struct serve_config {
     uint32_t max_connections;
     uint32_t connection_timeout_s; /* idle / slow-header limit per connection */
     uint32_t slots;               /* sequences decoded together */
+    uint32_t step_tokens;         /* tokens per scheduler step: every decode token, then prompt chunks */
     uint32_t queue_depth;         /* requests waiting for a slot before 429 */
     uint32_t request_deadline_s;  /* wall time per generation request */
     uint32_t shutdown_grace_s;    /* SIGTERM: time in-flight work gets to finish */

@@ -370,6 +370,7 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
         g.queue_depth = ss.queued;
         g.queue_capacity = ss.queue_capacity;
         g.slots_busy = ss.busy;
+        g.prefill_waiting = ss.prefill_waiting;
         g.slots_total = ss.slots;
         if (ss.last_eval_failed) g.ready = -1;
         g.have_device = ss.have_device;

@@ -18,6 +18,11 @@ enum { N_STATUS = sizeof status_codes / sizeof status_codes[0], STATUS_OTHER = N
 static const double ttft_bounds[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 };
 static const double tok_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1 };
 enum { N_TTFT = sizeof ttft_bounds / sizeof ttft_bounds[0], N_TOK = sizeof tok_bounds / sizeof tok_bounds[0] };
+/* Scheduler steps: sessions (up to server.slots, at most 256) and tokens per step. */
+static const double step_sessions_bounds[] = { 1, 2, 4, 8, 16, 32, 64, 128, 256 };
+static const double step_tokens_bounds[] = { 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096 };
+enum { N_STEP_SESSIONS = sizeof step_sessions_bounds / sizeof step_sessions_bounds[0],
+       N_STEP_TOKENS = sizeof step_tokens_bounds / sizeof step_tokens_bounds[0] };
 
 struct histogram {
     uint64_t counts[16]; /* per bucket (not cumulative); last = above every bound */
@@ -33,7 +38,7 @@ static struct {
     uint64_t requests[METRICS_EP_COUNT][N_STATUS + 1];
     uint64_t prompt_tokens, completion_tokens, cancelled;
     uint64_t rejected[N_REASONS];
-    struct histogram ttft, tok;
+    struct histogram ttft, tok, step_sessions, step_tokens;
 } m = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static const char *ep_names[METRICS_EP_COUNT] = {
@@ -51,6 +56,8 @@ void metrics_reset(void)
     memset(m.rejected, 0, sizeof m.rejected);
     memset(&m.ttft, 0, sizeof m.ttft);
     memset(&m.tok, 0, sizeof m.tok);
+    memset(&m.step_sessions, 0, sizeof m.step_sessions);
+    memset(&m.step_tokens, 0, sizeof m.step_tokens);
     pthread_mutex_unlock(&m.lock);
 }
 
@@ -86,6 +93,11 @@ static void observe(struct histogram *h, const double *bounds, int n_bounds, dou
 
 void metrics_time_to_first_token(double s) { observe(&m.ttft, ttft_bounds, N_TTFT, s); }
 void metrics_token_latency(double s) { observe(&m.tok, tok_bounds, N_TOK, s); }
+void metrics_step(uint32_t sessions, uint32_t tokens)
+{
+    observe(&m.step_sessions, step_sessions_bounds, N_STEP_SESSIONS, sessions);
+    observe(&m.step_tokens, step_tokens_bounds, N_STEP_TOKENS, tokens);
+}
 
 void metrics_cancelled(void)
 {
@@ -181,11 +193,18 @@ int metrics_render(const struct metrics_gauges *g, char **out, size_t *out_len)
         put(&t, "flashbox_rejected_total{reason=\"%s\"} %llu\n", reasons[i], (unsigned long long)m.rejected[i]);
     put_hist(&t, "flashbox_time_to_first_token_seconds", "From request accepted to first generated token.", &m.ttft, ttft_bounds, N_TTFT);
     put_hist(&t, "flashbox_token_latency_seconds", "Time between consecutive generated tokens of one request.", &m.tok, tok_bounds, N_TOK);
+    put_hist(&t, "flashbox_step_sessions", "Sessions evaluated together per scheduler step (batch size).", &m.step_sessions,
+             step_sessions_bounds, N_STEP_SESSIONS);
+    put_hist(&t, "flashbox_step_tokens", "Tokens evaluated per scheduler step (decode tokens and prompt chunks).", &m.step_tokens,
+             step_tokens_bounds, N_STEP_TOKENS);
     pthread_mutex_unlock(&m.lock);
 
     put(&t, "# HELP flashbox_queue_depth Requests waiting for a slot.\n# TYPE flashbox_queue_depth gauge\nflashbox_queue_depth %u\n", g->queue_depth);
     put(&t, "# HELP flashbox_queue_capacity Requests that may wait before 429.\n# TYPE flashbox_queue_capacity gauge\nflashbox_queue_capacity %u\n", g->queue_capacity);
     put(&t, "# HELP flashbox_slots_busy Slots generating now.\n# TYPE flashbox_slots_busy gauge\nflashbox_slots_busy %u\n", g->slots_busy);
+    put(&t, "# HELP flashbox_prefill_tokens_waiting Prompt tokens not yet evaluated (running and queued requests).\n"
+            "# TYPE flashbox_prefill_tokens_waiting gauge\nflashbox_prefill_tokens_waiting %llu\n",
+        (unsigned long long)g->prefill_waiting);
     put(&t, "# HELP flashbox_slots_total Slots (sessions) configured.\n# TYPE flashbox_slots_total gauge\nflashbox_slots_total %u\n", g->slots_total);
     put(&t, "# HELP flashbox_ready 1 ready, 0 loading, -1 degraded.\n# TYPE flashbox_ready gauge\nflashbox_ready %d\n", g->ready);
     put(&t, "# HELP flashbox_model_info The served model and update slot.\n# TYPE flashbox_model_info gauge\nflashbox_model_info{model=\"");

@@ -19,6 +19,7 @@ enum metrics_endpoint {
 struct metrics_gauges {
     uint32_t queue_depth, queue_capacity;
     uint32_t slots_busy, slots_total;
+    uint64_t prefill_waiting;     /* prompt tokens not yet evaluated (running and queued requests) */
     int ready;                    /* 1 ready, 0 loading, -1 degraded */
     const char *model_id, *slot;
     /* The site evaluation score per update slot (a, b), where one was recorded. */
@@ -44,6 +45,8 @@ void metrics_request_done(enum metrics_endpoint ep, int http_status);
 void metrics_tokens(uint64_t prompt_tokens, uint64_t completion_tokens);
 void metrics_time_to_first_token(double seconds);
 void metrics_token_latency(double seconds);
+/* One scheduler step: how many sessions it held and how many tokens it evaluated. */
+void metrics_step(uint32_t sessions, uint32_t tokens);
 void metrics_cancelled(void);
 /* reason: "queue_full", "peer_quota", "forbidden", "too_large", "deadline", "shutdown" */
 void metrics_rejected(const char *reason);

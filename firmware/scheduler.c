@@ -112,6 +112,8 @@ struct slot {
     float *logits;       /* [n_vocab] logits of the last evaluated token */
     struct job *job;     /* NULL when free */
     uint32_t prefilled;  /* prompt tokens evaluated so far */
+    bool in_step;        /* a prompt chunk of this slot is in the step being built */
+    uint32_t step_n;     /* ... of this many tokens */
     uint64_t t_last_ns;  /* previous token's time */
 };
 
@@ -135,8 +137,10 @@ struct scheduler {
     uint32_t n_vocab, n_ctx;
     struct slot *slots;  /* [opt.slots] */
     struct prefix_cache *prefix; /* NULL: prefix reuse off */
-    int32_t *batch_tok;  /* [opt.slots] next token of each decoding slot */
-    int *batch_slot;     /* [opt.slots] */
+    int32_t *batch_tok;  /* [opt.slots] next token of each decoding slot, by slot */
+    int *batch_slot;     /* [opt.slots] the slot of each step item */
+    struct session_step *items; /* [opt.slots] the step being built */
+    uint64_t prefill_left; /* prompt tokens of running jobs not yet evaluated (under lock) */
 
     pthread_mutex_t lock;
     pthread_cond_t wake; /* new job, cancel, stop, drain */
@@ -408,24 +412,26 @@ static void note_error(struct scheduler *s, const char *err)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Evaluates one token for each of n slots. engine.h has no multi-session call yet, so
- * this is where a batched forward pass goes; today it runs the sessions in turn. */
-static void decode_batch(struct scheduler *s, const int *slot_ids, const int32_t *toks, uint32_t n)
+/* Where a prompt's state is saved for prefix reuse: the end of its last whole
+ * prefill_chunk before its last token (0: too short). */
+static uint32_t prefix_save_point(const struct scheduler *s, const struct job *j)
 {
-    for (uint32_t i = 0; i < n; i++) {
-        struct slot *sl = &s->slots[slot_ids[i]];
-        char err[256];
-        int rc = session_eval(sl->sess, &toks[i], 1, sl->logits, false, err, sizeof err);
-        note_eval(s, rc != 0);
-        if (rc) note_error(s, err);
-        if (rc) slot_finish(s, sl, JOB_ERROR, err);
-    }
+    return (j->n_prompt - 1) / s->opt.prefill_chunk * s->opt.prefill_chunk;
 }
 
+/* One step of continuous batching: every decoding slot samples its next token from the
+ * logits of the last step and contributes it; prefilling slots contribute prompt chunks,
+ * the shortest remaining prompt first (a short request is not stuck behind a long one),
+ * until the step holds opt.step_tokens tokens (decode tokens always go in: streams keep
+ * flowing while a long prompt is read). One engine_step evaluates them all; a slot whose
+ * prompt is done samples its first token at the next step. The sampler is per request
+ * (seeded at admission), so a seeded request gives the same text under any load: its
+ * logits do not depend on the step's other sessions (engine_step). */
 static void step(struct scheduler *s)
 {
-    uint32_t n_batch = 0;
+    uint32_t n_items = 0, n_tokens = 0;
     uint64_t now = sched_now_ns();
+    /* decode tokens first: their logits rows are then adjacent (one head run) */
     for (uint32_t i = 0; i < s->opt.slots; i++) {
         struct slot *sl = &s->slots[i];
         struct job *j = sl->job;
@@ -441,33 +447,63 @@ static void step(struct scheduler *s)
             slot_finish(s, sl, JOB_DEADLINE, NULL);
             continue;
         }
-        if (sl->prefilled < j->n_prompt) {
-            uint32_t n = j->n_prompt - sl->prefilled;
-            if (n > s->opt.prefill_chunk) n = s->opt.prefill_chunk;
-            bool last = sl->prefilled + n == j->n_prompt;
-            char err[256];
-            int rc = session_eval(sl->sess, j->prompt + sl->prefilled, n, last ? sl->logits : NULL, false, err, sizeof err);
-            note_eval(s, rc != 0);
-            if (rc) {
-                note_error(s, err);
-                slot_finish(s, sl, JOB_ERROR, err);
-                continue;
-            }
-            sl->prefilled += n;
-            /* prefix reuse: the state where the prompt's last whole chunk ends (chunks
-             * start at 0, so a later prefill from it batches the rest the same way) */
-            if (s->prefix && !last && sl->prefilled == (j->n_prompt - 1) / s->opt.prefill_chunk * s->opt.prefill_chunk)
-                prefix_cache_save(s->prefix, sl->sess, j->prompt);
-            if (!last) continue;
-        }
+        if (sl->prefilled < j->n_prompt) continue;
         int32_t tok;
-        if (slot_emit(s, sl, &tok)) {
-            s->batch_slot[n_batch] = (int)i;
-            s->batch_tok[n_batch] = tok;
-            n_batch++;
+        if (!slot_emit(s, sl, &tok)) continue;
+        s->batch_tok[i] = tok;
+        s->batch_slot[n_items] = (int)i;
+        s->items[n_items++] = (struct session_step){ .s = sl->sess, .tokens = &s->batch_tok[i], .n = 1, .logits = sl->logits };
+        n_tokens++;
+    }
+    const uint32_t n_decode = n_items;
+    /* prompt chunks within the budget, shortest remaining prompt first */
+    for (;;) {
+        const uint32_t room = s->opt.step_tokens > n_tokens ? s->opt.step_tokens - n_tokens : 0;
+        int best = -1;
+        uint32_t best_left = 0;
+        for (uint32_t i = 0; i < s->opt.slots && room; i++) {
+            const struct slot *sl = &s->slots[i];
+            if (!sl->job || sl->prefilled >= sl->job->n_prompt || sl->in_step) continue;
+            const uint32_t left = sl->job->n_prompt - sl->prefilled;
+            if (best < 0 || left < best_left) best = (int)i, best_left = left;
+        }
+        if (best < 0) break;
+        struct slot *sl = &s->slots[best];
+        uint32_t n = best_left < room ? best_left : room;
+        /* prefix reuse: a chunk stops where the prompt's last whole prefill_chunk ends, so
+         * the state there can be saved */
+        const uint32_t save_at = prefix_save_point(s, sl->job);
+        if (s->prefix && sl->prefilled < save_at && n > save_at - sl->prefilled) n = save_at - sl->prefilled;
+        sl->in_step = true;
+        sl->step_n = n;
+        s->batch_slot[n_items] = best;
+        s->items[n_items++] = (struct session_step){ .s = sl->sess, .tokens = sl->job->prompt + sl->prefilled, .n = n,
+                                                     .logits = n == best_left ? sl->logits : NULL };
+        n_tokens += n;
+    }
+    if (!n_items) return;
+    char err[256];
+    int rc = engine_step(s->engine, s->items, n_items, err, sizeof err);
+    note_eval(s, rc != 0);
+    if (rc) note_error(s, err); /* a lost device fails every item of the step */
+    metrics_step(n_items, n_tokens);
+    for (uint32_t k = 0; k < n_items; k++) {
+        struct slot *sl = &s->slots[s->batch_slot[k]];
+        sl->in_step = false;
+        if (rc) {
+            slot_finish(s, sl, JOB_ERROR, err); /* resets the session */
+        } else if (k >= n_decode) {
+            sl->prefilled += sl->step_n;
+            if (s->prefix && sl->prefilled < sl->job->n_prompt && sl->prefilled == prefix_save_point(s, sl->job))
+                prefix_cache_save(s->prefix, sl->sess, sl->job->prompt);
         }
     }
-    if (n_batch) decode_batch(s, s->batch_slot, s->batch_tok, n_batch);
+    uint64_t left = 0;
+    for (uint32_t i = 0; i < s->opt.slots; i++)
+        if (s->slots[i].job) left += s->slots[i].job->n_prompt - s->slots[i].prefilled;
+    pthread_mutex_lock(&s->lock);
+    s->prefill_left = left;
+    pthread_mutex_unlock(&s->lock);
 }
 
 static void *worker_main(void *arg)
@@ -563,7 +599,7 @@ static int slots_create(struct engine *e, struct textgen *tg, uint32_t n, uint32
     for (uint32_t i = 0; i < n; i++) {
         struct slot *sl = &slots[i];
         if (session_create(e, n_ctx_want, &sl->sess, err, err_len) || textgen_seq_create(tg, &sl->seq, err, err_len)) {
-            errf_prefix(err, err_len, "slot %u", i);
+            errf_prefix(err, err_len, "server.slots=%u: slot %u cannot be allocated (fewer slots or a smaller model.n_ctx fit)", n, i);
             slots_destroy(slots, n);
             return -1;
         }
@@ -591,13 +627,15 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
     s->opt.model_id = NULL; /* copied below, the caller's string may go */
     snprintf(s->model_id, sizeof s->model_id, "%s", opt->model_id ? opt->model_id : "");
     if (!s->opt.slots) s->opt.slots = 1;
+    if (!s->opt.step_tokens) s->opt.step_tokens = 128;
     if (!s->opt.prefill_chunk) s->opt.prefill_chunk = 128;
     pthread_mutex_init(&s->lock, NULL);
     cond_init_monotonic(&s->wake);
     cond_init_monotonic(&s->idle);
     s->batch_tok = calloc(s->opt.slots, sizeof *s->batch_tok);
     s->batch_slot = calloc(s->opt.slots, sizeof *s->batch_slot);
-    if (!s->batch_tok || !s->batch_slot) {
+    s->items = calloc(s->opt.slots, sizeof *s->items);
+    if (!s->batch_tok || !s->batch_slot || !s->items) {
         scheduler_destroy(s);
         return errf(err, err_len, "scheduler: out of memory for %u slots", opt->slots);
     }
@@ -637,6 +675,7 @@ void scheduler_destroy(struct scheduler *s)
     prefix_cache_destroy(s->prefix);
     free(s->batch_tok);
     free(s->batch_slot);
+    free(s->items);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->wake);
     pthread_cond_destroy(&s->idle);
@@ -731,6 +770,8 @@ void scheduler_stats(struct scheduler *s, struct sched_stats *st)
     st->device_total = s->device_total;
     st->have_experts = s->have_experts;
     st->experts = s->experts;
+    st->prefill_waiting = s->prefill_left;
+    for (const struct job *j = s->head; j; j = j->next) st->prefill_waiting += j->n_prompt;
     pthread_mutex_unlock(&s->lock);
     st->have_prefix = s->prefix != NULL;
     if (s->prefix) prefix_cache_get_stats(s->prefix, &st->prefix);

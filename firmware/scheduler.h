@@ -3,13 +3,13 @@
  * A job is one generation request, shared by the HTTP connection thread that waits for its
  * text and the worker that produces it (reference counted; whichever lets go last frees
  * it). The worker holds a fixed set of slots, one engine session each; every step it admits
- * queued jobs into free slots, then advances every busy slot: a prefill chunk, or one
- * sampled token. Cancellation (client gone, deadline, shutdown) is checked at every step
- * and frees the slot at once.
+ * queued jobs into free slots, then advances every busy slot in one engine_step. Cancellation
+ * (client gone, deadline, shutdown) is checked at every step and frees the slot at once.
  *
- * Batching: each step collects the next token of every decoding slot and hands them to
- * decode_batch() together. engine.h evaluates one session per call today, so the batch is
- * evaluated sequence by sequence; a batched engine entry point slots in there. */
+ * Continuous batching: a step holds the next token of every decoding slot and, up to
+ * step_tokens tokens in all, chunks of the prompts still being read (shortest remaining
+ * first), so streams keep flowing while a long prompt is prefilled; a new request joins at
+ * the next step, a finished one leaves without stalling the others. */
 #ifndef FLASHBOX_FIRMWARE_SCHEDULER_H
 #define FLASHBOX_FIRMWARE_SCHEDULER_H
 
@@ -82,7 +82,10 @@ struct sched_options {
     uint32_t slots;        /* sessions decoded together */
     uint32_t queue_depth;  /* waiting jobs before submit says full */
     uint32_t n_ctx;        /* per session; 0 = engine default */
-    uint32_t prefill_chunk;/* prompt tokens per eval call, so cancel is checked between */
+    uint32_t step_tokens;  /* tokens per step across all slots (decode tokens always go in; prompt
+                            * chunks fill the rest); 0 = 128 */
+    uint32_t prefill_chunk;/* prefix reuse saves a prompt's state at its last multiple of this
+                            * before its last token; 0 = 128 */
     /* Called from the worker loop at least every heartbeat_ms (systemd watchdog). */
     void (*heartbeat)(void *ctx);
     void *heartbeat_ctx;
@@ -122,6 +125,7 @@ int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen 
 
 struct sched_stats {
     uint32_t queued, queue_capacity, busy, slots;
+    uint64_t prefill_waiting;     /* prompt tokens not yet evaluated: running jobs' and queued ones' */
     uint64_t engine_errors;
     bool last_eval_failed;
     bool device_lost;             /* the engine's GPU is gone until a swap replaces the engine */

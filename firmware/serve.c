@@ -224,6 +224,7 @@ static void *loader_main(void *arg)
         .slots = l->cfg.slots,
         .queue_depth = l->cfg.queue_depth,
         .n_ctx = l->cfg.n_ctx,
+        .step_tokens = l->cfg.step_tokens,
         .prefill_chunk = 128,
         .prefix = { .mem_bytes = l->cfg.cache_mem_mb << 20, .dir = l->cfg.cache_dir, .disk_bytes = l->cfg.cache_disk_mb << 20 },
         .heartbeat_ms = 1000,
@@ -318,6 +319,7 @@ static void reload(struct api *api, int argc, char **argv)
     memcpy(c.socket_path, running->socket_path, sizeof c.socket_path);
     memcpy(c.listen, running->listen, sizeof c.listen);
     c.slots = running->slots;
+    c.step_tokens = running->step_tokens;
     memcpy(c.update_data_dir, running->update_data_dir, sizeof c.update_data_dir);
     if (running->update_data_dir[0]) memcpy(c.slot, running->slot, sizeof c.slot); /* the slot store's, not the file's */
     c.n_ctx = running->n_ctx;

@@ -61,13 +61,9 @@
  * row o at + o * row_bytes. */
 #define ABI_MATVEC_BIND_W 0
 /* matvec_lanes: rows are walked in chunks of whole 16-byte texels: 272 bytes for the block
- * types (8 Q8_0 or 16 MXFP4 blocks), 128 bytes for the float types; its token-tile variant
- * for the block types (matmul_lanes) in steps of two 68-byte super-blocks of words (2 Q8_0
- * or 4 MXFP4 blocks each). */
+ * types (8 Q8_0 or 16 MXFP4 blocks), 128 bytes for the float types. */
 #define ABI_LANES_BLOCK_CHUNK_BYTES 272
 #define ABI_LANES_FLOAT_CHUNK_BYTES 128
-#define ABI_LANES_SUPERBLOCK_BYTES 68
-#define ABI_LANES_TILE_STEP_BYTES (2 * ABI_LANES_SUPERBLOCK_BYTES)
 /* matmul_ksplit: the block types' token tile with K split across a subgroup's lanes, in
  * units of 64 elements (two blocks: 68 bytes of Q8_0, 34 of MXFP4). */
 #define ABI_KSPLIT_UNIT_ELEMS 64

@@ -1,5 +1,7 @@
-/* Matrix-matrix product (prefill token tiles) for CPU drivers over F32 and the block types,
- * K split across the lanes of a subgroup. Included by matmul_ksplit_<type>.comp with W_TYPE
+/* Matrix-vector (decode, TOK_TILE = 1) and matrix-matrix product (prefill token tiles) for
+ * CPU drivers over F32 and the block types, K split across the lanes of a subgroup. Each
+ * token's sums are formed in the same order whatever the tile, so decode and prefill give
+ * bitwise the same results. Included by matmul_ksplit_<type>.comp with W_TYPE
  * defined; same ABI and slot logic as matvec.glsl (through matvec_main.glsl).
  *
  * Why not one row per lane as in matvec_lanes.glsl: with a row per lane, every row's
@@ -71,7 +73,9 @@ layout(constant_id = ABI_SPEC_KSPLIT_HALF) const uint KSPLIT_HALF = 0;
 #include "matmul_ksplit_tile.glsl"
 #undef KS_TOKENS
 #undef KS_FN
-const uint HALF_TOK_TILE = TOK_TILE / 2u; /* one name: array types sized by it must match */
+/* one name: array types sized by it must match; never 0 (decode's pipelines have a tile of
+ * one token and no half tile, but the arrays must still have a size) */
+const uint HALF_TOK_TILE = (TOK_TILE + 1u) / 2u;
 #define KS_TOKENS HALF_TOK_TILE
 #define KS_FN compute_half_tile
 #include "matmul_ksplit_tile.glsl"

@@ -25,7 +25,7 @@ layout(constant_id = ABI_SPEC_ROWS_PER_LANE) const uint ROWS_PER_LANE = 16;
 
 ABI_PUSH(ABI_MATVEC_FIELDS)
 
-layout(binding = ABI_MATVEC_BIND_W) uniform usamplerBuffer w_tex;   /* the file's bytes: 16-byte texels, or words (LANES_WORDS) */
+layout(binding = ABI_MATVEC_BIND_W) uniform usamplerBuffer w_tex;   /* the file's bytes as 16-byte texels */
 layout(binding = ABI_MATVEC_BIND_X) uniform samplerBuffer x_tex;    /* float4 texels */
 layout(std430, binding = ABI_MATVEC_BIND_Y) buffer y_buf { float y[]; };
 layout(std430, binding = ABI_MATVEC_BIND_IDS) readonly buffer ids_buf { int ids[]; };
@@ -63,7 +63,6 @@ float decode_f16(const uvec4 u, out vec4 v[8])
 #endif
 #endif
 
-#ifndef LANES_WORDS
 #define BLOCK_VEC4 (BLOCK_ELEMS / 4u)
 #define CHUNK_TEXELS (CHUNK_BLOCKS * BLOCK_BYTES / 16u)
 #define CHUNK_VEC4 (CHUNK_BLOCKS * BLOCK_VEC4)
@@ -111,70 +110,5 @@ void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TIL
     }
 }
 
-#else /* LANES_WORDS */
-
-/* The token-tile variant for the block types reads 32-bit words: a super-block of
- * SB_BLOCKS blocks is 68 bytes = 17 words (2 Q8_0 or 4 MXFP4 blocks), so with rows on 4
- * bytes every super-block starts on a word and its unpacking is constant shifts inside a
- * plain (not unrolled) loop. x of SB_STEP super-blocks for all tokens is fetched once per
- * row set; partial sums go to y after each step. */
-#define SB_WORDS (ABI_LANES_SUPERBLOCK_BYTES / 4u)
-#define BYTES4W(u, b) (((b) & 3u) == 0u ? u[(b) >> 2] : \
-    (u[(b) >> 2] >> (8u * ((b) & 3u))) | (u[((b) >> 2) + 1u] << (32u - 8u * ((b) & 3u))))
-#if W_TYPE == ABI_WTYPE_Q8_0
-#define SB_BLOCKS 2u
-#else
-#define SB_BLOCKS 4u
-#endif
-#define SB_VEC4 (SB_BLOCKS * 8u)
-/* super-blocks per pass over the rows: each pass writes every row's partial sums to y
- * once, and that read-modify-write costs about as much as the pass's arithmetic */
-#define SB_STEP (ABI_LANES_TILE_STEP_BYTES / ABI_LANES_SUPERBLOCK_BYTES)
-
-void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TILE], const bool tv[TOK_TILE])
-{
-    const uint wg = gl_WorkGroupSize.x, wg_row0 = gl_WorkGroupID.x * pc.rows_per_wg;
-    const uint row0 = wg_row0 + gl_LocalInvocationIndex;
-    const uint mat_word = (pc.w_off + mat * pc.w_zstride) >> 2;
-    const uint row_words = pc.row_bytes >> 2;
-    const bool accumulate = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u;
-    const uint n_steps = pc.n_in / (32u * SB_BLOCKS * SB_STEP);
-    for (uint c = 0u; c < n_steps; c++) {
-        vec4 xv[TOK_TILE][SB_STEP * SB_VEC4];
-        [[unroll]] for (uint t = 0u; t < TOK_TILE; t++)
-            [[unroll]] for (uint k = 0u; k < SB_STEP * SB_VEC4; k++)
-                xv[t][k] = texelFetch(x_tex, int((xt[t] >> 2) + c * SB_STEP * SB_VEC4 + k));
-        for (uint r = 0u; r < ROWS_PER_LANE; r++) {
-            if (wg_row0 + r * wg >= pc.n_out) break;
-            const uint row = min(row0 + r * wg, pc.n_out - 1u);
-            vec4 s4[TOK_TILE];
-            [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) s4[t] = vec4(0.0);
-            [[unroll]] for (uint sb = 0u; sb < SB_STEP; sb++) {
-                const uint w0 = mat_word + row * row_words + (c * SB_STEP + sb) * SB_WORDS;
-                uint u[SB_WORDS];
-                [[unroll]] for (uint i = 0u; i < SB_WORDS; i++) u[i] = texelFetch(w_tex, int(w0 + i)).x;
-                [[unroll]] for (uint bb = 0u; bb < SB_BLOCKS; bb++) {
-                    vec4 v[8];
-#define U_B4(b) BYTES4W(u, b)
-                    const float d = DECODE_BLOCK(U_B4, BLOCK_BYTES * bb, v);
-                    const uint xk = (sb * SB_BLOCKS + bb) * 8u;
-                    [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) {
-                        vec4 p = v[0] * xv[t][xk];
-                        [[unroll]] for (uint k = 1u; k < 8u; k++) p += v[k] * xv[t][xk + k];
-                        s4[t] += d * p;
-                    }
-                }
-            }
-            if (row0 + r * wg < pc.n_out)
-                for (uint t = 0u; t < TOK_TILE; t++)
-                    if (tv[t]) {
-                        const uint yi = yt[t] + row;
-                        const float st = (s4[t].x + s4[t].y) + (s4[t].z + s4[t].w);
-                        y[yi] = (c == 0u && !accumulate ? 0.0 : y[yi]) + st * pc.scale;
-                    }
-        }
-    }
-}
-#endif
 
 #include "matvec_main.glsl"

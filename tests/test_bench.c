@@ -74,3 +74,28 @@ TEST(bench_refuses_zero_runs_and_a_missing_model)
     CHECK(test_run_cmd(cmd, out, sizeof out) == 1);
     CHECK(strstr(out, "missing.gguf") != NULL);
 }
+
+TEST(bench_sessions_reports_every_stream_count_and_the_time_to_first_token)
+{
+    const char *model = test_fixture("model/v4-tiny-f32.gguf");
+    char cmd[8192], out[16384];
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --backend ref --sessions 3 --prompt 4 --gen 2 --long-prompt 40 "
+                              "--short-prompt 3 --step-tokens 8 2>&1", test_flashbox_bin(), model);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    /* streams 1, 2, then 3 (the doubling stops at the count asked for) */
+    CHECK(strstr(out, "{\"streams\":1,") != NULL);
+    CHECK(strstr(out, "{\"streams\":2,") != NULL);
+    CHECK(strstr(out, "{\"streams\":3,") != NULL);
+    CHECK(strstr(out, "{\"streams\":4,") == NULL);
+    const char *s3 = strstr(out, "{\"streams\":3,");
+    CHECK(s3 && json_num(s3, "decode_tok_s") > 0 && json_num(s3, "inter_token_ms") > 0);
+    const char *tt = strstr(out, "{\"ttft\":");
+    REQUIRE(tt != NULL);
+    CHECK(json_num(tt, "short_prompt") == 3 && json_num(tt, "long_prompt") == 40 && json_num(tt, "step_tokens") == 8);
+    CHECK(json_num(tt, "alone_ms") > 0 && json_num(tt, "beside_long_ms") > 0);
+    /* the short prompt must fit a step */
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --backend ref --sessions 1 --short-prompt 8 --step-tokens 8 2>&1",
+             test_flashbox_bin(), model);
+    CHECK(test_run_cmd(cmd, out, sizeof out) == 1);
+    CHECK(strstr(out, "--short-prompt 8 must be under --step-tokens 8") != NULL);
+}

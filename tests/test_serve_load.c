@@ -1,4 +1,5 @@
-/* The daemon under load and at the edges of a request's life: 32 concurrent clients,
+/* The daemon under load and at the edges of a request's life: 32 concurrent clients, a
+ * seeded request answered the same alone and among 8 (continuous batching),
  * a client that disconnects mid-stream, a full queue, SIGTERM during generation, SIGHUP,
  * and peers that are not on the allow-list. */
 #include "tests/harness.h"
@@ -49,6 +50,18 @@ static int start_stream(const char *sock, int max_tokens)
     return -1;
 }
 
+/* Waits for n client processes; returns how many exited 0. */
+static int wait_kids(const pid_t *kids, int n)
+{
+    int good = 0;
+    for (int i = 0; i < n; i++) {
+        int st;
+        waitpid(kids[i], &st, 0);
+        good += WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    return good;
+}
+
 static int status_of(const struct served *d, const char *body, char **out)
 {
     return serve_curl(d, "POST", CHAT, body, out, NULL);
@@ -89,13 +102,7 @@ TEST(serve_32_concurrent_clients_all_get_their_answer)
             _exit(ok ? 0 : 1);
         }
     }
-    int good = 0;
-    for (int i = 0; i < 32; i++) {
-        int st;
-        waitpid(kids[i], &st, 0);
-        good += WIFEXITED(st) && WEXITSTATUS(st) == 0;
-    }
-    CHECK_EQ_INT(good, 32);
+    CHECK_EQ_INT(wait_kids(kids, 32), 32);
     CHECK_EQ_INT(serve_metric(&d, "flashbox_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}"), 36);
     for (int p = 0; p < 4; p++) free(want[p]);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
@@ -488,4 +495,74 @@ TEST(serve_stream_waiting_in_the_queue_gets_sse_keepalives)
     close(fd);
     close(busy);
     serve_stop(&d, SIGTERM, 10000);
+}
+
+/* The text of a blocking chat answer, or NULL. */
+static char *answer_of(const struct served *d, const char *body)
+{
+    char *out = NULL, *text = NULL;
+    if (status_of(d, body, &out) == 200) {
+        json_t *o = json_loads(out, 0, NULL);
+        const char *got = json_string_value(
+            json_object_get(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "message"), "content"));
+        if (got) text = strdup(got);
+        json_decref(o);
+    }
+    free(out);
+    return text;
+}
+
+/* Continuous batching must not change answers: a seeded, sampled request gives the same
+ * text alone and among 8 concurrent clients (other prompts, other seeds, a long prompt
+ * being read meanwhile), and the steps really held several sessions. */
+static void seeded_text_same_alone_and_under_load(const char *backend)
+{
+    char backend_set[64];
+    snprintf(backend_set, sizeof backend_set, "model.backend=%s", backend);
+    const char *sets[] = { "server.slots=8", "server.queue_depth=32", "server.step_tokens=16", backend_set, NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    const char *seeded = "{\"messages\":[{\"role\":\"user\",\"content\":\"tell me about the sea\"}],\"max_tokens\":24,"
+                         "\"temperature\":1.0,\"top_p\":0.95,\"seed\":4242,\"ignore_eos\":true}";
+    char *alone = answer_of(&d, seeded);
+    REQUIRE(alone != NULL && alone[0]);
+    pid_t kids[8];
+    for (int i = 0; i < 8; i++) {
+        kids[i] = fork();
+        REQUIRE(kids[i] >= 0);
+        if (kids[i] == 0) {
+            if (i % 2 == 0) {
+                char *got = answer_of(&d, seeded);
+                _exit(got && !strcmp(got, alone) ? 0 : 1);
+            }
+            /* load: other seeds and prompts, one of them long enough to take many steps */
+            char body[4096], content[3000] = "";
+            for (int k = 0; k < (i == 1 ? 120 : 2); k++) strcat(content, "waves ");
+            snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"%s%d\"}],\"max_tokens\":24,"
+                                        "\"temperature\":0.8,\"seed\":%d,\"ignore_eos\":true}", content, i, i);
+            char *got = answer_of(&d, body);
+            _exit(got ? 0 : 1);
+        }
+    }
+    CHECK_EQ_INT(wait_kids(kids, 8), 8);
+    /* some steps evaluated several sessions together */
+    const double steps = serve_metric(&d, "flashbox_step_sessions_count");
+    const double single = serve_metric(&d, "flashbox_step_sessions_bucket{le=\"1\"}");
+    CHECK(steps > 0 && single < steps);
+    printf("  %s: %.0f steps, %.0f of one session, %.1f sessions and %.1f tokens a step on average\n", backend, steps, single,
+           serve_metric(&d, "flashbox_step_sessions_sum") / steps, serve_metric(&d, "flashbox_step_tokens_sum") / steps);
+    CHECK(serve_metric(&d, "flashbox_step_tokens_sum") >= 9 * 24);
+    CHECK(serve_metric(&d, "flashbox_prefill_tokens_waiting") == 0);
+    free(alone);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+}
+
+TEST(serve_seeded_text_is_the_same_alone_and_among_8_clients_ref)
+{
+    seeded_text_same_alone_and_under_load("ref");
+}
+
+TEST(serve_seeded_text_is_the_same_alone_and_among_8_clients_vulkan)
+{
+    seeded_text_same_alone_and_under_load("vulkan");
 }

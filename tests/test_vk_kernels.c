@@ -6,6 +6,7 @@
 #include "engine/quant.h"
 #include "engine/vk_internal.h"
 #include "tests/vk_fixture.h"
+#include "shaders/abi.h"
 
 /* Quantizes n_rows rows of n_in floats to type into a fresh buffer (*bytes long) and
  * replaces w by the dequantized values, which the reference then uses. */
@@ -199,11 +200,11 @@ TEST(vk_matvec_picks_expert_matrices_through_ids)
     vk_fixture_close(&f);
 }
 
-/* Both row layouts on the same cases, whichever the device would pick: rows of whole
- * chunks (272 bytes for the block types, 128 for the float types), 68-byte super-blocks in
- * the token tile, the K-split token tile from 256 elements on, rows and tokens that are
- * not multiples of the workgroup or tile, expert slots through ids with per-slot x,
- * accumulation. */
+/* Both row layouts on the same cases, whichever the device would pick, the LANES one with
+ * and without the K-split kernels (FLASHBOX_VK_KSPLIT=on: from 256 elements on, for decode
+ * and token tiles alike): rows of whole chunks (272 bytes for the block types, 128 for the
+ * float types), rows and tokens that are not multiples of the workgroup or tile, expert
+ * slots through ids with per-slot x, accumulation. */
 static void check_both_layouts(uint32_t lanes)
 {
     struct vk_fixture f;
@@ -233,8 +234,9 @@ static void check_both_layouts(uint32_t lanes)
         { 512, 24, 9, 0, 0, false, true, true },     /* F32: the K-split tile (hc's mixes are this shape) */
         { 1216, 19, 21, 0, 0, false, false, true },  /* F32: two units a lane, a partial last pass */
     };
-    for (int layout = 0; layout < 2; layout++) {
-        f.ops.layout = layout ? VK_MATVEC_SUBGROUP : VK_MATVEC_LANES;
+    for (int layout = 0; layout < 3; layout++) { /* LANES with K-split, LANES without, SUBGROUP */
+        f.ops.layout = layout == 2 ? VK_MATVEC_SUBGROUP : VK_MATVEC_LANES;
+        f.ops.ksplit_min_units = layout == 0 ? 4 : UINT32_MAX;
         for (int t = 0; t < 5; t++) {
             enum gguf_type type = all_types[t];
             bool block_type = type == GGUF_TYPE_Q8_0 || type == GGUF_TYPE_MXFP4;
@@ -243,10 +245,13 @@ static void check_both_layouts(uint32_t lanes)
             for (size_t ci = 0; ci < n; ci++) {
                 struct mv_case c = cs[ci];
                 if (!block_type && type != GGUF_TYPE_F32 && c.n_in % 64) c.n_in = 128; /* 128-byte chunks of 16-bit rows */
+                /* without K-split, block rows of part of a chunk run the SUBGROUP kernels */
+                const uint32_t row_bytes = c.n_in / gguf_type_block_elems(type) * gguf_type_block_bytes(type);
+                if (layout == 1 && block_type && row_bytes % ABI_LANES_BLOCK_CHUNK_BYTES) c.lanes = false;
                 double e = run_matvec(&f, type, c, 77 + ci * 13 + t);
                 if (!(e < 1e-10))
                     test_fail_at(__FILE__, __LINE__, "%s layout %s [%u in, %u out] x %u tokens: nmse %.3g", gguf_type_name(type),
-                                 layout ? "subgroup" : "lanes", c.n_in, c.n_out, c.n_tok, e);
+                                 layout == 2 ? "subgroup" : layout ? "lanes" : "lanes k-split", c.n_in, c.n_out, c.n_tok, e);
             }
         }
     }
@@ -388,7 +393,6 @@ TEST(vk_rmsnorm_matches_reference_with_and_without_weight)
 
 #include "engine/ref.h"
 #include "engine/ref_ops.h"
-#include "shaders/abi.h"
 
 static struct model_hparams hc_hparams(uint32_t n_embd)
 {
