@@ -17,7 +17,7 @@ static void usage(FILE *out)
             "usage: flashbox eval -m MODEL.gguf --set FILE [options]\n"
             "       flashbox eval --record -m MODEL.gguf --set FILE --out FILE\n"
             "  --set FILE        the evaluation set: one JSON case per line\n"
-            "  --backend B       auto (default: vulkan on a GPU, else ref), ref or vulkan\n"
+            "  --backend B       auto (default: vulkan on a GPU or, on a CPU driver, for models of 64 MiB or more; else ref), ref or vulkan\n"
             "  --jobs N          engines evaluating at once (default 1)\n"
             "  --report FILE     write the JSON report there\n"
             "  --min-score X     exit with status 1 when the score is below X (0 to 1)\n"

@@ -24,7 +24,7 @@ static void usage(FILE *out)
             "  --last N        only the last N positions' logits (the others are evaluated without)\n"
             "  --ctx N         the session's context (default: the number of tokens)\n"
             "  --top K         print the K largest (id, logit) of each position instead\n"
-            "  --backend B     auto (default: vulkan on a GPU, else ref), ref (CPU reference) or vulkan\n"
+            "  --backend B     auto (default: vulkan on a GPU or, on a CPU driver, for models of 64 MiB or more; else ref), ref (CPU reference) or vulkan\n"
             "  --incremental   feed the tokens one at a time instead of one batch\n"
             "  --expert-cache-mb N   page routed experts through a cache of N MiB (default: all resident)\n"
             "  --expert-read auto|pagecache|direct   how paged experts are read (default auto)\n");

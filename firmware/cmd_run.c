@@ -65,7 +65,7 @@ static void usage(FILE *out)
             "  --repeat-penalty R penalty on the last 64 tokens (default 1.0 = off)\n"
             "  --seed S           sampling seed (default: from the clock)\n"
             "  --ctx N            context length (default: the largest whose memory plan fits, up to the model's)\n"
-            "  --backend B        auto (default: vulkan on a GPU, else ref), ref or vulkan\n"
+            "  --backend B        auto (default: vulkan on a GPU or, on a CPU driver, for models of 64 MiB or more; else ref), ref or vulkan\n"
             "Each answer ends with a line: prompt tokens, generated tokens, prefill and decode tok/s.\n");
 }
 

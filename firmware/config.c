@@ -30,7 +30,7 @@ struct cfg_entry {
 
 static const struct cfg_entry entries[] = {
     { "model", "path", CFG_STR, F(model_path), 0, 0, "GGUF model file (flag -m)" },
-    { "model", "backend", CFG_STR, F(backend), 0, 0, "auto (vulkan on a GPU, else the CPU reference), ref or vulkan" },
+    { "model", "backend", CFG_STR, F(backend), 0, 0, "auto (vulkan on a GPU or, on a CPU driver, for models of 64 MiB or more; else the CPU reference), ref or vulkan" },
     { "model", "slot", CFG_STR, F(slot), 0, 0, "label of the active update slot, reported in /health and the audit log" },
     { "model", "expert_cache_mb", CFG_U64, F(expert_cache_mb), 0, 1ull << 30, "routed-expert cache in MiB; 0 = every expert resident (no paging)" },
     { "model", "expert_verify", CFG_BOOL, F(expert_verify), 0, 1, "paged experts: checksum each at load (one read of all experts) and fail a request whose expert bytes differ" },
