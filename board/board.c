@@ -1,9 +1,8 @@
 /* GPU enumeration through libdrm and Vulkan, and the device choice (see board.h). */
 #include "board/board.h"
+#include "common/driver_pin.h"
 
-#include <dlfcn.h>
 #include <fcntl.h>
-#include <link.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -184,35 +183,6 @@ static void probe_gpu(struct board *b, VkPhysicalDevice pd, int index)
     }
 }
 
-/* In AddressSanitizer builds only: keep the Vulkan driver mapped once loaded. lavapipe frees
- * some of its globals only when it is unloaded, and the loader unloads it at
- * vkDestroyInstance; LeakSanitizer then finds those blocks unreachable and fails the run for
- * a leak that is the driver's, not ours (128 bytes from an "<unknown module>"). Marking
- * every object loaded so far RTLD_NODELETE leaves them mapped, so their globals stay
- * reachable, and changes nothing else. */
-#if defined(__SANITIZE_ADDRESS__)
-#define BOARD_PIN_DRIVERS 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define BOARD_PIN_DRIVERS 1
-#endif
-#endif
-#ifdef BOARD_PIN_DRIVERS
-static int pin_object(struct dl_phdr_info *info, size_t size, void *user)
-{
-    (void)size;
-    (void)user;
-    if (info->dlpi_name && info->dlpi_name[0]) {
-        void *h = dlopen(info->dlpi_name, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-        (void)h; /* the reference stays taken: that is the point */
-    }
-    return 0;
-}
-static void pin_loaded_drivers(void) { dl_iterate_phdr(pin_object, NULL); }
-#else
-static void pin_loaded_drivers(void) {}
-#endif
-
 int board_probe(struct board *b, char *err, size_t err_len)
 {
     memset(b, 0, sizeof *b);
@@ -227,7 +197,7 @@ int board_probe(struct board *b, char *err, size_t err_len)
         return board_err(err, err_len, "no Vulkan driver: the loader found no ICD supporting Vulkan 1.1 (%u DRM render nodes present)",
                          b->n_drm);
     if (r != VK_SUCCESS) return board_err(err, err_len, "vkCreateInstance failed (%d)", (int)r);
-    pin_loaded_drivers();
+    driver_pin_loaded();
     uint32_t n = 0;
     vkEnumeratePhysicalDevices(inst, &n, NULL);
     VkPhysicalDevice devs[BOARD_MAX_GPUS];

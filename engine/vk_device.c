@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/driver_pin.h"
 #include "engine/engine.h"
 #include "engine/errmsg.h"
 
@@ -165,6 +166,7 @@ int vk_device_create(struct vk_device **out, int device_index, const char *devic
                     "(install a driver, e.g. mesa-vulkan-drivers for lavapipe)");
     }
     if (r != VK_SUCCESS) { free(d); return vk_check(r, "vkCreateInstance", err, err_len); }
+    driver_pin_loaded();
     if (pick_device(d, device_index, device_uuid, err, err_len)) goto fail_instance;
 
     VkPhysicalDeviceSubgroupProperties sg = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES };
