@@ -35,7 +35,7 @@ DEPS_OK  := $(BUILD)/.deps-ok
 FLASHBOX := $(BUILD)/flashbox
 TESTBIN  := $(BUILD)/flashbox-test
 
-.PHONY: all test run sanitize fuzz clean help deps check-ci check-small gpu-pack gpu-check
+.PHONY: all test run sanitize fuzz clean help deps check-ci check-small gpu-pack gpu-check fresh-check
 
 all: $(FLASHBOX) $(TESTBIN)
 
@@ -44,6 +44,7 @@ help:
 	@echo "make test       run every test (ends with 'N passed, N failed')"
 	@echo "make run        build, make the default model, start the daemon, answer one request"
 	@echo "make sanitize   build with ASan+UBSan into build-san/ and run the tests there"
+	@echo "make fresh-check  the README's two set-up commands in a fresh debootstrapped Debian 12 root (root; about 15 minutes)"
 	@echo "make check-small  on the 500 MB small model: paged-expert logits equal full residency, Vulkan prefill equals the reference (minutes)"
 	@echo "make gpu-check  on a machine with a GPU: board, the tests and the benches there, into gpu-check/ (minutes)"
 	@echo "make gpu-pack   the binaries, their libraries and the fixtures in gpu-pack/, for a GPU machine without the packages"
@@ -94,6 +95,10 @@ test: all
 
 run: $(FLASHBOX)
 	sh scripts/run-demo.sh $(FLASHBOX)
+
+# Not built on anything here: it copies the source into a fresh root and builds there.
+fresh-check:
+	sh scripts/fresh-check.sh
 
 check-small: $(FLASHBOX)
 	sh scripts/check-small.sh $(FLASHBOX)

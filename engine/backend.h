@@ -28,6 +28,10 @@ struct backend_ops {
     int (*bench_kernels)(void *ctx, const struct model *m, FILE *out, char *err, size_t err_len);
     /* Device memory held and the device's local memory; NULL or -1 without a device. */
     int (*device_memory)(void *ctx, uint64_t *used, uint64_t *total);
+    /* The session's state at its position in the layout of session_state.h (floats after
+     * the header); load also sets the position. */
+    int (*state_save)(void *state, float *data, char *err, size_t err_len);
+    int (*state_load)(void *state, uint32_t pos, const float *data, char *err, size_t err_len);
     /* Expert-cache counters; NULL or -1 when experts are not paged. */
     int (*expert_counters)(void *ctx, struct expert_counters *out);
 };

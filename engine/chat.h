@@ -1,19 +1,23 @@
-/* DeepSeek-V4 chat encoding (spec §4): a list of messages -> the prompt the model was
- * trained on, as token ids (control tokens as single ids, message text always literal) or
- * as text (for logs and golden tests).
+/* DeepSeek-V4 chat encoding (spec §4), as DeepSeek's encoding_dsv4.py writes it: a list of
+ * messages -> the prompt the model was trained on, as token ids (control tokens as single
+ * ids, message text always literal) or as text (for logs and golden tests).
  *
- *   BOS  system text  <｜User｜>user<｜Assistant｜>R answer EOS  <｜User｜>... <｜Assistant｜>G
+ *   BOS [effort] system [tools]  <｜User｜>user<｜Assistant｜>G answer EOS  <｜User｜>... <｜Assistant｜>G
  *
- * where R is "</think>" (a closed, empty think block) or, for an assistant turn whose
- * reasoning is kept, "<think>reasoning</think>"; G, the generation prompt, is "</think>" in
- * chat mode and "<think>" in thinking mode. Reasoning is kept only in thinking mode: for
- * assistant turns after the last user message (the turn being answered, e.g. across tool
- * calls), and for every turn when tools are present (tools_prompt set) or when asked
- * (keep_all_reasoning); earlier turns render as "</think>answer". Tool calls follow
- * the answer as a DSML block ("\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"N\">\n<｜DSML｜parameter name=\"P\"
- * string=\"true\">V</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>"); tool
- * results go in a user turn as "<tool_result>...</tool_result>", consecutive results
- * joined by a blank line. System messages render their text in place (normally first). */
+ * After a user turn come <｜Assistant｜> and G: "</think>" in chat mode; in thinking mode
+ * "<think>" for the turn being answered (and every turn when reasoning is kept), else
+ * "</think>". An assistant turn whose reasoning is kept writes "reasoning</think>" before
+ * its answer (thinking mode only). Reasoning is kept for assistant turns after the last
+ * user turn, and for every turn when tools are present or keep_all_reasoning is set.
+ * Tool calls follow the answer as a DSML block ("\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke
+ * name=\"N\">\n<｜DSML｜parameter name=\"P\" string=\"true\">V</｜DSML｜parameter>\n</｜DSML｜invoke>
+ * \n</｜DSML｜tool_calls>"). Consecutive user and tool messages merge into one user turn,
+ * blocks a blank line apart, a tool result written "<tool_result>...</tool_result>" and the
+ * results put in the order of the calls they answer (by id). Tools are described after the
+ * first message when it is a system message (else where an empty one would be), a blank
+ * line apart; reasoning_max puts the effort paragraph first in thinking mode.
+ * Text the client sent (message text, tool schemas, arguments) never becomes a control
+ * token, unlike the official encoder's string once tokenized. */
 #ifndef FLASHBOX_ENGINE_CHAT_H
 #define FLASHBOX_ENGINE_CHAT_H
 
@@ -35,9 +39,11 @@ struct chat_tool_param {
     const char *name;
     const char *value;
     bool is_string;
+    size_t value_len;                         /* 0: strlen(value) */
 };
 
 struct chat_tool_call {
+    const char *id;                           /* the client's call id (orders results), NULL = none */
     const char *name;
     const struct chat_tool_param *params; /* [n_params] */
     size_t n_params;
@@ -49,14 +55,18 @@ struct chat_message {
     const char *reasoning;                    /* assistant: the thinking text, NULL = none */
     const struct chat_tool_call *tool_calls;  /* assistant: [n_tool_calls] */
     size_t n_tool_calls;
+    const char *tool_call_id;                 /* tool: the call it answers, NULL = none */
+    size_t content_len, reasoning_len;        /* bytes (text may hold U+0000); 0: strlen */
 };
 
 struct chat_options {
     bool thinking;              /* thinking mode: the generation prompt opens <think> */
-    bool add_generation_prompt; /* end with <｜Assistant｜> + G when the last message is not the assistant's */
-    bool keep_all_reasoning;    /* keep every assistant turn's reasoning (implied by tools_prompt) */
+    bool add_generation_prompt; /* end with <｜Assistant｜> + G when the last turn is a user turn */
+    bool keep_all_reasoning;    /* keep every assistant turn's reasoning (implied by tools) */
     bool omit_bos;              /* continue an existing context: no BOS at the start */
-    const char *tools_prompt;   /* text placed after the system text, a blank line apart; NULL = none */
+    bool reasoning_max;         /* thinking mode: the "Reasoning Effort: Absolute maximum" paragraph */
+    const char *const *tool_schemas; /* [n_tools] each function's JSON as the encoder writes it */
+    size_t n_tools;
 };
 
 /* Appends the encoded conversation to out. Fails (naming it) when the vocabulary lacks a

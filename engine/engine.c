@@ -3,14 +3,19 @@
 #include "engine/backend.h"
 #include "engine/errmsg.h"
 #include "engine/model.h"
+#include "engine/session_plan.h"
+#include "engine/session_state.h"
 #include "engine/tokenizer.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define SESSION_DEFAULT_CTX 4096u
 
 struct engine {
+    enum engine_backend backend;
+    uint64_t expert_cache_mb;   /* 0: every expert resident */
     struct model *model;
     struct tokenizer *tok;      /* NULL when the file carries no usable tokenizer */
     const struct backend_ops *ops;
@@ -61,6 +66,8 @@ int engine_open(struct engine **out, const struct engine_options *opt, char *err
     struct engine *e = calloc(1, sizeof *e);
     if (!e) return errf(err, err_len, "out of memory");
     e->ops = ops;
+    e->backend = opt->backend;
+    e->expert_cache_mb = opt->expert_cache_mb;
     if (model_open(&e->model, opt->model_path, err, err_len)) goto fail;
     if (ops->open(e->model, opt, &e->backend_ctx, err, err_len)) goto fail;
     /* a model without a tokenizer still computes logits from token ids */
@@ -98,6 +105,53 @@ void engine_get_info(const struct engine *e, struct engine_info *info)
 
 const struct tokenizer *engine_tokenizer(const struct engine *e) { return e->tok; }
 
+int engine_model_identity(const struct engine *e, struct engine_model_id *out)
+{
+    struct stat st;
+    memset(out, 0, sizeof *out);
+    if (fstat(e->model->file->fd, &st)) return -1;
+    out->dev = (uint64_t)st.st_dev;
+    out->ino = (uint64_t)st.st_ino;
+    out->size = (uint64_t)st.st_size;
+    out->mtime_ns = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+    return 0;
+}
+
+void engine_plan_open(const struct engine *e, uint32_t n_ctx, uint32_t n_slots, struct engine_plan *out)
+{
+    engine_plan_model(e->model, e->backend, n_ctx, n_slots, e->expert_cache_mb, out);
+}
+
+uint32_t engine_plan_open_fit(const struct engine *e, uint32_t n_slots, uint64_t budget, struct engine_plan *out)
+{
+    engine_plan_model(e->model, e->backend, 0, n_slots, e->expert_cache_mb, out);
+    return engine_plan_fit_ctx(e->model, out, budget);
+}
+
+uint64_t engine_host_memory_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (uint64_t)kb << 10;
+}
+
+uint64_t engine_plan_budget(const struct engine *e)
+{
+    uint64_t used, total;
+    if (e->ops->device_memory && e->ops->device_memory(e->backend_ctx, &used, &total) == 0) return total;
+    /* ref: the weights are the file's mapped pages, counted in the plan, so they are
+     * added back to what the kernel reports available */
+    struct engine_plan p;
+    engine_plan_model(e->model, e->backend, 128, 1, e->expert_cache_mb, &p);
+    uint64_t avail = engine_host_memory_available();
+    return avail ? avail + p.weights : 0;
+}
+
 int engine_device_memory(const struct engine *e, uint64_t *used, uint64_t *total)
 {
     *used = *total = 0;
@@ -112,10 +166,39 @@ int engine_expert_counters(const struct engine *e, struct expert_counters *out)
     return e->ops->expert_counters(e->backend_ctx, out);
 }
 
+/* Refuses, with the plan's numbers, a session that the memory left cannot hold: device
+ * memory not yet used (Vulkan) or the host's available memory (ref). */
+static int session_fits(const struct engine *e, uint32_t n_ctx, char *err, size_t err_len)
+{
+    struct engine_plan p;
+    engine_plan_open(e, n_ctx, 1, &p);
+    uint64_t used, total, free_bytes, need = p.per_session;
+    const char *where;
+    if (e->ops->device_memory && e->ops->device_memory(e->backend_ctx, &used, &total) == 0) {
+        free_bytes = total > used ? total - used : 0;
+        need -= p.session[ENGINE_PLAN_HOST];
+        where = "device memory free";
+    } else {
+        free_bytes = engine_host_memory_available();
+        where = "host memory available";
+        if (!free_bytes) return 0; /* unknown: let the allocation decide */
+    }
+    if (need <= free_bytes) return 0;
+    const uint64_t M = 1u << 20;
+    return errf(err, err_len,
+                "a %u-position session needs %llu MiB (CSA entries %llu, HCA entries %llu, indexer keys %llu, window %llu, "
+                "scratch %llu MiB), %s is %llu MiB; `flashbox plan` shows the largest context that fits",
+                n_ctx, (unsigned long long)(need / M), (unsigned long long)(p.session[ENGINE_PLAN_CSA_ENTRIES] / M),
+                (unsigned long long)(p.session[ENGINE_PLAN_HCA_ENTRIES] / M),
+                (unsigned long long)(p.session[ENGINE_PLAN_IX_KEYS] / M), (unsigned long long)(p.session[ENGINE_PLAN_WINDOW] / M),
+                (unsigned long long)(p.session[ENGINE_PLAN_SCRATCH] / M), where, (unsigned long long)(free_bytes / M));
+}
+
 int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char *err, size_t err_len)
 {
     *out = NULL;
     if (n_ctx == 0) n_ctx = e->model->hp.n_ctx_train < SESSION_DEFAULT_CTX ? e->model->hp.n_ctx_train : SESSION_DEFAULT_CTX;
+    if (session_fits(e, n_ctx, err, err_len)) return -1;
     struct session *s = calloc(1, sizeof *s);
     if (!s) return errf(err, err_len, "out of memory");
     s->e = e;
@@ -153,6 +236,71 @@ int session_eval(struct session *s, const int32_t *tokens, uint32_t n, float *lo
     if (s->e->ops->eval(s->e->backend_ctx, s->state, tokens, n, logits, all_logits, err, err_len)) return -1;
     s->pos += n;
     return 0;
+}
+
+uint64_t session_state_bytes(const struct session *s, uint32_t pos)
+{
+    return SESSION_STATE_HEADER_U32 * 4 + session_state_floats(&s->e->model->hp, pos) * 4;
+}
+
+/* The header's fields after the magic: version, pos, then the shape the layout depends on. */
+static void state_header(const struct model_hparams *hp, uint32_t pos, uint32_t h[SESSION_STATE_HEADER_U32])
+{
+    uint32_t ratios = 2166136261u; /* FNV-1a of the schedule: which layers hold entries and keys */
+    for (uint32_t il = 0; il < hp->n_layer; il++) ratios = (ratios ^ hp->ratio[il]) * 16777619u;
+    const uint32_t v[SESSION_STATE_HEADER_U32] = { SESSION_STATE_MAGIC, SESSION_STATE_VERSION, pos, hp->n_layer,
+                                                   hp->window, hp->head_dim, hp->ix_dim, hp->n_embd, ratios };
+    memcpy(h, v, sizeof v);
+}
+
+int session_state_save(struct session *s, void *buf, uint64_t len, char *err, size_t err_len)
+{
+    const uint64_t need = session_state_bytes(s, s->pos);
+    if (!s->e->ops->state_save) return errf(err, err_len, "backend %s: no session state", s->e->ops->name);
+    if (len < need)
+        return errf(err, err_len, "session state at position %u: %llu bytes, buffer holds %llu", s->pos,
+                    (unsigned long long)need, (unsigned long long)len);
+    uint32_t h[SESSION_STATE_HEADER_U32];
+    state_header(&s->e->model->hp, s->pos, h);
+    memcpy(buf, h, sizeof h);
+    return s->e->ops->state_save(s->state, (float *)((uint8_t *)buf + sizeof h), err, err_len);
+}
+
+int session_state_load(struct session *s, const void *buf, uint64_t len, char *err, size_t err_len)
+{
+    const struct model_hparams *hp = &s->e->model->hp;
+    uint32_t h[SESSION_STATE_HEADER_U32], want[SESSION_STATE_HEADER_U32];
+    if (!s->e->ops->state_load) return errf(err, err_len, "backend %s: no session state", s->e->ops->name);
+    if (len < sizeof h) return errf(err, err_len, "session state: %llu bytes, shorter than its header", (unsigned long long)len);
+    memcpy(h, buf, sizeof h);
+    state_header(hp, h[2], want);
+    for (int i = 0; i < SESSION_STATE_HEADER_U32; i++)
+        if (h[i] != want[i])
+            return errf(err, err_len, "session state: header word %d is %u, this model expects %u", i, h[i], want[i]);
+    if (h[2] > s->n_ctx) return errf(err, err_len, "session state at position %u: the session holds %u", h[2], s->n_ctx);
+    if (len != session_state_bytes(s, h[2]))
+        return errf(err, err_len, "session state at position %u: %llu bytes, expected %llu", h[2], (unsigned long long)len,
+                    (unsigned long long)session_state_bytes(s, h[2]));
+    if (s->e->ops->state_load(s->state, h[2], (const float *)((const uint8_t *)buf + sizeof h), err, err_len)) {
+        session_reset(s);
+        return -1;
+    }
+    s->pos = h[2];
+    return 0;
+}
+
+int session_seek_zero(struct session *s, uint32_t pos, char *err, size_t err_len)
+{
+    if (pos > s->n_ctx) return errf(err, err_len, "position %u: the session holds %u", pos, s->n_ctx);
+    const uint64_t n = session_state_bytes(s, pos);
+    uint8_t *buf = calloc(1, n);
+    if (!buf) return errf(err, err_len, "out of memory for %llu bytes of state", (unsigned long long)n);
+    uint32_t h[SESSION_STATE_HEADER_U32];
+    state_header(&s->e->model->hp, pos, h);
+    memcpy(buf, h, sizeof h);
+    int rc = session_state_load(s, buf, n, err, err_len);
+    free(buf);
+    return rc;
 }
 
 void session_profile(struct session *s, bool on)

@@ -84,8 +84,64 @@ void engine_get_info(const struct engine *e, struct engine_info *info);
 int engine_device_memory(const struct engine *e, uint64_t *used, uint64_t *total);
 /* Fills *out; returns -1 (and zeros) when experts are not paged. */
 int engine_expert_counters(const struct engine *e, struct expert_counters *out);
+/* What identifies the model file the engine runs (its device, inode, size and modification
+ * time): a cache of derived data keyed by it is never read for another file. */
+struct engine_model_id {
+    uint64_t dev, ino, size, mtime_ns;
+};
+int engine_model_identity(const struct engine *e, struct engine_model_id *out);
 /* The tokenizer of the model's file (owned by the engine, valid until engine_close). */
 const struct tokenizer *engine_tokenizer(const struct engine *e);
+
+/* ---- memory plan: what the engine allocates for a model, a backend, a context and a
+ * number of sessions, part by part, from the same code that sizes the allocations ---- */
+enum engine_plan_part {
+    ENGINE_PLAN_WINDOW,         /* sliding-window rings of every layer */
+    ENGINE_PLAN_CSA_ENTRIES,    /* compressed entries of the ratio-4 layers */
+    ENGINE_PLAN_HCA_ENTRIES,    /* compressed entries of the other compressed layers */
+    ENGINE_PLAN_IX_KEYS,        /* indexer keys (ratio-4 layers) */
+    ENGINE_PLAN_COMP_STATE,     /* compressor and indexer-compressor state */
+    ENGINE_PLAN_ROPE,           /* rope tables */
+    ENGINE_PLAN_SCRATCH,        /* activations of one batch, indexer scores, attention scratch */
+    ENGINE_PLAN_HOST,           /* host-visible input and logits, in host memory (Vulkan) */
+    ENGINE_PLAN_BLOCKS,         /* unused tails of the device blocks the spans are cut from (Vulkan) */
+    ENGINE_PLAN_PARTS
+};
+extern const char *const engine_plan_part_names[ENGINE_PLAN_PARTS];
+
+struct engine_plan {
+    enum engine_backend backend;    /* REF or VULKAN */
+    uint32_t n_ctx, n_slots, n_ctx_train;
+    uint32_t n_csa, n_hca;          /* layers of ratio 4 and of other ratios */
+    uint64_t weights;               /* resident weight bytes (the routed experts too unless paged) */
+    bool no_tensors;                /* the file holds metadata only: weights unknown (0) */
+    uint64_t expert_cache;          /* bytes of the paged experts' cache */
+    uint64_t session[ENGINE_PLAN_PARTS]; /* bytes of one session, by part */
+    uint64_t per_session;           /* their sum */
+    uint64_t largest_buffer;        /* the largest single session buffer (a device binding's limit) */
+    uint64_t total;                 /* weights + expert_cache + n_slots * per_session */
+};
+
+/* The plan for a model file without loading it: hyper-parameters and tensor sizes only.
+ * backend REF or VULKAN; n_ctx 0 = the model's context_length. */
+int engine_plan_file(const char *model_path, enum engine_backend backend, uint32_t n_ctx, uint32_t n_slots,
+                     uint64_t expert_cache_mb, struct engine_plan *out, char *err, size_t err_len);
+/* The same for an open engine (its backend and expert cache). */
+void engine_plan_open(const struct engine *e, uint32_t n_ctx, uint32_t n_slots, struct engine_plan *out);
+/* The largest context (a multiple of 128, at most the model's context_length) whose plan
+ * for n_slots sessions fits budget bytes, planned into *out; 0 when not even 128 positions
+ * fit (*out is then the plan for 128). */
+int engine_plan_file_fit(const char *model_path, enum engine_backend backend, uint32_t n_slots, uint64_t expert_cache_mb,
+                         uint64_t budget, struct engine_plan *out, uint32_t *n_ctx, char *err, size_t err_len);
+uint32_t engine_plan_open_fit(const struct engine *e, uint32_t n_slots, uint64_t budget, struct engine_plan *out);
+/* Device memory (Vulkan) or host memory (ref) the engine's sessions may use, in bytes:
+ * the device's local memory, or MemAvailable plus the model's own mapped weights; 0 when
+ * unknown. */
+uint64_t engine_plan_budget(const struct engine *e);
+/* MemAvailable of /proc/meminfo in bytes, 0 when unreadable. */
+uint64_t engine_host_memory_available(void);
+/* Prints the plan, part by part, against budget (0: unknown) to out. */
+void engine_plan_print(const struct engine_plan *p, uint64_t budget, const char *budget_what, FILE *out);
 
 /* A session holds up to n_ctx positions (0 = the model's training context, capped at 4096). */
 int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char *err, size_t err_len);
@@ -102,6 +158,25 @@ uint32_t session_n_ctx(const struct session *s);
  * says which. */
 int session_eval(struct session *s, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
                  char *err, size_t err_len);
+
+/* A session's state at its position (window rows, compressed entries, compressor and
+ * indexer state), in a layout that does not depend on the backend: state saved from one
+ * backend's session loads into a session of either backend on the same model, and
+ * evaluation then continues exactly as it would have (prefix reuse). Bytes of the saved
+ * state at position pos: */
+uint64_t session_state_bytes(const struct session *s, uint32_t pos);
+/* Writes the state at the session's position into buf[len] (len >= session_state_bytes). */
+int session_state_save(struct session *s, void *buf, uint64_t len, char *err, size_t err_len);
+/* Replaces the session's state by buf[len] (from session_state_save on the same model);
+ * the session's position becomes the saved one. A buffer that does not fit is refused
+ * with the session unchanged; a backend failure midway resets it. */
+int session_state_load(struct session *s, const void *buf, uint64_t len, char *err, size_t err_len);
+
+/* Puts the session at position pos with every state value zero (window rows, entries,
+ * indexer keys, compressor state): for timing what a position costs, which does not depend
+ * on the values, without prefilling pos tokens (`flashbox bench --at`). Logits after it
+ * mean nothing. */
+int session_seek_zero(struct session *s, uint32_t pos, char *err, size_t err_len);
 
 /* GPU time per kernel kind, for benchmarks (Vulkan backend; others report n_kinds = 0).
  * session_profile(s, true) clears the counters and times every later dispatch (slower);

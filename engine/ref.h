@@ -69,11 +69,19 @@ struct ref_scratch {
 
 struct expert_store;
 
+/* How compressed entries and indexer keys are rounded when written: as float32 (what the
+ * engine stores), or as they would be stored in float16, or in FP8 E4M3 with one scale
+ * per entry (amax / 448). Tests measure what a smaller KV storage would cost. */
+enum ref_kv_round { REF_KV_F32 = 0, REF_KV_F16, REF_KV_FP8 };
+/* Rounds x[n] in place as enum says. */
+void ref_kv_round_entry(enum ref_kv_round r, float *x, uint32_t n);
+
 struct ref_state {
     const struct model *m;
     struct expert_store *experts;   /* NULL: routed experts read from the mapped file */
     uint32_t n_ctx;
     uint32_t pos;                   /* next position */
+    enum ref_kv_round kv_round;     /* REF_KV_F32 unless a test asks */
     struct ref_layer_state *layers; /* [n_layer] */
     struct ref_scratch s;
     float *x_batch;                 /* [REF_BATCH][n_hc][n_embd] residual streams */

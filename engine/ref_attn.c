@@ -3,12 +3,42 @@
  * and the grouped output projection. No QAT simulation (FP8/FP4 rounding of KV and
  * indexer values is not applied; see README). */
 #include "engine/ref.h"
+#include "engine/quant.h"
 #include "engine/ref_ops.h"
 
 #include <math.h>
 #include <string.h>
 
 static const float *f32(tensor_ref t) { return (const float *)t->data; }
+
+/* The nearest FP8 E4M3 value to x (4 exponent bits, bias 7, 3 mantissa bits, subnormals
+ * from 2^-9, largest 448), ties to even. */
+static float round_e4m3(float x)
+{
+    const float a = fabsf(x);
+    if (a == 0.0f) return x;
+    if (a >= 448.0f) return x < 0 ? -448.0f : 448.0f;
+    int e;
+    frexpf(a, &e);                          /* a = m * 2^e, m in [0.5, 1) */
+    const int exp = e - 1 < -6 ? -6 : e - 1; /* subnormals share 2^-6's step */
+    const float step = ldexpf(1.0f, exp - 3);
+    float q = nearbyintf(a / step) * step;  /* the current rounding mode: to nearest even */
+    if (q > 448.0f) q = 448.0f;
+    return x < 0 ? -q : q;
+}
+
+void ref_kv_round_entry(enum ref_kv_round r, float *x, uint32_t n)
+{
+    if (r == REF_KV_F16) {
+        for (uint32_t i = 0; i < n; i++) x[i] = fp16_to_f32(f32_to_fp16(x[i]));
+    } else if (r == REF_KV_FP8) {
+        float amax = 0.0f;
+        for (uint32_t i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+        if (amax == 0.0f) return;
+        const float scale = amax / 448.0f;
+        for (uint32_t i = 0; i < n; i++) x[i] = round_e4m3(x[i] / scale) * scale;
+    }
+}
 
 bool ref_compressor_step(struct ref_compressor *c, const struct model_hparams *hp, tensor_ref wkv,
                          tensor_ref wgate, tensor_ref ape, tensor_ref norm, const double *freqs,
@@ -109,11 +139,15 @@ void ref_attention(struct ref_state *st, uint32_t il, const float *a, uint32_t p
     if (ratio) {
         if (ratio == 4 &&
             ref_compressor_step(&ls->ixc, hp, lw->ix_comp_kv, lw->ix_comp_gate, lw->ix_comp_ape, lw->ix_comp_norm,
-                                s->freqs_comp, a, pos, s, s->entry))
+                                s->freqs_comp, a, pos, s, s->entry)) {
+            ref_kv_round_entry(st->kv_round, s->entry, hp->ix_dim);
             memcpy(ls->ix_keys + (uint64_t)(pos / 4) * hp->ix_dim, s->entry, hp->ix_dim * sizeof(float));
+        }
         if (ref_compressor_step(&ls->kvc, hp, lw->comp_kv, lw->comp_gate, lw->comp_ape, lw->comp_norm,
-                                s->freqs_comp, a, pos, s, s->entry))
+                                s->freqs_comp, a, pos, s, s->entry)) {
+            ref_kv_round_entry(st->kv_round, s->entry, hd);
             memcpy(ls->comp + (uint64_t)(pos / ratio) * hd, s->entry, hd * sizeof(float));
+        }
         if (ratio == 4) {
             n_sel = indexer_select(st, il, a, pos);
             sel = s->ix_sel;

@@ -3,8 +3,10 @@
 #include "engine/backend.h"
 #include "engine/expert_store.h"
 #include "engine/ref.h"
+#include "engine/session_state.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 struct ref_ctx {
     struct expert_store *experts; /* NULL: every expert resident (read from the mapping) */
@@ -54,6 +56,51 @@ static int ref_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, f
     return ref_forward(state, tokens, n, logits, all_logits, err, err_len);
 }
 
+/* Copies one layer's state between the reference buffers and the layout (save: to data). */
+static void ref_state_copy(struct ref_state *st, uint32_t pos, float *data, bool save)
+{
+    const struct model_hparams *hp = &st->m->hp;
+    const uint32_t hd = hp->head_dim;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        struct ref_layer_state *ls = &st->layers[il];
+        struct session_state_layer o;
+        session_state_layer(hp, pos, il, &o);
+#define COPY(dst_or_src, buf, n) \
+        (save ? memcpy(data + (dst_or_src), (buf), (n) * sizeof(float)) : memcpy((buf), data + (dst_or_src), (n) * sizeof(float)))
+        for (uint64_t r = 0; r < o.ring_rows; r++)
+            COPY(o.ring_off + r * hd, ls->ring + (uint64_t)((o.ring_first + r) % hp->window) * hd, hd);
+        if (o.comp_rows) COPY(o.comp_off, ls->comp, o.comp_rows * hd);
+        if (o.kvc_floats) {
+            COPY(o.kvc_off, ls->kvc.kv, o.kvc_floats / 2);
+            COPY(o.kvc_off + o.kvc_floats / 2, ls->kvc.score, o.kvc_floats / 2);
+        }
+        if (o.ix_rows) COPY(o.ix_off, ls->ix_keys, o.ix_rows * hp->ix_dim);
+        if (o.ixc_floats) {
+            COPY(o.ixc_off, ls->ixc.kv, o.ixc_floats / 2);
+            COPY(o.ixc_off + o.ixc_floats / 2, ls->ixc.score, o.ixc_floats / 2);
+        }
+#undef COPY
+    }
+}
+
+static int ref_state_save(void *state, float *data, char *err, size_t err_len)
+{
+    (void)err, (void)err_len;
+    struct ref_state *st = state;
+    ref_state_copy(st, st->pos, data, true);
+    return 0;
+}
+
+static int ref_state_load(void *state, uint32_t pos, const float *data, char *err, size_t err_len)
+{
+    (void)err, (void)err_len;
+    struct ref_state *st = state;
+    ref_state_reset(st);
+    ref_state_copy(st, pos, (float *)data, false); /* only read from when loading */
+    st->pos = pos;
+    return 0;
+}
+
 static int ref_expert_counters(void *ctx, struct expert_counters *out)
 {
     struct ref_ctx *c = ctx;
@@ -71,4 +118,6 @@ const struct backend_ops ref_backend_ops = {
     .session_reset = ref_session_reset,
     .eval = ref_eval,
     .expert_counters = ref_expert_counters,
+    .state_save = ref_state_save,
+    .state_load = ref_state_load,
 };

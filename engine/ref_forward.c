@@ -5,6 +5,7 @@
 #include "engine/errmsg.h"
 #include "engine/expert_store.h"
 #include "engine/ref_ops.h"
+#include "engine/session_plan.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -72,6 +73,85 @@ void ref_state_destroy(struct ref_state *st)
     free(st);
 }
 
+/* One scratch buffer of the reference state: where its pointer lives, element size, count. */
+struct ref_scratch_buf {
+    void *where;        /* the address of the pointer (a float *, double * or int32_t *) */
+    size_t elem;
+    uint64_t n;
+};
+#define REF_N_SCRATCH 28
+
+/* Every scratch buffer of a state of n_ctx positions (s and x_batch give the pointers'
+ * places; the plan passes a throwaway struct). */
+static void ref_scratch_table(struct ref_scratch *s, float **x_batch, const struct model_hparams *hp, uint32_t n_ctx,
+                              struct ref_scratch_buf out[REF_N_SCRATCH])
+{
+    const uint32_t hd = hp->head_dim;
+    /* the longest weight row any matvec dequantizes */
+    uint32_t max_row = max_u32(max_u32(hp->n_embd, hp->q_rank), max_u32(hp->n_ff_exp, hp->o_groups * hp->o_rank));
+    max_row = max_u32(max_row, hp->n_head * hd / hp->o_groups);
+    const uint32_t mix = (2 + hp->n_hc) * hp->n_hc;
+    const uint64_t n_att = (uint64_t)hp->window + n_ctx / 4 + n_ctx / 128 + 2;
+    int i = 0;
+    (void)i;
+#define BUF(ptr, count) out[i++] = (struct ref_scratch_buf){ (void *)&(ptr), sizeof *(ptr), (count) }
+    BUF(s->rowbuf, max_row);
+    BUF(s->a, hp->n_embd);
+    BUF(s->f, hp->n_embd);
+    BUF(s->qr, hp->q_rank);
+    BUF(s->q, (uint64_t)hp->n_head * hd);
+    BUF(s->kv, hd);
+    BUF(s->o, (uint64_t)hp->n_head * hd);
+    BUF(s->z, (uint64_t)hp->o_groups * hp->o_rank);
+    BUF(s->entry, max_u32(hd, hp->ix_dim));
+    BUF(s->ixq, (uint64_t)max_u32(hp->ix_head, 1) * max_u32(hp->ix_dim, 1));
+    BUF(s->ixw, max_u32(hp->ix_head, 1));
+    BUF(s->ix_score, n_ctx / 4 + 1);
+    BUF(s->ix_sel, max_u32(hp->ix_topk, 1));
+    BUF(s->att, n_att);
+    BUF(s->acc, hd);
+    BUF(s->gate_logits, hp->n_expert);
+    BUF(s->router_biased, hp->n_expert);
+    BUF(s->guess_scores, hp->n_expert);
+    BUF(s->expert_h, hp->n_ff_exp);
+    BUF(s->expert_u, hp->n_ff_exp);
+    BUF(s->expert_y, hp->n_embd);
+    BUF(s->hc_mix, mix);
+    BUF(s->hc_post, hp->n_hc);
+    BUF(s->hc_comb, (uint64_t)hp->n_hc * hp->n_hc);
+    BUF(s->x_old, (uint64_t)hp->n_hc * hp->n_embd);
+    BUF(s->freqs_swa, hp->rope_dim / 2);
+    BUF(s->freqs_comp, hp->rope_dim / 2);
+    BUF(*x_batch, (uint64_t)REF_BATCH * hp->n_hc * hp->n_embd);
+#undef BUF
+}
+
+void ref_session_plan(const struct model_hparams *hp, uint32_t n_ctx, uint64_t parts[ENGINE_PLAN_PARTS], uint64_t *largest)
+{
+    memset(parts, 0, ENGINE_PLAN_PARTS * sizeof *parts);
+    *largest = 0;
+    const uint64_t hd = hp->head_dim;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const uint32_t r = hp->ratio[il];
+        parts[ENGINE_PLAN_WINDOW] += (uint64_t)hp->window * hd * 4;
+        if (r) {
+            uint64_t c = (plan_comp_rows(r, n_ctx) + 1) * hd * 4;
+            parts[r == 4 ? ENGINE_PLAN_CSA_ENTRIES : ENGINE_PLAN_HCA_ENTRIES] += c;
+            parts[ENGINE_PLAN_COMP_STATE] += plan_comp_state_floats(r, hd) * 4;
+            if (c > *largest) *largest = c;
+        }
+        if (r == 4) {
+            parts[ENGINE_PLAN_IX_KEYS] += (plan_ix_rows(r, n_ctx) + 1) * hp->ix_dim * 4;
+            parts[ENGINE_PLAN_COMP_STATE] += plan_comp_state_floats(4, hp->ix_dim) * 4;
+        }
+    }
+    struct ref_scratch s;
+    float *x_batch;
+    struct ref_scratch_buf bufs[REF_N_SCRATCH];
+    ref_scratch_table(&s, &x_batch, hp, n_ctx, bufs);
+    for (int i = 0; i < REF_N_SCRATCH; i++) parts[ENGINE_PLAN_SCRATCH] += (bufs[i].n ? bufs[i].n : 1) * bufs[i].elem;
+}
+
 int ref_state_create(const struct model *m, uint32_t n_ctx, struct ref_state **out, char *err, size_t err_len)
 {
     *out = NULL;
@@ -90,50 +170,22 @@ int ref_state_create(const struct model *m, uint32_t n_ctx, struct ref_state **o
         ls->ring = calloc((uint64_t)hp->window * hd, sizeof(float));
         if (!ls->ring) goto oom;
         if (r) {
-            ls->comp = calloc((uint64_t)(n_ctx / r + 1) * hd, sizeof(float));
+            ls->comp = calloc(plan_comp_rows(r, n_ctx) + 1, hd * sizeof(float));
             if (!ls->comp || compressor_alloc(&ls->kvc, r, hd)) goto oom;
         }
         if (r == 4) {
-            ls->ix_keys = calloc((uint64_t)(n_ctx / 4 + 1) * hp->ix_dim, sizeof(float));
+            ls->ix_keys = calloc(plan_ix_rows(r, n_ctx) + 1, hp->ix_dim * sizeof(float));
             if (!ls->ix_keys || compressor_alloc(&ls->ixc, 4, hp->ix_dim)) goto oom;
         }
     }
-    /* the longest weight row any matvec dequantizes */
-    uint32_t max_row = max_u32(max_u32(hp->n_embd, hp->q_rank), max_u32(hp->n_ff_exp, hp->o_groups * hp->o_rank));
-    max_row = max_u32(max_row, hp->n_head * hd / hp->o_groups);
-    const uint32_t mix = (2 + hp->n_hc) * hp->n_hc;
-    const uint64_t n_att = (uint64_t)hp->window + n_ctx / 4 + n_ctx / 128 + 2;
+    struct ref_scratch_buf bufs[REF_N_SCRATCH];
+    ref_scratch_table(&st->s, &st->x_batch, hp, n_ctx, bufs);
+    for (int i = 0; i < REF_N_SCRATCH; i++) {
+        void *mem = calloc(bufs[i].n ? bufs[i].n : 1, bufs[i].elem);
+        if (!mem) goto oom;
+        memcpy(bufs[i].where, &mem, sizeof mem); /* into a typed pointer: every object pointer has this form here */
+    }
     struct ref_scratch *s = &st->s;
-#define ALLOC(p, n) if (!((p) = calloc((n), sizeof *(p)))) goto oom
-    ALLOC(s->rowbuf, max_row);
-    ALLOC(s->a, hp->n_embd);
-    ALLOC(s->f, hp->n_embd);
-    ALLOC(s->qr, hp->q_rank);
-    ALLOC(s->q, (uint64_t)hp->n_head * hd);
-    ALLOC(s->kv, hd);
-    ALLOC(s->o, (uint64_t)hp->n_head * hd);
-    ALLOC(s->z, (uint64_t)hp->o_groups * hp->o_rank);
-    ALLOC(s->entry, max_u32(hd, hp->ix_dim));
-    ALLOC(s->ixq, (uint64_t)max_u32(hp->ix_head, 1) * max_u32(hp->ix_dim, 1));
-    ALLOC(s->ixw, max_u32(hp->ix_head, 1));
-    ALLOC(s->ix_score, n_ctx / 4 + 1);
-    ALLOC(s->ix_sel, max_u32(hp->ix_topk, 1));
-    ALLOC(s->att, n_att);
-    ALLOC(s->acc, hd);
-    ALLOC(s->gate_logits, hp->n_expert);
-    ALLOC(s->router_biased, hp->n_expert);
-    ALLOC(s->guess_scores, hp->n_expert);
-    ALLOC(s->expert_h, hp->n_ff_exp);
-    ALLOC(s->expert_u, hp->n_ff_exp);
-    ALLOC(s->expert_y, hp->n_embd);
-    ALLOC(s->hc_mix, mix);
-    ALLOC(s->hc_post, hp->n_hc);
-    ALLOC(s->hc_comb, (uint64_t)hp->n_hc * hp->n_hc);
-    ALLOC(s->x_old, (uint64_t)hp->n_hc * hp->n_embd);
-    ALLOC(s->freqs_swa, hp->rope_dim / 2);
-    ALLOC(s->freqs_comp, hp->rope_dim / 2);
-    ALLOC(st->x_batch, (uint64_t)REF_BATCH * hp->n_hc * hp->n_embd);
-#undef ALLOC
     ref_rope_freqs(hp, false, s->freqs_swa);
     ref_rope_freqs(hp, true, s->freqs_comp);
     ref_state_reset(st);

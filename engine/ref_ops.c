@@ -83,18 +83,43 @@ double ref_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 double ref_silu(double x) { return x / (1.0 + exp(-x)); }
 
+/* Whether entry a ranks below entry b: a smaller value, or an equal one at a higher index. */
+static bool topk_below(const float *v, int32_t a, int32_t b) { return v[a] < v[b] || (v[a] == v[b] && a > b); }
+
+/* Restores the heap order (lowest-ranked entry on top) below slot i of h[n]. */
+static void topk_sift(const float *v, int32_t *h, uint32_t n, uint32_t i)
+{
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && topk_below(v, h[l], h[m])) m = l;
+        if (r < n && topk_below(v, h[r], h[m])) m = r;
+        if (m == i) return;
+        int32_t t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
 void ref_topk(const float *v, uint32_t n, uint32_t k, int32_t *idx)
 {
-    /* Selection by repeated scan: k is small (experts used, indexer top-k over a few
-     * thousand entries at most in tests); strict '>' keeps the lower index on ties. */
-    for (uint32_t j = 0; j < k; j++) {
-        int32_t best = -1;
-        for (uint32_t i = 0; i < n; i++) {
-            bool taken = false;
-            for (uint32_t q = 0; q < j && !taken; q++) taken = idx[q] == (int32_t)i;
-            if (taken) continue;
-            if (best < 0 || v[i] > v[best]) best = (int32_t)i;
+    /* The k best in a heap whose top is the worst kept (O(n log k): the indexer ranks up
+     * to 262,144 entries at 1M positions), then sorted best first by popping the worst
+     * into the last free slot. A later entry replaces the top only when strictly better,
+     * which keeps the lower index on ties. */
+    if (k > n) k = n;
+    if (k == 0) return;
+    for (uint32_t i = 0; i < k; i++) idx[i] = (int32_t)i;
+    for (uint32_t i = k / 2; i-- > 0;) topk_sift(v, idx, k, i);
+    for (uint32_t i = k; i < n; i++)
+        if (topk_below(v, idx[0], (int32_t)i)) {
+            idx[0] = (int32_t)i;
+            topk_sift(v, idx, k, 0);
         }
-        idx[j] = best;
+    for (uint32_t m = k; m > 1; m--) {
+        int32_t t = idx[0];
+        idx[0] = idx[m - 1];
+        idx[m - 1] = t;
+        topk_sift(v, idx, m - 1, 0);
     }
 }

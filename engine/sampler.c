@@ -21,6 +21,7 @@ struct sampler {
     uint32_t *count;      /* [n_vocab] occurrences among the recent tokens */
     uint8_t *penalized;   /* [n_vocab] scratch: 1 while a token's penalty is applied */
     int32_t *recent;      /* [penalty_last_n] ring of recent tokens */
+    struct sampler_bias *bias; /* [p.n_bias] */
     uint32_t n_recent, recent_head;
     uint64_t rng[4];      /* xoshiro256** state */
 };
@@ -50,6 +51,10 @@ int sampler_create(struct sampler **out, uint32_t n_vocab, const struct sampler_
                     "presence %g, frequency %g: expected numbers", (double)p->temperature, (double)p->top_p,
                     (double)p->min_p, (double)p->repeat_penalty, (double)p->presence_penalty,
                     (double)p->frequency_penalty);
+    for (size_t i = 0; i < p->n_bias; i++)
+        if (p->bias[i].tok < 0 || (uint32_t)p->bias[i].tok >= n_vocab || !isfinite(p->bias[i].bias))
+            return errf(err, err_len, "sampler: bias %zu: token %d, bias %g; expected a token in [0, %u) and a number",
+                        i, p->bias[i].tok, (double)p->bias[i].bias, n_vocab);
     struct sampler *s = calloc(1, sizeof *s);
     if (!s) return errf(err, err_len, "sampler: out of memory");
     s->n_vocab = n_vocab;
@@ -59,7 +64,10 @@ int sampler_create(struct sampler **out, uint32_t n_vocab, const struct sampler_
     s->count = calloc(n_vocab, sizeof *s->count);
     s->penalized = calloc(n_vocab, 1);
     s->recent = malloc(((size_t)p->penalty_last_n + 1) * sizeof *s->recent);
-    if (!s->work || !s->cand || !s->count || !s->penalized || !s->recent) {
+    s->bias = malloc((p->n_bias + 1) * sizeof *s->bias);
+    if (s->bias && p->n_bias) memcpy(s->bias, p->bias, p->n_bias * sizeof *s->bias);
+    s->p.bias = s->bias;
+    if (!s->work || !s->cand || !s->count || !s->penalized || !s->recent || !s->bias) {
         sampler_destroy(s);
         return errf(err, err_len, "sampler: out of memory for %u tokens", n_vocab);
     }
@@ -76,6 +84,7 @@ void sampler_destroy(struct sampler *s)
     free(s->count);
     free(s->penalized);
     free(s->recent);
+    free(s->bias);
     free(s);
 }
 
@@ -154,6 +163,7 @@ int32_t sampler_sample(struct sampler *s, const float *logits)
     const struct sampler_params *p = &s->p;
     uint32_t n = s->n_vocab;
     for (uint32_t i = 0; i < n; i++) s->work[i] = logits[i] == logits[i] ? logits[i] : -INFINITY;
+    for (size_t i = 0; i < p->n_bias; i++) s->work[s->bias[i].tok] += s->bias[i].bias;
     apply_penalties(s);
 
     if (!(p->temperature > 0)) {

@@ -17,6 +17,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A fixed amount added to one token's logit before anything else (OpenAI's logit_bias). */
+struct sampler_bias {
+    int32_t tok;             /* [0, n_vocab) */
+    float bias;
+};
+
 struct sampler_params {
     float temperature;       /* <= 0: greedy (argmax, lowest id on ties) */
     int32_t top_k;           /* <= 0: off */
@@ -27,6 +33,8 @@ struct sampler_params {
     float frequency_penalty; /* 0: off; subtracted per occurrence of a recent token */
     uint32_t penalty_last_n; /* how many recent tokens the penalties look at (0: none) */
     uint64_t seed;
+    const struct sampler_bias *bias; /* [n_bias], copied by sampler_create */
+    size_t n_bias;
 };
 
 /* temperature 1, top_p 1, everything else off, seed 0 (the model's generation defaults). */
@@ -74,6 +82,8 @@ enum stop_reason stopper_feed(struct stopper *s, int32_t tok, const char *text, 
 /* At the end of a generation that did not stop on a string: the held-back text. */
 size_t stopper_flush(struct stopper *s, char *out, size_t cap);
 size_t stopper_buf_size(const struct stopper *s);
+/* After STOP_STRING: the index of the stop string that matched; -1 otherwise. */
+int stopper_matched(const struct stopper *s);
 /* How many tokens it has taken since create/reset. */
 uint32_t stopper_n_tokens(const struct stopper *s);
 

@@ -17,6 +17,7 @@ struct stopper {
     uint32_t n_tokens;
     char *held;           /* [held_cap] text not released yet */
     size_t n_held, held_cap;
+    int matched;          /* the stop string that ended the text, -1 before */
 };
 
 void stopper_destroy(struct stopper *s)
@@ -58,6 +59,7 @@ int stopper_create(struct stopper **out, const struct stopper_params *p, char *e
     s->held_cap = longest + p->max_text_per_token + 1;
     s->held = malloc(s->held_cap);
     if (!s->held) goto oom;
+    s->matched = -1;
     *out = s;
     return 0;
 oom:
@@ -69,7 +71,10 @@ void stopper_reset(struct stopper *s)
 {
     s->n_tokens = 0;
     s->n_held = 0;
+    s->matched = -1;
 }
+
+int stopper_matched(const struct stopper *s) { return s->matched; }
 
 size_t stopper_buf_size(const struct stopper *s) { return s->held_cap; }
 uint32_t stopper_n_tokens(const struct stopper *s) { return s->n_tokens; }
@@ -122,7 +127,10 @@ enum stop_reason stopper_feed(struct stopper *s, int32_t tok, const char *text, 
     size_t first = SIZE_MAX;
     for (size_t i = 0; i < s->n_stop_strings; i++) {
         char *hit = memmem(s->held, s->n_held, s->stop_strings[i], s->stop_lens[i]);
-        if (hit && (size_t)(hit - s->held) < first) first = (size_t)(hit - s->held);
+        if (hit && (size_t)(hit - s->held) < first) {
+            first = (size_t)(hit - s->held);
+            s->matched = (int)i;
+        }
     }
     if (first != SIZE_MAX) {
         s->n_held = first; /* the stop string and what follows are dropped */

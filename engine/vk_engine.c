@@ -162,9 +162,9 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     if (hp->n_expert_used > ABI_ROUTER_MAX_K || hp->n_expert > ABI_ROUTER_MAX_EXPERTS)
         return errf(err, err_len, "vulkan: %u of %u experts per token, the router kernel handles %d of %d", hp->n_expert_used,
                     hp->n_expert, ABI_ROUTER_MAX_K, ABI_ROUTER_MAX_EXPERTS);
-    if (hp->window + hp->ix_topk > ABI_ATTN_MAX_KEYS)
-        return errf(err, err_len, "vulkan: window %u + indexer top-k %u exceed the attention kernel's %d keys", hp->window,
-                    hp->ix_topk, ABI_ATTN_MAX_KEYS);
+    if (hp->ix_topk > ABI_INDEXER_MAX_TOPK)
+        return errf(err, err_len, "vulkan: indexer top-k %u, the indexer kernel keeps at most %d", hp->ix_topk,
+                    ABI_INDEXER_MAX_TOPK);
     if (hp->head_dim % 4 || hp->head_dim > ABI_ATTN_MAX_HEAD_DIM)
         return errf(err, err_len, "vulkan: head_dim %u, the attention kernel reads rows of float4 up to %d", hp->head_dim,
                     ABI_ATTN_MAX_HEAD_DIM);
@@ -216,6 +216,18 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     if (!e->proj || !e->moe || !placed) {
         errf(err, err_len, "out of memory");
         goto fail;
+    }
+    /* FLASHBOX_VK_ATTN_CHUNK=N attends in chunks of N keys (1..ABI_ATTN_CHUNK), so that
+     * whole-model tests cross chunk boundaries on short sequences. */
+    const char *ac = getenv("FLASHBOX_VK_ATTN_CHUNK");
+    if (ac && *ac) {
+        char *end;
+        unsigned long v = strtoul(ac, &end, 10);
+        if (*end || v == 0 || v > ABI_ATTN_CHUNK) {
+            errf(err, err_len, "FLASHBOX_VK_ATTN_CHUNK=%s: expected 1..%d keys", ac, ABI_ATTN_CHUNK);
+            goto fail;
+        }
+        e->attn_chunk = (uint32_t)v;
     }
     /* FLASHBOX_VK_NO_FUSE=1 keeps every weight separate: the fallback for files whose
      * projections differ in type, exercised by the tests on files where they do not. */

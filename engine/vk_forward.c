@@ -293,20 +293,25 @@ static int attention_layer(struct fwd *f, uint32_t il)
         };
         if (norm_rope(f, &s->ixq, &s->ixq, NULL, rope, p, IH, nt)) return -1;
         barrier(f);
-        struct abi_indexer_push ip = {
-            .n_head = IH, .dim = D, .topk = hp->ix_topk, .pos0 = f->pos0, .n_tok = nt,
-            .w_off = pj->col[VK_PROJ_IXW], .w_tstride = pw,
-            .score_tstride = s->n_ctx / 4 + 1, .scale = (float)(1.0 / sqrt((double)D * IH)),
-        };
-        const struct vk_span *b[5] = { &s->ixq, &s->proj, &ls->ix_keys, &s->ixs, &s->sel };
-        if (dispatch(f, VK_KIND_INDEXER, &e->ops.indexer, b, &ip, nt, 1, 1)) return -1;
+        /* tokens in groups of ix_rows, whose score rows the next group reuses */
+        for (uint32_t t0 = 0; t0 < nt; t0 += s->ix_rows) {
+            const uint32_t n = nt - t0 < s->ix_rows ? nt - t0 : s->ix_rows;
+            struct abi_indexer_push ip = {
+                .n_head = IH, .dim = D, .topk = hp->ix_topk, .pos0 = f->pos0 + t0, .n_tok = n,
+                .q_off = t0 * IH * D, .w_off = pj->col[VK_PROJ_IXW] + t0 * pw, .w_tstride = pw,
+                .score_tstride = s->n_ctx / 4 + 1, .sel_off = t0 * hp->ix_topk, .scale = (float)(1.0 / sqrt((double)D * IH)),
+            };
+            const struct vk_span *b[5] = { &s->ixq, &s->proj, &ls->ix_keys, &s->ixs, &s->sel };
+            if (t0) barrier(f);
+            if (dispatch(f, VK_KIND_INDEXER, &e->ops.indexer, b, &ip, n, 1, 1)) return -1;
+        }
     }
     barrier(f);
     {
         struct abi_attn_push p = {
             .head_dim = hd, .n_head = H, .rope_dim = hp->rope_dim, .window = hp->window, .ring_len = s->ring_len,
             .ratio = ratio, .topk = hp->ix_topk, .pos0 = f->pos0, .n_tok = nt,
-            .scale = (float)(1.0 / sqrt((double)hd)),
+            .scale = (float)(1.0 / sqrt((double)hd)), .chunk = e->attn_chunk,
         };
         const struct vk_span *b[7] = { &s->q, &ls->ring, ratio ? &ls->comp : &ls->ring, &s->sel,
                                        vk_tensor_span(e, lw->attn_sinks), rope, &s->o };
@@ -572,6 +577,32 @@ static int run_batch(struct vk_session *s, const int32_t *tokens, uint32_t pos0,
     return 0;
 }
 
+/* lavapipe (Mesa's CPU driver) ends the loops of a shader invocation after 65,535
+ * iterations in all (LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop), silently: past
+ * that a kernel returns wrong numbers. Loop iterations of one invocation of the indexer (the
+ * scores over H x D, the 32 counting passes, the ranking of the k kept) and of the
+ * attention (about one per key) at the last position a batch reaches. */
+#define VK_CPU_LOOP_LIMIT 65535u
+uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uint32_t pos)
+{
+    uint64_t worst = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const uint32_t r = hp->ratio[il];
+        uint64_t keys = (uint64_t)(pos + 1 < hp->window ? pos + 1 : hp->window), it = 0;
+        if (r == 4) {
+            const uint64_t n_vis = (pos + 1) / 4, k = n_vis < hp->ix_topk ? n_vis : hp->ix_topk;
+            const uint64_t per = (n_vis + wg - 1) / wg;
+            it = per * ((uint64_t)hp->ix_head * (hp->ix_dim + 1) + 1) + 33 * per + per + wg + (k + wg - 1) / wg * (k + 1);
+            keys += k;
+        } else if (r) {
+            keys += (pos + 1) / r;
+        }
+        if (keys * 2 > it) it = keys * 2;
+        if (it > worst) worst = it;
+    }
+    return worst;
+}
+
 int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
             char *err, size_t err_len)
 {
@@ -583,6 +614,14 @@ int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *lo
             return errf(err, err_len, "token %u: id %" PRId32 " outside the vocabulary [0, %u)", t, tokens[t], hp->n_vocab);
     if (n > s->n_ctx - s->pos)
         return errf(err, err_len, "%u tokens at position %u exceed the context of %u", n, s->pos, s->n_ctx);
+    if (s->e->d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU && n) {
+        const uint32_t wg = s->e->d->subgroup_size < ABI_WG_SIZE ? s->e->d->subgroup_size : ABI_WG_SIZE;
+        uint64_t it = vk_cpu_loop_iterations(hp, wg, s->pos + n - 1);
+        if (it > VK_CPU_LOOP_LIMIT)
+            return errf(err, err_len, "position %u: the indexer/attention kernels would loop %llu times in one invocation, "
+                        "past the CPU driver's %u (lavapipe stops loops there and answers wrong); use a GPU or the ref backend",
+                        s->pos + n - 1, (unsigned long long)it, VK_CPU_LOOP_LIMIT);
+    }
     const uint32_t B = s->e->max_batch; /* fewer than VK_BATCH when paged experts must fit the slots */
     for (uint32_t c0 = 0; c0 < n; c0 += B) {
         const uint32_t nt = n - c0 < B ? n - c0 : B;
@@ -638,4 +677,6 @@ const struct backend_ops vk_backend_ops = {
     .eval = vk_eval,
     .expert_counters = vk_expert_counters,
     .device_memory = vk_device_memory,
+    .state_save = vk_state_save,
+    .state_load = vk_state_load,
 };

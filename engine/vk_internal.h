@@ -62,6 +62,7 @@ struct vk_engine {
     struct vk_moe *moe;          /* [n_layer] */
     struct vk_hc_split (*hc_split)[2]; /* [n_layer][attention site, ffn site] */
     uint32_t proj_width_max;
+    uint32_t attn_chunk;         /* keys per attention chunk: 0 = ABI_ATTN_CHUNK (tests set small ones) */
 };
 
 /* The tensors of each projection part of layer il (NULL where the layer has none). */
@@ -69,11 +70,14 @@ void vk_proj_tensors(const struct model *m, uint32_t il, tensor_ref out[VK_PROJ_
 
 struct vk_layer_state {
     struct vk_span ring;         /* [ring_len][head_dim]: kv of position p in row p % ring_len */
-    struct vk_span comp;         /* [n_ctx/ratio + 1][head_dim]: compressed entries */
+    struct vk_span comp;         /* [n_ctx/ratio][head_dim]: compressed entries (the last completes at n_ctx - 1) */
     struct vk_span kvc;          /* main compressor: kv [n_rows][coff*head_dim], then score rows */
-    struct vk_span ix_keys;      /* [n_ctx/4 + 1][ix_dim] */
+    struct vk_span ix_keys;      /* [n_ctx/4][ix_dim] */
     struct vk_span ixc;          /* indexer compressor: kv [8][2*ix_dim], then score rows */
 };
+
+#define VK_N_SCRATCH 22 /* activation buffers of a session (vk_session_buffers) */
+#define VK_N_HOST 4     /* host-visible ones */
 
 struct vk_session {
     struct vk_engine *e;
@@ -84,7 +88,7 @@ struct vk_session {
     struct vk_arena *host;       /* host-visible: embeddings in, tokens, logits out */
     struct vk_recorder *rec;
     struct vk_layer_state *layers; /* [n_layer] */
-    struct vk_span rope_swa, rope_comp; /* [n_ctx][rope_dim/2] of (cos, sin) */
+    struct vk_span rope_swa, rope_comp; /* [vk_rope_rows(n_ctx)][rope_dim/2] of (cos, sin), factored (abi.h) */
     /* activations of up to VK_BATCH tokens */
     struct vk_span x;            /* [B][n_hc][n_embd] residual streams */
     struct vk_span hc;           /* [B][n_hc + n_hc^2] post, comb of the current site */
@@ -97,7 +101,8 @@ struct vk_session {
     struct vk_span z;            /* [B][o_groups*o_rank] */
     struct vk_span f;            /* [B][n_embd] attention output */
     struct vk_span ixq;          /* [B][ix_head][ix_dim] */
-    struct vk_span ixs;          /* [B][n_ctx/4 + 1] indexer scores */
+    uint32_t ix_rows;            /* tokens per indexer dispatch: vk_indexer_rows(n_ctx) */
+    struct vk_span ixs;          /* [ix_rows][n_ctx/4 + 1] indexer scores */
     struct vk_span sel;          /* [B][ix_topk] int32 */
     struct vk_span mp;           /* [B][n_expert + 2*n_ff_exp]: router logits (then scores), shared gate, up */
     struct vk_span ids;          /* [B][n_expert_used] int32 */
@@ -130,6 +135,19 @@ struct vk_session {
     uint64_t weight_bytes_step;
 };
 
+/* Rows of a session's factored rope table (abi.h, ABI_ROPE_LO_ROWS) for n_ctx positions. */
+static inline uint32_t vk_rope_rows(uint32_t n_ctx) { return ABI_ROPE_LO_ROWS + (n_ctx >> ABI_ROPE_LO_BITS) + 1; }
+/* Fills the factored table's rows (cos, sin of p * freqs[i], computed in double). */
+void vk_rope_fill(const double *freqs, uint32_t half, uint32_t rows, float *tab);
+/* Tokens whose indexer scores are held at once (one dispatch each group): VK_BATCH, or
+ * fewer so that the score rows stay within VK_INDEXER_SCORE_BYTES at long contexts. */
+#define VK_INDEXER_SCORE_BYTES (32ull << 20)
+static inline uint32_t vk_indexer_rows(uint32_t n_ctx)
+{
+    uint64_t rows = VK_INDEXER_SCORE_BYTES / (((uint64_t)n_ctx / 4 + 1) * 4);
+    return rows < 1 ? 1 : rows > VK_BATCH ? VK_BATCH : (uint32_t)rows;
+}
+
 const struct vk_span *vk_tensor_span(const struct vk_engine *e, tensor_ref t);
 int vk_weight_of(const struct vk_engine *e, tensor_ref t, uint32_t n_mat_split, struct vk_weight *w, char *err,
                  size_t err_len);
@@ -141,6 +159,9 @@ void vk_session_destroy(void *state);
 void vk_session_reset(void *state);
 int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
             char *err, size_t err_len);
+
+int vk_state_save(void *state, float *data, char *err, size_t err_len);
+int vk_state_load(void *state, uint32_t pos, const float *data, char *err, size_t err_len);
 
 /* engine/vk_experts.c: expert paging */
 int vk_experts_open(struct vk_engine *e, const struct engine_options *opt, char *err, size_t err_len);
@@ -155,6 +176,10 @@ void vk_experts_prefetch_hash(struct vk_engine *e, const int32_t *tokens, uint32
 void vk_experts_release(struct vk_engine *e, struct vk_session *s);
 int vk_expert_counters(void *ctx, struct expert_counters *out);
 int vk_device_memory(void *ctx, uint64_t *used, uint64_t *total);
+
+/* Loop iterations one invocation of the indexer or attention kernel runs at position pos
+ * (workgroups of wg): CPU drivers stop loops past 65,535 (vk_forward.c). */
+uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uint32_t pos);
 
 /* engine/vk_bench.c */
 int vk_copy_bandwidth(void *ctx, double *bytes_per_s, char *err, size_t err_len);

@@ -159,6 +159,29 @@ int vk_arena_alloc(struct vk_arena *a, uint64_t size, uint64_t align, struct vk_
     return 0;
 }
 
+void vk_arena_plan_alloc(struct vk_arena_plan *p, uint64_t size)
+{
+    if (size == 0) size = 4;
+    for (uint32_t i = 0; i < p->n_chunks; i++) {
+        uint64_t off = (p->used[i] + p->align - 1) & ~(p->align - 1);
+        if (off <= p->size[i] && p->size[i] - off >= size) {
+            p->used[i] = off + size;
+            return;
+        }
+    }
+    if (p->n_chunks == VK_ARENA_MAX_CHUNKS) return; /* the real arena fails there */
+    uint64_t want = size > p->chunk_bytes ? size : p->chunk_bytes;
+    p->size[p->n_chunks] = (want + 255) & ~(uint64_t)255;
+    p->used[p->n_chunks++] = size;
+}
+
+uint64_t vk_arena_plan_bytes(const struct vk_arena_plan *p)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < p->n_chunks; i++) n += p->size[i];
+    return n;
+}
+
 struct vk_span vk_span_sub(const struct vk_span *s, uint64_t off, uint64_t size)
 {
     struct vk_span sub = *s;

@@ -54,6 +54,18 @@ struct vk_span vk_span_sub(const struct vk_span *s, uint64_t off, uint64_t size)
 /* Bytes allocated from the device so far. */
 uint64_t vk_arena_bytes(const struct vk_arena *a);
 
+/* The device memory an arena would take for a sequence of allocations, without a device:
+ * vk_arena_alloc's placement (first fit in the chunks so far, else a new chunk of
+ * chunk_bytes or of the request) for spans aligned to `align`. The memory plan uses it;
+ * a test checks it against real arenas. */
+struct vk_arena_plan {
+    uint64_t chunk_bytes, align;
+    uint32_t n_chunks;
+    uint64_t size[VK_ARENA_MAX_CHUNKS], used[VK_ARENA_MAX_CHUNKS];
+};
+void vk_arena_plan_alloc(struct vk_arena_plan *p, uint64_t size);
+uint64_t vk_arena_plan_bytes(const struct vk_arena_plan *p);
+
 /* Copies n bytes between host memory and span bytes [off, off + n). */
 int vk_span_upload(struct vk_device *d, const struct vk_span *s, uint64_t off, const void *src, uint64_t n,
                    char *err, size_t err_len);

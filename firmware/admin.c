@@ -5,6 +5,7 @@
 
 #include "engine/errmsg.h"
 #include "firmware/audit.h"
+#include "firmware/eval_gate.h"
 #include "firmware/http_api.h"
 #include "firmware/peer.h"
 #include "firmware/reload.h"
@@ -31,6 +32,8 @@ struct admin {
     struct serve_config cfg;      /* the update store's settings live here */
     struct update_config uc;      /* points into cfg */
     struct selftest_opts so;      /* install self-test: the daemon's backend */
+    struct eval_policy policy;    /* the site's evaluation of a new slot (update.eval_*) */
+    volatile int cancel;          /* set by admin_stop: an evaluation in progress gives up */
     uid_t self_uid;
 
     pthread_mutex_t lock;         /* guards everything below */
@@ -40,9 +43,9 @@ struct admin {
     bool busy;                    /* an operation is running */
     char kind[16];                /* "install" or "rollback" */
     char bundle[ADMIN_PATH_MAX];
-    char phase[16];               /* hash, verify, write, selftest, activate, reload; "" = none yet */
+    char phase[16];               /* hash, verify, write, selftest, evaluate, activate, reload; "" = none yet */
     char what[128];
-    uint64_t done, total;         /* bytes of what, in phase */
+    uint64_t done, total;         /* bytes of what, in phase (evaluate: cases) */
     uint64_t seq_started, seq_finished;
     int last_status;              /* HTTP status of the last operation's result */
     char *last_result;            /* its JSON text; NULL before the first */
@@ -70,6 +73,7 @@ static const char *phase_name(enum update_phase p)
     case UPDATE_PHASE_VERIFY: return "verify";
     case UPDATE_PHASE_WRITE: return "write";
     case UPDATE_PHASE_SELFTEST: return "selftest";
+    case UPDATE_PHASE_EVALUATE: return "evaluate";
     case UPDATE_PHASE_ACTIVATE: return "activate";
     }
     return "?";
@@ -153,9 +157,14 @@ static json_t *slot_json(const struct update_slot_status *s)
         json_object_set_new(o, "version", json_string(s->version));
         json_object_set_new(o, "epoch", json_integer((json_int_t)s->epoch));
         json_object_set_new(o, "created", json_integer((json_int_t)s->created));
+        if (s->provenance[0]) json_object_set_new(o, "provenance", json_string(s->provenance));
     } else {
         json_object_set_new(o, "why_invalid", json_string(s->why_invalid));
     }
+    if (s->eval.verdict[0])
+        json_object_set_new(o, "evaluation", json_pack("{s:s,s:f,s:f,s:i,s:s}", "verdict", s->eval.verdict, "score",
+                                                       s->eval.score, "threshold", s->eval.threshold, "cases",
+                                                       (json_int_t)s->eval.cases, "set_sha256", s->eval.set_sha256));
     return o;
 }
 
@@ -239,7 +248,9 @@ static void *op_main(void *arg)
     bool install = !strcmp(kind, "install");
     int rc;
     if (install) {
-        struct update_hooks hooks = { op_progress, op_selftest, ad };
+        struct update_hooks hooks = { .progress = op_progress, .selftest = op_selftest, .user = ad,
+                                      .evaluate = ad->policy.set_path[0] ? eval_gate_evaluate : NULL,
+                                      .eval_user = &ad->policy };
         rc = update_install(&ad->uc, bundle, &hooks, &info, err, sizeof err);
     } else {
         rc = update_rollback(&ad->uc, err, sizeof err);
@@ -451,6 +462,13 @@ int admin_start(struct admin **out, const struct serve_config *cfg, int fd, char
     /* the self-test compares greedy tokens that `bundle create` recorded on the reference */
     if (engine_backend_parse(cfg->backend, &ad->so.backend) || ad->so.backend == ENGINE_BACKEND_AUTO)
         ad->so.backend = ENGINE_BACKEND_REF;
+    /* The evaluation runs on the backend the daemon serves with (model.backend, as the site
+     * recorded its set with flashbox eval), the self-test on the reference. */
+    if (engine_backend_parse(cfg->backend, &ad->policy.backend)) ad->policy.backend = ENGINE_BACKEND_AUTO;
+    enum engine_backend eval_backend = ad->policy.backend;
+    ad->policy = (struct eval_policy){ .set_path = ad->cfg.update_eval_set, .min_score = cfg->update_eval_min_score,
+                                       .max_regression = cfg->update_eval_max_regression, .backend = eval_backend,
+                                       .jobs = cfg->update_eval_jobs, .cancel = &ad->cancel };
     ad->self_uid = geteuid();
     pthread_mutex_init(&ad->lock, NULL);
     pthread_cond_init(&ad->cond, NULL);
@@ -481,6 +499,7 @@ void admin_stop(struct admin *ad)
     if (!ad) return;
     pthread_mutex_lock(&ad->lock);
     ad->stopping = true;
+    ad->cancel = 1; /* an evaluation stops at its next token: the new slot is refused, the old one stays */
     bool join = ad->thread_joinable;
     ad->thread_joinable = false;
     pthread_mutex_unlock(&ad->lock);

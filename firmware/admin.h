@@ -4,7 +4,8 @@
  *   GET  /admin/update/status    the slot store (update_get_status), what is served, and
  *                                the operation in progress with its phase and bytes
  *   POST /admin/update/install   body {"bundle": "/abs/path.fbx"}: update_install with the
- *                                engine self-test, then a hot reload of the new slot
+ *                                engine self-test and the site's evaluation (update.eval_*,
+ *                                phase "evaluate", done/total in cases), then a hot reload
  *   POST /admin/update/rollback  update_rollback, then a hot reload
  * One operation at a time (409 otherwise). An operation runs on its own thread; the
  * request waits for it and answers with the result (a client that hangs up does not stop
@@ -25,7 +26,8 @@ struct model_host;
 int admin_start(struct admin **out, const struct serve_config *cfg, int fd, char *err, size_t err_len);
 void admin_set_host(struct admin *ad, struct model_host *h);
 /* Stops taking requests, waits for an operation in progress (an install is not
- * interrupted: it is crash-safe, but a finished one is better), stops the server. */
+ * interrupted: it is crash-safe, but a finished one is better; only a site evaluation
+ * gives up at once, which refuses the new slot and keeps the active one), stops the server. */
 void admin_stop(struct admin *ad);
 
 /* The install body: {"bundle": "/absolute/path"}; path is copied into out (path_cap bytes). */

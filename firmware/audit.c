@@ -90,6 +90,7 @@ void audit_write(const struct audit_record *r)
     if (r->status) {
         json_object_set_new(o, "tokens_in", json_integer((json_int_t)r->tokens_in));
         json_object_set_new(o, "tokens_out", json_integer((json_int_t)r->tokens_out));
+        json_object_set_new(o, "tokens_reused", json_integer((json_int_t)r->tokens_reused));
         json_object_set_new(o, "status", json_integer(r->status));
         json_object_set_new(o, "duration_ms", json_real(r->duration_ms));
     }

@@ -17,6 +17,7 @@ struct audit_record {
     const char *method, *endpoint;
     const char *model, *slot;
     uint64_t tokens_in, tokens_out;
+    uint64_t tokens_reused;   /* prompt tokens resumed from the prefix cache, not prefilled */
     int status;               /* HTTP status; 0 for service events */
     double duration_ms;
     const char *finish;       /* finish reason or error code; NULL if none */

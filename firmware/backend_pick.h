@@ -1,14 +1,33 @@
 /* The default backend from the board's facts: the engine never looks at the hardware
- * itself (design.md), so the program resolves ENGINE_BACKEND_AUTO before engine_open. */
+ * itself (design.md), so the program resolves ENGINE_BACKEND_AUTO before engine_open, and
+ * keeps the reason in words for `flashbox board` and the daemon's /health. */
 #ifndef FLASHBOX_FIRMWARE_BACKEND_PICK_H
 #define FLASHBOX_FIRMWARE_BACKEND_PICK_H
 
 #include "engine/engine.h"
 
+#include <stddef.h>
+#include <stdint.h>
+
+/* On a CPU Vulkan driver (lavapipe) auto takes Vulkan for model files of at least this many
+ * bytes. Measured on 2 cores: on the 500 MB small model Vulkan decodes about 3.5x faster than
+ * the reference (40 against 11 tok/s), which repays its first-run pipeline compile (tens of
+ * seconds, cached on disk by Mesa afterwards) within a few hundred tokens; on the tiny 3-15 MB
+ * models the reference answers before Vulkan has compiled its pipelines. */
+#define BACKEND_PICK_CPU_DRIVER_MIN_MODEL_BYTES (64ull << 20)
+
 /* When opt->backend is ENGINE_BACKEND_AUTO: vulkan on the device the board picks if it is a
- * real GPU (discrete, integrated or virtual) with every required feature, else the CPU
- * reference (no Vulkan driver, or only a CPU implementation such as lavapipe, where the
- * reference is faster). Other backends are left as they are. */
+ * real GPU (discrete, integrated or virtual) with every required feature; on a CPU driver
+ * vulkan for models of BACKEND_PICK_CPU_DRIVER_MIN_MODEL_BYTES or more, else the reference;
+ * the reference where there is no usable Vulkan driver. Other backends are left as they
+ * are. Records the reason (backend_pick_reason). */
 void backend_resolve(struct engine_options *opt);
+
+/* The rule alone, for a device of the given kind ("cpu" or a GPU type) and a model of
+ * model_bytes (0: unknown): the backend auto takes, and why in words. */
+enum engine_backend backend_rule(const char *device_type, uint64_t model_bytes, char *why, size_t why_len);
+
+/* The reason for the last backend_resolve in this process ("" before any), copied into buf. */
+void backend_pick_reason(char *buf, size_t len);
 
 #endif

@@ -14,6 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Longer prompts skip the profiled rerun of the prefill. */
+#define BENCH_PROFILE_MAX_PROMPT 4096u
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -42,7 +45,14 @@ static void usage(FILE *out)
                  "  --expert-read auto|pagecache|direct   how paged experts are read\n"
                  "  --no-prefetch   turn speculative expert loads off (hash-layer prefetch and next-layer\n"
                  "                  router guesses), to see the stall they hide\n"
-                 "  --cold      drop the model file's pages from the page cache before the measured run\n");
+                 "  --cold      drop the model file's pages from the page cache before the measured run\n"
+                 "  --prompt N  a prompt of 1024 or more also times its first and last 256 tokens apart:\n"
+                 "              the per-token prefill cost at the start and at depth N\n"
+                 "  --at P      start the measured prompt at position P from a zero state (the cost of a\n"
+                 "              position does not depend on the values), next to the same prompt at 0;\n"
+                 "              decode is then timed at depth P + N\n"
+                 "  --reuse T   time to first token of a next turn of T tokens after the prompt, prefilled\n"
+                 "              from scratch and resumed from the prompt's saved session state\n");
 }
 
 /* Sequential read bandwidth of the file's device: up to 256 MiB read with O_DIRECT in 4 MiB
@@ -87,12 +97,14 @@ int cmd_bench(int argc, char **argv)
     struct engine_options opt;
     engine_options_default(&opt);
     opt.backend = ENGINE_BACKEND_AUTO;
-    uint32_t n_prompt = 64, n_gen = 16, runs = 1;
+    uint32_t n_prompt = 64, n_gen = 16, runs = 1, at = 0, reuse = 0;
     bool kernels = false, cold = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) opt.model_path = argv[++i];
         else if (!strcmp(a, "--prompt") && v) n_prompt = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--at") && v) at = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--reuse") && v) reuse = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--gen") && v) n_gen = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--runs") && v) runs = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--device") && v) opt.device_index = atoi(argv[++i]);
@@ -138,11 +150,12 @@ int cmd_bench(int argc, char **argv)
     engine_get_info(e, &info);
     struct session *s = NULL;
     int rc = 1;
-    int32_t *toks = malloc((size_t)(n_prompt + n_gen + 1) * sizeof *toks);
+    void *state = NULL;
+    int32_t *toks = malloc((size_t)(n_prompt + n_gen + reuse + 1) * sizeof *toks);
     float *logits = malloc((size_t)info.n_vocab * sizeof *logits);
     if (!toks || !logits) goto out;
-    for (uint32_t i = 0; i < n_prompt + n_gen + 1; i++) toks[i] = (int32_t)((i * 2654435761u) % info.n_vocab);
-    if (session_create(e, n_prompt + n_gen + 8, &s, err, sizeof err)) goto fail;
+    for (uint32_t i = 0; i < n_prompt + n_gen + reuse + 1; i++) toks[i] = (int32_t)((i * 2654435761u) % info.n_vocab);
+    if (session_create(e, at + n_prompt + n_gen + reuse + 8, &s, err, sizeof err)) goto fail;
 
     /* warm-up (first-use costs), then the measured runs */
     if (session_eval(s, toks, 1, logits, false, err, sizeof err)) goto fail;
@@ -154,11 +167,38 @@ int cmd_bench(int argc, char **argv)
      * keep the fastest of `runs` passes, since a shared machine's noise only ever slows. */
     if (paged || cold) runs = 1;
     double t_prefill = 1e30, t_decode = 1e30, cpu_prefill = 1e30, cpu_decode = 1e30;
+    /* A long prompt's first and last EDGE tokens are timed on their own (whole batches, so
+     * the batching is the same): the per-token cost at the start and at the prompt's depth. */
+    const uint32_t EDGE = 256, edge = !at && n_prompt >= 4 * EDGE ? EDGE : 0;
+    double t_first = 1e30, t_last = 1e30;
+    /* --at: the same prompt from position 0 (the short prompt's cost), then the measured
+     * runs from a zero state at position `at` */
+    double t_short = 1e30;
+    if (at) {
+        for (uint32_t run = 0; run < runs; run++) {
+            session_reset(s);
+            double t0 = now_s();
+            if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) goto fail;
+            if (now_s() - t0 < t_short) t_short = now_s() - t0;
+        }
+    }
     for (uint32_t run = 0; run < runs; run++) {
-        if (run) session_reset(s);
-        double t0 = now_s(), c0 = cpu_s();
-        if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) goto fail;
+        if (run || at) session_reset(s);
+        if (at && session_seek_zero(s, at, err, sizeof err)) goto fail;
+        double t0 = now_s(), c0 = cpu_s(), tf = 0, tl = 0;
+        if (edge) {
+            if (session_eval(s, toks, edge, NULL, false, err, sizeof err)) goto fail;
+            tf = now_s() - t0;
+            if (session_eval(s, toks + edge, n_prompt - 2 * edge, NULL, false, err, sizeof err)) goto fail;
+            double tm = now_s();
+            if (session_eval(s, toks + n_prompt - edge, edge, logits, false, err, sizeof err)) goto fail;
+            tl = now_s() - tm;
+        } else if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) {
+            goto fail;
+        }
         double tp = now_s() - t0, cp = cpu_s() - c0;
+        if (edge && tf < t_first) t_first = tf;
+        if (edge && tl < t_last) t_last = tl;
         if (tp < t_prefill) t_prefill = tp;
         if (cp < cpu_prefill) cpu_prefill = cp;
         if (paged) engine_expert_counters(e, &ecm); /* splits the stall into prefill and decode */
@@ -175,18 +215,47 @@ int cmd_bench(int argc, char **argv)
     struct engine_profile pd;
     session_get_profile(s, &pd);
 
-    /* profiled run: the same prefill and decode steps with timestamps around every dispatch */
-    session_reset(s);
-    session_profile(s, true);
-    if (session_eval(s, toks, n_prompt, NULL, false, err, sizeof err)) goto fail;
-    struct engine_profile pf;
-    session_get_profile(s, &pf);
-    session_profile(s, true);
-    for (uint32_t i = 0; i < n_gen; i++)
-        if (session_eval(s, toks + n_prompt + i, 1, logits, false, err, sizeof err)) goto fail;
-    struct engine_profile pp;
-    session_get_profile(s, &pp);
-    session_profile(s, false);
+    /* profiled run: the same prefill and decode steps with timestamps around every dispatch
+     * (not for long prompts, whose prefill it would repeat) */
+    struct engine_profile pf, pp;
+    memset(&pf, 0, sizeof pf);
+    memset(&pp, 0, sizeof pp);
+    if (n_prompt <= BENCH_PROFILE_MAX_PROMPT && !at) {
+        session_reset(s);
+        session_profile(s, true);
+        if (session_eval(s, toks, n_prompt, NULL, false, err, sizeof err)) goto fail;
+        session_get_profile(s, &pf);
+        session_profile(s, true);
+        for (uint32_t i = 0; i < n_gen; i++)
+            if (session_eval(s, toks + n_prompt + i, 1, logits, false, err, sizeof err)) goto fail;
+        session_get_profile(s, &pp);
+        session_profile(s, false);
+    }
+
+    /* --reuse T: a next turn of T tokens after the prompt, its time to first token from
+     * scratch (prefill of prompt + turn) and from the prompt's saved state (load + turn) */
+    double t_cold = 0, t_warm = 0;
+    uint64_t state_bytes = 0;
+    if (reuse) {
+        session_reset(s);
+        double t0 = now_s();
+        if (session_eval(s, toks, n_prompt + reuse, logits, false, err, sizeof err)) goto fail;
+        t_cold = now_s() - t0;
+        session_reset(s);
+        if (session_eval(s, toks, n_prompt, NULL, false, err, sizeof err)) goto fail;
+        state_bytes = session_state_bytes(s, n_prompt);
+        if (!(state = malloc(state_bytes))) {
+            snprintf(err, sizeof err, "out of memory for %llu bytes of state", (unsigned long long)state_bytes);
+            goto fail;
+        }
+        if (session_state_save(s, state, state_bytes, err, sizeof err)) goto fail;
+        session_reset(s);
+        t0 = now_s();
+        if (session_state_load(s, state, state_bytes, err, sizeof err) ||
+            session_eval(s, toks + n_prompt, reuse, logits, false, err, sizeof err))
+            goto fail;
+        t_warm = now_s() - t0;
+    }
 
     double copy_bw = 0;
     if (engine_copy_bandwidth(e, &copy_bw, err, sizeof err)) copy_bw = 0;
@@ -196,7 +265,17 @@ int cmd_bench(int argc, char **argv)
     double gbs = bytes_tok * decode_tps / 1e9;
     printf("model        %s (%s backend)%s\n", info.model_name, info.backend_name, runs > 1 ? ", best of the runs" : "");
     printf("prefill      %u tokens  %.2f tok/s\n", n_prompt, prefill_tps);
-    printf("decode       %u tokens  %.2f tok/s  (%.2f ms/token)\n", n_gen, decode_tps, n_gen ? 1e3 * t_decode / n_gen : 0);
+    if (edge)
+        printf("prefill per token  %.4f ms at positions 0..%u, %.4f ms at %u..%u (%.2fx)\n", 1e3 * t_first / edge, edge - 1,
+               1e3 * t_last / edge, n_prompt - edge, n_prompt - 1, t_last / t_first);
+    if (at)
+        printf("prefill per token  %.4f ms at positions 0..%u, %.4f ms at %u..%u (%.2fx; from a zero state)\n",
+               1e3 * t_short / n_prompt, n_prompt - 1, 1e3 * t_prefill / n_prompt, at, at + n_prompt - 1, t_prefill / t_short);
+    printf("decode       %u tokens  %.2f tok/s  (%.2f ms/token) at depth %u\n", n_gen, decode_tps,
+           n_gen ? 1e3 * t_decode / n_gen : 0, at + n_prompt);
+    if (reuse)
+        printf("next turn    %u tokens after %u: first token in %.1f ms from scratch, %.1f ms from the saved state "
+               "(%.2f MiB, load included)\n", reuse, n_prompt, 1e3 * t_cold, 1e3 * t_warm, (double)state_bytes / (1 << 20));
     printf("prefill/decode per-token speed-up  %.2fx\n", decode_tps > 0 ? prefill_tps / decode_tps : 0);
     double cpu_p_ms = 1e3 * cpu_prefill / n_prompt, cpu_d_ms = n_gen ? 1e3 * cpu_decode / n_gen : 0;
     printf("cpu time     prefill %.2f ms/token, decode %.2f ms/token, speed-up %.2fx (all threads)\n", cpu_p_ms, cpu_d_ms,
@@ -235,7 +314,14 @@ int cmd_bench(int argc, char **argv)
             printf("%s\"%s\":%.4f", first ? "" : ",", pp.kind[k], pp.gpu_ns[k] / 1e6 / n_gen);
             first = 0;
         }
-    printf("}}\n");
+    printf("}");
+    if (edge)
+        printf(",\"prefill_ms_per_token_first\":%.5f,\"prefill_ms_per_token_last\":%.5f", 1e3 * t_first / edge,
+               1e3 * t_last / edge);
+    if (at)
+        printf(",\"at\":%u,\"prefill_ms_per_token_first\":%.5f,\"prefill_ms_per_token_last\":%.5f", at,
+               1e3 * t_short / n_prompt, 1e3 * t_prefill / n_prompt);
+    printf("}\n");
     if (paged) {
         /* counters of the measured prefill + decode only */
         uint64_t hit = ec1.hits[0] + ec1.hits[1] - ec0.hits[0] - ec0.hits[1];
@@ -282,6 +368,7 @@ fail:
 out:
     session_destroy(s);
     engine_close(e);
+    free(state);
     free(toks);
     free(logits);
     return rc;

@@ -1,6 +1,7 @@
 /* `flashbox board`: the GPUs the board module found, as JSON (jansson), and which one
  * flashbox would use; --device N or --uuid U shows the pick for that selection. */
 #include "board/board.h"
+#include "firmware/backend_pick.h"
 #include "firmware/commands.h"
 
 #include <jansson.h>
@@ -66,6 +67,16 @@ int cmd_board(int argc, char **argv)
     json_t *root = json_pack("{s:o, s:o}", "devices", gpus, "drm_render_nodes", drm);
     json_object_set_new(root, "picked", pick >= 0 ? json_integer(pick) : json_null());
     if (pick < 0) json_object_set_new(root, "pick_error", json_string(err));
+    if (pick >= 0) {
+        /* What --backend auto takes on this device (the model's size decides on a CPU driver). */
+        char why[256];
+        const struct board_gpu *g = &b.gpus[pick];
+        enum engine_backend be = g->unsupported[0] ? ENGINE_BACKEND_REF : backend_rule(g->type, 0, why, sizeof why);
+        if (g->unsupported[0]) snprintf(why, sizeof why, "auto: the device lacks a required feature (%s)", g->unsupported);
+        int by_size = !g->unsupported[0] && !strcmp(g->type, "cpu");
+        json_object_set_new(root, "auto_backend", json_string(by_size ? "by model size" : be == ENGINE_BACKEND_VULKAN ? "vulkan" : "ref"));
+        json_object_set_new(root, "auto_backend_why", json_string(why));
+    }
     char *s = json_dumps(root, JSON_INDENT(2));
     if (s) puts(s);
     free(s);

@@ -1,11 +1,24 @@
-/* `flashbox inspect -m MODEL`: metadata, tensor table and validated hyper-parameters. */
+/* `flashbox inspect -m MODEL`: metadata, tensor table, the conversion's provenance and
+ * validated hyper-parameters. */
 #include "engine/gguf.h"
 #include "engine/model.h"
 #include "firmware/commands.h"
 
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+void print_provenance(const char *label, const char *text, size_t len)
+{
+    json_t *o = json_loadb(text, len, 0, NULL);
+    char *pretty = o ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    if (pretty) printf("%s%s\n", label, pretty);
+    else printf("%s%.*s\n", label, (int)len, text); /* not JSON: shown as it is */
+    free(pretty);
+    json_decref(o);
+}
 
 static void print_kv(const struct gguf_kv *kv)
 {
@@ -45,6 +58,8 @@ int cmd_inspect(int argc, char **argv)
     printf("%s: GGUF v%u, %" PRIu64 " keys, %" PRIu64 " tensors, %" PRIu64 " bytes\n", path, f->version,
            f->n_kv, f->n_tensors, f->size);
     for (uint64_t i = 0; i < f->n_kv; i++) print_kv(&f->kv[i]);
+    const struct gguf_kv *prov = gguf_find_kv(f, "flashbox.provenance");
+    if (prov && prov->type == GGUF_VAL_STRING) print_provenance("provenance: ", prov->v.str.ptr, prov->v.str.len);
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
         printf("  %-40s %-6s [%" PRIu64, t->name, gguf_type_name(t->type), t->ne[0]);

@@ -1,5 +1,5 @@
-/* `flashbox logits`: the logits of every position of a token sequence, as raw
- * little-endian float32 [n_tokens][n_vocab] (--out) or the top K per position (--top).
+/* `flashbox logits`: the logits of every position of a token sequence (or of its last N),
+ * as raw little-endian float32 [n_tokens][n_vocab] (--out) or the top K per position (--top).
  * Acceptance checks use this interface; keep it stable. */
 #include "engine/engine.h"
 #include "firmware/backend_pick.h"
@@ -14,9 +14,12 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: flashbox logits -m MODEL.gguf --tokens 1,2,3[,...] (--out FILE | --top K)\n"
-            "                       [--backend ref|vulkan] [--incremental]\n"
+            "usage: flashbox logits -m MODEL.gguf (--tokens 1,2,3[,...] | --tokens-file FILE) (--out FILE | --top K)\n"
+            "                       [--backend ref|vulkan] [--incremental] [--ctx N] [--last N]\n"
+            "  --tokens-file FILE  the ids from a file, separated by commas, spaces or newlines\n"
             "  --out FILE      write float32 little-endian logits [n_tokens][n_vocab]\n"
+            "  --last N        only the last N positions' logits (the others are evaluated without)\n"
+            "  --ctx N         the session's context (default: the number of tokens)\n"
             "  --top K         print the K largest (id, logit) of each position instead\n"
             "  --backend B     auto (default: vulkan on a GPU, else ref), ref (CPU reference) or vulkan\n"
             "  --incremental   feed the tokens one at a time instead of one batch\n"
@@ -24,19 +27,23 @@ static void usage(FILE *out)
             "  --expert-read auto|pagecache|direct   how paged experts are read (default auto)\n");
 }
 
-/* Parses "1,2,3" into a new array; returns the count or -1 with a message. */
+/* Parses ids separated by commas or white space ("1,2,3", "1 2\n3") into a new array;
+ * returns the count or -1 with a message. */
 static long parse_tokens(const char *s, int32_t **out)
 {
     size_t cap = 16, n = 0;
     int32_t *v = malloc(cap * sizeof *v);
     if (!v) return -1;
     const char *p = s;
+    while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
     while (*p) {
         char *end;
         errno = 0;
-        long x = strtol(p, &end, 10);
-        if (end == p || errno || x < 0 || x > INT32_MAX || (*end && *end != ',')) {
-            fprintf(stderr, "flashbox logits: --tokens: bad id at \"%.20s\"\n", p);
+        long x = *p >= '0' && *p <= '9' ? strtol(p, &end, 10) : (end = (char *)p, 0);
+        const char *sep = end;
+        while (*sep == ' ' || *sep == '\n' || *sep == '\t' || *sep == '\r') sep++;
+        if (end == p || errno || x < 0 || x > INT32_MAX || (*sep && *sep != ',' && sep == end)) {
+            fprintf(stderr, "flashbox logits: tokens: bad id at \"%.20s\"\n", p);
             free(v);
             return -1;
         }
@@ -49,15 +56,50 @@ static long parse_tokens(const char *s, int32_t **out)
             v = nv;
         }
         v[n++] = (int32_t)x;
-        p = *end ? end + 1 : end;
+        p = *sep == ',' ? sep + 1 : sep;
+        while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
     }
     if (n == 0) {
-        fprintf(stderr, "flashbox logits: --tokens is empty\n");
+        fprintf(stderr, "flashbox logits: no tokens given\n");
         free(v);
         return -1;
     }
     *out = v;
     return (long)n;
+}
+
+/* The whole of a file as a string (NULL with a message). */
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "flashbox logits: %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    for (size_t got; b && (got = fread(b + n, 1, cap - n - 1, f)) > 0;) {
+        n += got;
+        if (n + 1 == cap) {
+            char *nb = realloc(b, cap *= 2);
+            if (!nb) free(b);
+            b = nb;
+        }
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (!b || bad) {
+        fprintf(stderr, "flashbox logits: %s: %s\n", path, b ? "read error" : "out of memory");
+        free(b);
+        return NULL;
+    }
+    b[n] = 0;
+    if (strlen(b) != n) {
+        fprintf(stderr, "flashbox logits: %s: a NUL byte in a token file\n", path);
+        free(b);
+        return NULL;
+    }
+    return b;
 }
 
 /* Prints "pos: id:logit id:logit ..." for the k largest logits (ties: lower id first). */
@@ -86,15 +128,25 @@ int cmd_logits(int argc, char **argv)
     struct engine_options opt;
     engine_options_default(&opt);
     opt.backend = ENGINE_BACKEND_AUTO;
-    const char *tokens_arg = NULL, *out_path = NULL;
-    long top = 0;
+    const char *tokens_arg = NULL, *tokens_file = NULL, *out_path = NULL;
+    long top = 0, last = 0, ctx = 0;
     bool incremental = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) opt.model_path = argv[++i];
         else if (!strcmp(a, "--tokens") && v) tokens_arg = argv[++i];
+        else if (!strcmp(a, "--tokens-file") && v) tokens_file = argv[++i];
         else if (!strcmp(a, "--out") && v) out_path = argv[++i];
+        else if ((!strcmp(a, "--last") || !strcmp(a, "--ctx")) && v) {
+            char *end;
+            long x = strtol(argv[++i], &end, 10);
+            if (*end || x < 1 || x > UINT32_MAX) {
+                fprintf(stderr, "flashbox logits: %s expects a positive number\n", a);
+                return 2;
+            }
+            *(!strcmp(a, "--last") ? &last : &ctx) = x;
+        }
         else if (!strcmp(a, "--top") && v) {
             char *end;
             top = strtol(argv[++i], &end, 10);
@@ -134,13 +186,23 @@ int cmd_logits(int argc, char **argv)
             return 2;
         }
     }
-    if (!opt.model_path || !tokens_arg || (!out_path && !top)) {
+    if (!opt.model_path || !tokens_arg == !tokens_file || (!out_path && !top)) {
         usage(stderr);
         return 2;
     }
     int32_t *tokens = NULL;
-    long n = parse_tokens(tokens_arg, &tokens);
+    char *text = tokens_file ? read_file(tokens_file) : NULL;
+    if (tokens_file && !text) return 2;
+    long n = parse_tokens(text ? text : tokens_arg, &tokens);
+    free(text);
     if (n < 0) return 2;
+    if (ctx && ctx < n) {
+        fprintf(stderr, "flashbox logits: %ld tokens exceed --ctx %ld\n", n, ctx);
+        free(tokens);
+        return 2;
+    }
+    /* positions [first, n) get logits; the ones before are evaluated without */
+    const long first = last && last < n ? n - last : 0, n_out = n - first;
 
     backend_resolve(&opt);
     char err[1024];
@@ -153,22 +215,25 @@ int cmd_logits(int argc, char **argv)
     if (engine_open(&e, &opt, err, sizeof err)) goto fail;
     struct engine_info info;
     engine_get_info(e, &info);
-    if (session_create(e, (uint32_t)n, &s, err, sizeof err)) goto fail;
-    logits = malloc((size_t)n * info.n_vocab * sizeof *logits);
+    if (session_create(e, (uint32_t)(ctx ? ctx : n), &s, err, sizeof err)) goto fail;
+    logits = malloc((size_t)n_out * info.n_vocab * sizeof *logits);
     best = malloc((top ? (size_t)top : 1) * sizeof *best);
     if (!logits || !best) {
-        snprintf(err, sizeof err, "out of memory for %ld x %u logits", n, info.n_vocab);
+        snprintf(err, sizeof err, "out of memory for %ld x %u logits", n_out, info.n_vocab);
         goto fail;
     }
     if (incremental) {
         for (long t = 0; t < n; t++)
-            if (session_eval(s, &tokens[t], 1, logits + (size_t)t * info.n_vocab, false, err, sizeof err)) goto fail;
-    } else if (session_eval(s, tokens, (uint32_t)n, logits, true, err, sizeof err)) {
+            if (session_eval(s, &tokens[t], 1, t < first ? NULL : logits + (size_t)(t - first) * info.n_vocab, false, err,
+                             sizeof err))
+                goto fail;
+    } else if ((first && session_eval(s, tokens, (uint32_t)first, NULL, false, err, sizeof err)) ||
+               session_eval(s, tokens + first, (uint32_t)n_out, logits, true, err, sizeof err)) {
         goto fail;
     }
     if (out_path) {
         out = fopen(out_path, "wb");
-        if (!out || fwrite(logits, sizeof *logits * info.n_vocab, (size_t)n, out) != (size_t)n || fclose(out) != 0) {
+        if (!out || fwrite(logits, sizeof *logits * info.n_vocab, (size_t)n_out, out) != (size_t)n_out || fclose(out) != 0) {
             snprintf(err, sizeof err, "%s: %s", out_path, strerror(errno));
             out = NULL;
             goto fail;
@@ -176,7 +241,8 @@ int cmd_logits(int argc, char **argv)
         out = NULL;
     }
     if (top)
-        for (long t = 0; t < n; t++) print_top(logits + (size_t)t * info.n_vocab, info.n_vocab, (uint32_t)top, (uint32_t)t, best);
+        for (long t = 0; t < n_out; t++)
+            print_top(logits + (size_t)t * info.n_vocab, info.n_vocab, (uint32_t)top, (uint32_t)(first + t), best);
     rc = 0;
 fail:
     if (rc) fprintf(stderr, "flashbox logits: %s\n", err);

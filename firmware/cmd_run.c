@@ -64,7 +64,7 @@ static void usage(FILE *out)
             "  --min-p P          keep tokens with p >= P * p_max (default 0 = off)\n"
             "  --repeat-penalty R penalty on the last 64 tokens (default 1.0 = off)\n"
             "  --seed S           sampling seed (default: from the clock)\n"
-            "  --ctx N            context length (default: the model's, capped at 4096)\n"
+            "  --ctx N            context length (default: the largest whose memory plan fits, up to the model's)\n"
             "  --backend B        auto (default: vulkan on a GPU, else ref), ref or vulkan\n"
             "Each answer ends with a line: prompt tokens, generated tokens, prefill and decode tok/s.\n");
 }
@@ -181,7 +181,13 @@ static int runner_open(struct runner *r, const struct run_opts *o, char *err, si
     struct engine_info info;
     engine_get_info(r->engine, &info);
     r->n_vocab = info.n_vocab;
-    if (session_create(r->engine, o->n_ctx, &r->session, err, err_len)) return -1;
+    uint32_t n_ctx = o->n_ctx;
+    if (n_ctx == 0) { /* the largest context whose memory plan fits, up to the model's */
+        struct engine_plan p;
+        n_ctx = engine_plan_open_fit(r->engine, 1, engine_plan_budget(r->engine), &p);
+        if (n_ctx == 0) n_ctx = 128; /* session_create then says what does not fit */
+    }
+    if (session_create(r->engine, n_ctx, &r->session, err, err_len)) return -1;
     r->tok = engine_tokenizer(r->engine);
     if (!r->tok) {
         snprintf(err, err_len, "%s: the model file has no usable tokenizer (tokenizer.ggml.*)", o->model);
@@ -216,6 +222,31 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Prompts longer than this prefill in chunks of RUN_PREFILL_CHUNK with a progress line on
+ * stderr (tokens done, tok/s, time left); Ctrl-C stops between chunks. */
+#define RUN_PROGRESS_MIN 4096u
+#define RUN_PREFILL_CHUNK 1024u
+
+static int prefill(struct runner *r, const int32_t *prompt, size_t n, double t0, char *err, size_t err_len)
+{
+    if (n <= RUN_PROGRESS_MIN) return session_eval(r->session, prompt, (uint32_t)n, r->logits, false, err, err_len);
+    for (size_t done = 0; done < n;) {
+        uint32_t k = n - done < RUN_PREFILL_CHUNK ? (uint32_t)(n - done) : RUN_PREFILL_CHUNK;
+        if (session_eval(r->session, prompt + done, k, done + k == n ? r->logits : NULL, false, err, err_len)) return -1;
+        done += k;
+        double dt = now_s() - t0, tps = dt > 0 ? (double)done / dt : 0;
+        fprintf(stderr, "\rprefill %zu/%zu tokens, %.0f tok/s, %.0f s left   ", done, n, tps,
+                tps > 0 ? (double)(n - done) / tps : 0);
+        if (done == n) fputc('\n', stderr);
+        if (g_interrupted && done < n) {
+            fputc('\n', stderr);
+            snprintf(err, err_len, "interrupted during the prefill at %zu of %zu tokens", done, n);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Evaluates prompt[0, n) after what the session holds, then samples and streams up to
  * n_predict tokens. *last gets the final generated token (-1 if none) so a chat can
  * close the turn; it is not in the KV cache yet. */
@@ -235,7 +266,7 @@ static int generate(struct runner *r, const int32_t *prompt, size_t n, int32_t *
     g_interrupted = 0;
 
     double t0 = now_s();
-    if (session_eval(r->session, prompt, (uint32_t)n, r->logits, false, err, err_len)) return -1;
+    if (prefill(r, prompt, n, t0, err, err_len)) return -1;
     double t_prefill = now_s() - t0, t_decode = 0;
     uint32_t n_gen = 0, n_decode_evals = 0;
     const char *why = NULL;

@@ -3,7 +3,10 @@
  * --admin-socket, status, install and rollback go to a running daemon's admin socket
  * instead (it installs, then hot-reloads the new slot without closing its API socket). */
 #include "firmware/admin_client.h"
+#include "firmware/audit.h"
 #include "firmware/commands.h"
+#include "firmware/config.h"
+#include "firmware/eval_gate.h"
 #include "firmware/selftest.h"
 #include "tools/bundle_cli.h"
 #include "update/update.h"
@@ -30,7 +33,16 @@ static void usage(FILE *out)
             "  --keys DIR       trusted public keys, *.pem (" UPDATE_DEFAULT_KEYS_DIR ");\n"
             "                   DATA/trusted-keys.pem replaces it once a bundle has rotated the keys\n"
             "  --product ID     this box's product id (" UPDATE_DEFAULT_PRODUCT ")\n"
-            "  --backend B      engine backend of the install self-test: ref (default) or vulkan\n"
+            "  --backend B      engine backend of the install self-test (ref, the default) and of the\n"
+            "                   evaluation (default auto, as flashbox eval): ref or vulkan\n"
+            "  --config FILE    the daemon's config file: its [update] settings (data_dir, keys_dir,\n"
+            "                   product, eval_*) and [audit] log apply; flags override them\n"
+            "  --eval-set FILE  install: the site's evaluation set the new slot must pass before it\n"
+            "                   is activated (flashbox eval --help); the run is audited\n"
+            "  --eval-min-score X       the lowest accepted score, 0 to 1 (default 0)\n"
+            "  --eval-max-regression X  the most the score may fall below the active slot's last\n"
+            "                   score on the same set (default: not checked)\n"
+            "  --eval-jobs N    engines evaluating at once (default 1)\n"
             "  --admin-socket P status, install and rollback through a running daemon's admin socket\n"
             "                   (server.admin_socket); the daemon then serves the new slot at once\n");
 }
@@ -64,6 +76,14 @@ static int admin_print_status(json_t *o)
             printf("slot %s%s  valid   product %s, version %s, epoch %" JSON_INTEGER_FORMAT "\n", jstr(s, "name"),
                    active ? "*" : " ", jstr(s, "product"), jstr(s, "version"), json_integer_value(json_object_get(s, "epoch")));
         else printf("slot %s%s  invalid (%s)\n", jstr(s, "name"), active ? "*" : " ", jstr(s, "why_invalid"));
+        const char *prov = jstr(s, "provenance");
+        if (*prov) print_provenance("        provenance: ", prov, strlen(prov));
+        json_t *ev = json_object_get(s, "evaluation");
+        if (json_is_object(ev))
+            printf("        evaluation %s: score %.4f, threshold %.4f, %" JSON_INTEGER_FORMAT " cases, set sha256 %s\n",
+                   jstr(ev, "verdict"), json_number_value(json_object_get(ev, "score")),
+                   json_number_value(json_object_get(ev, "threshold")), json_integer_value(json_object_get(ev, "cases")),
+                   jstr(ev, "set_sha256"));
     }
     if (json_is_string(json_object_get(store, "trial")))
         printf("boot trial:  slot %s, %" JSON_INTEGER_FORMAT " attempt(s)\n", jstr(store, "trial"),
@@ -173,6 +193,7 @@ static void print_info(const struct update_bundle_info *in)
                in->payloads[i].name, in->payloads[i].size, in->payloads[i].n_chunks, in->payloads[i].chunk_size);
     if (in->n_new_keys) printf("keys:      carries a new trusted key set of %u key(s)\n", in->n_new_keys);
     printf("self-test: %u greedy tokens recorded\n", in->n_expected);
+    if (in->provenance[0]) print_provenance("provenance: ", in->provenance, strlen(in->provenance));
 }
 
 static int print_status(const struct update_config *cfg)
@@ -193,6 +214,10 @@ static int print_status(const struct update_config *cfg)
             printf("slot %s%s  valid   product %s, version %s, epoch %" PRIu64 "\n", s->name, s->active ? "*" : " ",
                    s->product, s->version, s->epoch);
         else printf("slot %s%s  invalid (%s)\n", s->name, s->active ? "*" : " ", s->why_invalid);
+        if (s->eval.verdict[0])
+            printf("        evaluation %s: score %.4f, threshold %.4f, %u cases, set sha256 %s\n", s->eval.verdict,
+                   s->eval.score, s->eval.threshold, s->eval.cases, s->eval.set_sha256);
+        if (s->valid && s->provenance[0]) print_provenance("        provenance: ", s->provenance, strlen(s->provenance));
     }
     if (st.trial >= 0) printf("boot trial:  slot %s, %u attempt(s)\n", st.slots[st.trial].name, st.boot_attempts);
     if (st.last_fallback[0]) printf("last fallback: %s\n", st.last_fallback);
@@ -205,6 +230,31 @@ int cmd_update(int argc, char **argv)
     update_config_default(&cfg);
     struct selftest_opts so = { ENGINE_BACKEND_REF };
     const char *sub = NULL, *arg = NULL, *admin_sock = NULL;
+    /* --config first, so that flags override it wherever they stand. */
+    static struct serve_config sc;
+    config_default(&sc);
+    struct eval_policy policy = { .min_score = 0, .max_regression = -1, .jobs = 1 };
+    bool eval_flags = false, backend_given = false;
+    for (int i = 1; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--config")) continue;
+        char err[1024];
+        if (config_load_file(&sc, argv[i + 1], err, sizeof err)) {
+            fprintf(stderr, "flashbox update: %s\n", err);
+            return 2;
+        }
+        if (sc.update_data_dir[0]) cfg.data_dir = sc.update_data_dir;
+        cfg.keys_dir = sc.update_keys_dir;
+        cfg.product = sc.update_product;
+        cfg.max_boot_attempts = sc.update_max_boot_attempts;
+        policy.set_path = sc.update_eval_set;
+        policy.min_score = sc.update_eval_min_score;
+        policy.max_regression = sc.update_eval_max_regression;
+        policy.jobs = sc.update_eval_jobs;
+        if (audit_open(sc.audit_log, err, sizeof err)) {
+            fprintf(stderr, "flashbox update: %s\n", err);
+            return 2;
+        }
+    }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -214,7 +264,29 @@ int cmd_update(int argc, char **argv)
         else if (!strcmp(a, "--keys") && i + 1 < argc) cfg.keys_dir = argv[++i];
         else if (!strcmp(a, "--product") && i + 1 < argc) cfg.product = argv[++i];
         else if (!strcmp(a, "--admin-socket") && i + 1 < argc) admin_sock = argv[++i];
+        else if (!strcmp(a, "--config") && i + 1 < argc) i++; /* read above */
+        else if (!strcmp(a, "--eval-set") && i + 1 < argc) {
+            policy.set_path = argv[++i];
+            eval_flags = true;
+        } else if ((!strcmp(a, "--eval-min-score") || !strcmp(a, "--eval-max-regression")) && i + 1 < argc) {
+            double *v = !strcmp(a, "--eval-min-score") ? &policy.min_score : &policy.max_regression;
+            if (eval_policy_parse_unit(argv[++i], v)) {
+                fprintf(stderr, "flashbox update: %s '%s', expected a number from 0 to 1\n", a, argv[i]);
+                return 2;
+            }
+            eval_flags = true;
+        } else if (!strcmp(a, "--eval-jobs") && i + 1 < argc) {
+            char *end;
+            unsigned long v = strtoul(argv[++i], &end, 10);
+            if (*end || end == argv[i] || v < 1 || v > 64) {
+                fprintf(stderr, "flashbox update: --eval-jobs '%s', expected 1 to 64\n", argv[i]);
+                return 2;
+            }
+            policy.jobs = (uint32_t)v;
+            eval_flags = true;
+        }
         else if (!strcmp(a, "--backend") && i + 1 < argc) {
+            backend_given = true;
             if (engine_backend_parse(argv[++i], &so.backend)) {
                 fprintf(stderr, "flashbox update: unknown backend '%s'\n", argv[i]);
                 return 2;
@@ -235,7 +307,21 @@ int cmd_update(int argc, char **argv)
     }
     char err[1024];
     struct update_bundle_info info;
-    struct update_hooks hooks = { update_progress_tty, selftest_run, &so };
+    /* The site records its set on the backend the box serves with (flashbox eval: auto),
+     * and greedy answers are bitwise the same only on the same backend. */
+    policy.backend = backend_given ? so.backend : ENGINE_BACKEND_AUTO;
+    bool has_policy = policy.set_path && policy.set_path[0];
+    struct update_hooks hooks = { .progress = update_progress_tty, .selftest = selftest_run, .user = &so,
+                                  .evaluate = has_policy ? eval_gate_evaluate : NULL, .eval_user = &policy };
+    if (eval_flags && (admin_sock || strcmp(sub, "install"))) {
+        fprintf(stderr, "flashbox update %s: the --eval-* options are for a local install; a daemon applies its "
+                        "config's [update] eval_* policy\n", sub);
+        return 2;
+    }
+    if (eval_flags && !has_policy) {
+        fprintf(stderr, "flashbox update install: --eval-min-score and the like need --eval-set FILE\n");
+        return 2;
+    }
     int needs_arg = !strcmp(sub, "verify") || !strcmp(sub, "install") || !strcmp(sub, "verify-slot");
     if (needs_arg != (arg != NULL)) {
         fprintf(stderr, "flashbox update %s: %s\n", sub, needs_arg ? "takes one argument" : "takes no argument");
@@ -257,8 +343,8 @@ int cmd_update(int argc, char **argv)
             return 1;
         }
         print_info(&info);
-        printf("installed %s version %s (epoch %" PRIu64 "); self-test passed; now active\n", info.product,
-               info.version, info.epoch);
+        printf("installed %s version %s (epoch %" PRIu64 "); self-test passed;%s now active\n", info.product,
+               info.version, info.epoch, has_policy ? " site evaluation passed;" : "");
         return 0;
     }
     if (!strcmp(sub, "status")) return print_status(&cfg);

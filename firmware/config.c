@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum cfg_type { CFG_STR, CFG_U32, CFG_U64, CFG_OCT, CFG_BOOL, CFG_UIDS, CFG_GIDS };
+enum cfg_type { CFG_STR, CFG_U32, CFG_U64, CFG_OCT, CFG_BOOL, CFG_UIDS, CFG_GIDS, CFG_UNIT /* double in [0, 1], or "off" (-1) */ };
 
 struct cfg_entry {
     const char *section, *key;
@@ -31,7 +31,7 @@ static const struct cfg_entry entries[] = {
     { "model", "backend", CFG_STR, F(backend), 0, 0, "auto (vulkan on a GPU, else the CPU reference), ref or vulkan" },
     { "model", "slot", CFG_STR, F(slot), 0, 0, "label of the active update slot, reported in /health and the audit log" },
     { "model", "expert_cache_mb", CFG_U64, F(expert_cache_mb), 0, 1ull << 30, "routed-expert cache in MiB; 0 = every expert resident (no paging)" },
-    { "model", "n_ctx", CFG_U32, F(n_ctx), 0, 1u << 20, "positions per conversation; 0 = the model's (capped by the engine)" },
+    { "model", "n_ctx", CFG_U32, F(n_ctx), 0, 1u << 20, "positions per conversation; 0 = the largest whose memory plan fits every slot, up to the model's" },
     { "server", "socket", CFG_STR, F(socket_path), 0, 0, "API Unix socket path (flag --socket)" },
     { "server", "socket_group", CFG_STR, F(socket_group), 0, 0, "group owning the socket; empty = the daemon's group" },
     { "server", "socket_mode", CFG_OCT, F(socket_mode), 0, 0777, "permission bits of the socket file (octal)" },
@@ -59,6 +59,13 @@ static const struct cfg_entry entries[] = {
     { "update", "product", CFG_STR, F(update_product), 0, 0, "this box's product id" },
     { "update", "reload_grace_s", CFG_U32, F(update_reload_grace_s), 0, 3600, "after an install or rollback through the admin socket: time in-flight requests get to finish on the old model" },
     { "update", "max_boot_attempts", CFG_U32, F(update_max_boot_attempts), 1, 100, "failed starts of a new slot before falling back to the other" },
+    { "cache", "mem_mb", CFG_U64, F(cache_mem_mb), 0, 1ull << 30, "prefix reuse: MiB of saved session states (least recently used evicted first); 0 = off" },
+    { "cache", "dir", CFG_STR, F(cache_dir), 0, 0, "prefix reuse: also keep saved states in files here (atomic, checksummed, bound to the model file); empty = memory only" },
+    { "cache", "disk_mb", CFG_U64, F(cache_disk_mb), 0, 1ull << 40, "MiB of state files in cache.dir (least recently used deleted first)" },
+    { "update", "eval_set", CFG_STR, F(update_eval_set), 0, 0, "the site's evaluation set (JSON lines, e.g. /etc/flashbox/eval/site.jsonl) a new slot must pass before it is activated; empty = no evaluation" },
+    { "update", "eval_min_score", CFG_UNIT, F(update_eval_min_score), 0, 0, "lowest score (0 to 1) on eval_set that a new slot may have" },
+    { "update", "eval_max_regression", CFG_UNIT, F(update_eval_max_regression), 0, 0, "most a new slot's score may fall below the active slot's last score on the same set (0 to 1); off = not checked" },
+    { "update", "eval_jobs", CFG_U32, F(update_eval_jobs), 1, 64, "engines evaluating at once during an install (each holds its own model state)" },
     { "audit", "log", CFG_STR, F(audit_log), 0, 0, "audit log: stderr (journald) or a file path, JSON lines" },
     { "audit", "log_prompts", CFG_BOOL, F(log_prompts), 0, 1, "also record prompt text (off: never)" },
 };
@@ -89,6 +96,8 @@ void config_default(struct serve_config *c)
     c->max_connections = 64;
     c->connection_timeout_s = 30;
     c->slots = 4;
+    c->cache_mem_mb = 256;
+    c->cache_disk_mb = 4096;
     c->queue_depth = 64;
     c->request_deadline_s = 600;
     c->shutdown_grace_s = 10;
@@ -96,7 +105,7 @@ void config_default(struct serve_config *c)
     c->max_body_bytes = 1u << 20;
     c->max_tokens = 4096;
     c->default_max_tokens = 256;
-    c->max_stop = 4;
+    c->max_stop = 16; /* code assistants send 7 or more */
     c->max_stop_len = 64;
     c->max_messages = 256;
     snprintf(c->audit_log, sizeof c->audit_log, "stderr");
@@ -105,6 +114,9 @@ void config_default(struct serve_config *c)
     snprintf(c->update_keys_dir, sizeof c->update_keys_dir, "%s", uc.keys_dir);
     snprintf(c->update_product, sizeof c->update_product, "%s", uc.product);
     c->update_max_boot_attempts = uc.max_boot_attempts;
+    c->update_eval_min_score = 0;
+    c->update_eval_max_regression = -1;
+    c->update_eval_jobs = 1;
     c->update_reload_grace_s = 30;
 }
 
@@ -165,6 +177,15 @@ int config_set(struct serve_config *c, const char *section, const char *key, con
             if (e->type == CFG_U64) *(uint64_t *)field = x;
             else *(uint32_t *)field = (uint32_t)x;
             return 0;
+        case CFG_UNIT: {
+            char *end;
+            double v = strtod(value, &end);
+            if (!strcmp(value, "off")) v = -1;
+            else if (end == value || *end || !(v >= 0 && v <= 1))
+                return errf(err, err_len, "%s.%s: '%s', expected a number from 0 to 1 or off", e->section, e->key, value);
+            *(double *)field = v;
+            return 0;
+        }
         case CFG_UIDS: return parse_ids(value, c->allow_uids, &c->n_allow_uids, "access.allow_uids", err, err_len);
         case CFG_GIDS: return parse_ids(value, c->allow_gids, &c->n_allow_gids, "access.allow_gids", err, err_len);
         }
@@ -268,6 +289,10 @@ void config_print(const struct serve_config *c, FILE *out)
         case CFG_U32: fprintf(out, "%" PRIu32, *(const uint32_t *)field); break;
         case CFG_U64: fprintf(out, "%" PRIu64, *(const uint64_t *)field); break;
         case CFG_OCT: fprintf(out, "0%o", (unsigned)*(const uint32_t *)field); break;
+        case CFG_UNIT:
+            if (*(const double *)field < 0) fprintf(out, "off");
+            else fprintf(out, "%g", *(const double *)field);
+            break;
         case CFG_UIDS: print_ids(out, c->allow_uids, c->n_allow_uids); break;
         case CFG_GIDS: print_ids(out, c->allow_gids, c->n_allow_gids); break;
         }

@@ -16,8 +16,11 @@ struct serve_config {
     char model_path[CONFIG_PATH_MAX];
     char backend[16];             /* "ref" or "vulkan" */
     char slot[16];                /* active update slot label reported in health/audit */
-    uint32_t n_ctx;               /* positions per session; 0 = model's, capped by engine */
+    uint32_t n_ctx;               /* positions per session; 0 = the largest the memory plan fits */
     uint64_t expert_cache_mb;     /* 0 = every expert resident; else page experts through this cache */
+    uint64_t cache_mem_mb;        /* prefix reuse: saved session states held in memory; 0 = off */
+    char cache_dir[CONFIG_PATH_MAX]; /* and in files there ("" = memory only) */
+    uint64_t cache_disk_mb;       /* bytes of those files */
     /* [server] */
     char socket_path[CONFIG_PATH_MAX];
     char socket_group[64];        /* group owning the socket; empty = daemon's group */
@@ -50,6 +53,10 @@ struct serve_config {
     char update_product[64];
     uint32_t update_max_boot_attempts;
     uint32_t update_reload_grace_s; /* hot reload: time in-flight requests get to finish */
+    char update_eval_set[CONFIG_PATH_MAX]; /* the site's evaluation set; empty = none */
+    double update_eval_min_score;   /* 0..1 */
+    double update_eval_max_regression; /* 0..1, or -1 = off */
+    uint32_t update_eval_jobs;
     /* [audit] */
     char audit_log[CONFIG_PATH_MAX]; /* "stderr" or a file path (appended) */
     bool log_prompts;

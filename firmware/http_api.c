@@ -2,14 +2,19 @@
  * connection, so a handler may block waiting for its job; while it waits it polls the
  * socket for the client hanging up and cancels the job at once when it does. */
 #include "firmware/http_api.h"
+#include "firmware/backend_pick.h"
 
 #include "engine/errmsg.h"
+#include "firmware/api_logprobs.h"
+#include "firmware/api_shapes.h"
 #include "firmware/audit.h"
 #include "firmware/metrics.h"
 #include "firmware/peer.h"
 #include "firmware/request_parse.h"
 #include "firmware/scheduler.h"
 #include "firmware/textgen.h"
+#include "firmware/tool_output.h"
+#include "update/update.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -47,6 +52,7 @@ struct req {
     int status;
     const char *finish;
     uint64_t tokens_in, tokens_out;
+    uint64_t tokens_reused;     /* prompt tokens resumed from the prefix cache */
     char *audit_prompt;           /* only with audit.log_prompts */
     int denied;
     int uid_counted;              /* holds one of its uid's per_uid slots */
@@ -61,6 +67,17 @@ struct req {
     size_t out_len, out_off;
     int stream_ended, role_sent;
     uint64_t last_event_ns;
+    /* Tool calls (chat with tools offered): the answer is read back for a DSML block. */
+    int tools;
+    struct job *more[REQ_MAX_N - 1]; /* n > 1: the other choices' jobs, [n_more] */
+    uint32_t n_more;
+    int deadline_partial;         /* header Flashbox-Deadline: partial (finish_reason "length" at the deadline) */
+    enum { FLAVOR_OPENAI, FLAVOR_ANTHROPIC, FLAVOR_RESPONSES } flavor; /* the API shape of the answer */
+    struct api_stream st;         /* Anthropic / Responses stream state */
+    char model_path[160];         /* GET /v1/models/{id}: the id asked for */
+    uint32_t lp_sent;             /* tokens whose logprobs were streamed */
+    size_t lp_offset;             /* completions: text_offset of the next token */
+    char detail[320];             /* audit note, e.g. why model output did not parse as a call */
 };
 
 static void uid_release(struct api *a, struct req *r);
@@ -123,7 +140,9 @@ static enum MHD_Result send_error(struct MHD_Connection *c, struct req *r, int s
                                      : "invalid_request_error";
     json_t *m = json_string(msg);
     if (!m) m = json_string("invalid request");
-    json_t *o = json_pack("{s:{s:o,s:s,s:s}}", "error", "message", m, "type", type, "code", code);
+    json_t *o = r && r->flavor == FLAVOR_ANTHROPIC ? anthropic_error_json(status, json_string_value(m))
+              : json_pack("{s:{s:O,s:s,s:s}}", "error", "message", m, "type", type, "code", code);
+    json_decref(m);
     if (r) r->finish = code;
     return send_json(c, r, status, o);
 }
@@ -151,6 +170,8 @@ static const struct {
     { "/tokenize", METRICS_EP_TOKENIZE, "POST" },
     { "/detokenize", METRICS_EP_DETOKENIZE, "POST" },
     { "/metrics", METRICS_EP_METRICS, "GET" },
+    { "/v1/messages", METRICS_EP_MESSAGES, "POST" },
+    { "/v1/responses", METRICS_EP_RESPONSES, "POST" },
 };
 
 /* ---- connection and request lifecycle ---- */
@@ -194,6 +215,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         pthread_mutex_lock(&r->job->lock);
         enum job_finish f = r->job->finish;
         r->tokens_out = r->job->n_out;
+        r->tokens_reused = r->job->n_reused;
         pthread_mutex_unlock(&r->job->lock);
         if (f == JOB_RUNNING) {
             /* The client left (or the write failed) before the end: stop generating now. */
@@ -205,6 +227,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && f != JOB_RUNNING && r->status == 200) r->finish = "client_gone";
         job_release(r->job);
         atomic_fetch_sub(&a->in_flight, 1);
+    }
+    for (uint32_t k = 0; k < r->n_more; k++) {
+        scheduler_cancel(a->sched, r->more[k]); /* no-op once finished */
+        job_release(r->more[k]);
     }
     uid_release(a, r);
     uint64_t now = sched_now_ns();
@@ -220,9 +246,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         .slot = r->cfg.slot,
         .tokens_in = r->tokens_in,
         .tokens_out = r->tokens_out,
+        .tokens_reused = r->tokens_reused,
         .status = r->status,
         .duration_ms = (double)(now - r->t0_ns) / 1e6,
         .finish = r->finish,
+        .detail = r->detail[0] ? r->detail : NULL,
         .prompt = r->cfg.log_prompts ? r->audit_prompt : NULL,
     };
     audit_write(&ar);
@@ -249,6 +277,17 @@ static const char *state_word(struct api *a, int *http_status)
     return "ready";
 }
 
+/* The slot store's site evaluations (update.data_dir set): 0, or -1 when there are none. */
+static int read_evals(const struct req *r, struct update_eval_record ev[2])
+{
+    if (!r->cfg.update_data_dir[0]) return -1;
+    struct update_config uc;
+    update_config_default(&uc);
+    uc.data_dir = r->cfg.update_data_dir;
+    char err[256];
+    return update_read_evals(&uc, ev, err, sizeof err);
+}
+
 static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
 {
     int status;
@@ -261,24 +300,49 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
     if (degraded[0] && status == 200) w = "degraded";
     json_t *o = json_pack("{s:s,s:s,s:s}", "status", w, "model", r->model_id, "slot", r->cfg.slot);
     if (o && degraded[0]) json_object_set_new(o, "reason", json_string(degraded));
+    char pick[512];
+    backend_pick_reason(pick, sizeof pick);
+    const char *colon = strchr(pick, ':');
+    if (o && colon) {
+        /* "vulkan: auto, a discrete GPU (...)": the backend, then why it was picked. */
+        json_object_set_new(o, "backend", json_stringn(pick, (size_t)(colon - pick)));
+        json_object_set_new(o, "backend_reason", json_string(colon[1] == ' ' ? colon + 2 : colon + 1));
+    }
     if (o && atomic_load(&r->api->state) == API_READY) {
         struct sched_stats ss;
         scheduler_stats(r->api->sched, &ss);
         json_object_set_new(o, "slots_busy", json_integer(ss.busy));
         json_object_set_new(o, "slots_total", json_integer(ss.slots));
         json_object_set_new(o, "queue_depth", json_integer(ss.queued));
+        json_object_set_new(o, "context_length", json_integer(scheduler_n_ctx(r->api->sched)));
         if (ss.swapping) json_object_set_new(o, "reloading", json_true());
     }
+    struct update_eval_record ev[2];
+    int served = !strcmp(r->cfg.slot, "a") ? 0 : !strcmp(r->cfg.slot, "b") ? 1 : -1;
+    if (o && served >= 0 && read_evals(r, ev) == 0 && ev[served].verdict[0])
+        json_object_set_new(o, "evaluation", json_pack("{s:s,s:f,s:f,s:i,s:s}", "verdict", ev[served].verdict, "score",
+                                                       ev[served].score, "threshold", ev[served].threshold, "cases",
+                                                       (json_int_t)ev[served].cases, "set_sha256", ev[served].set_sha256));
     return send_json(c, r, status, o);
 }
 
 static enum MHD_Result route_models(struct MHD_Connection *c, struct req *r)
 {
     if (atomic_load(&r->api->state) != API_READY) return send_error(c, r, 503, "loading", "the model is not loaded yet");
-    json_t *o = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:s}]}", "object", "list", "data", "id", r->model_id, "object",
-                          "model", "created", (json_int_t)(r->api->id_base / 1000000000ull), "owned_by", "flashbox",
-                          "slot", r->cfg.slot);
-    return send_json(c, r, 200, o);
+    json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:s,s:I}", "id", r->model_id, "object", "model", "created",
+                          (json_int_t)(r->api->id_base / 1000000000ull), "owned_by", "flashbox", "slot", r->cfg.slot,
+                          "context_length", (json_int_t)scheduler_n_ctx(r->api->sched));
+    if (r->model_path[0]) { /* GET /v1/models/{id}: the one model served, by its name */
+        if (strcmp(r->model_path, r->model_id)) {
+            json_decref(m);
+            char msg[256];
+            snprintf(msg, sizeof msg, "model '%.100s' is not served here (this server serves '%.100s')", r->model_path,
+                     r->model_id);
+            return send_error(c, r, 404, "model_not_found", msg);
+        }
+        return send_json(c, r, 200, m);
+    }
+    return send_json(c, r, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
 }
 
 static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
@@ -288,6 +352,13 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
     g.ready = st == API_READY ? 1 : st == API_LOADING ? 0 : -1;
     g.model_id = r->model_id;
     g.slot = r->cfg.slot;
+    struct update_eval_record ev[2];
+    if (read_evals(r, ev) == 0)
+        for (int i = 0; i < 2; i++)
+            if (!strcmp(ev[i].verdict, "pass") || !strcmp(ev[i].verdict, "fail")) {
+                g.have_eval_score[i] = 1;
+                g.eval_score[i] = ev[i].score;
+            }
     if (st == API_READY) {
         struct sched_stats ss;
         scheduler_stats(r->api->sched, &ss);
@@ -317,6 +388,10 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
             }
             g.expert_prefetch_dropped = ss.experts.prefetch_dropped;
             g.expert_cache_bytes = (uint64_t)ss.experts.n_slots * ss.experts.slot_bytes;
+        }
+        if (ss.have_prefix) {
+            g.have_prefix = 1;
+            g.prefix = ss.prefix;
         }
     }
     char *text;
@@ -404,6 +479,18 @@ static json_t *stream_choice(const struct req *r, const char *text, size_t len, 
     return json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", content ? content : json_string(""), "logprobs", "finish_reason", fin);
 }
 
+/* Attaches the logprobs of tokens [from, to) to a choice (chat or completion shape). */
+static void attach_logprobs(struct req *r, const struct job *j, json_t *choice, uint32_t from, uint32_t to)
+{
+    if (!choice || !j->logprobs || to <= from) return;
+    size_t offset0 = 0, *offset = j == r->job ? &r->lp_offset : &offset0; /* streams have one job */
+    pthread_rwlock_rdlock(&r->api->model_lock);
+    json_t *lp = r->chat ? logprobs_chat_json(r->api->tg, j->logprobs + from, to - from)
+                         : logprobs_completion_json(r->api->tg, j->logprobs + from, to - from, offset);
+    pthread_rwlock_unlock(&r->api->model_lock);
+    json_object_set_new(choice, "logprobs", lp);
+}
+
 /* Appends "data: <json>\n\n" to the pending output. */
 static int out_event(struct req *r, json_t *o)
 {
@@ -436,6 +523,28 @@ static int out_raw(struct req *r, const char *s)
     return 0;
 }
 
+/* Writes [name, data] pairs as "event: name\ndata: json\n\n" (Anthropic and Responses
+ * streams name their events). Consumes events. */
+static int out_named(struct req *r, json_t *events)
+{
+    int rc = 0;
+    size_t i;
+    json_t *ev;
+    json_array_foreach(events, i, ev) {
+        char head[96];
+        snprintf(head, sizeof head, "event: %s\n", json_string_value(json_array_get(ev, 0)));
+        if (out_raw(r, head) || out_event(r, json_incref(json_array_get(ev, 1)))) rc = -1;
+    }
+    json_decref(events);
+    return rc;
+}
+
+/* The parts of a result known before the end (ids, model, prompt size). */
+static struct api_result result_head(const struct req *r)
+{
+    return (struct api_result){ .id = r->id, .model = r->model_id, .created = r->created, .n_in = r->tokens_in };
+}
+
 static const char *openai_finish(enum job_finish f)
 {
     return f == JOB_STOP ? "stop" : f == JOB_LENGTH ? "length" : job_finish_name(f);
@@ -455,48 +564,214 @@ static void wait_job_slice(struct job *j)
     pthread_cond_timedwait(&j->cond, &j->lock, &until);
 }
 
+/* The answer (text after the reasoning) read back for tool calls; on output that starts a
+ * block but does not parse, no calls and the reason goes to the audit log. */
+static void read_tool_calls(struct req *r, const char *answer, size_t len, struct tool_output *o)
+{
+    const struct gen_request *g = &r->job->req;
+    const char *names[128];
+    uint32_t n = g->n_tools < 128 ? g->n_tools : 128;
+    for (uint32_t i = 0; i < n; i++) names[i] = g->tools[i].name;
+    char err[256];
+    if (tool_output_parse(answer, len, names, n, o, err, sizeof err)) {
+        snprintf(r->detail, sizeof r->detail, "model output returned as text: %s", err);
+        return;
+    }
+    if (!g->parallel_tool_calls && o->n_calls > 1) { /* the first call only, as asked */
+        for (uint32_t i = 1; i < o->n_calls; i++) {
+            free(o->calls[i].name);
+            free(o->calls[i].arguments);
+        }
+        o->n_calls = 1;
+    }
+}
+
+/* OpenAI's tool_calls array; with stream_index, the deltas' form (index, and arguments
+ * left for a later delta). */
+static json_t *tool_calls_json(const struct req *r, const struct tool_output *o, uint32_t i0, uint32_t n, int stream)
+{
+    json_t *a = json_array();
+    for (uint32_t i = i0; a && i < i0 + n; i++) {
+        char id[64];
+        snprintf(id, sizeof id, "call_%s_%u", r->id, i);
+        json_t *fn = json_pack("{s:s,s:s}", "name", o->calls[i].name, "arguments", stream ? "" : o->calls[i].arguments);
+        json_t *c = json_pack("{s:s,s:s,s:o}", "id", id, "type", "function", "function", fn);
+        if (c && stream) json_object_set_new(c, "index", json_integer(i));
+        json_array_append_new(a, c);
+    }
+    return a;
+}
+
+/* Streaming: the end of a tools answer. The text past what was sent is content up to the
+ * block; then each call as OpenAI streams it: id, type and name first, then the arguments. */
+static int sse_tool_calls(struct req *r, const char *answer, size_t answer_len, size_t answer_sent,
+                          const char **finish)
+{
+    struct tool_output o;
+    read_tool_calls(r, answer, answer_len, &o);
+    if (o.content_len > answer_sent &&
+        out_event(r, chunk_json(r, stream_choice(r, answer + answer_sent, o.content_len - answer_sent, 0, NULL, 0))))
+        goto fail;
+    for (uint32_t i = 0; i < o.n_calls; i++) {
+        json_t *c = stream_choice(r, NULL, 0, 0, NULL, 0);
+        json_object_set_new(json_object_get(c, "delta"), "tool_calls", tool_calls_json(r, &o, i, 1, 1));
+        if (out_event(r, chunk_json(r, c))) goto fail;
+        c = stream_choice(r, NULL, 0, 0, NULL, 0);
+        json_t *args = json_pack("[{s:I,s:{s:s}}]", "index", (json_int_t)i, "function", "arguments", o.calls[i].arguments);
+        json_object_set_new(json_object_get(c, "delta"), "tool_calls", args);
+        if (out_event(r, chunk_json(r, c))) goto fail;
+    }
+    if (o.n_calls) *finish = "tool_calls";
+    tool_output_free(&o);
+    return 0;
+fail:
+    tool_output_free(&o);
+    return -1;
+}
+
+static const char *failure_message(enum job_finish f)
+{
+    return f == JOB_ERROR ? "generation failed" : f == JOB_DEADLINE ? "request deadline passed"
+         : f == JOB_SHUTDOWN ? "the server is shutting down"
+         : f == JOB_RELOAD ? "cancelled while the model was replaced; retry" : "cancelled";
+}
+
+/* The end of an Anthropic or Responses stream (job finished, its lock held): the rest of
+ * the answer up to any call block, the calls, and the closing events; or an error event. */
+static int sse_end_other(struct req *r)
+{
+    struct job *j = r->job;
+    enum job_finish f = j->finish;
+    r->tokens_out = j->n_out;
+    r->finish = job_finish_name(f);
+    r->stream_ended = 1;
+    if (f == JOB_DEADLINE && r->deadline_partial) f = JOB_LENGTH; /* asked for what was produced */
+    json_t *events = json_array();
+    if (f != JOB_STOP && f != JOB_LENGTH) {
+        int status = f == JOB_DEADLINE ? 504 : f == JOB_ERROR ? 500 : 503;
+        json_t *e = r->flavor == FLAVOR_ANTHROPIC ? anthropic_error_json(status, failure_message(f))
+                  : json_pack("{s:s,s:s,s:s,s:n}", "type", "error", "code", job_finish_name(f), "message",
+                              failure_message(f), "param");
+        json_array_append_new(events, json_pack("[s,o]", "error", e));
+        return out_named(r, events);
+    }
+    size_t a0 = j->thinking ? (j->reasoning_known ? j->reasoning_end : j->text_len) : 0;
+    const char *answer = j->text + a0;
+    size_t len = j->text_len - a0, sent = r->sent > a0 ? r->sent - a0 : 0;
+    struct tool_output o = { .content_len = len };
+    if (r->tools && f == JOB_STOP) read_tool_calls(r, answer, len, &o);
+    struct api_result res = result_head(r);
+    if (j->thinking) {
+        res.reasoning = j->text;
+        res.reasoning_len = a0;
+    }
+    if (o.content_len > sent) {
+        if (r->flavor == FLAVOR_ANTHROPIC) anthropic_stream_delta(&r->st, false, answer + sent, o.content_len - sent, events);
+        else responses_stream_delta(&r->st, &res, false, answer + sent, o.content_len - sent, events);
+    }
+    r->sent = j->text_len;
+    int si = j->stop_index;
+    bool by_string = si >= 0 && (uint32_t)si < j->req.n_stop;
+    res.content = answer;
+    res.content_len = o.content_len;
+    res.calls = &o;
+    res.end = o.n_calls ? API_END_TOOL_CALLS : f == JOB_LENGTH ? API_END_LENGTH : by_string ? API_END_STOP_STRING : API_END_STOP;
+    res.stop_string = by_string ? j->req.stop[si] : NULL;
+    res.n_out = j->n_out;
+    if (r->flavor == FLAVOR_ANTHROPIC) anthropic_stream_end(&r->st, &res, events);
+    else responses_stream_end(&r->st, &res, events);
+    tool_output_free(&o);
+    return out_named(r, events);
+}
+
 /* Produces the next SSE events into r->out; returns -1 when the client is gone. */
 static int sse_produce(struct req *r)
 {
     struct job *j = r->job;
     if (!r->role_sent) {
         r->role_sent = 1;
+        if (r->flavor != FLAVOR_OPENAI) {
+            json_t *events = json_array();
+            struct api_result head = result_head(r);
+            if (r->flavor == FLAVOR_ANTHROPIC) anthropic_stream_start(&r->st, &head, events);
+            else responses_stream_start(&r->st, &head, events);
+            return out_named(r, events);
+        }
         if (r->chat) return out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 1, NULL, 0)));
     }
     for (;;) {
         pthread_mutex_lock(&j->lock);
         if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
-        if (j->committed > r->sent) {
+        size_t upto = j->committed;
+        int reasoning = 0;
+        if (upto > r->sent) {
             /* Thinking mode: up to the end of the reasoning (all of it while that end is
              * unknown) the text is reasoning; one event never mixes the two. */
-            size_t upto = j->committed;
-            int reasoning = 0;
             if (j->thinking && (!j->reasoning_known || r->sent < j->reasoning_end)) {
                 reasoning = 1;
                 if (j->reasoning_known && j->reasoning_end < upto) upto = j->reasoning_end;
+            } else if (r->tools) {
+                /* answer text that may start a call block waits for the end */
+                size_t a0 = j->thinking ? j->reasoning_end : 0;
+                upto = a0 + tool_output_safe_prefix(j->text + a0, upto - a0);
             }
+        }
+        if (upto > r->sent) {
             size_t n = upto - r->sent;
-            char *delta = malloc(n ? n : 1);
+            char *delta = malloc(n);
             if (delta) memcpy(delta, j->text + r->sent, n);
             r->sent = upto;
+            uint32_t lp_to = j->n_out; /* entries below n_out no longer change */
+            if (r->flavor != FLAVOR_OPENAI) {
+                /* under the lock: a Responses reasoning item closes with the reasoning text */
+                json_t *events = json_array();
+                struct api_result head = result_head(r);
+                head.reasoning = j->text;
+                head.reasoning_len = j->reasoning_known ? j->reasoning_end : j->text_len;
+                if (delta && r->flavor == FLAVOR_ANTHROPIC) anthropic_stream_delta(&r->st, reasoning, delta, n, events);
+                else if (delta) responses_stream_delta(&r->st, &head, reasoning, delta, n, events);
+                pthread_mutex_unlock(&j->lock);
+                free(delta);
+                return delta ? out_named(r, events) : (json_decref(events), -1);
+            }
             pthread_mutex_unlock(&j->lock);
             if (!delta) return -1;
-            int rc = n ? out_event(r, chunk_json(r, stream_choice(r, delta, n, 0, NULL, reasoning))) : 0;
+            json_t *choice = stream_choice(r, delta, n, 0, NULL, reasoning);
+            attach_logprobs(r, j, choice, r->lp_sent, lp_to);
+            r->lp_sent = lp_to;
+            int rc = out_event(r, chunk_json(r, choice));
             free(delta);
+            return rc;
+        }
+        if (j->finish != JOB_RUNNING && r->flavor != FLAVOR_OPENAI) {
+            int rc = sse_end_other(r);
+            pthread_mutex_unlock(&j->lock);
             return rc;
         }
         if (j->finish != JOB_RUNNING) {
             enum job_finish f = j->finish;
+            if (f == JOB_DEADLINE && r->deadline_partial) f = JOB_LENGTH; /* asked for what was produced */
             uint32_t n_out = j->n_out;
+            const char *finish = openai_finish(f);
+            if (r->tools && (f == JOB_STOP || f == JOB_LENGTH)) {
+                /* the job is finished: its text no longer changes */
+                size_t a0 = j->thinking ? (j->reasoning_known ? j->reasoning_end : j->text_len) : 0;
+                if (r->sent >= a0 && sse_tool_calls(r, j->text + a0, j->text_len - a0, r->sent - a0, &finish)) {
+                    pthread_mutex_unlock(&j->lock);
+                    return -1;
+                }
+                r->sent = j->text_len;
+                if (f == JOB_LENGTH) finish = "length";
+            }
             pthread_mutex_unlock(&j->lock);
             r->tokens_out = n_out;
             r->finish = job_finish_name(f);
             if (f == JOB_STOP || f == JOB_LENGTH) {
-                out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 0, openai_finish(f), 0)));
+                json_t *choice = stream_choice(r, NULL, 0, 0, finish, 0);
+                attach_logprobs(r, j, choice, r->lp_sent, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
+                out_event(r, chunk_json(r, choice));
             } else {
-                const char *msg = f == JOB_ERROR ? "generation failed" : f == JOB_DEADLINE ? "request deadline passed"
-                                : f == JOB_SHUTDOWN ? "the server is shutting down"
-                                : f == JOB_RELOAD ? "cancelled while the model was replaced; retry" : "cancelled";
+                const char *msg = failure_message(f);
                 out_event(r, json_pack("{s:{s:s,s:s,s:s}}", "error", "message", msg, "type", "server_error", "code",
                                        job_finish_name(f)));
             }
@@ -515,7 +790,7 @@ static int sse_produce(struct req *r)
             return -1;
         }
         if (sched_now_ns() - r->last_event_ns > (uint64_t)r->cfg.sse_ping_s * 1000000000ull)
-            return out_raw(r, ": ping\n\n");
+            return out_raw(r, r->flavor == FLAVOR_ANTHROPIC ? "event: ping\ndata: {\"type\": \"ping\"}\n\n" : ": ping\n\n");
     }
 }
 
@@ -536,61 +811,131 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
-/* Non-streaming: waits for the job in this connection's thread. */
-static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
+/* Waits for a job in this connection's thread; -1 when the client left (every job of the
+ * request is then cancelled). */
+static int wait_job(struct req *r, struct job *j)
 {
-    struct job *j = r->job;
     pthread_mutex_lock(&j->lock);
     while (j->finish == JOB_RUNNING) {
         wait_job_slice(j);
         if (j->finish != JOB_RUNNING) break;
         pthread_mutex_unlock(&j->lock);
         if (client_gone(r->conn->fd)) {
-            scheduler_cancel(r->api->sched, j);
+            scheduler_cancel(r->api->sched, r->job);
+            for (uint32_t k = 0; k < r->n_more; k++) scheduler_cancel(r->api->sched, r->more[k]);
             r->finish = "cancelled";
-            return MHD_NO; /* nobody to answer; MHD closes the connection */
+            return -1;
         }
         pthread_mutex_lock(&j->lock);
     }
+    pthread_mutex_unlock(&j->lock);
+    return 0;
+}
+
+/* A finished job's answer as an OpenAI choice (index k), or its API shape for the other
+ * flavours (*shaped). NULL with *status and *code set when the job failed. */
+static json_t *finished_answer(struct req *r, struct job *j, uint32_t k, int *status, const char **code, char *why,
+                               size_t why_len)
+{
+    pthread_mutex_lock(&j->lock); /* finished: nothing changes any more, the lock is for the memory order */
     enum job_finish f = j->finish;
     uint32_t n_out = j->n_out;
-    char why[sizeof j->error + 64];
-    snprintf(why, sizeof why, "the engine failed during generation: %s", j->error);
     if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
     /* Thinking mode: the reasoning (all of the text if it never ended) is separate. */
     size_t split = !j->thinking ? 0 : j->reasoning_known && j->reasoning_end < j->text_len ? j->reasoning_end : j->text_len;
     json_t *text = json_stringn(j->text + split, j->text_len - split);
     json_t *reasoning = j->thinking ? json_stringn(j->text, split) : NULL;
+    snprintf(why, why_len, "the engine failed during generation: %s", j->error);
     pthread_mutex_unlock(&j->lock);
-    r->tokens_out = n_out;
+    r->tokens_out += n_out;
     r->finish = job_finish_name(f);
-    if (f == JOB_ERROR) {
+    /* a deadline answers with what was produced when the client asked for that */
+    bool partial = f == JOB_DEADLINE && r->deadline_partial;
+    if (partial) f = JOB_LENGTH;
+    if (f != JOB_STOP && f != JOB_LENGTH) {
         json_decref(text);
-        return send_error(c, r, 500, "generation_failed", why);
-    }
-    if (f == JOB_DEADLINE) {
-        json_decref(text);
-        return send_error(c, r, 504, "deadline", "the request deadline passed before the answer was complete");
-    }
-    if (f == JOB_RELOAD) {
-        json_decref(text);
-        return send_error(c, r, 503, "model_reload", "cancelled while the model was replaced; retry");
-    }
-    if (f == JOB_SHUTDOWN || f == JOB_CANCELLED) {
-        json_decref(text);
-        return send_error(c, r, 503, "shutdown", "the server is shutting down");
+        json_decref(reasoning);
+        *status = f == JOB_ERROR ? 500 : f == JOB_DEADLINE ? 504 : 503;
+        *code = f == JOB_ERROR ? "generation_failed" : f == JOB_DEADLINE ? "deadline" : f == JOB_RELOAD ? "model_reload" : "shutdown";
+        if (f == JOB_DEADLINE) snprintf(why, why_len, "the request deadline passed before the answer was complete");
+        else if (f == JOB_RELOAD) snprintf(why, why_len, "cancelled while the model was replaced; retry");
+        else if (f != JOB_ERROR) snprintf(why, why_len, "the server is shutting down");
+        return NULL;
     }
     if (!text) text = json_string("");
-    json_t *choice = r->chat ? json_pack("{s:i,s:{s:s,s:o},s:s}", "index", 0, "message", "role", "assistant", "content",
-                                         text, "finish_reason", openai_finish(f))
-                             : json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", text, "logprobs", "finish_reason",
-                                         openai_finish(f));
+    json_t *calls = NULL;
+    const char *finish = openai_finish(f);
+    struct tool_output o = { .content_len = json_string_length(text) };
+    if (r->tools && f == JOB_STOP) read_tool_calls(r, json_string_value(text), json_string_length(text), &o);
+    if (r->flavor != FLAVOR_OPENAI) {
+        int si = j->stop_index;
+        struct api_result res = {
+            .id = r->id, .model = r->model_id, .created = r->created,
+            .reasoning = reasoning ? json_string_value(reasoning) : NULL,
+            .reasoning_len = reasoning ? json_string_length(reasoning) : 0,
+            .content = json_string_value(text), .content_len = o.content_len, .calls = &o,
+            .end = o.n_calls ? API_END_TOOL_CALLS : f == JOB_LENGTH ? API_END_LENGTH
+                 : si >= 0 && (uint32_t)si < j->req.n_stop ? API_END_STOP_STRING : API_END_STOP,
+            .stop_string = si >= 0 && (uint32_t)si < j->req.n_stop ? j->req.stop[si] : NULL,
+            .n_in = r->tokens_in, .n_out = n_out,
+        };
+        json_t *out = r->flavor == FLAVOR_ANTHROPIC ? anthropic_message_json(&res)
+                                                    : responses_json(&res, f == JOB_LENGTH ? "incomplete" : "completed");
+        tool_output_free(&o);
+        json_decref(text);
+        json_decref(reasoning);
+        return out;
+    }
+    if (o.n_calls) {
+        calls = tool_calls_json(r, &o, 0, o.n_calls, 0);
+        json_t *content = o.content_len ? json_stringn(json_string_value(text), o.content_len) : json_null();
+        json_decref(text);
+        text = content;
+        finish = "tool_calls";
+    }
+    tool_output_free(&o);
+    json_t *choice = r->chat ? json_pack("{s:I,s:{s:s,s:o},s:s}", "index", (json_int_t)k, "message", "role", "assistant",
+                                         "content", text, "finish_reason", finish)
+                             : json_pack("{s:I,s:o,s:n,s:s}", "index", (json_int_t)k, "text", text, "logprobs",
+                                         "finish_reason", finish);
     if (reasoning && choice) json_object_set_new(json_object_get(choice, "message"), "reasoning_content", reasoning);
     else json_decref(reasoning);
-    json_t *o = json_pack("{s:s+,s:s,s:I,s:s,s:[o],s:o}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
-                          r->chat ? "chat.completion" : "text_completion", "created", (json_int_t)r->created, "model",
-                          r->model_id, "choices", choice, "usage", usage_json(r, n_out));
-    return send_json(c, r, 200, o);
+    if (calls && choice) json_object_set_new(json_object_get(choice, "message"), "tool_calls", calls);
+    else json_decref(calls);
+    attach_logprobs(r, j, choice, 0, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
+    return choice;
+}
+
+/* Non-streaming: waits for the request's jobs (one per choice) in this connection's thread. */
+static enum MHD_Result finish_blocking(struct MHD_Connection *c, struct req *r)
+{
+    json_t *choices = json_array();
+    r->tokens_out = 0;
+    for (uint32_t k = 0; k <= r->n_more; k++) {
+        struct job *j = k ? r->more[k - 1] : r->job;
+        if (wait_job(r, j)) {
+            json_decref(choices);
+            return MHD_NO; /* nobody to answer; MHD closes the connection */
+        }
+        int status = 0;
+        const char *code = NULL;
+        char why[sizeof j->error + 64];
+        json_t *a = finished_answer(r, j, k, &status, &code, why, sizeof why);
+        if (!a) {
+            json_decref(choices);
+            for (uint32_t m = 0; m < r->n_more; m++) scheduler_cancel(r->api->sched, r->more[m]);
+            return send_error(c, r, status, code, why);
+        }
+        if (r->flavor != FLAVOR_OPENAI) {
+            json_decref(choices);
+            return send_json(c, r, 200, a);
+        }
+        json_array_append_new(choices, a);
+    }
+    json_t *resp = json_pack("{s:s+,s:s,s:I,s:s,s:o,s:o}", "id", r->chat ? "chatcmpl-" : "cmpl-", r->id, "object",
+                             r->chat ? "chat.completion" : "text_completion", "created", (json_int_t)r->created, "model",
+                             r->model_id, "choices", choices, "usage", usage_json(r, (uint32_t)r->tokens_out));
+    return send_json(c, r, 200, resp);
 }
 
 /* Takes one of the peer uid's in-flight places; 0 when over the cap (or the table is full). */
@@ -644,10 +989,42 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
         .max_messages = r->cfg.max_messages,
     };
     struct gen_request gr;
-    r->chat = r->ep == METRICS_EP_CHAT;
-    int rc = r->chat ? request_parse_chat(r->body, r->body_len, &lim, &gr, err, sizeof err)
+    r->chat = r->ep != METRICS_EP_COMPLETIONS;
+    int rc;
+    if (r->flavor != FLAVOR_OPENAI) {
+        /* another API's body, translated into the chat body it means, then parsed as one */
+        if (r->body_len > lim.max_body_bytes) return send_error(c, r, 413, "body_too_large", "request body too large");
+        json_t *chat = r->flavor == FLAVOR_ANTHROPIC ? anthropic_to_chat(r->body, r->body_len, err, sizeof err)
+                                                     : responses_to_chat(r->body, r->body_len, err, sizeof err);
+        if (!chat) return send_error(c, r, 400, "invalid_request", err);
+        char *body = json_dumps(chat, JSON_COMPACT);
+        json_decref(chat);
+        if (!body) return send_error(c, r, 500, "internal", "out of memory");
+        lim.max_body_bytes = (uint64_t)strlen(body) + 1; /* the client's body was checked above */
+        rc = request_parse_chat(body, strlen(body), &lim, &gr, err, sizeof err);
+        free(body);
+    } else {
+        rc = r->chat ? request_parse_chat(r->body, r->body_len, &lim, &gr, err, sizeof err)
                      : request_parse_completion(r->body, r->body_len, &lim, &gr, err, sizeof err);
+    }
     if (rc) return send_error(c, r, 400, "invalid_request", err);
+    if (gr.n > 1) {
+        /* each choice decodes in its own slot: no more choices than slots, blocking only */
+        struct sched_stats st;
+        scheduler_stats(a->sched, &st);
+        const char *why = gr.stream ? "n > 1 is not supported with stream" : NULL;
+        char msg[128];
+        if (!why && gr.n > st.slots) {
+            snprintf(msg, sizeof msg, "n: %u, at most %u here (one decoding slot per choice: server.slots)", gr.n, st.slots);
+            why = msg;
+        }
+        if (why) {
+            gen_request_free(&gr);
+            return send_error(c, r, 400, "invalid_request", why);
+        }
+    }
+    const char *dl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Flashbox-Deadline");
+    r->deadline_partial = dl && !strcmp(dl, "partial");
     int32_t *prompt;
     uint32_t n_prompt;
     /* The tokenizer's generation travels with the job: one queued across a model swap is
@@ -693,7 +1070,35 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
                                 : send_error(c, r, 503, "shutdown", "the server is shutting down");
     }
     r->job = j;
+    r->tools = r->chat && j->req.n_tools > 0 && j->req.tool_choice != REQ_TOOL_NONE;
     atomic_fetch_add(&a->in_flight, 1);
+    /* n > 1: the other choices, each its own job on the same prompt (the body parsed again:
+     * the same request), seeded seed + i when the request is seeded */
+    for (uint32_t k = 1; k < j->req.n; k++) {
+        struct gen_request gk;
+        rc = r->chat ? request_parse_chat(r->body, r->body_len, &lim, &gk, err, sizeof err)
+                     : request_parse_completion(r->body, r->body_len, &lim, &gk, err, sizeof err);
+        int32_t *pk = rc ? NULL : malloc((size_t)n_prompt * sizeof *pk);
+        struct job *jk = NULL;
+        if (pk) {
+            memcpy(pk, j->prompt, (size_t)n_prompt * sizeof *pk);
+            gk.seed += k;
+            jk = job_create(&gk, pk, n_prompt, r->cfg.request_deadline_s);
+        }
+        if (jk) jk->model_gen = model_gen;
+        if (!jk || scheduler_submit(a->sched, jk) != SCHED_OK) {
+            if (!jk) {
+                free(pk);
+                if (!rc) gen_request_free(&gk);
+            }
+            job_release(jk);
+            scheduler_cancel(a->sched, j);
+            for (uint32_t m = 0; m < r->n_more; m++) scheduler_cancel(a->sched, r->more[m]);
+            metrics_rejected("queue_full");
+            return send_error(c, r, 429, "queue_full", "not enough room in the queue for every choice; retry later");
+        }
+        r->more[r->n_more++] = jk;
+    }
     r->created = (int64_t)time(NULL);
     if (!j->req.stream) return finish_blocking(c, r);
     r->last_event_ns = sched_now_ns();
@@ -746,6 +1151,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 r->ep = routes[i].ep;
                 want = routes[i].method;
             }
+        if (!strncmp(url, "/v1/models/", 11) && url[11] && strlen(url + 11) < sizeof r->model_path) {
+            r->ep = METRICS_EP_MODELS;
+            want = "GET";
+            snprintf(r->model_path, sizeof r->model_path, "%s", url + 11);
+        }
+        if (r->ep == METRICS_EP_MESSAGES) r->flavor = FLAVOR_ANTHROPIC;
+        if (r->ep == METRICS_EP_RESPONSES) r->flavor = FLAVOR_RESPONSES;
         if (!r->conn || r->conn->peer_err) return send_error(c, r, 403, "forbidden", "peer credentials unavailable");
         if (!peer_allowed(&r->conn->peer, r->cfg.allow_uids, r->cfg.n_allow_uids, r->cfg.allow_gids, r->cfg.n_allow_gids)) {
             r->denied = 1;
@@ -753,6 +1165,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return send_error(c, r, 403, "forbidden", "this peer is not allowed to use the API");
         }
         if (!r->conn->peer.is_unix && !host_ok(c)) return send_error(c, r, 403, "forbidden", "Host must be a loopback name");
+        if (!want && !strcmp(url, "/v1/embeddings"))
+            return send_error(c, r, 404, "not_found", "no embeddings: the model has no embedding head");
         if (!want) return send_error(c, r, 404, "not_found", "no such endpoint");
         if (strcmp(method, want)) return send_error(c, r, 405, "method_not_allowed", "method not allowed on this endpoint");
         if (!strcmp(want, "POST")) {
@@ -811,7 +1225,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     case METRICS_EP_TOKENIZE: return route_tokenize(c, r);
     case METRICS_EP_DETOKENIZE: return route_detokenize(c, r);
     case METRICS_EP_CHAT:
-    case METRICS_EP_COMPLETIONS: return route_generate(c, r);
+    case METRICS_EP_COMPLETIONS:
+    case METRICS_EP_MESSAGES:
+    case METRICS_EP_RESPONSES: return route_generate(c, r);
     default: return send_error(c, r, 404, "not_found", "no such endpoint");
     }
 }

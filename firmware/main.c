@@ -16,6 +16,7 @@ static const struct command commands[] = {
 
     { "mkmodel", tool_mkmodel_main, "write a seeded random-weight deepseek4 GGUF (test and default models)" },
     { "bench", cmd_bench, "measure prefill/decode speed, per-kernel GPU time and bandwidth" },
+    { "plan", cmd_plan, "print the memory the engine would allocate for a context and the largest that fits" },
     { "board", cmd_board, "print the GPUs found (DRM + Vulkan), their limits and the one flashbox picks" },
     { "inspect", cmd_inspect, "print a model file's metadata, tensors and hyper-parameters" },
     { "serve", cmd_serve, "run the API daemon (Unix socket, OpenAI-compatible HTTP)" },
@@ -23,6 +24,7 @@ static const struct command commands[] = {
     { "tokenize", cmd_tokenize, "print the token ids of the text on stdin" },
     { "detokenize", cmd_detokenize, "print the text of comma-separated token ids on stdin" },
     { "run", cmd_run, "generate from a prompt, or chat interactively, streaming the answer" },
+    { "eval", cmd_eval, "score a model on a site's evaluation set (JSON lines); --record fills expected answers" },
     { "update", cmd_update, "verify, install, roll back signed update bundles; show slot status" },
     { "bundle", cmd_bundle, "create a signed update bundle (bundle create --help)" },
     { "keygen", tool_keygen_main, "write an Ed25519 key pair for signing bundles" },

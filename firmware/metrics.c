@@ -37,7 +37,8 @@ static struct {
 } m = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static const char *ep_names[METRICS_EP_COUNT] = {
-    "/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/metrics", "other",
+    "/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/metrics",
+    "/v1/messages", "/v1/responses", "other",
 };
 
 const char *metrics_endpoint_name(enum metrics_endpoint ep) { return ep < METRICS_EP_COUNT ? ep_names[ep] : "other"; }
@@ -192,6 +193,11 @@ int metrics_render(const struct metrics_gauges *g, char **out, size_t *out_len)
     put(&t, "\",slot=\"");
     put_label(&t, g->slot);
     put(&t, "\"} 1\n");
+    if (g->have_eval_score[0] || g->have_eval_score[1]) {
+        put(&t, "# HELP flashbox_eval_score The slot's last score on the site's evaluation set (0 to 1).\n# TYPE flashbox_eval_score gauge\n");
+        for (int i = 0; i < 2; i++)
+            if (g->have_eval_score[i]) put(&t, "flashbox_eval_score{slot=\"%s\"} %.6f\n", i ? "b" : "a", g->eval_score[i]);
+    }
     if (g->have_device) {
         put(&t, "# HELP flashbox_device_memory_used_bytes Device memory held: weights, expert slots, sessions.\n"
                 "# TYPE flashbox_device_memory_used_bytes gauge\nflashbox_device_memory_used_bytes %llu\n",
@@ -218,6 +224,16 @@ int metrics_render(const struct metrics_gauges *g, char **out, size_t *out_len)
         for (int k = 0; k < 2; k++) put(&t, "flashbox_expert_prefetch_by_layer_used_total{layer=\"%s\"} %llu\n", kinds[k], (unsigned long long)g->expert_prefetch_used_kind[k]);
         put(&t, "# HELP flashbox_expert_prefetch_dropped_total Speculative expert loads dropped unread once their layer had chosen.\n# TYPE flashbox_expert_prefetch_dropped_total counter\nflashbox_expert_prefetch_dropped_total %llu\n", (unsigned long long)g->expert_prefetch_dropped);
         put(&t, "# HELP flashbox_expert_cache_bytes Bytes of the expert cache (slots x slot size).\n# TYPE flashbox_expert_cache_bytes gauge\nflashbox_expert_cache_bytes %llu\n", (unsigned long long)g->expert_cache_bytes);
+    }
+    if (g->have_prefix) {
+        put(&t, "# HELP flashbox_prefix_hits_total Requests that resumed from a saved prompt prefix.\n# TYPE flashbox_prefix_hits_total counter\nflashbox_prefix_hits_total %llu\n", (unsigned long long)g->prefix.hits);
+        put(&t, "# TYPE flashbox_prefix_misses_total counter\nflashbox_prefix_misses_total %llu\n", (unsigned long long)g->prefix.misses);
+        put(&t, "# HELP flashbox_prefix_tokens_reused_total Prompt tokens not prefilled again.\n# TYPE flashbox_prefix_tokens_reused_total counter\nflashbox_prefix_tokens_reused_total %llu\n", (unsigned long long)g->prefix.tokens_reused);
+        put(&t, "# HELP flashbox_prefix_bytes_read_total Saved-state bytes loaded into sessions.\n# TYPE flashbox_prefix_bytes_read_total counter\nflashbox_prefix_bytes_read_total %llu\n", (unsigned long long)g->prefix.bytes_read);
+        put(&t, "# TYPE flashbox_prefix_saves_total counter\nflashbox_prefix_saves_total %llu\n", (unsigned long long)g->prefix.saves);
+        put(&t, "# TYPE flashbox_prefix_evictions_total counter\nflashbox_prefix_evictions_total %llu\n", (unsigned long long)g->prefix.evictions);
+        put(&t, "# HELP flashbox_prefix_cache_bytes Saved-state bytes held now.\n# TYPE flashbox_prefix_cache_bytes gauge\nflashbox_prefix_cache_bytes %llu\n", (unsigned long long)g->prefix.bytes_held);
+        put(&t, "# TYPE flashbox_prefix_cache_entries gauge\nflashbox_prefix_cache_entries %llu\n", (unsigned long long)g->prefix.entries);
     }
     if (t.oom) {
         free(t.p);

@@ -8,9 +8,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "firmware/prefix_cache.h"
+
 enum metrics_endpoint {
     METRICS_EP_HEALTH, METRICS_EP_MODELS, METRICS_EP_CHAT, METRICS_EP_COMPLETIONS, METRICS_EP_TOKENIZE,
-    METRICS_EP_DETOKENIZE, METRICS_EP_METRICS, METRICS_EP_OTHER, METRICS_EP_COUNT
+    METRICS_EP_DETOKENIZE, METRICS_EP_METRICS, METRICS_EP_MESSAGES, METRICS_EP_RESPONSES, METRICS_EP_OTHER,
+    METRICS_EP_COUNT
 };
 
 struct metrics_gauges {
@@ -18,6 +21,9 @@ struct metrics_gauges {
     uint32_t slots_busy, slots_total;
     int ready;                    /* 1 ready, 0 loading, -1 degraded */
     const char *model_id, *slot;
+    /* The site evaluation score per update slot (a, b), where one was recorded. */
+    int have_eval_score[2];
+    double eval_score[2];
     /* Device memory, reported only for a backend with a device (have_device). */
     int have_device;
     uint64_t device_used, device_total;
@@ -27,6 +33,9 @@ struct metrics_gauges {
     uint64_t expert_bytes_read, expert_loads, expert_evictions, expert_stall_ns;
     uint64_t expert_prefetch_issued, expert_prefetch_used, expert_cache_bytes;
     uint64_t expert_prefetch_issued_kind[2], expert_prefetch_used_kind[2], expert_prefetch_dropped;
+    /* Prefix reuse, reported only when it is on (have_prefix). */
+    int have_prefix;
+    struct prefix_cache_stats prefix;
 };
 
 const char *metrics_endpoint_name(enum metrics_endpoint ep);

@@ -2,6 +2,7 @@
  * type and range here, once, so nothing downstream sees a negative count, a NaN, an
  * oversized string or a field it does not implement. */
 #include "firmware/request_parse.h"
+#include "firmware/request_tools.h"
 
 #include "engine/errmsg.h"
 
@@ -15,7 +16,7 @@ void req_limits_default(struct req_limits *lim)
     lim->max_body_bytes = 1u << 20;
     lim->max_tokens = 4096;
     lim->default_max_tokens = 256;
-    lim->max_stop = 4;
+    lim->max_stop = REQ_MAX_STOP; /* code assistants send 7 or more */
     lim->max_stop_len = 64;
     lim->max_messages = 256;
     lim->max_detok_tokens = 65536;
@@ -24,9 +25,18 @@ void req_limits_default(struct req_limits *lim)
 void gen_request_free(struct gen_request *r)
 {
     free(r->prompt);
-    for (uint32_t i = 0; i < r->n_messages; i++) free(r->messages[i].content);
+    for (uint32_t i = 0; r->messages && i <= r->n_messages; i++) {
+        /* the entry past n_messages is the one a failed parse left half filled (calloc'd) */
+        if (i == r->n_messages && i == r->messages_cap) break;
+        free(r->messages[i].content);
+        free(r->messages[i].reasoning);
+        req_message_tools_free(&r->messages[i]);
+    }
     free(r->messages);
     for (uint32_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->logit_bias);
+    free(r->suffix);
+    req_tools_free(r);
     memset(r, 0, sizeof *r);
 }
 
@@ -34,8 +44,9 @@ static json_t *load(const char *body, size_t len, char *err, size_t err_len)
 {
     json_error_t je;
     /* Duplicate keys are refused: two "max_tokens" would make the effective value depend on
-     * the parser. jansson also refuses invalid UTF-8 and \u0000. */
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+     * the parser. jansson also refuses invalid UTF-8; \u0000 is allowed, since the daemon's
+     * own answers may hold it and clients send them back as history. */
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
     if (!root) {
         errf(err, err_len, "body: invalid JSON at byte %d: %s", je.position, je.text);
         return NULL;
@@ -84,8 +95,10 @@ static int dup_string(json_t *v, const char *name, size_t max_len, char **out, c
     if (!json_is_string(v)) return errf(err, err_len, "%s: expected a string", name);
     size_t n = json_string_length(v);
     if (n > max_len) return errf(err, err_len, "%s: %zu bytes, at most %zu", name, n, max_len);
-    *out = strndup(json_string_value(v), n);
+    *out = malloc(n + 1); /* memcpy, not strndup: the text may hold U+0000 */
     if (!*out) return errf(err, err_len, "%s: out of memory", name);
+    memcpy(*out, json_string_value(v), n);
+    (*out)[n] = 0;
     return 0;
 }
 
@@ -135,17 +148,27 @@ static int parse_thinking(json_t *v, bool *out, char *err, size_t err_len)
     return errf(err, err_len, "thinking: expected true, false or {\"type\": \"enabled\"|\"disabled\"}");
 }
 
-/* Content is a string or an array of {"type":"text","text":...} parts, concatenated. */
-static int parse_content(json_t *v, const char *name, char **out, char *err, size_t err_len)
+/* Content is a string or an array of {"type":"text","text":...} parts (cache_control, an
+ * Anthropic-style hint clients add, is accepted and has no effect), concatenated. */
+static int parse_content(json_t *v, const char *name, char **out, size_t *out_len, char *err, size_t err_len)
 {
-    if (json_is_string(v)) return dup_string(v, name, SIZE_MAX, out, err, err_len);
+    if (json_is_string(v)) {
+        *out_len = json_string_length(v);
+        return dup_string(v, name, SIZE_MAX, out, err, err_len);
+    }
     if (!json_is_array(v)) return errf(err, err_len, "%s: expected a string or an array of text parts", name);
     size_t total = 0, i;
     json_t *part;
     json_array_foreach(v, i, part) {
         json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
-        if (!json_is_object(part) || json_object_size(part) != 2 || !json_is_string(type) ||
-            strcmp(json_string_value(type), "text") || !json_is_string(text))
+        const char *ts = json_string_value(type);
+        if (ts && (!strcmp(ts, "image_url") || !strcmp(ts, "image") || !strcmp(ts, "input_image") ||
+                   !strcmp(ts, "input_audio") || !strcmp(ts, "file")))
+            return errf(err, err_len, "%s[%zu]: %s parts are not supported: the model has no vision or audio "
+                        "input, only text", name, i, ts);
+        size_t extra = json_object_get(part, "cache_control") ? 1 : 0;
+        if (!json_is_object(part) || json_object_size(part) != 2 + extra || !ts || strcmp(ts, "text") ||
+            !json_is_string(text))
             return errf(err, err_len, "%s[%zu]: expected {\"type\": \"text\", \"text\": string}", name, i);
         total += json_string_length(text);
     }
@@ -159,6 +182,7 @@ static int parse_content(json_t *v, const char *name, char **out, char *err, siz
     }
     s[off] = 0;
     *out = s;
+    *out_len = off;
     return 0;
 }
 
@@ -170,18 +194,30 @@ static int parse_messages(json_t *v, const struct req_limits *lim, struct gen_re
     if (n > lim->max_messages) return errf(err, err_len, "messages: %zu, at most %u", n, lim->max_messages);
     r->messages = calloc(n, sizeof *r->messages);
     if (!r->messages) return errf(err, err_len, "messages: out of memory");
+    r->messages_cap = (uint32_t)n;
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(v, i);
         char name[48];
         if (!json_is_object(m)) return errf(err, err_len, "messages[%zu]: expected an object", i);
         const char *key;
         json_t *x;
-        json_t *role = NULL, *content = NULL;
+        json_t *role = NULL, *content = NULL, *tool_calls = NULL, *tool_call_id = NULL, *reasoning = NULL;
         json_object_foreach(m, key, x) {
             if (!strcmp(key, "role")) role = x;
             else if (!strcmp(key, "content")) content = x;
-            else if (!strcmp(key, "name")) {
-                if (!json_is_string(x)) return errf(err, err_len, "messages[%zu].name: expected a string", i);
+            else if (!strcmp(key, "tool_calls")) tool_calls = x;
+            else if (!strcmp(key, "tool_call_id")) tool_call_id = x;
+            else if (!strcmp(key, "reasoning_content") || !strcmp(key, "reasoning")) {
+                if (reasoning && !json_is_null(reasoning) && !json_is_null(x))
+                    return errf(err, err_len, "messages[%zu]: both reasoning and reasoning_content", i);
+                if (!reasoning || json_is_null(reasoning)) reasoning = x;
+            } else if (!strcmp(key, "name")) {
+                if (!json_is_string(x) && !json_is_null(x)) return errf(err, err_len, "messages[%zu].name: expected a string", i);
+            } else if (!strcmp(key, "refusal") || !strcmp(key, "annotations") || !strcmp(key, "audio") ||
+                       !strcmp(key, "function_call")) {
+                /* fields of OpenAI's own answers that clients echo back as history: null only */
+                if (!json_is_null(x) && !(json_is_array(x) && json_array_size(x) == 0))
+                    return errf(err, err_len, "messages[%zu].%s: only null is supported", i, key);
             } else return errf(err, err_len, "messages[%zu].%s: unknown field", i, key);
         }
         const char *rs = json_string_value(role);
@@ -190,11 +226,60 @@ static int parse_messages(json_t *v, const struct req_limits *lim, struct gen_re
         if (!strcmp(rs, "system") || !strcmp(rs, "developer")) msg->role = REQ_ROLE_SYSTEM;
         else if (!strcmp(rs, "user")) msg->role = REQ_ROLE_USER;
         else if (!strcmp(rs, "assistant")) msg->role = REQ_ROLE_ASSISTANT;
-        else return errf(err, err_len, "messages[%zu].role: '%.32s', expected system, user or assistant", i, rs);
+        else if (!strcmp(rs, "tool")) msg->role = REQ_ROLE_TOOL;
+        else return errf(err, err_len, "messages[%zu].role: '%.32s', expected system, developer, user, assistant or tool", i, rs);
+        if (tool_calls && !json_is_null(tool_calls) && msg->role != REQ_ROLE_ASSISTANT)
+            return errf(err, err_len, "messages[%zu].tool_calls: only assistant messages make calls", i);
+        if (reasoning && !json_is_null(reasoning) && msg->role != REQ_ROLE_ASSISTANT)
+            return errf(err, err_len, "messages[%zu].reasoning_content: only assistant messages reason", i);
+        if (tool_call_id && msg->role != REQ_ROLE_TOOL)
+            return errf(err, err_len, "messages[%zu].tool_call_id: only tool messages answer a call", i);
         snprintf(name, sizeof name, "messages[%zu].content", i);
-        if (!content) return errf(err, err_len, "%s: missing", name);
-        if (parse_content(content, name, &msg->content, err, err_len)) return -1;
+        /* an assistant message that only calls tools has content null (or none) */
+        if (msg->role == REQ_ROLE_ASSISTANT && (!content || json_is_null(content))) {
+            msg->content = strdup("");
+            if (!msg->content) return errf(err, err_len, "%s: out of memory", name);
+        } else {
+            if (!content) return errf(err, err_len, "%s: missing", name);
+            if (parse_content(content, name, &msg->content, &msg->content_len, err, err_len)) return -1;
+        }
+        if (reasoning && !json_is_null(reasoning)) {
+            snprintf(name, sizeof name, "messages[%zu].reasoning_content", i);
+            if (parse_content(reasoning, name, &msg->reasoning, &msg->reasoning_len, err, err_len)) return -1;
+        }
+        if (tool_call_id && !json_is_null(tool_call_id)) {
+            snprintf(name, sizeof name, "messages[%zu].tool_call_id", i);
+            if (dup_string(tool_call_id, name, 256, &msg->tool_call_id, err, err_len)) return -1;
+        }
+        if (tool_calls && req_parse_tool_calls(tool_calls, i, msg, err, err_len)) return -1;
         r->n_messages++;
+    }
+    return 0;
+}
+
+/* {"token id": bias}: OpenAI's map from token ids (as strings) to [-100, 100]. */
+static int parse_logit_bias(json_t *v, struct gen_request *r, char *err, size_t err_len)
+{
+    if (json_is_null(v)) return 0;
+    if (!json_is_object(v)) return errf(err, err_len, "logit_bias: expected an object of token id -> number");
+    size_t n = json_object_size(v);
+    if (n == 0) return 0;
+    if (n > 1024) return errf(err, err_len, "logit_bias: %zu entries, at most 1024", n);
+    r->logit_bias = calloc(n, sizeof *r->logit_bias);
+    if (!r->logit_bias) return errf(err, err_len, "logit_bias: out of memory");
+    const char *key;
+    json_t *x;
+    json_object_foreach(v, key, x) {
+        char *end;
+        long long id = strtoll(key, &end, 10);
+        if (!*key || *end || id < 0 || id > INT32_MAX)
+            return errf(err, err_len, "logit_bias: key '%.32s': expected a token id", key);
+        char name[64];
+        snprintf(name, sizeof name, "logit_bias.%.32s", key);
+        struct req_logit_bias *b = &r->logit_bias[r->n_logit_bias];
+        if (get_float(x, name, -100, false, 100, false, &b->bias, err, err_len)) return -1;
+        b->tok = (int32_t)id;
+        r->n_logit_bias++;
     }
     return 0;
 }
@@ -246,17 +331,34 @@ static int parse_common(const char *key, json_t *x, const struct req_limits *lim
     } else if (!strcmp(key, "ignore_eos")) {
         if (!json_is_null(x) && get_bool(x, key, &r->ignore_eos, err, err_len)) return -1;
     } else if (!strcmp(key, "n")) {
-        uint32_t n;
-        if (!json_is_null(x) && get_uint(x, key, 1, 1, &n, err, err_len)) return -1;
+        if (!json_is_null(x) && get_uint(x, key, 1, REQ_MAX_N, &r->n, err, err_len)) return -1;
     } else if (!strcmp(key, "user")) {
-        if (!json_is_string(x)) return errf(err, err_len, "user: expected a string");
-    } else if (!strcmp(key, "presence_penalty") || !strcmp(key, "frequency_penalty")) {
-        /* Not implemented: accepted only at their neutral value so no client is misled. */
-        float p;
-        if (!json_is_null(x) && get_float(x, key, 0, false, 0, false, &p, err, err_len)) return -1;
-    } else if (!strcmp(key, "logprobs")) {
+        if (!json_is_string(x) && !json_is_null(x)) return errf(err, err_len, "user: expected a string");
+    } else if (!strcmp(key, "presence_penalty")) {
+        if (!json_is_null(x) && get_float(x, key, -2, false, 2, false, &r->presence_penalty, err, err_len)) return -1;
+    } else if (!strcmp(key, "frequency_penalty")) {
+        if (!json_is_null(x) && get_float(x, key, -2, false, 2, false, &r->frequency_penalty, err, err_len)) return -1;
+    } else if (!strcmp(key, "logit_bias")) {
+        if (parse_logit_bias(x, r, err, err_len)) return -1;
+    } else if (!strcmp(key, "store")) {
+        /* nothing is ever stored here: false (or null) is the only true answer */
         if (!json_is_null(x) && (!json_is_boolean(x) || json_is_true(x)))
-            return errf(err, err_len, "logprobs: only false is supported");
+            return errf(err, err_len, "store: only false is supported (this server keeps no completions)");
+    } else if (!strcmp(key, "top_logprobs")) {
+        if (!json_is_null(x) && get_uint(x, key, 0, REQ_MAX_TOP_LOGPROBS, &r->top_logprobs, err, err_len)) return -1;
+    } else if (!strcmp(key, "logprobs")) {
+        /* chat: true or false (top_logprobs says how many alternatives); completions: the
+         * number of alternatives, as the legacy API has it */
+        if (json_is_null(x)) return 1;
+        if (json_is_boolean(x)) {
+            r->logprobs = json_is_true(x);
+        } else if (r->kind == REQ_COMPLETION && json_is_integer(x)) {
+            if (get_uint(x, key, 0, REQ_MAX_TOP_LOGPROBS, &r->top_logprobs, err, err_len)) return -1;
+            r->logprobs = true;
+        } else {
+            return errf(err, err_len, r->kind == REQ_CHAT ? "logprobs: expected true or false"
+                                                          : "logprobs: expected an integer 0 to %d", REQ_MAX_TOP_LOGPROBS);
+        }
     } else {
         return 0;
     }
@@ -270,6 +372,8 @@ static void defaults(struct gen_request *r, enum req_kind kind, const struct req
     r->max_tokens = lim->default_max_tokens;
     r->temperature = 1.0f;
     r->top_p = 1.0f;
+    r->parallel_tool_calls = true;
+    r->n = 1;
 }
 
 static int parse_request(const char *body, size_t len, enum req_kind kind, const struct req_limits *lim,
@@ -304,6 +408,25 @@ static int parse_request(const char *body, size_t len, enum req_kind kind, const
                 if (get_bool(y, "chat_template_kwargs.thinking", &out->thinking, err, err_len)) { rc = -1; break; }
             }
             if (rc) break;
+        } else if (kind == REQ_CHAT && !strcmp(key, "tools")) {
+            if (req_parse_tools(x, out, err, err_len)) { rc = -1; break; }
+        } else if (kind == REQ_CHAT && !strcmp(key, "tool_choice")) {
+            if (req_parse_tool_choice(x, out, err, err_len)) { rc = -1; break; }
+        } else if (kind == REQ_CHAT && !strcmp(key, "parallel_tool_calls")) {
+            if (!json_is_null(x) && get_bool(x, key, &out->parallel_tool_calls, err, err_len)) { rc = -1; break; }
+        } else if (kind == REQ_CHAT && !strcmp(key, "reasoning_effort")) {
+            /* V4 knows one effort setting beyond the default: "max" (the official encoder's
+             * paragraph); OpenAI's lower levels and "high" are its default */
+            const char *e = json_string_value(x);
+            if (json_is_null(x)) continue;
+            if (!e || (strcmp(e, "minimal") && strcmp(e, "low") && strcmp(e, "medium") && strcmp(e, "high") &&
+                       strcmp(e, "max") && strcmp(e, "xhigh"))) {
+                rc = errf(err, err_len, "reasoning_effort: expected minimal, low, medium, high, xhigh or max");
+                break;
+            }
+            out->reasoning_max = !strcmp(e, "max") || !strcmp(e, "xhigh");
+        } else if (kind == REQ_COMPLETION && !strcmp(key, "suffix")) {
+            if (!json_is_null(x) && dup_string(x, "suffix", SIZE_MAX, &out->suffix, err, err_len)) { rc = -1; break; }
         } else if (kind == REQ_COMPLETION && !strcmp(key, "prompt")) {
             json_t *p = x;
             if (json_is_array(x)) {
@@ -319,6 +442,9 @@ static int parse_request(const char *body, size_t len, enum req_kind kind, const
     }
     json_decref(root);
     if (!rc && !have_input) rc = errf(err, err_len, kind == REQ_CHAT ? "messages: missing" : "prompt: missing");
+    if (!rc) rc = req_check_tools(out, err, err_len);
+    if (!rc && out->top_logprobs && !out->logprobs && kind == REQ_CHAT)
+        rc = errf(err, err_len, "top_logprobs: needs logprobs: true");
     if (rc) gen_request_free(out);
     return rc;
 }

@@ -9,10 +9,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { REQ_MAX_STOP = 16 };
+enum { REQ_MAX_STOP = 16, REQ_MAX_TOP_LOGPROBS = 20, REQ_MAX_N = 16 };
 
 enum req_kind { REQ_CHAT, REQ_COMPLETION };
-enum req_role { REQ_ROLE_SYSTEM, REQ_ROLE_USER, REQ_ROLE_ASSISTANT };
+enum req_role { REQ_ROLE_SYSTEM, REQ_ROLE_USER, REQ_ROLE_ASSISTANT, REQ_ROLE_TOOL };
+/* tools offered: auto (the model decides), none (not rendered, output never parsed as a
+ * call), required / a named function (the model must call; see request_tools.h) */
+enum req_tool_choice { REQ_TOOL_AUTO, REQ_TOOL_NONE, REQ_TOOL_REQUIRED, REQ_TOOL_NAMED };
 
 struct req_limits {
     uint64_t max_body_bytes;
@@ -23,16 +26,40 @@ struct req_limits {
     uint32_t max_detok_tokens;    /* ids in a /detokenize request */
 };
 
+/* A call an assistant message made earlier, as the client sends it back. */
+struct req_tool_call {
+    char *id;                     /* "" when absent */
+    char *name;
+    char *arguments;              /* the JSON text the client sent (an object, normally) */
+};
+
 struct req_message {
     enum req_role role;
-    char *content;                /* UTF-8, NUL-terminated (content may not contain NUL) */
+    char *content;                /* UTF-8, NUL-terminated; may hold U+0000 (content_len says) */
+    size_t content_len;
+    char *reasoning;              /* assistant: reasoning_content sent back, NULL = none */
+    size_t reasoning_len;
+    struct req_tool_call *tool_calls; /* assistant: [n_tool_calls] */
+    uint32_t n_tool_calls;
+    char *tool_call_id;           /* tool: the call this result answers, NULL = none */
+};
+
+/* A function offered in `tools`. */
+struct req_tool {
+    char *name;
+    char *schema;                 /* the function object as JSON, written as the official encoder writes it */
+};
+
+struct req_logit_bias {
+    int32_t tok;                  /* checked against the vocabulary when the request is queued */
+    float bias;                   /* [-100, 100], added to the logit */
 };
 
 struct gen_request {
     enum req_kind kind;
     char *prompt;                 /* REQ_COMPLETION */
     struct req_message *messages; /* REQ_CHAT: [n_messages] */
-    uint32_t n_messages;
+    uint32_t n_messages, messages_cap;
     bool thinking;                /* chat: let the model think before answering */
     uint32_t max_tokens;          /* >= 1 */
     float temperature;            /* 0 = greedy; [0, 2] */
@@ -45,6 +72,20 @@ struct gen_request {
     uint32_t n_stop;
     bool stream, include_usage;
     bool ignore_eos;              /* llama-server's knob: keep generating past EOS */
+    float presence_penalty;       /* [-2, 2], OpenAI: once per token already generated */
+    float frequency_penalty;      /* [-2, 2], OpenAI: per occurrence among the generated tokens */
+    struct req_logit_bias *logit_bias; /* [n_logit_bias] */
+    uint32_t n_logit_bias;
+    char *suffix;                 /* completion: fill in the middle between prompt and suffix; NULL = none */
+    bool reasoning_max;           /* reasoning_effort "max": the encoder's maximum-effort paragraph */
+    struct req_tool *tools;       /* [n_tools] */
+    uint32_t n_tools;
+    enum req_tool_choice tool_choice;
+    char *tool_choice_name;       /* REQ_TOOL_NAMED */
+    bool parallel_tool_calls;     /* false: at most one call is returned */
+    bool logprobs;                /* return each generated token's log probability */
+    uint32_t top_logprobs;        /* and the most likely alternatives, [0, REQ_MAX_TOP_LOGPROBS] */
+    uint32_t n;                   /* choices, [1, REQ_MAX_N]: each its own sequence (seed + i when seeded) */
     char model[128];              /* as asked; "" when absent */
 };
 

@@ -53,11 +53,21 @@ struct job *job_create(struct gen_request *req, int32_t *prompt, uint32_t n_prom
     memset(req, 0, sizeof *req);
     j->prompt = prompt;
     j->n_prompt = n_prompt;
+    if (j->req.logprobs) { /* allocated here, so the token loop allocates nothing */
+        j->logprobs = malloc((size_t)j->req.max_tokens * sizeof *j->logprobs);
+        if (!j->logprobs) {
+            *req = j->req; /* the caller still owns it */
+            free(j->text);
+            free(j);
+            return NULL;
+        }
+    }
     j->thinking = j->req.kind == REQ_CHAT && j->req.thinking;
     j->t_submit_ns = sched_now_ns();
     j->deadline_ns = j->t_submit_ns + (uint64_t)deadline_s * 1000000000ull;
     j->refs = 1;
     j->slot = -1;
+    j->stop_index = -1;
     pthread_mutex_init(&j->lock, NULL);
     cond_init_monotonic(&j->cond);
     return j;
@@ -73,6 +83,7 @@ void job_release(struct job *j)
     gen_request_free(&j->req);
     free(j->prompt);
     free(j->text);
+    free(j->logprobs);
     pthread_mutex_destroy(&j->lock);
     pthread_cond_destroy(&j->cond);
     free(j);
@@ -123,6 +134,7 @@ struct scheduler {
     struct sched_options opt;
     uint32_t n_vocab, n_ctx;
     struct slot *slots;  /* [opt.slots] */
+    struct prefix_cache *prefix; /* NULL: prefix reuse off */
     int32_t *batch_tok;  /* [opt.slots] next token of each decoding slot */
     int *batch_slot;     /* [opt.slots] */
 
@@ -258,6 +270,11 @@ static void swap_now(struct scheduler *s)
     memcpy(s->model_id, w->model_id, sizeof s->model_id);
     s->have_experts = false;
     s->last_eval_failed = false;
+    if (s->prefix) { /* states of the old model */
+        struct engine_model_id id;
+        prefix_cache_clear(s->prefix);
+        if (engine_model_identity(s->engine, &id) == 0) prefix_cache_set_model(s->prefix, &id);
+    }
     w->engine = e;
     w->tg = tg;
     w->slots = slots;
@@ -303,9 +320,11 @@ static void admit(struct scheduler *s)
             continue;
         }
         sl->job = j;
-        sl->prefilled = 0;
+        /* the longest saved prefix of the prompt, if any, instead of prefilling it */
+        sl->prefilled = s->prefix ? prefix_cache_resume(s->prefix, sl->sess, j->prompt, j->n_prompt) : 0;
         s->n_busy++;
         pthread_mutex_lock(&j->lock);
+        j->n_reused = sl->prefilled;
         j->slot = (int)i;
         memcpy(j->model_id, s->model_id, sizeof j->model_id);
         pthread_mutex_unlock(&j->lock);
@@ -318,7 +337,8 @@ static void admit(struct scheduler *s)
 static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
 {
     struct job *j = sl->job;
-    int32_t tok = textgen_seq_sample(sl->seq, sl->logits);
+    struct textgen_logprob lp;
+    int32_t tok = textgen_seq_sample(sl->seq, sl->logits, j->logprobs ? &lp : NULL);
     uint64_t now = sched_now_ns();
     if (tok < 0) {
         slot_finish(s, sl, JOB_ERROR, "every logit is -inf or NaN");
@@ -335,6 +355,7 @@ static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
     bool reasoning_known = textgen_seq_reasoning_end(sl->seq, &reasoning_end);
     pthread_mutex_lock(&j->lock);
     int oom = n ? job_append(j, text, n) : 0;
+    if (j->logprobs && j->n_out < j->req.max_tokens) j->logprobs[j->n_out] = lp;
     j->n_out++;
     if (reasoning_known && !j->reasoning_known) {
         j->reasoning_known = true;
@@ -353,6 +374,7 @@ static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
         return 0;
     }
     if (why == TEXTGEN_STOP_STRING) {
+        j->stop_index = textgen_seq_stop_index(sl->seq); /* read after the job ends (finish is under its lock) */
         slot_finish_ex(s, sl, JOB_STOP, NULL, false);
         return 0;
     }
@@ -416,6 +438,10 @@ static void step(struct scheduler *s)
                 continue;
             }
             sl->prefilled += n;
+            /* prefix reuse: the state where the prompt's last whole chunk ends (chunks
+             * start at 0, so a later prefill from it batches the rest the same way) */
+            if (s->prefix && !last && sl->prefilled == (j->n_prompt - 1) / s->opt.prefill_chunk * s->opt.prefill_chunk)
+                prefix_cache_save(s->prefix, sl->sess, j->prompt);
             if (!last) continue;
         }
         int32_t tok;
@@ -507,6 +533,15 @@ static int slots_create(struct engine *e, struct textgen *tg, uint32_t n, uint32
 {
     struct engine_info info;
     engine_get_info(e, &info);
+    if (n_ctx_want == 0) { /* the largest context whose plan fits every slot in the memory there is */
+        struct engine_plan p;
+        n_ctx_want = engine_plan_open_fit(e, n, engine_plan_budget(e), &p);
+        if (n_ctx_want == 0)
+            return errf(err, err_len, "no context fits %u slots: weights %llu MiB + expert cache %llu MiB + %u x %llu MiB "
+                        "for 128 positions exceed %llu MiB", n, (unsigned long long)(p.weights >> 20),
+                        (unsigned long long)(p.expert_cache >> 20), n, (unsigned long long)(p.per_session >> 20),
+                        (unsigned long long)(engine_plan_budget(e) >> 20));
+    }
     struct slot *slots = calloc(n, sizeof *slots);
     if (!slots) return errf(err, err_len, "scheduler: out of memory for %u slots", n);
     for (uint32_t i = 0; i < n; i++) {
@@ -554,6 +589,14 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
         scheduler_destroy(s);
         return -1;
     }
+    if (opt->prefix.mem_bytes) {
+        struct engine_model_id id;
+        if (prefix_cache_create(&s->prefix, &opt->prefix, err, err_len)) {
+            scheduler_destroy(s);
+            return -1;
+        }
+        if (engine_model_identity(e, &id) == 0) prefix_cache_set_model(s->prefix, &id);
+    }
     if (pthread_create(&s->worker, NULL, worker_main, s)) {
         scheduler_destroy(s);
         return errf(err, err_len, "scheduler: cannot start the worker thread");
@@ -575,6 +618,7 @@ void scheduler_destroy(struct scheduler *s)
         pthread_join(s->worker, NULL);
     }
     slots_destroy(s->slots, s->opt.slots);
+    prefix_cache_destroy(s->prefix);
     free(s->batch_tok);
     free(s->batch_slot);
     pthread_mutex_destroy(&s->lock);
@@ -670,6 +714,8 @@ void scheduler_stats(struct scheduler *s, struct sched_stats *st)
     st->have_experts = s->have_experts;
     st->experts = s->experts;
     pthread_mutex_unlock(&s->lock);
+    st->have_prefix = s->prefix != NULL;
+    if (s->prefix) prefix_cache_get_stats(s->prefix, &st->prefix);
 }
 
 int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen *tg, uint32_t gen, const char *model_id,

@@ -19,7 +19,9 @@
 #include <stdint.h>
 
 #include "engine/engine.h"
+#include "firmware/prefix_cache.h"
 #include "firmware/request_parse.h"
+#include "firmware/textgen.h"
 
 struct engine;
 struct textgen;
@@ -54,6 +56,7 @@ struct job {
     size_t text_len, text_cap;
     size_t committed;           /* text[0, committed) can no longer change: safe to send */
     uint32_t n_out;             /* tokens generated */
+    uint32_t n_reused;          /* prompt tokens resumed from the prefix cache, not prefilled */
     enum job_finish finish;
     int slot;                   /* slot index while running, -1 otherwise */
     uint64_t t_first_ns;        /* first token; 0 before */
@@ -62,6 +65,8 @@ struct job {
     char model_id[128];         /* the model that runs it, set when it gets a slot ("" before) */
     size_t reasoning_end;
     char error[256];
+    int stop_index;             /* JOB_STOP by a stop string: which one (req.stop[i]); -1 otherwise */
+    struct textgen_logprob *logprobs; /* [req.max_tokens] when asked: one per generated token (n_out of them) */
 
     /* Queue links, guarded by the scheduler's lock. */
     struct job *next;
@@ -83,6 +88,7 @@ struct sched_options {
     void *heartbeat_ctx;
     uint32_t heartbeat_ms;
     const char *model_id;  /* the served model's name, copied into each job it runs */
+    struct prefix_cache_options prefix; /* prefix reuse; mem_bytes 0 = off (dir borrowed during create) */
 };
 
 int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *tg, const struct sched_options *opt,
@@ -123,6 +129,8 @@ struct sched_stats {
     uint64_t device_used, device_total; /* bytes of device memory held / the device's local memory */
     bool have_experts;            /* experts are paged: counters below are live */
     struct expert_counters experts; /* as of the worker's last step */
+    bool have_prefix;             /* prefix reuse is on: the counters below are live */
+    struct prefix_cache_stats prefix;
 };
 void scheduler_stats(struct scheduler *s, struct sched_stats *st);
 

@@ -216,6 +216,7 @@ static void *loader_main(void *arg)
         .queue_depth = l->cfg.queue_depth,
         .n_ctx = l->cfg.n_ctx,
         .prefill_chunk = 128,
+        .prefix = { .mem_bytes = l->cfg.cache_mem_mb << 20, .dir = l->cfg.cache_dir, .disk_bytes = l->cfg.cache_disk_mb << 20 },
         .heartbeat_ms = 1000,
         .model_id = l->model.model_id,
     };
@@ -267,6 +268,9 @@ static void reload(struct api *api, int argc, char **argv)
     if (running->update_data_dir[0]) memcpy(c.slot, running->slot, sizeof c.slot); /* the slot store's, not the file's */
     c.n_ctx = running->n_ctx;
     c.queue_depth = running->queue_depth;
+    c.cache_mem_mb = running->cache_mem_mb;
+    memcpy(c.cache_dir, running->cache_dir, sizeof c.cache_dir);
+    c.cache_disk_mb = running->cache_disk_mb;
     if (audit_open(c.audit_log, err, sizeof err)) fprintf(stderr, "flashbox serve: reload: %s (audit log unchanged)\n", err);
     api_set_config(api, &c);
     audit_event("reload", model_id, c.slot, path ? path : "(flags only)");

@@ -8,9 +8,20 @@ libssl-dev openssl libjansson-dev libpcre2-dev libmicrohttpd-dev libsystemd-dev
 libdrm-dev liburing-dev libvulkan-dev vulkan-tools glslang-tools spirv-tools
 mesa-vulkan-drivers util-linux"
 
+# node and npm run the official client libraries in the end-to-end tests; a machine that
+# already has them as commands (another packaging of Node) is left as it is.
+NODE_PACKAGES="nodejs npm"
+
 missing=""
 for p in $PACKAGES; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+for p in $NODE_PACKAGES; do
+    cmd=$p
+    [ "$p" = nodejs ] && cmd=node
+    if ! command -v "$cmd" >/dev/null 2>&1 && ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $p"
     fi
 done

@@ -182,6 +182,13 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_NORM_ROPE_FLAG_NORM 1u
 #define ABI_NORM_ROPE_FLAG_WEIGHT 2u
 #define ABI_NORM_ROPE_FLAG_ROPE 4u
+/* The rope table (cos, sin of pos * freq_i, rows of rope_dim/2 pairs) is factored so that
+ * it does not grow with the context: rows [0, ABI_ROPE_LO_ROWS) hold positions 0..1023,
+ * row ABI_ROPE_LO_ROWS + h holds position h * ABI_ROPE_LO_ROWS, and a kernel multiplies the
+ * two (angle addition) for pos = h * ABI_ROPE_LO_ROWS + l (rope.glsl). Below 1024 the
+ * high row is (1, 0), so those positions read exactly the stored value. */
+#define ABI_ROPE_LO_BITS 10
+#define ABI_ROPE_LO_ROWS (1u << ABI_ROPE_LO_BITS)
 #define ABI_NORM_ROPE_FIELDS(U, F) \
     U n; U rope_dim; U flags; \
     U x_off; U x_tstride; U x_hstride; \
@@ -209,6 +216,7 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_INDEXER_BIND_KEYS 2
 #define ABI_INDEXER_BIND_SCORE 3
 #define ABI_INDEXER_BIND_SEL 4
+#define ABI_INDEXER_MAX_TOPK 2048 /* the selection is ordered in shared memory */
 #define ABI_INDEXER_FIELDS(U, F) \
     U n_head; U dim; U topk; U pos0; U n_tok; \
     U q_off; U w_off; U w_tstride; U keys_off; U score_off; U score_tstride; U sel_off; \
@@ -224,12 +232,16 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_ATTN_BIND_SINKS 4
 #define ABI_ATTN_BIND_ROPE 5
 #define ABI_ATTN_BIND_O 6
-#define ABI_ATTN_MAX_KEYS 2048
+/* Keys are taken in chunks of `chunk` (push field; 0 means ABI_ATTN_CHUNK, larger values are
+ * clamped to it): each chunk's scores and probabilities live in shared memory, its partial
+ * softmax (maximum, sum, weighted values) is folded into the running one in chunk order, so
+ * any number of keys is attended and the order of the sums depends only on the key count. */
+#define ABI_ATTN_CHUNK 2048
 #define ABI_ATTN_MAX_HEAD_DIM 512 /* rows are float4; q per lane, output per invocation in registers */
 #define ABI_ATTN_FIELDS(U, F) \
     U head_dim; U n_head; U rope_dim; U window; U ring_len; U ratio; U topk; U pos0; U n_tok; \
     U q_off; U ring_off; U comp_off; U sel_off; U sinks_off; U rope_off; U o_off; \
-    F scale;
+    F scale; U chunk;
 
 /* ---- moe_group: one invocation sorts the batch's n_slots routed slots (slot z = t*k + j
  * picks expert ids[z]) by expert: out[e] = first list index of expert e (out[n_expert] =
@@ -284,7 +296,7 @@ _Static_assert(sizeof(struct abi_hc_push) == 21 * 4, "hc push block");
 _Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push block");
 _Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");
 _Static_assert(sizeof(struct abi_indexer_push) == 13 * 4, "indexer push block");
-_Static_assert(sizeof(struct abi_attn_push) == 17 * 4, "attention push block");
+_Static_assert(sizeof(struct abi_attn_push) == 18 * 4, "attention push block");
 _Static_assert(sizeof(struct abi_router_push) == 11 * 4, "router push block");
 _Static_assert(sizeof(struct abi_swiglu_push) == 10 * 4, "swiglu push block");
 #endif

@@ -5,6 +5,7 @@ layout(std430, binding = ABI_ATTN_BIND_SEL) readonly buffer sel_buf { int sel[];
 layout(std430, binding = ABI_ATTN_BIND_SINKS) readonly buffer sinks_buf { float sinks[]; };
 layout(std430, binding = ABI_ATTN_BIND_ROPE) readonly buffer rope_buf { vec2 rope[]; };
 layout(std430, binding = ABI_ATTN_BIND_O) writeonly buffer o_buf { vec4 o4[]; };
+#include "rope.glsl"
 
 /* The keys of the token at position pos (spec §3.9): the window from position first
  * (n_win of them), then n_comp compressed entries (every completed one for HCA, the
@@ -26,7 +27,7 @@ vec4 attn_unrope4(vec4 v, const uint i4, const uint pos)
     for (uint pr = 0u; pr < 2u; pr++) { /* the two interleaved pairs of this float4 */
         const uint i0 = 4u * i4 + 2u * pr;
         if (i0 < first_rot) continue;
-        const vec2 cs = rope[pc.rope_off / 2u + pos * half_dim + (i0 - first_rot) / 2u];
+        const vec2 cs = rope_cs(pos, (i0 - first_rot) / 2u, half_dim);
         const float a = v[2u * pr], b = v[2u * pr + 1u];
         v[2u * pr] = a * cs.x + b * cs.y;
         v[2u * pr + 1u] = -a * cs.y + b * cs.x;

@@ -1,7 +1,8 @@
 /* Per-row RMSNorm (optional, optional weight) and interleaved RoPE of the last rope_dim
  * elements, fused: q heads (norm without weight, rope), the kv row (norm with weight, rope,
  * written into the window ring), compressed entries (norm, rope at their block start) and
- * indexer queries (rope only). cos/sin come from a table computed in double on the host. */
+ * indexer queries (rope only). cos/sin come from a factored table computed in double on the
+ * host (rope.glsl). */
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -12,6 +13,7 @@ layout(std430, binding = ABI_NORM_ROPE_BIND_X) readonly buffer x_buf { float x[]
 layout(std430, binding = ABI_NORM_ROPE_BIND_Y) buffer y_buf { float y[]; };
 layout(std430, binding = ABI_NORM_ROPE_BIND_W) readonly buffer w_buf { float w[]; };
 layout(std430, binding = ABI_NORM_ROPE_BIND_ROPE) readonly buffer rope_buf { vec2 rope[]; };
+#include "rope.glsl"
 
 void main()
 {
@@ -34,7 +36,7 @@ void main()
         float a = x[xb + i0] * inv, b = x[xb + i0 + 1u] * inv;
         if (weighted) { a *= w[pc.w_off + i0]; b *= w[pc.w_off + i0 + 1u]; }
         if (roped && i0 >= first_rot) {
-            const vec2 cs = rope[pc.rope_off / 2u + pos * half_dim + (i0 - first_rot) / 2u];
+            const vec2 cs = rope_cs(pos, (i0 - first_rot) / 2u, half_dim);
             const float ra = a * cs.x - b * cs.y, rb = a * cs.y + b * cs.x;
             a = ra; b = rb;
         }

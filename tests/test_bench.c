@@ -41,6 +41,28 @@ TEST(bench_reports_prefill_and_decode_as_table_and_json)
     CHECK(strstr(out, "best of the runs") == NULL);
 }
 
+/* Long-context options: --at times the prompt at a depth next to the same prompt at 0,
+ * --reuse a next turn from scratch and from the saved state; a 1024-token prompt times its
+ * first and last 256 tokens. */
+TEST(bench_reports_the_cost_at_a_depth_and_of_a_reused_prefix)
+{
+    const char *model = test_fixture("model/v4-tiny-f32.gguf");
+    char cmd[8192], out[16384];
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --backend ref --prompt 8 --gen 2 --at 600 --reuse 4 2>&1", test_flashbox_bin(),
+             model);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    CHECK(strstr(out, "at positions 0..7") != NULL && strstr(out, "at 600..607") != NULL);
+    CHECK(strstr(out, "at depth 608") != NULL);
+    CHECK(strstr(out, "next turn    4 tokens after 8: first token in") != NULL);
+    const char *js = strstr(out, "{\"model\":");
+    REQUIRE(js != NULL);
+    CHECK(json_num(js, "at") == 600);
+    CHECK(json_num(js, "prefill_ms_per_token_last") > 0);
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --backend ref --prompt 1024 --gen 1 2>&1", test_flashbox_bin(), model);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    CHECK(strstr(out, "at positions 0..255") != NULL && strstr(out, "at 768..1023") != NULL);
+}
+
 TEST(bench_refuses_zero_runs_and_a_missing_model)
 {
     const char *model = test_fixture("model/v4-tiny-f32.gguf");

@@ -1,8 +1,12 @@
 /* Chat encoding: golden strings for each case of the DeepSeek-V4 format (spec §4), and
  * the token form against the tiny model's vocabulary. */
 #include "engine/chat.h"
+#include "firmware/request_parse.h"
+#include "firmware/textgen.h"
 #include "tests/harness.h"
 
+#include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #define B "<｜begin▁of▁sentence｜>"
@@ -50,10 +54,19 @@ TEST(thinking_mode_opens_think_and_drops_earlier_reasoning)
     CHECK_RENDER(msgs, &opt, B U "2+2?" A "</think>4" E U "3+3?" A "<think>");
     opt.keep_all_reasoning = true;
     CHECK_RENDER(msgs, &opt, B U "2+2?" A "<think>add them</think>4" E U "3+3?" A "<think>");
-    /* with tools present every turn keeps its reasoning */
+    /* with tools present every turn keeps its reasoning (they come first when there is
+     * no system message) */
     opt.keep_all_reasoning = false;
-    opt.tools_prompt = "T";
-    CHECK_RENDER(msgs, &opt, B "T" U "2+2?" A "<think>add them</think>4" E U "3+3?" A "<think>");
+    const char *const schemas[] = { "{\"name\": \"f\"}" };
+    opt.tool_schemas = schemas;
+    opt.n_tools = 1;
+    char *got, err[256];
+    size_t len;
+    REQUIRE(chat_render_text(msgs, 3, &opt, &got, &len, err, sizeof err) == 0);
+    CHECK(strncmp(got, B "\n\n## Tools\n\n", strlen(B "\n\n## Tools\n\n")) == 0);
+    CHECK(strstr(got, "{\"name\": \"f\"}\n\nYou MUST strictly follow") != NULL);
+    CHECK(strstr(got, U "2+2?" A "<think>add them</think>4" E U "3+3?" A "<think>") != NULL);
+    free(got);
     /* chat mode never shows reasoning */
     struct chat_options chat = { .add_generation_prompt = true };
     CHECK_RENDER(msgs, &chat, B U "2+2?" A "</think>4" E U "3+3?" A "</think>");
@@ -61,9 +74,10 @@ TEST(thinking_mode_opens_think_and_drops_earlier_reasoning)
 
 TEST(tool_calls_and_results_keep_the_current_turns_reasoning)
 {
-    const struct chat_tool_param params[] = { { "city", "Tokyo", true }, { "days", "3", false } };
-    const struct chat_tool_call call = { "get_weather", params, 2 };
-    const struct chat_tool_call call2 = { "now", NULL, 0 };
+    const struct chat_tool_param params[] = { { .name = "city", .value = "Tokyo", .is_string = true },
+                                              { .name = "days", .value = "3" } };
+    const struct chat_tool_call call = { .name = "get_weather", .params = params, .n_params = 2 };
+    const struct chat_tool_call call2 = { .name = "now" };
     const struct chat_tool_call calls[] = { call, call2 };
     const struct chat_message msgs[] = {
         { .role = CHAT_ROLE_SYSTEM, .content = "sys" },
@@ -73,9 +87,9 @@ TEST(tool_calls_and_results_keep_the_current_turns_reasoning)
         { .role = CHAT_ROLE_TOOL, .content = "Sunny" },
         { .role = CHAT_ROLE_TOOL, .content = "09:00" },
     };
-    struct chat_options opt = { .thinking = true, .add_generation_prompt = true, .tools_prompt = "## Tools" };
+    struct chat_options opt = { .thinking = true, .add_generation_prompt = true, .keep_all_reasoning = true };
     CHECK_RENDER(msgs, &opt,
-                 B "sys\n\n## Tools" U "Weather?" A "<think>need tools</think>Checking.\n\n"
+                 B "sys" U "Weather?" A "<think>need tools</think>Checking.\n\n"
                    "<｜DSML｜tool_calls>\n"
                    "<｜DSML｜invoke name=\"get_weather\">\n"
                    "<｜DSML｜parameter name=\"city\" string=\"true\">Tokyo</｜DSML｜parameter>\n"
@@ -157,4 +171,56 @@ TEST(chat_tokens_fail_cleanly_without_the_needed_control_tokens)
     CHECK_EQ_INT(out.n, 1); /* unchanged */
     tok_vec_free(&out);
     tok_destroy(t);
+
+    /* the fixture model has the role and think tokens but no DSML marker: tools fail */
+    REQUIRE(tok_create_from_file(&t, test_fixture("model/v4-tiny-f32.gguf"), err, sizeof err) == 0);
+    const char *const schemas[] = { "{}" };
+    struct chat_options opt = { .add_generation_prompt = true, .tool_schemas = schemas, .n_tools = 1 };
+    CHECK(chat_render(t, msgs, 1, &opt, &out, err, sizeof err) < 0);
+    CHECK(strstr(err, "｜DSML｜") != NULL);
+    CHECK_EQ_INT(out.n, 0);
+    opt.n_tools = 0;
+    CHECK(chat_render(t, msgs, 1, &opt, &out, err, sizeof err) == 0);
+    tok_vec_free(&out);
+    tok_destroy(t);
+}
+
+/* tests/data/chat-golden-dsv4.jsonl: OpenAI request bodies and the prompts DeepSeek's own
+ * encoder (encoding_dsv4.py) renders for them (tests/data/gen-chat-golden-dsv4.py). Each
+ * body goes through the daemon's request parser and chat view, as a request would. */
+TEST(requests_render_as_the_official_encoder_does)
+{
+    FILE *f = fopen("tests/data/chat-golden-dsv4.jsonl", "r");
+    REQUIRE(f);
+    char *line = NULL;
+    size_t cap = 0;
+    int cases = 0;
+    struct req_limits lim;
+    req_limits_default(&lim);
+    while (getline(&line, &cap, f) > 0) {
+        json_error_t je;
+        json_t *c = json_loads(line, 0, &je);
+        REQUIRE(c);
+        const char *name = json_string_value(json_object_get(c, "name"));
+        char *body = json_dumps(json_object_get(c, "body"), 0), err[256] = "", *got = NULL;
+        struct gen_request r;
+        size_t len;
+        if (request_parse_chat(body, strlen(body), &lim, &r, err, sizeof err)) {
+            test_fail_at(__FILE__, __LINE__, "%s: parse: %s", name, err);
+        } else {
+            if (textgen_chat_text(&r, &got, &len, err, sizeof err))
+                test_fail_at(__FILE__, __LINE__, "%s: render: %s", name, err);
+            else if (strcmp(got, json_string_value(json_object_get(c, "want"))))
+                test_fail_at(__FILE__, __LINE__, "%s:\n  got  \"%s\"\n  want \"%s\"", name, got,
+                             json_string_value(json_object_get(c, "want")));
+            free(got);
+            gen_request_free(&r);
+        }
+        free(body);
+        json_decref(c);
+        cases++;
+    }
+    free(line);
+    fclose(f);
+    CHECK(cases >= 9);
 }

@@ -3,6 +3,7 @@
  * and the interactive chat keeps its KV state between turns. */
 #include "engine/engine.h"
 #include "tests/harness.h"
+#include "tools/mkmodel.h"
 
 #include <stdlib.h>
 
@@ -122,4 +123,98 @@ TEST(run_interactive_chat_keeps_the_kv_state_between_turns)
     CHECK(g1 >= 1 && g1 <= 4 && g2 >= 1 && g2 <= 4);
     tok_vec_free(&v);
     tok_destroy(t);
+}
+
+/* `flashbox logits --tokens-file --last --ctx`: the last positions' top logits equal those
+ * of the whole sequence from --tokens, batch and incremental; a malformed file is refused. */
+TEST(logits_tokens_file_last_n_equals_the_tail_of_the_whole_sequence)
+{
+    char model[512], cmd[8192], whole[65536], tail[4096], inc[4096], path[512];
+    snprintf(model, sizeof model, "%s", test_fixture("model/v4-tiny-f32.gguf")); /* test_fixture's buffer is reused */
+    FILE *f = fopen(test_fixture("model/tokens.txt"), "r");
+    REQUIRE(f != NULL);
+    char ids[4096];
+    size_t n = fread(ids, 1, sizeof ids - 1, f);
+    fclose(f);
+    ids[n] = 0;
+    for (char *p = ids; *p; p++) if (*p == ',') *p = (p - ids) % 3 ? ' ' : '\n'; /* spaces and newlines */
+    snprintf(path, sizeof path, "%s/tokens.txt", test_tmpdir());
+    f = fopen(path, "w");
+    REQUIRE(f != NULL);
+    fputs(ids, f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens-file %s --top 3", test_flashbox_bin(), model, path);
+    REQUIRE(test_run_cmd(cmd, whole, sizeof whole) == 0);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens-file %s --top 3 --last 4 --ctx 512", test_flashbox_bin(),
+             model, path);
+    REQUIRE(test_run_cmd(cmd, tail, sizeof tail) == 0);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens-file %s --top 3 --last 4 --incremental",
+             test_flashbox_bin(), model, path);
+    REQUIRE(test_run_cmd(cmd, inc, sizeof inc) == 0);
+    const char *from = strstr(whole, "\n296:");
+    REQUIRE(from != NULL);
+    CHECK_STR(tail, from + 1);
+    CHECK_STR(inc, from + 1);
+    /* a letter, a negative id, and a context shorter than the tokens */
+    static const char *const bad[] = { "1 2 x 3", "1,-2", "" };
+    for (int i = 0; i < 3; i++) {
+        f = fopen(path, "w");
+        REQUIRE(f != NULL);
+        fputs(bad[i], f);
+        fclose(f);
+        snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens-file %s --top 1 2>&1", test_flashbox_bin(), model,
+                 path);
+        CHECK(test_run_cmd(cmd, tail, sizeof tail) != 0);
+    }
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens 1,2,3 --ctx 2 --top 1 2>&1", test_flashbox_bin(), model);
+    CHECK(test_run_cmd(cmd, tail, sizeof tail) != 0);
+    CHECK(strstr(tail, "exceed --ctx 2") != NULL);
+}
+
+/* A prompt of more than 4096 tokens prefills in chunks with a progress line on stderr that
+ * ends at the prompt's length. */
+TEST(run_shows_prefill_progress_for_a_long_prompt)
+{
+    char model[512], cmd[65536], out[16384], err[512];
+    snprintf(model, sizeof model, "%s/long.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.n_ctx = 16384;
+    REQUIRE(mkmodel_write(&c, model, err, sizeof err) == 0);
+    char text[20000] = "";
+    for (int i = 0; i < 1500; i++) strcat(text, "ab cd ");
+    snprintf(cmd, sizeof cmd, "%s run -m %s -p '%s' -n 1 --temp 0 --backend ref 2>&1 >/dev/null", test_flashbox_bin(), model,
+             text);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    unsigned done = 0, total = 0;
+    const char *last = strrchr(out, '\r');
+    REQUIRE(last != NULL);
+    CHECK(sscanf(last, "\rprefill %u/%u tokens", &done, &total) == 2);
+    CHECK(total > 4096 && done == total);
+    CHECK(strstr(out, "tok/s") != NULL && strstr(out, "s left") != NULL);
+}
+
+/* `flashbox plan`: the per-part table and the largest context against a given budget; bad
+ * values and a missing model are usage errors. */
+TEST(plan_prints_the_parts_and_the_largest_context_that_fits)
+{
+    char model[512], cmd[2048], out[16384];
+    snprintf(model, sizeof model, "%s", test_fixture("model/v4-tiny-f32.gguf"));
+    snprintf(cmd, sizeof cmd, "%s plan -m %s --backend ref --ctx 4096 --slots 2 --budget-mb 1024 2>&1", test_flashbox_bin(),
+             model);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    CHECK(strstr(out, "context 4096 positions (model's 4096), 2 sessions; 2 CSA and 1 HCA layers") != NULL);
+    CHECK(strstr(out, "CSA compressed entries") != NULL && strstr(out, "indexer keys") != NULL);
+    CHECK(strstr(out, "largest context for 2 sessions: 4096 positions") != NULL);
+    /* a budget below the weights: nothing fits */
+    snprintf(cmd, sizeof cmd, "%s plan -m %s --backend ref --budget-mb 1 2>&1", test_flashbox_bin(), model);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    CHECK(strstr(out, "does NOT fit") != NULL && strstr(out, "no context fits 1 session") != NULL);
+    static const char *const bad[] = { "--ctx x", "--slots 0", "--budget-mb -1", "--bogus 1", "--ctx" };
+    for (int i = 0; i < 5; i++) {
+        snprintf(cmd, sizeof cmd, "%s plan -m %s %s 2>&1", test_flashbox_bin(), model, bad[i]);
+        CHECK_EQ_INT(test_run_cmd(cmd, out, sizeof out), 2);
+    }
+    snprintf(cmd, sizeof cmd, "%s plan 2>&1", test_flashbox_bin());
+    CHECK_EQ_INT(test_run_cmd(cmd, out, sizeof out), 2);
 }

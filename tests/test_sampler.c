@@ -323,6 +323,37 @@ TEST(penalties_change_the_choice_as_computed_by_hand)
     sampler_destroy(s);
 }
 
+TEST(logit_bias_adds_to_the_logit_before_penalties_and_sampling)
+{
+    struct sampler_params p;
+    sampler_params_default(&p);
+    p.temperature = 0;
+    const struct sampler_bias b[2] = { { 2, 1.5f }, { 0, -100.0f } };
+    p.bias = b;
+    p.n_bias = 2;
+    struct sampler *s = make(4, &p);
+    REQUIRE(s);
+    const float l[4] = { 5.0f, 1.0f, 0.0f, 1.4f }; /* biased: -95, 1, 1.5, 1.4 */
+    CHECK_EQ_INT(sampler_sample(s, l), 2);
+    sampler_destroy(s);
+    /* with a temperature, a -100 bias leaves the token out in practice: 2000 draws */
+    p.temperature = 1;
+    p.seed = 7;
+    s = make(4, &p);
+    REQUIRE(s);
+    int zero = 0;
+    for (int i = 0; i < 2000; i++) zero += sampler_sample(s, l) == 0;
+    CHECK_EQ_INT(zero, 0);
+    sampler_destroy(s);
+    /* a token outside the vocabulary is refused when the sampler is made */
+    const struct sampler_bias out[1] = { { 4, 1.0f } };
+    p.bias = out;
+    p.n_bias = 1;
+    char err[256] = "";
+    CHECK(sampler_create(&s, 4, &p, err, sizeof err) < 0);
+    CHECK(strstr(err, "bias 0") != NULL);
+}
+
 TEST(bad_sampler_parameters_are_refused)
 {
     struct sampler_params p;

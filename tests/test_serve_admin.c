@@ -31,17 +31,7 @@ struct admin_box {
 
 static int write_model(const char *path, const char *name, uint64_t seed, uint32_t n_ff_exp)
 {
-    struct mkmodel_config c;
-    mkmodel_defaults(&c);
-    c.seed = seed;
-    if (n_ff_exp) c.n_ff_exp = n_ff_exp;
-    snprintf(c.name, sizeof c.name, "%s", name);
-    char err[256];
-    if (mkmodel_write(&c, path, err, sizeof err)) {
-        test_fail_at(__FILE__, __LINE__, "mkmodel: %s", err);
-        return -1;
-    }
-    return 0;
+    return upd_write_model(path, name, seed, n_ff_exp);
 }
 
 /* Keys, models A and B, their bundles (same epoch, so either way is a legal rollback),

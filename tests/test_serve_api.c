@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -90,7 +91,7 @@ static int32_t *encode_parts(const char *model, const char *const *parts, uint32
 static json_t *parse(const char *s)
 {
     json_error_t je;
-    json_t *o = s ? json_loads(s, 0, &je) : NULL;
+    json_t *o = s ? json_loads(s, JSON_ALLOW_NUL, &je) : NULL; /* answers may hold U+0000 */
     if (!o) test_fail_at(__FILE__, __LINE__, "not JSON (%s): %.200s", s ? je.text : "null", s ? s : "");
     return o;
 }
@@ -106,6 +107,8 @@ TEST(serve_health_models_tokenize_metrics_over_unix_socket)
     CHECK_STR(json_string_value(json_object_get(o, "model")), "flashbox-tiny-random");
     CHECK_STR(json_string_value(json_object_get(o, "slot")), "none");
     CHECK_EQ_INT(json_integer_value(json_object_get(o, "slots_total")), 2);
+    /* model.n_ctx 0: the largest context whose memory plan fits, here the model's own */
+    CHECK_EQ_INT(json_integer_value(json_object_get(o, "context_length")), 4096);
     json_decref(o);
     free(out);
 
@@ -113,6 +116,7 @@ TEST(serve_health_models_tokenize_metrics_over_unix_socket)
     o = parse(out);
     CHECK_STR(json_string_value(json_object_get(o, "object")), "list");
     CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(o, "data"), 0), "id")), "flashbox-tiny-random");
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_array_get(json_object_get(o, "data"), 0), "context_length")), 4096);
     json_decref(o);
     free(out);
 
@@ -627,4 +631,278 @@ TEST(serve_takes_a_socket_from_systemd_activation)
     free(out);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
     CHECK(access(d.sock, F_OK) == 0); /* the socket stays: it belongs to systemd */
+}
+
+/* One case of tests/data/chat-golden-dsv4.jsonl: its request body (malloc'd JSON object)
+ * and the prompt the official encoder renders for it. */
+static json_t *golden_case(const char *name, char **want)
+{
+    FILE *f = fopen("tests/data/chat-golden-dsv4.jsonl", "r");
+    char *line = NULL;
+    size_t cap = 0;
+    json_t *found = NULL;
+    while (f && !found && getline(&line, &cap, f) > 0) {
+        json_t *c = json_loads(line, 0, NULL);
+        if (c && !strcmp(json_string_value(json_object_get(c, "name")), name)) {
+            found = json_incref(json_object_get(c, "body"));
+            *want = strdup(json_string_value(json_object_get(c, "want")));
+        }
+        json_decref(c);
+    }
+    free(line);
+    if (f) fclose(f);
+    return found;
+}
+
+/* A tools conversation as clients send it: the prompt has the official encoder's tokens
+ * (its text split at the control tokens, as the official tokenizer does), and the answer is
+ * greedy decoding of exactly that prompt, blocking and streamed alike. The tiny random model
+ * writes no DSML block, so the answer comes back as content. */
+TEST(serve_tools_prompt_is_official_answer_greedy)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, small_sets) == 0);
+    char *want_text = NULL, err[256];
+    json_t *body = golden_case("tools_without_system_message", &want_text); /* the shortest tools case */
+    REQUIRE(body && want_text);
+    struct tokenizer *t;
+    REQUIRE(tok_create_from_file(&t, d.model, err, sizeof err) == 0);
+    struct tok_vec v = { 0 };
+    REQUIRE(tok_encode(t, want_text, strlen(want_text), TOK_ENCODE_PARSE_SPECIAL, &v, err, sizeof err) == 0);
+    uint32_t n_out;
+    char *want = engine_greedy(d.model, v.ids, (uint32_t)v.n, 8, &n_out);
+    REQUIRE(want);
+    json_object_set_new(body, "max_tokens", json_integer(8));
+    json_object_set_new(body, "temperature", json_integer(0));
+    json_object_set_new(body, "parallel_tool_calls", json_true());
+    json_object_set_new(body, "tool_choice", json_string("auto"));
+    char *req = json_dumps(body, 0), *out;
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", req, &out, NULL), 200);
+    json_t *o = parse(out);
+    json_t *choice = json_array_get(json_object_get(o, "choices"), 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(o, "usage"), "prompt_tokens")), v.n);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(choice, "message"), "content")), want);
+    CHECK(json_object_get(json_object_get(choice, "message"), "tool_calls") == NULL);
+    CHECK_STR(json_string_value(json_object_get(choice, "finish_reason")), n_out == 8 ? "length" : "stop");
+    json_decref(o);
+    free(out);
+    free(req);
+    /* streamed: the content deltas reassemble to the same answer */
+    json_object_set_new(body, "stream", json_true());
+    req = json_dumps(body, 0);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", req, &out, NULL), 200);
+    char joined[4096] = "";
+    const char *p = out, *finish = NULL;
+    json_t *last = NULL;
+    while (out && (p = strstr(p, "data: {"))) {
+        const char *e = strstr(p, "\n\n");
+        char *ev = strndup(p + 6, e ? (size_t)(e - p - 6) : strlen(p + 6));
+        json_t *c = json_loads(ev, JSON_ALLOW_NUL, NULL);
+        json_t *ch = json_array_get(json_object_get(c, "choices"), 0);
+        const char *piece = json_string_value(json_object_get(json_object_get(ch, "delta"), "content"));
+        if (piece) strncat(joined, piece, sizeof joined - strlen(joined) - 1);
+        if (json_is_string(json_object_get(ch, "finish_reason"))) {
+            json_decref(last);
+            last = json_incref(c);
+            finish = json_string_value(json_object_get(ch, "finish_reason"));
+        }
+        json_decref(c);
+        free(ev);
+        p += 6;
+    }
+    CHECK_STR(joined, want);
+    CHECK(finish && !strcmp(finish, n_out == 8 ? "length" : "stop"));
+    json_decref(last);
+    free(out);
+    free(req);
+    free(want);
+    json_decref(body);
+    free(want_text);
+    tok_vec_free(&v);
+    tok_destroy(t);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+/* Fields clients send by default are honoured: the daemon takes its own output back with
+ * U+0000 in it; logit_bias +100 makes greedy decoding pick that token; penalties and many
+ * stop strings are accepted; a suffix on a model without fill-in-the-middle tokens and an
+ * image part get 400s that say why. */
+TEST(serve_client_defaults_and_logit_bias)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, small_sets) == 0);
+    char *out, err[256];
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\",\"name\":null},"
+                            "{\"role\":\"assistant\",\"content\":\"x\\u0000y\",\"reasoning_content\":null}"
+                            ",{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"go\",\"cache_control\":{\"type\":\"ephemeral\"}}]}],"
+                            "\"tools\":[],\"tool_choice\":\"none\",\"user\":null,\"logit_bias\":{},\"store\":false,"
+                            "\"parallel_tool_calls\":true,\"reasoning_effort\":\"high\",\"presence_penalty\":1.5,"
+                            "\"frequency_penalty\":0.5,\"stop\":[\"q1\",\"q2\",\"q3\",\"q4\",\"q5\",\"q6\",\"q7\"],"
+                            "\"max_tokens\":4}", &out, NULL), 200);
+    free(out);
+    struct tokenizer *t;
+    REQUIRE(tok_create_from_file(&t, d.model, err, sizeof err) == 0);
+    struct tok_vec v = { 0 };
+    REQUIRE(tok_encode(t, "Hello", 5, 0, &v, err, sizeof err) == 0);
+    REQUIRE(v.n == 1);
+    char req[256];
+    snprintf(req, sizeof req, "{\"prompt\":\"x\",\"max_tokens\":1,\"temperature\":0,\"logit_bias\":{\"%d\":100}}", v.ids[0]);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", req, &out, NULL), 200);
+    json_t *o = parse(out);
+    CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "text")), "Hello");
+    json_decref(o);
+    free(out);
+    snprintf(req, sizeof req, "{\"prompt\":\"x\",\"max_tokens\":1,\"logit_bias\":{\"%u\":1}}", 1u << 30);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", req, &out, NULL), 400);
+    CHECK(out && strstr(out, "not in the vocabulary"));
+    free(out);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"def f(\",\"suffix\":\"pass\"}", &out, NULL), 400);
+    CHECK(out && strstr(out, "fill-in-the-middle"));
+    free(out);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:,\"}}]}]}",
+                            &out, NULL), 400);
+    CHECK(out && strstr(out, "no vision"));
+    free(out);
+    /* n choices: seeded, choice i is what seed + i answers alone; the same seed, the same text */
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":6,\"seed\":41,\"n\":2}",
+                            &out, NULL), 200);
+    o = parse(out);
+    json_t *choices = json_object_get(o, "choices");
+    REQUIRE(json_array_size(choices) == 2);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_array_get(choices, 1), "index")), 1);
+    char *second = strdup(json_string_value(json_object_get(json_array_get(choices, 1), "text")));
+    json_decref(o);
+    free(out);
+    for (int k = 0; k < 2; k++) {
+        CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":6,\"seed\":42}", &out,
+                                NULL), 200);
+        o = parse(out);
+        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "text")), second);
+        json_decref(o);
+        free(out);
+    }
+    free(second);
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"n\":3}", &out, NULL), 400);
+    CHECK(out && strstr(out, "server.slots"));
+    free(out);
+    tok_vec_free(&v);
+    tok_destroy(t);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+/* logprobs: one entry per generated token, the greedy token first among the alternatives,
+ * and the first token's log probability equal to a log-softmax of the engine's own logits
+ * for the same prompt. */
+TEST(serve_logprobs_match_the_engines_logits)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, small_sets) == 0);
+    const char *parts[] = { USER_MARK, "Hi", ASSISTANT_MARK, "</think>", NULL };
+    uint32_t n_prompt;
+    int32_t *prompt = encode_parts(d.model, parts, &n_prompt);
+    REQUIRE(prompt);
+    char err[256];
+    struct engine_options eo;
+    engine_options_default(&eo);
+    eo.model_path = d.model;
+    struct engine *e;
+    struct session *s;
+    REQUIRE(engine_open(&e, &eo, err, sizeof err) == 0);
+    REQUIRE(session_create(e, 0, &s, err, sizeof err) == 0);
+    struct engine_info info;
+    engine_get_info(e, &info);
+    float *logits = malloc(info.n_vocab * sizeof *logits);
+    REQUIRE(session_eval(s, prompt, n_prompt, logits, false, err, sizeof err) == 0);
+    double max = -1e30, sum = 0;
+    uint32_t best = 0;
+    for (uint32_t i = 0; i < info.n_vocab; i++) {
+        if (logits[i] > max) max = logits[i];
+        if (logits[i] > logits[best]) best = i;
+    }
+    for (uint32_t i = 0; i < info.n_vocab; i++) sum += exp((double)logits[i] - max);
+    double want = logits[best] - max - log(sum);
+    char *out;
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":4,\"temperature\":0,"
+                            "\"logprobs\":true,\"top_logprobs\":3}", &out, NULL), 200);
+    json_t *o = parse(out);
+    json_t *choice = json_array_get(json_object_get(o, "choices"), 0);
+    json_t *content = json_object_get(json_object_get(choice, "logprobs"), "content");
+    CHECK_EQ_INT(json_array_size(content), json_integer_value(json_object_get(json_object_get(o, "usage"), "completion_tokens")));
+    for (size_t i = 0; i < json_array_size(content); i++) {
+        json_t *c = json_array_get(content, i), *top = json_object_get(c, "top_logprobs");
+        REQUIRE(json_array_size(top) == 3);
+        CHECK_STR(json_string_value(json_object_get(json_array_get(top, 0), "token")), json_string_value(json_object_get(c, "token")));
+        double l0 = json_number_value(json_object_get(json_array_get(top, 0), "logprob"));
+        double l1 = json_number_value(json_object_get(json_array_get(top, 1), "logprob"));
+        CHECK(l0 <= 0 && l1 <= l0);
+    }
+    double got = json_number_value(json_object_get(json_array_get(content, 0), "logprob"));
+    if (fabs(got - want) > 1e-4) test_fail_at(__FILE__, __LINE__, "logprob %g, engine %g", got, want);
+    json_decref(o);
+    free(out);
+    /* completions: the legacy shape, one offset per token */
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":3,\"temperature\":0,\"logprobs\":2}",
+                            &out, NULL), 200);
+    o = parse(out);
+    json_t *lp = json_object_get(json_array_get(json_object_get(o, "choices"), 0), "logprobs");
+    CHECK_EQ_INT(json_array_size(json_object_get(lp, "tokens")), json_array_size(json_object_get(lp, "text_offset")));
+    CHECK_EQ_INT(json_object_size(json_array_get(json_object_get(lp, "top_logprobs"), 0)), 2);
+    json_decref(o);
+    free(out);
+    free(logits);
+    free(prompt);
+    session_destroy(s);
+    engine_close(e);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+/* Prefix reuse: the second request with the same long prompt resumes from the state saved
+ * where the first one's last whole prefill chunk ended, and answers exactly what the engine
+ * answers from scratch; /metrics counts the hit and the tokens reused, the audit line says
+ * how many. */
+TEST(serve_prefix_reuse_answers_exactly_and_is_counted)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, small_sets) == 0);
+    char text[1024] = "";
+    for (int i = 0; i < 12; i++) strcat(text, "The quick brown fox jumps over the lazy dog. ");
+    const char *parts[] = { text, NULL };
+    uint32_t n_prompt, n_out;
+    int32_t *prompt = encode_parts(d.model, parts, &n_prompt);
+    REQUIRE(prompt != NULL && n_prompt > 129);
+    char *want = engine_greedy(d.model, prompt, n_prompt, 8, &n_out);
+    free(prompt);
+    REQUIRE(want != NULL);
+    char body[2048], *out;
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":8,\"temperature\":0}", text);
+    for (int round = 0; round < 2; round++) {
+        CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", body, &out, NULL), 200);
+        json_t *o = parse(out);
+        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "text")), want);
+        json_decref(o);
+        free(out);
+    }
+    const uint32_t reused = (n_prompt - 1) / 128 * 128;
+    CHECK_EQ_INT(serve_curl(&d, "GET", "/metrics", NULL, &out, NULL), 200);
+    char line[128];
+    CHECK(strstr(out, "flashbox_prefix_hits_total 1\n") != NULL);
+    CHECK(strstr(out, "flashbox_prefix_misses_total 1\n") != NULL);
+    snprintf(line, sizeof line, "flashbox_prefix_tokens_reused_total %u\n", reused);
+    CHECK(strstr(out, line) != NULL);
+    CHECK(strstr(out, "flashbox_prefix_cache_entries 1\n") != NULL);
+    free(out);
+    serve_stop(&d, SIGTERM, 10000);
+    FILE *f = fopen(d.audit, "r");
+    REQUIRE(f != NULL);
+    char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    snprintf(line, sizeof line, "\"tokens_reused\":%u", reused);
+    CHECK(strstr(buf, "\"tokens_reused\":0") != NULL); /* the first request */
+    CHECK(strstr(buf, line) != NULL);
+    free(want);
 }

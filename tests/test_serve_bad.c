@@ -28,7 +28,8 @@ static const struct bad_case cases[] = {
     { "POST", CHAT, "{" MSGS ",\"temperature\":\"hot\"}", 400, NULL },
     { "POST", CHAT, "{" MSGS ",\"stream\":1}", 400, NULL },
     { "POST", CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":7}]}", 400, NULL },
-    { "POST", CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400, NULL },
+    { "POST", CHAT, "{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}", 400, NULL },
+    { "POST", CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\"}}]}]}", 400, NULL },
     { "POST", CHAT, "{\"messages\":[]}", 400, NULL },
     { "POST", CHAT, "{" MSGS ",\"max_tokens\":99999999999999999999999}", 400, NULL }, /* huge numbers */
     { "POST", CHAT, "{" MSGS ",\"max_tokens\":1e300}", 400, NULL },
@@ -44,13 +45,13 @@ static const struct bad_case cases[] = {
     { "POST", CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"extra\":1}]}", 400, NULL },
     { "POST", CHAT, "{" MSGS ",\"stream_options\":{\"x\":1}}", 400, NULL },
     { "POST", CHAT, "{" MSGS ",\"n\":2}", 400, NULL },
-    { "POST", CHAT, "{" MSGS ",\"logprobs\":true}", 400, NULL },
+    { "POST", CHAT, "{" MSGS ",\"logprobs\":\"yes\"}", 400, NULL },
+    { "POST", CHAT, "{" MSGS ",\"logprobs\":true,\"top_logprobs\":21}", 400, NULL },
     { "POST", CHAT, "{" MSGS "," MSGS "}", 400, NULL },                               /* duplicate key */
-    { "POST", CHAT, "{" MSGS ",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, NULL }, /* stop caps */
+    { "POST", CHAT, "{" MSGS ",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\",\"l\",\"m\",\"n\",\"o\",\"p\",\"q\"]}", 400, NULL }, /* stop caps */
     { "POST", CHAT, "{" MSGS ",\"stop\":\"0123456789012345678901234567890123456789012345678901234567890123456789\"}", 400, NULL },
     { "POST", CHAT, "{" MSGS ",\"stop\":[\"\"]}", 400, NULL },
     { "POST", CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe bad\"}]}", 400, NULL }, /* invalid UTF-8 */
-    { "POST", CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]}", 400, NULL },
     { "POST", CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"\\ud800\"}]}", 400, NULL },
     { "POST", "/v1/completions", "{\"prompt\":[1,2,3]}", 400, NULL },
     { "POST", "/v1/completions", "{\"max_tokens\":3}", 400, NULL },

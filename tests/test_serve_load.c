@@ -216,6 +216,19 @@ TEST(serve_request_past_its_deadline_gets_504_and_frees_the_slot)
     CHECK(serve_metric(&d, "flashbox_completion_tokens_total") < 4096);
     CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"short\"}],\"max_tokens\":2}", &out), 200);
     free(out);
+    /* asked for it, the deadline answers with what was produced, finish_reason "length" */
+    static const char *const partial[] = { "-H", "Flashbox-Deadline: partial", NULL };
+    CHECK_EQ_INT(serve_curl(&d, "POST", CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"long\"}],"
+                            "\"max_tokens\":4096,\"ignore_eos\":true}", &out, partial), 200);
+    o = json_loads(out ? out : "", JSON_ALLOW_NUL, NULL); /* the random model's text may hold U+0000 */
+    if (!o) test_fail_at(__FILE__, __LINE__, "not JSON: %.300s", out ? out : "(none)");
+    json_t *choice = json_array_get(json_object_get(o, "choices"), 0);
+    if (!choice) test_fail_at(__FILE__, __LINE__, "no choice: %.300s", out ? out : "(none)");
+    CHECK_STR(json_string_value(json_object_get(choice, "finish_reason")), "length");
+    json_int_t n_out = json_integer_value(json_object_get(json_object_get(o, "usage"), "completion_tokens"));
+    CHECK(n_out >= 1 && n_out < 4096);
+    json_decref(o);
+    free(out);
     serve_stop(&d, SIGTERM, 10000);
 }
 

@@ -5,6 +5,7 @@
 #include "firmware/metrics.h"
 #include "firmware/peer.h"
 #include "firmware/request_parse.h"
+#include "firmware/request_tools.h"
 #include "tests/harness.h"
 
 #include <stdlib.h>
@@ -66,6 +67,94 @@ TEST(request_parse_defaults_and_nulls)
     gen_request_free(&r);
 }
 
+/* What the openai SDK, LangChain, LiteLLM and the Vercel AI SDK send by default, and a
+ * conversation that went through a tool call, are accepted with their OpenAI meaning. */
+TEST(request_parse_accepts_what_clients_send_by_default)
+{
+    const char *body =
+        "{\"model\":\"m\",\"messages\":["
+        "{\"role\":\"system\",\"content\":[{\"type\":\"text\",\"text\":\"sys\",\"cache_control\":{\"type\":\"ephemeral\"}}]},"
+        "{\"role\":\"user\",\"content\":\"a\\u0000b\",\"name\":null},"
+        "{\"role\":\"assistant\",\"content\":null,\"reasoning_content\":\"think\",\"refusal\":null,"
+        "\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}\"}}]},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"cold\"}],"
+        "\"tools\":[],\"tool_choice\":\"none\",\"user\":null,\"logit_bias\":{},\"parallel_tool_calls\":false,"
+        "\"store\":false,\"reasoning_effort\":\"medium\",\"presence_penalty\":0.5,\"frequency_penalty\":-1,"
+        "\"stop\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\"],\"top_logprobs\":null,\"seed\":null,\"n\":null}";
+    struct gen_request r;
+    char err[256] = "";
+    REQUIRE(parse_chat(body, &r, err, sizeof err) == 0);
+    CHECK_EQ_INT(r.n_messages, 4);
+    CHECK_STR(r.messages[0].content, "sys");
+    CHECK_EQ_INT(r.messages[1].content_len, 3);
+    CHECK(memcmp(r.messages[1].content, "a\0b", 3) == 0);
+    CHECK_EQ_INT(r.messages[2].role, REQ_ROLE_ASSISTANT);
+    CHECK_STR(r.messages[2].content, "");
+    CHECK_STR(r.messages[2].reasoning, "think");
+    REQUIRE(r.messages[2].n_tool_calls == 1);
+    CHECK_STR(r.messages[2].tool_calls[0].id, "call_1");
+    CHECK_STR(r.messages[2].tool_calls[0].name, "get_weather");
+    CHECK_STR(r.messages[2].tool_calls[0].arguments, "{\"city\":\"Oslo\"}");
+    CHECK_EQ_INT(r.messages[3].role, REQ_ROLE_TOOL);
+    CHECK_STR(r.messages[3].tool_call_id, "call_1");
+    CHECK_EQ_INT(r.n_tools, 0);
+    CHECK_EQ_INT(r.tool_choice, REQ_TOOL_NONE);
+    CHECK(!r.parallel_tool_calls);
+    CHECK(!r.reasoning_max);
+    CHECK(r.presence_penalty == 0.5f && r.frequency_penalty == -1.0f);
+    CHECK_EQ_INT(r.n_stop, 7);
+    gen_request_free(&r);
+
+    /* tools, a choice, logit_bias and the maximum effort */
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"reasoning_effort\":\"max\","
+           "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"description\":\"d\",\"parameters\":"
+           "{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"number\",\"default\":0.1}}},\"strict\":true}}],"
+           "\"tool_choice\":\"auto\",\"logit_bias\":{\"7\":-100,\"9\":2.5}}";
+    REQUIRE(parse_chat(body, &r, err, sizeof err) == 0);
+    REQUIRE(r.n_tools == 1);
+    CHECK_STR(r.tools[0].name, "f");
+    /* as Python's json.dumps writes it, which the official encoder puts in the prompt */
+    CHECK_STR(r.tools[0].schema, "{\"name\": \"f\", \"description\": \"d\", \"parameters\": {\"type\": \"object\", "
+                                 "\"properties\": {\"x\": {\"type\": \"number\", \"default\": 0.1}}}, \"strict\": true}");
+    CHECK_EQ_INT(r.tool_choice, REQ_TOOL_AUTO);
+    CHECK(r.reasoning_max);
+    REQUIRE(r.n_logit_bias == 2);
+    CHECK(r.logit_bias[0].tok == 7 && r.logit_bias[0].bias == -100.0f);
+    CHECK(r.logit_bias[1].tok == 9 && r.logit_bias[1].bias == 2.5f);
+    gen_request_free(&r);
+
+    struct req_limits lim;
+    req_limits_default(&lim);
+    const char *fim = "{\"prompt\":\"def f(\",\"suffix\":\"return 1\"}";
+    REQUIRE(request_parse_completion(fim, strlen(fim), &lim, &r, err, sizeof err) == 0);
+    CHECK_STR(r.suffix, "return 1");
+    gen_request_free(&r);
+}
+
+/* Python's json.dumps (ensure_ascii=False) is what the official encoder writes tool
+ * schemas and non-string arguments with; the expected strings below are its output. */
+TEST(request_tools_write_json_as_python_does)
+{
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        { "[1.0, 0.1, 1e16, 1e15, 123456789.125, 1e-5, 0.0001, -2.5e-7, 3.14159, 1e300]",
+          "[1.0, 0.1, 1e+16, 1000000000000000.0, 123456789.125, 1e-05, 0.0001, -2.5e-07, 3.14159, 1e+300]" },
+        { "{\"k\":\"tab\\tnl\\nq\\\"bs\\\\ \\u0001 \\u007f é\"}", "{\"k\": \"tab\\tnl\\nq\\\"bs\\\\ \\u0001 \x7f é\"}" },
+        { "{\"a\":[],\"b\":{},\"c\":null,\"d\":false,\"e\":-12}", "{\"a\": [], \"b\": {}, \"c\": null, \"d\": false, \"e\": -12}" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *v = json_loads(cases[i].in, JSON_DECODE_ANY, NULL);
+        REQUIRE(v);
+        char *got = req_json_python(v, NULL);
+        REQUIRE(got);
+        if (strcmp(got, cases[i].want))
+            test_fail_at(__FILE__, __LINE__, "case %zu:\n  got  %s\n  want %s", i, got, cases[i].want);
+        free(got);
+        json_decref(v);
+    }
+}
+
 TEST(request_parse_errors_name_the_field)
 {
     static const struct {
@@ -77,8 +166,30 @@ TEST(request_parse_errors_name_the_field)
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"min_p\":1}", "min_p" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":-0.1}", "temperature" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_k\":-1}", "top_k" },
-        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"frequency_penalty\":0.5}", "frequency_penalty" },
-        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[]}", "tools: unknown field" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"frequency_penalty\":2.5}", "frequency_penalty" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"presence_penalty\":-3}", "presence_penalty" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool\":[]}", "tool: unknown field" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":{}}", "tools: expected an array" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\"}]}", "tools[0].function" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"code\",\"function\":{\"name\":\"f\"}}]}", "tools[0].type" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"a b\"}}]}", "tools[0].function.name" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\",\"x\":1}}]}", "tools[0].function.x: unknown field" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\"}},{\"function\":{\"name\":\"f\"}}]}", "offered twice" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"required\"}", "no tools are offered" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"sometimes\"}", "tool_choice" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"required\"}", "constrained sampling" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}", "'g' is not among the tools" },
+        { "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"type\":\"function\",\"function\":{\"arguments\":\"{}\"}}]}]}", "messages[0].tool_calls[0].function.name: missing" },
+        { "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":{}}]}", "messages[0].tool_calls: expected an array" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"tool_calls\":[]}]}", "only assistant messages make calls" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"tool_call_id\":\"c\"}]}", "only tool messages answer" },
+        { "{\"messages\":[{\"role\":\"tool\",\"tool_call_id\":\"c\"}]}", "messages[0].content: missing" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logit_bias\":{\"abc\":1}}", "logit_bias: key 'abc'" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logit_bias\":{\"5\":101}}", "logit_bias.5" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"store\":true}", "store" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"reasoning_effort\":\"extreme\"}", "reasoning_effort" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\"}}]}]}", "no vision" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\",\"extra\":1}]}]}", "messages[0].content[0]" },
         { "{\"messages\":[{\"role\":\"user\"}]}", "messages[0].content: missing" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", "messages[0].content[0]" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"thinking\":{\"type\":\"maybe\"}}", "thinking.type" },

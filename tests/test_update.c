@@ -224,9 +224,9 @@ TEST(update_refuses_unknown_manifest_version_even_when_signed)
     REQUIRE(box_with_v1(&b, v2, sizeof v2, NULL) == 0);
     snprintf(bad, sizeof bad, "%s.v2fmt", v2);
     REQUIRE(upd_copy_file(v2, bad) == 0);
-    const uint8_t two[4] = { 2, 0, 0, 0 };
-    REQUIRE(resign_with_patch(bad, b.priv, 8, two, 4) == 0);
-    check_refused(&b, bad, "unknown format version 2, this firmware reads version 1", __LINE__);
+    const uint8_t three[4] = { 3, 0, 0, 0 }; /* 1 and 2 (with provenance) are known */
+    REQUIRE(resign_with_patch(bad, b.priv, 8, three, 4) == 0);
+    check_refused(&b, bad, "unknown format version 3, this firmware reads versions 1 and 2", __LINE__);
 }
 
 TEST(update_refuses_manifest_over_the_cap_before_reading_it)

@@ -123,7 +123,7 @@ static void expect_refused(void (*patch)(uint8_t *b, size_t len), const char *wa
 #define OFF_P1 (OFF_P0 + 2 + 10 + 8 + 4 + 8 + 96)
 
 static void bad_magic(uint8_t *b, size_t l) { (void)l; b[0] = 'X'; }
-static void version_two(uint8_t *b, size_t l) { (void)l; b[8] = 2; }
+static void version_three(uint8_t *b, size_t l) { (void)l; b[8] = 3; } /* 1 and 2 (with provenance) are known */
 static void product_empty(uint8_t *b, size_t l) { (void)l; b[OFF_PRODUCT] = 0; }
 static void product_slash(uint8_t *b, size_t l) { (void)l; b[OFF_PRODUCT + 2 + 3] = '/'; }
 static void product_nul(uint8_t *b, size_t l) { (void)l; b[OFF_PRODUCT + 2] = 0; }
@@ -152,7 +152,7 @@ static void too_many_keys(uint8_t *b, size_t l) { (void)l; b[OFF_PAYLOADS - 36] 
 TEST(manifest_parse_refuses_each_malformed_field_with_a_clear_message)
 {
     expect_refused(bad_magic, "bad magic", __LINE__);
-    expect_refused(version_two, "unknown format version 2", __LINE__);
+    expect_refused(version_three, "unknown format version 3", __LINE__);
     expect_refused(product_empty, "product is 0 bytes", __LINE__);
     expect_refused(product_slash, "product has byte 0x2f", __LINE__);
     expect_refused(product_nul, "product has byte 0x00", __LINE__);

@@ -284,6 +284,15 @@ TEST(vk_logits_equal_reference_with_every_weight_in_its_own_dispatch)
     run_with_env("FLASHBOX_VK_NO_FUSE", "1", sizes, sizeof sizes / sizeof sizes[0], 42, "unfused");
 }
 
+TEST(vk_logits_equal_reference_with_attention_chunks_of_three_keys)
+{
+    /* the storage-buffer attention (GPU layout) folding chunks of 3 keys: every window and
+     * compressed set of the tiny model spans several chunks */
+    setenv("FLASHBOX_VK_LAYOUT", "subgroup", 1);
+    const uint32_t sizes[] = { 19, 1, 9, 1 };
+    run_with_env("FLASHBOX_VK_ATTN_CHUNK", "3", sizes, sizeof sizes / sizeof sizes[0], 40, "chunks of 3");
+}
+
 TEST(vk_logits_equal_reference_with_the_gpu_kernel_layout)
 {
     /* the SUBGROUP matrix kernels, storage-buffer attention and hc that real GPUs run,

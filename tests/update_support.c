@@ -2,6 +2,7 @@
 #include "tests/update_support.h"
 
 #include "tests/harness.h"
+#include "tools/mkmodel.h"
 
 #include <fcntl.h>
 #include <stdarg.h>
@@ -72,6 +73,21 @@ int upd_cli(const struct upd_box *b, char *out, size_t cap, const char *sub, con
 {
     return upd_sh(out, cap, "%s update %s %s --data-dir %s --keys %s", test_flashbox_bin(), sub, arg ? arg : "",
                   b->data, b->keys);
+}
+
+int upd_write_model(const char *path, const char *name, uint64_t seed, uint32_t n_ff_exp)
+{
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.seed = seed;
+    if (n_ff_exp) c.n_ff_exp = n_ff_exp;
+    snprintf(c.name, sizeof c.name, "%s", name);
+    char err[256];
+    if (mkmodel_write(&c, path, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "mkmodel: %s", err);
+        return -1;
+    }
+    return 0;
 }
 
 int upd_flip_byte(const char *path, uint64_t off)

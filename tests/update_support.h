@@ -32,6 +32,9 @@ int upd_make_bundle(const struct upd_box *b, const char *out, const char *versio
 /* `flashbox update SUB ARG` against the box; output into out. */
 int upd_cli(const struct upd_box *b, char *out, size_t cap, const char *sub, const char *arg);
 
+/* The spec's tiny model with another seed, name and (when nonzero) expert width. */
+int upd_write_model(const char *path, const char *name, uint64_t seed, uint32_t n_ff_exp);
+
 int upd_flip_byte(const char *path, uint64_t off);
 int upd_copy_file(const char *src, const char *dst);
 uint64_t upd_file_size(const char *path);

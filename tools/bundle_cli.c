@@ -1,8 +1,14 @@
 /* `flashbox keygen --out DIR` and `flashbox bundle create ...` (see bundle_cli.h). */
 #include "tools/bundle_cli.h"
 
+#include "engine/errmsg.h"
+#include "engine/gguf.h"
+#include "tools/convert.h"
+#include "tools/convert_plan.h"
+
 #include <errno.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +55,11 @@ static void bundle_usage(FILE *out)
             "  --selftest-tokens N    greedy tokens recorded for the self-test, 0..64 (%u)\n"
             "  --new-keys PEM         rotate the box's trusted keys to the public keys in PEM\n"
             "                         (must include the signing key's public half)\n"
-            "  --created T            creation time, unix seconds (SOURCE_DATE_EPOCH or now)\n",
+            "  --created T            creation time, unix seconds (SOURCE_DATE_EPOCH or now)\n"
+            "  --release-notes FILE   free text carried in the manifest's provenance section\n"
+            "When the model records its conversion (flashbox convert) or --release-notes is given,\n"
+            "the signed manifest gets a provenance section: that record, the model's SHA-256, the\n"
+            "release notes and this flashbox's version.\n",
             DEFAULT_SELFTEST_TOKENS);
 }
 
@@ -88,6 +98,57 @@ static int parse_ids(const char *s, int32_t *ids, uint32_t max, uint32_t *n)
     return 0;
 }
 
+/* The manifest's provenance JSON (malloc'd into *out), or *out = NULL when the model has
+ * no conversion record and there are no release notes. */
+static int build_provenance(const char *model, const char *notes_path, char **out, char *err, size_t len)
+{
+    *out = NULL;
+    /* A payload that is no GGUF has no conversion record (update/ does not care what
+     * model.gguf holds; the self-test does). */
+    struct gguf_file *f = NULL;
+    char ignored[256];
+    const struct gguf_kv *kv = gguf_open(&f, model, ignored, sizeof ignored) ? NULL : gguf_find_kv(f, CONVERT_PROVENANCE_KEY);
+    json_t *conversion = NULL;
+    int rc = 0;
+    if (kv) {
+        json_error_t je;
+        if (kv->type != GGUF_VAL_STRING ||
+            !(conversion = json_loadb(kv->v.str.ptr, kv->v.str.len, JSON_REJECT_DUPLICATES, &je)) || !json_is_object(conversion))
+            rc = errf(err, len, "%s: metadata %s is not a JSON object", model, CONVERT_PROVENANCE_KEY);
+    }
+    if (f) gguf_close(f);
+    char *notes = NULL;
+    if (!rc && notes_path) {
+        FILE *nf = fopen(notes_path, "r");
+        notes = nf ? calloc(1, UPDATE_MAX_PROVENANCE + 1) : NULL;
+        size_t n = notes ? fread(notes, 1, UPDATE_MAX_PROVENANCE + 1, nf) : 0;
+        if (!nf) rc = errf(err, len, "%s: %s", notes_path, strerror(errno));
+        else if (!notes) rc = errf(err, len, "out of memory");
+        else if (n > UPDATE_MAX_PROVENANCE) rc = errf(err, len, "%s: release notes over %u bytes", notes_path, UPDATE_MAX_PROVENANCE);
+        if (nf) fclose(nf);
+    }
+    if (rc || (!conversion && !notes_path)) {
+        json_decref(conversion);
+        free(notes);
+        return rc;
+    }
+    char hex[65];
+    if (conv_sha256_file(model, hex, err, len)) rc = -1;
+    json_t *p = rc ? NULL : json_pack("{s:s,s:s}", "gguf_sha256", hex, "bundled_by", "flashbox " FLASHBOX_VERSION);
+    if (!rc && !p) rc = errf(err, len, "out of memory");
+    if (p && conversion) json_object_set(p, "conversion", conversion);
+    if (p && notes) {
+        json_t *t = json_string(notes);
+        if (!t) rc = errf(err, len, "%s: the release notes are not UTF-8 text", notes_path);
+        else json_object_set_new(p, "release_notes", t);
+    }
+    if (!rc && !(*out = json_dumps(p, JSON_COMPACT | JSON_PRESERVE_ORDER))) rc = errf(err, len, "out of memory");
+    json_decref(p);
+    json_decref(conversion);
+    free(notes);
+    return rc;
+}
+
 int tool_bundle_run(int argc, char **argv, update_greedy_fn greedy, void *greedy_user)
 {
     if (argc < 2 || strcmp(argv[1], "create")) {
@@ -99,6 +160,7 @@ int tool_bundle_run(int argc, char **argv, update_greedy_fn greedy, void *greedy
     uint64_t chunk = UPDATE_DEFAULT_CHUNK_SIZE, n_selftest = DEFAULT_SELFTEST_TOKENS, created = 0;
     int have_epoch = 0, have_created = 0;
     int32_t prompt[64], expected[64];
+    const char *notes = NULL;
     uint32_t n_prompt = 0;
     if (parse_ids(DEFAULT_PROMPT, prompt, 64, &n_prompt)) return 2;
     for (int i = 2; i < argc; i += 2) { /* every option takes one value */
@@ -121,6 +183,7 @@ int tool_bundle_run(int argc, char **argv, update_greedy_fn greedy, void *greedy
         else if (!strcmp(a, "--firmware")) o.firmware_path = v;
         else if (!strcmp(a, "--out")) o.out_path = v;
         else if (!strcmp(a, "--new-keys")) o.new_keys_path = v;
+        else if (!strcmp(a, "--release-notes")) notes = v;
         else if (!strcmp(a, "--chunk-size")) {
             if (parse_u64(a, v, &chunk)) return 2;
         } else if (!strcmp(a, "--prompt")) {
@@ -164,14 +227,22 @@ int tool_bundle_run(int argc, char **argv, update_greedy_fn greedy, void *greedy
     o.n_prompt = n_prompt;
     o.expected = expected;
     o.n_expected = (uint32_t)n_selftest;
-    struct update_hooks hooks = { update_progress_tty, NULL, NULL };
-    if (update_bundle_create(&o, &hooks, err, sizeof err)) {
+    char *provenance = NULL;
+    if (build_provenance(o.model_path, notes, &provenance, err, sizeof err)) {
+        fprintf(stderr, "flashbox bundle create: provenance: %s\n", err);
+        return 1;
+    }
+    o.provenance = provenance;
+    struct update_hooks hooks = { .progress = update_progress_tty };
+    int rc = update_bundle_create(&o, &hooks, err, sizeof err);
+    free(provenance);
+    if (rc) {
         fprintf(stderr, "flashbox bundle create: %s\n", err);
         return 1;
     }
     printf("wrote %s: product %s, version %s, epoch %" PRIu64 ", chunk %" PRIu64 " bytes, self-test tokens:", o.out_path,
            o.product, o.version, o.epoch, chunk);
     for (uint32_t i = 0; i < o.n_expected; i++) printf("%s%d", i ? "," : " ", expected[i]);
-    printf("\n");
+    printf("%s\n", o.provenance ? "; with provenance" : "");
     return 0;
 }

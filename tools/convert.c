@@ -283,6 +283,7 @@ int convert_run(const struct convert_opts *o, struct convert_stats *stats, char 
     if (conv_config_add_metadata(&cfg, d.w, plan.n_blocks, name, mxfp4, err, len)) goto out;
     snprintf(path, sizeof path, "%s/tokenizer.json", o->tokenizer_dir ? o->tokenizer_dir : o->hf_dir);
     if (conv_tokenizer_add(path, &cfg, d.w, err, len)) goto out;
+    if (conv_provenance_add(o, &shards, d.w, err, len)) goto out;
     for (size_t i = 0; i < plan.n_items; i++) {
         const struct conv_item *it = &plan.items[i];
         if (gguf_writer_add_tensor(d.w, it->name, it->type, it->n_dims, it->ne, NULL)) {

@@ -16,6 +16,11 @@ enum convert_dense {
     CONVERT_DENSE_F16,  /* exact while values stay in F16 range (checked) */
 };
 
+/* This tree's release, recorded as the writer of what convert and bundle create produce. */
+#define FLASHBOX_VERSION "0.20.0"
+/* GGUF metadata key of the conversion's provenance (JSON text, tools/convert_provenance.c). */
+#define CONVERT_PROVENANCE_KEY "flashbox.provenance"
+
 struct convert_opts {
     const char *hf_dir;        /* config.json, model.safetensors.index.json, shards */
     const char *out_path;      /* the GGUF to write */

@@ -61,6 +61,15 @@ int conv_shards_open(struct conv_shards *s, const char *hf_dir, char *err, size_
 void conv_shards_close(struct conv_shards *s);
 struct conv_entry *conv_shards_find(struct conv_shards *s, const char *name);
 
+/* ---- provenance (convert_provenance.c) ---- */
+
+struct convert_opts;
+/* SHA-256 of a whole file, as 64 lowercase hex digits. */
+int conv_sha256_file(const char *path, char hex[65], char *err, size_t err_len);
+/* Hashes every source file and adds CONVERT_PROVENANCE_KEY to the GGUF's metadata. */
+int conv_provenance_add(const struct convert_opts *o, const struct conv_shards *s, struct gguf_writer *w, char *err,
+                        size_t err_len);
+
 /* ---- plan ---- */
 
 enum conv_kind {

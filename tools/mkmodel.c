@@ -364,6 +364,10 @@ int mkmodel_write(const struct mkmodel_config *c, const char *path, char *err, s
         if (m) errf(err, err_len, "out of memory building metadata");
         goto done;
     }
+    if (c->quant == MKMODEL_META) { /* no tensors */
+        rc = gguf_writer_begin(w, path, err, err_len) ? -1 : gguf_writer_finish(w, true, err, err_len);
+        goto done;
+    }
     uint64_t max_n = 0;
     for (size_t i = 0; i < l.n; i++) {
         const struct tspec *t = &l.t[i];
@@ -425,7 +429,13 @@ static const char *const merges_list[] = {
 };
 #define N_MERGES (sizeof merges_list / sizeof merges_list[0])
 
-static const char *const chat_tokens[] = { "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>" };
+/* The chat control tokens of spec §4: roles, the think markers, the DSML marker of tool
+ * calls, and the reminder and quick-task markers of the official encoder. */
+static const char *const chat_tokens[] = {
+    "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>", "｜DSML｜", "<｜latest_reminder｜>", "<｜action｜>",
+    "<｜query｜>", "<｜authority｜>", "<｜domain｜>", "<｜title｜>", "<｜extracted_url｜>", "<｜read_url｜>",
+};
+#define N_CHAT_TOKENS (sizeof chat_tokens / sizeof chat_tokens[0])
 
 /* UTF-8 of GPT-2's unicode stand-in for byte b. */
 static void byte_symbol(unsigned b, char out[4])
@@ -464,7 +474,7 @@ static unsigned byte_at(unsigned i)
 
 static int write_tokenizer(struct gguf_writer *w, const struct mkmodel_config *c, char *err, size_t err_len)
 {
-    const uint32_t fixed = 3 + 256 + N_MERGES + 4;
+    const uint32_t fixed = 3 + 256 + N_MERGES + N_CHAT_TOKENS;
     if (c->n_vocab < fixed)
         return errf(err, err_len, "--vocab: %u, expected at least %u (control, byte, merge and chat tokens)", c->n_vocab, fixed);
     char **toks = calloc(c->n_vocab, sizeof *toks);
@@ -492,7 +502,7 @@ static int write_tokenizer(struct gguf_writer *w, const struct mkmodel_config *c
         types[n] = 1;
         if (!(toks[n++] = strdup(buf))) goto done;
     }
-    for (int i = 0; i < 4; i++) {
+    for (size_t i = 0; i < N_CHAT_TOKENS; i++) {
         types[n] = 3;
         if (!(toks[n++] = strdup(chat_tokens[i]))) goto done;
     }

@@ -13,6 +13,7 @@ enum mkmodel_quant {
     MKMODEL_F32,         /* every weight F32 */
     MKMODEL_MIXED,       /* Q8_0 matrices, MXFP4 routed experts, F32 vectors, I32 tid2eid */
     MKMODEL_F32_DEQUANT, /* F32 holding the dequantized values of the mixed file, same seed */
+    MKMODEL_META,        /* metadata and tokenizer only, no tensors: a model's shape for `flashbox plan` */
 };
 
 struct mkmodel_config {

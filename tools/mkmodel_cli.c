@@ -20,8 +20,9 @@ static void usage(FILE *out)
             "  --window N (%u) --index-heads N (%u) --index-dim N (%u) --index-topk N (%u)\n"
             "  --experts N (%u) --experts-used N (%u) --ff N (%u) --vocab N (%u) --hash-layers N (%u)\n"
             "  --ctx N (%u) --seed N (%llu) --name S\n"
-            "  --quant f32|mixed|f32-dequant (f32): mixed = Q8_0 matrices, MXFP4 experts, F32 vectors;\n"
-            "          f32-dequant = F32 holding the mixed file's dequantized values\n"
+            "  --quant f32|mixed|f32-dequant|meta (f32): mixed = Q8_0 matrices, MXFP4 experts, F32 vectors;\n"
+            "          f32-dequant = F32 holding the mixed file's dequantized values;\n"
+            "          meta = the metadata only, no tensors (a model's shape for `flashbox plan`)\n"
             "  --expert-type T (MXFP4): routed experts' type in mixed and f32-dequant files: MXFP4,\n"
             "          Q8_0, or one of ggml's Q2_K..Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ1_S, IQ1_M,\n"
             "          IQ4_NL, IQ4_XS (random valid blocks with the F32 weights' spread; --dim and --ff\n"
@@ -97,8 +98,9 @@ int tool_mkmodel_main(int argc, char **argv)
             if (!strcmp(v, "f32")) c.quant = MKMODEL_F32;
             else if (!strcmp(v, "mixed")) c.quant = MKMODEL_MIXED;
             else if (!strcmp(v, "f32-dequant")) c.quant = MKMODEL_F32_DEQUANT;
+            else if (!strcmp(v, "meta")) c.quant = MKMODEL_META;
             else {
-                fprintf(stderr, "flashbox mkmodel: --quant: '%s', expected f32, mixed or f32-dequant\n", v);
+                fprintf(stderr, "flashbox mkmodel: --quant: '%s', expected f32, mixed, f32-dequant or meta\n", v);
                 return 2;
             }
         } else {

@@ -295,6 +295,7 @@ void bundle_info_fill(const struct bundle *b, struct update_bundle_info *info)
     }
     info->n_new_keys = b->m.n_keys;
     info->n_expected = b->m.n_expected;
+    if (b->m.provenance) snprintf(info->provenance, sizeof info->provenance, "%.*s", (int)b->m.provenance_len, b->m.provenance);
 }
 
 int update_verify_bundle(const struct update_config *cfg, const char *bundle_path, const struct update_hooks *hooks,

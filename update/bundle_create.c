@@ -92,6 +92,15 @@ int update_bundle_create(const struct update_create_opts *opt, const struct upda
     snprintf(m.version, sizeof m.version, "%s", opt->version ? opt->version : "");
     m.epoch = opt->epoch;
     m.created = opt->created;
+    if (opt->provenance) {
+        size_t n = strlen(opt->provenance);
+        if (n > MANIFEST_MAX_PROVENANCE) {
+            errf(err, err_len, "provenance: %zu bytes, at most %u (shorten the release notes)", n, MANIFEST_MAX_PROVENANCE);
+            goto done;
+        }
+        m.provenance = opt->provenance;
+        m.provenance_len = (uint32_t)n;
+    }
     if (opt->n_prompt > MANIFEST_MAX_TOKENS || opt->n_expected > MANIFEST_MAX_TOKENS) {
         errf(err, err_len, "at most %u prompt and expected tokens", MANIFEST_MAX_TOKENS);
         goto done;

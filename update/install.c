@@ -9,6 +9,10 @@
  *      NAME.part; fsync; rename to NAME; remove files the manifest does not list
  *   4. write the slot's bundle.manifest (temp + fsync + rename + fsync dir): slot complete
  *   5. self-test the new slot (model loads, greedy tokens match the manifest)
+ *   5b. the site's evaluation, when a policy is set: state records the slot's evaluation as
+ *      "running" first, then its score and verdict; a slot that fails is invalidated like one
+ *      that fails the self-test, and one whose evaluation never finished (a crash) stays
+ *      "running", which rollback refuses, so the gate can not be skipped
  *   6. rotated key set, if the bundle carries one (it must include its own signing key, so
  *      the new slot stays valid under the new set)
  *   7. state: trial = new slot; rename `active` to the new slot; state: floor raised
@@ -138,6 +142,47 @@ static int run_selftest(const struct bundle *b, const char *dir, const struct up
     return 0;
 }
 
+/* Step 5b. st is the state as last written; the slot's record goes through it. */
+static int run_evaluation(const struct update_config *cfg, const struct bundle *b, int target, int active,
+                          const char *dir, const struct update_hooks *hooks, struct store_state *st, char *err,
+                          size_t err_len)
+{
+    if (!hooks || !hooks->evaluate || !manifest_find_payload(&b->m, UPDATE_MODEL_PAYLOAD)) return 0;
+    char model[4400];
+    snprintf(model, sizeof model, "%s/%s", dir, UPDATE_MODEL_PAYLOAD);
+    const struct update_eval_record *prev = active >= 0 ? &st->eval[active] : NULL;
+    struct update_eval e = {
+        .model_path = model,
+        .slot = store_slot_name(target),
+        .has_active = prev && !strcmp(prev->verdict, "pass"),
+        .active_score = prev ? prev->score : 0,
+        .active_set_sha256 = prev ? prev->set_sha256 : "",
+        .progress = hooks->progress,
+        .progress_user = hooks->user,
+    };
+    struct update_eval_record *rec = &st->eval[target];
+    memset(rec, 0, sizeof *rec);
+    snprintf(rec->verdict, sizeof rec->verdict, "running");
+    if (store_write_state(cfg, st, err, err_len)) return -1;
+    bundle_test_pause();
+    struct update_eval_result r = { 0 };
+    int rc = hooks->evaluate(hooks->eval_user, &e, &r, err, err_len);
+    if (!r.ran && !rc) { /* the hook had no policy to apply: nothing to record */
+        memset(rec, 0, sizeof *rec);
+        return store_write_state(cfg, st, err, err_len);
+    }
+    if (!r.ran) return errf_prefix(err, err_len, "site evaluation of slot %s could not run", e.slot);
+    snprintf(rec->verdict, sizeof rec->verdict, "%s", rc ? "fail" : "pass");
+    rec->score = r.score < 0 ? 0 : r.score > 1 ? 1 : r.score;
+    rec->threshold = r.threshold < 0 ? 0 : r.threshold > 1 ? 1 : r.threshold;
+    rec->cases = r.n_cases;
+    snprintf(rec->set_sha256, sizeof rec->set_sha256, "%s", r.set_sha256);
+    char ignored[256];
+    if (store_write_state(cfg, st, rc ? ignored : err, rc ? sizeof ignored : err_len) && !rc) return -1;
+    if (rc) return errf_prefix(err, err_len, "site evaluation of slot %s refused it", e.slot);
+    return 0;
+}
+
 static int rotate_keys(const struct update_config *cfg, const struct bundle *b, char *err, size_t err_len)
 {
     if (b->m.n_keys == 0) return 0;
@@ -190,6 +235,10 @@ static int install_locked(const struct update_config *cfg, const char *bundle_pa
     store_slot_dir(cfg, target, dir, sizeof dir);
     if (!rc && mkdir(dir, 0755) != 0 && errno != EEXIST) rc = errf(err, err_len, "%s: %s", dir, strerror(errno));
     if (!rc) rc = invalidate_slot(dir, err, err_len);
+    if (!rc && st.eval[target].verdict[0]) { /* the old release's evaluation says nothing of the new one */
+        memset(&st.eval[target], 0, sizeof st.eval[target]);
+        rc = store_write_state(cfg, &st, err, err_len);
+    }
     bundle_test_pause();
     for (uint32_t i = 0; i < b.m.n_payloads && !rc; i++) {
         rc = write_payload(&b, i, dir, hooks, err, err_len);
@@ -205,7 +254,8 @@ static int install_locked(const struct update_config *cfg, const char *bundle_pa
                                   err_len);
     }
     bundle_test_pause();
-    if (!rc && (rc = run_selftest(&b, dir, hooks, err, err_len))) {
+    if (!rc && ((rc = run_selftest(&b, dir, hooks, err, err_len)) ||
+                (rc = run_evaluation(cfg, &b, target, active, dir, hooks, &st, err, err_len)))) {
         char ignored[256];
         invalidate_slot(dir, ignored, sizeof ignored); /* tested bad: never a fallback target */
     }
@@ -251,6 +301,7 @@ static void fill_slot(const struct update_config *cfg, const struct keyset *ks, 
     snprintf(s->version, sizeof s->version, "%s", b.m.version);
     s->epoch = b.m.epoch;
     s->created = b.m.created;
+    if (b.m.provenance) snprintf(s->provenance, sizeof s->provenance, "%.*s", (int)b.m.provenance_len, b.m.provenance);
     bundle_close(&b);
 }
 
@@ -271,10 +322,21 @@ int update_get_status(const struct update_config *cfg, struct update_status *st,
         fill_slot(cfg, &ks, i, &st->slots[i]);
         st->slots[i].active = st->active == i;
     }
+    for (int i = 0; i < 2; i++) st->slots[i].eval = state.eval[i];
     st->epoch_floor = state.epoch_floor;
     st->trial = state.trial;
     st->boot_attempts = state.boot_attempts;
     snprintf(st->last_fallback, sizeof st->last_fallback, "%s", state.last_fallback);
+    return 0;
+}
+
+int update_read_evals(const struct update_config *cfg, struct update_eval_record out[2], char *err, size_t err_len)
+{
+    struct store_state st;
+    memset(out, 0, 2 * sizeof *out);
+    if (store_read_state(cfg, &st, err, err_len)) return -1;
+    out[0] = st.eval[0];
+    out[1] = st.eval[1];
     return 0;
 }
 
@@ -303,6 +365,9 @@ static int switch_to_other(const struct update_config *cfg, const struct keyset 
     if (epoch < st->epoch_floor)
         return errf(why, why_len, "slot %s has epoch %" PRIu64 ", below the epoch floor %" PRIu64, store_slot_name(other),
                     epoch, st->epoch_floor);
+    if (!strcmp(st->eval[other].verdict, "running") || !strcmp(st->eval[other].verdict, "fail"))
+        return errf(why, why_len, "slot %s %s the site evaluation; install it again to evaluate it", store_slot_name(other),
+                    st->eval[other].verdict[0] == 'r' ? "never finished" : "failed");
     /* Pointer first: a crash before the state write leaves a trial naming the slot that is
      * no longer active, which the next boot clears; the other order could strand the box
      * on the failed slot with its trial already cleared. */

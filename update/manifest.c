@@ -23,6 +23,11 @@
  *             8   u64    n_chunks, must equal ceil(size / chunk size)
  *             32*n_chunks  SHA-256 of every chunk in order (the last one may be short)
  *
+ * Version 2 is version 1 followed by a provenance section (nothing else changes; a bundle
+ * without provenance is still written as version 1, so older firmware reads it):
+ *           4   u32    provenance length (1..16384)
+ *           n          provenance: UTF-8 text without NUL (JSON by convention, see bundle_cli.c)
+ *
  * The whole manifest is at most 4 MiB (MANIFEST_MAX_BYTES): 131072 chunk hashes, i.e.
  * 2 TiB of payload at 16 MiB chunks. Every count is checked against the bytes left before
  * anything is read, with 64-bit arithmetic. */
@@ -150,6 +155,34 @@ static int check_names_unique(const struct manifest *m, char *err, size_t err_le
     return 0;
 }
 
+/* Well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF) and no NUL. */
+static bool utf8_ok(const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        size_t k = c < 0x80 ? 0 : (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : (c & 0xf8) == 0xf0 ? 3 : 4;
+        if (c == 0 || k == 4 || k >= n - i) return false; /* NUL, a bad lead byte, or cut short */
+        uint32_t cp = k == 0 ? c : k == 1 ? (c & 0x1fu) : k == 2 ? (c & 0x0fu) : (c & 0x07u);
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xc0) != 0x80) return false;
+            cp = (cp << 6) | (s[i + j] & 0x3fu);
+        }
+        if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += k + 1;
+    }
+    return true;
+}
+
+static int check_provenance(const char *p, uint32_t n, char *err, size_t err_len)
+{
+    if (n < 1 || n > MANIFEST_MAX_PROVENANCE)
+        return errf(err, err_len, "manifest: provenance is %u bytes, expected 1..%u", n, MANIFEST_MAX_PROVENANCE);
+    if (!utf8_ok((const uint8_t *)p, n)) return errf(err, err_len, "manifest: provenance is not UTF-8 text without NUL");
+    return 0;
+}
+
 #define NAME_EXTRA "._-"
 #define VERSION_EXTRA "._+-"
 
@@ -163,9 +196,9 @@ int manifest_parse(struct manifest *m, const uint8_t *buf, size_t len, char *err
     if (memcmp(buf, MANIFEST_MAGIC, 8)) return errf(err, err_len, "manifest: bad magic, expected \"%s\"", MANIFEST_MAGIC);
     r.off = 8;
     if (read_u32(&r, &m->format_version, "format version", err, err_len)) return -1;
-    if (m->format_version != MANIFEST_FORMAT_VERSION)
-        return errf(err, err_len, "manifest: unknown format version %u, this firmware reads version %u",
-                    m->format_version, MANIFEST_FORMAT_VERSION);
+    if (m->format_version != MANIFEST_FORMAT_VERSION && m->format_version != MANIFEST_FORMAT_PROVENANCE)
+        return errf(err, err_len, "manifest: unknown format version %u, this firmware reads versions %u and %u",
+                    m->format_version, MANIFEST_FORMAT_VERSION, MANIFEST_FORMAT_PROVENANCE);
     if (read_str(&r, m->product, "product", NAME_EXTRA, err, err_len)) return -1;
     if (read_str(&r, m->version, "version", VERSION_EXTRA, err, err_len)) return -1;
     if (read_u64(&r, &m->epoch, "epoch", err, err_len)) return -1;
@@ -196,6 +229,15 @@ int manifest_parse(struct manifest *m, const uint8_t *buf, size_t len, char *err
         r.off += (size_t)(p->n_chunks * MANIFEST_HASH_LEN);
     }
     if (check_names_unique(m, err, err_len)) return -1;
+    if (m->format_version == MANIFEST_FORMAT_PROVENANCE) {
+        if (read_u32(&r, &m->provenance_len, "provenance length", err, err_len)) return -1;
+        if (m->provenance_len > MANIFEST_MAX_PROVENANCE)
+            return errf(err, err_len, "manifest: provenance is %u bytes, at most %u", m->provenance_len, MANIFEST_MAX_PROVENANCE);
+        if (need(&r, m->provenance_len, "provenance", err, err_len)) return -1;
+        m->provenance = (const char *)buf + r.off;
+        if (check_provenance(m->provenance, m->provenance_len, err, err_len)) return -1;
+        r.off += m->provenance_len;
+    }
     if (r.off != len)
         return errf(err, err_len, "manifest: %zu trailing bytes after the last payload (at byte %zu)", len - r.off,
                     r.off);
@@ -249,6 +291,8 @@ int manifest_encode(const struct manifest *m, uint8_t **out, size_t *out_len, ch
                         MANIFEST_MAX_BYTES, p->name);
     }
     if (check_names_unique(m, err, err_len)) return -1;
+    if (m->provenance && check_provenance(m->provenance, m->provenance_len, err, err_len)) return -1;
+    if (m->provenance) len += 4 + m->provenance_len;
     for (uint32_t i = 0; i < m->n_prompt; i++)
         if (m->prompt[i] < 0) return errf(err, err_len, "manifest: prompt token %u is negative", i);
     for (uint32_t i = 0; i < m->n_expected; i++)
@@ -256,7 +300,7 @@ int manifest_encode(const struct manifest *m, uint8_t **out, size_t *out_len, ch
     struct writer w = { malloc(len), 0 };
     if (!w.p) return errf(err, err_len, "manifest: out of memory for %llu bytes", (unsigned long long)len);
     put_bytes(&w, MANIFEST_MAGIC, 8);
-    put_le(&w, MANIFEST_FORMAT_VERSION, 4);
+    put_le(&w, m->provenance ? MANIFEST_FORMAT_PROVENANCE : MANIFEST_FORMAT_VERSION, 4);
     put_str(&w, m->product);
     put_str(&w, m->version);
     put_le(&w, m->epoch, 8);
@@ -275,6 +319,10 @@ int manifest_encode(const struct manifest *m, uint8_t **out, size_t *out_len, ch
         put_le(&w, p->chunk_size, 4);
         put_le(&w, p->n_chunks, 8);
         if (p->n_chunks) put_bytes(&w, p->chunk_hashes, (size_t)(p->n_chunks * MANIFEST_HASH_LEN));
+    }
+    if (m->provenance) {
+        put_le(&w, m->provenance_len, 4);
+        put_bytes(&w, m->provenance, m->provenance_len);
     }
     *out = w.p;
     *out_len = w.off;

@@ -5,11 +5,15 @@
 #ifndef FLASHBOX_UPDATE_MANIFEST_H
 #define FLASHBOX_UPDATE_MANIFEST_H
 
+#include "update/update.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
 #define MANIFEST_MAGIC "FBXMANIF"
-#define MANIFEST_FORMAT_VERSION 1u
+#define MANIFEST_FORMAT_VERSION 1u         /* without provenance: what older firmware reads */
+#define MANIFEST_FORMAT_PROVENANCE 2u      /* version 1 plus the provenance section */
+#define MANIFEST_MAX_PROVENANCE UPDATE_MAX_PROVENANCE /* provenance text, bytes */
 #define MANIFEST_MAX_BYTES (4u << 20)      /* cap before the signature is even checked */
 #define MANIFEST_MAX_STR 64u               /* product, version, payload name */
 #define MANIFEST_MAX_TOKENS 64u            /* self-test prompt and expected tokens */
@@ -42,6 +46,11 @@ struct manifest {
     uint8_t keys[MANIFEST_MAX_KEYS][MANIFEST_KEY_LEN]; /* new trusted key set, if n_keys > 0 */
     uint32_t n_payloads;
     struct manifest_payload payloads[MANIFEST_MAX_PAYLOADS];
+    /* Where the release came from (format version 2): JSON text as `bundle create` wrote it
+     * (source files and SHA-256, conversion parameters, flashbox version, the GGUF's SHA-256,
+     * release notes). update/ only checks it is UTF-8 without NUL; firmware shows it. */
+    const char *provenance;        /* points into the manifest bytes (not NUL-terminated); NULL: none */
+    uint32_t provenance_len;
 };
 
 /* Parses len bytes. chunk_hashes point into buf, which must outlive the manifest.

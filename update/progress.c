@@ -12,6 +12,7 @@ static const char *phase_word(enum update_phase phase)
     case UPDATE_PHASE_VERIFY: return "verifying";
     case UPDATE_PHASE_WRITE: return "writing";
     case UPDATE_PHASE_SELFTEST: return "self-test";
+    case UPDATE_PHASE_EVALUATE: return "evaluating";
     case UPDATE_PHASE_ACTIVATE: return "activating slot";
     }
     return "?";
@@ -25,6 +26,13 @@ void update_progress_tty(void *user, enum update_phase phase, const char *what, 
     if (!tty) return;
     if (phase == UPDATE_PHASE_SELFTEST || phase == UPDATE_PHASE_ACTIVATE) {
         fprintf(stderr, "\r\033[K%s %s%s", phase_word(phase), what, done >= total ? " done\n" : " ...");
+        fflush(stderr);
+        return;
+    }
+    if (phase == UPDATE_PHASE_EVALUATE) {
+        fprintf(stderr, "\r\033[K%s %s: %llu / %llu cases", phase_word(phase), what, (unsigned long long)done,
+                (unsigned long long)total);
+        if (done >= total) fputc('\n', stderr);
         fflush(stderr);
         return;
     }

@@ -6,6 +6,10 @@
  *   trial <-|a|b>
  *   boot_attempts <u32>
  *   last_fallback <text to end of line, may be empty>
+ * Version 2 (written only once a slot has a site evaluation, so older firmware keeps
+ * reading a store that never used one) has "flashbox-update-state 2" and two more lines:
+ *   eval_a <-|running|VERDICT SCORE THRESHOLD CASES SHA256>   VERDICT pass or fail;
+ *   eval_b ...                                         SCORE, THRESHOLD as %.6f in [0, 1]
  * The epoch floor lives in a plain root-owned file: it stops rollback through the update
  * path, not an attacker who already has root (update-api-security.md §1.4.5). */
 #include "update/store.h"
@@ -24,6 +28,7 @@
 #include <unistd.h>
 
 #define STATE_MAGIC_LINE "flashbox-update-state 1"
+#define STATE_MAGIC_LINE_2 "flashbox-update-state 2"
 #define STATE_MAX_BYTES 4096
 
 const char *store_slot_name(int slot) { return slot == 0 ? "a" : "b"; }
@@ -93,6 +98,68 @@ static int parse_u64_field(const char *line, const char *key, uint64_t max, uint
     return 0;
 }
 
+/* A number in [0, 1] written as digits, one '.', digits (no sign, exponent or spaces). */
+static int parse_unit(const char *s, size_t n, double *out)
+{
+    char buf[32];
+    if (n == 0 || n >= sizeof buf) return -1;
+    size_t dots = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '.') dots++;
+        else if (s[i] < '0' || s[i] > '9') return -1;
+    }
+    if (dots > 1 || s[0] == '.' || s[n - 1] == '.') return -1;
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    *out = strtod(buf, NULL);
+    return *out >= 0 && *out <= 1 ? 0 : -1;
+}
+
+static int parse_eval_line(const char *line, int slot, struct update_eval_record *e, char *err, size_t err_len)
+{
+    char key[8];
+    snprintf(key, sizeof key, "eval_%s ", store_slot_name(slot));
+    memset(e, 0, sizeof *e);
+    if (strncmp(line, key, 7)) return errf(err, err_len, "state file: expected an \"%.6s\" line", key);
+    const char *s = line + 7;
+    if (!strcmp(s, "-")) return 0;
+    if (!strcmp(s, "running")) { /* started, never finished: no score */
+        snprintf(e->verdict, sizeof e->verdict, "running");
+        return 0;
+    }
+    const char *f[5];
+    size_t fl[5];
+    int n = 0;
+    while (*s && n < 5) {
+        const char *sp = strchr(s, ' ');
+        size_t k = sp ? (size_t)(sp - s) : strlen(s);
+        f[n] = s;
+        fl[n++] = k;
+        s += k;
+        if (*s == ' ') s++;
+    }
+    if (n != 5 || *s) return errf(err, err_len, "state file: %.6s: expected \"-\", \"running\" or VERDICT SCORE THRESHOLD CASES SHA256", key);
+    if (!(fl[0] == 4 && (!strncmp(f[0], "pass", 4) || !strncmp(f[0], "fail", 4))))
+        return errf(err, err_len, "state file: %.6s: verdict \"%.*s\", expected pass or fail", key, (int)(fl[0] > 16 ? 16 : fl[0]), f[0]);
+    memcpy(e->verdict, f[0], fl[0]);
+    if (parse_unit(f[1], fl[1], &e->score) || parse_unit(f[2], fl[2], &e->threshold))
+        return errf(err, err_len, "state file: %.6s: score and threshold must be decimals from 0 to 1", key);
+    uint64_t cases = 0;
+    if (fl[3] == 0 || fl[3] > 9) return errf(err, err_len, "state file: %.6s: bad case count", key);
+    for (size_t i = 0; i < fl[3]; i++) {
+        if (f[3][i] < '0' || f[3][i] > '9') return errf(err, err_len, "state file: %.6s: bad case count", key);
+        cases = cases * 10 + (uint64_t)(f[3][i] - '0');
+    }
+    e->cases = (uint32_t)cases;
+    if (fl[4] != 64) return errf(err, err_len, "state file: %.6s: the set's SHA-256 must be 64 hex digits", key);
+    for (size_t i = 0; i < 64; i++)
+        if (!((f[4][i] >= '0' && f[4][i] <= '9') || (f[4][i] >= 'a' && f[4][i] <= 'f')))
+            return errf(err, err_len, "state file: %.6s: the set's SHA-256 must be 64 lowercase hex digits", key);
+    memcpy(e->set_sha256, f[4], 64);
+    e->set_sha256[64] = 0;
+    return 0;
+}
+
 int store_parse_state(const char *text, size_t len, struct store_state *st, char *err, size_t err_len)
 {
     memset(st, 0, sizeof *st);
@@ -102,19 +169,22 @@ int store_parse_state(const char *text, size_t len, struct store_state *st, char
     memcpy(buf, text, len);
     buf[len] = '\0';
     if (strlen(buf) != len) return errf(err, err_len, "state file: contains a NUL byte");
-    char *lines[6];
+    char *lines[8];
     int n = 0;
     char *p = buf;
-    while (n < 6 && *p) {
+    while (n < 8 && *p) {
         char *nl = strchr(p, '\n');
         if (!nl) return errf(err, err_len, "state file: line %d does not end with a newline", n + 1);
         *nl = '\0';
         lines[n++] = p;
         p = nl + 1;
     }
-    if (n != 5 || *p) return errf(err, err_len, "state file: expected exactly 5 lines");
-    if (strcmp(lines[0], STATE_MAGIC_LINE))
-        return errf(err, err_len, "state file: first line \"%.40s\", expected \"%s\"", lines[0], STATE_MAGIC_LINE);
+    int version = n >= 1 && !strcmp(lines[0], STATE_MAGIC_LINE) ? 1 : n >= 1 && !strcmp(lines[0], STATE_MAGIC_LINE_2) ? 2 : 0;
+    if (!version)
+        return errf(err, err_len, "state file: first line \"%.40s\", expected \"%s\" or \"%s\"", n ? lines[0] : "",
+                    STATE_MAGIC_LINE, STATE_MAGIC_LINE_2);
+    if (n != (version == 1 ? 5 : 7) || *p)
+        return errf(err, err_len, "state file: expected exactly %d lines", version == 1 ? 5 : 7);
     uint64_t v;
     if (parse_u64_field(lines[1], "epoch_floor", UINT64_MAX, &st->epoch_floor, err, err_len)) return -1;
     if (!strcmp(lines[2], "trial -")) st->trial = -1;
@@ -126,6 +196,8 @@ int store_parse_state(const char *text, size_t len, struct store_state *st, char
     if (strncmp(lines[4], "last_fallback ", 14)) return errf(err, err_len, "state file: expected a \"last_fallback\" line");
     if (strlen(lines[4] + 14) >= sizeof st->last_fallback) return errf(err, err_len, "state file: last_fallback too long");
     snprintf(st->last_fallback, sizeof st->last_fallback, "%s", lines[4] + 14);
+    for (int i = 0; version == 2 && i < 2; i++)
+        if (parse_eval_line(lines[5 + i], i, &st->eval[i], err, err_len)) return -1;
     return 0;
 }
 
@@ -149,15 +221,24 @@ int store_read_state(const struct update_config *cfg, struct store_state *st, ch
 
 int store_write_state(const struct update_config *cfg, const struct store_state *st, char *err, size_t err_len)
 {
-    char path[4200], text[1024], reason[256];
+    char path[4200], text[1024], reason[256], evals[2][160];
     snprintf(path, sizeof path, "%s/state", cfg->data_dir);
     /* One line: a reason never carries a newline into the file. */
     snprintf(reason, sizeof reason, "%s", st->last_fallback);
     for (char *c = reason; *c; c++)
         if (*c == '\n' || *c == '\r') *c = ' ';
-    int n = snprintf(text, sizeof text, "%s\nepoch_floor %" PRIu64 "\ntrial %s\nboot_attempts %u\nlast_fallback %s\n",
-                     STATE_MAGIC_LINE, st->epoch_floor, st->trial < 0 ? "-" : store_slot_name(st->trial),
-                     st->boot_attempts, reason);
+    bool v2 = st->eval[0].verdict[0] || st->eval[1].verdict[0];
+    for (int i = 0; i < 2; i++) {
+        const struct update_eval_record *e = &st->eval[i];
+        if (!e->verdict[0]) snprintf(evals[i], sizeof evals[i], "eval_%s -\n", store_slot_name(i));
+        else if (!strcmp(e->verdict, "running")) snprintf(evals[i], sizeof evals[i], "eval_%s running\n", store_slot_name(i));
+        else snprintf(evals[i], sizeof evals[i], "eval_%s %s %.6f %.6f %u %s\n", store_slot_name(i), e->verdict, e->score,
+                      e->threshold, e->cases, e->set_sha256);
+    }
+    int n = snprintf(text, sizeof text, "%s\nepoch_floor %" PRIu64 "\ntrial %s\nboot_attempts %u\nlast_fallback %s\n%s%s",
+                     v2 ? STATE_MAGIC_LINE_2 : STATE_MAGIC_LINE, st->epoch_floor,
+                     st->trial < 0 ? "-" : store_slot_name(st->trial), st->boot_attempts, reason, v2 ? evals[0] : "",
+                     v2 ? evals[1] : "");
     return durable_replace_file(path, text, (size_t)n, 0644, err, err_len);
 }
 

@@ -19,6 +19,7 @@ struct store_state {
     int trial;                  /* slot index under boot trial, -1 none */
     uint32_t boot_attempts;
     char last_fallback[256];
+    struct update_eval_record eval[2]; /* per slot: its last site evaluation */
 };
 
 /* "DATA/slot-a" etc. */

@@ -32,6 +32,7 @@
 #define UPDATE_DEFAULT_CHUNK_SIZE (16u << 20)
 #define UPDATE_MODEL_PAYLOAD "model.gguf"
 #define UPDATE_FIRMWARE_PAYLOAD "firmware"
+#define UPDATE_MAX_PROVENANCE 16384u /* bytes of a manifest's provenance text */
 
 struct update_config {
     const char *data_dir;       /* slots, active pointer, state */
@@ -47,6 +48,7 @@ enum update_phase {
     UPDATE_PHASE_VERIFY,        /* verify: hashing a payload's chunks */
     UPDATE_PHASE_WRITE,         /* install: hashing then writing chunks into the slot */
     UPDATE_PHASE_SELFTEST,      /* install: loading the model on the new slot */
+    UPDATE_PHASE_EVALUATE,      /* install: the site's evaluation set on the new slot (done/total: cases) */
     UPDATE_PHASE_ACTIVATE,      /* install: switching the active slot */
 };
 
@@ -71,10 +73,38 @@ typedef int (*update_selftest_fn)(void *user, const struct update_selftest *t, c
 typedef int (*update_greedy_fn)(void *user, const char *model_path, const int32_t *prompt, uint32_t n_prompt,
                                 int32_t *out, uint32_t n_out, char *err, size_t err_len);
 
+/* The site's evaluation of a freshly written, self-tested slot (its policy lives above
+ * update/: firmware/eval_gate.c). */
+struct update_eval {
+    const char *model_path;     /* the new slot's model.gguf */
+    const char *slot;           /* "a" or "b" */
+    /* The active slot's last recorded evaluation (for a maximum regression), if any. */
+    bool has_active;
+    double active_score;
+    const char *active_set_sha256;
+    update_progress_fn progress; /* the install's progress (UPDATE_PHASE_EVALUATE, cases) */
+    void *progress_user;
+};
+
+struct update_eval_result {
+    bool ran;                   /* a score exists (false: the set or model could not be run) */
+    double score, threshold;    /* 0..1; threshold: the lowest score the policy accepted */
+    uint32_t n_cases;
+    char set_sha256[65];        /* of the set's bytes that were evaluated */
+};
+
+/* Returns 0 when the slot meets the site's policy; -1 with the refusal (score, threshold,
+ * the worst cases) or the reason it could not run in err. r->ran says whether r holds a
+ * score to record either way. */
+typedef int (*update_evaluate_fn)(void *user, const struct update_eval *e, struct update_eval_result *r, char *err,
+                                  size_t err_len);
+
 struct update_hooks {
     update_progress_fn progress;    /* NULL: silent */
     update_selftest_fn selftest;    /* NULL: install refuses (a slot must be tested) */
     void *user;
+    update_evaluate_fn evaluate;    /* NULL: no site evaluation policy */
+    void *eval_user;
 };
 
 /* What verification found, for printing. */
@@ -95,6 +125,7 @@ struct update_bundle_info {
     } payloads[8];
     uint32_t n_new_keys;        /* > 0: the bundle rotates the trusted key set */
     uint32_t n_expected;        /* self-test tokens recorded */
+    char provenance[UPDATE_MAX_PROVENANCE + 1]; /* the manifest's provenance (JSON text), "" if none */
 };
 
 /* Checks the signature against the trusted keys before parsing anything else, then the
@@ -109,6 +140,18 @@ int update_verify_bundle(const struct update_config *cfg, const char *bundle_pat
 int update_install(const struct update_config *cfg, const char *bundle_path, const struct update_hooks *hooks,
                    struct update_bundle_info *info, char *err, size_t err_len);
 
+/* A slot's last site evaluation, kept in the state file: verdict "" (not evaluated since it
+ * was written), "pass", "fail" or "running" (interrupted: never activated). */
+struct update_eval_record {
+    char verdict[8];
+    double score, threshold;
+    uint32_t cases;
+    char set_sha256[65];
+};
+
+/* Both slots' records (index 0 = a), from the state file alone: cheap enough for /metrics. */
+int update_read_evals(const struct update_config *cfg, struct update_eval_record out[2], char *err, size_t err_len);
+
 struct update_slot_status {
     char name[8];               /* "a", "b" */
     char path[4096];
@@ -119,6 +162,8 @@ struct update_slot_status {
     char version[65];
     uint64_t epoch;
     uint64_t created;
+    struct update_eval_record eval; /* its last site evaluation */
+    char provenance[UPDATE_MAX_PROVENANCE + 1]; /* its manifest's provenance (JSON text), "" if none */
 };
 
 struct update_status {
@@ -171,6 +216,7 @@ struct update_create_opts {
     uint32_t n_prompt;
     const int32_t *expected;    /* tokens the model produces after it (from update_greedy_fn) */
     uint32_t n_expected;
+    const char *provenance;     /* JSON text for the manifest's provenance section, or NULL */
     const char *out_path;
 };
 

@@ -42,9 +42,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(isfinite(r.min_p) && r.min_p >= 0 && r.min_p < 1);
         check(r.n_stop <= lim.max_stop);
         for (uint32_t i = 0; i < r.n_stop; i++) check(r.stop[i] && r.stop[i][0] && strlen(r.stop[i]) <= lim.max_stop_len);
+        check(r.presence_penalty >= -2 && r.presence_penalty <= 2 && r.frequency_penalty >= -2 && r.frequency_penalty <= 2);
+        check(r.n >= 1 && r.n <= REQ_MAX_N && r.top_logprobs <= REQ_MAX_TOP_LOGPROBS);
+        for (uint32_t i = 0; i < r.n_logit_bias; i++)
+            check(r.logit_bias[i].tok >= 0 && r.logit_bias[i].bias >= -100 && r.logit_bias[i].bias <= 100);
+        for (uint32_t i = 0; i < r.n_tools; i++) check(r.tools[i].name && r.tools[i].name[0] && r.tools[i].schema);
         if (r.kind == REQ_CHAT) {
             check(r.n_messages >= 1 && r.n_messages <= lim.max_messages);
-            for (uint32_t i = 0; i < r.n_messages; i++) check(r.messages[i].content != NULL);
+            for (uint32_t i = 0; i < r.n_messages; i++) {
+                check(r.messages[i].content != NULL);
+                for (uint32_t c = 0; c < r.messages[i].n_tool_calls; c++)
+                    check(r.messages[i].tool_calls[c].name && r.messages[i].tool_calls[c].arguments &&
+                          r.messages[i].tool_calls[c].id);
+            }
         } else {
             check(r.prompt != NULL);
         }

@@ -1,0 +1,216 @@
+/* Parsing V4's DSML tool-call block (see tool_output.h). */
+#include "firmware/tool_output.h"
+
+#include "engine/errmsg.h"
+#include "firmware/request_tools.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DSML "｜DSML｜"
+
+static const char *find(const char *p, const char *end, const char *needle)
+{
+    size_t n = strlen(needle);
+    if ((size_t)(end - p) < n) return NULL;
+    return memmem(p, (size_t)(end - p), needle, n);
+}
+
+size_t tool_output_safe_prefix(const char *text, size_t len)
+{
+    const char *hit = find(text, text + len, TOOL_CALLS_START);
+    if (hit) return (size_t)(hit - text);
+    size_t m = strlen(TOOL_CALLS_START);
+    for (size_t k = m - 1; k > 0; k--) /* the longest tail that is a prefix of the marker */
+        if (k <= len && !memcmp(text + len - k, TOOL_CALLS_START, k)) return len - k;
+    return len;
+}
+
+/* The earliest of two tags at or after p: which (0/1) and where, NULL when neither. */
+static const char *first_of(const char *p, const char *end, const char *a, const char *b, int *which)
+{
+    const char *x = find(p, end, a), *y = b ? find(p, end, b) : NULL;
+    if (x && (!y || x <= y)) {
+        *which = 0;
+        return x;
+    }
+    *which = 1;
+    return y;
+}
+
+struct param {
+    const char *name, *value;
+    size_t name_len, value_len;
+    bool is_string;
+};
+
+static int append(char **s, size_t *len, const char *p, size_t n)
+{
+    char *x = realloc(*s, *len + n + 1);
+    if (!x) return -1;
+    memcpy(x + *len, p, n);
+    *len += n;
+    x[*len] = 0;
+    *s = x;
+    return 0;
+}
+
+/* {"name": value, ...} as the official decoder builds it: string values JSON-quoted as
+ * Python writes them, other values as the model wrote them, which must then be JSON. */
+static char *arguments_json(const struct param *ps, size_t n, char *err, size_t err_len)
+{
+    char *s = NULL;
+    size_t len = 0;
+    int bad = append(&s, &len, "{", 1);
+    for (size_t i = 0; i < n && !bad; i++) {
+        json_t *k = json_stringn(ps[i].name, ps[i].name_len);
+        size_t kl = 0, vl = 0;
+        char *ks = k ? req_json_python(k, &kl) : NULL;
+        json_decref(k);
+        char *vs = NULL;
+        if (ps[i].is_string) {
+            json_t *v = json_stringn(ps[i].value, ps[i].value_len);
+            vs = v ? req_json_python(v, &vl) : NULL;
+            json_decref(v);
+        }
+        bad = !ks || (ps[i].is_string && !vs) || (i && append(&s, &len, ", ", 2)) || append(&s, &len, ks, kl) ||
+              append(&s, &len, ": ", 2) ||
+              (vs ? append(&s, &len, vs, vl) : append(&s, &len, ps[i].value, ps[i].value_len));
+        free(ks);
+        free(vs);
+    }
+    if (bad || append(&s, &len, "}", 1)) {
+        free(s);
+        errf(err, err_len, "tool call: out of memory (or a name that is not UTF-8)");
+        return NULL;
+    }
+    json_t *check = json_loadb(s, len, JSON_ALLOW_NUL, NULL);
+    if (!json_is_object(check)) {
+        json_decref(check);
+        free(s);
+        errf(err, err_len, "tool call: a string=\"false\" parameter is not JSON");
+        return NULL;
+    }
+    json_decref(check);
+    return s;
+}
+
+void tool_output_free(struct tool_output *out)
+{
+    for (uint32_t i = 0; i < out->n_calls; i++) {
+        free(out->calls[i].name);
+        free(out->calls[i].arguments);
+    }
+    free(out->calls);
+    memset(out, 0, sizeof *out);
+}
+
+static int push_call(struct tool_output *out, const char *name, size_t name_len, char *args)
+{
+    struct tool_call_out *c = realloc(out->calls, (out->n_calls + 1) * sizeof *c);
+    if (!c) return -1;
+    out->calls = c;
+    c[out->n_calls].name = strndup(name, name_len);
+    c[out->n_calls].arguments = args;
+    if (!c[out->n_calls].name) return -1;
+    out->n_calls++;
+    return 0;
+}
+
+int tool_output_parse(const char *text, size_t len, const char *const *names, size_t n_names,
+                      struct tool_output *out, char *err, size_t err_len)
+{
+    memset(out, 0, sizeof *out);
+    const char *end = text + len;
+    const char *start = find(text, end, TOOL_CALLS_START);
+    out->content_len = start ? (size_t)(start - text) : len;
+    if (!start) return 0;
+    const char *p = start + strlen(TOOL_CALLS_START); /* at the ">" after tool_calls, if the block is right */
+    struct param *ps = NULL;
+    size_t n_ps = 0, cap_ps = 0;
+    int which;
+    for (;;) {
+        /* ">\n" then an invoke, or the end of the block */
+        const char *t = first_of(p, end, "<" DSML "invoke", "</" DSML "tool_calls>", &which);
+        if (!t) { errf(err, err_len, "tool call: the block is not closed"); goto fail; }
+        if (t - p != 2 || memcmp(p, ">\n", 2)) { errf(err, err_len, "tool call: expected '>\\n' at byte %zu", (size_t)(p - text)); goto fail; }
+        if (which == 1) {
+            p = t + strlen("</" DSML "tool_calls>");
+            break;
+        }
+        p = t + strlen("<" DSML "invoke");
+        /* name="N">\n, then parameters or the invoke's end */
+        t = first_of(p, end, "<" DSML "parameter", "</" DSML "invoke", &which);
+        if (!t) { errf(err, err_len, "tool call: an invoke is not closed"); goto fail; }
+        const char *q = p;
+        while (q < t && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) q++;
+        if ((size_t)(t - q) < 9 || memcmp(q, "name=\"", 6) || memcmp(t - 3, "\">\n", 3)) {
+            errf(err, err_len, "tool call: bad invoke name at byte %zu", (size_t)(p - text));
+            goto fail;
+        }
+        const char *name = q + 6;
+        size_t name_len = (size_t)(t - 3 - name);
+        bool known = false;
+        for (size_t k = 0; k < n_names && !known; k++) known = strlen(names[k]) == name_len && !memcmp(names[k], name, name_len);
+        if (!known) { errf(err, err_len, "tool call: '%.*s' is not an offered tool", (int)(name_len > 64 ? 64 : name_len), name); goto fail; }
+        n_ps = 0;
+        p = t;
+        while (which == 0) {
+            p += strlen("<" DSML "parameter");
+            const char *close = find(p, end, "/" DSML "parameter");
+            if (!close) { errf(err, err_len, "tool call: a parameter is not closed"); goto fail; }
+            /* ' name="K" string="true|false">V<' ; K is the shortest match, as the official regex */
+            const char *body = p, *bend = close;
+            if ((size_t)(bend - body) < 8 || memcmp(body, " name=\"", 7) || bend[-1] != '<') {
+                errf(err, err_len, "tool call: bad parameter at byte %zu", (size_t)(p - text));
+                goto fail;
+            }
+            const char *k0 = body + 7, *sep = NULL;
+            bool is_str = false;
+            for (const char *x = k0; x + 1 < bend; x++) {
+                if (*x != '"') continue;
+                if ((size_t)(bend - x) >= 16 && !memcmp(x, "\" string=\"true\">", 16)) { sep = x; is_str = true; break; }
+                if ((size_t)(bend - x) >= 17 && !memcmp(x, "\" string=\"false\">", 17)) { sep = x; break; }
+            }
+            if (!sep) { errf(err, err_len, "tool call: a parameter lacks string=\"true|false\""); goto fail; }
+            if (n_ps == cap_ps) {
+                struct param *np = realloc(ps, (cap_ps = cap_ps ? cap_ps * 2 : 8) * sizeof *ps);
+                if (!np) { errf(err, err_len, "tool call: out of memory"); goto fail; }
+                ps = np;
+            }
+            struct param *pp = &ps[n_ps];
+            pp->name = k0;
+            pp->name_len = (size_t)(sep - k0);
+            pp->is_string = is_str;
+            pp->value = sep + (is_str ? 16 : 17);
+            pp->value_len = (size_t)(bend - 1 - pp->value);
+            for (size_t k = 0; k < n_ps; k++)
+                if (ps[k].name_len == pp->name_len && !memcmp(ps[k].name, pp->name, pp->name_len)) {
+                    errf(err, err_len, "tool call: parameter '%.*s' twice", (int)(pp->name_len > 64 ? 64 : pp->name_len), pp->name);
+                    goto fail;
+                }
+            n_ps++;
+            p = close + strlen("/" DSML "parameter");
+            t = first_of(p, end, "<" DSML "parameter", "</" DSML "invoke", &which);
+            if (!t || t - p != 2 || memcmp(p, ">\n", 2)) { errf(err, err_len, "tool call: expected '>\\n' after a parameter"); goto fail; }
+            p = t;
+        }
+        p += strlen("</" DSML "invoke");
+        char *args = arguments_json(ps, n_ps, err, err_len);
+        if (!args) goto fail;
+        if (push_call(out, name, name_len, args)) {
+            free(args);
+            errf(err, err_len, "tool call: out of memory");
+            goto fail;
+        }
+    }
+    if (p != end) { errf(err, err_len, "tool call: text after the block"); goto fail; }
+    free(ps);
+    return 0;
+fail:
+    free(ps);
+    tool_output_free(out);
+    out->content_len = len;
+    return -1;
+}
