@@ -19,7 +19,7 @@ PKG_LIBS    = $(shell cat $(BUILD)/pkg.libs 2>/dev/null)
 LDLIBS      = $(PKG_LIBS) -lm -pthread
 
 # Library code: every module folder except the program's entry point.
-LIB_SRC  := $(wildcard engine/*.c board/*.c update/*.c tools/*.c) \
+LIB_SRC  := $(wildcard common/*.c engine/*.c board/*.c update/*.c tools/*.c) \
             $(filter-out firmware/main.c,$(wildcard firmware/*.c))
 MAIN_SRC := firmware/main.c
 TEST_SRC := $(wildcard tests/*.c)
@@ -35,7 +35,7 @@ DEPS_OK  := $(BUILD)/.deps-ok
 FLASHBOX := $(BUILD)/flashbox
 TESTBIN  := $(BUILD)/flashbox-test
 
-.PHONY: all test run sanitize fuzz clean help deps check-ci check-small gpu-pack gpu-check fresh-check
+.PHONY: all test run soak sanitize fuzz clean help deps check-ci check-small gpu-pack gpu-check fresh-check
 
 all: $(FLASHBOX) $(TESTBIN)
 
@@ -44,6 +44,7 @@ help:
 	@echo "make test       run every test (ends with 'N passed, N failed')"
 	@echo "make run        build, make the default model, start the daemon, answer one request"
 	@echo "make sanitize   build with ASan+UBSan into build-san/ and run the tests there"
+	@echo "make soak       SOAK_SECONDS=N (120) of mixed load and a hot reload on the tiny model; fails on a 5xx or growing RSS/fds/threads"
 	@echo "make fresh-check  the README's two set-up commands in a fresh debootstrapped Debian 12 root (root; about 15 minutes)"
 	@echo "make check-small  on the 500 MB small model: paged-expert logits equal full residency, Vulkan prefill equals the reference (minutes)"
 	@echo "make gpu-check  on a machine with a GPU: board, the tests and the benches there, into gpu-check/ (minutes)"
@@ -95,6 +96,9 @@ test: all
 
 run: $(FLASHBOX)
 	sh scripts/run-demo.sh $(FLASHBOX)
+
+soak: $(FLASHBOX)
+	SOAK_SECONDS=$(or $(SOAK_SECONDS),120) bash scripts/soak.sh $(FLASHBOX)
 
 # Not built on anything here: it copies the source into a fresh root and builds there.
 fresh-check:

@@ -20,6 +20,11 @@
 struct engine;
 struct session;
 
+/* Every error message of a step that failed because the GPU is gone (VK_ERROR_DEVICE_LOST,
+ * or a fence that did not signal within the timeout) contains this. The engine is
+ * unusable from then on: close it and open the model again. */
+#define ENGINE_ERR_DEVICE_LOST "GPU device lost"
+
 enum engine_backend {
     ENGINE_BACKEND_REF = 0,     /* CPU reference: slow, obvious, the oracle */
     ENGINE_BACKEND_VULKAN = 1,
@@ -42,6 +47,9 @@ struct engine_options {
     uint64_t expert_cache_mb;   /* 0: every expert resident; else page experts through a cache of this size */
     enum engine_expert_read expert_read;
     bool expert_no_prefetch;    /* disable speculative loads (to measure what prefetch hides) */
+    bool expert_verify;         /* paged experts: checksum every expert at open (one pass over them)
+                                   and check each load against it, so a storage fault or a file
+                                   changed on disk fails the request instead of serving wrong weights */
 };
 
 enum engine_expert_kind { ENGINE_EXPERT_HASH = 0, ENGINE_EXPERT_LEARNED = 1 };

@@ -4,6 +4,7 @@
  * prefetch, next-layer router guesses), so a guess never delays a load somebody waits for;
  * a guess still queued when its layer has chosen is dropped unread. */
 #include "engine/expert_store.h"
+#include "common/safe_open.h"
 #include "engine/errmsg.h"
 
 #include <errno.h>
@@ -71,8 +72,67 @@ struct expert_store {
     uint64_t staging_part;
     uint64_t tick;
     bool no_prefetch;
+    uint64_t *sums;                 /* [n_layer][n_expert] checksum of each expert's bytes at open; NULL unless verify */
     struct expert_counters c;
 };
+
+/* ---- checksums and fault injection ---- */
+
+/* Multiply-xorshift over 8-byte words: every step is a bijection of the state for a given
+ * word, so changing any one word always changes the result. A guard against storage
+ * faults, not against an adversary (signed updates hash the file with SHA-256). */
+static uint64_t sum_bytes(uint64_t h, const uint8_t *p, uint64_t n)
+{
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++) h = (h ^ p[i]) * 0x100000001B3ull;
+    return h ^ n;
+}
+
+enum fault_kind { FAULT_NONE = 0, FAULT_EIO, FAULT_SHORT, FAULT_FLIP };
+static enum fault_kind fault_kind;
+static long fault_at, fault_reads;
+static bool fault_onward;
+static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
+
+static void fault_parse_spec(const char *s)
+{
+    fault_kind = FAULT_NONE;
+    fault_at = 0;
+    __atomic_store_n(&fault_reads, 0, __ATOMIC_RELAXED);
+    if (!s) return;
+    static const char *const names[] = { "eio:", "short:", "flip:" };
+    for (int k = 0; k < 3; k++) {
+        size_t n = strlen(names[k]);
+        if (strncmp(s, names[k], n)) continue;
+        char *end;
+        fault_at = strtol(s + n, &end, 10);
+        fault_onward = *end == '+';
+        fault_kind = (enum fault_kind)(k + 1);
+    }
+}
+
+static void fault_parse(void) { fault_parse_spec(getenv("FLASHBOX_EXPERT_FAULT")); }
+
+void expert_store_fault_configure(const char *spec)
+{
+    pthread_once(&fault_once, fault_parse);
+    fault_parse_spec(spec);
+}
+
+/* The fault this expert read gets (FAULT_NONE almost always). */
+static enum fault_kind fault_next(void)
+{
+    pthread_once(&fault_once, fault_parse);
+    if (fault_kind == FAULT_NONE || fault_at <= 0) return FAULT_NONE;
+    long n = __atomic_add_fetch(&fault_reads, 1, __ATOMIC_RELAXED);
+    return n == fault_at || (fault_onward && n > fault_at) ? fault_kind : FAULT_NONE;
+}
 
 static uint64_t now_ns(void)
 {
@@ -113,6 +173,8 @@ static void slot_parts(const struct expert_store *s, uint32_t idx, const struct 
     dst[1] = dst[0] + p[0].size;
     dst[2] = dst[1] + p[1].size;
 }
+
+static uint32_t slot_index(const struct expert_store *s, uint32_t il, uint32_t e);
 
 /* ---- reading ---- */
 
@@ -214,6 +276,21 @@ static void *loader_main(void *arg)
         slot_parts(s, idx, p, dst);
         int rc = s->path == ENGINE_EXPERT_READ_DIRECT ? read_direct(s, p, dst, err, sizeof err)
                                                : read_pagecache(s, p, dst, err, sizeof err);
+        enum fault_kind fault = fault_next();
+        if (!rc && fault == FAULT_EIO)
+            rc = errf(err, sizeof err, "read of %" PRIu64 " bytes at offset %" PRIu64 " failed: %s", p[0].size, p[0].offset,
+                      strerror(EIO));
+        if (!rc && fault == FAULT_SHORT)
+            rc = errf(err, sizeof err, "read of %" PRIu64 " bytes at offset %" PRIu64 " failed: %s", p[2].size, p[2].offset,
+                      "end of file (was the file truncated?)");
+        if (!rc && fault == FAULT_FLIP) dst[1][p[1].size / 2] ^= 0x20;
+        if (!rc && s->sums) {
+            uint64_t h = 0;
+            for (int k = 0; k < 3; k++) h = sum_bytes(h, dst[k], p[k].size);
+            if (h != s->sums[slot_index(s, il, e)])
+                rc = errf(err, sizeof err, "the bytes read differ from the ones checksummed at load (a storage "
+                          "fault, or the model file changed on disk)");
+        }
         pthread_mutex_lock(&s->mu);
         if (rc) {
             sl->state = SLOT_FAILED;
@@ -337,6 +414,8 @@ static void fill_view(const struct expert_store *s, uint32_t il, uint32_t idx, s
 
 /* ---- public ---- */
 
+static int checksum_all(struct expert_store *s, char *err, size_t err_len);
+
 int expert_store_open(struct expert_store **out, const struct model *m, const char *path,
                       const struct expert_store_options *opt, char *err, size_t err_len)
 {
@@ -374,9 +453,10 @@ int expert_store_open(struct expert_store **out, const struct model *m, const ch
         goto fail;
     }
     s->n_slots = (uint32_t)(n_slots < total ? n_slots : total);
-    s->fd = open(path, O_RDONLY | O_CLOEXEC);
+    s->fd = safe_open(path, O_RDONLY, 0, err, err_len);
     struct stat st;
-    if (s->fd < 0 || fstat(s->fd, &st) != 0) {
+    if (s->fd < 0) goto fail;
+    if (fstat(s->fd, &st) != 0) {
         errf(err, err_len, "%s: %s", path, strerror(errno));
         goto fail;
     }
@@ -389,9 +469,10 @@ int expert_store_open(struct expert_store **out, const struct model *m, const ch
         s->path = avail && s->file_size > avail / 5 * 4 ? ENGINE_EXPERT_READ_DIRECT : ENGINE_EXPERT_READ_PAGECACHE;
     }
     if (s->path == ENGINE_EXPERT_READ_DIRECT) {
-        s->fd_direct = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+        char derr[256];
+        s->fd_direct = safe_open(path, O_RDONLY | O_DIRECT, 0, derr, sizeof derr);
         if (s->fd_direct < 0) {
-            errf(err, err_len, "%s: direct reads (O_DIRECT) not possible here: %s", path, strerror(errno));
+            errf(err, err_len, "direct reads (O_DIRECT) not possible here: %s", derr);
             goto fail;
         }
         uint64_t most = 0;
@@ -441,11 +522,37 @@ int expert_store_open(struct expert_store **out, const struct model *m, const ch
         goto fail;
     }
     s->loader_started = true;
+    if (opt->verify && checksum_all(s, err, err_len)) goto fail;
     *out = s;
     return 0;
 fail:
     expert_store_close(s);
     return -1;
+}
+
+/* expert_verify: one pass over every expert of the file, before anything is served. */
+static int checksum_all(struct expert_store *s, char *err, size_t err_len)
+{
+    const struct model_hparams *hp = &s->m->hp;
+    s->sums = malloc((uint64_t)hp->n_layer * hp->n_expert * sizeof *s->sums);
+    uint8_t *buf = malloc(s->slot_bytes); /* [slot_bytes] one expert's three parts */
+    int rc = 0;
+    if (!s->sums || !buf) rc = errf(err, err_len, "out of memory for the expert checksums");
+    for (uint32_t il = 0; il < hp->n_layer && !rc; il++)
+        for (uint32_t e = 0; e < hp->n_expert && !rc; e++) {
+            struct part p[3];
+            expert_parts(s, il, e, p);
+            uint8_t *dst[3] = { buf, buf + p[0].size, buf + p[0].size + p[1].size };
+            if (read_pagecache(s, p, dst, err, err_len)) {
+                rc = errf_prefix(err, err_len, "expert_verify: layer %u expert %u", il, e);
+                break;
+            }
+            uint64_t h = 0;
+            for (int k = 0; k < 3; k++) h = sum_bytes(h, dst[k], p[k].size);
+            s->sums[slot_index(s, il, e)] = h;
+        }
+    free(buf);
+    return rc;
 }
 
 void expert_store_close(struct expert_store *s)
@@ -466,6 +573,7 @@ void expert_store_close(struct expert_store *s)
     if (s->fd_direct >= 0) close(s->fd_direct);
     if (s->own_mem) free(s->mem);
     free(s->staging);
+    free(s->sums);
     free(s->slots);
     free(s->slot_of);
     free(s->pinned);

@@ -30,7 +30,15 @@ struct expert_store_options {
     void *part_memory[3];
     uint64_t part_stride[3];
     bool no_prefetch;               /* speculative prefetches do nothing */
+    bool verify;                    /* checksum each expert at open; a load that differs fails */
 };
+
+/* Fault injection for tests, off unless the environment sets FLASHBOX_EXPERT_FAULT to
+ * "KIND:N[+]" with KIND eio (the Nth expert read of the process fails with EIO), short
+ * (it ends early, as on a truncated file) or flip (it returns one byte changed, as a bad
+ * sector or a file rewritten under the daemon would; only expert_verify catches that);
+ * "+" also the reads after it. */
+void expert_store_fault_configure(const char *spec);
 
 /* One expert's matrices inside a slot, as tensor views ref_matvec accepts. */
 struct expert_view {

@@ -1,5 +1,6 @@
 /* GGUF reader (mmap, bounds-checked) and writer. See gguf.h. */
 #include "engine/gguf.h"
+#include "common/safe_open.h"
 #include "engine/errmsg.h"
 
 #include <errno.h>
@@ -448,12 +449,12 @@ fail:
 int gguf_open(struct gguf_file **out, const char *path, char *err, size_t err_len)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errf(err, err_len, "%s: %s", path, strerror(errno));
+    int fd = safe_open(path, O_RDONLY, 0, err, err_len);
+    if (fd < 0) return -1;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0) {
         close(fd);
-        return errf(err, err_len, "%s: not a regular file", path);
+        return errf(err, err_len, "%s: fstat: %s", path, strerror(errno));
     }
     if (st.st_size < 24) {
         close(fd);

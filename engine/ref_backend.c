@@ -18,7 +18,7 @@ static int ref_open(const struct model *m, const struct engine_options *opt, voi
     if (!c) return -1;
     if (opt->expert_cache_mb) {
         struct expert_store_options so = { .budget_bytes = opt->expert_cache_mb << 20, .read_path = opt->expert_read,
-                                         .no_prefetch = opt->expert_no_prefetch };
+                                         .no_prefetch = opt->expert_no_prefetch, .verify = opt->expert_verify };
         if (expert_store_open(&c->experts, m, opt->model_path, &so, err, err_len)) {
             free(c);
             return -1;

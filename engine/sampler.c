@@ -158,11 +158,16 @@ static void select_top(struct cand *c, size_t n, size_t k)
     }
 }
 
-int32_t sampler_sample(struct sampler *s, const float *logits)
+int32_t sampler_sample(struct sampler *s, const float *logits) { return sampler_sample_masked(s, logits, NULL); }
+
+int32_t sampler_sample_masked(struct sampler *s, const float *logits, const uint32_t *allow)
 {
     const struct sampler_params *p = &s->p;
     uint32_t n = s->n_vocab;
     for (uint32_t i = 0; i < n; i++) s->work[i] = logits[i] == logits[i] ? logits[i] : -INFINITY;
+    if (allow)
+        for (uint32_t i = 0; i < n; i++)
+            if (!(allow[i >> 5] >> (i & 31) & 1u)) s->work[i] = -INFINITY;
     for (size_t i = 0; i < p->n_bias; i++) s->work[s->bias[i].tok] += s->bias[i].bias;
     apply_penalties(s);
 

@@ -51,6 +51,10 @@ void sampler_accept(struct sampler *s, int32_t tok);
 /* The next token for logits [n_vocab] (not modified), or -1 if every logit is -inf/NaN.
  * Does not record the token: call sampler_accept with what is actually used. */
 int32_t sampler_sample(struct sampler *s, const float *logits);
+/* The same over the tokens whose bit is set in allow [(n_vocab + 31) / 32] (bit t of word
+ * t / 32): every other token counts as -inf before anything else, so a mask only removes
+ * tokens and never changes how the rest are drawn. NULL allows every token. */
+int32_t sampler_sample_masked(struct sampler *s, const float *logits, const uint32_t *allow);
 
 /* ---- stopping ---- */
 

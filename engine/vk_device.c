@@ -3,10 +3,12 @@
 #include "engine/vk_device.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/engine.h"
 #include "engine/errmsg.h"
 
 const char *vk_result_name(VkResult r)
@@ -215,7 +217,7 @@ fail_instance:
 void vk_device_destroy(struct vk_device *d)
 {
     if (!d) return;
-    vkDeviceWaitIdle(d->dev);
+    if (!d->lost) vkDeviceWaitIdle(d->dev); /* a wedged GPU would hold the teardown for ever */
     vkDestroyCommandPool(d->dev, d->cmd_pool, NULL);
     vkDestroyDevice(d->dev, NULL);
     vkDestroyInstance(d->instance, NULL);
@@ -237,14 +239,99 @@ int vk_oneshot_begin(struct vk_device *d, VkCommandBuffer *cb, char *err, size_t
     return 0;
 }
 
+/* ---- fault injection (tests) and device loss ---- */
+
+struct fault_rule {
+    long at;                     /* 1-based call number that fails; 0 = never */
+    bool onward;                 /* and every later one */
+};
+static struct fault_rule fault_rules[3];
+static long fault_calls[3];
+static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
+
+static void fault_parse_spec(const char *s)
+{
+    static const char *const names[3] = { "submit", "alloc", "fence" };
+    memset(fault_rules, 0, sizeof fault_rules);
+    for (int k = 0; k < 3; k++) __atomic_store_n(&fault_calls[k], 0, __ATOMIC_RELAXED);
+    while (s && *s) {
+        for (int k = 0; k < 3; k++) {
+            size_t n = strlen(names[k]);
+            if (strncmp(s, names[k], n) || s[n] != ':') continue;
+            char *end;
+            fault_rules[k].at = strtol(s + n + 1, &end, 10);
+            fault_rules[k].onward = *end == '+';
+            break;
+        }
+        s = strchr(s, ',');
+        if (s) s++;
+    }
+}
+
+static void fault_parse(void) { fault_parse_spec(getenv("FLASHBOX_VK_FAULT")); }
+
+void vk_fault_configure(const char *spec)
+{
+    pthread_once(&fault_once, fault_parse);
+    fault_parse_spec(spec);
+}
+
+VkResult vk_fault_inject(enum vk_fault kind)
+{
+    pthread_once(&fault_once, fault_parse);
+    const struct fault_rule *r = &fault_rules[kind];
+    if (r->at <= 0) return VK_SUCCESS;
+    long n = __atomic_add_fetch(&fault_calls[kind], 1, __ATOMIC_RELAXED);
+    if (n != r->at && !(r->onward && n > r->at)) return VK_SUCCESS;
+    return kind == VK_FAULT_SUBMIT ? VK_ERROR_DEVICE_LOST : kind == VK_FAULT_ALLOC ? VK_ERROR_OUT_OF_DEVICE_MEMORY : VK_TIMEOUT;
+}
+
+static uint64_t fence_timeout_ns(void)
+{
+    const char *s = getenv("FLASHBOX_VK_FENCE_TIMEOUT_S");
+    long v = s ? atol(s) : 0;
+    return (uint64_t)(v > 0 ? v : VK_FENCE_TIMEOUT_S) * 1000000000ull;
+}
+
+/* Records why the device is gone (the first reason stays) and formats the error. */
+static int mark_lost(struct vk_device *d, VkResult r, const char *what, char *err, size_t err_len)
+{
+    if (!d->lost) {
+        d->lost = true;
+        snprintf(d->lost_why, sizeof d->lost_why, "%s: %s", what,
+                 r == VK_TIMEOUT ? "VK_TIMEOUT (the GPU did not finish within the fence timeout)" : vk_result_name(r));
+    }
+    return errf(err, err_len, ENGINE_ERR_DEVICE_LOST ": %s", d->lost_why);
+}
+
+int vk_device_submit_wait(struct vk_device *d, VkCommandBuffer cb, VkFence fence, char *err, size_t err_len)
+{
+    if (d->lost) return errf(err, err_len, ENGINE_ERR_DEVICE_LOST " earlier (%s); the backend must be reopened", d->lost_why);
+    VkSubmitInfo si = { .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &cb };
+    /* Only forward-step submits (fenced) count for injection: one-shot uploads at load
+     * vary with the model, and tests aim at "the Nth step". */
+    VkResult r = fence != VK_NULL_HANDLE ? vk_fault_inject(VK_FAULT_SUBMIT) : VK_SUCCESS;
+    if (r == VK_SUCCESS) r = vkQueueSubmit(d->queue, 1, &si, fence);
+    if (r == VK_ERROR_DEVICE_LOST) return mark_lost(d, r, "vkQueueSubmit", err, err_len);
+    if (vk_check(r, "vkQueueSubmit", err, err_len)) return -1;
+    if (fence == VK_NULL_HANDLE) {
+        r = vkQueueWaitIdle(d->queue);
+        if (r == VK_ERROR_DEVICE_LOST) return mark_lost(d, r, "vkQueueWaitIdle", err, err_len);
+        return vk_check(r, "vkQueueWaitIdle", err, err_len);
+    }
+    r = vkWaitForFences(d->dev, 1, &fence, VK_TRUE, fence_timeout_ns());
+    /* An injected timeout comes after the real wait, so the fence is signaled and the
+     * command buffer idle: the state stays valid for teardown, as a real loss would not. */
+    if (r == VK_SUCCESS) r = vk_fault_inject(VK_FAULT_FENCE);
+    if (r == VK_TIMEOUT || r == VK_ERROR_DEVICE_LOST) return mark_lost(d, r, "vkWaitForFences", err, err_len);
+    vkResetFences(d->dev, 1, &fence);
+    return vk_check(r, "vkWaitForFences", err, err_len);
+}
+
 int vk_oneshot_submit(struct vk_device *d, VkCommandBuffer cb, char *err, size_t err_len)
 {
     int rc = vk_check(vkEndCommandBuffer(cb), "vkEndCommandBuffer", err, err_len);
-    if (!rc) {
-        VkSubmitInfo si = { .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &cb };
-        rc = vk_check(vkQueueSubmit(d->queue, 1, &si, VK_NULL_HANDLE), "vkQueueSubmit", err, err_len);
-        if (!rc) rc = vk_check(vkQueueWaitIdle(d->queue), "vkQueueWaitIdle", err, err_len);
-    }
+    if (!rc) rc = vk_device_submit_wait(d, cb, VK_NULL_HANDLE, err, err_len);
     vkFreeCommandBuffers(d->dev, d->cmd_pool, 1, &cb);
     return rc;
 }

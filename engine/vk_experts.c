@@ -55,6 +55,7 @@ int vk_experts_open(struct vk_engine *e, const struct engine_options *opt, char 
     }
     struct expert_store_options so = {
         .budget_bytes = n_slots * per_slot, .read_path = opt->expert_read, .no_prefetch = opt->expert_no_prefetch,
+        .verify = opt->expert_verify,
         .part_memory = { span[0].host, span[1].host, span[2].host }, .part_stride = { stride[0], stride[1], stride[2] },
     };
     if (expert_store_open(&e->experts, m, opt->model_path, &so, err, err_len)) return -1;

@@ -78,7 +78,8 @@ static int chunk_create(struct vk_arena *a, uint64_t size, char *err, size_t err
                     a->kind == VK_MEM_DEVICE ? "device" : "host-visible");
     }
     VkMemoryAllocateInfo mai = { .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size, .memoryTypeIndex = (uint32_t)type };
-    VkResult r = vkAllocateMemory(d->dev, &mai, NULL, &c->mem);
+    VkResult r = vk_fault_inject(VK_FAULT_ALLOC);
+    if (r == VK_SUCCESS) r = vkAllocateMemory(d->dev, &mai, NULL, &c->mem);
     if (r != VK_SUCCESS) {
         vkDestroyBuffer(d->dev, c->buf, NULL);
         return errf(err, err_len, "device memory: allocating %llu bytes: %s", (unsigned long long)req.size, vk_result_name(r));

@@ -208,11 +208,7 @@ int vk_recorder_submit(struct vk_recorder *r, char *err, size_t err_len)
     if (!r->recording) return errf(err, err_len, "submit without a recording");
     r->recording = false;
     if (vk_check(vkEndCommandBuffer(r->cb), "vkEndCommandBuffer", err, err_len)) return -1;
-    VkSubmitInfo si = { .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &r->cb };
-    if (vk_check(vkQueueSubmit(r->d->queue, 1, &si, r->fence), "vkQueueSubmit", err, err_len)) return -1;
-    VkResult res = vkWaitForFences(r->d->dev, 1, &r->fence, VK_TRUE, UINT64_MAX);
-    vkResetFences(r->d->dev, 1, &r->fence);
-    return vk_check(res, "vkWaitForFences", err, err_len);
+    return vk_device_submit_wait(r->d, r->cb, r->fence, err, err_len);
 }
 
 double vk_recorder_elapsed_ns(struct vk_recorder *r, int a, int b)

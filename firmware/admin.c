@@ -1,6 +1,8 @@
 /* The update admin socket (see admin.h). libmicrohttpd, one thread per connection, every
  * answer closes its connection (no idle keep-alive to wait for at shutdown). Lock order:
- * the admin lock is never held while an operation runs, only to start, observe and end it. */
+ * the admin lock is never held while an operation runs, only to start, observe and end it.
+ * Every operation has a deadline (update.operation_timeout_s) and is cancelled at its next
+ * cancellation point once past it, or once SIGTERM's grace period is over. */
 #include "firmware/admin.h"
 
 #include "engine/errmsg.h"
@@ -12,6 +14,7 @@
 #include "firmware/selftest.h"
 #include "update/update.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <microhttpd.h>
@@ -51,6 +54,9 @@ struct admin {
     char *last_result;            /* its JSON text; NULL before the first */
     pthread_t thread;
     bool thread_joinable;
+    struct timespec deadline;     /* CLOCK_MONOTONIC: the running operation is cancelled after it */
+    bool grace_over;              /* admin_stop: the grace period is over, stop at the next point */
+    bool abandoned;               /* admin_stop gave up waiting: requests waiting on it answer 503 */
 };
 
 /* One request. */
@@ -219,6 +225,21 @@ static void op_progress(void *user, enum update_phase phase, const char *what, u
     pthread_mutex_unlock(&ad->lock);
 }
 
+/* Cancellation point (update_hooks.cancelled): the daemon is stopping, or the deadline passed. */
+static int op_cancelled(void *user, char *why, size_t why_len)
+{
+    struct admin *ad = user;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    pthread_mutex_lock(&ad->lock);
+    int stop = ad->grace_over;
+    bool late = now.tv_sec > ad->deadline.tv_sec || (now.tv_sec == ad->deadline.tv_sec && now.tv_nsec >= ad->deadline.tv_nsec);
+    pthread_mutex_unlock(&ad->lock);
+    if (stop) snprintf(why, why_len, "the daemon is stopping (server.shutdown_grace_s is over)");
+    else if (late) snprintf(why, why_len, "it ran longer than update.operation_timeout_s = %u s", ad->cfg.update_operation_timeout_s);
+    return stop || late;
+}
+
 static int op_selftest(void *user, const struct update_selftest *t, char *err, size_t err_len)
 {
     struct admin *ad = user;
@@ -250,7 +271,7 @@ static void *op_main(void *arg)
     if (install) {
         struct update_hooks hooks = { .progress = op_progress, .selftest = op_selftest, .user = ad,
                                       .evaluate = ad->policy.set_path[0] ? eval_gate_evaluate : NULL,
-                                      .eval_user = &ad->policy };
+                                      .eval_user = &ad->policy, .cancelled = op_cancelled };
         rc = update_install(&ad->uc, bundle, &hooks, &info, err, sizeof err);
     } else {
         rc = update_rollback(&ad->uc, err, sizeof err);
@@ -333,6 +354,8 @@ static enum MHD_Result run_op(struct MHD_Connection *c, struct admin *ad, struct
     snprintf(ad->kind, sizeof ad->kind, "%s", kind);
     snprintf(ad->bundle, sizeof ad->bundle, "%s", bundle ? bundle : "");
     uint64_t mine = ++ad->seq_started;
+    clock_gettime(CLOCK_MONOTONIC, &ad->deadline);
+    ad->deadline.tv_sec += (time_t)ad->cfg.update_operation_timeout_s;
     if (pthread_create(&ad->thread, NULL, op_main, ad)) {
         ad->busy = false;
         ad->seq_finished = mine;
@@ -349,6 +372,10 @@ static enum MHD_Result run_op(struct MHD_Connection *c, struct admin *ad, struct
             until.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&ad->cond, &ad->lock, &until);
+        if (ad->seq_finished < mine && ad->abandoned) { /* the daemon exits without it */
+            pthread_mutex_unlock(&ad->lock);
+            return send_error(c, q, 503, "stopping", "the daemon is stopping; the operation did not end in time and was abandoned");
+        }
         if (ad->seq_finished < mine && client_gone(q->fd)) {
             pthread_mutex_unlock(&ad->lock);
             snprintf(q->detail, sizeof q->detail, "client left; the %s goes on", kind);
@@ -494,21 +521,53 @@ void admin_set_host(struct admin *ad, struct model_host *h)
     pthread_mutex_unlock(&ad->lock);
 }
 
-void admin_stop(struct admin *ad)
+/* Waits (lock held) until no operation runs or ms passed. */
+static void wait_idle(struct admin *ad, uint32_t ms)
 {
-    if (!ad) return;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)(ms / 1000);
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    while (ad->busy)
+        if (pthread_cond_timedwait(&ad->cond, &ad->lock, &until) == ETIMEDOUT) break;
+}
+
+int admin_stop(struct admin *ad, uint32_t grace_ms)
+{
+    if (!ad) return 0;
     pthread_mutex_lock(&ad->lock);
     ad->stopping = true;
     ad->cancel = 1; /* an evaluation stops at its next token: the new slot is refused, the old one stays */
-    bool join = ad->thread_joinable;
-    ad->thread_joinable = false;
     pthread_mutex_unlock(&ad->lock);
     MHD_socket lfd = MHD_quiesce_daemon(ad->d);
     if (lfd != MHD_INVALID_SOCKET) close(lfd);
+    pthread_mutex_lock(&ad->lock);
+    wait_idle(ad, grace_ms);
+    if (ad->busy) { /* grace is over: stop at the next cancellation point */
+        ad->grace_over = true;
+        wait_idle(ad, ADMIN_CANCEL_BOUND_MS);
+    }
+    bool stuck = ad->busy;
+    ad->abandoned = stuck;
+    bool join = ad->thread_joinable && !stuck;
+    if (join) ad->thread_joinable = false;
+    pthread_mutex_unlock(&ad->lock);
+    if (stuck) {
+        /* The operation sits in a call that does not return (a stalled read). The process
+         * is about to exit, which leaves the store as a kill there would: consistent. The
+         * waiting requests answer 503 now; the server stops; ad stays for the thread. */
+        MHD_stop_daemon(ad->d);
+        return 1;
+    }
     if (join) pthread_join(ad->thread, NULL);
     MHD_stop_daemon(ad->d);
     free(ad->last_result);
     pthread_mutex_destroy(&ad->lock);
     pthread_cond_destroy(&ad->cond);
     free(ad);
+    return 0;
 }

@@ -17,6 +17,7 @@
 #include "firmware/config.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct admin;
 struct model_host;
@@ -25,10 +26,14 @@ struct model_host;
  * admin_set_host hands over the loaded model. */
 int admin_start(struct admin **out, const struct serve_config *cfg, int fd, char *err, size_t err_len);
 void admin_set_host(struct admin *ad, struct model_host *h);
-/* Stops taking requests, waits for an operation in progress (an install is not
- * interrupted: it is crash-safe, but a finished one is better; only a site evaluation
- * gives up at once, which refuses the new slot and keeps the active one), stops the server. */
-void admin_stop(struct admin *ad);
+/* Stops taking requests; a site evaluation in progress gives up at once (the new slot is
+ * refused, the active one stays). Any other operation gets grace_ms to finish; then it is
+ * cancelled at its next cancellation point (the store left as a crash there would leave
+ * it) and gets ADMIN_CANCEL_BOUND_MS more. Returns 0 when it ended and everything was
+ * freed; 1 when it did not (a read that never returns): then nothing is freed or joined,
+ * and the caller must exit the process without touching what the operation may use. */
+enum { ADMIN_CANCEL_BOUND_MS = 3000 };
+int admin_stop(struct admin *ad, uint32_t grace_ms);
 
 /* The install body: {"bundle": "/absolute/path"}; path is copied into out (path_cap bytes). */
 int admin_parse_install(const char *body, size_t len, char *path, size_t path_cap, char *err, size_t err_len);

@@ -3,6 +3,9 @@
  * one), weight bytes read per decoded token and the bandwidth that achieves, against the
  * device's copy bandwidth measured here. Prints a table, then one JSON line. */
 #include "engine/engine.h"
+#include "common/safe_open.h"
+#include "engine/errmsg.h"
+#include "engine/json_grammar.h"
 #include "firmware/backend_pick.h"
 #include "firmware/commands.h"
 
@@ -46,6 +49,8 @@ static void usage(FILE *out)
                  "  --no-prefetch   turn speculative expert loads off (hash-layer prefetch and next-layer\n"
                  "                  router guesses), to see the stall they hide\n"
                  "  --cold      drop the model file's pages from the page cache before the measured run\n"
+                 "  --json-schema FILE   also decode --gen tokens sampled with and without the mask of\n"
+                 "              this JSON Schema (structured output) and print both speeds\n"
                  "  --prompt N  a prompt of 1024 or more also times its first and last 256 tokens apart:\n"
                  "              the per-token prefill cost at the start and at depth N\n"
                  "  --at P      start the measured prompt at position P from a zero state (the cost of a\n"
@@ -55,12 +60,99 @@ static void usage(FILE *out)
                  "              from scratch and resumed from the prompt's saved session state\n");
 }
 
+/* Structured output's cost: --gen decode steps sampled (temperature 1, seed 1) plainly and
+ * through the schema's mask, each the fastest of `runs`; a finished JSON value restarts the
+ * grammar so both loops run the same number of forward steps. Wall and CPU time both, since
+ * the mask is CPU work whatever the backend. */
+static int bench_json_schema(struct engine *e, struct session *s, const char *path, uint32_t n_gen, uint32_t runs,
+                             char *err, size_t err_len)
+{
+    const struct tokenizer *tok = engine_tokenizer(e);
+    int fd = safe_open(path, O_RDONLY, 0, err, err_len); /* a FIFO or device is refused, not waited on */
+    if (fd < 0) return -1;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return errf(err, err_len, "%s: cannot open", path);
+    }
+    char text[1 << 16];
+    size_t len = fread(text, 1, sizeof text, f);
+    fclose(f);
+    struct jg_schema *g = NULL;
+    struct jg_vocab *v = NULL;
+    struct jg_matcher *m = NULL;
+    struct sampler *smp = NULL;
+    uint32_t n_vocab = tok_n_vocab(tok);
+    float *logits = malloc(n_vocab * sizeof *logits);
+    uint32_t *allow = NULL;
+    int rc = -1;
+    struct sampler_params sp;
+    sampler_params_default(&sp);
+    sp.seed = 1;
+    if (!logits || jg_schema_compile(&g, text, len, err, err_len) || jg_vocab_create(&v, tok, err, err_len) ||
+        jg_matcher_create(&m, v, err, err_len) || sampler_create(&smp, n_vocab, &sp, err, err_len))
+        goto out;
+    if (!(allow = malloc(jg_mask_words(v) * sizeof *allow))) goto out;
+    int32_t eos = tok_eos(tok), bos = tok_bos(tok) >= 0 ? tok_bos(tok) : 0;
+    double best[2] = { 1e30, 1e30 }, best_cpu[2] = { 1e30, 1e30 }, mask_s = 1e30;
+    uint32_t values = 0;
+    for (uint32_t run = 0; run < runs; run++)
+        for (int masked = 0; masked < 2; masked++) {
+            session_reset(s);
+            sampler_reset(smp);
+            jg_matcher_start(m, g);
+            int32_t t = bos;
+            uint32_t used = 0, done = 0;
+            double in_mask = 0, t0 = now_s(), c0 = cpu_s();
+            for (uint32_t i = 0; i < n_gen; i++) {
+                if (session_eval(s, &t, 1, logits, false, err, err_len)) goto out;
+                if (masked) {
+                    double m0 = now_s();
+                    jg_mask(m, 64 - used, eos, allow); /* 64 tokens per JSON value */
+                    in_mask += now_s() - m0;
+                }
+                t = sampler_sample_masked(smp, logits, masked ? allow : NULL);
+                if (t < 0) {
+                    rc = errf(err, err_len, "json-schema bench: no token allowed");
+                    goto out;
+                }
+                if (!masked) continue;
+                if (t == eos) {
+                    jg_matcher_start(m, g);
+                    used = 0;
+                    done++;
+                } else if (jg_matcher_accept(m, t)) {
+                    rc = errf(err, err_len, "json-schema bench: a masked token left the grammar");
+                    goto out;
+                } else {
+                    used++;
+                }
+            }
+            double dt = now_s() - t0, dc = cpu_s() - c0;
+            if (dt < best[masked]) best[masked] = dt;
+            if (dc < best_cpu[masked]) best_cpu[masked] = dc;
+            if (masked && in_mask < mask_s) mask_s = in_mask, values = done;
+        }
+    printf("json-schema  %s: decode %.2f tok/s plain, %.2f tok/s masked (%+.1f%%; cpu %+.1f%%), mask %.1f us/token over "
+           "%u tokens, %u values completed\n", path, n_gen / best[0], n_gen / best[1], 100 * (best[1] / best[0] - 1),
+           100 * (best_cpu[1] / best_cpu[0] - 1), 1e6 * mask_s / n_gen, n_vocab, values);
+    rc = 0;
+out:
+    free(allow);
+    free(logits);
+    sampler_destroy(smp);
+    jg_matcher_destroy(m);
+    jg_vocab_destroy(v);
+    jg_schema_free(g);
+    return rc;
+}
+
 /* Sequential read bandwidth of the file's device: up to 256 MiB read with O_DIRECT in 4 MiB
  * requests (falls back to buffered reads where O_DIRECT is refused). Bytes per second. */
 static double storage_read_bandwidth(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
-    if (fd < 0) fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = safe_open(path, O_RDONLY | O_DIRECT, 0, NULL, 0);
+    if (fd < 0) fd = safe_open(path, O_RDONLY, 0, NULL, 0);
     if (fd < 0) return 0;
     const size_t chunk = 4u << 20;
     void *buf = NULL;
@@ -85,7 +177,7 @@ static double storage_read_bandwidth(const char *path)
 /* Drops the file's clean pages so the next reads come from storage. */
 static void drop_file_pages(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = safe_open(path, O_RDONLY, 0, NULL, 0);
     if (fd < 0) return;
     fdatasync(fd);
     posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
@@ -99,6 +191,7 @@ int cmd_bench(int argc, char **argv)
     opt.backend = ENGINE_BACKEND_AUTO;
     uint32_t n_prompt = 64, n_gen = 16, runs = 1, at = 0, reuse = 0;
     bool kernels = false, cold = false;
+    const char *json_schema = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) opt.model_path = argv[++i];
@@ -110,6 +203,7 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--device") && v) opt.device_index = atoi(argv[++i]);
         else if (!strcmp(a, "--kernels")) kernels = true;
         else if (!strcmp(a, "--cold")) cold = true;
+        else if (!strcmp(a, "--json-schema") && v) json_schema = argv[++i];
         else if (!strcmp(a, "--no-prefetch")) opt.expert_no_prefetch = true;
         else if (!strcmp(a, "--expert-cache-mb") && v) opt.expert_cache_mb = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(a, "--expert-read") && v) {
@@ -361,6 +455,7 @@ int cmd_bench(int argc, char **argv)
                ec1.read_path == ENGINE_EXPERT_READ_DIRECT ? "direct" : "pagecache");
     }
     if (kernels && engine_bench_kernels(e, stdout, err, sizeof err)) goto fail;
+    if (json_schema && bench_json_schema(e, s, json_schema, n_gen, runs, err, sizeof err)) goto fail;
     rc = 0;
     goto out;
 fail:

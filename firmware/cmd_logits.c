@@ -2,14 +2,17 @@
  * as raw little-endian float32 [n_tokens][n_vocab] (--out) or the top K per position (--top).
  * Acceptance checks use this interface; keep it stable. */
 #include "engine/engine.h"
+#include "common/safe_open.h"
 #include "firmware/backend_pick.h"
 #include "firmware/commands.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *out)
 {
@@ -71,9 +74,15 @@ static long parse_tokens(const char *s, int32_t **out)
 /* The whole of a file as a string (NULL with a message). */
 static char *read_file(const char *path)
 {
-    FILE *f = fopen(path, "rb");
+    char err[512];
+    int fd = safe_open(path, O_RDONLY, 0, err, sizeof err);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
     if (!f) {
-        fprintf(stderr, "flashbox logits: %s: %s\n", path, strerror(errno));
+        if (fd >= 0) {
+            snprintf(err, sizeof err, "%s: %s", path, strerror(errno));
+            close(fd);
+        }
+        fprintf(stderr, "flashbox logits: %s\n", err);
         return NULL;
     }
     size_t cap = 1 << 16, n = 0;
@@ -232,7 +241,10 @@ int cmd_logits(int argc, char **argv)
         goto fail;
     }
     if (out_path) {
-        out = fopen(out_path, "wb");
+        int ofd = safe_open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644, err, sizeof err);
+        out = ofd >= 0 ? fdopen(ofd, "wb") : NULL;
+        if (ofd >= 0 && !out) close(ofd);
+        if (ofd < 0) goto fail;
         if (!out || fwrite(logits, sizeof *logits * info.n_vocab, (size_t)n_out, out) != (size_t)n_out || fclose(out) != 0) {
             snprintf(err, sizeof err, "%s: %s", out_path, strerror(errno));
             out = NULL;

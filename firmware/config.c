@@ -2,12 +2,14 @@
  * One table lists every setting once (section, key, type, range, help), so the parser, the
  * printer and the documentation cannot drift apart. */
 #include "firmware/config.h"
+#include "common/safe_open.h"
 
 #include "engine/errmsg.h"
 #include "update/update.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +33,7 @@ static const struct cfg_entry entries[] = {
     { "model", "backend", CFG_STR, F(backend), 0, 0, "auto (vulkan on a GPU, else the CPU reference), ref or vulkan" },
     { "model", "slot", CFG_STR, F(slot), 0, 0, "label of the active update slot, reported in /health and the audit log" },
     { "model", "expert_cache_mb", CFG_U64, F(expert_cache_mb), 0, 1ull << 30, "routed-expert cache in MiB; 0 = every expert resident (no paging)" },
+    { "model", "expert_verify", CFG_BOOL, F(expert_verify), 0, 1, "paged experts: checksum each at load (one read of all experts) and fail a request whose expert bytes differ" },
     { "model", "n_ctx", CFG_U32, F(n_ctx), 0, 1u << 20, "positions per conversation; 0 = the largest whose memory plan fits every slot, up to the model's" },
     { "server", "socket", CFG_STR, F(socket_path), 0, 0, "API Unix socket path (flag --socket)" },
     { "server", "socket_group", CFG_STR, F(socket_group), 0, 0, "group owning the socket; empty = the daemon's group" },
@@ -42,6 +45,7 @@ static const struct cfg_entry entries[] = {
     { "server", "slots", CFG_U32, F(slots), 1, 256, "conversations decoded together (one session each)" },
     { "server", "queue_depth", CFG_U32, F(queue_depth), 0, 65536, "requests waiting for a slot; one more is answered 429" },
     { "server", "request_deadline_s", CFG_U32, F(request_deadline_s), 1, 86400, "wall time a generation request may take (queue + run)" },
+    { "server", "device_recover_tries", CFG_U32, F(device_recover_tries), 0, 100, "after a GPU device loss: times the backend is reopened before the daemon stays degraded (0 = never)" },
     { "server", "shutdown_grace_s", CFG_U32, F(shutdown_grace_s), 0, 3600, "SIGTERM: time in-flight requests get to finish before they are cancelled" },
     { "server", "sse_ping_s", CFG_U32, F(sse_ping_s), 1, 3600, "SSE keep-alive comment interval while a stream waits" },
     { "limits", "max_body_bytes", CFG_U64, F(max_body_bytes), 64, 1u << 30, "request body cap (413 above)" },
@@ -57,6 +61,7 @@ static const struct cfg_entry entries[] = {
     { "update", "data_dir", CFG_STR, F(update_data_dir), 0, 0, "signed-update slot store (e.g. /var/lib/flashbox): serve its active slot with the boot protocol; empty = serve model.path" },
     { "update", "keys_dir", CFG_STR, F(update_keys_dir), 0, 0, "trusted public keys of the slot store" },
     { "update", "product", CFG_STR, F(update_product), 0, 0, "this box's product id" },
+    { "update", "operation_timeout_s", CFG_U32, F(update_operation_timeout_s), 1, 86400, "an install or rollback through the admin socket is cancelled (the store left as a crash would) when it runs longer than this" },
     { "update", "reload_grace_s", CFG_U32, F(update_reload_grace_s), 0, 3600, "after an install or rollback through the admin socket: time in-flight requests get to finish on the old model" },
     { "update", "max_boot_attempts", CFG_U32, F(update_max_boot_attempts), 1, 100, "failed starts of a new slot before falling back to the other" },
     { "cache", "mem_mb", CFG_U64, F(cache_mem_mb), 0, 1ull << 30, "prefix reuse: MiB of saved session states (least recently used evicted first); 0 = off" },
@@ -118,6 +123,8 @@ void config_default(struct serve_config *c)
     c->update_eval_max_regression = -1;
     c->update_eval_jobs = 1;
     c->update_reload_grace_s = 30;
+    c->update_operation_timeout_s = 3600;
+    c->device_recover_tries = 3;
 }
 
 static int parse_u64(const char *v, int base, uint64_t *out)
@@ -246,8 +253,13 @@ int config_parse(struct serve_config *c, const char *text, size_t len, const cha
 
 int config_load_file(struct serve_config *c, const char *path, char *err, size_t err_len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return errf(err, err_len, "%s: %s", path, strerror(errno));
+    int fd = safe_open(path, O_RDONLY, 0, err, err_len);
+    if (fd < 0) return -1;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return errf(err, err_len, "%s: %s", path, strerror(errno));
+    }
     enum { CAP = 256 * 1024 };
     char *buf = malloc(CAP + 1);
     if (!buf) {

@@ -18,6 +18,7 @@ struct serve_config {
     char slot[16];                /* active update slot label reported in health/audit */
     uint32_t n_ctx;               /* positions per session; 0 = the largest the memory plan fits */
     uint64_t expert_cache_mb;     /* 0 = every expert resident; else page experts through this cache */
+    bool expert_verify;           /* paged experts checked against checksums taken at load */
     uint64_t cache_mem_mb;        /* prefix reuse: saved session states held in memory; 0 = off */
     char cache_dir[CONFIG_PATH_MAX]; /* and in files there ("" = memory only) */
     uint64_t cache_disk_mb;       /* bytes of those files */
@@ -33,6 +34,7 @@ struct serve_config {
     uint32_t queue_depth;         /* requests waiting for a slot before 429 */
     uint32_t request_deadline_s;  /* wall time per generation request */
     uint32_t shutdown_grace_s;    /* SIGTERM: time in-flight work gets to finish */
+    uint32_t device_recover_tries; /* GPU lost: reopen attempts before staying degraded */
     uint32_t sse_ping_s;          /* SSE comment keep-alive while nothing is produced */
     /* [limits] */
     uint64_t max_body_bytes;
@@ -53,6 +55,7 @@ struct serve_config {
     char update_product[64];
     uint32_t update_max_boot_attempts;
     uint32_t update_reload_grace_s; /* hot reload: time in-flight requests get to finish */
+    uint32_t update_operation_timeout_s; /* admin install/rollback deadline */
     char update_eval_set[CONFIG_PATH_MAX]; /* the site's evaluation set; empty = none */
     double update_eval_min_score;   /* 0..1 */
     double update_eval_max_regression; /* 0..1, or -1 = off */

@@ -3,6 +3,7 @@
  * as an HTTP request; every message says the set's name and the line. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "firmware/eval_set.h"
+#include "common/safe_open.h"
 
 #include "engine/errmsg.h"
 #include "firmware/json_schema.h"
@@ -248,13 +249,8 @@ int eval_set_parse(const char *text, size_t len, const char *name, bool recordin
 int eval_set_load(const char *path, bool recording, struct eval_set *out, char *err, size_t err_len)
 {
     memset(out, 0, sizeof *out);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errf(err, err_len, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return errf(err, err_len, "%s: not a regular file", path);
-    }
+    int fd = safe_open(path, O_RDONLY, 0, err, err_len);
+    if (fd < 0) return -1;
     /* One read into memory: what is hashed is exactly what is parsed, even if the file
      * changes on disk meanwhile. The size bound keeps a wrong path from filling memory. */
     const uint64_t max = (uint64_t)EVAL_MAX_CASES * 4096;

@@ -261,6 +261,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
     *req_cls = NULL;
 }
 
+static bool is_device_lost(const char *engine_err)
+{
+    return strstr(engine_err, ENGINE_ERR_DEVICE_LOST) != NULL;
+}
+
 /* ---- simple routes ---- */
 
 static const char *state_word(struct api *a, int *http_status)
@@ -752,6 +757,9 @@ static int sse_produce(struct req *r)
             enum job_finish f = j->finish;
             if (f == JOB_DEADLINE && r->deadline_partial) f = JOB_LENGTH; /* asked for what was produced */
             uint32_t n_out = j->n_out;
+            bool lost = f == JOB_ERROR && is_device_lost(j->error);
+            char lost_msg[sizeof j->error];
+            memcpy(lost_msg, j->error, sizeof lost_msg);
             const char *finish = openai_finish(f);
             if (r->tools && (f == JOB_STOP || f == JOB_LENGTH)) {
                 /* the job is finished: its text no longer changes */
@@ -771,9 +779,9 @@ static int sse_produce(struct req *r)
                 attach_logprobs(r, j, choice, r->lp_sent, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
                 out_event(r, chunk_json(r, choice));
             } else {
-                const char *msg = failure_message(f);
+                const char *msg = lost ? lost_msg : failure_message(f);
                 out_event(r, json_pack("{s:{s:s,s:s,s:s}}", "error", "message", msg, "type", "server_error", "code",
-                                       job_finish_name(f)));
+                                       lost ? "device_lost" : job_finish_name(f)));
             }
             if (r->job->req.include_usage) {
                 json_t *o = chunk_json(r, NULL);
@@ -840,6 +848,7 @@ static json_t *finished_answer(struct req *r, struct job *j, uint32_t k, int *st
     pthread_mutex_lock(&j->lock); /* finished: nothing changes any more, the lock is for the memory order */
     enum job_finish f = j->finish;
     uint32_t n_out = j->n_out;
+    bool lost = f == JOB_ERROR && is_device_lost(j->error);
     if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
     /* Thinking mode: the reasoning (all of the text if it never ended) is separate. */
     size_t split = !j->thinking ? 0 : j->reasoning_known && j->reasoning_end < j->text_len ? j->reasoning_end : j->text_len;
@@ -855,8 +864,10 @@ static json_t *finished_answer(struct req *r, struct job *j, uint32_t k, int *st
     if (f != JOB_STOP && f != JOB_LENGTH) {
         json_decref(text);
         json_decref(reasoning);
-        *status = f == JOB_ERROR ? 500 : f == JOB_DEADLINE ? 504 : 503;
-        *code = f == JOB_ERROR ? "generation_failed" : f == JOB_DEADLINE ? "deadline" : f == JOB_RELOAD ? "model_reload" : "shutdown";
+        /* A lost GPU is not this request's fault and not for good: the daemon reopens the backend. */
+        *status = lost ? 503 : f == JOB_ERROR ? 500 : f == JOB_DEADLINE ? 504 : 503;
+        *code = lost ? "device_lost" : f == JOB_ERROR ? "generation_failed" : f == JOB_DEADLINE ? "deadline"
+              : f == JOB_RELOAD ? "model_reload" : "shutdown";
         if (f == JOB_DEADLINE) snprintf(why, why_len, "the request deadline passed before the answer was complete");
         else if (f == JOB_RELOAD) snprintf(why, why_len, "cancelled while the model was replaced; retry");
         else if (f != JOB_ERROR) snprintf(why, why_len, "the server is shutting down");

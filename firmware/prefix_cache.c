@@ -2,6 +2,7 @@
  * tokens, found by length and hash then compared token by token; optionally mirrored in
  * files named <hash>-<length>.fbp. */
 #include "firmware/prefix_cache.h"
+#include "common/safe_open.h"
 #include "update/durable.h"
 #include "update/keys.h"
 
@@ -163,7 +164,8 @@ static struct prefix_entry *disk_read(struct prefix_cache *c, const int32_t *tok
 {
     char path[600];
     file_name(c, h, n, path, sizeof path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* The cache directory is ours: a planted FIFO or link there is refused, never waited on. */
+    int fd = safe_open(path, O_RDONLY | O_NOFOLLOW, 0, NULL, 0);
     if (fd < 0) return NULL;
     struct prefix_entry *e = NULL;
     const char *why = NULL;

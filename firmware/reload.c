@@ -17,6 +17,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 int served_model_open(struct served_model *m, const struct serve_config *cfg, const char *model_path, char *err,
                       size_t err_len)
@@ -26,10 +27,12 @@ int served_model_open(struct served_model *m, const struct serve_config *cfg, co
     engine_options_default(&eo);
     eo.model_path = model_path;
     eo.expert_cache_mb = cfg->expert_cache_mb;
+    eo.expert_verify = cfg->expert_verify;
     if (engine_backend_parse(cfg->backend, &eo.backend) != 0)
         return errf(err, err_len, "model.backend: '%s', expected auto, ref or vulkan", cfg->backend);
     backend_resolve(&eo);
     if (engine_open(&m->engine, &eo, err, err_len)) return -1;
+    snprintf(m->path, sizeof m->path, "%s", model_path);
     if (textgen_open(&m->tg, m->engine, err, err_len)) {
         engine_close(m->engine);
         m->engine = NULL;
@@ -133,6 +136,46 @@ int model_host_reload(struct model_host *h, struct reload_result *res)
     api_get_model(h->api, res->model_id, sizeof res->model_id, res->slot, sizeof res->slot, NULL, 0);
     pthread_mutex_unlock(&h->lock);
     return rc ? -1 : 0;
+}
+
+int model_host_recover(struct model_host *h, const char *why, uint32_t tries)
+{
+    pthread_mutex_lock(&h->lock);
+    char slot[16], msg[256], err[600] = "";
+    api_get_model(h->api, NULL, 0, slot, sizeof slot, NULL, 0);
+    snprintf(msg, sizeof msg, "%.180s; reopening the backend", why);
+    api_set_degraded(h->api, msg);
+    audit_reload("device_lost", h->cur.model_id, slot, why);
+    fprintf(stderr, "flashbox serve: %s\n", msg);
+    int rc = -1;
+    for (uint32_t t = 1; t <= tries && rc; t++) {
+        if (t > 1) sleep(1); /* a driver reset takes a moment */
+        struct served_model next;
+        if (served_model_open(&next, &h->cfg, h->cur.path, err, sizeof err)) continue;
+        int cut = 0;
+        if (scheduler_swap_engine(h->sched, next.engine, next.tg, h->gen + 1, next.model_id, 0, &cut, err, sizeof err)) {
+            served_model_close(&next);
+            continue;
+        }
+        api_swap_model(h->api, next.tg, next.n_vocab, h->gen + 1, next.model_id, slot);
+        served_model_close(&h->cur); /* the lost engine: its teardown does not wait on the device */
+        h->cur = next;
+        h->gen++;
+        rc = 0;
+        api_set_degraded(h->api, "");
+        char detail[64];
+        snprintf(detail, sizeof detail, "backend reopened (try %u of %u)", t, tries);
+        audit_reload("device_recovered", h->cur.model_id, slot, detail);
+        fprintf(stderr, "flashbox serve: GPU backend reopened, serving %s again (try %u of %u)\n", h->cur.model_id, t, tries);
+    }
+    if (rc) {
+        snprintf(msg, sizeof msg, "%.100s; the backend did not reopen in %u tries: %.100s", why, tries, err);
+        api_set_degraded(h->api, msg);
+        audit_reload("device_recover_failed", h->cur.model_id, slot, msg);
+        fprintf(stderr, "flashbox serve: %s\n", msg);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return rc;
 }
 
 void model_host_close(struct model_host *h)

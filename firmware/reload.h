@@ -23,6 +23,7 @@ struct served_model {
     struct textgen *tg;
     uint32_t n_vocab;
     char model_id[128];         /* general.name, else the file's base name */
+    char path[4200];            /* the file it was opened from (a device-loss reopen reads it again) */
 };
 
 /* Opens model_path with cfg's backend and expert cache (the options `flashbox serve` uses). */
@@ -55,6 +56,11 @@ void model_host_init(struct model_host *h, const struct serve_config *cfg, struc
  * Success ends the slot's boot trial (update_boot_ready). Failure keeps the old model
  * serving and marks /health degraded with the reason. Returns 0 or -1 (res says why). */
 int model_host_reload(struct model_host *h, struct reload_result *res);
+/* After the GPU was lost (scheduler stats device_lost): marks /health degraded naming why,
+ * then up to tries times opens the served model's file again (weights uploaded, expert
+ * cache rebuilt) and swaps it in (in-flight work has already failed). Success clears the
+ * degraded mark; after the last failed try it stays, saying why. Returns 0 or -1. */
+int model_host_recover(struct model_host *h, const char *why, uint32_t tries);
 /* Closes the served model (the scheduler must be destroyed first). */
 void model_host_close(struct model_host *h);
 

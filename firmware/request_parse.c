@@ -5,6 +5,7 @@
 #include "firmware/request_tools.h"
 
 #include "engine/errmsg.h"
+#include "engine/json_grammar.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -34,6 +35,7 @@ void gen_request_free(struct gen_request *r)
     }
     free(r->messages);
     for (uint32_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    jg_schema_free(r->schema);
     free(r->logit_bias);
     free(r->suffix);
     req_tools_free(r);
@@ -365,6 +367,56 @@ static int parse_common(const char *key, json_t *x, const struct req_limits *lim
     return 1;
 }
 
+/* ---- response_format (structured output) ----
+ * {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema":
+ * {"name": str, "description"?: str, "schema"?: object, "strict"?: bool}}. The schema is
+ * compiled here, so an unsupported keyword is a 400 naming it before anything is queued.
+ * (A json_schema without "schema" allows any JSON value.) */
+static int parse_response_format(json_t *x, struct gen_request *r, char *err, size_t err_len)
+{
+    if (json_is_null(x)) return 0;
+    json_t *type = json_object_get(x, "type");
+    const char *t = json_string_value(type);
+    if (!json_is_object(x) || !t)
+        return errf(err, err_len, "response_format: expected {\"type\": \"text\" | \"json_object\" | \"json_schema\", ...}");
+    const char *key;
+    json_t *v;
+    json_t *spec = NULL;
+    json_object_foreach(x, key, v) {
+        if (!strcmp(key, "type")) continue;
+        if (!strcmp(t, "json_schema") && !strcmp(key, "json_schema")) spec = v;
+        else return errf(err, err_len, "response_format.%.64s: unknown field", key);
+    }
+    if (!strcmp(t, "text")) return 0;
+    if (!strcmp(t, "json_object")) return jg_schema_any_object(&r->schema, err, err_len);
+    if (strcmp(t, "json_schema"))
+        return errf(err, err_len, "response_format.type: '%.32s', expected text, json_object or json_schema", t);
+    if (!json_is_object(spec)) return errf(err, err_len, "response_format.json_schema: expected an object");
+    json_t *schema = NULL;
+    json_object_foreach(spec, key, v) {
+        if (!strcmp(key, "name")) {
+            if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 64)
+                return errf(err, err_len, "response_format.json_schema.name: expected a string of 1 to 64 bytes");
+        } else if (!strcmp(key, "description")) {
+            if (!json_is_string(v)) return errf(err, err_len, "response_format.json_schema.description: expected a string");
+        } else if (!strcmp(key, "strict")) {
+            if (!json_is_boolean(v) && !json_is_null(v))
+                return errf(err, err_len, "response_format.json_schema.strict: expected true or false");
+        } else if (!strcmp(key, "schema")) {
+            schema = v;
+        } else {
+            return errf(err, err_len, "response_format.json_schema.%.64s: unknown field", key);
+        }
+    }
+    if (!json_object_get(spec, "name")) return errf(err, err_len, "response_format.json_schema.name: missing");
+    char *text = schema ? json_dumps(schema, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
+    if (!text) return errf(err, err_len, "response_format: out of memory");
+    int rc = jg_schema_compile(&r->schema, text, strlen(text), err, err_len);
+    free(text);
+    return rc ? errf_prefix(err, err_len, "response_format.json_schema") : 0;
+}
+/* ---- end of response_format ---- */
+
 static void defaults(struct gen_request *r, enum req_kind kind, const struct req_limits *lim)
 {
     memset(r, 0, sizeof *r);
@@ -408,6 +460,9 @@ static int parse_request(const char *body, size_t len, enum req_kind kind, const
                 if (get_bool(y, "chat_template_kwargs.thinking", &out->thinking, err, err_len)) { rc = -1; break; }
             }
             if (rc) break;
+        } else if (!strcmp(key, "response_format")) {
+            if (out->schema) { rc = errf(err, err_len, "response_format: given twice"); break; }
+            if (parse_response_format(x, out, err, err_len)) { rc = -1; break; }
         } else if (kind == REQ_CHAT && !strcmp(key, "tools")) {
             if (req_parse_tools(x, out, err, err_len)) { rc = -1; break; }
         } else if (kind == REQ_CHAT && !strcmp(key, "tool_choice")) {
@@ -442,6 +497,8 @@ static int parse_request(const char *body, size_t len, enum req_kind kind, const
     }
     json_decref(root);
     if (!rc && !have_input) rc = errf(err, err_len, kind == REQ_CHAT ? "messages: missing" : "prompt: missing");
+    if (!rc && out->schema && out->ignore_eos)
+        rc = errf(err, err_len, "ignore_eos: cannot be combined with response_format (the answer ends where the JSON does)");
     if (!rc) rc = req_check_tools(out, err, err_len);
     if (!rc && out->top_logprobs && !out->logprobs && kind == REQ_CHAT)
         rc = errf(err, err_len, "top_logprobs: needs logprobs: true");

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct jg_schema;
+
 enum { REQ_MAX_STOP = 16, REQ_MAX_TOP_LOGPROBS = 20, REQ_MAX_N = 16 };
 
 enum req_kind { REQ_CHAT, REQ_COMPLETION };
@@ -87,6 +89,8 @@ struct gen_request {
     uint32_t top_logprobs;        /* and the most likely alternatives, [0, REQ_MAX_TOP_LOGPROBS] */
     uint32_t n;                   /* choices, [1, REQ_MAX_N]: each its own sequence (seed + i when seeded) */
     char model[128];              /* as asked; "" when absent */
+    struct jg_schema *schema;     /* response_format json_object / json_schema: the compiled
+                                   * grammar the answer must match (owned); NULL for text */
 };
 
 void req_limits_default(struct req_limits *lim);

@@ -146,6 +146,8 @@ struct scheduler {
     bool stop, draining, cancel_all;
     uint64_t engine_errors;
     bool last_eval_failed;
+    bool device_lost;             /* a step reported ENGINE_ERR_DEVICE_LOST; cleared by a swap */
+    char device_lost_why[200];
     bool have_experts;
     bool have_device;
     uint64_t device_used, device_total;
@@ -270,6 +272,7 @@ static void swap_now(struct scheduler *s)
     memcpy(s->model_id, w->model_id, sizeof s->model_id);
     s->have_experts = false;
     s->last_eval_failed = false;
+    s->device_lost = false; /* a new engine: a new device */
     if (s->prefix) { /* states of the old model */
         struct engine_model_id id;
         prefix_cache_clear(s->prefix);
@@ -394,6 +397,17 @@ static void note_eval(struct scheduler *s, bool failed)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* A failed step: a lost device is remembered (the daemon reopens the backend, serve.c). */
+static void note_error(struct scheduler *s, const char *err)
+{
+    const char *lost = strstr(err, ENGINE_ERR_DEVICE_LOST);
+    if (!lost) return;
+    pthread_mutex_lock(&s->lock);
+    if (!s->device_lost) snprintf(s->device_lost_why, sizeof s->device_lost_why, "%.190s", lost);
+    s->device_lost = true;
+    pthread_mutex_unlock(&s->lock);
+}
+
 /* Evaluates one token for each of n slots. engine.h has no multi-session call yet, so
  * this is where a batched forward pass goes; today it runs the sessions in turn. */
 static void decode_batch(struct scheduler *s, const int *slot_ids, const int32_t *toks, uint32_t n)
@@ -403,6 +417,7 @@ static void decode_batch(struct scheduler *s, const int *slot_ids, const int32_t
         char err[256];
         int rc = session_eval(sl->sess, &toks[i], 1, sl->logits, false, err, sizeof err);
         note_eval(s, rc != 0);
+        if (rc) note_error(s, err);
         if (rc) slot_finish(s, sl, JOB_ERROR, err);
     }
 }
@@ -434,6 +449,7 @@ static void step(struct scheduler *s)
             int rc = session_eval(sl->sess, j->prompt + sl->prefilled, n, last ? sl->logits : NULL, false, err, sizeof err);
             note_eval(s, rc != 0);
             if (rc) {
+                note_error(s, err);
                 slot_finish(s, sl, JOB_ERROR, err);
                 continue;
             }
@@ -707,6 +723,8 @@ void scheduler_stats(struct scheduler *s, struct sched_stats *st)
     st->slots = s->opt.slots;
     st->engine_errors = s->engine_errors;
     st->last_eval_failed = s->last_eval_failed;
+    st->device_lost = s->device_lost;
+    memcpy(st->device_lost_why, s->device_lost_why, sizeof st->device_lost_why);
     st->swapping = s->swap != NULL;
     st->have_device = s->have_device;
     st->device_used = s->device_used;

@@ -124,6 +124,8 @@ struct sched_stats {
     uint32_t queued, queue_capacity, busy, slots;
     uint64_t engine_errors;
     bool last_eval_failed;
+    bool device_lost;             /* the engine's GPU is gone until a swap replaces the engine */
+    char device_lost_why[200];
     bool swapping;                /* a model swap waits for running work; the queue holds */
     bool have_device;             /* the backend has a device: the two below are live */
     uint64_t device_used, device_total; /* bytes of device memory held / the device's local memory */

@@ -12,7 +12,14 @@
  * the model and the slot; update_boot_ready() after READY=1 ends the trial. Model updates
  * never come through the API socket: the admin socket (server.admin_socket, mode 0600,
  * admin.c) installs or rolls back and then hot-reloads the new active slot (reload.c)
- * while the API socket stays open. SIGTERM first lets an update in progress finish. */
+ * while the API socket stays open.
+ *
+ * SIGTERM always ends the process within shutdown_grace_s plus a small bound: an update in
+ * progress and in-flight requests share the grace period; then the update is cancelled at
+ * its next cancellation point (ADMIN_CANCEL_BOUND_MS more) and requests are cut off. What
+ * still does not return (a read from a stalled mount, a model load) is left behind: the
+ * process exits without freeing what it may touch, which leaves the slot store as a
+ * kill -9 there would (every install step is crash-safe). */
 #include "engine/engine.h"
 #include "engine/errmsg.h"
 #include "firmware/admin.h"
@@ -32,6 +39,7 @@
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +47,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 static void usage(FILE *out)
@@ -232,6 +241,51 @@ out:
     return NULL;
 }
 
+/* ---- GPU device loss: the backend is reopened on its own thread (reload.c) ---- */
+
+struct recovery {
+    struct model_host *host;
+    uint32_t tries;
+    char why[200];
+    atomic_int running;         /* the thread runs model_host_recover */
+    atomic_int gave_up;         /* the last recovery failed every try: stay degraded */
+    bool joinable;
+    pthread_t thread;
+};
+
+static void *recovery_main(void *arg)
+{
+    struct recovery *r = arg;
+    if (model_host_recover(r->host, r->why, r->tries)) atomic_store(&r->gave_up, 1);
+    atomic_store(&r->running, 0);
+    return NULL;
+}
+
+/* Called from the main loop's tick: starts a recovery when a step reported the device
+ * lost and none runs (nor gave up on this loss already). */
+static void recovery_poll(struct recovery *r, struct scheduler *sched)
+{
+    if (atomic_load(&r->running)) return;
+    if (r->joinable) {
+        pthread_join(r->thread, NULL);
+        r->joinable = false;
+    }
+    struct sched_stats ss;
+    scheduler_stats(sched, &ss);
+    if (!ss.device_lost) {
+        atomic_store(&r->gave_up, 0);
+        return;
+    }
+    if (atomic_load(&r->gave_up)) return;
+    snprintf(r->why, sizeof r->why, "%s", ss.device_lost_why);
+    atomic_store(&r->running, 1);
+    if (pthread_create(&r->thread, NULL, recovery_main, r)) {
+        atomic_store(&r->running, 0);
+        return;
+    }
+    r->joinable = true;
+}
+
 static void audit_event(const char *event, const char *model, const char *slot, const char *detail)
 {
     struct audit_record ar = { .event = event, .model = model, .slot = slot, .detail = detail };
@@ -391,7 +445,7 @@ int cmd_serve(int argc, char **argv)
         if (update_boot_begin(&uc, &boot, err, sizeof err)) {
             fprintf(stderr, "flashbox serve: update boot: %s\n", err);
             audit_event("boot_failed", NULL, cfg.slot, err);
-            admin_stop(admin);
+            admin_stop(admin, 0);
             if (admin) unlink(cfg.admin_socket);
             api_quiesce(&api);
             api_stop(&api, 2000);
@@ -415,6 +469,9 @@ int cmd_serve(int argc, char **argv)
     if (!ld) return 1;
     ld->cfg = cfg;
     int exit_code = 0, stopping = 0, loaded = 0;
+    static struct recovery rec;
+    rec.host = &host;
+    rec.tries = cfg.device_recover_tries;
     if (pthread_create(&ld->thread, NULL, loader_main, ld)) {
         fprintf(stderr, "flashbox serve: cannot start the loader thread\n");
         exit_code = 1;
@@ -447,6 +504,7 @@ int cmd_serve(int argc, char **argv)
             fprintf(stderr, "flashbox serve: ready (%s, %u slots)%s%s\n", ld->model.model_id, cfg.slots,
                     admin ? "; update admin socket " : "", admin ? cfg.admin_socket : "");
         }
+        if (host_ready) recovery_poll(&rec, ld->sched);
         if (sig == SIGHUP) {
             sd_notify(0, "RELOADING=1");
             reload(&api, argc, argv);
@@ -457,28 +515,55 @@ int cmd_serve(int argc, char **argv)
     }
 
     sd_notify(0, "STOPPING=1");
+    struct serve_config live;
+    pthread_mutex_lock(&api.lock);
+    live = api.cfg;
+    pthread_mutex_unlock(&api.lock);
+    uint32_t grace_ms = live.shutdown_grace_s * 1000;
+    struct timespec t_stop;
+    clock_gettime(CLOCK_MONOTONIC, &t_stop);
     /* First the admin socket: an update in progress ends (and its reload runs) before the
-     * scheduler is torn down under it. */
+     * scheduler is torn down under it; past the grace period it is cancelled. */
+    int left_behind = 0;
     if (admin) {
-        admin_stop(admin);
+        if (admin_stop(admin, grace_ms)) {
+            fprintf(stderr, "flashbox serve: the update operation did not end after it was cancelled; exiting without "
+                            "it (the slot store is left as a crash at that point would leave it)\n");
+            audit_event("update_abandoned", NULL, cfg.slot, "did not end within shutdown_grace_s after SIGTERM");
+            left_behind = 1;
+        }
         unlink(cfg.admin_socket);
     }
     if (atomic_load(&api.state) != API_FAILED) atomic_store(&api.state, API_STOPPING);
     api_quiesce(&api);
     if (!activated) unlink(cfg.socket_path); /* an activated socket is systemd's to remove */
-    if (!loaded) { /* a signal during loading: let the load end, then tear down */
-        pthread_join(ld->thread, NULL);
-        loaded = 1;
+    if (!loaded) { /* a signal during loading: the load gets the grace period, then is left behind */
+        for (uint32_t waited = 0; !ld->done && waited < grace_ms + ADMIN_CANCEL_BOUND_MS; waited += 50) usleep(50000);
+        if (ld->done) {
+            pthread_join(ld->thread, NULL);
+            loaded = 1;
+        } else {
+            fprintf(stderr, "flashbox serve: the model load did not end within the grace period; exiting without it\n");
+            left_behind = 1;
+        }
     }
+    if (atomic_load(&rec.running)) { /* a backend reopen in progress gets the grace period too */
+        for (uint32_t waited = 0; atomic_load(&rec.running) && waited < grace_ms + ADMIN_CANCEL_BOUND_MS; waited += 50)
+            usleep(50000);
+        if (atomic_load(&rec.running)) {
+            fprintf(stderr, "flashbox serve: the GPU backend reopen did not end within the grace period; exiting without it\n");
+            left_behind = 1;
+        }
+    }
+    if (rec.joinable && !atomic_load(&rec.running)) pthread_join(rec.thread, NULL);
     int cancelled = 0;
-    if (ld->sched) {
-        struct serve_config live;
-        pthread_mutex_lock(&api.lock);
-        live = api.cfg;
-        pthread_mutex_unlock(&api.lock);
-        cancelled = scheduler_drain(ld->sched, live.shutdown_grace_s * 1000);
+    if (loaded && ld->sched) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        uint64_t spent = (uint64_t)(now.tv_sec - t_stop.tv_sec) * 1000u + (uint64_t)(now.tv_nsec - t_stop.tv_nsec) / 1000000;
+        cancelled = scheduler_drain(ld->sched, spent < grace_ms ? grace_ms - (uint32_t)spent : 0);
     }
-    int stuck = api_stop(&api, 2000);
+    int stuck = api_stop(&api, 2000) || left_behind;
     if (!stuck) {
         scheduler_destroy(ld->sched);
         if (host_ready) model_host_close(&host); /* the model served last, after any hot reload */
@@ -486,7 +571,8 @@ int cmd_serve(int argc, char **argv)
     } else {
         /* A client stopped reading and holds its connection thread; it may still touch
          * the scheduler, so nothing is freed: the process exits now. */
-        fprintf(stderr, "flashbox serve: a stalled connection did not close; exiting without waiting for it\n");
+        if (!left_behind)
+            fprintf(stderr, "flashbox serve: a stalled connection did not close; exiting without waiting for it\n");
     }
     char detail[64];
     snprintf(detail, sizeof detail, "%d requests cancelled at shutdown", cancelled);
@@ -495,6 +581,9 @@ int cmd_serve(int argc, char **argv)
     audit_event("stop", last_model[0] ? last_model : NULL, last_slot, detail);
     audit_close();
     fprintf(stderr, "flashbox serve: stopped (%s)\n", detail);
+    /* Work left behind may still wake up: no exit handlers (library cleanups, leak checks
+     * of what it holds) run under it; the process ends here, as a kill would end it. */
+    if (left_behind) _exit(exit_code);
     if (!stuck) free(ld);
     return exit_code;
 }

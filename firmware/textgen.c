@@ -7,6 +7,7 @@
 #include "engine/chat.h"
 #include "engine/engine.h"
 #include "engine/errmsg.h"
+#include "engine/json_grammar.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 #include "firmware/request_parse.h"
@@ -22,6 +23,7 @@
 struct textgen {
     const struct tokenizer *tok;
     uint32_t n_vocab;
+    struct jg_vocab *vocab;    /* the token trie structured output masks with */
 };
 
 struct textgen_seq {
@@ -38,6 +40,13 @@ struct textgen_seq {
     size_t reasoning_end;      /* bytes of text before </think> */
     size_t fed;                /* bytes given to the stopper so far (all released in order) */
     int32_t think_end_tok;     /* </think>, or -1 */
+    /* structured output (response_format): */
+    const struct jg_schema *schema; /* the request's grammar, or NULL */
+    struct jg_matcher *matcher;
+    uint32_t *allow;           /* [jg_mask_words] the tokens allowed at this step */
+    bool grammar_on;           /* the answer has begun (after </think> when thinking) */
+    int32_t eos;
+    uint32_t max_tokens;
     bool logprobs;             /* this request wants them */
     uint32_t top_logprobs;
 };
@@ -53,11 +62,20 @@ int textgen_open(struct textgen **out, const struct engine *e, char *err, size_t
         return errf(err, err_len, "the model file has no tokenizer");
     }
     tg->n_vocab = tok_n_vocab(tg->tok);
+    if (jg_vocab_create(&tg->vocab, tg->tok, err, err_len)) {
+        free(tg);
+        return -1;
+    }
     *out = tg;
     return 0;
 }
 
-void textgen_close(struct textgen *tg) { free(tg); }
+void textgen_close(struct textgen *tg)
+{
+    if (!tg) return;
+    jg_vocab_destroy(tg->vocab);
+    free(tg);
+}
 uint32_t textgen_n_vocab(const struct textgen *tg) { return tg->n_vocab; }
 
 static int vec_out(struct tok_vec *v, int32_t **ids, uint32_t *n, char *err, size_t err_len)
@@ -310,8 +328,9 @@ int textgen_seq_create(const struct textgen *tg, struct textgen_seq **out, char 
     s->tg = tg;
     s->piece_cap = tok_stream_buf_size(tg->tok);
     s->piece = malloc(s->piece_cap);
-    if (!s->piece) {
-        free(s);
+    s->allow = malloc(jg_mask_words(tg->vocab) * sizeof *s->allow);
+    if (!s->piece || !s->allow || jg_matcher_create(&s->matcher, tg->vocab, err, err_len)) {
+        textgen_seq_destroy(s);
         return errf(err, err_len, "sequence: out of memory");
     }
     *out = s;
@@ -325,6 +344,8 @@ void textgen_seq_destroy(struct textgen_seq *s)
     stopper_destroy(s->stopper);
     free(s->piece);
     free(s->released);
+    free(s->allow);
+    jg_matcher_destroy(s->matcher);
     free(s);
 }
 
@@ -385,6 +406,14 @@ int textgen_seq_start(struct textgen_seq *s, const struct gen_request *req, char
     s->reasoning_known = false;
     s->reasoning_end = 0;
     s->fed = 0;
+    s->schema = req->schema;
+    s->eos = eos;
+    s->max_tokens = req->max_tokens;
+    s->grammar_on = !s->thinking || s->think_end_tok < 0;
+    if (s->schema) {
+        if (eos < 0) return errf(err, err_len, "response_format: the model has no end token to end the JSON with");
+        jg_matcher_start(s->matcher, s->schema);
+    }
     s->logprobs = req->logprobs;
     s->top_logprobs = req->top_logprobs < 20 ? req->top_logprobs : 20;
     return 0;
@@ -394,6 +423,17 @@ bool textgen_seq_reasoning_end(const struct textgen_seq *s, size_t *end)
 {
     *end = s->reasoning_end;
     return s->reasoning_known;
+}
+
+/* While the model still reasons: anything but the end token, and only </think> once the
+ * rest of the budget is what the smallest answer needs. */
+static void think_mask(struct textgen_seq *s, uint32_t remaining)
+{
+    size_t words = jg_mask_words(s->tg->vocab);
+    bool close = (uint64_t)remaining <= (uint64_t)jg_schema_min_bytes(s->schema) + 2;
+    memset(s->allow, close ? 0 : 0xFF, words * sizeof *s->allow);
+    if (close) s->allow[(uint32_t)s->think_end_tok >> 5] |= 1u << ((uint32_t)s->think_end_tok & 31);
+    else s->allow[(uint32_t)s->eos >> 5] &= ~(1u << ((uint32_t)s->eos & 31));
 }
 
 /* log-softmax of the raw logits at tok, and the k best (insertion into a short sorted
@@ -428,9 +468,20 @@ static void logprob_of(const float *logits, uint32_t n, int32_t tok, uint32_t k,
 
 int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits, struct textgen_logprob *lp)
 {
-    int32_t tok = sampler_sample(s->sampler, logits);
-    if (tok >= 0) sampler_accept(s->sampler, tok);
-    if (tok >= 0 && lp && s->logprobs) logprob_of(logits, s->tg->n_vocab, tok, s->top_logprobs, lp);
+    const uint32_t *allow = NULL;
+    if (s->schema) {
+        uint32_t n = stopper_n_tokens(s->stopper);
+        uint32_t remaining = s->max_tokens > n ? s->max_tokens - n : 1;
+        if (s->grammar_on) jg_mask(s->matcher, remaining, s->eos, s->allow);
+        else think_mask(s, remaining);
+        allow = s->allow;
+    }
+    int32_t tok = sampler_sample_masked(s->sampler, logits, allow);
+    if (tok < 0) return tok;
+    sampler_accept(s->sampler, tok);
+    if (lp && s->logprobs) logprob_of(logits, s->tg->n_vocab, tok, s->top_logprobs, lp);
+    if (s->schema && !s->grammar_on && tok == s->think_end_tok) s->grammar_on = true;
+    else if (s->schema && s->grammar_on && tok != s->eos && jg_matcher_accept(s->matcher, tok)) return -1;
     return tok;
 }
 

@@ -452,3 +452,29 @@ TEST(stop_tokens_and_the_token_limit_end_generation)
     CHECK(stopper_create(&s, &sp, err, sizeof err) < 0);
     CHECK(strstr(err, "empty") != NULL);
 }
+
+TEST(masked_sampling_never_picks_a_removed_token_and_keeps_the_rest_as_they_were)
+{
+    struct sampler *g = make_greedy(40);
+    REQUIRE(g);
+    float l[40];
+    for (int i = 0; i < 40; i++) l[i] = (float)(i % 7);
+    uint32_t allow[2] = { 0, 0 };
+    allow[0] = 1u << 3 | 1u << 12; /* logits 3 and 5: 12 wins */
+    CHECK_EQ_INT(sampler_sample_masked(g, l, allow), 12);
+    allow[0] = 0;
+    allow[1] = 1u << (33 - 32);    /* only 33 */
+    CHECK_EQ_INT(sampler_sample_masked(g, l, allow), 33);
+    allow[1] = 0;
+    CHECK_EQ_INT(sampler_sample_masked(g, l, allow), -1);
+    CHECK_EQ_INT(sampler_sample_masked(g, l, NULL), sampler_sample(g, l));
+    sampler_destroy(g);
+    struct sampler_params p;
+    sampler_params_default(&p);
+    p.seed = 5;
+    struct sampler *s = make(40, &p);
+    REQUIRE(s);
+    uint32_t odd[2] = { 0xAAAAAAAAu, 0xAAu };
+    for (int k = 0; k < 500; k++) CHECK(sampler_sample_masked(s, l, odd) % 2 == 1);
+    sampler_destroy(s);
+}

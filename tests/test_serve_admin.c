@@ -525,3 +525,171 @@ TEST(admin_unloadable_slot_falls_back_after_failed_starts)
     CHECK(strstr(st.last_fallback, "slot b did not become ready in 2 starts; fell back to slot a") != NULL);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
 }
+
+TEST(admin_fifo_bundle_refused_next_install_runs)
+{
+    /* Issue 21: a FIFO as the bundle used to block the operation thread in open() for ever,
+     * every later install got 409 busy, and SIGTERM waited for it. */
+    char admin[700];
+    snprintf(admin, sizeof admin, "%s/run/adm.sock", test_tmpdir());
+    const char *extra[] = { "server.slots=1", NULL };
+    struct admin_box x;
+    REQUIRE(box_setup(&x, admin, extra) == 0);
+    char fifo[800], body[1000], *out;
+    snprintf(fifo, sizeof fifo, "%s/stalled.fbx", test_tmpdir());
+    REQUIRE(mkfifo(fifo, 0600) == 0);
+    struct served d;
+    REQUIRE(serve_start(&d, x.sets) == 0);
+    snprintf(body, sizeof body, "{\"bundle\":\"%s\"}", fifo);
+    CHECK_EQ_INT(serve_curl_as(admin, -1, "POST", "/admin/update/install", body, &out), 422);
+    json_t *o = parse(out);
+    json_t *e = json_object_get(o, "error");
+    CHECK_STR(json_string_value(json_object_get(e, "code")), "install_refused");
+    CHECK(strstr(json_string_value(json_object_get(e, "message")) ?: "", "is a FIFO (named pipe), not a regular file"));
+    json_decref(o);
+    free(out);
+    /* The next install is not refused as busy, and it goes through. */
+    snprintf(body, sizeof body, "{\"bundle\":\"%s\"}", x.bundle_b);
+    CHECK_EQ_INT(serve_curl_as(admin, -1, "POST", "/admin/update/install", body, &out), 200);
+    o = parse(out);
+    CHECK(json_is_true(json_object_get(o, "ok")));
+    json_decref(o);
+    free(out);
+    char model[128], slot[16];
+    CHECK_EQ_INT(health(&d, model, slot, NULL, NULL), 200);
+    CHECK_STR(model, "model-B");
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+}
+
+/* Waits up to timeout_ms for a child; kills it after that. Its exit status, or -1. */
+static int wait_exit_bounded(pid_t pid, int timeout_ms)
+{
+    for (int waited = 0;; waited += 10) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        if (waited >= timeout_ms) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        usleep(10000);
+    }
+}
+
+/* Polls the admin status until an operation reports the write phase (up to 10 s). */
+static int wait_phase_write(const char *admin)
+{
+    for (int i = 0; i < 1000; i++) {
+        char *out;
+        int hit = serve_curl_as(admin, -1, "GET", "/admin/update/status", NULL, &out) == 200 && out &&
+                  strstr(out, "\"phase\":\"write\"");
+        free(out);
+        if (hit) return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
+/* After a stopped install: slot a still active and valid, slot b invalid, no trial. */
+static void check_store_unchanged(const struct admin_box *x)
+{
+    struct update_status st;
+    char err[512];
+    REQUIRE(update_get_status(&x->b.cfg, &st, err, sizeof err) == 0);
+    CHECK_EQ_INT(st.active, 0);
+    CHECK(st.slots[0].valid);
+    CHECK(!st.slots[1].valid);
+    CHECK_EQ_INT(st.trial, -1);
+}
+
+TEST(admin_sigterm_ends_daemon_despite_stalled_install)
+{
+    /* The 3rd chunk read never returns (update module's test hook), like a read from a
+     * stalled mount: cancellation can not reach it, yet SIGTERM must end the daemon. */
+    char admin[700];
+    snprintf(admin, sizeof admin, "%s/run/adm.sock", test_tmpdir());
+    const char *extra[] = { "server.slots=1", "server.shutdown_grace_s=1", NULL };
+    struct admin_box x;
+    REQUIRE(box_setup(&x, admin, extra) == 0);
+    setenv("FLASHBOX_UPDATE_TEST_STALL_CHUNK", "3", 1);
+    struct served d;
+    int started = serve_start(&d, x.sets);
+    unsetenv("FLASHBOX_UPDATE_TEST_STALL_CHUNK");
+    REQUIRE(started == 0);
+    char log[800];
+    snprintf(log, sizeof log, "%s/install.out", test_tmpdir());
+    pid_t cli = cli_async(admin, "install", x.bundle_b, log);
+    REQUIRE(cli > 0);
+    CHECK(wait_phase_write(admin));
+    /* The bound is generous (sanitizers, a loaded machine): without the fix it never exits. */
+    int ws = serve_stop(&d, SIGTERM, 30000);
+    CHECK(ws != -1 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    /* The waiting client got an answer (503 stopping) or a closed connection: it ends. */
+    int crc = wait_exit_bounded(cli, 30000);
+    CHECK(crc != 0 && crc != -1);
+    char *text = slurp(d.log);
+    CHECK(strstr(text, "the update operation did not end after it was cancelled") != NULL);
+    if (test_failed()) fprintf(stderr, "daemon log: %s\n", text);
+    free(text);
+    check_store_unchanged(&x);
+
+    /* A later daemon installs the same bundle: no stale lock, no busy operation. */
+    REQUIRE(serve_start(&d, x.sets) == 0);
+    char body[1000], *out;
+    snprintf(body, sizeof body, "{\"bundle\":\"%s\"}", x.bundle_b);
+    CHECK_EQ_INT(serve_curl_as(admin, -1, "POST", "/admin/update/install", body, &out), 200);
+    CHECK(out && strstr(out, "\"ok\":true") != NULL);
+    free(out);
+    char model[128], slot[16];
+    CHECK_EQ_INT(health(&d, model, slot, NULL, NULL), 200);
+    CHECK_STR(model, "model-B");
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+}
+
+TEST(admin_install_cancelled_by_deadline_and_by_sigterm)
+{
+    /* Slow chunks (20 ms each, about 240 of them): the install runs for seconds. */
+    char admin[700];
+    snprintf(admin, sizeof admin, "%s/run/adm.sock", test_tmpdir());
+    const char *extra[] = { "server.slots=1", "server.shutdown_grace_s=1", "update.operation_timeout_s=1", NULL };
+    struct admin_box x;
+    REQUIRE(box_setup(&x, admin, extra) == 0);
+    setenv("FLASHBOX_UPDATE_TEST_DELAY_US", "20000", 1);
+    struct served d;
+    REQUIRE(serve_start(&d, x.sets) == 0);
+    /* Past its 1 s deadline the install stops at the next chunk and says why. */
+    char body[1000], *out;
+    snprintf(body, sizeof body, "{\"bundle\":\"%s\"}", x.bundle_b);
+    CHECK_EQ_INT(serve_curl_as(admin, -1, "POST", "/admin/update/install", body, &out), 422);
+    CHECK(out && strstr(out, "install cancelled: it ran longer than update.operation_timeout_s = 1 s") != NULL);
+    if (test_failed()) fprintf(stderr, "answer: %s\n", out ? out : "(none)");
+    free(out);
+    check_store_unchanged(&x);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+
+    /* With the default deadline, SIGTERM cancels it after the 1 s grace period; the daemon
+     * exits cleanly (the operation ended, nothing left behind). */
+    x.sets[6] = NULL; /* drop update.operation_timeout_s */
+    REQUIRE(serve_start(&d, x.sets) == 0);
+    char log[800];
+    snprintf(log, sizeof log, "%s/install.out", test_tmpdir());
+    pid_t cli = cli_async(admin, "install", x.bundle_b, log);
+    REQUIRE(cli > 0);
+    CHECK(wait_phase_write(admin));
+    int ws = serve_stop(&d, SIGTERM, 30000);
+    unsetenv("FLASHBOX_UPDATE_TEST_DELAY_US");
+    CHECK(ws != -1 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    CHECK(wait_exit_bounded(cli, 30000) > 0);
+    char *text = slurp(d.log);
+    CHECK(strstr(text, "did not end after it was cancelled") == NULL);
+    free(text);
+    text = slurp(d.audit);
+    CHECK(strstr(text, "install cancelled: the daemon is stopping") != NULL);
+    if (test_failed()) fprintf(stderr, "audit: %s\n", text);
+    free(text);
+    check_store_unchanged(&x);
+    /* The store takes the next install (offline here). */
+    char cli_out[4096];
+    CHECK_EQ_INT(upd_cli(&x.b, cli_out, sizeof cli_out, "install", x.bundle_b), 0);
+    CHECK_EQ_INT(upd_active_slot(&x.b), 1);
+}

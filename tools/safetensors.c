@@ -1,5 +1,6 @@
 /* safetensors header parsing and tensor reads. See safetensors.h. */
 #include "tools/safetensors.h"
+#include "common/safe_open.h"
 #include "engine/errmsg.h"
 
 #include <errno.h>
@@ -230,12 +231,12 @@ static int pread_all(int fd, void *dst, uint64_t n, uint64_t off)
 int st_open(struct st_file **out, const char *path, char *err, size_t len)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errf(err, len, "%s: %s", path, strerror(errno));
+    int fd = safe_open(path, O_RDONLY, 0, err, len);
+    if (fd < 0) return -1;
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fd, &sb) != 0) {
         close(fd);
-        return errf(err, len, "%s: not a regular file", path);
+        return errf(err, len, "%s: fstat: %s", path, strerror(errno));
     }
     struct st_file *f = st_new(path, (uint64_t)sb.st_size);
     if (!f) {

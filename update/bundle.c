@@ -1,9 +1,9 @@
 /* Reading and checking bundles: the signed head first, then every payload chunk. */
 #include "update/bundle.h"
+#include "common/safe_open.h"
 
 #include "engine/errmsg.h"
 #include "update/durable.h"
-#include "update/store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -64,11 +64,11 @@ int bundle_parse_head(struct bundle *b, uint8_t *head, size_t head_len, const st
 int bundle_open(struct bundle *b, const char *path, const struct keyset *ks, char *err, size_t err_len)
 {
     memset(b, 0, sizeof *b);
-    b->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (b->fd < 0) return errf(err, err_len, "%s: %s", path, strerror(errno));
+    b->fd = safe_open(path, O_RDONLY, 0, err, err_len);
+    if (b->fd < 0) return -1;
     struct stat st;
-    if (fstat(b->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        errf(err, err_len, "%s: not a regular file", path);
+    if (fstat(b->fd, &st) != 0) {
+        errf(err, err_len, "%s: fstat: %s", path, strerror(errno));
         goto fail_fd;
     }
     b->file_size = (uint64_t)st.st_size;
@@ -151,6 +151,30 @@ void bundle_test_pause(void)
     if (test_delay_us()) usleep(10 * test_delay_us());
 }
 
+/* Test hook (off unless set): FLASHBOX_UPDATE_TEST_STALL_CHUNK=N makes the Nth chunk read
+ * of this process (1-based, counted over every payload) never return, like a read from a
+ * stalled network mount: no cancellation point can end it. The daemon tests use it to
+ * show that SIGTERM still ends the process within its bound and the store stays good. */
+static void test_stall_point(void)
+{
+    static long stall_at = -1;
+    static long reads;
+    if (stall_at < 0) {
+        const char *s = getenv("FLASHBOX_UPDATE_TEST_STALL_CHUNK");
+        stall_at = s ? atol(s) : 0;
+    }
+    if (stall_at > 0 && __atomic_add_fetch(&reads, 1, __ATOMIC_RELAXED) == stall_at)
+        for (;;) pause();
+}
+
+int update_check_cancel(const struct update_hooks *hooks, const char *what, char *err, size_t err_len)
+{
+    if (!hooks || !hooks->cancelled) return 0;
+    char why[256] = "";
+    if (!hooks->cancelled(hooks->user, why, sizeof why)) return 0;
+    return errf(err, err_len, "%s cancelled: %s", what, why[0] ? why : "asked to stop");
+}
+
 /* Reads chunk i of p into buf (at least chunk_size bytes), hashes it and compares it
  * with the manifest. *len receives the chunk's length. */
 static int check_chunk(int fd, uint64_t base, const struct manifest_payload *p, uint64_t i, uint8_t *buf, size_t *len,
@@ -159,6 +183,7 @@ static int check_chunk(int fd, uint64_t base, const struct manifest_payload *p, 
     uint64_t off = i * p->chunk_size;
     *len = (size_t)(p->size - off < p->chunk_size ? p->size - off : p->chunk_size);
     uint8_t h[32];
+    test_stall_point();
     if (durable_pread_all(fd, buf, *len, base + off, what, err, err_len)) return -1;
     if (keys_sha256(buf, *len, h)) return errf(err, err_len, "%s: SHA-256 failed", what);
     if (CRYPTO_memcmp(h, p->chunk_hashes + i * MANIFEST_HASH_LEN, 32) != 0)
@@ -204,7 +229,9 @@ static void *verify_worker_run(void *arg)
         pthread_mutex_unlock(&sh->mu);
         if (stop) break;
         size_t len = 0;
-        int rc = buf ? check_chunk(sh->fd, sh->base, sh->p, i, buf, &len, sh->what, err, sizeof err)
+        int rc = update_check_cancel(sh->hooks, "verification", err, sizeof err);
+        if (!rc)
+            rc = buf ? check_chunk(sh->fd, sh->base, sh->p, i, buf, &len, sh->what, err, sizeof err)
                      : errf(err, sizeof err, "%s: out of memory for a %u-byte chunk", sh->what, sh->p->chunk_size);
         pthread_mutex_lock(&sh->mu);
         if (rc && i < sh->first_bad) {
@@ -267,7 +294,8 @@ int bundle_check_payload(int fd, uint64_t base, const struct manifest_payload *p
     int rc = 0;
     for (uint64_t i = 0; i < p->n_chunks && !rc; i++) {
         size_t len;
-        rc = check_chunk(fd, base, p, i, buf, &len, what, err, err_len);
+        rc = update_check_cancel(hooks, "install", err, err_len);
+        if (!rc) rc = check_chunk(fd, base, p, i, buf, &len, what, err, err_len);
         if (!rc) rc = sink(user, p, i, i * p->chunk_size, buf, len, err, err_len);
         if (!rc && hooks && hooks->progress) hooks->progress(hooks->user, phase, p->name, i * p->chunk_size + len, p->size);
         if (test_delay_us()) usleep(test_delay_us());
@@ -296,26 +324,4 @@ void bundle_info_fill(const struct bundle *b, struct update_bundle_info *info)
     info->n_new_keys = b->m.n_keys;
     info->n_expected = b->m.n_expected;
     if (b->m.provenance) snprintf(info->provenance, sizeof info->provenance, "%.*s", (int)b->m.provenance_len, b->m.provenance);
-}
-
-int update_verify_bundle(const struct update_config *cfg, const char *bundle_path, const struct update_hooks *hooks,
-                         struct update_bundle_info *info, char *err, size_t err_len)
-{
-    struct keyset ks;
-    char source[4096];
-    if (store_load_trust(cfg, &ks, source, sizeof source, err, err_len)) return -1;
-    struct bundle b;
-    if (bundle_open(&b, bundle_path, &ks, err, err_len)) return -1;
-    if (info) bundle_info_fill(&b, info);
-    int rc = 0;
-    if (strcmp(b.m.product, cfg->product))
-        rc = errf(err, err_len, "bundle is for product \"%s\", this box is \"%s\"", b.m.product, cfg->product);
-    for (uint32_t i = 0; i < b.m.n_payloads && !rc; i++) {
-        char what[200];
-        snprintf(what, sizeof what, "payload %s", b.m.payloads[i].name);
-        rc = bundle_check_payload(b.fd, b.payload_off[i], &b.m.payloads[i], what, UPDATE_PHASE_VERIFY, hooks, NULL,
-                                  NULL, err, err_len);
-    }
-    bundle_close(&b);
-    return rc;
 }

@@ -5,6 +5,7 @@
  * the head (header, manifest, signature) is written last, into a temp file renamed at the
  * end. All-zero chunks are skipped with a seek, so sparse inputs stay sparse. */
 #include "update/bundle.h"
+#include "common/safe_open.h"
 #include "update/durable.h"
 #include "update/update.h"
 
@@ -53,10 +54,10 @@ static int copy_payload(struct input *in, const struct manifest_payload *p, int 
 static int fill_payload(struct manifest_payload *p, const char *name, struct input *in, uint32_t chunk_size, char *err,
                         size_t err_len)
 {
-    in->fd = open(in->path, O_RDONLY | O_CLOEXEC);
-    if (in->fd < 0) return errf(err, err_len, "%s: %s", in->path, strerror(errno));
+    in->fd = safe_open(in->path, O_RDONLY, 0, err, err_len);
+    if (in->fd < 0) return -1;
     struct stat st;
-    if (fstat(in->fd, &st) != 0 || !S_ISREG(st.st_mode)) return errf(err, err_len, "%s: not a regular file", in->path);
+    if (fstat(in->fd, &st) != 0) return errf(err, err_len, "%s: fstat: %s", in->path, strerror(errno));
     snprintf(p->name, sizeof p->name, "%s", name);
     p->size = (uint64_t)st.st_size;
     p->chunk_size = chunk_size;
@@ -134,11 +135,8 @@ int update_bundle_create(const struct update_create_opts *opt, const struct upda
         errf(err, err_len, "out of memory for a %u-byte chunk", opt->chunk_size);
         goto done;
     }
-    out = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (out < 0) {
-        errf(err, err_len, "%s: %s", tmp, strerror(errno));
-        goto done;
-    }
+    out = safe_open(tmp, O_RDWR | O_CREAT | O_TRUNC, 0644, err, err_len);
+    if (out < 0) goto done;
     uint64_t off = (uint64_t)BUNDLE_HEADER_LEN + mlen + KEYS_SIG_LEN;
     for (uint32_t i = 0, k = 0; i < 2; i++) {
         if (!in[i].path) continue;

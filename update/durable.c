@@ -1,5 +1,6 @@
 /* Durable file operations (see durable.h). */
 #include "update/durable.h"
+#include "common/safe_open.h"
 
 #include "engine/errmsg.h"
 
@@ -80,8 +81,9 @@ int durable_replace_file(const char *path, const void *data, size_t len, mode_t 
     char tmp[4200], dir[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     durable_dirname(path, dir, sizeof dir);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return errf(err, err_len, "%s: %s", tmp, strerror(errno));
+    /* Only ever inside a managed directory (the slot store): never through a planted link. */
+    int fd = safe_open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode, err, err_len);
+    if (fd < 0) return -1;
     if (durable_write_all(fd, data, len, tmp, err, err_len) || (fsync(fd) != 0 && errf(err, err_len, "fsync %s: %s", tmp, strerror(errno)))) {
         close(fd);
         unlink(tmp);
@@ -118,12 +120,12 @@ int durable_read_small(const char *path, size_t max, char **out, size_t *out_len
 {
     *out = NULL;
     *out_len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errf(err, err_len, "%s: %s", path, strerror(errno));
+    int fd = safe_open(path, O_RDONLY, 0, err, err_len);
+    if (fd < 0) return -1;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0) {
         close(fd);
-        return errf(err, err_len, "%s: not a regular file", path);
+        return errf(err, err_len, "%s: fstat: %s", path, strerror(errno));
     }
     if ((uint64_t)st.st_size > max) {
         close(fd);

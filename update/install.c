@@ -19,6 +19,7 @@
  * Every writer first repairs a crash between the rename and the floor write by raising the
  * floor to the active slot's epoch. */
 #include "update/bundle.h"
+#include "common/safe_open.h"
 #include "update/durable.h"
 #include "update/store.h"
 #include "update/update.h"
@@ -107,8 +108,8 @@ static int write_payload(const struct bundle *b, uint32_t i, const char *dir, co
     char part[4400], final[4400];
     snprintf(part, sizeof part, "%s/%s.part", dir, p->name);
     snprintf(final, sizeof final, "%s/%s", dir, p->name);
-    struct write_ctx w = { open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), part };
-    if (w.fd < 0) return errf(err, err_len, "%s: %s", part, strerror(errno));
+    struct write_ctx w = { safe_open(part, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644, err, err_len), part };
+    if (w.fd < 0) return -1;
     char what[200];
     snprintf(what, sizeof what, "payload %s", p->name);
     int rc = bundle_check_payload(b->fd, b->payload_off[i], p, what, UPDATE_PHASE_WRITE, hooks, write_chunk, &w, err,
@@ -244,6 +245,7 @@ static int install_locked(const struct update_config *cfg, const char *bundle_pa
         rc = write_payload(&b, i, dir, hooks, err, err_len);
         bundle_test_pause();
     }
+    if (!rc) rc = update_check_cancel(hooks, "install", err, err_len);
     if (!rc) rc = prune_slot(dir, &b.m, err, err_len);
     if (!rc) rc = durable_fsync_path(dir, err, err_len);
     bundle_test_pause();
@@ -254,13 +256,17 @@ static int install_locked(const struct update_config *cfg, const char *bundle_pa
                                   err_len);
     }
     bundle_test_pause();
+    if (!rc) rc = update_check_cancel(hooks, "install", err, err_len);
     if (!rc && ((rc = run_selftest(&b, dir, hooks, err, err_len)) ||
+                (rc = update_check_cancel(hooks, "install", err, err_len)) ||
                 (rc = run_evaluation(cfg, &b, target, active, dir, hooks, &st, err, err_len)))) {
         char ignored[256];
         invalidate_slot(dir, ignored, sizeof ignored); /* tested bad: never a fallback target */
     }
     if (!rc && hooks && hooks->progress) hooks->progress(hooks->user, UPDATE_PHASE_ACTIVATE, store_slot_name(target), 0, 1);
     bundle_test_pause();
+    /* The last cancellation point: from here the switch is a few small durable writes. */
+    if (!rc) rc = update_check_cancel(hooks, "install", err, err_len);
     if (!rc) rc = rotate_keys(cfg, &b, err, err_len);
     if (!rc) {
         st.trial = target;

@@ -3,6 +3,7 @@
  * keys are kept as raw 32-byte values after loading, so a key set compares and prints
  * the same whichever PEM file it came from. */
 #include "update/keys.h"
+#include "common/safe_open.h"
 
 #include "engine/errmsg.h"
 
@@ -104,13 +105,25 @@ static int add_key(struct keyset *ks, EVP_PKEY *pk, const char *origin, char *er
     return 0;
 }
 
+/* A key file as a BIO, opened through safe_open: a FIFO or a device in the key directory
+ * (or given as --key) is refused instead of blocking the read. */
+static BIO *open_bio(const char *path, char *err, size_t err_len)
+{
+    int fd = safe_open(path, O_RDONLY, 0, err, err_len);
+    if (fd < 0) return NULL;
+    BIO *bio = BIO_new_fd(fd, BIO_CLOSE);
+    if (!bio) {
+        close(fd);
+        ERR_clear_error();
+        errf(err, err_len, "%s: out of memory", path);
+    }
+    return bio;
+}
+
 int keys_load_file(struct keyset *ks, const char *path, char *err, size_t err_len)
 {
-    BIO *bio = BIO_new_file(path, "r");
-    if (!bio) {
-        ERR_clear_error();
-        return errf(err, err_len, "%s: %s", path, strerror(errno ? errno : ENOENT));
-    }
+    BIO *bio = open_bio(path, err, err_len);
+    if (!bio) return -1;
     int found = 0, rc = 0;
     for (;;) {
         EVP_PKEY *pk = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
@@ -185,11 +198,8 @@ int keys_to_pem(const uint8_t (*raw)[KEYS_RAW_LEN], unsigned n, char **pem, size
 
 static int load_private(const char *path, EVP_PKEY **out, char *err, size_t err_len)
 {
-    BIO *bio = BIO_new_file(path, "r");
-    if (!bio) {
-        ERR_clear_error();
-        return errf(err, err_len, "%s: %s", path, strerror(errno ? errno : ENOENT));
-    }
+    BIO *bio = open_bio(path, err, err_len);
+    if (!bio) return -1;
     *out = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
     BIO_free(bio);
     if (!*out) return ssl_errf(err, err_len, path);

@@ -13,6 +13,7 @@
  * The epoch floor lives in a plain root-owned file: it stops rollback through the update
  * path, not an attacker who already has root (update-api-security.md §1.4.5). */
 #include "update/store.h"
+#include "common/safe_open.h"
 
 #include "engine/errmsg.h"
 #include "update/durable.h"
@@ -248,8 +249,8 @@ int store_lock(const struct update_config *cfg, bool wait, int *fd, char *err, s
         return errf(err, err_len, "data directory %s: %s", cfg->data_dir, strerror(errno));
     char path[4200];
     snprintf(path, sizeof path, "%s/lock", cfg->data_dir);
-    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (*fd < 0) return errf(err, err_len, "%s: %s", path, strerror(errno));
+    *fd = safe_open(path, O_RDWR | O_CREAT | O_NOFOLLOW, 0600, err, err_len);
+    if (*fd < 0) return -1;
     /* A writer that does not wait still allows two seconds: the daemon's boot bookkeeping
      * holds the lock for milliseconds, an install for minutes. */
     int tries = 100;
@@ -294,11 +295,12 @@ int store_check_slot(const struct update_config *cfg, const struct keyset *ks, i
     for (uint32_t i = 0; i < b->m.n_payloads; i++) {
         const struct manifest_payload *p = &b->m.payloads[i];
         snprintf(path, sizeof path, "%s/%s", dir, p->name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        char oerr[512];
+        int fd = safe_open(path, O_RDONLY | O_NOFOLLOW, 0, oerr, sizeof oerr);
         struct stat st;
         int rc = 0;
-        if (fd < 0) rc = errf(err, err_len, "slot %s: %s: %s", store_slot_name(slot), p->name, strerror(errno));
-        else if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != p->size)
+        if (fd < 0) rc = errf(err, err_len, "slot %s: %s", store_slot_name(slot), oerr);
+        else if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != p->size)
             rc = errf(err, err_len, "slot %s: %s is %lld bytes, the manifest says %llu", store_slot_name(slot), p->name,
                       (long long)st.st_size, (unsigned long long)p->size);
         else if (deep)

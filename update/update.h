@@ -99,13 +99,23 @@ struct update_eval_result {
 typedef int (*update_evaluate_fn)(void *user, const struct update_eval *e, struct update_eval_result *r, char *err,
                                   size_t err_len);
 
+/* Asked at every cancellation point (before each chunk, between install steps): nonzero
+ * stops the operation there, with why ("the daemon is stopping") in the error. A stopped
+ * install leaves the store as a crash at that point would: the active slot untouched, the
+ * target slot invalid until a later install completes it. */
+typedef int (*update_cancel_fn)(void *user, char *why, size_t why_len);
+
 struct update_hooks {
     update_progress_fn progress;    /* NULL: silent */
     update_selftest_fn selftest;    /* NULL: install refuses (a slot must be tested) */
     void *user;
     update_evaluate_fn evaluate;    /* NULL: no site evaluation policy */
     void *eval_user;
+    update_cancel_fn cancelled;     /* NULL: runs to its end */
 };
+
+/* 0 unless hooks->cancelled says stop; then -1 and "WHAT cancelled: why" in err. */
+int update_check_cancel(const struct update_hooks *hooks, const char *what, char *err, size_t err_len);
 
 /* What verification found, for printing. */
 struct update_bundle_info {
