@@ -138,5 +138,8 @@ int quant_random_blocks(enum gguf_type type, void *dst, uint64_t n_blocks, uint6
 /* ggml's reference quantizers (quantize_row_q8_0_ref, quantize_row_mxfp4_ref). n % 32 == 0. */
 void quantize_row_q8_0(const float *src, struct block_q8_0 *dst, uint64_t n);
 void quantize_row_mxfp4(const float *src, struct block_mxfp4 *dst, uint64_t n);
+/* ggml's quantize_row_q2_K_ref and quantize_row_q4_K_ref, byte for byte. n % 256 == 0. */
+void quantize_row_q2_k(const float *src, struct block_q2_k *dst, uint64_t n);
+void quantize_row_q4_k(const float *src, struct block_q4_k *dst, uint64_t n);
 
 #endif

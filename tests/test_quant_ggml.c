@@ -191,3 +191,31 @@ TEST(quant_vectors_catch_one_flipped_bit)
     CHECK(memcmp(out, q->expected, sizeof out) != 0);
     free(f.bytes);
 }
+
+TEST(q2_k_and_q4_k_quantizers_write_ggml_s_bytes)
+{
+    struct qvec_file f;
+    REQUIRE(load_vectors(&f) == 0);
+    int checked = 0;
+    for (int i = 0; i < f.n; i++) {
+        const struct qvec *q = &f.v[i];
+        if (q->type != GGUF_TYPE_Q2_K && q->type != GGUF_TYPE_Q4_K) continue;
+        REQUIRE(q->input);
+        const uint64_t n = (uint64_t)q->n_blocks * QK_K;
+        const uint32_t bb = gguf_type_block_bytes(q->type);
+        uint8_t *out = calloc(q->n_blocks, bb);
+        REQUIRE(out);
+        if (q->type == GGUF_TYPE_Q2_K) quantize_row_q2_k(q->input, (struct block_q2_k *)out, n);
+        else quantize_row_q4_k(q->input, (struct block_q4_k *)out, n);
+        for (uint32_t k = 0; k < q->n_blocks * bb; k++)
+            if (out[k] != q->blocks[k]) {
+                test_fail_at(__FILE__, __LINE__, "%s block %u byte %u: %u, ggml %u", gguf_type_name(q->type), k / bb, k % bb, out[k],
+                             q->blocks[k]);
+                break;
+            }
+        free(out);
+        checked++;
+    }
+    CHECK_EQ_INT(checked, 2);
+    free(f.bytes);
+}
