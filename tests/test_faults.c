@@ -320,6 +320,10 @@ static int open_paged(struct engine **e, const char *path, bool verify, char *er
     o.backend = ENGINE_BACKEND_REF;
     o.expert_cache_mb = 1; /* a few experts at a time: every step reads experts from the file */
     o.expert_verify = verify;
+    /* Only the loads a step needs, in the step's order: a speculative load on the loader
+     * thread would take the Nth read the fault is aimed at, at a time that depends on the
+     * machine's load, and its failure only drops the guess. */
+    o.expert_no_prefetch = true;
     return engine_open(e, &o, err, err_len);
 }
 
