@@ -10,10 +10,12 @@
 #include <stdint.h>
 
 /* On a CPU Vulkan driver (lavapipe) auto takes Vulkan for model files of at least this many
- * bytes. Measured on 2 cores: on the 500 MB small model Vulkan decodes about 3.5x faster than
- * the reference (40 against 11 tok/s), which repays its first-run pipeline compile (tens of
- * seconds, cached on disk by Mesa afterwards) within a few hundred tokens; on the tiny 3-15 MB
- * models the reference answers before Vulkan has compiled its pipelines. */
+ * bytes. Figures behind it (docs/design.md, "The Vulkan backend"): on the 500 MB small model
+ * lavapipe decoded 18-21 against the reference's 3.9 tok/s (earlier stops' benches; issue 16
+ * reports about 40 against 11), which repays the first-run pipeline compile (48-50 s uncached,
+ * 9 s with Mesa's disk cache) within a few hundred tokens. The 64 MiB line itself is a
+ * judgement between the tiny 3-15 MB models (the reference answers before the compile ends)
+ * and that model, not a measured crossover. */
 #define BACKEND_PICK_CPU_DRIVER_MIN_MODEL_BYTES (64ull << 20)
 
 /* When opt->backend is ENGINE_BACKEND_AUTO: vulkan on the device the board picks if it is a
