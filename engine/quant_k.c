@@ -112,6 +112,11 @@ int dequant_row_k(enum gguf_type type, const void *src, float *dst, uint64_t n)
 {
     const uint8_t *p = src;
     const uint32_t bb = gguf_type_block_bytes(type);
+    /* decide ownership before the loop: a row shorter than QK_K runs no iteration, and an
+     * IQ4_NL row of 128 must still reach dequant_row_iq */
+    if (type != GGUF_TYPE_Q2_K && type != GGUF_TYPE_Q3_K && type != GGUF_TYPE_Q4_K && type != GGUF_TYPE_Q5_K &&
+        type != GGUF_TYPE_Q6_K)
+        return -1;
     for (uint64_t i = 0; i < n / QK_K; i++, p += bb, dst += QK_K) {
         switch (type) {
         case GGUF_TYPE_Q2_K: dequant_q2_k((const struct block_q2_k *)p, dst); break;
