@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 double bench_now_s(void)
 {

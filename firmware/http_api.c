@@ -4,7 +4,7 @@
 #include "firmware/http_api.h"
 #include "firmware/backend_pick.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "firmware/api_logprobs.h"
 #include "firmware/api_shapes.h"
 #include "firmware/audit.h"

@@ -4,8 +4,8 @@
 #include "firmware/request_parse.h"
 #include "firmware/request_tools.h"
 
-#include "engine/errmsg.h"
-#include "engine/json_grammar.h"
+#include "common/errmsg.h"
+#include "engine/engine.h"
 
 #include <jansson.h>
 #include <math.h>

@@ -1,7 +1,7 @@
 /* Tools in chat requests (see request_tools.h). */
 #include "firmware/request_tools.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <math.h>
 #include <stdio.h>

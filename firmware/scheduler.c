@@ -4,7 +4,7 @@
 #include "firmware/scheduler.h"
 
 #include "engine/engine.h"
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "firmware/metrics.h"
 #include "firmware/textgen.h"
 

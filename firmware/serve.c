@@ -21,7 +21,7 @@
  * process exits without freeing what it may touch, which leaves the slot store as a
  * kill -9 there would (every install step is crash-safe). */
 #include "engine/engine.h"
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "firmware/admin.h"
 #include "firmware/audit.h"
 #include "firmware/commands.h"

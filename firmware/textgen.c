@@ -1,15 +1,11 @@
 /* The daemon's text side (see textgen.h): a thin layer that maps a parsed request onto
- * engine/chat.h, engine/sampler.h and the tokenizer's streaming decoder. Control tokens
+ * engine/text/chat.h, engine/text/sampler.h and the tokenizer's streaming decoder. Control tokens
  * are decoded as their text (TOK_DECODE_SPECIAL, as `flashbox run` shows them), so a
  * thinking answer keeps its </think> boundary; EOS stops the answer and is never shown. */
 #include "firmware/textgen.h"
 
-#include "engine/chat.h"
 #include "engine/engine.h"
-#include "engine/errmsg.h"
-#include "engine/json_grammar.h"
-#include "engine/sampler.h"
-#include "engine/tokenizer.h"
+#include "common/errmsg.h"
 #include "firmware/request_parse.h"
 #include "firmware/request_tools.h"
 

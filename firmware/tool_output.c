@@ -1,7 +1,7 @@
 /* Parsing V4's DSML tool-call block (see tool_output.h). */
 #include "firmware/tool_output.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "firmware/request_tools.h"
 
 #include <jansson.h>

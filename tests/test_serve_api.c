@@ -2,7 +2,7 @@
  * greedy answers equal to greedy decoding through engine.h, the SSE stream chunk by chunk,
  * usage numbers, stop strings, the audit log, --print-config and loopback TCP. */
 #include "engine/engine.h"
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 #include "firmware/config.h"
 #include "tests/harness.h"
 #include "tests/serve_client.h"

@@ -3,8 +3,8 @@
  * words around outputs to catch out-of-range writes. Skipped without any Vulkan device. */
 #include <stdlib.h>
 
-#include "engine/quant.h"
-#include "engine/vk_internal.h"
+#include "engine/model/quant.h"
+#include "engine/vulkan/vk_internal.h"
 #include "tests/vk_fixture.h"
 #include "shaders/abi.h"
 
@@ -391,8 +391,8 @@ TEST(vk_rmsnorm_matches_reference_with_and_without_weight)
 
 /* ---- the non-matvec kernels against the reference's per-step functions ---- */
 
-#include "engine/ref.h"
-#include "engine/ref_ops.h"
+#include "engine/ref/ref.h"
+#include "engine/ref/ref_ops.h"
 
 static struct model_hparams hc_hparams(uint32_t n_embd)
 {
