@@ -40,6 +40,8 @@ struct textgen_seq {
     const struct jg_schema *schema; /* the request's grammar, or NULL */
     struct jg_matcher *matcher;
     uint32_t *allow;           /* [jg_mask_words] the tokens allowed at this step */
+    const struct dsml_grammar *calls; /* a forced tool call's grammar, or NULL */
+    struct dsml_matcher *call_matcher; /* NULL when the vocabulary has no DSML token */
     bool grammar_on;           /* the answer has begun (after </think> when thinking) */
     int32_t eos;
     uint32_t max_tokens;
@@ -325,7 +327,9 @@ int textgen_seq_create(const struct textgen *tg, struct textgen_seq **out, char 
     s->piece_cap = tok_stream_buf_size(tg->tok);
     s->piece = malloc(s->piece_cap);
     s->allow = malloc(jg_mask_words(tg->vocab) * sizeof *s->allow);
-    if (!s->piece || !s->allow || jg_matcher_create(&s->matcher, tg->vocab, err, err_len)) {
+    int32_t dsml = tok_find_special(tg->tok, CHAT_DSML);
+    if (!s->piece || !s->allow || jg_matcher_create(&s->matcher, tg->vocab, err, err_len) ||
+        (dsml >= 0 && dsml_matcher_create(&s->call_matcher, tg->vocab, tg->tok, dsml, err, err_len))) {
         textgen_seq_destroy(s);
         return errf(err, err_len, "sequence: out of memory");
     }
@@ -342,6 +346,7 @@ void textgen_seq_destroy(struct textgen_seq *s)
     free(s->released);
     free(s->allow);
     jg_matcher_destroy(s->matcher);
+    dsml_matcher_destroy(s->call_matcher);
     free(s);
 }
 
@@ -410,6 +415,13 @@ int textgen_seq_start(struct textgen_seq *s, const struct gen_request *req, char
         if (eos < 0) return errf(err, err_len, "response_format: the model has no end token to end the JSON with");
         jg_matcher_start(s->matcher, s->schema);
     }
+    s->calls = req->kind == REQ_CHAT ? req->calls : NULL;
+    if (s->calls) {
+        if (eos < 0 || !s->call_matcher)
+            return errf(err, err_len, "tool_choice: the model has no %s to end a call with",
+                        eos < 0 ? "end token" : "DSML control token");
+        dsml_matcher_start(s->call_matcher, s->calls, false);
+    }
     s->logprobs = req->logprobs;
     s->top_logprobs = req->top_logprobs < 20 ? req->top_logprobs : 20;
     return 0;
@@ -426,7 +438,8 @@ bool textgen_seq_reasoning_end(const struct textgen_seq *s, size_t *end)
 static void think_mask(struct textgen_seq *s, uint32_t remaining)
 {
     size_t words = jg_mask_words(s->tg->vocab);
-    bool close = (uint64_t)remaining <= (uint64_t)jg_schema_min_bytes(s->schema) + 2;
+    uint32_t least = s->calls ? dsml_grammar_min_tokens(s->calls) : jg_schema_min_bytes(s->schema);
+    bool close = (uint64_t)remaining <= (uint64_t)least + 2;
     memset(s->allow, close ? 0 : 0xFF, words * sizeof *s->allow);
     if (close) s->allow[(uint32_t)s->think_end_tok >> 5] |= 1u << ((uint32_t)s->think_end_tok & 31);
     else s->allow[(uint32_t)s->eos >> 5] &= ~(1u << ((uint32_t)s->eos & 31));
@@ -465,19 +478,24 @@ static void logprob_of(const float *logits, uint32_t n, int32_t tok, uint32_t k,
 int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits, struct textgen_logprob *lp)
 {
     const uint32_t *allow = NULL;
-    if (s->schema) {
+    bool shaped = s->schema || s->calls;
+    if (shaped) {
         uint32_t n = stopper_n_tokens(s->stopper);
         uint32_t remaining = s->max_tokens > n ? s->max_tokens - n : 1;
-        if (s->grammar_on) jg_mask(s->matcher, remaining, s->eos, s->allow);
-        else think_mask(s, remaining);
+        if (!s->grammar_on) think_mask(s, remaining);
+        else if (s->calls) dsml_mask(s->call_matcher, remaining, s->eos, s->allow);
+        else jg_mask(s->matcher, remaining, s->eos, s->allow);
         allow = s->allow;
     }
     int32_t tok = sampler_sample_masked(s->sampler, logits, allow);
     if (tok < 0) return tok;
     sampler_accept(s->sampler, tok);
     if (lp && s->logprobs) logprob_of(logits, s->tg->n_vocab, tok, s->top_logprobs, lp);
-    if (s->schema && !s->grammar_on && tok == s->think_end_tok) s->grammar_on = true;
-    else if (s->schema && s->grammar_on && tok != s->eos && jg_matcher_accept(s->matcher, tok)) return -1;
+    if (shaped && !s->grammar_on && tok == s->think_end_tok) {
+        s->grammar_on = true;
+    } else if (shaped && s->grammar_on && tok != s->eos) {
+        if (s->calls ? dsml_matcher_accept(s->call_matcher, tok) : jg_matcher_accept(s->matcher, tok)) return -1;
+    }
     return tok;
 }
 

@@ -145,12 +145,15 @@ int tool_output_parse(const char *text, size_t len, const char *const *names, si
         if (!t) { errf(err, err_len, "tool call: an invoke is not closed"); goto fail; }
         const char *q = p;
         while (q < t && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) q++;
-        if ((size_t)(t - q) < 9 || memcmp(q, "name=\"", 6) || memcmp(t - 3, "\">\n", 3)) {
+        /* name="N">\n before a parameter; name="N">\n\n before the end of an invoke without
+         * parameters (the encoder joins no parameters, then writes "\n</invoke>") */
+        size_t tail = which == 1 ? 4 : 3;
+        if ((size_t)(t - q) < 6 + tail + 1 || memcmp(q, "name=\"", 6) || memcmp(t - tail, "\">\n\n", tail)) {
             errf(err, err_len, "tool call: bad invoke name at byte %zu", (size_t)(p - text));
             goto fail;
         }
         const char *name = q + 6;
-        size_t name_len = (size_t)(t - 3 - name);
+        size_t name_len = (size_t)(t - tail - name);
         bool known = false;
         for (size_t k = 0; k < n_names && !known; k++) known = strlen(names[k]) == name_len && !memcmp(names[k], name, name_len);
         if (!known) { errf(err, err_len, "tool call: '%.*s' is not an offered tool", (int)(name_len > 64 ? 64 : name_len), name); goto fail; }
