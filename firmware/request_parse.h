@@ -95,7 +95,10 @@ struct gen_request {
     struct jg_schema *schema;     /* response_format json_object / json_schema: the compiled
                                    * grammar the answer must match (owned); NULL for text */
     struct dsml_grammar *calls;   /* tool_choice required / named: the DSML call block the answer
-                                   * must be (owned, see engine/text/dsml_grammar.h); NULL otherwise */
+                                   * must be (owned, see engine/text/dsml_grammar.h); with a strict
+                                   * tool and tool_choice auto, the grammar of a block the model
+                                   * opens itself (calls_on_demand); NULL otherwise */
+    bool calls_on_demand;
 };
 
 void req_limits_default(struct req_limits *lim);

@@ -283,11 +283,15 @@ int req_check_tools(struct gen_request *r, char *err, size_t err_len)
         if (named < 0)
             return errf(err, err_len, "tool_choice.function.name: '%.64s' is not among the tools", r->tool_choice_name);
     }
-    if (r->tool_choice != REQ_TOOL_REQUIRED && r->tool_choice != REQ_TOOL_NAMED) return 0;
+    bool strict = false;
+    for (uint32_t i = 0; i < r->n_tools; i++) strict |= r->tools[i].strict;
+    if (r->tool_choice == REQ_TOOL_NONE || (r->tool_choice == REQ_TOOL_AUTO && (!strict || r->schema))) return 0;
     /* A forced call: the answer is held to the DSML call block of the offered tools (or the
-     * named one), arguments to each tool's parameter schema. */
+     * named one), arguments to each tool's parameter schema. With a strict tool and "auto",
+     * the same grammar holds a block the model opens on its own (r->calls_on_demand). */
     if (r->schema)
         return errf(err, err_len, "tool_choice: a required call and response_format cannot both shape the answer");
+    r->calls_on_demand = r->tool_choice == REQ_TOOL_AUTO;
     struct dsml_tool d[DSML_MAX_TOOLS];
     uint32_t n = 0;
     for (uint32_t i = 0; i < r->n_tools && n < DSML_MAX_TOOLS; i++) {

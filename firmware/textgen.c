@@ -41,6 +41,10 @@ struct textgen_seq {
     struct jg_matcher *matcher;
     uint32_t *allow;           /* [jg_mask_words] the tokens allowed at this step */
     const struct dsml_grammar *calls; /* a forced tool call's grammar, or NULL */
+    bool calls_on;             /* the call grammar holds the answer (forced, or a strict tool's
+                                * block the model opened: "\n\n<" then the DSML token) */
+    int32_t dsml_tok;
+    char tail[3];              /* the last bytes of text fed, oldest first */
     struct dsml_matcher *call_matcher; /* NULL when the vocabulary has no DSML token */
     bool grammar_on;           /* the answer has begun (after </think> when thinking) */
     int32_t eos;
@@ -416,11 +420,14 @@ int textgen_seq_start(struct textgen_seq *s, const struct gen_request *req, char
         jg_matcher_start(s->matcher, s->schema);
     }
     s->calls = req->kind == REQ_CHAT ? req->calls : NULL;
+    s->calls_on = s->calls && !req->calls_on_demand;
+    s->dsml_tok = tok_find_special(s->tg->tok, CHAT_DSML);
+    memset(s->tail, 0, sizeof s->tail);
     if (s->calls) {
         if (eos < 0 || !s->call_matcher)
             return errf(err, err_len, "tool_choice: the model has no %s to end a call with",
                         eos < 0 ? "end token" : "DSML control token");
-        dsml_matcher_start(s->call_matcher, s->calls, false);
+        if (s->calls_on) dsml_matcher_start(s->call_matcher, s->calls, false);
     }
     s->logprobs = req->logprobs;
     s->top_logprobs = req->top_logprobs < 20 ? req->top_logprobs : 20;
@@ -478,7 +485,7 @@ static void logprob_of(const float *logits, uint32_t n, int32_t tok, uint32_t k,
 int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits, struct textgen_logprob *lp)
 {
     const uint32_t *allow = NULL;
-    bool shaped = s->schema || s->calls;
+    bool shaped = s->schema || s->calls_on;
     if (shaped) {
         uint32_t n = stopper_n_tokens(s->stopper);
         uint32_t remaining = s->max_tokens > n ? s->max_tokens - n : 1;
@@ -491,10 +498,14 @@ int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits, struct te
     if (tok < 0) return tok;
     sampler_accept(s->sampler, tok);
     if (lp && s->logprobs) logprob_of(logits, s->tg->n_vocab, tok, s->top_logprobs, lp);
-    if (shaped && !s->grammar_on && tok == s->think_end_tok) {
+    if (!s->grammar_on && tok == s->think_end_tok) {
         s->grammar_on = true;
     } else if (shaped && s->grammar_on && tok != s->eos) {
-        if (s->calls ? dsml_matcher_accept(s->call_matcher, tok) : jg_matcher_accept(s->matcher, tok)) return -1;
+        if (s->calls_on ? dsml_matcher_accept(s->call_matcher, tok) : jg_matcher_accept(s->matcher, tok)) return -1;
+    } else if (s->calls && s->grammar_on && tok == s->dsml_tok && !memcmp(s->tail, "\n\n<", 3)) {
+        /* a strict tool's block, opened by the model: held to the grammar from here on */
+        s->calls_on = true;
+        dsml_matcher_start(s->call_matcher, s->calls, true);
     }
     return tok;
 }
@@ -512,6 +523,10 @@ enum textgen_stop textgen_seq_feed(struct textgen_seq *s, int32_t tok, const cha
         n = tok_stream_feed(&s->stream, tok, s->piece, s->piece_cap);
         if (n < 0) n = 0; /* the sampler only returns ids of the vocabulary */
         s->fed += (size_t)n;
+        for (int k = 0; k < n; k++) {
+            memmove(s->tail, s->tail + 1, sizeof s->tail - 1);
+            s->tail[sizeof s->tail - 1] = s->piece[k];
+        }
     }
     enum stop_reason why = stopper_feed(s->stopper, tok, s->piece, (size_t)n, s->released, s->released_cap, len);
     *text = s->released;

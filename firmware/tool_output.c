@@ -145,9 +145,10 @@ int tool_output_parse(const char *text, size_t len, const char *const *names, si
         if (!t) { errf(err, err_len, "tool call: an invoke is not closed"); goto fail; }
         const char *q = p;
         while (q < t && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) q++;
-        /* name="N">\n before a parameter; name="N">\n\n before the end of an invoke without
-         * parameters (the encoder joins no parameters, then writes "\n</invoke>") */
-        size_t tail = which == 1 ? 4 : 3;
+        /* name="N">\n before a parameter; before the end of an invoke without parameters,
+         * name="N">\n\n as the encoder's join writes it (no parameters joined, then
+         * "\n</invoke>"), or name="N">\n */
+        size_t tail = which == 1 && t - q >= 4 && !memcmp(t - 4, "\">\n\n", 4) ? 4 : 3;
         if ((size_t)(t - q) < 6 + tail + 1 || memcmp(q, "name=\"", 6) || memcmp(t - tail, "\">\n\n", tail)) {
             errf(err, err_len, "tool call: bad invoke name at byte %zu", (size_t)(p - text));
             goto fail;

@@ -13,6 +13,7 @@
 #include "tests/serve_client.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -138,8 +139,8 @@ static void gen_close(struct gen *G)
 
 /* 1 when the block closed and EOS came within max_tokens, 0 at max_tokens, -1 on a fault;
  * the text (the marker as its text, as the daemon decodes it) goes to out. */
-static int generate(struct gen *G, const struct dsml_grammar *g, uint64_t seed, float temperature, uint32_t max_tokens,
-                    char *out, size_t cap, size_t *len)
+static int generate(struct gen *G, const struct dsml_grammar *g, bool opened, uint64_t seed, float temperature,
+                    uint32_t max_tokens, char *out, size_t cap, size_t *len)
 {
     char err[256];
     struct sampler_params sp;
@@ -149,10 +150,12 @@ static int generate(struct gen *G, const struct dsml_grammar *g, uint64_t seed, 
     struct sampler *smp;
     if (sampler_create(&smp, G->n_vocab, &sp, err, sizeof err)) return -1;
     session_reset(G->sess);
-    dsml_matcher_start(G->m, g, false);
+    dsml_matcher_start(G->m, g, opened);
     int32_t bos = tok_bos(G->tok), eos = tok_eos(G->tok);
     int rc = session_eval(G->sess, &bos, 1, G->logits, false, err, sizeof err) ? -1 : 0;
     *len = 0;
+    if (opened) /* the model wrote "\n\n<" and the marker itself (a strict tool under auto) */
+        *len = (size_t)snprintf(out, cap, "\n\n<%s", CHAT_DSML);
     for (uint32_t n = 0; !rc && n < max_tokens; n++) {
         dsml_mask(G->m, max_tokens - n, eos, G->allow);
         int32_t t = sampler_sample_masked(smp, G->logits, G->allow);
@@ -196,7 +199,7 @@ static bool call_ok(const size_t *which, size_t n, uint32_t max_calls, const cha
 }
 
 static void run_set(struct gen *G, const size_t *which, size_t n, uint32_t max_calls, uint32_t slack, int seeds,
-                    int line)
+                    bool opened, int line)
 {
     struct dsml_grammar *g = compile_some(which, n, max_calls);
     if (!g) return;
@@ -205,7 +208,7 @@ static void run_set(struct gen *G, const size_t *which, size_t n, uint32_t max_c
     for (int k = 0; k < seeds; k++) {
         size_t len;
         float temp = k % 4 == 0 ? 0.0f : 0.8f + 0.3f * (float)(k % 3);
-        int rc = generate(G, g, (uint64_t)(line * 100 + k), temp, max_tokens, text, sizeof text, &len);
+        int rc = generate(G, g, opened, (uint64_t)(line * 100 + k), temp, max_tokens, text, sizeof text, &len);
         char why[256] = "";
         if (rc != 1) test_fail_at(__FILE__, line, "seed %d: rc %d within %u tokens, text '%s'", k, rc, max_tokens, text);
         else if (!call_ok(which, n, max_calls, text, len, why, sizeof why))
@@ -220,10 +223,11 @@ TEST(dsml_grammar_random_model_calls_parse_and_validate)
     REQUIRE(gen_open(&G) == 0);
     REQUIRE(jg_vocab_has_ascii_bytes(G.vocab));
     static const size_t all[] = { 0, 1, 2, 3, 4 };
-    for (size_t t = 0; t < N_TOOLS; t++) run_set(&G, &all[t], 1, 1, 24, 6, __LINE__); /* named */
-    run_set(&G, all, N_TOOLS, 1, 40, 10, __LINE__);                                      /* required */
-    run_set(&G, all, N_TOOLS, 3, 80, 6, __LINE__);                                       /* parallel */
-    run_set(&G, all, N_TOOLS, 1, 1, 6, __LINE__);                                        /* the tightest budget: the call and EOS */
+    for (size_t t = 0; t < N_TOOLS; t++) run_set(&G, &all[t], 1, 1, 24, 6, false, __LINE__); /* named */
+    run_set(&G, all, N_TOOLS, 1, 40, 10, false, __LINE__);                                      /* required */
+    run_set(&G, all, N_TOOLS, 3, 80, 6, false, __LINE__);                                       /* parallel */
+    run_set(&G, all, N_TOOLS, 1, 1, 6, false, __LINE__); /* the tightest budget: the call and EOS */
+    run_set(&G, all, N_TOOLS, 2, 40, 6, true, __LINE__); /* a block the model opened (strict, auto) */
     gen_close(&G);
 }
 

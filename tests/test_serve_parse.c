@@ -124,7 +124,7 @@ TEST(request_parse_accepts_what_clients_send_by_default)
     CHECK(r.logit_bias[1].tok == 9 && r.logit_bias[1].bias == 2.5f);
     CHECK(r.tools[0].strict);
     CHECK_STR(r.tools[0].parameters, "{\"type\": \"object\", \"properties\": {\"x\": {\"type\": \"number\", \"default\": 0.1}}}");
-    CHECK(r.calls == NULL); /* auto: no grammar */
+    CHECK(r.calls != NULL && r.calls_on_demand); /* a strict tool under auto: the grammar of a block the model opens */
     gen_request_free(&r);
 
     /* required and named choices compile the call grammar; none and auto do not */

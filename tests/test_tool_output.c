@@ -40,6 +40,14 @@ TEST(tool_output_reads_the_official_encoders_calls)
     CHECK_STR(out.calls[1].arguments, "{}");
     tool_output_free(&out);
 
+    /* a call with no parameters as engine/text/chat.c renders it (the join of none, then
+     * "\n</invoke>"), which the forced-call grammar writes too */
+    text = "\n\n<" D "tool_calls>\n<" D "invoke name=\"now\">\n\n</" D "invoke>\n</" D "tool_calls>";
+    REQUIRE(tool_output_parse(text, strlen(text), names, 3, &out, err, sizeof err) == 0);
+    REQUIRE(out.n_calls == 1);
+    CHECK_STR(out.calls[0].arguments, "{}");
+    tool_output_free(&out);
+
     /* no block: all of it is the answer */
     REQUIRE(tool_output_parse("plain", 5, names, 3, &out, err, sizeof err) == 0);
     CHECK_EQ_INT(out.n_calls, 0);
@@ -79,6 +87,10 @@ TEST(tool_output_refuses_truncated_and_malformed_blocks)
         { "\n\n<" D "tool_calls>\n<" D "invoke name=\"now\">\n</" D "invoke>\n</" D "tool_calls>more", "after the block" },
         { "\n\n<" D "tool_calls> \n<" D "invoke name=\"now\">\n</" D "invoke>\n</" D "tool_calls>", "'>\\n'" },
         { "\n\n<" D "tool_calls>\n<" D "invoke nam=\"now\">\n</" D "invoke>\n</" D "tool_calls>", "invoke name" },
+        { "\n\n<" D "tool_calls>\n<" D "invoke name=\"now\">\n\n\n</" D "invoke>\n</" D "tool_calls>", "invoke name" },
+        { "\n\n<" D "tool_calls>\n<" D "invoke name=\"now\">\n\n<" D "parameter name=\"a\" string=\"true\">1</" D
+          "parameter>\n</" D "invoke>\n</" D "tool_calls>", "invoke name" },
+        { "\n\n<" D "tool_calls>\n<" D "invoke name=\"\">\n\n</" D "invoke>\n</" D "tool_calls>", "invoke name" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct tool_output out;
