@@ -69,6 +69,8 @@ struct req {
     uint64_t last_event_ns;
     /* Tool calls (chat with tools offered): the answer is read back for a DSML block. */
     int tools;
+    uint32_t calls_named;         /* streamed calls whose name delta went out */
+    size_t args_sent[128];        /* per streamed call: argument bytes sent */
     struct job *more[REQ_MAX_N - 1]; /* n > 1: the other choices' jobs, [n_more] */
     uint32_t n_more;
     int deadline_partial;         /* header Flashbox-Deadline: partial (finish_reason "length" at the deadline) */
@@ -608,6 +610,56 @@ static json_t *tool_calls_json(const struct req *r, const struct tool_output *o,
     return a;
 }
 
+/* Streamed call deltas as OpenAI sends them: index, id, type and name first, then argument
+ * fragments. */
+static int stream_call_name(struct req *r, uint32_t i, const char *name)
+{
+    char id[64];
+    snprintf(id, sizeof id, "call_%s_%u", r->id, i);
+    json_t *c = stream_choice(r, NULL, 0, 0, NULL, 0);
+    json_object_set_new(json_object_get(c, "delta"), "tool_calls",
+                        json_pack("[{s:I,s:s,s:s,s:{s:s,s:s}}]", "index", (json_int_t)i, "id", id, "type", "function",
+                                  "function", "name", name, "arguments", ""));
+    return out_event(r, chunk_json(r, c));
+}
+
+static int stream_call_args(struct req *r, uint32_t i, const char *args, size_t n)
+{
+    json_t *c = stream_choice(r, NULL, 0, 0, NULL, 0);
+    json_object_set_new(json_object_get(c, "delta"), "tool_calls",
+                        json_pack("[{s:I,s:{s:s%}}]", "index", (json_int_t)i, "function", "arguments", args, n));
+    return out_event(r, chunk_json(r, c));
+}
+
+/* While a call block streams in (the job's lock held, everything before the block sent):
+ * the deltas of what is new in it. 1 when something went out, 0 when nothing did, -1 when
+ * the client is gone. */
+static int sse_tool_call_deltas(struct req *r, const char *answer, size_t len)
+{
+    const struct gen_request *g = &r->job->req;
+    const char *names[128];
+    uint32_t n = g->n_tools < 128 ? g->n_tools : 128, max = g->parallel_tool_calls ? 128 : 1;
+    for (uint32_t i = 0; i < n; i++) names[i] = g->tools[i].name;
+    struct tool_call_partial calls[128];
+    uint32_t k = tool_output_partial(answer, len, names, n, calls, max);
+    int rc = 0;
+    for (uint32_t i = 0; i < k && rc >= 0; i++) {
+        if (i >= r->calls_named) {
+            if (stream_call_name(r, i, calls[i].name)) rc = -1;
+            r->calls_named = i + 1;
+            r->args_sent[i] = 0;
+            if (rc == 0) rc = 1;
+        }
+        if (rc >= 0 && calls[i].args_len > r->args_sent[i]) {
+            if (stream_call_args(r, i, calls[i].args + r->args_sent[i], calls[i].args_len - r->args_sent[i])) rc = -1;
+            else rc = 1;
+            r->args_sent[i] = calls[i].args_len;
+        }
+    }
+    tool_output_partial_free(calls, k);
+    return rc;
+}
+
 /* Streaming: the end of a tools answer. The text past what was sent is content up to the
  * block; then each call as OpenAI streams it: id, type and name first, then the arguments. */
 static int sse_tool_calls(struct req *r, const char *answer, size_t answer_len, size_t answer_sent,
@@ -619,13 +671,10 @@ static int sse_tool_calls(struct req *r, const char *answer, size_t answer_len, 
         out_event(r, chunk_json(r, stream_choice(r, answer + answer_sent, o.content_len - answer_sent, 0, NULL, 0))))
         goto fail;
     for (uint32_t i = 0; i < o.n_calls; i++) {
-        json_t *c = stream_choice(r, NULL, 0, 0, NULL, 0);
-        json_object_set_new(json_object_get(c, "delta"), "tool_calls", tool_calls_json(r, &o, i, 1, 1));
-        if (out_event(r, chunk_json(r, c))) goto fail;
-        c = stream_choice(r, NULL, 0, 0, NULL, 0);
-        json_t *args = json_pack("[{s:I,s:{s:s}}]", "index", (json_int_t)i, "function", "arguments", o.calls[i].arguments);
-        json_object_set_new(json_object_get(c, "delta"), "tool_calls", args);
-        if (out_event(r, chunk_json(r, c))) goto fail;
+        /* what streamed while the block came in (tool_output_partial) is a prefix of this */
+        size_t done = i < r->calls_named ? r->args_sent[i] : 0, total = strlen(o.calls[i].arguments);
+        if (i >= r->calls_named && stream_call_name(r, i, o.calls[i].name)) goto fail;
+        if (done < total && stream_call_args(r, i, o.calls[i].arguments + done, total - done)) goto fail;
     }
     if (o.n_calls) *finish = "tool_calls";
     tool_output_free(&o);
@@ -748,6 +797,16 @@ static int sse_produce(struct req *r)
             int rc = out_event(r, chunk_json(r, choice));
             free(delta);
             return rc;
+        }
+        if (r->tools && r->flavor == FLAVOR_OPENAI && r->chat && upto == r->sent && upto < j->committed &&
+            (!j->thinking || j->reasoning_known)) {
+            /* everything before a call block is out: the block's deltas as it comes */
+            size_t a0 = j->thinking ? j->reasoning_end : 0;
+            int rc = r->sent >= a0 ? sse_tool_call_deltas(r, j->text + a0, j->committed - a0) : 0;
+            if (rc) {
+                pthread_mutex_unlock(&j->lock);
+                return rc < 0 ? -1 : 0;
+            }
         }
         if (j->finish != JOB_RUNNING && r->flavor != FLAVOR_OPENAI) {
             int rc = sse_end_other(r);

@@ -320,6 +320,7 @@ TEST(serve_forced_tool_calls_validate_in_every_shape)
             json_t *evs = stream_events(&d, "/v1/chat/completions", body);
             json_t *got = json_array();
             const char *finish = NULL;
+            int fragments = 0; /* argument deltas: more than one per call when they stream as they come */
             for (size_t i = 0; i < json_array_size(evs); i++) {
                 json_t *sch = json_array_get(json_object_get(json_array_get(json_array_get(evs, i), 1), "choices"), 0);
                 json_t *tc = json_object_get(json_object_get(sch, "delta"), "tool_calls");
@@ -333,6 +334,7 @@ TEST(serve_forced_tool_calls_validate_in_every_shape)
                         const char *key = f ? "arguments" : "name";
                         const char *piece = json_string_value(json_object_get(fn, key));
                         if (!piece) continue;
+                        fragments += f && piece[0];
                         char *joined = NULL;
                         if (asprintf(&joined, "%s%s", json_string_value(json_object_get(g, key)), piece) < 0) continue;
                         json_object_set_new(g, key, json_string(joined));
@@ -343,6 +345,7 @@ TEST(serve_forced_tool_calls_validate_in_every_shape)
                     finish = json_string_value(json_object_get(sch, "finish_reason"));
             }
             CHECK(finish && !strcmp(finish, "tool_calls"));
+            CHECK(fragments > (int)json_array_size(got));
             json_t *want = json_loads(blocking, 0, NULL);
             CHECK_EQ_INT(json_array_size(got), json_array_size(want));
             for (size_t i = 0; i < json_array_size(got) && i < json_array_size(want); i++) {
