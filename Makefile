@@ -19,7 +19,7 @@ PKG_LIBS    = $(shell cat $(BUILD)/pkg.libs 2>/dev/null)
 LDLIBS      = $(PKG_LIBS) -lm -pthread
 
 # Library code: every module folder except the program's entry point.
-LIB_SRC  := $(wildcard common/*.c engine/*.c board/*.c update/*.c tools/*.c) \
+LIB_SRC  := $(wildcard common/*.c engine/*.c engine/*/*.c board/*.c update/*.c tools/*.c) \
             $(filter-out firmware/main.c,$(wildcard firmware/*.c))
 MAIN_SRC := firmware/main.c
 TEST_SRC := $(wildcard tests/*.c)

@@ -1,6 +1,7 @@
 /* GPU enumeration through libdrm and Vulkan, and the device choice (see board.h). */
 #include "board/board.h"
 #include "common/driver_pin.h"
+#include "common/errmsg.h"
 
 #include <fcntl.h>
 #include <stdarg.h>
@@ -11,19 +12,6 @@
 #include <unistd.h>
 #include <vulkan/vulkan.h>
 #include <xf86drm.h>
-
-/* engine/errmsg.h's errf, restated: board/ sits below engine/ (design.md: libc, libdrm and
- * the Vulkan loader only), so it cannot include it */
-static int board_err(char *err, size_t err_len, const char *fmt, ...)
-{
-    if (err && err_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_len, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static void probe_drm(struct board *b)
 {
@@ -194,9 +182,9 @@ int board_probe(struct board *b, char *err, size_t err_len)
     VkInstance inst;
     VkResult r = vkCreateInstance(&ici, NULL, &inst);
     if (r == VK_ERROR_INCOMPATIBLE_DRIVER)
-        return board_err(err, err_len, "no Vulkan driver: the loader found no ICD supporting Vulkan 1.1 (%u DRM render nodes present)",
+        return errf(err, err_len, "no Vulkan driver: the loader found no ICD supporting Vulkan 1.1 (%u DRM render nodes present)",
                          b->n_drm);
-    if (r != VK_SUCCESS) return board_err(err, err_len, "vkCreateInstance failed (%d)", (int)r);
+    if (r != VK_SUCCESS) return errf(err, err_len, "vkCreateInstance failed (%d)", (int)r);
     driver_pin_loaded();
     uint32_t n = 0;
     vkEnumeratePhysicalDevices(inst, &n, NULL);
@@ -212,7 +200,7 @@ int board_probe(struct board *b, char *err, size_t err_len)
 
 int board_pick(const struct board *b, int index, const char *uuid, char *err, size_t err_len)
 {
-    if (b->n_gpus == 0) return board_err(err, err_len, "no Vulkan device: the driver reports 0 physical devices");
+    if (b->n_gpus == 0) return errf(err, err_len, "no Vulkan device: the driver reports 0 physical devices");
     int chosen = -1;
     if (uuid) {
         char want[33];
@@ -222,18 +210,18 @@ int board_pick(const struct board *b, int index, const char *uuid, char *err, si
         want[n] = 0;
         for (uint32_t i = 0; i < b->n_gpus; i++)
             if (!strcmp(b->gpus[i].uuid, want)) chosen = (int)i;
-        if (chosen < 0) return board_err(err, err_len, "no Vulkan device has uuid %s", uuid);
+        if (chosen < 0) return errf(err, err_len, "no Vulkan device has uuid %s", uuid);
     } else if (index >= 0) {
-        if ((uint32_t)index >= b->n_gpus) return board_err(err, err_len, "device index %d: only %u devices", index, b->n_gpus);
+        if ((uint32_t)index >= b->n_gpus) return errf(err, err_len, "device index %d: only %u devices", index, b->n_gpus);
         chosen = index;
     } else {
         for (uint32_t i = 0; i < b->n_gpus; i++)
             if (!b->gpus[i].unsupported[0] && (chosen < 0 || type_rank(b->gpus[i].type) > type_rank(b->gpus[chosen].type)))
                 chosen = (int)i;
-        if (chosen < 0) return board_err(err, err_len, "no usable Vulkan device: %s lacks %s", b->gpus[0].name, b->gpus[0].unsupported);
+        if (chosen < 0) return errf(err, err_len, "no usable Vulkan device: %s lacks %s", b->gpus[0].name, b->gpus[0].unsupported);
     }
     if (b->gpus[chosen].unsupported[0])
-        return board_err(err, err_len, "Vulkan device %d (%s) lacks a required feature: %s", chosen, b->gpus[chosen].name,
+        return errf(err, err_len, "Vulkan device %d (%s) lacks a required feature: %s", chosen, b->gpus[chosen].name,
                          b->gpus[chosen].unsupported);
     return chosen;
 }

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 
 /* One session's share of a multi-session step (engine_step): as eval's arguments. */
 struct backend_step {
@@ -49,6 +49,6 @@ struct backend_ops {
 };
 
 extern const struct backend_ops ref_backend_ops;
-extern const struct backend_ops vk_backend_ops; /* engine/vk_forward.c */
+extern const struct backend_ops vk_backend_ops; /* engine/vulkan/vk_forward.c */
 
 #endif

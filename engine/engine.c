@@ -1,11 +1,11 @@
 /* The engine: a bound model plus a backend; sessions over it. See engine.h. */
 #include "engine/engine.h"
 #include "engine/backend.h"
-#include "engine/errmsg.h"
-#include "engine/model.h"
+#include "common/errmsg.h"
+#include "engine/model/model.h"
 #include "engine/session_plan.h"
 #include "engine/session_state.h"
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 
 #include <stdlib.h>
 #include <string.h>

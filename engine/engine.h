@@ -1,7 +1,11 @@
 /* The public API of the inference library: open a deepseek4 model on a backend, create
  * sessions (one conversation's KV and compressor state each) and evaluate tokens.
- * Callers above engine/ (firmware, tools, update's self-test) use this header and the
- * text-side headers it includes; backend types never appear here.
+ * The one door for callers above engine/ (firmware/): this header and what it includes,
+ * the text side (engine/text/: tokenizer, chat encoding, sampler and stop strings, JSON
+ * grammars for structured output) and the model-file readers (engine/model/: GGUF,
+ * deepseek4 hyper-parameters, for inspect). The backends (engine/ref/, engine/vulkan/),
+ * the expert store (engine/experts/) and session internals stay private; backend types
+ * never appear here.
  *
  * Threading: an engine may be shared by several threads only if each session is used by
  * one thread at a time and calls into the same engine are serialized by the caller. */
@@ -13,9 +17,13 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "engine/chat.h"
-#include "engine/sampler.h"
-#include "engine/tokenizer.h"
+#include "engine/model/gguf.h"
+#include "engine/model/model.h"
+#include "engine/text/chat.h"
+#include "engine/text/dsml_grammar.h"
+#include "engine/text/json_grammar.h"
+#include "engine/text/sampler.h"
+#include "engine/text/tokenizer.h"
 
 struct engine;
 struct session;

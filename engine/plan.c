@@ -2,8 +2,8 @@
  * session, the parts that the backends' session creation allocates, read from the same
  * functions (session_plan.h); the largest context that fits a budget. */
 #include "engine/engine.h"
-#include "engine/errmsg.h"
-#include "engine/model.h"
+#include "common/errmsg.h"
+#include "engine/model/model.h"
 #include "engine/session_plan.h"
 
 #include <inttypes.h>

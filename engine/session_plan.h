@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 
 /* Compressed entries a layer of ratio r holds for n_ctx positions (the last one completes
  * at position n_ctx - 1), and indexer keys (CSA layers). */

@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#include "engine/model.h"
+#include "engine/model/model.h"
 
 #define SESSION_STATE_MAGIC 0x54534246u /* "FBST" */
 #define SESSION_STATE_VERSION 1u

@@ -5,7 +5,7 @@
  * cancellation point once past it, or once SIGTERM's grace period is over. */
 #include "firmware/admin.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "firmware/audit.h"
 #include "firmware/eval_gate.h"
 #include "firmware/http_api.h"

@@ -1,7 +1,7 @@
 /* Minimal HTTP/1.1 client for the admin socket (see admin_client.h). */
 #include "firmware/admin_client.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <stdint.h>

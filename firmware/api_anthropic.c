@@ -5,7 +5,7 @@
  * results and text as the official encoder does. */
 #include "firmware/api_shapes.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -7,7 +7,7 @@
  * response_format / structured output), and image or file inputs. */
 #include "firmware/api_shapes.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * concurrent lines never interleave and a crash loses at most the line being written. */
 #include "firmware/audit.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "firmware/peer.h"
 
 #include <errno.h>

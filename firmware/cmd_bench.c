@@ -4,8 +4,7 @@
  * device's copy bandwidth measured here. Prints a table, then one JSON line. */
 #include "engine/engine.h"
 #include "common/safe_open.h"
-#include "engine/errmsg.h"
-#include "engine/json_grammar.h"
+#include "common/errmsg.h"
 #include "firmware/backend_pick.h"
 #include "firmware/bench_sessions.h"
 #include "firmware/commands.h"

@@ -1,7 +1,6 @@
 /* `flashbox inspect -m MODEL`: metadata, tensor table, the conversion's provenance and
  * validated hyper-parameters. */
-#include "engine/gguf.h"
-#include "engine/model.h"
+#include "engine/engine.h"
 #include "firmware/commands.h"
 
 #include <inttypes.h>

@@ -1,7 +1,7 @@
 /* `flashbox tokenize -m MODEL [--special]`: UTF-8 text on stdin -> token ids, comma-separated
  * on one line. `flashbox detokenize -m MODEL`: comma-separated ids on stdin -> the text.
  * The text is taken byte for byte (a trailing newline is part of it). */
-#include "engine/tokenizer.h"
+#include "engine/engine.h"
 #include "firmware/commands.h"
 
 #include <ctype.h>

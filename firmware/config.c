@@ -4,7 +4,7 @@
 #include "firmware/config.h"
 #include "common/safe_open.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "update/update.h"
 
 #include <ctype.h>

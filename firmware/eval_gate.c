@@ -1,7 +1,7 @@
 /* The update gate on the site's evaluation set (see eval_gate.h). */
 #include "firmware/eval_gate.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "firmware/audit.h"
 #include "firmware/eval_run.h"
 

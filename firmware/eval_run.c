@@ -4,7 +4,7 @@
  * progress count is shared. */
 #include "firmware/eval_run.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "firmware/backend_pick.h"
 #include "firmware/textgen.h"
 

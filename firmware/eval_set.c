@@ -5,7 +5,7 @@
 #include "firmware/eval_set.h"
 #include "common/safe_open.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "firmware/json_schema.h"
 
 #include <errno.h>

@@ -4,7 +4,7 @@
  * the instance, ".name" a member, "[i]" an element. */
 #include "firmware/json_schema.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <math.h>
 #include <stdbool.h>

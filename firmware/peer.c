@@ -1,7 +1,7 @@
 /* Peer credentials of API connections (see peer.h). */
 #include "firmware/peer.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <string.h>

@@ -7,7 +7,7 @@
 #include "firmware/reload.h"
 
 #include "engine/engine.h"
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "firmware/audit.h"
 #include "firmware/http_api.h"
 #include "firmware/scheduler.h"

@@ -1,7 +1,7 @@
 /* The update self-test on the engine (see selftest.h). */
 #include "firmware/selftest.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* The text side of the daemon for the served model, over the engine's tokenizer
- * (engine_tokenizer), the DeepSeek-V4 chat encoding (engine/chat.h) and the sampler and
- * stopper (engine/sampler.h): prompts into token ids, /tokenize and /detokenize, and per
+ * (engine_tokenizer), the DeepSeek-V4 chat encoding (engine/text/chat.h) and the sampler and
+ * stopper (engine/text/sampler.h): prompts into token ids, /tokenize and /detokenize, and per
  * sequence the sampler, the streaming detokenizer and the stop logic. The tokenizer is
  * read-only: HTTP threads tokenize concurrently, while each sequence (struct textgen_seq)
  * belongs to the scheduler thread. */

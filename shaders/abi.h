@@ -1,4 +1,4 @@
-/* The one ABI between the C host (engine/vk_*.c) and the GLSL kernels (the .comp files):
+/* The one ABI between the C host (engine/vulkan/vk_*.c) and the GLSL kernels (the .comp files):
  * push-constant layouts, descriptor binding slots, workgroup sizes and specialization
  * constant ids. Valid C11 and valid GLSL 450: each push block is written once as a field
  * list macro, expanded into a C struct (with _Static_assert on its size) and into the

@@ -1,6 +1,6 @@
 /* ggml's K-quants and i-quants for matvec.glsl: load_block(row_byte, b, v) decodes the row's
  * 32-element chunk b (super-block b / 8, its chunk b % 8; IQ4_NL: block b) into v, with the
- * CPU reference's float operations in its order (engine/quant_k.c, engine/quant_iq.c: the
+ * CPU reference's float operations in its order (engine/model/quant_k.c, engine/model/quant_iq.c: the
  * sub-block scale first, then scale * integer, then the sign or the min). Every block size
  * is even, so 16-bit fields are whole halves of a word. Include after w[] is declared. */
 #define BLK 32u

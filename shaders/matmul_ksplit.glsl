@@ -16,7 +16,7 @@
  * written once per pass: one lane loop per token for SG rows.
  *
  * Requires n_in a multiple of 64, the matrices on 4 bytes (F32: 16) and x vectors on 16
- * (vk_matvec_uses_lanes and ksplit_shape in engine/vk_ops.c check); lanes past the last
+ * (vk_matvec_uses_lanes and ksplit_shape in engine/vulkan/vk_ops.c check); lanes past the last
  * unit read x as zero. Q8_0 units are 17 whole words, F32 units 16 texels. An MXFP4 unit
  * is 34 bytes, so every other one starts 2 bytes into a word: it is read as 9 words and
  * shifted, and the 9th word may reach 2 bytes past the matrix, still inside its chunk

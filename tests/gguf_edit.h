@@ -3,7 +3,7 @@
 #ifndef FLASHBOX_TESTS_GGUF_EDIT_H
 #define FLASHBOX_TESTS_GGUF_EDIT_H
 
-#include "engine/gguf.h"
+#include "engine/model/gguf.h"
 
 struct gguf_edit {
     /* Return 1 to drop the key; or add a replacement to w yourself and return 1. */

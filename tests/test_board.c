@@ -5,7 +5,7 @@
 #include <stdlib.h>
 
 #include "board/board.h"
-#include "engine/vk_device.h"
+#include "engine/vulkan/vk_device.h"
 #include "tests/harness.h"
 
 static int probe_or_skip(struct board *b)

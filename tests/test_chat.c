@@ -1,6 +1,6 @@
 /* Chat encoding: golden strings for each case of the DeepSeek-V4 format (spec §4), and
  * the token form against the tiny model's vocabulary. */
-#include "engine/chat.h"
+#include "engine/text/chat.h"
 #include "firmware/request_parse.h"
 #include "firmware/textgen.h"
 #include "tests/harness.h"

@@ -4,9 +4,9 @@
 #include "tests/harness.h"
 #include "tests/tiny_ckpt.h"
 
-#include "engine/gguf.h"
-#include "engine/model.h"
-#include "engine/quant.h"
+#include "engine/model/gguf.h"
+#include "engine/model/model.h"
+#include "engine/model/quant.h"
 #include "tools/ckpt_formats.h"
 #include "tools/convert.h"
 #include "tools/safetensors.h"

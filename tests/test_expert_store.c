@@ -1,8 +1,8 @@
 /* The expert store: results bitwise identical for every budget and both read paths, the
  * budget never exceeded, hash-layer prefetch used, read errors reported and survived. */
-#include "engine/expert_store.h"
-#include "engine/model.h"
-#include "engine/ref.h"
+#include "engine/experts/expert_store.h"
+#include "engine/model/model.h"
+#include "engine/ref/ref.h"
 #include "tests/harness.h"
 #include "tools/mkmodel.h"
 

@@ -4,8 +4,8 @@
  * as before; expert reads that fail or return other bytes fail the step, never the answer. The daemon-level fault tests live in test_serve_admin.c. */
 #include "common/safe_open.h"
 #include "engine/engine.h"
-#include "engine/expert_store.h"
-#include "engine/vk_device.h"
+#include "engine/experts/expert_store.h"
+#include "engine/vulkan/vk_device.h"
 #include "firmware/config.h"
 #include "tests/harness.h"
 #include "tests/serve_client.h"

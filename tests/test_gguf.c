@@ -1,7 +1,7 @@
 /* GGUF reader and writer: round trip, a fixture written by another writer, and a corpus of
  * malformed files each rejected with a clear message. */
-#include "engine/gguf.h"
-#include "engine/quant.h"
+#include "engine/model/gguf.h"
+#include "engine/model/quant.h"
 #include "tests/harness.h"
 
 #include <stdlib.h>

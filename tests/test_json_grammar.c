@@ -4,7 +4,7 @@
  * under 20 schemas: every answer is checked by an independent validator written here over
  * jansson's parse tree, not by the automaton. */
 #include "engine/engine.h"
-#include "engine/json_grammar.h"
+#include "engine/text/json_grammar.h"
 #include "tests/harness.h"
 #include "tests/serve_client.h"
 

@@ -1,6 +1,6 @@
 /* deepseek4 binding: hyper-parameters from the fixture and from generated files, and
  * variants that must be rejected with a message naming the key or tensor. */
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "tests/gguf_edit.h"
 #include "tests/harness.h"
 #include "tools/mkmodel.h"

@@ -1,5 +1,5 @@
 /* Number formats against hand-computed values and ggml's block layouts. */
-#include "engine/quant.h"
+#include "engine/model/quant.h"
 #include "tests/harness.h"
 
 TEST(fp16_round_trips_every_finite_half)

@@ -13,8 +13,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 
-#include "engine/quant.h"
-#include "engine/rng.h"
+#include "engine/model/quant.h"
+#include "common/rng.h"
 #include "tests/harness.h"
 
 static const enum gguf_type ggml_types[] = {

@@ -1,8 +1,8 @@
 /* The CPU reference forward: against the independent float64 fixture, batch prefill against
  * token-by-token decode, routing and indexer behaviour, Sinkhorn, softplus, determinism. */
-#include "engine/model.h"
-#include "engine/ref.h"
-#include "engine/ref_ops.h"
+#include "engine/model/model.h"
+#include "engine/ref/ref.h"
+#include "engine/ref/ref_ops.h"
 #include "tests/harness.h"
 #include "tools/mkmodel.h"
 

@@ -1,7 +1,7 @@
 /* Sampler and stopper on hand-made logit vectors: greedy and its edge cases, the filters
  * (top-k, top-p, min-p) against hand-computed probabilities, seeds, penalties, stop
  * tokens, stop strings across token boundaries and the token limit. */
-#include "engine/sampler.h"
+#include "engine/text/sampler.h"
 #include "tests/harness.h"
 
 #include <math.h>

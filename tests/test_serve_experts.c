@@ -2,7 +2,7 @@
  * while the daemon runs fails the request that needs a lost expert with a clear error, and
  * the daemon keeps serving. Skipped when there is no Vulkan at all. */
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "tests/harness.h"
 #include "tests/serve_client.h"
 

@@ -2,9 +2,9 @@
  * hand-made vocabulary, pre-tokenizer splits worked out by hand, round trips, invalid
  * UTF-8, special tokens, the streaming detokenizer and malformed vocabularies. */
 #include "tests/utf8_check.h"
-#include "engine/gguf.h"
-#include "engine/pretok.h"
-#include "engine/tokenizer.h"
+#include "engine/model/gguf.h"
+#include "engine/text/pretok.h"
+#include "engine/text/tokenizer.h"
 #include "tests/harness.h"
 #include "tests/tok_vocab.h"
 

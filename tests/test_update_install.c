@@ -5,7 +5,7 @@
 #include "tests/harness.h"
 #include "tests/update_support.h"
 
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "update/keys.h"
 #include "update/manifest.h"
 

@@ -1,7 +1,7 @@
 /* The tiny official-format checkpoint generator. See tiny_ckpt.h. */
 #include "tests/tiny_ckpt.h"
-#include "engine/gguf.h"
-#include "engine/quant.h"
+#include "engine/model/gguf.h"
+#include "engine/model/quant.h"
 
 #include <jansson.h>
 #include <math.h>

@@ -5,7 +5,7 @@
 #ifndef FLASHBOX_TESTS_TOK_VOCAB_H
 #define FLASHBOX_TESTS_TOK_VOCAB_H
 
-#include "engine/gguf.h"
+#include "engine/model/gguf.h"
 
 #include <stdint.h>
 #include <stdio.h>

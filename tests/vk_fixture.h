@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/vk_ops.h"
+#include "engine/vulkan/vk_ops.h"
 #include "tests/harness.h"
 
 struct vk_fixture {

@@ -1,8 +1,8 @@
 /* `flashbox keygen --out DIR` and `flashbox bundle create ...` (see bundle_cli.h). */
 #include "tools/bundle_cli.h"
 
-#include "engine/errmsg.h"
-#include "engine/gguf.h"
+#include "common/errmsg.h"
+#include "engine/model/gguf.h"
 #include "tools/convert.h"
 #include "tools/convert_plan.h"
 

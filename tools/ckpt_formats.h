@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "engine/quant.h"
+#include "engine/model/quant.h"
 
 #define CKPT_FP8_BLOCK 128   /* FP8 weight scale block: 128 rows x 128 columns */
 #define CKPT_FP4_BLOCK 32    /* FP4 expert scale block: 32 columns of one row */

@@ -3,8 +3,8 @@
  * (a few MB of rows at a time, whatever the model size) into MODEL.gguf.tmp, reopens that
  * file and binds it with model_open, and only then renames it onto the output name. */
 #include "tools/convert.h"
-#include "engine/errmsg.h"
-#include "engine/quant.h"
+#include "common/errmsg.h"
+#include "engine/model/quant.h"
 #include "tools/ckpt_formats.h"
 #include "tools/convert_plan.h"
 

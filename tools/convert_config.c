@@ -2,7 +2,7 @@
  * deepseek4 GGUF metadata written from it (spec §5.1, value types as llama.cpp writes
  * them). */
 #include "tools/convert_plan.h"
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <jansson.h>
 #include <math.h>

@@ -5,7 +5,7 @@
  * unchanged, and wo_a's [groups*rank][group_in] rows are already the [group_in, rank,
  * groups] view llama.cpp takes. */
 #include "tools/convert_plan.h"
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "tools/ckpt_formats.h"
 
 #include <inttypes.h>

@@ -7,7 +7,7 @@
 #include "tools/convert.h"
 #include "tools/convert_plan.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "tools/safetensors.h"
 
 #include <errno.h>

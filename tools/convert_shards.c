@@ -2,7 +2,7 @@
  * file) or a single model.safetensors, every shard's header, and one name table over all
  * of them. The index and the headers must agree exactly. */
 #include "tools/convert_plan.h"
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <jansson.h>

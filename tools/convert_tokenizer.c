@@ -3,7 +3,7 @@
  * token types (normal 1, control 3 for special added tokens, user-defined 4, unused 5),
  * merges as "left right" strings, model gpt2 with pre-tokenizer joyai-llm. */
 #include "tools/convert_plan.h"
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <jansson.h>
 #include <stdio.h>

@@ -4,10 +4,10 @@
  * follow §6.2 so routing, the indexer and both SwiGLU clamps are really exercised.
  * Tensors are generated and streamed one at a time: memory stays bounded by the largest. */
 #include "tools/mkmodel.h"
-#include "engine/errmsg.h"
-#include "engine/gguf.h"
-#include "engine/quant.h"
-#include "engine/rng.h"
+#include "common/errmsg.h"
+#include "engine/model/gguf.h"
+#include "engine/model/quant.h"
+#include "common/rng.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -45,7 +45,7 @@ void mkmodel_defaults(struct mkmodel_config *c)
     snprintf(c->name, sizeof c->name, "flashbox-tiny-random");
 }
 
-/* ---- deterministic random numbers (engine/rng.h) and normal deviates ---- */
+/* ---- deterministic random numbers (common/rng.h) and normal deviates ---- */
 
 struct rng {
     uint64_t s[4];

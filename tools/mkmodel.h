@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/gguf.h"
+#include "engine/model/gguf.h"
 
 #define MKMODEL_MAX_LAYERS 128
 

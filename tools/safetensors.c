@@ -1,7 +1,7 @@
 /* safetensors header parsing and tensor reads. See safetensors.h. */
 #include "tools/safetensors.h"
 #include "common/safe_open.h"
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <fcntl.h>

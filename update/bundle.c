@@ -2,7 +2,7 @@
 #include "update/bundle.h"
 #include "common/safe_open.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "update/durable.h"
 
 #include <errno.h>

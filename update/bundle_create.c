@@ -9,7 +9,7 @@
 #include "update/durable.h"
 #include "update/update.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -2,7 +2,7 @@
 #include "update/durable.h"
 #include "common/safe_open.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <fcntl.h>

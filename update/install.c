@@ -24,7 +24,7 @@
 #include "update/store.h"
 #include "update/update.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <dirent.h>
 #include <errno.h>

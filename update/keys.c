@@ -5,7 +5,7 @@
 #include "update/keys.h"
 #include "common/safe_open.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <dirent.h>
 #include <errno.h>

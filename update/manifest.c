@@ -33,7 +33,7 @@
  * anything is read, with 64-bit arithmetic. */
 #include "update/manifest.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 
 #include <stdbool.h>
 #include <stdlib.h>

@@ -15,7 +15,7 @@
 #include "update/store.h"
 #include "common/safe_open.h"
 
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "update/durable.h"
 
 #include <errno.h>

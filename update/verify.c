@@ -2,7 +2,7 @@
  * rotated key set, else the configured keys) and product, every payload chunk hashed.
  * It lives above both bundle.c (reading bundles) and store.c (the slot store and its
  * trust), which would otherwise include each other. */
-#include "engine/errmsg.h"
+#include "common/errmsg.h"
 #include "update/bundle.h"
 #include "update/store.h"
 

@@ -1,8 +1,8 @@
 /* libFuzzer target: the GGUF parser and, when it accepts, the deepseek4 binder and every
  * tensor's dequantization must not crash or read out of bounds. */
-#include "engine/gguf.h"
-#include "engine/model.h"
-#include "engine/quant.h"
+#include "engine/model/gguf.h"
+#include "engine/model/model.h"
+#include "engine/model/quant.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * automaton's shortest completion from the start (min_close bytes, each lowering it by one)
  * must end in an accepting state; after it, the rest of the input is fed as text and the
  * automaton must never accept a byte past the end of a complete top-level object. */
-#include "engine/json_grammar.h"
+#include "engine/text/json_grammar.h"
 
 #include <stdint.h>
 #include <string.h>

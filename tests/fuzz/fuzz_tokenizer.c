@@ -6,8 +6,8 @@
  * - vocabulary (byte >= 0xF0): the rest is a GGUF image whose tokenizer metadata is
  *   loaded; a load must fail cleanly or give a tokenizer that encodes and decodes. */
 #include "tests/utf8_check.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
+#include "engine/model/gguf.h"
+#include "engine/text/tokenizer.h"
 #include "tests/tok_vocab.h"
 
 #include <stdint.h>
