@@ -9,8 +9,8 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
-#include "engine/gguf.h"
-#include "engine/quant.h"
+#include "engine/model/gguf.h"
+#include "engine/model/quant.h"
 #include "tests/harness.h"
 #include "tools/mkmodel.h"
 #include "tools/quantize.h"

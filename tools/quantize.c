@@ -3,8 +3,8 @@
  * the source is read through gguf's mmap, the result streamed to OUT.tmp and renamed. */
 #include "tools/quantize.h"
 #include "engine/engine.h"
-#include "engine/errmsg.h"
-#include "engine/quant.h"
+#include "common/errmsg.h"
+#include "engine/model/quant.h"
 
 #include <ctype.h>
 #include <fnmatch.h>

@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "engine/gguf.h"
+#include "engine/model/gguf.h"
 
 #define QUANT_MAX_RULES 64
 
@@ -81,5 +81,8 @@ struct quantize_report {
 /* Runs both models over tokens (one session each, all positions) on the reference backend. */
 int quantize_report_run(const char *src, const char *quantized, const int32_t *tokens, uint32_t n_tokens,
                         struct quantize_report *rep, char *err, size_t err_len);
+
+/* `flashbox quantize ARGS` (tools/quantize_cli.c); argv[0] is the command name. */
+int tool_quantize_main(int argc, char **argv);
 
 #endif

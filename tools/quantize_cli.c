@@ -1,5 +1,5 @@
-/* `flashbox quantize`: the command line over tools/quantize.c. */
-#include "firmware/commands.h"
+/* `flashbox quantize`: the command line over tools/quantize.c (entry point listed in
+ * firmware/commands.h, like the other tools' mains). */
 #include "tools/quantize.h"
 
 #include <errno.h>

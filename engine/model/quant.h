@@ -139,7 +139,7 @@ int quant_random_blocks(enum gguf_type type, void *dst, uint64_t n_blocks, uint6
 /* ggml's reference quantizers (quantize_row_q8_0_ref, quantize_row_mxfp4_ref). n % 32 == 0. */
 void quantize_row_q8_0(const float *src, struct block_q8_0 *dst, uint64_t n);
 void quantize_row_mxfp4(const float *src, struct block_mxfp4 *dst, uint64_t n);
-/* engine/quantize.c: ggml's quantize_row_q{2,3,4,5,6}_K_ref, byte for byte. n % 256 == 0. */
+/* engine/model/quantize.c: ggml's quantize_row_q{2,3,4,5,6}_K_ref, byte for byte. n % 256 == 0. */
 void quantize_row_q2_k(const float *src, struct block_q2_k *dst, uint64_t n);
 void quantize_row_q3_k(const float *src, struct block_q3_k *dst, uint64_t n);
 void quantize_row_q4_k(const float *src, struct block_q4_k *dst, uint64_t n);
@@ -158,7 +158,7 @@ bool quant_can_quantize(enum gguf_type type, bool with_imatrix);
  * IQ4_NL / IQ4_XS (imatrix[n] or NULL). Returns -1 when !quant_can_quantize. */
 int quant_quantize_row(enum gguf_type type, const float *src, void *dst, uint64_t n, const float *imatrix);
 
-/* Q4_K / Q5_K's sub-block j scale and min from their 12 packed bytes (engine/quant_k.c). */
+/* Q4_K / Q5_K's sub-block j scale and min from their 12 packed bytes (engine/model/quant_k.c). */
 void quant_k4_scale_min(const uint8_t *scales, int j, uint8_t *sc, uint8_t *m);
 
 #endif

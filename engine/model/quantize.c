@@ -9,7 +9,7 @@
  * The fits are facts of the formats' design (least squares over a handful of candidate
  * scales); the code is ours. Block layouts: engine/quant.h. Tested against vectors written by
  * ggml's own code (tests/test_quant_ggml.c). */
-#include "engine/quant.h"
+#include "engine/model/quant.h"
 
 #include <math.h>
 #include <stdbool.h>
