@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/engine.h"
@@ -69,6 +70,14 @@ TEST(quantize_malformed_pattern_files_name_the_line)
     memset(&r, 0, sizeof r);
     CHECK(quant_recipe_parse(nul, sizeof nul - 1, &r, err, sizeof err) == -1 && strstr(err, "line 2: a NUL byte"));
     CHECK(quant_recipe_load("/nonexistent/recipe.txt", &r, err, sizeof err) == -1 && strstr(err, "not a named recipe"));
+    /* a FIFO or a directory named as a recipe or an imatrix is refused at once, never waited on */
+    char fifo[512];
+    snprintf(fifo, sizeof fifo, "%s/pipe", test_tmpdir());
+    REQUIRE(mkfifo(fifo, 0600) == 0);
+    CHECK(quant_recipe_load(fifo, &r, err, sizeof err) == -1 && strstr(err, "FIFO"));
+    struct quant_imatrix m;
+    CHECK(quant_imatrix_load(fifo, &m, err, sizeof err) == -1 && strstr(err, "FIFO"));
+    CHECK(quant_imatrix_load(test_tmpdir(), &m, err, sizeof err) == -1 && strstr(err, "directory"));
 }
 
 /* A legacy imatrix image: entries (name, ncall, values). */
