@@ -424,18 +424,9 @@ TEST(serve_forced_tool_call_seeded_same_alone_and_loaded)
     const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Oslo?\"}],\"max_tokens\":200,\"seed\":7,"
                        CHAT_TOOLS ",\"tool_choice\":\"required\"}";
     char *alone = forced_call(&d, body);
-    pid_t other = fork();
-    if (other == 0) { /* a second unconstrained request sharing the batch */
-        char *o = NULL;
-        int st = serve_curl(&d, "POST", "/v1/chat/completions",
-                            "{\"messages\":[{\"role\":\"user\",\"content\":\"Write a long story\"}],\"max_tokens\":120,\"seed\":2}",
-                            &o, NULL);
-        _exit(st == 200 ? 0 : 1);
-    }
+    int other = serve_load_start(&d); /* a second unconstrained request sharing the batch */
     char *loaded = forced_call(&d, body);
-    int status = 0;
-    waitpid(other, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(serve_load_wait(other) == 0);
     CHECK(alone != NULL);
     CHECK_STR(alone, loaded);
     free(alone);
