@@ -326,6 +326,10 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
         scheduler_stats(r->api->sched, &ss);
         json_object_set_new(o, "slots_busy", json_integer(ss.busy));
         json_object_set_new(o, "slots_total", json_integer(ss.slots));
+        if (ss.slots_short[0]) { /* server.slots asked for more than could be allocated */
+            json_object_set_new(o, "slots_configured", json_integer(ss.slots_configured));
+            json_object_set_new(o, "slots_error", json_string(ss.slots_short));
+        }
         json_object_set_new(o, "queue_depth", json_integer(ss.queued));
         json_object_set_new(o, "context_length", json_integer(scheduler_n_ctx(r->api->sched)));
         if (ss.swapping) json_object_set_new(o, "reloading", json_true());
@@ -380,6 +384,7 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
         g.slots_busy = ss.busy;
         g.prefill_waiting = ss.prefill_waiting;
         g.slots_total = ss.slots;
+        g.slots_configured = ss.slots_configured;
         if (ss.last_eval_failed) g.ready = -1;
         g.have_device = ss.have_device;
         g.device_used = ss.device_used;

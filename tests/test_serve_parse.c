@@ -325,6 +325,37 @@ TEST(peer_allow_list_matches_uid_gid_and_groups)
     CHECK(!peer_allowed(&tcp, uids, 1, NULL, 0)); /* no identity: refused once a list exists */
 }
 
+/* The scheduler's step metrics (issue 18): sessions and tokens per step as histograms,
+ * prompt tokens waiting, and slots served against slots asked for. */
+TEST(metrics_render_step_histograms_prefill_waiting_and_slots)
+{
+    metrics_reset();
+    metrics_step(1, 1);   /* one decoding session */
+    metrics_step(3, 70);  /* three sessions, one of them reading a prompt chunk */
+    metrics_step(8, 8);
+    struct metrics_gauges g = { .slots_total = 3, .slots_configured = 8, .prefill_waiting = 4000, .ready = 1,
+                                .model_id = "m", .slot = "a" };
+    char *text;
+    size_t len;
+    REQUIRE(metrics_render(&g, &text, &len) == 0);
+    CHECK(strstr(text, "# TYPE flashbox_step_sessions histogram\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_bucket{le=\"1\"} 1\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_bucket{le=\"2\"} 1\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_bucket{le=\"4\"} 2\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_bucket{le=\"8\"} 3\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_sum 12\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_count 3\n") != NULL);
+    CHECK(strstr(text, "# TYPE flashbox_step_tokens histogram\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_tokens_bucket{le=\"8\"} 2\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_tokens_bucket{le=\"64\"} 2\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_tokens_bucket{le=\"128\"} 3\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_tokens_sum 79\n") != NULL);
+    CHECK(strstr(text, "flashbox_prefill_tokens_waiting 4000\n") != NULL);
+    CHECK(strstr(text, "flashbox_slots_total 3\n") != NULL);
+    CHECK(strstr(text, "flashbox_slots_configured 8\n") != NULL);
+    free(text);
+}
+
 TEST(metrics_render_counts_and_cumulative_buckets)
 {
     metrics_reset();
