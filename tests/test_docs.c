@@ -1,7 +1,8 @@
 /* The documents stay true: the command blocks of README.md and the docs/ pages marked
  * `<!-- runnable -->` run against the flashbox under test (scripts/doc-check.sh), and the
  * generated configuration reference in docs/operating.md equals `flashbox serve
- * --print-config` (scripts/gen-docs.sh --check), and every #include follows the folder rules
+ * --print-config` (scripts/gen-docs.sh --check), their links resolve to files and headings
+ * (scripts/check-links.sh), and every #include follows the folder rules
  * of docs/design.md (scripts/check-layout.sh). Run from the repository root, as make does. */
 #include "tests/harness.h"
 
@@ -37,4 +38,13 @@ TEST(layout_includes_follow_design)
     if (rc != 0) fprintf(stderr, "%s", out);
     CHECK_EQ_INT(rc, 0);
     CHECK(strstr(out, " 0 not allowed") != NULL);
+}
+
+TEST(docs_links_resolve_to_files_and_headings)
+{
+    if (access("scripts/check-links.sh", R_OK)) test_skip("not run from the repository root");
+    int rc = test_run_cmd("sh scripts/check-links.sh 2>&1", out, sizeof out);
+    if (rc != 0) fprintf(stderr, "%s", out);
+    CHECK_EQ_INT(rc, 0);
+    CHECK(strstr(out, " 0 broken") != NULL);
 }
