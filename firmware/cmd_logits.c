@@ -25,6 +25,7 @@ static void usage(FILE *out)
             "  --ctx N         the session's context (default: the number of tokens)\n"
             "  --top K         print the K largest (id, logit) of each position instead\n"
             "  --backend B     auto (default: vulkan on a GPU or, on a CPU driver, for models of 64 MiB or more; else ref), ref (CPU reference) or vulkan\n"
+            "  --kv T          storage of compressed entries and indexer keys: f32 (default), f16 or fp8\n"
             "  --incremental   feed the tokens one at a time instead of one batch\n"
             "  --expert-cache-mb N   page routed experts through a cache of N MiB (default: all resident)\n"
             "  --expert-read auto|pagecache|direct   how paged experts are read (default auto)\n");
@@ -166,6 +167,11 @@ int cmd_logits(int argc, char **argv)
         } else if (!strcmp(a, "--backend") && v) {
             if (engine_backend_parse(argv[++i], &opt.backend)) {
                 fprintf(stderr, "flashbox logits: unknown backend '%s' (ref, vulkan)\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--kv") && v) {
+            if (engine_kv_parse(argv[++i], &opt.kv)) {
+                fprintf(stderr, "flashbox logits: --kv: '%s', expected f32, f16 or fp8\n", argv[i]);
                 return 2;
             }
         } else if (!strcmp(a, "--expert-cache-mb") && v) {
