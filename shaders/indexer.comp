@@ -58,12 +58,23 @@ void main()
         float s = 0.0;
         for (uint h = 0u; h < H; h++) {
             float dot = 0.0;
+            /* sixteen products a loop pass, summed in order (the same sums as one at a
+             * time): CPU drivers count loop passes against their limit (vk_forward.c),
+             * and unrolled ones are not passes */
+            uint i = 0u;
             if (pc.kv == ABI_KV_F32) {
-                for (uint i = 0u; i < D; i++) dot += q[qb + h * D + i] * uintBitsToFloat(keys[kb + i]);
-            } else { /* unpacked four at a time, summed in the same order */
-                for (uint i4 = 0u; i4 < D / 4u; i4++) {
-                    const vec4 k4 = kv_load4(pc.kv, kb, i4, D);
-                    [[unroll]] for (uint c = 0u; c < 4u; c++) dot += q[qb + h * D + 4u * i4 + c] * k4[c];
+                for (; i + 16u <= D; i += 16u)
+                    [[unroll]] for (uint c = 0u; c < 16u; c++) dot += q[qb + h * D + i + c] * uintBitsToFloat(keys[kb + i + c]);
+                for (; i < D; i++) dot += q[qb + h * D + i] * uintBitsToFloat(keys[kb + i]);
+            } else { /* unpacked four at a time */
+                for (; i + 16u <= D; i += 16u)
+                    [[unroll]] for (uint j = 0u; j < 4u; j++) {
+                        const vec4 k4 = kv_load4(pc.kv, kb, i / 4u + j, D);
+                        [[unroll]] for (uint c = 0u; c < 4u; c++) dot += q[qb + h * D + i + 4u * j + c] * k4[c];
+                    }
+                for (; i < D; i += 4u) {
+                    const vec4 k4 = kv_load4(pc.kv, kb, i / 4u, D);
+                    [[unroll]] for (uint c = 0u; c < 4u; c++) dot += q[qb + h * D + i + c] * k4[c];
                 }
             }
             s += hw[pc.w_off + t * pc.w_tstride + h] * pc.scale * max(dot, 0.0);

@@ -694,8 +694,9 @@ static int run_step(const struct fwd_part *parts, uint32_t n_parts, const int32_
 /* lavapipe (Mesa's CPU driver) ends the loops of a shader invocation after 65,535
  * iterations in all (LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop), silently: past
  * that a kernel returns wrong numbers. Loop iterations of one invocation of the indexer (the
- * scores over H x D, the 32 counting passes, the ranking of the k kept) and of the
- * attention (about one per key) at the last position a batch reaches. */
+ * scores over H heads of D / 16 passes, the 32 counting passes, the ranking of the k kept)
+ * and of the attention (about one per key) at the last position a batch reaches. The
+ * spec's tiny model (8 indexer heads of 128) reaches the limit near 18,000 positions. */
 #define VK_CPU_LOOP_LIMIT 65535u
 uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uint32_t pos)
 {
@@ -706,7 +707,10 @@ uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uin
         if (r == 4) {
             const uint64_t n_vis = (pos + 1) / 4, k = n_vis < hp->ix_topk ? n_vis : hp->ix_topk;
             const uint64_t per = (n_vis + wg - 1) / wg;
-            it = per * ((uint64_t)hp->ix_head * (hp->ix_dim + 1) + 1) + 33 * per + per + wg + (k + wg - 1) / wg * (k + 1);
+            /* per head: the score loop takes 16 values a pass, then the rest one by one
+             * (one more pass counted for entering the second loop) */
+            const uint64_t head = hp->ix_dim / 16 + hp->ix_dim % 16 + 2;
+            it = per * ((uint64_t)hp->ix_head * head + 1) + 33 * per + per + wg + (k + wg - 1) / wg * (k + 1);
             keys += k;
         } else if (r) {
             keys += (pos + 1) / r;
