@@ -20,6 +20,7 @@
 #include "engine/model/gguf.h"
 #include "engine/model/model.h"
 #include "engine/text/chat.h"
+#include "engine/text/dsml_grammar.h"
 #include "engine/text/json_grammar.h"
 #include "engine/text/sampler.h"
 #include "engine/text/tokenizer.h"

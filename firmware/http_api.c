@@ -61,11 +61,21 @@ struct req {
     struct job *job;
     int chat;
     int64_t created;
-    /* SSE state. */
-    size_t sent;                  /* job text bytes already sent */
+    /* SSE state: per choice (n > 1 streams every choice, its chunks carrying its index);
+     * cur is the choice being produced. */
+    struct choice_stream {
+        size_t sent;              /* job text bytes already sent */
+        uint32_t lp_sent;         /* tokens whose logprobs were streamed */
+        size_t lp_offset;         /* completions: text_offset of the next token */
+        uint32_t calls_named;     /* streamed calls whose name delta went out */
+        size_t args_sent[16];     /* per streamed call: argument bytes sent */
+        int role_sent, ended;
+        uint32_t n_out;
+    } cs[REQ_MAX_N];
+    uint32_t cur;
     char *out;                    /* pending event bytes [out_len] */
     size_t out_len, out_off;
-    int stream_ended, role_sent;
+    int stream_ended, role_sent;  /* role_sent: Anthropic / Responses start events */
     uint64_t last_event_ns;
     /* Tool calls (chat with tools offered): the answer is read back for a DSML block. */
     int tools;
@@ -75,8 +85,6 @@ struct req {
     enum { FLAVOR_OPENAI, FLAVOR_ANTHROPIC, FLAVOR_RESPONSES } flavor; /* the API shape of the answer */
     struct api_stream st;         /* Anthropic / Responses stream state */
     char model_path[160];         /* GET /v1/models/{id}: the id asked for */
-    uint32_t lp_sent;             /* tokens whose logprobs were streamed */
-    size_t lp_offset;             /* completions: text_offset of the next token */
     char detail[320];             /* audit note, e.g. why model output did not parse as a call */
 };
 
@@ -214,7 +222,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
     if (r->job) {
         pthread_mutex_lock(&r->job->lock);
         enum job_finish f = r->job->finish;
-        r->tokens_out = r->job->n_out;
+        if (!r->n_more) r->tokens_out = r->job->n_out; /* n > 1: the choices' sum, counted as they end */
         r->tokens_reused = r->job->n_reused;
         pthread_mutex_unlock(&r->job->lock);
         if (f == JOB_RUNNING) {
@@ -318,6 +326,10 @@ static enum MHD_Result route_health(struct MHD_Connection *c, struct req *r)
         scheduler_stats(r->api->sched, &ss);
         json_object_set_new(o, "slots_busy", json_integer(ss.busy));
         json_object_set_new(o, "slots_total", json_integer(ss.slots));
+        if (ss.slots_short[0]) { /* server.slots asked for more than could be allocated */
+            json_object_set_new(o, "slots_configured", json_integer(ss.slots_configured));
+            json_object_set_new(o, "slots_error", json_string(ss.slots_short));
+        }
         json_object_set_new(o, "queue_depth", json_integer(ss.queued));
         json_object_set_new(o, "context_length", json_integer(scheduler_n_ctx(r->api->sched)));
         if (ss.swapping) json_object_set_new(o, "reloading", json_true());
@@ -372,6 +384,7 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c, struct req *r)
         g.slots_busy = ss.busy;
         g.prefill_waiting = ss.prefill_waiting;
         g.slots_total = ss.slots;
+        g.slots_configured = ss.slots_configured;
         if (ss.last_eval_failed) g.ready = -1;
         g.have_device = ss.have_device;
         g.device_used = ss.device_used;
@@ -480,16 +493,17 @@ static json_t *stream_choice(const struct req *r, const char *text, size_t len, 
         json_t *delta = json_object();
         if (with_role) json_object_set_new(delta, "role", json_string("assistant"));
         if (content) json_object_set_new(delta, reasoning ? "reasoning_content" : "content", content);
-        return json_pack("{s:i,s:o,s:o}", "index", 0, "delta", delta, "finish_reason", fin);
+        return json_pack("{s:i,s:o,s:o}", "index", (int)r->cur, "delta", delta, "finish_reason", fin);
     }
-    return json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", content ? content : json_string(""), "logprobs", "finish_reason", fin);
+    return json_pack("{s:i,s:o,s:n,s:o}", "index", (int)r->cur, "text", content ? content : json_string(""), "logprobs",
+                     "finish_reason", fin);
 }
 
 /* Attaches the logprobs of tokens [from, to) to a choice (chat or completion shape). */
 static void attach_logprobs(struct req *r, const struct job *j, json_t *choice, uint32_t from, uint32_t to)
 {
     if (!choice || !j->logprobs || to <= from) return;
-    size_t offset0 = 0, *offset = j == r->job ? &r->lp_offset : &offset0; /* streams have one job */
+    size_t offset0 = 0, *offset = r->job->req.stream ? &r->cs[r->cur].lp_offset : j == r->job ? &r->cs[0].lp_offset : &offset0;
     pthread_rwlock_rdlock(&r->api->model_lock);
     json_t *lp = r->chat ? logprobs_chat_json(r->api->tg, j->logprobs + from, to - from)
                          : logprobs_completion_json(r->api->tg, j->logprobs + from, to - from, offset);
@@ -608,6 +622,57 @@ static json_t *tool_calls_json(const struct req *r, const struct tool_output *o,
     return a;
 }
 
+/* Streamed call deltas as OpenAI sends them: index, id, type and name first, then argument
+ * fragments. */
+static int stream_call_name(struct req *r, uint32_t i, const char *name)
+{
+    char id[64];
+    snprintf(id, sizeof id, "call_%s_%u", r->id, i);
+    json_t *c = stream_choice(r, NULL, 0, 0, NULL, 0);
+    json_object_set_new(json_object_get(c, "delta"), "tool_calls",
+                        json_pack("[{s:I,s:s,s:s,s:{s:s,s:s}}]", "index", (json_int_t)i, "id", id, "type", "function",
+                                  "function", "name", name, "arguments", ""));
+    return out_event(r, chunk_json(r, c));
+}
+
+static int stream_call_args(struct req *r, uint32_t i, const char *args, size_t n)
+{
+    json_t *c = stream_choice(r, NULL, 0, 0, NULL, 0);
+    json_object_set_new(json_object_get(c, "delta"), "tool_calls",
+                        json_pack("[{s:I,s:{s:s%}}]", "index", (json_int_t)i, "function", "arguments", args, n));
+    return out_event(r, chunk_json(r, c));
+}
+
+/* While a call block streams in (the job's lock held, everything before the block sent):
+ * the deltas of what is new in it. 1 when something went out, 0 when nothing did, -1 when
+ * the client is gone. */
+static int sse_tool_call_deltas(struct req *r, const char *answer, size_t len)
+{
+    const struct gen_request *g = &r->job->req;
+    const char *names[128];
+    struct choice_stream *c = &r->cs[r->cur];
+    uint32_t n = g->n_tools < 128 ? g->n_tools : 128, max = g->parallel_tool_calls ? 16 : 1;
+    for (uint32_t i = 0; i < n; i++) names[i] = g->tools[i].name;
+    struct tool_call_partial calls[16];
+    uint32_t k = tool_output_partial(answer, len, names, n, calls, max);
+    int rc = 0;
+    for (uint32_t i = 0; i < k && rc >= 0; i++) {
+        if (i >= c->calls_named) {
+            if (stream_call_name(r, i, calls[i].name)) rc = -1;
+            c->calls_named = i + 1;
+            c->args_sent[i] = 0;
+            if (rc == 0) rc = 1;
+        }
+        if (rc >= 0 && calls[i].args_len > c->args_sent[i]) {
+            if (stream_call_args(r, i, calls[i].args + c->args_sent[i], calls[i].args_len - c->args_sent[i])) rc = -1;
+            else rc = 1;
+            c->args_sent[i] = calls[i].args_len;
+        }
+    }
+    tool_output_partial_free(calls, k);
+    return rc;
+}
+
 /* Streaming: the end of a tools answer. The text past what was sent is content up to the
  * block; then each call as OpenAI streams it: id, type and name first, then the arguments. */
 static int sse_tool_calls(struct req *r, const char *answer, size_t answer_len, size_t answer_sent,
@@ -619,13 +684,11 @@ static int sse_tool_calls(struct req *r, const char *answer, size_t answer_len, 
         out_event(r, chunk_json(r, stream_choice(r, answer + answer_sent, o.content_len - answer_sent, 0, NULL, 0))))
         goto fail;
     for (uint32_t i = 0; i < o.n_calls; i++) {
-        json_t *c = stream_choice(r, NULL, 0, 0, NULL, 0);
-        json_object_set_new(json_object_get(c, "delta"), "tool_calls", tool_calls_json(r, &o, i, 1, 1));
-        if (out_event(r, chunk_json(r, c))) goto fail;
-        c = stream_choice(r, NULL, 0, 0, NULL, 0);
-        json_t *args = json_pack("[{s:I,s:{s:s}}]", "index", (json_int_t)i, "function", "arguments", o.calls[i].arguments);
-        json_object_set_new(json_object_get(c, "delta"), "tool_calls", args);
-        if (out_event(r, chunk_json(r, c))) goto fail;
+        /* what streamed while the block came in (tool_output_partial) is a prefix of this */
+        const struct choice_stream *c = &r->cs[r->cur];
+        size_t done = i < c->calls_named ? c->args_sent[i] : 0, total = strlen(o.calls[i].arguments);
+        if (i >= c->calls_named && stream_call_name(r, i, o.calls[i].name)) goto fail;
+        if (done < total && stream_call_args(r, i, o.calls[i].arguments + done, total - done)) goto fail;
     }
     if (o.n_calls) *finish = "tool_calls";
     tool_output_free(&o);
@@ -663,7 +726,7 @@ static int sse_end_other(struct req *r)
     }
     size_t a0 = j->thinking ? (j->reasoning_known ? j->reasoning_end : j->text_len) : 0;
     const char *answer = j->text + a0;
-    size_t len = j->text_len - a0, sent = r->sent > a0 ? r->sent - a0 : 0;
+    size_t len = j->text_len - a0, sent = r->cs[0].sent > a0 ? r->cs[0].sent - a0 : 0;
     struct tool_output o = { .content_len = len };
     if (r->tools && f == JOB_STOP) read_tool_calls(r, answer, len, &o);
     struct api_result res = result_head(r);
@@ -675,7 +738,7 @@ static int sse_end_other(struct req *r)
         if (r->flavor == FLAVOR_ANTHROPIC) anthropic_stream_delta(&r->st, false, answer + sent, o.content_len - sent, events);
         else responses_stream_delta(&r->st, &res, false, answer + sent, o.content_len - sent, events);
     }
-    r->sent = j->text_len;
+    r->cs[0].sent = j->text_len;
     int si = j->stop_index;
     bool by_string = si >= 0 && (uint32_t)si < j->req.n_stop;
     res.content = answer;
@@ -690,10 +753,37 @@ static int sse_end_other(struct req *r)
     return out_named(r, events);
 }
 
-/* Produces the next SSE events into r->out; returns -1 when the client is gone. */
+static struct job *choice_job(const struct req *r, uint32_t k) { return k ? r->more[k - 1] : r->job; }
+
+/* OpenAI streams with n > 1: once every choice has ended, the usage chunk and [DONE]; else
+ * the next choice not ended becomes current. */
+static int sse_next_choice(struct req *r)
+{
+    uint32_t n = r->n_more + 1;
+    for (uint32_t step = 1; step <= n; step++) {
+        uint32_t k = (r->cur + step) % n;
+        if (!r->cs[k].ended) {
+            r->cur = k;
+            return 0;
+        }
+    }
+    uint64_t total = 0;
+    for (uint32_t k = 0; k < n; k++) total += r->cs[k].n_out;
+    r->tokens_out = total;
+    if (r->job->req.include_usage) {
+        json_t *o = chunk_json(r, NULL);
+        if (o) json_object_set_new(o, "usage", usage_json(r, (uint32_t)total));
+        out_event(r, o);
+    }
+    r->stream_ended = 1;
+    return out_raw(r, "data: [DONE]\n\n");
+}
+
+/* Produces the next SSE events into r->out; returns -1 when the client is gone. With n > 1
+ * (OpenAI shapes), the choices take turns: each produces what it has, and the wait is on
+ * one choice only once none had anything. */
 static int sse_produce(struct req *r)
 {
-    struct job *j = r->job;
     if (!r->role_sent) {
         r->role_sent = 1;
         if (r->flavor != FLAVOR_OPENAI) {
@@ -703,17 +793,23 @@ static int sse_produce(struct req *r)
             else responses_stream_start(&r->st, &head, events);
             return out_named(r, events);
         }
-        if (r->chat) return out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 1, NULL, 0)));
     }
+    uint32_t idle = 0;
     for (;;) {
+        struct job *j = choice_job(r, r->cur);
+        struct choice_stream *c = &r->cs[r->cur];
+        if (r->flavor == FLAVOR_OPENAI && r->chat && !c->role_sent) {
+            c->role_sent = 1;
+            return out_event(r, chunk_json(r, stream_choice(r, NULL, 0, 1, NULL, 0)));
+        }
         pthread_mutex_lock(&j->lock);
         if (j->model_id[0]) memcpy(r->model_id, j->model_id, sizeof r->model_id); /* queued across a model swap */
         size_t upto = j->committed;
         int reasoning = 0;
-        if (upto > r->sent) {
+        if (upto > c->sent) {
             /* Thinking mode: up to the end of the reasoning (all of it while that end is
              * unknown) the text is reasoning; one event never mixes the two. */
-            if (j->thinking && (!j->reasoning_known || r->sent < j->reasoning_end)) {
+            if (j->thinking && (!j->reasoning_known || c->sent < j->reasoning_end)) {
                 reasoning = 1;
                 if (j->reasoning_known && j->reasoning_end < upto) upto = j->reasoning_end;
             } else if (r->tools) {
@@ -722,11 +818,11 @@ static int sse_produce(struct req *r)
                 upto = a0 + tool_output_safe_prefix(j->text + a0, upto - a0);
             }
         }
-        if (upto > r->sent) {
-            size_t n = upto - r->sent;
+        if (upto > c->sent) {
+            size_t n = upto - c->sent;
             char *delta = malloc(n);
-            if (delta) memcpy(delta, j->text + r->sent, n);
-            r->sent = upto;
+            if (delta) memcpy(delta, j->text + c->sent, n);
+            c->sent = upto;
             uint32_t lp_to = j->n_out; /* entries below n_out no longer change */
             if (r->flavor != FLAVOR_OPENAI) {
                 /* under the lock: a Responses reasoning item closes with the reasoning text */
@@ -743,11 +839,21 @@ static int sse_produce(struct req *r)
             pthread_mutex_unlock(&j->lock);
             if (!delta) return -1;
             json_t *choice = stream_choice(r, delta, n, 0, NULL, reasoning);
-            attach_logprobs(r, j, choice, r->lp_sent, lp_to);
-            r->lp_sent = lp_to;
+            attach_logprobs(r, j, choice, c->lp_sent, lp_to);
+            c->lp_sent = lp_to;
             int rc = out_event(r, chunk_json(r, choice));
             free(delta);
             return rc;
+        }
+        if (r->tools && r->flavor == FLAVOR_OPENAI && r->chat && upto == c->sent && upto < j->committed &&
+            (!j->thinking || j->reasoning_known)) {
+            /* everything before a call block is out: the block's deltas as it comes */
+            size_t a0 = j->thinking ? j->reasoning_end : 0;
+            int rc = c->sent >= a0 ? sse_tool_call_deltas(r, j->text + a0, j->committed - a0) : 0;
+            if (rc) {
+                pthread_mutex_unlock(&j->lock);
+                return rc < 0 ? -1 : 0;
+            }
         }
         if (j->finish != JOB_RUNNING && r->flavor != FLAVOR_OPENAI) {
             int rc = sse_end_other(r);
@@ -765,37 +871,42 @@ static int sse_produce(struct req *r)
             if (r->tools && (f == JOB_STOP || f == JOB_LENGTH)) {
                 /* the job is finished: its text no longer changes */
                 size_t a0 = j->thinking ? (j->reasoning_known ? j->reasoning_end : j->text_len) : 0;
-                if (r->sent >= a0 && sse_tool_calls(r, j->text + a0, j->text_len - a0, r->sent - a0, &finish)) {
+                if (c->sent >= a0 && sse_tool_calls(r, j->text + a0, j->text_len - a0, c->sent - a0, &finish)) {
                     pthread_mutex_unlock(&j->lock);
                     return -1;
                 }
-                r->sent = j->text_len;
+                c->sent = j->text_len;
                 if (f == JOB_LENGTH) finish = "length";
             }
             pthread_mutex_unlock(&j->lock);
-            r->tokens_out = n_out;
+            c->ended = 1;
+            c->n_out = n_out;
             r->finish = job_finish_name(f);
             if (f == JOB_STOP || f == JOB_LENGTH) {
                 json_t *choice = stream_choice(r, NULL, 0, 0, finish, 0);
-                attach_logprobs(r, j, choice, r->lp_sent, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
+                attach_logprobs(r, j, choice, c->lp_sent, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);
                 out_event(r, chunk_json(r, choice));
             } else {
                 const char *msg = lost ? lost_msg : failure_message(f);
                 out_event(r, json_pack("{s:{s:s,s:s,s:s}}", "error", "message", msg, "type", "server_error", "code",
                                        lost ? "device_lost" : job_finish_name(f)));
+                for (uint32_t k = 0; k <= r->n_more; k++) { /* an error ends the stream */
+                    if (!r->cs[k].ended) scheduler_cancel(r->api->sched, choice_job(r, k));
+                    r->cs[k].ended = 1;
+                }
             }
-            if (r->job->req.include_usage) {
-                json_t *o = chunk_json(r, NULL);
-                if (o) json_object_set_new(o, "usage", usage_json(r, n_out));
-                out_event(r, o);
-            }
-            r->stream_ended = 1;
-            return out_raw(r, "data: [DONE]\n\n");
+            return sse_next_choice(r);
         }
+        if (r->n_more && ++idle <= r->n_more) { /* another choice may have something */
+            pthread_mutex_unlock(&j->lock);
+            sse_next_choice(r);
+            continue;
+        }
+        idle = 0;
         wait_job_slice(j);
         pthread_mutex_unlock(&j->lock);
         if (client_gone(r->conn->fd)) {
-            scheduler_cancel(r->api->sched, j);
+            for (uint32_t k = 0; k <= r->n_more; k++) scheduler_cancel(r->api->sched, choice_job(r, k));
             return -1;
         }
         if (sched_now_ns() - r->last_event_ns > (uint64_t)r->cfg.sse_ping_s * 1000000000ull)
@@ -1021,10 +1132,11 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
     }
     if (rc) return send_error(c, r, 400, "invalid_request", err);
     if (gr.n > 1) {
-        /* each choice decodes in its own slot: no more choices than slots, blocking only */
+        /* each choice decodes in its own slot: no more choices than slots; streamed in the OpenAI
+         * shapes only (chunks carry the choice's index) */
         struct sched_stats st;
         scheduler_stats(a->sched, &st);
-        const char *why = gr.stream ? "n > 1 is not supported with stream" : NULL;
+        const char *why = gr.stream && r->flavor != FLAVOR_OPENAI ? "n > 1 is not supported in this API's stream" : NULL;
         char msg[128];
         if (!why && gr.n > st.slots) {
             snprintf(msg, sizeof msg, "n: %u, at most %u here (one decoding slot per choice: server.slots)", gr.n, st.slots);

@@ -205,7 +205,9 @@ int metrics_render(const struct metrics_gauges *g, char **out, size_t *out_len)
     put(&t, "# HELP flashbox_prefill_tokens_waiting Prompt tokens not yet evaluated (running and queued requests).\n"
             "# TYPE flashbox_prefill_tokens_waiting gauge\nflashbox_prefill_tokens_waiting %llu\n",
         (unsigned long long)g->prefill_waiting);
-    put(&t, "# HELP flashbox_slots_total Slots (sessions) configured.\n# TYPE flashbox_slots_total gauge\nflashbox_slots_total %u\n", g->slots_total);
+    put(&t, "# HELP flashbox_slots_total Slots (sessions) allocated and served.\n# TYPE flashbox_slots_total gauge\nflashbox_slots_total %u\n", g->slots_total);
+    put(&t, "# HELP flashbox_slots_configured Slots asked for (server.slots); more than flashbox_slots_total when not all "
+            "could be allocated.\n# TYPE flashbox_slots_configured gauge\nflashbox_slots_configured %u\n", g->slots_configured);
     put(&t, "# HELP flashbox_ready 1 ready, 0 loading, -1 degraded.\n# TYPE flashbox_ready gauge\nflashbox_ready %d\n", g->ready);
     put(&t, "# HELP flashbox_model_info The served model and update slot.\n# TYPE flashbox_model_info gauge\nflashbox_model_info{model=\"");
     put_label(&t, g->model_id);

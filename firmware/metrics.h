@@ -19,6 +19,7 @@ enum metrics_endpoint {
 struct metrics_gauges {
     uint32_t queue_depth, queue_capacity;
     uint32_t slots_busy, slots_total;
+    uint32_t slots_configured;    /* server.slots (more than slots_total when not all could be allocated) */
     uint64_t prefill_waiting;     /* prompt tokens not yet evaluated (running and queued requests) */
     int ready;                    /* 1 ready, 0 loading, -1 degraded */
     const char *model_id, *slot;

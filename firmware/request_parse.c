@@ -36,6 +36,7 @@ void gen_request_free(struct gen_request *r)
     free(r->messages);
     for (uint32_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
     jg_schema_free(r->schema);
+    dsml_grammar_free(r->calls);
     free(r->logit_bias);
     free(r->suffix);
     req_tools_free(r);

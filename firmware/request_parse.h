@@ -10,8 +10,9 @@
 #include <stdint.h>
 
 struct jg_schema;
+struct dsml_grammar;
 
-enum { REQ_MAX_STOP = 16, REQ_MAX_TOP_LOGPROBS = 20, REQ_MAX_N = 16 };
+enum { REQ_MAX_STOP = 16, REQ_MAX_TOP_LOGPROBS = 20, REQ_MAX_N = 16, REQ_MAX_CALLS = 8 /* a forced block's calls */ };
 
 enum req_kind { REQ_CHAT, REQ_COMPLETION };
 enum req_role { REQ_ROLE_SYSTEM, REQ_ROLE_USER, REQ_ROLE_ASSISTANT, REQ_ROLE_TOOL };
@@ -50,6 +51,8 @@ struct req_message {
 struct req_tool {
     char *name;
     char *schema;                 /* the function object as JSON, written as the official encoder writes it */
+    char *parameters;             /* its parameters JSON Schema (JSON as schema is written), NULL = none */
+    bool strict;                  /* strict: true, its calls are held to the schema */
 };
 
 struct req_logit_bias {
@@ -91,6 +94,11 @@ struct gen_request {
     char model[128];              /* as asked; "" when absent */
     struct jg_schema *schema;     /* response_format json_object / json_schema: the compiled
                                    * grammar the answer must match (owned); NULL for text */
+    struct dsml_grammar *calls;   /* tool_choice required / named: the DSML call block the answer
+                                   * must be (owned, see engine/text/dsml_grammar.h); with a strict
+                                   * tool and tool_choice auto, the grammar of a block the model
+                                   * opens itself (calls_on_demand); NULL otherwise */
+    bool calls_on_demand;
 };
 
 void req_limits_default(struct req_limits *lim);

@@ -2,6 +2,7 @@
 #include "firmware/request_tools.h"
 
 #include "common/errmsg.h"
+#include "engine/engine.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -225,10 +226,14 @@ int req_parse_tools(json_t *v, struct gen_request *r, char *err, size_t err_len)
             } else if (!strcmp(key, "description")) {
                 if (!json_is_string(x)) return errf(err, err_len, "tools[%zu].function.description: expected a string", i);
             } else if (!strcmp(key, "parameters")) {
+                if (json_is_null(x)) continue;
                 if (!json_is_object(x)) return errf(err, err_len, "tools[%zu].function.parameters: expected an object", i);
+                free(r->tools[i].parameters);
+                if (!(r->tools[i].parameters = req_json_python(x, NULL))) return errf(err, err_len, "tools: out of memory");
             } else if (!strcmp(key, "strict")) {
                 if (!json_is_boolean(x) && !json_is_null(x))
                     return errf(err, err_len, "tools[%zu].function.strict: expected true or false", i);
+                r->tools[i].strict = json_is_true(x);
             } else {
                 return errf(err, err_len, "tools[%zu].function.%.64s: unknown field", i, key);
             }
@@ -267,21 +272,36 @@ int req_parse_tool_choice(json_t *v, struct gen_request *r, char *err, size_t er
     return 0;
 }
 
-int req_check_tools(const struct gen_request *r, char *err, size_t err_len)
+int req_check_tools(struct gen_request *r, char *err, size_t err_len)
 {
     if ((r->tool_choice == REQ_TOOL_REQUIRED || r->tool_choice == REQ_TOOL_NAMED) && r->n_tools == 0)
         return errf(err, err_len, "tool_choice: a call is required but no tools are offered");
+    int named = -1;
     if (r->tool_choice == REQ_TOOL_NAMED) {
-        bool found = false;
-        for (uint32_t i = 0; i < r->n_tools && !found; i++) found = !strcmp(r->tools[i].name, r->tool_choice_name);
-        if (!found)
+        for (uint32_t i = 0; i < r->n_tools && named < 0; i++)
+            if (!strcmp(r->tools[i].name, r->tool_choice_name)) named = (int)i;
+        if (named < 0)
             return errf(err, err_len, "tool_choice.function.name: '%.64s' is not among the tools", r->tool_choice_name);
     }
-    /* Forcing a call needs the sampler constrained to the DSML block (grammar-constrained
-     * sampling); until that is built, refusing is honest where "auto" would not be. */
-    if (r->tool_choice == REQ_TOOL_REQUIRED || r->tool_choice == REQ_TOOL_NAMED)
-        return errf(err, err_len, "tool_choice: \"required\" and named functions need constrained sampling, not "
-                    "available yet; use \"auto\"");
+    bool strict = false;
+    for (uint32_t i = 0; i < r->n_tools; i++) strict |= r->tools[i].strict;
+    if (r->tool_choice == REQ_TOOL_NONE || (r->tool_choice == REQ_TOOL_AUTO && (!strict || r->schema))) return 0;
+    /* A forced call: the answer is held to the DSML call block of the offered tools (or the
+     * named one), arguments to each tool's parameter schema. With a strict tool and "auto",
+     * the same grammar holds a block the model opens on its own (r->calls_on_demand). */
+    if (r->schema)
+        return errf(err, err_len, "tool_choice: a required call and response_format cannot both shape the answer");
+    r->calls_on_demand = r->tool_choice == REQ_TOOL_AUTO;
+    struct dsml_tool d[DSML_MAX_TOOLS];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < r->n_tools && n < DSML_MAX_TOOLS; i++) {
+        if (named >= 0 && (int)i != named) continue;
+        const struct req_tool *t = &r->tools[i];
+        d[n++] = (struct dsml_tool){ t->name, t->parameters, t->parameters ? strlen(t->parameters) : 0 };
+    }
+    char e[256];
+    if (dsml_grammar_compile(&r->calls, d, n, r->parallel_tool_calls ? REQ_MAX_CALLS : 1, e, sizeof e))
+        return errf(err, err_len, "tools: %s", e);
     return 0;
 }
 
@@ -358,6 +378,7 @@ void req_tools_free(struct gen_request *r)
     for (uint32_t i = 0; r->tools && i < r->n_tools; i++) {
         free(r->tools[i].name);
         free(r->tools[i].schema);
+        free(r->tools[i].parameters);
     }
     free(r->tools);
     free(r->tool_choice_name);

@@ -15,8 +15,10 @@ int req_parse_tools(json_t *v, struct gen_request *r, char *err, size_t err_len)
 int req_parse_tool_choice(json_t *v, struct gen_request *r, char *err, size_t err_len);
 /* messages[i].tool_calls */
 int req_parse_tool_calls(json_t *v, size_t i, struct req_message *m, char *err, size_t err_len);
-/* After the whole body: a named tool_choice names an offered tool. */
-int req_check_tools(const struct gen_request *r, char *err, size_t err_len);
+/* After the whole body: a named tool_choice names an offered tool; a required or named
+ * choice compiles the call grammar into r->calls (a schema outside the supported subset, or
+ * response_format as well, is refused by name). */
+int req_check_tools(struct gen_request *r, char *err, size_t err_len);
 void req_tools_free(struct gen_request *r);
 void req_message_tools_free(struct req_message *m);
 

@@ -136,6 +136,8 @@ struct scheduler {
     struct sched_options opt;
     uint32_t n_vocab, n_ctx;
     struct slot *slots;  /* [opt.slots] */
+    uint32_t slots_configured; /* server.slots; opt.slots is how many could be allocated */
+    char slots_short[400];     /* why fewer than configured ("" when all were) */
     struct prefix_cache *prefix; /* NULL: prefix reuse off */
     int32_t *batch_tok;  /* [opt.slots] next token of each decoding slot, by slot */
     int *batch_slot;     /* [opt.slots] the slot of each step item */
@@ -579,12 +581,18 @@ static void slots_destroy(struct slot *slots, uint32_t n)
     free(slots);
 }
 
-/* n slots on engine e: a session, a text sequence and a logits row each. */
-static int slots_create(struct engine *e, struct textgen *tg, uint32_t n, uint32_t n_ctx_want, struct slot **out,
-                        uint32_t *n_vocab, uint32_t *n_ctx, char *err, size_t err_len)
+/* n slots on engine e: a session, a text sequence and a logits row each. When a slot
+ * cannot be allocated (its session does not fit the memory left, or an allocation fails),
+ * the slots made so far are kept if there are at least `min` of them: *n_made says how
+ * many, and why[] the first failure's error ("" when all n were made). Fewer than min:
+ * nothing is kept, and err says why. */
+static int slots_create(struct engine *e, struct textgen *tg, uint32_t n, uint32_t min, uint32_t n_ctx_want, struct slot **out,
+                        uint32_t *n_made, char *why, size_t why_len, uint32_t *n_vocab, uint32_t *n_ctx, char *err,
+                        size_t err_len)
 {
     struct engine_info info;
     engine_get_info(e, &info);
+    if (why_len) why[0] = 0;
     if (n_ctx_want == 0) { /* the largest context whose plan fits every slot in the memory there is */
         struct engine_plan p;
         n_ctx_want = engine_plan_open_fit(e, n, engine_plan_budget(e), &p);
@@ -596,20 +604,28 @@ static int slots_create(struct engine *e, struct textgen *tg, uint32_t n, uint32
     }
     struct slot *slots = calloc(n, sizeof *slots);
     if (!slots) return errf(err, err_len, "scheduler: out of memory for %u slots", n);
-    for (uint32_t i = 0; i < n; i++) {
-        struct slot *sl = &slots[i];
-        if (session_create(e, n_ctx_want, &sl->sess, err, err_len) || textgen_seq_create(tg, &sl->seq, err, err_len)) {
-            errf_prefix(err, err_len, "server.slots=%u: slot %u cannot be allocated (fewer slots or a smaller model.n_ctx fit)", n, i);
+    uint32_t made = 0;
+    for (; made < n; made++) {
+        struct slot *sl = &slots[made];
+        int rc = session_create(e, n_ctx_want, &sl->sess, err, err_len) || textgen_seq_create(tg, &sl->seq, err, err_len);
+        if (!rc && !(sl->logits = malloc((size_t)info.n_vocab * sizeof *sl->logits))) rc = errf(err, err_len, "out of memory");
+        if (!rc) continue;
+        errf_prefix(err, err_len, "server.slots=%u: slot %u cannot be allocated (fewer slots or a smaller model.n_ctx fit)", n,
+                    made);
+        if (made < min || made == 0) {
             slots_destroy(slots, n);
             return -1;
         }
-        sl->logits = malloc((size_t)info.n_vocab * sizeof *sl->logits);
-        if (!sl->logits) {
-            slots_destroy(slots, n);
-            return errf(err, err_len, "slot %u: out of memory", i);
-        }
+        /* keep the slots made: this one's parts go, the rest were never made */
+        session_destroy(sl->sess);
+        textgen_seq_destroy(sl->seq);
+        free(sl->logits);
+        memset(sl, 0, sizeof *sl);
+        snprintf(why, why_len, "%s; serving %u slots", err, made);
+        break;
     }
     *out = slots;
+    *n_made = made;
     *n_vocab = info.n_vocab;
     *n_ctx = session_n_ctx(slots[0].sess);
     return 0;
@@ -639,7 +655,10 @@ int scheduler_create(struct scheduler **out, struct engine *e, struct textgen *t
         scheduler_destroy(s);
         return errf(err, err_len, "scheduler: out of memory for %u slots", opt->slots);
     }
-    if (slots_create(e, tg, s->opt.slots, opt->n_ctx, &s->slots, &s->n_vocab, &s->n_ctx, err, err_len)) {
+    /* at start, a daemon serves the slots that fit (one at least) and says why not more */
+    s->slots_configured = s->opt.slots;
+    if (slots_create(e, tg, s->opt.slots, 1, opt->n_ctx, &s->slots, &s->opt.slots, s->slots_short, sizeof s->slots_short,
+                     &s->n_vocab, &s->n_ctx, err, err_len)) {
         scheduler_destroy(s);
         return -1;
     }
@@ -760,6 +779,8 @@ void scheduler_stats(struct scheduler *s, struct sched_stats *st)
     st->queue_capacity = s->opt.queue_depth;
     st->busy = s->n_busy;
     st->slots = s->opt.slots;
+    st->slots_configured = s->slots_configured;
+    memcpy(st->slots_short, s->slots_short, sizeof st->slots_short);
     st->engine_errors = s->engine_errors;
     st->last_eval_failed = s->last_eval_failed;
     st->device_lost = s->device_lost;
@@ -783,8 +804,12 @@ int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen 
     *n_cancelled = 0;
     struct swap_req w = { .engine = e, .tg = tg, .gen = gen };
     snprintf(w.model_id, sizeof w.model_id, "%s", model_id ? model_id : "");
-    /* The new sessions first, while the old engine still serves: a failure changes nothing. */
-    if (slots_create(e, tg, s->opt.slots, s->opt.n_ctx, &w.slots, &w.n_vocab, &w.n_ctx, err, err_len))
+    /* The new sessions first, while the old engine still serves: a failure changes nothing.
+     * The new model must hold as many slots as are served now. */
+    uint32_t n_made;
+    char why[8];
+    if (slots_create(e, tg, s->opt.slots, s->opt.slots, s->opt.n_ctx, &w.slots, &n_made, why, sizeof why, &w.n_vocab,
+                     &w.n_ctx, err, err_len))
         return errf_prefix(err, err_len, "new model");
     pthread_mutex_lock(&s->lock);
     if (s->swap || s->stop || s->draining) {

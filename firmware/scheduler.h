@@ -79,7 +79,8 @@ void job_release(struct job *j);
 const char *job_finish_name(enum job_finish f); /* OpenAI finish_reason or our own word */
 
 struct sched_options {
-    uint32_t slots;        /* sessions decoded together */
+    uint32_t slots;        /* sessions decoded together (at create: as many as can be allocated,
+                            * one at least; scheduler_stats says how many and why not more) */
     uint32_t queue_depth;  /* waiting jobs before submit says full */
     uint32_t n_ctx;        /* per session; 0 = engine default */
     uint32_t step_tokens;  /* tokens per step across all slots (decode tokens always go in; prompt
@@ -125,6 +126,8 @@ int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen 
 
 struct sched_stats {
     uint32_t queued, queue_capacity, busy, slots;
+    uint32_t slots_configured;    /* server.slots: more than slots when only `slots` could be allocated */
+    char slots_short[400];        /* why fewer ("" when all were allocated) */
     uint64_t prefill_waiting;     /* prompt tokens not yet evaluated: running jobs' and queued ones' */
     uint64_t engine_errors;
     bool last_eval_failed;

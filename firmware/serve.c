@@ -506,7 +506,13 @@ int cmd_serve(int argc, char **argv)
                 audit_event("boot_ready_failed", ld->model.model_id, cfg.slot, err);
             }
             audit_event("ready", ld->model.model_id, cfg.slot, NULL);
-            fprintf(stderr, "flashbox serve: ready (%s, %u slots)%s%s\n", ld->model.model_id, cfg.slots,
+            struct sched_stats ss;
+            scheduler_stats(ld->sched, &ss);
+            if (ss.slots_short[0]) {
+                fprintf(stderr, "flashbox serve: %s\n", ss.slots_short);
+                audit_event("slots_short", ld->model.model_id, cfg.slot, ss.slots_short);
+            }
+            fprintf(stderr, "flashbox serve: ready (%s, %u slots)%s%s\n", ld->model.model_id, ss.slots,
                     admin ? "; update admin socket " : "", admin ? cfg.admin_socket : "");
         }
         if (host_ready) recovery_poll(&rec, ld->sched);

@@ -40,6 +40,12 @@ struct textgen_seq {
     const struct jg_schema *schema; /* the request's grammar, or NULL */
     struct jg_matcher *matcher;
     uint32_t *allow;           /* [jg_mask_words] the tokens allowed at this step */
+    const struct dsml_grammar *calls; /* a forced tool call's grammar, or NULL */
+    bool calls_on;             /* the call grammar holds the answer (forced, or a strict tool's
+                                * block the model opened: "\n\n<" then the DSML token) */
+    int32_t dsml_tok;
+    char tail[3];              /* the last bytes of text fed, oldest first */
+    struct dsml_matcher *call_matcher; /* NULL when the vocabulary has no DSML token */
     bool grammar_on;           /* the answer has begun (after </think> when thinking) */
     int32_t eos;
     uint32_t max_tokens;
@@ -325,7 +331,9 @@ int textgen_seq_create(const struct textgen *tg, struct textgen_seq **out, char 
     s->piece_cap = tok_stream_buf_size(tg->tok);
     s->piece = malloc(s->piece_cap);
     s->allow = malloc(jg_mask_words(tg->vocab) * sizeof *s->allow);
-    if (!s->piece || !s->allow || jg_matcher_create(&s->matcher, tg->vocab, err, err_len)) {
+    int32_t dsml = tok_find_special(tg->tok, CHAT_DSML);
+    if (!s->piece || !s->allow || jg_matcher_create(&s->matcher, tg->vocab, err, err_len) ||
+        (dsml >= 0 && dsml_matcher_create(&s->call_matcher, tg->vocab, tg->tok, dsml, err, err_len))) {
         textgen_seq_destroy(s);
         return errf(err, err_len, "sequence: out of memory");
     }
@@ -342,6 +350,7 @@ void textgen_seq_destroy(struct textgen_seq *s)
     free(s->released);
     free(s->allow);
     jg_matcher_destroy(s->matcher);
+    dsml_matcher_destroy(s->call_matcher);
     free(s);
 }
 
@@ -410,6 +419,16 @@ int textgen_seq_start(struct textgen_seq *s, const struct gen_request *req, char
         if (eos < 0) return errf(err, err_len, "response_format: the model has no end token to end the JSON with");
         jg_matcher_start(s->matcher, s->schema);
     }
+    s->calls = req->kind == REQ_CHAT ? req->calls : NULL;
+    s->calls_on = s->calls && !req->calls_on_demand;
+    s->dsml_tok = tok_find_special(s->tg->tok, CHAT_DSML);
+    memset(s->tail, 0, sizeof s->tail);
+    if (s->calls) {
+        if (eos < 0 || !s->call_matcher)
+            return errf(err, err_len, "tool_choice: the model has no %s to end a call with",
+                        eos < 0 ? "end token" : "DSML control token");
+        if (s->calls_on) dsml_matcher_start(s->call_matcher, s->calls, false);
+    }
     s->logprobs = req->logprobs;
     s->top_logprobs = req->top_logprobs < 20 ? req->top_logprobs : 20;
     return 0;
@@ -426,7 +445,8 @@ bool textgen_seq_reasoning_end(const struct textgen_seq *s, size_t *end)
 static void think_mask(struct textgen_seq *s, uint32_t remaining)
 {
     size_t words = jg_mask_words(s->tg->vocab);
-    bool close = (uint64_t)remaining <= (uint64_t)jg_schema_min_bytes(s->schema) + 2;
+    uint32_t least = s->calls ? dsml_grammar_min_tokens(s->calls) : jg_schema_min_bytes(s->schema);
+    bool close = (uint64_t)remaining <= (uint64_t)least + 2;
     memset(s->allow, close ? 0 : 0xFF, words * sizeof *s->allow);
     if (close) s->allow[(uint32_t)s->think_end_tok >> 5] |= 1u << ((uint32_t)s->think_end_tok & 31);
     else s->allow[(uint32_t)s->eos >> 5] &= ~(1u << ((uint32_t)s->eos & 31));
@@ -465,19 +485,28 @@ static void logprob_of(const float *logits, uint32_t n, int32_t tok, uint32_t k,
 int32_t textgen_seq_sample(struct textgen_seq *s, const float *logits, struct textgen_logprob *lp)
 {
     const uint32_t *allow = NULL;
-    if (s->schema) {
+    bool shaped = s->schema || s->calls_on;
+    if (shaped) {
         uint32_t n = stopper_n_tokens(s->stopper);
         uint32_t remaining = s->max_tokens > n ? s->max_tokens - n : 1;
-        if (s->grammar_on) jg_mask(s->matcher, remaining, s->eos, s->allow);
-        else think_mask(s, remaining);
+        if (!s->grammar_on) think_mask(s, remaining);
+        else if (s->calls) dsml_mask(s->call_matcher, remaining, s->eos, s->allow);
+        else jg_mask(s->matcher, remaining, s->eos, s->allow);
         allow = s->allow;
     }
     int32_t tok = sampler_sample_masked(s->sampler, logits, allow);
     if (tok < 0) return tok;
     sampler_accept(s->sampler, tok);
     if (lp && s->logprobs) logprob_of(logits, s->tg->n_vocab, tok, s->top_logprobs, lp);
-    if (s->schema && !s->grammar_on && tok == s->think_end_tok) s->grammar_on = true;
-    else if (s->schema && s->grammar_on && tok != s->eos && jg_matcher_accept(s->matcher, tok)) return -1;
+    if (!s->grammar_on && tok == s->think_end_tok) {
+        s->grammar_on = true;
+    } else if (shaped && s->grammar_on && tok != s->eos) {
+        if (s->calls_on ? dsml_matcher_accept(s->call_matcher, tok) : jg_matcher_accept(s->matcher, tok)) return -1;
+    } else if (s->calls && s->grammar_on && tok == s->dsml_tok && !memcmp(s->tail, "\n\n<", 3)) {
+        /* a strict tool's block, opened by the model: held to the grammar from here on */
+        s->calls_on = true;
+        dsml_matcher_start(s->call_matcher, s->calls, true);
+    }
     return tok;
 }
 
@@ -494,6 +523,10 @@ enum textgen_stop textgen_seq_feed(struct textgen_seq *s, int32_t tok, const cha
         n = tok_stream_feed(&s->stream, tok, s->piece, s->piece_cap);
         if (n < 0) n = 0; /* the sampler only returns ids of the vocabulary */
         s->fed += (size_t)n;
+        for (int k = 0; k < n; k++) {
+            memmove(s->tail, s->tail + 1, sizeof s->tail - 1);
+            s->tail[sizeof s->tail - 1] = s->piece[k];
+        }
     }
     enum stop_reason why = stopper_feed(s->stopper, tok, s->piece, (size_t)n, s->released, s->released_cap, len);
     *text = s->released;

@@ -145,12 +145,16 @@ int tool_output_parse(const char *text, size_t len, const char *const *names, si
         if (!t) { errf(err, err_len, "tool call: an invoke is not closed"); goto fail; }
         const char *q = p;
         while (q < t && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) q++;
-        if ((size_t)(t - q) < 9 || memcmp(q, "name=\"", 6) || memcmp(t - 3, "\">\n", 3)) {
+        /* name="N">\n before a parameter; before the end of an invoke without parameters,
+         * name="N">\n\n as the encoder's join writes it (no parameters joined, then
+         * "\n</invoke>"), or name="N">\n */
+        size_t tail = which == 1 && t - q >= 4 && !memcmp(t - 4, "\">\n\n", 4) ? 4 : 3;
+        if ((size_t)(t - q) < 6 + tail + 1 || memcmp(q, "name=\"", 6) || memcmp(t - tail, "\">\n\n", tail)) {
             errf(err, err_len, "tool call: bad invoke name at byte %zu", (size_t)(p - text));
             goto fail;
         }
         const char *name = q + 6;
-        size_t name_len = (size_t)(t - 3 - name);
+        size_t name_len = (size_t)(t - tail - name);
         bool known = false;
         for (size_t k = 0; k < n_names && !known; k++) known = strlen(names[k]) == name_len && !memcmp(names[k], name, name_len);
         if (!known) { errf(err, err_len, "tool call: '%.*s' is not an offered tool", (int)(name_len > 64 ? 64 : name_len), name); goto fail; }
@@ -213,4 +217,130 @@ fail:
     tool_output_free(out);
     out->content_len = len;
     return -1;
+}
+
+/* ---- reading a block as it streams ---- */
+
+/* p starts with s (all of it in the text): 1; the text ends inside s: 0; else -1. */
+static int expect(const char *p, const char *end, const char *s)
+{
+    size_t n = strlen(s), have = (size_t)(end - p);
+    if (have >= n) return memcmp(p, s, n) ? -1 : 1;
+    return memcmp(p, s, have) ? -1 : 0;
+}
+
+/* Bytes of value[0, n) that no later text changes: not a tail that may begin the parameter's
+ * closing "</｜DSML｜parameter>", and not an incomplete UTF-8 sequence. */
+static size_t value_safe(const char *v, size_t n)
+{
+    static const char close[] = "</" DSML "parameter>"; /* found whole, the value is complete */
+    size_t m = strlen(close);
+    for (size_t k = m - 1; k > 0; k--)
+        if (k <= n && !memcmp(v + n - k, close, k)) {
+            n -= k;
+            break;
+        }
+    size_t i = n;
+    while (i > 0 && ((unsigned char)v[i - 1] & 0xC0) == 0x80 && n - i < 3) i--;
+    if (i > 0 && (unsigned char)v[i - 1] >= 0xC0) {
+        unsigned char c = (unsigned char)v[i - 1];
+        size_t want = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+        if (n - (i - 1) < want) n = i - 1;
+    }
+    return n;
+}
+
+/* A JSON string's text from raw bytes, as the final parse writes it; without its closing
+ * quote when open. */
+static int append_string(char **s, size_t *len, const char *v, size_t n, bool open)
+{
+    json_t *j = json_stringn(v, n);
+    size_t l = 0;
+    char *q = j ? req_json_python(j, &l) : NULL;
+    json_decref(j);
+    int bad = !q || append(s, len, q, open ? l - 1 : l);
+    free(q);
+    return bad ? -1 : 0;
+}
+
+uint32_t tool_output_partial(const char *text, size_t len, const char *const *names, size_t n_names,
+                             struct tool_call_partial *out, uint32_t max)
+{
+    const char *end = text + len;
+    const char *p = find(text, end, TOOL_CALLS_START);
+    uint32_t n = 0;
+    if (!p) return 0;
+    p += strlen(TOOL_CALLS_START);
+    if (expect(p, end, ">\n") < 1) return 0;
+    p += 2;
+    while (n < max) {
+        if (expect(p, end, "<" DSML "invoke name=\"") < 1) break;
+        p += strlen("<" DSML "invoke name=\"");
+        const char *q = memchr(p, '"', (size_t)(end - p));
+        if (!q || (size_t)(end - q) < 3) break;
+        if (memcmp(q, "\">\n", 3)) break;
+        bool known = false;
+        for (size_t k = 0; k < n_names && !known; k++) known = strlen(names[k]) == (size_t)(q - p) && !memcmp(names[k], p, (size_t)(q - p));
+        if (!known) break;
+        struct tool_call_partial *c = &out[n];
+        memset(c, 0, sizeof *c);
+        if (!(c->name = strndup(p, (size_t)(q - p))) || append(&c->args, &c->args_len, "{", 1)) {
+            tool_output_partial_free(out, n + 1);
+            return 0;
+        }
+        n++;
+        p = q + 3;
+        bool first = true, closed = false;
+        for (;;) {
+            /* after '>\n': a parameter, or the end of the invoke (maybe after one more '\n'
+             * when it has none) */
+            const char *r = p;
+            if (first && r < end && *r == '\n') r++;
+            if (expect(r, end, "</" DSML "invoke>") == 1) {
+                p = r + strlen("</" DSML "invoke>");
+                closed = true;
+                break;
+            }
+            if (expect(p, end, "<" DSML "parameter name=\"") < 1) break;
+            const char *k0 = p + strlen("<" DSML "parameter name=\""), *sep = NULL;
+            bool is_str = false;
+            for (const char *x = k0; x < end; x++) {
+                if (*x != '"') continue;
+                if (expect(x, end, "\" string=\"true\">") == 1) { sep = x; is_str = true; break; }
+                if (expect(x, end, "\" string=\"false\">") == 1) { sep = x; break; }
+                if (expect(x, end, "\" string=\"") == 0 || expect(x, end, "\" string=\"true\">") == 0 ||
+                    expect(x, end, "\" string=\"false\">") == 0)
+                    break; /* the tag is still coming */
+            }
+            if (!sep) break;
+            const char *v = sep + (is_str ? 16 : 17);
+            const char *vclose = find(v, end, "</" DSML "parameter>");
+            size_t vn = vclose ? (size_t)(vclose - v) : value_safe(v, (size_t)(end - v));
+            size_t before = c->args_len;
+            if ((!first && append(&c->args, &c->args_len, ", ", 2)) || append_string(&c->args, &c->args_len, k0, (size_t)(sep - k0), false) ||
+                append(&c->args, &c->args_len, ": ", 2) ||
+                (is_str ? append_string(&c->args, &c->args_len, v, vn, !vclose) : append(&c->args, &c->args_len, v, vn))) {
+                c->args_len = before; /* out of memory or not UTF-8: send nothing more of it */
+                break;
+            }
+            if (!vclose) break;
+            first = false;
+            p = vclose + strlen("</" DSML "parameter>");
+            if (expect(p, end, "\n") < 1) break;
+            p++;
+        }
+        if (!closed) break;
+        if (append(&c->args, &c->args_len, "}", 1)) break;
+        if (expect(p, end, "\n") < 1) break;
+        p++;
+    }
+    return n;
+}
+
+void tool_output_partial_free(struct tool_call_partial *calls, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        free(calls[i].name);
+        free(calls[i].args);
+    }
 }

@@ -37,4 +37,21 @@ int tool_output_parse(const char *text, size_t len, const char *const *names, si
                       struct tool_output *out, char *err, size_t err_len);
 void tool_output_free(struct tool_output *out);
 
+/* While a block streams in: the calls of text[0, len) read as far as the text allows, so a
+ * stream can send each call's name as soon as its invoke tag is complete and its arguments
+ * fragment by fragment. args is the prefix of what tool_output_parse will write for that
+ * call that no later text can change (a string value's bytes as they come, escaped; a JSON
+ * value's bytes; text that may begin the closing tag is held back). Reading stops at the
+ * first thing tool_output_parse would refuse; the final parse decides (a stream that ends
+ * unparsable falls back to text). Returns the calls begun, at most max; free with
+ * tool_output_partial_free. */
+struct tool_call_partial {
+    char *name;
+    char *args;
+    size_t args_len;
+};
+uint32_t tool_output_partial(const char *text, size_t len, const char *const *names, size_t n_names,
+                             struct tool_call_partial *out, uint32_t max);
+void tool_output_partial_free(struct tool_call_partial *calls, uint32_t n);
+
 #endif

@@ -273,7 +273,9 @@ static void inv_check_shared(enum engine_backend b, enum mkmodel_quant quant, co
     free(want);
 }
 
-static const uint32_t shared_cases[][2] = { { 0, 7 }, { 1, 1 }, { 3, 7 }, { 7, 64 }, { 7, 1 } };
+/* (others, chunk): steps of 2 (the 2-token tile), 4 (the 4-token tile), 13 and 14 tokens
+ * (a tile of 8, then the rest in the 8-token tile) and 77 (nine tiles of 8 and 5) */
+static const uint32_t shared_cases[][2] = { { 0, 7 }, { 1, 1 }, { 2, 1 }, { 3, 7 }, { 7, 64 }, { 7, 1 } };
 
 TEST(ref_session_logits_are_bitwise_the_same_alone_and_in_steps_with_others)
 {
@@ -297,8 +299,8 @@ TEST(vk_session_logits_are_bitwise_the_same_in_steps_with_others_and_experts_pag
 TEST(vk_session_logits_are_bitwise_the_same_in_steps_with_others_gpu_layout)
 {
     setenv("FLASHBOX_VK_LAYOUT", "subgroup", 1); /* each test runs in its own process */
-    static const uint32_t cases[][2] = { { 3, 7 }, { 7, 1 } };
-    inv_check_shared(ENGINE_BACKEND_VULKAN, MKMODEL_MIXED, cases, 2, 0);
+    static const uint32_t cases[][2] = { { 1, 1 }, { 2, 1 }, { 3, 7 }, { 7, 1 } };
+    inv_check_shared(ENGINE_BACKEND_VULKAN, MKMODEL_MIXED, cases, 4, 0);
 }
 
 TEST(engine_step_refuses_bad_items_before_any_work)

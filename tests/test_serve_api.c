@@ -784,6 +784,57 @@ TEST(serve_client_defaults_and_logit_bias)
         free(out);
     }
     free(second);
+    /* n choices streamed: the chunks carry each choice's index, each index reassembles to the
+     * blocking answer's choice, each ends with its own finish_reason, and usage sums them */
+    for (int chat = 0; chat < 2; chat++) {
+        const char *path = chat ? "/v1/chat/completions" : "/v1/completions";
+        const char *body = chat ? "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":6,\"seed\":41,\"n\":2"
+                                : "{\"prompt\":\"Hi\",\"max_tokens\":6,\"seed\":41,\"n\":2";
+        char breq[256], sreq[320];
+        snprintf(breq, sizeof breq, "%s}", body);
+        snprintf(sreq, sizeof sreq, "%s,\"stream\":true,\"stream_options\":{\"include_usage\":true}}", body);
+        CHECK_EQ_INT(serve_curl(&d, "POST", path, breq, &out, NULL), 200);
+        o = parse(out);
+        free(out);
+        long long usage_want = json_integer_value(json_object_get(json_object_get(o, "usage"), "completion_tokens"));
+        static const char *const sargs[] = { "-N", NULL };
+        CHECK_EQ_INT(serve_curl(&d, "POST", path, sreq, &out, sargs), 200);
+        char got[2][512] = { "", "" };
+        int finishes[2] = { 0, 0 }, bad_index = 0;
+        long long usage = -1;
+        for (const char *p = out; p && (p = strstr(p, "data: {"));) {
+            const char *e = strstr(p, "\n\n");
+            char *ev = strndup(p + 6, e ? (size_t)(e - p - 6) : strlen(p + 6));
+            json_t *c = json_loads(ev, JSON_ALLOW_NUL, NULL);
+            json_t *ch = json_array_get(json_object_get(c, "choices"), 0);
+            if (json_object_get(c, "usage")) usage = json_integer_value(json_object_get(json_object_get(c, "usage"), "completion_tokens"));
+            if (ch) {
+                long long i = json_integer_value(json_object_get(ch, "index"));
+                if (i < 0 || i > 1) {
+                    bad_index = 1;
+                } else {
+                    const char *piece = chat ? json_string_value(json_object_get(json_object_get(ch, "delta"), "content"))
+                                             : json_string_value(json_object_get(ch, "text"));
+                    if (piece) strncat(got[i], piece, sizeof got[i] - strlen(got[i]) - 1);
+                    finishes[i] += json_is_string(json_object_get(ch, "finish_reason"));
+                }
+            }
+            json_decref(c);
+            free(ev);
+            p += 6;
+        }
+        CHECK(!bad_index);
+        CHECK(out && strstr(out, "data: [DONE]"));
+        for (int i = 0; i < 2; i++) {
+            json_t *want = json_array_get(json_object_get(o, "choices"), (size_t)i);
+            CHECK_STR(got[i], chat ? json_string_value(json_object_get(json_object_get(want, "message"), "content"))
+                                   : json_string_value(json_object_get(want, "text")));
+            CHECK_EQ_INT(finishes[i], 1);
+        }
+        CHECK_EQ_INT(usage, usage_want);
+        json_decref(o);
+        free(out);
+    }
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"n\":3}", &out, NULL), 400);
     CHECK(out && strstr(out, "server.slots"));
     free(out);

@@ -566,3 +566,72 @@ TEST(serve_seeded_text_is_the_same_alone_and_among_8_clients_vulkan)
 {
     seeded_text_same_alone_and_under_load("vulkan");
 }
+
+/* server.slots larger than the memory allows: sessions of 1M positions (about 0.6 GiB each
+ * on the tiny model) do not all fit a CPU driver's 2 GiB of device memory, so a later slot
+ * cannot be allocated. The daemon says so clearly (log, /health, /metrics, audit), serves
+ * the slots it has, and queued requests beyond them still get their answers. Skipped on a
+ * device large enough to hold all eight. */
+TEST(serve_slots_past_memory_are_reported_the_rest_serve)
+{
+    const char *sets[] = { "model.backend=vulkan", "model.n_ctx=1048576", "server.slots=8", "server.queue_depth=16", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    char *out = NULL;
+    REQUIRE(serve_curl(&d, "GET", "/health", NULL, &out, NULL) == 200);
+    json_t *h = json_loads(out, 0, NULL);
+    free(out);
+    REQUIRE(h != NULL);
+    const int n = (int)json_integer_value(json_object_get(h, "slots_total"));
+    if (n == 8) {
+        json_decref(h);
+        serve_stop(&d, SIGTERM, 10000);
+        test_skip("the device holds eight 1M-position sessions: nothing to refuse");
+        return;
+    }
+    CHECK(n >= 1 && n < 8);
+    CHECK_EQ_INT(json_integer_value(json_object_get(h, "slots_configured")), 8);
+    const char *why = json_string_value(json_object_get(h, "slots_error"));
+    CHECK(why && strstr(why, "cannot be allocated") && strstr(why, "1048576-position session needs") &&
+          strstr(why, "device memory free"));
+    char expect[64];
+    snprintf(expect, sizeof expect, "slot %d cannot be allocated", n);
+    CHECK(why && strstr(why, expect));
+    json_decref(h);
+    CHECK_EQ_INT(serve_metric(&d, "flashbox_slots_total"), n);
+    CHECK_EQ_INT(serve_metric(&d, "flashbox_slots_configured"), 8);
+    FILE *f = fopen(d.log, "r");
+    char log[16384] = "";
+    if (f) {
+        log[fread(log, 1, sizeof log - 1, f)] = 0;
+        fclose(f);
+    }
+    CHECK(strstr(log, expect) != NULL);
+    char ready[64];
+    snprintf(ready, sizeof ready, ", %d slots)", n); /* "ready (MODEL, N slots)" */
+    CHECK(strstr(log, ready) != NULL);
+    f = fopen(d.audit, "r");
+    log[0] = 0;
+    if (f) {
+        log[fread(log, 1, sizeof log - 1, f)] = 0;
+        fclose(f);
+    }
+    CHECK(strstr(log, "\"event\":\"slots_short\"") != NULL);
+    /* twice as many requests as slots at once: every one answered, in full */
+    pid_t kids[16];
+    const int n_req = 2 * n;
+    REQUIRE(n_req <= 16);
+    for (int i = 0; i < n_req; i++) {
+        kids[i] = fork();
+        REQUIRE(kids[i] >= 0);
+        if (kids[i] == 0) {
+            char body[256], *resp = NULL;
+            snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"slot %d\"}],\"max_tokens\":4,"
+                                        "\"ignore_eos\":true,\"temperature\":0}", i);
+            int ok = status_of(&d, body, &resp) == 200 && resp && strstr(resp, "\"completion_tokens\":4");
+            _exit(ok ? 0 : 1);
+        }
+    }
+    CHECK_EQ_INT(wait_kids(kids, n_req), n_req);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+}

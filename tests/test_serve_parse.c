@@ -1,6 +1,7 @@
 /* The daemon's pure parts without a daemon: the request parser (every field's type and
  * range, against hand-written expectations), the config parser and printer, the peer
  * allow-list and the Prometheus rendering. */
+#include "engine/engine.h"
 #include "firmware/config.h"
 #include "firmware/metrics.h"
 #include "firmware/peer.h"
@@ -121,7 +122,24 @@ TEST(request_parse_accepts_what_clients_send_by_default)
     REQUIRE(r.n_logit_bias == 2);
     CHECK(r.logit_bias[0].tok == 7 && r.logit_bias[0].bias == -100.0f);
     CHECK(r.logit_bias[1].tok == 9 && r.logit_bias[1].bias == 2.5f);
+    CHECK(r.tools[0].strict);
+    CHECK_STR(r.tools[0].parameters, "{\"type\": \"object\", \"properties\": {\"x\": {\"type\": \"number\", \"default\": 0.1}}}");
+    CHECK(r.calls != NULL && r.calls_on_demand); /* a strict tool under auto: the grammar of a block the model opens */
     gen_request_free(&r);
+
+    /* required and named choices compile the call grammar; none and auto do not */
+    static const char *const forced[] = { "\"required\"", "{\"type\":\"function\",\"function\":{\"name\":\"g\"}}" };
+    for (int k = 0; k < 2; k++) {
+        char b[512];
+        snprintf(b, sizeof b, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\","
+                 "\"function\":{\"name\":\"f\"}},{\"type\":\"function\",\"function\":{\"name\":\"g\",\"parameters\":"
+                 "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\"}},\"required\":[\"a\"]}}}],"
+                 "\"tool_choice\":%s}", forced[k]);
+        REQUIRE(parse_chat(b, &r, err, sizeof err) == 0);
+        CHECK(r.calls != NULL);
+        CHECK(r.calls && dsml_grammar_min_tokens(r.calls) > 20);
+        gen_request_free(&r);
+    }
 
     struct req_limits lim;
     req_limits_default(&lim);
@@ -177,7 +195,11 @@ TEST(request_parse_errors_name_the_field)
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\"}},{\"function\":{\"name\":\"f\"}}]}", "offered twice" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"required\"}", "no tools are offered" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"sometimes\"}", "tool_choice" },
-        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"required\"}", "constrained sampling" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"array\"}}}],\"tool_choice\":\"required\"}", "tool 'f': parameters: the top level must be an object" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\",\"minimum\":1}}}}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"f\"}}}", "minimum" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"a<\":{}}}}}],\"tool_choice\":\"required\"}", "DSML parameter name" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"required\",\"response_format\":{\"type\":\"json_object\"}}", "cannot both shape" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\",\"parameters\":7}}],\"tool_choice\":\"required\"}", "parameters: expected an object" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}", "'g' is not among the tools" },
         { "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"type\":\"function\",\"function\":{\"arguments\":\"{}\"}}]}]}", "messages[0].tool_calls[0].function.name: missing" },
         { "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":{}}]}", "messages[0].tool_calls: expected an array" },
@@ -301,6 +323,37 @@ TEST(peer_allow_list_matches_uid_gid_and_groups)
     CHECK(peer_allowed(&p, uids, 1, NULL, 0));
     struct peer tcp = { .is_unix = false, .uid = 0 };
     CHECK(!peer_allowed(&tcp, uids, 1, NULL, 0)); /* no identity: refused once a list exists */
+}
+
+/* The scheduler's step metrics (issue 18): sessions and tokens per step as histograms,
+ * prompt tokens waiting, and slots served against slots asked for. */
+TEST(metrics_render_step_histograms_prefill_waiting_and_slots)
+{
+    metrics_reset();
+    metrics_step(1, 1);   /* one decoding session */
+    metrics_step(3, 70);  /* three sessions, one of them reading a prompt chunk */
+    metrics_step(8, 8);
+    struct metrics_gauges g = { .slots_total = 3, .slots_configured = 8, .prefill_waiting = 4000, .ready = 1,
+                                .model_id = "m", .slot = "a" };
+    char *text;
+    size_t len;
+    REQUIRE(metrics_render(&g, &text, &len) == 0);
+    CHECK(strstr(text, "# TYPE flashbox_step_sessions histogram\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_bucket{le=\"1\"} 1\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_bucket{le=\"2\"} 1\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_bucket{le=\"4\"} 2\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_bucket{le=\"8\"} 3\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_sum 12\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_sessions_count 3\n") != NULL);
+    CHECK(strstr(text, "# TYPE flashbox_step_tokens histogram\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_tokens_bucket{le=\"8\"} 2\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_tokens_bucket{le=\"64\"} 2\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_tokens_bucket{le=\"128\"} 3\n") != NULL);
+    CHECK(strstr(text, "flashbox_step_tokens_sum 79\n") != NULL);
+    CHECK(strstr(text, "flashbox_prefill_tokens_waiting 4000\n") != NULL);
+    CHECK(strstr(text, "flashbox_slots_total 3\n") != NULL);
+    CHECK(strstr(text, "flashbox_slots_configured 8\n") != NULL);
+    free(text);
 }
 
 TEST(metrics_render_counts_and_cumulative_buckets)

@@ -2,11 +2,14 @@
  * Responses requests answer exactly what the equivalent chat completions request answers
  * (same prompt size, same greedy text), in their own shapes, streamed with their own event
  * sequences; their errors have their shapes; GET /v1/models/{id} and /v1/embeddings. */
+#include "firmware/json_schema.h"
 #include "tests/harness.h"
 #include "tests/serve_client.h"
 
 #include <jansson.h>
 #include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -257,6 +260,138 @@ TEST(serve_model_by_id_and_no_embeddings)
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/embeddings", "{\"input\":\"x\"}", &out, NULL), 404);
     o = parse(out);
     CHECK(strstr(json_string_value(json_object_get(json_object_get(o, "error"), "message")), "embedding head") != NULL);
+    json_decref(o);
+    free(out);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+/* ---- forced tool calls end to end ----
+ * With tool_choice named or required, the random tiny model must answer with a call: the
+ * sampler is held to the DSML block (engine/text/dsml_grammar.h). Each shape's calls are
+ * checked against the tool's schema by firmware/json_schema.c. */
+
+#define WEATHER_SCHEMA "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\",\"maxLength\":10}," \
+                       "\"unit\":{\"enum\":[\"c\",\"f\"]},\"days\":{\"type\":\"integer\"}},\"required\":[\"city\"]," \
+                       "\"additionalProperties\":false}"
+#define PING_SCHEMA "{\"type\":\"object\",\"properties\":{},\"additionalProperties\":false}"
+
+static bool args_validate(const char *name, const char *args_text, const json_t *args_obj)
+{
+    json_t *schema = json_loads(!strcmp(name, "get_weather") ? WEATHER_SCHEMA : PING_SCHEMA, 0, NULL);
+    json_t *args = args_obj ? json_incref((json_t *)args_obj) : json_loads(args_text ? args_text : "", 0, NULL);
+    char why[256] = "no arguments";
+    bool ok = schema && args && json_schema_validate(schema, args, why, sizeof why) == 0;
+    if (!ok) test_fail_at(__FILE__, __LINE__, "%s(%s): %s", name, args_text ? args_text : "(object)", why);
+    json_decref(schema);
+    json_decref(args);
+    return ok;
+}
+
+#define CHAT_TOOLS "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":" WEATHER_SCHEMA \
+                   "}},{\"type\":\"function\",\"function\":{\"name\":\"ping\",\"parameters\":" PING_SCHEMA "}}]"
+
+TEST(serve_forced_tool_calls_validate_in_every_shape)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    static const char *const choices[] = { "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}", "\"required\"" };
+    for (int c = 0; c < 2; c++) {
+        for (int seed = 1; seed <= 3; seed++) {
+            char body[2048], *out;
+            snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Oslo?\"}],"
+                     "\"max_tokens\":200,\"seed\":%d,\"temperature\":1," CHAT_TOOLS ",\"tool_choice\":%s}", seed, choices[c]);
+            CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", body, &out, NULL), 200);
+            json_t *o = parse(out);
+            json_t *ch = json_array_get(json_object_get(o, "choices"), 0);
+            json_t *calls = json_object_get(json_object_get(ch, "message"), "tool_calls");
+            CHECK_STR(json_string_value(json_object_get(ch, "finish_reason")), "tool_calls");
+            CHECK(json_array_size(calls) >= 1);
+            for (size_t i = 0; i < json_array_size(calls); i++) {
+                json_t *fn = json_object_get(json_array_get(calls, i), "function");
+                const char *name = json_string_value(json_object_get(fn, "name"));
+                CHECK(name && (!strcmp(name, "get_weather") || (c == 1 && !strcmp(name, "ping"))));
+                if (name) args_validate(name, json_string_value(json_object_get(fn, "arguments")), NULL);
+            }
+            char *blocking = json_dumps(calls, JSON_COMPACT);
+            json_decref(o);
+            free(out);
+
+            /* streamed: the deltas reassemble to the same calls */
+            json_t *evs = stream_events(&d, "/v1/chat/completions", body);
+            json_t *got = json_array();
+            const char *finish = NULL;
+            int fragments = 0; /* argument deltas: more than one per call when they stream as they come */
+            for (size_t i = 0; i < json_array_size(evs); i++) {
+                json_t *sch = json_array_get(json_object_get(json_array_get(json_array_get(evs, i), 1), "choices"), 0);
+                json_t *tc = json_object_get(json_object_get(sch, "delta"), "tool_calls");
+                for (size_t k = 0; k < json_array_size(tc); k++) {
+                    json_t *dlt = json_array_get(tc, k), *fn = json_object_get(dlt, "function");
+                    size_t idx = (size_t)json_integer_value(json_object_get(dlt, "index"));
+                    while (json_array_size(got) <= idx)
+                        json_array_append_new(got, json_pack("{s:s,s:s}", "name", "", "arguments", ""));
+                    json_t *g = json_array_get(got, idx);
+                    for (int f = 0; f < 2; f++) {
+                        const char *key = f ? "arguments" : "name";
+                        const char *piece = json_string_value(json_object_get(fn, key));
+                        if (!piece) continue;
+                        fragments += f && piece[0];
+                        char *joined = NULL;
+                        if (asprintf(&joined, "%s%s", json_string_value(json_object_get(g, key)), piece) < 0) continue;
+                        json_object_set_new(g, key, json_string(joined));
+                        free(joined);
+                    }
+                }
+                if (json_is_string(json_object_get(sch, "finish_reason")))
+                    finish = json_string_value(json_object_get(sch, "finish_reason"));
+            }
+            CHECK(finish && !strcmp(finish, "tool_calls"));
+            CHECK(fragments > (int)json_array_size(got));
+            json_t *want = json_loads(blocking, 0, NULL);
+            CHECK_EQ_INT(json_array_size(got), json_array_size(want));
+            for (size_t i = 0; i < json_array_size(got) && i < json_array_size(want); i++) {
+                json_t *wf = json_object_get(json_array_get(want, i), "function"), *g = json_array_get(got, i);
+                CHECK_STR(json_string_value(json_object_get(g, "name")), json_string_value(json_object_get(wf, "name")));
+                CHECK_STR(json_string_value(json_object_get(g, "arguments")), json_string_value(json_object_get(wf, "arguments")));
+            }
+            json_decref(want);
+            json_decref(got);
+            json_decref(evs);
+            free(blocking);
+        }
+    }
+
+    /* Anthropic: tool_choice tool, a tool_use block with an input that validates */
+    char *out;
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/messages",
+        "{\"max_tokens\":200,\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],"
+        "\"tools\":[{\"name\":\"get_weather\",\"input_schema\":" WEATHER_SCHEMA "}],"
+        "\"tool_choice\":{\"type\":\"tool\",\"name\":\"get_weather\"}}", &out, NULL), 200);
+    json_t *o = parse(out);
+    if (!json_object_get(o, "stop_reason")) test_fail_at(__FILE__, __LINE__, "messages: %.300s", out);
+    CHECK_STR(json_string_value(json_object_get(o, "stop_reason")), "tool_use");
+    json_t *block = NULL;
+    for (size_t i = 0; i < json_array_size(json_object_get(o, "content")); i++)
+        if (!strcmp(json_string_value(json_object_get(json_array_get(json_object_get(o, "content"), i), "type")), "tool_use"))
+            block = json_array_get(json_object_get(o, "content"), i);
+    CHECK(block != NULL);
+    if (block) args_validate("get_weather", NULL, json_object_get(block, "input"));
+    json_decref(o);
+    free(out);
+
+    /* Responses: a function_call item whose arguments validate */
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/responses",
+        "{\"max_output_tokens\":200,\"input\":\"Weather?\",\"store\":false,"
+        "\"tools\":[{\"type\":\"function\",\"name\":\"get_weather\",\"parameters\":" WEATHER_SCHEMA "},"
+        "{\"type\":\"function\",\"name\":\"ping\",\"parameters\":" PING_SCHEMA "}],\"tool_choice\":\"required\"}", &out, NULL), 200);
+    o = parse(out);
+    size_t n_calls = 0;
+    for (size_t i = 0; i < json_array_size(json_object_get(o, "output")); i++) {
+        json_t *item = json_array_get(json_object_get(o, "output"), i);
+        if (strcmp(json_string_value(json_object_get(item, "type")), "function_call")) continue;
+        n_calls++;
+        args_validate(json_string_value(json_object_get(item, "name")), json_string_value(json_object_get(item, "arguments")), NULL);
+    }
+    CHECK(n_calls >= 1);
     json_decref(o);
     free(out);
     serve_stop(&d, SIGTERM, 10000);

@@ -40,6 +40,14 @@ TEST(tool_output_reads_the_official_encoders_calls)
     CHECK_STR(out.calls[1].arguments, "{}");
     tool_output_free(&out);
 
+    /* a call with no parameters as engine/text/chat.c renders it (the join of none, then
+     * "\n</invoke>"), which the forced-call grammar writes too */
+    text = "\n\n<" D "tool_calls>\n<" D "invoke name=\"now\">\n\n</" D "invoke>\n</" D "tool_calls>";
+    REQUIRE(tool_output_parse(text, strlen(text), names, 3, &out, err, sizeof err) == 0);
+    REQUIRE(out.n_calls == 1);
+    CHECK_STR(out.calls[0].arguments, "{}");
+    tool_output_free(&out);
+
     /* no block: all of it is the answer */
     REQUIRE(tool_output_parse("plain", 5, names, 3, &out, err, sizeof err) == 0);
     CHECK_EQ_INT(out.n_calls, 0);
@@ -79,6 +87,10 @@ TEST(tool_output_refuses_truncated_and_malformed_blocks)
         { "\n\n<" D "tool_calls>\n<" D "invoke name=\"now\">\n</" D "invoke>\n</" D "tool_calls>more", "after the block" },
         { "\n\n<" D "tool_calls> \n<" D "invoke name=\"now\">\n</" D "invoke>\n</" D "tool_calls>", "'>\\n'" },
         { "\n\n<" D "tool_calls>\n<" D "invoke nam=\"now\">\n</" D "invoke>\n</" D "tool_calls>", "invoke name" },
+        { "\n\n<" D "tool_calls>\n<" D "invoke name=\"now\">\n\n\n</" D "invoke>\n</" D "tool_calls>", "invoke name" },
+        { "\n\n<" D "tool_calls>\n<" D "invoke name=\"now\">\n\n<" D "parameter name=\"a\" string=\"true\">1</" D
+          "parameter>\n</" D "invoke>\n</" D "tool_calls>", "invoke name" },
+        { "\n\n<" D "tool_calls>\n<" D "invoke name=\"\">\n\n</" D "invoke>\n</" D "tool_calls>", "invoke name" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct tool_output out;
@@ -100,4 +112,59 @@ TEST(tool_output_safe_prefix_holds_back_a_possible_block_start)
     t = "hi\n\n<" D "tool_calls>\n<" D "invoke";
     CHECK_EQ_INT(tool_output_safe_prefix(t, strlen(t)), 2);
     CHECK_EQ_INT(tool_output_safe_prefix("a\n\nb", 4), 4);
+}
+
+/* While a block streams in, every prefix of it reads as a prefix of the final calls (the
+ * names, then the arguments as they grow), and the whole block reads as the calls. */
+TEST(tool_output_partial_reads_prefixes_of_the_final_calls)
+{
+    static const char *const blocks[] = {
+        "\n\n<" D "tool_calls>\n<" D "invoke name=\"search\">\n<" D "parameter name=\"query\" string=\"true\">"
+        "\xc3\x86 \"q\"\nl</ine</" D "parameter>\n<" D "parameter name=\"filters\" string=\"false\">{\"lang\": [\"no\"]}</"
+        D "parameter>\n</" D "invoke>\n<" D "invoke name=\"now\">\n\n</" D "invoke>\n</" D "tool_calls>",
+        "Text first.\n\n<" D "tool_calls>\n<" D "invoke name=\"get_weather\">\n<" D "parameter name=\"a\" string=\"false\">"
+        "12</" D "parameter>\n</" D "invoke>\n</" D "tool_calls>",
+    };
+    for (size_t b = 0; b < 2; b++) {
+        const char *text = blocks[b];
+        size_t n = strlen(text);
+        struct tool_output out;
+        char err[256];
+        REQUIRE(tool_output_parse(text, n, names, 3, &out, err, sizeof err) == 0);
+        size_t grew = 0, last = 0;
+        for (size_t cut = 0; cut <= n; cut++) {
+            struct tool_call_partial part[4];
+            uint32_t k = tool_output_partial(text, cut, names, 3, part, 4);
+            size_t total = 0;
+            for (uint32_t i = 0; i < k && i < out.n_calls; i++) {
+                CHECK_STR(part[i].name, out.calls[i].name);
+                if (part[i].args_len > strlen(out.calls[i].arguments) ||
+                    memcmp(part[i].args, out.calls[i].arguments, part[i].args_len))
+                    test_fail_at(__FILE__, __LINE__, "block %zu cut %zu: '%.*s' is not a prefix of '%s'", b, cut,
+                                 (int)part[i].args_len, part[i].args, out.calls[i].arguments);
+                total += part[i].args_len;
+            }
+            CHECK(k <= out.n_calls);
+            if (cut == n) {
+                CHECK_EQ_INT(k, out.n_calls);
+                for (uint32_t i = 0; i < k && i < out.n_calls; i++)
+                    CHECK(part[i].args_len == strlen(out.calls[i].arguments));
+            }
+            grew += total > last;
+            last = total;
+            tool_output_partial_free(part, k);
+        }
+        CHECK(grew >= 4); /* the arguments came in steps, not at once */
+        tool_output_free(&out);
+    }
+    /* no block, a block not yet begun, an unknown tool: nothing */
+    struct tool_call_partial part[2];
+    CHECK_EQ_INT(tool_output_partial("plain", 5, names, 3, part, 2), 0);
+    const char *unknown = "\n\n<" D "tool_calls>\n<" D "invoke name=\"rm\">\n";
+    CHECK_EQ_INT(tool_output_partial(unknown, strlen(unknown), names, 3, part, 2), 0);
+    /* at most max calls */
+    const char *two = "\n\n<" D "tool_calls>\n<" D "invoke name=\"now\">\n\n</" D "invoke>\n<" D "invoke name=\"now\">\n";
+    uint32_t k = tool_output_partial(two, strlen(two), names, 3, part, 1);
+    CHECK_EQ_INT(k, 1);
+    tool_output_partial_free(part, k);
 }

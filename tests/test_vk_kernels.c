@@ -140,7 +140,8 @@ TEST(vk_matvec_matches_reference_for_every_weight_type_on_edge_shapes)
         { 96, 37, 1, 0, 0, false, false, false },    /* rows not a multiple of the workgroup */
         { 37, 19, 1, 0, 0, false, false, false },    /* float types: odd row length, tail loop */
         { 1024, 70, 1, 0, 0, false, true, false },   /* long rows, accumulate into y */
-        { 256, 67, 3, 0, 0, false, false, false },   /* a few tokens (decode kernel per token) */
+        { 256, 67, 3, 0, 0, false, false, false },   /* a few tokens (the 4-token tile, one clamped) */
+        { 96, 37, 2, 0, 0, false, true, false },     /* two tokens (the 2-token tile), accumulate */
     };
     check_cases(&f, cases, sizeof cases / sizeof cases[0], false);
     vk_fixture_close(&f);
@@ -228,12 +229,21 @@ static void check_both_layouts(uint32_t lanes)
         { 1024, 260, 17, 5, 4, true, true, true },   /* per-slot x through ids, a partial row group */
         { 256, 37, 9, 0, 0, false, true, true },     /* half a subgroup per row, two rows at once */
         { 320, 45, 21, 0, 0, false, false, true },   /* ... and a last pass with one lane of four */
+        /* steps of a few sessions: the 2- and 4-token tiles (one token clamped), 5 tokens in
+         * the 8-token tile, and a whole tile of 8 then a 4-token tile for the rest */
+        { 512, 70, 2, 0, 0, false, false, true },
+        { 1024, 37, 3, 0, 0, false, true, true },
+        { 512, 45, 5, 0, 0, false, false, true },
+        { 576, 33, 12, 0, 0, false, true, true },
     };
     static const struct mv_case float_cases[] = {
         { 128, 19, 1, 0, 0, false, false, true },
         { 64, 13, 9, 0, 0, false, true, true },
         { 512, 24, 9, 0, 0, false, true, true },     /* F32: the K-split tile (hc's mixes are this shape) */
         { 1216, 19, 21, 0, 0, false, false, true },  /* F32: two units a lane, a partial last pass */
+        { 128, 19, 2, 0, 0, false, true, true },     /* the small token tiles, and 8 + 4 */
+        { 512, 24, 3, 0, 0, false, false, true },
+        { 64, 13, 11, 0, 0, false, false, true },
     };
     for (int layout = 0; layout < 3; layout++) { /* LANES with K-split, LANES without, SUBGROUP */
         f.ops.layout = layout == 2 ? VK_MATVEC_SUBGROUP : VK_MATVEC_LANES;
@@ -271,6 +281,78 @@ TEST(vk_matvec_layouts_match_reference_in_subgroups_of_16)
 {
     setenv("LP_NATIVE_VECTOR_WIDTH", "512", 1);
     check_both_layouts(16);
+}
+
+/* Batch invariance at the kernel: each token's outputs bitwise the same whether it runs
+ * alone (decode's tile of one) or in a step of 2 .. 13 tokens (the tiles of 2, 4 and 8, a
+ * whole tile of 8 then a smaller one), in every matvec layout and for the float and block
+ * types, with expert matrices through ids for the block types. */
+TEST(vk_matvec_token_tiles_give_each_token_bitwise_its_one_token_result)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    enum { N_IN = 1024, N_OUT = 70, N_TOK = 13, N_MAT = 3 };
+    static const uint32_t steps[] = { 2, 3, 4, 5, 7, 8, 9, 13 };
+    uint64_t rng = 4242;
+    float *w = malloc((size_t)N_MAT * N_OUT * N_IN * 4), *x = malloc((size_t)N_TOK * N_IN * 4);
+    float *alone = malloc((size_t)N_TOK * N_OUT * 4), *got = malloc((size_t)N_TOK * N_OUT * 4);
+    for (size_t i = 0; i < (size_t)N_MAT * N_OUT * N_IN; i++) w[i] = vk_test_rand(&rng);
+    for (size_t i = 0; i < (size_t)N_TOK * N_IN; i++) x[i] = vk_test_rand(&rng);
+    const int32_t ids[1] = { 2 };
+    struct vk_span sx, sy, si;
+    if (vk_fixture_put(&f, x, (size_t)N_TOK * N_IN * 4, &sx) || vk_fixture_put(&f, NULL, (size_t)N_TOK * N_OUT * 4, &sy) ||
+        vk_fixture_put(&f, ids, sizeof ids, &si)) {
+        test_fail_at(__FILE__, __LINE__, "%s", f.err);
+        goto out;
+    }
+    for (int ti = 0; ti < 5; ti++) {
+        const enum gguf_type type = all_types[ti];
+        const bool block_type = type == GGUF_TYPE_Q8_0 || type == GGUF_TYPE_MXFP4;
+        uint64_t wbytes;
+        float *wc = malloc((size_t)N_MAT * N_OUT * N_IN * 4);
+        memcpy(wc, w, (size_t)N_MAT * N_OUT * N_IN * 4);
+        uint8_t *wq = quantize_rows(wc, N_IN, N_MAT * N_OUT, type, &wbytes);
+        struct vk_span sw;
+        struct vk_weight vw;
+        int rc = vk_fixture_put(&f, wq, wbytes, &sw) ||
+                 vk_weight_init(&vw, &sw, type, N_IN, N_OUT, block_type ? N_MAT : 1, f.err, sizeof f.err);
+        free(wc);
+        free(wq);
+        for (int layout = 0; layout < 3 && !rc; layout++) { /* LANES with K-split, LANES, SUBGROUP */
+            f.ops.layout = layout == 2 ? VK_MATVEC_SUBGROUP : VK_MATVEC_LANES;
+            f.ops.ksplit_min_units = layout == 0 ? 4 : UINT32_MAX;
+            /* tokens t0 .. t0 + n - 1 into their rows of y */
+#define RUN_TOKENS(t0, n, out) \
+            do { \
+                struct vk_matvec_args a = { .w = &vw, .x = &sx, .y = &sy, .ids = block_type ? &si : NULL, \
+                                            .x_off = (t0) * N_IN, .x_tstride = N_IN, .y_off = (t0) * N_OUT, \
+                                            .y_tstride = N_OUT, .n_tok = (n), .n_slot = 1, .scale = 0.5f }; \
+                rc = vk_recorder_begin(f.rec, f.err, sizeof f.err) || vk_op_matvec(f.rec, &f.ops, &a, f.err, sizeof f.err) || \
+                     vk_recorder_submit(f.rec, f.err, sizeof f.err) || \
+                     vk_span_download(f.d, &sy, (uint64_t)(t0) * N_OUT * 4, (out) + (size_t)(t0) * N_OUT, \
+                                      (size_t)(n) * N_OUT * 4, f.err, sizeof f.err); \
+            } while (0)
+            for (uint32_t t = 0; t < N_TOK && !rc; t++) RUN_TOKENS(t, 1, alone);
+            for (size_t si2 = 0; si2 < sizeof steps / sizeof steps[0] && !rc; si2++) {
+                const uint32_t n = steps[si2], t0 = N_TOK - n; /* the step's tokens end at the last one */
+                RUN_TOKENS(t0, n, got);
+                for (uint32_t t = t0; t < N_TOK && !rc; t++)
+                    if (memcmp(alone + (size_t)t * N_OUT, got + (size_t)t * N_OUT, N_OUT * 4)) {
+                        test_fail_at(__FILE__, __LINE__, "%s layout %s: token %u of a step of %u differs from it alone",
+                                     gguf_type_name(type), layout == 2 ? "subgroup" : layout ? "lanes" : "lanes k-split", t - t0, n);
+                        break;
+                    }
+            }
+#undef RUN_TOKENS
+        }
+        if (rc) {
+            test_fail_at(__FILE__, __LINE__, "%s: %s", gguf_type_name(type), f.err);
+            break;
+        }
+    }
+out:
+    free(w); free(x); free(alone); free(got);
+    vk_fixture_close(&f);
 }
 
 TEST(vk_matvec_splits_weights_larger_than_one_binding)

@@ -117,6 +117,7 @@ void jg_vocab_destroy(struct jg_vocab *v)
 
 bool jg_vocab_has_ascii_bytes(const struct jg_vocab *v) { return v->ascii_bytes; }
 size_t jg_mask_words(const struct jg_vocab *v) { return ((size_t)v->n_vocab + 31) / 32; }
+uint32_t jg_vocab_max_len(const struct jg_vocab *v) { return v->max_len; }
 
 int jg_matcher_create(struct jg_matcher **out, const struct jg_vocab *v, char *err, size_t err_len)
 {
@@ -151,37 +152,46 @@ void jg_matcher_start(struct jg_matcher *m, const struct jg_schema *g)
 
 static void set(uint32_t *allow, int32_t t) { allow[(uint32_t)t >> 5] |= 1u << ((uint32_t)t & 31); }
 
-void jg_mask(struct jg_matcher *m, uint32_t remaining, int32_t eos, uint32_t *allow)
+void jg_vocab_walk(const struct jg_vocab *v, const struct jg_walk *w, const void *start, void *levels, uint32_t *cur,
+                   uint32_t remaining, uint32_t *allow)
 {
-    const struct jg_vocab *v = m->v;
-    const struct jg_schema *g = m->g;
-    struct jg_matcher *w = m;
-    memset(allow, 0, jg_mask_words(v) * sizeof *allow);
-    if (eos >= 0 && (uint32_t)eos < v->n_vocab && jg_state_accepting(g, &m->state)) set(allow, eos);
     if (remaining == 0) return;
     /* With the budget in reach, a token must leave room for the shortest completion (one
      * token per byte at worst) and the end token; out of reach, any live token goes, and
      * the text ends at max_tokens. */
-    uint64_t need = jg_state_min_close(g, &m->state);
+    uint64_t need = w->min_close(w->g, start);
     bool budget = need + 1 <= remaining;
     uint32_t d = 0;
-    w->cur[0] = v->nodes[0].first_child;
+    cur[0] = v->nodes[0].first_child;
     for (;;) {
-        uint32_t c = w->cur[d];
+        uint32_t c = cur[d];
         if (c == NONE) {
             if (d == 0) break;
             d--;
             continue;
         }
         const struct trie_node *nd = &v->nodes[c];
-        w->cur[d] = nd->next_sibling;
-        struct jg_state *st = &w->levels[d];
-        jg_state_copy(st, d == 0 ? &m->state : &w->levels[d - 1]);
-        if (!jg_state_step(g, st, nd->byte)) continue;
-        if (nd->tok_count && (!budget || (uint64_t)jg_state_min_close(g, st) + 2 <= remaining))
+        cur[d] = nd->next_sibling;
+        void *st = (char *)levels + (size_t)d * w->size;
+        w->copy(st, d == 0 ? start : (const char *)levels + (size_t)(d - 1) * w->size);
+        if (!w->step(w->g, st, nd->byte)) continue;
+        if (nd->tok_count && (!budget || (uint64_t)w->min_close(w->g, st) + 2 <= remaining))
             for (uint32_t i = 0; i < nd->tok_count; i++) set(allow, v->toks[nd->tok_first + i]);
-        if (nd->first_child != NONE) w->cur[++d] = nd->first_child;
+        if (nd->first_child != NONE) cur[++d] = nd->first_child;
     }
+}
+
+static bool json_step(const void *g, void *st, uint8_t c) { return jg_state_step(g, st, c); }
+static uint32_t json_min_close(const void *g, const void *st) { return jg_state_min_close(g, st); }
+static void json_copy(void *dst, const void *src) { jg_state_copy(dst, src); }
+
+void jg_mask(struct jg_matcher *m, uint32_t remaining, int32_t eos, uint32_t *allow)
+{
+    const struct jg_vocab *v = m->v;
+    memset(allow, 0, jg_mask_words(v) * sizeof *allow);
+    if (eos >= 0 && (uint32_t)eos < v->n_vocab && jg_state_accepting(m->g, &m->state)) set(allow, eos);
+    struct jg_walk w = { m->g, sizeof(struct jg_state), json_step, json_min_close, json_copy };
+    jg_vocab_walk(v, &w, &m->state, m->levels, m->cur, remaining, allow);
 }
 
 int jg_matcher_accept(struct jg_matcher *m, int32_t tok)

@@ -42,6 +42,34 @@ enum { MAX_DIGITS = 15, MAX_EXP_DIGITS = 2 };
 
 void jg_state_init(struct jg_state *s) { memset(s, 0, offsetof(struct jg_state, f)); }
 
+void jg_state_init_node(struct jg_state *s, uint32_t node)
+{
+    jg_state_init(s);
+    s->start = node + 1;
+}
+
+static uint32_t start_node(const struct jg_schema *g, const struct jg_state *s)
+{
+    return s->start ? s->start - 1 : g->root;
+}
+
+int jg_schema_members(const struct jg_schema *g, uint32_t *n)
+{
+    const struct jg_node *r = &g->nodes[g->root];
+    *n = 0;
+    if (r->kind != JG_OBJECT) return -1;
+    if (!r->map) *n = r->count;
+    return 0;
+}
+
+void jg_schema_member(const struct jg_schema *g, uint32_t i, struct jg_member *out)
+{
+    const struct jg_prop *p = &g->props[g->nodes[g->root].first + i];
+    *out = (struct jg_member){ g->text + p->key, p->key_len, p->node, p->required };
+}
+
+uint32_t jg_node_min_bytes(const struct jg_schema *g, uint32_t node) { return g->nodes[node].minval; }
+
 void jg_state_copy(struct jg_state *dst, const struct jg_state *src)
 {
     memcpy(dst, src, offsetof(struct jg_state, f) + (size_t)src->depth * sizeof src->f[0]);
@@ -464,7 +492,7 @@ static bool feed(const struct jg_schema *g, struct jg_state *s, uint8_t c, uint1
 {
     if (!s->started) {
         s->started = 1;
-        return begin(g, s, g->root, c);
+        return begin(g, s, start_node(g, s), c);
     }
     if (s->depth == 0) return false;
     struct jg_frame *f = &s->f[s->depth - 1];
@@ -619,7 +647,7 @@ static uint64_t frame_rest(const struct jg_schema *g, const struct jg_frame *f)
 
 uint32_t jg_state_min_close(const struct jg_schema *g, const struct jg_state *s)
 {
-    if (!s->started) return g->nodes[g->root].minval;
+    if (!s->started) return g->nodes[start_node(g, s)].minval;
     uint64_t sum = 0;
     for (uint32_t i = 0; i < s->depth; i++) sum += frame_rest(g, &s->f[i]);
     return sum >= JG_INF ? JG_INF : (uint32_t)sum;

@@ -46,6 +46,21 @@ void jg_schema_free(struct jg_schema *g);
 /* Bytes of the smallest instance. */
 uint32_t jg_schema_min_bytes(const struct jg_schema *g);
 
+/* The top-level object's declared properties, for formats that write an object member by
+ * member (DSML tool parameters), in their declared order. -1 when the root is not an object
+ * schema; *n 0 when it declares none (a map: writing no member is then a valid instance,
+ * unless additionalProperties holds them to {} anyway). */
+struct jg_member {
+    const char *key;   /* as JSON string content (escaped), not NUL-terminated */
+    uint32_t key_len;
+    uint32_t node;     /* for jg_state_init_node */
+    bool required;
+};
+int jg_schema_members(const struct jg_schema *g, uint32_t *n);
+void jg_schema_member(const struct jg_schema *g, uint32_t i, struct jg_member *out);
+/* Bytes of the smallest instance of one node (UINT32_MAX: none). */
+uint32_t jg_node_min_bytes(const struct jg_schema *g, uint32_t node);
+
 /* ---- the automaton over bytes ---- */
 
 struct jg_frame {
@@ -63,10 +78,14 @@ struct jg_state {
     uint16_t ws;      /* whitespace bytes in a row just before */
     uint8_t started;  /* the first byte was taken */
     uint8_t done;     /* the top-level value is closed: nothing may follow */
+    uint32_t start;   /* the node the value starts at, plus one; 0: the schema's root */
     struct jg_frame f[JG_MAX_DEPTH];
 };
 
 void jg_state_init(struct jg_state *s);
+/* Starts at one node of the schema instead of its root (a member's value, see
+ * jg_schema_member): the value ends where that node's instance ends. */
+void jg_state_init_node(struct jg_state *s, uint32_t node);
 /* Copies only the frames in use. */
 void jg_state_copy(struct jg_state *dst, const struct jg_state *src);
 /* Takes one byte; false when no instance continues this way (s is then unspecified). */
@@ -105,6 +124,22 @@ void jg_mask(struct jg_matcher *m, uint32_t remaining, int32_t eos, uint32_t *al
  * mask allowed), 0 otherwise. The end token is not fed. */
 int jg_matcher_accept(struct jg_matcher *m, int32_t tok);
 bool jg_matcher_accepting(const struct jg_matcher *m);
+
+/* The walk behind jg_mask, for other byte automata over the same trie (engine/dsml_grammar.c):
+ * sets the bit of every token whose bytes `step` takes from `start`, under the same budget
+ * rule as jg_mask (min_close counts the fewest tokens that complete from a state, a token per
+ * byte at worst). levels: [jg_vocab_max_len + 1] states of `size` bytes; cur: [max_len + 1].
+ * Clears nothing: the caller clears allow and sets its end and control tokens. */
+struct jg_walk {
+    const void *g;
+    size_t size;
+    bool (*step)(const void *g, void *state, uint8_t c);
+    uint32_t (*min_close)(const void *g, const void *state);
+    void (*copy)(void *dst, const void *src);
+};
+uint32_t jg_vocab_max_len(const struct jg_vocab *v);
+void jg_vocab_walk(const struct jg_vocab *v, const struct jg_walk *w, const void *start, void *levels, uint32_t *cur,
+                   uint32_t remaining, uint32_t *allow);
 uint32_t jg_matcher_min_close(const struct jg_matcher *m);
 
 #endif

@@ -53,7 +53,8 @@ out:
  * jitter on CPU devices; back-to-back copies give the kernel's steady cost. */
 #define KERNEL_REPS 8
 
-/* Times one weight's matvec (n_tok = 1) and matmul (n_tok = VK_MATMUL_TILE * 4) alone. */
+/* Times one weight's matvec alone for one token (decode), each smaller token tile (a step
+ * of a few sessions) and VK_MATMUL_TILE * 4 tokens (prefill). */
 static int time_weight(struct vk_engine *e, struct vk_recorder *r, const struct vk_span *x, const struct vk_span *y,
                        tensor_ref t, FILE *out, char *err, size_t err_len)
 {
@@ -61,8 +62,9 @@ static int time_weight(struct vk_engine *e, struct vk_recorder *r, const struct 
     if (!t || vk_weight_of(e, t, 0, &w, err, err_len)) return t ? -1 : 0;
     uint32_t n_mat = w.n_mat;
     w.n_mat = 1; /* one expert's matrix for stacked tensors */
-    const uint32_t toks[2] = { 1, VK_MATMUL_TILE * 4 };
-    for (int i = 0; i < 2; i++) {
+    const uint32_t toks[] = { 1, 2, 4, VK_MATMUL_TILE, VK_MATMUL_TILE * 4 };
+    _Static_assert(VK_N_TILES == 4, "toks: one count per tile");
+    for (size_t i = 0; i < sizeof toks / sizeof toks[0]; i++) {
         double best = 1e30;
         for (int rep = 0; rep < 5; rep++) {
             struct vk_matvec_args a = { .w = &w, .x = x, .y = y, .x_tstride = w.n_in, .y_tstride = w.n_out,

@@ -58,31 +58,41 @@ int vk_wtype(enum gguf_type type)
 static int build(struct vk_ops *ops, struct vk_kernel *k, char *err, size_t err_len);
 static uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
 
+/* The matvec pipeline of weight type t for token tile 1 << tile in the SUBGROUP layout
+ * (matvec.glsl) or the LANES one (matvec_lanes.glsl), built on first use; NULL with err. */
+static struct vk_kernel *tile_kernel(struct vk_ops *ops, int t, uint32_t tile, bool lanes, char *err, size_t err_len)
+{
+    struct vk_kernel *k = lanes ? &ops->lanes[t][tile] : &ops->matvec[t][tile];
+    if (k->pipe) return k;
+    const uint32_t spec[ABI_SPEC_ROWS_PER_LANE + 1] = {
+        [ABI_SPEC_TOK_TILE] = 1u << tile, [ABI_SPEC_WG_SIZE] = lanes ? ops->lanes_wg : ops->wg,
+        [ABI_SPEC_ROWS_PER_LANE] = ops->lanes_rows[tile],
+    };
+    const int rc = lanes ? vk_kernel_create_texel(ops->d, k, lanes_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
+                                                  spec, ABI_SPEC_ROWS_PER_LANE + 1, err, err_len)
+                         : vk_kernel_create(ops->d, k, matvec_names[t], 4, sizeof(struct abi_matvec_push), spec,
+                                            ABI_SPEC_WG_SIZE + 1, err, err_len);
+    return rc ? NULL : k;
+}
+
 int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, size_t err_len)
 {
     int t = vk_wtype(type);
     if (t < 0) return errf(err, err_len, "weight type %s: no Vulkan kernel reads it", gguf_type_name(type));
-    if (ops->matvec[t].pipe) return 0;
-    const uint32_t tile1[2] = { 1, ops->wg }, tile_n[2] = { VK_MATMUL_TILE, ops->wg };
-    if (vk_kernel_create(ops->d, &ops->matvec[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile1, 2, err, err_len))
-        return -1;
-    if (vk_kernel_create(ops->d, &ops->matmul[t], matvec_names[t], 4, sizeof(struct abi_matvec_push), tile_n, 2, err, err_len))
-        goto fail;
-    if (ops->layout == VK_MATVEC_LANES && !wtype_is_ggml(t)) {
-        const uint32_t lanes1[3] = { 1, ops->lanes_wg, ops->lanes_rows_matvec };
-        const uint32_t lanes_n[3] = { VK_MATMUL_TILE, ops->lanes_wg, ops->lanes_rows_matmul };
-        if (vk_kernel_create_texel(ops->d, &ops->lanes_matvec[t], lanes_names[t], 4, LANES_TEXEL_MASK,
-                                   sizeof(struct abi_matvec_push), lanes1, 3, err, err_len) ||
-            vk_kernel_create_texel(ops->d, &ops->lanes_matmul[t], lanes_names[t], 4, LANES_TEXEL_MASK,
-                                   sizeof(struct abi_matvec_push), lanes_n, 3, err, err_len))
+    if (ops->matvec[t][0].pipe) return 0;
+    /* decode's tile and the prefill tile now; the tiles of 2 and 4 tokens (steps of a few
+     * sessions) on first use */
+    const uint32_t tiles[2] = { 0, VK_N_TILES - 1 };
+    for (int i = 0; i < 2; i++)
+        if (!tile_kernel(ops, t, tiles[i], false, err, err_len) ||
+            (ops->layout == VK_MATVEC_LANES && !wtype_is_ggml(t) && !tile_kernel(ops, t, tiles[i], true, err, err_len)))
             goto fail;
-    }
     return 0;
 fail:
-    vk_kernel_destroy(ops->d, &ops->matvec[t]);
-    vk_kernel_destroy(ops->d, &ops->matmul[t]);
-    vk_kernel_destroy(ops->d, &ops->lanes_matvec[t]);
-    vk_kernel_destroy(ops->d, &ops->lanes_matmul[t]);
+    for (int i = 0; i < VK_N_TILES; i++) {
+        vk_kernel_destroy(ops->d, &ops->matvec[t][i]);
+        vk_kernel_destroy(ops->d, &ops->lanes[t][i]);
+    }
     return -1;
 }
 
@@ -103,8 +113,10 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
     const char *lay = getenv("FLASHBOX_VK_LAYOUT");
     if (lay && !strcmp(lay, "subgroup")) ops->layout = VK_MATVEC_SUBGROUP;
     ops->lanes_wg = d->subgroup_size;
-    ops->lanes_rows_matvec = 16;
-    ops->lanes_rows_matmul = 32;
+    /* rows per invocation: 32 for prefill tiles; 16 for decode and the small tiles of a few
+     * sessions' step, whose latency counts and whose short matrices (256 rows) need two
+     * workgroups or more to keep two cores busy */
+    for (int i = 0; i < VK_N_TILES; i++) ops->lanes_rows[i] = i == VK_N_TILES - 1 ? 32 : 16;
     /* The K-split kernels: batch invariance needs decode and token tiles to reduce every
      * output in one order, so they run for both or neither. As a token tile K-split beats
      * a row per lane from 4 units of K on (0.71-0.80 of the row-per-lane tile's time at
@@ -157,10 +169,10 @@ void vk_ops_destroy(struct vk_ops *ops)
 {
     if (!ops->d) return;
     for (int t = 0; t < VK_N_WTYPES; t++) {
-        vk_kernel_destroy(ops->d, &ops->matvec[t]);
-        vk_kernel_destroy(ops->d, &ops->matmul[t]);
-        vk_kernel_destroy(ops->d, &ops->lanes_matvec[t]);
-        vk_kernel_destroy(ops->d, &ops->lanes_matmul[t]);
+        for (int i = 0; i < VK_N_TILES; i++) {
+            vk_kernel_destroy(ops->d, &ops->matvec[t][i]);
+            vk_kernel_destroy(ops->d, &ops->lanes[t][i]);
+        }
         for (int g = 0; g < VK_KSPLIT_KINDS; g++)
             for (int v = 0; v < VK_KSPLIT_VARIANTS; v++) vk_kernel_destroy(ops->d, &ops->ksplit[t][g][v]);
     }
@@ -224,8 +236,15 @@ static bool vec_ok(const struct abi_matvec_push *p, enum gguf_type type)
     return (p->row_bytes | p->w_off | p->w_zstride) % align == 0;
 }
 
-/* Token tiles (the matmul pipelines) from VK_MATMUL_TILE tokens on, in both layouts. */
-static bool tiled(const struct vk_matvec_args *a) { return a->n_tok >= VK_MATMUL_TILE; }
+/* The token tile of a call (1 << tile tokens): the smallest that holds its tokens, the
+ * largest for more (vk_op_matvec gives a call of more only whole largest tiles, or the
+ * grouped MoE lists, which walk tiles of their own). */
+static uint32_t tile_of(const struct vk_matvec_args *a)
+{
+    uint32_t i = 0;
+    while (i + 1 < VK_N_TILES && (a->grouped || (1u << i) < a->n_tok)) i++;
+    return i;
+}
 
 /* The push block both layouts share; the caller adds where w, x, y and ids start in their
  * bindings (x_off, y_off, ids_off as given here are the caller's own offsets). */
@@ -274,12 +293,12 @@ static struct ksplit_shape ksplit_shape(const struct vk_ops *ops, const struct v
 
 /* Its pipeline: [VK_KSPLIT_*][0] two units a lane, [..][1 + i] one unit and lanes_wg >> i
  * lanes per row. */
-static struct vk_kernel *ksplit_kernel(struct vk_ops *ops, int t, struct ksplit_shape k, const struct vk_matvec_args *a)
+static struct vk_kernel *ksplit_kernel(struct vk_ops *ops, int t, struct ksplit_shape k, const struct vk_matvec_args *a,
+                                       uint32_t tile)
 {
     uint32_t i = 0;
     while ((ops->lanes_wg >> i) > k.lpr) i++;
-    const int kind = !tiled(a) ? VK_KSPLIT_ONE : a->grouped ? VK_KSPLIT_GROUPED : VK_KSPLIT_TILE;
-    return &ops->ksplit[t][kind][k.units == 2 ? 0 : 1 + i];
+    return &ops->ksplit[t][a->grouped ? VK_KSPLIT_GROUPED : (int)tile][k.units == 2 ? 0 : 1 + i];
 }
 
 /* The K-split kernels read the block types as 32-bit words (F32: 16-byte texels), the
@@ -316,14 +335,13 @@ bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args 
 /* The LANES kernels read weights and x through the chunks' texel views, so a weight of any
  * size is one binding; only y is a storage range. */
 static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, int t,
-                        struct ksplit_shape shape, char *err, size_t err_len)
+                        struct ksplit_shape shape, uint32_t tile_i, char *err, size_t err_len)
 {
     const struct vk_weight *w = a->w;
-    const bool tile_on = tiled(a);
-    const struct vk_kernel *k = tile_on ? &ops->lanes_matmul[t] : &ops->lanes_matvec[t];
-    const uint32_t tile = tile_on ? VK_MATMUL_TILE : 1;
+    const uint32_t tile = 1u << tile_i;
+    const struct vk_kernel *k = NULL;
     if (shape.lpr) {
-        struct vk_kernel *ks = ksplit_kernel(ops, t, shape, a);
+        struct vk_kernel *ks = ksplit_kernel(ops, t, shape, a, tile_i);
         const uint32_t spec[ABI_SPEC_KSPLIT_HALF + 1] = {
             [ABI_SPEC_TOK_TILE] = tile, [ABI_SPEC_WG_SIZE] = ops->lanes_wg, [ABI_SPEC_KSPLIT_UNITS] = shape.units,
             [ABI_SPEC_KSPLIT_LPR] = shape.lpr, [ABI_SPEC_KSPLIT_HALF] = a->grouped,
@@ -332,6 +350,8 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
                                                 spec, ABI_SPEC_KSPLIT_HALF + 1, err, err_len))
             return -1;
         k = ks;
+    } else if (!(k = tile_kernel(ops, t, tile_i, true, err, err_len))) {
+        return -1;
     }
     VkDescriptorBufferInfo b[4] = { 0 };
     VkBufferView v[4] = { lanes_reads_words(a, shape) ? w->span.texels_u32 : w->span.texels_u32x4, a->x->texels_f32x4,
@@ -340,7 +360,7 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
     if (vk_span_range(ops->d, a->y, 0, a->y->size, &b[2], &rel_y, err, err_len)) return errf_prefix(err, err_len, "matvec output");
     const struct vk_span *ids = a->ids ? a->ids : a->y; /* bound but unread without ids */
     if (vk_span_range(ops->d, ids, 0, ids->size, &b[3], &rel_i, err, err_len)) return errf_prefix(err, err_len, "matvec ids");
-    struct abi_matvec_push p = matvec_push(a, ops->lanes_wg * (tile_on ? ops->lanes_rows_matmul : ops->lanes_rows_matvec));
+    struct abi_matvec_push p = matvec_push(a, ops->lanes_wg * ops->lanes_rows[tile_i]);
     /* texel views cover the whole chunk: weights and x start at their span's place in it */
     p.w_off = (uint32_t)w->span.off;
     p.x_off += (uint32_t)(a->x->off / 4);
@@ -351,17 +371,17 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
     return vk_recorder_dispatch_texel(r, k, b, v, &p, div_up(w->n_out, p.rows_per_wg), gy, n_slot, err, err_len);
 }
 
-int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len)
+/* One dispatch (or one per row range) of the call's tile. */
+static int matvec_tile(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, int t, char *err,
+                       size_t err_len)
 {
     const struct vk_weight *w = a->w;
     const struct vk_device *d = ops->d;
-    int t = vk_wtype(w->type);
-    if (t < 0 || a->n_tok == 0) return errf(err, err_len, "matvec: bad weight type or zero tokens");
-    if (vk_ops_prepare_matvec(ops, w->type, err, err_len)) return -1;
+    const uint32_t tile_i = tile_of(a), tile = 1u << tile_i;
     const struct ksplit_shape shape = ksplit_shape(ops, a);
-    if (lanes_fit(ops, a, shape)) return matvec_lanes(r, ops, a, t, shape, err, err_len);
-    const struct vk_kernel *k = tiled(a) ? &ops->matmul[t] : &ops->matvec[t];
-    uint32_t tile = tiled(a) ? VK_MATMUL_TILE : 1;
+    if (lanes_fit(ops, a, shape)) return matvec_lanes(r, ops, a, t, shape, tile_i, err, err_len);
+    const struct vk_kernel *k = tile_kernel(ops, t, tile_i, false, err, err_len);
+    if (!k) return -1;
 
     VkDescriptorBufferInfo b[4];
     uint64_t rel_x, rel_y, rel_i = 0;
@@ -405,6 +425,23 @@ int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matv
         if (vk_recorder_dispatch(r, k, b, &p, div_up(rows, p.rows_per_wg), div_up(a->n_tok, tile), 1, err, err_len)) return -1;
     }
     return 0;
+}
+
+int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len)
+{
+    const int t = vk_wtype(a->w->type);
+    if (t < 0 || a->n_tok == 0) return errf(err, err_len, "matvec: bad weight type or zero tokens");
+    if (vk_ops_prepare_matvec(ops, a->w->type, err, err_len)) return -1;
+    const uint32_t whole = a->n_tok / VK_MATMUL_TILE * VK_MATMUL_TILE;
+    if (a->grouped || whole == 0 || whole == a->n_tok) return matvec_tile(r, ops, a, t, err, err_len);
+    /* whole tiles, then the rest in the smallest tile that holds it (both dispatches write
+     * disjoint rows of y and read x only) */
+    struct vk_matvec_args head = *a, rest = *a;
+    head.n_tok = whole;
+    rest.n_tok = a->n_tok - whole;
+    rest.x_off += whole * a->x_tstride;
+    rest.y_off += whole * a->y_tstride;
+    return matvec_tile(r, ops, &head, t, err, err_len) || matvec_tile(r, ops, &rest, t, err, err_len) ? -1 : 0;
 }
 
 int vk_op_rmsnorm(struct vk_recorder *r, struct vk_ops *ops, const struct vk_span *x, uint32_t x_off,

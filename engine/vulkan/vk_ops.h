@@ -14,11 +14,18 @@ struct abi_swiglu_push; /* shaders/abi.h */
 #define VK_N_WTYPES 18 /* ABI_WTYPE_COUNT (checked in vk_ops.c) */
 /* Tokens per weight load in the prefill (matrix-matrix) pipelines. */
 #define VK_MATMUL_TILE 8
+/* Token tiles: every matvec layout has pipelines for tiles of 1, 2, 4 and VK_MATMUL_TILE
+ * tokens ([i] holds 1 << i), so a step of a few sessions reads and decodes each weight
+ * once for all of its tokens (vk_op_matvec: whole tiles of VK_MATMUL_TILE, then the
+ * smallest tile that holds the rest). A token's sums are formed in the same order in
+ * every tile, so the tile never changes a result. */
+#define VK_N_TILES 4
+_Static_assert(1 << (VK_N_TILES - 1) == VK_MATMUL_TILE, "the largest token tile is VK_MATMUL_TILE");
 /* K-split tile pipelines per weight type: two units a lane, then one unit with 1, 1/2, ...
  * 1/64 of a subgroup per row (subgroups of up to 64 lanes) */
 #define VK_KSPLIT_VARIANTS 8
-/* ... by token tile: decode's single token, a prefill tile, a grouped MoE tile */
-enum { VK_KSPLIT_ONE, VK_KSPLIT_TILE, VK_KSPLIT_GROUPED, VK_KSPLIT_KINDS };
+/* ... by token tile: kinds 0 .. VK_N_TILES - 1 the tiles above, then a grouped MoE tile */
+enum { VK_KSPLIT_GROUPED = VK_N_TILES, VK_KSPLIT_KINDS };
 
 /* How the matvec kernels map rows to invocations. SUBGROUP (matvec.glsl): a subgroup per
  * four rows, lanes along the row, coalesced storage-buffer reads (GPUs). LANES
@@ -28,18 +35,19 @@ enum vk_matvec_layout { VK_MATVEC_SUBGROUP, VK_MATVEC_LANES };
 
 struct vk_ops {
     struct vk_device *d;
-    struct vk_kernel matvec[VK_N_WTYPES];   /* TOK_TILE = 1 */
-    struct vk_kernel matmul[VK_N_WTYPES];   /* TOK_TILE = VK_MATMUL_TILE */
-    struct vk_kernel lanes_matvec[VK_N_WTYPES], lanes_matmul[VK_N_WTYPES];
+    /* [type][tile]: TOK_TILE = 1 << tile; tiles 1 and VK_MATMUL_TILE built by
+     * vk_ops_prepare_matvec, 2 and 4 on first use */
+    struct vk_kernel matvec[VK_N_WTYPES][VK_N_TILES];
+    struct vk_kernel lanes[VK_N_WTYPES][VK_N_TILES];
     /* LANES kernels with K split across a subgroup's lanes (matmul_ksplit): [type]
-     * [VK_KSPLIT_*: one token, a token tile, or a grouped MoE tile with the half tile]
+     * [token tile 0 .. VK_N_TILES - 1, or VK_KSPLIT_GROUPED: a grouped MoE tile with the half tile]
      * [shape: two units of K a lane, or one and lanes_wg >> i lanes per row at 1 + i],
      * built on first use */
     struct vk_kernel ksplit[VK_N_WTYPES][VK_KSPLIT_KINDS][VK_KSPLIT_VARIANTS];
     uint32_t ksplit_min_units;              /* K-split from this many 64-element units of K */
     enum vk_matvec_layout layout;           /* chosen by device type; LANES falls back per call */
     uint32_t lanes_wg;                      /* LANES: invocations per workgroup */
-    uint32_t lanes_rows_matvec, lanes_rows_matmul; /* LANES: rows per invocation */
+    uint32_t lanes_rows[VK_N_TILES];        /* LANES: rows per invocation, by token tile */
     struct vk_kernel rmsnorm;
     struct vk_kernel hc;          /* hc_post of the previous sublayer + hc_pre / hc_head + norm */
     struct vk_kernel hc_texel;    /* the same reading X and the sources through texel views (LANES layout, prefill) */

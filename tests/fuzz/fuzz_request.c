@@ -2,6 +2,7 @@
  * picks the endpoint (chat, completion, tokenize, detokenize); the rest is the body. An
  * accepted request must satisfy every promise the parser makes to the scheduler: counts
  * within the limits, finite sampling values in range, non-empty stop strings. */
+#include "engine/engine.h"
 #include "firmware/request_parse.h"
 
 #include <math.h>
@@ -47,6 +48,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (uint32_t i = 0; i < r.n_logit_bias; i++)
             check(r.logit_bias[i].tok >= 0 && r.logit_bias[i].bias >= -100 && r.logit_bias[i].bias <= 100);
         for (uint32_t i = 0; i < r.n_tools; i++) check(r.tools[i].name && r.tools[i].name[0] && r.tools[i].schema);
+        /* a forced call always has its grammar, and the shortest call is at least the block's frame */
+        if (r.tool_choice == REQ_TOOL_REQUIRED || r.tool_choice == REQ_TOOL_NAMED)
+            check(r.calls != NULL && !r.calls_on_demand && dsml_grammar_min_tokens(r.calls) >= 40);
+        check(!r.calls_on_demand || r.calls != NULL);
         if (r.kind == REQ_CHAT) {
             check(r.n_messages >= 1 && r.n_messages <= lim.max_messages);
             for (uint32_t i = 0; i < r.n_messages; i++) {

@@ -1,7 +1,8 @@
 /* libFuzzer target: model output through the DSML tool-call parser. Whatever the bytes,
  * the parser either finds no block, or returns calls whose arguments are JSON objects and
  * whose names are offered tools, or fails with a message; content_len never passes the
- * text, and the safe prefix never passes where a block could start. */
+ * text, and the safe prefix never passes where a block could start. Read while it streams
+ * (tool_output_partial), any prefix of a block that parses gives a prefix of its calls. */
 #include "firmware/tool_output.h"
 
 #include <jansson.h>
@@ -26,6 +27,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (tool_output_parse(text, size, names, 3, &out, err, sizeof err)) {
         check(err[0] != 0 && out.n_calls == 0 && out.content_len == size);
         return 0;
+    }
+    /* while streaming, every prefix reads as a prefix of the final calls */
+    for (size_t cut = size; cut > 0; cut = cut > 64 ? cut - cut / 8 : cut - 1) {
+        struct tool_call_partial part[4];
+        uint32_t k = tool_output_partial(text, cut, names, 3, part, 4);
+        check(k <= 4 && k <= out.n_calls);
+        for (uint32_t i = 0; i < k; i++) {
+            check(!strcmp(part[i].name, out.calls[i].name));
+            check(part[i].args_len <= strlen(out.calls[i].arguments) &&
+                  !memcmp(part[i].args, out.calls[i].arguments, part[i].args_len));
+        }
+        tool_output_partial_free(part, k);
     }
     check(out.content_len <= size);
     if (out.content_len < size) check(safe == out.content_len); /* a block starts there */
