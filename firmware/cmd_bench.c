@@ -28,6 +28,7 @@ static void usage(FILE *out)
                  "  --runs N    repeat the measured prefill and decode N times and keep the fastest\n"
                  "              (one run when experts are paged or --cold)\n"
                  "  --expert-cache-mb N   page routed experts through a cache of N MiB\n"
+                 "  --kv T                storage of compressed entries and indexer keys: f32 (default), f16 or fp8\n"
                  "  --expert-read auto|pagecache|direct   how paged experts are read\n"
                  "  --no-prefetch   turn speculative expert loads off (hash-layer prefetch and next-layer\n"
                  "                  router guesses), to see the stall they hide\n"
@@ -231,6 +232,11 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--backend") && v) {
             if (engine_backend_parse(argv[++i], &opt.backend)) {
                 fprintf(stderr, "flashbox bench: unknown backend '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--kv") && v) {
+            if (engine_kv_parse(argv[++i], &opt.kv)) {
+                fprintf(stderr, "flashbox bench: --kv: '%s', expected f32, f16 or fp8\n", argv[i]);
                 return 2;
             }
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
