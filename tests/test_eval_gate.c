@@ -154,6 +154,35 @@ TEST(update_eval_gate_max_regression_uses_the_active_score)
     CHECK(atoi(out) == 1);
 }
 
+/* eval_max_regression when the active slot was never evaluated (v1 went in without a
+ * policy): the gate evaluates the active slot first on the same set bytes, records its
+ * score in the active slot's record, and compares with it; the next install reuses the
+ * recorded score instead of running the active slot again. */
+TEST(update_eval_gate_max_regression_evaluates_an_unscored_active_slot_once)
+{
+    struct gate_box x;
+    REQUIRE(gate_setup(&x) == 0);
+    static char out[16384];
+    struct update_status st;
+    char err[512];
+    REQUIRE(update_get_status(&x.b.cfg, &st, err, sizeof err) == 0);
+    CHECK_STR(st.slots[0].eval.verdict, ""); /* a: active, never evaluated */
+    const char *cmd = "%s update install %s --data-dir %s --keys %s --eval-set %s --eval-min-score 0 --eval-max-regression 0.2";
+    CHECK_EQ_INT(upd_sh(out, sizeof out, cmd, test_flashbox_bin(), x.v3, x.b.data, x.b.keys, x.set), 1);
+    CHECK(strstr(out, "regression baseline): score 1.0000 over 20 cases") != NULL); /* audited */
+    CHECK(strstr(out, "below the threshold 0.8000 (the active slot's score less eval_max_regression)") != NULL);
+    CHECK_EQ_INT(upd_active_slot(&x.b), 0);
+    REQUIRE(update_get_status(&x.b.cfg, &st, err, sizeof err) == 0);
+    CHECK_STR(st.slots[0].eval.verdict, "pass");
+    CHECK(st.slots[0].eval.score == 1.0);
+    CHECK_STR(st.slots[0].eval.set_sha256, x.sha);
+    CHECK_STR(st.slots[1].eval.verdict, "fail");
+    /* The same weights pass, and the baseline is not run again. */
+    CHECK_EQ_INT(upd_sh(out, sizeof out, cmd, test_flashbox_bin(), x.v2, x.b.data, x.b.keys, x.set), 0);
+    CHECK(strstr(out, "regression baseline") == NULL);
+    CHECK_EQ_INT(upd_active_slot(&x.b), 1);
+}
+
 static int wait_exit(pid_t pid)
 {
     int st;
