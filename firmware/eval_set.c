@@ -25,7 +25,8 @@ static const char *const scorer_names[EVAL_SCORER_COUNT] = {
 const char *eval_scorer_name(enum eval_scorer s) { return s < EVAL_SCORER_COUNT ? scorer_names[s] : "?"; }
 
 /* Fields that go to the chat request parser unchanged. */
-static const char *const request_fields[] = { "messages", "max_tokens", "thinking", "stop", "tools", "response_format" };
+static const char *const request_fields[] = { "messages",   "max_tokens",  "thinking",           "stop",
+                                               "tools",      "tool_choice", "parallel_tool_calls", "response_format" };
 
 static bool is_request_field(const char *k)
 {

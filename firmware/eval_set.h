@@ -2,8 +2,10 @@
  * any bundle (for example under /etc/flashbox/eval/). A case:
  *   {"id": "refund-1", "messages": [OpenAI chat messages], "scorer": "exact",
  *    "expected": ..., "options": [...], "max_tokens": N}
- * plus "thinking", "stop", "tools" and "response_format", which go to the chat request parser
- * as they are (so a case can use exactly what the HTTP API accepts, and nothing else).
+ * plus "thinking", "stop", "tools", "tool_choice", "parallel_tool_calls" and
+ * "response_format", which go to the chat request parser as they are (so a case can use
+ * exactly what the HTTP API accepts, and nothing else). An answer that calls tools is
+ * scored as its calls, [{"name": ..., "arguments": {...}}] in compact JSON (eval_run.c).
  * Scorers and what "expected" holds:
  *   exact              the greedy answer equals the string
  *   contains           the greedy answer contains the string

@@ -386,6 +386,57 @@ TEST(eval_recorded_set_passes_its_model_and_fails_other_weights)
     eval_set_free(&s);
 }
 
+/* Cases that offer tools: a forced call (tool_choice required or named, held to the DSML
+ * call grammar) is scored as its calls' JSON; the site's json_schema over that JSON checks
+ * the name and the arguments; a recorded call is reproduced by its model; tool_choice none
+ * is scored as text. */
+TEST(eval_tool_cases_score_the_call)
+{
+    const char *a = tiny_model("a.gguf", 42);
+    char set_path[600], rec_path[600], err[512];
+    snprintf(set_path, sizeof set_path, "%s/tools.jsonl", test_tmpdir());
+    snprintf(rec_path, sizeof rec_path, "%s/tools-rec.jsonl", test_tmpdir());
+#define TOOLS "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":{\"type\":\"object\"," \
+              "\"properties\":{\"city\":{\"type\":\"string\",\"maxLength\":8}},\"required\":[\"city\"],\"additionalProperties\":false}}}]"
+    FILE *f = fopen(set_path, "w");
+    REQUIRE(f != NULL);
+    fprintf(f, "{\"id\":\"named\"," MSG "," TOOLS ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},"
+               "\"max_tokens\":200,\"scorer\":\"json_schema\",\"expected\":{\"type\":\"array\",\"minItems\":1,\"maxItems\":1,"
+               "\"items\":{\"type\":\"object\",\"properties\":{\"name\":{\"const\":\"get_weather\"},\"arguments\":{\"type\":\"object\","
+               "\"properties\":{\"city\":{\"type\":\"string\",\"maxLength\":8}},\"required\":[\"city\"],\"additionalProperties\":false}},"
+               "\"required\":[\"name\",\"arguments\"],\"additionalProperties\":false}}}\n");
+    fprintf(f, "{\"id\":\"required\"," MSG "," TOOLS ",\"tool_choice\":\"required\",\"max_tokens\":200,\"scorer\":\"exact\"}\n");
+    fprintf(f, "{\"id\":\"none\"," MSG "," TOOLS ",\"tool_choice\":\"none\",\"max_tokens\":6,\"scorer\":\"exact\"}\n");
+    fclose(f);
+#undef TOOLS
+    struct eval_set s;
+    struct eval_result r;
+    REQUIRE(eval_set_load(set_path, true, &s, err, sizeof err) == 0);
+    struct eval_run_opts o = { .model_path = a, .backend = ENGINE_BACKEND_REF, .jobs = 1 };
+    REQUIRE(eval_run(&s, &o, &r, err, sizeof err) == 0);
+    for (uint32_t i = 0; i < r.n; i++) CHECK(!r.cases[i].error);
+    CHECK_EQ_INT(r.cases[0].score, 1);
+    if (!r.cases[0].score) test_fail_at(__FILE__, __LINE__, "named: %s (answer %s)", r.cases[0].why, r.cases[0].answer);
+    REQUIRE(r.cases[1].answer != NULL);
+    CHECK(!strncmp(r.cases[1].answer, "[{\"name\":\"get_weather\",\"arguments\":{\"city\":", 43));
+    REQUIRE(r.cases[2].answer != NULL);
+    CHECK(r.cases[2].answer[0] != '['); /* none: text */
+    REQUIRE(eval_record_write(rec_path, &s, &r, err, sizeof err) == 0);
+    eval_result_free(&r);
+    eval_set_free(&s);
+    REQUIRE(run_set(a, rec_path, 1, &s, &r) == 0);
+    CHECK(r.score == 1.0);
+    eval_result_free(&r);
+    eval_set_free(&s);
+    /* Other weights call with other arguments: the recorded call does not match. */
+    const char *b = tiny_model("b.gguf", 7);
+    REQUIRE(run_set(b, rec_path, 1, &s, &r) == 0);
+    CHECK_EQ_INT(r.cases[0].score, 1); /* the schema holds whatever the city */
+    CHECK_EQ_INT(r.cases[1].score, 0);
+    eval_result_free(&r);
+    eval_set_free(&s);
+}
+
 TEST(eval_set_sha256_is_of_the_bytes_evaluated)
 {
     const char *a = tiny_model("a.gguf", 42);
