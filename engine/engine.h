@@ -22,6 +22,7 @@
 #include "engine/text/chat.h"
 #include "engine/text/dsml_grammar.h"
 #include "engine/text/json_grammar.h"
+#include "engine/text/json_validate.h"
 #include "engine/text/sampler.h"
 #include "engine/text/tokenizer.h"
 

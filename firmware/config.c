@@ -73,6 +73,7 @@ static const struct cfg_entry entries[] = {
     { "update", "eval_min_score", CFG_UNIT, F(update_eval_min_score), 0, 0, "lowest score (0 to 1) on eval_set that a new slot may have" },
     { "update", "eval_max_regression", CFG_UNIT, F(update_eval_max_regression), 0, 0, "most a new slot's score may fall below the active slot's last score on the same set (0 to 1); off = not checked" },
     { "update", "eval_jobs", CFG_U32, F(update_eval_jobs), 1, 64, "engines evaluating at once during an install (each holds its own model state)" },
+    { "update", "pause_serving", CFG_STR, F(update_pause_serving), 0, 0, "an install through the admin socket: auto (release the served model during the self-test and evaluation when the memory plan says the new model does not fit beside it), always, or never" },
     { "audit", "log", CFG_STR, F(audit_log), 0, 0, "audit log: stderr (journald) or a file path, JSON lines" },
     { "audit", "log_prompts", CFG_BOOL, F(log_prompts), 0, 1, "also record prompt text (off: never)" },
 };
@@ -126,6 +127,7 @@ void config_default(struct serve_config *c)
     c->update_eval_min_score = 0;
     c->update_eval_max_regression = -1;
     c->update_eval_jobs = 1;
+    snprintf(c->update_pause_serving, sizeof c->update_pause_serving, "auto");
     c->update_reload_grace_s = 30;
     c->update_operation_timeout_s = 3600;
     c->device_recover_tries = 3;
@@ -173,6 +175,8 @@ int config_set(struct serve_config *c, const char *section, const char *key, con
         switch (e->type) {
         case CFG_STR:
             if (strlen(value) >= e->size) return errf(err, err_len, "%s.%s: %zu bytes, at most %zu", e->section, e->key, strlen(value), e->size - 1);
+            if (!strcmp(e->key, "pause_serving") && strcmp(value, "auto") && strcmp(value, "always") && strcmp(value, "never"))
+                return errf(err, err_len, "%s.%s: '%s', expected auto, always or never", e->section, e->key, value);
             snprintf(field, e->size, "%s", value);
             return 0;
         case CFG_BOOL:

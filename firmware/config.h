@@ -62,6 +62,7 @@ struct serve_config {
     double update_eval_min_score;   /* 0..1 */
     double update_eval_max_regression; /* 0..1, or -1 = off */
     uint32_t update_eval_jobs;
+    char update_pause_serving[8];   /* auto, always or never (admin installs; firmware/admin.c) */
     /* [audit] */
     char audit_log[CONFIG_PATH_MAX]; /* "stderr" or a file path (appended) */
     bool log_prompts;

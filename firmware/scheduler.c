@@ -283,7 +283,7 @@ static void swap_now(struct scheduler *s)
     if (s->prefix) { /* states of the old model */
         struct engine_model_id id;
         prefix_cache_clear(s->prefix);
-        if (engine_model_identity(s->engine, &id) == 0) prefix_cache_set_model(s->prefix, &id);
+        if (s->engine && engine_model_identity(s->engine, &id) == 0) prefix_cache_set_model(s->prefix, &id);
     }
     w->engine = e;
     w->tg = tg;
@@ -539,7 +539,8 @@ static void *worker_main(void *arg)
             s->tail = NULL;
         }
         if (s->swap && !s->n_busy) swap_now(s);
-        if (!s->swap) admit(s); /* a pending swap holds the queue until it is done */
+        if (!s->swap && s->engine) admit(s); /* a pending swap holds the queue until it is done, and no
+                                              * engine (released for an update) until one is back */
         bool stop = s->stop, cancel_all = s->cancel_all;
         uint32_t busy = s->n_busy;
         bool cut = s->swap && busy && sched_now_ns() >= s->swap->deadline_ns;
@@ -555,7 +556,7 @@ static void *worker_main(void *arg)
             last_beat = now;
         }
         if (cancel_all || stop) {
-            for (uint32_t i = 0; i < s->opt.slots; i++)
+            for (uint32_t i = 0; s->slots && i < s->opt.slots; i++)
                 if (s->slots[i].job) slot_finish(s, &s->slots[i], JOB_SHUTDOWN, NULL);
         } else if (cut) {
             int n = 0;
@@ -571,9 +572,9 @@ static void *worker_main(void *arg)
             step(s);
         }
         struct expert_counters ec;
-        int have = engine_expert_counters(s->engine, &ec) == 0;
-        uint64_t dev_used, dev_total;
-        int have_dev = engine_device_memory(s->engine, &dev_used, &dev_total) == 0;
+        int have = s->engine && engine_expert_counters(s->engine, &ec) == 0;
+        uint64_t dev_used = 0, dev_total = 0;
+        int have_dev = s->engine && engine_device_memory(s->engine, &dev_used, &dev_total) == 0;
         pthread_mutex_lock(&s->lock);
         s->have_experts = have;
         if (have) s->experts = ec;
@@ -822,10 +823,14 @@ int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen 
      * The new model must hold as many slots as are served now. */
     uint32_t n_made;
     char why[8];
-    if (slots_create(e, tg, s->opt.slots, s->opt.slots, s->opt.n_ctx, &w.slots, &n_made, why, sizeof why, &w.n_vocab,
-                     &w.n_ctx, err, err_len))
+    if (e && slots_create(e, tg, s->opt.slots, s->opt.slots, s->opt.n_ctx, &w.slots, &n_made, why, sizeof why, &w.n_vocab,
+                          &w.n_ctx, err, err_len))
         return errf_prefix(err, err_len, "new model");
     pthread_mutex_lock(&s->lock);
+    if (!e) { /* a release keeps the sizes the API checks requests against */
+        w.n_vocab = s->n_vocab;
+        w.n_ctx = s->n_ctx;
+    }
     if (s->swap || s->stop || s->draining) {
         pthread_mutex_unlock(&s->lock);
         slots_destroy(w.slots, s->opt.slots);

@@ -2,7 +2,7 @@
  * Responses requests answer exactly what the equivalent chat completions request answers
  * (same prompt size, same greedy text), in their own shapes, streamed with their own event
  * sequences; their errors have their shapes; GET /v1/models/{id} and /v1/embeddings. */
-#include "firmware/json_schema.h"
+#include "engine/engine.h"
 #include "tests/harness.h"
 #include "tests/serve_client.h"
 
@@ -270,7 +270,7 @@ TEST(serve_model_by_id_and_no_embeddings)
 /* ---- forced tool calls end to end ----
  * With tool_choice named or required, the random tiny model must answer with a call: the
  * sampler is held to the DSML block (engine/text/dsml_grammar.h). Each shape's calls are
- * checked against the tool's schema by firmware/json_schema.c. */
+ * checked against the tool's schema by the engine's validator (json_validate.h). */
 
 #define WEATHER_SCHEMA "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\",\"maxLength\":10}," \
                        "\"unit\":{\"enum\":[\"c\",\"f\"]},\"days\":{\"type\":\"integer\"}},\"required\":[\"city\"]," \
@@ -279,13 +279,15 @@ TEST(serve_model_by_id_and_no_embeddings)
 
 static bool args_validate(const char *name, const char *args_text, const json_t *args_obj)
 {
-    json_t *schema = json_loads(!strcmp(name, "get_weather") ? WEATHER_SCHEMA : PING_SCHEMA, 0, NULL);
-    json_t *args = args_obj ? json_incref((json_t *)args_obj) : json_loads(args_text ? args_text : "", 0, NULL);
+    const char *st = !strcmp(name, "get_weather") ? WEATHER_SCHEMA : PING_SCHEMA;
+    char *args = args_obj ? json_dumps(args_obj, JSON_COMPACT) : strdup(args_text ? args_text : "");
     char why[256] = "no arguments";
-    bool ok = schema && args && json_schema_validate(schema, args, why, sizeof why) == 0;
+    struct jg_schema *schema = NULL;
+    bool ok = args && jg_schema_compile(&schema, st, strlen(st), why, sizeof why) == 0 &&
+              jg_schema_validate(schema, args, strlen(args), why, sizeof why) == 0;
     if (!ok) test_fail_at(__FILE__, __LINE__, "%s(%s): %s", name, args_text ? args_text : "(object)", why);
-    json_decref(schema);
-    json_decref(args);
+    jg_schema_free(schema);
+    free(args);
     return ok;
 }
 
