@@ -7,10 +7,12 @@
 
 #include "common/errmsg.h"
 #include "firmware/audit.h"
+#include "firmware/backend_pick.h"
 #include "firmware/eval_gate.h"
 #include "firmware/http_api.h"
 #include "firmware/peer.h"
 #include "firmware/reload.h"
+#include "firmware/scheduler.h"
 #include "firmware/selftest.h"
 #include "update/update.h"
 
@@ -240,10 +242,62 @@ static int op_cancelled(void *user, char *why, size_t why_len)
     return stop || late;
 }
 
+/* update.pause_serving before the new slot's model is opened (self-test, evaluation): auto
+ * compares the memory plan of what is about to open (n_slots sessions of n_ctx) with what
+ * is free beside the served model (the device's free memory on Vulkan, MemAvailable on the
+ * reference) and releases the served model when it does not fit (model_host_pause); always
+ * releases it; never keeps it. op_main serves again afterwards, whatever the outcome. */
+static int make_room(struct admin *ad, const char *path, enum engine_backend backend, uint32_t n_ctx, uint32_t n_slots,
+                     const char *what, char *err, size_t err_len)
+{
+    pthread_mutex_lock(&ad->lock);
+    struct model_host *h = ad->host;
+    pthread_mutex_unlock(&ad->lock);
+    if (!h || h->paused || !strcmp(ad->cfg.update_pause_serving, "never")) return 0;
+    char why[400];
+    snprintf(why, sizeof why, "update.pause_serving = always (%s)", what);
+    if (strcmp(ad->cfg.update_pause_serving, "always")) {
+        struct engine_options eo;
+        engine_options_default(&eo);
+        eo.model_path = path;
+        eo.backend = backend;
+        backend_resolve(&eo);
+        uint64_t free_bytes = 0;
+        struct sched_stats ss;
+        scheduler_stats(h->sched, &ss);
+        if (eo.backend == ENGINE_BACKEND_VULKAN && ss.have_device && ss.device_total > ss.device_used)
+            free_bytes = ss.device_total - ss.device_used;
+        if (!free_bytes) free_bytes = engine_host_memory_available();
+        struct engine_plan plan;
+        char perr[256];
+        int prc = engine_plan_file(path, eo.backend, eo.kv, n_ctx, n_slots, 0, &plan, perr, sizeof perr);
+        if (!prc && plan.total <= free_bytes) return 0; /* fits beside: serving goes on */
+        if (prc) snprintf(why, sizeof why, "%s: no memory plan (%.200s)", what, perr);
+        else
+            snprintf(why, sizeof why, "%s needs %" PRIu64 " MiB, %" PRIu64 " MiB are free beside the served model", what,
+                     plan.total >> 20, free_bytes >> 20);
+    }
+    return model_host_pause(h, why, err, err_len);
+}
+
 static int op_selftest(void *user, const struct update_selftest *t, char *err, size_t err_len)
 {
     struct admin *ad = user;
+    if (make_room(ad, t->model_path, ad->so.backend, t->n_prompt + t->n_expected + 1, 1, "the self-test", err, err_len))
+        return errf_prefix(err, err_len, "pausing serving for the self-test");
     return selftest_run(&ad->so, t, err, err_len);
+}
+
+/* Sessions of the evaluation engines: the context session_create gives with 0 (capped at
+ * 4096 positions), one per job. */
+static int op_evaluate(void *user, const struct update_eval *e, struct update_eval_result *r, char *err, size_t err_len)
+{
+    struct admin *ad = user;
+    memset(r, 0, sizeof *r);
+    uint32_t jobs = ad->policy.jobs ? ad->policy.jobs : 1;
+    if (make_room(ad, e->model_path, ad->policy.backend, 4096, jobs, "the evaluation", err, err_len))
+        return errf_prefix(err, err_len, "pausing serving for the evaluation");
+    return eval_gate_evaluate(&ad->policy, e, r, err, err_len);
 }
 
 static json_t *info_json(const struct update_bundle_info *in)
@@ -270,17 +324,27 @@ static void *op_main(void *arg)
     int rc;
     if (install) {
         struct update_hooks hooks = { .progress = op_progress, .selftest = op_selftest, .user = ad,
-                                      .evaluate = ad->policy.set_path[0] ? eval_gate_evaluate : NULL,
-                                      .eval_user = &ad->policy, .cancelled = op_cancelled };
+                                      .evaluate = ad->policy.set_path[0] ? op_evaluate : NULL, .eval_user = ad,
+                                      .cancelled = op_cancelled };
         rc = update_install(&ad->uc, bundle, &hooks, &info, err, sizeof err);
     } else {
         rc = update_rollback(&ad->uc, err, sizeof err);
     }
     json_t *res = json_pack("{s:s,s:b}", "operation", kind, "ok", rc == 0);
     int status = 200;
+    bool paused = h && h->paused; /* update.pause_serving released the served model */
+    if (paused) json_object_set_new(res, "serving_paused", json_true());
     if (rc) {
-        /* Refused or failed before the switch: the active slot and the served model are unchanged. */
+        /* Refused or failed before the switch: the active slot and the served model are
+         * unchanged (the same model is opened again after a pause). */
         status = 422;
+        if (paused) {
+            struct reload_result rr;
+            model_host_resume(h, &rr);
+            json_t *rj = json_pack("{s:b,s:s,s:s}", "ok", rr.ok, "slot", rr.slot, "model", rr.model_id);
+            if (rj && !rr.ok) json_object_set_new(rj, "error", json_string(rr.error));
+            json_object_set_new(res, "resume", rj);
+        }
         json_object_set_new(res, "error", json_pack("{s:s,s:s}", "code", install ? "install_refused" : "rollback_refused",
                                                     "message", err));
         json_object_set_new(res, "active_slot_changed", json_false());

@@ -34,6 +34,7 @@ static const struct cfg_entry entries[] = {
     { "model", "slot", CFG_STR, F(slot), 0, 0, "label of the active update slot, reported in /health and the audit log" },
     { "model", "expert_cache_mb", CFG_U64, F(expert_cache_mb), 0, 1ull << 30, "routed-expert cache in MiB; 0 = every expert resident (no paging)" },
     { "model", "expert_verify", CFG_BOOL, F(expert_verify), 0, 1, "paged experts: checksum each at load (one read of all experts) and fail a request whose expert bytes differ" },
+    { "model", "kv_type", CFG_STR, F(kv_type), 0, 0, "storage of compressed entries and indexer keys: f32, f16 (half the memory) or fp8 (E4M3 with a scale per entry, about a quarter); see docs/long-context.md for what each costs in accuracy" },
     { "model", "n_ctx", CFG_U32, F(n_ctx), 0, 1u << 20, "positions per conversation; 0 = the largest whose memory plan fits every slot, up to the model's" },
     { "server", "socket", CFG_STR, F(socket_path), 0, 0, "API Unix socket path (flag --socket)" },
     { "server", "socket_group", CFG_STR, F(socket_group), 0, 0, "group owning the socket; empty = the daemon's group" },
@@ -72,6 +73,7 @@ static const struct cfg_entry entries[] = {
     { "update", "eval_min_score", CFG_UNIT, F(update_eval_min_score), 0, 0, "lowest score (0 to 1) on eval_set that a new slot may have" },
     { "update", "eval_max_regression", CFG_UNIT, F(update_eval_max_regression), 0, 0, "most a new slot's score may fall below the active slot's last score on the same set (0 to 1); off = not checked" },
     { "update", "eval_jobs", CFG_U32, F(update_eval_jobs), 1, 64, "engines evaluating at once during an install (each holds its own model state)" },
+    { "update", "pause_serving", CFG_STR, F(update_pause_serving), 0, 0, "an install through the admin socket: auto (release the served model during the self-test and evaluation when the memory plan says the new model does not fit beside it), always, or never" },
     { "audit", "log", CFG_STR, F(audit_log), 0, 0, "audit log: stderr (journald) or a file path, JSON lines" },
     { "audit", "log_prompts", CFG_BOOL, F(log_prompts), 0, 1, "also record prompt text (off: never)" },
 };
@@ -96,6 +98,7 @@ void config_default(struct serve_config *c)
 {
     memset(c, 0, sizeof *c);
     snprintf(c->backend, sizeof c->backend, "auto");
+    snprintf(c->kv_type, sizeof c->kv_type, "f32");
     snprintf(c->slot, sizeof c->slot, "none");
     config_default_socket(c->socket_path, sizeof c->socket_path);
     c->socket_mode = 0660;
@@ -124,6 +127,7 @@ void config_default(struct serve_config *c)
     c->update_eval_min_score = 0;
     c->update_eval_max_regression = -1;
     c->update_eval_jobs = 1;
+    snprintf(c->update_pause_serving, sizeof c->update_pause_serving, "auto");
     c->update_reload_grace_s = 30;
     c->update_operation_timeout_s = 3600;
     c->device_recover_tries = 3;
@@ -171,6 +175,8 @@ int config_set(struct serve_config *c, const char *section, const char *key, con
         switch (e->type) {
         case CFG_STR:
             if (strlen(value) >= e->size) return errf(err, err_len, "%s.%s: %zu bytes, at most %zu", e->section, e->key, strlen(value), e->size - 1);
+            if (!strcmp(e->key, "pause_serving") && strcmp(value, "auto") && strcmp(value, "always") && strcmp(value, "never"))
+                return errf(err, err_len, "%s.%s: '%s', expected auto, always or never", e->section, e->key, value);
             snprintf(field, e->size, "%s", value);
             return 0;
         case CFG_BOOL:

@@ -7,6 +7,7 @@
 #include "common/errmsg.h"
 #include "firmware/backend_pick.h"
 #include "firmware/textgen.h"
+#include "firmware/tool_output.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -119,6 +120,41 @@ static int generate(struct worker *w, const struct eval_case *c, const int32_t *
     return 0;
 }
 
+/* A case that offers tools: when the answer ends in a call block that parses, the text
+ * scored is its calls as compact JSON, [{"name": ..., "arguments": {...}}, ...] (arguments
+ * parsed, keys in the model's order), what /v1/chat/completions returns in tool_calls less
+ * the ids; text before the block is not scored. An answer with no block, or one that does
+ * not parse, is scored as text (the API returns it as text too). */
+static int tool_calls_answer(struct worker *w, const struct eval_case *c, char *err, size_t err_len)
+{
+    const struct gen_request *g = &c->req;
+    if (!g->n_tools || g->tool_choice == REQ_TOOL_NONE) return 0;
+    const char *names[128];
+    uint32_t n = g->n_tools < 128 ? g->n_tools : 128;
+    for (uint32_t i = 0; i < n; i++) names[i] = g->tools[i].name;
+    struct tool_output o;
+    char why[256];
+    if (tool_output_parse(w->text, w->text_len, names, n, &o, why, sizeof why) || o.n_calls == 0) return 0;
+    uint32_t keep = g->parallel_tool_calls ? o.n_calls : 1; /* the API returns the first only */
+    json_t *a = json_array();
+    for (uint32_t i = 0; a && i < keep; i++) {
+        json_t *args = json_loads(o.calls[i].arguments, JSON_DECODE_ANY, NULL);
+        json_t *call = args ? json_pack("{s:s,s:o}", "name", o.calls[i].name, "arguments", args) : NULL;
+        if (!call || json_array_append_new(a, call)) {
+            json_decref(a);
+            a = NULL;
+        }
+    }
+    tool_output_free(&o);
+    char *text = a ? json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(a);
+    if (!text) return errf(err, err_len, "out of memory");
+    w->text_len = 0;
+    int rc = text_append(w, text, strlen(text));
+    free(text);
+    return rc ? errf(err, err_len, "out of memory") : 0;
+}
+
 /* Sum of the log-probabilities of text's tokens after the prompt; *n_tok their count. */
 static int continuation_logprob(struct worker *w, const int32_t *prompt, uint32_t n_prompt, const char *text,
                                 double *sum, uint32_t *n_tok, char *err, size_t err_len)
@@ -158,6 +194,7 @@ static int run_case(struct worker *w, const struct eval_case *c, struct eval_cas
     bool need_answer = text_scorer || (c->scorer == EVAL_SCORER_REFERENCE_LOGPROB && !c->expected);
     if (need_answer) {
         rc = generate(w, c, prompt, n_prompt, cr, err, err_len);
+        if (!rc) rc = tool_calls_answer(w, c, err, err_len);
         if (!rc && !(cr->answer = strdup(w->text))) rc = errf(err, err_len, "out of memory");
     }
     if (!rc && text_scorer) {

@@ -2,13 +2,16 @@
  * any bundle (for example under /etc/flashbox/eval/). A case:
  *   {"id": "refund-1", "messages": [OpenAI chat messages], "scorer": "exact",
  *    "expected": ..., "options": [...], "max_tokens": N}
- * plus "thinking", "stop", "tools" and "response_format", which go to the chat request parser
- * as they are (so a case can use exactly what the HTTP API accepts, and nothing else).
+ * plus "thinking", "stop", "tools", "tool_choice", "parallel_tool_calls" and
+ * "response_format", which go to the chat request parser as they are (so a case can use
+ * exactly what the HTTP API accepts, and nothing else). An answer that calls tools is
+ * scored as its calls, [{"name": ..., "arguments": {...}}] in compact JSON (eval_run.c).
  * Scorers and what "expected" holds:
  *   exact              the greedy answer equals the string
  *   contains           the greedy answer contains the string
  *   regex              the greedy answer matches the PCRE2 pattern (UTF, anywhere)
- *   json_schema        the greedy answer is JSON valid under the schema object (json_schema.h)
+ *   json_schema        the greedy answer is JSON valid under the schema object (the engine's
+ *                      json_validate.h: the subset structured output supports)
  *   choice             "options": 2..64 strings; expected is one of them (or its index): the
  *                      option the model gives the highest log-probability must be it
  *   reference_logprob  a reference answer; "reference_logprob" is the mean log-probability
@@ -20,6 +23,7 @@
 #ifndef FLASHBOX_FIRMWARE_EVAL_SET_H
 #define FLASHBOX_FIRMWARE_EVAL_SET_H
 
+#include "engine/engine.h"
 #include "firmware/request_parse.h"
 
 #include <jansson.h>
@@ -53,7 +57,7 @@ struct eval_case {
     struct gen_request req;       /* the chat request: greedy (temperature 0), seed 0 */
     bool has_expected;            /* false only when parsed for recording */
     const char *expected;         /* exact, contains, regex, reference_logprob: the text (in obj) */
-    const json_t *schema;         /* json_schema: the schema (in obj) */
+    struct jg_schema *schema;     /* json_schema: the schema compiled (engine's json_validate.h), owned */
     void *regex;                  /* regex: the compiled pcre2_code */
     const char *options[EVAL_MAX_OPTIONS]; /* choice: the option texts (in obj) */
     uint32_t n_options;

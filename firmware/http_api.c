@@ -110,7 +110,10 @@ static enum MHD_Result send_text(struct MHD_Connection *c, struct req *r, int st
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (r) MHD_add_response_header(resp, "X-Request-Id", r->id);
-    if (status == 429 || status == 503) MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    /* A pause for an update's evaluation lasts minutes, not a moment: ask for a longer wait. */
+    bool paused = status == 503 && r && atomic_load(&r->api->state) == API_PAUSED;
+    if (status == 429 || status == 503)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, paused ? API_PAUSED_RETRY_AFTER : "1");
     if (status == 405) {
         const char *allow = r && (r->ep == METRICS_EP_CHAT || r->ep == METRICS_EP_COMPLETIONS || r->ep == METRICS_EP_TOKENIZE ||
                                   r->ep == METRICS_EP_DETOKENIZE) ? "POST" : "GET";
@@ -283,6 +286,7 @@ static const char *state_word(struct api *a, int *http_status)
     if (st == API_LOADING) return "loading";
     if (st == API_STOPPING) return "stopping";
     if (st == API_FAILED) return "failed";
+    if (st == API_PAUSED) return "paused";
     struct sched_stats ss;
     scheduler_stats(a->sched, &ss);
     if (ss.last_eval_failed) return "degraded";
@@ -429,9 +433,10 @@ static enum MHD_Result route_tokenize(struct MHD_Connection *c, struct req *r)
     int32_t *ids;
     uint32_t n;
     pthread_rwlock_rdlock(&r->api->model_lock);
-    int rc = textgen_tokenize(r->api->tg, content, strlen(content), add_special, &ids, &n, err, sizeof err);
+    int rc = r->api->tg ? textgen_tokenize(r->api->tg, content, strlen(content), add_special, &ids, &n, err, sizeof err) : 1;
     pthread_rwlock_unlock(&r->api->model_lock);
     free(content);
+    if (rc == 1) return send_error(c, r, 503, "paused", API_PAUSED_MESSAGE);
     if (rc) return send_error(c, r, 400, "invalid_request", err);
     json_t *arr = json_array();
     for (uint32_t i = 0; arr && i < n; i++) json_array_append_new(arr, json_integer(ids[i]));
@@ -452,9 +457,10 @@ static enum MHD_Result route_detokenize(struct MHD_Connection *c, struct req *r)
     }
     char *text;
     size_t len;
-    int rc = textgen_detokenize(r->api->tg, ids, n, &text, &len, err, sizeof err);
+    int rc = r->api->tg ? textgen_detokenize(r->api->tg, ids, n, &text, &len, err, sizeof err) : 1;
     pthread_rwlock_unlock(&r->api->model_lock);
     free(ids);
+    if (rc == 1) return send_error(c, r, 503, "paused", API_PAUSED_MESSAGE);
     if (rc) return send_error(c, r, 400, "invalid_request", err);
     json_t *s = json_stringn(text, len);
     free(text);
@@ -505,8 +511,9 @@ static void attach_logprobs(struct req *r, const struct job *j, json_t *choice, 
     if (!choice || !j->logprobs || to <= from) return;
     size_t offset0 = 0, *offset = r->job->req.stream ? &r->cs[r->cur].lp_offset : j == r->job ? &r->cs[0].lp_offset : &offset0;
     pthread_rwlock_rdlock(&r->api->model_lock);
-    json_t *lp = r->chat ? logprobs_chat_json(r->api->tg, j->logprobs + from, to - from)
-                         : logprobs_completion_json(r->api->tg, j->logprobs + from, to - from, offset);
+    json_t *lp = !r->api->tg ? NULL /* released meanwhile (a pause cuts this job off anyway) */
+                 : r->chat   ? logprobs_chat_json(r->api->tg, j->logprobs + from, to - from)
+                             : logprobs_completion_json(r->api->tg, j->logprobs + from, to - from, offset);
     pthread_rwlock_unlock(&r->api->model_lock);
     json_object_set_new(choice, "logprobs", lp);
 }
@@ -1155,11 +1162,11 @@ static enum MHD_Result route_generate(struct MHD_Connection *c, struct req *r)
      * encoded again by the scheduler with the new model's tokenizer. */
     pthread_rwlock_rdlock(&a->model_lock);
     uint32_t model_gen = a->model_gen;
-    rc = textgen_prompt(a->tg, &gr, &prompt, &n_prompt, err, sizeof err);
+    rc = a->tg ? textgen_prompt(a->tg, &gr, &prompt, &n_prompt, err, sizeof err) : 1;
     pthread_rwlock_unlock(&a->model_lock);
     if (rc) {
         gen_request_free(&gr);
-        return send_error(c, r, 400, "invalid_request", err);
+        return rc == 1 ? send_error(c, r, 503, "paused", API_PAUSED_MESSAGE) : send_error(c, r, 400, "invalid_request", err);
     }
     uint32_t n_ctx = scheduler_n_ctx(a->sched);
     uint32_t cap = r->cfg.max_prompt_tokens && r->cfg.max_prompt_tokens < n_ctx ? r->cfg.max_prompt_tokens : n_ctx - 1;
@@ -1341,6 +1348,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (atomic_load(&a->state) != API_READY) {
         int st = atomic_load(&a->state);
+        if (st == API_PAUSED) return send_error(c, r, 503, "paused", API_PAUSED_MESSAGE);
         return send_error(c, r, 503, st == API_LOADING ? "loading" : "unavailable",
                           st == API_LOADING ? "the model is still loading" : "the server is not serving");
     }

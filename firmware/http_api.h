@@ -18,7 +18,14 @@ struct textgen;
 struct MHD_Daemon;
 struct conn;
 
-enum api_state { API_LOADING = 0, API_READY = 1, API_STOPPING = 2, API_FAILED = 3 };
+/* API_PAUSED: the served model is released while an update's self-test and evaluation run
+ * (update.pause_serving; firmware/reload.c): requests get 503 "paused" with Retry-After. */
+enum api_state { API_LOADING = 0, API_READY = 1, API_STOPPING = 2, API_FAILED = 3, API_PAUSED = 4 };
+#define API_PAUSED_RETRY_AFTER "30"
+#define API_PAUSED_MESSAGE \
+    "serving is paused while an update is tested on the site's evaluation set (the served model is released so " \
+    "the new one fits in memory); retry later"
+
 
 struct api {
     pthread_mutex_t lock;        /* guards cfg (SIGHUP swaps it), model_id and degraded */

@@ -30,6 +30,8 @@ int served_model_open(struct served_model *m, const struct serve_config *cfg, co
     eo.expert_verify = cfg->expert_verify;
     if (engine_backend_parse(cfg->backend, &eo.backend) != 0)
         return errf(err, err_len, "model.backend: '%s', expected auto, ref or vulkan", cfg->backend);
+    if (engine_kv_parse(cfg->kv_type, &eo.kv) != 0)
+        return errf(err, err_len, "model.kv_type: '%s', expected f32, f16 or fp8", cfg->kv_type);
     backend_resolve(&eo);
     if (engine_open(&m->engine, &eo, err, err_len)) return -1;
     snprintf(m->path, sizeof m->path, "%s", model_path);
@@ -87,6 +89,81 @@ static int active_model(const struct update_config *uc, char *slot, size_t slot_
     return 0;
 }
 
+int model_host_pause(struct model_host *h, const char *why, char *err, size_t err_len)
+{
+    pthread_mutex_lock(&h->lock);
+    if (h->paused) {
+        pthread_mutex_unlock(&h->lock);
+        return 0;
+    }
+    char slot[16];
+    api_get_model(h->api, NULL, 0, slot, sizeof slot, NULL, 0);
+    atomic_store(&h->api->state, API_PAUSED); /* new requests: 503 from here */
+    int cut = 0;
+    uint32_t gen = h->gen + 1;
+    if (scheduler_swap_engine(h->sched, NULL, NULL, gen, h->cur.model_id, h->cfg.update_reload_grace_s * 1000, &cut, err,
+                              err_len)) {
+        atomic_store(&h->api->state, API_READY);
+        pthread_mutex_unlock(&h->lock);
+        return -1;
+    }
+    api_swap_model(h->api, NULL, h->cur.n_vocab, gen, h->cur.model_id, slot); /* waits for tokenizers */
+    snprintf(h->paused_path, sizeof h->paused_path, "%s", h->cur.path);
+    char model_id[128];
+    snprintf(model_id, sizeof model_id, "%s", h->cur.model_id);
+    served_model_close(&h->cur);
+    snprintf(h->cur.model_id, sizeof h->cur.model_id, "%s", model_id);
+    h->gen = gen;
+    h->paused = true;
+    char detail[300];
+    snprintf(detail, sizeof detail, "serving paused: %.200s (%d generation(s) cut off)", why, cut);
+    audit_reload("serving_paused", model_id, slot, detail);
+    fprintf(stderr, "flashbox serve: %s\n", detail);
+    pthread_mutex_unlock(&h->lock);
+    return 0;
+}
+
+/* With h->lock held and h->paused: serves h->paused_path again. */
+static int resume_locked(struct model_host *h, char *err, size_t err_len)
+{
+    char slot[16];
+    api_get_model(h->api, NULL, 0, slot, sizeof slot, NULL, 0);
+    struct served_model m;
+    if (served_model_open(&m, &h->cfg, h->paused_path, err, err_len)) {
+        atomic_store(&h->api->state, API_FAILED);
+        audit_reload("resume_failed", h->cur.model_id, slot, err);
+        fprintf(stderr, "flashbox serve: the model served before the pause did not load again: %s\n", err);
+        return -1;
+    }
+    uint32_t gen = h->gen + 1;
+    int cut = 0;
+    if (scheduler_swap_engine(h->sched, m.engine, m.tg, gen, m.model_id, 0, &cut, err, err_len)) {
+        served_model_close(&m);
+        atomic_store(&h->api->state, API_FAILED);
+        return -1;
+    }
+    api_swap_model(h->api, m.tg, m.n_vocab, gen, m.model_id, slot);
+    h->cur = m;
+    h->gen = gen;
+    h->paused = false;
+    atomic_store(&h->api->state, API_READY);
+    audit_reload("serving_resumed", h->cur.model_id, slot, NULL);
+    fprintf(stderr, "flashbox serve: serving %s from slot %s again\n", h->cur.model_id, slot);
+    return 0;
+}
+
+int model_host_resume(struct model_host *h, struct reload_result *res)
+{
+    memset(res, 0, sizeof *res);
+    pthread_mutex_lock(&h->lock);
+    int rc = 0;
+    if (h->paused) rc = resume_locked(h, res->error, sizeof res->error);
+    res->ok = rc == 0;
+    api_get_model(h->api, res->model_id, sizeof res->model_id, res->slot, sizeof res->slot, NULL, 0);
+    pthread_mutex_unlock(&h->lock);
+    return rc;
+}
+
 int model_host_reload(struct model_host *h, struct reload_result *res)
 {
     memset(res, 0, sizeof *res);
@@ -111,7 +188,17 @@ int model_host_reload(struct model_host *h, struct reload_result *res)
             served_model_close(&h->cur); /* nothing uses it any more: scheduler and API moved on */
             h->cur = next;
             h->gen = gen;
+            if (h->paused) { /* the update that paused serving ends here */
+                h->paused = false;
+                atomic_store(&h->api->state, API_READY);
+            }
         }
+    }
+    if (rc && h->paused) { /* nothing serves: the model from before the pause, degraded */
+        char again[300];
+        size_t l = strlen(err);
+        if (resume_locked(h, again, sizeof again))
+            snprintf(err + l, sizeof err - l, "; the model served before the update did not load again either: %.200s", again);
     }
     if (rc) {
         /* The old model keeps serving; /health says so until a reload succeeds. */

@@ -39,6 +39,8 @@ struct model_host {
     struct scheduler *sched;
     struct served_model cur;
     uint32_t gen;               /* model generation (api and scheduler model_gen) */
+    bool paused;                /* cur is released (model_host_pause) until a resume or reload */
+    char paused_path[4200];     /* the file cur was opened from, to open again */
 };
 
 struct reload_result {
@@ -61,6 +63,16 @@ int model_host_reload(struct model_host *h, struct reload_result *res);
  * cache rebuilt) and swaps it in (in-flight work has already failed). Success clears the
  * degraded mark; after the last failed try it stays, saying why. Returns 0 or -1. */
 int model_host_recover(struct model_host *h, const char *why, uint32_t tries);
+/* Releases the served model so an update's self-test and evaluation have its memory: the
+ * API answers 503 "paused" (Retry-After), running generations get update.reload_grace_s and
+ * are then cut off, queued ones wait; the engine is closed. Returns 0 or -1 (nothing
+ * changed, err says why). */
+int model_host_pause(struct model_host *h, const char *why, char *err, size_t err_len);
+/* After a pause the update did not end in a switch (refused, failed, cancelled): opens the
+ * model that was served before the pause again and serves it; no-op when not paused. A
+ * model_host_reload after a pause resumes with the new active slot instead (and with the
+ * old model when the new one does not load). Returns 0, or -1 with /health failed. */
+int model_host_resume(struct model_host *h, struct reload_result *res);
 /* Closes the served model (the scheduler must be destroyed first). */
 void model_host_close(struct model_host *h);
 

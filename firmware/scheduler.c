@@ -143,6 +143,7 @@ struct scheduler {
     int *batch_slot;     /* [opt.slots] the slot of each step item */
     struct session_step *items; /* [opt.slots] the step being built */
     uint64_t prefill_left; /* prompt tokens of running jobs not yet evaluated (under lock) */
+    bool deferred;       /* the last step left a prompt's chunk out for others' first tokens */
 
     pthread_mutex_t lock;
     pthread_cond_t wake; /* new job, cancel, stop, drain */
@@ -282,7 +283,7 @@ static void swap_now(struct scheduler *s)
     if (s->prefix) { /* states of the old model */
         struct engine_model_id id;
         prefix_cache_clear(s->prefix);
-        if (engine_model_identity(s->engine, &id) == 0) prefix_cache_set_model(s->prefix, &id);
+        if (s->engine && engine_model_identity(s->engine, &id) == 0) prefix_cache_set_model(s->prefix, &id);
     }
     w->engine = e;
     w->tg = tg;
@@ -458,7 +459,15 @@ static void step(struct scheduler *s)
         n_tokens++;
     }
     const uint32_t n_decode = n_items;
-    /* prompt chunks within the budget, shortest remaining prompt first */
+    /* Prompt chunks within the budget, shortest remaining prompt first. A step that ends a
+     * prompt (its request's first token) takes only other prompts that end in it too: the
+     * chunk of a long prompt being read waits one step, so a short request's first token
+     * costs about its own prompt, not the whole budget (on a CPU device a step costs about
+     * its token count). Never two such steps in a row, so a stream of short requests
+     * cannot stall a long prompt: it advances at least every other step. */
+    bool first_tokens = false;
+    const bool may_defer = !s->deferred;
+    s->deferred = false;
     for (;;) {
         const uint32_t room = s->opt.step_tokens > n_tokens ? s->opt.step_tokens - n_tokens : 0;
         int best = -1;
@@ -470,12 +479,17 @@ static void step(struct scheduler *s)
             if (best < 0 || left < best_left) best = (int)i, best_left = left;
         }
         if (best < 0) break;
+        if (first_tokens && best_left > room) { /* a prompt that would not end here waits */
+            s->deferred = true;
+            break;
+        }
         struct slot *sl = &s->slots[best];
         uint32_t n = best_left < room ? best_left : room;
         /* prefix reuse: a chunk stops where the prompt's last whole prefill_chunk ends, so
          * the state there can be saved */
         const uint32_t save_at = prefix_save_point(s, sl->job);
         if (s->prefix && sl->prefilled < save_at && n > save_at - sl->prefilled) n = save_at - sl->prefilled;
+        if (may_defer && n_items == n_decode && n == best_left) first_tokens = true; /* the first chunk ends its prompt */
         sl->in_step = true;
         sl->step_n = n;
         s->batch_slot[n_items] = best;
@@ -525,7 +539,8 @@ static void *worker_main(void *arg)
             s->tail = NULL;
         }
         if (s->swap && !s->n_busy) swap_now(s);
-        if (!s->swap) admit(s); /* a pending swap holds the queue until it is done */
+        if (!s->swap && s->engine) admit(s); /* a pending swap holds the queue until it is done, and no
+                                              * engine (released for an update) until one is back */
         bool stop = s->stop, cancel_all = s->cancel_all;
         uint32_t busy = s->n_busy;
         bool cut = s->swap && busy && sched_now_ns() >= s->swap->deadline_ns;
@@ -541,7 +556,7 @@ static void *worker_main(void *arg)
             last_beat = now;
         }
         if (cancel_all || stop) {
-            for (uint32_t i = 0; i < s->opt.slots; i++)
+            for (uint32_t i = 0; s->slots && i < s->opt.slots; i++)
                 if (s->slots[i].job) slot_finish(s, &s->slots[i], JOB_SHUTDOWN, NULL);
         } else if (cut) {
             int n = 0;
@@ -557,9 +572,9 @@ static void *worker_main(void *arg)
             step(s);
         }
         struct expert_counters ec;
-        int have = engine_expert_counters(s->engine, &ec) == 0;
-        uint64_t dev_used, dev_total;
-        int have_dev = engine_device_memory(s->engine, &dev_used, &dev_total) == 0;
+        int have = s->engine && engine_expert_counters(s->engine, &ec) == 0;
+        uint64_t dev_used = 0, dev_total = 0;
+        int have_dev = s->engine && engine_device_memory(s->engine, &dev_used, &dev_total) == 0;
         pthread_mutex_lock(&s->lock);
         s->have_experts = have;
         if (have) s->experts = ec;
@@ -808,10 +823,14 @@ int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen 
      * The new model must hold as many slots as are served now. */
     uint32_t n_made;
     char why[8];
-    if (slots_create(e, tg, s->opt.slots, s->opt.slots, s->opt.n_ctx, &w.slots, &n_made, why, sizeof why, &w.n_vocab,
-                     &w.n_ctx, err, err_len))
+    if (e && slots_create(e, tg, s->opt.slots, s->opt.slots, s->opt.n_ctx, &w.slots, &n_made, why, sizeof why, &w.n_vocab,
+                          &w.n_ctx, err, err_len))
         return errf_prefix(err, err_len, "new model");
     pthread_mutex_lock(&s->lock);
+    if (!e) { /* a release keeps the sizes the API checks requests against */
+        w.n_vocab = s->n_vocab;
+        w.n_ctx = s->n_ctx;
+    }
     if (s->swap || s->stop || s->draining) {
         pthread_mutex_unlock(&s->lock);
         slots_destroy(w.slots, s->opt.slots);

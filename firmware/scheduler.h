@@ -123,6 +123,10 @@ int scheduler_drain(struct scheduler *s, uint32_t grace_ms);
  * On error nothing changed and the old engine keeps serving. */
 int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen *tg, uint32_t gen, const char *model_id,
                           uint32_t grace_ms, int *n_cancelled, char *err, size_t err_len);
+/* e NULL (and tg NULL) releases the engine the same way (running jobs get grace_ms, then
+ * JOB_RELOAD) so the caller can close it and free its memory: queued and new jobs wait
+ * until a later swap brings an engine (firmware/reload.c pauses serving so for an update's
+ * self-test and evaluation). */
 
 struct sched_stats {
     uint32_t queued, queue_capacity, busy, slots;

@@ -7,7 +7,7 @@
 #include "engine/text/chat.h"
 #include "engine/text/dsml_grammar.h"
 #include "engine/text/json_grammar.h"
-#include "firmware/json_schema.h"
+#include "engine/text/json_validate.h"
 #include "firmware/tool_output.h"
 #include "tests/harness.h"
 #include "tests/serve_client.h"
@@ -188,11 +188,12 @@ static bool call_ok(const size_t *which, size_t n, uint32_t max_calls, const cha
         const char *params = NULL;
         for (size_t i = 0; i < n; i++)
             if (!strcmp(tools[which[i]].name, o.calls[c].name)) params = tools[which[i]].params;
-        json_t *schema = json_loads(params ? params : "{\"type\": \"object\", \"additionalProperties\": false}", 0, NULL);
-        json_t *args = json_loads(o.calls[c].arguments, 0, NULL);
-        if (!schema || !args || json_schema_validate(schema, args, why, cap)) ok = false;
-        json_decref(schema);
-        json_decref(args);
+        const char *st = params ? params : "{\"type\": \"object\", \"additionalProperties\": false}";
+        struct jg_schema *schema = NULL;
+        if (jg_schema_compile(&schema, st, strlen(st), why, cap) ||
+            jg_schema_validate(schema, o.calls[c].arguments, strlen(o.calls[c].arguments), why, cap))
+            ok = false;
+        jg_schema_free(schema);
     }
     tool_output_free(&o);
     return ok;
@@ -223,11 +224,11 @@ TEST(dsml_grammar_random_model_calls_parse_and_validate)
     REQUIRE(gen_open(&G) == 0);
     REQUIRE(jg_vocab_has_ascii_bytes(G.vocab));
     static const size_t all[] = { 0, 1, 2, 3, 4 };
-    for (size_t t = 0; t < N_TOOLS; t++) run_set(&G, &all[t], 1, 1, 24, 6, false, __LINE__); /* named */
-    run_set(&G, all, N_TOOLS, 1, 40, 10, false, __LINE__);                                      /* required */
-    run_set(&G, all, N_TOOLS, 3, 80, 6, false, __LINE__);                                       /* parallel */
-    run_set(&G, all, N_TOOLS, 1, 1, 6, false, __LINE__); /* the tightest budget: the call and EOS */
-    run_set(&G, all, N_TOOLS, 2, 40, 6, true, __LINE__); /* a block the model opened (strict, auto) */
+    for (size_t t = 0; t < N_TOOLS; t++) run_set(&G, &all[t], 1, 1, 24, 4, false, __LINE__); /* named */
+    run_set(&G, all, N_TOOLS, 1, 40, 8, false, __LINE__);                                       /* required */
+    run_set(&G, all, N_TOOLS, 3, 80, 4, false, __LINE__);                                       /* parallel */
+    run_set(&G, all, N_TOOLS, 1, 1, 4, false, __LINE__); /* the tightest budget: the call and EOS */
+    run_set(&G, all, N_TOOLS, 2, 40, 4, true, __LINE__); /* a block the model opened (strict, auto) */
     gen_close(&G);
 }
 

@@ -1,10 +1,9 @@
-/* Evaluation sets: the JSON Schema subset validator, the set parser (malformed sets get a
+/* Evaluation sets: the JSON Schema subset validator (the engine's, json_validate.h), the set parser (malformed sets get a
  * message naming the line), the text scorers, and whole runs on tiny models: a set
  * recorded from model A scores 1 on A, lower on a model with other weights, the same with
  * any number of jobs, and the SHA-256 is that of the bytes evaluated. */
 #include "firmware/eval_run.h"
 #include "firmware/eval_set.h"
-#include "firmware/json_schema.h"
 #include "tests/harness.h"
 #include "tools/mkmodel.h"
 
@@ -21,14 +20,21 @@ static json_t *js(const char *text)
     return v;
 }
 
+/* 0 when the schema compiles (*g then owned by the caller), else -1 with err. */
+static int schema_compile(const char *schema, struct jg_schema **g, char *err, size_t err_len)
+{
+    return jg_schema_compile(g, schema, strlen(schema), err, err_len);
+}
+
 /* 1 when instance validates under schema, 0 when not, -1 when the schema is refused. */
 static int validates(const char *schema, const char *instance)
 {
-    json_t *s = js(schema), *v = js(instance);
+    json_decref(js(instance)); /* the test's own JSON is well formed */
+    struct jg_schema *g;
     char err[256];
-    int r = json_schema_check(s, err, sizeof err) ? -1 : json_schema_validate(s, v, err, sizeof err) == 0;
-    json_decref(s);
-    json_decref(v);
+    if (schema_compile(schema, &g, err, sizeof err)) return -1;
+    int r = jg_schema_validate(g, instance, strlen(instance), err, sizeof err) == 0;
+    jg_schema_free(g);
     return r;
 }
 
@@ -73,17 +79,89 @@ TEST(json_schema_refuses_what_it_cannot_check)
     CHECK_EQ_INT(validates("[]", "1"), -1);
     CHECK_EQ_INT(validates("{\"title\":\"t\",\"description\":\"d\",\"type\":\"null\"}", "null"), 1);
     /* The place of the bad keyword is named. */
-    json_t *s = js("{\"properties\":{\"a\":{\"items\":{\"type\":\"nope\"}}}}");
+    struct jg_schema *g = NULL;
     char err[256];
-    CHECK(json_schema_check(s, err, sizeof err) != 0);
+    CHECK(schema_compile("{\"properties\":{\"a\":{\"items\":{\"type\":\"nope\"}}}}", &g, err, sizeof err) != 0);
     CHECK(strstr(err, "properties.a.items.type") != NULL);
-    json_decref(s);
     /* Depth is bounded. */
     char deep[4096] = "";
     for (int i = 0; i < 40; i++) strcat(deep, "{\"items\":");
     strcat(deep, "{}");
     for (int i = 0; i < 40; i++) strcat(deep, "}");
     CHECK_EQ_INT(validates(deep, "[]"), -1);
+}
+
+/* Where the eval validator and the structured-output compiler used to differ (two modules
+ * then): each keyword is now supported by both or refused by both, and what the grammar
+ * generates always validates. */
+TEST(json_schema_one_subset_for_grammar_and_validator)
+{
+    /* supported now by the validator too (it refused them): checked, not ignored */
+    CHECK_EQ_INT(validates("{\"type\":\"string\",\"maxLength\":3}", "\"abc\""), 1);
+    CHECK_EQ_INT(validates("{\"type\":\"string\",\"maxLength\":3}", "\"abcd\""), 0);
+    CHECK_EQ_INT(validates("{\"type\":\"string\",\"minLength\":2}", "\"\u00e9\""), 0); /* characters, not bytes */
+    CHECK_EQ_INT(validates("{\"type\":\"string\",\"format\":\"date\"}", "\"2024-02-29\""), 1);
+    CHECK_EQ_INT(validates("{\"type\":\"string\",\"format\":\"date\"}", "\"2023-02-29\""), 0);
+    CHECK_EQ_INT(validates("{\"type\":\"string\",\"format\":\"uuid\"}", "\"123e4567-e89b-12d3-a456-426614174000\""), 1);
+    CHECK_EQ_INT(validates("{\"type\":\"string\",\"format\":\"date-time\"}", "\"2024-05-06T10:00:00\""), 0);
+    const char *tree = "{\"$defs\":{\"N\":{\"type\":\"object\",\"properties\":{\"v\":{\"type\":\"integer\"},"
+                       "\"k\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/N\"}}},\"required\":[\"v\"]}},\"$ref\":\"#/$defs/N\"}";
+    CHECK_EQ_INT(validates(tree, "{\"k\":[{\"v\":2}],\"v\":1}"), 1); /* any order, unlike what the grammar writes */
+    CHECK_EQ_INT(validates(tree, "{\"v\":1,\"k\":[{}]}"), 0);
+    CHECK_EQ_INT(validates("{\"oneOf\":[{\"type\":\"boolean\"},{\"type\":\"array\"}]}", "[1]"), 1);
+    CHECK_EQ_INT(validates("{\"allOf\":[{\"type\":\"boolean\"}]}", "1"), 0);
+    CHECK_EQ_INT(validates("{\"type\":\"array\",\"uniqueItems\":false}", "[1,1]"), 1);
+    CHECK_EQ_INT(validates("{\"$comment\":\"c\",\"deprecated\":true,\"type\":\"null\"}", "null"), 1);
+    /* declared properties with additionalProperties absent, a schema, or false */
+    const char *decl = "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}";
+    CHECK_EQ_INT(validates(decl, "{\"a\":1,\"z\":[true]}"), 1);
+    const char *typed = "{\"type\":\"object\",\"properties\":{\"a\":{}},\"additionalProperties\":{\"type\":\"string\"}}";
+    CHECK_EQ_INT(validates(typed, "{\"a\":1,\"z\":\"s\"}"), 1);
+    CHECK_EQ_INT(validates(typed, "{\"a\":1,\"z\":2}"), 0);
+    /* refused now by the validator too (it accepted them): overlapping anyOf alternatives,
+     * required naming an undeclared property, nesting past the automaton's depth */
+    CHECK_EQ_INT(validates("{\"anyOf\":[{\"type\":\"integer\"},{\"type\":\"number\"}]}", "1"), -1);
+    CHECK_EQ_INT(validates("{\"required\":[\"a\"]}", "{\"a\":1}"), -1);
+    CHECK_EQ_INT(validates("{\"type\":\"string\",\"format\":\"email\"}", "\"a@b\""), -1);
+    CHECK_EQ_INT(validates("{\"type\":\"integer\",\"minimum\":0}", "1"), -1);
+    /* keywords name their type when "type" is missing, for both */
+    CHECK_EQ_INT(validates("{\"properties\":{\"a\":{}}}", "5"), 0);
+    CHECK_EQ_INT(validates("{\"items\":{\"type\":\"integer\"}}", "[1]"), 1);
+    /* every complete instance the grammar takes validates */
+    static const char *const pairs[][2] = {
+        { "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"number\"},\"s\":{\"type\":\"string\",\"maxLength\":4}},"
+          "\"required\":[\"n\"],\"additionalProperties\":false}", "{ \"n\" : -0.5e+3 , \"s\":\"\\u00e9\\n\"}" },
+        { "{\"enum\":[1,\"x\",[true],{\"k\":null}]}", "{\"k\":null}" },
+        { "{\"type\":[\"integer\",\"null\"]}", "null" },
+        { "{\"type\":\"string\",\"format\":\"time\"}", "\"23:59:59.5-01:00\"" },
+    };
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        struct jg_schema *g;
+        char err[256];
+        if (schema_compile(pairs[i][0], &g, err, sizeof err)) {
+            test_fail_at(__FILE__, __LINE__, "%s: %s", pairs[i][0], err);
+            continue;
+        }
+        struct jg_state st;
+        jg_state_init(&st);
+        bool ok = true;
+        for (const char *p = pairs[i][1]; *p && ok; p++) ok = jg_state_step(g, &st, (uint8_t)*p);
+        CHECK(ok && jg_state_accepting(g, &st));
+        if (jg_schema_validate(g, pairs[i][1], strlen(pairs[i][1]), err, sizeof err))
+            test_fail_at(__FILE__, __LINE__, "%s under %s: %s", pairs[i][1], pairs[i][0], err);
+        jg_schema_free(g);
+    }
+    /* the failing place is named from the root */
+    struct jg_schema *g;
+    char err[256] = "";
+    CHECK_EQ_INT(schema_compile("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}}}}", &g,
+                                err, sizeof err), 0);
+    const char *bad = "{\"a\":[\"x\",\"y\",3]}";
+    CHECK(jg_schema_validate(g, bad, strlen(bad), err, sizeof err) != 0);
+    CHECK(strstr(err, "$.a[2]: expected a string, got an integer") != NULL);
+    CHECK(jg_schema_validate(g, "{\"a\":", 5, err, sizeof err) != 0);
+    CHECK(strstr(err, "not JSON") != NULL);
+    jg_schema_free(g);
 }
 
 #define MSG "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]"
@@ -304,6 +382,57 @@ TEST(eval_recorded_set_passes_its_model_and_fails_other_weights)
     char summary[2048];
     eval_worst_summary(&s, &r, 5, summary, sizeof summary);
     CHECK(strstr(summary, s.cases[idx[0]].id) != NULL);
+    eval_result_free(&r);
+    eval_set_free(&s);
+}
+
+/* Cases that offer tools: a forced call (tool_choice required or named, held to the DSML
+ * call grammar) is scored as its calls' JSON; the site's json_schema over that JSON checks
+ * the name and the arguments; a recorded call is reproduced by its model; tool_choice none
+ * is scored as text. */
+TEST(eval_tool_cases_score_the_call)
+{
+    const char *a = tiny_model("a.gguf", 42);
+    char set_path[600], rec_path[600], err[512];
+    snprintf(set_path, sizeof set_path, "%s/tools.jsonl", test_tmpdir());
+    snprintf(rec_path, sizeof rec_path, "%s/tools-rec.jsonl", test_tmpdir());
+#define TOOLS "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":{\"type\":\"object\"," \
+              "\"properties\":{\"city\":{\"type\":\"string\",\"maxLength\":8}},\"required\":[\"city\"],\"additionalProperties\":false}}}]"
+    FILE *f = fopen(set_path, "w");
+    REQUIRE(f != NULL);
+    fprintf(f, "{\"id\":\"named\"," MSG "," TOOLS ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},"
+               "\"max_tokens\":200,\"scorer\":\"json_schema\",\"expected\":{\"type\":\"array\",\"minItems\":1,\"maxItems\":1,"
+               "\"items\":{\"type\":\"object\",\"properties\":{\"name\":{\"const\":\"get_weather\"},\"arguments\":{\"type\":\"object\","
+               "\"properties\":{\"city\":{\"type\":\"string\",\"maxLength\":8}},\"required\":[\"city\"],\"additionalProperties\":false}},"
+               "\"required\":[\"name\",\"arguments\"],\"additionalProperties\":false}}}\n");
+    fprintf(f, "{\"id\":\"required\"," MSG "," TOOLS ",\"tool_choice\":\"required\",\"max_tokens\":200,\"scorer\":\"exact\"}\n");
+    fprintf(f, "{\"id\":\"none\"," MSG "," TOOLS ",\"tool_choice\":\"none\",\"max_tokens\":6,\"scorer\":\"exact\"}\n");
+    fclose(f);
+#undef TOOLS
+    struct eval_set s;
+    struct eval_result r;
+    REQUIRE(eval_set_load(set_path, true, &s, err, sizeof err) == 0);
+    struct eval_run_opts o = { .model_path = a, .backend = ENGINE_BACKEND_REF, .jobs = 1 };
+    REQUIRE(eval_run(&s, &o, &r, err, sizeof err) == 0);
+    for (uint32_t i = 0; i < r.n; i++) CHECK(!r.cases[i].error);
+    CHECK_EQ_INT(r.cases[0].score, 1);
+    if (!r.cases[0].score) test_fail_at(__FILE__, __LINE__, "named: %s (answer %s)", r.cases[0].why, r.cases[0].answer);
+    REQUIRE(r.cases[1].answer != NULL);
+    CHECK(!strncmp(r.cases[1].answer, "[{\"name\":\"get_weather\",\"arguments\":{\"city\":", 43));
+    REQUIRE(r.cases[2].answer != NULL);
+    CHECK(r.cases[2].answer[0] != '['); /* none: text */
+    REQUIRE(eval_record_write(rec_path, &s, &r, err, sizeof err) == 0);
+    eval_result_free(&r);
+    eval_set_free(&s);
+    REQUIRE(run_set(a, rec_path, 1, &s, &r) == 0);
+    CHECK(r.score == 1.0);
+    eval_result_free(&r);
+    eval_set_free(&s);
+    /* Other weights call with other arguments: the recorded call does not match. */
+    const char *b = tiny_model("b.gguf", 7);
+    REQUIRE(run_set(b, rec_path, 1, &s, &r) == 0);
+    CHECK_EQ_INT(r.cases[0].score, 1); /* the schema holds whatever the city */
+    CHECK_EQ_INT(r.cases[1].score, 0);
     eval_result_free(&r);
     eval_set_free(&s);
 }

@@ -154,6 +154,35 @@ TEST(update_eval_gate_max_regression_uses_the_active_score)
     CHECK(atoi(out) == 1);
 }
 
+/* eval_max_regression when the active slot was never evaluated (v1 went in without a
+ * policy): the gate evaluates the active slot first on the same set bytes, records its
+ * score in the active slot's record, and compares with it; the next install reuses the
+ * recorded score instead of running the active slot again. */
+TEST(update_eval_gate_max_regression_evaluates_an_unscored_active_slot_once)
+{
+    struct gate_box x;
+    REQUIRE(gate_setup(&x) == 0);
+    static char out[16384];
+    struct update_status st;
+    char err[512];
+    REQUIRE(update_get_status(&x.b.cfg, &st, err, sizeof err) == 0);
+    CHECK_STR(st.slots[0].eval.verdict, ""); /* a: active, never evaluated */
+    const char *cmd = "%s update install %s --data-dir %s --keys %s --eval-set %s --eval-min-score 0 --eval-max-regression 0.2";
+    CHECK_EQ_INT(upd_sh(out, sizeof out, cmd, test_flashbox_bin(), x.v3, x.b.data, x.b.keys, x.set), 1);
+    CHECK(strstr(out, "regression baseline): score 1.0000 over 20 cases") != NULL); /* audited */
+    CHECK(strstr(out, "below the threshold 0.8000 (the active slot's score less eval_max_regression)") != NULL);
+    CHECK_EQ_INT(upd_active_slot(&x.b), 0);
+    REQUIRE(update_get_status(&x.b.cfg, &st, err, sizeof err) == 0);
+    CHECK_STR(st.slots[0].eval.verdict, "pass");
+    CHECK(st.slots[0].eval.score == 1.0);
+    CHECK_STR(st.slots[0].eval.set_sha256, x.sha);
+    CHECK_STR(st.slots[1].eval.verdict, "fail");
+    /* The same weights pass, and the baseline is not run again. */
+    CHECK_EQ_INT(upd_sh(out, sizeof out, cmd, test_flashbox_bin(), x.v2, x.b.data, x.b.keys, x.set), 0);
+    CHECK(strstr(out, "regression baseline") == NULL);
+    CHECK_EQ_INT(upd_active_slot(&x.b), 1);
+}
+
 static int wait_exit(pid_t pid)
 {
     int st;
@@ -279,11 +308,12 @@ static char *slurp(const char *path)
     return buf;
 }
 
-/* Starts the daemon on the box's store with the site policy; admin socket path in admin. */
-static int start_daemon(const struct gate_box *x, struct served *d, char *admin, size_t admin_len)
+/* Starts the daemon on the box's store with the site policy (and one more setting, or
+ * NULL); admin socket path in admin. */
+static int start_daemon_with(const struct gate_box *x, struct served *d, char *admin, size_t admin_len, const char *extra)
 {
     static char sets[8][800];
-    static const char *list[9];
+    static const char *list[10];
     snprintf(admin, admin_len, "%s/run/adm.sock", test_tmpdir());
     snprintf(sets[0], sizeof sets[0], "update.data_dir=%s", x->b.data);
     snprintf(sets[1], sizeof sets[1], "update.keys_dir=%s", x->b.keys);
@@ -293,8 +323,110 @@ static int start_daemon(const struct gate_box *x, struct served *d, char *admin,
     snprintf(sets[5], sizeof sets[5], "update.eval_min_score=0.9");
     snprintf(sets[6], sizeof sets[6], "update.reload_grace_s=5");
     for (int i = 0; i < 7; i++) list[i] = sets[i];
-    list[7] = NULL;
+    list[7] = extra;
+    list[8] = NULL;
     return serve_start(d, list);
+}
+
+/* An install through the admin socket in a child, whose exit status is 0 when it was
+ * refused below the daemon's threshold 0.9 with the worst cases (the command line client
+ * waits as long as the install takes; curl would give up). */
+static pid_t start_refused_install(const char *bundle, const char *admin)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t p = fork();
+    if (p == 0) {
+        static char o[16384];
+        int st = upd_sh(o, sizeof o, "%s update install %s --admin-socket %s", test_flashbox_bin(), bundle, admin);
+        _exit(st == 1 && strstr(o, "REFUSED") && strstr(o, "below the threshold 0.9000") && strstr(o, "worst cases") ? 0 : 1);
+    }
+    return p;
+}
+
+static int start_daemon(const struct gate_box *x, struct served *d, char *admin, size_t admin_len)
+{
+    return start_daemon_with(x, d, admin, admin_len, NULL);
+}
+
+/* The greedy text of a fixed completion request (NULL when it did not answer 200). */
+static char *completion_text(const struct served *d, int *status)
+{
+    char *out = NULL;
+    *status = serve_curl(d, "POST", "/v1/completions", "{\"prompt\":\"the same answer?\",\"max_tokens\":8,\"temperature\":0}",
+                         &out, NULL);
+    json_t *o = *status == 200 && out ? json_loads(out, 0, NULL) : NULL;
+    const char *t = json_string_value(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "text"));
+    char *text = t ? strdup(t) : NULL;
+    json_decref(o);
+    free(out);
+    return text;
+}
+
+/* update.pause_serving = always (what auto does when the new model does not fit beside the
+ * served one): during the self-test and evaluation the API answers 503 "paused" with a
+ * Retry-After, the served model is released; after the refusal the same model serves again
+ * and answers exactly as before. */
+TEST(admin_install_paused_serving_answers_503_then_the_same_answers)
+{
+    struct gate_box x;
+    REQUIRE(gate_setup(&x) == 0);
+    setenv("FLASHBOX_EVAL_TEST_DELAY_US", "30000", 1);
+    struct served d;
+    char admin[800];
+    REQUIRE(start_daemon_with(&x, &d, admin, sizeof admin, "update.pause_serving=always") == 0);
+    int status;
+    char *before = completion_text(&d, &status);
+    REQUIRE(before != NULL);
+    pid_t p = start_refused_install(x.v3, admin);
+    bool saw_paused = false;
+    char *out = NULL;
+    for (int i = 0; i < 3000 && !saw_paused; i++) {
+        json_t *o = status_json(admin);
+        const char *phase = json_string_value(json_object_get(json_object_get(o, "operation"), "phase"));
+        bool evaluating_now = phase && !strcmp(phase, "evaluate");
+        json_decref(o);
+        if (evaluating_now) {
+            const char *hdr[] = { "-D", "-", NULL }; /* headers then body on stdout */
+            int st = serve_curl(&d, "POST", "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":2}", &out, hdr);
+            saw_paused = st == 503 && out && strstr(out, "\"paused\"") && strcasestr(out, "Retry-After: 30");
+            if (!saw_paused && st != 503) test_fail_at(__FILE__, __LINE__, "during the evaluation: %d %s", st, out ? out : "");
+            free(out);
+            out = NULL;
+            CHECK_EQ_INT(serve_curl(&d, "GET", "/health", NULL, &out, NULL), 503);
+            CHECK(out && strstr(out, "paused"));
+            free(out);
+            out = NULL;
+        }
+        if (!saw_paused) usleep(5000);
+    }
+    CHECK(saw_paused);
+    CHECK_EQ_INT(wait_exit(p), 0);
+    CHECK_EQ_INT(upd_active_slot(&x.b), 0);
+    char *after = completion_text(&d, &status);
+    CHECK_EQ_INT(status, 200);
+    CHECK(after && !strcmp(after, before));
+    CHECK_EQ_INT(serve_curl(&d, "GET", "/health", NULL, &out, NULL), 200);
+    CHECK(out && strstr(out, "\"model\":\"model-A\"") && strstr(out, "\"slot\":\"a\""));
+    free(out);
+    free(before);
+    free(after);
+    /* Same weights: accepted after a pause, the new slot serves (a reload ends the pause). */
+    static char cli[16384];
+    CHECK_EQ_INT(upd_sh(cli, sizeof cli, "%s update install %s --admin-socket %s", test_flashbox_bin(), x.v2, admin), 0);
+    CHECK_EQ_INT(upd_active_slot(&x.b), 1);
+    CHECK_EQ_INT(serve_curl(&d, "GET", "/health", NULL, &out, NULL), 200);
+    CHECK(out && strstr(out, "\"slot\":\"b\""));
+    free(out);
+    after = completion_text(&d, &status);
+    CHECK_EQ_INT(status, 200);
+    free(after);
+    CHECK(serve_stop(&d, SIGTERM, 20000) >= 0);
+    char *audit = slurp(d.audit);
+    CHECK(strstr(audit, "\"event\":\"serving_paused\"") != NULL);
+    CHECK(strstr(audit, "\"event\":\"serving_resumed\"") != NULL);
+    free(audit);
+    unsetenv("FLASHBOX_EVAL_TEST_DELAY_US");
 }
 
 TEST(admin_install_gated_on_site_eval_shows_the_evaluate_phase)
@@ -309,15 +441,7 @@ TEST(admin_install_gated_on_site_eval_shows_the_evaluate_phase)
 
     /* Other weights, through the admin socket: the status shows the evaluate phase with
      * cases done of 20 while it runs; then 422, and model A keeps serving from slot a. */
-    fflush(stdout);
-    fflush(stderr);
-    /* (The command line client waits as long as the install takes; curl would give up.) */
-    pid_t p = fork();
-    if (p == 0) {
-        static char o[16384];
-        int st = upd_sh(o, sizeof o, "%s update install %s --admin-socket %s", test_flashbox_bin(), x.v3, admin);
-        _exit(st == 1 && strstr(o, "REFUSED") && strstr(o, "below the threshold 0.9000") && strstr(o, "worst cases") ? 0 : 1);
-    }
+    pid_t p = start_refused_install(x.v3, admin);
     bool saw_phase = false;
     for (int i = 0; i < 3000 && !saw_phase; i++) {
         json_t *o = status_json(admin);

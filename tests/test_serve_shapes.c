@@ -2,7 +2,7 @@
  * Responses requests answer exactly what the equivalent chat completions request answers
  * (same prompt size, same greedy text), in their own shapes, streamed with their own event
  * sequences; their errors have their shapes; GET /v1/models/{id} and /v1/embeddings. */
-#include "firmware/json_schema.h"
+#include "engine/engine.h"
 #include "tests/harness.h"
 #include "tests/serve_client.h"
 
@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static const char *const sets[] = { "server.slots=2", NULL };
 
@@ -268,7 +270,7 @@ TEST(serve_model_by_id_and_no_embeddings)
 /* ---- forced tool calls end to end ----
  * With tool_choice named or required, the random tiny model must answer with a call: the
  * sampler is held to the DSML block (engine/text/dsml_grammar.h). Each shape's calls are
- * checked against the tool's schema by firmware/json_schema.c. */
+ * checked against the tool's schema by the engine's validator (json_validate.h). */
 
 #define WEATHER_SCHEMA "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\",\"maxLength\":10}," \
                        "\"unit\":{\"enum\":[\"c\",\"f\"]},\"days\":{\"type\":\"integer\"}},\"required\":[\"city\"]," \
@@ -277,13 +279,15 @@ TEST(serve_model_by_id_and_no_embeddings)
 
 static bool args_validate(const char *name, const char *args_text, const json_t *args_obj)
 {
-    json_t *schema = json_loads(!strcmp(name, "get_weather") ? WEATHER_SCHEMA : PING_SCHEMA, 0, NULL);
-    json_t *args = args_obj ? json_incref((json_t *)args_obj) : json_loads(args_text ? args_text : "", 0, NULL);
+    const char *st = !strcmp(name, "get_weather") ? WEATHER_SCHEMA : PING_SCHEMA;
+    char *args = args_obj ? json_dumps(args_obj, JSON_COMPACT) : strdup(args_text ? args_text : "");
     char why[256] = "no arguments";
-    bool ok = schema && args && json_schema_validate(schema, args, why, sizeof why) == 0;
+    struct jg_schema *schema = NULL;
+    bool ok = args && jg_schema_compile(&schema, st, strlen(st), why, sizeof why) == 0 &&
+              jg_schema_validate(schema, args, strlen(args), why, sizeof why) == 0;
     if (!ok) test_fail_at(__FILE__, __LINE__, "%s(%s): %s", name, args_text ? args_text : "(object)", why);
-    json_decref(schema);
-    json_decref(args);
+    jg_schema_free(schema);
+    free(args);
     return ok;
 }
 
@@ -394,5 +398,40 @@ TEST(serve_forced_tool_calls_validate_in_every_shape)
     CHECK(n_calls >= 1);
     json_decref(o);
     free(out);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+/* A seeded forced call is the same call alone and with another request sharing the batch. */
+static char *forced_call(struct served *d, const char *body)
+{
+    char *out = NULL, *s = NULL;
+    if (serve_curl(d, "POST", "/v1/chat/completions", body, &out, NULL) == 200) {
+        json_t *o = parse(out);
+        json_t *calls = json_object_get(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "message"), "tool_calls");
+        json_t *fns = json_array();
+        for (size_t i = 0; i < json_array_size(calls); i++)
+            json_array_append(fns, json_object_get(json_array_get(calls, i), "function"));
+        s = json_array_size(fns) ? json_dumps(fns, JSON_COMPACT) : NULL;
+        json_decref(fns);
+        json_decref(o);
+    }
+    free(out);
+    return s;
+}
+
+TEST(serve_forced_tool_call_seeded_same_alone_and_loaded)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Oslo?\"}],\"max_tokens\":200,\"seed\":7,"
+                       CHAT_TOOLS ",\"tool_choice\":\"required\"}";
+    char *alone = forced_call(&d, body);
+    int other = serve_load_start(&d); /* a second unconstrained request sharing the batch */
+    char *loaded = forced_call(&d, body);
+    CHECK(serve_load_wait(other) == 0);
+    CHECK(alone != NULL);
+    CHECK_STR(alone, loaded);
+    free(alone);
+    free(loaded);
     serve_stop(&d, SIGTERM, 10000);
 }

@@ -152,10 +152,19 @@ static int run_evaluation(const struct update_config *cfg, const struct bundle *
     char model[4400];
     snprintf(model, sizeof model, "%s/%s", dir, UPDATE_MODEL_PAYLOAD);
     const struct update_eval_record *prev = active >= 0 ? &st->eval[active] : NULL;
+    char active_model[4400], active_dir[4200];
+    bool active_has_model = false;
+    if (active >= 0) {
+        store_slot_dir(cfg, active, active_dir, sizeof active_dir);
+        snprintf(active_model, sizeof active_model, "%s/%s", active_dir, UPDATE_MODEL_PAYLOAD);
+        active_has_model = access(active_model, R_OK) == 0;
+    }
     struct update_eval e = {
+        .active_model_path = active_has_model ? active_model : NULL,
+        .active_slot = active_has_model ? store_slot_name(active) : NULL,
         .model_path = model,
         .slot = store_slot_name(target),
-        .has_active = prev && !strcmp(prev->verdict, "pass"),
+        .has_active = prev && (!strcmp(prev->verdict, "pass") || !strcmp(prev->verdict, "fail")),
         .active_score = prev ? prev->score : 0,
         .active_set_sha256 = prev ? prev->set_sha256 : "",
         .progress = hooks->progress,
@@ -172,7 +181,19 @@ static int run_evaluation(const struct update_config *cfg, const struct bundle *
         memset(rec, 0, sizeof *rec);
         return store_write_state(cfg, st, err, err_len);
     }
-    if (!r.ran) return errf_prefix(err, err_len, "site evaluation of slot %s could not run", e.slot);
+    if (r.active_ran && active >= 0) { /* the baseline, measured now on the same bytes */
+        struct update_eval_record *ar = &st->eval[active];
+        snprintf(ar->verdict, sizeof ar->verdict, "%s", r.active_passed ? "pass" : "fail");
+        ar->score = r.active_score < 0 ? 0 : r.active_score > 1 ? 1 : r.active_score;
+        ar->threshold = r.active_threshold < 0 ? 0 : r.active_threshold > 1 ? 1 : r.active_threshold;
+        ar->cases = r.n_cases;
+        snprintf(ar->set_sha256, sizeof ar->set_sha256, "%s", r.set_sha256);
+    }
+    if (!r.ran) {
+        char ignored[256];
+        if (r.active_ran) store_write_state(cfg, st, ignored, sizeof ignored);
+        return errf_prefix(err, err_len, "site evaluation of slot %s could not run", e.slot);
+    }
     snprintf(rec->verdict, sizeof rec->verdict, "%s", rc ? "fail" : "pass");
     rec->score = r.score < 0 ? 0 : r.score > 1 ? 1 : r.score;
     rec->threshold = r.threshold < 0 ? 0 : r.threshold > 1 ? 1 : r.threshold;

@@ -82,6 +82,10 @@ struct update_eval {
     bool has_active;
     double active_score;
     const char *active_set_sha256;
+    /* The active slot's model.gguf (NULL when there is none): a policy with a maximum
+     * regression evaluates it first when it has no score on the set's bytes yet. */
+    const char *active_model_path;
+    const char *active_slot;    /* "a" or "b"; NULL with active_model_path */
     update_progress_fn progress; /* the install's progress (UPDATE_PHASE_EVALUATE, cases) */
     void *progress_user;
 };
@@ -91,6 +95,11 @@ struct update_eval_result {
     double score, threshold;    /* 0..1; threshold: the lowest score the policy accepted */
     uint32_t n_cases;
     char set_sha256[65];        /* of the set's bytes that were evaluated */
+    /* The active slot evaluated first as the regression baseline (same set bytes): its
+     * score and verdict under the policy's minimum go into its own record. */
+    bool active_ran;
+    double active_score, active_threshold;
+    bool active_passed;
 };
 
 /* Returns 0 when the slot meets the site's policy; -1 with the refusal (score, threshold,

@@ -1,5 +1,5 @@
-/* The compiled form of a JSON Schema, shared by the compiler (json_schema.c) and the
- * automaton (json_grammar.c). Nodes refer to each other by index, so $ref cycles are
+/* The compiled form of a JSON Schema, shared by the compiler (json_schema.c), the
+ * automaton (json_grammar.c) and the validator (json_validate.c). Nodes refer to each other by index, so $ref cycles are
  * plain edges; everything lives in a few arrays owned by struct jg_schema. */
 #ifndef FLASHBOX_ENGINE_JSON_GRAMMAR_IMPL_H
 #define FLASHBOX_ENGINE_JSON_GRAMMAR_IMPL_H
@@ -27,7 +27,8 @@ struct jg_node {
     bool map;         /* object: no declared properties; keys any string, values `value` */
     uint32_t first;   /* object: first property in props[]; literals: first in lits[]; anyof: first in alts[] */
     uint32_t count;   /* how many of them */
-    uint32_t value;   /* object map: value node (JG_INF: only {}); array: item node */
+    uint32_t value;   /* object: the node of undeclared members' values (JG_INF: none allowed;
+                       * only maps' are generated); array: item node */
     uint32_t min, max; /* array: items; string: characters (max JG_INF: none) */
     uint32_t minval;  /* bytes of the smallest instance (JG_INF: none found yet) */
     uint32_t first_bytes[8]; /* 256-bit set: bytes an instance may start with */

@@ -1,7 +1,10 @@
 /* JSON Schema (the subset in json_grammar.h) -> struct jg_schema: one node per schema
  * object reached from the root, $ref targets compiled once (so recursion is a cycle of
  * node indices), then two fixpoints over the node graph: the bytes each node's instances may
- * start with (anyOf dispatch) and the size of each node's smallest instance (the budget). */
+ * start with (anyOf dispatch) and the size of each node's smallest instance (the budget).
+ * The one parsed form of a schema in flashbox: the grammar (json_grammar.c) generates from
+ * it and the validator (json_validate.c) checks answers against it, so both support and
+ * refuse the same keywords with the same messages. */
 #include "engine/text/json_grammar_impl.h"
 
 #include "common/errmsg.h"
@@ -10,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { MAX_NODES = 4096, MAX_NESTING = 64, MAX_LITERALS = 4096, MAX_TEXT = 1u << 20, MAX_LENGTH = 1u << 20 };
+enum { MAX_NODES = 4096, MAX_NESTING = JG_MAX_DEPTH, MAX_LITERALS = 4096, MAX_TEXT = 1u << 20, MAX_LENGTH = 1u << 20 };
 
 enum type_bits { T_NULL = 1, T_BOOL = 2, T_OBJECT = 4, T_ARRAY = 8, T_NUMBER = 16, T_INTEGER = 32, T_STRING = 64 };
 
@@ -265,11 +268,14 @@ static uint32_t object_node(struct compiler *c, json_t *s, const char *path, int
         return id;
     }
     /* Declared properties: the automaton emits only these, so additionalProperties (true,
-     * false or a schema) never comes into play; a schema there is still checked. */
+     * false or a schema) never comes into play there; the validator checks undeclared
+     * members against it (value: the any node, JG_INF for false, or the schema's node). */
+    uint32_t extra = json_is_false(addl) ? JG_INF : g->any;
     if (json_is_object(addl)) {
         snprintf(sub, sizeof sub, "%s.additionalProperties", path);
-        if (compile(c, addl, sub, nesting + 1) == JG_INF) return JG_INF;
+        if ((extra = compile(c, addl, sub, nesting + 1)) == JG_INF) return JG_INF;
     }
+    g->nodes[id].value = extra;
     uint32_t first = g->n_props;
     if (!grow((void **)&g->props, &g->cap_props, g->n_props + (uint32_t)n_props, sizeof *g->props)) {
         errf(c->err, c->err_len, "%s: out of memory", path);
@@ -402,6 +408,9 @@ static int parse_type(struct compiler *c, json_t *t, unsigned *out, const char *
         unsigned bit = 0;
         for (size_t k = 0; s && k < sizeof names / sizeof *names; k++)
             if (!strcmp(s, names[k].name)) bit = names[k].bit;
+        if (!bit && s)
+            return errf(c->err, c->err_len, "%s.type: unknown type \"%.40s\" (expected null, boolean, object, array, number, "
+                        "integer or string)", path, s);
         if (!bit) return errf(c->err, c->err_len, "%s.type: expected null, boolean, object, array, number, integer or string", path);
         *out |= bit;
     }

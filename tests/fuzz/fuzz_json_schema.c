@@ -2,8 +2,11 @@
  * schema compiler. A schema it accepts must have a finite smallest instance, and walking the
  * automaton's shortest completion from the start (min_close bytes, each lowering it by one)
  * must end in an accepting state; after it, the rest of the input is fed as text and the
- * automaton must never accept a byte past the end of a complete top-level object. */
+ * automaton must never accept a byte past the end of a complete top-level object. The
+ * validator shares the compiled schema: the shortest instance the automaton wrote must
+ * validate, and the input itself as an instance gets a verdict without crashing. */
 #include "engine/text/json_grammar.h"
+#include "engine/text/json_validate.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -27,6 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint32_t need = jg_schema_min_bytes(g);
     check(need > 0 && need != UINT32_MAX);
     static struct jg_state s, t;
+    static char shortest[4096];
     jg_state_init(&s);
     check(jg_state_min_close(g, &s) == need);
     for (uint32_t left = need; left > 0 && need <= 4096; left--) {
@@ -41,8 +45,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         check(found >= 0);
         check(jg_state_step(g, &s, (uint8_t)found));
+        shortest[need - left] = (char)found;
     }
-    if (need <= 4096) check(jg_state_accepting(g, &s));
+    if (need <= 4096) {
+        check(jg_state_accepting(g, &s));
+        check(jg_schema_validate(g, shortest, need, err, sizeof err) == 0);
+    }
+    err[0] = 0;
+    if (jg_schema_validate(g, (const char *)data, size, err, sizeof err)) check(err[0] != 0);
     /* the input itself as text: steps must never crash whatever the state */
     jg_state_init(&s);
     for (size_t i = 0; i < size && jg_state_step(g, &s, data[i]); i++) check(s.depth <= JG_MAX_DEPTH);
