@@ -24,7 +24,8 @@ struct backend_ops {
     /* Per-engine setup (device, uploads); *ctx is the backend's engine-wide state. */
     int (*open)(const struct model *m, const struct engine_options *opt, void **ctx, char *err, size_t err_len);
     void (*close)(void *ctx);
-    int (*session_create)(void *ctx, const struct model *m, uint32_t n_ctx, void **state, char *err, size_t err_len);
+    int (*session_create)(void *ctx, const struct model *m, uint32_t n_ctx, enum engine_kv_type kv, void **state,
+                          char *err, size_t err_len);
     void (*session_destroy)(void *state);
     void (*session_reset)(void *state);
     /* Evaluates tokens at the state's current position (the state tracks it). */
@@ -40,10 +41,10 @@ struct backend_ops {
     int (*bench_kernels)(void *ctx, const struct model *m, FILE *out, char *err, size_t err_len);
     /* Device memory held and the device's local memory; NULL or -1 without a device. */
     int (*device_memory)(void *ctx, uint64_t *used, uint64_t *total);
-    /* The session's state at its position in the layout of session_state.h (floats after
+    /* The session's state at its position in the layout of session_state.h (words after
      * the header); load also sets the position. */
-    int (*state_save)(void *state, float *data, char *err, size_t err_len);
-    int (*state_load)(void *state, uint32_t pos, const float *data, char *err, size_t err_len);
+    int (*state_save)(void *state, uint32_t *data, char *err, size_t err_len);
+    int (*state_load)(void *state, uint32_t pos, const uint32_t *data, char *err, size_t err_len);
     /* Expert-cache counters; NULL or -1 when experts are not paged. */
     int (*expert_counters)(void *ctx, struct expert_counters *out);
 };

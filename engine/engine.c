@@ -15,6 +15,7 @@
 
 struct engine {
     enum engine_backend backend;
+    enum engine_kv_type kv;     /* storage of every session's entries and indexer keys */
     uint64_t expert_cache_mb;   /* 0: every expert resident */
     struct model *model;
     struct tokenizer *tok;      /* NULL when the file carries no usable tokenizer */
@@ -47,6 +48,20 @@ int engine_backend_parse(const char *name, enum engine_backend *out)
     return 0;
 }
 
+int engine_kv_parse(const char *name, enum engine_kv_type *out)
+{
+    if (!strcmp(name, "f32")) *out = ENGINE_KV_F32;
+    else if (!strcmp(name, "f16")) *out = ENGINE_KV_F16;
+    else if (!strcmp(name, "fp8")) *out = ENGINE_KV_FP8;
+    else return -1;
+    return 0;
+}
+
+const char *engine_kv_name(enum engine_kv_type kv)
+{
+    return kv == ENGINE_KV_F16 ? "f16" : kv == ENGINE_KV_FP8 ? "fp8" : "f32";
+}
+
 static const struct backend_ops *backend_for(enum engine_backend b)
 {
     switch (b) {
@@ -65,10 +80,13 @@ int engine_open(struct engine **out, const struct engine_options *opt, char *err
         return errf(err, err_len, "backend \"auto\" must be resolved to ref or vulkan before the engine opens");
     const struct backend_ops *ops = backend_for(opt->backend);
     if (!ops) return errf(err, err_len, "backend %d is not available in this build", (int)opt->backend);
+    if (opt->kv != ENGINE_KV_F32 && opt->kv != ENGINE_KV_F16 && opt->kv != ENGINE_KV_FP8)
+        return errf(err, err_len, "KV storage type %d: expected f32, f16 or fp8", (int)opt->kv);
     struct engine *e = calloc(1, sizeof *e);
     if (!e) return errf(err, err_len, "out of memory");
     e->ops = ops;
     e->backend = opt->backend;
+    e->kv = opt->kv;
     e->expert_cache_mb = opt->expert_cache_mb;
     if (model_open(&e->model, opt->model_path, err, err_len)) goto fail;
     if (ops->open(e->model, opt, &e->backend_ctx, err, err_len)) goto fail;
@@ -122,12 +140,12 @@ int engine_model_identity(const struct engine *e, struct engine_model_id *out)
 
 void engine_plan_open(const struct engine *e, uint32_t n_ctx, uint32_t n_slots, struct engine_plan *out)
 {
-    engine_plan_model(e->model, e->backend, n_ctx, n_slots, e->expert_cache_mb, out);
+    engine_plan_model(e->model, e->backend, e->kv, n_ctx, n_slots, e->expert_cache_mb, out);
 }
 
 uint32_t engine_plan_open_fit(const struct engine *e, uint32_t n_slots, uint64_t budget, struct engine_plan *out)
 {
-    engine_plan_model(e->model, e->backend, 0, n_slots, e->expert_cache_mb, out);
+    engine_plan_model(e->model, e->backend, e->kv, 0, n_slots, e->expert_cache_mb, out);
     return engine_plan_fit_ctx(e->model, out, budget);
 }
 
@@ -150,7 +168,7 @@ uint64_t engine_plan_budget(const struct engine *e)
     /* ref: the weights are the file's mapped pages, counted in the plan, so they are
      * added back to what the kernel reports available */
     struct engine_plan p;
-    engine_plan_model(e->model, e->backend, 128, 1, e->expert_cache_mb, &p);
+    engine_plan_model(e->model, e->backend, e->kv, 128, 1, e->expert_cache_mb, &p);
     uint64_t avail = engine_host_memory_available();
     return avail ? avail + p.weights : 0;
 }
@@ -206,7 +224,7 @@ int session_create(struct engine *e, uint32_t n_ctx, struct session **out, char 
     if (!s) return errf(err, err_len, "out of memory");
     s->e = e;
     s->n_ctx = n_ctx;
-    if (e->ops->session_create(e->backend_ctx, e->model, n_ctx, &s->state, err, err_len)) {
+    if (e->ops->session_create(e->backend_ctx, e->model, n_ctx, e->kv, &s->state, err, err_len)) {
         free(s);
         return -1;
     }
@@ -280,16 +298,17 @@ int engine_step(struct engine *e, struct session_step *items, uint32_t n_items, 
 
 uint64_t session_state_bytes(const struct session *s, uint32_t pos)
 {
-    return SESSION_STATE_HEADER_U32 * 4 + session_state_floats(&s->e->model->hp, pos) * 4;
+    return SESSION_STATE_HEADER_U32 * 4 + session_state_words(&s->e->model->hp, s->e->kv, pos) * 4;
 }
 
 /* The header's fields after the magic: version, pos, then the shape the layout depends on. */
-static void state_header(const struct model_hparams *hp, uint32_t pos, uint32_t h[SESSION_STATE_HEADER_U32])
+static void state_header(const struct model_hparams *hp, enum engine_kv_type kv, uint32_t pos,
+                         uint32_t h[SESSION_STATE_HEADER_U32])
 {
     uint32_t ratios = 2166136261u; /* FNV-1a of the schedule: which layers hold entries and keys */
     for (uint32_t il = 0; il < hp->n_layer; il++) ratios = (ratios ^ hp->ratio[il]) * 16777619u;
     const uint32_t v[SESSION_STATE_HEADER_U32] = { SESSION_STATE_MAGIC, SESSION_STATE_VERSION, pos, hp->n_layer,
-                                                   hp->window, hp->head_dim, hp->ix_dim, hp->n_embd, ratios };
+                                                   hp->window, hp->head_dim, hp->ix_dim, hp->n_embd, ratios, (uint32_t)kv };
     memcpy(h, v, sizeof v);
 }
 
@@ -301,9 +320,9 @@ int session_state_save(struct session *s, void *buf, uint64_t len, char *err, si
         return errf(err, err_len, "session state at position %u: %llu bytes, buffer holds %llu", s->pos,
                     (unsigned long long)need, (unsigned long long)len);
     uint32_t h[SESSION_STATE_HEADER_U32];
-    state_header(&s->e->model->hp, s->pos, h);
+    state_header(&s->e->model->hp, s->e->kv, s->pos, h);
     memcpy(buf, h, sizeof h);
-    return s->e->ops->state_save(s->state, (float *)((uint8_t *)buf + sizeof h), err, err_len);
+    return s->e->ops->state_save(s->state, (uint32_t *)((uint8_t *)buf + sizeof h), err, err_len);
 }
 
 int session_state_load(struct session *s, const void *buf, uint64_t len, char *err, size_t err_len)
@@ -313,7 +332,14 @@ int session_state_load(struct session *s, const void *buf, uint64_t len, char *e
     if (!s->e->ops->state_load) return errf(err, err_len, "backend %s: no session state", s->e->ops->name);
     if (len < sizeof h) return errf(err, err_len, "session state: %llu bytes, shorter than its header", (unsigned long long)len);
     memcpy(h, buf, sizeof h);
-    state_header(hp, h[2], want);
+    state_header(hp, s->e->kv, h[2], want);
+    if (h[0] == want[0] && h[1] != want[1])
+        return errf(err, err_len, "session state: layout version %u, this build reads %u", h[1], want[1]);
+    if (h[0] == want[0] && h[1] == want[1] && h[SESSION_STATE_KV_WORD] != want[SESSION_STATE_KV_WORD])
+        return errf(err, err_len, "session state: KV stored as %s, this session stores %s (--kv / model.kv_type)",
+                    h[SESSION_STATE_KV_WORD] <= ENGINE_KV_FP8 ? engine_kv_name((enum engine_kv_type)h[SESSION_STATE_KV_WORD])
+                                                              : "an unknown type",
+                    engine_kv_name(s->e->kv));
     for (int i = 0; i < SESSION_STATE_HEADER_U32; i++)
         if (h[i] != want[i])
             return errf(err, err_len, "session state: header word %d is %u, this model expects %u", i, h[i], want[i]);
@@ -321,7 +347,7 @@ int session_state_load(struct session *s, const void *buf, uint64_t len, char *e
     if (len != session_state_bytes(s, h[2]))
         return errf(err, err_len, "session state at position %u: %llu bytes, expected %llu", h[2], (unsigned long long)len,
                     (unsigned long long)session_state_bytes(s, h[2]));
-    if (s->e->ops->state_load(s->state, h[2], (const float *)((const uint8_t *)buf + sizeof h), err, err_len)) {
+    if (s->e->ops->state_load(s->state, h[2], (const uint32_t *)((const uint8_t *)buf + sizeof h), err, err_len)) {
         session_reset(s);
         return -1;
     }
@@ -336,7 +362,7 @@ int session_seek_zero(struct session *s, uint32_t pos, char *err, size_t err_len
     uint8_t *buf = calloc(1, n);
     if (!buf) return errf(err, err_len, "out of memory for %llu bytes of state", (unsigned long long)n);
     uint32_t h[SESSION_STATE_HEADER_U32];
-    state_header(&s->e->model->hp, pos, h);
+    state_header(&s->e->model->hp, s->e->kv, pos, h);
     memcpy(buf, h, sizeof h);
     int rc = session_state_load(s, buf, n, err, err_len);
     free(buf);

@@ -41,6 +41,18 @@ enum engine_backend {
                                  * (firmware/backend_pick.c): vulkan on a GPU, ref otherwise */
 };
 
+/* How a session stores its compressed entries and indexer keys (the parts that grow with
+ * the context): float32, float16, or FP8 E4M3 with one power-of-two scale per entry (spec
+ * §3.16). Window rows and compressor state stay float32. */
+enum engine_kv_type {
+    ENGINE_KV_F32 = 0,
+    ENGINE_KV_F16 = 1,
+    ENGINE_KV_FP8 = 2,
+};
+/* Parses "f32" / "f16" / "fp8"; -1 if unknown. */
+int engine_kv_parse(const char *name, enum engine_kv_type *out);
+const char *engine_kv_name(enum engine_kv_type kv);
+
 /* How routed experts are read from the model file when they are paged (expert_cache_mb). */
 enum engine_expert_read {
     ENGINE_EXPERT_READ_AUTO = 0,    /* direct when the file exceeds 80% of available memory */
@@ -56,6 +68,7 @@ struct engine_options {
     uint64_t expert_cache_mb;   /* 0: every expert resident; else page experts through a cache of this size */
     enum engine_expert_read expert_read;
     bool expert_no_prefetch;    /* disable speculative loads (to measure what prefetch hides) */
+    enum engine_kv_type kv;     /* storage of compressed entries and indexer keys (ENGINE_KV_F32 default) */
     bool expert_verify;         /* paged experts: checksum every expert at open (one pass over them)
                                    and check each load against it, so a storage fault or a file
                                    changed on disk fails the request instead of serving wrong weights */
@@ -128,6 +141,7 @@ extern const char *const engine_plan_part_names[ENGINE_PLAN_PARTS];
 
 struct engine_plan {
     enum engine_backend backend;    /* REF or VULKAN */
+    enum engine_kv_type kv;         /* storage of entries and indexer keys */
     uint32_t n_ctx, n_slots, n_ctx_train;
     uint32_t n_csa, n_hca;          /* layers of ratio 4 and of other ratios */
     uint64_t weights;               /* resident weight bytes (the routed experts too unless paged) */
@@ -140,15 +154,15 @@ struct engine_plan {
 };
 
 /* The plan for a model file without loading it: hyper-parameters and tensor sizes only.
- * backend REF or VULKAN; n_ctx 0 = the model's context_length. */
-int engine_plan_file(const char *model_path, enum engine_backend backend, uint32_t n_ctx, uint32_t n_slots,
+ * backend REF or VULKAN; kv the storage of entries and keys; n_ctx 0 = the model's context_length. */
+int engine_plan_file(const char *model_path, enum engine_backend backend, enum engine_kv_type kv, uint32_t n_ctx, uint32_t n_slots,
                      uint64_t expert_cache_mb, struct engine_plan *out, char *err, size_t err_len);
 /* The same for an open engine (its backend and expert cache). */
 void engine_plan_open(const struct engine *e, uint32_t n_ctx, uint32_t n_slots, struct engine_plan *out);
 /* The largest context (a multiple of 128, at most the model's context_length) whose plan
  * for n_slots sessions fits budget bytes, planned into *out; 0 when not even 128 positions
  * fit (*out is then the plan for 128). */
-int engine_plan_file_fit(const char *model_path, enum engine_backend backend, uint32_t n_slots, uint64_t expert_cache_mb,
+int engine_plan_file_fit(const char *model_path, enum engine_backend backend, enum engine_kv_type kv, uint32_t n_slots, uint64_t expert_cache_mb,
                          uint64_t budget, struct engine_plan *out, uint32_t *n_ctx, char *err, size_t err_len);
 uint32_t engine_plan_open_fit(const struct engine *e, uint32_t n_slots, uint64_t budget, struct engine_plan *out);
 /* Device memory (Vulkan) or host memory (ref) the engine's sessions may use, in bytes:
@@ -205,7 +219,8 @@ int engine_step(struct engine *e, struct session_step *items, uint32_t n_items, 
 uint64_t session_state_bytes(const struct session *s, uint32_t pos);
 /* Writes the state at the session's position into buf[len] (len >= session_state_bytes). */
 int session_state_save(struct session *s, void *buf, uint64_t len, char *err, size_t err_len);
-/* Replaces the session's state by buf[len] (from session_state_save on the same model);
+/* Replaces the session's state by buf[len] (from session_state_save on the same model and
+ * KV storage type: the state holds entries and keys as stored, so another type is refused);
  * the session's position becomes the saved one. A buffer that does not fit is refused
  * with the session unchanged; a backend failure midway resets it. */
 int session_state_load(struct session *s, const void *buf, uint64_t len, char *err, size_t err_len);

@@ -28,17 +28,18 @@ static bool is_expert(const struct model *m, tensor_ref t)
 static void plan_ctx(const struct model *m, struct engine_plan *p, uint32_t n_ctx)
 {
     p->n_ctx = n_ctx;
-    if (p->backend == ENGINE_BACKEND_VULKAN) vk_session_plan(&m->hp, n_ctx, p->session, &p->largest_buffer);
-    else ref_session_plan(&m->hp, n_ctx, p->session, &p->largest_buffer);
+    if (p->backend == ENGINE_BACKEND_VULKAN) vk_session_plan(&m->hp, p->kv, n_ctx, p->session, &p->largest_buffer);
+    else ref_session_plan(&m->hp, p->kv, n_ctx, p->session, &p->largest_buffer);
     p->per_session = 0;
     for (int i = 0; i < ENGINE_PLAN_PARTS; i++) p->per_session += p->session[i];
     p->total = p->weights + p->expert_cache + (uint64_t)p->n_slots * p->per_session;
 }
 
-void engine_plan_model(const struct model *m, enum engine_backend backend, uint32_t n_ctx, uint32_t n_slots,
-                       uint64_t expert_cache_mb, struct engine_plan *out)
+void engine_plan_model(const struct model *m, enum engine_backend backend, enum engine_kv_type kv, uint32_t n_ctx,
+                       uint32_t n_slots, uint64_t expert_cache_mb, struct engine_plan *out)
 {
     memset(out, 0, sizeof *out);
+    out->kv = kv;
     const struct model_hparams *hp = &m->hp;
     out->backend = backend == ENGINE_BACKEND_VULKAN ? ENGINE_BACKEND_VULKAN : ENGINE_BACKEND_REF;
     out->n_slots = n_slots ? n_slots : 1;
@@ -87,12 +88,12 @@ static int plan_open(const char *path, struct model **out, char *err, size_t err
     return 0;
 }
 
-int engine_plan_file(const char *model_path, enum engine_backend backend, uint32_t n_ctx, uint32_t n_slots,
-                     uint64_t expert_cache_mb, struct engine_plan *out, char *err, size_t err_len)
+int engine_plan_file(const char *model_path, enum engine_backend backend, enum engine_kv_type kv, uint32_t n_ctx,
+                     uint32_t n_slots, uint64_t expert_cache_mb, struct engine_plan *out, char *err, size_t err_len)
 {
     struct model *m;
     if (plan_open(model_path, &m, err, err_len)) return -1;
-    engine_plan_model(m, backend, n_ctx, n_slots, expert_cache_mb, out);
+    engine_plan_model(m, backend, kv, n_ctx, n_slots, expert_cache_mb, out);
     model_close(m);
     return 0;
 }
@@ -116,12 +117,13 @@ uint32_t engine_plan_fit_ctx(const struct model *m, struct engine_plan *p, uint6
     return best;
 }
 
-int engine_plan_file_fit(const char *model_path, enum engine_backend backend, uint32_t n_slots, uint64_t expert_cache_mb,
-                         uint64_t budget, struct engine_plan *out, uint32_t *n_ctx, char *err, size_t err_len)
+int engine_plan_file_fit(const char *model_path, enum engine_backend backend, enum engine_kv_type kv, uint32_t n_slots,
+                         uint64_t expert_cache_mb, uint64_t budget, struct engine_plan *out, uint32_t *n_ctx, char *err,
+                         size_t err_len)
 {
     struct model *m;
     if (plan_open(model_path, &m, err, err_len)) return -1;
-    engine_plan_model(m, backend, 0, n_slots, expert_cache_mb, out);
+    engine_plan_model(m, backend, kv, 0, n_slots, expert_cache_mb, out);
     *n_ctx = engine_plan_fit_ctx(m, out, budget);
     model_close(m);
     return 0;
@@ -134,8 +136,8 @@ static void print_bytes(FILE *out, const char *what, uint64_t b)
 
 void engine_plan_print(const struct engine_plan *p, uint64_t budget, const char *budget_what, FILE *out)
 {
-    fprintf(out, "backend %s, context %u positions (model's %u), %u session%s; %u CSA and %u HCA layers\n",
-            p->backend == ENGINE_BACKEND_VULKAN ? "vulkan" : "ref", p->n_ctx, p->n_ctx_train, p->n_slots,
+    fprintf(out, "backend %s, KV %s, context %u positions (model's %u), %u session%s; %u CSA and %u HCA layers\n",
+            p->backend == ENGINE_BACKEND_VULKAN ? "vulkan" : "ref", engine_kv_name(p->kv), p->n_ctx, p->n_ctx_train, p->n_slots,
             p->n_slots == 1 ? "" : "s", p->n_csa, p->n_hca);
     print_bytes(out, p->no_tensors ? "resident weights (no tensors)" : "resident weights", p->weights);
     print_bytes(out, "expert cache", p->expert_cache);

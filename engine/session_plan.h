@@ -21,13 +21,13 @@ static inline uint64_t plan_comp_state_floats(uint32_t ratio, uint32_t width)
 }
 
 /* Bytes of the parts of one session (enum engine_plan_part) and its largest single buffer. */
-void ref_session_plan(const struct model_hparams *hp, uint32_t n_ctx, uint64_t parts[ENGINE_PLAN_PARTS],
-                      uint64_t *largest);
-void vk_session_plan(const struct model_hparams *hp, uint32_t n_ctx, uint64_t parts[ENGINE_PLAN_PARTS],
-                     uint64_t *largest);
+void ref_session_plan(const struct model_hparams *hp, enum engine_kv_type kv, uint32_t n_ctx,
+                      uint64_t parts[ENGINE_PLAN_PARTS], uint64_t *largest);
+void vk_session_plan(const struct model_hparams *hp, enum engine_kv_type kv, uint32_t n_ctx,
+                     uint64_t parts[ENGINE_PLAN_PARTS], uint64_t *largest);
 
 /* engine_plan_* on a bound model (plan.c). */
-void engine_plan_model(const struct model *m, enum engine_backend backend, uint32_t n_ctx, uint32_t n_slots,
+void engine_plan_model(const struct model *m, enum engine_backend backend, enum engine_kv_type kv, uint32_t n_ctx, uint32_t n_slots,
                        uint64_t expert_cache_mb, struct engine_plan *out);
 uint32_t engine_plan_fit_ctx(const struct model *m, struct engine_plan *p, uint64_t budget);
 

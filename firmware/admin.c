@@ -270,7 +270,7 @@ static int make_room(struct admin *ad, const char *path, enum engine_backend bac
         if (!free_bytes) free_bytes = engine_host_memory_available();
         struct engine_plan plan;
         char perr[256];
-        int prc = engine_plan_file(path, eo.backend, n_ctx, n_slots, 0, &plan, perr, sizeof perr);
+        int prc = engine_plan_file(path, eo.backend, eo.kv, n_ctx, n_slots, 0, &plan, perr, sizeof perr);
         if (!prc && plan.total <= free_bytes) return 0; /* fits beside: serving goes on */
         if (prc) snprintf(why, sizeof why, "%s: no memory plan (%.200s)", what, perr);
         else

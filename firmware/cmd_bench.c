@@ -28,12 +28,15 @@ static void usage(FILE *out)
                  "  --runs N    repeat the measured prefill and decode N times and keep the fastest\n"
                  "              (one run when experts are paged or --cold)\n"
                  "  --expert-cache-mb N   page routed experts through a cache of N MiB\n"
+                 "  --kv T                storage of compressed entries and indexer keys: f32 (default), f16 or fp8\n"
                  "  --expert-read auto|pagecache|direct   how paged experts are read\n"
                  "  --no-prefetch   turn speculative expert loads off (hash-layer prefetch and next-layer\n"
                  "                  router guesses), to see the stall they hide\n"
                  "  --cold      drop the model file's pages from the page cache before the measured run\n"
                  "  --json-schema FILE   also decode --gen tokens sampled with and without the mask of\n"
                  "              this JSON Schema (structured output) and print both speeds\n"
+                 "  --tool-schema FILE   the same with the mask of a forced tool call whose parameters\n"
+                 "              are this JSON Schema (tool_choice required / named)\n"
                  "  --prompt N  a prompt of 1024 or more also times its first and last 256 tokens apart:\n"
                  "              the per-token prefill cost at the start and at depth N\n"
                  "  --at P      start the measured prompt at position P from a zero state (the cost of a\n"
@@ -50,9 +53,10 @@ static void usage(FILE *out)
 /* Structured output's cost: --gen decode steps sampled (temperature 1, seed 1) plainly and
  * through the schema's mask, each the fastest of `runs`; a finished JSON value restarts the
  * grammar so both loops run the same number of forward steps. Wall and CPU time both, since
- * the mask is CPU work whatever the backend. */
-static int bench_json_schema(struct engine *e, struct session *s, const char *path, uint32_t n_gen, uint32_t runs,
-                             char *err, size_t err_len)
+ * the mask is CPU work whatever the backend. With `call`, the schema is a tool's parameters
+ * and the mask is the forced call's (a DSML block calling tool "f", --tool-schema). */
+static int bench_json_schema(struct engine *e, struct session *s, const char *path, bool call, uint32_t n_gen,
+                             uint32_t runs, char *err, size_t err_len)
 {
     const struct tokenizer *tok = engine_tokenizer(e);
     int fd = safe_open(path, O_RDONLY, 0, err, err_len); /* a FIFO or device is refused, not waited on */
@@ -68,6 +72,10 @@ static int bench_json_schema(struct engine *e, struct session *s, const char *pa
     struct jg_schema *g = NULL;
     struct jg_vocab *v = NULL;
     struct jg_matcher *m = NULL;
+    struct dsml_grammar *cg = NULL;
+    struct dsml_matcher *cm = NULL;
+    struct dsml_tool tool = { "f", text, 0 };
+    int32_t dsml = tok_find_special(tok, CHAT_DSML);
     struct sampler *smp = NULL;
     uint32_t n_vocab = tok_n_vocab(tok);
     float *logits = malloc(n_vocab * sizeof *logits);
@@ -76,9 +84,16 @@ static int bench_json_schema(struct engine *e, struct session *s, const char *pa
     struct sampler_params sp;
     sampler_params_default(&sp);
     sp.seed = 1;
-    if (!logits || jg_schema_compile(&g, text, len, err, err_len) || jg_vocab_create(&v, tok, err, err_len) ||
-        jg_matcher_create(&m, v, err, err_len) || sampler_create(&smp, n_vocab, &sp, err, err_len))
+    tool.parameters_len = len;
+    if (call && dsml < 0) {
+        rc = errf(err, err_len, "tool-schema bench: the vocabulary has no DSML token");
         goto out;
+    }
+    if (!logits || (call ? dsml_grammar_compile(&cg, &tool, 1, 1, err, err_len) : jg_schema_compile(&g, text, len, err, err_len)) ||
+        jg_vocab_create(&v, tok, err, err_len) || jg_matcher_create(&m, v, err, err_len) ||
+        (call && dsml_matcher_create(&cm, v, tok, dsml, err, err_len)) || sampler_create(&smp, n_vocab, &sp, err, err_len))
+        goto out;
+    uint32_t per_value = call ? dsml_grammar_min_tokens(cg) + 64 : 64; /* the token budget of one value */
     if (!(allow = malloc(jg_mask_words(v) * sizeof *allow))) goto out;
     int32_t eos = tok_eos(tok), bos = tok_bos(tok) >= 0 ? tok_bos(tok) : 0;
     double best[2] = { 1e30, 1e30 }, best_cpu[2] = { 1e30, 1e30 }, mask_s = 1e30;
@@ -87,7 +102,8 @@ static int bench_json_schema(struct engine *e, struct session *s, const char *pa
         for (int masked = 0; masked < 2; masked++) {
             session_reset(s);
             sampler_reset(smp);
-            jg_matcher_start(m, g);
+            if (call) dsml_matcher_start(cm, cg, false);
+            else jg_matcher_start(m, g);
             int32_t t = bos;
             uint32_t used = 0, done = 0;
             double in_mask = 0, t0 = bench_now_s(), c0 = bench_cpu_s();
@@ -95,7 +111,8 @@ static int bench_json_schema(struct engine *e, struct session *s, const char *pa
                 if (session_eval(s, &t, 1, logits, false, err, err_len)) goto out;
                 if (masked) {
                     double m0 = bench_now_s();
-                    jg_mask(m, 64 - used, eos, allow); /* 64 tokens per JSON value */
+                    if (call) dsml_mask(cm, per_value - used, eos, allow);
+                    else jg_mask(m, per_value - used, eos, allow);
                     in_mask += bench_now_s() - m0;
                 }
                 t = sampler_sample_masked(smp, logits, masked ? allow : NULL);
@@ -105,10 +122,11 @@ static int bench_json_schema(struct engine *e, struct session *s, const char *pa
                 }
                 if (!masked) continue;
                 if (t == eos) {
-                    jg_matcher_start(m, g);
+                    if (call) dsml_matcher_start(cm, cg, false);
+                    else jg_matcher_start(m, g);
                     used = 0;
                     done++;
-                } else if (jg_matcher_accept(m, t)) {
+                } else if (call ? dsml_matcher_accept(cm, t) : jg_matcher_accept(m, t)) {
                     rc = errf(err, err_len, "json-schema bench: a masked token left the grammar");
                     goto out;
                 } else {
@@ -120,15 +138,17 @@ static int bench_json_schema(struct engine *e, struct session *s, const char *pa
             if (dc < best_cpu[masked]) best_cpu[masked] = dc;
             if (masked && in_mask < mask_s) mask_s = in_mask, values = done;
         }
-    printf("json-schema  %s: decode %.2f tok/s plain, %.2f tok/s masked (%+.1f%%; cpu %+.1f%%), mask %.1f us/token over "
-           "%u tokens, %u values completed\n", path, n_gen / best[0], n_gen / best[1], 100 * (best[1] / best[0] - 1),
-           100 * (best_cpu[1] / best_cpu[0] - 1), 1e6 * mask_s / n_gen, n_vocab, values);
+    printf("%s  %s: decode %.2f tok/s plain, %.2f tok/s masked (%+.1f%%; cpu %+.1f%%), mask %.1f us/token over "
+           "%u tokens, %u %s completed\n", call ? "tool-schema" : "json-schema", path, n_gen / best[0], n_gen / best[1], 100 * (best[1] / best[0] - 1),
+           100 * (best_cpu[1] / best_cpu[0] - 1), 1e6 * mask_s / n_gen, n_vocab, values, call ? "calls" : "values");
     rc = 0;
 out:
     free(allow);
     free(logits);
     sampler_destroy(smp);
     jg_matcher_destroy(m);
+    dsml_matcher_destroy(cm);
+    dsml_grammar_free(cg);
     jg_vocab_destroy(v);
     jg_schema_free(g);
     return rc;
@@ -179,7 +199,7 @@ int cmd_bench(int argc, char **argv)
     uint32_t n_prompt = 64, n_gen = 16, runs = 1, at = 0, reuse = 0;
     struct bench_sessions_options bs = { .long_prompt = 4096, .short_prompt = 16, .step_tokens = 128 };
     bool kernels = false, cold = false;
-    const char *json_schema = NULL;
+    const char *json_schema = NULL, *tool_schema = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) opt.model_path = argv[++i];
@@ -196,6 +216,7 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--kernels")) kernels = true;
         else if (!strcmp(a, "--cold")) cold = true;
         else if (!strcmp(a, "--json-schema") && v) json_schema = argv[++i];
+        else if (!strcmp(a, "--tool-schema") && v) tool_schema = argv[++i];
         else if (!strcmp(a, "--no-prefetch")) opt.expert_no_prefetch = true;
         else if (!strcmp(a, "--expert-cache-mb") && v) opt.expert_cache_mb = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(a, "--expert-read") && v) {
@@ -211,6 +232,11 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--backend") && v) {
             if (engine_backend_parse(argv[++i], &opt.backend)) {
                 fprintf(stderr, "flashbox bench: unknown backend '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--kv") && v) {
+            if (engine_kv_parse(argv[++i], &opt.kv)) {
+                fprintf(stderr, "flashbox bench: --kv: '%s', expected f32, f16 or fp8\n", argv[i]);
                 return 2;
             }
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -461,7 +487,8 @@ int cmd_bench(int argc, char **argv)
                ec1.read_path == ENGINE_EXPERT_READ_DIRECT ? "direct" : "pagecache");
     }
     if (kernels && engine_bench_kernels(e, stdout, err, sizeof err)) goto fail;
-    if (json_schema && bench_json_schema(e, s, json_schema, n_gen, runs, err, sizeof err)) goto fail;
+    if (json_schema && bench_json_schema(e, s, json_schema, false, n_gen, runs, err, sizeof err)) goto fail;
+    if (tool_schema && bench_json_schema(e, s, tool_schema, true, n_gen, runs, err, sizeof err)) goto fail;
     rc = 0;
     goto out;
 fail:

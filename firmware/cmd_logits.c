@@ -8,26 +8,82 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: flashbox logits -m MODEL.gguf (--tokens 1,2,3[,...] | --tokens-file FILE) (--out FILE | --top K)\n"
+            "usage: flashbox logits -m MODEL.gguf (--tokens 1,2,3[,...] | --tokens-file FILE)\n"
+            "                       (--out FILE | --top K | --compare FILE)\n"
             "                       [--backend ref|vulkan] [--incremental] [--ctx N] [--last N]\n"
             "  --tokens-file FILE  the ids from a file, separated by commas, spaces or newlines\n"
             "  --out FILE      write float32 little-endian logits [n_tokens][n_vocab]\n"
             "  --last N        only the last N positions' logits (the others are evaluated without)\n"
             "  --ctx N         the session's context (default: the number of tokens)\n"
             "  --top K         print the K largest (id, logit) of each position instead\n"
+            "  --compare FILE  against logits of the same positions written by --out (e.g. with --kv f32):\n"
+            "                  print the relative error ||a - b|| / ||b|| per position (max, mean) and top-1 agreement\n"
             "  --backend B     auto (default: vulkan on a GPU or, on a CPU driver, for models of 64 MiB or more; else ref), ref (CPU reference) or vulkan\n"
+            "  --kv T          storage of compressed entries and indexer keys: f32 (default), f16 or fp8\n"
             "  --incremental   feed the tokens one at a time instead of one batch\n"
             "  --expert-cache-mb N   page routed experts through a cache of N MiB (default: all resident)\n"
             "  --expert-read auto|pagecache|direct   how paged experts are read (default auto)\n");
+}
+
+/* Compares logits [n][n_vocab] with those in file path (float32, as --out writes them):
+ * prints the relative error ||a - b|| / ||b|| of each position's logits (max and mean) and
+ * how many positions have the same top-1. */
+static int compare_logits(const char *path, const float *logits, long n, uint32_t n_vocab, char *err, size_t err_len)
+{
+    const uint64_t row = (uint64_t)n_vocab * sizeof *logits, want = (uint64_t)n * row;
+    int fd = safe_open(path, O_RDONLY, 0, err, err_len);
+    if (fd < 0) return -1;
+    struct stat st;
+    float *b = malloc(row);
+    int rc = -1;
+    if (!b || fstat(fd, &st)) {
+        snprintf(err, err_len, "%s: %s", path, b ? strerror(errno) : "out of memory");
+        goto done;
+    }
+    if ((uint64_t)st.st_size != want) {
+        snprintf(err, err_len, "%s: %llu bytes, expected %llu (%ld positions of %u float32 logits)", path,
+                 (unsigned long long)st.st_size, (unsigned long long)want, n, n_vocab);
+        goto done;
+    }
+    double worst = 0, sum = 0;
+    long agree = 0;
+    for (long t = 0; t < n; t++) {
+        if (pread(fd, b, row, (off_t)((uint64_t)t * row)) != (ssize_t)row) {
+            snprintf(err, err_len, "%s: short read at position %ld", path, t);
+            goto done;
+        }
+        const float *a = logits + (size_t)t * n_vocab;
+        double num = 0, den = 0;
+        uint32_t ia = 0, ib = 0;
+        for (uint32_t i = 0; i < n_vocab; i++) {
+            num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+            den += (double)b[i] * b[i];
+            if (a[i] > a[ia]) ia = i;
+            if (b[i] > b[ib]) ib = i;
+        }
+        const double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+        worst = rel > worst ? rel : worst;
+        sum += rel;
+        agree += ia == ib;
+    }
+    printf("compared with %s over %ld positions: relative error max %.3g mean %.3g; top-1 agrees at %ld of %ld\n", path,
+           n, worst, n ? sum / n : 0.0, agree, n);
+    rc = 0;
+done:
+    free(b);
+    close(fd);
+    return rc;
 }
 
 /* Parses ids separated by commas or white space ("1,2,3", "1 2\n3") into a new array;
@@ -137,7 +193,7 @@ int cmd_logits(int argc, char **argv)
     struct engine_options opt;
     engine_options_default(&opt);
     opt.backend = ENGINE_BACKEND_AUTO;
-    const char *tokens_arg = NULL, *tokens_file = NULL, *out_path = NULL;
+    const char *tokens_arg = NULL, *tokens_file = NULL, *out_path = NULL, *compare_path = NULL;
     long top = 0, last = 0, ctx = 0;
     bool incremental = false;
     for (int i = 1; i < argc; i++) {
@@ -147,6 +203,7 @@ int cmd_logits(int argc, char **argv)
         else if (!strcmp(a, "--tokens") && v) tokens_arg = argv[++i];
         else if (!strcmp(a, "--tokens-file") && v) tokens_file = argv[++i];
         else if (!strcmp(a, "--out") && v) out_path = argv[++i];
+        else if (!strcmp(a, "--compare") && v) compare_path = argv[++i];
         else if ((!strcmp(a, "--last") || !strcmp(a, "--ctx")) && v) {
             char *end;
             long x = strtol(argv[++i], &end, 10);
@@ -166,6 +223,11 @@ int cmd_logits(int argc, char **argv)
         } else if (!strcmp(a, "--backend") && v) {
             if (engine_backend_parse(argv[++i], &opt.backend)) {
                 fprintf(stderr, "flashbox logits: unknown backend '%s' (ref, vulkan)\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--kv") && v) {
+            if (engine_kv_parse(argv[++i], &opt.kv)) {
+                fprintf(stderr, "flashbox logits: --kv: '%s', expected f32, f16 or fp8\n", argv[i]);
                 return 2;
             }
         } else if (!strcmp(a, "--expert-cache-mb") && v) {
@@ -195,7 +257,7 @@ int cmd_logits(int argc, char **argv)
             return 2;
         }
     }
-    if (!opt.model_path || !tokens_arg == !tokens_file || (!out_path && !top)) {
+    if (!opt.model_path || !tokens_arg == !tokens_file || (!out_path && !top && !compare_path)) {
         usage(stderr);
         return 2;
     }
@@ -252,6 +314,7 @@ int cmd_logits(int argc, char **argv)
         }
         out = NULL;
     }
+    if (compare_path && compare_logits(compare_path, logits, n_out, info.n_vocab, err, sizeof err)) goto fail;
     if (top)
         for (long t = 0; t < n_out; t++)
             print_top(logits + (size_t)t * info.n_vocab, info.n_vocab, (uint32_t)top, (uint32_t)(first + t), best);

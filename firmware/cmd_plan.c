@@ -16,14 +16,15 @@ static int usage(FILE *out)
 {
     fprintf(out,
             "usage: flashbox plan -m MODEL.gguf [--backend auto|ref|vulkan] [--ctx N] [--slots N]\n"
-            "                     [--expert-cache-mb N] [--budget-mb N]\n"
+            "                     [--expert-cache-mb N] [--budget-mb N] [--kv f32|f16|fp8]\n"
             "  prints, part by part, the memory the engine would allocate: resident weights, the\n"
             "  expert cache, and per session the window rings, each kind of compressed entries, the\n"
             "  indexer keys, compressor state, rope tables and scratch; then the largest context\n"
             "  that fits the slots in the device's memory (vulkan: the board's device-local heap;\n"
             "  ref: available host memory plus the model's mapped weights), or in --budget-mb.\n"
             "  --ctx N     the context to itemise (default: the model's context_length)\n"
-            "  --slots N   concurrent sessions (default 1)\n");
+            "  --slots N   concurrent sessions (default 1)\n"
+            "  --kv T      storage of compressed entries and indexer keys: f32 (default), f16, fp8\n");
     return out == stdout ? 0 : 2;
 }
 
@@ -67,6 +68,7 @@ int cmd_plan(int argc, char **argv)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return usage(stdout);
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) o.model_path = v;
         else if (!strcmp(a, "--backend")) bad = !v || engine_backend_parse(v, &o.backend);
+        else if (!strcmp(a, "--kv")) bad = !v || engine_kv_parse(v, &o.kv);
         else if (!strcmp(a, "--ctx")) bad = parse_u64(v, &ctx) || ctx > UINT32_MAX;
         else if (!strcmp(a, "--slots")) bad = parse_u64(v, &slots) || slots == 0 || slots > 4096;
         else if (!strcmp(a, "--expert-cache-mb")) bad = parse_u64(v, &o.expert_cache_mb) || o.expert_cache_mb > (1ull << 40);
@@ -87,7 +89,7 @@ int cmd_plan(int argc, char **argv)
     backend_resolve(&o);
     char err[512];
     struct engine_plan p;
-    if (engine_plan_file(o.model_path, o.backend, (uint32_t)ctx, (uint32_t)slots, o.expert_cache_mb, &p, err, sizeof err)) {
+    if (engine_plan_file(o.model_path, o.backend, o.kv, (uint32_t)ctx, (uint32_t)slots, o.expert_cache_mb, &p, err, sizeof err)) {
         fprintf(stderr, "flashbox plan: %s\n", err);
         return 1;
     }
@@ -105,7 +107,7 @@ int cmd_plan(int argc, char **argv)
     if (budget) {
         uint32_t fit = 0;
         struct engine_plan f;
-        if (engine_plan_file_fit(o.model_path, o.backend, (uint32_t)slots, o.expert_cache_mb, budget, &f, &fit, err,
+        if (engine_plan_file_fit(o.model_path, o.backend, o.kv, (uint32_t)slots, o.expert_cache_mb, budget, &f, &fit, err,
                                  sizeof err)) {
             fprintf(stderr, "flashbox plan: %s\n", err);
             return 1;

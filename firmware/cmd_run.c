@@ -33,6 +33,7 @@ struct run_opts {
     uint32_t n_ctx;
     struct sampler_params sp;
     enum engine_backend backend;
+    enum engine_kv_type kv;
 };
 
 /* Everything one generation needs, created once. */
@@ -66,6 +67,7 @@ static void usage(FILE *out)
             "  --seed S           sampling seed (default: from the clock)\n"
             "  --ctx N            context length (default: the largest whose memory plan fits, up to the model's)\n"
             "  --backend B        auto (default: vulkan on a GPU or, on a CPU driver, for models of 64 MiB or more; else ref), ref or vulkan\n"
+            "  --kv T             storage of compressed entries and indexer keys: f32 (default), f16 or fp8\n"
             "Each answer ends with a line: prompt tokens, generated tokens, prefill and decode tok/s.\n");
 }
 
@@ -141,6 +143,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             bad = end == v || *end || errno;
         } else if (!strcmp(a, "--backend")) {
             bad = engine_backend_parse(v, &o->backend) != 0;
+        } else if (!strcmp(a, "--kv")) {
+            bad = engine_kv_parse(v, &o->kv) != 0;
         } else {
             fprintf(stderr, "flashbox run: unknown argument '%s'\n", a);
             return 2;
@@ -176,6 +180,7 @@ static int runner_open(struct runner *r, const struct run_opts *o, char *err, si
     engine_options_default(&eo);
     eo.model_path = o->model;
     eo.backend = o->backend;
+    eo.kv = o->kv;
     backend_resolve(&eo);
     if (engine_open(&r->engine, &eo, err, err_len)) return -1;
     struct engine_info info;

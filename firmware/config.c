@@ -34,6 +34,7 @@ static const struct cfg_entry entries[] = {
     { "model", "slot", CFG_STR, F(slot), 0, 0, "label of the active update slot, reported in /health and the audit log" },
     { "model", "expert_cache_mb", CFG_U64, F(expert_cache_mb), 0, 1ull << 30, "routed-expert cache in MiB; 0 = every expert resident (no paging)" },
     { "model", "expert_verify", CFG_BOOL, F(expert_verify), 0, 1, "paged experts: checksum each at load (one read of all experts) and fail a request whose expert bytes differ" },
+    { "model", "kv_type", CFG_STR, F(kv_type), 0, 0, "storage of compressed entries and indexer keys: f32, f16 (half the memory) or fp8 (E4M3 with a scale per entry, about a quarter); see docs/long-context.md for what each costs in accuracy" },
     { "model", "n_ctx", CFG_U32, F(n_ctx), 0, 1u << 20, "positions per conversation; 0 = the largest whose memory plan fits every slot, up to the model's" },
     { "server", "socket", CFG_STR, F(socket_path), 0, 0, "API Unix socket path (flag --socket)" },
     { "server", "socket_group", CFG_STR, F(socket_group), 0, 0, "group owning the socket; empty = the daemon's group" },
@@ -97,6 +98,7 @@ void config_default(struct serve_config *c)
 {
     memset(c, 0, sizeof *c);
     snprintf(c->backend, sizeof c->backend, "auto");
+    snprintf(c->kv_type, sizeof c->kv_type, "f32");
     snprintf(c->slot, sizeof c->slot, "none");
     config_default_socket(c->socket_path, sizeof c->socket_path);
     c->socket_mode = 0660;

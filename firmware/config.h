@@ -15,6 +15,7 @@ struct serve_config {
     /* [model] */
     char model_path[CONFIG_PATH_MAX];
     char backend[16];             /* "ref" or "vulkan" */
+    char kv_type[8];              /* "f32", "f16" or "fp8": storage of compressed entries and indexer keys */
     char slot[16];                /* active update slot label reported in health/audit */
     uint32_t n_ctx;               /* positions per session; 0 = the largest the memory plan fits */
     uint64_t expert_cache_mb;     /* 0 = every expert resident; else page experts through this cache */

@@ -272,12 +272,12 @@ static bool insert(struct prefix_cache *c, struct prefix_entry *e);
 uint32_t prefix_cache_resume(struct prefix_cache *c, struct session *s, const int32_t *tokens, uint32_t n)
 {
     pthread_mutex_lock(&c->lock);
-    struct prefix_entry *best = NULL;
+    struct prefix_entry *best = NULL, *f = NULL; /* f: read from a file now */
     bool owned = false; /* read from a file and too large for the memory list */
     for (struct prefix_entry *e = c->head; e; e = e->next)
         if (e->n < n && (!best || e->n > best->n) && !memcmp(e->tokens, tokens, (size_t)e->n * sizeof *tokens)) best = e;
     if (c->dir[0]) {
-        struct prefix_entry *f = disk_find(c, tokens, n, best ? best->n : 0);
+        f = disk_find(c, tokens, n, best ? best->n : 0);
         if (f) {
             c->st.disk_hits++;
             owned = !insert(c, f);
@@ -292,8 +292,11 @@ uint32_t prefix_cache_resume(struct prefix_cache *c, struct session *s, const in
             best->last_use = ++c->clock;
             c->st.tokens_reused += got;
             c->st.bytes_read += best->bytes;
-        } else {
-            session_reset(s); /* a state that no longer loads: prefill from the start */
+        } else { /* e.g. a file saved with another KV storage type: prefill from the start */
+            fprintf(stderr, "flashbox serve: prefix cache: the saved state of %u tokens%s does not load: %s; ignored\n",
+                    best->n, best == f ? " from its file" : "", err);
+            if (best == f) c->st.disk_ignored++;
+            session_reset(s);
         }
         if (owned) entry_free(best);
     }

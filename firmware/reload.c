@@ -30,6 +30,8 @@ int served_model_open(struct served_model *m, const struct serve_config *cfg, co
     eo.expert_verify = cfg->expert_verify;
     if (engine_backend_parse(cfg->backend, &eo.backend) != 0)
         return errf(err, err_len, "model.backend: '%s', expected auto, ref or vulkan", cfg->backend);
+    if (engine_kv_parse(cfg->kv_type, &eo.kv) != 0)
+        return errf(err, err_len, "model.kv_type: '%s', expected f32, f16 or fp8", cfg->kv_type);
     backend_resolve(&eo);
     if (engine_open(&m->engine, &eo, err, err_len)) return -1;
     snprintf(m->path, sizeof m->path, "%s", model_path);

@@ -143,6 +143,7 @@ struct scheduler {
     int *batch_slot;     /* [opt.slots] the slot of each step item */
     struct session_step *items; /* [opt.slots] the step being built */
     uint64_t prefill_left; /* prompt tokens of running jobs not yet evaluated (under lock) */
+    bool deferred;       /* the last step left a prompt's chunk out for others' first tokens */
 
     pthread_mutex_t lock;
     pthread_cond_t wake; /* new job, cancel, stop, drain */
@@ -458,7 +459,15 @@ static void step(struct scheduler *s)
         n_tokens++;
     }
     const uint32_t n_decode = n_items;
-    /* prompt chunks within the budget, shortest remaining prompt first */
+    /* Prompt chunks within the budget, shortest remaining prompt first. A step that ends a
+     * prompt (its request's first token) takes only other prompts that end in it too: the
+     * chunk of a long prompt being read waits one step, so a short request's first token
+     * costs about its own prompt, not the whole budget (on a CPU device a step costs about
+     * its token count). Never two such steps in a row, so a stream of short requests
+     * cannot stall a long prompt: it advances at least every other step. */
+    bool first_tokens = false;
+    const bool may_defer = !s->deferred;
+    s->deferred = false;
     for (;;) {
         const uint32_t room = s->opt.step_tokens > n_tokens ? s->opt.step_tokens - n_tokens : 0;
         int best = -1;
@@ -470,12 +479,17 @@ static void step(struct scheduler *s)
             if (best < 0 || left < best_left) best = (int)i, best_left = left;
         }
         if (best < 0) break;
+        if (first_tokens && best_left > room) { /* a prompt that would not end here waits */
+            s->deferred = true;
+            break;
+        }
         struct slot *sl = &s->slots[best];
         uint32_t n = best_left < room ? best_left : room;
         /* prefix reuse: a chunk stops where the prompt's last whole prefill_chunk ends, so
          * the state there can be saved */
         const uint32_t save_at = prefix_save_point(s, sl->job);
         if (s->prefix && sl->prefilled < save_at && n > save_at - sl->prefilled) n = save_at - sl->prefilled;
+        if (may_defer && n_items == n_decode && n == best_left) first_tokens = true; /* the first chunk ends its prompt */
         sl->in_step = true;
         sl->step_n = n;
         s->batch_slot[n_items] = best;

@@ -53,12 +53,13 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: flashbox serve -m MODEL [--config FILE] [--socket PATH] [--listen 127.0.0.1:PORT]\n"
+            "usage: flashbox serve -m MODEL [--config FILE] [--socket PATH] [--listen 127.0.0.1:PORT] [--kv T]\n"
             "                      [--set section.key=value ...] [--print-config]\n"
             "  -m, --model PATH     the GGUF model to serve (model.path)\n"
             "  --config FILE        settings file; flags override it (see --print-config)\n"
             "  --socket PATH        API Unix socket (server.socket)\n"
             "  --listen ADDR        also serve loopback TCP (server.listen; off by default)\n"
+            "  --kv f32|f16|fp8     storage of compressed entries and indexer keys (model.kv_type)\n"
             "  --set S.K=V          any other setting, e.g. --set server.slots=8\n"
             "  --print-config       print every setting with its effective value and exit\n"
             "Signals: SIGTERM/SIGINT stop gracefully (server.shutdown_grace_s), SIGHUP reloads the config.\n"
@@ -98,6 +99,7 @@ static int build_config(int argc, char **argv, struct serve_config *c, const cha
         else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) rc = config_set(c, "model", "path", argv[++i], err, err_len);
         else if (!strcmp(a, "--socket") && v) rc = config_set(c, "server", "socket", argv[++i], err, err_len);
         else if (!strcmp(a, "--listen") && v) rc = config_set(c, "server", "listen", argv[++i], err, err_len);
+        else if (!strcmp(a, "--kv") && v) rc = config_set(c, "model", "kv_type", argv[++i], err, err_len);
         else if (!strcmp(a, "--set") && v) rc = apply_set(c, argv[++i], err, err_len);
         else if (!strcmp(a, "--print-config")) *print_only = 1;
         else return errf(err, err_len, "unknown or incomplete argument '%s'", a);
@@ -316,6 +318,7 @@ static void reload(struct api *api, int argc, char **argv)
     }
     memcpy(c.model_path, running->model_path, sizeof c.model_path);
     memcpy(c.backend, running->backend, sizeof c.backend);
+    memcpy(c.kv_type, running->kv_type, sizeof c.kv_type); /* the sessions' storage: a restart changes it */
     memcpy(c.socket_path, running->socket_path, sizeof c.socket_path);
     memcpy(c.listen, running->listen, sizeof c.listen);
     c.slots = running->slots;

@@ -185,17 +185,25 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
  * high row is (1, 0), so those positions read exactly the stored value. */
 #define ABI_ROPE_LO_BITS 10
 #define ABI_ROPE_LO_ROWS (1u << ABI_ROPE_LO_BITS)
+/* KV storage of compressed entries and indexer keys (engine.h, enum engine_kv_type;
+ * layout in engine/kv_store.h, shaders/kv.glsl): an entry is a whole number of 32-bit words. */
+#define ABI_KV_F32 0u
+#define ABI_KV_F16 1u
+#define ABI_KV_FP8 2u
+/* kv != ABI_KV_F32: y is a buffer of stored entries (rows of y_tstride words) and each
+ * normed, rotated row is packed into it (compressed entries and indexer keys). */
 #define ABI_NORM_ROPE_FIELDS(U, F) \
     U n; U rope_dim; U flags; \
     U x_off; U x_tstride; U x_hstride; \
     U y_off; U y_tstride; U y_hstride; U y_row0; U y_tmod; \
     U w_off; U rope_off; U pos_base; U pos_step; \
-    F eps;
+    F eps; U kv;
 
 /* ---- compress: a compressor's state machine for n_tok tokens, one invocation per channel
  * (spec §3.7). kv/score rows of the batch [n_tok][coff*width] come from matmuls; the state
  * holds n_rows rows of kv then n_rows rows of score. Completed blocks write the pooled,
- * not yet normalised entry to out[pos / ratio][width]. */
+ * not yet normalised entry to out[pos / ratio - out_row0][width] (out_row0: 0 into the
+ * entries themselves, float32 storage; else a staging row that norm_rope packs). */
 #define ABI_COMPRESS_BIND_KV 0
 #define ABI_COMPRESS_BIND_SCORE 1
 #define ABI_COMPRESS_BIND_APE 2
@@ -203,10 +211,11 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_COMPRESS_BIND_OUT 4
 #define ABI_COMPRESS_FIELDS(U, F) \
     U width; U ratio; U coff; U pos0; U n_tok; \
-    U kv_off; U score_off; U in_tstride; U ape_off; U state_off; U out_off;
+    U kv_off; U score_off; U in_tstride; U ape_off; U state_off; U out_off; U out_row0;
 
 /* ---- indexer: one workgroup per token: score[b] = sum_h w_h * scale * relu(q_h . k_b) over
- * the visible entries b < (pos+1)/4, then the top-k (ties to the lower index) into sel. */
+ * the visible entries b < (pos+1)/4, then the top-k (ties to the lower index) into sel.
+ * Keys are stored as kv says, key_words words each, from word keys_off. */
 #define ABI_INDEXER_BIND_Q 0
 #define ABI_INDEXER_BIND_W 1
 #define ABI_INDEXER_BIND_KEYS 2
@@ -216,7 +225,7 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 #define ABI_INDEXER_FIELDS(U, F) \
     U n_head; U dim; U topk; U pos0; U n_tok; \
     U q_off; U w_off; U w_tstride; U keys_off; U score_off; U score_tstride; U sel_off; \
-    F scale;
+    F scale; U kv; U key_words;
 
 /* ---- attention: one workgroup per (head, token): softmax with a sink over the window
  * (ring rows p % ring_len) and the compressed entries (all completed ones, or the
@@ -234,10 +243,12 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
  * any number of keys is attended and the order of the sums depends only on the key count. */
 #define ABI_ATTN_CHUNK 2048
 #define ABI_ATTN_MAX_HEAD_DIM 512 /* rows are float4; q per lane, output per invocation in registers */
+/* Compressed entries are stored as kv says, comp_words words each from word comp_off;
+ * kv != ABI_KV_F32 only with attention.comp (storage buffers), which unpacks them. */
 #define ABI_ATTN_FIELDS(U, F) \
     U head_dim; U n_head; U rope_dim; U window; U ring_len; U ratio; U topk; U pos0; U n_tok; \
     U q_off; U ring_off; U comp_off; U sel_off; U sinks_off; U rope_off; U o_off; \
-    F scale; U chunk;
+    F scale; U chunk; U kv; U comp_words;
 
 /* ---- moe_group: one invocation sorts the batch's n_slots routed slots (slot z = t*k + j
  * picks expert ids[z]) by expert: out[e] = first list index of expert e (out[n_expert] =
@@ -289,10 +300,10 @@ ABI_STRUCT(abi_swiglu_push, ABI_SWIGLU_FIELDS)
 ABI_STRUCT(abi_moe_group_push, ABI_MOE_GROUP_FIELDS)
 _Static_assert(sizeof(struct abi_moe_group_push) == 2 * 4, "moe_group push block");
 _Static_assert(sizeof(struct abi_hc_push) == 21 * 4, "hc push block");
-_Static_assert(sizeof(struct abi_norm_rope_push) == 16 * 4, "norm_rope push block");
-_Static_assert(sizeof(struct abi_compress_push) == 11 * 4, "compress push block");
-_Static_assert(sizeof(struct abi_indexer_push) == 13 * 4, "indexer push block");
-_Static_assert(sizeof(struct abi_attn_push) == 18 * 4, "attention push block");
+_Static_assert(sizeof(struct abi_norm_rope_push) == 17 * 4, "norm_rope push block");
+_Static_assert(sizeof(struct abi_compress_push) == 12 * 4, "compress push block");
+_Static_assert(sizeof(struct abi_indexer_push) == 15 * 4, "indexer push block");
+_Static_assert(sizeof(struct abi_attn_push) == 20 * 4, "attention push block");
 _Static_assert(sizeof(struct abi_router_push) == 11 * 4, "router push block");
 _Static_assert(sizeof(struct abi_swiglu_push) == 10 * 4, "swiglu push block");
 #endif

@@ -31,14 +31,18 @@ layout(binding = ABI_ATTN_BIND_COMP) uniform samplerBuffer comp_tex;
 layout(std430, binding = ABI_ATTN_BIND_Q) readonly buffer q_buf { vec4 q4[]; };
 layout(std430, binding = ABI_ATTN_BIND_RING) readonly buffer ring_buf { vec4 ring4[]; };
 layout(std430, binding = ABI_ATTN_BIND_COMP) readonly buffer comp_buf { vec4 comp4[]; };
+layout(std430, binding = ABI_ATTN_BIND_COMP) readonly buffer compw_buf { uint compw[]; }; /* the same, as stored */
 #define Q4(i) q4[i]
 #define RING4(i) ring4[i]
 #define COMP4(i) comp4[i]
+#define KV_WORD(i) compw[i]
 #endif
+#include "kv.glsl"
 #include "attention_common.glsl"
 
 shared float att[ABI_ATTN_CHUNK];    /* one chunk's scores, then its probabilities */
-shared uint key_row[ABI_ATTN_CHUNK]; /* float4 index of the key's row; top bit: compressed */
+shared uint key_row[ABI_ATTN_CHUNK]; /* float4 index of the key's row (a stored entry's first
+                                      * word when kv is not f32); top bit: compressed */
 
 #define COMP_BIT 0x80000000u
 /* float4 of a head row held per lane (q) and per invocation (output). The host sets q's
@@ -48,7 +52,14 @@ shared uint key_row[ABI_ATTN_CHUNK]; /* float4 index of the key's row; top bit: 
 layout(constant_id = ABI_SPEC_ATTN_KV4) const uint Q_VEC4_PER_LANE = ABI_ATTN_MAX_HEAD_DIM / 16;
 #define O_VEC4_PER_INVOCATION 2u
 
-vec4 key4(uint kr, uint i4) { return (kr & COMP_BIT) != 0u ? COMP4((kr & ~COMP_BIT) + i4) : RING4(kr + i4); }
+vec4 key4(uint kr, uint i4)
+{
+    if ((kr & COMP_BIT) == 0u) return RING4(kr + i4);
+#ifndef ATTN_TEXELS
+    if (pc.kv != ABI_KV_F32) return kv_load4(pc.kv, kr & ~COMP_BIT, i4, pc.head_dim);
+#endif
+    return COMP4((kr & ~COMP_BIT) + i4);
+}
 
 void main()
 {
@@ -81,7 +92,8 @@ void main()
             } else {
                 const uint c = j - n_win;
                 const uint e = pc.ratio == 4u ? uint(sel[pc.sel_off + t * pc.topk + c]) : c;
-                key_row[jj] = ((pc.comp_off + e * pc.head_dim) / 4u) | COMP_BIT;
+                key_row[jj] = (pc.kv == ABI_KV_F32 ? (pc.comp_off + e * pc.head_dim) / 4u : pc.comp_off + e * pc.comp_words) |
+                              COMP_BIT;
             }
         }
         barrier();

@@ -44,7 +44,7 @@ void main()
             num += e * st[kv0 + r * cw + col];
             den += e;
         }
-        entries[pc.out_off + (pos / m) * w + i] = num / den;
+        entries[pc.out_off + (pos / m - pc.out_row0) * w + i] = num / den;
         if (coff == 2u) /* the current block becomes the previous one */
             for (uint r = 0u; r < m; r++)
                 for (uint c = 0u; c < 2u; c++) {

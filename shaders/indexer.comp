@@ -11,15 +11,18 @@
  * in which invocations run. */
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 #include "common.glsl" /* the row kernels' workgroup layout */
 
 ABI_PUSH(ABI_INDEXER_FIELDS)
 
 layout(std430, binding = ABI_INDEXER_BIND_Q) readonly buffer q_buf { float q[]; };
 layout(std430, binding = ABI_INDEXER_BIND_W) readonly buffer w_buf { float hw[]; };
-layout(std430, binding = ABI_INDEXER_BIND_KEYS) readonly buffer k_buf { float keys[]; };
+layout(std430, binding = ABI_INDEXER_BIND_KEYS) readonly buffer k_buf { uint keys[]; }; /* as stored (kv.glsl) */
 layout(std430, binding = ABI_INDEXER_BIND_SCORE) coherent buffer s_buf { float score[]; };
 layout(std430, binding = ABI_INDEXER_BIND_SEL) writeonly buffer sel_buf { int sel[]; };
+#define KV_WORD(i) keys[i]
+#include "kv.glsl"
 
 shared uint count_partial[ABI_WG_SIZE];
 shared uint scan_gt[ABI_WG_SIZE], scan_tie[ABI_WG_SIZE];
@@ -51,11 +54,29 @@ void main()
     const uint H = pc.n_head, D = pc.dim;
     const uint qb = pc.q_off + t * H * D, sb = pc.score_off + t * pc.score_tstride;
     for (uint b = tid; b < n_vis; b += wg) {
-        const uint kb = pc.keys_off + b * D;
+        const uint kb = pc.keys_off + b * pc.key_words;
         float s = 0.0;
         for (uint h = 0u; h < H; h++) {
             float dot = 0.0;
-            for (uint i = 0u; i < D; i++) dot += q[qb + h * D + i] * keys[kb + i];
+            /* sixteen products a loop pass, summed in order (the same sums as one at a
+             * time): CPU drivers count loop passes against their limit (vk_forward.c),
+             * and unrolled ones are not passes */
+            uint i = 0u;
+            if (pc.kv == ABI_KV_F32) {
+                for (; i + 16u <= D; i += 16u)
+                    [[unroll]] for (uint c = 0u; c < 16u; c++) dot += q[qb + h * D + i + c] * uintBitsToFloat(keys[kb + i + c]);
+                for (; i < D; i++) dot += q[qb + h * D + i] * uintBitsToFloat(keys[kb + i]);
+            } else { /* unpacked four at a time */
+                for (; i + 16u <= D; i += 16u)
+                    [[unroll]] for (uint j = 0u; j < 4u; j++) {
+                        const vec4 k4 = kv_load4(pc.kv, kb, i / 4u + j, D);
+                        [[unroll]] for (uint c = 0u; c < 4u; c++) dot += q[qb + h * D + i + 4u * j + c] * k4[c];
+                    }
+                for (; i < D; i += 4u) {
+                    const vec4 k4 = kv_load4(pc.kv, kb, i / 4u, D);
+                    [[unroll]] for (uint c = 0u; c < 4u; c++) dot += q[qb + h * D + i + c] * k4[c];
+                }
+            }
             s += hw[pc.w_off + t * pc.w_tstride + h] * pc.scale * max(dot, 0.0);
         }
         score[sb + b] = s;

@@ -305,6 +305,26 @@ size_t serve_read_all(int fd, int timeout_ms, char **out)
     return len;
 }
 
+int serve_load_start(const struct served *s)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *o = NULL;
+        int st = serve_curl(s, "POST", "/v1/chat/completions",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":\"Write a long story\"}],\"max_tokens\":120,\"seed\":2}",
+                            &o, NULL);
+        _exit(st == 200 ? 0 : 1);
+    }
+    return (int)pid;
+}
+
+int serve_load_wait(int pid)
+{
+    int status = 0;
+    if (pid <= 0 || waitpid(pid, &status, 0) != pid) return -1;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
 int serve_wait_idle(const struct served *s, int timeout_ms)
 {
     uint64_t t0 = now_ms();

@@ -33,6 +33,11 @@ int serve_curl(const struct served *s, const char *method, const char *path, con
 /* Same on any socket path, run as a given uid/gid through setpriv when uid >= 0. */
 int serve_curl_as(const char *sock, int uid, const char *method, const char *path, const char *body, char **out);
 
+/* Load beside a request under test: a long unconstrained seeded chat request in a child
+ * process (serve_load_start), and its end (serve_load_wait: 0 when it was answered 200). */
+int serve_load_start(const struct served *s);
+int serve_load_wait(int pid);
+
 /* Raw client: connects to the socket; -1 on failure. */
 int serve_connect(const char *sock);
 /* Reads until the peer closes or timeout_ms passes; returns bytes read (malloc'd in *out). */

@@ -92,7 +92,8 @@ TEST(bench_sessions_reports_every_stream_count_and_the_time_to_first_token)
     const char *tt = strstr(out, "{\"ttft\":");
     REQUIRE(tt != NULL);
     CHECK(json_num(tt, "short_prompt") == 3 && json_num(tt, "long_prompt") == 40 && json_num(tt, "step_tokens") == 8);
-    CHECK(json_num(tt, "alone_ms") > 0 && json_num(tt, "beside_long_ms") > 0);
+    CHECK(json_num(tt, "alone_ms") > 0 && json_num(tt, "own_step_ms") > 0 && json_num(tt, "long_step_ms") > 0);
+    CHECK(json_num(tt, "mean_ms") > json_num(tt, "own_step_ms") && json_num(tt, "worst_ms") > json_num(tt, "mean_ms"));
     /* the short prompt must fit a step */
     snprintf(cmd, sizeof cmd, "%s bench -m %s --backend ref --sessions 1 --short-prompt 8 --step-tokens 8 2>&1",
              test_flashbox_bin(), model);

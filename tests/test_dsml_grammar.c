@@ -225,11 +225,11 @@ TEST(dsml_grammar_random_model_calls_parse_and_validate)
     REQUIRE(gen_open(&G) == 0);
     REQUIRE(jg_vocab_has_ascii_bytes(G.vocab));
     static const size_t all[] = { 0, 1, 2, 3, 4 };
-    for (size_t t = 0; t < N_TOOLS; t++) run_set(&G, &all[t], 1, 1, 24, 6, false, __LINE__); /* named */
-    run_set(&G, all, N_TOOLS, 1, 40, 10, false, __LINE__);                                      /* required */
-    run_set(&G, all, N_TOOLS, 3, 80, 6, false, __LINE__);                                       /* parallel */
-    run_set(&G, all, N_TOOLS, 1, 1, 6, false, __LINE__); /* the tightest budget: the call and EOS */
-    run_set(&G, all, N_TOOLS, 2, 40, 6, true, __LINE__); /* a block the model opened (strict, auto) */
+    for (size_t t = 0; t < N_TOOLS; t++) run_set(&G, &all[t], 1, 1, 24, 4, false, __LINE__); /* named */
+    run_set(&G, all, N_TOOLS, 1, 40, 8, false, __LINE__);                                       /* required */
+    run_set(&G, all, N_TOOLS, 3, 80, 4, false, __LINE__);                                       /* parallel */
+    run_set(&G, all, N_TOOLS, 1, 1, 4, false, __LINE__); /* the tightest budget: the call and EOS */
+    run_set(&G, all, N_TOOLS, 2, 40, 4, true, __LINE__); /* a block the model opened (strict, auto) */
     gen_close(&G);
 }
 

@@ -681,18 +681,9 @@ TEST(serve_json_seeded_same_alone_and_loaded)
                        "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\",\"schema\":" PERSON_SCHEMA "}}}";
     char *alone = NULL, *loaded = NULL;
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", body, &alone, NULL), 200);
-    pid_t other = fork();
-    if (other == 0) { /* a second unconstrained request sharing the batch */
-        char *o = NULL;
-        int st = serve_curl(&d, "POST", "/v1/chat/completions",
-                            "{\"messages\":[{\"role\":\"user\",\"content\":\"Write a long story\"}],\"max_tokens\":120,\"seed\":2}",
-                            &o, NULL);
-        _exit(st == 200 ? 0 : 1);
-    }
+    int other = serve_load_start(&d); /* a second unconstrained request sharing the batch */
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/chat/completions", body, &loaded, NULL), 200);
-    int status = 0;
-    waitpid(other, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(serve_load_wait(other) == 0);
     const char *fa, *fb;
     json_t *ra, *rb;
     const char *ta = answer_of(alone, &fa, &ra), *tb = answer_of(loaded, &fb, &rb);

@@ -47,23 +47,30 @@ static int write_tiny(uint32_t n_ctx, char *path, size_t path_len)
     return 0;
 }
 
-static int open_backend(const char *path, enum engine_backend b, struct engine **out)
+static int open_backend_kv(const char *path, enum engine_backend b, enum engine_kv_type kv, struct engine **out)
 {
     char err[512];
     struct engine_options o;
     engine_options_default(&o);
     o.model_path = path;
     o.backend = b;
+    o.kv = kv;
     if (engine_open(out, &o, err, sizeof err) == 0) return 0;
     if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
     test_fail_at(__FILE__, __LINE__, "%s", err);
     return -1;
 }
 
+static int open_backend(const char *path, enum engine_backend b, struct engine **out)
+{
+    return open_backend_kv(path, b, ENGINE_KV_F32, out);
+}
+
 /* Both backends prefill n_pre tokens (or, with via_state, the reference prefills and its
  * saved state loads into the Vulkan session), then evaluate n_cmp more with every
  * position's logits: relative error under 1e-3 and the same top-1 at each. */
-static void compare_after_prefill(const char *path, uint32_t n_ctx, uint32_t n_pre, uint32_t n_cmp, bool via_state)
+static void compare_after_prefill_kv(const char *path, uint32_t n_ctx, uint32_t n_pre, uint32_t n_cmp, bool via_state,
+                                     enum engine_kv_type kv)
 {
     void *state = NULL;
     struct engine *e[2] = { NULL, NULL };
@@ -71,7 +78,8 @@ static void compare_after_prefill(const char *path, uint32_t n_ctx, uint32_t n_p
     int32_t *tok = malloc((size_t)(n_pre + n_cmp) * sizeof *tok);
     float *lg[2] = { NULL, NULL };
     char err[512];
-    if (!tok || open_backend(path, ENGINE_BACKEND_REF, &e[0]) || open_backend(path, ENGINE_BACKEND_VULKAN, &e[1])) goto done;
+    if (!tok || open_backend_kv(path, ENGINE_BACKEND_REF, kv, &e[0]) || open_backend_kv(path, ENGINE_BACKEND_VULKAN, kv, &e[1]))
+        goto done;
     struct engine_info info;
     engine_get_info(e[0], &info);
     uint64_t st = 777;
@@ -108,8 +116,8 @@ static void compare_after_prefill(const char *path, uint32_t n_ctx, uint32_t n_p
         }
         double rel = sqrt(num / den);
         if (!(rel < 1e-3) || ar != av) {
-            test_fail_at(__FILE__, __LINE__, "position %u: relative error %.3g, top-1 %u (ref) vs %u (vulkan)", n_pre + t, rel,
-                         ar, av);
+            test_fail_at(__FILE__, __LINE__, "kv %s position %u: relative error %.3g, top-1 %u (ref) vs %u (vulkan)",
+                         engine_kv_name(kv), n_pre + t, rel, ar, av);
             break;
         }
     }
@@ -121,6 +129,24 @@ done:
     }
     free(tok);
     free(state);
+}
+
+static void compare_after_prefill(const char *path, uint32_t n_ctx, uint32_t n_pre, uint32_t n_cmp, bool via_state)
+{
+    compare_after_prefill_kv(path, n_ctx, n_pre, n_cmp, via_state, ENGINE_KV_F32);
+}
+
+/* Entries and keys stored in f16 and FP8 on both backends: Vulkan equals the reference on
+ * the spec's tiny model (every layer kind), prefilling itself, and continuing from the
+ * reference's saved state (the stored words cross backends as they are). */
+TEST(vk_equals_reference_with_f16_and_fp8_kv_storage)
+{
+    char path[512];
+    if (write_tiny(4096, path, sizeof path)) return;
+    for (int kv = ENGINE_KV_F16; kv <= ENGINE_KV_FP8; kv++) {
+        compare_after_prefill_kv(path, 512, 150, 40, false, (enum engine_kv_type)kv);
+        compare_after_prefill_kv(path, 512, 150, 40, true, (enum engine_kv_type)kv);
+    }
 }
 
 TEST(vk_equals_reference_past_262144_positions_on_swa_and_hca_layers)
@@ -142,6 +168,16 @@ TEST(vk_equals_reference_past_2048_keys_on_a_csa_model)
     char path[512];
     if (write_small("csa", ratios, 2, 2600, 512, path, sizeof path)) return;
     compare_after_prefill(path, 4400, 4100, 300, false);
+}
+
+/* The spec's tiny model (8 indexer heads of 128) past the ~2,000 positions where the
+ * indexer's loops used to reach lavapipe's loop limit: its score loop now takes 16 values
+ * a pass (vk_forward.c counts them), so 4,000 positions run and equal the reference. */
+TEST(vk_equals_reference_on_a_csa_model_past_4000_positions_on_cpu_drivers_too)
+{
+    char path[512];
+    if (write_tiny(8192, path, sizeof path)) return;
+    compare_after_prefill(path, 8192, 4000, 48, false);
 }
 
 TEST(sessions_of_1048576_positions_open_on_both_backends)
@@ -171,18 +207,18 @@ TEST(sessions_of_1048576_positions_open_on_both_backends)
  * session gives bitwise the logits of continuing the first session, at splits inside the
  * first window, on compressor boundaries (CSA every 4, HCA at 128) and past the first HCA
  * entry, on the spec's tiny model (window 16, ratios 0,0,4,128,4). */
-static void check_reuse(enum engine_backend backend)
+static void check_reuse_kv(enum engine_backend backend, enum engine_kv_type kv, size_t n_splits)
 {
     char path[512], err[512];
     if (write_tiny(4096, path, sizeof path)) return;
     struct engine *e = NULL;
-    if (open_backend(path, backend, &e)) return;
+    if (open_backend_kv(path, backend, kv, &e)) return;
     enum { N = 200 };
     int32_t tok[N];
     for (int i = 0; i < N; i++) tok[i] = (int32_t)((i * 131 + 7) % 509);
     static const uint32_t splits[] = { 5, 16, 64, 128, 131, 190 };
     float *want = malloc((size_t)N * 512 * 4), *got = malloc((size_t)N * 512 * 4);
-    for (size_t i = 0; i < sizeof splits / sizeof splits[0]; i++) {
+    for (size_t i = 0; i < n_splits && i < sizeof splits / sizeof splits[0]; i++) {
         const uint32_t sp = splits[i];
         struct session *a = NULL, *b = NULL;
         void *st = NULL;
@@ -199,7 +235,8 @@ static void check_reuse(enum engine_backend backend)
         }
         if (rc) test_fail_at(__FILE__, __LINE__, "split %u: %s", sp, err);
         else if (memcmp(want, got, (size_t)(N - sp) * 512 * 4) != 0)
-            test_fail_at(__FILE__, __LINE__, "backend %d split %u: logits after the loaded state differ", (int)backend, sp);
+            test_fail_at(__FILE__, __LINE__, "backend %d kv %s split %u: logits after the loaded state differ", (int)backend,
+                         engine_kv_name(kv), sp);
         else
             CHECK_EQ_INT(session_pos(b), N);
         free(st);
@@ -211,6 +248,11 @@ static void check_reuse(enum engine_backend backend)
     engine_close(e);
 }
 
+static void check_reuse(enum engine_backend backend)
+{
+    check_reuse_kv(backend, ENGINE_KV_F32, 99);
+}
+
 TEST(reused_state_gives_bitwise_the_same_logits_ref)
 {
     check_reuse(ENGINE_BACKEND_REF);
@@ -219,6 +261,58 @@ TEST(reused_state_gives_bitwise_the_same_logits_ref)
 TEST(reused_state_gives_bitwise_the_same_logits_vulkan)
 {
     check_reuse(ENGINE_BACKEND_VULKAN);
+}
+
+/* f16 and FP8 entries and keys round-trip through a saved state: bitwise the same logits
+ * (inside the window, past the first HCA entry, at the end of a CSA block). */
+TEST(reused_f16_and_fp8_state_gives_bitwise_the_same_logits_on_both_backends)
+{
+    for (int kv = ENGINE_KV_F16; kv <= ENGINE_KV_FP8; kv++) {
+        check_reuse_kv(ENGINE_BACKEND_REF, (enum engine_kv_type)kv, 6);
+        check_reuse_kv(ENGINE_BACKEND_VULKAN, (enum engine_kv_type)kv, 6);
+    }
+}
+
+/* A state saved with one KV storage type is refused by a session of another, naming both,
+ * before anything changes; so is a state of another layout version. */
+TEST(session_state_of_another_kv_type_or_version_is_refused)
+{
+    char path[512], err[512];
+    if (write_tiny(4096, path, sizeof path)) return;
+    struct engine *e[3] = { NULL, NULL, NULL };
+    struct session *s[3] = { NULL, NULL, NULL };
+    uint8_t *st = NULL;
+    for (int kv = 0; kv < 3; kv++)
+        if (open_backend_kv(path, ENGINE_BACKEND_REF, (enum engine_kv_type)kv, &e[kv]) ||
+            session_create(e[kv], 256, &s[kv], err, sizeof err))
+            goto done;
+    const int32_t tok[12] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 };
+    REQUIRE(session_eval(s[2], tok, 12, NULL, false, err, sizeof err) == 0 && session_eval(s[0], tok, 3, NULL, false, err, sizeof err) == 0);
+    const uint64_t n = session_state_bytes(s[2], 12);
+    CHECK(n < session_state_bytes(s[0], 12)); /* fp8 entries and keys are smaller */
+    st = malloc(n);
+    REQUIRE(st && session_state_save(s[2], st, n, err, sizeof err) == 0);
+    CHECK(session_state_load(s[0], st, n, err, sizeof err) < 0);
+    CHECK(strstr(err, "KV stored as fp8, this session stores f32") != NULL);
+    CHECK_EQ_INT(session_pos(s[0]), 3);
+    CHECK(session_state_load(s[1], st, n, err, sizeof err) < 0);
+    CHECK(strstr(err, "KV stored as fp8, this session stores f16") != NULL);
+    st[36] = 7; /* the type word (header word 9): no such type */
+    CHECK(session_state_load(s[2], st, n, err, sizeof err) < 0);
+    CHECK(strstr(err, "an unknown type") != NULL);
+    st[36] = 2;
+    st[4] = 1; /* version 1: before the type word */
+    CHECK(session_state_load(s[2], st, n, err, sizeof err) < 0);
+    CHECK(strstr(err, "layout version 1") != NULL);
+    st[4] = 2;
+    CHECK(session_state_load(s[2], st, n, err, sizeof err) == 0);
+    CHECK_EQ_INT(session_pos(s[2]), 12);
+done:
+    free(st);
+    for (int kv = 0; kv < 3; kv++) {
+        session_destroy(s[kv]);
+        engine_close(e[kv]);
+    }
 }
 
 TEST(session_state_of_another_shape_or_length_is_refused)
@@ -278,6 +372,24 @@ TEST(memory_plan_equals_the_vulkan_sessions_device_memory)
         CHECK(p.session[ENGINE_PLAN_CSA_ENTRIES] == 2ull * (ctxs[i] / 4) * 128 * 4); /* 2 CSA layers, rows of 128 */
         session_destroy(s);
     }
+    /* f16 and fp8 storage: the plan is still the allocation, and the entries shrink */
+    for (int kv = ENGINE_KV_F16; kv <= ENGINE_KV_FP8; kv++) {
+        struct engine *ek = NULL;
+        struct session *s = NULL;
+        uint64_t used0, used1, total;
+        struct engine_plan p;
+        if (open_backend_kv(path, ENGINE_BACKEND_VULKAN, (enum engine_kv_type)kv, &ek)) break;
+        engine_plan_open(ek, 300000, 1, &p);
+        if (engine_device_memory(ek, &used0, &total) || session_create(ek, 300000, &s, err, sizeof err) ||
+            engine_device_memory(ek, &used1, &total))
+            test_fail_at(__FILE__, __LINE__, "%s", err);
+        else
+            CHECK_EQ_INT(used1 - used0, p.per_session - p.session[ENGINE_PLAN_HOST]);
+        /* 2 CSA layers of 75,000 entries of 128 values: 64 words (f16), 33 (fp8) */
+        CHECK(p.session[ENGINE_PLAN_CSA_ENTRIES] == 2ull * 75000 * (kv == ENGINE_KV_F16 ? 64 : 33) * 4);
+        session_destroy(s);
+        engine_close(ek);
+    }
     /* a plan that fits is refused no session: the fitted context opens */
     struct engine_plan f;
     uint32_t fit = engine_plan_open_fit(e, 2, engine_plan_budget(e), &f);
@@ -326,7 +438,7 @@ TEST(memory_plan_of_v4_flash_shape_matches_the_spec_kv_size)
     for (int i = 0; i < 2; i++)
         for (int b = 0; b < 2; b++) {
             struct engine_plan p;
-            REQUIRE(engine_plan_file(path, b ? ENGINE_BACKEND_VULKAN : ENGINE_BACKEND_REF, ctxs[i], 1, 0, &p, err,
+            REQUIRE(engine_plan_file(path, b ? ENGINE_BACKEND_VULKAN : ENGINE_BACKEND_REF, ENGINE_KV_F32, ctxs[i], 1, 0, &p, err,
                                      sizeof err) == 0);
             CHECK_EQ_INT(p.n_csa, 21);
             CHECK_EQ_INT(p.n_hca, 20);

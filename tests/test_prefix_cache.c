@@ -1,7 +1,8 @@
 /* The daemon's prefix cache (firmware/prefix_cache.c) on the spec's tiny model: a state
  * saved by one instance and read back from its file by another gives bitwise the logits
- * of continuing the original session; a damaged file, a file of another model and a file
- * over the disk budget are not loaded, and the session still evaluates. */
+ * of continuing the original session; a damaged file, a file of another model or KV
+ * storage type and a file over the disk budget are not loaded, and the session still
+ * evaluates. */
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,6 +89,21 @@ TEST(prefix_state_files_reload_bitwise_and_damaged_or_foreign_ones_are_ignored)
     CHECK(session_eval(s2, tok + SPLIT, N_TOK - SPLIT, got, true, err, sizeof err) == 0);
     CHECK(memcmp(want, got, (size_t)(N_TOK - SPLIT) * VOCAB * 4) == 0);
     session_destroy(s2);
+
+    /* the same model with entries and keys stored in fp8: the f32 state is refused (the
+     * state's header records its KV type) and the session evaluates from the start */
+    {
+        struct engine *e8 = NULL;
+        o.kv = ENGINE_KV_FP8;
+        REQUIRE(engine_open(&e8, &o, err, sizeof err) == 0);
+        CHECK_EQ_INT(resume_with(e8, dir, &id, 64u << 20, tok, &s2, &st), 0);
+        CHECK_EQ_INT(st.disk_hits, 1);
+        CHECK_EQ_INT(st.disk_ignored, 1);
+        CHECK_EQ_INT(session_pos(s2), 0);
+        CHECK(session_eval(s2, tok, 8, NULL, false, err, sizeof err) == 0);
+        session_destroy(s2);
+        engine_close(e8);
+    }
 
     /* another model file's identity: not loaded */
     CHECK_EQ_INT(resume_with(e, dir, &other, 64u << 20, tok, &s2, &st), 0);

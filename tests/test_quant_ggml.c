@@ -9,6 +9,7 @@
  * are random bytes (grid i-quants, whose quantizers need an importance matrix). The sweep is
  * n_sweep random blocks drawn here and there by the same splitmix64 stream (seed 0xf1a5b0c5 +
  * type), enough to touch every grid entry; sweep_hash is FNV-1a 64 of ggml's output bits. */
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 
@@ -38,20 +39,25 @@ struct qvec_file {
     int n;
 };
 
-static int load_vectors(struct qvec_file *f)
+/* The whole file into *bytes (malloc'd, the caller frees it); its size, or -1. */
+static long read_whole(uint8_t **bytes, const char *path)
 {
-    memset(f, 0, sizeof *f);
-    FILE *fp = fopen("tests/data/ggml-quants.bin", "rb");
+    *bytes = NULL;
+    FILE *fp = fopen(path, "rb");
     if (!fp) return -1;
     fseek(fp, 0, SEEK_END);
     long size = ftell(fp);
     fseek(fp, 0, SEEK_SET);
-    f->bytes = malloc((size_t)size);
-    if (!f->bytes || fread(f->bytes, 1, (size_t)size, fp) != (size_t)size) {
-        fclose(fp);
-        return -1;
-    }
+    *bytes = size > 0 ? malloc((size_t)size) : NULL;
+    if (!*bytes || fread(*bytes, 1, (size_t)size, fp) != (size_t)size) size = -1;
     fclose(fp);
+    return size;
+}
+
+static int load_vectors(struct qvec_file *f)
+{
+    memset(f, 0, sizeof *f);
+    long size = read_whole(&f->bytes, "tests/data/ggml-quants.bin");
     if (size < 4 || memcmp(f->bytes, "FBQV", 4)) return -1;
     size_t at = 4;
     while (at < (size_t)size && f->n < (int)N_GGML_TYPES) {
@@ -190,6 +196,162 @@ TEST(quant_vectors_catch_one_flipped_bit)
     dequant_row(GGUF_TYPE_Q4_K, blk, out, QK_K);
     CHECK(memcmp(out, q->expected, sizeof out) != 0);
     free(f.bytes);
+}
+
+/* tests/data/ggml-quantize.bin, written once by a throwaway program against the same ggml
+ * (d99724f2): "FBQQ", u32 n, f32 input[n], f32 weights[n] (imatrix-like: positive, some zero),
+ * of which quantize_* reads the first 512 for every row, then per case u32 ggml type, u32 mode, u32 n_bytes, bytes. mode 0: quantize_row_*_ref(input);
+ * 1: quantize_*(input as rows of 512, weights), what llama.cpp's quantize writes with an
+ * importance matrix; 2: the same with no weights. The input's ten super-blocks are gaussian,
+ * small, uniform, with outliers, all zero, two constants, all negative, below the zero
+ * threshold (1e-16), alternating zero sub-blocks, and all positive. */
+struct qcase {
+    enum gguf_type type;
+    uint32_t mode, n_bytes;
+    const uint8_t *bytes;
+};
+
+struct qcase_file {
+    uint8_t *raw;
+    uint32_t n;
+    const float *input, *weights;
+    struct qcase c[32];
+    int n_cases;
+};
+
+static int load_quantize_vectors(struct qcase_file *f)
+{
+    memset(f, 0, sizeof *f);
+    long size = read_whole(&f->raw, "tests/data/ggml-quantize.bin");
+    if (size < 8 || memcmp(f->raw, "FBQQ", 4)) return -1;
+    memcpy(&f->n, f->raw + 4, 4);
+    size_t at = 8 + (size_t)f->n * 8;
+    if (f->n % QK_K || at > (size_t)size) return -1;
+    f->input = (const float *)(f->raw + 8);
+    f->weights = f->input + f->n;
+    while (at < (size_t)size && f->n_cases < 32) {
+        struct qcase *c = &f->c[f->n_cases++];
+        uint32_t h[3];
+        if (at + 12 > (size_t)size) return -1;
+        memcpy(h, f->raw + at, 12);
+        at += 12;
+        c->type = (enum gguf_type)h[0];
+        c->mode = h[1];
+        c->n_bytes = h[2];
+        uint64_t want = 0;
+        if (gguf_type_nbytes(c->type, f->n, &want) || want != c->n_bytes || at + c->n_bytes > (size_t)size) return -1;
+        c->bytes = f->raw + at;
+        at += c->n_bytes;
+    }
+    return at == (size_t)size ? 0 : -1;
+}
+
+/* The first differing byte of a case, or -1. */
+static long first_difference(const uint8_t *a, const uint8_t *b, uint32_t n)
+{
+    for (uint32_t k = 0; k < n; k++)
+        if (a[k] != b[k]) return (long)k;
+    return -1;
+}
+
+TEST(quantizers_write_ggml_s_bytes_with_and_without_an_imatrix)
+{
+    struct qcase_file f;
+    REQUIRE(load_quantize_vectors(&f) == 0);
+    int checked = 0, by_type[64] = { 0 };
+    for (int i = 0; i < f.n_cases; i++) {
+        const struct qcase *c = &f.c[i];
+        uint8_t *out = malloc(c->n_bytes);
+        REQUIRE(out);
+        memset(out, 0xee, c->n_bytes);
+        int rc = 0;
+        if (c->mode == 0 && c->type == GGUF_TYPE_IQ4_NL) quantize_row_iq4_nl(f.input, (void *)out, f.n, NULL, -1);
+        else if (c->mode == 0 || c->mode == 2) rc = quant_quantize_row(c->type, f.input, out, f.n, NULL);
+        else if (quant_can_quantize(c->type, true)) {
+            /* rows of 512, as the vectors were written; an importance matrix has one weight per
+             * column, the same for every row (ggml reads weights[0..511] for each) */
+            const uint32_t row_bytes = c->n_bytes / (f.n / 512);
+            for (uint32_t r = 0; r < f.n / 512 && !rc; r++)
+                rc = quant_quantize_row(c->type, f.input + 512 * r, out + row_bytes * r, 512, f.weights);
+        } else {
+            free(out);
+            continue; /* the K-quants' importance-weighted fits are not written yet */
+        }
+        CHECK_EQ_INT(rc, 0);
+        long k = first_difference(out, c->bytes, c->n_bytes);
+        if (k >= 0) {
+            const uint32_t bb = gguf_type_block_bytes(c->type);
+            test_fail_at(__FILE__, __LINE__, "%s mode %u: block %ld byte %ld: %u, ggml %u", gguf_type_name(c->type), c->mode,
+                         k / bb, k % bb, out[k], c->bytes[k]);
+        }
+        free(out);
+        checked++;
+        by_type[c->type & 63]++;
+    }
+    /* every K-quant without an imatrix (two modes), the IQ4 types in all three */
+    CHECK_EQ_INT(checked, 5 * 2 + 2 * 3);
+    CHECK_EQ_INT(by_type[GGUF_TYPE_IQ4_XS], 3);
+    free(f.raw);
+}
+
+TEST(quantizers_round_trip_within_each_type_s_error_bound)
+{
+    /* quantize -> dequantize on the gaussian block: rms error relative to rms(x) under a bound
+     * per type, about 1.3-1.9x the error measured when it was written (Q2_K 0.276, Q3_K 0.143,
+     * Q4_K 0.069, Q5_K 0.036, Q6_K 0.019, IQ4_NL 0.078, IQ4_XS 0.079, Q8_0 0.005): a fit that
+     * loses a bit of precision crosses it */
+    struct qcase_file f;
+    REQUIRE(load_quantize_vectors(&f) == 0);
+    static const struct { enum gguf_type t; double bound; } types[] = {
+        { GGUF_TYPE_Q2_K, 0.40 }, { GGUF_TYPE_Q3_K, 0.20 }, { GGUF_TYPE_Q4_K, 0.10 }, { GGUF_TYPE_Q5_K, 0.05 },
+        { GGUF_TYPE_Q6_K, 0.025 }, { GGUF_TYPE_IQ4_NL, 0.10 }, { GGUF_TYPE_IQ4_XS, 0.10 }, { GGUF_TYPE_Q8_0, 0.01 },
+    };
+    uint8_t blocks[512];
+    float back[QK_K];
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        REQUIRE(quant_quantize_row(types[i].t, f.input, blocks, QK_K, NULL) == 0);
+        REQUIRE(dequant_row(types[i].t, blocks, back, QK_K) == 0);
+        double e2 = 0, x2 = 0;
+        for (int j = 0; j < QK_K; j++) {
+            e2 += (double)(back[j] - f.input[j]) * (back[j] - f.input[j]);
+            x2 += (double)f.input[j] * f.input[j];
+        }
+        double rel = sqrt(e2 / x2);
+        if (!(rel < types[i].bound))
+            test_fail_at(__FILE__, __LINE__, "%s: relative rms error %.4f, bound %.3f", gguf_type_name(types[i].t), rel,
+                         types[i].bound);
+    }
+    /* an all-zero block comes back as zeros */
+    float zeros[QK_K] = { 0 };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        REQUIRE(quant_quantize_row(types[i].t, zeros, blocks, QK_K, NULL) == 0);
+        REQUIRE(dequant_row(types[i].t, blocks, back, QK_K) == 0);
+        for (int j = 0; j < QK_K; j++)
+            if (back[j] != 0) {
+                test_fail_at(__FILE__, __LINE__, "%s: zero block element %d came back %g", gguf_type_name(types[i].t), j,
+                             (double)back[j]);
+                break;
+            }
+    }
+    /* a row shorter than a super-block: IQ4_NL's 32 and 128 (the fixture's n_embd) come back
+     * within its bound, not as untouched memory (dequant_row_k once claimed every type when
+     * the row had no whole super-block) */
+    for (uint64_t n = 32; n <= 128; n += 96) {
+        for (uint64_t j = 0; j < n; j++) back[j] = 1e30f;
+        REQUIRE(quant_quantize_row(GGUF_TYPE_IQ4_NL, f.input, blocks, n, NULL) == 0);
+        REQUIRE(dequant_row(GGUF_TYPE_IQ4_NL, blocks, back, n) == 0);
+        double e2 = 0, x2 = 0;
+        for (uint64_t j = 0; j < n; j++) {
+            e2 += (double)(back[j] - f.input[j]) * (back[j] - f.input[j]);
+            x2 += (double)f.input[j] * f.input[j];
+        }
+        CHECK(sqrt(e2 / x2) < 0.15);
+    }
+    /* the types without a quantizer are refused, not written */
+    CHECK(quant_quantize_row(GGUF_TYPE_IQ2_XXS, f.input, blocks, QK_K, NULL) == -1);
+    CHECK(quant_quantize_row(GGUF_TYPE_Q4_K, f.input, blocks, QK_K, f.weights) == -1);
+    CHECK(quant_quantize_row(GGUF_TYPE_Q4_K, f.input, blocks, 100, NULL) == -1);
+    free(f.raw);
 }
 
 TEST(q2_k_and_q4_k_quantizers_write_ggml_s_bytes)

@@ -3,6 +3,7 @@
 #include "engine/model/model.h"
 #include "engine/ref/ref.h"
 #include "engine/ref/ref_ops.h"
+#include "engine/kv_store.h"
 #include "tests/harness.h"
 #include "tools/mkmodel.h"
 
@@ -378,35 +379,42 @@ TEST(ref_forward_is_deterministic_and_refuses_bad_tokens)
     free(l2);
 }
 
-/* FP8 E4M3 rounding against values worked by hand: 0.3 lies between 0.28125 and 0.3125
- * (steps of 2^-5 in [0.25, 0.5)), 2^-10 is half the smallest subnormal (ties to even: 0),
- * 3 x 2^-10 rounds to 2^-9 x 2 (even), 460 saturates at 448; with one scale per entry
- * (amax / 448) the largest magnitude is exact. */
-TEST(kv_rounding_to_fp8_e4m3_and_f16_matches_hand_values)
+/* KV storage (kv_store.h) against values worked by hand. FP8: the scale is the smallest
+ * 2^k with amax <= 448 * 2^k (460 -> 2, 448 -> 1, 1 -> 2^-8, 0 -> 2^-22 from the 1e-4
+ * floor); 0.3 lies between 0.28125 and 0.3125 (steps of 2^-5 in [0.25, 0.5)), 2^-10 is half
+ * the smallest subnormal (ties to even: 0), 3 x 2^-10 rounds to 2^-9 x 2 (even). Packed:
+ * {0.3, -460, 1, 0} / 2 = {0.15, -230, 0.5, 0} -> {0.15625, -224, 0.5, 0} (steps of 2^-6
+ * and 16), times 2. F16: 1/3 -> 0x3555. */
+TEST(kv_storage_packs_fp8_e4m3_and_f16_as_worked_by_hand)
 {
-    float x[6] = { 0.3f, 0.0009765625f, 0.0029296875f, -460.0f, 448.0f, 1.0f };
-    ref_kv_round_entry(REF_KV_FP8, x, 6); /* amax 460: scale 460/448 */
-    const float s = 460.0f / 448.0f;
-    CHECK_NEAR(x[3], -460.0f, 1e-3);
-    CHECK_NEAR(x[4] / s, 448.0f, 1e-3); /* 436.2 -> 448 (steps of 32 above 256) */
-    float y[5] = { 0.3f, 0.0009765625f, 0.0029296875f, 460.0f, 448.0f };
-    ref_kv_round_entry(REF_KV_FP8, y + 4, 1); /* amax 448: scale 1 */
-    CHECK_NEAR(y[4], 448.0f, 0);
-    float z[4] = { 0.3f, 0.0009765625f, 0.0029296875f, 448.0f };
-    ref_kv_round_entry(REF_KV_FP8, z, 4);
-    CHECK_NEAR(z[0], 0.3125f, 0);
-    CHECK_NEAR(z[1], 0.0f, 0);
-    CHECK_NEAR(z[2], 0.00390625f, 0);
-    float h[2] = { 1.0f / 3.0f, 65504.0f };
-    ref_kv_round_entry(REF_KV_F16, h, 2);
-    CHECK_NEAR(h[0], 0.333251953125f, 0); /* 0x3555 */
-    CHECK_NEAR(h[1], 65504.0f, 0);
+    CHECK(kv_fp8_scale(460.0f) == 2.0f && kv_fp8_scale(448.0f) == 1.0f && kv_fp8_scale(1.0f) == 0x1p-8f);
+    CHECK(kv_fp8_scale(0.0f) == 0x1p-22f);
+    CHECK_EQ_INT(kv_e4m3_code(0.3f), 0x2a); /* 1.25 x 2^-2 */
+    CHECK(kv_e4m3_value(0x2a) == 0.3125f);
+    CHECK_EQ_INT(kv_e4m3_code(0x1p-10f), 0);
+    CHECK_EQ_INT(kv_e4m3_code(3 * 0x1p-10f), 2);
+    CHECK_EQ_INT(kv_e4m3_code(448.0f), 0x7e);
+    CHECK_EQ_INT(kv_e4m3_code(-448.0f), 0xfe);
+    for (int c = 0; c < 256; c++) /* every finite code round-trips */
+        if ((c & 0x7f) != 0x7f && !(c == 0x80)) CHECK_EQ_INT(kv_e4m3_code(kv_e4m3_value((uint8_t)c)), c);
+    const float x[4] = { 0.3f, -460.0f, 1.0f, 0.0f };
+    uint32_t w[3];
+    float y[4];
+    CHECK_EQ_INT(kv_entry_words(ENGINE_KV_FP8, 4), 2);
+    kv_pack(ENGINE_KV_FP8, x, 4, w);
+    kv_unpack(ENGINE_KV_FP8, w, 4, y);
+    CHECK(y[0] == 0.3125f && y[1] == -448.0f && y[2] == 1.0f && y[3] == 0.0f);
+    const float h[3] = { 1.0f / 3.0f, 65504.0f, -2.0f };
+    CHECK_EQ_INT(kv_entry_words(ENGINE_KV_F16, 3), 2);
+    kv_pack(ENGINE_KV_F16, h, 3, w);
+    CHECK_EQ_INT(w[0] & 0xffff, 0x3555);
+    kv_unpack(ENGINE_KV_F16, w, 3, y);
+    CHECK(y[0] == 0.333251953125f && y[1] == 65504.0f && y[2] == -2.0f);
 }
 
-/* What storing compressed entries and indexer keys in f16 or FP8 (scale per entry) would
- * cost on the fixture's 300 positions, against float32 storage: relative error of the
- * logits and top-1 agreement (measured: f16 max 6.8e-3, mean 3.4e-5, top-1 300/300; fp8 max
- * 1.01 where the indexer picks other entries, mean 8.5e-3, top-1 295/300). */
+/* What storing compressed entries and indexer keys in f16 or FP8 (power-of-two scale per
+ * entry) costs on the fixture's 300 positions, against float32 storage: relative error of
+ * the logits and top-1 agreement (figures in docs/long-context.md). */
 TEST(kv_storage_rounding_costs_little_against_float32_on_the_fixture)
 {
     uint32_t n_tok;
@@ -420,8 +428,7 @@ TEST(kv_storage_rounding_costs_little_against_float32_on_the_fixture)
     for (int r = 0; r < 3; r++) {
         struct ref_state *st;
         lg[r] = malloc((size_t)n_tok * V * sizeof(float));
-        REQUIRE(lg[r] && ref_state_create(m, n_tok, &st, err, sizeof err) == 0);
-        st->kv_round = (enum ref_kv_round)r;
+        REQUIRE(lg[r] && ref_state_create_kv(m, n_tok, (enum engine_kv_type)r, &st, err, sizeof err) == 0);
         REQUIRE(ref_forward(st, tokens, n_tok, lg[r], true, err, sizeof err) == 0);
         ref_state_destroy(st);
     }

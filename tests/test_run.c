@@ -171,6 +171,42 @@ TEST(logits_tokens_file_last_n_equals_the_tail_of_the_whole_sequence)
     CHECK(strstr(tail, "exceed --ctx 2") != NULL);
 }
 
+/* `flashbox logits --compare`: against the fixture's independent float64 logits the
+ * reference agrees (error under 1e-5, every top-1); with fp8 KV storage against the f32
+ * run it reports an error (entries rounded to E4M3); a file of another size, or none, is
+ * refused with the sizes. */
+TEST(logits_compare_reports_relative_error_and_top1_and_refuses_a_file_of_another_size)
+{
+    char model[512], toks[512], want[512], cmd[4096], out[4096], mine[512];
+    snprintf(model, sizeof model, "%s", test_fixture("model/v4-tiny-f32.gguf"));
+    snprintf(toks, sizeof toks, "%s", test_fixture("model/tokens.txt"));
+    snprintf(want, sizeof want, "%s", test_fixture("model/v4-tiny-f32.logits.f32"));
+    snprintf(mine, sizeof mine, "%s/f32.bin", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens-file %s --compare %s --out %s", test_flashbox_bin(), model,
+             toks, want, mine);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    double mx = 1, mean = 1;
+    long agree = 0, n = 0;
+    const char *r = strstr(out, "relative error max");
+    REQUIRE(r && sscanf(r, "relative error max %lf mean %lf; top-1 agrees at %ld of %ld", &mx, &mean, &agree, &n) == 4);
+    CHECK(mx < 1e-5 && mean <= mx && agree == 300 && n == 300);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --kv fp8 --tokens-file %s --compare %s", test_flashbox_bin(), model,
+             toks, mine);
+    REQUIRE(test_run_cmd(cmd, out, sizeof out) == 0);
+    r = strstr(out, "relative error max");
+    REQUIRE(r && sscanf(r, "relative error max %lf mean %lf; top-1 agrees at %ld of %ld", &mx, &mean, &agree, &n) == 4);
+    CHECK(mx > 1e-3 && mean > 1e-4 && agree >= 280 && n == 300);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens 1,2 --compare %s 2>&1", test_flashbox_bin(), model, mine);
+    CHECK(test_run_cmd(cmd, out, sizeof out) != 0);
+    CHECK(strstr(out, "614400 bytes, expected 4096 (2 positions of 512 float32 logits)") != NULL);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens 1,2 --compare %s/none 2>&1", test_flashbox_bin(), model,
+             test_tmpdir());
+    CHECK(test_run_cmd(cmd, out, sizeof out) != 0);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --backend ref --tokens 1,2 --kv f8 --top 1 2>&1", test_flashbox_bin(), model);
+    CHECK(test_run_cmd(cmd, out, sizeof out) != 0);
+    CHECK(strstr(out, "expected f32, f16 or fp8") != NULL);
+}
+
 /* A prompt of more than 4096 tokens prefills in chunks with a progress line on stderr that
  * ends at the prompt's length. */
 TEST(run_shows_prefill_progress_for_a_long_prompt)

@@ -635,3 +635,43 @@ TEST(serve_slots_past_memory_are_reported_the_rest_serve)
     CHECK_EQ_INT(wait_kids(kids, n_req), n_req);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
 }
+
+/* A short request arriving while a long prompt is read gets a step of its own: its whole
+ * prompt (6 tokens here) without the long prompt's next chunk, which waits a step, so its
+ * first token costs about its own prompt and not the step budget. Seen in the step-tokens
+ * histogram: the long prompt's steps hold 16 tokens each, the short request's step 8 or
+ * fewer (16 if the long chunk had filled it). */
+TEST(serve_first_token_step_defers_a_long_prompt_chunk)
+{
+    const char *sets[] = { "model.backend=ref", "server.slots=2", "server.step_tokens=16", NULL };
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    pid_t kid = fork();
+    REQUIRE(kid >= 0);
+    if (kid == 0) {
+        static char body[8192], content[6000];
+        content[0] = 0;
+        for (int k = 0; k < 700; k++) strcat(content, "waves "); /* about 2800 tokens */
+        snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":1}", content);
+        char *out = NULL;
+        _exit(status_of(&d, body, &out) == 200 ? 0 : 1);
+    }
+    /* the long prompt is being read */
+    double waiting = 0;
+    for (int i = 0; i < 1000 && waiting < 1000; i++) {
+        waiting = serve_metric(&d, "flashbox_prefill_tokens_waiting");
+        if (waiting < 1000) usleep(10000);
+    }
+    CHECK(waiting >= 1000);
+    const double small0 = serve_metric(&d, "flashbox_step_tokens_bucket{le=\"8\"}");
+    CHECK_EQ_INT(small0, 0);
+    char *out = NULL;
+    CHECK_EQ_INT(status_of(&d, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":1}", &out), 200);
+    CHECK(out && strstr(out, "\"prompt_tokens\":6"));
+    free(out);
+    /* the long prompt was still being read when the short request got its answer */
+    CHECK(serve_metric(&d, "flashbox_prefill_tokens_waiting") > 0);
+    CHECK_EQ_INT(serve_metric(&d, "flashbox_step_tokens_bucket{le=\"8\"}"), 1);
+    CHECK_EQ_INT(wait_kids(&kid, 1), 1);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 10000)), 0);
+}

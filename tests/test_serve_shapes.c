@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static const char *const sets[] = { "server.slots=2", NULL };
 
@@ -396,5 +398,40 @@ TEST(serve_forced_tool_calls_validate_in_every_shape)
     CHECK(n_calls >= 1);
     json_decref(o);
     free(out);
+    serve_stop(&d, SIGTERM, 10000);
+}
+
+/* A seeded forced call is the same call alone and with another request sharing the batch. */
+static char *forced_call(struct served *d, const char *body)
+{
+    char *out = NULL, *s = NULL;
+    if (serve_curl(d, "POST", "/v1/chat/completions", body, &out, NULL) == 200) {
+        json_t *o = parse(out);
+        json_t *calls = json_object_get(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "message"), "tool_calls");
+        json_t *fns = json_array();
+        for (size_t i = 0; i < json_array_size(calls); i++)
+            json_array_append(fns, json_object_get(json_array_get(calls, i), "function"));
+        s = json_array_size(fns) ? json_dumps(fns, JSON_COMPACT) : NULL;
+        json_decref(fns);
+        json_decref(o);
+    }
+    free(out);
+    return s;
+}
+
+TEST(serve_forced_tool_call_seeded_same_alone_and_loaded)
+{
+    struct served d;
+    REQUIRE(serve_start(&d, sets) == 0);
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Oslo?\"}],\"max_tokens\":200,\"seed\":7,"
+                       CHAT_TOOLS ",\"tool_choice\":\"required\"}";
+    char *alone = forced_call(&d, body);
+    int other = serve_load_start(&d); /* a second unconstrained request sharing the batch */
+    char *loaded = forced_call(&d, body);
+    CHECK(serve_load_wait(other) == 0);
+    CHECK(alone != NULL);
+    CHECK_STR(alone, loaded);
+    free(alone);
+    free(loaded);
     serve_stop(&d, SIGTERM, 10000);
 }

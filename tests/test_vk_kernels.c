@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "engine/model/quant.h"
+#include "engine/kv_store.h"
 #include "engine/vulkan/vk_internal.h"
 #include "tests/vk_fixture.h"
 #include "shaders/abi.h"
@@ -653,21 +654,30 @@ TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first_fused_or_spli
     vk_fixture_close(&f);
 }
 
-TEST(vk_norm_rope_matches_reference_rows_and_ring_write)
+/* The compressed layers' rope (rope_dim 64, YaRN) for n_pos positions: freqs[32] and the
+ * factored table the kernels read ([*rows][32][2], malloc'd). */
+static float *compressed_rope_table(uint32_t n_pos, double freqs[32], uint32_t *rows)
 {
-    struct vk_fixture f;
-    if (vk_fixture_open(&f)) return;
     struct model_hparams hp;
     memset(&hp, 0, sizeof hp);
     hp.rope_dim = 64; hp.rope_base = 10000; hp.compress_rope_base = 160000; hp.yarn_factor = 16;
     hp.yarn_orig_ctx = 65536; hp.yarn_beta_fast = 32; hp.yarn_beta_slow = 1;
+    ref_rope_freqs(&hp, true, freqs);
+    *rows = vk_rope_rows(n_pos);
+    float *tab = malloc((size_t)*rows * 32 * 2 * 4);
+    vk_rope_fill(freqs, 32, *rows, tab);
+    return tab;
+}
+
+TEST(vk_norm_rope_matches_reference_rows_and_ring_write)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
     /* positions past 1024 read both halves of the factored table */
     const uint32_t n = 128, heads = 3, n_tok = 5, n_pos = 2048, pos0 = 1900, ring = 7;
     double freqs[32];
-    ref_rope_freqs(&hp, true, freqs);
-    const uint32_t rows = vk_rope_rows(n_pos);
-    float *tab = malloc((size_t)rows * 32 * 2 * 4);
-    vk_rope_fill(freqs, 32, rows, tab);
+    uint32_t rows;
+    float *tab = compressed_rope_table(n_pos, freqs, &rows);
     uint64_t rng = 3;
     float *x = rand_vec(&rng, (size_t)n_tok * heads * n, 2, 0), *w = rand_vec(&rng, n, 0.1f, 1);
     size_t ny = (size_t)ring * heads * n;
@@ -918,7 +928,65 @@ enum attn_kernel { ATTN_BUFFERS, ATTN_TEXELS, ATTN_HEADS };
  * kernel's own). */
 struct attn_case {
     uint32_t ratio, H, n_tok, hd, pos0, topk, chunk;
+    enum engine_kv_type kv; /* storage of the compressed entries (ATTN_BUFFERS only for f16, fp8) */
 };
+
+/* norm_rope packing rows into stored entries (kv f16, fp8) gives bitwise the words that
+ * kv_pack makes of the float32 rows the same kernel writes unpacked: the device's packing
+ * is the host's. Rows of mixed magnitudes reach FP8's subnormals and f16's. */
+TEST(vk_norm_rope_packs_entries_bitwise_as_the_host_does)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    const uint32_t n = 128, n_rows = 6, ratio = 4, e0 = 300, n_pos = (e0 + n_rows) * ratio;
+    double freqs[32];
+    uint32_t rows;
+    float *tab = compressed_rope_table(n_pos, freqs, &rows);
+    uint64_t rng = 5;
+    float *x = rand_vec(&rng, (size_t)n_rows * n, 2, 0), *w = rand_vec(&rng, n, 0.1f, 1);
+    for (uint32_t i = 0; i < n; i += 3) w[i] *= 1e-4f; /* small values: subnormal codes */
+    w[5] = 3e4f;                                       /* a large one: past f16's 2^-14 scale */
+    float *y32 = calloc((size_t)n_rows * n, 4);
+    uint32_t *yq = calloc((size_t)n_rows * n, 4), *want = calloc((size_t)n, 4);
+    struct vk_span sx, sw, st, sy32, syq;
+    int rc = vk_fixture_put(&f, x, (size_t)n_rows * n * 4, &sx) || vk_fixture_put(&f, w, n * 4, &sw) ||
+             vk_fixture_put(&f, tab, (size_t)rows * 64 * 4, &st) || vk_fixture_put(&f, NULL, (size_t)n_rows * n * 4, &sy32) ||
+             vk_fixture_put(&f, NULL, (size_t)n_rows * n * 4, &syq);
+    for (int kv = ENGINE_KV_F16; kv <= ENGINE_KV_FP8 && !rc; kv++) {
+        const uint32_t KW = kv_entry_words((enum engine_kv_type)kv, n);
+        struct abi_norm_rope_push p = {
+            .n = n, .rope_dim = 64, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
+            .x_tstride = n, .y_tstride = n, .y_row0 = e0, .y_tmod = 0x7fffffffu, .pos_base = e0 * ratio, .pos_step = ratio,
+            .eps = 1e-6f,
+        };
+        struct abi_norm_rope_push pq = p;
+        pq.y_tstride = KW;
+        pq.y_row0 = 0;
+        pq.kv = (uint32_t)kv;
+        p.y_row0 = 0;
+        const struct vk_span *b32[4] = { &sx, &sy32, &sw, &st }, *bq[4] = { &sx, &syq, &sw, &st };
+        rc = vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.norm_rope, b32, &p, 1, n_rows, 1, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.norm_rope, bq, &pq, 1, n_rows, 1, f.err, sizeof f.err) ||
+             vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sy32, 0, y32, (size_t)n_rows * n * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &syq, 0, yq, (size_t)n_rows * KW * 4, f.err, sizeof f.err);
+        if (rc) break;
+        for (uint32_t r = 0; r < n_rows; r++) {
+            kv_pack((enum engine_kv_type)kv, y32 + (size_t)r * n, n, want);
+            if (memcmp(want, yq + (size_t)r * KW, KW * 4)) {
+                uint32_t i = 0;
+                while (want[i] == yq[(size_t)r * KW + i]) i++;
+                test_fail_at(__FILE__, __LINE__, "kv %s row %u word %u: 0x%08x packed on the device, 0x%08x on the host",
+                             engine_kv_name((enum engine_kv_type)kv), r, i, yq[(size_t)r * KW + i], want[i]);
+                break;
+            }
+        }
+    }
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    free(tab); free(x); free(w); free(y32); free(yq); free(want);
+    vk_fixture_close(&f);
+}
 
 static void check_attention_case(struct vk_fixture *f, enum attn_kernel kernel, struct attn_case c)
 {
@@ -929,6 +997,13 @@ static void check_attention_case(struct vk_fixture *f, enum attn_kernel kernel, 
     uint64_t rng = 31 + ratio;
     float *q = rand_vec(&rng, (size_t)n_tok * H * hd, 1, 0), *ringv = rand_vec(&rng, (size_t)ring * hd, 1, 0);
     float *comp = rand_vec(&rng, (size_t)n_comp * hd, 1, 0), *sinks = rand_vec(&rng, H, 1, 0);
+    /* entries stored as c.kv says; the direct evaluation reads the stored values back */
+    const uint32_t CW = kv_entry_words(c.kv, hd);
+    uint32_t *stored = malloc((size_t)n_comp * CW * 4);
+    for (uint32_t e = 0; e < n_comp; e++) {
+        kv_pack(c.kv, comp + (size_t)e * hd, hd, stored + (size_t)e * CW);
+        kv_unpack(c.kv, stored + (size_t)e * CW, hd, comp + (size_t)e * hd);
+    }
     int32_t *sel = malloc((size_t)n_tok * topk * sizeof *sel);
     for (uint32_t i = 0; i < n_tok * topk; i++) sel[i] = (int32_t)(((uint64_t)i * 5 + 1) % ((pos0 + 1) / 4));
     double freqs[16];
@@ -941,10 +1016,10 @@ static void check_attention_case(struct vk_fixture *f, enum attn_kernel kernel, 
     struct vk_span sq, sr, sc, ss, ssk, st, so;
     struct abi_attn_push p = { .head_dim = hd, .n_head = H, .rope_dim = rope, .window = W, .ring_len = ring, .ratio = ratio,
                                .topk = topk, .pos0 = pos0, .n_tok = n_tok, .o_off = VK_GUARD, .scale = 0.125f,
-                               .chunk = c.chunk };
+                               .chunk = c.chunk, .kv = (uint32_t)c.kv, .comp_words = CW };
     const struct vk_span *b[7] = { &sq, &sr, &sc, &ss, &ssk, &st, &so };
     int rc = vk_fixture_put(f, q, no * 4, &sq) || vk_fixture_put(f, ringv, (size_t)ring * hd * 4, &sr) ||
-             vk_fixture_put(f, comp, (size_t)n_comp * hd * 4, &sc) ||
+             vk_fixture_put(f, stored, (size_t)n_comp * CW * 4, &sc) ||
              vk_fixture_put(f, sel, (size_t)n_tok * topk * sizeof *sel, &ss) ||
              vk_fixture_put(f, sinks, H * 4, &ssk) || vk_fixture_put(f, tab, (size_t)rows * 32 * 4, &st) ||
              vk_fixture_put(f, o, (no + 2 * VK_GUARD) * 4, &so);
@@ -999,11 +1074,11 @@ static void check_attention_case(struct vk_fixture *f, enum attn_kernel kernel, 
             double e = nmse_f(o + VK_GUARD + ((size_t)t * H + h) * hd, ref, hd);
             if (!(e < 1e-10))
                 test_fail_at(__FILE__, __LINE__,
-                             "attention kernel %d (%u heads a workgroup, chunk %u) ratio %u pos %u, %u keys, head %u: nmse %.3g",
-                             (int)kernel, heads, c.chunk, ratio, pos, n_win + nc, h, e);
+                             "attention kernel %d (%u heads a workgroup, chunk %u, kv %s) ratio %u pos %u, %u keys, head %u: "
+                             "nmse %.3g", (int)kernel, heads, c.chunk, engine_kv_name(c.kv), ratio, pos, n_win + nc, h, e);
         }
     free(att); free(keys); free(sel);
-    free(q); free(ringv); free(comp); free(sinks); free(tab); free(o);
+    free(q); free(ringv); free(comp); free(sinks); free(tab); free(o); free(stored);
 }
 
 static void check_attention(struct vk_fixture *f, uint32_t ratio, enum attn_kernel kernel, uint32_t H, uint32_t n_tok,
@@ -1045,6 +1120,22 @@ TEST(vk_attention_heads_matches_direct_evaluation_for_every_head_grouping)
     vk_fixture_close(&f);
 }
 
+/* Compressed entries stored in f16 and FP8: attention.comp unpacks them to the values the
+ * host packed (the direct evaluation reads those), for SWA, CSA and HCA, in chunks too. */
+TEST(vk_attention_reads_f16_and_fp8_entries_as_stored)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    for (int kv = ENGINE_KV_F16; kv <= ENGINE_KV_FP8; kv++)
+        for (uint32_t ratio = 0; ratio <= 8; ratio += 4) {
+            check_attention_case(&f, ATTN_BUFFERS, (struct attn_case){ .ratio = ratio, .H = 3, .n_tok = 4, .hd = 64, .pos0 = 29,
+                                                                       .topk = 3, .kv = (enum engine_kv_type)kv });
+            check_attention_case(&f, ATTN_BUFFERS, (struct attn_case){ .ratio = ratio, .H = 2, .n_tok = 2, .hd = 64, .pos0 = 29,
+                                                                       .topk = 3, .chunk = 3, .kv = (enum engine_kv_type)kv });
+        }
+    vk_fixture_close(&f);
+}
+
 /* Keys in chunks: tiny chunks on a few keys (every boundary: one key, a chunk per key, a
  * last chunk of one), and past the default chunk with more compressed entries than it holds
  * (HCA at position 300,000: 2,344 entries; CSA selecting 2,100), for both storage-buffer
@@ -1075,24 +1166,31 @@ TEST(vk_attention_chunks_match_direct_evaluation_on_few_and_many_keys)
 /* The indexer's scores and top-k selection against a direct evaluation and ref_topk, for
  * n_tok tokens from pos0; the keys repeat every `distinct` rows (0: all distinct) so that
  * scores tie. */
-static void check_indexer(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct)
+static void check_indexer_kv(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct,
+                             enum engine_kv_type kv)
 {
-    const uint32_t IH = 4, D = 32, n_keys = (pos0 + n_tok) / 4 + 1, stride = n_keys + 3;
+    const uint32_t IH = 4, D = 32, n_keys = (pos0 + n_tok) / 4 + 1, stride = n_keys + 3, KW = kv_entry_words(kv, D);
     uint64_t rng = 41;
     float *q = rand_vec(&rng, (size_t)n_tok * IH * D, 1, 0), *w = rand_vec(&rng, (size_t)n_tok * 7, 1, 0);
     float *keys = rand_vec(&rng, (size_t)n_keys * D, 1, 0);
     if (distinct)
         for (uint32_t k = distinct; k < n_keys; k++) memcpy(keys + (size_t)k * D, keys + (size_t)(k % distinct) * D, D * 4);
+    /* stored as kv says; the direct evaluation reads the stored values back */
+    uint32_t *stored = malloc((size_t)n_keys * KW * 4);
+    for (uint32_t k = 0; k < n_keys; k++) {
+        kv_pack(kv, keys + (size_t)k * D, D, stored + (size_t)k * KW);
+        kv_unpack(kv, stored + (size_t)k * KW, D, keys + (size_t)k * D);
+    }
     int32_t *sel = calloc((size_t)n_tok * topk, sizeof *sel), *idx = malloc(topk * sizeof *idx);
     float *score = malloc(n_keys * sizeof *score);
     struct vk_span sq, sw, sk, ss, ssel;
     /* the per-token head weights sit at column 2 of rows of 7 (as in the projection rows) */
     struct abi_indexer_push p = { .n_head = IH, .dim = D, .topk = topk, .pos0 = pos0, .n_tok = n_tok, .w_off = 2, .w_tstride = 7,
-                                  .score_tstride = stride, .scale = 0.1f };
+                                  .score_tstride = stride, .scale = 0.1f, .kv = (uint32_t)kv, .key_words = KW };
     const struct vk_span *b[5] = { &sq, &sw, &sk, &ss, &ssel };
     const size_t sel_bytes = (size_t)n_tok * topk * sizeof *sel;
     int rc = vk_fixture_put(f, q, (size_t)n_tok * IH * D * 4, &sq) || vk_fixture_put(f, w, (size_t)n_tok * 7 * 4, &sw) ||
-             vk_fixture_put(f, keys, (size_t)n_keys * D * 4, &sk) || vk_fixture_put(f, NULL, (size_t)n_tok * stride * 4, &ss) ||
+             vk_fixture_put(f, stored, (size_t)n_keys * KW * 4, &sk) || vk_fixture_put(f, NULL, (size_t)n_tok * stride * 4, &ss) ||
              vk_fixture_put(f, NULL, sel_bytes, &ssel) || vk_recorder_begin(f->rec, f->err, sizeof f->err) ||
              vk_op_dispatch(f->rec, &f->ops, &f->ops.indexer, b, &p, n_tok, 1, 1, f->err, sizeof f->err) ||
              vk_recorder_submit(f->rec, f->err, sizeof f->err) || vk_span_download(f->d, &ssel, 0, sel, sel_bytes, f->err, sizeof f->err);
@@ -1111,12 +1209,17 @@ static void check_indexer(struct vk_fixture *f, uint32_t topk, uint32_t pos0, ui
         ref_topk(score, n_vis, k, idx);
         for (uint32_t j = 0; j < k; j++)
             if (sel[t * topk + j] != idx[j]) {
-                test_fail_at(__FILE__, __LINE__, "indexer top-%u of %u (repeating every %u), token %u: rank %u is %d, expected %d",
-                             topk, n_vis, distinct, t, j, sel[t * topk + j], idx[j]);
+                test_fail_at(__FILE__, __LINE__, "indexer (kv %s) top-%u of %u (repeating every %u), token %u: rank %u is %d, expected %d",
+                             engine_kv_name(kv), topk, n_vis, distinct, t, j, sel[t * topk + j], idx[j]);
                 break;
             }
     }
-    free(q); free(w); free(keys); free(sel); free(idx); free(score);
+    free(q); free(w); free(keys); free(sel); free(idx); free(score); free(stored);
+}
+
+static void check_indexer(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct)
+{
+    check_indexer_kv(f, topk, pos0, n_tok, distinct, ENGINE_KV_F32);
 }
 
 TEST(vk_indexer_selects_the_reference_top_k)
@@ -1125,6 +1228,19 @@ TEST(vk_indexer_selects_the_reference_top_k)
     if (vk_fixture_open(&f)) return;
     check_indexer(&f, 5, 70, 3, 0);
     check_indexer(&f, 40, 70, 3, 0); /* every visible entry */
+    vk_fixture_close(&f);
+}
+
+/* Keys stored in f16 and FP8 (kv_store.h): the kernel unpacks them to the values the host
+ * packed, so its selection is the reference's over those values, ties included. */
+TEST(vk_indexer_reads_f16_and_fp8_keys_as_stored)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    for (int kv = ENGINE_KV_F16; kv <= ENGINE_KV_FP8; kv++) {
+        check_indexer_kv(&f, 5, 70, 3, 0, (enum engine_kv_type)kv);
+        check_indexer_kv(&f, 6, 90, 2, 7, (enum engine_kv_type)kv); /* ties */
+    }
     vk_fixture_close(&f);
 }
 

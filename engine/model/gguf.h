@@ -139,6 +139,8 @@ int gguf_writer_add_str(struct gguf_writer *w, const char *key, const char *v);
 int gguf_writer_add_arr(struct gguf_writer *w, const char *key, enum gguf_val elem_type,
                         const void *elems, uint64_t count); /* numeric element types */
 int gguf_writer_add_arr_str(struct gguf_writer *w, const char *key, const char *const *strs, uint64_t count);
+/* Copies a key read by gguf_open with its exact type and value (strings, arrays too). */
+int gguf_writer_copy_kv(struct gguf_writer *w, const struct gguf_kv *kv);
 /* Registers a tensor; data (nbytes of the type, borrowed until written) may be NULL when
  * the data will be streamed with gguf_writer_stream_tensor. */
 int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, enum gguf_type type,

@@ -157,6 +157,50 @@ int gguf_writer_add_arr_str(struct gguf_writer *w, const char *key, const char *
     return rc;
 }
 
+int gguf_writer_copy_kv(struct gguf_writer *w, const struct gguf_kv *kv)
+{
+    if (kv->type == GGUF_VAL_STRING) {
+        uint8_t *buf = malloc(8 + kv->v.str.len);
+        if (!buf) return w->broken = true, -1;
+        memcpy(buf, &kv->v.str.len, 8);
+        memcpy(buf + 8, kv->v.str.ptr, kv->v.str.len);
+        int rc = add_kv(w, kv->key, GGUF_VAL_STRING, 0, 0, buf, 8 + kv->v.str.len);
+        free(buf);
+        return rc;
+    }
+    if (kv->type == GGUF_VAL_ARRAY && kv->arr_strs) {
+        uint64_t total = 0;
+        for (uint64_t i = 0; i < kv->arr_count; i++) total += 8 + kv->arr_strs[i].len;
+        uint8_t *buf = malloc(total ? total : 1), *p = buf;
+        if (!buf) return w->broken = true, -1;
+        for (uint64_t i = 0; i < kv->arr_count; i++) {
+            memcpy(p, &kv->arr_strs[i].len, 8);
+            memcpy(p + 8, kv->arr_strs[i].ptr, kv->arr_strs[i].len);
+            p += 8 + kv->arr_strs[i].len;
+        }
+        int rc = add_kv(w, kv->key, GGUF_VAL_ARRAY, GGUF_VAL_STRING, kv->arr_count, buf, total);
+        free(buf);
+        return rc;
+    }
+    if (kv->type == GGUF_VAL_ARRAY) return gguf_writer_add_arr(w, kv->key, kv->arr_type, kv->arr_data, kv->arr_count);
+    /* scalars: the reader widened them; narrow back to the stored width (little-endian) */
+    uint8_t b[8];
+    const uint64_t es = gguf_val_size(kv->type);
+    if (!es) return w->broken = true, -1;
+    if (kv->type == GGUF_VAL_FLOAT32) {
+        float f = (float)kv->v.f64;
+        memcpy(b, &f, 4);
+    } else if (kv->type == GGUF_VAL_FLOAT64) {
+        memcpy(b, &kv->v.f64, 8);
+    } else if (kv->type == GGUF_VAL_INT8 || kv->type == GGUF_VAL_INT16 || kv->type == GGUF_VAL_INT32 ||
+               kv->type == GGUF_VAL_INT64) {
+        memcpy(b, &kv->v.i64, 8);
+    } else {
+        memcpy(b, &kv->v.u64, 8);
+    }
+    return add_kv(w, kv->key, kv->type, 0, 0, b, es);
+}
+
 int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, enum gguf_type type,
                            uint32_t n_dims, const uint64_t *ne, const void *data)
 {

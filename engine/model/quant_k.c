@@ -1,13 +1,11 @@
-/* ggml's K-quants (Q2_K .. Q6_K): dequantization bit-exact with ggml's dequantize_row_*, and
- * the Q2_K and Q4_K reference quantizers (same bytes as ggml's quantize_row_*_ref).
+/* ggml's K-quants (Q2_K .. Q6_K): dequantization bit-exact with ggml's dequantize_row_*
+ * (the quantizers are in engine/quantize.c).
  *
  * Bit-exact means the same float operations in the same order: a sub-block's scale is
  * formed first (d * sc, dmin * m) and then applied to the integer (dl * q - ml), exactly as
  * ggml does it; reordering would change the last bit. Layouts: engine/quant.h. */
 #include "engine/model/quant.h"
 
-#include <math.h>
-#include <stdbool.h>
 #include <string.h>
 
 static float half_at(const uint16_t *p)
@@ -21,7 +19,7 @@ static float half_at(const uint16_t *p)
  * theirs in the low 6 bits of bytes 0..3 (scales) and 4..7 (mins); sub-blocks 4..7 keep
  * their low 4 bits in the nibbles of bytes 8..11 and their top 2 bits in the spare top bits
  * of bytes 0..7. */
-static void k4_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m)
+void quant_k4_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m)
 {
     if (j < 4) {
         *sc = s[j] & 63;
@@ -76,9 +74,9 @@ static void dequant_q45_k(const uint8_t *scales, const uint8_t *qs, const uint8_
 {
     for (int c = 0; c < 4; c++) {
         uint8_t sc, m;
-        k4_scale_min(scales, 2 * c, &sc, &m);
+        quant_k4_scale_min(scales, 2 * c, &sc, &m);
         const float d1 = d * (float)sc, m1 = dmin * (float)m;
-        k4_scale_min(scales, 2 * c + 1, &sc, &m);
+        quant_k4_scale_min(scales, 2 * c + 1, &sc, &m);
         const float d2 = d * (float)sc, m2 = dmin * (float)m;
         const uint8_t *q = qs + 32 * c;
         for (int l = 0; l < 32; l++) {
@@ -114,6 +112,11 @@ int dequant_row_k(enum gguf_type type, const void *src, float *dst, uint64_t n)
 {
     const uint8_t *p = src;
     const uint32_t bb = gguf_type_block_bytes(type);
+    /* decide ownership before the loop: a row shorter than QK_K runs no iteration, and an
+     * IQ4_NL row of 128 must still reach dequant_row_iq */
+    if (type != GGUF_TYPE_Q2_K && type != GGUF_TYPE_Q3_K && type != GGUF_TYPE_Q4_K && type != GGUF_TYPE_Q5_K &&
+        type != GGUF_TYPE_Q6_K)
+        return -1;
     for (uint64_t i = 0; i < n / QK_K; i++, p += bb, dst += QK_K) {
         switch (type) {
         case GGUF_TYPE_Q2_K: dequant_q2_k((const struct block_q2_k *)p, dst); break;
@@ -133,160 +136,4 @@ int dequant_row_k(enum gguf_type type, const void *src, float *dst, uint64_t n)
         }
     }
     return 0;
-}
-
-/* ---- reference quantizers (ggml's quantize_row_q2_K_ref / q4_K_ref, byte for byte) ---- */
-
-/* Round half to even, what ggml's nearest_int does by adding 1.5 * 2^23 (|f| < 2^22). */
-static int round_even(float f) { return (int)nearbyintf(f); }
-
-static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
-
-/* Squared (or, with use_abs, absolute) weighted error of x ~ scale * q + min. */
-static float fit_error(int n, const float *x, const float *w, const uint8_t *q, float scale, float min, bool use_abs)
-{
-    float err = 0;
-    for (int i = 0; i < n; i++) {
-        float diff = scale * q[i] + min - x[i];
-        diff = use_abs ? fabsf(diff) : diff * diff;
-        err += w[i] * diff;
-    }
-    return err;
-}
-
-/* Fits x[n] ~ scale * q + min with integer q in [0, nmax] and min <= 0 by weighted least
- * squares over nstep + 1 candidate grids (inverse scales (nmax + rmin + k*rdelta) / range),
- * keeping the one of least weighted error; q in q[n], -min in *neg_min; returns scale.
- * The float operations and their order are ggml's (make_qkx2_quants), so the bytes match. */
-static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *q, float *neg_min, uint8_t *q_try,
-                           float rmin, float rdelta, int nstep, bool use_abs)
-{
-    float min = x[0], max = x[0], sum_w = w[0], sum_x = sum_w * x[0];
-    for (int i = 1; i < n; i++) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
-    }
-    if (min > 0) min = 0;
-    if (max == min) {
-        memset(q, 0, (size_t)n);
-        *neg_min = -min;
-        return 0.f;
-    }
-    float iscale = nmax / (max - min), scale = 1 / iscale;
-    for (int i = 0; i < n; i++) q[i] = (uint8_t)clampi(round_even(iscale * (x[i] - min)), 0, nmax);
-    float best = fit_error(n, x, w, q, scale, min, use_abs);
-    for (int k = 0; k <= nstep; k++) {
-        iscale = (rmin + rdelta * k + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; i++) {
-            int l = clampi(round_even(iscale * (x[i] - min)), 0, nmax);
-            q_try[i] = (uint8_t)l;
-            sum_l += w[i] * l;
-            sum_l2 += w[i] * l * l;
-            sum_xl += w[i] * l * x[i];
-        }
-        float det = sum_w * sum_l2 - sum_l * sum_l;
-        if (!(det > 0)) continue;
-        float s = (sum_w * sum_xl - sum_x * sum_l) / det, m = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-        if (m > 0) {
-            m = 0;
-            s = sum_xl / sum_l2;
-        }
-        float e = fit_error(n, x, w, q_try, s, m, use_abs);
-        if (e < best) {
-            memcpy(q, q_try, (size_t)n);
-            best = e;
-            scale = s;
-            min = m;
-        }
-    }
-    *neg_min = -min;
-    return scale;
-}
-
-void quantize_row_q2_k(const float *x, struct block_q2_k *y, uint64_t n)
-{
-    uint8_t q[QK_K], q_try[16];
-    float w[16], scales[QK_K / 16], mins[QK_K / 16];
-    for (uint64_t ib = 0; ib < n / QK_K; ib++, x += QK_K) {
-        struct block_q2_k *b = &y[ib];
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < QK_K / 16; j++) {
-            for (int l = 0; l < 16; l++) w[l] = fabsf(x[16 * j + l]);
-            scales[j] = fit_scale_min(16, 3, x + 16 * j, w, q + 16 * j, &mins[j], q_try, -0.5f, 0.1f, 15, true);
-            if (scales[j] > max_scale) max_scale = scales[j];
-            if (mins[j] > max_min) max_min = mins[j];
-        }
-        /* 4-bit sub-block scales (low nibble) and mins (high nibble) against d and dmin */
-        memset(b->scales, 0, sizeof b->scales);
-        if (max_scale > 0)
-            for (int j = 0; j < QK_K / 16; j++) b->scales[j] = (uint8_t)round_even(15.f / max_scale * scales[j]);
-        uint16_t d = f32_to_fp16(max_scale > 0 ? max_scale / 15.f : 0.f);
-        if (max_min > 0)
-            for (int j = 0; j < QK_K / 16; j++) b->scales[j] |= (uint8_t)(round_even(15.f / max_min * mins[j]) << 4);
-        uint16_t dmin = f32_to_fp16(max_min > 0 ? max_min / 15.f : 0.f);
-        memcpy(&b->d, &d, 2);
-        memcpy(&b->dmin, &dmin, 2);
-        /* requantize against the rounded scales */
-        for (int j = 0; j < QK_K / 16; j++) {
-            const float dl = fp16_to_f32(d) * (b->scales[j] & 0xf);
-            if (!dl) continue;
-            const float ml = fp16_to_f32(dmin) * (b->scales[j] >> 4);
-            for (int l = 0; l < 16; l++) q[16 * j + l] = (uint8_t)clampi(round_even((x[16 * j + l] + ml) / dl), 0, 3);
-        }
-        for (int h = 0; h < 2; h++)
-            for (int l = 0; l < 32; l++) {
-                const uint8_t *s = q + 128 * h + l;
-                b->qs[32 * h + l] = (uint8_t)(s[0] | s[32] << 2 | s[64] << 4 | s[96] << 6);
-            }
-    }
-}
-
-void quantize_row_q4_k(const float *x, struct block_q4_k *y, uint64_t n)
-{
-    uint8_t q[QK_K], q_try[32];
-    float w[32], scales[QK_K / 32], mins[QK_K / 32];
-    for (uint64_t ib = 0; ib < n / QK_K; ib++, x += QK_K) {
-        struct block_q4_k *b = &y[ib];
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < QK_K / 32; j++) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; l++) sum_x2 += x[32 * j + l] * x[32 * j + l];
-            const float av_x = sqrtf(sum_x2 / 32);
-            for (int l = 0; l < 32; l++) w[l] = av_x + fabsf(x[32 * j + l]);
-            scales[j] = fit_scale_min(32, 15, x + 32 * j, w, q + 32 * j, &mins[j], q_try, -1.f, 0.1f, 20, false);
-            if (scales[j] > max_scale) max_scale = scales[j];
-            if (mins[j] > max_min) max_min = mins[j];
-        }
-        /* 6-bit scales and mins packed as k4_scale_min reads them */
-        const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f, inv_min = max_min > 0 ? 63.f / max_min : 0.f;
-        for (int j = 0; j < QK_K / 32; j++) {
-            uint8_t ls = (uint8_t)round_even(inv_scale * scales[j]), lm = (uint8_t)round_even(inv_min * mins[j]);
-            if (ls > 63) ls = 63;
-            if (lm > 63) lm = 63;
-            if (j < 4) {
-                b->scales[j] = ls;
-                b->scales[j + 4] = lm;
-            } else {
-                b->scales[j + 4] = (uint8_t)((ls & 0xf) | (lm & 0xf) << 4);
-                b->scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
-                b->scales[j] |= (uint8_t)((lm >> 4) << 6);
-            }
-        }
-        const uint16_t d = f32_to_fp16(max_scale / 63.f), dmin = f32_to_fp16(max_min / 63.f);
-        memcpy(&b->d, &d, 2);
-        memcpy(&b->dmin, &dmin, 2);
-        for (int j = 0; j < QK_K / 32; j++) {
-            uint8_t sc, m;
-            k4_scale_min(b->scales, j, &sc, &m);
-            const float dl = fp16_to_f32(d) * sc;
-            if (!dl) continue;
-            const float ml = fp16_to_f32(dmin) * m;
-            for (int l = 0; l < 32; l++) q[32 * j + l] = (uint8_t)clampi(round_even((x[32 * j + l] + ml) / dl), 0, 15);
-        }
-        for (int c = 0; c < 4; c++)
-            for (int l = 0; l < 32; l++) b->qs[32 * c + l] = (uint8_t)(q[64 * c + l] | q[64 * c + l + 32] << 4);
-    }
 }

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/engine.h"
 #include "engine/model/model.h"
 
 /* A KV compressor's per-token state machine (spec §3.7). ratio 4 overlaps blocks
@@ -28,9 +29,9 @@ struct ref_compressor {
 
 struct ref_layer_state {
     float *ring;                /* [window][head_dim]: kv of position p in row p % window */
-    float *comp;                /* [n_ctx/ratio][head_dim]: compressed entries */
+    uint32_t *comp;             /* [n_ctx/ratio][kv_entry_words(head_dim)]: compressed entries, as stored */
     struct ref_compressor kvc;  /* main compressor (ratio != 0) */
-    float *ix_keys;             /* [n_ctx/4][ix_dim]: indexer keys (ratio 4) */
+    uint32_t *ix_keys;          /* [n_ctx/4][kv_entry_words(ix_dim)]: indexer keys (ratio 4), as stored */
     struct ref_compressor ixc;  /* indexer compressor (ratio 4) */
 };
 
@@ -45,6 +46,7 @@ struct ref_scratch {
     float *o;           /* [n_head][head_dim] attention output */
     float *z;           /* [o_groups*o_rank] */
     float *entry;       /* [head_dim] pooled entry */
+    float *key;         /* [max(head_dim, ix_dim)] a stored entry or key unpacked (f16, fp8) */
     float *ixq;         /* [ix_head][ix_dim] */
     float *ixw;         /* [ix_head] */
     float *ix_score;    /* [n_ctx/4] */
@@ -69,19 +71,12 @@ struct ref_scratch {
 
 struct expert_store;
 
-/* How compressed entries and indexer keys are rounded when written: as float32 (what the
- * engine stores), or as they would be stored in float16, or in FP8 E4M3 with one scale
- * per entry (amax / 448). Tests measure what a smaller KV storage would cost. */
-enum ref_kv_round { REF_KV_F32 = 0, REF_KV_F16, REF_KV_FP8 };
-/* Rounds x[n] in place as enum says. */
-void ref_kv_round_entry(enum ref_kv_round r, float *x, uint32_t n);
-
 struct ref_state {
     const struct model *m;
     struct expert_store *experts;   /* NULL: routed experts read from the mapped file */
     uint32_t n_ctx;
     uint32_t pos;                   /* next position */
-    enum ref_kv_round kv_round;     /* REF_KV_F32 unless a test asks */
+    enum engine_kv_type kv;         /* storage of entries and indexer keys (kv_store.h) */
     struct ref_layer_state *layers; /* [n_layer] */
     struct ref_scratch s;
     float *x_batch;                 /* [REF_BATCH][n_hc][n_embd] residual streams */
@@ -92,6 +87,9 @@ struct ref_state {
 };
 
 int ref_state_create(const struct model *m, uint32_t n_ctx, struct ref_state **out, char *err, size_t err_len);
+/* The same with entries and keys stored as kv says (ref_state_create: float32). */
+int ref_state_create_kv(const struct model *m, uint32_t n_ctx, enum engine_kv_type kv, struct ref_state **out, char *err,
+                        size_t err_len);
 void ref_state_destroy(struct ref_state *st);
 void ref_state_reset(struct ref_state *st);
 

@@ -1,43 +1,26 @@
 /* Attention on the CPU (spec §3.4–3.10): q/kv projections, the sliding-window ring, the
  * CSA/HCA compressors, the lightning indexer, sparse attention with sinks, inverse RoPE
  * and the grouped output projection. No QAT simulation (FP8/FP4 rounding of KV and
- * indexer values is not applied; see README). */
+ * indexer values is not applied), except that entries and indexer keys are stored as the
+ * session's KV type says (kv_store.h), so FP8 storage rounds them as §3.16 does. */
 #include "engine/ref/ref.h"
 #include "engine/model/quant.h"
 #include "engine/ref/ref_ops.h"
+#include "engine/kv_store.h"
 
 #include <math.h>
 #include <string.h>
 
 static const float *f32(tensor_ref t) { return (const float *)t->data; }
 
-/* The nearest FP8 E4M3 value to x (4 exponent bits, bias 7, 3 mantissa bits, subnormals
- * from 2^-9, largest 448), ties to even. */
-static float round_e4m3(float x)
+/* Stored entry or key b of a buffer of entries of width values, as floats: the stored
+ * words themselves for f32, else unpacked into scratch. */
+static const float *stored_row(const struct ref_state *st, const uint32_t *buf, uint64_t b, uint32_t width, float *scratch)
 {
-    const float a = fabsf(x);
-    if (a == 0.0f) return x;
-    if (a >= 448.0f) return x < 0 ? -448.0f : 448.0f;
-    int e;
-    frexpf(a, &e);                          /* a = m * 2^e, m in [0.5, 1) */
-    const int exp = e - 1 < -6 ? -6 : e - 1; /* subnormals share 2^-6's step */
-    const float step = ldexpf(1.0f, exp - 3);
-    float q = nearbyintf(a / step) * step;  /* the current rounding mode: to nearest even */
-    if (q > 448.0f) q = 448.0f;
-    return x < 0 ? -q : q;
-}
-
-void ref_kv_round_entry(enum ref_kv_round r, float *x, uint32_t n)
-{
-    if (r == REF_KV_F16) {
-        for (uint32_t i = 0; i < n; i++) x[i] = fp16_to_f32(f32_to_fp16(x[i]));
-    } else if (r == REF_KV_FP8) {
-        float amax = 0.0f;
-        for (uint32_t i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
-        if (amax == 0.0f) return;
-        const float scale = amax / 448.0f;
-        for (uint32_t i = 0; i < n; i++) x[i] = round_e4m3(x[i] / scale) * scale;
-    }
+    const uint32_t *w = buf + b * kv_entry_words(st->kv, width);
+    if (st->kv == ENGINE_KV_F32) return (const float *)w;
+    kv_unpack(st->kv, w, width, scratch);
+    return scratch;
 }
 
 bool ref_compressor_step(struct ref_compressor *c, const struct model_hparams *hp, tensor_ref wkv,
@@ -96,7 +79,7 @@ static uint32_t indexer_select(struct ref_state *st, uint32_t il, const float *a
     ref_matvec(lw->ix_proj, 0, H, a, s->ixw, s->rowbuf);
     const double wscale = 1.0 / sqrt((double)D * H);
     for (uint32_t b = 0; b < n_vis; b++) {
-        const float *k = ls->ix_keys + (uint64_t)b * D;
+        const float *k = stored_row(st, ls->ix_keys, b, D, s->key);
         double score = 0.0;
         for (uint32_t h = 0; h < H; h++) {
             double dot = 0.0;
@@ -140,13 +123,11 @@ void ref_attention(struct ref_state *st, uint32_t il, const float *a, uint32_t p
         if (ratio == 4 &&
             ref_compressor_step(&ls->ixc, hp, lw->ix_comp_kv, lw->ix_comp_gate, lw->ix_comp_ape, lw->ix_comp_norm,
                                 s->freqs_comp, a, pos, s, s->entry)) {
-            ref_kv_round_entry(st->kv_round, s->entry, hp->ix_dim);
-            memcpy(ls->ix_keys + (uint64_t)(pos / 4) * hp->ix_dim, s->entry, hp->ix_dim * sizeof(float));
+            kv_pack(st->kv, s->entry, hp->ix_dim, ls->ix_keys + (uint64_t)(pos / 4) * kv_entry_words(st->kv, hp->ix_dim));
         }
         if (ref_compressor_step(&ls->kvc, hp, lw->comp_kv, lw->comp_gate, lw->comp_ape, lw->comp_norm,
                                 s->freqs_comp, a, pos, s, s->entry)) {
-            ref_kv_round_entry(st->kv_round, s->entry, hd);
-            memcpy(ls->comp + (uint64_t)(pos / ratio) * hd, s->entry, hd * sizeof(float));
+            kv_pack(st->kv, s->entry, hd, ls->comp + (uint64_t)(pos / ratio) * kv_entry_words(st->kv, hd));
         }
         if (ratio == 4) {
             n_sel = indexer_select(st, il, a, pos);
@@ -169,7 +150,7 @@ void ref_attention(struct ref_state *st, uint32_t il, const float *a, uint32_t p
         double mx = sinks[h];
         for (uint32_t j = 0; j < n_keys; j++) {
             const float *v = j < n_win ? ls->ring + (uint64_t)((first + j) % W) * hd
-                                       : ls->comp + (uint64_t)(sel ? (uint32_t)sel[j - n_win] : j - n_win) * hd;
+                                       : stored_row(st, ls->comp, sel ? (uint32_t)sel[j - n_win] : j - n_win, hd, s->key);
             double dot = 0.0;
             for (uint32_t i = 0; i < hd; i++) dot += (double)qh[i] * v[i];
             s->att[j] = (float)(dot * scale);
@@ -180,7 +161,7 @@ void ref_attention(struct ref_state *st, uint32_t il, const float *a, uint32_t p
         for (uint32_t i = 0; i < hd; i++) acc[i] = 0.0;
         for (uint32_t j = 0; j < n_keys; j++) {
             const float *v = j < n_win ? ls->ring + (uint64_t)((first + j) % W) * hd
-                                       : ls->comp + (uint64_t)(sel ? (uint32_t)sel[j - n_win] : j - n_win) * hd;
+                                       : stored_row(st, ls->comp, sel ? (uint32_t)sel[j - n_win] : j - n_win, hd, s->key);
             double e = exp(s->att[j] - mx);
             den += e;
             for (uint32_t i = 0; i < hd; i++) acc[i] += e * v[i];

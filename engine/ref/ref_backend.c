@@ -5,6 +5,7 @@
 #include "engine/experts/expert_store.h"
 #include "engine/ref/ref.h"
 #include "engine/session_state.h"
+#include "engine/kv_store.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -37,11 +38,12 @@ static void ref_close(void *ctx)
     free(c);
 }
 
-static int ref_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **state, char *err, size_t err_len)
+static int ref_session_create(void *ctx, const struct model *m, uint32_t n_ctx, enum engine_kv_type kv, void **state,
+                              char *err, size_t err_len)
 {
     struct ref_ctx *c = ctx;
     struct ref_state *st;
-    if (ref_state_create(m, n_ctx, &st, err, err_len)) return -1;
+    if (ref_state_create_kv(m, n_ctx, kv, &st, err, err_len)) return -1;
     st->experts = c->experts;
     *state = st;
     return 0;
@@ -68,24 +70,24 @@ static int ref_step(void *ctx, const struct backend_step *items, uint32_t n_item
 }
 
 /* Copies one layer's state between the reference buffers and the layout (save: to data). */
-static void ref_state_copy(struct ref_state *st, uint32_t pos, float *data, bool save)
+static void ref_state_copy(struct ref_state *st, uint32_t pos, uint32_t *data, bool save)
 {
     const struct model_hparams *hp = &st->m->hp;
     const uint32_t hd = hp->head_dim;
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         struct ref_layer_state *ls = &st->layers[il];
         struct session_state_layer o;
-        session_state_layer(hp, pos, il, &o);
+        session_state_layer(hp, st->kv, pos, il, &o);
 #define COPY(dst_or_src, buf, n) \
-        (save ? memcpy(data + (dst_or_src), (buf), (n) * sizeof(float)) : memcpy((buf), data + (dst_or_src), (n) * sizeof(float)))
+        (save ? memcpy(data + (dst_or_src), (buf), (n) * 4) : memcpy((buf), data + (dst_or_src), (n) * 4))
         for (uint64_t r = 0; r < o.ring_rows; r++)
             COPY(o.ring_off + r * hd, ls->ring + (uint64_t)((o.ring_first + r) % hp->window) * hd, hd);
-        if (o.comp_rows) COPY(o.comp_off, ls->comp, o.comp_rows * hd);
+        if (o.comp_rows) COPY(o.comp_off, ls->comp, o.comp_rows * kv_entry_words(st->kv, hd));
         if (o.kvc_floats) {
             COPY(o.kvc_off, ls->kvc.kv, o.kvc_floats / 2);
             COPY(o.kvc_off + o.kvc_floats / 2, ls->kvc.score, o.kvc_floats / 2);
         }
-        if (o.ix_rows) COPY(o.ix_off, ls->ix_keys, o.ix_rows * hp->ix_dim);
+        if (o.ix_rows) COPY(o.ix_off, ls->ix_keys, o.ix_rows * kv_entry_words(st->kv, hp->ix_dim));
         if (o.ixc_floats) {
             COPY(o.ixc_off, ls->ixc.kv, o.ixc_floats / 2);
             COPY(o.ixc_off + o.ixc_floats / 2, ls->ixc.score, o.ixc_floats / 2);
@@ -94,7 +96,7 @@ static void ref_state_copy(struct ref_state *st, uint32_t pos, float *data, bool
     }
 }
 
-static int ref_state_save(void *state, float *data, char *err, size_t err_len)
+static int ref_state_save(void *state, uint32_t *data, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
     struct ref_state *st = state;
@@ -102,12 +104,12 @@ static int ref_state_save(void *state, float *data, char *err, size_t err_len)
     return 0;
 }
 
-static int ref_state_load(void *state, uint32_t pos, const float *data, char *err, size_t err_len)
+static int ref_state_load(void *state, uint32_t pos, const uint32_t *data, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
     struct ref_state *st = state;
     ref_state_reset(st);
-    ref_state_copy(st, pos, (float *)data, false); /* only read from when loading */
+    ref_state_copy(st, pos, (uint32_t *)data, false); /* only read from when loading */
     st->pos = pos;
     return 0;
 }

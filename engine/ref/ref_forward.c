@@ -5,6 +5,7 @@
 #include "common/errmsg.h"
 #include "engine/experts/expert_store.h"
 #include "engine/ref/ref_ops.h"
+#include "engine/kv_store.h"
 #include "engine/session_plan.h"
 
 #include <inttypes.h>
@@ -79,7 +80,7 @@ struct ref_scratch_buf {
     size_t elem;
     uint64_t n;
 };
-#define REF_N_SCRATCH 28
+#define REF_N_SCRATCH 29
 
 /* Every scratch buffer of a state of n_ctx positions (s and x_batch give the pointers'
  * places; the plan passes a throwaway struct). */
@@ -104,6 +105,7 @@ static void ref_scratch_table(struct ref_scratch *s, float **x_batch, const stru
     BUF(s->o, (uint64_t)hp->n_head * hd);
     BUF(s->z, (uint64_t)hp->o_groups * hp->o_rank);
     BUF(s->entry, max_u32(hd, hp->ix_dim));
+    BUF(s->key, max_u32(hd, hp->ix_dim));
     BUF(s->ixq, (uint64_t)max_u32(hp->ix_head, 1) * max_u32(hp->ix_dim, 1));
     BUF(s->ixw, max_u32(hp->ix_head, 1));
     BUF(s->ix_score, n_ctx / 4 + 1);
@@ -126,7 +128,8 @@ static void ref_scratch_table(struct ref_scratch *s, float **x_batch, const stru
 #undef BUF
 }
 
-void ref_session_plan(const struct model_hparams *hp, uint32_t n_ctx, uint64_t parts[ENGINE_PLAN_PARTS], uint64_t *largest)
+void ref_session_plan(const struct model_hparams *hp, enum engine_kv_type kv, uint32_t n_ctx, uint64_t parts[ENGINE_PLAN_PARTS],
+                      uint64_t *largest)
 {
     memset(parts, 0, ENGINE_PLAN_PARTS * sizeof *parts);
     *largest = 0;
@@ -135,13 +138,13 @@ void ref_session_plan(const struct model_hparams *hp, uint32_t n_ctx, uint64_t p
         const uint32_t r = hp->ratio[il];
         parts[ENGINE_PLAN_WINDOW] += (uint64_t)hp->window * hd * 4;
         if (r) {
-            uint64_t c = (plan_comp_rows(r, n_ctx) + 1) * hd * 4;
+            uint64_t c = (plan_comp_rows(r, n_ctx) + 1) * kv_entry_words(kv, (uint32_t)hd) * 4;
             parts[r == 4 ? ENGINE_PLAN_CSA_ENTRIES : ENGINE_PLAN_HCA_ENTRIES] += c;
             parts[ENGINE_PLAN_COMP_STATE] += plan_comp_state_floats(r, hd) * 4;
             if (c > *largest) *largest = c;
         }
         if (r == 4) {
-            parts[ENGINE_PLAN_IX_KEYS] += (plan_ix_rows(r, n_ctx) + 1) * hp->ix_dim * 4;
+            parts[ENGINE_PLAN_IX_KEYS] += (plan_ix_rows(r, n_ctx) + 1) * kv_entry_words(kv, hp->ix_dim) * 4;
             parts[ENGINE_PLAN_COMP_STATE] += plan_comp_state_floats(4, hp->ix_dim) * 4;
         }
     }
@@ -154,6 +157,12 @@ void ref_session_plan(const struct model_hparams *hp, uint32_t n_ctx, uint64_t p
 
 int ref_state_create(const struct model *m, uint32_t n_ctx, struct ref_state **out, char *err, size_t err_len)
 {
+    return ref_state_create_kv(m, n_ctx, ENGINE_KV_F32, out, err, err_len);
+}
+
+int ref_state_create_kv(const struct model *m, uint32_t n_ctx, enum engine_kv_type kv, struct ref_state **out, char *err,
+                        size_t err_len)
+{
     *out = NULL;
     const struct model_hparams *hp = &m->hp;
     if (n_ctx == 0) return errf(err, err_len, "context length 0");
@@ -161,6 +170,7 @@ int ref_state_create(const struct model *m, uint32_t n_ctx, struct ref_state **o
     if (!st) return errf(err, err_len, "out of memory");
     st->m = m;
     st->n_ctx = n_ctx;
+    st->kv = kv;
     st->layers = calloc(hp->n_layer, sizeof *st->layers);
     if (!st->layers) goto oom;
     const uint32_t hd = hp->head_dim;
@@ -170,11 +180,11 @@ int ref_state_create(const struct model *m, uint32_t n_ctx, struct ref_state **o
         ls->ring = calloc((uint64_t)hp->window * hd, sizeof(float));
         if (!ls->ring) goto oom;
         if (r) {
-            ls->comp = calloc(plan_comp_rows(r, n_ctx) + 1, hd * sizeof(float));
+            ls->comp = calloc(plan_comp_rows(r, n_ctx) + 1, kv_entry_words(kv, hd) * sizeof(uint32_t));
             if (!ls->comp || compressor_alloc(&ls->kvc, r, hd)) goto oom;
         }
         if (r == 4) {
-            ls->ix_keys = calloc(plan_ix_rows(r, n_ctx) + 1, hp->ix_dim * sizeof(float));
+            ls->ix_keys = calloc(plan_ix_rows(r, n_ctx) + 1, kv_entry_words(kv, hp->ix_dim) * sizeof(uint32_t));
             if (!ls->ix_keys || compressor_alloc(&ls->ixc, 4, hp->ix_dim)) goto oom;
         }
     }

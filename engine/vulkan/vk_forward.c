@@ -19,7 +19,11 @@
 #include <string.h>
 
 #include "common/errmsg.h"
+#include "engine/kv_store.h"
 #include "engine/model/quant.h"
+
+_Static_assert(ENGINE_KV_F32 == ABI_KV_F32 && ENGINE_KV_F16 == ABI_KV_F16 && ENGINE_KV_FP8 == ABI_KV_FP8,
+               "the KV storage types are numbered alike in C and in the shaders");
 
 const char *const vk_kind_names[VK_KIND_COUNT] = {
     "matvec", "hc", "norm_rope", "compress", "indexer", "attention", "router", "swiglu", "other",
@@ -220,29 +224,34 @@ static void hc_post_pending(struct fwd *f, const struct vk_span *src, uint32_t s
 
 /* One compressor (main or indexer) over a session's rows of the step: state machine, then
  * norm + rope of the entries completed in this step. Its kv and score inputs are the
- * columns from kv_col and score_col of the projection rows (coff*width each). */
+ * columns from kv_col and score_col of the projection rows (coff*width each). Float32
+ * entries are pooled and finished in place; other KV types are pooled into the session's
+ * staging rows (raw_off: the main or the indexer compressor's) and packed by norm_rope. */
 static int compressor(struct fwd *f, const struct fwd_part *pt, uint32_t ratio, uint32_t width, uint32_t kv_col,
                       uint32_t score_col, tensor_ref ape, tensor_ref norm, const struct vk_span *state,
-                      const struct vk_span *out, bool finish)
+                      const struct vk_span *out, uint32_t raw_off, bool finish)
 {
     const uint32_t coff = ratio == 4 ? 2 : 1, pw = f->e->proj[f->il].width;
+    const uint32_t e0 = pt->pos0 / ratio, e1 = (pt->pos0 + pt->nt) / ratio;
+    const bool packed = pt->s->kv != ENGINE_KV_F32;
     if (!finish) {
         struct abi_compress_push p = {
             .width = width, .ratio = ratio, .coff = coff, .pos0 = pt->pos0, .n_tok = pt->nt,
             .kv_off = kv_col + pt->t0 * pw, .score_off = score_col + pt->t0 * pw, .in_tstride = pw,
+            .out_off = packed ? raw_off : 0, .out_row0 = packed ? e0 : 0,
         };
-        const struct vk_span *b[5] = { &f->s->proj, &f->s->proj, vk_tensor_span(f->e, ape), state, out };
+        const struct vk_span *b[5] = { &f->s->proj, &f->s->proj, vk_tensor_span(f->e, ape), state,
+                                       packed ? &pt->s->kv_raw : out };
         return dispatch(f, VK_KIND_COMPRESS, &f->e->ops.compress, b, &p, (width + ABI_WG_SIZE - 1) / ABI_WG_SIZE, 1, 1);
     }
-    const uint32_t e0 = pt->pos0 / ratio, e1 = (pt->pos0 + pt->nt) / ratio;
     if (e1 == e0) return 0;
     struct abi_norm_rope_push p = {
         .n = width, .rope_dim = f->hp->rope_dim,
         .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_WEIGHT | ABI_NORM_ROPE_FLAG_ROPE,
-        .x_off = e0 * width, .x_tstride = width, .y_tstride = width, .y_row0 = e0,
-        .pos_base = e0 * ratio, .pos_step = ratio,
+        .x_off = packed ? raw_off : e0 * width, .x_tstride = width, .y_tstride = kv_entry_words(pt->s->kv, width),
+        .y_row0 = e0, .pos_base = e0 * ratio, .pos_step = ratio, .kv = (uint32_t)pt->s->kv,
     };
-    return norm_rope(f, out, out, vk_tensor_span(f->e, norm), &pt->s->rope_comp, p, 1, e1 - e0);
+    return norm_rope(f, packed ? &pt->s->kv_raw : out, out, vk_tensor_span(f->e, norm), &pt->s->rope_comp, p, 1, e1 - e0);
 }
 
 /* The kv row of a session's tokens into its ring and its compressors' state machines. */
@@ -264,10 +273,10 @@ static int attention_kv(struct fwd *f, const struct fwd_part *pt, uint32_t il)
                   pk, 1, pt->nt))
         return -1;
     if (ratio && compressor(f, pt, ratio, hd, pj->col[VK_PROJ_CKV], pj->col[VK_PROJ_CG], lw->comp_ape, lw->comp_norm,
-                            &ls->kvc, &ls->comp, false))
+                            &ls->kvc, &ls->comp, 0, false))
         return -1;
     if (ratio == 4 && compressor(f, pt, 4, hp->ix_dim, pj->col[VK_PROJ_ICKV], pj->col[VK_PROJ_ICG], lw->ix_comp_ape,
-                                 lw->ix_comp_norm, &ls->ixc, &ls->ix_keys, false))
+                                 lw->ix_comp_norm, &ls->ixc, &ls->ix_keys, VK_KV_RAW_ROWS * hd, false))
         return -1;
     return 0;
 }
@@ -282,8 +291,10 @@ static int attention_q(struct fwd *f, const struct fwd_part *pt, uint32_t il)
     struct vk_layer_state *ls = &ps->layers[il];
     const uint32_t hd = hp->head_dim, H = hp->n_head, ratio = hp->ratio[il];
     const struct vk_span *rope = ratio ? &ps->rope_comp : &ps->rope_swa;
-    if (ratio && compressor(f, pt, ratio, hd, 0, 0, NULL, lw->comp_norm, NULL, &ls->comp, true)) return -1;
-    if (ratio == 4 && compressor(f, pt, 4, hp->ix_dim, 0, 0, NULL, lw->ix_comp_norm, NULL, &ls->ix_keys, true)) return -1;
+    if (ratio && compressor(f, pt, ratio, hd, 0, 0, NULL, lw->comp_norm, NULL, &ls->comp, 0, true)) return -1;
+    if (ratio == 4 &&
+        compressor(f, pt, 4, hp->ix_dim, 0, 0, NULL, lw->ix_comp_norm, NULL, &ls->ix_keys, VK_KV_RAW_ROWS * hd, true))
+        return -1;
     struct abi_norm_rope_push p = {
         .n = hd, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_ROPE,
         .x_off = pt->t0 * H * hd, .x_tstride = H * hd, .x_hstride = hd, .y_tstride = H * hd, .y_hstride = hd,
@@ -317,6 +328,7 @@ static int attention_index(struct fwd *f, const struct fwd_part *pt, uint32_t il
             .n_head = IH, .dim = D, .topk = hp->ix_topk, .pos0 = pt->pos0 + g0, .n_tok = n,
             .q_off = t0 * IH * D, .w_off = pj->col[VK_PROJ_IXW] + t0 * pj->width, .w_tstride = pj->width,
             .score_tstride = ps->n_ctx / 4 + 1, .sel_off = g0 * hp->ix_topk, .scale = (float)(1.0 / sqrt((double)D * IH)),
+            .kv = (uint32_t)ps->kv, .key_words = kv_entry_words(ps->kv, D),
         };
         const struct vk_span *b[5] = { &f->s->ixq, &f->s->proj, &ps->layers[il].ix_keys, &ps->ixs, &ps->sel };
         if (g0) barrier(f);
@@ -338,11 +350,13 @@ static int attention_heads(struct fwd *f, const struct fwd_part *pt, uint32_t il
         .head_dim = hd, .n_head = H, .rope_dim = hp->rope_dim, .window = hp->window, .ring_len = ps->ring_len,
         .ratio = ratio, .topk = hp->ix_topk, .pos0 = pt->pos0, .n_tok = nt, .q_off = pt->t0 * H * hd,
         .o_off = pt->t0 * H * hd, .scale = (float)(1.0 / sqrt((double)hd)), .chunk = e->attn_chunk,
+        .kv = ratio ? (uint32_t)ps->kv : ABI_KV_F32, .comp_words = kv_entry_words(ps->kv, hd),
     };
     const struct vk_span *b[7] = { &s->q, &ls->ring, ratio ? &ls->comp : &ls->ring, &ps->sel,
                                    vk_tensor_span(e, lw->attn_sinks), ratio ? &ps->rope_comp : &ps->rope_swa, &s->o };
-    /* CPU drivers read q and the key rows through their chunks' texel views */
-    const bool texel = texel_readable(f, b[0]) && texel_readable(f, b[1]) && texel_readable(f, b[2]);
+    /* CPU drivers read q and the key rows through their chunks' texel views (float32
+     * entries: the float4 views cannot unpack stored f16/fp8 ones, which attention.comp does) */
+    const bool texel = texel_readable(f, b[0]) && texel_readable(f, b[1]) && texel_readable(f, b[2]) && p.kv == ABI_KV_F32;
     if (texel) {
         p.q_off += (uint32_t)(b[0]->off / 4);
         p.ring_off += (uint32_t)(b[1]->off / 4);
@@ -680,8 +694,9 @@ static int run_step(const struct fwd_part *parts, uint32_t n_parts, const int32_
 /* lavapipe (Mesa's CPU driver) ends the loops of a shader invocation after 65,535
  * iterations in all (LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop), silently: past
  * that a kernel returns wrong numbers. Loop iterations of one invocation of the indexer (the
- * scores over H x D, the 32 counting passes, the ranking of the k kept) and of the
- * attention (about one per key) at the last position a batch reaches. */
+ * scores over H heads of D / 16 passes, the 32 counting passes, the ranking of the k kept)
+ * and of the attention (about one per key) at the last position a batch reaches. The
+ * spec's tiny model (8 indexer heads of 128) reaches the limit near 18,000 positions. */
 #define VK_CPU_LOOP_LIMIT 65535u
 uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uint32_t pos)
 {
@@ -692,7 +707,10 @@ uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uin
         if (r == 4) {
             const uint64_t n_vis = (pos + 1) / 4, k = n_vis < hp->ix_topk ? n_vis : hp->ix_topk;
             const uint64_t per = (n_vis + wg - 1) / wg;
-            it = per * ((uint64_t)hp->ix_head * (hp->ix_dim + 1) + 1) + 33 * per + per + wg + (k + wg - 1) / wg * (k + 1);
+            /* per head: the score loop takes 16 values a pass, then the rest one by one
+             * (one more pass counted for entering the second loop) */
+            const uint64_t head = hp->ix_dim / 16 + hp->ix_dim % 16 + 2;
+            it = per * ((uint64_t)hp->ix_head * head + 1) + 33 * per + per + wg + (k + wg - 1) / wg * (k + 1);
             keys += k;
         } else if (r) {
             keys += (pos + 1) / r;

@@ -71,11 +71,16 @@ void vk_proj_tensors(const struct model *m, uint32_t il, tensor_ref out[VK_PROJ_
 
 struct vk_layer_state {
     struct vk_span ring;         /* [ring_len][head_dim]: kv of position p in row p % ring_len */
-    struct vk_span comp;         /* [n_ctx/ratio][head_dim]: compressed entries (the last completes at n_ctx - 1) */
+    struct vk_span comp;         /* [n_ctx/ratio][kv_entry_words(head_dim)]: compressed entries as stored (the last
+                                  * completes at n_ctx - 1) */
     struct vk_span kvc;          /* main compressor: kv [n_rows][coff*head_dim], then score rows */
-    struct vk_span ix_keys;      /* [n_ctx/4][ix_dim] */
+    struct vk_span ix_keys;      /* [n_ctx/4][kv_entry_words(ix_dim)] as stored */
     struct vk_span ixc;          /* indexer compressor: kv [8][2*ix_dim], then score rows */
 };
+
+/* Entries one compressor completes in a batch at most: VK_BATCH / 4, and one more when the
+ * batch starts inside a block. */
+#define VK_KV_RAW_ROWS (VK_BATCH / 4 + 1)
 
 #define VK_N_SCRATCH 22 /* activation buffers of a session (vk_session_buffers) */
 #define VK_N_HOST 4     /* host-visible ones */
@@ -83,6 +88,9 @@ struct vk_layer_state {
 struct vk_session {
     struct vk_engine *e;
     uint32_t n_ctx, pos;
+    enum engine_kv_type kv;      /* storage of entries and indexer keys (engine/kv_store.h) */
+    struct vk_span kv_raw;       /* f16/fp8: [VK_KV_RAW_ROWS][head_dim], then [VK_KV_RAW_ROWS][ix_dim] float32: a
+                                  * step's completed entries and keys before norm_rope packs them */
     uint32_t ring_len;           /* window + VK_BATCH, so one batch never overwrites keys it needs */
     bool needs_reset;            /* compressor state is cleared at the start of the next eval */
     struct vk_arena *arena;      /* device state and activations */
@@ -155,15 +163,16 @@ int vk_weight_of(const struct vk_engine *e, tensor_ref t, uint32_t n_mat_split, 
 
 int vk_engine_open(const struct model *m, const struct engine_options *opt, void **ctx, char *err, size_t err_len);
 void vk_engine_close(void *ctx);
-int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **state, char *err, size_t err_len);
+int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, enum engine_kv_type kv, void **state, char *err,
+                      size_t err_len);
 void vk_session_destroy(void *state);
 void vk_session_reset(void *state);
 int vk_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
             char *err, size_t err_len);
 int vk_step(void *ctx, const struct backend_step *items, uint32_t n_items, char *err, size_t err_len);
 
-int vk_state_save(void *state, float *data, char *err, size_t err_len);
-int vk_state_load(void *state, uint32_t pos, const float *data, char *err, size_t err_len);
+int vk_state_save(void *state, uint32_t *data, char *err, size_t err_len);
+int vk_state_load(void *state, uint32_t pos, const uint32_t *data, char *err, size_t err_len);
 
 /* engine/vulkan/vk_experts.c: expert paging */
 int vk_experts_open(struct vk_engine *e, const struct engine_options *opt, char *err, size_t err_len);

@@ -12,6 +12,7 @@
 #include "engine/ref/ref_ops.h"
 #include "engine/session_plan.h"
 #include "engine/session_state.h"
+#include "engine/kv_store.h"
 
 static uint32_t max_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
 
@@ -111,6 +112,9 @@ static uint32_t proj_width_of(const struct model_hparams *hp)
     return w;
 }
 
+/* Floats of the staging rows of entries and keys before they are packed (vk_session.kv_raw). */
+static uint64_t kv_raw_floats(const struct model_hparams *hp) { return (uint64_t)VK_KV_RAW_ROWS * (hp->head_dim + hp->ix_dim); }
+
 /* One span of n floats (alloc_f: at least one) placed in the planned arena and counted. */
 static void plan_add(struct vk_arena_plan *a, uint64_t *part, uint64_t *spans, uint64_t *largest, uint64_t floats)
 {
@@ -126,7 +130,8 @@ static void plan_add(struct vk_arena_plan *a, uint64_t *part, uint64_t *spans, u
 
 /* Bytes of each part of a session: its spans in vk_session_create's order, placed by the
  * arenas' own rule (vk_arena_plan) so that the blocks' unused tails are counted too. */
-void vk_session_plan(const struct model_hparams *hp, uint32_t n_ctx, uint64_t parts[ENGINE_PLAN_PARTS], uint64_t *largest)
+void vk_session_plan(const struct model_hparams *hp, enum engine_kv_type kv, uint32_t n_ctx, uint64_t parts[ENGINE_PLAN_PARTS],
+                     uint64_t *largest)
 {
     memset(parts, 0, ENGINE_PLAN_PARTS * sizeof *parts);
     *largest = 0;
@@ -143,14 +148,16 @@ void vk_session_plan(const struct model_hparams *hp, uint32_t n_ctx, uint64_t pa
         const uint32_t r = hp->ratio[il];
         ADD(dev, ENGINE_PLAN_WINDOW, (uint64_t)(hp->window + VK_BATCH) * hd);
         if (r) {
-            ADD(dev, r == 4 ? ENGINE_PLAN_CSA_ENTRIES : ENGINE_PLAN_HCA_ENTRIES, plan_comp_rows(r, n_ctx) * hd);
+            ADD(dev, r == 4 ? ENGINE_PLAN_CSA_ENTRIES : ENGINE_PLAN_HCA_ENTRIES,
+                plan_comp_rows(r, n_ctx) * kv_entry_words(kv, (uint32_t)hd));
             ADD(dev, ENGINE_PLAN_COMP_STATE, plan_comp_state_floats(r, hd));
         }
         if (r == 4) {
-            ADD(dev, ENGINE_PLAN_IX_KEYS, plan_ix_rows(r, n_ctx) * hp->ix_dim);
+            ADD(dev, ENGINE_PLAN_IX_KEYS, plan_ix_rows(r, n_ctx) * kv_entry_words(kv, hp->ix_dim));
             ADD(dev, ENGINE_PLAN_COMP_STATE, plan_comp_state_floats(4, hp->ix_dim));
         }
     }
+    if (kv != ENGINE_KV_F32) ADD(dev, ENGINE_PLAN_SCRATCH, kv_raw_floats(hp));
     uint64_t scratch[VK_N_SCRATCH], hostb[VK_N_HOST];
     vk_session_buffers(hp, proj_width_of(hp), n_ctx, scratch, hostb);
     for (int i = 0; i < VK_N_SCRATCH; i++) ADD(dev, ENGINE_PLAN_SCRATCH, scratch[i]);
@@ -165,15 +172,20 @@ void vk_session_plan(const struct model_hparams *hp, uint32_t n_ctx, uint64_t pa
 /* Dispatches one batch can record: ~40 per layer plus the head, and matvec row splits. */
 static uint32_t max_dispatches(const struct model_hparams *hp) { return 64 * hp->n_layer + 256; }
 
-int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **state, char *err, size_t err_len)
+int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, enum engine_kv_type kv, void **state, char *err,
+                      size_t err_len)
 {
     struct vk_engine *e = ctx;
     const struct model_hparams *hp = &m->hp;
     *state = NULL;
+    if (kv != ENGINE_KV_F32 && (hp->head_dim % 4 || hp->ix_dim % 4))
+        return errf(err, err_len, "vulkan: KV type %s packs rows of four values: head_dim %u and ix_dim %u must be "
+                    "multiples of 4", engine_kv_name(kv), hp->head_dim, hp->ix_dim);
     struct vk_session *s = calloc(1, sizeof *s);
     if (!s) return errf(err, err_len, "out of memory");
     s->e = e;
     s->n_ctx = n_ctx;
+    s->kv = kv;
     s->ring_len = hp->window + VK_BATCH;
     s->ix_rows = vk_indexer_rows(n_ctx);
     s->needs_reset = true;
@@ -182,7 +194,7 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
     const uint32_t B = VK_BATCH, hd = hp->head_dim, K = hp->n_expert_used;
     { /* every buffer is bound whole: the largest must fit one binding */
         uint64_t parts[ENGINE_PLAN_PARTS], largest;
-        vk_session_plan(hp, n_ctx, parts, &largest);
+        vk_session_plan(hp, kv, n_ctx, parts, &largest);
         if (largest > e->d->max_range) {
             free(s);
             return errf(err, err_len, "vulkan: a %u-position session needs a buffer of %llu bytes, past the device's "
@@ -211,13 +223,15 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, void **s
         struct vk_layer_state *ls = &s->layers[il];
         uint32_t r = hp->ratio[il];
         if (alloc_f(s, s->arena, &ls->ring, (uint64_t)s->ring_len * hd, err, err_len)) goto fail;
-        if (r && (alloc_f(s, s->arena, &ls->comp, plan_comp_rows(r, n_ctx) * hd, err, err_len) ||
+        if (r && (alloc_f(s, s->arena, &ls->comp, plan_comp_rows(r, n_ctx) * kv_entry_words(kv, hd), err, err_len) ||
                   alloc_f(s, s->arena, &ls->kvc, plan_comp_state_floats(r, hd), err, err_len)))
             goto fail;
-        if (r == 4 && (alloc_f(s, s->arena, &ls->ix_keys, plan_ix_rows(r, n_ctx) * hp->ix_dim, err, err_len) ||
+        if (r == 4 && (alloc_f(s, s->arena, &ls->ix_keys, plan_ix_rows(r, n_ctx) * kv_entry_words(kv, hp->ix_dim), err,
+                                       err_len) ||
                        alloc_f(s, s->arena, &ls->ixc, plan_comp_state_floats(4, hp->ix_dim), err, err_len)))
             goto fail;
     }
+    if (kv != ENGINE_KV_F32 && alloc_f(s, s->arena, &s->kv_raw, kv_raw_floats(hp), err, err_len)) goto fail;
     struct vk_span *scratch[VK_N_SCRATCH] = {
         &s->x, &s->hc, &s->mix, &s->a, &s->qr, &s->q, &s->proj, &s->o, &s->z, &s->f, &s->ixq, &s->ixs, &s->sel, &s->mp,
         &s->ids, &s->grp, &s->rw, &s->gu, &s->yd, &s->guess_mp, &s->guess_ids, &s->guess_rw,
@@ -246,7 +260,7 @@ fail:
 
 /* The session's state to or from the layout of session_state.h. The window ring is moved
  * whole (its rows sit at p % ring_len); everything else part by part. */
-static int state_move(struct vk_session *s, uint32_t pos, float *data, bool save, char *err, size_t err_len)
+static int state_move(struct vk_session *s, uint32_t pos, uint32_t *data, bool save, char *err, size_t err_len)
 {
     const struct model_hparams *hp = &s->e->m->hp;
     struct vk_device *d = s->e->d;
@@ -258,21 +272,25 @@ static int state_move(struct vk_session *s, uint32_t pos, float *data, bool save
     for (uint32_t il = 0; il < hp->n_layer && !rc; il++) {
         const struct vk_layer_state *ls = &s->layers[il];
         struct session_state_layer o;
-        session_state_layer(hp, pos, il, &o);
+        session_state_layer(hp, s->kv, pos, il, &o);
         if (save) rc = vk_span_download(d, &ls->ring, 0, ring, ring_floats * 4, err, err_len);
         for (uint64_t r = 0; r < o.ring_rows && !rc; r++) {
-            float *row = ring + (uint64_t)((o.ring_first + r) % s->ring_len) * hd, *lay = data + o.ring_off + r * hd;
-            memcpy(save ? lay : row, save ? row : lay, hd * sizeof(float));
+            float *row = ring + (uint64_t)((o.ring_first + r) % s->ring_len) * hd;
+            uint32_t *lay = data + o.ring_off + r * hd;
+            memcpy(save ? (void *)lay : (void *)row, save ? (const void *)row : (const void *)lay, hd * sizeof(float));
         }
         if (!save && !rc) rc = vk_span_upload(d, &ls->ring, 0, ring, ring_floats * 4, err, err_len);
         const struct { const struct vk_span *sp; uint64_t off, n; } parts[4] = {
-            { &ls->comp, o.comp_off, o.comp_rows * hd }, { &ls->kvc, o.kvc_off, o.kvc_floats },
-            { &ls->ix_keys, o.ix_off, o.ix_rows * hp->ix_dim }, { &ls->ixc, o.ixc_off, o.ixc_floats },
+            { &ls->comp, o.comp_off, o.comp_rows * kv_entry_words(s->kv, hd) }, { &ls->kvc, o.kvc_off, o.kvc_floats },
+            { &ls->ix_keys, o.ix_off, o.ix_rows * kv_entry_words(s->kv, hp->ix_dim) }, { &ls->ixc, o.ixc_off, o.ixc_floats },
         };
         for (int i = 0; i < 4 && !rc; i++) {
             if (!parts[i].n) continue;
             if (save && s->needs_reset && (i == 1 || i == 3)) { /* never run: the state a reset gives */
-                for (uint64_t j = 0; j < parts[i].n; j++) data[parts[i].off + j] = j < parts[i].n / 2 ? 0.0f : -INFINITY;
+                for (uint64_t j = 0; j < parts[i].n; j++) {
+                    const float v = j < parts[i].n / 2 ? 0.0f : -INFINITY;
+                    memcpy(&data[parts[i].off + j], &v, 4);
+                }
                 continue;
             }
             rc = save ? vk_span_download(d, parts[i].sp, 0, data + parts[i].off, parts[i].n * 4, err, err_len)
@@ -283,7 +301,7 @@ static int state_move(struct vk_session *s, uint32_t pos, float *data, bool save
     return rc ? errf_prefix(err, err_len, "vulkan session state") : 0;
 }
 
-int vk_state_save(void *state, float *data, char *err, size_t err_len)
+int vk_state_save(void *state, uint32_t *data, char *err, size_t err_len)
 {
     struct vk_session *s = state;
     if (s->needs_reset && s->pos)
@@ -291,12 +309,12 @@ int vk_state_save(void *state, float *data, char *err, size_t err_len)
     return state_move(s, s->pos, data, true, err, err_len);
 }
 
-int vk_state_load(void *state, uint32_t pos, const float *data, char *err, size_t err_len)
+int vk_state_load(void *state, uint32_t pos, const uint32_t *data, char *err, size_t err_len)
 {
     struct vk_session *s = state;
     s->pos = 0;
     s->needs_reset = true;
-    if (state_move(s, pos, (float *)data, false, err, err_len)) return -1; /* only read from when loading */
+    if (state_move(s, pos, (uint32_t *)data, false, err, err_len)) return -1; /* only read from when loading */
     s->pos = pos;
     s->needs_reset = false;
     return 0;

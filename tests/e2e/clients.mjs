@@ -133,6 +133,37 @@ const toolRawNoParallel = (await raw('/v1/chat/completions', { ...toolBody, para
 check('anthropic tools and a tool result prompt as the chat equivalent', atoolsText === (toolRawNoParallel || ''),
   [atools.content, toolRawNoParallel]);
 
+// Forced calls: the random model must call, with arguments that fit the schema; the SDKs'
+// own stream helpers assemble the streamed deltas into the same call.
+const forcedSchema = { type: 'object', properties: { city: { type: 'string', maxLength: 10 },
+  unit: { enum: ['c', 'f'] } }, required: ['city'], additionalProperties: false };
+const fitsSchema = (a) => typeof a === 'object' && a !== null && typeof a.city === 'string' && [...a.city].length <= 10 && // code points, as JSON Schema counts
+  Object.keys(a).every((k) => k === 'city' || (k === 'unit' && ['c', 'f'].includes(a.unit)));
+const forcedBody = { model: 'any', max_tokens: 200, seed: 3, messages: [{ role: 'user', content: 'Weather in Oslo?' }],
+  tools: [{ type: 'function', function: { name: 'get_weather', parameters: forcedSchema } }],
+  tool_choice: { type: 'function', function: { name: 'get_weather' } } };
+const forced = await openai.chat.completions.create(forcedBody);
+const fcall = forced.choices[0].message.tool_calls?.[0];
+check('openai forced tool call', forced.choices[0].finish_reason === 'tool_calls' && fcall?.function.name === 'get_weather' &&
+  fitsSchema(JSON.parse(fcall.function.arguments)), forced.choices[0]);
+const fstream = openai.beta.chat.completions.stream(forcedBody);
+const ffinal = await fstream.finalChatCompletion();
+const scall = ffinal.choices[0].message.tool_calls?.[0];
+check('openai forced tool call streamed', scall?.function.name === 'get_weather' &&
+  scall.function.arguments === fcall?.function.arguments, [scall, fcall]);
+
+const aforcedBody = { model: 'any', max_tokens: 200, messages: [{ role: 'user', content: 'Weather in Oslo?' }],
+  tools: [{ name: 'get_weather', input_schema: forcedSchema }], tool_choice: { type: 'tool', name: 'get_weather' } };
+const aforced = await anthropic.messages.create(aforcedBody);
+const ause = aforced.content.find((b) => b.type === 'tool_use');
+check('anthropic forced tool_use', aforced.stop_reason === 'tool_use' && ause?.name === 'get_weather' &&
+  fitsSchema(ause.input), aforced.content);
+const afstream = anthropic.messages.stream(aforcedBody);
+const affinal = await afstream.finalMessage();
+const asuse = affinal.content.find((b) => b.type === 'tool_use');
+check('anthropic forced tool_use streamed', affinal.stop_reason === 'tool_use' && asuse?.name === 'get_weather' &&
+  fitsSchema(asuse.input), affinal.content);
+
 try {
   await anthropic.messages.create({ model: 'any', messages: [{ role: 'user', content: 'x' }] });
   check('anthropic error', false, 'accepted a body without max_tokens');

@@ -1,0 +1,365 @@
+/* `flashbox quantize`: recipes and pattern files, importance matrices (and their malformed
+ * forms), the rewrite on a generated model whose rows are multiples of 256 (every K-quant
+ * applies) and on the fixture model (rows of 128: the fallbacks), the result loading and
+ * running on the reference and on Vulkan, and the atomic write. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "engine/model/gguf.h"
+#include "engine/model/quant.h"
+#include "tests/harness.h"
+#include "tools/mkmodel.h"
+#include "tools/quantize.h"
+
+static int parse(const char *text, struct quant_recipe *r, char *err, size_t len)
+{
+    memset(r, 0, sizeof *r);
+    return quant_recipe_parse(text, strlen(text), r, err, len);
+}
+
+TEST(quantize_pattern_file_rules_match_in_order)
+{
+    static struct quant_recipe r;
+    char err[256];
+    REQUIRE(parse("# experts\nblk.0.ffn_down_exps = q6_k\n\nblk.*.ffn_*_exps=Q2_K  # the rest\noutput=q8_0\n", &r, err, sizeof err) == 0);
+    CHECK_EQ_INT(r.n_rules, 3);
+    const struct quant_rule *q = quant_recipe_match(&r, "blk.0.ffn_down_exps.weight");
+    REQUIRE(q);
+    CHECK_EQ_INT(q->type, GGUF_TYPE_Q6_K);
+    CHECK_EQ_INT(q->line, 2);
+    q = quant_recipe_match(&r, "blk.12.ffn_gate_exps.weight");
+    REQUIRE(q);
+    CHECK_EQ_INT(q->type, GGUF_TYPE_Q2_K);
+    CHECK(quant_recipe_match(&r, "blk.1.ffn_gate_shexp.weight") == NULL);
+    CHECK(quant_recipe_match(&r, "output_norm.weight") == NULL);
+    REQUIRE(quant_recipe_load("2bit", &r, err, sizeof err) == 0);
+    q = quant_recipe_match(&r, "blk.3.ffn_up_exps.weight");
+    CHECK(q && q->type == GGUF_TYPE_Q2_K);
+    q = quant_recipe_match(&r, "blk.3.attn_output_b.weight");
+    CHECK(q && q->type == GGUF_TYPE_Q8_0);
+}
+
+TEST(quantize_malformed_pattern_files_name_the_line)
+{
+    static const struct { const char *text, *want; } bad[] = {
+        { "blk.*.ffn_down_exps q2_k\n", "line 1: 'blk.*.ffn_down_exps q2_k': expected PATTERN=TYPE" },
+        { "# c\nblk.*=q9_k\n", "line 2: 'q9_k' is not a tensor type" },
+        { "blk.*=iq2_xxs\n", "line 1: IQ2_XXS has no quantizer here" },
+        { "=q4_k\n", "line 1: empty pattern" },
+        { "blk.*=\n", "line 1: '' is not a tensor type" },
+        { "# only comments\n\n", "no rules" },
+        { "", "no rules" },
+    };
+    static struct quant_recipe r;
+    char err[256];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = 0;
+        CHECK(parse(bad[i].text, &r, err, sizeof err) == -1);
+        if (!strstr(err, bad[i].want)) test_fail_at(__FILE__, __LINE__, "case %zu: '%s', expected '%s'", i, err, bad[i].want);
+    }
+    char big[400];
+    memset(big, 'a', sizeof big);
+    big[sizeof big - 1] = 0;
+    CHECK(parse(big, &r, err, sizeof err) == -1 && strstr(err, "line 1: longer than"));
+    const char nul[] = "blk.*=q4_k\nx\0y=q4_k\n";
+    memset(&r, 0, sizeof r);
+    CHECK(quant_recipe_parse(nul, sizeof nul - 1, &r, err, sizeof err) == -1 && strstr(err, "line 2: a NUL byte"));
+    CHECK(quant_recipe_load("/nonexistent/recipe.txt", &r, err, sizeof err) == -1 && strstr(err, "not a named recipe"));
+}
+
+/* A legacy imatrix image: entries (name, ncall, values). */
+static size_t legacy_imatrix(uint8_t *buf, int n, const char *const *names, const int32_t *ncall, const int32_t *nval,
+                             const float *vals)
+{
+    size_t at = 0;
+    int32_t v = n;
+    memcpy(buf + at, &v, 4), at += 4;
+    for (int i = 0; i < n; i++) {
+        v = (int32_t)strlen(names[i]);
+        memcpy(buf + at, &v, 4), at += 4;
+        memcpy(buf + at, names[i], (size_t)v), at += (size_t)v;
+        memcpy(buf + at, &ncall[i], 4), at += 4;
+        memcpy(buf + at, &nval[i], 4), at += 4;
+        memcpy(buf + at, vals, 4 * (size_t)nval[i]), at += 4 * (size_t)nval[i];
+    }
+    return at;
+}
+
+TEST(quantize_imatrix_legacy_format_is_averaged_over_calls_and_checked)
+{
+    uint8_t buf[4096];
+    float vals[256];
+    for (int i = 0; i < 256; i++) vals[i] = (float)(i + 1);
+    const char *names[] = { "blk.0.ffn_down_exps.weight", "output.weight" };
+    const int32_t ncall[] = { 4, 0 }, nval[] = { 256, 8 };
+    size_t n = legacy_imatrix(buf, 2, names, ncall, nval, vals);
+    struct quant_imatrix m;
+    char err[256];
+    REQUIRE(quant_imatrix_parse(buf, n, &m, err, sizeof err) == 0);
+    CHECK_EQ_INT(m.n, 2);
+    const struct quant_imatrix_entry *e = quant_imatrix_find(&m, "blk.0.ffn_down_exps.weight");
+    REQUIRE(e && e->n_val == 256);
+    CHECK(e->val[7] == 2.0f); /* 8 / 4 calls */
+    e = quant_imatrix_find(&m, "output.weight");
+    CHECK(e && e->val[3] == 4.0f); /* ncall 0: as stored */
+    quant_imatrix_free(&m);
+    /* every truncation is refused with a message, never read past */
+    for (size_t cut = 0; cut < n; cut += 7) {
+        err[0] = 0;
+        uint8_t *copy = malloc(cut ? cut : 1);
+        memcpy(copy, buf, cut);
+        if (quant_imatrix_parse(copy, cut, &m, err, sizeof err) == 0 || !err[0])
+            test_fail_at(__FILE__, __LINE__, "truncated at %zu accepted", cut);
+        free(copy);
+    }
+    /* negative or NaN weights, absurd counts, a NUL in a name */
+    n = legacy_imatrix(buf, 1, names, ncall, nval, vals);
+    const size_t at_nval = 4 + 4 + strlen(names[0]) + 4;
+    for (int k = 0; k < 2; k++) {
+        const int32_t bad_nval = k ? -1 : 1 << 28;
+        memcpy(buf + at_nval, &bad_nval, 4);
+        err[0] = 0;
+        CHECK(quant_imatrix_parse(buf, n, &m, err, sizeof err) == -1 && strstr(err, k ? "-1 values" : "268435456 values"));
+    }
+    memcpy(buf + at_nval, &nval[0], 4);
+    vals[5] = NAN;
+    n = legacy_imatrix(buf, 1, names, ncall, nval, vals);
+    CHECK(quant_imatrix_parse(buf, n, &m, err, sizeof err) == -1 && strstr(err, "value 5"));
+    vals[5] = 6;
+    int32_t huge = 1 << 30;
+    memcpy(buf, &huge, 4);
+    CHECK(quant_imatrix_parse(buf, n, &m, err, sizeof err) == -1 && strstr(err, "entries"));
+}
+
+static int write_model(const char *path, uint32_t dim)
+{
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.quant = MKMODEL_F32;
+    c.n_embd = c.n_ff_exp = dim;
+    char err[256];
+    if (mkmodel_write(&c, path, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int quantize_with(const char *in, const char *out, const char *recipe, const struct quant_imatrix *im,
+                         struct quantize_stats *st, char *err, size_t len)
+{
+    static struct quant_recipe r;
+    if (quant_recipe_load(recipe, &r, err, len)) return -1;
+    struct quantize_opts o = { .in = in, .out = out, .recipe = &r, .imatrix = im, .log = NULL };
+    return quantize_model(&o, st, err, len);
+}
+
+/* The bytes a tensor of out should hold: its source rows dequantized and quantized again. */
+static void check_tensor_bytes(const struct gguf_file *src, const struct gguf_file *dst, const char *name, enum gguf_type want)
+{
+    const struct gguf_tensor *a = gguf_find_tensor(src, name), *b = gguf_find_tensor(dst, name);
+    if (!a || !b) {
+        test_fail_at(__FILE__, __LINE__, "%s missing", name);
+        return;
+    }
+    if (b->type != want) {
+        test_fail_at(__FILE__, __LINE__, "%s: %s, expected %s", name, gguf_type_name(b->type), gguf_type_name(want));
+        return;
+    }
+    CHECK(memcmp(a->ne, b->ne, sizeof a->ne) == 0);
+    if (a->type == want) {
+        CHECK(a->nbytes == b->nbytes && memcmp(a->data, b->data, a->nbytes) == 0);
+        return;
+    }
+    const uint64_t ne0 = a->ne[0], rows = a->n_elements / ne0, rb = b->nbytes / rows;
+    float *row = malloc(ne0 * 4);
+    uint8_t *q = malloc(rb);
+    for (uint64_t r = 0; r < rows; r += rows / 5 + 1) {
+        dequant_row(a->type, (const uint8_t *)a->data + r * (a->nbytes / rows), row, ne0);
+        quant_quantize_row(want, row, q, ne0, NULL);
+        if (memcmp(q, (const uint8_t *)b->data + r * rb, rb)) {
+            test_fail_at(__FILE__, __LINE__, "%s row %llu differs from quant_quantize_row", name, (unsigned long long)r);
+            break;
+        }
+    }
+    free(row);
+    free(q);
+}
+
+static const int32_t report_tokens[] = { 3, 17, 200, 5, 99, 42, 7, 311, 64, 128, 1, 250, 33, 77, 150, 12 };
+#define N_REPORT (uint32_t)(sizeof report_tokens / sizeof report_tokens[0])
+
+TEST(quantize_recipes_rewrite_a_256_wide_model_that_then_runs)
+{
+    char in[512], out[512], err[512];
+    snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
+    REQUIRE(write_model(in, 256) == 0);
+    struct gguf_file *src;
+    REQUIRE(gguf_open(&src, in, err, sizeof err) == 0);
+    static const struct { const char *recipe; enum gguf_type experts; double kl_bound; } cases[] = {
+        { "q8", GGUF_TYPE_Q8_0, 0.02 }, { "4bit", GGUF_TYPE_Q4_K, 0.3 }, { "2bit", GGUF_TYPE_Q2_K, 1.2 },
+    };
+    double kl[3] = { 0 };
+    for (int i = 0; i < 3; i++) {
+        snprintf(out, sizeof out, "%s/%s.gguf", test_tmpdir(), cases[i].recipe);
+        struct quantize_stats st;
+        if (quantize_with(in, out, cases[i].recipe, NULL, &st, err, sizeof err)) {
+            test_fail_at(__FILE__, __LINE__, "%s: %s", cases[i].recipe, err);
+            continue;
+        }
+        CHECK_EQ_INT(st.n_fallback, 0);
+        CHECK(st.bytes_out < st.bytes_in);
+        struct gguf_file *q;
+        REQUIRE(gguf_open(&q, out, err, sizeof err) == 0);
+        check_tensor_bytes(src, q, "blk.0.ffn_down_exps.weight", cases[i].experts);
+        check_tensor_bytes(src, q, "blk.2.ffn_gate_exps.weight", cases[i].experts);
+        check_tensor_bytes(src, q, "blk.1.attn_q_b.weight", GGUF_TYPE_Q8_0);
+        check_tensor_bytes(src, q, "output.weight", GGUF_TYPE_Q8_0);
+        check_tensor_bytes(src, q, "blk.0.attn_norm.weight", GGUF_TYPE_F32);  /* not in the recipe */
+        check_tensor_bytes(src, q, "token_embd.weight", GGUF_TYPE_F32);
+        CHECK(gguf_find_kv(q, "flashbox.quantize.recipe") != NULL);
+        CHECK_EQ_INT(q->n_kv, src->n_kv + 1);
+        gguf_close(q);
+        struct quantize_report rep;
+        if (quantize_report_run(in, out, report_tokens, N_REPORT, &rep, err, sizeof err)) {
+            test_fail_at(__FILE__, __LINE__, "%s: report: %s", cases[i].recipe, err);
+            continue;
+        }
+        CHECK_EQ_INT(rep.n_positions, N_REPORT);
+        kl[i] = rep.kl_mean;
+        if (!(rep.kl_mean > 0 && rep.kl_mean < cases[i].kl_bound))
+            test_fail_at(__FILE__, __LINE__, "%s: KL %g, expected in (0, %g)", cases[i].recipe, rep.kl_mean, cases[i].kl_bound);
+    }
+    /* fewer bits cost more */
+    CHECK(kl[0] < kl[1] && kl[1] < kl[2]);
+    /* the same file against itself: KL 0, every top-1 the same */
+    struct quantize_report same;
+    REQUIRE(quantize_report_run(in, in, report_tokens, N_REPORT, &same, err, sizeof err) == 0);
+    CHECK(same.kl_mean == 0 && same.top1_same == N_REPORT);
+    gguf_close(src);
+}
+
+TEST(quantize_result_runs_on_vulkan_like_the_reference)
+{
+    char in[512], out[512], err[512];
+    snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
+    snprintf(out, sizeof out, "%s/q.gguf", test_tmpdir());
+    REQUIRE(write_model(in, 256) == 0);
+    struct quantize_stats st;
+    REQUIRE(quantize_with(in, out, "4bit", NULL, &st, err, sizeof err) == 0);
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_path = out;
+    struct engine *ref = NULL, *vk = NULL;
+    o.backend = ENGINE_BACKEND_VULKAN;
+    if (engine_open(&vk, &o, err, sizeof err)) {
+        if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        return;
+    }
+    o.backend = ENGINE_BACKEND_REF;
+    REQUIRE(engine_open(&ref, &o, err, sizeof err) == 0);
+    struct engine_info info;
+    engine_get_info(ref, &info);
+    const uint32_t n = 6;
+    float *a = malloc((size_t)n * info.n_vocab * 4), *b = malloc((size_t)n * info.n_vocab * 4);
+    struct session *sa, *sb;
+    REQUIRE(session_create(ref, 64, &sa, err, sizeof err) == 0 && session_create(vk, 64, &sb, err, sizeof err) == 0);
+    REQUIRE(session_eval(sa, report_tokens, n, a, true, err, sizeof err) == 0);
+    REQUIRE(session_eval(sb, report_tokens, n, b, true, err, sizeof err) == 0);
+    for (uint32_t p = 0; p < n; p++) {
+        double e2 = 0, x2 = 0;
+        for (uint32_t i = 0; i < info.n_vocab; i++) {
+            const float x = a[(size_t)p * info.n_vocab + i], y = b[(size_t)p * info.n_vocab + i];
+            e2 += (double)(x - y) * (x - y);
+            x2 += (double)x * x;
+        }
+        if (!(sqrt(e2 / x2) < 1e-3)) test_fail_at(__FILE__, __LINE__, "position %u: relative error %g", p, sqrt(e2 / x2));
+    }
+    session_destroy(sa);
+    session_destroy(sb);
+    engine_close(ref);
+    engine_close(vk);
+    free(a);
+    free(b);
+}
+
+TEST(quantize_imatrix_weights_iq4_and_a_bad_one_writes_nothing)
+{
+    char in[512], out[512], err[512];
+    snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
+    snprintf(out, sizeof out, "%s/q.gguf", test_tmpdir());
+    REQUIRE(write_model(in, 256) == 0);
+    /* weights for one expert tensor: 256 columns x 8 experts, emphasising the first half */
+    static float vals[256 * 8];
+    for (int i = 0; i < 256 * 8; i++) vals[i] = i % 256 < 128 ? 10.f : 0.01f;
+    const char *names[] = { "blk.0.ffn_gate_exps.weight" };
+    const int32_t ncall[] = { 1 }, nval[] = { 256 * 8 };
+    static uint8_t buf[16384];
+    size_t n = legacy_imatrix(buf, 1, names, ncall, nval, vals);
+    struct quant_imatrix m;
+    REQUIRE(quant_imatrix_parse(buf, n, &m, err, sizeof err) == 0);
+    struct quantize_stats st;
+    REQUIRE(quantize_with(in, out, "iq4", &m, &st, err, sizeof err) == 0);
+    CHECK_EQ_INT(st.n_imatrix, 1);
+    /* the weighted columns come out closer than without weights */
+    struct gguf_file *src, *q;
+    REQUIRE(gguf_open(&src, in, err, sizeof err) == 0 && gguf_open(&q, out, err, sizeof err) == 0);
+    const struct gguf_tensor *a = gguf_find_tensor(src, names[0]), *b = gguf_find_tensor(q, names[0]);
+    REQUIRE(a && b && b->type == GGUF_TYPE_IQ4_XS);
+    float x[256], y[256], y0[256];
+    uint8_t plain[136];
+    double e_w = 0, e_plain = 0;
+    for (uint64_t r = 0; r < a->n_elements / 256; r++) {
+        dequant_row(a->type, (const uint8_t *)a->data + r * 1024, x, 256);
+        dequant_row(b->type, (const uint8_t *)b->data + r * 136, y, 256);
+        quant_quantize_row(GGUF_TYPE_IQ4_XS, x, plain, 256, NULL);
+        dequant_row(GGUF_TYPE_IQ4_XS, plain, y0, 256);
+        for (int j = 0; j < 128; j++) {
+            e_w += (double)(x[j] - y[j]) * (x[j] - y[j]);
+            e_plain += (double)(x[j] - y0[j]) * (x[j] - y0[j]);
+        }
+    }
+    CHECK(e_w < e_plain);
+    gguf_close(src);
+    gguf_close(q);
+    quant_imatrix_free(&m);
+    /* an imatrix whose size fits no tensor it names: refused, and neither OUT nor OUT.tmp exists */
+    unlink(out);
+    const int32_t short_nval[] = { 100 };
+    n = legacy_imatrix(buf, 1, names, ncall, short_nval, vals);
+    REQUIRE(quant_imatrix_parse(buf, n, &m, err, sizeof err) == 0);
+    CHECK(quantize_with(in, out, "iq4", &m, &st, err, sizeof err) == -1);
+    CHECK(strstr(err, "blk.0.ffn_gate_exps.weight has 100 values") != NULL);
+    quant_imatrix_free(&m);
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", out);
+    CHECK(access(out, F_OK) != 0 && access(tmp, F_OK) != 0);
+}
+
+TEST(quantize_command_on_the_fixture_falls_back_and_reports)
+{
+    const char *fx = test_fixture("model/v4-tiny-f32.gguf");
+    char cmd[2048], outp[8192], out[512];
+    snprintf(out, sizeof out, "%s/fx-2bit.gguf", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --recipe 2bit --report --quiet 2>&1", test_flashbox_bin(), fx, out);
+    REQUIRE(test_run_cmd(cmd, outp, sizeof outp) == 0);
+    /* rows of 128: the routed experts fall back to IQ4_NL, and the result still runs */
+    CHECK(strstr(outp, "(15 fell back") != NULL);
+    double kl = -1;
+    unsigned same = 0, pos = 0;
+    const char *r = strstr(outp, "report: ");
+    CHECK(r && sscanf(r, "report: %u positions: KL mean %lf max %*f nats, top-1 agreement %u", &pos, &kl, &same) == 3);
+    CHECK(pos == 64 && kl > 0 && kl < 1.0 && same > 0);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,2,3 --top 1 --backend ref 2>&1", test_flashbox_bin(), out);
+    CHECK(test_run_cmd(cmd, outp, sizeof outp) == 0);
+    /* usage errors: exit status 2 or 1, a message, no output file */
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s/x.gguf --recipe blk.*=q2_k 2>&1", test_flashbox_bin(), fx, test_tmpdir());
+    CHECK(test_run_cmd(cmd, outp, sizeof outp) != 0 && strstr(outp, "not a named recipe"));
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --recipe 4bit 2>&1", test_flashbox_bin(), fx, fx);
+    CHECK(test_run_cmd(cmd, outp, sizeof outp) != 0 && strstr(outp, "would replace the input"));
+}

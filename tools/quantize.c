@@ -1,0 +1,511 @@
+/* `flashbox quantize`: recipes, importance matrices, the streaming rewrite and the report.
+ * See tools/quantize.h. Memory: one source row as float32 and one quantized row at a time;
+ * the source is read through gguf's mmap, the result streamed to OUT.tmp and renamed. */
+#include "tools/quantize.h"
+#include "engine/engine.h"
+#include "common/errmsg.h"
+#include "engine/model/quant.h"
+
+#include <ctype.h>
+#include <fnmatch.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- recipes ---- */
+
+/* The published deepseek4 layouts keep attention, shared experts and the head at Q8_0 and
+ * put the routed experts (97% of the weights) at 2 or 4 bits. The 2-bit one here uses Q2_K
+ * for gate and up too, where the published file uses IQ2_XXS (no IQ2 quantizer yet). */
+#define DS4_COMMON "blk.*.attn_q_a=q8_0\nblk.*.attn_q_b=q8_0\nblk.*.attn_kv=q8_0\nblk.*.attn_output_*=q8_0\n" \
+                   "blk.*.ffn_*_shexp=q8_0\noutput=q8_0\n"
+static const char *const recipe_text[] = {
+    "blk.*.ffn_*_exps=q2_k\n" DS4_COMMON,
+    "blk.*.ffn_*_exps=q4_k\n" DS4_COMMON,
+    "blk.*.ffn_*_exps=iq4_xs\n" DS4_COMMON,
+    "blk.*.ffn_*_exps=q8_0\n" DS4_COMMON,
+};
+const char *const quant_recipe_names[] = { "2bit", "4bit", "iq4", "q8", NULL };
+const char *const quant_recipe_about[] = {
+    "routed experts Q2_K (2.625 bits), attention, shared experts and head Q8_0",
+    "routed experts Q4_K (4.5 bits), attention, shared experts and head Q8_0",
+    "routed experts IQ4_XS (4.25 bits; uses --imatrix), attention, shared experts and head Q8_0",
+    "routed experts Q8_0, attention, shared experts and head Q8_0",
+};
+
+int quant_recipe_parse(const char *text, size_t len, struct quant_recipe *r, char *err, size_t err_len)
+{
+    r->n_rules = 0;
+    uint32_t line = 0;
+    size_t at = 0;
+    while (at < len) {
+        size_t end = at;
+        while (end < len && text[end] != '\n') end++;
+        line++;
+        char buf[256];
+        size_t n = end - at;
+        if (n >= sizeof buf) return errf(err, err_len, "line %u: longer than %zu bytes", line, sizeof buf - 1);
+        memcpy(buf, text + at, n);
+        buf[n] = 0;
+        at = end + 1;
+        if (memchr(buf, 0, n)) return errf(err, err_len, "line %u: a NUL byte", line);
+        char *hash = strchr(buf, '#');
+        if (hash) *hash = 0;
+        char *s = buf;
+        while (isspace((unsigned char)*s)) s++;
+        size_t sl = strlen(s);
+        while (sl && isspace((unsigned char)s[sl - 1])) s[--sl] = 0;
+        if (!*s) continue;
+        char *eq = strchr(s, '=');
+        if (!eq) return errf(err, err_len, "line %u: '%s': expected PATTERN=TYPE (blk.*.ffn_down_exps=q2_k)", line, s);
+        *eq = 0;
+        char *pat = s, *type = eq + 1;
+        size_t pl = strlen(pat);
+        while (pl && isspace((unsigned char)pat[pl - 1])) pat[--pl] = 0;
+        while (isspace((unsigned char)*type)) type++;
+        if (!pl) return errf(err, err_len, "line %u: empty pattern before '='", line);
+        if (pl >= sizeof r->rules[0].pattern) return errf(err, err_len, "line %u: pattern longer than 127 bytes", line);
+        int t = gguf_type_from_name(type);
+        if (t < 0) return errf(err, err_len, "line %u: '%s' is not a tensor type (q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, q8_0, mxfp4, f16, bf16, f32)", line, type);
+        if (!quant_can_quantize((enum gguf_type)t, false))
+            return errf(err, err_len, "line %u: %s has no quantizer here (q2_k..q6_k, iq4_nl, iq4_xs, q8_0, mxfp4, f16, bf16, f32)", line,
+                        gguf_type_name((enum gguf_type)t));
+        if (r->n_rules == QUANT_MAX_RULES) return errf(err, err_len, "line %u: more than %d rules", line, QUANT_MAX_RULES);
+        struct quant_rule *q = &r->rules[r->n_rules++];
+        memcpy(q->pattern, pat, pl + 1);
+        q->type = (enum gguf_type)t;
+        q->line = line;
+    }
+    if (!r->n_rules) return errf(err, err_len, "no rules (expected lines PATTERN=TYPE)");
+    return 0;
+}
+
+int quant_recipe_load(const char *name_or_path, struct quant_recipe *r, char *err, size_t err_len)
+{
+    memset(r, 0, sizeof *r);
+    snprintf(r->name, sizeof r->name, "%s", name_or_path);
+    for (int i = 0; quant_recipe_names[i]; i++)
+        if (!strcmp(name_or_path, quant_recipe_names[i])) {
+            int rc = quant_recipe_parse(recipe_text[i], strlen(recipe_text[i]), r, err, err_len);
+            for (uint32_t k = 0; k < r->n_rules; k++) r->rules[k].line = 0;
+            return rc;
+        }
+    FILE *f = fopen(name_or_path, "rb");
+    if (!f) return errf(err, err_len, "recipe '%s': not a named recipe (2bit, 4bit, iq4, q8) and not a readable file", name_or_path);
+    char text[64 * 1024];
+    size_t n = fread(text, 1, sizeof text, f);
+    int big = n == sizeof text && fgetc(f) != EOF;
+    fclose(f);
+    if (big) return errf(err, err_len, "%s: pattern file larger than 64 KiB", name_or_path);
+    if (quant_recipe_parse(text, n, r, err, err_len)) return errf_prefix(err, err_len, "%s: ", name_or_path);
+    return 0;
+}
+
+const struct quant_rule *quant_recipe_match(const struct quant_recipe *r, const char *tensor_name)
+{
+    char base[256];
+    snprintf(base, sizeof base, "%s", tensor_name);
+    size_t n = strlen(base);
+    if (n > 7 && !strcmp(base + n - 7, ".weight")) base[n - 7] = 0;
+    for (uint32_t i = 0; i < r->n_rules; i++)
+        if (!fnmatch(r->rules[i].pattern, base, 0) || !fnmatch(r->rules[i].pattern, tensor_name, 0)) return &r->rules[i];
+    return NULL;
+}
+
+/* ---- importance matrices ---- */
+
+void quant_imatrix_free(struct quant_imatrix *m)
+{
+    for (uint32_t i = 0; m->e && i < m->n; i++) {
+        free(m->e[i].name);
+        free(m->e[i].val);
+    }
+    free(m->e);
+    memset(m, 0, sizeof *m);
+}
+
+static struct quant_imatrix_entry *imatrix_add(struct quant_imatrix *m, const char *name, size_t name_len, uint64_t n_val)
+{
+    struct quant_imatrix_entry *e = realloc(m->e, (m->n + 1) * sizeof *e);
+    if (!e) return NULL;
+    m->e = e;
+    e = &m->e[m->n];
+    e->name = strndup(name, name_len);
+    e->val = malloc(n_val * sizeof *e->val);
+    e->n_val = n_val;
+    if (!e->name || !e->val) {
+        free(e->name);
+        free(e->val);
+        return NULL;
+    }
+    m->n++;
+    return e;
+}
+
+/* llama.cpp's legacy format, little-endian: i32 n_entries, then per entry i32 name_len, name,
+ * i32 ncall, i32 nval, f32 values[nval] (sums over ncall calls); optionally i32 last_call,
+ * i32 dataset_len, dataset name. */
+static int imatrix_parse_legacy(const uint8_t *p, size_t len, struct quant_imatrix *m, char *err, size_t err_len)
+{
+    size_t at = 0;
+    int32_t n_entries;
+#define TAKE(dst, n, what)                                                                                  \
+    do {                                                                                                    \
+        if ((n) > len - at) return errf(err, err_len, "imatrix: %s at byte %zu runs past the end (%zu bytes)", what, at, len); \
+        memcpy(dst, p + at, n);                                                                             \
+        at += (n);                                                                                          \
+    } while (0)
+    if (len < 4) return errf(err, err_len, "imatrix: %zu bytes, neither GGUF nor the legacy format", len);
+    TAKE(&n_entries, 4, "entry count");
+    if (n_entries < 1 || (size_t)n_entries > len / 16)
+        return errf(err, err_len, "imatrix: %d entries in %zu bytes", n_entries, len);
+    for (int32_t i = 0; i < n_entries; i++) {
+        int32_t name_len, ncall, nval;
+        TAKE(&name_len, 4, "name length");
+        if (name_len < 1 || name_len > 255) return errf(err, err_len, "imatrix: entry %d: name length %d (1..255)", i, name_len);
+        if ((size_t)name_len > len - at) return errf(err, err_len, "imatrix: entry %d: name runs past the end", i);
+        const char *name = (const char *)p + at;
+        at += (size_t)name_len;
+        if (memchr(name, 0, (size_t)name_len)) return errf(err, err_len, "imatrix: entry %d: a NUL byte in its name", i);
+        TAKE(&ncall, 4, "call count");
+        TAKE(&nval, 4, "value count");
+        if (nval < 1 || (size_t)nval > (len - at) / 4)
+            return errf(err, err_len, "imatrix: %.*s: %d values, %zu bytes left", name_len, name, nval, len - at);
+        struct quant_imatrix_entry *e = imatrix_add(m, name, (size_t)name_len, (uint64_t)nval);
+        if (!e) return errf(err, err_len, "imatrix: out of memory");
+        TAKE(e->val, (size_t)nval * 4, "values");
+        for (int32_t k = 0; k < nval; k++) {
+            if (!isfinite(e->val[k]) || e->val[k] < 0)
+                return errf(err, err_len, "imatrix: %s: value %d is %g (expected finite, >= 0)", e->name, k, (double)e->val[k]);
+            if (ncall > 0) e->val[k] /= (float)ncall;
+        }
+    }
+#undef TAKE
+    return 0; /* a trailing dataset record, if any, is not needed */
+}
+
+/* llama.cpp's GGUF format: tensors NAME.in_sum2 [ne0, n] and NAME.counts [n] (F32); the
+ * weights are in_sum2 / count, or 1 where a count is 0 (that expert never ran). */
+static int imatrix_parse_gguf(const void *buf, size_t len, struct quant_imatrix *m, char *err, size_t err_len)
+{
+    struct gguf_file *f;
+    if (gguf_parse(&f, buf, len, err, err_len)) return errf_prefix(err, err_len, "imatrix: ");
+    int rc = 0;
+    for (uint64_t i = 0; i < f->n_tensors && !rc; i++) {
+        const struct gguf_tensor *s = &f->tensors[i];
+        size_t nl = strlen(s->name);
+        if (nl <= 8 || strcmp(s->name + nl - 8, ".in_sum2")) continue;
+        char cname[300];
+        snprintf(cname, sizeof cname, "%.*s.counts", (int)(nl - 8), s->name);
+        const struct gguf_tensor *c = gguf_find_tensor(f, cname);
+        if (!c) {
+            rc = errf(err, err_len, "imatrix: %s has no %s", s->name, cname);
+            break;
+        }
+        if (s->type != GGUF_TYPE_F32 || c->type != GGUF_TYPE_F32 || c->n_elements != s->ne[1] || s->n_dims > 2) {
+            rc = errf(err, err_len, "imatrix: %s / %s: expected F32 [ne0, n] and F32 [n]", s->name, cname);
+            break;
+        }
+        struct quant_imatrix_entry *e = imatrix_add(m, s->name, nl - 8, s->n_elements);
+        if (!e) {
+            rc = errf(err, err_len, "imatrix: out of memory");
+            break;
+        }
+        for (uint64_t j = 0; j < s->ne[1]; j++) {
+            float cnt;
+            memcpy(&cnt, (const uint8_t *)c->data + 4 * j, 4);
+            for (uint64_t k = 0; k < s->ne[0]; k++) {
+                float v;
+                memcpy(&v, (const uint8_t *)s->data + 4 * (j * s->ne[0] + k), 4);
+                e->val[j * s->ne[0] + k] = cnt > 0 ? v / cnt : 1.f;
+                if (!isfinite(e->val[j * s->ne[0] + k]) || v < 0) {
+                    rc = errf(err, err_len, "imatrix: %s: value %llu is %g (expected finite, >= 0)", s->name,
+                              (unsigned long long)(j * s->ne[0] + k), (double)v);
+                    break;
+                }
+            }
+        }
+    }
+    if (!rc && !m->n) rc = errf(err, err_len, "imatrix: a GGUF file without any NAME.in_sum2 tensor");
+    gguf_close(f);
+    return rc;
+}
+
+int quant_imatrix_parse(const void *buf, size_t len, struct quant_imatrix *m, char *err, size_t err_len)
+{
+    memset(m, 0, sizeof *m);
+    int rc = len >= 4 && !memcmp(buf, "GGUF", 4) ? imatrix_parse_gguf(buf, len, m, err, err_len)
+                                                 : imatrix_parse_legacy(buf, len, m, err, err_len);
+    if (rc) quant_imatrix_free(m);
+    return rc;
+}
+
+int quant_imatrix_load(const char *path, struct quant_imatrix *m, char *err, size_t err_len)
+{
+    memset(m, 0, sizeof *m);
+    FILE *f = fopen(path, "rb");
+    if (!f) return errf(err, err_len, "%s: cannot open", path);
+    uint8_t *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n == cap) {
+            if (cap >= (size_t)1 << 32) {
+                fclose(f);
+                free(buf);
+                return errf(err, err_len, "%s: larger than 4 GiB", path);
+            }
+            uint8_t *nb = realloc(buf, cap = cap ? 2 * cap : 1 << 16);
+            if (!nb) break;
+            buf = nb;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (!got) break;
+    }
+    fclose(f);
+    int rc = buf ? quant_imatrix_parse(buf, n, m, err, err_len) : errf(err, err_len, "out of memory");
+    free(buf);
+    return rc ? errf_prefix(err, err_len, "%s: ", path) : 0;
+}
+
+const struct quant_imatrix_entry *quant_imatrix_find(const struct quant_imatrix *m, const char *tensor_name)
+{
+    for (uint32_t i = 0; m && i < m->n; i++)
+        if (!strcmp(m->e[i].name, tensor_name)) return &m->e[i];
+    return NULL;
+}
+
+/* ---- the rewrite ---- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A source tensor the recipe may rewrite: a matrix (2-D or experts) of a type we can read. */
+static bool rewritable(const struct gguf_tensor *t)
+{
+    switch (t->type) {
+    case GGUF_TYPE_I32: return false;
+    default: return t->n_dims >= 2 && gguf_type_block_elems(t->type) && t->ne[0] % gguf_type_block_elems(t->type) == 0;
+    }
+}
+
+/* The type a tensor is written in: the rule's, or where its rows are not a multiple of that
+ * type's block what llama.cpp falls back to (IQ4_NL for 2-4 bits, Q8_0 above), or the
+ * source type when nothing fits. */
+static enum gguf_type target_type(const struct gguf_tensor *t, const struct quant_rule *rule, bool *fallback)
+{
+    *fallback = false;
+    if (!rule || !rewritable(t)) return t->type;
+    enum gguf_type want = rule->type;
+    if (t->ne[0] % gguf_type_block_elems(want) == 0) return want;
+    *fallback = true;
+    want = want == GGUF_TYPE_Q5_K || want == GGUF_TYPE_Q6_K ? GGUF_TYPE_Q8_0 : GGUF_TYPE_IQ4_NL;
+    return t->ne[0] % 32 == 0 ? want : t->type;
+}
+
+struct rewrite {
+    enum gguf_type type;
+    bool fallback;
+    const struct quant_imatrix_entry *im;
+};
+
+static int rewrite_tensor(const struct quantize_opts *o, const struct gguf_tensor *t, const struct rewrite *rw,
+                          struct gguf_writer *w, float *row, uint8_t *out, char *err, size_t err_len)
+{
+    if (rw->type == t->type) return gguf_writer_stream_tensor(w, t->data, t->nbytes, err, err_len);
+    const uint64_t ne0 = t->ne[0], n_rows = t->n_elements / ne0, src_row = t->nbytes / n_rows;
+    uint64_t dst_row;
+    if (gguf_type_nbytes(rw->type, ne0, &dst_row)) return errf(err, err_len, "%s: row of %llu", t->name, (unsigned long long)ne0);
+    for (uint64_t r = 0; r < n_rows; r++) {
+        const float *qw = NULL;
+        if (rw->im) qw = rw->im->val + (rw->im->n_val == ne0 ? 0 : (r / t->ne[1]) * ne0); /* per expert for 3-D */
+        if (dequant_row(t->type, (const uint8_t *)t->data + r * src_row, row, ne0) ||
+            quant_quantize_row(rw->type, row, out, ne0, qw))
+            return errf(err, err_len, "%s: cannot convert %s to %s", t->name, gguf_type_name(t->type), gguf_type_name(rw->type));
+        if (gguf_writer_stream_part(w, out, dst_row, err, err_len)) return -1;
+    }
+    (void)o;
+    return 0;
+}
+
+int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, char *err, size_t err_len)
+{
+    memset(st, 0, sizeof *st);
+    const double t0 = now_s();
+    struct gguf_file *f = NULL;
+    struct gguf_writer *w = NULL;
+    struct rewrite *rw = NULL;
+    float *row = NULL;
+    uint8_t *out = NULL;
+    bool begun = false;
+    int rc = -1;
+    if (gguf_open(&f, o->in, err, err_len)) return -1;
+    if (!(w = gguf_writer_create()) || !(rw = calloc(f->n_tensors ? f->n_tensors : 1, sizeof *rw))) {
+        errf(err, err_len, "out of memory");
+        goto close_file;
+    }
+    for (uint64_t i = 0; i < f->n_kv; i++)
+        if (strcmp(f->kv[i].key, "flashbox.quantize.recipe") && gguf_writer_copy_kv(w, &f->kv[i])) {
+            errf(err, err_len, "%s: cannot copy key %s", o->in, f->kv[i].key);
+            goto close_file;
+        }
+    gguf_writer_add_str(w, "flashbox.quantize.recipe", o->recipe->name);
+    uint64_t max_ne0 = 1, total = 0;
+    bool imatrix_unused_warned = false;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const struct gguf_tensor *t = &f->tensors[i];
+        rw[i].type = target_type(t, quant_recipe_match(o->recipe, t->name), &rw[i].fallback);
+        if (rw[i].type != t->type) {
+            if (t->ne[0] > max_ne0) max_ne0 = t->ne[0];
+            rw[i].im = quant_imatrix_find(o->imatrix, t->name);
+            const uint64_t n_exp = t->n_dims >= 3 ? t->ne[2] : 1;
+            if (rw[i].im && rw[i].im->n_val != t->ne[0] && rw[i].im->n_val != t->ne[0] * n_exp) {
+                errf(err, err_len, "imatrix: %s has %llu values, the tensor needs %llu (ne0) or %llu (ne0 x experts)", t->name,
+                     (unsigned long long)rw[i].im->n_val, (unsigned long long)t->ne[0], (unsigned long long)(t->ne[0] * n_exp));
+                goto close_file;
+            }
+            if (rw[i].im && !quant_can_quantize(rw[i].type, true)) {
+                if (o->log && !imatrix_unused_warned)
+                    fprintf(o->log, "note: %s has no importance-weighted quantizer here; its tensors are written as without --imatrix\n",
+                            gguf_type_name(rw[i].type));
+                imatrix_unused_warned = true;
+                rw[i].im = NULL;
+            }
+            st->n_changed++;
+            st->n_fallback += rw[i].fallback;
+            st->n_imatrix += rw[i].im != NULL;
+        }
+        total += t->nbytes;
+        if (gguf_writer_add_tensor(w, t->name, rw[i].type, t->n_dims, t->ne, NULL)) {
+            errf(err, err_len, "%s: cannot register", t->name);
+            goto close_file;
+        }
+    }
+    if (!(row = malloc(max_ne0 * sizeof *row)) || !(out = malloc(max_ne0 * 4))) {
+        errf(err, err_len, "out of memory");
+        goto close_file;
+    }
+    if (gguf_writer_begin(w, o->out, err, err_len)) goto close_file;
+    begun = true;
+    uint64_t done = 0;
+    double last = 0;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const struct gguf_tensor *t = &f->tensors[i];
+        if (rewrite_tensor(o, t, &rw[i], w, row, out, err, err_len)) goto close_file;
+        done += t->nbytes;
+        uint64_t ob;
+        gguf_type_nbytes(rw[i].type, t->n_elements, &ob);
+        st->bytes_out += ob;
+        if (rw[i].type != t->type) st->elems_quantized += t->n_elements;
+        const double now = now_s() - t0;
+        if (o->log && (rw[i].type != t->type || now - last > 2.0 || i + 1 == f->n_tensors)) {
+            last = now;
+            fprintf(o->log, "[%5.1f%%] %4llu/%llu %-36s %-7s -> %-7s%s  %.1f s\n", total ? 100.0 * (double)done / (double)total : 100.0,
+                    (unsigned long long)(i + 1), (unsigned long long)f->n_tensors, t->name, gguf_type_name(t->type),
+                    gguf_type_name(rw[i].type), rw[i].fallback ? " (fallback: rows not a multiple of the block)" : rw[i].im ? " (imatrix)" : "", now);
+            fflush(o->log);
+        }
+    }
+    if (gguf_writer_finish(w, true, err, err_len)) {
+        begun = false;
+        goto close_file;
+    }
+    begun = false;
+    st->n_tensors = (uint32_t)f->n_tensors;
+    st->bytes_in = total;
+    st->seconds = now_s() - t0;
+    rc = 0;
+close_file:
+    if (begun) {
+        char e2[64];
+        gguf_writer_finish(w, false, e2, sizeof e2);
+    }
+    free(row);
+    free(out);
+    free(rw);
+    gguf_writer_destroy(w);
+    gguf_close(f);
+    return rc;
+}
+
+/* ---- the report ---- */
+
+static int eval_all(const char *path, const int32_t *tokens, uint32_t n, float **logits, uint32_t *n_vocab, char *err, size_t err_len)
+{
+    struct engine_options opt;
+    engine_options_default(&opt);
+    opt.model_path = path;
+    opt.backend = ENGINE_BACKEND_REF;
+    struct engine *e = NULL;
+    struct session *s = NULL;
+    int rc = -1;
+    if (engine_open(&e, &opt, err, err_len)) return errf_prefix(err, err_len, "%s: ", path);
+    struct engine_info info;
+    engine_get_info(e, &info);
+    *n_vocab = info.n_vocab;
+    if (!(*logits = malloc((size_t)n * info.n_vocab * sizeof **logits))) {
+        errf(err, err_len, "out of memory");
+        goto close_engine;
+    }
+    if (session_create(e, n, &s, err, err_len) || session_eval(s, tokens, n, *logits, true, err, err_len)) {
+        errf_prefix(err, err_len, "%s: ", path);
+        goto close_engine;
+    }
+    rc = 0;
+close_engine:
+    if (s) session_destroy(s);
+    engine_close(e);
+    return rc;
+}
+
+int quantize_report_run(const char *src, const char *quantized, const int32_t *tokens, uint32_t n_tokens,
+                        struct quantize_report *rep, char *err, size_t err_len)
+{
+    memset(rep, 0, sizeof *rep);
+    float *a = NULL, *b = NULL;
+    uint32_t va = 0, vb = 0;
+    int rc = -1;
+    if (!n_tokens) return errf(err, err_len, "report: no tokens");
+    if (eval_all(src, tokens, n_tokens, &a, &va, err, err_len) || eval_all(quantized, tokens, n_tokens, &b, &vb, err, err_len))
+        goto free_logits;
+    if (va != vb) {
+        errf(err, err_len, "report: vocabularies differ (%u and %u)", va, vb);
+        goto free_logits;
+    }
+    double sum = 0;
+    for (uint32_t p = 0; p < n_tokens; p++) {
+        const float *x = a + (size_t)p * va, *y = b + (size_t)p * va;
+        double mx = x[0], my = y[0], zx = 0, zy = 0, kl = 0;
+        uint32_t ax = 0, ay = 0;
+        for (uint32_t i = 1; i < va; i++) {
+            if (x[i] > mx) mx = x[i], ax = i;
+            if (y[i] > my) my = y[i], ay = i;
+        }
+        for (uint32_t i = 0; i < va; i++) {
+            zx += exp(x[i] - mx);
+            zy += exp(y[i] - my);
+        }
+        const double lzx = log(zx), lzy = log(zy);
+        for (uint32_t i = 0; i < va; i++) {
+            const double lpx = x[i] - mx - lzx, lpy = y[i] - my - lzy;
+            kl += exp(lpx) * (lpx - lpy);
+        }
+        if (kl < 0) kl = 0; /* rounding: KL is never negative */
+        sum += kl;
+        if (kl > rep->kl_max) rep->kl_max = kl;
+        rep->top1_same += ax == ay;
+    }
+    rep->n_positions = n_tokens;
+    rep->kl_mean = sum / n_tokens;
+    rc = 0;
+free_logits:
+    free(a);
+    free(b);
+    return rc;
+}

@@ -1,0 +1,133 @@
+/* `flashbox quantize`: the command line over tools/quantize.c (entry point listed in
+ * firmware/commands.h, like the other tools' mains). */
+#include "tools/quantize.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: flashbox quantize -m IN.gguf -o OUT.gguf --recipe NAME|FILE [--imatrix FILE] [--report]\n"
+            "                         [--tokens 1,2,3 | --tokens-file FILE] [--quiet]\n"
+            "  --recipe NAME|FILE  a named recipe (below) or a pattern file of PATTERN=TYPE lines,\n"
+            "                      e.g. blk.*.ffn_down_exps=q2_k ('*' spans dots, first match wins)\n"
+            "  --imatrix FILE      llama.cpp importance matrix (GGUF or legacy .dat); used by IQ4_NL/IQ4_XS\n"
+            "  --report            then compare OUT's logits with IN's on the reference backend:\n"
+            "                      mean and max KL divergence per position, top-1 agreement\n"
+            "  --tokens, --tokens-file  the report's token ids (default: 64 fixed ids below 256)\n"
+            "recipes:\n");
+    for (int i = 0; quant_recipe_names[i]; i++) fprintf(out, "  %-6s %s\n", quant_recipe_names[i], quant_recipe_about[i]);
+}
+
+/* Ids separated by commas or white space; returns the count or -1 with a message. */
+static long read_ids(const char *s, int32_t *ids, long cap)
+{
+    long n = 0;
+    while (*s) {
+        while (*s == ',' || *s == ' ' || *s == '\n' || *s == '\t' || *s == '\r') s++;
+        if (!*s) break;
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || v > INT32_MAX || n == cap) {
+            fprintf(stderr, "flashbox quantize: tokens: bad id or more than %ld ids at \"%.20s\"\n", cap, s);
+            return -1;
+        }
+        ids[n++] = (int32_t)v;
+        s = end;
+    }
+    return n;
+}
+
+int tool_quantize_main(int argc, char **argv)
+{
+    const char *in = NULL, *out = NULL, *recipe_arg = NULL, *imatrix_path = NULL, *tokens = NULL, *tokens_file = NULL;
+    bool report = false, quiet = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--report")) report = true;
+        else if (!strcmp(a, "--quiet")) quiet = true;
+        else if (v && (!strcmp(a, "-m") || !strcmp(a, "--model"))) in = argv[++i];
+        else if (v && (!strcmp(a, "-o") || !strcmp(a, "--out"))) out = argv[++i];
+        else if (v && !strcmp(a, "--recipe")) recipe_arg = argv[++i];
+        else if (v && !strcmp(a, "--imatrix")) imatrix_path = argv[++i];
+        else if (v && !strcmp(a, "--tokens")) tokens = argv[++i];
+        else if (v && !strcmp(a, "--tokens-file")) tokens_file = argv[++i];
+        else {
+            fprintf(stderr, "flashbox quantize: unknown or incomplete argument '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!in || !out || !recipe_arg) {
+        fprintf(stderr, "flashbox quantize: -m IN.gguf, -o OUT.gguf and --recipe are required\n");
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(in, out)) {
+        fprintf(stderr, "flashbox quantize: the output would replace the input (%s)\n", in);
+        return 2;
+    }
+    char err[512];
+    static struct quant_recipe recipe;
+    struct quant_imatrix im = { 0 };
+    int32_t ids[4096];
+    long n_ids = 64;
+    for (int i = 0; i < 64; i++) ids[i] = (17 * i + 3) % 256;
+    if (tokens_file) {
+        FILE *f = fopen(tokens_file, "rb");
+        static char text[64 * 1024];
+        size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+        if (f) fclose(f);
+        if (!f || n == sizeof text - 1) {
+            fprintf(stderr, "flashbox quantize: %s: %s\n", tokens_file, f ? "larger than 64 KiB" : "cannot open");
+            return 1;
+        }
+        text[n] = 0;
+        if (memchr(text, 0, n)) {
+            fprintf(stderr, "flashbox quantize: %s: a NUL byte in a token file\n", tokens_file);
+            return 1;
+        }
+        tokens = text;
+    }
+    if (tokens && (n_ids = read_ids(tokens, ids, 4096)) <= 0) {
+        if (!n_ids) fprintf(stderr, "flashbox quantize: no tokens given\n");
+        return 1;
+    }
+    if (quant_recipe_load(recipe_arg, &recipe, err, sizeof err)) {
+        fprintf(stderr, "flashbox quantize: %s\n", err);
+        return 1;
+    }
+    if (imatrix_path && quant_imatrix_load(imatrix_path, &im, err, sizeof err)) {
+        fprintf(stderr, "flashbox quantize: %s\n", err);
+        return 1;
+    }
+    struct quantize_opts o = { .in = in, .out = out, .recipe = &recipe, .imatrix = imatrix_path ? &im : NULL,
+                               .log = quiet ? NULL : stderr };
+    struct quantize_stats st;
+    int rc = quantize_model(&o, &st, err, sizeof err);
+    quant_imatrix_free(&im);
+    if (rc) {
+        fprintf(stderr, "flashbox quantize: %s (nothing written)\n", err);
+        return 1;
+    }
+    printf("quantized %s -> %s (recipe %s): %u of %u tensors rewritten (%u fell back, %u with the imatrix), "
+           "%.1f -> %.1f MB in %.2f s (%.1f M elements/s)\n",
+           in, out, recipe.name, st.n_changed, st.n_tensors, st.n_fallback, st.n_imatrix, (double)st.bytes_in / 1e6,
+           (double)st.bytes_out / 1e6, st.seconds, st.seconds > 0 ? (double)st.elems_quantized / st.seconds / 1e6 : 0.0);
+    if (!report) return 0;
+    struct quantize_report rep;
+    if (quantize_report_run(in, out, ids, (uint32_t)n_ids, &rep, err, sizeof err)) {
+        fprintf(stderr, "flashbox quantize: report: %s\n", err);
+        return 1;
+    }
+    printf("report: %u positions: KL mean %.6f max %.6f nats, top-1 agreement %u/%u (%.1f%%)\n", rep.n_positions, rep.kl_mean,
+           rep.kl_max, rep.top1_same, rep.n_positions, 100.0 * rep.top1_same / rep.n_positions);
+    return 0;
+}
