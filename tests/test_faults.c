@@ -245,17 +245,34 @@ static char *health_until(const struct served *d, const char *want)
 
 static const char *const GPU_REQ = "{\"prompt\":\"hello\",\"max_tokens\":6,\"temperature\":0,\"ignore_eos\":true}";
 
+/* Starts the daemon on Vulkan with one slot (and extra, a --set, or NULL) under
+ * FLASHBOX_VK_FAULT=fault; skips the test where there is no Vulkan driver. 0 or -1. */
+static int serve_vk_fault(struct served *d, const char *fault, const char *extra)
+{
+    const char *sets[] = { "model.backend=vulkan", "server.slots=1", extra, NULL };
+    setenv("FLASHBOX_VK_FAULT", fault, 1);
+    int started = serve_start(d, sets);
+    unsetenv("FLASHBOX_VK_FAULT");
+    if (started && access("/usr/share/vulkan/icd.d", F_OK) != 0) test_skip("no Vulkan driver");
+    return started;
+}
+
+/* The daemon's audit log (its first 64 KiB), NUL-terminated; free() it. */
+static char *read_audit(const struct served *d)
+{
+    char *audit = calloc(1, 1 << 16);
+    FILE *f = fopen(d->audit, "r");
+    if (f && audit && fread(audit, 1, (1 << 16) - 1, f) == 0) audit[0] = 0;
+    if (f) fclose(f);
+    return audit;
+}
+
 TEST(serve_gpu_loss_fails_with_503_and_the_backend_reopens)
 {
     /* Each request is a few forward steps (a prefill chunk, then one per token): the 10th
      * step submit of the daemon, in the second request, reports VK_ERROR_DEVICE_LOST. */
-    const char *sets[] = { "model.backend=vulkan", "server.slots=1", NULL };
-    setenv("FLASHBOX_VK_FAULT", "submit:10", 1);
     struct served d;
-    int started = serve_start(&d, sets);
-    unsetenv("FLASHBOX_VK_FAULT");
-    if (started && access("/usr/share/vulkan/icd.d", F_OK) != 0) test_skip("no Vulkan driver");
-    REQUIRE(started == 0);
+    REQUIRE(serve_vk_fault(&d, "submit:10", NULL) == 0);
     char *first = NULL, *out = NULL;
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", GPU_REQ, &first, NULL), 200);
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", GPU_REQ, &out, NULL), 503);
@@ -273,13 +290,7 @@ TEST(serve_gpu_loss_fails_with_503_and_the_backend_reopens)
     free(first);
     free(out);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
-    char *audit = NULL;
-    FILE *f = fopen(d.audit, "r");
-    if (f) {
-        audit = calloc(1, 1 << 16);
-        fread(audit, 1, (1 << 16) - 1, f);
-        fclose(f);
-    }
+    char *audit = read_audit(&d);
     CHECK(audit && strstr(audit, "\"event\":\"device_lost\"") && strstr(audit, "\"event\":\"device_recovered\""));
     free(audit);
 }
@@ -288,13 +299,8 @@ TEST(serve_gpu_loss_stays_degraded_when_reopen_fails)
 {
     /* The model file is gone by the time the backend is reopened (the running engine
      * keeps its mapping): two tries fail, /health stays degraded and says why. */
-    const char *sets[] = { "model.backend=vulkan", "server.slots=1", "server.device_recover_tries=2", NULL };
-    setenv("FLASHBOX_VK_FAULT", "submit:3+", 1);
     struct served d;
-    int started = serve_start(&d, sets);
-    unsetenv("FLASHBOX_VK_FAULT");
-    if (started && access("/usr/share/vulkan/icd.d", F_OK) != 0) test_skip("no Vulkan driver");
-    REQUIRE(started == 0);
+    REQUIRE(serve_vk_fault(&d, "submit:3+", "server.device_recover_tries=2") == 0);
     REQUIRE(unlink(d.model) == 0);
     char *out = NULL;
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", GPU_REQ, &out, NULL), 503);
@@ -308,6 +314,75 @@ TEST(serve_gpu_loss_stays_degraded_when_reopen_fails)
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", GPU_REQ, &out, NULL), 503);
     free(out);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
+}
+
+/* Counts occurrences of needle in hay. */
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; p && (p = strstr(p, needle)); p += strlen(needle)) n++;
+    return n;
+}
+
+/* POSTs body to path on a daemon whose GPU is lost at every step; checks the HTTP status
+ * and that /health is ready again afterwards (the backend reopened). Returns the answer
+ * (free() it), printed when the test has failed so far. */
+static char *lost_request(const struct served *d, const char *path, const char *body, bool stream, int want)
+{
+    char b[256], *out = NULL;
+    snprintf(b, sizeof b, "%s%s}", body, stream ? ",\"stream\":true" : "");
+    CHECK_EQ_INT(serve_curl(d, "POST", path, b, &out, NULL), want);
+    char *h = health_until(d, "\"status\":\"ready\"");
+    CHECK(h && strstr(h, "\"status\":\"ready\""));
+    free(h);
+    if (test_failed()) fprintf(stderr, "%s %s: %s\n", path, stream ? "stream" : "whole", out ? out : "(none)");
+    return out;
+}
+
+TEST(serve_gpu_loss_in_the_anthropic_and_responses_shapes)
+{
+    /* A device that is lost again at every step (submit:3+: the first request's third step
+     * on): each request below meets a loss, the backend is reopened after each (weights
+     * uploaded again), and each answer carries the loss in its own API's error shape. */
+    struct served d;
+    REQUIRE(serve_vk_fault(&d, "submit:3+", NULL) == 0);
+    static const char *const msg = "{\"model\":\"m\",\"max_tokens\":6,\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]";
+    static const char *const resp = "{\"max_output_tokens\":6,\"input\":\"hello\"";
+
+    /* Anthropic, whole answer: 503 and {"type":"error","error":{"type":...,"message":...}}. */
+    char *out = lost_request(&d, "/v1/messages", msg, false, 503);
+    CHECK(out && strstr(out, "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":") &&
+          strstr(out, "VK_ERROR_DEVICE_LOST"));
+    free(out);
+
+    /* Anthropic stream: message_start, then `event: error` in that shape, no message_stop. */
+    out = lost_request(&d, "/v1/messages", msg, true, 200);
+    const char *e = out ? strstr(out, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"") : NULL;
+    CHECK(e && strstr(e, "VK_ERROR_DEVICE_LOST") && strstr(out, "event: message_start") && !strstr(out, "message_stop"));
+    free(out);
+
+    /* Responses, whole answer: 503 and {"error":{"message","type","code":"device_lost"}}. */
+    out = lost_request(&d, "/v1/responses", resp, false, 503);
+    CHECK(out && strstr(out, "\"code\":\"device_lost\"") && strstr(out, "\"type\":\"server_error\"") &&
+          strstr(out, "VK_ERROR_DEVICE_LOST"));
+    free(out);
+
+    /* Responses stream: an `error` event with code device_lost, then `response.failed` whose
+     * response has status failed and the same error; never response.completed. */
+    out = lost_request(&d, "/v1/responses", resp, true, 200);
+    e = out ? strstr(out, "event: error\ndata: {\"code\":\"device_lost\"") : NULL;
+    const char *failed = e ? strstr(e, "event: response.failed\ndata: ") : NULL;
+    CHECK(failed && strstr(failed, "\"status\":\"failed\"") &&
+          strstr(failed, "\"error\":{\"code\":\"device_lost\",\"message\":") && strstr(failed, "VK_ERROR_DEVICE_LOST") &&
+          !strstr(out, "response.completed"));
+    free(out);
+
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
+    /* Four losses, four reopens. */
+    char *audit = read_audit(&d);
+    CHECK_EQ_INT(count_of(audit, "\"event\":\"device_lost\""), 4);
+    CHECK_EQ_INT(count_of(audit, "\"event\":\"device_recovered\""), 4);
+    free(audit);
 }
 
 /* ---- storage faults in expert paging ---- */
