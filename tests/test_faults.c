@@ -4,6 +4,7 @@
  * as before; expert reads that fail or return other bytes fail the step, never the answer. The daemon-level fault tests live in test_serve_admin.c. */
 #include "common/safe_open.h"
 #include "engine/engine.h"
+#include "engine/model/gguf.h"
 #include "engine/experts/expert_store.h"
 #include "engine/vulkan/vk_device.h"
 #include "firmware/config.h"
@@ -402,18 +403,35 @@ static int open_paged(struct engine **e, const char *path, bool verify, char *er
     return engine_open(e, &o, err, err_len);
 }
 
+/* The tiny model written to path and opened paged with expert_verify; *good holds its
+ * logits for the fault tokens, *again room for as many (free() both). 0 or -1. */
+static int paged_first_answer(char *path, size_t path_len, struct engine **e, struct engine_info *info, float **good,
+                              float **again)
+{
+    char err[512];
+    *good = *again = NULL;
+    if (write_tiny(path, path_len)) return -1;
+    if (open_paged(e, path, true, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "open: %s", err);
+        return -1;
+    }
+    engine_get_info(*e, info);
+    size_t n = (size_t)FAULT_N_TOK * info->n_vocab;
+    *good = malloc(n * sizeof **good);
+    *again = malloc(n * sizeof **again);
+    if (*good && *again && eval_tokens(*e, *good, info->n_vocab, err, sizeof err) == 0) return 0;
+    test_fail_at(__FILE__, __LINE__, "first answer: %s", *good && *again ? err : "out of memory");
+    return -1;
+}
+
 TEST(expert_read_faults_fail_the_step_and_never_serve_wrong_weights)
 {
     char path[600], err[512];
-    REQUIRE(write_tiny(path, sizeof path) == 0);
     struct engine *e;
-    REQUIRE(open_paged(&e, path, true, err, sizeof err) == 0);
     struct engine_info info;
-    engine_get_info(e, &info);
+    float *good, *again;
+    REQUIRE(paged_first_answer(path, sizeof path, &e, &info, &good, &again) == 0);
     size_t n = (size_t)FAULT_N_TOK * info.n_vocab;
-    float *good = malloc(n * sizeof *good), *again = malloc(n * sizeof *again);
-    REQUIRE(good && again);
-    REQUIRE(eval_tokens(e, good, info.n_vocab, err, sizeof err) == 0);
 
     /* EIO, a short read, a changed byte: each fails the step with what happened, and the
      * store serves the next request from the file as before (bit for bit). */
@@ -440,6 +458,67 @@ TEST(expert_read_faults_fail_the_step_and_never_serve_wrong_weights)
     CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), 0);
     CHECK(memcmp(good, again, n * sizeof *good) != 0);
     expert_store_fault_configure("");
+    engine_close(e);
+    free(good);
+    free(again);
+}
+
+/* XORs every byte of the model file's routed-expert tensors (ffn_*_exps) with x, in place
+ * (the same inode: what a careless copy onto a mounted file does). Returns how many. */
+static int rewrite_experts(const char *path, uint8_t x)
+{
+    struct gguf_file *g;
+    char err[512];
+    if (gguf_open(&g, path, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        return -1;
+    }
+    int fd = open(path, O_RDWR), n = 0;
+    for (uint64_t i = 0; fd >= 0 && i < g->n_tensors; i++) {
+        const struct gguf_tensor *t = &g->tensors[i];
+        if (!strstr(t->name, "_exps")) continue;
+        uint8_t *b = malloc(t->nbytes);
+        off_t at = (off_t)(g->data_offset + t->offset);
+        if (b && pread(fd, b, t->nbytes, at) == (ssize_t)t->nbytes) {
+            for (uint64_t k = 0; k < t->nbytes; k++) b[k] ^= x;
+            if (pwrite(fd, b, t->nbytes, at) == (ssize_t)t->nbytes) n++;
+        }
+        free(b);
+    }
+    if (fd >= 0) close(fd);
+    gguf_close(g);
+    return n;
+}
+
+TEST(expert_bytes_rewritten_or_file_replaced_under_the_engine)
+{
+    char path[600], other[700], err[512];
+    struct engine *e;
+    struct engine_info info;
+    float *good, *again;
+    REQUIRE(paged_first_answer(path, sizeof path, &e, &info, &good, &again) == 0);
+    size_t n = (size_t)FAULT_N_TOK * info.n_vocab;
+
+    /* The file's expert bytes changed in place: the step fails on the checksum (no wrong
+     * weights served); once the bytes are back, the same engine answers as before. */
+    REQUIRE(rewrite_experts(path, 0x5a) > 0);
+    CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), -1);
+    CHECK(strstr(err, "differ from the ones checksummed at load") && strstr(err, "expert"));
+    if (test_failed()) fprintf(stderr, "rewritten: %s\n", err);
+    REQUIRE(rewrite_experts(path, 0x5a) > 0);
+    CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), 0);
+    CHECK(memcmp(good, again, n * sizeof *good) == 0);
+
+    /* Another model renamed over the path (what an update tool does): the engine keeps
+     * reading the file it opened, so its answers do not change. */
+    snprintf(other, sizeof other, "%s/other.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.seed = 7;
+    REQUIRE(mkmodel_write(&c, other, err, sizeof err) == 0);
+    REQUIRE(rename(other, path) == 0);
+    CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), 0);
+    CHECK(memcmp(good, again, n * sizeof *good) == 0);
     engine_close(e);
     free(good);
     free(again);
