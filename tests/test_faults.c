@@ -325,14 +325,23 @@ static int count_of(const char *hay, const char *needle)
     return n;
 }
 
-/* POSTs body to path on a daemon whose GPU is lost at every step; checks the HTTP status
- * and that /health is ready again afterwards (the backend reopened). Returns the answer
+/* POSTs body to path on a daemon whose GPU is lost at every step, as its nth request;
+ * checks the HTTP status, waits for the nth reopen in the audit log (the answer can come
+ * before /health turns degraded) and that /health is ready then. Returns the answer
  * (free() it), printed when the test has failed so far. */
-static char *lost_request(const struct served *d, const char *path, const char *body, bool stream, int want)
+static char *lost_request(const struct served *d, int nth, const char *path, const char *body, bool stream, int want)
 {
     char b[256], *out = NULL;
     snprintf(b, sizeof b, "%s%s}", body, stream ? ",\"stream\":true" : "");
     CHECK_EQ_INT(serve_curl(d, "POST", path, b, &out, NULL), want);
+    int reopened = 0;
+    for (int i = 0; i < 600 && reopened < nth; i++) {
+        char *audit = read_audit(d);
+        reopened = count_of(audit, "\"event\":\"device_recovered\"");
+        free(audit);
+        if (reopened < nth) usleep(100000);
+    }
+    CHECK_EQ_INT(reopened, nth);
     char *h = health_until(d, "\"status\":\"ready\"");
     CHECK(h && strstr(h, "\"status\":\"ready\""));
     free(h);
@@ -351,26 +360,26 @@ TEST(serve_gpu_loss_in_the_anthropic_and_responses_shapes)
     static const char *const resp = "{\"max_output_tokens\":6,\"input\":\"hello\"";
 
     /* Anthropic, whole answer: 503 and {"type":"error","error":{"type":...,"message":...}}. */
-    char *out = lost_request(&d, "/v1/messages", msg, false, 503);
+    char *out = lost_request(&d, 1, "/v1/messages", msg, false, 503);
     CHECK(out && strstr(out, "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":") &&
           strstr(out, "VK_ERROR_DEVICE_LOST"));
     free(out);
 
     /* Anthropic stream: message_start, then `event: error` in that shape, no message_stop. */
-    out = lost_request(&d, "/v1/messages", msg, true, 200);
+    out = lost_request(&d, 2, "/v1/messages", msg, true, 200);
     const char *e = out ? strstr(out, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"") : NULL;
     CHECK(e && strstr(e, "VK_ERROR_DEVICE_LOST") && strstr(out, "event: message_start") && !strstr(out, "message_stop"));
     free(out);
 
     /* Responses, whole answer: 503 and {"error":{"message","type","code":"device_lost"}}. */
-    out = lost_request(&d, "/v1/responses", resp, false, 503);
+    out = lost_request(&d, 3, "/v1/responses", resp, false, 503);
     CHECK(out && strstr(out, "\"code\":\"device_lost\"") && strstr(out, "\"type\":\"server_error\"") &&
           strstr(out, "VK_ERROR_DEVICE_LOST"));
     free(out);
 
     /* Responses stream: an `error` event with code device_lost, then `response.failed` whose
      * response has status failed and the same error; never response.completed. */
-    out = lost_request(&d, "/v1/responses", resp, true, 200);
+    out = lost_request(&d, 4, "/v1/responses", resp, true, 200);
     e = out ? strstr(out, "event: error\ndata: {\"code\":\"device_lost\"") : NULL;
     const char *failed = e ? strstr(e, "event: response.failed\ndata: ") : NULL;
     CHECK(failed && strstr(failed, "\"status\":\"failed\"") &&
