@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "engine/engine.h"
+#include "tests/gguf_edit.h"
 #include "tests/vk_fixture.h"
 #include "tests/harness.h"
 #include "tools/mkmodel.h"
@@ -339,4 +340,79 @@ TEST(vk_logits_equal_reference_with_the_k_split_tile_on_every_block_matrix)
      * through the wrapped slots, down with per-slot x), and decode in between */
     const uint32_t sizes[] = { 37, 1, 16, 1 };
     run_with_env("FLASHBOX_VK_KSPLIT", "all", sizes, sizeof sizes / sizeof sizes[0], 55, "k-split tile");
+}
+
+/* Logits of the first n tokens (p's fixed sequence) of the model at path, one prefill. */
+static float *logits_of_file(const char *path, enum engine_backend backend, const int32_t *tokens, uint32_t n,
+                             uint32_t *n_vocab)
+{
+    char err[512];
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_path = path;
+    o.backend = backend;
+    struct engine *e;
+    if (engine_open(&e, &o, err, sizeof err)) {
+        if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
+        test_fail_at(__FILE__, __LINE__, "%s: %s", path, err);
+        return NULL;
+    }
+    struct engine_info info;
+    engine_get_info(e, &info);
+    *n_vocab = info.n_vocab;
+    float *out = malloc((size_t)n * info.n_vocab * sizeof(float));
+    struct session *s = NULL;
+    if (!out || session_create(e, 512, &s, err, sizeof err) || session_eval(s, tokens, n, out, true, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "%s: %s", path, err);
+        free(out);
+        out = NULL;
+    }
+    if (s) session_destroy(s);
+    engine_close(e);
+    return out;
+}
+
+/* A file that stores the hyper-connection weights and compressor position biases in F16
+ * and the other vectors in BF16 (as published ds4 files do, and more) gives, past the
+ * window and the first HCA entry, the logits of the F32 file holding the same rounded
+ * values, bit for bit: the binding widens them exactly, once. */
+static void narrow_vectors_give_the_f32_logits(enum engine_backend backend)
+{
+    char src[512], wide[512], narrow[512], err[512];
+    snprintf(src, sizeof src, "%s/tiny.gguf", test_tmpdir());
+    snprintf(wide, sizeof wide, "%s/rounded.gguf", test_tmpdir());
+    snprintf(narrow, sizeof narrow, "%s/narrow.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.quant = MKMODEL_MIXED;
+    REQUIRE(mkmodel_write(&c, src, err, sizeof err) == 0);
+    int n_wide = gguf_edit_narrow_vectors(src, wide, false), n_narrow = gguf_edit_narrow_vectors(src, narrow, true);
+    CHECK(n_wide > 20 && n_narrow == n_wide);
+    int32_t tokens[140];
+    for (int i = 0; i < 140; i++) tokens[i] = (int32_t)((i * 7919u + 13) % 500);
+    uint32_t nv_a = 0, nv_b = 0;
+    float *a = logits_of_file(wide, backend, tokens, 140, &nv_a);
+    float *b = a ? logits_of_file(narrow, backend, tokens, 140, &nv_b) : NULL;
+    if (a && b) {
+        REQUIRE(nv_a == nv_b);
+        size_t n = (size_t)140 * nv_a;
+        for (size_t i = 0; i < n; i++)
+            if (memcmp(&a[i], &b[i], sizeof(float))) {
+                test_fail_at(__FILE__, __LINE__, "position %zu logit %zu: %.9g (F32 file) vs %.9g (F16/BF16 file)", i / nv_a,
+                             i % nv_a, a[i], b[i]);
+                break;
+            }
+    }
+    free(a);
+    free(b);
+}
+
+TEST(ref_logits_with_f16_and_bf16_vectors_equal_the_f32_file_bitwise)
+{
+    narrow_vectors_give_the_f32_logits(ENGINE_BACKEND_REF);
+}
+
+TEST(vk_logits_with_f16_and_bf16_vectors_equal_the_f32_file_bitwise)
+{
+    narrow_vectors_give_the_f32_logits(ENGINE_BACKEND_VULKAN);
 }
