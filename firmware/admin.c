@@ -338,7 +338,10 @@ static void *op_main(void *arg)
         /* Refused or failed before the switch: the active slot and the served model are
          * unchanged (the same model is opened again after a pause). */
         status = 422;
-        if (paused) {
+        pthread_mutex_lock(&ad->lock);
+        bool stopping = ad->stopping;
+        pthread_mutex_unlock(&ad->lock);
+        if (paused && !stopping) { /* a daemon that stops serves nothing more */
             struct reload_result rr;
             model_host_resume(h, &rr);
             json_t *rj = json_pack("{s:b,s:s,s:s}", "ok", rr.ok, "slot", rr.slot, "model", rr.model_id);

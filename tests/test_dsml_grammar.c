@@ -1,8 +1,9 @@
 /* Forced tool calls (engine/text/dsml_grammar.h): the compiler's refusals, and generation
  * with the tiny random-weight model held to the call grammar under "required" and named
  * choices. Every answer is read back by firmware/tool_output.c (the parser the daemon uses)
- * and its arguments checked by firmware/json_schema.c (the evaluation sets' validator),
- * neither of which shares code with the grammar. */
+ * and its arguments checked by engine/text/json_validate.c (the evaluation sets' validator):
+ * the parser shares no code with the grammar, the validator only the compiled schema (it
+ * walks parsed JSON values, not the byte automaton). */
 #include "engine/engine.h"
 #include "engine/text/chat.h"
 #include "engine/text/dsml_grammar.h"

@@ -329,6 +329,26 @@ static int run_set(const char *model, const char *set_path, uint32_t jobs, struc
     return 0;
 }
 
+/* A recording run of the set at set_path on model (expected answers may be missing); every
+ * case must run. */
+static int record_run(const char *model, const char *set_path, struct eval_set *s, struct eval_result *r)
+{
+    char err[512];
+    if (eval_set_load(set_path, true, s, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        return -1;
+    }
+    struct eval_run_opts o = { .model_path = model, .backend = ENGINE_BACKEND_REF, .jobs = 1 };
+    if (eval_run(s, &o, r, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        eval_set_free(s);
+        return -1;
+    }
+    for (uint32_t i = 0; i < r->n; i++)
+        if (r->cases[i].error) test_fail_at(__FILE__, __LINE__, "case %u: %s", i, r->cases[i].why);
+    return 0;
+}
+
 TEST(eval_recorded_set_passes_its_model_and_fails_other_weights)
 {
     const char *a = tiny_model("a.gguf", 42);
@@ -338,10 +358,7 @@ TEST(eval_recorded_set_passes_its_model_and_fails_other_weights)
     write_set(set_path);
     struct eval_set s;
     struct eval_result r;
-    REQUIRE(eval_set_load(set_path, true, &s, err, sizeof err) == 0);
-    struct eval_run_opts o = { .model_path = a, .backend = ENGINE_BACKEND_REF, .jobs = 1 };
-    REQUIRE(eval_run(&s, &o, &r, err, sizeof err) == 0);
-    for (uint32_t i = 0; i < r.n; i++) CHECK(!r.cases[i].error);
+    REQUIRE(record_run(a, set_path, &s, &r) == 0);
     REQUIRE(eval_record_write(rec_path, &s, &r, err, sizeof err) == 0);
     eval_result_free(&r);
     eval_set_free(&s);
@@ -411,10 +428,7 @@ TEST(eval_tool_cases_score_the_call)
 #undef TOOLS
     struct eval_set s;
     struct eval_result r;
-    REQUIRE(eval_set_load(set_path, true, &s, err, sizeof err) == 0);
-    struct eval_run_opts o = { .model_path = a, .backend = ENGINE_BACKEND_REF, .jobs = 1 };
-    REQUIRE(eval_run(&s, &o, &r, err, sizeof err) == 0);
-    for (uint32_t i = 0; i < r.n; i++) CHECK(!r.cases[i].error);
+    REQUIRE(record_run(a, set_path, &s, &r) == 0);
     CHECK_EQ_INT(r.cases[0].score, 1);
     if (!r.cases[0].score) test_fail_at(__FILE__, __LINE__, "named: %s (answer %s)", r.cases[0].why, r.cases[0].answer);
     REQUIRE(r.cases[1].answer != NULL);

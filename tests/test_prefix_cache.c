@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/engine.h"
 #include "firmware/prefix_cache.h"
@@ -123,6 +124,15 @@ TEST(prefix_state_files_reload_bitwise_and_damaged_or_foreign_ones_are_ignored)
     CHECK_EQ_INT(st.disk_ignored, 1);
     CHECK(session_eval(s2, tok, N_TOK, NULL, false, err, sizeof err) == 0);
     session_destroy(s2);
+
+    /* cut short, and shorter than its header: not loaded */
+    for (int cut = 0; cut < 2; cut++) {
+        REQUIRE(truncate(file, cut ? 40 : 20000) == 0);
+        CHECK_EQ_INT(resume_with(e, dir, &id, 64u << 20, tok, &s2, &st), 0);
+        CHECK_EQ_INT(st.disk_ignored, 1);
+        CHECK_EQ_INT(session_pos(s2), 0);
+        session_destroy(s2);
+    }
 
     /* a budget smaller than one file: nothing is written */
     remove(file);

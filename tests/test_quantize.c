@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/engine.h"
@@ -69,6 +70,14 @@ TEST(quantize_malformed_pattern_files_name_the_line)
     memset(&r, 0, sizeof r);
     CHECK(quant_recipe_parse(nul, sizeof nul - 1, &r, err, sizeof err) == -1 && strstr(err, "line 2: a NUL byte"));
     CHECK(quant_recipe_load("/nonexistent/recipe.txt", &r, err, sizeof err) == -1 && strstr(err, "not a named recipe"));
+    /* a FIFO or a directory named as a recipe or an imatrix is refused at once, never waited on */
+    char fifo[512];
+    snprintf(fifo, sizeof fifo, "%s/pipe", test_tmpdir());
+    REQUIRE(mkfifo(fifo, 0600) == 0);
+    CHECK(quant_recipe_load(fifo, &r, err, sizeof err) == -1 && strstr(err, "FIFO"));
+    struct quant_imatrix m;
+    CHECK(quant_imatrix_load(fifo, &m, err, sizeof err) == -1 && strstr(err, "FIFO"));
+    CHECK(quant_imatrix_load(test_tmpdir(), &m, err, sizeof err) == -1 && strstr(err, "directory"));
 }
 
 /* A legacy imatrix image: entries (name, ncall, values). */
@@ -133,6 +142,35 @@ TEST(quantize_imatrix_legacy_format_is_averaged_over_calls_and_checked)
     int32_t huge = 1 << 30;
     memcpy(buf, &huge, 4);
     CHECK(quant_imatrix_parse(buf, n, &m, err, sizeof err) == -1 && strstr(err, "entries"));
+}
+
+TEST(quantize_imatrix_gguf_format_divides_sums_by_counts)
+{
+    /* llama.cpp's GGUF imatrix: NAME.in_sum2 [4, 2] and NAME.counts [2]; a count of 0 (an
+     * expert that never ran) gives weights of 1 */
+    char path[512], err[256];
+    snprintf(path, sizeof path, "%s/im.gguf", test_tmpdir());
+    const float sums[8] = { 2, 4, 6, 8, 1, 1, 1, 1 }, counts[2] = { 2, 0 };
+    const uint64_t ne_s[2] = { 4, 2 }, ne_c[1] = { 2 };
+    struct gguf_writer *w = gguf_writer_create();
+    REQUIRE(w);
+    gguf_writer_add_str(w, "general.type", "imatrix");
+    gguf_writer_add_tensor(w, "blk.0.ffn_up_exps.weight.in_sum2", GGUF_TYPE_F32, 2, ne_s, sums);
+    gguf_writer_add_tensor(w, "blk.0.ffn_up_exps.weight.counts", GGUF_TYPE_F32, 1, ne_c, counts);
+    REQUIRE(gguf_writer_write_file(w, path, err, sizeof err) == 0);
+    gguf_writer_destroy(w);
+    struct quant_imatrix m;
+    REQUIRE(quant_imatrix_load(path, &m, err, sizeof err) == 0);
+    const struct quant_imatrix_entry *e = quant_imatrix_find(&m, "blk.0.ffn_up_exps.weight");
+    REQUIRE(e && e->n_val == 8);
+    CHECK(e->val[0] == 1 && e->val[3] == 4 && e->val[4] == 1 && e->val[7] == 1);
+    quant_imatrix_free(&m);
+    /* sums without counts: refused by name */
+    w = gguf_writer_create();
+    gguf_writer_add_tensor(w, "x.in_sum2", GGUF_TYPE_F32, 2, ne_s, sums);
+    REQUIRE(gguf_writer_write_file(w, path, err, sizeof err) == 0);
+    gguf_writer_destroy(w);
+    CHECK(quant_imatrix_load(path, &m, err, sizeof err) == -1 && strstr(err, "x.in_sum2 has no x.counts"));
 }
 
 static int write_model(const char *path, uint32_t dim)

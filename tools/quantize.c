@@ -4,15 +4,50 @@
 #include "tools/quantize.h"
 #include "engine/engine.h"
 #include "common/errmsg.h"
+#include "common/safe_open.h"
 #include "engine/model/quant.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* ---- files a user names ---- */
+
+int quant_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, char *err, size_t err_len)
+{
+    *buf = NULL;
+    *len = 0;
+    int fd = safe_open(path, O_RDONLY, 0, err, err_len);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) || st.st_size < 0 || (uint64_t)st.st_size > max) {
+        close(fd);
+        return errf(err, err_len, "%s: %lld bytes, at most %zu read", path, (long long)st.st_size, max);
+    }
+    *buf = malloc((size_t)st.st_size + 1);
+    size_t n = 0;
+    while (*buf && n < (size_t)st.st_size) {
+        ssize_t got = read(fd, *buf + n, (size_t)st.st_size - n);
+        if (got <= 0) break;
+        n += (size_t)got;
+    }
+    close(fd);
+    if (!*buf || n != (size_t)st.st_size) {
+        const char *why = *buf ? "read error" : "out of memory";
+        free(*buf);
+        *buf = NULL;
+        return errf(err, err_len, "%s: %s", path, why);
+    }
+    (*buf)[n] = 0;
+    *len = n;
+    return 0;
+}
 
 /* ---- recipes ---- */
 
@@ -92,15 +127,14 @@ int quant_recipe_load(const char *name_or_path, struct quant_recipe *r, char *er
             for (uint32_t k = 0; k < r->n_rules; k++) r->rules[k].line = 0;
             return rc;
         }
-    FILE *f = fopen(name_or_path, "rb");
-    if (!f) return errf(err, err_len, "recipe '%s': not a named recipe (2bit, 4bit, iq4, q8) and not a readable file", name_or_path);
-    char text[64 * 1024];
-    size_t n = fread(text, 1, sizeof text, f);
-    int big = n == sizeof text && fgetc(f) != EOF;
-    fclose(f);
-    if (big) return errf(err, err_len, "%s: pattern file larger than 64 KiB", name_or_path);
-    if (quant_recipe_parse(text, n, r, err, err_len)) return errf_prefix(err, err_len, "%s: ", name_or_path);
-    return 0;
+    uint8_t *text;
+    size_t n;
+    if (access(name_or_path, F_OK))
+        return errf(err, err_len, "recipe '%s': not a named recipe (2bit, 4bit, iq4, q8) and not a readable file", name_or_path);
+    if (quant_read_file(name_or_path, 64 * 1024, &text, &n, err, err_len)) return -1;
+    int rc = quant_recipe_parse((const char *)text, n, r, err, err_len);
+    free(text);
+    return rc ? errf_prefix(err, err_len, "%s: ", name_or_path) : 0;
 }
 
 const struct quant_rule *quant_recipe_match(const struct quant_recipe *r, const char *tensor_name)
@@ -245,27 +279,10 @@ int quant_imatrix_parse(const void *buf, size_t len, struct quant_imatrix *m, ch
 int quant_imatrix_load(const char *path, struct quant_imatrix *m, char *err, size_t err_len)
 {
     memset(m, 0, sizeof *m);
-    FILE *f = fopen(path, "rb");
-    if (!f) return errf(err, err_len, "%s: cannot open", path);
-    uint8_t *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n == cap) {
-            if (cap >= (size_t)1 << 32) {
-                fclose(f);
-                free(buf);
-                return errf(err, err_len, "%s: larger than 4 GiB", path);
-            }
-            uint8_t *nb = realloc(buf, cap = cap ? 2 * cap : 1 << 16);
-            if (!nb) break;
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (!got) break;
-    }
-    fclose(f);
-    int rc = buf ? quant_imatrix_parse(buf, n, m, err, err_len) : errf(err, err_len, "out of memory");
+    uint8_t *buf;
+    size_t n;
+    if (quant_read_file(path, (size_t)1 << 32, &buf, &n, err, err_len)) return -1;
+    int rc = quant_imatrix_parse(buf, n, m, err, err_len);
     free(buf);
     return rc ? errf_prefix(err, err_len, "%s: ", path) : 0;
 }

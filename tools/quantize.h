@@ -82,6 +82,10 @@ struct quantize_report {
 int quantize_report_run(const char *src, const char *quantized, const int32_t *tokens, uint32_t n_tokens,
                         struct quantize_report *rep, char *err, size_t err_len);
 
+/* Reads a file a user named (through safe_open: a FIFO or a device is refused at once) of at
+ * most max bytes into *buf (malloc'd, NUL-terminated; the caller frees it). */
+int quant_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, char *err, size_t err_len);
+
 /* `flashbox quantize ARGS` (tools/quantize_cli.c); argv[0] is the command name. */
 int tool_quantize_main(int argc, char **argv);
 

@@ -80,26 +80,26 @@ int tool_quantize_main(int argc, char **argv)
     int32_t ids[4096];
     long n_ids = 64;
     for (int i = 0; i < 64; i++) ids[i] = (17 * i + 3) % 256;
+    uint8_t *text = NULL;
+    size_t text_len = 0;
     if (tokens_file) {
-        FILE *f = fopen(tokens_file, "rb");
-        static char text[64 * 1024];
-        size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-        if (f) fclose(f);
-        if (!f || n == sizeof text - 1) {
-            fprintf(stderr, "flashbox quantize: %s: %s\n", tokens_file, f ? "larger than 64 KiB" : "cannot open");
+        if (quant_read_file(tokens_file, 64 * 1024, &text, &text_len, err, sizeof err)) {
+            fprintf(stderr, "flashbox quantize: %s\n", err);
             return 1;
         }
-        text[n] = 0;
-        if (memchr(text, 0, n)) {
+        if (memchr(text, 0, text_len)) {
             fprintf(stderr, "flashbox quantize: %s: a NUL byte in a token file\n", tokens_file);
+            free(text);
             return 1;
         }
-        tokens = text;
+        tokens = (const char *)text;
     }
     if (tokens && (n_ids = read_ids(tokens, ids, 4096)) <= 0) {
         if (!n_ids) fprintf(stderr, "flashbox quantize: no tokens given\n");
+        free(text);
         return 1;
     }
+    free(text);
     if (quant_recipe_load(recipe_arg, &recipe, err, sizeof err)) {
         fprintf(stderr, "flashbox quantize: %s\n", err);
         return 1;

@@ -68,7 +68,7 @@ void ref_state_destroy(struct ref_state *st)
     void *bufs[] = { s->rowbuf, s->a, s->f, s->qr, s->q, s->kv, s->o, s->z, s->entry, s->ixq,
                      s->ixw, s->ix_score, s->ix_sel, s->att, s->acc, s->gate_logits, s->router_biased, s->guess_scores, s->expert_h,
                      s->expert_u, s->expert_y, s->hc_mix, s->hc_post, s->hc_comb, s->x_old, s->freqs_swa,
-                     s->freqs_comp };
+                     s->freqs_comp, s->key };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(st->x_batch);
     free(st);
