@@ -20,6 +20,8 @@ uint u32_at(uint a) { return u16_at(a) | (u16_at(a + 2u) << 16); }
 #define IQ_WANT_IQ2S
 #elif W_TYPE == ABI_WTYPE_IQ3_XXS
 #define IQ_WANT_IQ3XXS
+#elif W_TYPE == ABI_WTYPE_IQ1_S || W_TYPE == ABI_WTYPE_IQ1_M
+/* no constant grid: it is read from the grid binding (below) */
 #else
 #define IQ_WANT_IQ4NL
 #endif
@@ -171,6 +173,44 @@ void load_block(uint row_byte, uint b, out float v[BLK])
         }
     }
 }
+
+#elif W_TYPE == ABI_WTYPE_IQ1_S || W_TYPE == ABI_WTYPE_IQ1_M
+/* The grid (2048 entries of 8 two-bit codes for -1, 0, +1; QUANT_IQ1_GRID_N), from a buffer */
+layout(std430, binding = ABI_MATVEC_BIND_GRID) readonly buffer iq1_grid_buf { uint iq1_grid[]; };
+/* 8 values dl * (g + delta) of grid entry idx */
+void iq1_group(float dl, float delta, uint idx, inout float v[BLK], uint o)
+{
+    const uint entry = IQ_GRID(iq1_grid, idx);
+    for (uint j = 0u; j < 8u; j++) v[o + j] = dl * (float(int((entry >> (2u * j)) & 3u) - 1) + delta);
+}
+#if W_TYPE == ABI_WTYPE_IQ1_S
+/* { f16 d; u8 qs[32]; u16 qh[8]; }: per 32, 4 index low bytes and a word of 4 x 3 index
+ * bits, a 3-bit scale and the delta's sign */
+void load_block(uint row_byte, uint b, out float v[BLK])
+{
+    const uint a = row_byte + (b >> 3) * 50u, ib = b & 7u;
+    const uint qh = u16_at(a + 34u + 2u * ib);
+    const float dl = half_at(a) * float(2u * ((qh >> 12) & 7u) + 1u);
+    const float delta = (qh & 0x8000u) != 0u ? -0.125 : 0.125;
+    for (uint l = 0u; l < 4u; l++) iq1_group(dl, delta, byte_at(a + 2u + 4u * ib + l) | (((qh >> (3u * l)) & 7u) << 8), v, 8u * l);
+}
+#else
+/* { u8 qs[32]; u8 qh[16]; u8 scales[8]; }: the f16 super-block scale is the top nibbles of
+ * the four scale words; per 32, two 3-bit scales, per 8 a nibble of 3 index bits and the
+ * delta's sign */
+void load_block(uint row_byte, uint b, out float v[BLK])
+{
+    const uint a = row_byte + (b >> 3) * 56u, ib = b & 7u;
+    const uint s0 = u16_at(a + 48u), s1 = u16_at(a + 50u), s2 = u16_at(a + 52u), s3 = u16_at(a + 54u);
+    const float d = unpackHalf2x16((s0 >> 12) | ((s1 >> 8) & 0xf0u) | ((s2 >> 4) & 0xf00u) | (s3 & 0xf000u)).x;
+    const uint sc = u16_at(a + 48u + 2u * (ib >> 1)) >> (6u * (ib & 1u));
+    const float dl[2] = float[2](d * float(2u * (sc & 7u) + 1u), d * float(2u * ((sc >> 3) & 7u) + 1u));
+    for (uint l = 0u; l < 4u; l++) {
+        const uint h = byte_at(a + 32u + 2u * ib + l / 2u) >> (4u * (l & 1u));
+        iq1_group(dl[l / 2u], (h & 8u) != 0u ? -0.125 : 0.125, byte_at(a + 4u * ib + l) | ((h & 7u) << 8), v, 8u * l);
+    }
+}
+#endif
 
 #elif W_TYPE == ABI_WTYPE_IQ4_NL || W_TYPE == ABI_WTYPE_IQ4_XS
 /* IQ4_NL { f16 d; u8 qs[16]; } per 32; IQ4_XS { f16 d; u16 scales_h; u8 scales_l[4];

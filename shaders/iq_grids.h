@@ -377,7 +377,8 @@ IQ_GRID_END
 #endif
 
 /* IQ1_S / IQ1_M: C only. As a GLSL constant array (1024 words) lavapipe spends minutes per
- * dispatch on it; their shaders need the grid in a buffer. */
+ * dispatch on it, so the Vulkan backend uploads this table once per device (quant_iq1_grid)
+ * and their shaders read it from the ABI_MATVEC_BIND_GRID buffer through IQ_GRID. */
 #ifndef GL_core_profile
 IQ_GRID_BEGIN(iq1s_grid, 2048)
     0x0000, 0x0002, 0x0005, 0x0008, 0x000a, 0x0011, 0x0015, 0x0020, 0x0022, 0x0028, 0x002a, 0x0045,

@@ -1,5 +1,6 @@
 /* Test helper: GGUF copy with edits. See gguf_edit.h. */
 #include "tests/gguf_edit.h"
+#include "engine/model/quant.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,5 +67,57 @@ int gguf_edit_copy(const char *src, const char *dst, const struct gguf_edit *edi
     }
     gguf_writer_destroy(w);
     gguf_close(f);
+    return rc;
+}
+
+struct narrowing {
+    bool stored_narrow, failed;
+    int count;
+    void *bufs[4096]; /* what the copied tensors point at, freed after the write */
+};
+
+static int narrow_tensor(char *name, enum gguf_type *type, uint32_t *n_dims, uint64_t *ne, const void **data, void *user)
+{
+    struct narrowing *n = user;
+    if (*type != GGUF_TYPE_F32) return 0;
+    const bool f16 = (strstr(name, "hc_") && strstr(name, "_fn.")) || strstr(name, "_compressor_ape.");
+    if (!f16 && *n_dims != 1) return 0; /* a matrix of an all-F32 file */
+    if (n->count == (int)(sizeof n->bufs / sizeof n->bufs[0])) {
+        n->failed = true;
+        return 0;
+    }
+    uint64_t count = 1;
+    for (uint32_t d = 0; d < *n_dims; d++) count *= ne[d];
+    void *buf = malloc(count * (n->stored_narrow ? 2 : 4));
+    if (!buf) {
+        n->failed = true;
+        return 0;
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        float v;
+        memcpy(&v, (const uint8_t *)*data + 4 * i, 4);
+        uint16_t h = f16 ? f32_to_fp16(v) : f32_to_bf16(v);
+        if (n->stored_narrow) memcpy((uint8_t *)buf + 2 * i, &h, 2);
+        else {
+            float r = f16 ? fp16_to_f32(h) : bf16_to_f32(h);
+            memcpy((uint8_t *)buf + 4 * i, &r, 4);
+        }
+    }
+    if (n->stored_narrow) *type = f16 ? GGUF_TYPE_F16 : GGUF_TYPE_BF16;
+    *data = buf;
+    n->bufs[n->count++] = buf;
+    return 0;
+}
+
+int gguf_edit_narrow_vectors(const char *src, const char *dst, bool stored_narrow)
+{
+    struct narrowing *n = calloc(1, sizeof *n);
+    if (!n) return -1;
+    n->stored_narrow = stored_narrow;
+    struct gguf_edit e = { NULL, narrow_tensor, n };
+    int rc = gguf_edit_copy(src, dst, &e);
+    for (int i = 0; i < n->count; i++) free(n->bufs[i]);
+    if (!rc) rc = n->failed ? -1 : n->count;
+    free(n);
     return rc;
 }

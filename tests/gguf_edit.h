@@ -15,4 +15,11 @@ struct gguf_edit {
 
 int gguf_edit_copy(const char *src, const char *dst, const struct gguf_edit *edit);
 
+/* Copies src with its float vectors narrowed the way published ds4 files store them:
+ * hc_*_fn and *_compressor_ape rounded to F16, every other F32 vector (norms, sinks, biases,
+ * hc base and scale) rounded to BF16. stored_narrow: written as F16 / BF16; else written as
+ * F32 holding the rounded values, the file a narrow one must bind to bit for bit. Returns the
+ * number of tensors narrowed, or -1. */
+int gguf_edit_narrow_vectors(const char *src, const char *dst, bool stored_narrow);
+
 #endif

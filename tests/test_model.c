@@ -5,6 +5,7 @@
 #include "tests/harness.h"
 #include "tools/mkmodel.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 
 TEST(model_binds_the_fixture_with_its_hyper_parameters)
@@ -155,4 +156,52 @@ TEST(model_rejects_tid2eid_entries_outside_the_experts)
     bad[777] = 8;
     expect_rejected((struct variant){ .tensor = "blk.1.ffn_gate_tid2eid.weight", .data = bad },
                     "blk.1.ffn_gate_tid2eid.weight: entry 777 is expert 8", __LINE__);
+}
+
+/* F16 and BF16 vectors bind as F32 holding exactly their values: every tensor of the narrow
+ * file binds to the bytes of the F32 file with the same rounded values, and the widened
+ * ones own their copy (the mapping is left alone). */
+TEST(model_widens_f16_and_bf16_vectors_to_f32_exactly)
+{
+    char src[512], wide[512], narrow[512], err[512];
+    make_tiny(src, sizeof src);
+    snprintf(wide, sizeof wide, "%s/rounded.gguf", test_tmpdir());
+    snprintf(narrow, sizeof narrow, "%s/narrow.gguf", test_tmpdir());
+    int n = gguf_edit_narrow_vectors(src, wide, false);
+    REQUIRE(n > 20 && gguf_edit_narrow_vectors(src, narrow, true) == n);
+    struct gguf_file *f;
+    REQUIRE(gguf_open(&f, narrow, err, sizeof err) == 0);
+    const struct gguf_tensor *t = gguf_find_tensor(f, "blk.0.hc_attn_fn.weight");
+    const struct gguf_tensor *u = gguf_find_tensor(f, "blk.0.attn_norm.weight");
+    CHECK(t && t->type == GGUF_TYPE_F16 && u && u->type == GGUF_TYPE_BF16); /* the file really is narrow */
+    gguf_close(f);
+    struct model *a, *b;
+    REQUIRE(model_open(&a, wide, err, sizeof err) == 0);
+    if (model_open(&b, narrow, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        model_close(a);
+        return;
+    }
+    CHECK_EQ_INT(a->file->n_tensors, b->file->n_tensors);
+    int owned = 0;
+    for (uint64_t i = 0; i < a->file->n_tensors && i < b->file->n_tensors; i++) {
+        const struct gguf_tensor *x = &a->file->tensors[i], *y = &b->file->tensors[i];
+        owned += y->owned != NULL;
+        if (strcmp(x->name, y->name) || x->type != y->type || x->nbytes != y->nbytes || memcmp(x->data, y->data, x->nbytes)) {
+            test_fail_at(__FILE__, __LINE__, "%s: %s %" PRIu64 " bytes (F32 file) vs %s %s %" PRIu64 " bytes, or other values",
+                         x->name, gguf_type_name(x->type), x->nbytes, y->name, gguf_type_name(y->type), y->nbytes);
+            break;
+        }
+    }
+    CHECK_EQ_INT(owned, n);
+    CHECK(b->layers[0].hc_attn_fn->type == GGUF_TYPE_F32 && b->layers[2].ix_comp_ape->type == GGUF_TYPE_F32 &&
+          b->output_hc_fn->type == GGUF_TYPE_F32 && b->layers[3].exp_probs_b->type == GGUF_TYPE_F32);
+    model_close(a);
+    model_close(b);
+}
+
+TEST(model_rejects_a_quantized_vector_naming_the_types_it_takes)
+{
+    expect_rejected((struct variant){ .tensor = "blk.3.hc_ffn_fn.weight", .type = GGUF_TYPE_Q8_0, .type_set = 1 },
+                    "blk.3.hc_ffn_fn.weight: type Q8_0 is not allowed here (expected F32, F16 or BF16)", __LINE__);
 }

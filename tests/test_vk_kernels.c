@@ -157,6 +157,7 @@ TEST(vk_matvec_matches_reference_for_ggml_k_and_i_quants)
     static const enum gguf_type ggml_types[] = {
         GGUF_TYPE_Q2_K, GGUF_TYPE_Q3_K, GGUF_TYPE_Q4_K, GGUF_TYPE_Q5_K, GGUF_TYPE_Q6_K,
         GGUF_TYPE_IQ2_XXS, GGUF_TYPE_IQ2_XS, GGUF_TYPE_IQ2_S, GGUF_TYPE_IQ3_XXS, GGUF_TYPE_IQ4_NL, GGUF_TYPE_IQ4_XS,
+        GGUF_TYPE_IQ1_S, GGUF_TYPE_IQ1_M, /* their grid from a buffer */
     };
     static const struct mv_case cases[] = {
         { 256, 37, 1, 0, 0, false, false, false },   /* one super-block, odd rows */

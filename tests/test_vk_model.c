@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "engine/engine.h"
+#include "tests/gguf_edit.h"
 #include "tests/vk_fixture.h"
 #include "tests/harness.h"
 #include "tools/mkmodel.h"
@@ -147,7 +148,7 @@ TEST(vk_logits_equal_reference_with_ggml_quant_experts)
 {
     static const enum gguf_type types[] = {
         GGUF_TYPE_IQ2_XXS, GGUF_TYPE_Q2_K, GGUF_TYPE_Q4_K, GGUF_TYPE_Q3_K, GGUF_TYPE_Q5_K, GGUF_TYPE_Q6_K,
-        GGUF_TYPE_IQ2_XS, GGUF_TYPE_IQ2_S, GGUF_TYPE_IQ3_XXS, GGUF_TYPE_IQ4_NL, GGUF_TYPE_IQ4_XS,
+        GGUF_TYPE_IQ2_XS, GGUF_TYPE_IQ2_S, GGUF_TYPE_IQ3_XXS, GGUF_TYPE_IQ4_NL, GGUF_TYPE_IQ4_XS, GGUF_TYPE_IQ1_S, GGUF_TYPE_IQ1_M,
     };
     const uint32_t sizes[] = { 13, 1, 1 };
     for (size_t i = 0; i < sizeof types / sizeof types[0] && !test_failed(); i++) {
@@ -157,13 +158,14 @@ TEST(vk_logits_equal_reference_with_ggml_quant_experts)
     }
 }
 
-/* The published deepseek4 layouts' expert types paged through a one-megabyte expert cache
- * (about half the tiny model's 40 experts, so it evicts): token-by-token decode gives the
- * same logits, bit for bit, as all experts resident. */
+/* The published deepseek4 layouts' expert types (and IQ1's, whose grid is a buffer) paged
+ * through a one-megabyte expert cache (about half the tiny model's 40 experts, so it
+ * evicts): a 12-token prefill, then token-by-token decode, gives the same logits, bit for
+ * bit, as all experts resident. */
 TEST(vk_paged_ggml_quant_experts_are_bitwise_identical_to_resident)
 {
-    static const enum gguf_type types[] = { GGUF_TYPE_IQ2_XXS, GGUF_TYPE_Q2_K, GGUF_TYPE_Q4_K };
-    const uint32_t n = 24;
+    static const enum gguf_type types[] = { GGUF_TYPE_IQ2_XXS, GGUF_TYPE_Q2_K, GGUF_TYPE_Q4_K, GGUF_TYPE_IQ1_S, GGUF_TYPE_IQ1_M };
+    const uint32_t n = 24, n_prefill = 12;
     for (size_t i = 0; i < sizeof types / sizeof types[0] && !test_failed(); i++) {
         float *out[2] = { NULL, NULL };
         for (int paged = 0; paged < 2; paged++) {
@@ -174,52 +176,27 @@ TEST(vk_paged_ggml_quant_experts_are_bitwise_identical_to_resident)
                 out[paged] = malloc((size_t)n * p.n_vocab * sizeof(float));
                 if (!out[paged] || session_create(p.vk, 512, &s, err, sizeof err)) test_fail_at(__FILE__, __LINE__, "%s", err);
                 else {
-                    for (uint32_t pos = 0; pos < n; pos++)
+                    if (session_eval(s, p.tokens, n_prefill, out[paged], true, err, sizeof err))
+                        test_fail_at(__FILE__, __LINE__, "prefill: %s", err);
+                    for (uint32_t pos = n_prefill; pos < n; pos++)
                         if (session_eval(s, p.tokens + pos, 1, out[paged] + (size_t)pos * p.n_vocab, false, err, sizeof err))
                             test_fail_at(__FILE__, __LINE__, "%s", err);
                     session_destroy(s);
                     struct expert_counters ec;
                     if (paged) CHECK(engine_expert_counters(p.vk, &ec) == 0 && ec.evictions > 0); /* it really pages */
                 }
-                if (paged && out[0] && out[1] && memcmp(out[0], out[1], (size_t)n * p.n_vocab * sizeof(float)))
-                    test_fail_at(__FILE__, __LINE__, "%s: paged logits differ from resident ones", gguf_type_name(types[i]));
+                for (uint32_t pos = 0; paged && out[0] && out[1] && pos < n; pos++)
+                    if (memcmp(out[0] + (size_t)pos * p.n_vocab, out[1] + (size_t)pos * p.n_vocab, (size_t)p.n_vocab * sizeof(float))) {
+                        test_fail_at(__FILE__, __LINE__, "%s: paged logits differ from resident ones at position %u (%s)",
+                                     gguf_type_name(types[i]), pos, pos < n_prefill ? "prefill" : "decode");
+                        break;
+                    }
             }
             pair_close(&p);
         }
         free(out[0]);
         free(out[1]);
     }
-}
-
-/* IQ1_S / IQ1_M experts load on the reference but the Vulkan backend refuses them, naming
- * the tensor and the type. */
-TEST(vk_refuses_iq1_experts_naming_tensor_and_type)
-{
-    char path[512], err[512] = "";
-    snprintf(path, sizeof path, "%s/iq1.gguf", test_tmpdir());
-    struct mkmodel_config c;
-    mkmodel_defaults(&c);
-    c.quant = MKMODEL_MIXED;
-    c.expert_type = GGUF_TYPE_IQ1_M;
-    c.n_embd = c.n_ff_exp = 256;
-    REQUIRE(mkmodel_write(&c, path, err, sizeof err) == 0);
-    struct engine_options o;
-    engine_options_default(&o);
-    o.model_path = path;
-    o.backend = ENGINE_BACKEND_VULKAN;
-    struct engine *e = NULL;
-    struct session *s = NULL;
-    int rc = engine_open(&e, &o, err, sizeof err);
-    if (rc && (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device"))) test_skip(err);
-    if (rc == 0) { /* or at the first step, where a weight is first bound */
-        int32_t tok = 1;
-        float logits[512];
-        rc = session_create(e, 16, &s, err, sizeof err) || session_eval(s, &tok, 1, logits, false, err, sizeof err);
-    }
-    CHECK(rc != 0);
-    if (!strstr(err, "_exps.weight") || !strstr(err, "IQ1_M")) test_fail_at(__FILE__, __LINE__, "message: %s", err);
-    if (s) session_destroy(s);
-    if (e) engine_close(e);
 }
 
 TEST(vk_logits_equal_reference_decoding_token_by_token_past_window_and_first_hca_entry)
@@ -339,4 +316,79 @@ TEST(vk_logits_equal_reference_with_the_k_split_tile_on_every_block_matrix)
      * through the wrapped slots, down with per-slot x), and decode in between */
     const uint32_t sizes[] = { 37, 1, 16, 1 };
     run_with_env("FLASHBOX_VK_KSPLIT", "all", sizes, sizeof sizes / sizeof sizes[0], 55, "k-split tile");
+}
+
+/* Logits of the first n tokens (p's fixed sequence) of the model at path, one prefill. */
+static float *logits_of_file(const char *path, enum engine_backend backend, const int32_t *tokens, uint32_t n,
+                             uint32_t *n_vocab)
+{
+    char err[512];
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_path = path;
+    o.backend = backend;
+    struct engine *e;
+    if (engine_open(&e, &o, err, sizeof err)) {
+        if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
+        test_fail_at(__FILE__, __LINE__, "%s: %s", path, err);
+        return NULL;
+    }
+    struct engine_info info;
+    engine_get_info(e, &info);
+    *n_vocab = info.n_vocab;
+    float *out = malloc((size_t)n * info.n_vocab * sizeof(float));
+    struct session *s = NULL;
+    if (!out || session_create(e, 512, &s, err, sizeof err) || session_eval(s, tokens, n, out, true, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "%s: %s", path, err);
+        free(out);
+        out = NULL;
+    }
+    if (s) session_destroy(s);
+    engine_close(e);
+    return out;
+}
+
+/* A file that stores the hyper-connection weights and compressor position biases in F16
+ * and the other vectors in BF16 (as published ds4 files do, and more) gives, past the
+ * window and the first HCA entry, the logits of the F32 file holding the same rounded
+ * values, bit for bit: the binding widens them exactly, once. */
+static void narrow_vectors_give_the_f32_logits(enum engine_backend backend)
+{
+    char src[512], wide[512], narrow[512], err[512];
+    snprintf(src, sizeof src, "%s/tiny.gguf", test_tmpdir());
+    snprintf(wide, sizeof wide, "%s/rounded.gguf", test_tmpdir());
+    snprintf(narrow, sizeof narrow, "%s/narrow.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.quant = MKMODEL_MIXED;
+    REQUIRE(mkmodel_write(&c, src, err, sizeof err) == 0);
+    int n_wide = gguf_edit_narrow_vectors(src, wide, false), n_narrow = gguf_edit_narrow_vectors(src, narrow, true);
+    CHECK(n_wide > 20 && n_narrow == n_wide);
+    int32_t tokens[140];
+    for (int i = 0; i < 140; i++) tokens[i] = (int32_t)((i * 7919u + 13) % 500);
+    uint32_t nv_a = 0, nv_b = 0;
+    float *a = logits_of_file(wide, backend, tokens, 140, &nv_a);
+    float *b = a ? logits_of_file(narrow, backend, tokens, 140, &nv_b) : NULL;
+    if (a && b) {
+        REQUIRE(nv_a == nv_b);
+        size_t n = (size_t)140 * nv_a;
+        for (size_t i = 0; i < n; i++)
+            if (memcmp(&a[i], &b[i], sizeof(float))) {
+                test_fail_at(__FILE__, __LINE__, "position %zu logit %zu: %.9g (F32 file) vs %.9g (F16/BF16 file)", i / nv_a,
+                             i % nv_a, a[i], b[i]);
+                break;
+            }
+    }
+    free(a);
+    free(b);
+}
+
+TEST(ref_logits_with_f16_and_bf16_vectors_equal_the_f32_file_bitwise)
+{
+    narrow_vectors_give_the_f32_logits(ENGINE_BACKEND_REF);
+}
+
+TEST(vk_logits_with_f16_and_bf16_vectors_equal_the_f32_file_bitwise)
+{
+    narrow_vectors_give_the_f32_logits(ENGINE_BACKEND_VULKAN);
 }

@@ -366,7 +366,10 @@ void gguf_close(struct gguf_file *f)
         free(f->kv[i].arr_strs);
     }
     free(f->kv);
-    for (uint64_t i = 0; f->tensors && i < f->n_tensors; i++) free(f->tensors[i].name);
+    for (uint64_t i = 0; f->tensors && i < f->n_tensors; i++) {
+        free(f->tensors[i].name);
+        free(f->tensors[i].owned);
+    }
     free(f->tensors);
     if (f->fd >= 0) {
         munmap((void *)f->map, f->size);

@@ -75,7 +75,9 @@ struct gguf_tensor {
     uint64_t n_elements;
     uint64_t offset;                /* from the start of the data section */
     uint64_t nbytes;
-    const void *data;               /* into the mapping */
+    const void *data;               /* into the mapping, or owned (below) */
+    void *owned;                    /* data this entry owns (an F32 copy made when a model binds an F16
+                                     * or BF16 vector, engine/model/model.c), freed by gguf_close; else NULL */
 };
 
 struct gguf_file {

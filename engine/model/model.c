@@ -1,6 +1,7 @@
 /* deepseek4 hyper-parameters and tensor binding. See model.h. */
 #include "engine/model/model.h"
 #include "common/errmsg.h"
+#include "engine/model/quant.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -179,7 +180,7 @@ int model_read_hparams(const struct gguf_file *f, struct model_hparams *hp, char
 /* ---- binding ---- */
 
 struct binder {
-    const struct gguf_file *f;
+    struct gguf_file *f;           /* F16/BF16 vectors are widened in place (bind_widen) */
     char *err;
     size_t len;
 };
@@ -201,12 +202,37 @@ static bool type_is_k_or_i_quant(enum gguf_type t)
 
 static bool type_allowed(enum gguf_type t, int allowed)
 {
-    if (allowed & TYPES_FLOAT) return t == GGUF_TYPE_F32;
+    if (allowed & TYPES_FLOAT) return t == GGUF_TYPE_F32 || t == GGUF_TYPE_F16 || t == GGUF_TYPE_BF16;
     if (allowed & TYPES_I32) return t == GGUF_TYPE_I32;
     if (allowed & TYPES_MATRIX)
         return t == GGUF_TYPE_F32 || t == GGUF_TYPE_F16 || t == GGUF_TYPE_BF16 || t == GGUF_TYPE_Q8_0 ||
                type_is_k_or_i_quant(t) || (t == GGUF_TYPE_MXFP4 && (allowed & TYPES_EXPERT));
     return false;
+}
+
+/* The vectors and small matrices the kernels read as F32 (norms, sinks, biases, the
+ * hyper-connection weights, the compressors' position biases) may be stored as F16 or
+ * BF16: the files published for ds4 store hc_*_fn and *_compressor_ape as F16. They are
+ * widened once here, exactly (every F16 and BF16 value is an F32), into a copy the file's
+ * entry then owns and points at, so both backends, the plan and the uploads see an F32
+ * tensor and no token pays for the conversion. */
+static int bind_widen(struct binder *b, tensor_ref *out, const char *name)
+{
+    struct gguf_tensor *t = &b->f->tensors[*out - b->f->tensors];
+    uint64_t nbytes;
+    if (gguf_type_nbytes(GGUF_TYPE_F32, t->n_elements, &nbytes) || nbytes > SIZE_MAX)
+        return errf(b->err, b->len, "%s: %" PRIu64 " elements are too many to widen to F32", name, t->n_elements);
+    float *wide = malloc(nbytes ? (size_t)nbytes : 1);
+    if (!wide) return errf(b->err, b->len, "%s: out of memory widening %s to F32", name, gguf_type_name(t->type));
+    if (dequant_row(t->type, t->data, wide, t->n_elements)) {
+        free(wide);
+        return errf(b->err, b->len, "%s: cannot widen %s to F32", name, gguf_type_name(t->type));
+    }
+    t->owned = wide;
+    t->data = wide;
+    t->type = GGUF_TYPE_F32;
+    t->nbytes = nbytes;
+    return 0;
 }
 
 /* Binds name (printf-style with the layer index) with the expected shape. n_dims counts
@@ -227,7 +253,9 @@ static int bind(struct binder *b, tensor_ref *out, bool required, int allowed, u
         return errf(b->err, b->len, "%s: shape %s, expected %s", name, got, exp);
     }
     if (!type_allowed(t->type, allowed))
-        return errf(b->err, b->len, "%s: type %s is not allowed here", name, gguf_type_name(t->type));
+        return errf(b->err, b->len, "%s: type %s is not allowed here%s", name, gguf_type_name(t->type),
+                    (allowed & TYPES_FLOAT) ? " (expected F32, F16 or BF16)" : "");
+    if ((allowed & TYPES_FLOAT) && t->type != GGUF_TYPE_F32) return bind_widen(b, out, name);
     return 0;
 }
 

@@ -182,3 +182,9 @@ int dequant_row_iq(enum gguf_type type, const void *src, float *dst, uint64_t n)
     }
     return 0;
 }
+
+const uint16_t *quant_iq1_grid(void)
+{
+    _Static_assert(sizeof iq1s_grid / sizeof iq1s_grid[0] == QUANT_IQ1_GRID_N, "IQ1 grid size");
+    return iq1s_grid;
+}

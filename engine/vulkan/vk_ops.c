@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/errmsg.h"
+#include "engine/model/quant.h"
 #include "shaders/abi.h"
 
 static const char *const matvec_names[VK_N_WTYPES] = {
@@ -14,13 +15,15 @@ static const char *const matvec_names[VK_N_WTYPES] = {
     [ABI_WTYPE_Q2_K] = "matvec_q2_k", [ABI_WTYPE_Q3_K] = "matvec_q3_k", [ABI_WTYPE_Q4_K] = "matvec_q4_k",
     [ABI_WTYPE_Q5_K] = "matvec_q5_k", [ABI_WTYPE_Q6_K] = "matvec_q6_k", [ABI_WTYPE_IQ2_XXS] = "matvec_iq2_xxs",
     [ABI_WTYPE_IQ2_XS] = "matvec_iq2_xs", [ABI_WTYPE_IQ2_S] = "matvec_iq2_s", [ABI_WTYPE_IQ3_XXS] = "matvec_iq3_xxs",
-    [ABI_WTYPE_IQ4_NL] = "matvec_iq4_nl",
+    [ABI_WTYPE_IQ1_S] = "matvec_iq1_s", [ABI_WTYPE_IQ1_M] = "matvec_iq1_m", [ABI_WTYPE_IQ4_NL] = "matvec_iq4_nl",
     [ABI_WTYPE_IQ4_XS] = "matvec_iq4_xs",
 };
 _Static_assert(VK_N_WTYPES == ABI_WTYPE_COUNT, "one matvec kernel slot per ABI weight type");
 /* ggml's K-quants and i-quants have only the subgroup kernel (matvec.glsl with
  * dequant_ggml.glsl); on CPU drivers they run it too (no LANES variant yet). */
 static bool wtype_is_ggml(int t) { return t >= ABI_WTYPE_Q2_K; }
+/* IQ1_S and IQ1_M read their grid from a fifth binding (ABI_MATVEC_BIND_GRID). */
+static bool wtype_has_grid(int t) { return t == ABI_WTYPE_IQ1_S || t == ABI_WTYPE_IQ1_M; }
 static const char *const lanes_names[VK_N_WTYPES] = {
     [ABI_WTYPE_F32] = "matvec_lanes_f32", [ABI_WTYPE_F16] = "matvec_lanes_f16", [ABI_WTYPE_BF16] = "matvec_lanes_bf16",
     [ABI_WTYPE_Q8_0] = "matvec_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matvec_lanes_mxfp4",
@@ -48,7 +51,8 @@ int vk_wtype(enum gguf_type type)
     case GGUF_TYPE_IQ2_XS: return ABI_WTYPE_IQ2_XS;
     case GGUF_TYPE_IQ2_S: return ABI_WTYPE_IQ2_S;
     case GGUF_TYPE_IQ3_XXS: return ABI_WTYPE_IQ3_XXS;
-    /* IQ1_S, IQ1_M: no kernel yet (their 2048-entry grid needs a buffer on lavapipe) */
+    case GGUF_TYPE_IQ1_S: return ABI_WTYPE_IQ1_S;
+    case GGUF_TYPE_IQ1_M: return ABI_WTYPE_IQ1_M;
     case GGUF_TYPE_IQ4_NL: return ABI_WTYPE_IQ4_NL;
     case GGUF_TYPE_IQ4_XS: return ABI_WTYPE_IQ4_XS;
     default: return -1;
@@ -70,7 +74,7 @@ static struct vk_kernel *tile_kernel(struct vk_ops *ops, int t, uint32_t tile, b
     };
     const int rc = lanes ? vk_kernel_create_texel(ops->d, k, lanes_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
                                                   spec, ABI_SPEC_ROWS_PER_LANE + 1, err, err_len)
-                         : vk_kernel_create(ops->d, k, matvec_names[t], 4, sizeof(struct abi_matvec_push), spec,
+                         : vk_kernel_create(ops->d, k, matvec_names[t], wtype_has_grid(t) ? 5 : 4, sizeof(struct abi_matvec_push), spec,
                                             ABI_SPEC_WG_SIZE + 1, err, err_len);
     return rc ? NULL : k;
 }
@@ -80,6 +84,16 @@ int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, si
     int t = vk_wtype(type);
     if (t < 0) return errf(err, err_len, "weight type %s: no Vulkan kernel reads it", gguf_type_name(type));
     if (ops->matvec[t][0].pipe) return 0;
+    if (wtype_has_grid(t) && !ops->iq1_arena) {
+        const uint64_t bytes = QUANT_IQ1_GRID_N * sizeof(uint16_t);
+        if (vk_arena_create(&ops->iq1_arena, ops->d, VK_MEM_DEVICE, bytes, err, err_len) ||
+            vk_arena_alloc(ops->iq1_arena, bytes, 16, &ops->iq1_grid, err, err_len) ||
+            vk_span_upload(ops->d, &ops->iq1_grid, 0, quant_iq1_grid(), bytes, err, err_len)) {
+            if (ops->iq1_arena) vk_arena_destroy(ops->iq1_arena);
+            ops->iq1_arena = NULL;
+            return errf_prefix(err, err_len, "the IQ1 grid");
+        }
+    }
     /* decode's tile and the prefill tile now; the tiles of 2 and 4 tokens (steps of a few
      * sessions) on first use */
     const uint32_t tiles[2] = { 0, VK_N_TILES - 1 };
@@ -178,6 +192,8 @@ void vk_ops_destroy(struct vk_ops *ops)
     }
     for (size_t g = 0; g < sizeof ops->attention_heads / sizeof ops->attention_heads[0]; g++)
         vk_kernel_destroy(ops->d, &ops->attention_heads[g]);
+    if (ops->iq1_arena) vk_arena_destroy(ops->iq1_arena);
+    ops->iq1_arena = NULL;
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->hc_texel, &ops->norm_rope, &ops->compress,
                                    &ops->indexer, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
@@ -383,8 +399,14 @@ static int matvec_tile(struct vk_recorder *r, struct vk_ops *ops, const struct v
     const struct vk_kernel *k = tile_kernel(ops, t, tile_i, false, err, err_len);
     if (!k) return -1;
 
-    VkDescriptorBufferInfo b[4];
+    VkDescriptorBufferInfo b[5];
     uint64_t rel_x, rel_y, rel_i = 0;
+    if (k->n_bind > ABI_MATVEC_BIND_GRID) { /* IQ1: the grid, whole, at offset 0 of its own buffer */
+        uint64_t rel_g;
+        if (vk_span_range(d, &ops->iq1_grid, 0, ops->iq1_grid.size, &b[ABI_MATVEC_BIND_GRID], &rel_g, err, err_len))
+            return errf_prefix(err, err_len, "matvec IQ1 grid");
+        if (rel_g) return errf(err, err_len, "matvec: the IQ1 grid is bound %u bytes into its range, expected 0", (unsigned)rel_g);
+    }
     if (vk_span_range(d, a->x, 0, a->x->size, &b[1], &rel_x, err, err_len) ||
         vk_span_range(d, a->y, 0, a->y->size, &b[2], &rel_y, err, err_len))
         return errf_prefix(err, err_len, "matvec activations");
