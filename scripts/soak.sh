@@ -115,11 +115,9 @@ awk '{ print $1, $2 }' "$codes" | sort | uniq -c | sed 's/^/  /'
 echo "soak: latency of the answered requests (whole request, client side), p50 / p90 / p99 / max in s:"
 for k in stream chat admin_status; do
     awk -v k="$k" '$1 == k && $2 == "200" { print $3 }' "$codes" | sort -g | awk -v k="$k" '
+        function at(q,  i) { i = int(NR * q + 0.5); return v[i < 1 ? 1 : i] }
         { v[NR] = $1 }
-        END { if (NR) printf "  %-13s n=%-6d %.3f / %.3f / %.3f / %.3f\n", k, NR,
-                             v[int(NR * 0.50 + 0.5) > 0 ? int(NR * 0.50 + 0.5) : 1],
-                             v[int(NR * 0.90 + 0.5) > 0 ? int(NR * 0.90 + 0.5) : 1],
-                             v[int(NR * 0.99 + 0.5) > 0 ? int(NR * 0.99 + 0.5) : 1], v[NR] }'
+        END { if (NR) printf "  %-13s n=%-6d %.3f / %.3f / %.3f / %.3f\n", k, NR, at(0.50), at(0.90), at(0.99), v[NR] }'
 done
 n5=$(awk '$2 ~ /^5/' "$codes" | wc -l)
 if [ "$n5" -gt 0 ]; then
