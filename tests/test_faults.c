@@ -448,6 +448,10 @@ TEST(expert_read_faults_fail_the_step_and_never_serve_wrong_weights)
         { "eio:2", "Input/output error" },
         { "short:1", "end of file" },
         { "flip:3", "differ from the ones checksummed at load" },
+        /* every read fails: the request gives up at its first failed expert while its other
+         * loads are still queued; they fail after it, and the next request must read them
+         * again rather than find their failures (resident_slot) */
+        { "eio:1+", "Input/output error" },
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         expert_store_fault_configure(cases[k].spec);

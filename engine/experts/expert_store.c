@@ -362,6 +362,21 @@ static int32_t pick_victim(struct expert_store *s, bool speculative)
     return -1;
 }
 
+/* The slot holding (il, e), or -1. A failed load nobody is waiting on is forgotten here, so
+ * the next request reads the expert again: a load that failed after its request had already
+ * given up (a later id of a request that failed on an earlier one) must not answer for the
+ * file from then on. */
+static int32_t resident_slot(struct expert_store *s, uint32_t il, uint32_t e)
+{
+    int32_t v = s->slot_of[slot_index(s, il, e)];
+    if (v >= 0 && s->slots[v].state == SLOT_FAILED && s->slots[v].pins == 0) {
+        s->slot_of[slot_index(s, il, e)] = -1;
+        s->slots[v].il = s->slots[v].expert = -1;
+        v = -1;
+    }
+    return v;
+}
+
 /* Starts loading (il, e) into a free or evicted slot; returns the slot or -1. */
 static int32_t start_load(struct expert_store *s, uint32_t il, uint32_t e, bool speculative)
 {
@@ -590,7 +605,7 @@ void expert_store_prefetch(struct expert_store *s, uint32_t il, const int32_t *i
     uint32_t n_held = 0;
     if (n > s->n_slots) n = s->n_slots;
     for (uint32_t k = 0; k < n; k++) {
-        int32_t v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])];
+        int32_t v = resident_slot(s, il, (uint32_t)ids[k]);
         if (v >= 0) {
             s->slots[v].pins++;
             held[n_held++] = v;
@@ -648,7 +663,7 @@ int expert_store_request(struct expert_store *s, uint32_t il, const int32_t *ids
         for (uint32_t i = 0; i < s->n_slots; i++) s->slots[i].freq /= 2;
     /* pin what is resident (or on its way) first, so starting the misses cannot evict them */
     for (uint32_t k = 0; k < n; k++) {
-        int32_t v = s->slot_of[slot_index(s, il, (uint32_t)ids[k])];
+        int32_t v = resident_slot(s, il, (uint32_t)ids[k]);
         slot_for[k] = v;
         if (v >= 0) {
             struct slot *sl = &s->slots[v];
