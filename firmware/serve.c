@@ -593,9 +593,10 @@ int cmd_serve(int argc, char **argv)
     audit_event("stop", last_model[0] ? last_model : NULL, last_slot, detail);
     audit_close();
     fprintf(stderr, "flashbox serve: stopped (%s)\n", detail);
-    /* Work left behind may still wake up: no exit handlers (library cleanups, leak checks
-     * of what it holds) run under it; the process ends here, as a kill would end it. */
-    if (left_behind) _exit(exit_code);
-    if (!stuck) free(ld);
+    /* Work left behind (an update, a load, a reopen, a stalled connection's thread) may
+     * still wake up: no exit handlers (library cleanups, leak checks of what it holds) run
+     * under it; the process ends here, as a kill would end it. */
+    if (stuck) _exit(exit_code);
+    free(ld);
     return exit_code;
 }

@@ -250,6 +250,23 @@ int serve_start(struct served *s, const char *const *sets)
     return -1;
 }
 
+/* Prints the last 4 KiB of the daemon's log to stderr: what it said before an exit the
+ * test did not expect (a sanitizer report, a shutdown that gave up) shows in the test
+ * output, also where the scratch directory is gone (CI). */
+static void print_log_tail(const struct served *s, const char *why)
+{
+    char tail[4097];
+    size_t n = 0;
+    FILE *f = fopen(s->log, "r");
+    if (f) {
+        if (fseek(f, -(long)(sizeof tail - 1), SEEK_END) != 0) rewind(f);
+        n = fread(tail, 1, sizeof tail - 1, f);
+        fclose(f);
+    }
+    tail[n] = 0;
+    fprintf(stderr, "daemon %s; the end of its log (%s):\n%s\n", why, s->log, n ? tail : "(empty)");
+}
+
 int serve_stop(struct served *s, int sig, int timeout_ms)
 {
     if (s->pid <= 0) return -1;
@@ -260,9 +277,12 @@ int serve_stop(struct served *s, int sig, int timeout_ms)
         pid_t r = waitpid(s->pid, &st, WNOHANG);
         if (r == s->pid) {
             s->pid = 0;
+            if (sig != SIGKILL && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+                print_log_tail(s, WIFSIGNALED(st) ? "killed by a signal" : "exited with a non-zero status");
             return st;
         }
         if (now_ms() - t0 > (uint64_t)timeout_ms) {
+            print_log_tail(s, "did not stop in time and is killed");
             kill(s->pid, SIGKILL);
             waitpid(s->pid, &st, 0);
             s->pid = 0;
