@@ -17,6 +17,24 @@
 #include <time.h>
 #include <unistd.h>
 
+
+/* Sanitizer builds run the daemon several times slower (and CI runs two tests at once on
+ * two cores): FLASHBOX_TEST_TIME_SCALE (1 to 20, default 1; `make sanitize` sets it)
+ * stretches the client's request timeout and the wait for the daemon to stop. Only the
+ * limits past which a test gives up grow; no test asserts a speed. */
+static int time_scale(void)
+{
+    const char *s = getenv("FLASHBOX_TEST_TIME_SCALE");
+    int v = s ? atoi(s) : 1;
+    return v < 1 ? 1 : v > 20 ? 20 : v;
+}
+
+/* The curl --max-time argument (30 s, stretched as above) into buf. */
+static const char *curl_max_time(char buf[16])
+{
+    snprintf(buf, 16, "%d", 30 * time_scale());
+    return buf;
+}
 static uint64_t now_ms(void)
 {
     struct timespec ts;
@@ -76,7 +94,7 @@ static int run_capture(char *const argv[], char **out)
 
 int serve_curl_as(const char *sock, int uid, const char *method, const char *path, const char *body, char **out)
 {
-    char url[512], bodyfile[700], uidarg[64], gidarg[64];
+    char url[512], bodyfile[700], uidarg[64], gidarg[64], max_time[16];
     snprintf(url, sizeof url, "http://localhost%s", path);
     const char *argv[40];
     int n = 0;
@@ -91,7 +109,7 @@ int serve_curl_as(const char *sock, int uid, const char *method, const char *pat
     argv[n++] = "curl";
     argv[n++] = "-sS";
     argv[n++] = "--max-time";
-    argv[n++] = "30";
+    argv[n++] = curl_max_time(max_time);
     argv[n++] = "--unix-socket";
     argv[n++] = sock;
     argv[n++] = "-X";
@@ -143,14 +161,14 @@ int serve_curl(const struct served *s, const char *method, const char *path, con
 {
     if (!extra) return serve_curl_as(s->sock, -1, method, path, body, out);
     /* Extra arguments: build the command directly (used for streaming with -N). */
-    char url[512];
+    char url[512], max_time[16];
     snprintf(url, sizeof url, "http://localhost%s", path);
     const char *argv[48];
     int n = 0;
     argv[n++] = "curl";
     argv[n++] = "-sS";
     argv[n++] = "--max-time";
-    argv[n++] = "30";
+    argv[n++] = curl_max_time(max_time);
     argv[n++] = "--unix-socket";
     argv[n++] = s->sock;
     argv[n++] = "-X";
@@ -270,6 +288,7 @@ static void print_log_tail(const struct served *s, const char *why)
 int serve_stop(struct served *s, int sig, int timeout_ms)
 {
     if (s->pid <= 0) return -1;
+    timeout_ms *= time_scale();
     kill(s->pid, sig);
     uint64_t t0 = now_ms();
     for (;;) {
