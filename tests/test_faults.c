@@ -337,15 +337,10 @@ static int count_of(const char *hay, const char *needle)
     return n;
 }
 
-/* POSTs body to path on a daemon whose GPU is lost at every step, as its nth request;
- * checks the HTTP status, waits for the nth reopen in the audit log (the answer can come
- * before /health turns degraded) and that /health is ready then. Returns the answer
- * (free() it), printed when the test has failed so far. */
-static char *lost_request(const struct served *d, int nth, const char *path, const char *body, bool stream, int want)
+/* Waits (up to 60 s) for the nth reopen in the audit log (an answer can come before
+ * /health turns degraded), then checks that /health is ready. */
+static void wait_reopened(const struct served *d, int nth)
 {
-    char b[256], *out = NULL;
-    snprintf(b, sizeof b, "%s%s}", body, stream ? ",\"stream\":true" : "");
-    CHECK_EQ_INT(serve_curl(d, "POST", path, b, &out, NULL), want);
     int reopened = 0;
     for (int i = 0; i < 600 && reopened < nth; i++) {
         char *audit = read_audit(d);
@@ -357,6 +352,17 @@ static char *lost_request(const struct served *d, int nth, const char *path, con
     char *h = health_until(d, "\"status\":\"ready\"");
     CHECK(h && strstr(h, "\"status\":\"ready\""));
     free(h);
+}
+
+/* POSTs body to path on a daemon whose GPU is lost at every step, as its nth request;
+ * checks the HTTP status and waits for the nth reopen. Returns the answer (free() it),
+ * printed when the test has failed so far. */
+static char *lost_request(const struct served *d, int nth, const char *path, const char *body, bool stream, int want)
+{
+    char b[256], *out = NULL;
+    snprintf(b, sizeof b, "%s%s}", body, stream ? ",\"stream\":true" : "");
+    CHECK_EQ_INT(serve_curl(d, "POST", path, b, &out, NULL), want);
+    wait_reopened(d, nth);
     if (test_failed()) fprintf(stderr, "%s %s: %s\n", path, stream ? "stream" : "whole", out ? out : "(none)");
     return out;
 }
@@ -441,9 +447,7 @@ TEST(serve_gpu_loss_wedged_step_stops_the_watchdog_pings)
     CHECK(gap >= 1500);
 
     /* The backend reopens and the loop pings again. */
-    char *h = health_until(&d, "\"status\":\"ready\"");
-    CHECK(h && strstr(h, "\"status\":\"ready\""));
-    free(h);
+    wait_reopened(&d, 1);
     uint64_t t_ready = serve_now_ms();
     for (int i = 0; i < 600 && serve_notify_count(nt, "WATCHDOG=1", t_ready) < 3; i++) usleep(100000);
     int resumed = serve_notify_count(nt, "WATCHDOG=1", t_ready);
@@ -455,9 +459,6 @@ TEST(serve_gpu_loss_wedged_step_stops_the_watchdog_pings)
     free(out);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
     serve_notify_free(nt);
-    char *audit = read_audit(&d);
-    CHECK(audit && strstr(audit, "\"event\":\"device_lost\"") && strstr(audit, "\"event\":\"device_recovered\""));
-    free(audit);
 }
 
 /* ---- storage faults in expert paging ---- */
