@@ -7,7 +7,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -41,6 +43,8 @@ static uint64_t now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
+
+uint64_t serve_now_ms(void) { return now_ms(); }
 
 const char *serve_test_model(void)
 {
@@ -397,4 +401,128 @@ double serve_metric(const struct served *s, const char *name)
     }
     free(out);
     return v;
+}
+
+/* ---- a fake systemd notify socket ---- */
+
+#define NOTIFY_MAX 8192          /* messages kept (a ping per 50 ms for ~7 minutes); later ones are dropped */
+
+struct serve_notify {
+    int fd;
+    char path[600];
+    pthread_t thread;
+    pthread_mutex_t lock;
+    int stop;                    /* under lock: close asked the thread to drain and end */
+    size_t n;                    /* under lock */
+    struct {
+        uint64_t t_ms;           /* arrival, serve_now_ms */
+        char text[48];           /* the message's start */
+    } msg[NOTIFY_MAX];
+};
+
+static void *notify_main(void *arg)
+{
+    struct serve_notify *n = arg;
+    for (;;) {
+        pthread_mutex_lock(&n->lock);
+        int stop = n->stop;
+        pthread_mutex_unlock(&n->lock);
+        struct pollfd p = { .fd = n->fd, .events = POLLIN };
+        if (!stop && poll(&p, 1, 50) <= 0) continue;
+        char buf[512];
+        ssize_t got = recv(n->fd, buf, sizeof buf - 1, MSG_DONTWAIT);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            if (stop) break; /* drained */
+            continue;
+        }
+        buf[got] = 0;
+        pthread_mutex_lock(&n->lock);
+        if (n->n < NOTIFY_MAX) {
+            n->msg[n->n].t_ms = now_ms();
+            size_t keep = (size_t)got < sizeof n->msg[n->n].text - 1 ? (size_t)got : sizeof n->msg[n->n].text - 1;
+            memcpy(n->msg[n->n].text, buf, keep);
+            n->msg[n->n].text[keep] = 0;
+            n->n++;
+        }
+        pthread_mutex_unlock(&n->lock);
+    }
+    return NULL;
+}
+
+struct serve_notify *serve_notify_open(void)
+{
+    struct serve_notify *n = calloc(1, sizeof *n);
+    if (!n) return NULL;
+    snprintf(n->path, sizeof n->path, "%s/notify.sock", test_tmpdir());
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(n->path) >= sizeof sa.sun_path) {
+        test_fail_at(__FILE__, __LINE__, "notify socket path too long for sun_path: %s", n->path);
+        free(n);
+        return NULL;
+    }
+    memcpy(sa.sun_path, n->path, strlen(n->path) + 1);
+    n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (n->fd < 0 || bind(n->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        test_fail_at(__FILE__, __LINE__, "notify socket %s: %s", n->path, strerror(errno));
+        if (n->fd >= 0) close(n->fd);
+        free(n);
+        return NULL;
+    }
+    pthread_mutex_init(&n->lock, NULL);
+    if (pthread_create(&n->thread, NULL, notify_main, n)) {
+        close(n->fd);
+        pthread_mutex_destroy(&n->lock);
+        free(n);
+        return NULL;
+    }
+    setenv("NOTIFY_SOCKET", n->path, 1);
+    return n;
+}
+
+void serve_notify_stop(struct serve_notify *n)
+{
+    if (!n || n->fd < 0) return;
+    unsetenv("NOTIFY_SOCKET");
+    pthread_mutex_lock(&n->lock);
+    n->stop = 1;
+    pthread_mutex_unlock(&n->lock);
+    pthread_join(n->thread, NULL);
+    close(n->fd);
+    n->fd = -1;
+    unlink(n->path);
+}
+
+void serve_notify_free(struct serve_notify *n)
+{
+    if (!n) return;
+    serve_notify_stop(n);
+    pthread_mutex_destroy(&n->lock);
+    free(n);
+}
+
+int serve_notify_count(struct serve_notify *n, const char *needle, uint64_t since_ms)
+{
+    int count = 0;
+    pthread_mutex_lock(&n->lock);
+    for (size_t i = 0; i < n->n; i++)
+        count += n->msg[i].t_ms >= since_ms && strstr(n->msg[i].text, needle) != NULL;
+    pthread_mutex_unlock(&n->lock);
+    return count;
+}
+
+uint64_t serve_notify_longest_gap(struct serve_notify *n, const char *needle, uint64_t from_ms, uint64_t to_ms)
+{
+    uint64_t longest = 0, prev = 0;
+    bool have_prev = false;
+    pthread_mutex_lock(&n->lock);
+    for (size_t i = 0; i <= n->n; i++) {
+        if (i < n->n && !strstr(n->msg[i].text, needle)) continue;
+        uint64_t t = i < n->n ? n->msg[i].t_ms : now_ms(); /* past the last: the gap so far */
+        if (have_prev && t > from_ms && prev < to_ms && t - prev > longest) longest = t - prev;
+        prev = t;
+        have_prev = true;
+    }
+    pthread_mutex_unlock(&n->lock);
+    return longest;
 }
