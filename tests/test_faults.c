@@ -2,8 +2,9 @@
  * once (safe_open and every user-named file behind it); a lost or wedged GPU (Vulkan fault
  * injection on lavapipe) fails the step with a clear error and a reopened backend answers
  * as before, and a step wedged in its fence wait stops the daemon's watchdog pings; expert
- * reads that fail or return other bytes fail the step, never the answer. The daemon-level
- * fault tests live in test_serve_admin.c. */
+ * reads that fail or return other bytes fail the step, never the answer. The daemon's
+ * GPU-loss tests (serve_gpu_loss_*) are here too; its update-operation faults (a stalled
+ * install, SIGTERM during one) live in test_serve_admin.c. */
 #include "common/safe_open.h"
 #include "engine/engine.h"
 #include "engine/model/gguf.h"
