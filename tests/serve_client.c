@@ -526,3 +526,25 @@ uint64_t serve_notify_longest_gap(struct serve_notify *n, const char *needle, ui
     pthread_mutex_unlock(&n->lock);
     return longest;
 }
+
+char *serve_slurp(const char *path)
+{
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    FILE *f = fopen(path, "r");
+    while (buf && f) {
+        len += fread(buf + len, 1, cap - 1 - len, f);
+        if (len < cap - 1) break;
+        char *grown = realloc(buf, cap * 2);
+        if (!grown) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = grown;
+        cap *= 2;
+    }
+    if (f) fclose(f);
+    if (buf) buf[len] = 0;
+    return buf;
+}

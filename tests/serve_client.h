@@ -44,6 +44,11 @@ int serve_connect(const char *sock);
 size_t serve_read_all(int fd, int timeout_ms, char **out);
 /* Waits until /health reports slots_busy == 0 (up to timeout_ms); returns 0 when it did. */
 int serve_wait_idle(const struct served *s, int timeout_ms);
+/* The whole of a text file (a daemon's log or audit file), NUL-terminated; "" when it cannot
+ * be read, NULL only when out of memory. free() it. Audit files grow with every /health
+ * poll of a slow start, so tests read them whole, not their first few KiB. */
+char *serve_slurp(const char *path);
+
 /* The value of a metric line "name value" (exact name incl. labels) in /metrics, or -1. */
 double serve_metric(const struct served *s, const char *name);
 

@@ -296,18 +296,6 @@ static json_t *status_json(const char *admin)
     return o;
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    char *buf = calloc(1, 1 << 20);
-    if (f) {
-        size_t n = fread(buf, 1, (1 << 20) - 1, f);
-        buf[n] = 0;
-        fclose(f);
-    }
-    return buf;
-}
-
 /* Starts the daemon on the box's store with the site policy (and one more setting, or
  * NULL); admin socket path in admin. */
 static int start_daemon_with(const struct gate_box *x, struct served *d, char *admin, size_t admin_len, const char *extra)
@@ -422,7 +410,7 @@ TEST(admin_install_paused_serving_answers_503_then_the_same_answers)
     CHECK_EQ_INT(status, 200);
     free(after);
     CHECK(serve_stop(&d, SIGTERM, 20000) >= 0);
-    char *audit = slurp(d.audit);
+    char *audit = serve_slurp(d.audit);
     CHECK(strstr(audit, "\"event\":\"serving_paused\"") != NULL);
     CHECK(strstr(audit, "\"event\":\"serving_resumed\"") != NULL);
     free(audit);
@@ -480,7 +468,7 @@ TEST(admin_install_gated_on_site_eval_shows_the_evaluate_phase)
     json_decref(st);
     CHECK(serve_stop(&d, SIGTERM, 20000) >= 0);
     /* Both runs are audit events with the set's SHA-256. */
-    char *audit = slurp(d.audit);
+    char *audit = serve_slurp(d.audit);
     int n = 0;
     for (const char *q = audit; (q = strstr(q, "\"event\":\"update_evaluate\"")); q++) n++;
     CHECK_EQ_INT(n, 2);

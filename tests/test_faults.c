@@ -271,15 +271,6 @@ static int serve_vk_fault(struct served *d, const char *fault, const char *extra
     return started;
 }
 
-/* The daemon's audit log (its first 64 KiB), NUL-terminated; free() it. */
-static char *read_audit(const struct served *d)
-{
-    char *audit = calloc(1, 1 << 16);
-    FILE *f = fopen(d->audit, "r");
-    if (f && audit && fread(audit, 1, (1 << 16) - 1, f) == 0) audit[0] = 0;
-    if (f) fclose(f);
-    return audit;
-}
 
 TEST(serve_gpu_loss_fails_with_503_and_the_backend_reopens)
 {
@@ -304,7 +295,7 @@ TEST(serve_gpu_loss_fails_with_503_and_the_backend_reopens)
     free(first);
     free(out);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
-    char *audit = read_audit(&d);
+    char *audit = serve_slurp(d.audit);
     CHECK(audit && strstr(audit, "\"event\":\"device_lost\"") && strstr(audit, "\"event\":\"device_recovered\""));
     free(audit);
 }
@@ -344,7 +335,7 @@ static void wait_reopened(const struct served *d, int nth)
 {
     int reopened = 0;
     for (int i = 0; i < 600 && reopened < nth; i++) {
-        char *audit = read_audit(d);
+        char *audit = serve_slurp(d->audit);
         reopened = count_of(audit, "\"event\":\"device_recovered\"");
         free(audit);
         if (reopened < nth) usleep(100000);
@@ -408,7 +399,7 @@ TEST(serve_gpu_loss_in_the_anthropic_and_responses_shapes)
 
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
     /* Four losses, four reopens. */
-    char *audit = read_audit(&d);
+    char *audit = serve_slurp(d.audit);
     CHECK_EQ_INT(count_of(audit, "\"event\":\"device_lost\""), 4);
     CHECK_EQ_INT(count_of(audit, "\"event\":\"device_recovered\""), 4);
     free(audit);

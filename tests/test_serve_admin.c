@@ -168,18 +168,6 @@ static int wait_exit(pid_t pid)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    char *buf = calloc(1, 65536);
-    if (f) {
-        size_t n = fread(buf, 1, 65535, f);
-        buf[n] = 0;
-        fclose(f);
-    }
-    return buf;
-}
-
 /* HTTP request on an already open keep-alive connection; returns the raw answer. */
 static char *request_on(int fd, const char *line)
 {
@@ -242,7 +230,7 @@ TEST(admin_install_while_streaming_then_rollback)
         fprintf(stderr, "note: the stream ended before the install; the queued-request check was skipped\n");
     }
     CHECK_EQ_INT(wait_exit(cli), 0);
-    char *text = slurp(log);
+    char *text = serve_slurp(log);
     CHECK(strstr(text, "now serves model-B from slot b") != NULL);
     if (test_failed()) fprintf(stderr, "install output: %s\n", text);
     free(text);
@@ -270,7 +258,7 @@ TEST(admin_install_while_streaming_then_rollback)
     /* Rollback through the admin socket: model A from slot a again, same connection. */
     pid_t rb = cli_async(x.admin, "rollback", NULL, log);
     CHECK_EQ_INT(wait_exit(rb), 0);
-    text = slurp(log);
+    text = serve_slurp(log);
     CHECK(strstr(text, "now serves model-A from slot a") != NULL);
     free(text);
     h = request_on(fd, "GET /health");
@@ -284,7 +272,7 @@ TEST(admin_install_while_streaming_then_rollback)
 
     pid_t stp = cli_async(x.admin, "status", NULL, log);
     CHECK_EQ_INT(wait_exit(stp), 0);
-    text = slurp(log);
+    text = serve_slurp(log);
     CHECK(strstr(text, "serving:     model-A from slot a (ready)") != NULL);
     CHECK(strstr(text, "slot a*  valid") != NULL);
     CHECK(strstr(text, "version 2.0") != NULL);
@@ -458,7 +446,7 @@ TEST(admin_unloadable_slot_keeps_old_model_degraded)
     char log[800];
     snprintf(log, sizeof log, "%s/cli.out", test_tmpdir());
     CHECK_EQ_INT(wait_exit(cli_async(admin, "status", NULL, log)), 0);
-    char *text = slurp(log);
+    char *text = serve_slurp(log);
     CHECK(strstr(text, "serving:     model-A from slot a (degraded)") != NULL);
     CHECK(strstr(text, "slot b*  valid") != NULL);
     free(text);
@@ -468,7 +456,7 @@ TEST(admin_unloadable_slot_keeps_old_model_degraded)
     int fd = start_stream(d.sock, 3000);
     REQUIRE(fd >= 0);
     CHECK_EQ_INT(wait_exit(cli_async(admin, "rollback", NULL, log)), 0);
-    text = slurp(log);
+    text = serve_slurp(log);
     CHECK(strstr(text, "now serves model-A from slot a (1 generation(s) cut off") != NULL);
     if (test_failed()) fprintf(stderr, "rollback output: %s\n", text);
     free(text);
@@ -627,7 +615,7 @@ TEST(admin_sigterm_ends_daemon_despite_stalled_install)
     /* The waiting client got an answer (503 stopping) or a closed connection: it ends. */
     int crc = wait_exit_bounded(cli, 30000);
     CHECK(crc != 0 && crc != -1);
-    char *text = slurp(d.log);
+    char *text = serve_slurp(d.log);
     CHECK(strstr(text, "the update operation did not end after it was cancelled") != NULL);
     if (test_failed()) fprintf(stderr, "daemon log: %s\n", text);
     free(text);
@@ -680,10 +668,10 @@ TEST(admin_install_cancelled_by_deadline_and_by_sigterm)
     unsetenv("FLASHBOX_UPDATE_TEST_DELAY_US");
     CHECK(ws != -1 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
     CHECK(wait_exit_bounded(cli, 30000) > 0);
-    char *text = slurp(d.log);
+    char *text = serve_slurp(d.log);
     CHECK(strstr(text, "did not end after it was cancelled") == NULL);
     free(text);
-    text = slurp(d.audit);
+    text = serve_slurp(d.audit);
     CHECK(strstr(text, "install cancelled: the daemon is stopping") != NULL);
     if (test_failed()) fprintf(stderr, "audit: %s\n", text);
     free(text);

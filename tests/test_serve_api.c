@@ -936,14 +936,11 @@ TEST(serve_prefix_reuse_answers_exactly_and_is_counted)
     CHECK(strstr(out, "flashbox_prefix_cache_entries 1\n") != NULL);
     free(out);
     serve_stop(&d, SIGTERM, 10000);
-    FILE *f = fopen(d.audit, "r");
-    REQUIRE(f != NULL);
-    char buf[65536];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
+    char *buf = serve_slurp(d.audit);
+    REQUIRE(buf != NULL);
     snprintf(line, sizeof line, "\"tokens_reused\":%u", reused);
     CHECK(strstr(buf, "\"tokens_reused\":0") != NULL); /* the first request */
     CHECK(strstr(buf, line) != NULL);
+    free(buf);
     free(want);
 }
