@@ -3,6 +3,7 @@
 #include "tests/harness.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -89,6 +90,20 @@ struct running {
     struct timespec t0;
 };
 
+/* Each test runs in its own process group, so what it started (a daemon, a client) and
+ * left running when it failed half-way is ended with it, not left behind by the run. */
+static struct running g_run[64];
+static int g_n_run;
+
+/* Ctrl-C or a kill of the runner ends the running tests' groups too. */
+static void end_groups_and_exit(int sig)
+{
+    for (int k = 0; k < g_n_run; k++)
+        if (g_run[k].pid > 0) kill(-g_run[k].pid, SIGKILL);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 /* Forks the test with its output going to DIR/log; the parent reports it when it ends. */
 static int start_one(struct test_case *tc, const char *tmproot, int idx, struct running *r)
 {
@@ -101,6 +116,9 @@ static int start_one(struct test_case *tc, const char *tmproot, int idx, struct 
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
+        setpgid(0, 0);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
         char log[600];
         snprintf(log, sizeof log, "%s/log", r->dir);
         if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(EXIT_FAIL);
@@ -115,6 +133,7 @@ static int start_one(struct test_case *tc, const char *tmproot, int idx, struct 
         fflush(stderr);
         _exit(g_failed ? EXIT_FAIL : EXIT_PASS);
     }
+    setpgid(pid, pid); /* also here: the group exists before the parent may signal it */
     r->pid = pid;
     return 0;
 }
@@ -125,6 +144,7 @@ static int finish_one(struct running *r, int status)
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (t1.tv_sec - r->t0.tv_sec) * 1e3 + (t1.tv_nsec - r->t0.tv_nsec) / 1e6;
+    kill(-r->pid, SIGKILL); /* whatever the test left running in its group */
     int rc;
     if (WIFSIGNALED(status)) rc = EXIT_FAIL;
     else rc = WEXITSTATUS(status) == EXIT_PASS || WEXITSTATUS(status) == EXIT_SKIP ? WEXITSTATUS(status) : EXIT_FAIL;
@@ -168,35 +188,37 @@ int main(int argc, char **argv)
     if (j && atoi(j) > 0) jobs = atoi(j);
     if (jobs < 1) jobs = 1;
     if (jobs > 64) jobs = 64;
-    struct running run[64];
-    int n_run = 0, passed = 0, failed = 0, skipped = 0, idx = 0;
+    struct running *run = g_run;
+    int passed = 0, failed = 0, skipped = 0, idx = 0;
+    signal(SIGINT, end_groups_and_exit);
+    signal(SIGTERM, end_groups_and_exit);
     struct test_case *next = rev;
     for (;;) {
-        while (n_run < jobs && next) {
+        while (g_n_run < jobs && next) {
             struct test_case *tc = next;
             next = next->next;
             if (filter && !strstr(tc->name, filter)) continue;
-            if (start_one(tc, tmproot, idx++, &run[n_run]) != 0) {
+            if (start_one(tc, tmproot, idx++, &run[g_n_run]) != 0) {
                 printf("FAIL %s: cannot start: %s\n", tc->name, strerror(errno));
                 failed++;
                 continue;
             }
-            n_run++;
+            g_n_run++;
         }
-        if (n_run == 0) break;
+        if (g_n_run == 0) break;
         int status = 0;
         pid_t pid = wait(&status);
         if (pid < 0) {
             if (errno == EINTR) continue;
             break;
         }
-        for (int k = 0; k < n_run; k++) {
+        for (int k = 0; k < g_n_run; k++) {
             if (run[k].pid != pid) continue;
             int rc = finish_one(&run[k], status);
             if (rc == EXIT_PASS) passed++;
             else if (rc == EXIT_SKIP) skipped++;
             else failed++;
-            run[k] = run[--n_run];
+            run[k] = run[--g_n_run];
             break;
         }
     }
