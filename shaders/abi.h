@@ -48,7 +48,7 @@
 #define ABI_WTYPE_IQ2_XS 11
 #define ABI_WTYPE_IQ2_S 12
 #define ABI_WTYPE_IQ3_XXS 13
-#define ABI_WTYPE_IQ1_S 14      /* grid from a buffer: ABI_MATVEC_BIND_GRID */
+#define ABI_WTYPE_IQ1_S 14
 #define ABI_WTYPE_IQ1_M 15
 #define ABI_WTYPE_IQ4_NL 16
 #define ABI_WTYPE_IQ4_XS 17
@@ -70,8 +70,9 @@
 #define ABI_MATVEC_BIND_X 1
 #define ABI_MATVEC_BIND_Y 2
 #define ABI_MATVEC_BIND_IDS 3
-/* IQ1_S / IQ1_M only: their 2048-entry grid, two entries a word (uploaded once per device;
- * as a GLSL constant lavapipe takes minutes per dispatch) */
+/* The i-quants with a grid (IQ2_*, IQ3_XXS, IQ1_*) only: every grid, one table two entries a
+ * word (shaders/iq_grids.h), uploaded once per device: as GLSL constants lavapipe took
+ * seconds to minutes per dispatch */
 #define ABI_MATVEC_BIND_GRID 4
 #define ABI_MATVEC_FLAG_ACCUMULATE 1u /* y += ... instead of y = ... */
 #define ABI_MATVEC_FLAG_IDS 2u        /* pick slot z's matrix through ids[] */
