@@ -38,7 +38,8 @@
 #define ABI_WTYPE_Q8_0 3
 #define ABI_WTYPE_MXFP4 4
 /* ggml's K-quants and i-quants (super-blocks of 256; IQ4_NL blocks of 32): read by the
- * subgroup matvec kernel only (dequant_ggml.glsl), 32 elements at a time. */
+ * subgroup matvec kernel (dequant_ggml.glsl), 32 elements at a time; Q4_K and Q5_K also by
+ * the LANES kernel (dequant_lanes_k.glsl), a super-block per chunk. */
 #define ABI_WTYPE_Q2_K 5
 #define ABI_WTYPE_Q3_K 6
 #define ABI_WTYPE_Q4_K 7
@@ -61,7 +62,8 @@
  * row o at + o * row_bytes. */
 #define ABI_MATVEC_BIND_W 0
 /* matvec_lanes: rows are walked in chunks of whole 16-byte texels: 272 bytes for the block
- * types (8 Q8_0 or 16 MXFP4 blocks), 128 bytes for the float types. */
+ * types (8 Q8_0 or 16 MXFP4 blocks), 128 bytes for the float types, a super-block for Q4_K
+ * (144) and Q5_K (176). */
 #define ABI_LANES_BLOCK_CHUNK_BYTES 272
 #define ABI_LANES_FLOAT_CHUNK_BYTES 128
 /* matmul_ksplit: the block types' token tile with K split across a subgroup's lanes, in
