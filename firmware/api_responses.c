@@ -367,3 +367,16 @@ void responses_stream_end(struct api_stream *st, const struct api_result *res, j
     event(st, events, !strcmp(status, "completed") ? "response.completed" : "response.incomplete",
           json_pack("{s:o}", "response", responses_json(res, status)));
 }
+
+/* A stream whose generation failed (device lost, deadline, shutdown, model swap): an
+ * `error` event (what SDKs raise), then `response.failed` carrying the same code and message
+ * in the response's `error`, so a client that only follows response.* events sees the end
+ * too. Items already opened are left as they were: the response failed as a whole. */
+void responses_stream_failed(struct api_stream *st, const struct api_result *head, const char *code,
+                             const char *message, json_t *events)
+{
+    event(st, events, "error", json_pack("{s:s,s:s,s:n}", "code", code, "message", message, "param"));
+    json_t *o = response_object(head, "failed", json_array());
+    json_object_set_new(o, "error", json_pack("{s:s,s:s}", "code", code, "message", message));
+    event(st, events, "response.failed", json_pack("{s:o}", "response", o));
+}

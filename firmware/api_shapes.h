@@ -70,5 +70,7 @@ void responses_stream_start(struct api_stream *st, const struct api_result *head
 void responses_stream_delta(struct api_stream *st, const struct api_result *head, bool reasoning, const char *text,
                             size_t n, json_t *events);
 void responses_stream_end(struct api_stream *st, const struct api_result *res, json_t *events);
+void responses_stream_failed(struct api_stream *st, const struct api_result *head, const char *code,
+                             const char *message, json_t *events);
 
 #endif

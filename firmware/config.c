@@ -66,6 +66,7 @@ static const struct cfg_entry entries[] = {
     { "update", "operation_timeout_s", CFG_U32, F(update_operation_timeout_s), 1, 86400, "an install or rollback through the admin socket is cancelled (the store left as a crash would) when it runs longer than this" },
     { "update", "reload_grace_s", CFG_U32, F(update_reload_grace_s), 0, 3600, "after an install or rollback through the admin socket: time in-flight requests get to finish on the old model" },
     { "update", "max_boot_attempts", CFG_U32, F(update_max_boot_attempts), 1, 100, "failed starts of a new slot before falling back to the other" },
+    { "update", "lock_wait_s", CFG_U32, F(update_lock_wait_s), 1, 86400, "at start (and after a hot reload): longest wait for the slot store's lock while another update operation holds it; then the daemon exits naming the holder (systemd starts it again)" },
     { "cache", "mem_mb", CFG_U64, F(cache_mem_mb), 0, 1ull << 30, "prefix reuse: MiB of saved session states (least recently used evicted first); 0 = off" },
     { "cache", "dir", CFG_STR, F(cache_dir), 0, 0, "prefix reuse: also keep saved states in files here (atomic, checksummed, bound to the model file); empty = memory only" },
     { "cache", "disk_mb", CFG_U64, F(cache_disk_mb), 0, 1ull << 40, "MiB of state files in cache.dir (least recently used deleted first)" },
@@ -124,6 +125,7 @@ void config_default(struct serve_config *c)
     snprintf(c->update_keys_dir, sizeof c->update_keys_dir, "%s", uc.keys_dir);
     snprintf(c->update_product, sizeof c->update_product, "%s", uc.product);
     c->update_max_boot_attempts = uc.max_boot_attempts;
+    c->update_lock_wait_s = uc.lock_wait_s;
     c->update_eval_min_score = 0;
     c->update_eval_max_regression = -1;
     c->update_eval_jobs = 1;

@@ -56,6 +56,7 @@ struct serve_config {
     char update_keys_dir[CONFIG_PATH_MAX];
     char update_product[64];
     uint32_t update_max_boot_attempts;
+    uint32_t update_lock_wait_s; /* boot: bound on waiting for the store's lock */
     uint32_t update_reload_grace_s; /* hot reload: time in-flight requests get to finish */
     uint32_t update_operation_timeout_s; /* admin install/rollback deadline */
     char update_eval_set[CONFIG_PATH_MAX]; /* the site's evaluation set; empty = none */

@@ -724,11 +724,21 @@ static int sse_end_other(struct req *r)
     if (f == JOB_DEADLINE && r->deadline_partial) f = JOB_LENGTH; /* asked for what was produced */
     json_t *events = json_array();
     if (f != JOB_STOP && f != JOB_LENGTH) {
-        int status = f == JOB_DEADLINE ? 504 : f == JOB_ERROR ? 500 : 503;
-        json_t *e = r->flavor == FLAVOR_ANTHROPIC ? anthropic_error_json(status, failure_message(f))
-                  : json_pack("{s:s,s:s,s:s,s:n}", "type", "error", "code", job_finish_name(f), "message",
-                              failure_message(f), "param");
-        json_array_append_new(events, json_pack("[s,o]", "error", e));
+        /* A lost GPU is named (503, code device_lost) as in the OpenAI shape: the daemon reopens it. */
+        bool lost = f == JOB_ERROR && is_device_lost(j->error);
+        int status = lost ? 503 : f == JOB_DEADLINE ? 504 : f == JOB_ERROR ? 500 : 503;
+        const char *code = lost ? "device_lost" : job_finish_name(f);
+        char msg[sizeof j->error + 64];
+        snprintf(msg, sizeof msg, lost ? "the engine failed during generation: %s" : "%s",
+                 lost ? j->error : failure_message(f));
+        if (lost) r->finish = "device_lost";
+        if (r->flavor == FLAVOR_ANTHROPIC) {
+            json_array_append_new(events, json_pack("[s,o]", "error", anthropic_error_json(status, msg)));
+        } else {
+            struct api_result head = result_head(r);
+            head.n_out = j->n_out;
+            responses_stream_failed(&r->st, &head, code, msg, events);
+        }
         return out_named(r, events);
     }
     size_t a0 = j->thinking ? (j->reasoning_known ? j->reasoning_end : j->text_len) : 0;
@@ -888,7 +898,7 @@ static int sse_produce(struct req *r)
             pthread_mutex_unlock(&j->lock);
             c->ended = 1;
             c->n_out = n_out;
-            r->finish = job_finish_name(f);
+            r->finish = lost ? "device_lost" : job_finish_name(f);
             if (f == JOB_STOP || f == JOB_LENGTH) {
                 json_t *choice = stream_choice(r, NULL, 0, 0, finish, 0);
                 attach_logprobs(r, j, choice, c->lp_sent, n_out < j->req.max_tokens ? n_out : j->req.max_tokens);

@@ -169,7 +169,8 @@ int model_host_reload(struct model_host *h, struct reload_result *res)
     memset(res, 0, sizeof *res);
     pthread_mutex_lock(&h->lock);
     struct update_config uc = { .data_dir = h->cfg.update_data_dir, .keys_dir = h->cfg.update_keys_dir,
-                                .product = h->cfg.update_product, .max_boot_attempts = h->cfg.update_max_boot_attempts };
+                                .product = h->cfg.update_product, .max_boot_attempts = h->cfg.update_max_boot_attempts,
+                                .lock_wait_s = h->cfg.update_lock_wait_s };
     char old_slot[16], path[4200], slot[16] = "", err[600];
     api_get_model(h->api, NULL, 0, old_slot, sizeof old_slot, NULL, 0);
     struct served_model next;

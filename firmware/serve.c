@@ -444,7 +444,8 @@ int cmd_serve(int argc, char **argv)
             cfg.listen, cfg.model_path);
 
     struct update_config uc = { .data_dir = cfg.update_data_dir, .keys_dir = cfg.update_keys_dir,
-                                .product = cfg.update_product, .max_boot_attempts = cfg.update_max_boot_attempts };
+                                .product = cfg.update_product, .max_boot_attempts = cfg.update_max_boot_attempts,
+                                .lock_wait_s = cfg.update_lock_wait_s };
     if (cfg.update_data_dir[0]) {
         static struct update_boot boot;
         if (update_boot_begin(&uc, &boot, err, sizeof err)) {

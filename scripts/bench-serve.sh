@@ -17,7 +17,7 @@ mkdir -p run models
     --set audit.log=run/bench.audit >run/bench.log 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-until curl -sf --unix-socket "$sock" http://localhost/health >/dev/null 2>&1; do sleep 0.05; done
+sh "$(dirname "$0")/wait-ready.sh" "$sock" "$pid" run/bench.log 60
 body="{\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story\"}],\"max_tokens\":$max,\"ignore_eos\":true,\"seed\":1}"
 t0=$(date +%s.%N)
 seq "$n" | xargs -P "$c" -I{} curl -s -o /dev/null --unix-socket "$sock" -d "$body" http://localhost/v1/chat/completions

@@ -17,16 +17,7 @@ stop() { kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; }
 trap stop EXIT INT TERM
 
 # Ready when /health answers 200 (the model loads in the background; 503 until then).
-i=0
-until curl -sf --unix-socket "$sock" http://localhost/health >/dev/null 2>&1; do
-    i=$((i + 1))
-    if [ "$i" -gt 200 ] || ! kill -0 "$pid" 2>/dev/null; then
-        echo "flashbox serve did not become ready; its log:" >&2
-        cat "$log" >&2
-        exit 1
-    fi
-    sleep 0.05
-done
+sh "$(dirname "$0")/wait-ready.sh" "$sock" "$pid" "$log" 10
 echo "daemon ready on $sock: $(curl -s --unix-socket "$sock" http://localhost/health)"
 
 request='{"messages":[{"role":"user","content":"Hello! Who are you?"}],"max_tokens":24,"temperature":0}'

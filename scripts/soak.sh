@@ -47,28 +47,19 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-i=0
-until curl -sf --unix-socket "$sock" http://localhost/health >/dev/null 2>&1; do
-    i=$((i + 1))
-    if [ "$i" -gt 600 ] || ! kill -0 "$pid" 2>/dev/null; then
-        echo "soak: the daemon did not become ready; its log:" >&2
-        cat "$log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
+sh "$(dirname "$0")/wait-ready.sh" "$sock" "$pid" "$log" 60
 
-# One request; appends "LABEL STATUS" to the codes file (000: curl got no answer).
+# One request; appends "LABEL STATUS SECONDS" to the codes file (000: curl got no answer).
 req() {
     local label=$1 s=$2 method=$3 path=$4 body=${5:-} extra=${6:-}
     local code
     if [ -n "$body" ]; then
-        code=$(curl -s -o /dev/null -w '%{http_code}' $extra --unix-socket "$s" -X "$method" \
+        code=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' $extra --unix-socket "$s" -X "$method" \
             -H 'Content-Type: application/json' --data-binary "$body" "http://localhost$path" || true)
     else
-        code=$(curl -s -o /dev/null -w '%{http_code}' $extra --unix-socket "$s" -X "$method" "http://localhost$path" || true)
+        code=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' $extra --unix-socket "$s" -X "$method" "http://localhost$path" || true)
     fi
-    echo "$label $code" >>"$codes"
+    echo "$label ${code:-000 0}" >>"$codes"
 }
 
 end=$((SECONDS + secs))
@@ -120,7 +111,16 @@ served=$(curl -s --unix-socket "$sock" http://localhost/health || true)
 case $served in *soak-B*) ;; *) echo "soak: after the hot reload /health does not name soak-B: $served" >&2; fail=1 ;; esac
 
 echo "soak: $secs s, requests by kind and HTTP status (000 = the client gave up first):"
-sort "$codes" | uniq -c | sed 's/^/  /'
+awk '{ print $1, $2 }' "$codes" | sort | uniq -c | sed 's/^/  /'
+echo "soak: latency of the answered requests (whole request, client side), p50 / p90 / p99 / max in s:"
+for k in stream chat admin_status; do
+    awk -v k="$k" '$1 == k && $2 == "200" { print $3 }' "$codes" | sort -g | awk -v k="$k" '
+        { v[NR] = $1 }
+        END { if (NR) printf "  %-13s n=%-6d %.3f / %.3f / %.3f / %.3f\n", k, NR,
+                             v[int(NR * 0.50 + 0.5) > 0 ? int(NR * 0.50 + 0.5) : 1],
+                             v[int(NR * 0.90 + 0.5) > 0 ? int(NR * 0.90 + 0.5) : 1],
+                             v[int(NR * 0.99 + 0.5) > 0 ? int(NR * 0.99 + 0.5) : 1], v[NR] }'
+done
 n5=$(awk '$2 ~ /^5/' "$codes" | wc -l)
 if [ "$n5" -gt 0 ]; then
     echo "soak: FAIL: $n5 answers with a 5xx status" >&2

@@ -4,6 +4,7 @@
  * as before; expert reads that fail or return other bytes fail the step, never the answer. The daemon-level fault tests live in test_serve_admin.c. */
 #include "common/safe_open.h"
 #include "engine/engine.h"
+#include "engine/model/gguf.h"
 #include "engine/experts/expert_store.h"
 #include "engine/vulkan/vk_device.h"
 #include "firmware/config.h"
@@ -245,17 +246,34 @@ static char *health_until(const struct served *d, const char *want)
 
 static const char *const GPU_REQ = "{\"prompt\":\"hello\",\"max_tokens\":6,\"temperature\":0,\"ignore_eos\":true}";
 
+/* Starts the daemon on Vulkan with one slot (and extra, a --set, or NULL) under
+ * FLASHBOX_VK_FAULT=fault; skips the test where there is no Vulkan driver. 0 or -1. */
+static int serve_vk_fault(struct served *d, const char *fault, const char *extra)
+{
+    const char *sets[] = { "model.backend=vulkan", "server.slots=1", extra, NULL };
+    setenv("FLASHBOX_VK_FAULT", fault, 1);
+    int started = serve_start(d, sets);
+    unsetenv("FLASHBOX_VK_FAULT");
+    if (started && access("/usr/share/vulkan/icd.d", F_OK) != 0) test_skip("no Vulkan driver");
+    return started;
+}
+
+/* The daemon's audit log (its first 64 KiB), NUL-terminated; free() it. */
+static char *read_audit(const struct served *d)
+{
+    char *audit = calloc(1, 1 << 16);
+    FILE *f = fopen(d->audit, "r");
+    if (f && audit && fread(audit, 1, (1 << 16) - 1, f) == 0) audit[0] = 0;
+    if (f) fclose(f);
+    return audit;
+}
+
 TEST(serve_gpu_loss_fails_with_503_and_the_backend_reopens)
 {
     /* Each request is a few forward steps (a prefill chunk, then one per token): the 10th
      * step submit of the daemon, in the second request, reports VK_ERROR_DEVICE_LOST. */
-    const char *sets[] = { "model.backend=vulkan", "server.slots=1", NULL };
-    setenv("FLASHBOX_VK_FAULT", "submit:10", 1);
     struct served d;
-    int started = serve_start(&d, sets);
-    unsetenv("FLASHBOX_VK_FAULT");
-    if (started && access("/usr/share/vulkan/icd.d", F_OK) != 0) test_skip("no Vulkan driver");
-    REQUIRE(started == 0);
+    REQUIRE(serve_vk_fault(&d, "submit:10", NULL) == 0);
     char *first = NULL, *out = NULL;
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", GPU_REQ, &first, NULL), 200);
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", GPU_REQ, &out, NULL), 503);
@@ -273,13 +291,7 @@ TEST(serve_gpu_loss_fails_with_503_and_the_backend_reopens)
     free(first);
     free(out);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
-    char *audit = NULL;
-    FILE *f = fopen(d.audit, "r");
-    if (f) {
-        audit = calloc(1, 1 << 16);
-        fread(audit, 1, (1 << 16) - 1, f);
-        fclose(f);
-    }
+    char *audit = read_audit(&d);
     CHECK(audit && strstr(audit, "\"event\":\"device_lost\"") && strstr(audit, "\"event\":\"device_recovered\""));
     free(audit);
 }
@@ -288,13 +300,8 @@ TEST(serve_gpu_loss_stays_degraded_when_reopen_fails)
 {
     /* The model file is gone by the time the backend is reopened (the running engine
      * keeps its mapping): two tries fail, /health stays degraded and says why. */
-    const char *sets[] = { "model.backend=vulkan", "server.slots=1", "server.device_recover_tries=2", NULL };
-    setenv("FLASHBOX_VK_FAULT", "submit:3+", 1);
     struct served d;
-    int started = serve_start(&d, sets);
-    unsetenv("FLASHBOX_VK_FAULT");
-    if (started && access("/usr/share/vulkan/icd.d", F_OK) != 0) test_skip("no Vulkan driver");
-    REQUIRE(started == 0);
+    REQUIRE(serve_vk_fault(&d, "submit:3+", "server.device_recover_tries=2") == 0);
     REQUIRE(unlink(d.model) == 0);
     char *out = NULL;
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", GPU_REQ, &out, NULL), 503);
@@ -308,6 +315,84 @@ TEST(serve_gpu_loss_stays_degraded_when_reopen_fails)
     CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", GPU_REQ, &out, NULL), 503);
     free(out);
     CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
+}
+
+/* Counts occurrences of needle in hay. */
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; p && (p = strstr(p, needle)); p += strlen(needle)) n++;
+    return n;
+}
+
+/* POSTs body to path on a daemon whose GPU is lost at every step, as its nth request;
+ * checks the HTTP status, waits for the nth reopen in the audit log (the answer can come
+ * before /health turns degraded) and that /health is ready then. Returns the answer
+ * (free() it), printed when the test has failed so far. */
+static char *lost_request(const struct served *d, int nth, const char *path, const char *body, bool stream, int want)
+{
+    char b[256], *out = NULL;
+    snprintf(b, sizeof b, "%s%s}", body, stream ? ",\"stream\":true" : "");
+    CHECK_EQ_INT(serve_curl(d, "POST", path, b, &out, NULL), want);
+    int reopened = 0;
+    for (int i = 0; i < 600 && reopened < nth; i++) {
+        char *audit = read_audit(d);
+        reopened = count_of(audit, "\"event\":\"device_recovered\"");
+        free(audit);
+        if (reopened < nth) usleep(100000);
+    }
+    CHECK_EQ_INT(reopened, nth);
+    char *h = health_until(d, "\"status\":\"ready\"");
+    CHECK(h && strstr(h, "\"status\":\"ready\""));
+    free(h);
+    if (test_failed()) fprintf(stderr, "%s %s: %s\n", path, stream ? "stream" : "whole", out ? out : "(none)");
+    return out;
+}
+
+TEST(serve_gpu_loss_in_the_anthropic_and_responses_shapes)
+{
+    /* A device that is lost again at every step (submit:3+: the first request's third step
+     * on): each request below meets a loss, the backend is reopened after each (weights
+     * uploaded again), and each answer carries the loss in its own API's error shape. */
+    struct served d;
+    REQUIRE(serve_vk_fault(&d, "submit:3+", NULL) == 0);
+    static const char *const msg = "{\"model\":\"m\",\"max_tokens\":6,\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]";
+    static const char *const resp = "{\"max_output_tokens\":6,\"input\":\"hello\"";
+
+    /* Anthropic, whole answer: 503 and {"type":"error","error":{"type":...,"message":...}}. */
+    char *out = lost_request(&d, 1, "/v1/messages", msg, false, 503);
+    CHECK(out && strstr(out, "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":") &&
+          strstr(out, "VK_ERROR_DEVICE_LOST"));
+    free(out);
+
+    /* Anthropic stream: message_start, then `event: error` in that shape, no message_stop. */
+    out = lost_request(&d, 2, "/v1/messages", msg, true, 200);
+    const char *e = out ? strstr(out, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"") : NULL;
+    CHECK(e && strstr(e, "VK_ERROR_DEVICE_LOST") && strstr(out, "event: message_start") && !strstr(out, "message_stop"));
+    free(out);
+
+    /* Responses, whole answer: 503 and {"error":{"message","type","code":"device_lost"}}. */
+    out = lost_request(&d, 3, "/v1/responses", resp, false, 503);
+    CHECK(out && strstr(out, "\"code\":\"device_lost\"") && strstr(out, "\"type\":\"server_error\"") &&
+          strstr(out, "VK_ERROR_DEVICE_LOST"));
+    free(out);
+
+    /* Responses stream: an `error` event with code device_lost, then `response.failed` whose
+     * response has status failed and the same error; never response.completed. */
+    out = lost_request(&d, 4, "/v1/responses", resp, true, 200);
+    e = out ? strstr(out, "event: error\ndata: {\"code\":\"device_lost\"") : NULL;
+    const char *failed = e ? strstr(e, "event: response.failed\ndata: ") : NULL;
+    CHECK(failed && strstr(failed, "\"status\":\"failed\"") &&
+          strstr(failed, "\"error\":{\"code\":\"device_lost\",\"message\":") && strstr(failed, "VK_ERROR_DEVICE_LOST") &&
+          !strstr(out, "response.completed"));
+    free(out);
+
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
+    /* Four losses, four reopens. */
+    char *audit = read_audit(&d);
+    CHECK_EQ_INT(count_of(audit, "\"event\":\"device_lost\""), 4);
+    CHECK_EQ_INT(count_of(audit, "\"event\":\"device_recovered\""), 4);
+    free(audit);
 }
 
 /* ---- storage faults in expert paging ---- */
@@ -327,18 +412,35 @@ static int open_paged(struct engine **e, const char *path, bool verify, char *er
     return engine_open(e, &o, err, err_len);
 }
 
+/* The tiny model written to path and opened paged with expert_verify; *good holds its
+ * logits for the fault tokens, *again room for as many (free() both). 0 or -1. */
+static int paged_first_answer(char *path, size_t path_len, struct engine **e, struct engine_info *info, float **good,
+                              float **again)
+{
+    char err[512];
+    *good = *again = NULL;
+    if (write_tiny(path, path_len)) return -1;
+    if (open_paged(e, path, true, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "open: %s", err);
+        return -1;
+    }
+    engine_get_info(*e, info);
+    size_t n = (size_t)FAULT_N_TOK * info->n_vocab;
+    *good = malloc(n * sizeof **good);
+    *again = malloc(n * sizeof **again);
+    if (*good && *again && eval_tokens(*e, *good, info->n_vocab, err, sizeof err) == 0) return 0;
+    test_fail_at(__FILE__, __LINE__, "first answer: %s", *good && *again ? err : "out of memory");
+    return -1;
+}
+
 TEST(expert_read_faults_fail_the_step_and_never_serve_wrong_weights)
 {
     char path[600], err[512];
-    REQUIRE(write_tiny(path, sizeof path) == 0);
     struct engine *e;
-    REQUIRE(open_paged(&e, path, true, err, sizeof err) == 0);
     struct engine_info info;
-    engine_get_info(e, &info);
+    float *good, *again;
+    REQUIRE(paged_first_answer(path, sizeof path, &e, &info, &good, &again) == 0);
     size_t n = (size_t)FAULT_N_TOK * info.n_vocab;
-    float *good = malloc(n * sizeof *good), *again = malloc(n * sizeof *again);
-    REQUIRE(good && again);
-    REQUIRE(eval_tokens(e, good, info.n_vocab, err, sizeof err) == 0);
 
     /* EIO, a short read, a changed byte: each fails the step with what happened, and the
      * store serves the next request from the file as before (bit for bit). */
@@ -365,6 +467,67 @@ TEST(expert_read_faults_fail_the_step_and_never_serve_wrong_weights)
     CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), 0);
     CHECK(memcmp(good, again, n * sizeof *good) != 0);
     expert_store_fault_configure("");
+    engine_close(e);
+    free(good);
+    free(again);
+}
+
+/* XORs every byte of the model file's routed-expert tensors (ffn_*_exps) with x, in place
+ * (the same inode: what a careless copy onto a mounted file does). Returns how many. */
+static int rewrite_experts(const char *path, uint8_t x)
+{
+    struct gguf_file *g;
+    char err[512];
+    if (gguf_open(&g, path, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        return -1;
+    }
+    int fd = open(path, O_RDWR), n = 0;
+    for (uint64_t i = 0; fd >= 0 && i < g->n_tensors; i++) {
+        const struct gguf_tensor *t = &g->tensors[i];
+        if (!strstr(t->name, "_exps")) continue;
+        uint8_t *b = malloc(t->nbytes);
+        off_t at = (off_t)(g->data_offset + t->offset);
+        if (b && pread(fd, b, t->nbytes, at) == (ssize_t)t->nbytes) {
+            for (uint64_t k = 0; k < t->nbytes; k++) b[k] ^= x;
+            if (pwrite(fd, b, t->nbytes, at) == (ssize_t)t->nbytes) n++;
+        }
+        free(b);
+    }
+    if (fd >= 0) close(fd);
+    gguf_close(g);
+    return n;
+}
+
+TEST(expert_bytes_rewritten_or_file_replaced_under_the_engine)
+{
+    char path[600], other[700], err[512];
+    struct engine *e;
+    struct engine_info info;
+    float *good, *again;
+    REQUIRE(paged_first_answer(path, sizeof path, &e, &info, &good, &again) == 0);
+    size_t n = (size_t)FAULT_N_TOK * info.n_vocab;
+
+    /* The file's expert bytes changed in place: the step fails on the checksum (no wrong
+     * weights served); once the bytes are back, the same engine answers as before. */
+    REQUIRE(rewrite_experts(path, 0x5a) > 0);
+    CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), -1);
+    CHECK(strstr(err, "differ from the ones checksummed at load") && strstr(err, "expert"));
+    if (test_failed()) fprintf(stderr, "rewritten: %s\n", err);
+    REQUIRE(rewrite_experts(path, 0x5a) > 0);
+    CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), 0);
+    CHECK(memcmp(good, again, n * sizeof *good) == 0);
+
+    /* Another model renamed over the path (what an update tool does): the engine keeps
+     * reading the file it opened, so its answers do not change. */
+    snprintf(other, sizeof other, "%s/other.gguf", test_tmpdir());
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.seed = 7;
+    REQUIRE(mkmodel_write(&c, other, err, sizeof err) == 0);
+    REQUIRE(rename(other, path) == 0);
+    CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), 0);
+    CHECK(memcmp(good, again, n * sizeof *good) == 0);
     engine_close(e);
     free(good);
     free(again);

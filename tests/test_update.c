@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define F32_MODEL "model/v4-tiny-f32.gguf"
@@ -427,6 +428,75 @@ TEST(update_second_writer_is_refused_while_one_holds_the_lock)
     CHECK_EQ_INT(upd_active_slot(&b), 0);
     CHECK_EQ_INT(upd_cli(&b, out, sizeof out, "install", v2), 0);
     CHECK_EQ_INT(upd_active_slot(&b), 1);
+}
+
+/* A child process that takes the store's lock and holds it until *release is closed (or,
+ * with hold_us > 0, for that long). Returns its pid once it holds the lock, or -1. */
+static pid_t hold_lock_in_child(const struct update_config *cfg, int *release, useconds_t hold_us)
+{
+    int held[2], rel[2];
+    if (pipe(held) || pipe(rel)) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(held[0]);
+        close(rel[1]);
+        int lock;
+        char err[512];
+        if (store_lock(cfg, false, &lock, err, sizeof err)) _exit(1);
+        char c = 1;
+        if (write(held[1], &c, 1) != 1) _exit(1);
+        if (hold_us) usleep(hold_us);
+        else while (read(rel[0], &c, 1) > 0) {}
+        _exit(0);
+    }
+    close(held[1]);
+    close(rel[0]);
+    char c;
+    ssize_t n = pid > 0 ? read(held[0], &c, 1) : -1;
+    close(held[0]);
+    *release = rel[1];
+    return n == 1 ? pid : -1;
+}
+
+TEST(update_boot_waits_for_the_lock_within_a_bound_and_names_its_holder)
+{
+    struct upd_box b;
+    char v2[1024], out[8192], want[64];
+    REQUIRE(box_with_v1(&b, v2, sizeof v2, NULL) == 0);
+    int release;
+    pid_t holder = hold_lock_in_child(&b.cfg, &release, 0);
+    REQUIRE(holder > 0);
+    snprintf(want, sizeof want, "pid %d (", (int)holder);
+    /* The boot gives up after update.lock_wait_s and names the holder (its command line:
+     * this test binary). */
+    b.cfg.lock_wait_s = 1;
+    struct update_boot boot;
+    CHECK_EQ_INT(update_boot_begin(&b.cfg, &boot, out, sizeof out), -1);
+    CHECK(strstr(out, "/lock is still held by pid") && strstr(out, want) && strstr(out, "flashbox-test") &&
+          strstr(out, "after update.lock_wait_s = 1 s"));
+    if (test_failed()) fprintf(stderr, "boot: %s\n", out);
+    CHECK_EQ_INT(update_boot_ready(&b.cfg, out, sizeof out), -1);
+    /* A writer that does not wait names the holder too. */
+    CHECK_EQ_INT(upd_cli(&b, out, sizeof out, "install", v2), 1);
+    CHECK(strstr(out, "another update operation is running in pid") && strstr(out, want));
+    if (test_failed()) fprintf(stderr, "install: %s\n", out);
+    /* The daemon's start: it exits 1 with that message instead of waiting without end. */
+    CHECK_EQ_INT(upd_sh(out, sizeof out, "timeout 120 %s serve --socket %s/s.sock --set update.data_dir=%s "
+                        "--set update.keys_dir=%s --set update.product=%s --set update.lock_wait_s=1",
+                        test_flashbox_bin(), b.root, b.data, b.keys, b.cfg.product), 1);
+    CHECK(strstr(out, "update boot:") && strstr(out, want) && strstr(out, "update.lock_wait_s = 1 s"));
+    if (test_failed()) fprintf(stderr, "serve: %s\n", out);
+    close(release);
+    int st;
+    REQUIRE(waitpid(holder, &st, 0) == holder);
+    /* A holder that lets go within the bound: the boot waits for it and goes on. */
+    b.cfg.lock_wait_s = 60;
+    holder = hold_lock_in_child(&b.cfg, &release, 300000);
+    REQUIRE(holder > 0);
+    CHECK_EQ_INT(update_boot_begin(&b.cfg, &boot, out, sizeof out), 0);
+    CHECK_STR(boot.slot, "a");
+    close(release);
+    REQUIRE(waitpid(holder, &st, 0) == holder);
 }
 
 TEST(keygen_refuses_to_overwrite_a_key_pair)

@@ -42,6 +42,7 @@ void update_config_default(struct update_config *cfg)
     cfg->keys_dir = UPDATE_DEFAULT_KEYS_DIR;
     cfg->product = UPDATE_DEFAULT_PRODUCT;
     cfg->max_boot_attempts = UPDATE_DEFAULT_BOOT_ATTEMPTS;
+    cfg->lock_wait_s = UPDATE_DEFAULT_LOCK_WAIT_S;
 }
 
 int update_keygen(const char *dir, char *err, size_t err_len) { return keys_generate(dir, err, err_len); }

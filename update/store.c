@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -243,6 +244,45 @@ int store_write_state(const struct update_config *cfg, const struct store_state 
     return durable_replace_file(path, text, (size_t)n, 0644, err, err_len);
 }
 
+/* Who holds the flock on fd's file, from /proc/locks (the pid that took it) and that pid's
+ * command line: "pid N (cmd args)", "this process", or "" when it cannot be told. */
+static void lock_holder(int fd, char *who, size_t who_len)
+{
+    who[0] = 0;
+    struct stat st;
+    FILE *f = fstat(fd, &st) == 0 ? fopen("/proc/locks", "r") : NULL;
+    if (!f) return;
+    char line[256];
+    long pid = 0;
+    while (!pid && fgets(line, sizeof line, f)) {
+        /* "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a blocked waiter's line has "->" */
+        char kind[16];
+        long p;
+        unsigned maj, min;
+        unsigned long long ino;
+        if (!strstr(line, "->") && sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%llu", kind, &p, &maj, &min, &ino) == 5 &&
+            !strcmp(kind, "FLOCK") && maj == major(st.st_dev) && min == minor(st.st_dev) && ino == st.st_ino && p > 0)
+            pid = p;
+    }
+    fclose(f);
+    if (!pid) return;
+    if (pid == (long)getpid()) {
+        snprintf(who, who_len, "this process (pid %ld)", pid);
+        return;
+    }
+    char path[64], cmd[160] = "";
+    snprintf(path, sizeof path, "/proc/%ld/cmdline", pid);
+    FILE *c = fopen(path, "r");
+    size_t n = c ? fread(cmd, 1, sizeof cmd - 1, c) : 0;
+    if (c) fclose(c);
+    for (size_t i = 0; i < n; i++)
+        if (cmd[i] == 0 || cmd[i] == '\n') cmd[i] = ' ';
+    while (n && cmd[n - 1] == ' ') n--;
+    cmd[n] = 0;
+    if (n) snprintf(who, who_len, "pid %ld (%s%s)", pid, cmd, n == sizeof cmd - 1 ? "..." : "");
+    else snprintf(who, who_len, "pid %ld", pid);
+}
+
 int store_lock(const struct update_config *cfg, bool wait, int *fd, char *err, size_t err_len)
 {
     if (mkdir(cfg->data_dir, 0755) != 0 && errno != EEXIST)
@@ -252,18 +292,29 @@ int store_lock(const struct update_config *cfg, bool wait, int *fd, char *err, s
     *fd = safe_open(path, O_RDWR | O_CREAT | O_NOFOLLOW, 0600, err, err_len);
     if (*fd < 0) return -1;
     /* A writer that does not wait still allows two seconds: the daemon's boot bookkeeping
-     * holds the lock for milliseconds, an install for minutes. */
-    int tries = 100;
-    while (flock(*fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0) {
+     * holds the lock for milliseconds, an install for minutes. The boot waits longer, but
+     * not without end: a stalled install must not keep the daemon from starting (systemd
+     * restarts it, and the next start tries again). */
+    uint32_t wait_s = cfg->lock_wait_s ? cfg->lock_wait_s : UPDATE_DEFAULT_LOCK_WAIT_S;
+    long tries = wait ? (long)wait_s * 50 : 100;
+    while (flock(*fd, LOCK_EX | LOCK_NB) != 0) {
         if (errno == EINTR) continue;
         if (errno == EWOULDBLOCK && --tries > 0) {
             usleep(20000);
             continue;
         }
         int e = errno;
+        char who[240];
+        if (e == EWOULDBLOCK) lock_holder(*fd, who, sizeof who);
         close(*fd);
         *fd = -1;
-        if (e == EWOULDBLOCK) return errf(err, err_len, "%s: another update operation is running", cfg->data_dir);
+        if (e == EWOULDBLOCK && wait)
+            return errf(err, err_len, "%s is still held by %s after update.lock_wait_s = %u s: another update operation "
+                        "is running; let it finish (or stop it) and start again", path, who[0] ? who : "another process",
+                        wait_s);
+        if (e == EWOULDBLOCK)
+            return errf(err, err_len, "%s: another update operation is running%s%s", cfg->data_dir,
+                        who[0] ? " in " : "", who);
         return errf(err, err_len, "%s: flock: %s", path, strerror(e));
     }
     return 0;

@@ -41,7 +41,8 @@ int store_write_state(const struct update_config *cfg, const struct store_state 
 int store_parse_state(const char *text, size_t len, struct store_state *st, char *err, size_t err_len);
 
 /* Creates the data directory if needed and takes its writer lock (fd >= 0 on success).
- * wait: block until free; otherwise fail at once when another writer holds it. */
+ * wait: wait up to cfg->lock_wait_s for another writer to let go (the daemon's boot);
+ * otherwise up to two seconds. The error names the holder's pid and command line. */
 int store_lock(const struct update_config *cfg, bool wait, int *fd, char *err, size_t err_len);
 void store_unlock(int fd);
 

@@ -29,6 +29,7 @@
 #define UPDATE_DEFAULT_KEYS_DIR "/etc/flashbox/trusted-keys"
 #define UPDATE_DEFAULT_PRODUCT "flashbox-v4-flash"
 #define UPDATE_DEFAULT_BOOT_ATTEMPTS 3
+#define UPDATE_DEFAULT_LOCK_WAIT_S 300 /* a boot waits this long for an install to let go */
 #define UPDATE_DEFAULT_CHUNK_SIZE (16u << 20)
 #define UPDATE_MODEL_PAYLOAD "model.gguf"
 #define UPDATE_FIRMWARE_PAYLOAD "firmware"
@@ -39,6 +40,8 @@ struct update_config {
     const char *keys_dir;       /* trusted public keys (*.pem) */
     const char *product;        /* bundles for any other product are refused */
     uint32_t max_boot_attempts; /* failed daemon starts on a new slot before falling back */
+    uint32_t lock_wait_s;       /* boot begin/ready: longest wait (s) for another writer's lock;
+                                   0 = UPDATE_DEFAULT_LOCK_WAIT_S */
 };
 
 void update_config_default(struct update_config *cfg);
