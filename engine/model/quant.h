@@ -130,10 +130,11 @@ int dequant_row(enum gguf_type type, const void *src, float *dst, uint64_t n);
 int dequant_row_k(enum gguf_type type, const void *src, float *dst, uint64_t n);
 int dequant_row_iq(enum gguf_type type, const void *src, float *dst, uint64_t n);
 
-/* IQ1_S and IQ1_M's shared grid (QUANT_IQ1_GRID_N entries of 8 two-bit codes, shaders/iq_grids.h):
- * the Vulkan backend uploads it once per device, as a constant it costs lavapipe minutes. */
-#define QUANT_IQ1_GRID_N 2048
-const uint16_t *quant_iq1_grid(void);
+/* Every i-quant grid in one table of QUANT_IQ_GRID_ENTRIES u16 entries, each grid at its
+ * IQ_GRID_OFF_* (shaders/iq_grids.h): what the Vulkan backend uploads once per device for
+ * its shaders, which as GLSL constants cost lavapipe seconds to minutes per dispatch. */
+#define QUANT_IQ_GRID_ENTRIES 4096
+void quant_iq_grid_table(uint16_t *dst);
 
 /* Fills n_blocks blocks of a K-quant or i-quant type with random bytes drawn from *seed
  * (splitmix64) and sets every block's f16 scale (d, and dmin where the type has one) to
