@@ -326,7 +326,7 @@ TEST(quantize_result_runs_on_vulkan_like_the_reference)
     free(b);
 }
 
-TEST(quantize_imatrix_weights_iq4_and_a_bad_one_writes_nothing)
+TEST(quantize_imatrix_weights_iq4_and_k_quants_and_a_bad_one_writes_nothing)
 {
     char in[512], out[512], err[512];
     snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
@@ -342,29 +342,37 @@ TEST(quantize_imatrix_weights_iq4_and_a_bad_one_writes_nothing)
     struct quant_imatrix m;
     REQUIRE(quant_imatrix_parse(buf, n, &m, err, sizeof err) == 0);
     struct quantize_stats st;
-    REQUIRE(quantize_with(in, out, "iq4", &m, &st, err, sizeof err) == 0);
-    CHECK_EQ_INT(st.n_imatrix, 1);
-    /* the weighted columns come out closer than without weights */
-    struct gguf_file *src, *q;
-    REQUIRE(gguf_open(&src, in, err, sizeof err) == 0 && gguf_open(&q, out, err, sizeof err) == 0);
-    const struct gguf_tensor *a = gguf_find_tensor(src, names[0]), *b = gguf_find_tensor(q, names[0]);
-    REQUIRE(a && b && b->type == GGUF_TYPE_IQ4_XS);
-    float x[256], y[256], y0[256];
-    uint8_t plain[136];
-    double e_w = 0, e_plain = 0;
-    for (uint64_t r = 0; r < a->n_elements / 256; r++) {
-        dequant_row(a->type, (const uint8_t *)a->data + r * 1024, x, 256);
-        dequant_row(b->type, (const uint8_t *)b->data + r * 136, y, 256);
-        quant_quantize_row(GGUF_TYPE_IQ4_XS, x, plain, 256, NULL);
-        dequant_row(GGUF_TYPE_IQ4_XS, plain, y0, 256);
-        for (int j = 0; j < 128; j++) {
-            e_w += (double)(x[j] - y[j]) * (x[j] - y[j]);
-            e_plain += (double)(x[j] - y0[j]) * (x[j] - y0[j]);
+    /* each recipe's expert type: the weighted columns come out closer than without weights */
+    static const struct { const char *recipe; enum gguf_type type; } cases[] = {
+        { "iq4", GGUF_TYPE_IQ4_XS }, { "2bit", GGUF_TYPE_Q2_K }, { "4bit", GGUF_TYPE_Q4_K },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        REQUIRE(quantize_with(in, out, cases[c].recipe, &m, &st, err, sizeof err) == 0);
+        CHECK_EQ_INT(st.n_imatrix, 1);
+        struct gguf_file *src, *q;
+        REQUIRE(gguf_open(&src, in, err, sizeof err) == 0 && gguf_open(&q, out, err, sizeof err) == 0);
+        const struct gguf_tensor *a = gguf_find_tensor(src, names[0]), *b = gguf_find_tensor(q, names[0]);
+        REQUIRE(a && b && b->type == cases[c].type);
+        const uint32_t bb = gguf_type_block_bytes(b->type);
+        float x[256], y[256], y0[256];
+        uint8_t plain[256];
+        double e_w = 0, e_plain = 0;
+        for (uint64_t r = 0; r < a->n_elements / 256; r++) {
+            dequant_row(a->type, (const uint8_t *)a->data + r * 1024, x, 256);
+            dequant_row(b->type, (const uint8_t *)b->data + r * bb, y, 256);
+            quant_quantize_row(b->type, x, plain, 256, NULL);
+            dequant_row(b->type, plain, y0, 256);
+            for (int j = 0; j < 128; j++) {
+                e_w += (double)(x[j] - y[j]) * (x[j] - y[j]);
+                e_plain += (double)(x[j] - y0[j]) * (x[j] - y0[j]);
+            }
         }
+        if (!(e_w < e_plain))
+            test_fail_at(__FILE__, __LINE__, "%s: weighted columns' squared error %g, without weights %g",
+                         gguf_type_name(cases[c].type), e_w, e_plain);
+        gguf_close(src);
+        gguf_close(q);
     }
-    CHECK(e_w < e_plain);
-    gguf_close(src);
-    gguf_close(q);
     quant_imatrix_free(&m);
     /* an imatrix whose size fits no tensor it names: refused, and neither OUT nor OUT.tmp exists */
     unlink(out);

@@ -66,7 +66,7 @@ const char *const quant_recipe_names[] = { "2bit", "4bit", "iq4", "q8", NULL };
 const char *const quant_recipe_about[] = {
     "routed experts Q2_K (2.625 bits), attention, shared experts and head Q8_0",
     "routed experts Q4_K (4.5 bits), attention, shared experts and head Q8_0",
-    "routed experts IQ4_XS (4.25 bits; uses --imatrix), attention, shared experts and head Q8_0",
+    "routed experts IQ4_XS (4.25 bits), attention, shared experts and head Q8_0",
     "routed experts Q8_0, attention, shared experts and head Q8_0",
 };
 
@@ -374,7 +374,6 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
         }
     gguf_writer_add_str(w, "flashbox.quantize.recipe", o->recipe->name);
     uint64_t max_ne0 = 1, total = 0;
-    bool imatrix_unused_warned = false;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
         rw[i].type = target_type(t, quant_recipe_match(o->recipe, t->name), &rw[i].fallback);
@@ -386,13 +385,6 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
                 errf(err, err_len, "imatrix: %s has %llu values, the tensor needs %llu (ne0) or %llu (ne0 x experts)", t->name,
                      (unsigned long long)rw[i].im->n_val, (unsigned long long)t->ne[0], (unsigned long long)(t->ne[0] * n_exp));
                 goto close_file;
-            }
-            if (rw[i].im && !quant_can_quantize(rw[i].type, true)) {
-                if (o->log && !imatrix_unused_warned)
-                    fprintf(o->log, "note: %s has no importance-weighted quantizer here; its tensors are written as without --imatrix\n",
-                            gguf_type_name(rw[i].type));
-                imatrix_unused_warned = true;
-                rw[i].im = NULL;
             }
             st->n_changed++;
             st->n_fallback += rw[i].fallback;

@@ -145,12 +145,14 @@ int quant_random_blocks(enum gguf_type type, void *dst, uint64_t n_blocks, uint6
 /* ggml's reference quantizers (quantize_row_q8_0_ref, quantize_row_mxfp4_ref). n % 32 == 0. */
 void quantize_row_q8_0(const float *src, struct block_q8_0 *dst, uint64_t n);
 void quantize_row_mxfp4(const float *src, struct block_mxfp4 *dst, uint64_t n);
-/* engine/model/quantize.c: ggml's quantize_row_q{2,3,4,5,6}_K_ref, byte for byte. n % 256 == 0. */
-void quantize_row_q2_k(const float *src, struct block_q2_k *dst, uint64_t n);
-void quantize_row_q3_k(const float *src, struct block_q3_k *dst, uint64_t n);
-void quantize_row_q4_k(const float *src, struct block_q4_k *dst, uint64_t n);
-void quantize_row_q5_k(const float *src, struct block_q5_k *dst, uint64_t n);
-void quantize_row_q6_k(const float *src, struct block_q6_k *dst, uint64_t n);
+/* engine/model/quantize.c, byte for byte: with qw NULL ggml's quantize_row_q{2,3,4,5,6}_K_ref;
+ * with importance weights qw[n] (one per column) ggml's quantize_q*_K for one row of n.
+ * n % 256 == 0. */
+void quantize_row_q2_k(const float *src, struct block_q2_k *dst, uint64_t n, const float *qw);
+void quantize_row_q3_k(const float *src, struct block_q3_k *dst, uint64_t n, const float *qw);
+void quantize_row_q4_k(const float *src, struct block_q4_k *dst, uint64_t n, const float *qw);
+void quantize_row_q5_k(const float *src, struct block_q5_k *dst, uint64_t n, const float *qw);
+void quantize_row_q6_k(const float *src, struct block_q6_k *dst, uint64_t n, const float *qw);
 /* IQ4_NL (n % 32 == 0) and IQ4_XS (n % 256 == 0) with importance weights qw[n] or NULL:
  * ggml's quantize_iq4_nl / quantize_iq4_xs for one row (ntry 7); IQ4_NL with ntry -1 is
  * ggml's quantize_row_iq4_nl_ref. */
@@ -160,8 +162,8 @@ void quantize_row_iq4_xs(const float *src, struct block_iq4_xs *dst, uint64_t n,
 /* Whether quant_quantize_row writes type (with or without an importance matrix). */
 bool quant_can_quantize(enum gguf_type type, bool with_imatrix);
 /* One row of n elements (a multiple of the type's block) into type, the bytes llama.cpp's
- * quantize writes for it: F32/F16/BF16, Q8_0, MXFP4, the K-quants (imatrix NULL only) and
- * IQ4_NL / IQ4_XS (imatrix[n] or NULL). Returns -1 when !quant_can_quantize. */
+ * quantize writes for it: F32/F16/BF16, Q8_0, MXFP4 (these ignore imatrix, as ggml does), the
+ * K-quants and IQ4_NL / IQ4_XS (imatrix[n] or NULL). Returns -1 when !quant_can_quantize. */
 int quant_quantize_row(enum gguf_type type, const float *src, void *dst, uint64_t n, const float *imatrix);
 
 /* Q4_K / Q5_K's sub-block j scale and min from their 12 packed bytes (engine/model/quant_k.c). */
