@@ -10,6 +10,7 @@
 #include "engine/text/json_grammar.h"
 #include "engine/text/json_validate.h"
 #include "firmware/tool_output.h"
+#include "tests/grammar_gen.h"
 #include "tests/harness.h"
 #include "tests/serve_client.h"
 
@@ -87,55 +88,32 @@ TEST(dsml_grammar_refuses_what_it_cannot_write)
 /* ---- generation ---- */
 
 struct gen {
-    struct engine *e;
-    struct session *sess;
-    const struct tokenizer *tok;
-    struct jg_vocab *vocab;
+    struct grammar_gen b;
     struct dsml_matcher *m;
-    uint32_t *allow;
-    float *logits;
-    uint32_t n_vocab;
     int32_t dsml;
 };
 
 static int gen_open(struct gen *G)
 {
     char err[256];
-    memset(G, 0, sizeof *G);
-    const char *model = serve_test_model();
-    if (!model) return -1;
-    struct engine_options eo;
-    engine_options_default(&eo);
-    eo.model_path = model;
-    if (engine_open(&G->e, &eo, err, sizeof err) || session_create(G->e, 512, &G->sess, err, sizeof err)) {
-        test_fail_at(__FILE__, __LINE__, "engine: %s", err);
-        return -1;
-    }
-    G->tok = engine_tokenizer(G->e);
-    G->n_vocab = tok_n_vocab(G->tok);
-    G->dsml = tok_find_special(G->tok, CHAT_DSML);
+    G->m = NULL;
+    if (grammar_gen_open(&G->b, 512)) return -1;
+    G->dsml = tok_find_special(G->b.tok, CHAT_DSML);
     if (G->dsml < 0) {
         test_fail_at(__FILE__, __LINE__, "the test model has no DSML token");
         return -1;
     }
-    if (jg_vocab_create(&G->vocab, G->tok, err, sizeof err) ||
-        dsml_matcher_create(&G->m, G->vocab, G->tok, G->dsml, err, sizeof err)) {
+    if (dsml_matcher_create(&G->m, G->b.vocab, G->b.tok, G->dsml, err, sizeof err)) {
         test_fail_at(__FILE__, __LINE__, "grammar: %s", err);
         return -1;
     }
-    G->allow = malloc(jg_mask_words(G->vocab) * sizeof *G->allow);
-    G->logits = malloc(G->n_vocab * sizeof *G->logits);
-    return G->allow && G->logits ? 0 : -1;
+    return 0;
 }
 
 static void gen_close(struct gen *G)
 {
-    free(G->allow);
-    free(G->logits);
     dsml_matcher_destroy(G->m);
-    jg_vocab_destroy(G->vocab);
-    session_destroy(G->sess);
-    engine_close(G->e);
+    grammar_gen_close(&G->b);
 }
 
 /* 1 when the block closed and EOS came within max_tokens, 0 at max_tokens, -1 on a fault;
@@ -149,26 +127,26 @@ static int generate(struct gen *G, const struct dsml_grammar *g, bool opened, ui
     sp.temperature = temperature;
     sp.seed = seed;
     struct sampler *smp;
-    if (sampler_create(&smp, G->n_vocab, &sp, err, sizeof err)) return -1;
-    session_reset(G->sess);
+    if (sampler_create(&smp, G->b.n_vocab, &sp, err, sizeof err)) return -1;
+    session_reset(G->b.sess);
     dsml_matcher_start(G->m, g, opened);
-    int32_t bos = tok_bos(G->tok), eos = tok_eos(G->tok);
-    int rc = session_eval(G->sess, &bos, 1, G->logits, false, err, sizeof err) ? -1 : 0;
+    int32_t bos = tok_bos(G->b.tok), eos = tok_eos(G->b.tok);
+    int rc = session_eval(G->b.sess, &bos, 1, G->b.logits, false, err, sizeof err) ? -1 : 0;
     *len = 0;
     if (opened) /* the model wrote "\n\n<" and the marker itself (a strict tool under auto) */
         *len = (size_t)snprintf(out, cap, "\n\n<%s", CHAT_DSML);
     for (uint32_t n = 0; !rc && n < max_tokens; n++) {
-        dsml_mask(G->m, max_tokens - n, eos, G->allow);
-        int32_t t = sampler_sample_masked(smp, G->logits, G->allow);
+        dsml_mask(G->m, max_tokens - n, eos, G->b.allow);
+        int32_t t = sampler_sample_masked(smp, G->b.logits, G->b.allow);
         if (t < 0) { rc = -1; break; }
         if (t == eos) { rc = dsml_matcher_done(G->m) ? 1 : -1; break; }
         if (dsml_matcher_accept(G->m, t)) { rc = -1; break; }
         size_t pl;
-        const char *p = tok_piece(G->tok, t, TOK_DECODE_SPECIAL, &pl);
+        const char *p = tok_piece(G->b.tok, t, TOK_DECODE_SPECIAL, &pl);
         if (*len + pl >= cap) { rc = -1; break; }
         memcpy(out + *len, p, pl);
         *len += pl;
-        if (session_eval(G->sess, &t, 1, G->logits, false, err, sizeof err)) rc = -1;
+        if (session_eval(G->b.sess, &t, 1, G->b.logits, false, err, sizeof err)) rc = -1;
     }
     out[*len] = 0;
     sampler_destroy(smp);
@@ -223,7 +201,7 @@ TEST(dsml_grammar_random_model_calls_parse_and_validate)
 {
     struct gen G;
     REQUIRE(gen_open(&G) == 0);
-    REQUIRE(jg_vocab_has_ascii_bytes(G.vocab));
+    REQUIRE(jg_vocab_has_ascii_bytes(G.b.vocab));
     static const size_t all[] = { 0, 1, 2, 3, 4 };
     for (size_t t = 0; t < N_TOOLS; t++) run_set(&G, &all[t], 1, 1, 24, 4, false, __LINE__); /* named */
     run_set(&G, all, N_TOOLS, 1, 40, 8, false, __LINE__);                                       /* required */
@@ -242,7 +220,7 @@ TEST(dsml_grammar_refuses_tokens_off_the_grammar)
     REQUIRE(g);
     struct tok_vec v = { 0 };
     char err[128];
-    REQUIRE(tok_encode(G.tok, "x", 1, 0, &v, err, sizeof err) == 0 && v.n == 1);
+    REQUIRE(tok_encode(G.b.tok, "x", 1, 0, &v, err, sizeof err) == 0 && v.n == 1);
     dsml_matcher_start(G.m, g, false);
     CHECK(dsml_matcher_accept(G.m, v.ids[0]) == -1);
     /* the marker alone at the start is off the grammar too ("\n\n<" comes first) */
@@ -250,10 +228,10 @@ TEST(dsml_grammar_refuses_tokens_off_the_grammar)
     CHECK(dsml_matcher_accept(G.m, G.dsml) == -1);
     /* and the end token is allowed only once the block is closed */
     dsml_matcher_start(G.m, g, false);
-    dsml_mask(G.m, 100, tok_eos(G.tok), G.allow);
-    int32_t eos = tok_eos(G.tok);
-    CHECK(!(G.allow[(uint32_t)eos >> 5] >> ((uint32_t)eos & 31) & 1));
-    CHECK(!(G.allow[(uint32_t)G.dsml >> 5] >> ((uint32_t)G.dsml & 31) & 1));
+    dsml_mask(G.m, 100, tok_eos(G.b.tok), G.b.allow);
+    int32_t eos = tok_eos(G.b.tok);
+    CHECK(!(G.b.allow[(uint32_t)eos >> 5] >> ((uint32_t)eos & 31) & 1));
+    CHECK(!(G.b.allow[(uint32_t)G.dsml >> 5] >> ((uint32_t)G.dsml & 31) & 1));
     tok_vec_free(&v);
     dsml_grammar_free(g);
     gen_close(&G);

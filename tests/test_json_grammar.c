@@ -5,6 +5,7 @@
  * jansson's parse tree, not by the automaton. */
 #include "engine/engine.h"
 #include "engine/text/json_grammar.h"
+#include "tests/grammar_gen.h"
 #include "tests/harness.h"
 #include "tests/serve_client.h"
 
@@ -447,14 +448,8 @@ TEST(json_grammar_min_close_is_exact_and_completes_validly)
 /* ---- generation with the tiny random-weight model ---- */
 
 struct gen {
-    struct engine *e;
-    struct session *sess;
-    const struct tokenizer *tok;
-    struct jg_vocab *vocab;
+    struct grammar_gen b;
     struct jg_matcher *m;
-    uint32_t *allow;
-    float *logits;
-    uint32_t n_vocab;
 };
 
 /* One generation of at most max_tokens under g from the prompt "{" + BOS: returns 1 when it
@@ -468,24 +463,24 @@ static int generate(struct gen *G, const struct jg_schema *g, uint64_t seed, flo
     sp.temperature = temperature;
     sp.seed = seed;
     struct sampler *smp;
-    if (sampler_create(&smp, G->n_vocab, &sp, err, sizeof err)) return -1;
-    session_reset(G->sess);
+    if (sampler_create(&smp, G->b.n_vocab, &sp, err, sizeof err)) return -1;
+    session_reset(G->b.sess);
     jg_matcher_start(G->m, g);
-    int32_t bos = tok_bos(G->tok), eos = tok_eos(G->tok);
-    int rc = session_eval(G->sess, &bos, 1, G->logits, false, err, sizeof err) ? -1 : 0;
+    int32_t bos = tok_bos(G->b.tok), eos = tok_eos(G->b.tok);
+    int rc = session_eval(G->b.sess, &bos, 1, G->b.logits, false, err, sizeof err) ? -1 : 0;
     *len = 0;
     for (uint32_t n = 0; !rc && n < max_tokens; n++) {
-        jg_mask(G->m, max_tokens - n, eos, G->allow);
-        int32_t t = sampler_sample_masked(smp, G->logits, G->allow);
+        jg_mask(G->m, max_tokens - n, eos, G->b.allow);
+        int32_t t = sampler_sample_masked(smp, G->b.logits, G->b.allow);
         if (t < 0) { rc = -1; break; }
         if (t == eos) { rc = 1; break; }
         if (jg_matcher_accept(G->m, t)) { rc = -1; break; }
         size_t pl;
-        const char *p = tok_piece(G->tok, t, 0, &pl);
+        const char *p = tok_piece(G->b.tok, t, 0, &pl);
         if (*len + pl >= cap) { rc = -1; break; }
         memcpy(out + *len, p, pl);
         *len += pl;
-        if (session_eval(G->sess, &t, 1, G->logits, false, err, sizeof err)) rc = -1;
+        if (session_eval(G->b.sess, &t, 1, G->b.logits, false, err, sizeof err)) rc = -1;
     }
     out[*len] = 0;
     sampler_destroy(smp);
@@ -495,42 +490,26 @@ static int generate(struct gen *G, const struct jg_schema *g, uint64_t seed, flo
 static int gen_open(struct gen *G)
 {
     char err[256];
-    memset(G, 0, sizeof *G);
-    const char *model = serve_test_model();
-    if (!model) return -1;
-    struct engine_options eo;
-    engine_options_default(&eo);
-    eo.model_path = model;
-    if (engine_open(&G->e, &eo, err, sizeof err) || session_create(G->e, 256, &G->sess, err, sizeof err)) {
-        test_fail_at(__FILE__, __LINE__, "engine: %s", err);
-        return -1;
-    }
-    G->tok = engine_tokenizer(G->e);
-    G->n_vocab = tok_n_vocab(G->tok);
-    if (jg_vocab_create(&G->vocab, G->tok, err, sizeof err) || jg_matcher_create(&G->m, G->vocab, err, sizeof err)) {
+    G->m = NULL;
+    if (grammar_gen_open(&G->b, 256)) return -1;
+    if (jg_matcher_create(&G->m, G->b.vocab, err, sizeof err)) {
         test_fail_at(__FILE__, __LINE__, "grammar: %s", err);
         return -1;
     }
-    G->allow = malloc(jg_mask_words(G->vocab) * sizeof *G->allow);
-    G->logits = malloc(G->n_vocab * sizeof *G->logits);
-    return G->allow && G->logits ? 0 : -1;
+    return 0;
 }
 
 static void gen_close(struct gen *G)
 {
-    free(G->allow);
-    free(G->logits);
     jg_matcher_destroy(G->m);
-    jg_vocab_destroy(G->vocab);
-    session_destroy(G->sess);
-    engine_close(G->e);
+    grammar_gen_close(&G->b);
 }
 
 TEST(json_grammar_200_random_model_generations_under_20_schemas_all_validate)
 {
     struct gen G;
     REQUIRE(gen_open(&G) == 0);
-    REQUIRE(jg_vocab_has_ascii_bytes(G.vocab));
+    REQUIRE(jg_vocab_has_ascii_bytes(G.b.vocab));
     int ended = 0, total = 0;
     char text[8192];
     for (int i = 0; i < 20; i++) {
@@ -567,18 +546,18 @@ TEST(json_grammar_mask_only_removes_tokens_and_same_seed_same_text)
     CHECK(la == lb && !memcmp(a, b, la));
     /* Every allowed token at the start begins an object; every other is refused. */
     jg_matcher_start(G.m, g);
-    jg_mask(G.m, 60, tok_eos(G.tok), G.allow);
+    jg_mask(G.m, 60, tok_eos(G.b.tok), G.b.allow);
     int n_allowed = 0;
-    for (uint32_t t = 0; t < G.n_vocab; t++) {
-        bool on = G.allow[t >> 5] >> (t & 31) & 1;
+    for (uint32_t t = 0; t < G.b.n_vocab; t++) {
+        bool on = G.b.allow[t >> 5] >> (t & 31) & 1;
         size_t pl;
-        const char *p = tok_piece(G.tok, (int32_t)t, 0, &pl);
+        const char *p = tok_piece(G.b.tok, (int32_t)t, 0, &pl);
         n_allowed += on;
         if (on) CHECK(pl > 0 && p[0] == '{');
         if (pl == 1 && p[0] == '{') CHECK(on);
     }
     CHECK(n_allowed >= 1);
-    CHECK(!(G.allow[(uint32_t)tok_eos(G.tok) >> 5] >> ((uint32_t)tok_eos(G.tok) & 31) & 1));
+    CHECK(!(G.b.allow[(uint32_t)tok_eos(G.b.tok) >> 5] >> ((uint32_t)tok_eos(G.b.tok) & 31) & 1));
     jg_schema_free(g);
     gen_close(&G);
 }
