@@ -336,6 +336,23 @@ TEST(quantize_report_per_type_equals_quantizing_only_that_type)
     CHECK(access(left, F_OK) != 0);
     snprintf(left, sizeof left, "%s.only-Q8_0", mixed);
     CHECK(access(left, F_OK) != 0);
+    /* the quantized file of another model (experts 512 wide): refused by name, nothing left */
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.quant = MKMODEL_F32;
+    c.n_embd = 256;
+    c.n_ff_exp = 512;
+    snprintf(experts, sizeof experts, "%s/other.gguf", test_tmpdir());
+    snprintf(mixed, sizeof mixed, "%s/other-2bit.gguf", test_tmpdir());
+    REQUIRE(mkmodel_write(&c, experts, err, sizeof err) == 0);
+    REQUIRE(quantize_with(experts, mixed, "2bit", NULL, &st, err, sizeof err) == 0);
+    err[0] = 0;
+    CHECK(quantize_report_run(in, mixed, report_tokens, N_REPORT, &a, err, sizeof err) == -1);
+    if (!strstr(err, "has another shape in the two files")) test_fail_at(__FILE__, __LINE__, "error: '%s'", err);
+    snprintf(left, sizeof left, "%s.only-Q2_K", mixed);
+    CHECK(access(left, F_OK) != 0);
+    snprintf(left, sizeof left, "%s.only-Q2_K.tmp", mixed);
+    CHECK(access(left, F_OK) != 0);
 }
 
 TEST(quantize_result_runs_on_vulkan_like_the_reference)
