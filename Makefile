@@ -115,7 +115,7 @@ gpu-pack: all
 
 sanitize:
 	$(MAKE) BUILD=build-san CC=clang OPT="-O1 $(SAN_FLAGS)" all
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 FLASHBOX_TEST_TIME_SCALE=4 \
 	  FLASHBOX=build-san/flashbox build-san/flashbox-test $(TEST)
 
 # libFuzzer targets: each tests/fuzz/fuzz_X.c links against the library built with clang.

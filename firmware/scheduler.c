@@ -550,6 +550,11 @@ static void *worker_main(void *arg)
             pthread_cond_timedwait(&s->wake, &s->lock, &until);
         }
         pthread_mutex_unlock(&s->lock);
+        /* The heartbeat (systemd's watchdog ping) is this loop's progress, never a timer:
+         * it comes once a pass, and a pass only goes round when the step before it has
+         * returned, or when there was nothing to do (the idle wait above ends every
+         * heartbeat_ms). A step wedged in the driver (a fence that never signals) keeps this
+         * thread in engine_step, so the pings stop until the fence timeout fails it. */
         uint64_t now = sched_now_ns();
         if (s->opt.heartbeat && now - last_beat >= (uint64_t)s->opt.heartbeat_ms * 1000000ull / 2) {
             s->opt.heartbeat(s->opt.heartbeat_ctx);

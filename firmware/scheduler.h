@@ -87,7 +87,10 @@ struct sched_options {
                             * chunks fill the rest); 0 = 128 */
     uint32_t prefill_chunk;/* prefix reuse saves a prompt's state at its last multiple of this
                             * before its last token; 0 = 128 */
-    /* Called from the worker loop at least every heartbeat_ms (systemd watchdog). */
+    /* systemd's watchdog ping: called from the worker loop as it makes progress, after a
+     * step returns or while idle (then at least every heartbeat_ms), at most every
+     * heartbeat_ms / 2. Never from a timer: a step stuck in the engine (a wedged GPU)
+     * stops it until the step fails or ends. */
     void (*heartbeat)(void *ctx);
     void *heartbeat_ctx;
     uint32_t heartbeat_ms;

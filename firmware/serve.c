@@ -496,6 +496,17 @@ int cmd_serve(int argc, char **argv)
                 exit_code = 1;
                 break;
             }
+            /* The log and the audit say so before the first client can see the daemon ready:
+             * whoever reads them after /health turned ready finds the lines there. */
+            struct sched_stats ss;
+            scheduler_stats(ld->sched, &ss);
+            if (ss.slots_short[0]) {
+                fprintf(stderr, "flashbox serve: %s\n", ss.slots_short);
+                audit_event("slots_short", ld->model.model_id, cfg.slot, ss.slots_short);
+            }
+            audit_event("ready", ld->model.model_id, cfg.slot, NULL);
+            fprintf(stderr, "flashbox serve: ready (%s, %u slots)%s%s\n", ld->model.model_id, ss.slots,
+                    admin ? "; update admin socket " : "", admin ? cfg.admin_socket : "");
             api_set_ready(&api, ld->sched, ld->model.tg, ld->model.n_vocab, ld->model.model_id);
             model_host_init(&host, &cfg, &api, ld->sched, &ld->model);
             host_ready = 1;
@@ -506,15 +517,6 @@ int cmd_serve(int argc, char **argv)
                 fprintf(stderr, "flashbox serve: update boot: %s\n", err);
                 audit_event("boot_ready_failed", ld->model.model_id, cfg.slot, err);
             }
-            audit_event("ready", ld->model.model_id, cfg.slot, NULL);
-            struct sched_stats ss;
-            scheduler_stats(ld->sched, &ss);
-            if (ss.slots_short[0]) {
-                fprintf(stderr, "flashbox serve: %s\n", ss.slots_short);
-                audit_event("slots_short", ld->model.model_id, cfg.slot, ss.slots_short);
-            }
-            fprintf(stderr, "flashbox serve: ready (%s, %u slots)%s%s\n", ld->model.model_id, ss.slots,
-                    admin ? "; update admin socket " : "", admin ? cfg.admin_socket : "");
         }
         if (host_ready) recovery_poll(&rec, ld->sched);
         if (sig == SIGHUP) {

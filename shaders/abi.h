@@ -219,19 +219,39 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
     U width; U ratio; U coff; U pos0; U n_tok; \
     U kv_off; U score_off; U in_tstride; U ape_off; U state_off; U out_off; U out_row0;
 
-/* ---- indexer: one workgroup per token: score[b] = sum_h w_h * scale * relu(q_h . k_b) over
- * the visible entries b < (pos+1)/4, then the top-k (ties to the lower index) into sel.
- * Keys are stored as kv says, key_words words each, from word keys_off. */
+/* ---- indexer (spec §3.8): score[b] = sum_h w_h * scale * relu(q_h . k_b) over the visible
+ * entries b < (pos+1)/4, then the top-k (descending, ties to the lower index) into sel
+ * [n_tok][topk] from sel_off. indexer.comp scores and sorts chunks of `chunk` entries (a
+ * power of two up to ABI_INDEXER_MAX_CHUNK; dispatch (chunks, n_tok)); indexer_merge.comp
+ * merges `group` sorted lists at a time, level after level, until one is left
+ * (engine/vulkan/vk_ops.c, vk_op_indexer_level). Lists are (order key, index) pairs, a
+ * token's at pair list_off + t * list_tstride; ABI_INDEXER_FLAG_FINAL writes the selection
+ * instead. Keys are stored as kv says, key_words words each, from word keys_off. */
 #define ABI_INDEXER_BIND_Q 0
 #define ABI_INDEXER_BIND_W 1
 #define ABI_INDEXER_BIND_KEYS 2
-#define ABI_INDEXER_BIND_SCORE 3
+#define ABI_INDEXER_BIND_LISTS 3
 #define ABI_INDEXER_BIND_SEL 4
-#define ABI_INDEXER_MAX_TOPK 2048 /* the selection is ordered in shared memory */
+#define ABI_INDEXER_MAX_TOPK 2048   /* a merge's binary search takes at most 12 passes */
+#define ABI_INDEXER_CHUNK 64        /* entries a chunk unless a test asks (FLASHBOX_VK_INDEX_CHUNK) */
+#define ABI_INDEXER_MAX_CHUNK 256   /* the sort's shared memory */
+#define ABI_INDEXER_GROUP 8         /* lists a merge takes unless a test asks (FLASHBOX_VK_INDEX_GROUP) */
+#define ABI_INDEXER_MAX_GROUP 16
+#define ABI_INDEXER_FLAG_FINAL 1u
 #define ABI_INDEXER_FIELDS(U, F) \
     U n_head; U dim; U topk; U pos0; U n_tok; \
-    U q_off; U w_off; U w_tstride; U keys_off; U score_off; U score_tstride; U sel_off; \
-    F scale; U kv; U key_words;
+    U q_off; U w_off; U w_tstride; U keys_off; U list_off; U list_tstride; U sel_off; \
+    F scale; U kv; U key_words; U chunk; U flags;
+/* indexer_merge: input lists of `span` entries each (min(topk, span) pairs apart) from pair
+ * in_off + t * in_tstride, output lists out_stride pairs apart from out_off + t * out_tstride;
+ * `parts` workgroups per output list, ABI_INDEXER_MERGE_PER_INVOCATION candidates each
+ * invocation. */
+#define ABI_INDEXER_MERGE_BIND_LISTS 0
+#define ABI_INDEXER_MERGE_BIND_SEL 1
+#define ABI_INDEXER_MERGE_PER_INVOCATION 8u
+#define ABI_INDEXER_MERGE_FIELDS(U, F) \
+    U topk; U pos0; U n_tok; U span; U group; U parts; U in_off; U in_tstride; U out_off; U out_tstride; \
+    U out_stride; U sel_off; U flags;
 
 /* ---- attention: one workgroup per (head, token): softmax with a sink over the window
  * (ring rows p % ring_len) and the compressed entries (all completed ones, or the
@@ -300,6 +320,7 @@ ABI_STRUCT(abi_hc_push, ABI_HC_FIELDS)
 ABI_STRUCT(abi_norm_rope_push, ABI_NORM_ROPE_FIELDS)
 ABI_STRUCT(abi_compress_push, ABI_COMPRESS_FIELDS)
 ABI_STRUCT(abi_indexer_push, ABI_INDEXER_FIELDS)
+ABI_STRUCT(abi_indexer_merge_push, ABI_INDEXER_MERGE_FIELDS)
 ABI_STRUCT(abi_attn_push, ABI_ATTN_FIELDS)
 ABI_STRUCT(abi_router_push, ABI_ROUTER_FIELDS)
 ABI_STRUCT(abi_swiglu_push, ABI_SWIGLU_FIELDS)
@@ -308,7 +329,8 @@ _Static_assert(sizeof(struct abi_moe_group_push) == 2 * 4, "moe_group push block
 _Static_assert(sizeof(struct abi_hc_push) == 21 * 4, "hc push block");
 _Static_assert(sizeof(struct abi_norm_rope_push) == 17 * 4, "norm_rope push block");
 _Static_assert(sizeof(struct abi_compress_push) == 12 * 4, "compress push block");
-_Static_assert(sizeof(struct abi_indexer_push) == 15 * 4, "indexer push block");
+_Static_assert(sizeof(struct abi_indexer_push) == 17 * 4, "indexer push block");
+_Static_assert(sizeof(struct abi_indexer_merge_push) == 13 * 4, "indexer_merge push block");
 _Static_assert(sizeof(struct abi_attn_push) == 20 * 4, "attention push block");
 _Static_assert(sizeof(struct abi_router_push) == 11 * 4, "router push block");
 _Static_assert(sizeof(struct abi_swiglu_push) == 10 * 4, "swiglu push block");

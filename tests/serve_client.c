@@ -7,7 +7,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -17,12 +19,32 @@
 #include <time.h>
 #include <unistd.h>
 
+
+/* Sanitizer builds run the daemon several times slower (and CI runs two tests at once on
+ * two cores): FLASHBOX_TEST_TIME_SCALE (1 to 20, default 1; `make sanitize` sets it)
+ * stretches the client's request timeout and the wait for the daemon to stop. Only the
+ * limits past which a test gives up grow; no test asserts a speed. */
+static int time_scale(void)
+{
+    const char *s = getenv("FLASHBOX_TEST_TIME_SCALE");
+    int v = s ? atoi(s) : 1;
+    return v < 1 ? 1 : v > 20 ? 20 : v;
+}
+
+/* The curl --max-time argument (30 s, stretched as above) into buf. */
+static const char *curl_max_time(char buf[16])
+{
+    snprintf(buf, 16, "%d", 30 * time_scale());
+    return buf;
+}
 static uint64_t now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
+
+uint64_t serve_now_ms(void) { return now_ms(); }
 
 const char *serve_test_model(void)
 {
@@ -76,7 +98,7 @@ static int run_capture(char *const argv[], char **out)
 
 int serve_curl_as(const char *sock, int uid, const char *method, const char *path, const char *body, char **out)
 {
-    char url[512], bodyfile[700], uidarg[64], gidarg[64];
+    char url[512], bodyfile[700], uidarg[64], gidarg[64], max_time[16];
     snprintf(url, sizeof url, "http://localhost%s", path);
     const char *argv[40];
     int n = 0;
@@ -91,7 +113,7 @@ int serve_curl_as(const char *sock, int uid, const char *method, const char *pat
     argv[n++] = "curl";
     argv[n++] = "-sS";
     argv[n++] = "--max-time";
-    argv[n++] = "30";
+    argv[n++] = curl_max_time(max_time);
     argv[n++] = "--unix-socket";
     argv[n++] = sock;
     argv[n++] = "-X";
@@ -143,14 +165,14 @@ int serve_curl(const struct served *s, const char *method, const char *path, con
 {
     if (!extra) return serve_curl_as(s->sock, -1, method, path, body, out);
     /* Extra arguments: build the command directly (used for streaming with -N). */
-    char url[512];
+    char url[512], max_time[16];
     snprintf(url, sizeof url, "http://localhost%s", path);
     const char *argv[48];
     int n = 0;
     argv[n++] = "curl";
     argv[n++] = "-sS";
     argv[n++] = "--max-time";
-    argv[n++] = "30";
+    argv[n++] = curl_max_time(max_time);
     argv[n++] = "--unix-socket";
     argv[n++] = s->sock;
     argv[n++] = "-X";
@@ -270,6 +292,7 @@ static void print_log_tail(const struct served *s, const char *why)
 int serve_stop(struct served *s, int sig, int timeout_ms)
 {
     if (s->pid <= 0) return -1;
+    timeout_ms *= time_scale();
     kill(s->pid, sig);
     uint64_t t0 = now_ms();
     for (;;) {
@@ -378,4 +401,128 @@ double serve_metric(const struct served *s, const char *name)
     }
     free(out);
     return v;
+}
+
+/* ---- a fake systemd notify socket ---- */
+
+#define NOTIFY_MAX 8192          /* messages kept (a ping per 50 ms for ~7 minutes); later ones are dropped */
+
+struct serve_notify {
+    int fd;
+    char path[600];
+    pthread_t thread;
+    pthread_mutex_t lock;
+    int stop;                    /* under lock: close asked the thread to drain and end */
+    size_t n;                    /* under lock */
+    struct {
+        uint64_t t_ms;           /* arrival, serve_now_ms */
+        char text[48];           /* the message's start */
+    } msg[NOTIFY_MAX];
+};
+
+static void *notify_main(void *arg)
+{
+    struct serve_notify *n = arg;
+    for (;;) {
+        pthread_mutex_lock(&n->lock);
+        int stop = n->stop;
+        pthread_mutex_unlock(&n->lock);
+        struct pollfd p = { .fd = n->fd, .events = POLLIN };
+        if (!stop && poll(&p, 1, 50) <= 0) continue;
+        char buf[512];
+        ssize_t got = recv(n->fd, buf, sizeof buf - 1, MSG_DONTWAIT);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            if (stop) break; /* drained */
+            continue;
+        }
+        buf[got] = 0;
+        pthread_mutex_lock(&n->lock);
+        if (n->n < NOTIFY_MAX) {
+            n->msg[n->n].t_ms = now_ms();
+            size_t keep = (size_t)got < sizeof n->msg[n->n].text - 1 ? (size_t)got : sizeof n->msg[n->n].text - 1;
+            memcpy(n->msg[n->n].text, buf, keep);
+            n->msg[n->n].text[keep] = 0;
+            n->n++;
+        }
+        pthread_mutex_unlock(&n->lock);
+    }
+    return NULL;
+}
+
+struct serve_notify *serve_notify_open(void)
+{
+    struct serve_notify *n = calloc(1, sizeof *n);
+    if (!n) return NULL;
+    snprintf(n->path, sizeof n->path, "%s/notify.sock", test_tmpdir());
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(n->path) >= sizeof sa.sun_path) {
+        test_fail_at(__FILE__, __LINE__, "notify socket path too long for sun_path: %s", n->path);
+        free(n);
+        return NULL;
+    }
+    memcpy(sa.sun_path, n->path, strlen(n->path) + 1);
+    n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (n->fd < 0 || bind(n->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        test_fail_at(__FILE__, __LINE__, "notify socket %s: %s", n->path, strerror(errno));
+        if (n->fd >= 0) close(n->fd);
+        free(n);
+        return NULL;
+    }
+    pthread_mutex_init(&n->lock, NULL);
+    if (pthread_create(&n->thread, NULL, notify_main, n)) {
+        close(n->fd);
+        pthread_mutex_destroy(&n->lock);
+        free(n);
+        return NULL;
+    }
+    setenv("NOTIFY_SOCKET", n->path, 1);
+    return n;
+}
+
+void serve_notify_stop(struct serve_notify *n)
+{
+    if (!n || n->fd < 0) return;
+    unsetenv("NOTIFY_SOCKET");
+    pthread_mutex_lock(&n->lock);
+    n->stop = 1;
+    pthread_mutex_unlock(&n->lock);
+    pthread_join(n->thread, NULL);
+    close(n->fd);
+    n->fd = -1;
+    unlink(n->path);
+}
+
+void serve_notify_free(struct serve_notify *n)
+{
+    if (!n) return;
+    serve_notify_stop(n);
+    pthread_mutex_destroy(&n->lock);
+    free(n);
+}
+
+int serve_notify_count(struct serve_notify *n, const char *needle, uint64_t since_ms)
+{
+    int count = 0;
+    pthread_mutex_lock(&n->lock);
+    for (size_t i = 0; i < n->n; i++)
+        count += n->msg[i].t_ms >= since_ms && strstr(n->msg[i].text, needle) != NULL;
+    pthread_mutex_unlock(&n->lock);
+    return count;
+}
+
+uint64_t serve_notify_longest_gap(struct serve_notify *n, const char *needle, uint64_t from_ms, uint64_t to_ms)
+{
+    uint64_t longest = 0, prev = 0;
+    bool have_prev = false;
+    pthread_mutex_lock(&n->lock);
+    for (size_t i = 0; i <= n->n; i++) {
+        if (i < n->n && !strstr(n->msg[i].text, needle)) continue;
+        uint64_t t = i < n->n ? n->msg[i].t_ms : now_ms(); /* past the last: the gap so far */
+        if (have_prev && t > from_ms && prev < to_ms && t - prev > longest) longest = t - prev;
+        prev = t;
+        have_prev = true;
+    }
+    pthread_mutex_unlock(&n->lock);
+    return longest;
 }

@@ -47,4 +47,23 @@ int serve_wait_idle(const struct served *s, int timeout_ms);
 /* The value of a metric line "name value" (exact name incl. labels) in /metrics, or -1. */
 double serve_metric(const struct served *s, const char *name);
 
+/* A fake systemd notify socket at <tmpdir>/notify.sock, named by NOTIFY_SOCKET from
+ * serve_notify_open until serve_notify_stop (or until the caller unsets it, once its
+ * daemon started). A thread reads each message as it comes, with its arrival time
+ * (serve_now_ms): sd_notify blocks once a few unread datagrams wait (net.unix.max_dgram_qlen,
+ * 10 by default), so a socket read only at the end would stall the daemon's pings. */
+struct serve_notify;
+struct serve_notify *serve_notify_open(void);
+/* Reads what is left, stops the thread, closes the socket; the messages stay for the
+ * queries below until serve_notify_free (which stops first if need be). */
+void serve_notify_stop(struct serve_notify *n);
+void serve_notify_free(struct serve_notify *n);
+/* Messages containing needle that arrived at or after since_ms (0: all). */
+int serve_notify_count(struct serve_notify *n, const char *needle, uint64_t since_ms);
+/* The longest time between two messages containing needle in a row, among the gaps that
+ * overlap [from_ms, to_ms]; the last one's gap runs to now. 0 when none overlaps. */
+uint64_t serve_notify_longest_gap(struct serve_notify *n, const char *needle, uint64_t from_ms, uint64_t to_ms);
+/* The monotonic clock those times are on, in ms. */
+uint64_t serve_now_ms(void);
+
 #endif

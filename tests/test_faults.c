@@ -1,7 +1,10 @@
 /* Faults around the appliance (issue 21): paths that are not regular files are refused at
  * once (safe_open and every user-named file behind it); a lost or wedged GPU (Vulkan fault
  * injection on lavapipe) fails the step with a clear error and a reopened backend answers
- * as before; expert reads that fail or return other bytes fail the step, never the answer. The daemon-level fault tests live in test_serve_admin.c. */
+ * as before, and a step wedged in its fence wait stops the daemon's watchdog pings; expert
+ * reads that fail or return other bytes fail the step, never the answer. The daemon's
+ * GPU-loss tests (serve_gpu_loss_*) are here too; its update-operation faults (a stalled
+ * install, SIGTERM during one) live in test_serve_admin.c. */
 #include "common/safe_open.h"
 #include "engine/engine.h"
 #include "engine/model/gguf.h"
@@ -200,6 +203,16 @@ TEST(vk_device_loss_fails_the_step_and_a_reopened_backend_answers_the_same)
     vk_fault_configure("");
     engine_close(e);
 
+    /* So does a wedged one (the wait held until the 1 s fence timeout): the 3rd wait. */
+    REQUIRE(open_vk(&e, path, err, sizeof err) == 0);
+    setenv("FLASHBOX_VK_FENCE_TIMEOUT_S", "1", 1);
+    vk_fault_configure("stall:3");
+    CHECK_EQ_INT(eval_tokens(e, again, info.n_vocab, err, sizeof err), -1);
+    CHECK(strstr(err, "vkWaitForFences: VK_TIMEOUT (the GPU did not finish within the fence timeout)") != NULL);
+    vk_fault_configure("");
+    unsetenv("FLASHBOX_VK_FENCE_TIMEOUT_S");
+    engine_close(e);
+
     /* An allocation failure at open is a clean error, not a crash. */
     vk_fault_configure("alloc:1");
     CHECK_EQ_INT(open_vk(&e, path, err, sizeof err), -1);
@@ -325,15 +338,10 @@ static int count_of(const char *hay, const char *needle)
     return n;
 }
 
-/* POSTs body to path on a daemon whose GPU is lost at every step, as its nth request;
- * checks the HTTP status, waits for the nth reopen in the audit log (the answer can come
- * before /health turns degraded) and that /health is ready then. Returns the answer
- * (free() it), printed when the test has failed so far. */
-static char *lost_request(const struct served *d, int nth, const char *path, const char *body, bool stream, int want)
+/* Waits (up to 60 s) for the nth reopen in the audit log (an answer can come before
+ * /health turns degraded), then checks that /health is ready. */
+static void wait_reopened(const struct served *d, int nth)
 {
-    char b[256], *out = NULL;
-    snprintf(b, sizeof b, "%s%s}", body, stream ? ",\"stream\":true" : "");
-    CHECK_EQ_INT(serve_curl(d, "POST", path, b, &out, NULL), want);
     int reopened = 0;
     for (int i = 0; i < 600 && reopened < nth; i++) {
         char *audit = read_audit(d);
@@ -345,6 +353,17 @@ static char *lost_request(const struct served *d, int nth, const char *path, con
     char *h = health_until(d, "\"status\":\"ready\"");
     CHECK(h && strstr(h, "\"status\":\"ready\""));
     free(h);
+}
+
+/* POSTs body to path on a daemon whose GPU is lost at every step, as its nth request;
+ * checks the HTTP status and waits for the nth reopen. Returns the answer (free() it),
+ * printed when the test has failed so far. */
+static char *lost_request(const struct served *d, int nth, const char *path, const char *body, bool stream, int want)
+{
+    char b[256], *out = NULL;
+    snprintf(b, sizeof b, "%s%s}", body, stream ? ",\"stream\":true" : "");
+    CHECK_EQ_INT(serve_curl(d, "POST", path, b, &out, NULL), want);
+    wait_reopened(d, nth);
     if (test_failed()) fprintf(stderr, "%s %s: %s\n", path, stream ? "stream" : "whole", out ? out : "(none)");
     return out;
 }
@@ -393,6 +412,54 @@ TEST(serve_gpu_loss_in_the_anthropic_and_responses_shapes)
     CHECK_EQ_INT(count_of(audit, "\"event\":\"device_lost\""), 4);
     CHECK_EQ_INT(count_of(audit, "\"event\":\"device_recovered\""), 4);
     free(audit);
+}
+
+TEST(serve_gpu_loss_wedged_step_stops_the_watchdog_pings)
+{
+    /* systemd restarts a daemon whose watchdog pings stop for WatchdogSec; the pings must
+     * come from the scheduler's progress, so that a GPU wedged mid-step stops them. Here
+     * they are due every 100 ms (WATCHDOG_USEC 200 ms), and the first request's second step
+     * meets a fence that never signals (stall:2), held for the 4 s fence timeout: no ping
+     * can come while that step is stuck, so the pings around the request must show a gap
+     * of far more than their interval (1.5 s asked, against 4 s of stall). Then the step
+     * fails as a timeout (503 device_lost), the backend reopens and the pings resume. */
+    struct serve_notify *nt = serve_notify_open();
+    REQUIRE(nt != NULL);
+    setenv("WATCHDOG_USEC", "200000", 1);
+    setenv("FLASHBOX_VK_FENCE_TIMEOUT_S", "4", 1);
+    struct served d;
+    int started = serve_vk_fault(&d, "stall:2", NULL);
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    unsetenv("FLASHBOX_VK_FENCE_TIMEOUT_S");
+    if (started) serve_notify_free(nt);
+    REQUIRE(started == 0);
+
+    /* Idle, the daemon pings (else "no ping during the stall" would prove nothing). */
+    for (int i = 0; i < 600 && serve_notify_count(nt, "WATCHDOG=1", 0) < 3; i++) usleep(100000);
+    CHECK(serve_notify_count(nt, "WATCHDOG=1", 0) >= 3);
+
+    uint64_t t_sent = serve_now_ms();
+    char *out = NULL;
+    CHECK_EQ_INT(serve_curl(&d, "POST", "/v1/completions", GPU_REQ, &out, NULL), 503);
+    uint64_t t_answered = serve_now_ms();
+    CHECK(out && strstr(out, "\"code\":\"device_lost\"") && strstr(out, "vkWaitForFences: VK_TIMEOUT"));
+    uint64_t gap = serve_notify_longest_gap(nt, "WATCHDOG=1", t_sent, t_answered);
+    CHECK(gap >= 1500);
+
+    /* The backend reopens and the loop pings again. */
+    wait_reopened(&d, 1);
+    uint64_t t_ready = serve_now_ms();
+    for (int i = 0; i < 600 && serve_notify_count(nt, "WATCHDOG=1", t_ready) < 3; i++) usleep(100000);
+    int resumed = serve_notify_count(nt, "WATCHDOG=1", t_ready);
+    CHECK(resumed >= 3);
+    if (test_failed())
+        fprintf(stderr, "answer: %s\nlongest gap between pings while the request ran: %llu ms (%llu ms request); "
+                "pings after the reopen: %d\n", out ? out : "(none)", (unsigned long long)gap,
+                (unsigned long long)(t_answered - t_sent), resumed);
+    free(out);
+    CHECK_EQ_INT(WEXITSTATUS(serve_stop(&d, SIGTERM, 20000)), 0);
+    serve_notify_free(nt);
 }
 
 /* ---- storage faults in expert paging ---- */

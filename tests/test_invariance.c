@@ -193,6 +193,35 @@ TEST(vk_logits_are_bitwise_the_same_for_any_chunking_and_expert_budget_ggml_expe
     inv_check(ENGINE_BACKEND_VULKAN, MKMODEL_MIXED);
 }
 
+/* The indexer's chunk and merge width (FLASHBOX_VK_INDEX_CHUNK, _GROUP) change how its
+ * selection is computed, never what it selects: 140 tokens (35 CSA entries, one chunk by
+ * default) in chunks of 1, 2 and 4 entries merged 2 or 3 lists at a time (up to 6 merge
+ * levels), fed at once and in chunks of 7, give the default's logits bit for bit. */
+TEST(vk_logits_are_bitwise_the_same_for_any_indexer_chunk_and_merge_width)
+{
+    struct inv v;
+    struct engine *e;
+    if (inv_model(&v, MKMODEL_F32) || inv_open(&v, ENGINE_BACKEND_VULKAN, 0, &e)) return;
+    float *want = inv_feed(&v, e, N_TOK);
+    engine_close(e);
+    static const char *const shapes[][2] = { { "1", "2" }, { "2", "3" }, { "4", "2" } };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && want; i++) {
+        setenv("FLASHBOX_VK_INDEX_CHUNK", shapes[i][0], 1); /* each test runs in its own process */
+        setenv("FLASHBOX_VK_INDEX_GROUP", shapes[i][1], 1);
+        if (inv_open(&v, ENGINE_BACKEND_VULKAN, 0, &e)) break;
+        for (uint32_t feed = N_TOK; feed; feed = feed == N_TOK ? 7 : 0) {
+            float *got = inv_feed(&v, e, feed);
+            char what[96];
+            snprintf(what, sizeof what, "indexer chunks of %s merged %s at a time, fed in chunks of %u", shapes[i][0],
+                     shapes[i][1], feed);
+            inv_same(&v, want, got, what);
+            free(got);
+        }
+        engine_close(e);
+    }
+    free(want);
+}
+
 /* The tokens fed to the other sessions of a step: another stream, from position pos. */
 static int32_t other_token(const struct inv *v, uint32_t j, uint32_t pos)
 {

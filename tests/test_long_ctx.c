@@ -66,11 +66,33 @@ static int open_backend(const char *path, enum engine_backend b, struct engine *
     return open_backend_kv(path, b, ENGINE_KV_F32, out);
 }
 
-/* Both backends prefill n_pre tokens (or, with via_state, the reference prefills and its
- * saved state loads into the Vulkan session), then evaluate n_cmp more with every
+/* How compare_from reaches position n_pre: both backends prefill; the reference prefills
+ * and its saved state loads into the Vulkan session; or both load one random state. */
+enum start { PREFILL, VIA_STATE, RANDOM_STATE };
+
+/* A state at position pos of random floats in [-1, 1) after the header (f32 storage), for
+ * the reference session s: its zero state's header with a random body. */
+static void *random_state(struct session *s, uint32_t pos, uint64_t *bytes, char *err, size_t err_len)
+{
+    *bytes = session_state_bytes(s, pos);
+    uint32_t *w = malloc(*bytes);
+    if (!w || session_seek_zero(s, pos, err, err_len) || session_state_save(s, w, *bytes, err, err_len)) {
+        free(w);
+        return NULL;
+    }
+    uint64_t st = 4242;
+    for (uint64_t i = 10; i < *bytes / 4; i++) { /* after the header's 10 words (session_state.h) */
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        const float v = (float)((double)(st >> 40) / (double)(1ull << 23)) - 1.0f;
+        memcpy(&w[i], &v, 4);
+    }
+    return w;
+}
+
+/* Both backends reach position n_pre as `how` says, then evaluate n_cmp more with every
  * position's logits: relative error under 1e-3 and the same top-1 at each. */
-static void compare_after_prefill_kv(const char *path, uint32_t n_ctx, uint32_t n_pre, uint32_t n_cmp, bool via_state,
-                                     enum engine_kv_type kv)
+static void compare_from(const char *path, uint32_t n_ctx, uint32_t n_pre, uint32_t n_cmp, enum start how,
+                         enum engine_kv_type kv)
 {
     void *state = NULL;
     struct engine *e[2] = { NULL, NULL };
@@ -87,16 +109,18 @@ static void compare_after_prefill_kv(const char *path, uint32_t n_ctx, uint32_t 
         st = st * 6364136223846793005ull + 1442695040888963407ull;
         tok[i] = (int32_t)((st >> 33) % info.n_vocab);
     }
+    uint64_t state_bytes = 0;
     for (int b = 0; b < 2; b++) {
         lg[b] = malloc((size_t)n_cmp * info.n_vocab * sizeof(float));
         int rc = !lg[b] || session_create(e[b], n_ctx, &s[b], err, sizeof err);
-        if (!rc && via_state && b == 1) {
-            rc = session_state_load(s[1], state, session_state_bytes(s[0], n_pre), err, sizeof err);
+        if (!rc && how == RANDOM_STATE && b == 0) rc = !(state = random_state(s[0], n_pre, &state_bytes, err, sizeof err));
+        if (!rc && (how == RANDOM_STATE || (how == VIA_STATE && b == 1))) {
+            rc = session_state_load(s[b], state, state_bytes, err, sizeof err);
         } else if (!rc) {
             rc = session_eval(s[b], tok, n_pre, NULL, false, err, sizeof err);
-            if (!rc && via_state) {
-                uint64_t n = session_state_bytes(s[0], n_pre);
-                rc = !(state = malloc(n)) || session_state_save(s[0], state, n, err, sizeof err);
+            if (!rc && how == VIA_STATE) {
+                state_bytes = session_state_bytes(s[0], n_pre);
+                rc = !(state = malloc(state_bytes)) || session_state_save(s[0], state, state_bytes, err, sizeof err);
             }
         }
         if (rc || session_eval(s[b], tok + n_pre, n_cmp, lg[b], true, err, sizeof err)) {
@@ -133,7 +157,7 @@ done:
 
 static void compare_after_prefill(const char *path, uint32_t n_ctx, uint32_t n_pre, uint32_t n_cmp, bool via_state)
 {
-    compare_after_prefill_kv(path, n_ctx, n_pre, n_cmp, via_state, ENGINE_KV_F32);
+    compare_from(path, n_ctx, n_pre, n_cmp, via_state ? VIA_STATE : PREFILL, ENGINE_KV_F32);
 }
 
 /* Entries and keys stored in f16 and FP8 on both backends: Vulkan equals the reference on
@@ -144,8 +168,8 @@ TEST(vk_equals_reference_with_f16_and_fp8_kv_storage)
     char path[512];
     if (write_tiny(4096, path, sizeof path)) return;
     for (int kv = ENGINE_KV_F16; kv <= ENGINE_KV_FP8; kv++) {
-        compare_after_prefill_kv(path, 512, 150, 40, false, (enum engine_kv_type)kv);
-        compare_after_prefill_kv(path, 512, 150, 40, true, (enum engine_kv_type)kv);
+        compare_from(path, 512, 150, 40, PREFILL, (enum engine_kv_type)kv);
+        compare_from(path, 512, 150, 40, VIA_STATE, (enum engine_kv_type)kv);
     }
 }
 
@@ -170,14 +194,24 @@ TEST(vk_equals_reference_past_2048_keys_on_a_csa_model)
     compare_after_prefill(path, 4400, 4100, 300, false);
 }
 
-/* The spec's tiny model (8 indexer heads of 128) past the ~2,000 positions where the
- * indexer's loops used to reach lavapipe's loop limit: its score loop now takes 16 values
- * a pass (vk_forward.c counts them), so 4,000 positions run and equal the reference. */
-TEST(vk_equals_reference_on_a_csa_model_past_4000_positions_on_cpu_drivers_too)
+/* The spec's tiny model (8 indexer heads of 128) well past the 6,800 positions where
+ * lavapipe's loop limit used to stop the indexer (its loops grew with the entries; now
+ * chunks and merges bound them): the reference's state at 10,240 positions (2,560 CSA
+ * entries: 40 chunks, two merge levels) carried over, then 48 more on both. */
+TEST(vk_equals_reference_on_a_csa_model_past_10000_positions_on_cpu_drivers_too)
 {
     char path[512];
-    if (write_tiny(8192, path, sizeof path)) return;
-    compare_after_prefill(path, 8192, 4000, 48, false);
+    if (write_tiny(10400, path, sizeof path)) return;
+    compare_after_prefill(path, 10400, 10240, 48, true);
+}
+
+/* Far past that, cheaply: both backends load one random state at 200,000 positions (50,000
+ * CSA entries: 782 chunks, three merge levels) and evaluate 16 more. */
+TEST(vk_equals_reference_from_a_random_state_at_200000_positions_on_a_csa_model)
+{
+    char path[512];
+    if (write_tiny(200064, path, sizeof path)) return;
+    compare_from(path, 200064, 200000, 16, RANDOM_STATE, ENGINE_KV_F32);
 }
 
 TEST(sessions_of_1048576_positions_open_on_both_backends)

@@ -1201,13 +1201,15 @@ TEST(vk_attention_chunks_match_direct_evaluation_on_few_and_many_keys)
 }
 
 /* The indexer's scores and top-k selection against a direct evaluation and ref_topk, for
- * n_tok tokens from pos0; the keys repeat every `distinct` rows (0: all distinct) so that
- * scores tie. */
+ * n_tok tokens from pos0, in chunks of `chunk` entries merged `group` lists at a time (every
+ * level vk_op_indexer_level records); the keys repeat every `distinct` rows (0: all
+ * distinct) so that scores tie. */
 static void check_indexer_kv(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct,
-                             enum engine_kv_type kv)
+                             enum engine_kv_type kv, uint32_t chunk, uint32_t group)
 {
-    const uint32_t IH = 4, D = 32, n_keys = (pos0 + n_tok) / 4 + 1, stride = n_keys + 3, KW = kv_entry_words(kv, D);
-    uint64_t rng = 41;
+    const uint32_t IH = 4, D = 32, n_keys = (pos0 + n_tok) / 4 + 1, KW = kv_entry_words(kv, D);
+    uint64_t rng = 41, pairs[2];
+    const uint32_t n_levels = vk_indexer_levels((pos0 + n_tok) / 4, topk, chunk, group, pairs);
     float *q = rand_vec(&rng, (size_t)n_tok * IH * D, 1, 0), *w = rand_vec(&rng, (size_t)n_tok * 7, 1, 0);
     float *keys = rand_vec(&rng, (size_t)n_keys * D, 1, 0);
     if (distinct)
@@ -1220,17 +1222,21 @@ static void check_indexer_kv(struct vk_fixture *f, uint32_t topk, uint32_t pos0,
     }
     int32_t *sel = calloc((size_t)n_tok * topk, sizeof *sel), *idx = malloc(topk * sizeof *idx);
     float *score = malloc(n_keys * sizeof *score);
-    struct vk_span sq, sw, sk, ss, ssel;
+    struct vk_span sq, sw, sk, sl, ssel;
     /* the per-token head weights sit at column 2 of rows of 7 (as in the projection rows) */
     struct abi_indexer_push p = { .n_head = IH, .dim = D, .topk = topk, .pos0 = pos0, .n_tok = n_tok, .w_off = 2, .w_tstride = 7,
-                                  .score_tstride = stride, .scale = 0.1f, .kv = (uint32_t)kv, .key_words = KW };
-    const struct vk_span *b[5] = { &sq, &sw, &sk, &ss, &ssel };
+                                  .scale = 0.1f, .kv = (uint32_t)kv, .key_words = KW, .chunk = chunk };
+    const struct vk_span *b[5] = { &sq, &sw, &sk, &sl, &ssel };
     const size_t sel_bytes = (size_t)n_tok * topk * sizeof *sel;
     int rc = vk_fixture_put(f, q, (size_t)n_tok * IH * D * 4, &sq) || vk_fixture_put(f, w, (size_t)n_tok * 7 * 4, &sw) ||
-             vk_fixture_put(f, stored, (size_t)n_keys * KW * 4, &sk) || vk_fixture_put(f, NULL, (size_t)n_tok * stride * 4, &ss) ||
-             vk_fixture_put(f, NULL, sel_bytes, &ssel) || vk_recorder_begin(f->rec, f->err, sizeof f->err) ||
-             vk_op_dispatch(f->rec, &f->ops, &f->ops.indexer, b, &p, n_tok, 1, 1, f->err, sizeof f->err) ||
-             vk_recorder_submit(f->rec, f->err, sizeof f->err) || vk_span_download(f->d, &ssel, 0, sel, sel_bytes, f->err, sizeof f->err);
+             vk_fixture_put(f, stored, (size_t)n_keys * KW * 4, &sk) ||
+             vk_fixture_put(f, NULL, (size_t)n_tok * (pairs[0] + pairs[1]) * 8 + 8, &sl) ||
+             vk_fixture_put(f, NULL, sel_bytes, &ssel) || vk_recorder_begin(f->rec, f->err, sizeof f->err);
+    for (uint32_t lv = 0; lv <= n_levels && !rc; lv++) {
+        if (lv) vk_recorder_barrier(f->rec);
+        rc = vk_op_indexer_level(f->rec, &f->ops, b, &p, group, pairs, n_tok * pairs[0], lv, n_levels, f->err, sizeof f->err);
+    }
+    rc = rc || vk_recorder_submit(f->rec, f->err, sizeof f->err) || vk_span_download(f->d, &ssel, 0, sel, sel_bytes, f->err, sizeof f->err);
     if (rc) test_fail_at(__FILE__, __LINE__, "%s", f->err);
     for (uint32_t t = 0; t < n_tok && !rc; t++) {
         uint32_t n_vis = (pos0 + t + 1) / 4, k = n_vis < topk ? n_vis : topk;
@@ -1246,8 +1252,9 @@ static void check_indexer_kv(struct vk_fixture *f, uint32_t topk, uint32_t pos0,
         ref_topk(score, n_vis, k, idx);
         for (uint32_t j = 0; j < k; j++)
             if (sel[t * topk + j] != idx[j]) {
-                test_fail_at(__FILE__, __LINE__, "indexer (kv %s) top-%u of %u (repeating every %u), token %u: rank %u is %d, expected %d",
-                             engine_kv_name(kv), topk, n_vis, distinct, t, j, sel[t * topk + j], idx[j]);
+                test_fail_at(__FILE__, __LINE__, "indexer (kv %s, chunks of %u merged %u at a time, %u levels) top-%u of %u "
+                             "(repeating every %u), token %u: rank %u is %d, expected %d", engine_kv_name(kv), chunk, group,
+                             n_levels, topk, n_vis, distinct, t, j, sel[t * topk + j], idx[j]);
                 break;
             }
     }
@@ -1256,7 +1263,7 @@ static void check_indexer_kv(struct vk_fixture *f, uint32_t topk, uint32_t pos0,
 
 static void check_indexer(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct)
 {
-    check_indexer_kv(f, topk, pos0, n_tok, distinct, ENGINE_KV_F32);
+    check_indexer_kv(f, topk, pos0, n_tok, distinct, ENGINE_KV_F32, ABI_INDEXER_CHUNK, ABI_INDEXER_GROUP);
 }
 
 TEST(vk_indexer_selects_the_reference_top_k)
@@ -1268,6 +1275,24 @@ TEST(vk_indexer_selects_the_reference_top_k)
     vk_fixture_close(&f);
 }
 
+/* Chunks and merges small enough that short inputs run many levels: chunks of one entry
+ * (lists of one), of 4 merged in pairs (10 levels for 70 entries), a top-k larger and
+ * smaller than a chunk, ties across chunk boundaries, and the largest chunk and merge. */
+TEST(vk_indexer_selects_the_same_top_k_for_any_chunk_and_merge_width)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    static const uint32_t shapes[][2] = { { 1, 2 }, { 1, 3 }, { 4, 2 }, { 8, 5 }, { 256, 16 } };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const uint32_t c = shapes[i][0], g = shapes[i][1];
+        check_indexer_kv(&f, 5, 270, 3, 0, ENGINE_KV_F32, c, g);
+        check_indexer_kv(&f, 40, 270, 3, 0, ENGINE_KV_F32, c, g);
+        check_indexer_kv(&f, 6, 290, 2, 7, ENGINE_KV_F32, c, g); /* ties */
+        check_indexer_kv(&f, 70, 270, 2, 0, ENGINE_KV_F32, c, g); /* every visible entry */
+    }
+    vk_fixture_close(&f);
+}
+
 /* Keys stored in f16 and FP8 (kv_store.h): the kernel unpacks them to the values the host
  * packed, so its selection is the reference's over those values, ties included. */
 TEST(vk_indexer_reads_f16_and_fp8_keys_as_stored)
@@ -1275,15 +1300,14 @@ TEST(vk_indexer_reads_f16_and_fp8_keys_as_stored)
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
     for (int kv = ENGINE_KV_F16; kv <= ENGINE_KV_FP8; kv++) {
-        check_indexer_kv(&f, 5, 70, 3, 0, (enum engine_kv_type)kv);
-        check_indexer_kv(&f, 6, 90, 2, 7, (enum engine_kv_type)kv); /* ties */
+        check_indexer_kv(&f, 5, 70, 3, 0, (enum engine_kv_type)kv, ABI_INDEXER_CHUNK, ABI_INDEXER_GROUP);
+        check_indexer_kv(&f, 6, 90, 2, 7, (enum engine_kv_type)kv, 4, 2); /* ties */
     }
     vk_fixture_close(&f);
 }
 
-/* Over a thousand entries (the selection's counting passes, each invocation's range) with
- * ties at the threshold, which go to the lower index. Sized for lavapipe's loop limit (see
- * vk_indexer_cpu_iterations). */
+/* Over a thousand entries (two merge levels of the default chunk and width) with ties at
+ * the k-th, which go to the lower index. */
 TEST(vk_indexer_selects_the_reference_top_k_of_over_a_thousand_with_ties)
 {
     struct vk_fixture f;

@@ -270,6 +270,15 @@ TEST(vk_logits_equal_reference_with_attention_chunks_of_three_keys)
     run_with_env("FLASHBOX_VK_ATTN_CHUNK", "3", sizes, sizeof sizes / sizeof sizes[0], 40, "chunks of 3");
 }
 
+TEST(vk_logits_equal_reference_with_indexer_chunks_of_two_merged_in_pairs)
+{
+    /* up to 10 CSA entries in chunks of 2, merged two lists at a time: up to 4 merge
+     * levels, and the top-4 crosses chunk boundaries */
+    setenv("FLASHBOX_VK_INDEX_GROUP", "2", 1);
+    const uint32_t sizes[] = { 19, 1, 9, 1 };
+    run_with_env("FLASHBOX_VK_INDEX_CHUNK", "2", sizes, sizeof sizes / sizeof sizes[0], 40, "indexer chunks of 2");
+}
+
 TEST(vk_logits_equal_reference_with_the_gpu_kernel_layout)
 {
     /* the SUBGROUP matrix kernels, storage-buffer attention and hc that real GPUs run,

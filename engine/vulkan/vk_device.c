@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/driver_pin.h"
 #include "engine/engine.h"
@@ -247,17 +248,17 @@ struct fault_rule {
     long at;                     /* 1-based call number that fails; 0 = never */
     bool onward;                 /* and every later one */
 };
-static struct fault_rule fault_rules[3];
-static long fault_calls[3];
+static struct fault_rule fault_rules[VK_FAULT_KINDS];
+static long fault_calls[VK_FAULT_KINDS];
 static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
 
 static void fault_parse_spec(const char *s)
 {
-    static const char *const names[3] = { "submit", "alloc", "fence" };
+    static const char *const names[VK_FAULT_KINDS] = { "submit", "alloc", "fence", "stall" };
     memset(fault_rules, 0, sizeof fault_rules);
-    for (int k = 0; k < 3; k++) __atomic_store_n(&fault_calls[k], 0, __ATOMIC_RELAXED);
+    for (int k = 0; k < VK_FAULT_KINDS; k++) __atomic_store_n(&fault_calls[k], 0, __ATOMIC_RELAXED);
     while (s && *s) {
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < VK_FAULT_KINDS; k++) {
             size_t n = strlen(names[k]);
             if (strncmp(s, names[k], n) || s[n] != ':') continue;
             char *end;
@@ -295,6 +296,26 @@ static uint64_t fence_timeout_ns(void)
     return (uint64_t)(v > 0 ? v : VK_FENCE_TIMEOUT_S) * 1000000000ull;
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* An injected stall: the caller's thread stays in the fence wait until `timeout_ns` after
+ * `since`, as it would on a GPU that never signals, in slices of at most 100 ms (a signal
+ * or a spurious wake-up only costs a slice; nothing is held but this thread). */
+static VkResult fault_stall(uint64_t since, uint64_t timeout_ns)
+{
+    for (uint64_t now = mono_ns(); now - since < timeout_ns; now = mono_ns()) {
+        uint64_t left = timeout_ns - (now - since), slice = left < 100000000ull ? left : 100000000ull;
+        struct timespec ts = { .tv_sec = 0, .tv_nsec = (long)slice };
+        nanosleep(&ts, NULL);
+    }
+    return VK_TIMEOUT;
+}
+
 /* Records why the device is gone (the first reason stays) and formats the error. */
 static int mark_lost(struct vk_device *d, VkResult r, const char *what, char *err, size_t err_len)
 {
@@ -321,9 +342,11 @@ int vk_device_submit_wait(struct vk_device *d, VkCommandBuffer cb, VkFence fence
         if (r == VK_ERROR_DEVICE_LOST) return mark_lost(d, r, "vkQueueWaitIdle", err, err_len);
         return vk_check(r, "vkQueueWaitIdle", err, err_len);
     }
-    r = vkWaitForFences(d->dev, 1, &fence, VK_TRUE, fence_timeout_ns());
-    /* An injected timeout comes after the real wait, so the fence is signaled and the
-     * command buffer idle: the state stays valid for teardown, as a real loss would not. */
+    const uint64_t timeout_ns = fence_timeout_ns(), waited_since = mono_ns();
+    r = vkWaitForFences(d->dev, 1, &fence, VK_TRUE, timeout_ns);
+    /* An injected timeout or stall comes after the real wait, so the fence is signaled and
+     * the command buffer idle: the state stays valid for teardown, as a real loss would not. */
+    if (r == VK_SUCCESS && vk_fault_inject(VK_FAULT_STALL) != VK_SUCCESS) r = fault_stall(waited_since, timeout_ns);
     if (r == VK_SUCCESS) r = vk_fault_inject(VK_FAULT_FENCE);
     if (r == VK_TIMEOUT || r == VK_ERROR_DEVICE_LOST) return mark_lost(d, r, "vkWaitForFences", err, err_len);
     vkResetFences(d->dev, 1, &fence);

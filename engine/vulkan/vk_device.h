@@ -40,9 +40,12 @@ struct vk_device {
 /* Fault injection for tests, off unless the environment sets FLASHBOX_VK_FAULT to a list
  * "KIND:N[+],..." with KIND submit (the Nth forward-step vkQueueSubmit of the process
  * returns VK_ERROR_DEVICE_LOST; one-shot uploads are not counted), alloc (the Nth vkAllocateMemory returns
- * VK_ERROR_OUT_OF_DEVICE_MEMORY) or fence (the Nth fence wait returns VK_TIMEOUT after
- * the real wait); "N+" fails the Nth and every later one (a device that stays lost). */
-enum vk_fault { VK_FAULT_SUBMIT = 0, VK_FAULT_ALLOC, VK_FAULT_FENCE };
+ * VK_ERROR_OUT_OF_DEVICE_MEMORY), fence (the Nth fence wait returns VK_TIMEOUT at once after
+ * the real wait) or stall (the Nth fence wait is a wedged GPU: after the real wait it
+ * sleeps on until the fence timeout has passed since the wait began, then returns
+ * VK_TIMEOUT; the step's thread is stuck all that time); "N+" fails the Nth and every
+ * later one (a device that stays lost). */
+enum vk_fault { VK_FAULT_SUBMIT = 0, VK_FAULT_ALLOC, VK_FAULT_FENCE, VK_FAULT_STALL, VK_FAULT_KINDS };
 /* VK_SUCCESS, or the injected error when this call is one that must fail. */
 VkResult vk_fault_inject(enum vk_fault kind);
 /* Replaces the rules (same syntax; "" = none) and restarts the counts: for tests that

@@ -152,6 +152,19 @@ static int upload_moe(struct vk_engine *e, uint32_t il, bool *placed, char *err,
     return 0;
 }
 
+/* A test setting from the environment: *out keeps its value when name is unset or empty. */
+static int env_setting(const char *name, uint32_t lo, uint32_t hi, bool pow2, uint32_t *out, char *err, size_t err_len)
+{
+    const char *v = getenv(name);
+    if (!v || !*v) return 0;
+    char *end;
+    unsigned long n = strtoul(v, &end, 10);
+    if (*end || n < lo || n > hi || (pow2 && (n & (n - 1))))
+        return errf(err, err_len, "%s=%s: expected %s%u..%u", name, v, pow2 ? "a power of two in " : "", lo, hi);
+    *out = (uint32_t)n;
+    return 0;
+}
+
 int vk_engine_open(const struct model *m, const struct engine_options *opt, void **ctx, char *err, size_t err_len)
 {
     *ctx = NULL;
@@ -216,18 +229,17 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
         errf(err, err_len, "out of memory");
         goto fail;
     }
-    /* FLASHBOX_VK_ATTN_CHUNK=N attends in chunks of N keys (1..ABI_ATTN_CHUNK), so that
-     * whole-model tests cross chunk boundaries on short sequences. */
-    const char *ac = getenv("FLASHBOX_VK_ATTN_CHUNK");
-    if (ac && *ac) {
-        char *end;
-        unsigned long v = strtoul(ac, &end, 10);
-        if (*end || v == 0 || v > ABI_ATTN_CHUNK) {
-            errf(err, err_len, "FLASHBOX_VK_ATTN_CHUNK=%s: expected 1..%d keys", ac, ABI_ATTN_CHUNK);
-            goto fail;
-        }
-        e->attn_chunk = (uint32_t)v;
-    }
+    /* Test settings: FLASHBOX_VK_ATTN_CHUNK=N attends in chunks of N keys (1..ABI_ATTN_CHUNK);
+     * FLASHBOX_VK_INDEX_CHUNK=N (a power of two up to ABI_INDEXER_MAX_CHUNK) and
+     * FLASHBOX_VK_INDEX_GROUP=G (2..ABI_INDEXER_MAX_GROUP) set the indexer's chunk and merge
+     * width. Small ones make whole-model tests cross chunk boundaries and run several
+     * merge levels on short sequences. */
+    e->ix_chunk = ABI_INDEXER_CHUNK;
+    e->ix_group = ABI_INDEXER_GROUP;
+    if (env_setting("FLASHBOX_VK_ATTN_CHUNK", 1, ABI_ATTN_CHUNK, false, &e->attn_chunk, err, err_len) ||
+        env_setting("FLASHBOX_VK_INDEX_CHUNK", 1, ABI_INDEXER_MAX_CHUNK, true, &e->ix_chunk, err, err_len) ||
+        env_setting("FLASHBOX_VK_INDEX_GROUP", 2, ABI_INDEXER_MAX_GROUP, false, &e->ix_group, err, err_len))
+        goto fail;
     /* FLASHBOX_VK_NO_FUSE=1 keeps every weight separate: the fallback for files whose
      * projections differ in type, exercised by the tests on files where they do not. */
     const char *nf = getenv("FLASHBOX_VK_NO_FUSE");

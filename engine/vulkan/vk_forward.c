@@ -313,26 +313,33 @@ static int attention_q(struct fwd *f, const struct fwd_part *pt, uint32_t il)
     return 0;
 }
 
-/* The indexer's selection for a session's tokens (CSA layers), into its own score and
- * selection rows: in groups of the session's ix_rows tokens, whose score rows the next
- * group reuses. */
+/* The indexer's selection for a session's tokens (CSA layers), into its selection rows:
+ * in groups of the session's ix_rows tokens, whose lists the next group reuses, each as the
+ * chunk sort and the merge levels its last token needs (vk_op_indexer_level). */
 static int attention_index(struct fwd *f, const struct fwd_part *pt, uint32_t il)
 {
     const struct model_hparams *hp = f->hp;
     const struct vk_proj *pj = &f->e->proj[il];
     struct vk_session *ps = pt->s;
     const uint32_t D = hp->ix_dim, IH = hp->ix_head;
+    const struct vk_span *b[5] = { &f->s->ixq, &f->s->proj, &ps->layers[il].ix_keys, &ps->ixs, &ps->sel };
     for (uint32_t g0 = 0; g0 < pt->nt; g0 += ps->ix_rows) {
         const uint32_t n = pt->nt - g0 < ps->ix_rows ? pt->nt - g0 : ps->ix_rows, t0 = pt->t0 + g0;
         struct abi_indexer_push ip = {
             .n_head = IH, .dim = D, .topk = hp->ix_topk, .pos0 = pt->pos0 + g0, .n_tok = n,
             .q_off = t0 * IH * D, .w_off = pj->col[VK_PROJ_IXW] + t0 * pj->width, .w_tstride = pj->width,
-            .score_tstride = ps->n_ctx / 4 + 1, .sel_off = g0 * hp->ix_topk, .scale = (float)(1.0 / sqrt((double)D * IH)),
-            .kv = (uint32_t)ps->kv, .key_words = kv_entry_words(ps->kv, D),
+            .sel_off = g0 * hp->ix_topk, .scale = (float)(1.0 / sqrt((double)D * IH)),
+            .kv = (uint32_t)ps->kv, .key_words = kv_entry_words(ps->kv, D), .chunk = f->e->ix_chunk,
         };
-        const struct vk_span *b[5] = { &f->s->ixq, &f->s->proj, &ps->layers[il].ix_keys, &ps->ixs, &ps->sel };
-        if (g0) barrier(f);
-        if (dispatch(f, VK_KIND_INDEXER, &f->e->ops.indexer, b, &ip, n, 1, 1)) return -1;
+        uint64_t pairs[2];
+        const uint32_t n_levels = vk_indexer_levels(((uint64_t)ip.pos0 + n) / 4, ip.topk, ip.chunk, f->e->ix_group, pairs);
+        for (uint32_t lv = 0; lv <= n_levels; lv++) {
+            if (g0 || lv) barrier(f);
+            if (vk_op_indexer_level(f->s->rec, &f->e->ops, b, &ip, f->e->ix_group, ps->ix_pairs,
+                                    (uint64_t)ps->ix_rows * ps->ix_pairs[0], lv, n_levels, f->err, f->err_len))
+                return -1;
+            after_dispatch(f, VK_KIND_INDEXER);
+        }
     }
     return 0;
 }
@@ -693,27 +700,34 @@ static int run_step(const struct fwd_part *parts, uint32_t n_parts, const int32_
 
 /* lavapipe (Mesa's CPU driver) ends the loops of a shader invocation after 65,535
  * iterations in all (LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop), silently: past
- * that a kernel returns wrong numbers. Loop iterations of one invocation of the indexer (the
- * scores over H heads of D / 16 passes, the 32 counting passes, the ranking of the k kept)
- * and of the attention (about one per key) at the last position a batch reaches. The
- * spec's tiny model (8 indexer heads of 128) reaches the limit near 6,800 positions. */
+ * that a kernel returns wrong numbers. So no kernel's loops may grow with the context
+ * without bound. The indexer's do not: a chunk's scores and sort (indexer.comp) and a
+ * merge's candidates (indexer_merge.comp) depend on the chunk, the merge width, the top-k
+ * and the indexer's heads, not on the entries. The attention's run about one per key:
+ * window plus the selection (CSA) or every entry (HCA: 8,192 at 1M positions with V4's
+ * ratio 128). This is the count at the last position a batch reaches, each score-loop pass
+ * counted as if it took 4 values where it takes 16 (at 16 a pass the old indexer's count
+ * let through positions where lavapipe already answered wrong, so lavapipe counts more
+ * than the passes written). */
 #define VK_CPU_LOOP_LIMIT 65535u
-uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uint32_t pos)
+uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uint32_t chunk, uint32_t group, uint32_t pos)
 {
     uint64_t worst = 0;
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const uint32_t r = hp->ratio[il];
         uint64_t keys = (uint64_t)(pos + 1 < hp->window ? pos + 1 : hp->window), it = 0;
         if (r == 4) {
-            const uint64_t n_vis = (pos + 1) / 4, k = n_vis < hp->ix_topk ? n_vis : hp->ix_topk;
-            const uint64_t per = (n_vis + wg - 1) / wg;
-            /* per head: the score loop takes 16 values a pass, then the rest one by one.
-             * Counted as if 4 a pass (and the rest, plus 2): at 16 a pass the tiny model's
-             * indexer answered wrong at 18,000 positions where this count said 64,758, so
-             * lavapipe counts more than the passes written; at 6,800, the most this count
-             * allows for it, Vulkan equals the reference (docs/long-context.md) */
-            const uint64_t head = hp->ix_dim / 4 + hp->ix_dim % 4 + 2;
-            it = per * ((uint64_t)hp->ix_head * head + 1) + 33 * per + per + wg + (k + wg - 1) / wg * (k + 1);
+            const uint64_t n_vis = (pos + 1) / 4, k = n_vis < hp->ix_topk ? n_vis : hp->ix_topk, per = (chunk + wg - 1) / wg;
+            uint64_t log_c = 0, log_k = 0;
+            while ((1ull << log_c) < chunk) log_c++;
+            while ((1ull << log_k) < hp->ix_topk) log_k++;
+            /* indexer.comp: scores (heads of ix_dim / 4 passes and the rest, plus 2), the
+             * sort's stages of chunk / 2 pairs, the writes; indexer_merge.comp: the
+             * candidates' binary searches in every list */
+            const uint64_t head = hp->ix_dim / 4 + hp->ix_dim % 4 + 2, stages = log_c * (log_c + 1) / 2;
+            const uint64_t score = per * ((uint64_t)hp->ix_head * head + 2) + stages * ((chunk / 2 + wg - 1) / wg + 1) + per;
+            const uint64_t merge = ABI_INDEXER_MERGE_PER_INVOCATION * ((uint64_t)group * (log_k + 2) + 2);
+            it = score > merge ? score : merge;
             keys += k;
         } else if (r) {
             keys += (pos + 1) / r;
@@ -735,7 +749,7 @@ static int check_tokens(const struct vk_session *s, const int32_t *tokens, uint3
         return errf(err, err_len, "%u tokens at position %u exceed the context of %u", n, s->pos, s->n_ctx);
     if (s->e->d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU && n) {
         const uint32_t wg = s->e->d->subgroup_size < ABI_WG_SIZE ? s->e->d->subgroup_size : ABI_WG_SIZE;
-        uint64_t it = vk_cpu_loop_iterations(hp, wg, s->pos + n - 1);
+        uint64_t it = vk_cpu_loop_iterations(hp, wg, s->e->ix_chunk, s->e->ix_group, s->pos + n - 1);
         if (it > VK_CPU_LOOP_LIMIT)
             return errf(err, err_len, "position %u: the indexer/attention kernels would loop %llu times in one invocation, "
                         "past the CPU driver's %u (lavapipe stops loops there and answers wrong); use a GPU or the ref backend",

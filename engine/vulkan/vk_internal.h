@@ -64,6 +64,7 @@ struct vk_engine {
     struct vk_hc_split (*hc_split)[2]; /* [n_layer][attention site, ffn site] */
     uint32_t proj_width_max;
     uint32_t attn_chunk;         /* keys per attention chunk: 0 = ABI_ATTN_CHUNK (tests set small ones) */
+    uint32_t ix_chunk, ix_group; /* the indexer's chunk and merge width: ABI_INDEXER_CHUNK, _GROUP (tests set small ones) */
 };
 
 /* The tensors of each projection part of layer il (NULL where the layer has none). */
@@ -110,8 +111,10 @@ struct vk_session {
     struct vk_span z;            /* [B][o_groups*o_rank] */
     struct vk_span f;            /* [B][n_embd] attention output */
     struct vk_span ixq;          /* [B][ix_head][ix_dim] */
-    uint32_t ix_rows;            /* tokens per indexer dispatch: vk_indexer_rows(n_ctx) */
-    struct vk_span ixs;          /* [ix_rows][n_ctx/4 + 1] indexer scores */
+    uint32_t ix_rows;            /* tokens per indexer selection: vk_indexer_rows(ix_pairs) */
+    uint64_t ix_pairs[2];        /* a token's pairs in each area of ixs (vk_indexer_levels at n_ctx / 4) */
+    struct vk_span ixs;          /* [ix_rows][ix_pairs[0]] then [ix_rows][ix_pairs[1]] (order key, index) pairs:
+                                  * the indexer's sorted lists */
     struct vk_span sel;          /* [B][ix_topk] int32 */
     struct vk_span mp;           /* [B][n_expert + 2*n_ff_exp]: router logits (then scores), shared gate, up */
     struct vk_span ids;          /* [B][n_expert_used] int32 */
@@ -148,12 +151,29 @@ struct vk_session {
 static inline uint32_t vk_rope_rows(uint32_t n_ctx) { return ABI_ROPE_LO_ROWS + (n_ctx >> ABI_ROPE_LO_BITS) + 1; }
 /* Fills the factored table's rows (cos, sin of p * freqs[i], computed in double). */
 void vk_rope_fill(const double *freqs, uint32_t half, uint32_t rows, float *tab);
-/* Tokens whose indexer scores are held at once (one dispatch each group): VK_BATCH, or
- * fewer so that the score rows stay within VK_INDEXER_SCORE_BYTES at long contexts. */
-#define VK_INDEXER_SCORE_BYTES (32ull << 20)
-static inline uint32_t vk_indexer_rows(uint32_t n_ctx)
+/* The indexer's selection over up to n_vis entries a token (shaders/abi.h): level 0 sorts
+ * chunks of `chunk` entries, each later level merges `group` lists, until one is left (the
+ * selection). A list of level L covers chunk * group^L entries and holds at most topk of
+ * them; even levels' lists go to a token's first area, odd levels' to its second. Returns
+ * the merge levels; pairs[2]: the (key, index) pairs a token's two areas hold at most. */
+static inline uint32_t vk_indexer_levels(uint64_t n_vis, uint32_t topk, uint32_t chunk, uint32_t group, uint64_t pairs[2])
 {
-    uint64_t rows = VK_INDEXER_SCORE_BYTES / (((uint64_t)n_ctx / 4 + 1) * 4);
+    uint32_t level = 0;
+    pairs[0] = pairs[1] = 0;
+    for (uint64_t span = chunk, lists = (n_vis + chunk - 1) / chunk; lists > 1;
+         span *= group, lists = (lists + group - 1) / group, level++) {
+        const uint64_t p = lists * (span < topk ? span : topk);
+        if (p > pairs[level % 2]) pairs[level % 2] = p;
+    }
+    return level;
+}
+/* Tokens whose indexer lists are held at once (one selection each group): VK_BATCH, or
+ * fewer so that they stay within VK_INDEXER_LIST_BYTES at long contexts. */
+#define VK_INDEXER_LIST_BYTES (32ull << 20)
+static inline uint32_t vk_indexer_rows(const uint64_t pairs[2])
+{
+    const uint64_t per = (pairs[0] + pairs[1]) * 8;
+    const uint64_t rows = per ? VK_INDEXER_LIST_BYTES / per : VK_BATCH;
     return rows < 1 ? 1 : rows > VK_BATCH ? VK_BATCH : (uint32_t)rows;
 }
 
@@ -188,9 +208,10 @@ void vk_experts_release(struct vk_engine *e, struct vk_session *s);
 int vk_expert_counters(void *ctx, struct expert_counters *out);
 int vk_device_memory(void *ctx, uint64_t *used, uint64_t *total);
 
-/* Loop iterations one invocation of the indexer or attention kernel runs at position pos
- * (workgroups of wg): CPU drivers stop loops past 65,535 (vk_forward.c). */
-uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uint32_t pos);
+/* Loop iterations one invocation of the indexer or attention kernels runs at most at
+ * position pos (workgroups of wg, the indexer's chunk and merge width): CPU drivers stop
+ * loops past 65,535 (vk_forward.c). */
+uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uint32_t chunk, uint32_t group, uint32_t pos);
 
 /* engine/vulkan/vk_bench.c */
 int vk_copy_bandwidth(void *ctx, double *bytes_per_s, char *err, size_t err_len);

@@ -161,6 +161,7 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
         { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push), 0, row_wg },
         { &ops->compress, "compress", 5, sizeof(struct abi_compress_push), 0, 0 },
         { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push), 0, row_wg },
+        { &ops->indexer_merge, "indexer_merge", 2, sizeof(struct abi_indexer_merge_push), 0, row_wg },
         { &ops->attention, "attention", 7, sizeof(struct abi_attn_push), 0, 0 },
         { &ops->attention_texel, "attention_texel", 7, sizeof(struct abi_attn_push),
           1u << ABI_ATTN_BIND_Q | 1u << ABI_ATTN_BIND_RING | 1u << ABI_ATTN_BIND_COMP, 0 },
@@ -199,7 +200,7 @@ void vk_ops_destroy(struct vk_ops *ops)
     if (ops->grid_arena) vk_arena_destroy(ops->grid_arena);
     ops->grid_arena = NULL;
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->hc_texel, &ops->norm_rope, &ops->compress,
-                                   &ops->indexer, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
+                                   &ops->indexer, &ops->indexer_merge, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
     ops->d = NULL;
 }
@@ -550,13 +551,51 @@ int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_hea
 int vk_ops_prepare_all(struct vk_ops *ops, char *err, size_t err_len)
 {
     struct vk_kernel *all[] = { &ops->rmsnorm, &ops->hc, &ops->norm_rope, &ops->compress, &ops->indexer,
-                                &ops->attention, &ops->router, &ops->swiglu, &ops->moe_group };
+                                &ops->indexer_merge, &ops->attention, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (build(ops, all[i], err, err_len)) return -1;
     /* the texel variants run only in the LANES layout (CPU drivers) */
     if (ops->layout == VK_MATVEC_LANES && (build(ops, &ops->hc_texel, err, err_len) || build(ops, &ops->attention_texel, err, err_len)))
         return -1;
     return 0;
+}
+
+int vk_op_indexer_level(struct vk_recorder *r, struct vk_ops *ops, const struct vk_span *const spans[5],
+                        const struct abi_indexer_push *p, uint32_t group, const uint64_t pairs[2], uint64_t area1,
+                        uint32_t level, uint32_t n_levels, char *err, size_t err_len)
+{
+    const uint64_t n_vis = ((uint64_t)p->pos0 + p->n_tok) / 4; /* the last token's: the most lists */
+    const uint32_t flags = level == n_levels ? ABI_INDEXER_FLAG_FINAL : 0;
+    const uint64_t off[2] = { 0, area1 };
+    /* the input lists of this level (level 0: the chunks) */
+    uint64_t span = p->chunk, lists = (n_vis + p->chunk - 1) / p->chunk;
+    for (uint32_t l = 1; l < level; l++) {
+        span *= group;
+        lists = (lists + group - 1) / group;
+    }
+    const uint64_t wg = ops->indexer_merge.wg ? ops->indexer_merge.wg : ABI_WG_SIZE;
+    const uint64_t stride = span < p->topk ? span : p->topk, out_span = span * group;
+    /* a merge spreads an output list's candidates over `parts` workgroups */
+    const uint64_t parts = (group * stride + wg * ABI_INDEXER_MERGE_PER_INVOCATION - 1) / (wg * ABI_INDEXER_MERGE_PER_INVOCATION);
+    const uint64_t gx = level ? (lists + group - 1) / group * parts : lists;
+    if (gx > VK_MAX_GROUPS_X)
+        return errf(err, err_len, "indexer level %u: %llu workgroups, past the %u a dispatch may have (%llu entries in chunks of %u)",
+                    level, (unsigned long long)gx, VK_MAX_GROUPS_X, (unsigned long long)n_vis, p->chunk);
+    if (level == 0) {
+        struct abi_indexer_push q = *p;
+        q.list_off = 0;
+        q.list_tstride = (uint32_t)pairs[0];
+        q.flags = flags;
+        return vk_op_dispatch(r, ops, &ops->indexer, spans, &q, (uint32_t)gx, p->n_tok, 1, err, err_len);
+    }
+    struct abi_indexer_merge_push m = {
+        .topk = p->topk, .pos0 = p->pos0, .n_tok = p->n_tok, .span = (uint32_t)span, .group = group, .parts = (uint32_t)parts,
+        .in_off = (uint32_t)off[(level - 1) % 2], .in_tstride = (uint32_t)pairs[(level - 1) % 2],
+        .out_off = (uint32_t)off[level % 2], .out_tstride = (uint32_t)pairs[level % 2],
+        .out_stride = (uint32_t)(out_span < p->topk ? out_span : p->topk), .sel_off = p->sel_off, .flags = flags,
+    };
+    const struct vk_span *b[2] = { spans[ABI_INDEXER_BIND_LISTS], spans[ABI_INDEXER_BIND_SEL] };
+    return vk_op_dispatch(r, ops, &ops->indexer_merge, b, &m, (uint32_t)gx, p->n_tok, 1, err, err_len);
 }
 
 int vk_op_dispatch(struct vk_recorder *r, struct vk_ops *ops, struct vk_kernel *k,

@@ -8,7 +8,8 @@
 #include "engine/model/gguf.h"
 #include "engine/vulkan/vk_memory.h"
 #include "engine/vulkan/vk_pipeline.h"
-struct abi_swiglu_push; /* shaders/abi.h */
+struct abi_swiglu_push;  /* shaders/abi.h */
+struct abi_indexer_push; /* shaders/abi.h */
 
 /* The matvec weight types, in ABI_WTYPE_* order. */
 #define VK_N_WTYPES 18 /* ABI_WTYPE_COUNT (checked in vk_ops.c) */
@@ -53,7 +54,8 @@ struct vk_ops {
     struct vk_kernel hc_texel;    /* the same reading X and the sources through texel views (LANES layout, prefill) */
     struct vk_kernel norm_rope;
     struct vk_kernel compress;
-    struct vk_kernel indexer;
+    struct vk_kernel indexer;       /* scores and sorts chunks of entries (selection level 0) */
+    struct vk_kernel indexer_merge; /* merges sorted lists (the later levels) */
     struct vk_kernel attention;
     struct vk_kernel attention_texel; /* q and key rows through texel views (LANES layout) */
     /* LANES layout: a subgroup per group of 1, 2, 4 or 8 heads ([log2]), built on first use
@@ -137,6 +139,20 @@ int vk_op_swiglu(struct vk_recorder *r, struct vk_ops *ops, const struct vk_span
  * layout, or a row that does not split evenly over a subgroup). */
 int vk_ops_attention_heads(struct vk_ops *ops, uint32_t head_dim, uint32_t n_head, uint32_t n_tok, struct vk_kernel **k,
                            uint32_t *heads, char *err, size_t err_len);
+
+/* Workgroups a dispatch may have along x on any device (Vulkan's least maxComputeWorkGroupCount). */
+#define VK_MAX_GROUPS_X 65535u
+
+/* The indexer's selection (abi.h) for p->n_tok tokens from p->pos0, as levels 0..n_levels
+ * (n_levels = vk_indexer_levels of the last token's visible entries, chunk p->chunk and
+ * merge width `group`): records level `level`, whose lists are read before the next level
+ * runs (the caller puts a barrier between levels). spans: q, head weights, keys, lists, sel
+ * (ABI_INDEXER_BIND_*); a token's areas of the lists span hold pairs[0] pairs from pair 0
+ * and pairs[1] from pair area1 on. Fields of p other than list_off, list_tstride and flags
+ * are the caller's. */
+int vk_op_indexer_level(struct vk_recorder *r, struct vk_ops *ops, const struct vk_span *const spans[5],
+                        const struct abi_indexer_push *p, uint32_t group, const uint64_t pairs[2], uint64_t area1,
+                        uint32_t level, uint32_t n_levels, char *err, size_t err_len);
 
 /* Records kernel k with binding i = the whole of spans[i] (spans are allocated aligned, so
  * offsets in the push block count from each span's start). A binding in k->texel_mask is

@@ -78,17 +78,30 @@ void vk_session_reset(void *state)
     s->needs_reset = true;
 }
 
+/* The indexer's list areas of a session of n_ctx positions (pairs a token in each) and the
+ * tokens they hold at once, for chunks of `chunk` entries merged `group` at a time. */
+static uint32_t indexer_lists(const struct model_hparams *hp, uint32_t n_ctx, uint32_t chunk, uint32_t group, uint64_t pairs[2])
+{
+    bool csa = false;
+    for (uint32_t il = 0; il < hp->n_layer; il++) csa |= hp->ratio[il] == 4;
+    pairs[0] = pairs[1] = 0;
+    if (csa) vk_indexer_levels(n_ctx / 4, hp->ix_topk, chunk, group, pairs);
+    return vk_indexer_rows(pairs);
+}
+
 /* Floats of the batch activations (in vk_session_create's order of spans) and of the
- * host-visible buffers of a session. */
-static void vk_session_buffers(const struct model_hparams *hp, uint32_t proj_width, uint32_t n_ctx,
-                               uint64_t scratch[VK_N_SCRATCH], uint64_t host[VK_N_HOST])
+ * host-visible buffers of a session; the indexer's lists as indexer_lists says. */
+static void vk_session_buffers(const struct model_hparams *hp, uint32_t proj_width, uint32_t n_ctx, uint32_t ix_chunk,
+                               uint32_t ix_group, uint64_t scratch[VK_N_SCRATCH], uint64_t host[VK_N_HOST])
 {
     const uint64_t B = VK_BATCH, hd = hp->head_dim, K = hp->n_expert_used, L = EXPERT_STORE_LOOKAHEAD;
     const uint64_t ixh = max_u32(hp->ix_head, 1), ixd = max_u32(hp->ix_dim, 1);
+    uint64_t pairs[2];
+    const uint64_t ix_rows = indexer_lists(hp, n_ctx, ix_chunk, ix_group, pairs);
     const uint64_t n[VK_N_SCRATCH] = {
         B * hp->n_hc * hp->n_embd, B * (hp->n_hc + hp->n_hc * hp->n_hc), B * VK_HC_MAX_PARTS * ABI_HC_MAX_MIX, B * hp->n_embd,
         B * hp->q_rank, B * hp->n_head * hd, B * proj_width, B * hp->n_head * hd, B * hp->o_groups * hp->o_rank,
-        B * hp->n_embd, B * ixh * ixd, (uint64_t)vk_indexer_rows(n_ctx) * (n_ctx / 4 + 1), B * max_u32(hp->ix_topk, 1),
+        B * hp->n_embd, B * ixh * ixd, ix_rows * (pairs[0] + pairs[1]) * 2, B * max_u32(hp->ix_topk, 1),
         B * (hp->n_expert + 2 * hp->n_ff_exp), B * K, hp->n_expert + 1 + B * K, B * K, 2 * B * K * hp->n_ff_exp,
         B * (K + 1) * hp->n_embd, L * B * hp->n_expert, L * B * K, L * B * K,
     };
@@ -159,7 +172,7 @@ void vk_session_plan(const struct model_hparams *hp, enum engine_kv_type kv, uin
     }
     if (kv != ENGINE_KV_F32) ADD(dev, ENGINE_PLAN_SCRATCH, kv_raw_floats(hp));
     uint64_t scratch[VK_N_SCRATCH], hostb[VK_N_HOST];
-    vk_session_buffers(hp, proj_width_of(hp), n_ctx, scratch, hostb);
+    vk_session_buffers(hp, proj_width_of(hp), n_ctx, ABI_INDEXER_CHUNK, ABI_INDEXER_GROUP, scratch, hostb);
     for (int i = 0; i < VK_N_SCRATCH; i++) ADD(dev, ENGINE_PLAN_SCRATCH, scratch[i]);
     for (int i = 0; i < VK_N_HOST; i++) ADD(host, ENGINE_PLAN_HOST, hostb[i]);
     const uint64_t host_spans = parts[ENGINE_PLAN_HOST];
@@ -169,8 +182,16 @@ void vk_session_plan(const struct model_hparams *hp, enum engine_kv_type kv, uin
     parts[ENGINE_PLAN_BLOCKS] = vk_arena_plan_bytes(&dev) - (spans - host_spans);
 }
 
-/* Dispatches one batch can record: ~40 per layer plus the head, and matvec row splits. */
-static uint32_t max_dispatches(const struct model_hparams *hp) { return 64 * hp->n_layer + 256; }
+/* Dispatches one batch can record: ~40 per layer plus the head, and matvec row splits, and
+ * each CSA layer's indexer levels for every group of ix_rows tokens (attention_index). */
+static uint32_t max_dispatches(const struct model_hparams *hp, const struct vk_session *s)
+{
+    uint32_t n_csa = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) n_csa += hp->ratio[il] == 4;
+    uint64_t pairs[2];
+    const uint32_t levels = vk_indexer_levels(s->n_ctx / 4, hp->ix_topk, s->e->ix_chunk, s->e->ix_group, pairs);
+    return 64 * hp->n_layer + 256 + n_csa * ((VK_BATCH + s->ix_rows - 1) / s->ix_rows) * (levels + 1);
+}
 
 int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, enum engine_kv_type kv, void **state, char *err,
                       size_t err_len)
@@ -187,7 +208,7 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, enum eng
     s->n_ctx = n_ctx;
     s->kv = kv;
     s->ring_len = hp->window + VK_BATCH;
-    s->ix_rows = vk_indexer_rows(n_ctx);
+    s->ix_rows = indexer_lists(hp, n_ctx, e->ix_chunk, e->ix_group, s->ix_pairs);
     s->needs_reset = true;
     s->prof = &s->profile;
     s->pinned_layer = -1;
@@ -207,8 +228,8 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, enum eng
     s->layers = calloc(hp->n_layer, sizeof *s->layers);
     s->embd_row = malloc((size_t)hp->n_embd * sizeof(float));
     s->copies = malloc((size_t)B * hp->n_hc * sizeof *s->copies);
-    s->kinds = malloc(max_dispatches(hp));
-    s->stamps = malloc(max_dispatches(hp) * sizeof *s->stamps);
+    s->kinds = malloc(max_dispatches(hp, s));
+    s->stamps = malloc(max_dispatches(hp, s) * sizeof *s->stamps);
     if (!s->layers || !s->embd_row || !s->copies || !s->kinds || !s->stamps || !s->ids_host || !s->guess_host) {
         vk_session_destroy(s);
         return errf(err, err_len, "out of memory");
@@ -216,7 +237,7 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, enum eng
     struct vk_device *d = e->d;
     if (vk_arena_create(&s->arena, d, VK_MEM_DEVICE, VK_SESSION_CHUNK, err, err_len) ||
         vk_arena_create(&s->host, d, VK_MEM_HOST, VK_SESSION_HOST_CHUNK, err, err_len) ||
-        vk_recorder_create(d, max_dispatches(hp), max_dispatches(hp) + 2, &s->rec, err, err_len))
+        vk_recorder_create(d, max_dispatches(hp, s), max_dispatches(hp, s) + 2, &s->rec, err, err_len))
         goto fail;
 
     for (uint32_t il = 0; il < hp->n_layer; il++) {
@@ -238,7 +259,7 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, enum eng
     };
     struct vk_span *host[VK_N_HOST] = { &s->in_embd, &s->tokens, &s->logits, &s->slot_ids };
     uint64_t n_scratch[VK_N_SCRATCH], n_host[VK_N_HOST];
-    vk_session_buffers(hp, e->proj_width_max, n_ctx, n_scratch, n_host);
+    vk_session_buffers(hp, e->proj_width_max, n_ctx, e->ix_chunk, e->ix_group, n_scratch, n_host);
     for (size_t i = 0; i < VK_N_SCRATCH; i++)
         if (alloc_f(s, s->arena, scratch[i], n_scratch[i], err, err_len)) goto fail;
     for (size_t i = 0; i < VK_N_HOST; i++)
