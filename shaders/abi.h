@@ -38,7 +38,8 @@
 #define ABI_WTYPE_Q8_0 3
 #define ABI_WTYPE_MXFP4 4
 /* ggml's K-quants and i-quants (super-blocks of 256; IQ4_NL blocks of 32): read by the
- * subgroup matvec kernel only (dequant_ggml.glsl), 32 elements at a time. */
+ * subgroup matvec kernel (dequant_ggml.glsl), 32 elements at a time; Q4_K and Q5_K also by
+ * the LANES kernel (dequant_lanes_k.glsl), a super-block per chunk. */
 #define ABI_WTYPE_Q2_K 5
 #define ABI_WTYPE_Q3_K 6
 #define ABI_WTYPE_Q4_K 7
@@ -48,7 +49,7 @@
 #define ABI_WTYPE_IQ2_XS 11
 #define ABI_WTYPE_IQ2_S 12
 #define ABI_WTYPE_IQ3_XXS 13
-#define ABI_WTYPE_IQ1_S 14      /* grid from a buffer: ABI_MATVEC_BIND_GRID */
+#define ABI_WTYPE_IQ1_S 14
 #define ABI_WTYPE_IQ1_M 15
 #define ABI_WTYPE_IQ4_NL 16
 #define ABI_WTYPE_IQ4_XS 17
@@ -61,7 +62,8 @@
  * row o at + o * row_bytes. */
 #define ABI_MATVEC_BIND_W 0
 /* matvec_lanes: rows are walked in chunks of whole 16-byte texels: 272 bytes for the block
- * types (8 Q8_0 or 16 MXFP4 blocks), 128 bytes for the float types. */
+ * types (8 Q8_0 or 16 MXFP4 blocks), 128 bytes for the float types, a super-block for Q4_K
+ * (144) and Q5_K (176). */
 #define ABI_LANES_BLOCK_CHUNK_BYTES 272
 #define ABI_LANES_FLOAT_CHUNK_BYTES 128
 /* matmul_ksplit: the block types' token tile with K split across a subgroup's lanes, in
@@ -70,8 +72,9 @@
 #define ABI_MATVEC_BIND_X 1
 #define ABI_MATVEC_BIND_Y 2
 #define ABI_MATVEC_BIND_IDS 3
-/* IQ1_S / IQ1_M only: their 2048-entry grid, two entries a word (uploaded once per device;
- * as a GLSL constant lavapipe takes minutes per dispatch) */
+/* The i-quants with a grid (IQ2_*, IQ3_XXS, IQ1_*) only: every grid, one table two entries a
+ * word (shaders/iq_grids.h), uploaded once per device: as GLSL constants lavapipe took
+ * seconds to minutes per dispatch */
 #define ABI_MATVEC_BIND_GRID 4
 #define ABI_MATVEC_FLAG_ACCUMULATE 1u /* y += ... instead of y = ... */
 #define ABI_MATVEC_FLAG_IDS 2u        /* pick slot z's matrix through ids[] */

@@ -12,18 +12,13 @@ float half_at(uint a) { return unpackHalf2x16(u16_at(a)).x; }
 uint u32_at(uint a) { return u16_at(a) | (u16_at(a + 2u) << 16); }
 
 #if W_TYPE >= ABI_WTYPE_IQ2_XXS
-#if W_TYPE == ABI_WTYPE_IQ2_XXS
-#define IQ_WANT_IQ2XXS
-#elif W_TYPE == ABI_WTYPE_IQ2_XS
-#define IQ_WANT_IQ2XS
-#elif W_TYPE == ABI_WTYPE_IQ2_S
-#define IQ_WANT_IQ2S
-#elif W_TYPE == ABI_WTYPE_IQ3_XXS
-#define IQ_WANT_IQ3XXS
-#elif W_TYPE == ABI_WTYPE_IQ1_S || W_TYPE == ABI_WTYPE_IQ1_M
-/* no constant grid: it is read from the grid binding (below) */
-#else
+#if W_TYPE == ABI_WTYPE_IQ4_NL || W_TYPE == ABI_WTYPE_IQ4_XS
 #define IQ_WANT_IQ4NL
+#else
+/* The grids (shaders/iq_grids.h) from a buffer, two entries a word; off is the grid's
+ * IQ_GRID_OFF_*, even */
+layout(std430, binding = ABI_MATVEC_BIND_GRID) readonly buffer iq_grid_buf { uint iq_grid[]; };
+#define IQ_GRID(off, i) ((iq_grid[((off) >> 1) + ((i) >> 1)] >> (((i) & 1u) * 16u)) & 0xffffu)
 #endif
 #include "iq_grids.h"
 /* IQ2 magnitudes 8, 25, 43 by 2-bit code, a byte each in a register */
@@ -126,7 +121,7 @@ void load_block(uint row_byte, uint b, out float v[BLK])
     const uint a = row_byte + (b >> 3) * 66u, q = a + 2u + 8u * (b & 7u);
     const uint meta = u32_at(q + 4u);
     const float db = half_at(a) * (0.5 + float(meta >> 28)) * 0.25;
-    for (uint l = 0u; l < 4u; l++) iq2_group(db, IQ_GRID(iq2xxs_grid, byte_at(q + l)), signs_from7(meta >> (7u * l)), v, 8u * l);
+    for (uint l = 0u; l < 4u; l++) iq2_group(db, IQ_GRID(IQ_GRID_OFF_IQ2XXS, byte_at(q + l)), signs_from7(meta >> (7u * l)), v, 8u * l);
 }
 
 #elif W_TYPE == ABI_WTYPE_IQ2_XS
@@ -139,7 +134,7 @@ void load_block(uint row_byte, uint b, out float v[BLK])
     const float db[2] = float[2](d * (0.5 + float(sc & 15u)) * 0.25, d * (0.5 + float(sc >> 4)) * 0.25);
     for (uint l = 0u; l < 4u; l++) {
         const uint q = u16_at(a + 2u + 2u * (4u * ib + l));
-        iq2_group(db[l / 2u], IQ_GRID(iq2xs_grid, q & 511u), signs_from7(q >> 9), v, 8u * l);
+        iq2_group(db[l / 2u], IQ_GRID(IQ_GRID_OFF_IQ2XS, q & 511u), signs_from7(q >> 9), v, 8u * l);
     }
 }
 
@@ -153,7 +148,7 @@ void load_block(uint row_byte, uint b, out float v[BLK])
     const float db[2] = float[2](d * (0.5 + float(sc & 15u)) * 0.25, d * (0.5 + float(sc >> 4)) * 0.25);
     for (uint l = 0u; l < 4u; l++) {
         const uint idx = byte_at(a + 2u + 4u * ib + l) | (((qh >> (2u * l)) & 3u) << 8);
-        iq2_group(db[l / 2u], IQ_GRID(iq2s_grid, idx), byte_at(a + 34u + 4u * ib + l), v, 8u * l);
+        iq2_group(db[l / 2u], IQ_GRID(IQ_GRID_OFF_IQ2S, idx), byte_at(a + 34u + 4u * ib + l), v, 8u * l);
     }
 }
 
@@ -167,7 +162,7 @@ void load_block(uint row_byte, uint b, out float v[BLK])
     for (uint l = 0u; l < 4u; l++) {
         const uint s = signs_from7(meta >> (7u * l));
         for (uint half_ = 0u; half_ < 2u; half_++) {
-            const uint entry = IQ_GRID(iq3xxs_grid, byte_at(a + 2u + 8u * ib + 2u * l + half_));
+            const uint entry = IQ_GRID(IQ_GRID_OFF_IQ3XXS, byte_at(a + 2u + 8u * ib + 2u * l + half_));
             for (uint j = 0u; j < 4u; j++)
                 v[8u * l + 4u * half_ + j] = db * iq3_level((entry >> (3u * j)) & 7u) * sign_of(s, 4u * half_ + j);
         }
@@ -175,12 +170,10 @@ void load_block(uint row_byte, uint b, out float v[BLK])
 }
 
 #elif W_TYPE == ABI_WTYPE_IQ1_S || W_TYPE == ABI_WTYPE_IQ1_M
-/* The grid (2048 entries of 8 two-bit codes for -1, 0, +1; QUANT_IQ1_GRID_N), from a buffer */
-layout(std430, binding = ABI_MATVEC_BIND_GRID) readonly buffer iq1_grid_buf { uint iq1_grid[]; };
 /* 8 values dl * (g + delta) of grid entry idx */
 void iq1_group(float dl, float delta, uint idx, inout float v[BLK], uint o)
 {
-    const uint entry = IQ_GRID(iq1_grid, idx);
+    const uint entry = IQ_GRID(IQ_GRID_OFF_IQ1S, idx);
     for (uint j = 0u; j < 8u; j++) v[o + j] = dl * (float(int((entry >> (2u * j)) & 3u) - 1) + delta);
 }
 #if W_TYPE == ABI_WTYPE_IQ1_S

@@ -44,6 +44,8 @@ layout(std430, binding = ABI_MATVEC_BIND_IDS) readonly buffer ids_buf { int ids[
 #if W_TYPE == ABI_WTYPE_Q8_0 || W_TYPE == ABI_WTYPE_MXFP4 /* BLOCK_BYTES, DECODE_BLOCK: dequant.glsl */
 #define BLOCK_ELEMS 32u
 #define CHUNK_BLOCKS (ABI_LANES_BLOCK_CHUNK_BYTES / BLOCK_BYTES)
+#elif W_TYPE == ABI_WTYPE_Q4_K || W_TYPE == ABI_WTYPE_Q5_K
+#include "dequant_lanes_k.glsl" /* a chunk is a super-block: BLOCK_*, CHUNK_BLOCKS, DECODE_BLOCK */
 #else /* float types: a "block" is one texel */
 #define BLOCK_BYTES 16u
 #define CHUNK_BLOCKS (ABI_LANES_FLOAT_CHUNK_BYTES / 16u)

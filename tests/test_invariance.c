@@ -22,12 +22,19 @@ struct inv {
     uint32_t n_experts;     /* routed experts of all layers */
 };
 
+/* The routed experts' type of the mixed model (each test runs in its own process) */
+static enum gguf_type inv_expert_type = GGUF_TYPE_MXFP4;
+
 static int inv_model(struct inv *v, enum mkmodel_quant quant)
 {
     snprintf(v->path, sizeof v->path, "%s/tiny-%d.gguf", test_tmpdir(), (int)quant);
     struct mkmodel_config c;
     mkmodel_defaults(&c);
     c.quant = quant;
+    if (inv_expert_type != GGUF_TYPE_MXFP4) { /* ggml's super-blocks: rows of 256 */
+        c.expert_type = inv_expert_type;
+        c.n_embd = c.n_ff_exp = 256;
+    }
     char err[512];
     if (mkmodel_write(&c, v->path, err, sizeof err)) {
         test_fail_at(__FILE__, __LINE__, "%s", err);
@@ -173,6 +180,16 @@ TEST(vk_logits_are_bitwise_the_same_for_any_chunking_with_the_k_split_tile)
     /* the tiny model's rows are short: this takes the K-split kernels from one unit on */
     setenv("FLASHBOX_VK_KSPLIT", "all", 1);
     inv_check(ENGINE_BACKEND_VULKAN, MKMODEL_F32);
+    inv_check(ENGINE_BACKEND_VULKAN, MKMODEL_MIXED);
+}
+
+/* ggml's types as routed experts: Q4_K (the LANES kernel on CPU drivers) and IQ2_XXS (the
+ * subgroup kernel, its grid from a buffer), the published files' expert types */
+TEST(vk_logits_are_bitwise_the_same_for_any_chunking_and_expert_budget_ggml_experts)
+{
+    inv_expert_type = GGUF_TYPE_Q4_K;
+    inv_check(ENGINE_BACKEND_VULKAN, MKMODEL_MIXED);
+    inv_expert_type = GGUF_TYPE_IQ2_XXS;
     inv_check(ENGINE_BACKEND_VULKAN, MKMODEL_MIXED);
 }
 

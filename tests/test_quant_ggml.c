@@ -200,9 +200,12 @@ TEST(quant_vectors_catch_one_flipped_bit)
 
 /* tests/data/ggml-quantize.bin, written once by a throwaway program against the same ggml
  * (d99724f2): "FBQQ", u32 n, f32 input[n], f32 weights[n] (imatrix-like: positive, some zero),
- * of which quantize_* reads the first 512 for every row, then per case u32 ggml type, u32 mode, u32 n_bytes, bytes. mode 0: quantize_row_*_ref(input);
- * 1: quantize_*(input as rows of 512, weights), what llama.cpp's quantize writes with an
- * importance matrix; 2: the same with no weights. The input's ten super-blocks are gaussian,
+ * of which quantize_* reads the first 512 for every row, then per case u32 ggml type, u32
+ * mode, u32 n_bytes, bytes. mode 0: quantize_row_*_ref(input); 1: quantize_*(input as rows of
+ * 512, weights), what llama.cpp's quantize writes with an importance matrix (the K-quants'
+ * cases rewritten by a second throwaway program against d99724f2 when their weighted fits
+ * were written: the first file's were never checked and matched no ggml call); 2: the same
+ * with no weights. The input's ten super-blocks are gaussian,
  * small, uniform, with outliers, all zero, two constants, all negative, below the zero
  * threshold (1e-16), alternating zero sub-blocks, and all positive. */
 struct qcase {
@@ -267,15 +270,12 @@ TEST(quantizers_write_ggml_s_bytes_with_and_without_an_imatrix)
         int rc = 0;
         if (c->mode == 0 && c->type == GGUF_TYPE_IQ4_NL) quantize_row_iq4_nl(f.input, (void *)out, f.n, NULL, -1);
         else if (c->mode == 0 || c->mode == 2) rc = quant_quantize_row(c->type, f.input, out, f.n, NULL);
-        else if (quant_can_quantize(c->type, true)) {
+        else {
             /* rows of 512, as the vectors were written; an importance matrix has one weight per
              * column, the same for every row (ggml reads weights[0..511] for each) */
             const uint32_t row_bytes = c->n_bytes / (f.n / 512);
             for (uint32_t r = 0; r < f.n / 512 && !rc; r++)
                 rc = quant_quantize_row(c->type, f.input + 512 * r, out + row_bytes * r, 512, f.weights);
-        } else {
-            free(out);
-            continue; /* the K-quants' importance-weighted fits are not written yet */
         }
         CHECK_EQ_INT(rc, 0);
         long k = first_difference(out, c->bytes, c->n_bytes);
@@ -288,9 +288,10 @@ TEST(quantizers_write_ggml_s_bytes_with_and_without_an_imatrix)
         checked++;
         by_type[c->type & 63]++;
     }
-    /* every K-quant without an imatrix (two modes), the IQ4 types in all three */
-    CHECK_EQ_INT(checked, 5 * 2 + 2 * 3);
+    /* every K-quant and IQ4 type in all three modes */
+    CHECK_EQ_INT(checked, 7 * 3);
     CHECK_EQ_INT(by_type[GGUF_TYPE_IQ4_XS], 3);
+    CHECK_EQ_INT(by_type[GGUF_TYPE_Q2_K], 3);
     free(f.raw);
 }
 
@@ -349,7 +350,7 @@ TEST(quantizers_round_trip_within_each_type_s_error_bound)
     }
     /* the types without a quantizer are refused, not written */
     CHECK(quant_quantize_row(GGUF_TYPE_IQ2_XXS, f.input, blocks, QK_K, NULL) == -1);
-    CHECK(quant_quantize_row(GGUF_TYPE_Q4_K, f.input, blocks, QK_K, f.weights) == -1);
+    CHECK(quant_quantize_row(GGUF_TYPE_IQ2_XXS, f.input, blocks, QK_K, f.weights) == -1);
     CHECK(quant_quantize_row(GGUF_TYPE_Q4_K, f.input, blocks, 100, NULL) == -1);
     free(f.raw);
 }
@@ -367,8 +368,8 @@ TEST(q2_k_and_q4_k_quantizers_write_ggml_s_bytes)
         const uint32_t bb = gguf_type_block_bytes(q->type);
         uint8_t *out = calloc(q->n_blocks, bb);
         REQUIRE(out);
-        if (q->type == GGUF_TYPE_Q2_K) quantize_row_q2_k(q->input, (struct block_q2_k *)out, n);
-        else quantize_row_q4_k(q->input, (struct block_q4_k *)out, n);
+        if (q->type == GGUF_TYPE_Q2_K) quantize_row_q2_k(q->input, (struct block_q2_k *)out, n, NULL);
+        else quantize_row_q4_k(q->input, (struct block_q4_k *)out, n, NULL);
         for (uint32_t k = 0; k < q->n_blocks * bb; k++)
             if (out[k] != q->blocks[k]) {
                 test_fail_at(__FILE__, __LINE__, "%s block %u byte %u: %u, ggml %u", gguf_type_name(q->type), k / bb, k % bb, out[k],

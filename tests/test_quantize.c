@@ -268,17 +268,91 @@ TEST(quantize_recipes_rewrite_a_256_wide_model_that_then_runs)
             continue;
         }
         CHECK_EQ_INT(rep.n_positions, N_REPORT);
-        kl[i] = rep.kl_mean;
-        if (!(rep.kl_mean > 0 && rep.kl_mean < cases[i].kl_bound))
-            test_fail_at(__FILE__, __LINE__, "%s: KL %g, expected in (0, %g)", cases[i].recipe, rep.kl_mean, cases[i].kl_bound);
+        kl[i] = rep.all.kl_mean;
+        if (!(rep.all.kl_mean > 0 && rep.all.kl_mean < cases[i].kl_bound))
+            test_fail_at(__FILE__, __LINE__, "%s: KL %g, expected in (0, %g)", cases[i].recipe, rep.all.kl_mean,
+                         cases[i].kl_bound);
     }
     /* fewer bits cost more */
     CHECK(kl[0] < kl[1] && kl[1] < kl[2]);
     /* the same file against itself: KL 0, every top-1 the same */
     struct quantize_report same;
     REQUIRE(quantize_report_run(in, in, report_tokens, N_REPORT, &same, err, sizeof err) == 0);
-    CHECK(same.kl_mean == 0 && same.top1_same == N_REPORT);
+    CHECK(same.all.kl_mean == 0 && same.all.top1_same == N_REPORT && same.n_types == 0);
     gguf_close(src);
+}
+
+static int write_text(const char *path, const char *text)
+{
+    FILE *fp = fopen(path, "w");
+    if (!fp) return -1;
+    int rc = fputs(text, fp) < 0 ? -1 : 0;
+    return fclose(fp) || rc ? -1 : 0;
+}
+
+static const struct quantize_report_type *report_type(const struct quantize_report *r, enum gguf_type t)
+{
+    for (uint32_t k = 0; k < r->n_types; k++)
+        if (r->per_type[k].type == t) return &r->per_type[k];
+    return NULL;
+}
+
+TEST(quantize_report_per_type_equals_quantizing_only_that_type)
+{
+    /* the report's Q2_K line for the 2bit recipe (Q2_K experts, Q8_0 elsewhere) must be exactly the report of a file
+     * in which only the experts were quantized (the same bytes, written independently) */
+    char in[512], mixed[512], experts[512], rb[512], err[512];
+    snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
+    snprintf(mixed, sizeof mixed, "%s/mixed.gguf", test_tmpdir());
+    snprintf(experts, sizeof experts, "%s/experts.gguf", test_tmpdir());
+    snprintf(rb, sizeof rb, "%s/experts.txt", test_tmpdir());
+    REQUIRE(write_model(in, 256) == 0);
+    REQUIRE(write_text(rb, "blk.*.ffn_*_exps=q2_k\n") == 0);
+    struct quantize_stats st;
+    REQUIRE(quantize_with(in, mixed, "2bit", NULL, &st, err, sizeof err) == 0);
+    REQUIRE(quantize_with(in, experts, rb, NULL, &st, err, sizeof err) == 0);
+    static struct quantize_report a, b;
+    if (quantize_report_run(in, mixed, report_tokens, N_REPORT, &a, err, sizeof err) ||
+        quantize_report_run(in, experts, report_tokens, N_REPORT, &b, err, sizeof err)) {
+        test_fail_at(__FILE__, __LINE__, "report: %s", err);
+        return;
+    }
+    CHECK_EQ_INT(a.n_types, 2);
+    CHECK_EQ_INT(b.n_types, 1);
+    const struct quantize_report_type *q2 = report_type(&a, GGUF_TYPE_Q2_K), *q8 = report_type(&a, GGUF_TYPE_Q8_0);
+    REQUIRE(q2 && q8 && b.per_type[0].type == GGUF_TYPE_Q2_K);
+    CHECK_EQ_INT(q2->n_tensors, st.n_changed);
+    CHECK_EQ_INT(b.per_type[0].n_tensors, st.n_changed);
+    CHECK(q2->kl.kl_mean == b.all.kl_mean && q2->kl.kl_max == b.all.kl_max && q2->kl.top1_same == b.all.top1_same);
+    CHECK(b.per_type[0].kl.kl_mean == b.all.kl_mean);
+    /* each part costs something, Q8_0 far less than Q2_K, and the whole no less than a part */
+    if (!(q8->kl.kl_mean > 0 && q8->kl.kl_mean < q2->kl.kl_mean && q2->kl.kl_mean < 2 * a.all.kl_mean))
+        test_fail_at(__FILE__, __LINE__, "KL: Q8_0 only %g, Q2_K only %g, both %g", q8->kl.kl_mean, q2->kl.kl_mean,
+                     a.all.kl_mean);
+    CHECK(q8->kl.kl_mean != a.all.kl_mean);
+    /* the mixed models are removed */
+    char left[600];
+    snprintf(left, sizeof left, "%s.only-Q2_K", mixed);
+    CHECK(access(left, F_OK) != 0);
+    snprintf(left, sizeof left, "%s.only-Q8_0", mixed);
+    CHECK(access(left, F_OK) != 0);
+    /* the quantized file of another model (experts 512 wide): refused by name, nothing left */
+    struct mkmodel_config c;
+    mkmodel_defaults(&c);
+    c.quant = MKMODEL_F32;
+    c.n_embd = 256;
+    c.n_ff_exp = 512;
+    snprintf(experts, sizeof experts, "%s/other.gguf", test_tmpdir());
+    snprintf(mixed, sizeof mixed, "%s/other-2bit.gguf", test_tmpdir());
+    REQUIRE(mkmodel_write(&c, experts, err, sizeof err) == 0);
+    REQUIRE(quantize_with(experts, mixed, "2bit", NULL, &st, err, sizeof err) == 0);
+    err[0] = 0;
+    CHECK(quantize_report_run(in, mixed, report_tokens, N_REPORT, &a, err, sizeof err) == -1);
+    if (!strstr(err, "has another shape in the two files")) test_fail_at(__FILE__, __LINE__, "error: '%s'", err);
+    snprintf(left, sizeof left, "%s.only-Q2_K", mixed);
+    CHECK(access(left, F_OK) != 0);
+    snprintf(left, sizeof left, "%s.only-Q2_K.tmp", mixed);
+    CHECK(access(left, F_OK) != 0);
 }
 
 TEST(quantize_result_runs_on_vulkan_like_the_reference)
@@ -326,7 +400,7 @@ TEST(quantize_result_runs_on_vulkan_like_the_reference)
     free(b);
 }
 
-TEST(quantize_imatrix_weights_iq4_and_a_bad_one_writes_nothing)
+TEST(quantize_imatrix_weights_iq4_and_k_quants_and_a_bad_one_writes_nothing)
 {
     char in[512], out[512], err[512];
     snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
@@ -342,29 +416,37 @@ TEST(quantize_imatrix_weights_iq4_and_a_bad_one_writes_nothing)
     struct quant_imatrix m;
     REQUIRE(quant_imatrix_parse(buf, n, &m, err, sizeof err) == 0);
     struct quantize_stats st;
-    REQUIRE(quantize_with(in, out, "iq4", &m, &st, err, sizeof err) == 0);
-    CHECK_EQ_INT(st.n_imatrix, 1);
-    /* the weighted columns come out closer than without weights */
-    struct gguf_file *src, *q;
-    REQUIRE(gguf_open(&src, in, err, sizeof err) == 0 && gguf_open(&q, out, err, sizeof err) == 0);
-    const struct gguf_tensor *a = gguf_find_tensor(src, names[0]), *b = gguf_find_tensor(q, names[0]);
-    REQUIRE(a && b && b->type == GGUF_TYPE_IQ4_XS);
-    float x[256], y[256], y0[256];
-    uint8_t plain[136];
-    double e_w = 0, e_plain = 0;
-    for (uint64_t r = 0; r < a->n_elements / 256; r++) {
-        dequant_row(a->type, (const uint8_t *)a->data + r * 1024, x, 256);
-        dequant_row(b->type, (const uint8_t *)b->data + r * 136, y, 256);
-        quant_quantize_row(GGUF_TYPE_IQ4_XS, x, plain, 256, NULL);
-        dequant_row(GGUF_TYPE_IQ4_XS, plain, y0, 256);
-        for (int j = 0; j < 128; j++) {
-            e_w += (double)(x[j] - y[j]) * (x[j] - y[j]);
-            e_plain += (double)(x[j] - y0[j]) * (x[j] - y0[j]);
+    /* each recipe's expert type: the weighted columns come out closer than without weights */
+    static const struct { const char *recipe; enum gguf_type type; } cases[] = {
+        { "iq4", GGUF_TYPE_IQ4_XS }, { "2bit", GGUF_TYPE_Q2_K }, { "4bit", GGUF_TYPE_Q4_K },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        REQUIRE(quantize_with(in, out, cases[c].recipe, &m, &st, err, sizeof err) == 0);
+        CHECK_EQ_INT(st.n_imatrix, 1);
+        struct gguf_file *src, *q;
+        REQUIRE(gguf_open(&src, in, err, sizeof err) == 0 && gguf_open(&q, out, err, sizeof err) == 0);
+        const struct gguf_tensor *a = gguf_find_tensor(src, names[0]), *b = gguf_find_tensor(q, names[0]);
+        REQUIRE(a && b && b->type == cases[c].type);
+        const uint32_t bb = gguf_type_block_bytes(b->type);
+        float x[256], y[256], y0[256];
+        uint8_t plain[256];
+        double e_w = 0, e_plain = 0;
+        for (uint64_t r = 0; r < a->n_elements / 256; r++) {
+            dequant_row(a->type, (const uint8_t *)a->data + r * 1024, x, 256);
+            dequant_row(b->type, (const uint8_t *)b->data + r * bb, y, 256);
+            quant_quantize_row(b->type, x, plain, 256, NULL);
+            dequant_row(b->type, plain, y0, 256);
+            for (int j = 0; j < 128; j++) {
+                e_w += (double)(x[j] - y[j]) * (x[j] - y[j]);
+                e_plain += (double)(x[j] - y0[j]) * (x[j] - y0[j]);
+            }
         }
+        if (!(e_w < e_plain))
+            test_fail_at(__FILE__, __LINE__, "%s: weighted columns' squared error %g, without weights %g",
+                         gguf_type_name(cases[c].type), e_w, e_plain);
+        gguf_close(src);
+        gguf_close(q);
     }
-    CHECK(e_w < e_plain);
-    gguf_close(src);
-    gguf_close(q);
     quant_imatrix_free(&m);
     /* an imatrix whose size fits no tensor it names: refused, and neither OUT nor OUT.tmp exists */
     unlink(out);
@@ -393,6 +475,10 @@ TEST(quantize_command_on_the_fixture_falls_back_and_reports)
     const char *r = strstr(outp, "report: ");
     CHECK(r && sscanf(r, "report: %u positions: KL mean %lf max %*f nats, top-1 agreement %u", &pos, &kl, &same) == 3);
     CHECK(pos == 64 && kl > 0 && kl < 1.0 && same > 0);
+    /* and per type: the experts' fallback and the Q8_0 matrices */
+    r = strstr(outp, "report: only the 15 IQ4_NL tensors: ");
+    CHECK(r && sscanf(r, "report: only the 15 IQ4_NL tensors: KL mean %lf", &kl) == 1 && kl > 0);
+    CHECK(strstr(outp, "report: only the 43 Q8_0 tensors: KL mean ") != NULL);
     snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,2,3 --top 1 --backend ref 2>&1", test_flashbox_bin(), out);
     CHECK(test_run_cmd(cmd, outp, sizeof outp) == 0);
     /* usage errors: exit status 2 or 1, a message, no output file */

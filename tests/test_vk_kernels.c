@@ -147,6 +147,22 @@ TEST(vk_matvec_matches_reference_for_every_weight_type_on_edge_shapes)
     vk_fixture_close(&f);
 }
 
+/* Every case for every type in the fixture's layout: the same dequantized values on both
+ * sides, so only float32 accumulation order differs from the float64 reference. */
+static void check_types(struct vk_fixture *f, const enum gguf_type *types, size_t n_types, const struct mv_case *cases,
+                        size_t n_cases, uint64_t seed)
+{
+    for (size_t ti = 0; ti < n_types; ti++)
+        for (size_t ci = 0; ci < n_cases; ci++) {
+            const struct mv_case c = cases[ci];
+            double e = run_matvec(f, types[ti], c, seed + ci * 17 + ti);
+            if (!(e < 1e-10))
+                test_fail_at(__FILE__, __LINE__, "matvec %s (%s layout) [%u in, %u out] x %u tokens (mats %u, slots %u, ids %d, acc %d): nmse %.3g",
+                             gguf_type_name(types[ti]), f->ops.layout == VK_MATVEC_LANES ? "lanes" : "subgroup", c.n_in, c.n_out,
+                             c.n_tok, c.n_mat, c.n_slot, c.use_ids, c.accumulate, e);
+        }
+}
+
 /* ggml's K-quants and i-quants (the subgroup kernel with dequant_ggml.glsl): decode, token
  * tiles with a remainder, experts through ids with shared and per-slot x, accumulation, rows
  * that are not a multiple of the workgroup, more rows than one workgroup covers. */
@@ -167,14 +183,34 @@ TEST(vk_matvec_matches_reference_for_ggml_k_and_i_quants)
         { 512, 17, 9, 5, 4, true, true, false },     /* per-slot x, a tile, accumulate */
         { 256, 300, 1, 0, 0, false, false, false },  /* more rows than one workgroup covers */
     };
-    for (size_t ti = 0; ti < sizeof ggml_types / sizeof ggml_types[0]; ti++)
-        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-            const struct mv_case c = cases[ci];
-            double e = run_matvec(&f, ggml_types[ti], c, 500 + ci * 17 + ti);
-            if (!(e < 1e-10))
-                test_fail_at(__FILE__, __LINE__, "matvec %s [%u in, %u out] x %u tokens (mats %u, slots %u, ids %d, acc %d): nmse %.3g",
-                             gguf_type_name(ggml_types[ti]), c.n_in, c.n_out, c.n_tok, c.n_mat, c.n_slot, c.use_ids, c.accumulate, e);
-        }
+    check_types(&f, ggml_types, sizeof ggml_types / sizeof ggml_types[0], cases, sizeof cases / sizeof cases[0], 500);
+    vk_fixture_close(&f);
+}
+
+/* Q4_K and Q5_K on both row layouts: the LANES kernel (a super-block per chunk; it must be
+ * the one that runs where the device picks LANES) and the subgroup one, on decode, token
+ * tiles with a remainder, the small tiles of a few sessions, experts through ids with shared
+ * and per-slot x, accumulation and more rows than one workgroup covers. */
+TEST(vk_matvec_lanes_q4_k_and_q5_k_match_reference)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    static const enum gguf_type types[] = { GGUF_TYPE_Q4_K, GGUF_TYPE_Q5_K };
+    static const struct mv_case cases[] = {
+        { 256, 37, 1, 0, 0, false, false, true },    /* one super-block, odd rows */
+        { 768, 70, 1, 0, 0, false, true, true },     /* three, accumulate */
+        { 512, 45, 21, 0, 0, false, false, true },   /* token tiles with a remainder */
+        { 512, 24, 1, 8, 3, true, false, true },     /* experts through ids, shared x */
+        { 512, 17, 9, 5, 4, true, true, true },      /* per-slot x, a tile, accumulate */
+        { 256, 300, 1, 0, 0, false, false, true },   /* more rows than one workgroup covers */
+        { 512, 70, 2, 0, 0, false, false, true },    /* the 2-, 4- and 8-token tiles */
+        { 1024, 37, 3, 0, 0, false, true, true },
+        { 256, 45, 12, 0, 0, false, false, true },
+    };
+    for (int layout = 0; layout < 2; layout++) {
+        f.ops.layout = layout ? VK_MATVEC_SUBGROUP : VK_MATVEC_LANES;
+        check_types(&f, types, sizeof types / sizeof types[0], cases, sizeof cases / sizeof cases[0], 900 + 100 * layout);
+    }
     vk_fixture_close(&f);
 }
 

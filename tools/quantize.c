@@ -66,7 +66,7 @@ const char *const quant_recipe_names[] = { "2bit", "4bit", "iq4", "q8", NULL };
 const char *const quant_recipe_about[] = {
     "routed experts Q2_K (2.625 bits), attention, shared experts and head Q8_0",
     "routed experts Q4_K (4.5 bits), attention, shared experts and head Q8_0",
-    "routed experts IQ4_XS (4.25 bits; uses --imatrix), attention, shared experts and head Q8_0",
+    "routed experts IQ4_XS (4.25 bits), attention, shared experts and head Q8_0",
     "routed experts Q8_0, attention, shared experts and head Q8_0",
 };
 
@@ -326,6 +326,13 @@ static enum gguf_type target_type(const struct gguf_tensor *t, const struct quan
     return t->ne[0] % 32 == 0 ? want : t->type;
 }
 
+/* Abandons a begun write: the temporary file goes (its error, if any, is not the one to report). */
+static void writer_discard(struct gguf_writer *w)
+{
+    char e2[64];
+    gguf_writer_finish(w, false, e2, sizeof e2);
+}
+
 struct rewrite {
     enum gguf_type type;
     bool fallback;
@@ -374,7 +381,6 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
         }
     gguf_writer_add_str(w, "flashbox.quantize.recipe", o->recipe->name);
     uint64_t max_ne0 = 1, total = 0;
-    bool imatrix_unused_warned = false;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
         rw[i].type = target_type(t, quant_recipe_match(o->recipe, t->name), &rw[i].fallback);
@@ -386,13 +392,6 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
                 errf(err, err_len, "imatrix: %s has %llu values, the tensor needs %llu (ne0) or %llu (ne0 x experts)", t->name,
                      (unsigned long long)rw[i].im->n_val, (unsigned long long)t->ne[0], (unsigned long long)(t->ne[0] * n_exp));
                 goto close_file;
-            }
-            if (rw[i].im && !quant_can_quantize(rw[i].type, true)) {
-                if (o->log && !imatrix_unused_warned)
-                    fprintf(o->log, "note: %s has no importance-weighted quantizer here; its tensors are written as without --imatrix\n",
-                            gguf_type_name(rw[i].type));
-                imatrix_unused_warned = true;
-                rw[i].im = NULL;
             }
             st->n_changed++;
             st->n_fallback += rw[i].fallback;
@@ -439,10 +438,7 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
     st->seconds = now_s() - t0;
     rc = 0;
 close_file:
-    if (begun) {
-        char e2[64];
-        gguf_writer_finish(w, false, e2, sizeof e2);
-    }
+    if (begun) writer_discard(w);
     free(row);
     free(out);
     free(rw);
@@ -481,12 +477,116 @@ close_engine:
     return rc;
 }
 
+/* KL(p_a || p_b) per position of logits a, b [n][nv], its mean and largest, and how often the
+ * argmaxes agree. */
+static void compare_logits(const float *a, const float *b, uint32_t n, uint32_t nv, struct quantize_kl *out)
+{
+    double sum = 0;
+    memset(out, 0, sizeof *out);
+    for (uint32_t p = 0; p < n; p++) {
+        const float *x = a + (size_t)p * nv, *y = b + (size_t)p * nv;
+        double mx = x[0], my = y[0], zx = 0, zy = 0, kl = 0;
+        uint32_t ax = 0, ay = 0;
+        for (uint32_t i = 1; i < nv; i++) {
+            if (x[i] > mx) mx = x[i], ax = i;
+            if (y[i] > my) my = y[i], ay = i;
+        }
+        for (uint32_t i = 0; i < nv; i++) {
+            zx += exp(x[i] - mx);
+            zy += exp(y[i] - my);
+        }
+        const double lzx = log(zx), lzy = log(zy);
+        for (uint32_t i = 0; i < nv; i++) {
+            const double lpx = x[i] - mx - lzx, lpy = y[i] - my - lzy;
+            kl += exp(lpx) * (lpx - lpy);
+        }
+        if (kl < 0) kl = 0; /* rounding: KL is never negative */
+        sum += kl;
+        if (kl > out->kl_max) out->kl_max = kl;
+        out->top1_same += ax == ay;
+    }
+    out->kl_mean = n ? sum / n : 0;
+}
+
+/* The tensor the per-type model takes for the source's tensor i: the quantized file's when
+ * that stores it as type and the source does not, else the source's. NULL: the quantized
+ * file's tensor of that name has another shape (not a quantize result of this source). */
+static const struct gguf_tensor *mix_pick(const struct gguf_file *src, const struct gguf_file *q, uint64_t i,
+                                          enum gguf_type type)
+{
+    const struct gguf_tensor *t = &src->tensors[i], *u = gguf_find_tensor(q, t->name);
+    if (!u || u->type == t->type || u->type != type) return t;
+    if (u->n_dims != t->n_dims || memcmp(u->ne, t->ne, sizeof t->ne)) return NULL;
+    return u;
+}
+
+/* Writes path: the quantized file's keys and, tensor by tensor, mix_pick's choice. */
+static int write_type_mix(const struct gguf_file *src, const struct gguf_file *q, enum gguf_type type, const char *path,
+                          char *err, size_t err_len)
+{
+    struct gguf_writer *w = gguf_writer_create();
+    bool begun = false;
+    int rc = -1;
+    if (!w) return errf(err, err_len, "out of memory");
+    for (uint64_t i = 0; i < q->n_kv; i++)
+        if (gguf_writer_copy_kv(w, &q->kv[i])) {
+            errf(err, err_len, "%s: cannot copy key %s", path, q->kv[i].key);
+            goto destroy_writer;
+        }
+    for (uint64_t i = 0; i < src->n_tensors; i++) {
+        const struct gguf_tensor *t = mix_pick(src, q, i, type);
+        if (!t) {
+            errf(err, err_len, "report: %s has another shape in the two files", src->tensors[i].name);
+            goto destroy_writer;
+        }
+        if (gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, NULL)) {
+            errf(err, err_len, "%s: cannot register", t->name);
+            goto destroy_writer;
+        }
+    }
+    if (gguf_writer_begin(w, path, err, err_len)) goto destroy_writer;
+    begun = true;
+    for (uint64_t i = 0; i < src->n_tensors; i++) {
+        const struct gguf_tensor *t = mix_pick(src, q, i, type);
+        if (gguf_writer_stream_tensor(w, t->data, t->nbytes, err, err_len)) goto destroy_writer;
+    }
+    begun = false;
+    if (gguf_writer_finish(w, true, err, err_len)) goto destroy_writer;
+    rc = 0;
+destroy_writer:
+    if (begun) writer_discard(w);
+    gguf_writer_destroy(w);
+    return rc;
+}
+
+/* The types the quantized file writes where the source has another, in order of first use,
+ * with how many tensors each. */
+static int report_types(const struct gguf_file *src, const struct gguf_file *q, struct quantize_report *rep, char *err,
+                        size_t err_len)
+{
+    for (uint64_t i = 0; i < src->n_tensors; i++) {
+        const struct gguf_tensor *t = &src->tensors[i], *u = gguf_find_tensor(q, t->name);
+        if (!u || u->type == t->type) continue;
+        uint32_t k = 0;
+        while (k < rep->n_types && rep->per_type[k].type != u->type) k++;
+        if (k == rep->n_types) {
+            if (k == QUANTIZE_REPORT_MAX_TYPES)
+                return errf(err, err_len, "report: more than %d tensor types", QUANTIZE_REPORT_MAX_TYPES);
+            rep->per_type[rep->n_types++].type = u->type;
+        }
+        rep->per_type[k].n_tensors++;
+    }
+    return 0;
+}
+
 int quantize_report_run(const char *src, const char *quantized, const int32_t *tokens, uint32_t n_tokens,
                         struct quantize_report *rep, char *err, size_t err_len)
 {
     memset(rep, 0, sizeof *rep);
     float *a = NULL, *b = NULL;
     uint32_t va = 0, vb = 0;
+    struct gguf_file *fs = NULL, *fq = NULL;
+    char mix[4096];
     int rc = -1;
     if (!n_tokens) return errf(err, err_len, "report: no tokens");
     if (eval_all(src, tokens, n_tokens, &a, &va, err, err_len) || eval_all(quantized, tokens, n_tokens, &b, &vb, err, err_len))
@@ -495,33 +595,29 @@ int quantize_report_run(const char *src, const char *quantized, const int32_t *t
         errf(err, err_len, "report: vocabularies differ (%u and %u)", va, vb);
         goto free_logits;
     }
-    double sum = 0;
-    for (uint32_t p = 0; p < n_tokens; p++) {
-        const float *x = a + (size_t)p * va, *y = b + (size_t)p * va;
-        double mx = x[0], my = y[0], zx = 0, zy = 0, kl = 0;
-        uint32_t ax = 0, ay = 0;
-        for (uint32_t i = 1; i < va; i++) {
-            if (x[i] > mx) mx = x[i], ax = i;
-            if (y[i] > my) my = y[i], ay = i;
-        }
-        for (uint32_t i = 0; i < va; i++) {
-            zx += exp(x[i] - mx);
-            zy += exp(y[i] - my);
-        }
-        const double lzx = log(zx), lzy = log(zy);
-        for (uint32_t i = 0; i < va; i++) {
-            const double lpx = x[i] - mx - lzx, lpy = y[i] - my - lzy;
-            kl += exp(lpx) * (lpx - lpy);
-        }
-        if (kl < 0) kl = 0; /* rounding: KL is never negative */
-        sum += kl;
-        if (kl > rep->kl_max) rep->kl_max = kl;
-        rep->top1_same += ax == ay;
-    }
     rep->n_positions = n_tokens;
-    rep->kl_mean = sum / n_tokens;
+    compare_logits(a, b, n_tokens, va, &rep->all);
+    if (gguf_open(&fs, src, err, err_len) || gguf_open(&fq, quantized, err, err_len) || report_types(fs, fq, rep, err, err_len))
+        goto free_logits;
+    if (rep->n_types == 1) rep->per_type[0].kl = rep->all; /* the mix would be the quantized file itself */
+    for (uint32_t k = 0; rep->n_types > 1 && k < rep->n_types; k++) {
+        struct quantize_report_type *pt = &rep->per_type[k];
+        if ((size_t)snprintf(mix, sizeof mix, "%s.only-%s", quantized, gguf_type_name(pt->type)) >= sizeof mix) {
+            errf(err, err_len, "report: %s: path too long", quantized);
+            goto free_logits;
+        }
+        free(b);
+        b = NULL;
+        int e = write_type_mix(fs, fq, pt->type, mix, err, err_len);
+        if (!e) e = eval_all(mix, tokens, n_tokens, &b, &vb, err, err_len);
+        unlink(mix);
+        if (e) goto free_logits;
+        compare_logits(a, b, n_tokens, va, &pt->kl);
+    }
     rc = 0;
 free_logits:
+    gguf_close(fq);
+    gguf_close(fs);
     free(a);
     free(b);
     return rc;

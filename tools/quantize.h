@@ -72,13 +72,30 @@ struct quantize_stats {
 
 int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, char *err, size_t err_len);
 
-struct quantize_report {
-    uint32_t n_positions;
-    double kl_mean, kl_max;     /* KL(source || quantized) per position, nats */
+#define QUANTIZE_REPORT_MAX_TYPES 16
+
+/* How far a model's logits are from the source's over the report's tokens. */
+struct quantize_kl {
+    double kl_mean, kl_max;     /* KL(source || model) per position, nats */
     uint32_t top1_same;         /* positions whose argmax agrees */
 };
 
-/* Runs both models over tokens (one session each, all positions) on the reference backend. */
+struct quantize_report {
+    uint32_t n_positions;
+    struct quantize_kl all;     /* the quantized file */
+    /* per type the quantized file writes (where the source had another): a model that takes
+     * only that type's tensors from the quantized file and every other from the source */
+    uint32_t n_types;
+    struct quantize_report_type {
+        enum gguf_type type;
+        uint32_t n_tensors;
+        struct quantize_kl kl;
+    } per_type[QUANTIZE_REPORT_MAX_TYPES];
+};
+
+/* Runs the source, the quantized file and, when it writes more than one type, one mixed model
+ * per type (written next to quantized as QUANTIZED.only-TYPE, removed after) over tokens (one
+ * session each, all positions) on the reference backend. */
 int quantize_report_run(const char *src, const char *quantized, const int32_t *tokens, uint32_t n_tokens,
                         struct quantize_report *rep, char *err, size_t err_len);
 

@@ -14,9 +14,10 @@ static void usage(FILE *out)
             "                         [--tokens 1,2,3 | --tokens-file FILE] [--quiet]\n"
             "  --recipe NAME|FILE  a named recipe (below) or a pattern file of PATTERN=TYPE lines,\n"
             "                      e.g. blk.*.ffn_down_exps=q2_k ('*' spans dots, first match wins)\n"
-            "  --imatrix FILE      llama.cpp importance matrix (GGUF or legacy .dat); used by IQ4_NL/IQ4_XS\n"
+            "  --imatrix FILE      llama.cpp importance matrix (GGUF or legacy .dat); weights the K-quant and IQ4 fits\n"
             "  --report            then compare OUT's logits with IN's on the reference backend:\n"
-            "                      mean and max KL divergence per position, top-1 agreement\n"
+            "                      mean and max KL divergence per position, top-1 agreement; overall\n"
+            "                      and, when OUT has several new types, with only each type quantized\n"
             "  --tokens, --tokens-file  the report's token ids (default: 64 fixed ids below 256)\n"
             "recipes:\n");
     for (int i = 0; quant_recipe_names[i]; i++) fprintf(out, "  %-6s %s\n", quant_recipe_names[i], quant_recipe_about[i]);
@@ -127,7 +128,13 @@ int tool_quantize_main(int argc, char **argv)
         fprintf(stderr, "flashbox quantize: report: %s\n", err);
         return 1;
     }
-    printf("report: %u positions: KL mean %.6f max %.6f nats, top-1 agreement %u/%u (%.1f%%)\n", rep.n_positions, rep.kl_mean,
-           rep.kl_max, rep.top1_same, rep.n_positions, 100.0 * rep.top1_same / rep.n_positions);
+    printf("report: %u positions: KL mean %.6f max %.6f nats, top-1 agreement %u/%u (%.1f%%)\n", rep.n_positions,
+           rep.all.kl_mean, rep.all.kl_max, rep.all.top1_same, rep.n_positions, 100.0 * rep.all.top1_same / rep.n_positions);
+    for (uint32_t k = 0; k < rep.n_types; k++) {
+        const struct quantize_report_type *t = &rep.per_type[k];
+        printf("report: only the %u %s tensors: KL mean %.6f max %.6f nats, top-1 agreement %u/%u (%.1f%%)\n", t->n_tensors,
+               gguf_type_name(t->type), t->kl.kl_mean, t->kl.kl_max, t->kl.top1_same, rep.n_positions,
+               100.0 * t->kl.top1_same / rep.n_positions);
+    }
     return 0;
 }

@@ -130,10 +130,11 @@ int dequant_row(enum gguf_type type, const void *src, float *dst, uint64_t n);
 int dequant_row_k(enum gguf_type type, const void *src, float *dst, uint64_t n);
 int dequant_row_iq(enum gguf_type type, const void *src, float *dst, uint64_t n);
 
-/* IQ1_S and IQ1_M's shared grid (QUANT_IQ1_GRID_N entries of 8 two-bit codes, shaders/iq_grids.h):
- * the Vulkan backend uploads it once per device, as a constant it costs lavapipe minutes. */
-#define QUANT_IQ1_GRID_N 2048
-const uint16_t *quant_iq1_grid(void);
+/* Every i-quant grid in one table of QUANT_IQ_GRID_ENTRIES u16 entries, each grid at its
+ * IQ_GRID_OFF_* (shaders/iq_grids.h): what the Vulkan backend uploads once per device for
+ * its shaders, which as GLSL constants cost lavapipe seconds to minutes per dispatch. */
+#define QUANT_IQ_GRID_ENTRIES 4096
+void quant_iq_grid_table(uint16_t *dst);
 
 /* Fills n_blocks blocks of a K-quant or i-quant type with random bytes drawn from *seed
  * (splitmix64) and sets every block's f16 scale (d, and dmin where the type has one) to
@@ -144,12 +145,14 @@ int quant_random_blocks(enum gguf_type type, void *dst, uint64_t n_blocks, uint6
 /* ggml's reference quantizers (quantize_row_q8_0_ref, quantize_row_mxfp4_ref). n % 32 == 0. */
 void quantize_row_q8_0(const float *src, struct block_q8_0 *dst, uint64_t n);
 void quantize_row_mxfp4(const float *src, struct block_mxfp4 *dst, uint64_t n);
-/* engine/model/quantize.c: ggml's quantize_row_q{2,3,4,5,6}_K_ref, byte for byte. n % 256 == 0. */
-void quantize_row_q2_k(const float *src, struct block_q2_k *dst, uint64_t n);
-void quantize_row_q3_k(const float *src, struct block_q3_k *dst, uint64_t n);
-void quantize_row_q4_k(const float *src, struct block_q4_k *dst, uint64_t n);
-void quantize_row_q5_k(const float *src, struct block_q5_k *dst, uint64_t n);
-void quantize_row_q6_k(const float *src, struct block_q6_k *dst, uint64_t n);
+/* engine/model/quantize.c, byte for byte: with qw NULL ggml's quantize_row_q{2,3,4,5,6}_K_ref;
+ * with importance weights qw[n] (one per column) ggml's quantize_q*_K for one row of n.
+ * n % 256 == 0. */
+void quantize_row_q2_k(const float *src, struct block_q2_k *dst, uint64_t n, const float *qw);
+void quantize_row_q3_k(const float *src, struct block_q3_k *dst, uint64_t n, const float *qw);
+void quantize_row_q4_k(const float *src, struct block_q4_k *dst, uint64_t n, const float *qw);
+void quantize_row_q5_k(const float *src, struct block_q5_k *dst, uint64_t n, const float *qw);
+void quantize_row_q6_k(const float *src, struct block_q6_k *dst, uint64_t n, const float *qw);
 /* IQ4_NL (n % 32 == 0) and IQ4_XS (n % 256 == 0) with importance weights qw[n] or NULL:
  * ggml's quantize_iq4_nl / quantize_iq4_xs for one row (ntry 7); IQ4_NL with ntry -1 is
  * ggml's quantize_row_iq4_nl_ref. */
@@ -159,8 +162,8 @@ void quantize_row_iq4_xs(const float *src, struct block_iq4_xs *dst, uint64_t n,
 /* Whether quant_quantize_row writes type (with or without an importance matrix). */
 bool quant_can_quantize(enum gguf_type type, bool with_imatrix);
 /* One row of n elements (a multiple of the type's block) into type, the bytes llama.cpp's
- * quantize writes for it: F32/F16/BF16, Q8_0, MXFP4, the K-quants (imatrix NULL only) and
- * IQ4_NL / IQ4_XS (imatrix[n] or NULL). Returns -1 when !quant_can_quantize. */
+ * quantize writes for it: F32/F16/BF16, Q8_0, MXFP4 (these ignore imatrix, as ggml does), the
+ * K-quants and IQ4_NL / IQ4_XS (imatrix[n] or NULL). Returns -1 when !quant_can_quantize. */
 int quant_quantize_row(enum gguf_type type, const float *src, void *dst, uint64_t n, const float *imatrix);
 
 /* Q4_K / Q5_K's sub-block j scale and min from their 12 packed bytes (engine/model/quant_k.c). */

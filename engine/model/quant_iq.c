@@ -183,8 +183,18 @@ int dequant_row_iq(enum gguf_type type, const void *src, float *dst, uint64_t n)
     return 0;
 }
 
-const uint16_t *quant_iq1_grid(void)
+void quant_iq_grid_table(uint16_t *dst)
 {
-    _Static_assert(sizeof iq1s_grid / sizeof iq1s_grid[0] == QUANT_IQ1_GRID_N, "IQ1 grid size");
-    return iq1s_grid;
+    _Static_assert(QUANT_IQ_GRID_ENTRIES == IQ_GRID_ENTRIES, "one table size");
+    static const struct { const uint16_t *grid; size_t n; uint32_t off; } g[] = {
+        { iq2xxs_grid, sizeof iq2xxs_grid / 2, IQ_GRID_OFF_IQ2XXS }, { iq2xs_grid, sizeof iq2xs_grid / 2, IQ_GRID_OFF_IQ2XS },
+        { iq2s_grid, sizeof iq2s_grid / 2, IQ_GRID_OFF_IQ2S }, { iq3xxs_grid, sizeof iq3xxs_grid / 2, IQ_GRID_OFF_IQ3XXS },
+        { iq1s_grid, sizeof iq1s_grid / 2, IQ_GRID_OFF_IQ1S },
+    };
+    _Static_assert(IQ_GRID_OFF_IQ2XS == IQ_GRID_OFF_IQ2XXS + sizeof iq2xxs_grid / 2 &&
+                   IQ_GRID_OFF_IQ2S == IQ_GRID_OFF_IQ2XS + sizeof iq2xs_grid / 2 &&
+                   IQ_GRID_OFF_IQ3XXS == IQ_GRID_OFF_IQ2S + sizeof iq2s_grid / 2 &&
+                   IQ_GRID_OFF_IQ1S == IQ_GRID_OFF_IQ3XXS + sizeof iq3xxs_grid / 2 &&
+                   IQ_GRID_ENTRIES == IQ_GRID_OFF_IQ1S + sizeof iq1s_grid / 2, "the grids fill the table back to back");
+    for (size_t i = 0; i < sizeof g / sizeof g[0]; i++) memcpy(dst + g[i].off, g[i].grid, g[i].n * sizeof(uint16_t));
 }

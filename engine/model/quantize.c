@@ -1,7 +1,7 @@
 /* Quantizers for ggml's K-quants (Q2_K .. Q6_K) and IQ4_NL / IQ4_XS: the same output bytes as
- * ggml's quantize_row_*_ref and, for whole rows, as what llama.cpp's quantize writes without
- * an importance matrix (ggml's quantize_* with no weights), and for IQ4_NL / IQ4_XS also
- * with one.
+ * ggml's quantize_row_*_ref and, for whole rows, as what llama.cpp's quantize writes with or
+ * without an importance matrix (ggml's quantize_* with or without weights; with weights the
+ * K-quants fit their sub-blocks and their scales by other rules, below).
  *
  * Same bytes means the same float operations in the same order: every sum below is
  * accumulated in ggml's order and each product is grouped as ggml groups it (w * x * l is
@@ -139,10 +139,10 @@ static float largest_magnitude(int n, const float *x, float *amax)
 }
 
 /* The first step of both symmetric fits: q = round(x * -nmax / max) in [-nmax, nmax - 1]
- * (stored plus q_offset) and the x^2-weighted sums over it. Returns 0, with q zeroed, for a
- * group that is all zero. */
-static int fit_signed_start(int n, int nmax, const float *x, int8_t *q, int q_offset, float *max, float *sumlx,
-                            float *suml2)
+ * (stored plus q_offset) and the sums over it weighted by qw[n] (NULL: x^2). Returns 0, with q
+ * zeroed, for a group that is all zero. */
+static int fit_signed_start(int n, int nmax, const float *x, const float *qw, int8_t *q, int q_offset, float *max,
+                            float *sumlx, float *suml2)
 {
     float amax;
     *max = largest_magnitude(n, x, &amax);
@@ -155,21 +155,21 @@ static int fit_signed_start(int n, int nmax, const float *x, int8_t *q, int q_of
     for (int i = 0; i < n; i++) {
         int l = clampi(round_even(iscale * x[i]), -nmax, nmax - 1);
         q[i] = (int8_t)(l + q_offset);
-        float w = x[i] * x[i];
+        float w = qw ? qw[i] : x[i] * x[i];
         *sumlx += w * x[i] * l;
         *suml2 += w * l * l;
     }
     return 1;
 }
 
-/* Symmetric fit x[n] ~ scale * q, q in [-nmax, nmax - 1], weights x^2: the scale of the
- * largest magnitude, then 18 nearby inverse scales (nmax + k/10) / -max, keeping the one that
- * maximises (sum w x q)^2 / sum w q^2 (ggml's make_qx_quants with rmse_type 1). q + nmax is
- * written to q[n]. */
-static float fit_signed(int n, int nmax, const float *x, int8_t *q)
+/* Symmetric fit x[n] ~ scale * q, q in [-nmax, nmax - 1], weights qw[n] (NULL: x^2): the
+ * scale of the largest magnitude, then 18 nearby inverse scales (nmax + k/10) / -max, keeping
+ * the one that maximises (sum w x q)^2 / sum w q^2 (ggml's make_qx_quants with rmse_type 1).
+ * q + nmax is written to q[n]. */
+static float fit_signed(int n, int nmax, const float *x, const float *qw, int8_t *q)
 {
     float max, sumlx, suml2, iscale;
-    if (!fit_signed_start(n, nmax, x, q, nmax, &max, &sumlx, &suml2)) return 0.f;
+    if (!fit_signed_start(n, nmax, x, qw, q, nmax, &max, &sumlx, &suml2)) return 0.f;
     float scale = suml2 ? sumlx / suml2 : 0.0f, best = scale * sumlx;
     for (int is = -9; is <= 9; is++) {
         if (is == 0) continue;
@@ -177,7 +177,7 @@ static float fit_signed(int n, int nmax, const float *x, int8_t *q)
         sumlx = suml2 = 0;
         for (int i = 0; i < n; i++) {
             int l = clampi(round_even(iscale * x[i]), -nmax, nmax - 1);
-            float w = x[i] * x[i];
+            float w = qw ? qw[i] : x[i] * x[i];
             sumlx += w * x[i] * l;
             suml2 += w * l * l;
         }
@@ -196,7 +196,7 @@ static float fit_signed(int n, int nmax, const float *x, int8_t *q)
 static float fit_q3(int n, int nmax, const float *x, int8_t *q)
 {
     float max, sumlx, suml2;
-    if (!fit_signed_start(n, nmax, x, q, 0, &max, &sumlx, &suml2)) return 0.f;
+    if (!fit_signed_start(n, nmax, x, NULL, q, 0, &max, &sumlx, &suml2)) return 0.f;
     for (int pass = 0; pass < 5; pass++) {
         int n_changed = 0;
         for (int i = 0; i < n; i++) {
@@ -220,74 +220,222 @@ static float fit_q3(int n, int nmax, const float *x, int8_t *q)
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
-/* ---- K-quants ---- */
-
-void quantize_row_q2_k(const float *x, struct block_q2_k *y, uint64_t n)
+/* Fits non-negative x[n] (a super-block's sub-block scales or mins) ~ scale * q with integer
+ * q in [0, nmax], weighted by w[n]: the largest value's grid and 8 nearby inverse scales
+ * (nmax + k/10) / max, keeping the least weighted squared error, then up to five passes that
+ * move single q to the value that raises (sum w x q)^2 / sum w q^2 (ggml's make_qp_quants).
+ * Like ggml, q is only clamped from above: a negative x wraps in the uint8_t. Returns scale. */
+static float fit_positive(int n, int nmax, const float *x, uint8_t *q, const float *w)
 {
-    uint8_t q[QK_K], q_try[16];
-    float w[16], scales[QK_K / 16], mins[QK_K / 16];
+    float max = 0;
+    for (int i = 0; i < n; i++) max = max > x[i] ? max : x[i];
+    if (max < GROUP_MAX_EPS) {
+        memset(q, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = nmax / max;
+    for (int i = 0; i < n; i++) q[i] = (uint8_t)round_even(iscale * x[i]);
+    float scale = 1 / iscale, best = 0;
+    for (int i = 0; i < n; i++) {
+        float diff = x[i] - scale * q[i];
+        best += w[i] * diff * diff;
+    }
+    for (int k = -4; k <= 4; k++) {
+        if (k == 0) continue;
+        const float iscale_k = (0.1f * k + nmax) / max, scale_k = 1 / iscale_k;
+        float err = 0;
+        for (int i = 0; i < n; i++) {
+            int l = round_even(iscale_k * x[i]);
+            if (l > nmax) l = nmax;
+            float diff = x[i] - scale_k * l;
+            err += w[i] * diff * diff;
+        }
+        if (err < best) {
+            best = err;
+            iscale = iscale_k;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = round_even(iscale * x[i]);
+        if (l > nmax) l = nmax;
+        q[i] = (uint8_t)l;
+        sumlx += w[i] * x[i] * l;
+        suml2 += w[i] * l * l;
+    }
+    for (int pass = 0; pass < 5; pass++) {
+        int n_changed = 0;
+        for (int i = 0; i < n; i++) {
+            float slx = sumlx - w[i] * x[i] * q[i], sl2 = suml2 - w[i] * q[i] * q[i];
+            if (!(slx > 0 && sl2 > 0)) continue;
+            int l = round_even(x[i] * sl2 / slx);
+            if (l > nmax) l = nmax;
+            if (l == q[i]) continue;
+            slx += w[i] * x[i] * l;
+            sl2 += w[i] * l * l;
+            if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                q[i] = (uint8_t)l;
+                sumlx = slx;
+                suml2 = sl2;
+                n_changed++;
+            }
+        }
+        if (!n_changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+static float sum_squares(const float *x, int n)
+{
+    float s = 0;
+    for (int i = 0; i < n; i++) s += x[i] * x[i];
+    return s;
+}
+
+/* A sub-block's fitting weights when an imatrix is given: w[l] = qw[l] * sqrt(sigma2 + x[l]^2)
+ * (sigma2 a multiple of the super-block's mean x^2: the imatrix says which columns matter,
+ * the square root keeps large elements from being lost in a quiet column); their sum in *sum_w. */
+static void importance_weights(int n, const float *x, const float *qw, float sigma2, float *w, float *sum_w)
+{
+    *sum_w = 0;
+    for (int l = 0; l < n; l++) w[l] = qw[l] * sqrtf(sigma2 + x[l] * x[l]);
+    for (int l = 0; l < n; l++) *sum_w += w[l];
+}
+
+/* ---- K-quants ----
+ *
+ * Each type in two steps: a fit that writes the block's scales (and d, dmin) and a first q,
+ * without importance weights (ggml's _ref) or with them (what quantize_* does given an
+ * imatrix); then the same requantization of x against the rounded scales and packing. */
+
+/* Q2_K without weights: sub-blocks of 16 fitted with weights |x|, their scales and mins
+ * rounded to 4 bits against the largest of each. */
+static void fit_q2_k(const float *x, struct block_q2_k *b, uint8_t q[QK_K])
+{
+    uint8_t q_try[16];
+    float w[16], scales[QK_K / 16], mins[QK_K / 16], max_scale = 0, max_min = 0;
+    for (int j = 0; j < QK_K / 16; j++) {
+        for (int l = 0; l < 16; l++) w[l] = fabsf(x[16 * j + l]);
+        scales[j] = fit_scale_min(16, 3, x + 16 * j, w, q + 16 * j, &mins[j], q_try, -0.5f, 0.1f, 15, true);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    /* 4-bit sub-block scales (low nibble) and mins (high nibble) against d and dmin */
+    memset(b->scales, 0, sizeof b->scales);
+    if (max_scale > 0)
+        for (int j = 0; j < QK_K / 16; j++) b->scales[j] = (uint8_t)round_even(15.f / max_scale * scales[j]);
+    put_half(&b->d, max_scale > 0 ? max_scale / 15.f : 0.f);
+    if (max_min > 0)
+        for (int j = 0; j < QK_K / 16; j++) b->scales[j] |= (uint8_t)(round_even(15.f / max_min * mins[j]) << 4);
+    put_half(&b->dmin, max_min > 0 ? max_min / 15.f : 0.f);
+}
+
+/* Q2_K with importance weights qw[QK_K]: sub-blocks fitted over 37 candidate grids, then the
+ * 16 scales and the 16 mins each fitted to 4 bits by fit_positive, weighted by the
+ * sub-blocks' total weight. */
+static void fit_q2_k_weighted(const float *x, const float *qw, struct block_q2_k *b, uint8_t q[QK_K])
+{
+    uint8_t q_try[16], ls[QK_K / 16], lm[QK_K / 16];
+    float w[16], sw[QK_K / 16], scales[QK_K / 16], mins[QK_K / 16];
+    const float sigma2 = sum_squares(x, QK_K) / QK_K;
+    for (int j = 0; j < QK_K / 16; j++) {
+        importance_weights(16, x + 16 * j, qw + 16 * j, sigma2, w, &sw[j]);
+        scales[j] = fit_scale_min(16, 3, x + 16 * j, w, q + 16 * j, &mins[j], q_try, -0.9f, 0.05f, 36, false);
+    }
+    put_half(&b->d, fit_positive(QK_K / 16, 15, scales, ls, sw));
+    put_half(&b->dmin, fit_positive(QK_K / 16, 15, mins, lm, sw));
+    for (int j = 0; j < QK_K / 16; j++) b->scales[j] = (uint8_t)(ls[j] | lm[j] << 4);
+}
+
+/* 2-bit q: element 128h + 32s + l goes to qs[32h + l] bits 2s */
+static void pack_2bit(const uint8_t *q, uint8_t qs[QK_K / 4])
+{
+    for (int h = 0; h < 2; h++)
+        for (int l = 0; l < 32; l++) {
+            const uint8_t *s = q + 128 * h + l;
+            qs[32 * h + l] = (uint8_t)(s[0] | s[32] << 2 | s[64] << 4 | s[96] << 6);
+        }
+}
+
+void quantize_row_q2_k(const float *x, struct block_q2_k *y, uint64_t n, const float *qw)
+{
+    uint8_t q[QK_K];
     for (uint64_t ib = 0; ib < n / QK_K; ib++, x += QK_K) {
         struct block_q2_k *b = &y[ib];
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < QK_K / 16; j++) {
-            for (int l = 0; l < 16; l++) w[l] = fabsf(x[16 * j + l]);
-            scales[j] = fit_scale_min(16, 3, x + 16 * j, w, q + 16 * j, &mins[j], q_try, -0.5f, 0.1f, 15, true);
-            if (scales[j] > max_scale) max_scale = scales[j];
-            if (mins[j] > max_min) max_min = mins[j];
-        }
-        /* 4-bit sub-block scales (low nibble) and mins (high nibble) against d and dmin */
-        memset(b->scales, 0, sizeof b->scales);
-        if (max_scale > 0)
-            for (int j = 0; j < QK_K / 16; j++) b->scales[j] = (uint8_t)round_even(15.f / max_scale * scales[j]);
-        uint16_t d = f32_to_fp16(max_scale > 0 ? max_scale / 15.f : 0.f);
-        if (max_min > 0)
-            for (int j = 0; j < QK_K / 16; j++) b->scales[j] |= (uint8_t)(round_even(15.f / max_min * mins[j]) << 4);
-        uint16_t dmin = f32_to_fp16(max_min > 0 ? max_min / 15.f : 0.f);
-        memcpy(&b->d, &d, 2);
-        memcpy(&b->dmin, &dmin, 2);
+        if (qw) fit_q2_k_weighted(x, qw + QK_K * ib, b, q);
+        else fit_q2_k(x, b, q);
         /* requantize against the rounded scales */
+        const float d = get_half(&b->d), dmin = get_half(&b->dmin);
         for (int j = 0; j < QK_K / 16; j++) {
-            const float dl = fp16_to_f32(d) * (b->scales[j] & 0xf);
+            const float dl = d * (b->scales[j] & 0xf);
             if (!dl) continue;
-            const float ml = fp16_to_f32(dmin) * (b->scales[j] >> 4);
+            const float ml = dmin * (b->scales[j] >> 4);
             for (int l = 0; l < 16; l++) q[16 * j + l] = (uint8_t)clampi(round_even((x[16 * j + l] + ml) / dl), 0, 3);
         }
-        for (int h = 0; h < 2; h++)
-            for (int l = 0; l < 32; l++) {
-                const uint8_t *s = q + 128 * h + l;
-                b->qs[32 * h + l] = (uint8_t)(s[0] | s[32] << 2 | s[64] << 4 | s[96] << 6);
-            }
+        pack_2bit(q, b->qs);
     }
 }
 
-void quantize_row_q3_k(const float *x, struct block_q3_k *y, uint64_t n)
+/* Q3_K's 16 six-bit scales (stored l + 32 = ls[j]) packed as q3_k_scale reads them. */
+static void pack_q3_k_scales(const int *ls, uint8_t scales[12])
+{
+    memset(scales, 0, 12);
+    for (int j = 0; j < QK_K / 16; j++) {
+        const int l = ls[j];
+        if (j < 8) scales[j] = (uint8_t)(l & 0xf);
+        else scales[j - 8] |= (uint8_t)((l & 0xf) << 4);
+        scales[j % 4 + 8] |= (uint8_t)((l >> 4) << 2 * (j / 4));
+    }
+}
+
+/* Q3_K without weights: sub-blocks by fit_q3, scales rounded against d = max_scale / -32. */
+static void fit_q3_k(const float *x, struct block_q3_k *b, int8_t q[QK_K])
+{
+    float scales[QK_K / 16], max_scale = 0, amax = 0;
+    int ls[QK_K / 16];
+    for (int j = 0; j < QK_K / 16; j++) {
+        scales[j] = fit_q3(16, 4, x + 16 * j, q + 16 * j);
+        if (fabsf(scales[j]) > amax) {
+            amax = fabsf(scales[j]);
+            max_scale = scales[j];
+        }
+    }
+    if (!max_scale) {
+        memset(b->scales, 0, sizeof b->scales);
+        put_half(&b->d, 0.f);
+        return;
+    }
+    const float iscale = -32.f / max_scale;
+    for (int j = 0; j < QK_K / 16; j++) ls[j] = clampi(round_even(iscale * scales[j]), -32, 31) + 32;
+    pack_q3_k_scales(ls, b->scales);
+    put_half(&b->d, 1 / iscale);
+}
+
+/* Q3_K with importance weights qw[QK_K]: sub-blocks by fit_signed with them, the 16 scales by
+ * fit_signed again, weighted by the sub-blocks' total weight. */
+static void fit_q3_k_weighted(const float *x, const float *qw, struct block_q3_k *b, int8_t q[QK_K])
+{
+    float w[16], sw[QK_K / 16], scales[QK_K / 16];
+    int8_t l6[QK_K / 16];
+    int ls[QK_K / 16];
+    const float sigma2 = 2 * sum_squares(x, QK_K) / QK_K;
+    for (int j = 0; j < QK_K / 16; j++) {
+        importance_weights(16, x + 16 * j, qw + 16 * j, sigma2, w, &sw[j]);
+        scales[j] = fit_signed(16, 4, x + 16 * j, w, q + 16 * j);
+    }
+    const float d = fit_signed(QK_K / 16, 32, scales, sw, l6);
+    for (int j = 0; j < QK_K / 16; j++) ls[j] = l6[j];
+    pack_q3_k_scales(ls, b->scales);
+    put_half(&b->d, d);
+}
+
+void quantize_row_q3_k(const float *x, struct block_q3_k *y, uint64_t n, const float *qw)
 {
     int8_t q[QK_K];
-    float scales[QK_K / 16];
     for (uint64_t ib = 0; ib < n / QK_K; ib++, x += QK_K) {
         struct block_q3_k *b = &y[ib];
-        float max_scale = 0, amax = 0;
-        for (int j = 0; j < QK_K / 16; j++) {
-            scales[j] = fit_q3(16, 4, x + 16 * j, q + 16 * j);
-            if (fabsf(scales[j]) > amax) {
-                amax = fabsf(scales[j]);
-                max_scale = scales[j];
-            }
-        }
-        /* 16 six-bit scales (sc + 32) against d = max_scale / -32, packed as q3_k_scale reads them */
-        memset(b->scales, 0, sizeof b->scales);
-        if (max_scale) {
-            const float iscale = -32.f / max_scale;
-            for (int j = 0; j < QK_K / 16; j++) {
-                int l = clampi(round_even(iscale * scales[j]), -32, 31) + 32;
-                if (j < 8) b->scales[j] = (uint8_t)(l & 0xf);
-                else b->scales[j - 8] |= (uint8_t)((l & 0xf) << 4);
-                b->scales[j % 4 + 8] |= (uint8_t)((l >> 4) << 2 * (j / 4));
-            }
-            put_half(&b->d, 1 / iscale);
-        } else {
-            put_half(&b->d, 0.f);
-        }
+        if (qw) fit_q3_k_weighted(x, qw + QK_K * ib, b, q);
+        else fit_q3_k(x, b, q);
         const float d = get_half(&b->d);
         for (int j = 0; j < QK_K / 16; j++) {
             int lo = j < 8 ? b->scales[j] & 0xf : b->scales[j - 8] >> 4;
@@ -303,78 +451,94 @@ void quantize_row_q3_k(const float *x, struct block_q3_k *y, uint64_t n)
                 b->hmask[j % 32] |= (uint8_t)(1u << j / 32);
                 q[j] -= 4;
             }
-        for (int h = 0; h < 2; h++)
-            for (int l = 0; l < 32; l++) {
-                const int8_t *s = q + 128 * h + l;
-                b->qs[32 * h + l] = (uint8_t)(s[0] | s[32] << 2 | s[64] << 4 | s[96] << 6);
-            }
+        pack_2bit((const uint8_t *)q, b->qs);
     }
 }
 
-/* Q4_K and Q5_K: eight sub-blocks of 32 fitted with weights rms(x) + |x|, their scales and
- * mins rounded to 6 bits against d and dmin, then q requantized against the rounded values;
- * q[QK_K] receives the integers in [0, nmax]. */
-static void quantize_q45_k(const float *x, int nmax, float rmin, int nstep, uint8_t scales6[12], uint16_t *d_out,
-                           uint16_t *dmin_out, uint8_t q[QK_K])
+/* Q4_K and Q5_K: eight sub-blocks of 32, their scales and mins rounded to 6 bits against d
+ * and dmin (packed as quant_k4_scale_min reads them), then q requantized against the rounded
+ * values; q[QK_K] receives the integers in [0, nmax]. Without weights (qw NULL) the
+ * sub-blocks are fitted with weights rms(x) + |x| and the scales rounded against the
+ * largest; with them, over 37 grids and the scales by fit_positive. clamp63: Q5_K clamps the
+ * weighted fit's 6-bit values, Q4_K does not (ggml's difference, kept for its bytes). */
+static void quantize_q45_k(const float *x, const float *qw, int nmax, float rmin, int nstep, bool clamp63,
+                           uint8_t scales6[12], uint16_t *d_out, uint16_t *dmin_out, uint8_t q[QK_K])
 {
-    uint8_t q_try[32];
-    float w[32], scales[QK_K / 32], mins[QK_K / 32], max_scale = 0, max_min = 0;
+    uint8_t q_try[32], ls[QK_K / 32], lm[QK_K / 32];
+    float w[32], sw[QK_K / 32], scales[QK_K / 32], mins[QK_K / 32], max_scale = 0, max_min = 0;
+    const float sigma2 = qw ? 2 * sum_squares(x, QK_K) / QK_K : 0.f;
     for (int j = 0; j < QK_K / 32; j++) {
-        float sum_x2 = 0;
-        for (int l = 0; l < 32; l++) sum_x2 += x[32 * j + l] * x[32 * j + l];
-        const float av_x = sqrtf(sum_x2 / 32);
+        if (qw) {
+            importance_weights(32, x + 32 * j, qw + 32 * j, sigma2, w, &sw[j]);
+            scales[j] = fit_scale_min(32, nmax, x + 32 * j, w, q + 32 * j, &mins[j], q_try, -0.9f, 0.05f, 36, false);
+            continue;
+        }
+        const float av_x = sqrtf(sum_squares(x + 32 * j, 32) / 32);
         for (int l = 0; l < 32; l++) w[l] = av_x + fabsf(x[32 * j + l]);
         scales[j] = fit_scale_min(32, nmax, x + 32 * j, w, q + 32 * j, &mins[j], q_try, rmin, 0.1f, nstep, false);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
-    /* 6-bit scales and mins packed as quant_k4_scale_min reads them */
-    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f, inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    float d, dmin;
+    if (qw) {
+        d = fit_positive(QK_K / 32, 63, scales, ls, sw);
+        dmin = fit_positive(QK_K / 32, 63, mins, lm, sw);
+        if (clamp63)
+            for (int j = 0; j < QK_K / 32; j++) {
+                if (ls[j] > 63) ls[j] = 63;
+                if (lm[j] > 63) lm[j] = 63;
+            }
+    } else {
+        const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f, inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+        for (int j = 0; j < QK_K / 32; j++) {
+            ls[j] = (uint8_t)round_even(inv_scale * scales[j]);
+            lm[j] = (uint8_t)round_even(inv_min * mins[j]);
+            if (ls[j] > 63) ls[j] = 63;
+            if (lm[j] > 63) lm[j] = 63;
+        }
+        d = max_scale / 63.f;
+        dmin = max_min / 63.f;
+    }
+    memset(scales6, 0, 12);
     for (int j = 0; j < QK_K / 32; j++) {
-        uint8_t ls = (uint8_t)round_even(inv_scale * scales[j]), lm = (uint8_t)round_even(inv_min * mins[j]);
-        if (ls > 63) ls = 63;
-        if (lm > 63) lm = 63;
         if (j < 4) {
-            scales6[j] = ls;
-            scales6[j + 4] = lm;
+            scales6[j] = ls[j];
+            scales6[j + 4] = lm[j];
         } else {
-            scales6[j + 4] = (uint8_t)((ls & 0xf) | (lm & 0xf) << 4);
-            scales6[j - 4] |= (uint8_t)((ls >> 4) << 6);
-            scales6[j] |= (uint8_t)((lm >> 4) << 6);
+            scales6[j + 4] = (uint8_t)((ls[j] & 0xf) | (lm[j] & 0xf) << 4);
+            scales6[j - 4] |= (uint8_t)((ls[j] >> 4) << 6);
+            scales6[j] |= (uint8_t)((lm[j] >> 4) << 6);
         }
     }
-    const uint16_t d = f32_to_fp16(max_scale / 63.f), dmin = f32_to_fp16(max_min / 63.f);
-    memcpy(d_out, &d, 2);
-    memcpy(dmin_out, &dmin, 2);
+    put_half(d_out, d);
+    put_half(dmin_out, dmin);
     for (int j = 0; j < QK_K / 32; j++) {
         uint8_t sc, m;
         quant_k4_scale_min(scales6, j, &sc, &m);
-        const float dl = fp16_to_f32(d) * sc;
+        const float dl = get_half(d_out) * sc;
         if (!dl) continue;
-        const float ml = fp16_to_f32(dmin) * m;
+        const float ml = get_half(dmin_out) * m;
         for (int l = 0; l < 32; l++) q[32 * j + l] = (uint8_t)clampi(round_even((x[32 * j + l] + ml) / dl), 0, nmax);
     }
 }
 
-void quantize_row_q4_k(const float *x, struct block_q4_k *y, uint64_t n)
+void quantize_row_q4_k(const float *x, struct block_q4_k *y, uint64_t n, const float *qw)
 {
     uint8_t q[QK_K];
     for (uint64_t ib = 0; ib < n / QK_K; ib++, x += QK_K) {
         struct block_q4_k *b = &y[ib];
-        memset(b->scales, 0, sizeof b->scales);
-        quantize_q45_k(x, 15, -1.f, 20, b->scales, &b->d, &b->dmin, q);
+        quantize_q45_k(x, qw ? qw + QK_K * ib : NULL, 15, -1.f, 20, false, b->scales, &b->d, &b->dmin, q);
         for (int c = 0; c < 4; c++)
             for (int l = 0; l < 32; l++) b->qs[32 * c + l] = (uint8_t)(q[64 * c + l] | q[64 * c + l + 32] << 4);
     }
 }
 
-void quantize_row_q5_k(const float *x, struct block_q5_k *y, uint64_t n)
+void quantize_row_q5_k(const float *x, struct block_q5_k *y, uint64_t n, const float *qw)
 {
     uint8_t q[QK_K];
     for (uint64_t ib = 0; ib < n / QK_K; ib++, x += QK_K) {
         struct block_q5_k *b = &y[ib];
-        memset(b->scales, 0, sizeof b->scales);
-        quantize_q45_k(x, 31, -0.5f, 15, b->scales, &b->d, &b->dmin, q);
+        quantize_q45_k(x, qw ? qw + QK_K * ib : NULL, 31, -0.5f, 15, true, b->scales, &b->d, &b->dmin, q);
         /* chunk c of 64: low nibbles from elements 64c + l, high from 64c + 32 + l; the fifth
          * bits go to qh[l] bits 2c and 2c + 1 */
         memset(b->qh, 0, sizeof b->qh);
@@ -394,7 +558,9 @@ void quantize_row_q5_k(const float *x, struct block_q5_k *y, uint64_t n)
     }
 }
 
-void quantize_row_q6_k(const float *x, struct block_q6_k *y, uint64_t n)
+/* Q6_K: sub-blocks of 16 by fit_signed (weights x^2, or the imatrix's qw as they are: ggml
+ * does not scale them here), scales rounded to int8 against the largest. */
+void quantize_row_q6_k(const float *x, struct block_q6_k *y, uint64_t n, const float *qw)
 {
     int8_t q[QK_K];
     float scales[QK_K / 16];
@@ -402,7 +568,7 @@ void quantize_row_q6_k(const float *x, struct block_q6_k *y, uint64_t n)
         struct block_q6_k *b = &y[ib];
         float max_scale = 0, max_abs_scale = 0;
         for (int j = 0; j < QK_K / 16; j++) {
-            scales[j] = fit_signed(16, 32, x + 16 * j, q + 16 * j);
+            scales[j] = fit_signed(16, 32, x + 16 * j, qw ? qw + QK_K * ib + 16 * j : NULL, q + 16 * j);
             if (fabsf(scales[j]) > max_abs_scale) {
                 max_abs_scale = fabsf(scales[j]);
                 max_scale = scales[j];
@@ -538,9 +704,9 @@ void quantize_row_iq4_xs(const float *x, struct block_iq4_xs *y, uint64_t n, con
 
 bool quant_can_quantize(enum gguf_type type, bool with_imatrix)
 {
+    (void)with_imatrix; /* every type written here takes importance weights or, as in ggml, ignores them */
     switch (type) {
     case GGUF_TYPE_Q2_K: case GGUF_TYPE_Q3_K: case GGUF_TYPE_Q4_K: case GGUF_TYPE_Q5_K: case GGUF_TYPE_Q6_K:
-        return !with_imatrix;
     case GGUF_TYPE_IQ4_NL: case GGUF_TYPE_IQ4_XS:
     case GGUF_TYPE_Q8_0: case GGUF_TYPE_MXFP4: /* these take no importance weights in ggml either */
     case GGUF_TYPE_F32: case GGUF_TYPE_F16: case GGUF_TYPE_BF16:
@@ -564,11 +730,11 @@ int quant_quantize_row(enum gguf_type type, const float *src, void *dst, uint64_
         break;
     case GGUF_TYPE_Q8_0: quantize_row_q8_0(src, dst, n); break;
     case GGUF_TYPE_MXFP4: quantize_row_mxfp4(src, dst, n); break;
-    case GGUF_TYPE_Q2_K: quantize_row_q2_k(src, dst, n); break;
-    case GGUF_TYPE_Q3_K: quantize_row_q3_k(src, dst, n); break;
-    case GGUF_TYPE_Q4_K: quantize_row_q4_k(src, dst, n); break;
-    case GGUF_TYPE_Q5_K: quantize_row_q5_k(src, dst, n); break;
-    case GGUF_TYPE_Q6_K: quantize_row_q6_k(src, dst, n); break;
+    case GGUF_TYPE_Q2_K: quantize_row_q2_k(src, dst, n, imatrix); break;
+    case GGUF_TYPE_Q3_K: quantize_row_q3_k(src, dst, n, imatrix); break;
+    case GGUF_TYPE_Q4_K: quantize_row_q4_k(src, dst, n, imatrix); break;
+    case GGUF_TYPE_Q5_K: quantize_row_q5_k(src, dst, n, imatrix); break;
+    case GGUF_TYPE_Q6_K: quantize_row_q6_k(src, dst, n, imatrix); break;
     case GGUF_TYPE_IQ4_NL: quantize_row_iq4_nl(src, dst, n, imatrix, 7); break;
     case GGUF_TYPE_IQ4_XS: quantize_row_iq4_xs(src, dst, n, imatrix); break;
     default: return -1;

@@ -19,14 +19,16 @@ static const char *const matvec_names[VK_N_WTYPES] = {
     [ABI_WTYPE_IQ4_XS] = "matvec_iq4_xs",
 };
 _Static_assert(VK_N_WTYPES == ABI_WTYPE_COUNT, "one matvec kernel slot per ABI weight type");
-/* ggml's K-quants and i-quants have only the subgroup kernel (matvec.glsl with
- * dequant_ggml.glsl); on CPU drivers they run it too (no LANES variant yet). */
+/* ggml's K-quants and i-quants have the subgroup kernel (matvec.glsl with
+ * dequant_ggml.glsl); Q4_K and Q5_K also a LANES one (dequant_lanes_k.glsl), the others run
+ * the subgroup kernel on CPU drivers too. */
 static bool wtype_is_ggml(int t) { return t >= ABI_WTYPE_Q2_K; }
-/* IQ1_S and IQ1_M read their grid from a fifth binding (ABI_MATVEC_BIND_GRID). */
-static bool wtype_has_grid(int t) { return t == ABI_WTYPE_IQ1_S || t == ABI_WTYPE_IQ1_M; }
+/* The i-quants with a lattice grid read it from a fifth binding (ABI_MATVEC_BIND_GRID). */
+static bool wtype_has_grid(int t) { return t >= ABI_WTYPE_IQ2_XXS && t <= ABI_WTYPE_IQ1_M; }
 static const char *const lanes_names[VK_N_WTYPES] = {
     [ABI_WTYPE_F32] = "matvec_lanes_f32", [ABI_WTYPE_F16] = "matvec_lanes_f16", [ABI_WTYPE_BF16] = "matvec_lanes_bf16",
     [ABI_WTYPE_Q8_0] = "matvec_lanes_q8_0", [ABI_WTYPE_MXFP4] = "matvec_lanes_mxfp4",
+    [ABI_WTYPE_Q4_K] = "matvec_lanes_q4_k", [ABI_WTYPE_Q5_K] = "matvec_lanes_q5_k",
 };
 static const char *const ksplit_names[VK_N_WTYPES] = {
     [ABI_WTYPE_F32] = "matmul_ksplit_f32", [ABI_WTYPE_Q8_0] = "matmul_ksplit_q8_0", [ABI_WTYPE_MXFP4] = "matmul_ksplit_mxfp4",
@@ -84,14 +86,16 @@ int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, si
     int t = vk_wtype(type);
     if (t < 0) return errf(err, err_len, "weight type %s: no Vulkan kernel reads it", gguf_type_name(type));
     if (ops->matvec[t][0].pipe) return 0;
-    if (wtype_has_grid(t) && !ops->iq1_arena) {
-        const uint64_t bytes = QUANT_IQ1_GRID_N * sizeof(uint16_t);
-        if (vk_arena_create(&ops->iq1_arena, ops->d, VK_MEM_DEVICE, bytes, err, err_len) ||
-            vk_arena_alloc(ops->iq1_arena, bytes, 16, &ops->iq1_grid, err, err_len) ||
-            vk_span_upload(ops->d, &ops->iq1_grid, 0, quant_iq1_grid(), bytes, err, err_len)) {
-            if (ops->iq1_arena) vk_arena_destroy(ops->iq1_arena);
-            ops->iq1_arena = NULL;
-            return errf_prefix(err, err_len, "the IQ1 grid");
+    if (wtype_has_grid(t) && !ops->grid_arena) {
+        uint16_t table[QUANT_IQ_GRID_ENTRIES]; /* 8 KiB */
+        const uint64_t bytes = sizeof table;
+        quant_iq_grid_table(table);
+        if (vk_arena_create(&ops->grid_arena, ops->d, VK_MEM_DEVICE, bytes, err, err_len) ||
+            vk_arena_alloc(ops->grid_arena, bytes, 16, &ops->grid, err, err_len) ||
+            vk_span_upload(ops->d, &ops->grid, 0, table, bytes, err, err_len)) {
+            if (ops->grid_arena) vk_arena_destroy(ops->grid_arena);
+            ops->grid_arena = NULL;
+            return errf_prefix(err, err_len, "the i-quant grids");
         }
     }
     /* decode's tile and the prefill tile now; the tiles of 2 and 4 tokens (steps of a few
@@ -99,7 +103,7 @@ int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, si
     const uint32_t tiles[2] = { 0, VK_N_TILES - 1 };
     for (int i = 0; i < 2; i++)
         if (!tile_kernel(ops, t, tiles[i], false, err, err_len) ||
-            (ops->layout == VK_MATVEC_LANES && !wtype_is_ggml(t) && !tile_kernel(ops, t, tiles[i], true, err, err_len)))
+            (ops->layout == VK_MATVEC_LANES && lanes_names[t] && !tile_kernel(ops, t, tiles[i], true, err, err_len)))
             goto fail;
     return 0;
 fail:
@@ -193,8 +197,8 @@ void vk_ops_destroy(struct vk_ops *ops)
     }
     for (size_t g = 0; g < sizeof ops->attention_heads / sizeof ops->attention_heads[0]; g++)
         vk_kernel_destroy(ops->d, &ops->attention_heads[g]);
-    if (ops->iq1_arena) vk_arena_destroy(ops->iq1_arena);
-    ops->iq1_arena = NULL;
+    if (ops->grid_arena) vk_arena_destroy(ops->grid_arena);
+    ops->grid_arena = NULL;
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->hc_texel, &ops->norm_rope, &ops->compress,
                                    &ops->indexer, &ops->indexer_merge, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
@@ -329,12 +333,15 @@ static bool lanes_reads_words(const struct vk_matvec_args *a, struct ksplit_shap
 static bool lanes_fit(const struct vk_ops *ops, const struct vk_matvec_args *a, struct ksplit_shape shape)
 {
     const struct vk_weight *w = a->w;
-    if (ops->layout != VK_MATVEC_LANES || !a->x->texels_f32x4 || wtype_is_ggml(vk_wtype(w->type))) return false;
+    const int t = vk_wtype(w->type);
+    if (ops->layout != VK_MATVEC_LANES || !a->x->texels_f32x4 || t < 0 || !lanes_names[t]) return false;
     /* rows of whole chunks (64-element units, whose MXFP4 rows may start 2 bytes into a
-     * word, for the K-split kernels) from an aligned start */
+     * word, for the K-split kernels; Q4_K / Q5_K: super-blocks) from an aligned start */
     const bool words = lanes_reads_words(a, shape);
     const bool block_type = w->type == GGUF_TYPE_Q8_0 || w->type == GGUF_TYPE_MXFP4;
-    const uint32_t unit = block_type ? ABI_LANES_BLOCK_CHUNK_BYTES : ABI_LANES_FLOAT_CHUNK_BYTES;
+    const uint32_t unit = wtype_is_ggml(t) ? gguf_type_block_bytes(w->type)
+                          : block_type    ? ABI_LANES_BLOCK_CHUNK_BYTES
+                                          : ABI_LANES_FLOAT_CHUNK_BYTES;
     const bool rows_fit = shape.lpr || w->row_bytes % unit == 0;
     if (!(words ? w->span.texels_u32 : w->span.texels_u32x4) || !rows_fit || w->span.off % (words ? 4 : 16) ||
         w->span.off + vk_weight_extent(w) > UINT32_MAX)
@@ -402,11 +409,11 @@ static int matvec_tile(struct vk_recorder *r, struct vk_ops *ops, const struct v
 
     VkDescriptorBufferInfo b[5];
     uint64_t rel_x, rel_y, rel_i = 0;
-    if (k->n_bind > ABI_MATVEC_BIND_GRID) { /* IQ1: the grid, whole, at offset 0 of its own buffer */
+    if (k->n_bind > ABI_MATVEC_BIND_GRID) { /* the i-quant grids, whole, at offset 0 of their own buffer */
         uint64_t rel_g;
-        if (vk_span_range(d, &ops->iq1_grid, 0, ops->iq1_grid.size, &b[ABI_MATVEC_BIND_GRID], &rel_g, err, err_len))
-            return errf_prefix(err, err_len, "matvec IQ1 grid");
-        if (rel_g) return errf(err, err_len, "matvec: the IQ1 grid is bound %u bytes into its range, expected 0", (unsigned)rel_g);
+        if (vk_span_range(d, &ops->grid, 0, ops->grid.size, &b[ABI_MATVEC_BIND_GRID], &rel_g, err, err_len))
+            return errf_prefix(err, err_len, "matvec i-quant grids");
+        if (rel_g) return errf(err, err_len, "matvec: the i-quant grids are bound %u bytes into their range, expected 0", (unsigned)rel_g);
     }
     if (vk_span_range(d, a->x, 0, a->x->size, &b[1], &rel_x, err, err_len) ||
         vk_span_range(d, a->y, 0, a->y->size, &b[2], &rel_y, err, err_len))

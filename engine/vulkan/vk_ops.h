@@ -65,10 +65,10 @@ struct vk_ops {
     struct vk_kernel router;
     struct vk_kernel swiglu;
     struct vk_kernel moe_group;
-    /* IQ1_S / IQ1_M's grid (QUANT_IQ1_GRID_N u16 entries, 4 KiB), uploaded on the first
-     * vk_ops_prepare_matvec of either type and bound to their kernels at ABI_MATVEC_BIND_GRID */
-    struct vk_arena *iq1_arena;
-    struct vk_span iq1_grid;
+    /* The i-quant grids (QUANT_IQ_GRID_ENTRIES u16, 8 KiB), uploaded on the first
+     * vk_ops_prepare_matvec of a type that reads them, bound at ABI_MATVEC_BIND_GRID */
+    struct vk_arena *grid_arena;
+    struct vk_span grid;
     uint32_t rows_per_wg;                   /* matvec rows per workgroup on this device */
     uint32_t wg;                            /* matvec workgroup size */
 };
