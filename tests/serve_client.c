@@ -19,7 +19,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 /* Sanitizer builds run the daemon several times slower (and CI runs two tests at once on
  * two cores): FLASHBOX_TEST_TIME_SCALE (1 to 20, default 1; `make sanitize` sets it)
  * stretches the client's request timeout and the wait for the daemon to stop. Only the
@@ -37,6 +36,7 @@ static const char *curl_max_time(char buf[16])
     snprintf(buf, 16, "%d", 30 * time_scale());
     return buf;
 }
+
 static uint64_t now_ms(void)
 {
     struct timespec ts;

@@ -271,7 +271,6 @@ static int serve_vk_fault(struct served *d, const char *fault, const char *extra
     return started;
 }
 
-
 TEST(serve_gpu_loss_fails_with_503_and_the_backend_reopens)
 {
     /* Each request is a few forward steps (a prefill chunk, then one per token): the 10th

@@ -159,8 +159,8 @@ void quantize_row_q6_k(const float *src, struct block_q6_k *dst, uint64_t n, con
 void quantize_row_iq4_nl(const float *src, struct block_iq4_nl *dst, uint64_t n, const float *qw, int ntry);
 void quantize_row_iq4_xs(const float *src, struct block_iq4_xs *dst, uint64_t n, const float *qw);
 
-/* Whether quant_quantize_row writes type (with or without an importance matrix). */
-bool quant_can_quantize(enum gguf_type type, bool with_imatrix);
+/* Whether quant_quantize_row writes type (each one with or without an importance matrix). */
+bool quant_can_quantize(enum gguf_type type);
 /* One row of n elements (a multiple of the type's block) into type, the bytes llama.cpp's
  * quantize writes for it: F32/F16/BF16, Q8_0, MXFP4 (these ignore imatrix, as ggml does), the
  * K-quants and IQ4_NL / IQ4_XS (imatrix[n] or NULL). Returns -1 when !quant_can_quantize. */

@@ -702,9 +702,9 @@ void quantize_row_iq4_xs(const float *x, struct block_iq4_xs *y, uint64_t n, con
 
 /* ---- one row, as llama.cpp's quantize writes it ---- */
 
-bool quant_can_quantize(enum gguf_type type, bool with_imatrix)
+bool quant_can_quantize(enum gguf_type type)
 {
-    (void)with_imatrix; /* every type written here takes importance weights or, as in ggml, ignores them */
+    /* every type written here takes importance weights or, as in ggml, ignores them */
     switch (type) {
     case GGUF_TYPE_Q2_K: case GGUF_TYPE_Q3_K: case GGUF_TYPE_Q4_K: case GGUF_TYPE_Q5_K: case GGUF_TYPE_Q6_K:
     case GGUF_TYPE_IQ4_NL: case GGUF_TYPE_IQ4_XS:
@@ -719,7 +719,7 @@ bool quant_can_quantize(enum gguf_type type, bool with_imatrix)
 int quant_quantize_row(enum gguf_type type, const float *src, void *dst, uint64_t n, const float *imatrix)
 {
     const uint32_t be = gguf_type_block_elems(type);
-    if (!be || n % be || !quant_can_quantize(type, imatrix != NULL)) return -1;
+    if (!be || n % be || !quant_can_quantize(type)) return -1;
     switch (type) {
     case GGUF_TYPE_F32: memcpy(dst, src, n * 4); break;
     case GGUF_TYPE_F16:

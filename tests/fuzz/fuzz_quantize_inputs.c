@@ -32,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check(r.n_rules > 0 && r.n_rules <= QUANT_MAX_RULES);
             for (uint32_t i = 0; i < r.n_rules; i++) {
                 check(memchr(r.rules[i].pattern, 0, sizeof r.rules[i].pattern) != NULL && r.rules[i].pattern[0]);
-                check(quant_can_quantize(r.rules[i].type, false));
+                check(quant_can_quantize(r.rules[i].type));
                 (void)quant_recipe_match(&r, "blk.0.ffn_down_exps.weight");
             }
         } else {
