@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "engine/engine.h"
+#include "engine/vulkan/vk_device.h"
 #include "tests/harness.h"
 #include "tools/mkmodel.h"
 
@@ -381,4 +382,64 @@ TEST(engine_step_refuses_bad_items_before_any_work)
     session_destroy(a);
     session_destroy(b);
     engine_close(e);
+}
+
+/* Opens the engine with FLASHBOX_VK_SUBMIT_KWORK=kwork, injects a device loss at the
+ * fail_at-th forward submit, and prefills the N_TOK tokens at once: 0 when they ran. */
+static int inv_submits_fail_at(const struct inv *v, const char *kwork, long fail_at)
+{
+    setenv("FLASHBOX_VK_SUBMIT_KWORK", kwork, 1);
+    struct engine *e;
+    if (inv_open(v, ENGINE_BACKEND_VULKAN, 0, &e)) return -1;
+    char err[512], spec[32];
+    struct session *s;
+    int rc = -1;
+    if (session_create(e, 256, &s, err, sizeof err) == 0) {
+        snprintf(spec, sizeof spec, "submit:%ld", fail_at);
+        vk_fault_configure(spec);
+        rc = session_eval(s, v->tokens, N_TOK, NULL, false, err, sizeof err);
+        vk_fault_configure("");
+        session_destroy(s);
+    }
+    engine_close(e);
+    return rc;
+}
+
+/* A slow device splits a prefill batch deep in the context into several submits, each
+ * inside the fence timeout (FLASHBOX_VK_SUBMIT_KWORK bounds a submit's depth work, in 1024
+ * multiply-adds): bitwise the same logits as one submit, for 140 tokens fed at once, in
+ * chunks of 7, and in steps shared with 3 other sessions (a step's sessions cut across
+ * submits). At 1 (fewer multiply-adds than any token's: 5 layers x 1 key x 2 heads x 128)
+ * every token is a submit of its own: the 140th forward submit is reached, the 141st not;
+ * without a bound the prefill is one submit. 100 and 1000: one token to a dozen a submit. */
+TEST(vk_logits_are_bitwise_the_same_when_a_batch_is_split_into_submits)
+{
+    struct inv v;
+    struct engine *e;
+    if (inv_model(&v, MKMODEL_F32)) return;
+    setenv("FLASHBOX_VK_SUBMIT_KWORK", "0", 1); /* each test runs in its own process */
+    if (inv_open(&v, ENGINE_BACKEND_VULKAN, 0, &e)) return;
+    float *want = inv_feed(&v, e, N_TOK);
+    engine_close(e);
+    static const char *const kworks[] = { "1", "100", "1000" };
+    for (size_t i = 0; i < sizeof kworks / sizeof kworks[0] && want; i++) {
+        setenv("FLASHBOX_VK_SUBMIT_KWORK", kworks[i], 1);
+        if (inv_open(&v, ENGINE_BACKEND_VULKAN, 0, &e)) break;
+        char what[96];
+        for (uint32_t feed = N_TOK; feed; feed = feed == N_TOK ? 7 : 0) {
+            float *got = inv_feed(&v, e, feed);
+            snprintf(what, sizeof what, "submits of %s Ki multiply-adds, fed in chunks of %u", kworks[i], feed);
+            inv_same(&v, want, got, what);
+            free(got);
+        }
+        float *got = inv_feed_shared(&v, e, 64, 3);
+        snprintf(what, sizeof what, "submits of %s Ki multiply-adds, in steps with 3 other sessions", kworks[i]);
+        inv_same(&v, want, got, what);
+        free(got);
+        engine_close(e);
+    }
+    free(want);
+    CHECK_EQ_INT(inv_submits_fail_at(&v, "0", 2), 0);
+    CHECK_EQ_INT(inv_submits_fail_at(&v, "1", N_TOK + 1), 0);
+    CHECK_EQ_INT(inv_submits_fail_at(&v, "1", N_TOK), -1);
 }

@@ -240,6 +240,14 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
         env_setting("FLASHBOX_VK_INDEX_CHUNK", 1, ABI_INDEXER_MAX_CHUNK, true, &e->ix_chunk, err, err_len) ||
         env_setting("FLASHBOX_VK_INDEX_GROUP", 2, ABI_INDEXER_MAX_GROUP, false, &e->ix_group, err, err_len))
         goto fail;
+    /* A CPU driver splits a prefill batch deep in the context into several submits, each
+     * inside the fence timeout (vk_step); FLASHBOX_VK_SUBMIT_KWORK=N bounds a submit's depth
+     * work at N x 1024 multiply-adds on any device (tests split short sequences with small
+     * ones; 0 = no bound). */
+    e->submit_work = e->d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? VK_CPU_SUBMIT_WORK : 0;
+    uint32_t kwork = UINT32_MAX;
+    if (env_setting("FLASHBOX_VK_SUBMIT_KWORK", 0, UINT32_MAX - 1, false, &kwork, err, err_len)) goto fail;
+    if (kwork != UINT32_MAX) e->submit_work = (uint64_t)kwork * 1024;
     /* FLASHBOX_VK_NO_FUSE=1 keeps every weight separate: the fallback for files whose
      * projections differ in type, exercised by the tests on files where they do not. */
     const char *nf = getenv("FLASHBOX_VK_NO_FUSE");

@@ -738,6 +738,39 @@ uint64_t vk_cpu_loop_iterations(const struct model_hparams *hp, uint32_t wg, uin
     return worst;
 }
 
+uint64_t vk_token_work(const struct model_hparams *hp, uint32_t pos)
+{
+    const uint64_t head = (uint64_t)hp->n_head * hp->head_dim, window = pos + 1 < hp->window ? pos + 1 : hp->window;
+    uint64_t work = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const uint32_t r = hp->ratio[il];
+        uint64_t keys = window;
+        if (r == 4) {
+            const uint64_t n_vis = (pos + 1) / 4;
+            work += n_vis * hp->ix_head * hp->ix_dim;
+            keys += n_vis < hp->ix_topk ? n_vis : hp->ix_topk;
+        } else if (r) {
+            keys += (pos + 1) / r;
+        }
+        work += keys * head;
+    }
+    return work;
+}
+
+/* How many of n rows at positions pos.. fit a submit whose rows so far cost *work (adding
+ * theirs); the first row of a submit (first) always does. */
+static uint32_t rows_within(const struct model_hparams *hp, uint64_t budget, uint32_t pos, uint32_t n, bool first,
+                            uint64_t *work)
+{
+    if (!budget) return n;
+    for (uint32_t t = 0; t < n; t++) {
+        const uint64_t w = vk_token_work(hp, pos + t);
+        if (*work + w > budget && !(first && t == 0)) return t;
+        *work += w;
+    }
+    return n;
+}
+
 /* Checks one session's tokens before any work. */
 static int check_tokens(const struct vk_session *s, const int32_t *tokens, uint32_t n, char *err, size_t err_len)
 {
@@ -766,7 +799,10 @@ int vk_step(void *ctx, const struct backend_step *items, uint32_t n_items, char 
         if (check_tokens(items[i].state, items[i].tokens, items[i].n, err, err_len))
             return n_items > 1 ? errf_prefix(err, err_len, "step item %u", i) : -1;
     /* Sub-steps of up to max_batch rows (fewer than VK_BATCH when paged experts must fit
-     * the slots): items in order, an item cut where a sub-step fills. */
+     * the slots) and of depth work up to submit_work (a slow device deep in the context
+     * runs a batch in several submits, each inside the fence timeout): items in order, an
+     * item cut where a sub-step fills. A session's logits are the same however its tokens
+     * are cut (batch invariance). */
     struct fwd_part parts[VK_BATCH];
     uint32_t part_item[VK_BATCH], part_off[VK_BATCH];
     int32_t tokens[VK_BATCH];
@@ -774,10 +810,13 @@ int vk_step(void *ctx, const struct backend_step *items, uint32_t n_items, char 
     uint32_t item = 0, off = 0;
     while (item < n_items) {
         uint32_t nt = 0, n_parts = 0;
+        uint64_t work = 0;
         for (; item < n_items && nt < B; off = 0, item++) {
             const struct backend_step *it = &items[item];
             struct vk_session *ps = it->state;
-            const uint32_t n = it->n - off < B - nt ? it->n - off : B - nt;
+            uint32_t n = it->n - off < B - nt ? it->n - off : B - nt;
+            n = rows_within(&e->m->hp, e->submit_work, ps->pos, n, nt == 0, &work);
+            if (n == 0) break; /* the sub-step is full: this item opens the next one */
             const bool last = off + n == it->n;
             parts[n_parts] = (struct fwd_part){ .s = ps, .t0 = nt, .nt = n, .pos0 = ps->pos,
                                                 .first_logit = !it->logits ? n : it->all_logits ? 0 : last ? n - 1 : n };

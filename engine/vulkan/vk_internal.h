@@ -65,7 +65,20 @@ struct vk_engine {
     uint32_t proj_width_max;
     uint32_t attn_chunk;         /* keys per attention chunk: 0 = ABI_ATTN_CHUNK (tests set small ones) */
     uint32_t ix_chunk, ix_group; /* the indexer's chunk and merge width: ABI_INDEXER_CHUNK, _GROUP (tests set small ones) */
+    uint64_t submit_work;        /* a submit's depth work at most, multiply-adds (vk_token_work); 0: no bound */
 };
+
+/* The multiply-adds of the kernels whose work grows with the context, for one token at
+ * position pos: the indexer's scores over every CSA entry before it, and each layer's
+ * attention over its window and its selection (CSA) or entries (HCA). What a prefill
+ * batch costs on top of its weights' work; vk_step bounds it per submit. */
+uint64_t vk_token_work(const struct model_hparams *hp, uint32_t pos);
+/* Default bound of a submit's depth work on a CPU device (lavapipe): 2^31 multiply-adds,
+ * 3 tokens of the tiny model at 1M positions (539 x 10^6 each) or 31 at 128K, which
+ * lavapipe ran in about 7 s of CPU time (20 s of wall time with the machine's 2 cores
+ * loaded 7 to 19 deep), well inside the fence timeout (VK_FENCE_TIMEOUT_S); a whole
+ * 32-token batch at 1M positions did not finish inside it. GPUs run a step in one submit. */
+#define VK_CPU_SUBMIT_WORK (2048ull << 20)
 
 /* The tensors of each projection part of layer il (NULL where the layer has none). */
 void vk_proj_tensors(const struct model *m, uint32_t il, tensor_ref out[VK_PROJ_COUNT]);
