@@ -10,20 +10,30 @@
  * after a fixed number of passes in all and then answer wrong (engine/vulkan/vk_forward.c),
  * so the entries are spread over workgroups, each bounded by the chunk, and the lists over
  * merge levels. The selection is the exact top-k under one total order, so it is the same
- * bits whatever the chunk, the merge width, or the tokens batched beside it. */
-#version 450
+ * bits whatever the chunk, the merge width, or the tokens batched beside it.
+ *
+ * Included by indexer.comp (q and the keys through storage buffers, any storage type) and
+ * indexer_texel.comp (INDEXER_TEXELS: q and float32 keys through float4 texel views of
+ * their whole chunk, for CPU drivers, where a texel fetch is a plain gather and a storage
+ * load a per-lane loop; the host adds each span's place in its chunk to q_off and
+ * keys_off). Both sum a head's products one at a time in index order: the same bits. */
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #include "common.glsl" /* the row kernels' workgroup layout */
 
 ABI_PUSH(ABI_INDEXER_FIELDS)
 
+#ifdef INDEXER_TEXELS
+layout(binding = ABI_INDEXER_BIND_Q) uniform samplerBuffer q_tex;
+layout(binding = ABI_INDEXER_BIND_KEYS) uniform samplerBuffer k_tex; /* float32 keys only */
+#else
 layout(std430, binding = ABI_INDEXER_BIND_Q) readonly buffer q_buf { float q[]; };
-layout(std430, binding = ABI_INDEXER_BIND_W) readonly buffer w_buf { float hw[]; };
 layout(std430, binding = ABI_INDEXER_BIND_KEYS) readonly buffer k_buf { uint keys[]; }; /* as stored (kv.glsl) */
+#define KV_WORD(i) keys[i]
+#endif
+layout(std430, binding = ABI_INDEXER_BIND_W) readonly buffer w_buf { float hw[]; };
 layout(std430, binding = ABI_INDEXER_BIND_LISTS) writeonly buffer l_buf { uvec2 lists[]; };
 layout(std430, binding = ABI_INDEXER_BIND_SEL) writeonly buffer sel_buf { int sel[]; };
-#define KV_WORD(i) keys[i]
 #include "kv.glsl"
 #include "indexer_order.glsl"
 
@@ -40,6 +50,19 @@ float entry_score(const uint t, const uint b)
          * CPU drivers count loop passes against their limit, and unrolled ones are not
          * passes */
         uint i = 0u;
+#ifdef INDEXER_TEXELS
+        /* dim a multiple of 4 and both offsets float4-aligned (the host checks) */
+        const uint qb4 = (qb + h * D) / 4u, kb4 = kb / 4u;
+        for (; i + 16u <= D; i += 16u)
+            [[unroll]] for (uint j = 0u; j < 4u; j++) {
+                const vec4 q4 = texelFetch(q_tex, int(qb4 + i / 4u + j)), k4 = texelFetch(k_tex, int(kb4 + i / 4u + j));
+                [[unroll]] for (uint c = 0u; c < 4u; c++) dot += q4[c] * k4[c];
+            }
+        for (; i < D; i += 4u) {
+            const vec4 q4 = texelFetch(q_tex, int(qb4 + i / 4u)), k4 = texelFetch(k_tex, int(kb4 + i / 4u));
+            [[unroll]] for (uint c = 0u; c < 4u; c++) dot += q4[c] * k4[c];
+        }
+#else
         if (pc.kv == ABI_KV_F32) {
             for (; i + 16u <= D; i += 16u)
                 [[unroll]] for (uint c = 0u; c < 16u; c++) dot += q[qb + h * D + i + c] * uintBitsToFloat(keys[kb + i + c]);
@@ -55,6 +78,7 @@ float entry_score(const uint t, const uint b)
                 [[unroll]] for (uint c = 0u; c < 4u; c++) dot += q[qb + h * D + i + c] * k4[c];
             }
         }
+#endif
         s += hw[pc.w_off + t * pc.w_tstride + h] * pc.scale * max(dot, 0.0);
     }
     return s;

@@ -1204,8 +1204,9 @@ TEST(vk_attention_chunks_match_direct_evaluation_on_few_and_many_keys)
  * n_tok tokens from pos0, in chunks of `chunk` entries merged `group` lists at a time (every
  * level vk_op_indexer_level records); the keys repeat every `distinct` rows (0: all
  * distinct) so that scores tie. */
-static void check_indexer_kv(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct,
-                             enum engine_kv_type kv, uint32_t chunk, uint32_t group)
+static void check_indexer_kv_lists(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct,
+                                   enum engine_kv_type kv, uint32_t chunk, uint32_t group, uint64_t *lists_out,
+                                   size_t lists_len)
 {
     const uint32_t IH = 4, D = 32, n_keys = (pos0 + n_tok) / 4 + 1, KW = kv_entry_words(kv, D);
     uint64_t rng = 41, pairs[2];
@@ -1237,6 +1238,11 @@ static void check_indexer_kv(struct vk_fixture *f, uint32_t topk, uint32_t pos0,
         rc = vk_op_indexer_level(f->rec, &f->ops, b, &p, group, pairs, n_tok * pairs[0], lv, n_levels, f->err, sizeof f->err);
     }
     rc = rc || vk_recorder_submit(f->rec, f->err, sizeof f->err) || vk_span_download(f->d, &ssel, 0, sel, sel_bytes, f->err, sizeof f->err);
+    /* the lists hold (order key, index) pairs: the scores' bits */
+    if (lists_out && !rc) {
+        const size_t n = (size_t)n_tok * (pairs[0] + pairs[1]) < lists_len ? (size_t)n_tok * (pairs[0] + pairs[1]) : lists_len;
+        rc = vk_span_download(f->d, &sl, 0, lists_out, n * 8, f->err, sizeof f->err);
+    }
     if (rc) test_fail_at(__FILE__, __LINE__, "%s", f->err);
     for (uint32_t t = 0; t < n_tok && !rc; t++) {
         uint32_t n_vis = (pos0 + t + 1) / 4, k = n_vis < topk ? n_vis : topk;
@@ -1259,6 +1265,12 @@ static void check_indexer_kv(struct vk_fixture *f, uint32_t topk, uint32_t pos0,
             }
     }
     free(q); free(w); free(keys); free(sel); free(idx); free(score); free(stored);
+}
+
+static void check_indexer_kv(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct,
+                             enum engine_kv_type kv, uint32_t chunk, uint32_t group)
+{
+    check_indexer_kv_lists(f, topk, pos0, n_tok, distinct, kv, chunk, group, NULL, 0);
 }
 
 static void check_indexer(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct)
@@ -1303,6 +1315,37 @@ TEST(vk_indexer_reads_f16_and_fp8_keys_as_stored)
         check_indexer_kv(&f, 5, 70, 3, 0, (enum engine_kv_type)kv, ABI_INDEXER_CHUNK, ABI_INDEXER_GROUP);
         check_indexer_kv(&f, 6, 90, 2, 7, (enum engine_kv_type)kv, 4, 2); /* ties */
     }
+    vk_fixture_close(&f);
+}
+
+/* The CPU-driver layout scores through texel views (indexer_texel.comp, float32 keys) and
+ * the GPU one through storage buffers (indexer.comp): both select the reference's top-k,
+ * and their chunk lists (each entry's score bits beside its index) are bitwise the same,
+ * one chunk's lists and several merged, ties included. */
+TEST(vk_indexer_from_texels_selects_what_the_buffer_kernel_does_bit_for_bit)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    static const uint32_t shapes[][5] = { /* topk, pos0, n_tok, distinct, chunk */
+        { 5, 70, 3, 0, 4 }, { 6, 290, 2, 7, 8 }, { 40, 270, 3, 0, 64 }, { 300, 6000, 2, 97, 64 },
+    };
+    enum { LISTS = 8192 };
+    uint64_t *lists[2] = { calloc(LISTS, 8), calloc(LISTS, 8) };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && lists[0] && lists[1]; i++) {
+        const uint32_t *c = shapes[i];
+        for (int k = 0; k < 2; k++) {
+            f.ops.layout = k ? VK_MATVEC_LANES : VK_MATVEC_SUBGROUP;
+            memset(lists[k], 0, LISTS * 8);
+            check_indexer_kv_lists(&f, c[0], c[1], c[2], c[3], ENGINE_KV_F32, c[4], 2, lists[k], LISTS);
+        }
+        if (memcmp(lists[0], lists[1], LISTS * 8))
+            test_fail_at(__FILE__, __LINE__, "top-%u at %u, chunks of %u: the texel kernel's lists differ from the buffer kernel's",
+                         c[0], c[1], c[4]);
+    }
+    CHECK(lists[0] && lists[1]);
+    CHECK(f.ops.indexer_texel.pipe != VK_NULL_HANDLE); /* the texel kernel ran (it is built on first use) */
+    free(lists[0]);
+    free(lists[1]);
     vk_fixture_close(&f);
 }
 

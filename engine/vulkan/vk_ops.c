@@ -161,6 +161,8 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
         { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push), 0, row_wg },
         { &ops->compress, "compress", 5, sizeof(struct abi_compress_push), 0, 0 },
         { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push), 0, row_wg },
+        { &ops->indexer_texel, "indexer_texel", 5, sizeof(struct abi_indexer_push),
+          1u << ABI_INDEXER_BIND_Q | 1u << ABI_INDEXER_BIND_KEYS, row_wg },
         { &ops->indexer_merge, "indexer_merge", 2, sizeof(struct abi_indexer_merge_push), 0, row_wg },
         { &ops->attention, "attention", 7, sizeof(struct abi_attn_push), 0, 0 },
         { &ops->attention_texel, "attention_texel", 7, sizeof(struct abi_attn_push),
@@ -200,7 +202,7 @@ void vk_ops_destroy(struct vk_ops *ops)
     if (ops->grid_arena) vk_arena_destroy(ops->grid_arena);
     ops->grid_arena = NULL;
     struct vk_kernel *simple[] = { &ops->rmsnorm, &ops->hc, &ops->hc_texel, &ops->norm_rope, &ops->compress,
-                                   &ops->indexer, &ops->indexer_merge, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
+                                   &ops->indexer, &ops->indexer_texel, &ops->indexer_merge, &ops->attention, &ops->attention_texel, &ops->router, &ops->swiglu, &ops->moe_group };
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) vk_kernel_destroy(ops->d, simple[i]);
     ops->d = NULL;
 }
@@ -555,7 +557,8 @@ int vk_ops_prepare_all(struct vk_ops *ops, char *err, size_t err_len)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (build(ops, all[i], err, err_len)) return -1;
     /* the texel variants run only in the LANES layout (CPU drivers) */
-    if (ops->layout == VK_MATVEC_LANES && (build(ops, &ops->hc_texel, err, err_len) || build(ops, &ops->attention_texel, err, err_len)))
+    if (ops->layout == VK_MATVEC_LANES && (build(ops, &ops->hc_texel, err, err_len) || build(ops, &ops->attention_texel, err, err_len) ||
+                                           build(ops, &ops->indexer_texel, err, err_len)))
         return -1;
     return 0;
 }
@@ -586,7 +589,20 @@ int vk_op_indexer_level(struct vk_recorder *r, struct vk_ops *ops, const struct 
         q.list_off = 0;
         q.list_tstride = (uint32_t)pairs[0];
         q.flags = flags;
-        return vk_op_dispatch(r, ops, &ops->indexer, spans, &q, (uint32_t)gx, p->n_tok, 1, err, err_len);
+        /* CPU drivers read q and float32 keys through their chunks' float4 texel views (the
+         * score loop is the indexer's time deep in the context; the views cannot unpack
+         * stored f16/fp8 keys, which indexer.comp does) */
+        const struct vk_span *sq = spans[ABI_INDEXER_BIND_Q], *sk = spans[ABI_INDEXER_BIND_KEYS];
+        const bool texel = ops->layout == VK_MATVEC_LANES && p->kv == ABI_KV_F32 && p->dim % 4 == 0 &&
+                           p->key_words % 4 == 0 && p->q_off % 4 == 0 && p->keys_off % 4 == 0 && sq->texels_f32x4 &&
+                           sk->texels_f32x4 && sq->off % 16 == 0 && sk->off % 16 == 0 &&
+                           sq->off / 4 + p->q_off <= INT32_MAX && sk->off / 4 + p->keys_off <= INT32_MAX;
+        if (texel) {
+            q.q_off += (uint32_t)(sq->off / 4);
+            q.keys_off += (uint32_t)(sk->off / 4);
+        }
+        return vk_op_dispatch(r, ops, texel ? &ops->indexer_texel : &ops->indexer, spans, &q, (uint32_t)gx, p->n_tok, 1, err,
+                              err_len);
     }
     struct abi_indexer_merge_push m = {
         .topk = p->topk, .pos0 = p->pos0, .n_tok = p->n_tok, .span = (uint32_t)span, .group = group, .parts = (uint32_t)parts,

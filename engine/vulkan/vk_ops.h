@@ -55,6 +55,7 @@ struct vk_ops {
     struct vk_kernel norm_rope;
     struct vk_kernel compress;
     struct vk_kernel indexer;       /* scores and sorts chunks of entries (selection level 0) */
+    struct vk_kernel indexer_texel; /* the same, q and float32 keys through texel views (LANES layout) */
     struct vk_kernel indexer_merge; /* merges sorted lists (the later levels) */
     struct vk_kernel attention;
     struct vk_kernel attention_texel; /* q and key rows through texel views (LANES layout) */
