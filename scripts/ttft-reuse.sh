@@ -9,16 +9,18 @@
 # figure (flashbox_time_to_first_token_seconds) and the tokens it reused are printed beside it.
 # The assistant's reply in the second turn is fixed text: what follows the saved prefix does
 # not change what is reused. Usage: sh scripts/ttft-reuse.sh [BIN] [WORDS]
-# (2,780 words of the generated document: about 16,300 prompt tokens on the tiny model).
+# (2,780 words of the generated document: about 16,300 prompt tokens on the tiny model and on
+# the small one). MODEL=FILE takes another model (it needs a context of about 17K or more:
+# make the small one with `make check-small`'s mkmodel line and --ctx 32768).
 set -eu
 bin=${1:-build/flashbox}
 words=${2:-2780}
 backend=${BACKEND:-ref}
 dir=run/ttft
-model=$dir/tiny32k.gguf
+model=${MODEL:-$dir/tiny32k.gguf}
 sock=$dir/api.sock
 mkdir -p "$dir"
-[ -f "$model" ] || "$bin" mkmodel --out "$model" --ctx 32768 >/dev/null
+[ -f "$model" ] || [ -n "${MODEL:-}" ] || "$bin" mkmodel --out "$model" --ctx 32768 >/dev/null
 # a contract-like document of `words` words from a fixed list, a sentence every 13
 doc=$(awk -v n="$words" 'BEGIN { split("contract clause party shall agreement term notice payment section liability " \
     "warranty schedule annex delivery goods services price invoice dispute court", w, " ");
