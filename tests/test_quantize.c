@@ -371,47 +371,57 @@ TEST(quantize_report_per_type_equals_quantizing_only_that_type)
 
 TEST(quantize_result_runs_on_vulkan_like_the_reference)
 {
+    /* each recipe's whole result (2bit: IQ2_XXS gate/up, Q2_K down, Q8_0 attention) on both
+     * backends: logits within 1e-3 relative error and the same top-1 at every position */
     char in[512], out[512], err[512];
     snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
-    snprintf(out, sizeof out, "%s/q.gguf", test_tmpdir());
     REQUIRE(write_model(in, 256) == 0);
-    struct quantize_stats st;
-    REQUIRE(quantize_with(in, out, "4bit", NULL, &st, err, sizeof err) == 0);
-    struct engine_options o;
-    engine_options_default(&o);
-    o.model_path = out;
-    struct engine *ref = NULL, *vk = NULL;
-    o.backend = ENGINE_BACKEND_VULKAN;
-    if (engine_open(&vk, &o, err, sizeof err)) {
-        if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
-        test_fail_at(__FILE__, __LINE__, "%s", err);
-        return;
-    }
-    o.backend = ENGINE_BACKEND_REF;
-    REQUIRE(engine_open(&ref, &o, err, sizeof err) == 0);
-    struct engine_info info;
-    engine_get_info(ref, &info);
-    const uint32_t n = 6;
-    float *a = malloc((size_t)n * info.n_vocab * 4), *b = malloc((size_t)n * info.n_vocab * 4);
-    struct session *sa, *sb;
-    REQUIRE(session_create(ref, 64, &sa, err, sizeof err) == 0 && session_create(vk, 64, &sb, err, sizeof err) == 0);
-    REQUIRE(session_eval(sa, report_tokens, n, a, true, err, sizeof err) == 0);
-    REQUIRE(session_eval(sb, report_tokens, n, b, true, err, sizeof err) == 0);
-    for (uint32_t p = 0; p < n; p++) {
-        double e2 = 0, x2 = 0;
-        for (uint32_t i = 0; i < info.n_vocab; i++) {
-            const float x = a[(size_t)p * info.n_vocab + i], y = b[(size_t)p * info.n_vocab + i];
-            e2 += (double)(x - y) * (x - y);
-            x2 += (double)x * x;
+    static const char *const recipes[] = { "4bit", "2bit" };
+    for (int k = 0; k < 2; k++) {
+        snprintf(out, sizeof out, "%s/q-%s.gguf", test_tmpdir(), recipes[k]);
+        struct quantize_stats st;
+        REQUIRE(quantize_with(in, out, recipes[k], NULL, &st, err, sizeof err) == 0);
+        struct engine_options o;
+        engine_options_default(&o);
+        o.model_path = out;
+        struct engine *ref = NULL, *vk = NULL;
+        o.backend = ENGINE_BACKEND_VULKAN;
+        if (engine_open(&vk, &o, err, sizeof err)) {
+            if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
+            test_fail_at(__FILE__, __LINE__, "%s", err);
+            return;
         }
-        if (!(sqrt(e2 / x2) < 1e-3)) test_fail_at(__FILE__, __LINE__, "position %u: relative error %g", p, sqrt(e2 / x2));
+        o.backend = ENGINE_BACKEND_REF;
+        REQUIRE(engine_open(&ref, &o, err, sizeof err) == 0);
+        struct engine_info info;
+        engine_get_info(ref, &info);
+        const uint32_t n = 6;
+        float *a = malloc((size_t)n * info.n_vocab * 4), *b = malloc((size_t)n * info.n_vocab * 4);
+        struct session *sa, *sb;
+        REQUIRE(session_create(ref, 64, &sa, err, sizeof err) == 0 && session_create(vk, 64, &sb, err, sizeof err) == 0);
+        REQUIRE(session_eval(sa, report_tokens, n, a, true, err, sizeof err) == 0);
+        REQUIRE(session_eval(sb, report_tokens, n, b, true, err, sizeof err) == 0);
+        for (uint32_t p = 0; p < n; p++) {
+            double e2 = 0, x2 = 0;
+            uint32_t ta = 0, tb = 0;
+            for (uint32_t i = 0; i < info.n_vocab; i++) {
+                const float x = a[(size_t)p * info.n_vocab + i], y = b[(size_t)p * info.n_vocab + i];
+                e2 += (double)(x - y) * (x - y);
+                x2 += (double)x * x;
+                if (x > a[(size_t)p * info.n_vocab + ta]) ta = i;
+                if (y > b[(size_t)p * info.n_vocab + tb]) tb = i;
+            }
+            if (!(sqrt(e2 / x2) < 1e-3) || ta != tb)
+                test_fail_at(__FILE__, __LINE__, "%s position %u: relative error %g, top-1 %u (reference) and %u (Vulkan)",
+                             recipes[k], p, sqrt(e2 / x2), ta, tb);
+        }
+        session_destroy(sa);
+        session_destroy(sb);
+        engine_close(ref);
+        engine_close(vk);
+        free(a);
+        free(b);
     }
-    session_destroy(sa);
-    session_destroy(sb);
-    engine_close(ref);
-    engine_close(vk);
-    free(a);
-    free(b);
 }
 
 TEST(quantize_imatrix_weights_iq4_and_k_quants_and_a_bad_one_writes_nothing)
