@@ -39,6 +39,10 @@ TEST(quantize_pattern_file_rules_match_in_order)
     CHECK(quant_recipe_match(&r, "output_norm.weight") == NULL);
     REQUIRE(quant_recipe_load("2bit", &r, err, sizeof err) == 0);
     q = quant_recipe_match(&r, "blk.3.ffn_up_exps.weight");
+    CHECK(q && q->type == GGUF_TYPE_IQ2_XXS);
+    q = quant_recipe_match(&r, "blk.3.ffn_gate_exps.weight");
+    CHECK(q && q->type == GGUF_TYPE_IQ2_XXS);
+    q = quant_recipe_match(&r, "blk.3.ffn_down_exps.weight");
     CHECK(q && q->type == GGUF_TYPE_Q2_K);
     q = quant_recipe_match(&r, "blk.3.attn_output_b.weight");
     CHECK(q && q->type == GGUF_TYPE_Q8_0);
@@ -49,7 +53,7 @@ TEST(quantize_malformed_pattern_files_name_the_line)
     static const struct { const char *text, *want; } bad[] = {
         { "blk.*.ffn_down_exps q2_k\n", "line 1: 'blk.*.ffn_down_exps q2_k': expected PATTERN=TYPE" },
         { "# c\nblk.*=q9_k\n", "line 2: 'q9_k' is not a tensor type" },
-        { "blk.*=iq2_xxs\n", "line 1: IQ2_XXS has no quantizer here" },
+        { "blk.*=iq1_s\n", "line 1: IQ1_S has no quantizer here" },
         { "=q4_k\n", "line 1: empty pattern" },
         { "blk.*=\n", "line 1: '' is not a tensor type" },
         { "# only comments\n\n", "no rules" },
@@ -238,8 +242,9 @@ TEST(quantize_recipes_rewrite_a_256_wide_model_that_then_runs)
     REQUIRE(write_model(in, 256) == 0);
     struct gguf_file *src;
     REQUIRE(gguf_open(&src, in, err, sizeof err) == 0);
-    static const struct { const char *recipe; enum gguf_type experts; double kl_bound; } cases[] = {
-        { "q8", GGUF_TYPE_Q8_0, 0.02 }, { "4bit", GGUF_TYPE_Q4_K, 0.3 }, { "2bit", GGUF_TYPE_Q2_K, 1.2 },
+    static const struct { const char *recipe; enum gguf_type experts, gate_up; double kl_bound; } cases[] = {
+        { "q8", GGUF_TYPE_Q8_0, GGUF_TYPE_Q8_0, 0.02 }, { "4bit", GGUF_TYPE_Q4_K, GGUF_TYPE_Q4_K, 0.3 },
+        { "2bit", GGUF_TYPE_Q2_K, GGUF_TYPE_IQ2_XXS, 1.2 },
     };
     double kl[3] = { 0 };
     for (int i = 0; i < 3; i++) {
@@ -254,7 +259,8 @@ TEST(quantize_recipes_rewrite_a_256_wide_model_that_then_runs)
         struct gguf_file *q;
         REQUIRE(gguf_open(&q, out, err, sizeof err) == 0);
         check_tensor_bytes(src, q, "blk.0.ffn_down_exps.weight", cases[i].experts);
-        check_tensor_bytes(src, q, "blk.2.ffn_gate_exps.weight", cases[i].experts);
+        check_tensor_bytes(src, q, "blk.2.ffn_gate_exps.weight", cases[i].gate_up);
+        check_tensor_bytes(src, q, "blk.1.ffn_up_exps.weight", cases[i].gate_up);
         check_tensor_bytes(src, q, "blk.1.attn_q_b.weight", GGUF_TYPE_Q8_0);
         check_tensor_bytes(src, q, "output.weight", GGUF_TYPE_Q8_0);
         check_tensor_bytes(src, q, "blk.0.attn_norm.weight", GGUF_TYPE_F32);  /* not in the recipe */
@@ -299,15 +305,15 @@ static const struct quantize_report_type *report_type(const struct quantize_repo
 
 TEST(quantize_report_per_type_equals_quantizing_only_that_type)
 {
-    /* the report's Q2_K line for the 2bit recipe (Q2_K experts, Q8_0 elsewhere) must be exactly the report of a file
-     * in which only the experts were quantized (the same bytes, written independently) */
+    /* the report's IQ2_XXS line for the 2bit recipe (IQ2_XXS gate and up, Q2_K down, Q8_0 elsewhere) must be
+     * exactly the report of a file in which only gate and up were quantized (the same bytes, written independently) */
     char in[512], mixed[512], experts[512], rb[512], err[512];
     snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
     snprintf(mixed, sizeof mixed, "%s/mixed.gguf", test_tmpdir());
     snprintf(experts, sizeof experts, "%s/experts.gguf", test_tmpdir());
     snprintf(rb, sizeof rb, "%s/experts.txt", test_tmpdir());
     REQUIRE(write_model(in, 256) == 0);
-    REQUIRE(write_text(rb, "blk.*.ffn_*_exps=q2_k\n") == 0);
+    REQUIRE(write_text(rb, "blk.*.ffn_gate_exps=iq2_xxs\nblk.*.ffn_up_exps=iq2_xxs\n") == 0);
     struct quantize_stats st;
     REQUIRE(quantize_with(in, mixed, "2bit", NULL, &st, err, sizeof err) == 0);
     REQUIRE(quantize_with(in, experts, rb, NULL, &st, err, sizeof err) == 0);
@@ -317,22 +323,27 @@ TEST(quantize_report_per_type_equals_quantizing_only_that_type)
         test_fail_at(__FILE__, __LINE__, "report: %s", err);
         return;
     }
-    CHECK_EQ_INT(a.n_types, 2);
+    CHECK_EQ_INT(a.n_types, 3);
     CHECK_EQ_INT(b.n_types, 1);
-    const struct quantize_report_type *q2 = report_type(&a, GGUF_TYPE_Q2_K), *q8 = report_type(&a, GGUF_TYPE_Q8_0);
-    REQUIRE(q2 && q8 && b.per_type[0].type == GGUF_TYPE_Q2_K);
+    const struct quantize_report_type *q2 = report_type(&a, GGUF_TYPE_IQ2_XXS), *q8 = report_type(&a, GGUF_TYPE_Q8_0),
+                                      *down = report_type(&a, GGUF_TYPE_Q2_K);
+    REQUIRE(q2 && q8 && down && b.per_type[0].type == GGUF_TYPE_IQ2_XXS);
+    CHECK_EQ_INT(down->n_tensors * 2, q2->n_tensors);
     CHECK_EQ_INT(q2->n_tensors, st.n_changed);
     CHECK_EQ_INT(b.per_type[0].n_tensors, st.n_changed);
     CHECK(q2->kl.kl_mean == b.all.kl_mean && q2->kl.kl_max == b.all.kl_max && q2->kl.top1_same == b.all.top1_same);
     CHECK(b.per_type[0].kl.kl_mean == b.all.kl_mean);
-    /* each part costs something, Q8_0 far less than Q2_K, and the whole no less than a part */
-    if (!(q8->kl.kl_mean > 0 && q8->kl.kl_mean < q2->kl.kl_mean && q2->kl.kl_mean < 2 * a.all.kl_mean))
-        test_fail_at(__FILE__, __LINE__, "KL: Q8_0 only %g, Q2_K only %g, both %g", q8->kl.kl_mean, q2->kl.kl_mean,
-                     a.all.kl_mean);
+    /* each part costs something, Q8_0 far less than the 2-bit experts, and the whole no less than a part */
+    if (!(q8->kl.kl_mean > 0 && q8->kl.kl_mean < q2->kl.kl_mean && q8->kl.kl_mean < down->kl.kl_mean &&
+          q2->kl.kl_mean < 2 * a.all.kl_mean && down->kl.kl_mean < 2 * a.all.kl_mean))
+        test_fail_at(__FILE__, __LINE__, "KL: Q8_0 only %g, IQ2_XXS only %g, Q2_K only %g, all %g", q8->kl.kl_mean,
+                     q2->kl.kl_mean, down->kl.kl_mean, a.all.kl_mean);
     CHECK(q8->kl.kl_mean != a.all.kl_mean);
     /* the mixed models are removed */
     char left[600];
     snprintf(left, sizeof left, "%s.only-Q2_K", mixed);
+    CHECK(access(left, F_OK) != 0);
+    snprintf(left, sizeof left, "%s.only-IQ2_XXS", mixed);
     CHECK(access(left, F_OK) != 0);
     snprintf(left, sizeof left, "%s.only-Q8_0", mixed);
     CHECK(access(left, F_OK) != 0);
@@ -349,55 +360,68 @@ TEST(quantize_report_per_type_equals_quantizing_only_that_type)
     err[0] = 0;
     CHECK(quantize_report_run(in, mixed, report_tokens, N_REPORT, &a, err, sizeof err) == -1);
     if (!strstr(err, "has another shape in the two files")) test_fail_at(__FILE__, __LINE__, "error: '%s'", err);
-    snprintf(left, sizeof left, "%s.only-Q2_K", mixed);
-    CHECK(access(left, F_OK) != 0);
-    snprintf(left, sizeof left, "%s.only-Q2_K.tmp", mixed);
-    CHECK(access(left, F_OK) != 0);
+    static const char *const left_types[] = { "IQ2_XXS", "Q2_K", "Q8_0" };
+    for (int k = 0; k < 3; k++) {
+        snprintf(left, sizeof left, "%s.only-%s", mixed, left_types[k]);
+        CHECK(access(left, F_OK) != 0);
+        snprintf(left, sizeof left, "%s.only-%s.tmp", mixed, left_types[k]);
+        CHECK(access(left, F_OK) != 0);
+    }
 }
 
 TEST(quantize_result_runs_on_vulkan_like_the_reference)
 {
+    /* each recipe's whole result (2bit: IQ2_XXS gate/up, Q2_K down, Q8_0 attention) on both
+     * backends: logits within 1e-3 relative error and the same top-1 at every position */
     char in[512], out[512], err[512];
     snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
-    snprintf(out, sizeof out, "%s/q.gguf", test_tmpdir());
     REQUIRE(write_model(in, 256) == 0);
-    struct quantize_stats st;
-    REQUIRE(quantize_with(in, out, "4bit", NULL, &st, err, sizeof err) == 0);
-    struct engine_options o;
-    engine_options_default(&o);
-    o.model_path = out;
-    struct engine *ref = NULL, *vk = NULL;
-    o.backend = ENGINE_BACKEND_VULKAN;
-    if (engine_open(&vk, &o, err, sizeof err)) {
-        if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
-        test_fail_at(__FILE__, __LINE__, "%s", err);
-        return;
-    }
-    o.backend = ENGINE_BACKEND_REF;
-    REQUIRE(engine_open(&ref, &o, err, sizeof err) == 0);
-    struct engine_info info;
-    engine_get_info(ref, &info);
-    const uint32_t n = 6;
-    float *a = malloc((size_t)n * info.n_vocab * 4), *b = malloc((size_t)n * info.n_vocab * 4);
-    struct session *sa, *sb;
-    REQUIRE(session_create(ref, 64, &sa, err, sizeof err) == 0 && session_create(vk, 64, &sb, err, sizeof err) == 0);
-    REQUIRE(session_eval(sa, report_tokens, n, a, true, err, sizeof err) == 0);
-    REQUIRE(session_eval(sb, report_tokens, n, b, true, err, sizeof err) == 0);
-    for (uint32_t p = 0; p < n; p++) {
-        double e2 = 0, x2 = 0;
-        for (uint32_t i = 0; i < info.n_vocab; i++) {
-            const float x = a[(size_t)p * info.n_vocab + i], y = b[(size_t)p * info.n_vocab + i];
-            e2 += (double)(x - y) * (x - y);
-            x2 += (double)x * x;
+    static const char *const recipes[] = { "4bit", "2bit" };
+    for (int k = 0; k < 2; k++) {
+        snprintf(out, sizeof out, "%s/q-%s.gguf", test_tmpdir(), recipes[k]);
+        struct quantize_stats st;
+        REQUIRE(quantize_with(in, out, recipes[k], NULL, &st, err, sizeof err) == 0);
+        struct engine_options o;
+        engine_options_default(&o);
+        o.model_path = out;
+        struct engine *ref = NULL, *vk = NULL;
+        o.backend = ENGINE_BACKEND_VULKAN;
+        if (engine_open(&vk, &o, err, sizeof err)) {
+            if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
+            test_fail_at(__FILE__, __LINE__, "%s", err);
+            return;
         }
-        if (!(sqrt(e2 / x2) < 1e-3)) test_fail_at(__FILE__, __LINE__, "position %u: relative error %g", p, sqrt(e2 / x2));
+        o.backend = ENGINE_BACKEND_REF;
+        REQUIRE(engine_open(&ref, &o, err, sizeof err) == 0);
+        struct engine_info info;
+        engine_get_info(ref, &info);
+        const uint32_t n = 6;
+        float *a = malloc((size_t)n * info.n_vocab * 4), *b = malloc((size_t)n * info.n_vocab * 4);
+        struct session *sa, *sb;
+        REQUIRE(session_create(ref, 64, &sa, err, sizeof err) == 0 && session_create(vk, 64, &sb, err, sizeof err) == 0);
+        REQUIRE(session_eval(sa, report_tokens, n, a, true, err, sizeof err) == 0);
+        REQUIRE(session_eval(sb, report_tokens, n, b, true, err, sizeof err) == 0);
+        for (uint32_t p = 0; p < n; p++) {
+            double e2 = 0, x2 = 0;
+            uint32_t ta = 0, tb = 0;
+            for (uint32_t i = 0; i < info.n_vocab; i++) {
+                const float x = a[(size_t)p * info.n_vocab + i], y = b[(size_t)p * info.n_vocab + i];
+                e2 += (double)(x - y) * (x - y);
+                x2 += (double)x * x;
+                if (x > a[(size_t)p * info.n_vocab + ta]) ta = i;
+                if (y > b[(size_t)p * info.n_vocab + tb]) tb = i;
+            }
+            if (!(sqrt(e2 / x2) < 1e-3) || ta != tb)
+                test_fail_at(__FILE__, __LINE__, "%s position %u: relative error %g, top-1 %u (reference) and %u (Vulkan)",
+                             recipes[k], p, sqrt(e2 / x2), ta, tb);
+        }
+        session_destroy(sa);
+        session_destroy(sb);
+        engine_close(ref);
+        engine_close(vk);
+        free(a);
+        free(b);
     }
-    session_destroy(sa);
-    session_destroy(sb);
-    engine_close(ref);
-    engine_close(vk);
-    free(a);
-    free(b);
 }
 
 TEST(quantize_imatrix_weights_iq4_and_k_quants_and_a_bad_one_writes_nothing)
@@ -418,7 +442,7 @@ TEST(quantize_imatrix_weights_iq4_and_k_quants_and_a_bad_one_writes_nothing)
     struct quantize_stats st;
     /* each recipe's expert type: the weighted columns come out closer than without weights */
     static const struct { const char *recipe; enum gguf_type type; } cases[] = {
-        { "iq4", GGUF_TYPE_IQ4_XS }, { "2bit", GGUF_TYPE_Q2_K }, { "4bit", GGUF_TYPE_Q4_K },
+        { "iq4", GGUF_TYPE_IQ4_XS }, { "2bit", GGUF_TYPE_IQ2_XXS }, { "4bit", GGUF_TYPE_Q4_K },
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         REQUIRE(quantize_with(in, out, cases[c].recipe, &m, &st, err, sizeof err) == 0);
@@ -486,4 +510,61 @@ TEST(quantize_command_on_the_fixture_falls_back_and_reports)
     CHECK(test_run_cmd(cmd, outp, sizeof outp) != 0 && strstr(outp, "not a named recipe"));
     snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --recipe 4bit 2>&1", test_flashbox_bin(), fx, fx);
     CHECK(test_run_cmd(cmd, outp, sizeof outp) != 0 && strstr(outp, "would replace the input"));
+}
+
+TEST(quantize_refuses_a_rewrite_the_model_binder_would_reject)
+{
+    /* blk.*.attn_*=q8_0 also matches attn_compressor_ape, a vector the binder takes only as a
+     * float type: refused before anything is written, naming the tensor, the rule and why */
+    char in[512], out[512], rb[512], tmp[600], err[512];
+    snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
+    snprintf(out, sizeof out, "%s/bad.gguf", test_tmpdir());
+    snprintf(rb, sizeof rb, "%s/attn.txt", test_tmpdir());
+    snprintf(tmp, sizeof tmp, "%s.tmp", out);
+    REQUIRE(write_model(in, 256) == 0);
+    REQUIRE(write_text(rb, "# all of attention\nblk.*.attn_*=q8_0\n") == 0);
+    struct quantize_stats st;
+    err[0] = 0;
+    CHECK(quantize_with(in, out, rb, NULL, &st, err, sizeof err) == -1);
+    if (!strstr(err, "rule 'blk.*.attn_*' (line 2) would write blk.") || !strstr(err, ".attn_compressor_ape.weight as Q8_0") ||
+        !strstr(err, "type Q8_0 is not allowed here (expected F32, F16 or BF16)"))
+        test_fail_at(__FILE__, __LINE__, "error: '%s'", err);
+    CHECK(access(out, F_OK) != 0 && access(tmp, F_OK) != 0);
+    /* the rule that keeps the vector a float type passes, and the result loads */
+    REQUIRE(write_text(rb, "blk.*.attn_compressor_ape=f16\nblk.*.attn_*=q8_0\n") == 0);
+    if (quantize_with(in, out, rb, NULL, &st, err, sizeof err)) test_fail_at(__FILE__, __LINE__, "%s", err);
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_path = out;
+    o.backend = ENGINE_BACKEND_REF;
+    struct engine *e = NULL;
+    if (engine_open(&e, &o, err, sizeof err)) test_fail_at(__FILE__, __LINE__, "%s", err);
+    engine_close(e);
+}
+
+TEST(quantize_names_a_non_finite_source_value_and_writes_nothing)
+{
+    char in[512], out[512], tmp[600], err[512];
+    snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
+    snprintf(out, sizeof out, "%s/nan.gguf", test_tmpdir());
+    snprintf(tmp, sizeof tmp, "%s.tmp", out);
+    REQUIRE(write_model(in, 256) == 0);
+    /* a NaN at row 1, column 7 of one expert tensor (F32 in this model) */
+    struct gguf_file *f;
+    REQUIRE(gguf_open(&f, in, err, sizeof err) == 0);
+    const struct gguf_tensor *t = gguf_find_tensor(f, "blk.1.ffn_up_exps.weight");
+    REQUIRE(t && t->type == GGUF_TYPE_F32);
+    const long at = (long)(f->data_offset + t->offset + 4 * (t->ne[0] + 7));
+    gguf_close(f);
+    FILE *fp = fopen(in, "r+b");
+    REQUIRE(fp);
+    const float nan = NAN;
+    CHECK(fseek(fp, at, SEEK_SET) == 0 && fwrite(&nan, 4, 1, fp) == 1);
+    fclose(fp);
+    struct quantize_stats st;
+    err[0] = 0;
+    CHECK(quantize_with(in, out, "2bit", NULL, &st, err, sizeof err) == -1);
+    if (!strstr(err, "blk.1.ffn_up_exps.weight: row 1, column 7 is nan: IQ2_XXS cannot hold it"))
+        test_fail_at(__FILE__, __LINE__, "error: '%s'", err);
+    CHECK(access(out, F_OK) != 0 && access(tmp, F_OK) != 0);
 }

@@ -5,6 +5,7 @@
 #include "engine/engine.h"
 #include "common/errmsg.h"
 #include "common/safe_open.h"
+#include "engine/model/model.h"
 #include "engine/model/quant.h"
 
 #include <ctype.h>
@@ -52,19 +53,19 @@ int quant_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, ch
 /* ---- recipes ---- */
 
 /* The published deepseek4 layouts keep attention, shared experts and the head at Q8_0 and
- * put the routed experts (97% of the weights) at 2 or 4 bits. The 2-bit one here uses Q2_K
- * for gate and up too, where the published file uses IQ2_XXS (no IQ2 quantizer yet). */
+ * put the routed experts (97% of the weights) at 2 or 4 bits: the 2-bit one (ds4's 80.8 GiB
+ * file) IQ2_XXS for gate and up, Q2_K for down. */
 #define DS4_COMMON "blk.*.attn_q_a=q8_0\nblk.*.attn_q_b=q8_0\nblk.*.attn_kv=q8_0\nblk.*.attn_output_*=q8_0\n" \
                    "blk.*.ffn_*_shexp=q8_0\noutput=q8_0\n"
 static const char *const recipe_text[] = {
-    "blk.*.ffn_*_exps=q2_k\n" DS4_COMMON,
+    "blk.*.ffn_gate_exps=iq2_xxs\nblk.*.ffn_up_exps=iq2_xxs\nblk.*.ffn_down_exps=q2_k\n" DS4_COMMON,
     "blk.*.ffn_*_exps=q4_k\n" DS4_COMMON,
     "blk.*.ffn_*_exps=iq4_xs\n" DS4_COMMON,
     "blk.*.ffn_*_exps=q8_0\n" DS4_COMMON,
 };
 const char *const quant_recipe_names[] = { "2bit", "4bit", "iq4", "q8", NULL };
 const char *const quant_recipe_about[] = {
-    "routed experts Q2_K (2.625 bits), attention, shared experts and head Q8_0",
+    "routed experts IQ2_XXS gate/up (2.06 bits), Q2_K down (2.625), attention, shared experts and head Q8_0",
     "routed experts Q4_K (4.5 bits), attention, shared experts and head Q8_0",
     "routed experts IQ4_XS (4.25 bits), attention, shared experts and head Q8_0",
     "routed experts Q8_0, attention, shared experts and head Q8_0",
@@ -103,9 +104,9 @@ int quant_recipe_parse(const char *text, size_t len, struct quant_recipe *r, cha
         if (!pl) return errf(err, err_len, "line %u: empty pattern before '='", line);
         if (pl >= sizeof r->rules[0].pattern) return errf(err, err_len, "line %u: pattern longer than 127 bytes", line);
         int t = gguf_type_from_name(type);
-        if (t < 0) return errf(err, err_len, "line %u: '%s' is not a tensor type (q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, q8_0, mxfp4, f16, bf16, f32)", line, type);
+        if (t < 0) return errf(err, err_len, "line %u: '%s' is not a tensor type (q2_k, q3_k, q4_k, q5_k, q6_k, iq2_xxs, iq2_xs, iq3_xxs, iq4_nl, iq4_xs, q8_0, mxfp4, f16, bf16, f32)", line, type);
         if (!quant_can_quantize((enum gguf_type)t))
-            return errf(err, err_len, "line %u: %s has no quantizer here (q2_k..q6_k, iq4_nl, iq4_xs, q8_0, mxfp4, f16, bf16, f32)", line,
+            return errf(err, err_len, "line %u: %s has no quantizer here (q2_k..q6_k, iq2_xxs, iq2_xs, iq3_xxs, iq4_nl, iq4_xs, q8_0, mxfp4, f16, bf16, f32)", line,
                         gguf_type_name((enum gguf_type)t));
         if (r->n_rules == QUANT_MAX_RULES) return errf(err, err_len, "line %u: more than %d rules", line, QUANT_MAX_RULES);
         struct quant_rule *q = &r->rules[r->n_rules++];
@@ -336,8 +337,55 @@ static void writer_discard(struct gguf_writer *w)
 struct rewrite {
     enum gguf_type type;
     bool fallback;
+    const struct quant_rule *rule;
     const struct quant_imatrix_entry *im;
 };
+
+static bool is_float_type(enum gguf_type t) { return t == GGUF_TYPE_F32 || t == GGUF_TYPE_F16 || t == GGUF_TYPE_BF16; }
+
+/* Whether the model binder accepts the file the rewrite rw would write, asked before a byte
+ * of it is written (a pattern like blk.*.attn_*=q8_0 also matches attn_compressor_ape, which
+ * must stay a float vector): the source parsed once more with each rewritten tensor's type
+ * (and size) set to its target, then bound. The binder reads no matrix's bytes, and a float
+ * tensor rewritten to another float type keeps its source type here (the binder accepts the
+ * three alike, and widening would read the source's bytes as the other width). A source that
+ * does not bind is not a model and is not checked. Returns -1 naming the tensor and rule. */
+static int check_binds(const char *in, const struct rewrite *rw, char *err, size_t err_len)
+{
+    struct gguf_file *g;
+    struct model *m;
+    char why[512];
+    if (gguf_open(&g, in, err, err_len)) return -1;
+    if (model_bind(&m, g, why, sizeof why)) {
+        gguf_close(g);
+        return 0;
+    }
+    model_close(m); /* closes g */
+    if (gguf_open(&g, in, err, err_len)) return -1;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        struct gguf_tensor *t = &g->tensors[i];
+        if (rw[i].type == t->type || (is_float_type(rw[i].type) && is_float_type(t->type))) continue;
+        t->type = rw[i].type;
+        gguf_type_nbytes(t->type, t->n_elements, &t->nbytes);
+    }
+    if (!model_bind(&m, g, why, sizeof why)) {
+        model_close(m);
+        return 0;
+    }
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const size_t nl = strlen(g->tensors[i].name);
+        if (!rw[i].rule || strncmp(why, g->tensors[i].name, nl) || why[nl] != ':') continue;
+        char where[48] = "";
+        if (rw[i].rule->line) snprintf(where, sizeof where, " (line %u)", rw[i].rule->line);
+        errf(err, err_len, "rule '%s'%s would write %s as %s, which a model cannot load: %s", rw[i].rule->pattern, where,
+             g->tensors[i].name, gguf_type_name(rw[i].type), why);
+        gguf_close(g);
+        return -1;
+    }
+    errf(err, err_len, "the result would not load as a model: %s", why);
+    gguf_close(g);
+    return -1;
+}
 
 static int rewrite_tensor(const struct quantize_opts *o, const struct gguf_tensor *t, const struct rewrite *rw,
                           struct gguf_writer *w, float *row, uint8_t *out, char *err, size_t err_len)
@@ -349,9 +397,15 @@ static int rewrite_tensor(const struct quantize_opts *o, const struct gguf_tenso
     for (uint64_t r = 0; r < n_rows; r++) {
         const float *qw = NULL;
         if (rw->im) qw = rw->im->val + (rw->im->n_val == ne0 ? 0 : (r / t->ne[1]) * ne0); /* per expert for 3-D */
-        if (dequant_row(t->type, (const uint8_t *)t->data + r * src_row, row, ne0) ||
-            quant_quantize_row(rw->type, row, out, ne0, qw))
+        if (dequant_row(t->type, (const uint8_t *)t->data + r * src_row, row, ne0))
+            return errf(err, err_len, "%s: cannot read %s", t->name, gguf_type_name(t->type));
+        if (quant_quantize_row(rw->type, row, out, ne0, qw)) {
+            for (uint64_t k = 0; k < ne0; k++)
+                if (!isfinite(row[k]))
+                    return errf(err, err_len, "%s: row %llu, column %llu is %g: %s cannot hold it (fix the source)", t->name,
+                                (unsigned long long)r, (unsigned long long)k, (double)row[k], gguf_type_name(rw->type));
             return errf(err, err_len, "%s: cannot convert %s to %s", t->name, gguf_type_name(t->type), gguf_type_name(rw->type));
+        }
         if (gguf_writer_stream_part(w, out, dst_row, err, err_len)) return -1;
     }
     (void)o;
@@ -383,7 +437,8 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
     uint64_t max_ne0 = 1, total = 0;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
-        rw[i].type = target_type(t, quant_recipe_match(o->recipe, t->name), &rw[i].fallback);
+        rw[i].rule = quant_recipe_match(o->recipe, t->name);
+        rw[i].type = target_type(t, rw[i].rule, &rw[i].fallback);
         if (rw[i].type != t->type) {
             if (t->ne[0] > max_ne0) max_ne0 = t->ne[0];
             rw[i].im = quant_imatrix_find(o->imatrix, t->name);
@@ -403,6 +458,7 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
             goto close_file;
         }
     }
+    if (check_binds(o->in, rw, err, err_len)) goto close_file;
     if (!(row = malloc(max_ne0 * sizeof *row)) || !(out = malloc(max_ne0 * 4))) {
         errf(err, err_len, "out of memory");
         goto close_file;

@@ -14,7 +14,7 @@ static void usage(FILE *out)
             "                         [--tokens 1,2,3 | --tokens-file FILE] [--quiet]\n"
             "  --recipe NAME|FILE  a named recipe (below) or a pattern file of PATTERN=TYPE lines,\n"
             "                      e.g. blk.*.ffn_down_exps=q2_k ('*' spans dots, first match wins)\n"
-            "  --imatrix FILE      llama.cpp importance matrix (GGUF or legacy .dat); weights the K-quant and IQ4 fits\n"
+            "  --imatrix FILE      llama.cpp importance matrix (GGUF or legacy .dat); weights the K-quant, IQ2/IQ3 and IQ4 fits\n"
             "  --report            then compare OUT's logits with IN's on the reference backend:\n"
             "                      mean and max KL divergence per position, top-1 agreement; overall\n"
             "                      and, when OUT has several new types, with only each type quantized\n"
