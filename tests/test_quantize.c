@@ -74,6 +74,14 @@ TEST(quantize_malformed_pattern_files_name_the_line)
     memset(&r, 0, sizeof r);
     CHECK(quant_recipe_parse(nul, sizeof nul - 1, &r, err, sizeof err) == -1 && strstr(err, "line 2: a NUL byte"));
     CHECK(quant_recipe_load("/nonexistent/recipe.txt", &r, err, sizeof err) == -1 && strstr(err, "not a named recipe"));
+    /* a file's message is "FILE: line N: ...", the file named once */
+    char file[512], want[600];
+    snprintf(file, sizeof file, "%s/recipe.txt", test_tmpdir());
+    FILE *f = fopen(file, "w");
+    REQUIRE(f && fputs("# c\nblk.*=q9_k\n", f) >= 0 && fclose(f) == 0);
+    snprintf(want, sizeof want, "%s: line 2: 'q9_k' is not a tensor type", file);
+    CHECK(quant_recipe_load(file, &r, err, sizeof err) == -1);
+    if (strncmp(err, want, strlen(want))) test_fail_at(__FILE__, __LINE__, "'%s', expected it to begin '%s'", err, want);
     /* a FIFO or a directory named as a recipe or an imatrix is refused at once, never waited on */
     char fifo[512];
     snprintf(fifo, sizeof fifo, "%s/pipe", test_tmpdir());

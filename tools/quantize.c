@@ -4,6 +4,7 @@
 #include "tools/quantize.h"
 #include "engine/engine.h"
 #include "common/errmsg.h"
+#include "common/mono_clock.h"
 #include "common/safe_open.h"
 #include "engine/model/model.h"
 #include "engine/model/quant.h"
@@ -135,7 +136,7 @@ int quant_recipe_load(const char *name_or_path, struct quant_recipe *r, char *er
     if (quant_read_file(name_or_path, 64 * 1024, &text, &n, err, err_len)) return -1;
     int rc = quant_recipe_parse((const char *)text, n, r, err, err_len);
     free(text);
-    return rc ? errf_prefix(err, err_len, "%s: ", name_or_path) : 0;
+    return rc ? errf_prefix(err, err_len, "%s", name_or_path) : 0;
 }
 
 const struct quant_rule *quant_recipe_match(const struct quant_recipe *r, const char *tensor_name)
@@ -226,7 +227,7 @@ static int imatrix_parse_legacy(const uint8_t *p, size_t len, struct quant_imatr
 static int imatrix_parse_gguf(const void *buf, size_t len, struct quant_imatrix *m, char *err, size_t err_len)
 {
     struct gguf_file *f;
-    if (gguf_parse(&f, buf, len, err, err_len)) return errf_prefix(err, err_len, "imatrix: ");
+    if (gguf_parse(&f, buf, len, err, err_len)) return errf_prefix(err, err_len, "imatrix");
     int rc = 0;
     for (uint64_t i = 0; i < f->n_tensors && !rc; i++) {
         const struct gguf_tensor *s = &f->tensors[i];
@@ -285,7 +286,7 @@ int quant_imatrix_load(const char *path, struct quant_imatrix *m, char *err, siz
     if (quant_read_file(path, (size_t)1 << 32, &buf, &n, err, err_len)) return -1;
     int rc = quant_imatrix_parse(buf, n, m, err, err_len);
     free(buf);
-    return rc ? errf_prefix(err, err_len, "%s: ", path) : 0;
+    return rc ? errf_prefix(err, err_len, "%s", path) : 0;
 }
 
 const struct quant_imatrix_entry *quant_imatrix_find(const struct quant_imatrix *m, const char *tensor_name)
@@ -296,13 +297,6 @@ const struct quant_imatrix_entry *quant_imatrix_find(const struct quant_imatrix 
 }
 
 /* ---- the rewrite ---- */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* A source tensor the recipe may rewrite: a matrix (2-D or experts) of a type we can read. */
 static bool rewritable(const struct gguf_tensor *t)
@@ -415,7 +409,7 @@ static int rewrite_tensor(const struct quantize_opts *o, const struct gguf_tenso
 int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, char *err, size_t err_len)
 {
     memset(st, 0, sizeof *st);
-    const double t0 = now_s();
+    const double t0 = mono_s();
     struct gguf_file *f = NULL;
     struct gguf_writer *w = NULL;
     struct rewrite *rw = NULL;
@@ -475,7 +469,7 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
         gguf_type_nbytes(rw[i].type, t->n_elements, &ob);
         st->bytes_out += ob;
         if (rw[i].type != t->type) st->elems_quantized += t->n_elements;
-        const double now = now_s() - t0;
+        const double now = mono_s() - t0;
         if (o->log && (rw[i].type != t->type || now - last > 2.0 || i + 1 == f->n_tensors)) {
             last = now;
             fprintf(o->log, "[%5.1f%%] %4llu/%llu %-36s %-7s -> %-7s%s  %.1f s\n", total ? 100.0 * (double)done / (double)total : 100.0,
@@ -491,7 +485,7 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
     begun = false;
     st->n_tensors = (uint32_t)f->n_tensors;
     st->bytes_in = total;
-    st->seconds = now_s() - t0;
+    st->seconds = mono_s() - t0;
     rc = 0;
 close_file:
     if (begun) writer_discard(w);
@@ -514,7 +508,7 @@ static int eval_all(const char *path, const int32_t *tokens, uint32_t n, float *
     struct engine *e = NULL;
     struct session *s = NULL;
     int rc = -1;
-    if (engine_open(&e, &opt, err, err_len)) return errf_prefix(err, err_len, "%s: ", path);
+    if (engine_open(&e, &opt, err, err_len)) return -1; /* its message names the file already */
     struct engine_info info;
     engine_get_info(e, &info);
     *n_vocab = info.n_vocab;
@@ -523,7 +517,7 @@ static int eval_all(const char *path, const int32_t *tokens, uint32_t n, float *
         goto close_engine;
     }
     if (session_create(e, n, &s, err, err_len) || session_eval(s, tokens, n, *logits, true, err, err_len)) {
-        errf_prefix(err, err_len, "%s: ", path);
+        errf_prefix(err, err_len, "%s", path);
         goto close_engine;
     }
     rc = 0;
