@@ -557,17 +557,18 @@ TEST(quantize_names_a_non_finite_source_value_and_writes_nothing)
     snprintf(out, sizeof out, "%s/nan.gguf", test_tmpdir());
     snprintf(tmp, sizeof tmp, "%s.tmp", out);
     REQUIRE(write_model(in, 256) == 0);
-    /* a NaN at row 1, column 7 of one expert tensor (F32 in this model) */
+    /* a NaN at row 1, column 7 of one expert tensor (F32 in this model), another at row 2 */
     struct gguf_file *f;
     REQUIRE(gguf_open(&f, in, err, sizeof err) == 0);
     const struct gguf_tensor *t = gguf_find_tensor(f, "blk.1.ffn_up_exps.weight");
     REQUIRE(t && t->type == GGUF_TYPE_F32);
-    const long at = (long)(f->data_offset + t->offset + 4 * (t->ne[0] + 7));
+    const long at = (long)(f->data_offset + t->offset + 4 * (t->ne[0] + 7)), at2 = at + 4 * (long)t->ne[0];
     gguf_close(f);
     FILE *fp = fopen(in, "r+b");
     REQUIRE(fp);
     const float nan = NAN;
     CHECK(fseek(fp, at, SEEK_SET) == 0 && fwrite(&nan, 4, 1, fp) == 1);
+    CHECK(fseek(fp, at2, SEEK_SET) == 0 && fwrite(&nan, 4, 1, fp) == 1);
     fclose(fp);
     struct quantize_stats st;
     err[0] = 0;
@@ -575,4 +576,74 @@ TEST(quantize_names_a_non_finite_source_value_and_writes_nothing)
     if (!strstr(err, "blk.1.ffn_up_exps.weight: row 1, column 7 is nan: IQ2_XXS cannot hold it"))
         test_fail_at(__FILE__, __LINE__, "error: '%s'", err);
     CHECK(access(out, F_OK) != 0 && access(tmp, F_OK) != 0);
+    /* the first bad row is named whatever the threads: rows 0-2 in one chunk, one row a thread */
+    static struct quant_recipe r;
+    REQUIRE(quant_recipe_load("2bit", &r, err, sizeof err) == 0);
+    for (uint32_t n = 1; n <= 3; n += 2) {
+        const struct quantize_opts o = { .in = in, .out = out, .recipe = &r, .n_threads = n, .chunk_elems = 3 * 256 };
+        err[0] = 0;
+        CHECK(quantize_model(&o, &st, err, sizeof err) == -1);
+        if (!strstr(err, "blk.1.ffn_up_exps.weight: row 1, column 7 is nan: IQ2_XXS cannot hold it"))
+            test_fail_at(__FILE__, __LINE__, "%u threads: '%s'", n, err);
+        CHECK(access(out, F_OK) != 0 && access(tmp, F_OK) != 0);
+    }
+}
+
+/* Nonzero where the two files differ in length or in any byte (or one cannot be read). */
+static int files_differ(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int differ = !fa || !fb;
+    while (!differ) {
+        const int ca = fgetc(fa), cb = fgetc(fb);
+        differ = ca != cb;
+        if (ca == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return differ;
+}
+
+TEST(quantize_threads_write_the_same_bytes_as_one_thread)
+{
+    char in[512], one[512], many[512], err[512], cmd[2048], outp[4096];
+    snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
+    snprintf(one, sizeof one, "%s/one.gguf", test_tmpdir());
+    snprintf(many, sizeof many, "%s/many.gguf", test_tmpdir());
+    REQUIRE(write_model(in, 256) == 0);
+    /* the command: 2bit (IQ2_XXS gate/up, Q2_K down, Q8_0 elsewhere) on 1 and on 3 threads */
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --recipe 2bit --threads 1 --quiet 2>&1", test_flashbox_bin(), in, one);
+    REQUIRE(test_run_cmd(cmd, outp, sizeof outp) == 0);
+    CHECK(strstr(outp, " on 1 threads ") != NULL);
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --recipe 2bit --threads 3 --quiet 2>&1", test_flashbox_bin(), in, many);
+    REQUIRE(test_run_cmd(cmd, outp, sizeof outp) == 0);
+    CHECK(strstr(outp, " on 3 threads ") != NULL);
+    CHECK(files_differ(one, many) == 0);
+    /* chunks smaller than a tensor (3 rows of 256: one row per thread, and a short last chunk),
+     * an imatrix whose weights differ per expert, and a pattern file of an IQ2 and a K-quant */
+    static float vals[256 * 8];
+    for (int i = 0; i < 256 * 8; i++) vals[i] = 0.01f + (float)((i * 37) % 101) * (float)(1 + i / 256);
+    const char *names[] = { "blk.0.ffn_gate_exps.weight" };
+    const int32_t ncall[] = { 1 }, nval[] = { 256 * 8 };
+    static uint8_t ibuf[16384];
+    struct quant_imatrix m;
+    REQUIRE(quant_imatrix_parse(ibuf, legacy_imatrix(ibuf, 1, names, ncall, nval, vals), &m, err, sizeof err) == 0);
+    static const char *const recipes[] = { "2bit", "blk.*.ffn_gate_exps=iq2_xs\nblk.*.ffn_up_exps=iq3_xxs\nblk.*.ffn_*_exps=q3_k\n" };
+    for (size_t k = 0; k < sizeof recipes / sizeof recipes[0]; k++) {
+        static struct quant_recipe r;
+        if (k < 1) REQUIRE(quant_recipe_load(recipes[k], &r, err, sizeof err) == 0);
+        else REQUIRE(parse(recipes[k], &r, err, sizeof err) == 0);
+        struct quantize_stats st;
+        struct quantize_opts o = { .in = in, .out = one, .recipe = &r, .imatrix = &m, .n_threads = 1 };
+        REQUIRE(quantize_model(&o, &st, err, sizeof err) == 0);
+        CHECK(st.n_imatrix == 1 && st.n_threads == 1);
+        o = (struct quantize_opts){ .in = in, .out = many, .recipe = &r, .imatrix = &m, .n_threads = 3, .chunk_elems = 3 * 256 };
+        REQUIRE(quantize_model(&o, &st, err, sizeof err) == 0);
+        CHECK(st.n_threads == 3);
+        if (files_differ(one, many)) test_fail_at(__FILE__, __LINE__, "recipe %zu: 3 threads wrote other bytes than 1", k);
+    }
+    quant_imatrix_free(&m);
+    /* a count that is not one */
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --recipe 2bit --threads 0 2>&1", test_flashbox_bin(), in, many);
+    CHECK(test_run_cmd(cmd, outp, sizeof outp) == 2 && strstr(outp, "--threads: '0' is not a count"));
 }

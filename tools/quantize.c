@@ -1,6 +1,7 @@
 /* `flashbox quantize`: recipes, importance matrices, the streaming rewrite and the report.
- * See tools/quantize.h. Memory: one source row as float32 and one quantized row at a time;
- * the source is read through gguf's mmap, the result streamed to OUT.tmp and renamed. */
+ * See tools/quantize.h. Memory: a chunk of rows (about 4 M elements) quantized at a time by
+ * several threads, and a float32 row per thread; the source is read through gguf's mmap, the
+ * result streamed to OUT.tmp and renamed. */
 #include "tools/quantize.h"
 #include "engine/engine.h"
 #include "common/errmsg.h"
@@ -13,6 +14,8 @@
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -381,29 +384,133 @@ static int check_binds(const char *in, const struct rewrite *rw, char *err, size
     return -1;
 }
 
+/* The rows of the tensor being rewritten are quantized a chunk at a time (at most
+ * chunk_elems elements, or one row where a row is longer) by up to n_threads threads that
+ * take batches of rows from a shared counter (a thread slowed by other load takes fewer), each
+ * row written at its own place in the chunk's output buffer, which is then streamed in row
+ * order. Each row's quantization depends on that row alone, so the file is the same bytes for
+ * any thread count; memory stays one chunk plus a float row per thread. */
+#define CHUNK_ELEMS ((uint64_t)1 << 22)
+
+struct chunk_job {
+    const struct gguf_tensor *t;
+    const struct rewrite *rw;
+    uint64_t c0, c1, batch;         /* rows [c0, c1) of the tensor, taken batch at a time */
+    uint64_t src_row, dst_row;      /* bytes per row */
+    uint8_t *out;                   /* row c0's place */
+    atomic_uint_fast64_t next;      /* the first row no thread has taken */
+    atomic_bool failed;             /* a row failed: take no more */
+};
+
+struct chunk_worker {
+    struct chunk_job *job;
+    float *row;                     /* ne0 floats of scratch */
+    uint64_t bad_row;               /* the first row this worker failed on (c1: none) */
+    bool bad_read;                  /* it failed in the dequantizer (else in the quantizer) */
+    bool threaded;                  /* ran on a thread of its own (to be joined) */
+};
+
+static void *quantize_rows(void *arg)
+{
+    struct chunk_worker *wk = arg;
+    struct chunk_job *j = wk->job;
+    const struct gguf_tensor *t = j->t;
+    const uint64_t ne0 = t->ne[0];
+    wk->bad_row = j->c1;
+    /* rows are taken in increasing order and a taken batch is finished, so when a row fails
+     * every row before it has been tried: the lowest failed row over the workers is the
+     * chunk's first bad row, whatever the thread count */
+    while (!atomic_load(&j->failed)) {
+        const uint64_t r0 = atomic_fetch_add(&j->next, j->batch);
+        if (r0 >= j->c1) break;
+        const uint64_t r1 = j->c1 - r0 < j->batch ? j->c1 : r0 + j->batch;
+        for (uint64_t r = r0; r < r1; r++) {
+            const float *qw = NULL;
+            if (j->rw->im) qw = j->rw->im->val + (j->rw->im->n_val == ne0 ? 0 : (r / t->ne[1]) * ne0); /* per expert for 3-D */
+            wk->bad_read = dequant_row(t->type, (const uint8_t *)t->data + r * j->src_row, wk->row, ne0) != 0;
+            if (wk->bad_read || quant_quantize_row(j->rw->type, wk->row, j->out + (r - j->c0) * j->dst_row, ne0, qw)) {
+                wk->bad_row = r;
+                atomic_store(&j->failed, true);
+                return NULL;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* The error of a worker's failed row (its row buffer still holds that row's values). */
+static int row_error(const struct chunk_job *j, const struct chunk_worker *wk, char *err, size_t err_len)
+{
+    const struct gguf_tensor *t = j->t;
+    if (wk->bad_read) return errf(err, err_len, "%s: cannot read %s", t->name, gguf_type_name(t->type));
+    for (uint64_t k = 0; k < t->ne[0]; k++)
+        if (!isfinite(wk->row[k]))
+            return errf(err, err_len, "%s: row %llu, column %llu is %g: %s cannot hold it (fix the source)", t->name,
+                        (unsigned long long)wk->bad_row, (unsigned long long)k, (double)wk->row[k], gguf_type_name(j->rw->type));
+    return errf(err, err_len, "%s: cannot convert %s to %s", t->name, gguf_type_name(t->type), gguf_type_name(j->rw->type));
+}
+
+struct rewrite_buf {
+    uint32_t n_threads;
+    uint64_t chunk_elems;
+    float *rows;                    /* n_threads rows of max_ne0 floats */
+    uint8_t *out;                   /* one chunk: max(chunk_elems, max_ne0) x 4 bytes */
+    struct chunk_worker *wk;        /* n_threads */
+    pthread_t *tid;                 /* n_threads */
+};
+
+/* Where the rewrite stands, for the progress lines. */
+struct rewrite_progress {
+    double t0, last;            /* mono_s() at the start; seconds since then of the last line */
+    uint64_t done, total;       /* source bytes of the tensors written, of all of them */
+};
+
 static int rewrite_tensor(const struct quantize_opts *o, const struct gguf_tensor *t, const struct rewrite *rw,
-                          struct gguf_writer *w, float *row, uint8_t *out, char *err, size_t err_len)
+                          struct gguf_writer *w, struct rewrite_buf *b, uint64_t max_ne0, struct rewrite_progress *p,
+                          char *err, size_t err_len)
 {
     if (rw->type == t->type) return gguf_writer_stream_tensor(w, t->data, t->nbytes, err, err_len);
     const uint64_t ne0 = t->ne[0], n_rows = t->n_elements / ne0, src_row = t->nbytes / n_rows;
     uint64_t dst_row;
     if (gguf_type_nbytes(rw->type, ne0, &dst_row)) return errf(err, err_len, "%s: row of %llu", t->name, (unsigned long long)ne0);
-    for (uint64_t r = 0; r < n_rows; r++) {
-        const float *qw = NULL;
-        if (rw->im) qw = rw->im->val + (rw->im->n_val == ne0 ? 0 : (r / t->ne[1]) * ne0); /* per expert for 3-D */
-        if (dequant_row(t->type, (const uint8_t *)t->data + r * src_row, row, ne0))
-            return errf(err, err_len, "%s: cannot read %s", t->name, gguf_type_name(t->type));
-        if (quant_quantize_row(rw->type, row, out, ne0, qw)) {
-            for (uint64_t k = 0; k < ne0; k++)
-                if (!isfinite(row[k]))
-                    return errf(err, err_len, "%s: row %llu, column %llu is %g: %s cannot hold it (fix the source)", t->name,
-                                (unsigned long long)r, (unsigned long long)k, (double)row[k], gguf_type_name(rw->type));
-            return errf(err, err_len, "%s: cannot convert %s to %s", t->name, gguf_type_name(t->type), gguf_type_name(rw->type));
+    const uint64_t chunk = ne0 < b->chunk_elems ? b->chunk_elems / ne0 : 1;
+    for (uint64_t c0 = 0; c0 < n_rows; c0 += chunk) {
+        const uint64_t c1 = n_rows - c0 < chunk ? n_rows : c0 + chunk;
+        const uint32_t n = c1 - c0 < b->n_threads ? (uint32_t)(c1 - c0) : b->n_threads;
+        struct chunk_job job = { .t = t, .rw = rw, .c0 = c0, .c1 = c1, .src_row = src_row, .dst_row = dst_row, .out = b->out };
+        job.batch = (c1 - c0) / (8 * (uint64_t)n) + 1; /* about 8 batches a thread */
+        atomic_init(&job.next, c0);
+        atomic_init(&job.failed, false);
+        for (uint32_t k = 0; k < n; k++) {
+            b->wk[k] = (struct chunk_worker){ .job = &job, .row = b->rows + k * max_ne0 };
+            /* worker 0 runs here; one whose thread cannot start takes no rows (bad_row c1) */
+            b->wk[k].threaded = k > 0 && pthread_create(&b->tid[k], NULL, quantize_rows, &b->wk[k]) == 0;
+            if (k > 0 && !b->wk[k].threaded) b->wk[k].bad_row = c1;
         }
-        if (gguf_writer_stream_part(w, out, dst_row, err, err_len)) return -1;
+        quantize_rows(&b->wk[0]);
+        const struct chunk_worker *bad = NULL;
+        for (uint32_t k = 0; k < n; k++) {
+            if (b->wk[k].threaded) pthread_join(b->tid[k], NULL);
+            if (b->wk[k].bad_row < c1 && (!bad || b->wk[k].bad_row < bad->bad_row)) bad = &b->wk[k];
+        }
+        if (bad) return row_error(&job, bad, err, err_len);
+        if (gguf_writer_stream_part(w, b->out, (c1 - c0) * dst_row, err, err_len)) return -1;
+        const double now = mono_s() - p->t0;
+        if (o->log && c1 < n_rows && now - p->last > 10.0) { /* a long tensor: a line every 10 s */
+            p->last = now;
+            const double done = (double)p->done + (double)t->nbytes * (double)c1 / (double)n_rows;
+            fprintf(o->log, "[%5.1f%%] %-41s row %llu/%llu  %.1f s\n", p->total ? 100.0 * done / (double)p->total : 100.0,
+                    t->name, (unsigned long long)c1, (unsigned long long)n_rows, now);
+            fflush(o->log);
+        }
     }
-    (void)o;
     return 0;
+}
+
+uint32_t quantize_default_threads(void)
+{
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > QUANTIZE_MAX_THREADS ? QUANTIZE_MAX_THREADS : (uint32_t)n;
 }
 
 int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, char *err, size_t err_len)
@@ -413,8 +520,7 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
     struct gguf_file *f = NULL;
     struct gguf_writer *w = NULL;
     struct rewrite *rw = NULL;
-    float *row = NULL;
-    uint8_t *out = NULL;
+    struct rewrite_buf buf = { 0 };
     bool begun = false;
     int rc = -1;
     if (gguf_open(&f, o->in, err, err_len)) return -1;
@@ -453,26 +559,30 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
         }
     }
     if (check_binds(o->in, rw, err, err_len)) goto close_file;
-    if (!(row = malloc(max_ne0 * sizeof *row)) || !(out = malloc(max_ne0 * 4))) {
+    buf.n_threads = o->n_threads ? o->n_threads : quantize_default_threads();
+    st->n_threads = buf.n_threads;
+    buf.chunk_elems = o->chunk_elems ? o->chunk_elems : CHUNK_ELEMS;
+    if (!(buf.rows = malloc(buf.n_threads * max_ne0 * sizeof *buf.rows)) ||
+        !(buf.out = malloc((max_ne0 > buf.chunk_elems ? max_ne0 : buf.chunk_elems) * 4)) ||
+        !(buf.wk = calloc(buf.n_threads, sizeof *buf.wk)) || !(buf.tid = calloc(buf.n_threads, sizeof *buf.tid))) {
         errf(err, err_len, "out of memory");
         goto close_file;
     }
     if (gguf_writer_begin(w, o->out, err, err_len)) goto close_file;
     begun = true;
-    uint64_t done = 0;
-    double last = 0;
+    struct rewrite_progress prog = { .t0 = t0, .total = total };
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
-        if (rewrite_tensor(o, t, &rw[i], w, row, out, err, err_len)) goto close_file;
-        done += t->nbytes;
+        if (rewrite_tensor(o, t, &rw[i], w, &buf, max_ne0, &prog, err, err_len)) goto close_file;
+        prog.done += t->nbytes;
         uint64_t ob;
         gguf_type_nbytes(rw[i].type, t->n_elements, &ob);
         st->bytes_out += ob;
         if (rw[i].type != t->type) st->elems_quantized += t->n_elements;
         const double now = mono_s() - t0;
-        if (o->log && (rw[i].type != t->type || now - last > 2.0 || i + 1 == f->n_tensors)) {
-            last = now;
-            fprintf(o->log, "[%5.1f%%] %4llu/%llu %-36s %-7s -> %-7s%s  %.1f s\n", total ? 100.0 * (double)done / (double)total : 100.0,
+        if (o->log && (rw[i].type != t->type || now - prog.last > 2.0 || i + 1 == f->n_tensors)) {
+            prog.last = now;
+            fprintf(o->log, "[%5.1f%%] %4llu/%llu %-36s %-7s -> %-7s%s  %.1f s\n", total ? 100.0 * (double)prog.done / (double)total : 100.0,
                     (unsigned long long)(i + 1), (unsigned long long)f->n_tensors, t->name, gguf_type_name(t->type),
                     gguf_type_name(rw[i].type), rw[i].fallback ? " (fallback: rows not a multiple of the block)" : rw[i].im ? " (imatrix)" : "", now);
             fflush(o->log);
@@ -489,8 +599,10 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
     rc = 0;
 close_file:
     if (begun) writer_discard(w);
-    free(row);
-    free(out);
+    free(buf.rows);
+    free(buf.out);
+    free(buf.wk);
+    free(buf.tid);
     free(rw);
     gguf_writer_destroy(w);
     gguf_close(f);

@@ -1,6 +1,6 @@
 /* `flashbox quantize`: rewrites a model's matrices into smaller ggml types by a recipe
  * (named, or a pattern file of `glob=type` lines), optionally weighted by an importance
- * matrix (llama.cpp's imatrix, GGUF or legacy .dat), in bounded memory (one row at a time),
+ * matrix (llama.cpp's imatrix, GGUF or legacy .dat), in bounded memory (a chunk of rows at a time, on several threads),
  * writing the result atomically; and the report that compares the logits of the result with
  * the source's (KL divergence, top-1 agreement). */
 #ifndef FLASHBOX_TOOLS_QUANTIZE_H
@@ -62,13 +62,20 @@ struct quantize_opts {
     const struct quant_recipe *recipe;
     const struct quant_imatrix *imatrix;    /* NULL: none */
     FILE *log;                              /* progress and per-tensor lines; NULL: quiet */
+    uint32_t n_threads;                     /* threads that quantize rows; 0: the online CPUs (the bytes do not depend on it) */
+    uint64_t chunk_elems;                   /* elements quantized per chunk; 0: about 4 M (the bytes do not depend on it) */
 };
 
 struct quantize_stats {
-    uint32_t n_tensors, n_changed, n_fallback, n_imatrix;
+    uint32_t n_tensors, n_changed, n_fallback, n_imatrix, n_threads;
     uint64_t bytes_in, bytes_out, elems_quantized;
     double seconds;
 };
+
+#define QUANTIZE_MAX_THREADS 256
+
+/* The online CPUs, at least 1 and at most QUANTIZE_MAX_THREADS. */
+uint32_t quantize_default_threads(void);
 
 int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, char *err, size_t err_len);
 

@@ -11,15 +11,18 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: flashbox quantize -m IN.gguf -o OUT.gguf --recipe NAME|FILE [--imatrix FILE] [--report]\n"
-            "                         [--tokens 1,2,3 | --tokens-file FILE] [--quiet]\n"
+            "                         [--threads N] [--tokens 1,2,3 | --tokens-file FILE] [--quiet]\n"
             "  --recipe NAME|FILE  a named recipe (below) or a pattern file of PATTERN=TYPE lines,\n"
             "                      e.g. blk.*.ffn_down_exps=q2_k ('*' spans dots, first match wins)\n"
             "  --imatrix FILE      llama.cpp importance matrix (GGUF or legacy .dat); weights the K-quant, IQ2/IQ3 and IQ4 fits\n"
+            "  --threads N         quantize on N threads (default: the online CPUs, here %u); the output\n"
+            "                      is the same bytes for any N\n"
             "  --report            then compare OUT's logits with IN's on the reference backend:\n"
             "                      mean and max KL divergence per position, top-1 agreement; overall\n"
             "                      and, when OUT has several new types, with only each type quantized\n"
             "  --tokens, --tokens-file  the report's token ids (default: 64 fixed ids below 256)\n"
-            "recipes:\n");
+            "recipes:\n",
+            quantize_default_threads());
     for (int i = 0; quant_recipe_names[i]; i++) fprintf(out, "  %-6s %s\n", quant_recipe_names[i], quant_recipe_about[i]);
 }
 
@@ -47,6 +50,7 @@ int tool_quantize_main(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL, *recipe_arg = NULL, *imatrix_path = NULL, *tokens = NULL, *tokens_file = NULL;
     bool report = false, quiet = false;
+    uint32_t n_threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -58,7 +62,17 @@ int tool_quantize_main(int argc, char **argv)
         else if (v && (!strcmp(a, "-o") || !strcmp(a, "--out"))) out = argv[++i];
         else if (v && !strcmp(a, "--recipe")) recipe_arg = argv[++i];
         else if (v && !strcmp(a, "--imatrix")) imatrix_path = argv[++i];
-        else if (v && !strcmp(a, "--tokens")) tokens = argv[++i];
+        else if (v && !strcmp(a, "--threads")) {
+            char *end;
+            errno = 0;
+            const unsigned long n = strtoul(v, &end, 10);
+            if (end == v || *end || errno || n < 1 || n > QUANTIZE_MAX_THREADS || *v == '-') {
+                fprintf(stderr, "flashbox quantize: --threads: '%s' is not a count from 1 to %d\n", v, QUANTIZE_MAX_THREADS);
+                return 2;
+            }
+            n_threads = (uint32_t)n;
+            i++;
+        } else if (v && !strcmp(a, "--tokens")) tokens = argv[++i];
         else if (v && !strcmp(a, "--tokens-file")) tokens_file = argv[++i];
         else {
             fprintf(stderr, "flashbox quantize: unknown or incomplete argument '%s'\n", a);
@@ -110,7 +124,7 @@ int tool_quantize_main(int argc, char **argv)
         return 1;
     }
     struct quantize_opts o = { .in = in, .out = out, .recipe = &recipe, .imatrix = imatrix_path ? &im : NULL,
-                               .log = quiet ? NULL : stderr };
+                               .log = quiet ? NULL : stderr, .n_threads = n_threads };
     struct quantize_stats st;
     int rc = quantize_model(&o, &st, err, sizeof err);
     quant_imatrix_free(&im);
@@ -119,9 +133,9 @@ int tool_quantize_main(int argc, char **argv)
         return 1;
     }
     printf("quantized %s -> %s (recipe %s): %u of %u tensors rewritten (%u fell back, %u with the imatrix), "
-           "%.1f -> %.1f MB in %.2f s (%.1f M elements/s)\n",
+           "%.1f -> %.1f MB in %.2f s on %u threads (%.1f M elements/s)\n",
            in, out, recipe.name, st.n_changed, st.n_tensors, st.n_fallback, st.n_imatrix, (double)st.bytes_in / 1e6,
-           (double)st.bytes_out / 1e6, st.seconds, st.seconds > 0 ? (double)st.elems_quantized / st.seconds / 1e6 : 0.0);
+           (double)st.bytes_out / 1e6, st.seconds, st.n_threads, st.seconds > 0 ? (double)st.elems_quantized / st.seconds / 1e6 : 0.0);
     if (!report) return 0;
     struct quantize_report rep;
     if (quantize_report_run(in, out, ids, (uint32_t)n_ids, &rep, err, sizeof err)) {
