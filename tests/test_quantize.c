@@ -620,7 +620,7 @@ TEST(quantize_threads_write_the_same_bytes_as_one_thread)
     CHECK(strstr(outp, " on 3 threads ") != NULL);
     CHECK(files_differ(one, many) == 0);
     /* chunks smaller than a tensor (3 rows of 256: one row per thread, and a short last chunk),
-     * an imatrix whose weights differ per expert, and a pattern file of an IQ2 and a K-quant */
+     * an imatrix whose weights differ per expert, and a pattern file of IQ2_XS, IQ3_XXS, IQ2_S and Q3_K */
     static float vals[256 * 8];
     for (int i = 0; i < 256 * 8; i++) vals[i] = 0.01f + (float)((i * 37) % 101) * (float)(1 + i / 256);
     const char *names[] = { "blk.0.ffn_gate_exps.weight" };
@@ -628,7 +628,7 @@ TEST(quantize_threads_write_the_same_bytes_as_one_thread)
     static uint8_t ibuf[16384];
     struct quant_imatrix m;
     REQUIRE(quant_imatrix_parse(ibuf, legacy_imatrix(ibuf, 1, names, ncall, nval, vals), &m, err, sizeof err) == 0);
-    static const char *const recipes[] = { "2bit", "blk.*.ffn_gate_exps=iq2_xs\nblk.*.ffn_up_exps=iq3_xxs\nblk.*.ffn_*_exps=q3_k\n" };
+    static const char *const recipes[] = { "2bit", "blk.*.ffn_gate_exps=iq2_xs\nblk.0.ffn_up_exps=iq3_xxs\nblk.*.ffn_up_exps=iq2_s\nblk.*.ffn_*_exps=q3_k\n" };
     for (size_t k = 0; k < sizeof recipes / sizeof recipes[0]; k++) {
         static struct quant_recipe r;
         if (k < 1) REQUIRE(quant_recipe_load(recipes[k], &r, err, sizeof err) == 0);

@@ -1,4 +1,4 @@
-/* Quantizers for the lattice i-quants IQ2_XXS, IQ2_XS and IQ3_XXS: blocks that dequant_row_iq
+/* Quantizers for the lattice i-quants IQ2_XXS, IQ2_XS, IQ2_S and IQ3_XXS: blocks that dequant_row_iq
  * (bit-exact with ggml's dequantize_row_*) reads back, fitted by weighted least squares.
  *
  * These are not byte-for-byte ggml's (its i-quant search is a heuristic of its own); the
@@ -8,8 +8,9 @@
  *      the large values at the small ones' cost: 4% more rms error on gaussian rows);
  *   2. signs: each group of 8 may only carry an even count of minus signs (the eighth sign
  *      is implied); where x has an odd count, the element whose flip costs least (smallest
- *      w * x^2) is fitted with the wrong sign, i.e. towards the grid's smallest magnitude;
- *   3. per scale block (32 values; IQ2_XS 16) the scale s is searched over candidates
+ *      w * x^2) is fitted with the wrong sign, i.e. towards the grid's smallest magnitude
+ *      (IQ2_S stores all 8 signs: x's are kept);
+ *   3. per scale block (32 values; IQ2_XS and IQ2_S 16) the scale s is searched over candidates
  *      around amax / largest level: for each, every value goes to its nearest level and a
  *      grid entry is picked (the point itself when it is on the grid, else the weighted best
  *      of its nearest grid points, tabulated once), then s is refitted by least squares
@@ -39,14 +40,16 @@ struct iq_lattice {
      * per magnitude), its grid index, or -1 - (offset of its nearest grid entries in near) */
     int32_t *point;
     uint16_t *near;          /* per off-grid point: count, then that many grid indices */
+    bool all_signs;          /* 8 sign bits per group stored (IQ2_S), else 7 and the parity */
 };
 
 static const float iq2_levels_f[3] = { 8, 25, 43 };
 static const float iq3_levels_f[8] = { 4, 12, 20, 28, 36, 44, 52, 62 };
 
-static struct iq_lattice lat_iq2xxs = { iq2xxs_grid, 256, 8, 2, 3, 32, 0.25f, 300, iq2_levels_f, NULL, NULL };
-static struct iq_lattice lat_iq2xs = { iq2xs_grid, 512, 8, 2, 3, 16, 0.25f, 300, iq2_levels_f, NULL, NULL };
-static struct iq_lattice lat_iq3xxs = { iq3xxs_grid, 256, 4, 3, 8, 32, 0.5f, 140, iq3_levels_f, NULL, NULL };
+static struct iq_lattice lat_iq2xxs = { iq2xxs_grid, 256, 8, 2, 3, 32, 0.25f, 300, iq2_levels_f, NULL, NULL, false };
+static struct iq_lattice lat_iq2xs = { iq2xs_grid, 512, 8, 2, 3, 16, 0.25f, 300, iq2_levels_f, NULL, NULL, false };
+static struct iq_lattice lat_iq2s = { iq2s_grid, 1024, 8, 2, 3, 16, 0.25f, 300, iq2_levels_f, NULL, NULL, true };
+static struct iq_lattice lat_iq3xxs = { iq3xxs_grid, 256, 4, 3, 8, 32, 0.5f, 140, iq3_levels_f, NULL, NULL, false };
 
 #define N_SCALE_TRIES 24  /* candidate scales per block, amax / (0.6 .. 1.15 x the top level) */
 #define N_D_TRIES 4       /* candidate super-block scales, max_s / 15.5 x (1, 0.96, ...) */
@@ -119,7 +122,8 @@ static int lattice_ok;
 
 static void lattice_init(void)
 {
-    lattice_ok = !lattice_build(&lat_iq2xxs) && !lattice_build(&lat_iq2xs) && !lattice_build(&lat_iq3xxs);
+    lattice_ok = !lattice_build(&lat_iq2xxs) && !lattice_build(&lat_iq2xs) && !lattice_build(&lat_iq2s) &&
+                 !lattice_build(&lat_iq3xxs);
 }
 
 /* The grid entry for gs targets t (signs already applied) at scale db: each value's nearest
@@ -173,8 +177,9 @@ static float fit_block(const struct iq_lattice *L, int n, const float *t, const 
 }
 
 /* Signs and targets of 256 values: sign bit j of neg set where value j is fitted negative,
- * an even count per group of 8; t[j] = x[j] * that sign (>= 0 but for flipped elements). */
-static void choose_signs(const float *x, const float *w, uint8_t neg[QK_K / 8], float *t)
+ * an even count per group of 8 unless all_signs; t[j] = x[j] * that sign (>= 0 but for
+ * flipped elements). */
+static void choose_signs(bool all_signs, const float *x, const float *w, uint8_t neg[QK_K / 8], float *t)
 {
     for (int gi = 0; gi < QK_K / 8; gi++) {
         uint8_t m = 0;
@@ -184,7 +189,7 @@ static void choose_signs(const float *x, const float *w, uint8_t neg[QK_K / 8], 
             if (v < 0) m |= (uint8_t)(1u << j);
             if (w[8 * gi + j] * v * v < w[8 * gi + cheapest] * x[8 * gi + cheapest] * x[8 * gi + cheapest]) cheapest = j;
         }
-        if (__builtin_popcount(m) & 1) m ^= (uint8_t)(1u << cheapest);
+        if (!all_signs && __builtin_popcount(m) & 1) m ^= (uint8_t)(1u << cheapest);
         neg[gi] = m;
         for (int j = 0; j < 8; j++) t[8 * gi + j] = m >> j & 1 ? -x[8 * gi + j] : x[8 * gi + j];
     }
@@ -212,7 +217,7 @@ static void quantize_superblock(const struct iq_lattice *L, const float *x, cons
     const int nb = QK_K / L->sb, per = L->sb / L->gs;
     const float top = L->levels[L->n_levels - 1];
     iq_weights(L, x, qw, sigma2, w);
-    choose_signs(x, w, neg, t);
+    choose_signs(L->all_signs, x, w, neg, t);
     float max_s = 0;
     for (int b = 0; b < nb; b++) {
         const float *tb = t + b * L->sb, *wb = w + b * L->sb;
@@ -328,6 +333,21 @@ static void pack_iq2_xs(void *block, uint16_t dh, const uint8_t *ls, const uint1
     for (int b = 0; b < QK_K / 32; b++) y->scales[b] = (uint8_t)(ls[2 * b] | ls[2 * b + 1] << 4);
 }
 
+static void pack_iq2_s(void *block, uint16_t dh, const uint8_t *ls, const uint16_t *idx, const uint8_t *neg)
+{
+    struct block_iq2_s *y = block;
+    memcpy(&y->d, &dh, 2);
+    for (int g = 0; g < QK_K / 8; g++) {
+        y->qs[g] = (uint8_t)idx[g];
+        y->qs[QK_K / 8 + g] = neg[g];
+    }
+    for (int b = 0; b < QK_K / 32; b++) {
+        y->qh[b] = 0;
+        for (int l = 0; l < 4; l++) y->qh[b] |= (uint8_t)((idx[4 * b + l] >> 8) << 2 * l);
+        y->scales[b] = (uint8_t)(ls[2 * b] | ls[2 * b + 1] << 4);
+    }
+}
+
 static void pack_iq3_xxs(void *block, uint16_t dh, const uint8_t *ls, const uint16_t *idx, const uint8_t *neg)
 {
     struct block_iq3_xxs *y = block;
@@ -348,6 +368,11 @@ int quantize_row_iq2_xxs(const float *x, struct block_iq2_xxs *y, uint64_t n, co
 int quantize_row_iq2_xs(const float *x, struct block_iq2_xs *y, uint64_t n, const float *qw)
 {
     return quantize_lattice_row(&lat_iq2xs, x, y, sizeof *y, n, qw, pack_iq2_xs);
+}
+
+int quantize_row_iq2_s(const float *x, struct block_iq2_s *y, uint64_t n, const float *qw)
+{
+    return quantize_lattice_row(&lat_iq2s, x, y, sizeof *y, n, qw, pack_iq2_s);
 }
 
 int quantize_row_iq3_xxs(const float *x, struct block_iq3_xxs *y, uint64_t n, const float *qw)
