@@ -29,7 +29,7 @@
 #define ABI_SPEC_ATTN_HEADS 3    /* attention_heads: heads per workgroup */
 #define ABI_SPEC_ATTN_KV4 4      /* attention, attention_heads: float4 of a head row per lane */
 #define ABI_SPEC_KSPLIT_LPR 6    /* matmul_ksplit: lanes per row */
-#define ABI_SPEC_KSPLIT_HALF 7   /* matmul_ksplit: 1 where grouped MoE tiles end in a half tile */
+#define ABI_SPEC_KSPLIT_HALF 7   /* matmul_ksplit, matvec_lanes: 1 where grouped MoE tiles end in a smaller tile */
 
 /* Weight types of the matvec family (values of the W_TYPE define in the .comp files). */
 #define ABI_WTYPE_F32 0

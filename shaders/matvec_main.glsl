@@ -25,9 +25,10 @@ void main()
         uint t0 = 0u;
 #ifdef HALF_TILE
         /* the layout has compute_half_tile (where the HALF_TILE specialization constant is
-         * set): full tiles while more than half a tile is left, then at most one half tile
-         * (loops, not a branch: a CPU driver skips a loop that no lane enters but runs both
-         * sides of a branch) */
+         * set): full tiles while more than HALF_TOK_TILE tokens are left, then tiles of
+         * HALF_TOK_TILE (K-split: half a tile, at most one; LANES: one token) (loops, not a
+         * branch: a CPU driver skips a loop that no lane enters but runs both sides of a
+         * branch) */
         const uint full_past = HALF_TILE != 0u ? HALF_TOK_TILE : 0u;
 #else
         const uint full_past = 0u;

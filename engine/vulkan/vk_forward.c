@@ -534,12 +534,15 @@ static int moe_layer(struct fwd *f, uint32_t il)
      * by expert first, so each expert's matrices are read once for all of its tokens. */
     /* Grouping reads each chosen expert once for all of its tokens, in token tiles whose
      * unused places are computed and dropped. GPUs (bandwidth-bound) group from
-     * VK_MOE_GROUP_MIN_TOKENS tokens on; CPU drivers, where that wasted arithmetic is the
-     * cost, only once experts average half a tile of tokens (a decode step of 8 sessions on
-     * the small model, 48 slots over 64 experts, ran its routed experts about 4x faster as
-     * slots). Both read a token's outputs in one order, so this choice never changes them. */
-    const bool grouped = !paged && (e->ops.layout == VK_MATVEC_LANES ? n_routed >= E * VK_MATMUL_TILE / 2
-                                                                      : nt >= VK_MOE_GROUP_MIN_TOKENS);
+     * VK_MOE_GROUP_MIN_TOKENS tokens on. CPU drivers, where that wasted arithmetic is the
+     * cost, walk tiles of VK_MATMUL_TILE once experts average half a tile of tokens, and
+     * below that (steps of a few sessions: 8 tokens on the small model give 48 slots over
+     * about 35 experts) tiles of 2 and a last token alone, so nothing is computed twice
+     * and an expert with two tokens decodes its weights once for both. Every tile reads a
+     * token's outputs in one order, so this choice never changes them. */
+    const bool lanes = e->ops.layout == VK_MATVEC_LANES;
+    const bool grouped = !paged && (lanes ? nt >= 2 : nt >= VK_MOE_GROUP_MIN_TOKENS);
+    const uint32_t group_tile = lanes && n_routed < E * VK_MATMUL_TILE / 2 ? 2 : 0;
     const struct vk_span *ids = paged ? &s->slot_ids : grouped ? &s->grp : &s->ids;
     if (grouped) {
         struct abi_moe_group_push gp = { .n_expert = E, .n_slots = n_routed };
@@ -552,7 +555,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
             .w = &mo->gu, .x = &s->a, .y = &s->gu, .ids = ids, .x_zstride = d, .x_zdiv = K,
             .y_zstride = F, .n_tok = grouped ? nt : 1, .n_slot = grouped ? 2 * E : 2 * n_routed,
             .ids_wrap = grouped ? E : n_routed, .mat_add = E, .y_wrap_add = grouped ? n_routed * F : 0,
-            .grouped = grouped, .scale = 1.0f,
+            .grouped = grouped, .group_tile = group_tile, .scale = 1.0f,
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "gate/up experts");
         s->weight_bytes_step += 2 * mo->gu.mat_bytes * K;
@@ -566,7 +569,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
             struct vk_matvec_args a = {
                 .w = &vw, .x = &s->a, .y = &s->gu, .ids = ids, .x_zstride = d, .x_zdiv = K,
                 .y_off = (uint32_t)i * n_routed * F, .y_zstride = F, .n_tok = grouped ? nt : 1,
-                .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0, .grouped = grouped, .scale = 1.0f,
+                .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0, .grouped = grouped, .group_tile = group_tile, .scale = 1.0f,
             };
             if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", gu[i]->name);
             s->weight_bytes_step += vw.mat_bytes * K;
@@ -590,7 +593,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
         struct vk_matvec_args a = {
             .w = &vw, .x = &s->gu, .y = &s->yd, .ids = ids, .x_zstride = F, .x_zdiv = 1,
             .y_zstride = d, .n_tok = grouped ? nt : 1, .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0,
-            .grouped = grouped, .scale = 1.0f,
+            .grouped = grouped, .group_tile = group_tile, .scale = 1.0f,
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "down experts");
         s->weight_bytes_step += vw.mat_bytes * K;

@@ -40,6 +40,8 @@ struct vk_ops {
      * vk_ops_prepare_matvec, 2 and 4 on first use */
     struct vk_kernel matvec[VK_N_WTYPES][VK_N_TILES];
     struct vk_kernel lanes[VK_N_WTYPES][VK_N_TILES];
+    /* the same for grouped MoE lists, with a one-token tail tile (LANES_TAIL), on first use */
+    struct vk_kernel lanes_grouped[VK_N_WTYPES][VK_N_TILES];
     /* LANES kernels with K split across a subgroup's lanes (matmul_ksplit): [type]
      * [token tile 0 .. VK_N_TILES - 1, or VK_KSPLIT_GROUPED: a grouped MoE tile with the half tile]
      * [shape: two units of K a lane, or one and lanes_wg >> i lanes per row at 1 + i],
@@ -111,6 +113,9 @@ struct vk_matvec_args {
     uint32_t n_tok, n_slot, ids_off;
     uint32_t ids_wrap, mat_add, y_wrap_add; /* fused gate+up: see ABI_MATVEC_FIELDS */
     bool grouped;                           /* ids holds moe_group lists; ids_wrap = n_expert */
+    uint32_t group_tile;                    /* grouped, row-per-lane LANES kernels: an expert's tokens
+                                               per tile (1, 2, 4; 0 or more: VK_MATMUL_TILE), its
+                                               last one alone; the others walk VK_MATMUL_TILE */
     float scale;
     bool accumulate;
 };
