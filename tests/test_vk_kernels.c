@@ -393,24 +393,32 @@ out:
 }
 
 /* Batch invariance of the routed experts: the (token, expert) slots of a step grouped by
- * expert (moe_group's lists, built here on the host) give each slot bitwise the result of
- * the one-token slot kernel, which matches the float64 reference; for experts with 0, 1, 2,
- * 3 and 6 tokens, in the SUBGROUP layout and in the LANES row-per-lane kernels with tiles
+ * expert (moe_group's lists, one per expert used, built here on the host) give each slot
+ * bitwise the result of the one-token slot kernel, which matches the float64 reference;
+ * for experts with 0, 1, 2, 3 and 6 tokens and empty lists past the experts used, in the SUBGROUP layout and in the LANES row-per-lane kernels with tiles
  * of 2 and 8 tokens (each list ends with its last token alone where one is left). */
 TEST(vk_grouped_expert_lists_give_each_slot_bitwise_its_one_token_result)
 {
     struct vk_fixture f;
     if (vk_fixture_open(&f)) return;
-    enum { N_IN = 512, N_OUT = 70, E = 6, K = 3, N_TOK = 4, N_SLOT = N_TOK * K };
-    /* slot z = t * K + k picks expert ids[z]: counts 6, 3, 2, 1, 0, 0 */
-    static const int32_t ids[N_SLOT] = { 0, 1, 2, 0, 1, 3, 0, 2, 1, 0, 0, 0 };
-    int32_t grp[E + 1 + N_SLOT]; /* first slot index of each expert, then the slots by expert */
+    enum { N_IN = 512, N_OUT = 70, E = 16, K = 3, N_TOK = 4, N_SLOT = N_TOK * K, G = N_SLOT };
+    /* slot z = t * K + k picks expert ids[z]: experts 1, 4, 9 and 15 with 6, 2, 3 and 1 tokens */
+    static const int32_t ids[N_SLOT] = { 1, 9, 4, 1, 9, 15, 1, 4, 9, 1, 1, 1 };
+    /* the lists (abi.h, moe_group): first index of each list, then the slots by list,
+     * then each list's expert; lists 4 .. G - 1 empty */
+    int32_t grp[G + 1 + N_SLOT + G];
     memset(grp, 0, sizeof grp);
-    for (int z = 0; z < N_SLOT; z++) grp[ids[z] + 1]++;
-    for (int e = 0; e < E; e++) grp[e + 1] += grp[e];
-    for (int e = 0, n = 0; e < E; e++)
+    for (int e = 0, g = 0, n = 0; e < E; e++) {
+        int first = n;
         for (int z = 0; z < N_SLOT; z++)
-            if (ids[z] == e) grp[E + 1 + n++] = z;
+            if (ids[z] == e) grp[G + 1 + n++] = z;
+        if (n > first) {
+            grp[G + 1 + N_SLOT + g] = e;
+            grp[g++] = first;
+        }
+        if (e == E - 1)
+            while (g <= G) grp[g++] = N_SLOT;
+    }
     uint64_t rng = 99;
     float *w = malloc((size_t)E * N_OUT * N_IN * 4), *x = malloc((size_t)N_TOK * N_IN * 4);
     float *alone = malloc((size_t)N_SLOT * N_OUT * 4), *got = malloc((size_t)N_SLOT * N_OUT * 4);
@@ -459,8 +467,8 @@ TEST(vk_grouped_expert_lists_give_each_slot_bitwise_its_one_token_result)
             rc = rc || vk_span_upload(f.d, &sy, 0, got, (size_t)N_SLOT * N_OUT * 4, f.err, sizeof f.err);
             a.ids = &sg;
             a.n_tok = N_TOK;
-            a.n_slot = E;
-            a.ids_wrap = E;
+            a.n_slot = G;
+            a.ids_wrap = G;
             a.grouped = true;
             a.group_tile = group_tile;
             rc = rc || vk_recorder_begin(f.rec, f.err, sizeof f.err) || vk_op_matvec(f.rec, &f.ops, &a, f.err, sizeof f.err) ||

@@ -535,17 +535,20 @@ static int moe_layer(struct fwd *f, uint32_t il)
     /* Grouping reads each chosen expert once for all of its tokens, in token tiles whose
      * unused places are computed and dropped. GPUs (bandwidth-bound) group from
      * VK_MOE_GROUP_MIN_TOKENS tokens on. CPU drivers, where that wasted arithmetic is the
-     * cost, walk tiles of VK_MATMUL_TILE once experts average half a tile of tokens, and
-     * below that (steps of a few sessions: 8 tokens on the small model give 48 slots over
-     * about 35 experts) tiles of 2 and a last token alone, so nothing is computed twice
-     * and an expert with two tokens decodes its weights once for both. Every tile reads a
-     * token's outputs in one order, so this choice never changes them. */
+     * cost, walk tiles of VK_MATMUL_TILE once experts average half a tile of tokens; below
+     * that, from half as many slots as experts (a step of 8 sessions on the small model: 48
+     * slots over about 35 experts), tiles of 2 and a last token alone, so nothing is
+     * computed and dropped and an expert with two tokens decodes its weights once for both
+     * (2 tokens cost 1.4-1.5x one on lavapipe). Fewer slots share too few experts to pay
+     * for the grouping step. Every tile reads a token's outputs in one order, so this
+     * choice never changes them. */
     const bool lanes = e->ops.layout == VK_MATVEC_LANES;
-    const bool grouped = !paged && (lanes ? nt >= 2 : nt >= VK_MOE_GROUP_MIN_TOKENS);
+    const bool grouped = !paged && (lanes ? 2 * n_routed >= E : nt >= VK_MOE_GROUP_MIN_TOKENS);
     const uint32_t group_tile = lanes && n_routed < E * VK_MATMUL_TILE / 2 ? 2 : 0;
+    const uint32_t n_grp = n_routed < E ? n_routed : E; /* lists: one per expert used, at most */
     const struct vk_span *ids = paged ? &s->slot_ids : grouped ? &s->grp : &s->ids;
     if (grouped) {
-        struct abi_moe_group_push gp = { .n_expert = E, .n_slots = n_routed };
+        struct abi_moe_group_push gp = { .n_expert = E, .n_slots = n_routed, .n_grp = n_grp };
         const struct vk_span *b[2] = { &s->ids, &s->grp };
         if (dispatch(f, VK_KIND_ROUTER, &e->ops.moe_group, b, &gp, 1, 1, 1)) return -1;
         barrier(f);
@@ -553,8 +556,8 @@ static int moe_layer(struct fwd *f, uint32_t il)
     if (mo->gu_fused) {
         struct vk_matvec_args a = {
             .w = &mo->gu, .x = &s->a, .y = &s->gu, .ids = ids, .x_zstride = d, .x_zdiv = K,
-            .y_zstride = F, .n_tok = grouped ? nt : 1, .n_slot = grouped ? 2 * E : 2 * n_routed,
-            .ids_wrap = grouped ? E : n_routed, .mat_add = E, .y_wrap_add = grouped ? n_routed * F : 0,
+            .y_zstride = F, .n_tok = grouped ? nt : 1, .n_slot = grouped ? 2 * n_grp : 2 * n_routed,
+            .ids_wrap = grouped ? n_grp : n_routed, .mat_add = E, .y_wrap_add = grouped ? n_routed * F : 0,
             .grouped = grouped, .group_tile = group_tile, .scale = 1.0f,
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "gate/up experts");
@@ -569,7 +572,8 @@ static int moe_layer(struct fwd *f, uint32_t il)
             struct vk_matvec_args a = {
                 .w = &vw, .x = &s->a, .y = &s->gu, .ids = ids, .x_zstride = d, .x_zdiv = K,
                 .y_off = (uint32_t)i * n_routed * F, .y_zstride = F, .n_tok = grouped ? nt : 1,
-                .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0, .grouped = grouped, .group_tile = group_tile, .scale = 1.0f,
+                .n_slot = grouped ? n_grp : n_routed, .ids_wrap = grouped ? n_grp : 0, .grouped = grouped,
+                .group_tile = group_tile, .scale = 1.0f,
             };
             if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", gu[i]->name);
             s->weight_bytes_step += vw.mat_bytes * K;
@@ -592,7 +596,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
         else if (vk_weight_of(e, lw->ffn_down_exps, 0, &vw, f->err, f->err_len)) return -1;
         struct vk_matvec_args a = {
             .w = &vw, .x = &s->gu, .y = &s->yd, .ids = ids, .x_zstride = F, .x_zdiv = 1,
-            .y_zstride = d, .n_tok = grouped ? nt : 1, .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0,
+            .y_zstride = d, .n_tok = grouped ? nt : 1, .n_slot = grouped ? n_grp : n_routed, .ids_wrap = grouped ? n_grp : 0,
             .grouped = grouped, .group_tile = group_tile, .scale = 1.0f,
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "down experts");

@@ -112,7 +112,7 @@ struct vk_matvec_args {
     uint32_t y_off, y_tstride, y_zstride;
     uint32_t n_tok, n_slot, ids_off;
     uint32_t ids_wrap, mat_add, y_wrap_add; /* fused gate+up: see ABI_MATVEC_FIELDS */
-    bool grouped;                           /* ids holds moe_group lists; ids_wrap = n_expert */
+    bool grouped;                           /* ids holds moe_group lists; ids_wrap = their count */
     uint32_t group_tile;                    /* grouped, row-per-lane LANES kernels: an expert's tokens
                                                per tile (1, 2, 4; 0 or more: VK_MATMUL_TILE), its
                                                last one alone; the others walk VK_MATMUL_TILE */
