@@ -11,13 +11,7 @@
 #include <time.h>
 
 #include "common/errmsg.h"
-
-double bench_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "common/mono_clock.h"
 
 double bench_cpu_s(void)
 {
@@ -45,16 +39,16 @@ static int decode_streams(struct engine *e, const struct bench_sessions_options 
         }
         /* a first step unmeasured: pipelines built on first use (per token count) */
         for (uint32_t i = 0; i < k; i++) toks[i] = tok_at(i, o->n_prompt, n_vocab);
-        double t0 = bench_now_s();
+        double t0 = mono_s();
         if (engine_step(e, items, k, err, err_len)) return -1;
-        if (run == 0) *t_first = bench_now_s() - t0;
-        t0 = bench_now_s();
+        if (run == 0) *t_first = mono_s() - t0;
+        t0 = mono_s();
         double c0 = bench_cpu_s();
         for (uint32_t g = 0; g < o->n_gen; g++) {
             for (uint32_t i = 0; i < k; i++) toks[i] = tok_at(i, o->n_prompt + 1 + g, n_vocab);
             if (engine_step(e, items, k, err, err_len)) return -1;
         }
-        double dt = bench_now_s() - t0, dc = bench_cpu_s() - c0;
+        double dt = mono_s() - t0, dc = bench_cpu_s() - c0;
         if (dt < *t_best) *t_best = dt;
         if (dc < *c_best) *c_best = dc;
     }
@@ -82,21 +76,21 @@ static int ttft(struct engine *e, const struct bench_sessions_options *o, uint32
     const uint32_t chunk = o->step_tokens < n_long ? o->step_tokens : n_long;
     for (uint32_t run = 0; run < o->runs; run++) {
         session_reset(sh);
-        double t0 = bench_now_s();
+        double t0 = mono_s();
         if (session_eval(sh, prompt, n_short, logits, false, err, err_len)) goto out;
-        double t = bench_now_s() - t0;
+        double t = mono_s() - t0;
         if (t < alone) alone = t;
         /* the long prompt's step in flight when the request arrives, then the request's own */
         session_reset(sh);
         session_reset(lo);
-        t0 = bench_now_s();
+        t0 = mono_s();
         if (session_eval(lo, long_toks, chunk, NULL, false, err, err_len)) goto out;
-        t = bench_now_s() - t0;
+        t = mono_s() - t0;
         if (t < long_step) long_step = t;
         struct session_step item = { .s = sh, .tokens = prompt, .n = n_short, .logits = logits };
-        t0 = bench_now_s();
+        t0 = mono_s();
         if (engine_step(e, &item, 1, err, err_len)) goto out;
-        t = bench_now_s() - t0;
+        t = mono_s() - t0;
         if (t < own) own = t;
     }
     const double mean = long_step / 2 + own, worst = long_step + own;

@@ -17,10 +17,9 @@ struct bench_sessions_options {
     uint32_t step_tokens;   /* the scheduler's tokens per step (server.step_tokens) */
 };
 
-/* Wall seconds (monotonic), and CPU seconds of every thread of this process (a CPU
+/* CPU seconds of every thread of this process (a CPU
  * device's worker threads included): on a CPU device that is the work itself, which time
- * stolen by other guests on a shared machine does not inflate, unlike wall time. */
-double bench_now_s(void);
+ * stolen by other guests on a shared machine does not inflate, unlike wall time (mono_s). */
 double bench_cpu_s(void);
 
 /* Prints a table and JSON lines: per stream count, aggregate decode tok/s, the inter-token

@@ -3,6 +3,7 @@
  * one), weight bytes read per decoded token and the bandwidth that achieves, against the
  * device's copy bandwidth measured here. Prints a table, then one JSON line. */
 #include "engine/engine.h"
+#include "common/mono_clock.h"
 #include "common/safe_open.h"
 #include "common/errmsg.h"
 #include "firmware/backend_pick.h"
@@ -106,14 +107,14 @@ static int bench_json_schema(struct engine *e, struct session *s, const char *pa
             else jg_matcher_start(m, g);
             int32_t t = bos;
             uint32_t used = 0, done = 0;
-            double in_mask = 0, t0 = bench_now_s(), c0 = bench_cpu_s();
+            double in_mask = 0, t0 = mono_s(), c0 = bench_cpu_s();
             for (uint32_t i = 0; i < n_gen; i++) {
                 if (session_eval(s, &t, 1, logits, false, err, err_len)) goto out;
                 if (masked) {
-                    double m0 = bench_now_s();
+                    double m0 = mono_s();
                     if (call) dsml_mask(cm, per_value - used, eos, allow);
                     else jg_mask(m, per_value - used, eos, allow);
-                    in_mask += bench_now_s() - m0;
+                    in_mask += mono_s() - m0;
                 }
                 t = sampler_sample_masked(smp, logits, masked ? allow : NULL);
                 if (t < 0) {
@@ -133,7 +134,7 @@ static int bench_json_schema(struct engine *e, struct session *s, const char *pa
                     used++;
                 }
             }
-            double dt = bench_now_s() - t0, dc = bench_cpu_s() - c0;
+            double dt = mono_s() - t0, dc = bench_cpu_s() - c0;
             if (dt < best[masked]) best[masked] = dt;
             if (dc < best_cpu[masked]) best_cpu[masked] = dc;
             if (masked && in_mask < mask_s) mask_s = in_mask, values = done;
@@ -168,14 +169,14 @@ static double storage_read_bandwidth(const char *path)
         return 0;
     }
     uint64_t total = 0;
-    double t0 = bench_now_s();
+    double t0 = mono_s();
     for (off_t off = 0; total < (256u << 20);) {
         ssize_t n = pread(fd, buf, chunk, off);
         if (n <= 0) break;
         total += (uint64_t)n;
         off += n;
     }
-    double dt = bench_now_s() - t0;
+    double dt = mono_s() - t0;
     free(buf);
     close(fd);
     return dt > 0 ? (double)total / dt : 0;
@@ -303,37 +304,37 @@ int cmd_bench(int argc, char **argv)
     if (at) {
         for (uint32_t run = 0; run < runs; run++) {
             session_reset(s);
-            double t0 = bench_now_s();
+            double t0 = mono_s();
             if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) goto fail;
-            if (bench_now_s() - t0 < t_short) t_short = bench_now_s() - t0;
+            if (mono_s() - t0 < t_short) t_short = mono_s() - t0;
         }
     }
     for (uint32_t run = 0; run < runs; run++) {
         if (run || at) session_reset(s);
         if (at && session_seek_zero(s, at, err, sizeof err)) goto fail;
-        double t0 = bench_now_s(), c0 = bench_cpu_s(), tf = 0, tl = 0;
+        double t0 = mono_s(), c0 = bench_cpu_s(), tf = 0, tl = 0;
         if (edge) {
             if (session_eval(s, toks, edge, NULL, false, err, sizeof err)) goto fail;
-            tf = bench_now_s() - t0;
+            tf = mono_s() - t0;
             if (session_eval(s, toks + edge, n_prompt - 2 * edge, NULL, false, err, sizeof err)) goto fail;
-            double tm = bench_now_s();
+            double tm = mono_s();
             if (session_eval(s, toks + n_prompt - edge, edge, logits, false, err, sizeof err)) goto fail;
-            tl = bench_now_s() - tm;
+            tl = mono_s() - tm;
         } else if (session_eval(s, toks, n_prompt, logits, false, err, sizeof err)) {
             goto fail;
         }
-        double tp = bench_now_s() - t0, cp = bench_cpu_s() - c0;
+        double tp = mono_s() - t0, cp = bench_cpu_s() - c0;
         if (edge && tf < t_first) t_first = tf;
         if (edge && tl < t_last) t_last = tl;
         if (tp < t_prefill) t_prefill = tp;
         if (cp < cpu_prefill) cpu_prefill = cp;
         if (paged) engine_expert_counters(e, &ecm); /* splits the stall into prefill and decode */
         session_profile(s, false); /* clears the byte counters: count decode only */
-        t0 = bench_now_s();
+        t0 = mono_s();
         c0 = bench_cpu_s();
         for (uint32_t i = 0; i < n_gen; i++)
             if (session_eval(s, toks + n_prompt + i, 1, logits, false, err, sizeof err)) goto fail;
-        double td = bench_now_s() - t0, cd = bench_cpu_s() - c0;
+        double td = mono_s() - t0, cd = bench_cpu_s() - c0;
         if (td < t_decode) t_decode = td;
         if (cd < cpu_decode) cpu_decode = cd;
     }
@@ -364,9 +365,9 @@ int cmd_bench(int argc, char **argv)
     uint64_t state_bytes = 0;
     if (reuse) {
         session_reset(s);
-        double t0 = bench_now_s();
+        double t0 = mono_s();
         if (session_eval(s, toks, n_prompt + reuse, logits, false, err, sizeof err)) goto fail;
-        t_cold = bench_now_s() - t0;
+        t_cold = mono_s() - t0;
         session_reset(s);
         if (session_eval(s, toks, n_prompt, NULL, false, err, sizeof err)) goto fail;
         state_bytes = session_state_bytes(s, n_prompt);
@@ -376,11 +377,11 @@ int cmd_bench(int argc, char **argv)
         }
         if (session_state_save(s, state, state_bytes, err, sizeof err)) goto fail;
         session_reset(s);
-        t0 = bench_now_s();
+        t0 = mono_s();
         if (session_state_load(s, state, state_bytes, err, sizeof err) ||
             session_eval(s, toks + n_prompt, reuse, logits, false, err, sizeof err))
             goto fail;
-        t_warm = bench_now_s() - t0;
+        t_warm = mono_s() - t0;
     }
 
     double copy_bw = 0;

@@ -5,6 +5,7 @@
  * the tokens that close the previous answer and open the next one, so earlier turns stay
  * in the context exactly as they were generated (reasoning included). Ctrl-C stops the
  * current answer; Ctrl-C at the prompt or end of input (Ctrl-D) quits. */
+#include "common/mono_clock.h"
 #include "engine/engine.h"
 #include "firmware/backend_pick.h"
 #include "firmware/commands.h"
@@ -220,13 +221,6 @@ static int runner_open(struct runner *r, const struct run_opts *o, char *err, si
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Prompts longer than this prefill in chunks of RUN_PREFILL_CHUNK with a progress line on
  * stderr (tokens done, tok/s, time left); Ctrl-C stops between chunks. */
 #define RUN_PROGRESS_MIN 4096u
@@ -239,7 +233,7 @@ static int prefill(struct runner *r, const int32_t *prompt, size_t n, double t0,
         uint32_t k = n - done < RUN_PREFILL_CHUNK ? (uint32_t)(n - done) : RUN_PREFILL_CHUNK;
         if (session_eval(r->session, prompt + done, k, done + k == n ? r->logits : NULL, false, err, err_len)) return -1;
         done += k;
-        double dt = now_s() - t0, tps = dt > 0 ? (double)done / dt : 0;
+        double dt = mono_s() - t0, tps = dt > 0 ? (double)done / dt : 0;
         fprintf(stderr, "\rprefill %zu/%zu tokens, %.0f tok/s, %.0f s left   ", done, n, tps,
                 tps > 0 ? (double)(n - done) / tps : 0);
         if (done == n) fputc('\n', stderr);
@@ -270,9 +264,9 @@ static int generate(struct runner *r, const int32_t *prompt, size_t n, int32_t *
     tok_stream_init(&ts, r->tok, TOK_DECODE_SPECIAL);
     g_interrupted = 0;
 
-    double t0 = now_s();
+    double t0 = mono_s();
     if (prefill(r, prompt, n, t0, err, err_len)) return -1;
-    double t_prefill = now_s() - t0, t_decode = 0;
+    double t_prefill = mono_s() - t0, t_decode = 0;
     uint32_t n_gen = 0, n_decode_evals = 0;
     const char *why = NULL;
     for (;;) {
@@ -303,9 +297,9 @@ static int generate(struct runner *r, const int32_t *prompt, size_t n, int32_t *
             why = "context full";
             break;
         }
-        double t1 = now_s();
+        double t1 = mono_s();
         if (session_eval(r->session, &tok, 1, r->logits, false, err, err_len)) return -1;
-        t_decode += now_s() - t1;
+        t_decode += mono_s() - t1;
         n_decode_evals++;
         *last = -1; /* evaluated: part of the context now */
     }

@@ -8,6 +8,7 @@
 #include "firmware/backend_pick.h"
 
 #include "common/errmsg.h"
+#include "common/mono_clock.h"
 #include "firmware/api_logprobs.h"
 #include "firmware/api_shapes.h"
 #include "firmware/audit.h"
@@ -184,7 +185,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls, en
         job_release(r->more[k]);
     }
     http_uid_release(a, r);
-    uint64_t now = sched_now_ns();
+    uint64_t now = mono_ns();
     if (!r->status) r->status = 499; /* never answered: client gone before a response */
     metrics_request_done(r->ep, r->status);
     struct audit_record ar = {
@@ -433,7 +434,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!r) return MHD_NO;
         *req_cls = r;
         r->api = a;
-        r->t0_ns = sched_now_ns();
+        r->t0_ns = mono_ns();
         snprintf(r->id, sizeof r->id, "%016llx%08llx", (unsigned long long)a->id_base,
                  (unsigned long long)atomic_fetch_add(&a->next_id, 1));
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);

@@ -5,6 +5,7 @@
 #include "firmware/http_internal.h"
 
 #include "common/errmsg.h"
+#include "common/mono_clock.h"
 #include "firmware/api_logprobs.h"
 #include "firmware/audit.h"
 #include "firmware/textgen.h"
@@ -475,7 +476,7 @@ static int sse_produce(struct req *r)
             for (uint32_t k = 0; k <= r->n_more; k++) scheduler_cancel(r->api->sched, choice_job(r, k));
             return -1;
         }
-        if (sched_now_ns() - r->last_event_ns > (uint64_t)r->cfg.sse_ping_s * 1000000000ull)
+        if (mono_ns() - r->last_event_ns > (uint64_t)r->cfg.sse_ping_s * 1000000000ull)
             return out_raw(r, r->flavor == FLAVOR_ANTHROPIC ? "event: ping\ndata: {\"type\": \"ping\"}\n\n" : ": ping\n\n");
     }
 }
@@ -488,7 +489,7 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
         r->out_len = r->out_off = 0;
         if (r->stream_ended) return MHD_CONTENT_READER_END_OF_STREAM;
         if (sse_produce(r)) return MHD_CONTENT_READER_END_WITH_ERROR;
-        r->last_event_ns = sched_now_ns();
+        r->last_event_ns = mono_ns();
     }
     size_t n = r->out_len - r->out_off;
     if (n > max) n = max;
@@ -791,7 +792,7 @@ enum MHD_Result http_route_generate(struct MHD_Connection *c, struct req *r)
     }
     r->created = (int64_t)time(NULL);
     if (!j->req.stream) return finish_blocking(c, r);
-    r->last_event_ns = sched_now_ns();
+    r->last_event_ns = mono_ns();
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_reader, r, NULL);
     if (!resp) return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");

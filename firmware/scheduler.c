@@ -5,6 +5,7 @@
 
 #include "engine/engine.h"
 #include "common/errmsg.h"
+#include "common/mono_clock.h"
 #include "firmware/metrics.h"
 #include "firmware/textgen.h"
 
@@ -13,13 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-uint64_t sched_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void cond_init_monotonic(pthread_cond_t *c)
 {
@@ -32,7 +26,7 @@ static void cond_init_monotonic(pthread_cond_t *c)
 
 static struct timespec abs_after_ms(uint64_t ms)
 {
-    uint64_t t = sched_now_ns() + ms * 1000000ull;
+    uint64_t t = mono_ns() + ms * 1000000ull;
     return (struct timespec){ .tv_sec = (time_t)(t / 1000000000ull), .tv_nsec = (long)(t % 1000000000ull) };
 }
 
@@ -63,7 +57,7 @@ struct job *job_create(struct gen_request *req, int32_t *prompt, uint32_t n_prom
         }
     }
     j->thinking = j->req.kind == REQ_CHAT && j->req.thinking;
-    j->t_submit_ns = sched_now_ns();
+    j->t_submit_ns = mono_ns();
     j->deadline_ns = j->t_submit_ns + (uint64_t)deadline_s * 1000000000ull;
     j->refs = 1;
     j->slot = -1;
@@ -308,7 +302,7 @@ static void admit(struct scheduler *s)
         j->queued = false;
         s->n_queued--;
         char err[256];
-        if (sched_now_ns() > j->deadline_ns) {
+        if (mono_ns() > j->deadline_ns) {
             finish_unstarted(j, JOB_DEADLINE);
             i--; /* the slot is still free */
             continue;
@@ -349,7 +343,7 @@ static int slot_emit(struct scheduler *s, struct slot *sl, int32_t *tok_out)
     struct job *j = sl->job;
     struct textgen_logprob lp;
     int32_t tok = textgen_seq_sample(sl->seq, sl->logits, j->logprobs ? &lp : NULL);
-    uint64_t now = sched_now_ns();
+    uint64_t now = mono_ns();
     if (tok < 0) {
         slot_finish(s, sl, JOB_ERROR, "every logit is -inf or NaN");
         return 0;
@@ -433,7 +427,7 @@ static uint32_t prefix_save_point(const struct scheduler *s, const struct job *j
 static void step(struct scheduler *s)
 {
     uint32_t n_items = 0, n_tokens = 0;
-    uint64_t now = sched_now_ns();
+    uint64_t now = mono_ns();
     /* decode tokens first: their logits rows are then adjacent (one head run) */
     for (uint32_t i = 0; i < s->opt.slots; i++) {
         struct slot *sl = &s->slots[i];
@@ -543,7 +537,7 @@ static void *worker_main(void *arg)
                                               * engine (released for an update) until one is back */
         bool stop = s->stop, cancel_all = s->cancel_all;
         uint32_t busy = s->n_busy;
-        bool cut = s->swap && busy && sched_now_ns() >= s->swap->deadline_ns;
+        bool cut = s->swap && busy && mono_ns() >= s->swap->deadline_ns;
         if (stop && !busy) break;
         if (!busy) {
             struct timespec until = abs_after_ms(s->opt.heartbeat_ms ? s->opt.heartbeat_ms : 1000);
@@ -555,7 +549,7 @@ static void *worker_main(void *arg)
          * returned, or when there was nothing to do (the idle wait above ends every
          * heartbeat_ms). A step wedged in the driver (a fence that never signals) keeps this
          * thread in engine_step, so the pings stop until the fence timeout fails it. */
-        uint64_t now = sched_now_ns();
+        uint64_t now = mono_ns();
         if (s->opt.heartbeat && now - last_beat >= (uint64_t)s->opt.heartbeat_ms * 1000000ull / 2) {
             s->opt.heartbeat(s->opt.heartbeat_ctx);
             last_beat = now;
@@ -841,7 +835,7 @@ int scheduler_swap_engine(struct scheduler *s, struct engine *e, struct textgen 
         slots_destroy(w.slots, s->opt.slots);
         return errf(err, err_len, "scheduler: %s", s->swap ? "another model swap is in progress" : "shutting down");
     }
-    w.deadline_ns = sched_now_ns() + (uint64_t)grace_ms * 1000000ull;
+    w.deadline_ns = mono_ns() + (uint64_t)grace_ms * 1000000ull;
     s->swap = &w;
     pthread_cond_broadcast(&s->wake);
     while (!w.done) pthread_cond_wait(&s->idle, &s->lock);

@@ -150,6 +150,5 @@ struct sched_stats {
 };
 void scheduler_stats(struct scheduler *s, struct sched_stats *st);
 
-uint64_t sched_now_ns(void);
 
 #endif

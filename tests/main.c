@@ -95,7 +95,12 @@ struct running {
 static struct running g_run[64];
 static int g_n_run;
 
-/* Ctrl-C or a kill of the runner ends the running tests' groups too. */
+/* Ctrl-C or a kill of the runner ends the running tests' groups too. The table is changed
+ * only with these signals blocked, so the handler never sees a slot half-copied. */
+static sigset_t g_stop_signals;
+
+static void stop_signals(int how) { sigprocmask(how, &g_stop_signals, NULL); }
+
 static void end_groups_and_exit(int sig)
 {
     for (int k = 0; k < g_n_run; k++)
@@ -119,6 +124,7 @@ static int start_one(struct test_case *tc, const char *tmproot, int idx, struct 
         setpgid(0, 0);
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
+        stop_signals(SIG_UNBLOCK); /* forked while the parent had them blocked */
         char log[600];
         snprintf(log, sizeof log, "%s/log", r->dir);
         if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(EXIT_FAIL);
@@ -190,10 +196,14 @@ int main(int argc, char **argv)
     if (jobs > 64) jobs = 64;
     struct running *run = g_run;
     int passed = 0, failed = 0, skipped = 0, idx = 0;
+    sigemptyset(&g_stop_signals);
+    sigaddset(&g_stop_signals, SIGINT);
+    sigaddset(&g_stop_signals, SIGTERM);
     signal(SIGINT, end_groups_and_exit);
     signal(SIGTERM, end_groups_and_exit);
     struct test_case *next = rev;
     for (;;) {
+        stop_signals(SIG_BLOCK);
         while (g_n_run < jobs && next) {
             struct test_case *tc = next;
             next = next->next;
@@ -205,6 +215,7 @@ int main(int argc, char **argv)
             }
             g_n_run++;
         }
+        stop_signals(SIG_UNBLOCK);
         if (g_n_run == 0) break;
         int status = 0;
         pid_t pid = wait(&status);
@@ -212,6 +223,7 @@ int main(int argc, char **argv)
             if (errno == EINTR) continue;
             break;
         }
+        stop_signals(SIG_BLOCK);
         for (int k = 0; k < g_n_run; k++) {
             if (run[k].pid != pid) continue;
             int rc = finish_one(&run[k], status);
@@ -221,6 +233,7 @@ int main(int argc, char **argv)
             run[k] = run[--g_n_run];
             break;
         }
+        stop_signals(SIG_UNBLOCK);
     }
     if (failed == 0) {
         char cmd[600];

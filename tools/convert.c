@@ -4,6 +4,7 @@
  * file and binds it with model_open, and only then renames it onto the output name. */
 #include "tools/convert.h"
 #include "common/errmsg.h"
+#include "common/mono_clock.h"
 #include "engine/model/quant.h"
 #include "tools/ckpt_formats.h"
 #include "tools/convert_plan.h"
@@ -35,19 +36,12 @@ struct driver {
     size_t len;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Prints "NN.N% done of total, rate, ETA, tensor": on a terminal as one line rewritten in
  * place four times a second, otherwise a line every ten seconds. */
 static void progress(struct driver *d, bool final)
 {
     if (d->o->quiet) return;
-    double t = now_s(), el = t - d->t0;
+    double t = mono_s(), el = t - d->t0;
     bool tty = isatty(2);
     if (!final && t - d->last_print < (tty ? 0.25 : 10.0)) return;
     d->last_print = t;
@@ -255,7 +249,7 @@ static void dir_name(char *dst, size_t n, const char *dir)
 int convert_run(const struct convert_opts *o, struct convert_stats *stats, char *err, size_t len)
 {
     memset(stats, 0, sizeof *stats);
-    struct driver d = { .o = o, .err = err, .len = len, .t0 = now_s() };
+    struct driver d = { .o = o, .err = err, .len = len, .t0 = mono_s() };
     d.last_print = d.t0;
     struct conv_config cfg;
     struct conv_shards shards = { 0 };
@@ -313,7 +307,7 @@ int convert_run(const struct convert_opts *o, struct convert_stats *stats, char 
     if (gguf_writer_finish(d.w, true, err, len)) goto out;
     stats->n_tensors = plan.n_items;
     stats->bytes_read = d.done;
-    stats->seconds = now_s() - d.t0;
+    stats->seconds = mono_s() - d.t0;
     progress(&d, true);
     rc = 0;
 out:

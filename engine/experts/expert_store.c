@@ -4,6 +4,7 @@
  * prefetch, next-layer router guesses), so a guess never delays a load somebody waits for;
  * a guess still queued when its layer has chosen is dropped unread. */
 #include "engine/experts/expert_store.h"
+#include "common/mono_clock.h"
 #include "common/safe_open.h"
 #include "common/errmsg.h"
 
@@ -132,13 +133,6 @@ static enum fault_kind fault_next(void)
     if (fault_kind == FAULT_NONE || fault_at <= 0) return FAULT_NONE;
     long n = __atomic_add_fetch(&fault_reads, 1, __ATOMIC_RELAXED);
     return n == fault_at || (fault_onward && n > fault_at) ? fault_kind : FAULT_NONE;
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static void expert_parts(const struct expert_store *s, uint32_t il, uint32_t e, struct part p[3])
@@ -721,7 +715,7 @@ int expert_store_await(struct expert_store *s, uint32_t il, int32_t *slots_out, 
     pthread_mutex_lock(&s->mu);
     const int32_t *slot_for = s->pinned + (uint64_t)il * s->n_slots;
     const uint32_t n = s->n_pinned[il];
-    uint64_t t0 = now_ns();
+    uint64_t t0 = mono_ns();
     bool waited = false;
     for (uint32_t k = 0; k < n && !rc; k++) {
         struct slot *sl = &s->slots[slot_for[k]];
@@ -731,7 +725,7 @@ int expert_store_await(struct expert_store *s, uint32_t il, int32_t *slots_out, 
         }
         if (sl->state == SLOT_FAILED) rc = errf(err, err_len, "expert load failed: %s", sl->err);
     }
-    if (waited) s->c.stall_ns += now_ns() - t0;
+    if (waited) s->c.stall_ns += mono_ns() - t0;
     for (uint32_t k = 0; k < n; k++) {
         struct slot *sl = &s->slots[slot_for[k]];
         if (rc) {

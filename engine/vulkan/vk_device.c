@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "common/driver_pin.h"
+#include "common/mono_clock.h"
 #include "engine/engine.h"
 #include "common/errmsg.h"
 
@@ -294,13 +295,6 @@ static uint64_t fence_timeout_ns(void)
     const char *s = getenv("FLASHBOX_VK_FENCE_TIMEOUT_S");
     long v = s ? atol(s) : 0;
     return (uint64_t)(v > 0 ? v : VK_FENCE_TIMEOUT_S) * 1000000000ull;
-}
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* An injected stall: the caller's thread stays in the fence wait until `timeout_ns` after
