@@ -540,11 +540,28 @@ static int moe_layer(struct fwd *f, uint32_t il)
      * slots over about 35 experts), tiles of 2 and a last token alone, so nothing is
      * computed and dropped and an expert with two tokens decodes its weights once for both
      * (2 tokens cost 1.4-1.5x one on lavapipe). Fewer slots share too few experts to pay
-     * for the grouping step. Every tile reads a token's outputs in one order, so this
-     * choice never changes them. */
+     * for the grouping step; and experts that run the K-split or GPU-shaped kernels there
+     * (FLASHBOX_VK_KSPLIT, ggml low-bit types) walk tiles of VK_MATMUL_TILE only. Every
+     * tile reads a token's outputs in one order, so this choice never changes them. */
     const bool lanes = e->ops.layout == VK_MATVEC_LANES;
-    const bool grouped = !paged && (lanes ? 2 * n_routed >= E : nt >= VK_MOE_GROUP_MIN_TOKENS);
-    const uint32_t group_tile = lanes && n_routed < E * VK_MATMUL_TILE / 2 ? 2 : 0;
+    bool small_tiles = false;
+    if (lanes && !paged && 2 * n_routed >= E && n_routed < E * VK_MATMUL_TILE / 2) {
+        struct vk_weight dw;
+        if (vk_weight_of(e, lw->ffn_down_exps, 0, &dw, f->err, f->err_len)) return -1;
+        const struct vk_matvec_args probe = { .w = &dw, .x = &s->gu, .x_zstride = F, .grouped = true };
+        small_tiles = vk_matvec_groups_in_small_tiles(&e->ops, &probe);
+        if (mo->gu_fused) {
+            const struct vk_matvec_args gu = { .w = &mo->gu, .x = &s->a, .x_zstride = d, .grouped = true };
+            small_tiles = small_tiles && vk_matvec_groups_in_small_tiles(&e->ops, &gu);
+        } else {
+            struct vk_weight gw;
+            if (vk_weight_of(e, lw->ffn_gate_exps, 0, &gw, f->err, f->err_len)) return -1;
+            const struct vk_matvec_args gu = { .w = &gw, .x = &s->a, .x_zstride = d, .grouped = true };
+            small_tiles = small_tiles && vk_matvec_groups_in_small_tiles(&e->ops, &gu);
+        }
+    }
+    const bool grouped = !paged && (lanes ? small_tiles || n_routed >= E * VK_MATMUL_TILE / 2 : nt >= VK_MOE_GROUP_MIN_TOKENS);
+    const uint32_t group_tile = small_tiles ? 2 : 0;
     const uint32_t n_grp = n_routed < E ? n_routed : E; /* lists: one per expert used, at most */
     const struct vk_span *ids = paged ? &s->slot_ids : grouped ? &s->grp : &s->ids;
     if (grouped) {

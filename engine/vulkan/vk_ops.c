@@ -360,6 +360,12 @@ bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args 
     return lanes_fit(ops, a, ksplit_shape(ops, a));
 }
 
+bool vk_matvec_groups_in_small_tiles(const struct vk_ops *ops, const struct vk_matvec_args *a)
+{
+    const struct ksplit_shape shape = ksplit_shape(ops, a);
+    return !shape.lpr && lanes_fit(ops, a, shape);
+}
+
 /* The LANES kernels read weights and x through the chunks' texel views, so a weight of any
  * size is one binding; only y is a storage range. */
 static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, int t,

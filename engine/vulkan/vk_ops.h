@@ -122,6 +122,9 @@ struct vk_matvec_args {
 int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len);
 /* Whether a matvec of these arguments would run on the LANES kernels (else SUBGROUP). */
 bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a);
+/* Whether grouped lists of these arguments would walk the row-per-lane LANES tiles, so
+ * group_tile applies (else the K-split or SUBGROUP tile of VK_MATMUL_TILE tokens). */
+bool vk_matvec_groups_in_small_tiles(const struct vk_ops *ops, const struct vk_matvec_args *a);
 /* Builds the matvec and matmul pipelines of a weight type (once; vk_op_matvec calls it, the
  * engine calls it at open for every type its model uses, so no token pays for it). */
 int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, size_t err_len);
