@@ -29,7 +29,7 @@
 #define ABI_SPEC_ATTN_HEADS 3    /* attention_heads: heads per workgroup */
 #define ABI_SPEC_ATTN_KV4 4      /* attention, attention_heads: float4 of a head row per lane */
 #define ABI_SPEC_KSPLIT_LPR 6    /* matmul_ksplit: lanes per row */
-#define ABI_SPEC_KSPLIT_HALF 7   /* matmul_ksplit: 1 where grouped MoE tiles end in a half tile */
+#define ABI_SPEC_KSPLIT_HALF 7   /* matmul_ksplit, matvec_lanes: 1 where grouped MoE tiles end in a smaller tile */
 
 /* Weight types of the matvec family (values of the W_TYPE define in the .comp files). */
 #define ABI_WTYPE_F32 0
@@ -277,12 +277,15 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
     F scale; U chunk; U kv; U comp_words;
 
 /* ---- moe_group: one invocation sorts the batch's n_slots routed slots (slot z = t*k + j
- * picks expert ids[z]) by expert: out[e] = first list index of expert e (out[n_expert] =
- * n_slots), then out[n_expert + 1 + i] = the slots in expert order, ascending within one. */
+ * picks expert ids[z]) by expert into n_grp = min(n_expert, n_slots) lists, one per expert
+ * used, in expert order (so a grouped matvec dispatches n_grp workgroup slices, not
+ * n_expert): out[g] = first list index of list g (lists past the experts used are empty;
+ * out[n_grp] = n_slots), then out[n_grp + 1 + i] = the slots in list order, ascending
+ * within one, then out[n_grp + 1 + n_slots + g] = list g's expert. */
 #define ABI_MOE_GROUP_BIND_IDS 0
 #define ABI_MOE_GROUP_BIND_OUT 1
 #define ABI_MOE_GROUP_FIELDS(U, F) \
-    U n_expert; U n_slots;
+    U n_expert; U n_slots; U n_grp;
 
 /* ---- router: one workgroup per token: score = sqrt(softplus(logit)); experts from
  * tid2eid[tok] (hash layers) or the top-k of score + bias; weights renormalised (flag) and
@@ -325,7 +328,7 @@ ABI_STRUCT(abi_attn_push, ABI_ATTN_FIELDS)
 ABI_STRUCT(abi_router_push, ABI_ROUTER_FIELDS)
 ABI_STRUCT(abi_swiglu_push, ABI_SWIGLU_FIELDS)
 ABI_STRUCT(abi_moe_group_push, ABI_MOE_GROUP_FIELDS)
-_Static_assert(sizeof(struct abi_moe_group_push) == 2 * 4, "moe_group push block");
+_Static_assert(sizeof(struct abi_moe_group_push) == 3 * 4, "moe_group push block");
 _Static_assert(sizeof(struct abi_hc_push) == 21 * 4, "hc push block");
 _Static_assert(sizeof(struct abi_norm_rope_push) == 17 * 4, "norm_rope push block");
 _Static_assert(sizeof(struct abi_compress_push) == 12 * 4, "compress push block");

@@ -69,48 +69,20 @@ float decode_f16(const uvec4 u, out vec4 v[8])
 #define CHUNK_TEXELS (CHUNK_BLOCKS * BLOCK_BYTES / 16u)
 #define CHUNK_VEC4 (CHUNK_BLOCKS * BLOCK_VEC4)
 
-void compute_tile(const uint mat, const uint xt[TOK_TILE], const uint yt[TOK_TILE], const bool tv[TOK_TILE])
-{
-    const uint wg = gl_WorkGroupSize.x, wg_row0 = gl_WorkGroupID.x * pc.rows_per_wg;
-    const uint row0 = wg_row0 + gl_LocalInvocationIndex;      /* this lane's rows: row0 + r * wg */
-    const uint mat_texel = (pc.w_off + mat * pc.w_zstride) >> 4;
-    const uint row_texels = pc.row_bytes >> 4;
-    const bool accumulate = (pc.flags & ABI_MATVEC_FLAG_ACCUMULATE) != 0u;
-    const uint n_chunks = pc.n_in / (BLOCK_ELEMS * CHUNK_BLOCKS);
-    for (uint c = 0u; c < n_chunks; c++) {
-        /* the chunk's x for every token, fetched once for all rows */
-        vec4 xv[TOK_TILE][CHUNK_VEC4];
-        [[unroll]] for (uint t = 0u; t < TOK_TILE; t++)
-            [[unroll]] for (uint k = 0u; k < CHUNK_VEC4; k++) xv[t][k] = texelFetch(x_tex, int((xt[t] >> 2) + c * CHUNK_VEC4 + k));
-        for (uint r = 0u; r < ROWS_PER_LANE; r++) {
-            if (wg_row0 + r * wg >= pc.n_out) break;               /* the same for the whole workgroup */
-            /* a lane past n_out repeats the last row so all lanes stay in step; it writes nothing */
-            const uint row = min(row0 + r * wg, pc.n_out - 1u);
-            const uint tex0 = mat_texel + row * row_texels + c * CHUNK_TEXELS;
-            uvec4 win[WIN_TEXELS];
-            [[unroll]] for (uint i = 0u; i < CHUNK_TEXELS; i++) win[i] = texelFetch(w_tex, int(tex0 + i));
-            float s[TOK_TILE];
-            [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) s[t] = 0.0;
-            [[unroll]] for (uint bb = 0u; bb < CHUNK_BLOCKS; bb++) {
-                vec4 v[8];
-#define WIN_B4(b) BYTES4(win, b)
-                const float d = DECODE_BLOCK(WIN_B4, BLOCK_BYTES * bb, v);
-                [[unroll]] for (uint t = 0u; t < TOK_TILE; t++) {
-                    vec4 p = v[0] * xv[t][bb * BLOCK_VEC4];
-                    [[unroll]] for (uint k = 1u; k < BLOCK_VEC4; k++) p += v[k] * xv[t][bb * BLOCK_VEC4 + k];
-                    s[t] += d * ((p.x + p.y) + (p.z + p.w));
-                }
-            }
-            /* partial sums go straight to y: no per-row accumulators to index */
-            if (row0 + r * wg < pc.n_out)
-                for (uint t = 0u; t < TOK_TILE; t++)
-                    if (tv[t]) {
-                        const uint yi = yt[t] + row;
-                        y[yi] = (c == 0u && !accumulate ? 0.0 : y[yi]) + s[t] * pc.scale;
-                    }
-        }
-    }
-}
-
+/* A full token tile, and one token for an expert's last token in a grouped MoE list
+ * (matvec_main.glsl): in a decode step of a few sessions most chosen experts have one or
+ * two tokens, and a tile's unused places cost what used ones do on a CPU driver. Only the
+ * grouped pipelines set LANES_TAIL: the second copy doubles the code LLVM compiles. */
+layout(constant_id = ABI_SPEC_KSPLIT_HALF) const uint LANES_TAIL = 0;
+#define LT_TOKENS TOK_TILE
+#define LT_FN compute_tile
+#include "matvec_lanes_tile.glsl"
+#undef LT_TOKENS
+#undef LT_FN
+const uint HALF_TOK_TILE = 1u; /* matvec_main.glsl's name for the tail tile */
+#define LT_TOKENS HALF_TOK_TILE
+#define LT_FN compute_half_tile
+#include "matvec_lanes_tile.glsl"
+#define HALF_TILE LANES_TAIL /* matvec_main.glsl: the layout has compute_half_tile */
 
 #include "matvec_main.glsl"

@@ -7,12 +7,17 @@ void main()
     uint xt[TOK_TILE], yt[TOK_TILE]; /* per token of the tile: x and y offsets */
     bool tv[TOK_TILE];               /* token t of the tile exists (else clamped, not written) */
     if ((pc.flags & ABI_MATVEC_FLAG_GROUPED) != 0u) {
-        /* Prefill MoE: slot z is expert e's matrix (gate e, or up e at z >= n_grp); its tokens
-         * are the list ids[ids_off + n_grp + 1 + first ..] of slot indices s (token s / x_zdiv,
-         * output row s), first = ids[ids_off + e], count = ids[ids_off + e + 1] - first. The
-         * workgroup walks all of the expert's tiles, so unused experts cost one early exit. */
+        /* Grouped MoE (moe_group's lists): slot z is list e = z % n_grp, whose expert is
+         * ids[ids_off + n_grp + 1 + n_slots + e] (gate; up at z >= n_grp, mat_add further);
+         * its tokens are the list ids[ids_off + n_grp + 1 + first ..] of slot indices s (token
+         * s / x_zdiv, output row s), first = ids[ids_off + e], count = ids[ids_off + e + 1] -
+         * first. The workgroup walks all of the list's tiles; an empty list (fewer experts
+         * used than lists) exits at once. */
         const uint n_grp = pc.ids_wrap, e = z % n_grp;
         const uint first = uint(ids[pc.ids_off + e]), cnt = uint(ids[pc.ids_off + e + 1u]) - first;
+        if (cnt == 0u) return; /* the same for the whole workgroup */
+        const uint n_slots = uint(ids[pc.ids_off + n_grp]);
+        const uint mat = uint(ids[pc.ids_off + n_grp + 1u + n_slots + e]) + (z >= n_grp ? pc.mat_add : 0u);
         /* the x and y offsets of the expert's tokens t0 .. t0 + n - 1 (past its count:
          * its last token again, not written) */
 #define GROUPED_TILE(n, xt, yt, tv) \
@@ -25,16 +30,17 @@ void main()
         uint t0 = 0u;
 #ifdef HALF_TILE
         /* the layout has compute_half_tile (where the HALF_TILE specialization constant is
-         * set): full tiles while more than half a tile is left, then at most one half tile
-         * (loops, not a branch: a CPU driver skips a loop that no lane enters but runs both
-         * sides of a branch) */
+         * set): full tiles while more than HALF_TOK_TILE tokens are left, then tiles of
+         * HALF_TOK_TILE (K-split: half a tile, at most one; LANES: one token) (loops, not a
+         * branch: a CPU driver skips a loop that no lane enters but runs both sides of a
+         * branch) */
         const uint full_past = HALF_TILE != 0u ? HALF_TOK_TILE : 0u;
 #else
         const uint full_past = 0u;
 #endif
         for (; t0 + full_past < cnt; t0 += TOK_TILE) {
             GROUPED_TILE(TOK_TILE, xt, yt, tv)
-            compute_tile(z, xt, yt, tv);
+            compute_tile(mat, xt, yt, tv);
         }
 #ifdef HALF_TILE
         if (HALF_TILE != 0u) /* compiled away where the constant is 0 */
@@ -42,7 +48,7 @@ void main()
                 uint xh[HALF_TOK_TILE], yh[HALF_TOK_TILE];
                 bool th[HALF_TOK_TILE];
                 GROUPED_TILE(HALF_TOK_TILE, xh, yh, th)
-                compute_half_tile(z, xh, yh, th);
+                compute_half_tile(mat, xh, yh, th);
             }
 #endif
         return;

@@ -392,6 +392,101 @@ out:
     vk_fixture_close(&f);
 }
 
+/* Batch invariance of the routed experts: the (token, expert) slots of a step grouped by
+ * expert (moe_group's lists, one per expert used, built here on the host) give each slot
+ * bitwise the result of the one-token slot kernel, which matches the float64 reference;
+ * for experts with 0, 1, 2, 3 and 6 tokens and empty lists past the experts used, in the SUBGROUP layout and in the LANES row-per-lane kernels with tiles
+ * of 2 and 8 tokens (each list ends with its last token alone where one is left). */
+TEST(vk_grouped_expert_lists_give_each_slot_bitwise_its_one_token_result)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    enum { N_IN = 512, N_OUT = 70, E = 16, K = 3, N_TOK = 4, N_SLOT = N_TOK * K, G = N_SLOT };
+    /* slot z = t * K + k picks expert ids[z]: experts 1, 4, 9 and 15 with 6, 2, 3 and 1 tokens */
+    static const int32_t ids[N_SLOT] = { 1, 9, 4, 1, 9, 15, 1, 4, 9, 1, 1, 1 };
+    /* the lists (abi.h, moe_group): first index of each list, then the slots by list,
+     * then each list's expert; lists 4 .. G - 1 empty */
+    int32_t grp[G + 1 + N_SLOT + G];
+    memset(grp, 0, sizeof grp);
+    for (int e = 0, g = 0, n = 0; e < E; e++) {
+        int first = n;
+        for (int z = 0; z < N_SLOT; z++)
+            if (ids[z] == e) grp[G + 1 + n++] = z;
+        if (n > first) {
+            grp[G + 1 + N_SLOT + g] = e;
+            grp[g++] = first;
+        }
+        if (e == E - 1)
+            while (g <= G) grp[g++] = N_SLOT;
+    }
+    uint64_t rng = 99;
+    float *w = malloc((size_t)E * N_OUT * N_IN * 4), *x = malloc((size_t)N_TOK * N_IN * 4);
+    float *alone = malloc((size_t)N_SLOT * N_OUT * 4), *got = malloc((size_t)N_SLOT * N_OUT * 4);
+    double *ref = malloc((size_t)N_SLOT * N_OUT * sizeof *ref);
+    for (size_t i = 0; i < (size_t)E * N_OUT * N_IN; i++) w[i] = vk_test_rand(&rng);
+    for (size_t i = 0; i < (size_t)N_TOK * N_IN; i++) x[i] = vk_test_rand(&rng);
+    struct vk_span sx, sy, si, sg;
+    int rc = vk_fixture_put(&f, x, (size_t)N_TOK * N_IN * 4, &sx) || vk_fixture_put(&f, NULL, (size_t)N_SLOT * N_OUT * 4, &sy) ||
+             vk_fixture_put(&f, ids, sizeof ids, &si) || vk_fixture_put(&f, grp, sizeof grp, &sg);
+    static const enum gguf_type types[2] = { GGUF_TYPE_Q8_0, GGUF_TYPE_MXFP4 };
+    for (int ti = 0; ti < 2 && !rc; ti++) {
+        uint64_t wbytes;
+        float *wc = malloc((size_t)E * N_OUT * N_IN * 4);
+        memcpy(wc, w, (size_t)E * N_OUT * N_IN * 4);
+        uint8_t *wq = quantize_rows(wc, N_IN, E * N_OUT, types[ti], &wbytes);
+        for (int z = 0; z < N_SLOT; z++)
+            for (int o = 0; o < N_OUT; o++) {
+                double sum = 0;
+                for (int i = 0; i < N_IN; i++)
+                    sum += (double)wc[((size_t)ids[z] * N_OUT + o) * N_IN + i] * x[(size_t)(z / K) * N_IN + i];
+                ref[(size_t)z * N_OUT + o] = sum;
+            }
+        struct vk_span sw;
+        struct vk_weight vw;
+        rc = vk_fixture_put(&f, wq, wbytes, &sw) || vk_weight_init(&vw, &sw, types[ti], N_IN, N_OUT, E, f.err, sizeof f.err);
+        free(wc);
+        free(wq);
+        /* layouts: SUBGROUP, then LANES row per lane with group tiles of 2 (the 3-token
+         * expert: a tile and its last token alone) and 8 (the 1-token expert alone); the
+         * K-split grouped tile runs in the whole-model test with FLASHBOX_VK_KSPLIT=all */
+        for (int run = 0; run < 3 && !rc; run++) {
+            const uint32_t group_tile = run == 1 ? 2 : 0;
+            f.ops.layout = run == 0 ? VK_MATVEC_SUBGROUP : VK_MATVEC_LANES;
+            f.ops.ksplit_min_units = UINT32_MAX;
+            struct vk_matvec_args a = { .w = &vw, .x = &sx, .y = &sy, .ids = &si, .x_zstride = N_IN, .x_zdiv = K,
+                                        .y_zstride = N_OUT, .n_tok = 1, .n_slot = N_SLOT, .scale = 1.0f };
+            rc = vk_recorder_begin(f.rec, f.err, sizeof f.err) || vk_op_matvec(f.rec, &f.ops, &a, f.err, sizeof f.err) ||
+                 vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+                 vk_span_download(f.d, &sy, 0, alone, (size_t)N_SLOT * N_OUT * 4, f.err, sizeof f.err);
+            double nmse = rc ? 0 : vk_test_nmse(alone, ref, (size_t)N_SLOT * N_OUT);
+            if (!rc && !(nmse < 1e-10))
+                test_fail_at(__FILE__, __LINE__, "%s run %d: one-token slots nmse %.3g against the reference",
+                             gguf_type_name(types[ti]), run, nmse);
+            /* a slot the grouped run missed keeps this pattern (NaN), not the run above's */
+            memset(got, 0xff, (size_t)N_SLOT * N_OUT * 4);
+            rc = rc || vk_span_upload(f.d, &sy, 0, got, (size_t)N_SLOT * N_OUT * 4, f.err, sizeof f.err);
+            a.ids = &sg;
+            a.n_tok = N_TOK;
+            a.n_slot = G;
+            a.ids_wrap = G;
+            a.grouped = true;
+            a.group_tile = group_tile;
+            rc = rc || vk_recorder_begin(f.rec, f.err, sizeof f.err) || vk_op_matvec(f.rec, &f.ops, &a, f.err, sizeof f.err) ||
+                 vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+                 vk_span_download(f.d, &sy, 0, got, (size_t)N_SLOT * N_OUT * 4, f.err, sizeof f.err);
+            for (int z = 0; z < N_SLOT && !rc; z++)
+                if (memcmp(alone + (size_t)z * N_OUT, got + (size_t)z * N_OUT, N_OUT * 4)) {
+                    test_fail_at(__FILE__, __LINE__, "%s run %d (group tile %u): slot %d (expert %d) grouped differs from it alone",
+                                 gguf_type_name(types[ti]), run, group_tile, z, ids[z]);
+                    break;
+                }
+        }
+    }
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    free(w); free(x); free(alone); free(got); free(ref);
+    vk_fixture_close(&f);
+}
+
 TEST(vk_matvec_splits_weights_larger_than_one_binding)
 {
     struct vk_fixture f;

@@ -534,15 +534,38 @@ static int moe_layer(struct fwd *f, uint32_t il)
      * by expert first, so each expert's matrices are read once for all of its tokens. */
     /* Grouping reads each chosen expert once for all of its tokens, in token tiles whose
      * unused places are computed and dropped. GPUs (bandwidth-bound) group from
-     * VK_MOE_GROUP_MIN_TOKENS tokens on; CPU drivers, where that wasted arithmetic is the
-     * cost, only once experts average half a tile of tokens (a decode step of 8 sessions on
-     * the small model, 48 slots over 64 experts, ran its routed experts about 4x faster as
-     * slots). Both read a token's outputs in one order, so this choice never changes them. */
-    const bool grouped = !paged && (e->ops.layout == VK_MATVEC_LANES ? n_routed >= E * VK_MATMUL_TILE / 2
-                                                                      : nt >= VK_MOE_GROUP_MIN_TOKENS);
+     * VK_MOE_GROUP_MIN_TOKENS tokens on. CPU drivers, where that wasted arithmetic is the
+     * cost, walk tiles of VK_MATMUL_TILE once experts average half a tile of tokens; below
+     * that, from half as many slots as experts (a step of 8 sessions on the small model: 48
+     * slots over about 35 experts), tiles of 2 and a last token alone, so nothing is
+     * computed and dropped and an expert with two tokens decodes its weights once for both
+     * (2 tokens cost 1.4-1.5x one on lavapipe). Fewer slots share too few experts to pay
+     * for the grouping step; and experts that run the K-split or GPU-shaped kernels there
+     * (FLASHBOX_VK_KSPLIT, ggml low-bit types) walk tiles of VK_MATMUL_TILE only. Every
+     * tile reads a token's outputs in one order, so this choice never changes them. */
+    const bool lanes = e->ops.layout == VK_MATVEC_LANES;
+    bool small_tiles = false;
+    if (lanes && !paged && 2 * n_routed >= E && n_routed < E * VK_MATMUL_TILE / 2) {
+        struct vk_weight dw;
+        if (vk_weight_of(e, lw->ffn_down_exps, 0, &dw, f->err, f->err_len)) return -1;
+        const struct vk_matvec_args probe = { .w = &dw, .x = &s->gu, .x_zstride = F, .grouped = true };
+        small_tiles = vk_matvec_groups_in_small_tiles(&e->ops, &probe);
+        if (mo->gu_fused) {
+            const struct vk_matvec_args gu = { .w = &mo->gu, .x = &s->a, .x_zstride = d, .grouped = true };
+            small_tiles = small_tiles && vk_matvec_groups_in_small_tiles(&e->ops, &gu);
+        } else {
+            struct vk_weight gw;
+            if (vk_weight_of(e, lw->ffn_gate_exps, 0, &gw, f->err, f->err_len)) return -1;
+            const struct vk_matvec_args gu = { .w = &gw, .x = &s->a, .x_zstride = d, .grouped = true };
+            small_tiles = small_tiles && vk_matvec_groups_in_small_tiles(&e->ops, &gu);
+        }
+    }
+    const bool grouped = !paged && (lanes ? small_tiles || n_routed >= E * VK_MATMUL_TILE / 2 : nt >= VK_MOE_GROUP_MIN_TOKENS);
+    const uint32_t group_tile = small_tiles ? 2 : 0;
+    const uint32_t n_grp = n_routed < E ? n_routed : E; /* lists: one per expert used, at most */
     const struct vk_span *ids = paged ? &s->slot_ids : grouped ? &s->grp : &s->ids;
     if (grouped) {
-        struct abi_moe_group_push gp = { .n_expert = E, .n_slots = n_routed };
+        struct abi_moe_group_push gp = { .n_expert = E, .n_slots = n_routed, .n_grp = n_grp };
         const struct vk_span *b[2] = { &s->ids, &s->grp };
         if (dispatch(f, VK_KIND_ROUTER, &e->ops.moe_group, b, &gp, 1, 1, 1)) return -1;
         barrier(f);
@@ -550,9 +573,9 @@ static int moe_layer(struct fwd *f, uint32_t il)
     if (mo->gu_fused) {
         struct vk_matvec_args a = {
             .w = &mo->gu, .x = &s->a, .y = &s->gu, .ids = ids, .x_zstride = d, .x_zdiv = K,
-            .y_zstride = F, .n_tok = grouped ? nt : 1, .n_slot = grouped ? 2 * E : 2 * n_routed,
-            .ids_wrap = grouped ? E : n_routed, .mat_add = E, .y_wrap_add = grouped ? n_routed * F : 0,
-            .grouped = grouped, .scale = 1.0f,
+            .y_zstride = F, .n_tok = grouped ? nt : 1, .n_slot = grouped ? 2 * n_grp : 2 * n_routed,
+            .ids_wrap = grouped ? n_grp : n_routed, .mat_add = E, .y_wrap_add = grouped ? n_routed * F : 0,
+            .grouped = grouped, .group_tile = group_tile, .scale = 1.0f,
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "gate/up experts");
         s->weight_bytes_step += 2 * mo->gu.mat_bytes * K;
@@ -566,7 +589,8 @@ static int moe_layer(struct fwd *f, uint32_t il)
             struct vk_matvec_args a = {
                 .w = &vw, .x = &s->a, .y = &s->gu, .ids = ids, .x_zstride = d, .x_zdiv = K,
                 .y_off = (uint32_t)i * n_routed * F, .y_zstride = F, .n_tok = grouped ? nt : 1,
-                .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0, .grouped = grouped, .scale = 1.0f,
+                .n_slot = grouped ? n_grp : n_routed, .ids_wrap = grouped ? n_grp : 0, .grouped = grouped,
+                .group_tile = group_tile, .scale = 1.0f,
             };
             if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", gu[i]->name);
             s->weight_bytes_step += vw.mat_bytes * K;
@@ -589,8 +613,8 @@ static int moe_layer(struct fwd *f, uint32_t il)
         else if (vk_weight_of(e, lw->ffn_down_exps, 0, &vw, f->err, f->err_len)) return -1;
         struct vk_matvec_args a = {
             .w = &vw, .x = &s->gu, .y = &s->yd, .ids = ids, .x_zstride = F, .x_zdiv = 1,
-            .y_zstride = d, .n_tok = grouped ? nt : 1, .n_slot = grouped ? E : n_routed, .ids_wrap = grouped ? E : 0,
-            .grouped = grouped, .scale = 1.0f,
+            .y_zstride = d, .n_tok = grouped ? nt : 1, .n_slot = grouped ? n_grp : n_routed, .ids_wrap = grouped ? n_grp : 0,
+            .grouped = grouped, .group_tile = group_tile, .scale = 1.0f,
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "down experts");
         s->weight_bytes_step += vw.mat_bytes * K;

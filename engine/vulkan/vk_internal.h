@@ -131,7 +131,7 @@ struct vk_session {
     struct vk_span sel;          /* [B][ix_topk] int32 */
     struct vk_span mp;           /* [B][n_expert + 2*n_ff_exp]: router logits (then scores), shared gate, up */
     struct vk_span ids;          /* [B][n_expert_used] int32 */
-    struct vk_span grp;          /* [n_expert + 1 + B*n_expert_used] int32: slots grouped by expert */
+    struct vk_span grp;          /* [2*n_expert + 1 + B*n_expert_used] int32: moe_group lists */
     struct vk_span rw;           /* [B][n_expert_used] routing weights */
     struct vk_span gu;           /* [2][B*K][n_ff_exp]: routed gate rows t*K+k, then up rows */
     struct vk_span yd;           /* [B*(K+1)][n_embd]: routed outputs t*K+k, then the shared ones */

@@ -65,17 +65,19 @@ static int build(struct vk_ops *ops, struct vk_kernel *k, char *err, size_t err_
 static uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
 
 /* The matvec pipeline of weight type t for token tile 1 << tile in the SUBGROUP layout
- * (matvec.glsl) or the LANES one (matvec_lanes.glsl), built on first use; NULL with err. */
-static struct vk_kernel *tile_kernel(struct vk_ops *ops, int t, uint32_t tile, bool lanes, char *err, size_t err_len)
+ * (matvec.glsl) or the LANES one (matvec_lanes.glsl; grouped: with the one-token tail),
+ * built on first use; NULL with err. */
+static struct vk_kernel *tile_kernel(struct vk_ops *ops, int t, uint32_t tile, bool lanes, bool grouped, char *err,
+                                     size_t err_len)
 {
-    struct vk_kernel *k = lanes ? &ops->lanes[t][tile] : &ops->matvec[t][tile];
+    struct vk_kernel *k = !lanes ? &ops->matvec[t][tile] : grouped ? &ops->lanes_grouped[t][tile] : &ops->lanes[t][tile];
     if (k->pipe) return k;
-    const uint32_t spec[ABI_SPEC_ROWS_PER_LANE + 1] = {
+    const uint32_t spec[ABI_SPEC_KSPLIT_HALF + 1] = {
         [ABI_SPEC_TOK_TILE] = 1u << tile, [ABI_SPEC_WG_SIZE] = lanes ? ops->lanes_wg : ops->wg,
-        [ABI_SPEC_ROWS_PER_LANE] = ops->lanes_rows[tile],
+        [ABI_SPEC_ROWS_PER_LANE] = ops->lanes_rows[tile], [ABI_SPEC_KSPLIT_HALF] = lanes && grouped,
     };
     const int rc = lanes ? vk_kernel_create_texel(ops->d, k, lanes_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
-                                                  spec, ABI_SPEC_ROWS_PER_LANE + 1, err, err_len)
+                                                  spec, ABI_SPEC_KSPLIT_HALF + 1, err, err_len)
                          : vk_kernel_create(ops->d, k, matvec_names[t], wtype_has_grid(t) ? 5 : 4, sizeof(struct abi_matvec_push), spec,
                                             ABI_SPEC_WG_SIZE + 1, err, err_len);
     return rc ? NULL : k;
@@ -102,14 +104,15 @@ int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, si
      * sessions) on first use */
     const uint32_t tiles[2] = { 0, VK_N_TILES - 1 };
     for (int i = 0; i < 2; i++)
-        if (!tile_kernel(ops, t, tiles[i], false, err, err_len) ||
-            (ops->layout == VK_MATVEC_LANES && lanes_names[t] && !tile_kernel(ops, t, tiles[i], true, err, err_len)))
+        if (!tile_kernel(ops, t, tiles[i], false, false, err, err_len) ||
+            (ops->layout == VK_MATVEC_LANES && lanes_names[t] && !tile_kernel(ops, t, tiles[i], true, false, err, err_len)))
             goto fail;
     return 0;
 fail:
     for (int i = 0; i < VK_N_TILES; i++) {
         vk_kernel_destroy(ops->d, &ops->matvec[t][i]);
         vk_kernel_destroy(ops->d, &ops->lanes[t][i]);
+        vk_kernel_destroy(ops->d, &ops->lanes_grouped[t][i]);
     }
     return -1;
 }
@@ -193,6 +196,7 @@ void vk_ops_destroy(struct vk_ops *ops)
         for (int i = 0; i < VK_N_TILES; i++) {
             vk_kernel_destroy(ops->d, &ops->matvec[t][i]);
             vk_kernel_destroy(ops->d, &ops->lanes[t][i]);
+            vk_kernel_destroy(ops->d, &ops->lanes_grouped[t][i]);
         }
         for (int g = 0; g < VK_KSPLIT_KINDS; g++)
             for (int v = 0; v < VK_KSPLIT_VARIANTS; v++) vk_kernel_destroy(ops->d, &ops->ksplit[t][g][v]);
@@ -358,6 +362,12 @@ bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args 
     return lanes_fit(ops, a, ksplit_shape(ops, a));
 }
 
+bool vk_matvec_groups_in_small_tiles(const struct vk_ops *ops, const struct vk_matvec_args *a)
+{
+    const struct ksplit_shape shape = ksplit_shape(ops, a);
+    return !shape.lpr && lanes_fit(ops, a, shape);
+}
+
 /* The LANES kernels read weights and x through the chunks' texel views, so a weight of any
  * size is one binding; only y is a storage range. */
 static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, int t,
@@ -376,8 +386,11 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
                                                 spec, ABI_SPEC_KSPLIT_HALF + 1, err, err_len))
             return -1;
         k = ks;
-    } else if (!(k = tile_kernel(ops, t, tile_i, true, err, err_len))) {
-        return -1;
+    } else {
+        /* grouped lists walk the tile the caller asked for, then their last token alone */
+        if (a->grouped && a->group_tile)
+            for (tile_i = 0; tile_i + 1 < VK_N_TILES && (1u << tile_i) < a->group_tile;) tile_i++;
+        if (!(k = tile_kernel(ops, t, tile_i, true, a->grouped, err, err_len))) return -1;
     }
     VkDescriptorBufferInfo b[4] = { 0 };
     VkBufferView v[4] = { lanes_reads_words(a, shape) ? w->span.texels_u32 : w->span.texels_u32x4, a->x->texels_f32x4,
@@ -406,7 +419,7 @@ static int matvec_tile(struct vk_recorder *r, struct vk_ops *ops, const struct v
     const uint32_t tile_i = tile_of(a), tile = 1u << tile_i;
     const struct ksplit_shape shape = ksplit_shape(ops, a);
     if (lanes_fit(ops, a, shape)) return matvec_lanes(r, ops, a, t, shape, tile_i, err, err_len);
-    const struct vk_kernel *k = tile_kernel(ops, t, tile_i, false, err, err_len);
+    const struct vk_kernel *k = tile_kernel(ops, t, tile_i, false, false, err, err_len);
     if (!k) return -1;
 
     VkDescriptorBufferInfo b[5];

@@ -40,6 +40,8 @@ struct vk_ops {
      * vk_ops_prepare_matvec, 2 and 4 on first use */
     struct vk_kernel matvec[VK_N_WTYPES][VK_N_TILES];
     struct vk_kernel lanes[VK_N_WTYPES][VK_N_TILES];
+    /* the same for grouped MoE lists, with a one-token tail tile (LANES_TAIL), on first use */
+    struct vk_kernel lanes_grouped[VK_N_WTYPES][VK_N_TILES];
     /* LANES kernels with K split across a subgroup's lanes (matmul_ksplit): [type]
      * [token tile 0 .. VK_N_TILES - 1, or VK_KSPLIT_GROUPED: a grouped MoE tile with the half tile]
      * [shape: two units of K a lane, or one and lanes_wg >> i lanes per row at 1 + i],
@@ -111,13 +113,19 @@ struct vk_matvec_args {
     uint32_t y_off, y_tstride, y_zstride;
     uint32_t n_tok, n_slot, ids_off;
     uint32_t ids_wrap, mat_add, y_wrap_add; /* fused gate+up: see ABI_MATVEC_FIELDS */
-    bool grouped;                           /* ids holds moe_group lists; ids_wrap = n_expert */
+    bool grouped;                           /* ids holds moe_group lists; ids_wrap = their count */
+    uint32_t group_tile;                    /* grouped, row-per-lane LANES kernels: an expert's tokens
+                                               per tile (1, 2, 4; 0 or more: VK_MATMUL_TILE), its
+                                               last one alone; the others walk VK_MATMUL_TILE */
     float scale;
     bool accumulate;
 };
 int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len);
 /* Whether a matvec of these arguments would run on the LANES kernels (else SUBGROUP). */
 bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a);
+/* Whether grouped lists of these arguments would walk the row-per-lane LANES tiles, so
+ * group_tile applies (else the K-split or SUBGROUP tile of VK_MATMUL_TILE tokens). */
+bool vk_matvec_groups_in_small_tiles(const struct vk_ops *ops, const struct vk_matvec_args *a);
 /* Builds the matvec and matmul pipelines of a weight type (once; vk_op_matvec calls it, the
  * engine calls it at open for every type its model uses, so no token pays for it). */
 int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, size_t err_len);

@@ -102,7 +102,7 @@ static void vk_session_buffers(const struct model_hparams *hp, uint32_t proj_wid
         B * hp->n_hc * hp->n_embd, B * (hp->n_hc + hp->n_hc * hp->n_hc), B * VK_HC_MAX_PARTS * ABI_HC_MAX_MIX, B * hp->n_embd,
         B * hp->q_rank, B * hp->n_head * hd, B * proj_width, B * hp->n_head * hd, B * hp->o_groups * hp->o_rank,
         B * hp->n_embd, B * ixh * ixd, ix_rows * (pairs[0] + pairs[1]) * 2, B * max_u32(hp->ix_topk, 1),
-        B * (hp->n_expert + 2 * hp->n_ff_exp), B * K, hp->n_expert + 1 + B * K, B * K, 2 * B * K * hp->n_ff_exp,
+        B * (hp->n_expert + 2 * hp->n_ff_exp), B * K, 2 * hp->n_expert + 1 + B * K, B * K, 2 * B * K * hp->n_ff_exp,
         B * (K + 1) * hp->n_embd, L * B * hp->n_expert, L * B * K, L * B * K,
     };
     memcpy(scratch, n, sizeof n);
