@@ -350,7 +350,7 @@ TEST(quantizers_round_trip_within_each_type_s_error_bound)
     }
     /* the types without a quantizer are refused, not written */
     CHECK(quant_quantize_row(GGUF_TYPE_IQ1_S, f.input, blocks, QK_K, NULL) == -1);
-    CHECK(quant_quantize_row(GGUF_TYPE_IQ2_S, f.input, blocks, QK_K, f.weights) == -1);
+    CHECK(quant_quantize_row(GGUF_TYPE_IQ1_M, f.input, blocks, QK_K, f.weights) == -1);
     CHECK(quant_quantize_row(GGUF_TYPE_Q4_K, f.input, blocks, 100, NULL) == -1);
     free(f.raw);
 }
