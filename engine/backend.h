@@ -37,6 +37,8 @@ struct backend_ops {
     /* Optional (NULL: no profile): see session_profile in engine.h. */
     void (*profile)(void *state, bool on);
     void (*get_profile)(const void *state, struct engine_profile *out);
+    /* Optional (NULL: refused): see session_observe in engine.h. */
+    void (*observe)(void *state, const struct engine_observer *obs);
     int (*copy_bandwidth)(void *ctx, double *bytes_per_s, char *err, size_t err_len);
     int (*bench_kernels)(void *ctx, const struct model *m, FILE *out, char *err, size_t err_len);
     /* Device memory held and the device's local memory; NULL or -1 without a device. */

@@ -380,6 +380,14 @@ void session_get_profile(const struct session *s, struct engine_profile *out)
     if (s->e->ops->get_profile) s->e->ops->get_profile(s->state, out);
 }
 
+int session_observe(struct session *s, const struct engine_observer *obs, char *err, size_t err_len)
+{
+    if (!s->e->ops->observe)
+        return errf(err, err_len, "the %s backend cannot observe its matrix products (use the reference backend)", s->e->ops->name);
+    s->e->ops->observe(s->state, obs);
+    return 0;
+}
+
 int engine_copy_bandwidth(struct engine *e, double *bytes_per_s, char *err, size_t err_len)
 {
     *bytes_per_s = 0;

@@ -245,6 +245,21 @@ struct engine_profile {
 };
 void session_profile(struct session *s, bool on);
 void session_get_profile(const struct session *s, struct engine_profile *out);
+
+/* An observer of the reference backend's matrix-vector products, for importance matrices
+ * (`flashbox imatrix`): fn runs before each product of a model weight with the product's
+ * input x[n_in] (n_in: the weight's ne[0]). tensor is the weight's index in the model file's
+ * tensor table (gguf order); expert is the routed expert whose rows the product reads, -1
+ * for every other matrix (the shared expert included). The grouped output projection
+ * (attn_output_a) calls it once per group, each with that group's input. The head (output)
+ * is observed only for tokens whose logits are asked for. */
+struct engine_observer {
+    void (*fn)(void *ctx, uint32_t tensor, int32_t expert, const float *x, uint32_t n_in);
+    void *ctx;
+};
+/* Sets (obs, kept by pointer until cleared) or clears (NULL) the session's observer. Only the
+ * reference backend has one; others refuse. Without one the products cost nothing extra. */
+int session_observe(struct session *s, const struct engine_observer *obs, char *err, size_t err_len);
 /* Device copy bandwidth (bytes/s) measured with a large buffer-to-buffer copy. */
 int engine_copy_bandwidth(struct engine *e, double *bytes_per_s, char *err, size_t err_len);
 /* Times every matvec/matmul kernel alone on the model's weight shapes and prints a table

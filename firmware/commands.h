@@ -21,6 +21,7 @@ int cmd_eval(int argc, char **argv);       /* firmware/cmd_eval.c */
 int tool_mkmodel_main(int argc, char **argv); /* tools/mkmodel_cli.c */
 int tool_convert_main(int argc, char **argv); /* tools/convert.c */
 int tool_quantize_main(int argc, char **argv); /* tools/quantize_cli.c */
+int tool_imatrix_main(int argc, char **argv); /* tools/imatrix_cli.c */
 int cmd_update(int argc, char **argv);   /* firmware/cmd_update.c */
 int cmd_bundle(int argc, char **argv);   /* firmware/cmd_update.c -> tools/bundle_cli.c */
 int tool_keygen_main(int argc, char **argv); /* tools/bundle_cli.c */

@@ -22,6 +22,7 @@ static const struct command commands[] = {
     { "serve", cmd_serve, "run the API daemon (Unix socket, OpenAI-compatible HTTP)" },
     { "convert", tool_convert_main, "convert the official safetensors checkpoint (FP8 + FP4) to a deepseek4 GGUF" },
     { "quantize", tool_quantize_main, "rewrite a model's matrices into K-quants / IQ4 / Q8_0 by a recipe; --report gives the KL cost" },
+    { "imatrix", tool_imatrix_main, "compute an importance matrix from the model's activations over a token file (for quantize --imatrix)" },
     { "tokenize", cmd_tokenize, "print the token ids of the text on stdin" },
     { "detokenize", cmd_detokenize, "print the text of comma-separated token ids on stdin" },
     { "run", cmd_run, "generate from a prompt, or chat interactively, streaming the answer" },

@@ -11,6 +11,7 @@
 #include "engine/model/quant.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <math.h>
@@ -51,6 +52,48 @@ int quant_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, ch
     }
     (*buf)[n] = 0;
     *len = n;
+    return 0;
+}
+
+long quant_parse_ids(const char *s, int32_t *ids, long cap, char *err, size_t err_len)
+{
+    long n = 0;
+    while (*s) {
+        while (*s == ',' || *s == ' ' || *s == '\n' || *s == '\t' || *s == '\r') s++;
+        if (!*s) break;
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || v > INT32_MAX || n == cap)
+            return errf(err, err_len, "tokens: bad id or more than %ld ids at \"%.20s\"", cap, s);
+        ids[n++] = (int32_t)v;
+        s = end;
+    }
+    return n;
+}
+
+int quant_read_ids_file(const char *path, size_t max_bytes, int32_t **ids, uint32_t *n, char *err, size_t err_len)
+{
+    uint8_t *text;
+    size_t len;
+    *ids = NULL;
+    *n = 0;
+    if (quant_read_file(path, max_bytes, &text, &len, err, err_len)) return -1;
+    if (memchr(text, 0, len)) {
+        free(text);
+        return errf(err, err_len, "%s: a NUL byte in a token file", path);
+    }
+    /* an id takes at least two bytes with its separator, but a last one may have none */
+    const long cap = (long)(len / 2 + 1);
+    int32_t *v = malloc((size_t)cap * sizeof *v);
+    long got = v ? quant_parse_ids((const char *)text, v, cap, err, err_len) : errf(err, err_len, "out of memory");
+    free(text);
+    if (got <= 0) {
+        free(v);
+        return got ? errf_prefix(err, err_len, "%s", path) : errf(err, err_len, "%s: no token ids in the file", path);
+    }
+    *ids = v;
+    *n = (uint32_t)got;
     return 0;
 }
 

@@ -110,6 +110,13 @@ int quantize_report_run(const char *src, const char *quantized, const int32_t *t
  * most max bytes into *buf (malloc'd, NUL-terminated; the caller frees it). */
 int quant_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, char *err, size_t err_len);
 
+/* Token ids separated by commas or white space (`--tokens`, token files): up to cap of them
+ * into ids; returns the count, or -1 with a message quoting the bad text. */
+long quant_parse_ids(const char *s, int32_t *ids, long cap, char *err, size_t err_len);
+/* A token file of such ids, at most max_bytes: *ids malloc'd (the caller frees it), *n > 0;
+ * a NUL byte, a bad id or no id at all is an error naming the file. */
+int quant_read_ids_file(const char *path, size_t max_bytes, int32_t **ids, uint32_t *n, char *err, size_t err_len);
+
 /* `flashbox quantize ARGS` (tools/quantize_cli.c); argv[0] is the command name. */
 int tool_quantize_main(int argc, char **argv);
 

@@ -27,26 +27,6 @@ static void usage(FILE *out)
     for (int i = 0; quant_recipe_names[i]; i++) fprintf(out, "  %-6s %s\n", quant_recipe_names[i], quant_recipe_about[i]);
 }
 
-/* Ids separated by commas or white space; returns the count or -1 with a message. */
-static long read_ids(const char *s, int32_t *ids, long cap)
-{
-    long n = 0;
-    while (*s) {
-        while (*s == ',' || *s == ' ' || *s == '\n' || *s == '\t' || *s == '\r') s++;
-        if (!*s) break;
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (end == s || errno || v < 0 || v > INT32_MAX || n == cap) {
-            fprintf(stderr, "flashbox quantize: tokens: bad id or more than %ld ids at \"%.20s\"\n", cap, s);
-            return -1;
-        }
-        ids[n++] = (int32_t)v;
-        s = end;
-    }
-    return n;
-}
-
 int tool_quantize_main(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL, *recipe_arg = NULL, *imatrix_path = NULL, *tokens = NULL, *tokens_file = NULL;
@@ -93,29 +73,31 @@ int tool_quantize_main(int argc, char **argv)
     char err[512];
     static struct quant_recipe recipe;
     struct quant_imatrix im = { 0 };
-    int32_t ids[4096];
-    long n_ids = 64;
+    static int32_t ids[4096];
+    uint32_t n_ids = 64;
     for (int i = 0; i < 64; i++) ids[i] = (17 * i + 3) % 256;
-    uint8_t *text = NULL;
-    size_t text_len = 0;
     if (tokens_file) {
-        if (quant_read_file(tokens_file, 64 * 1024, &text, &text_len, err, sizeof err)) {
+        int32_t *file_ids;
+        if (quant_read_ids_file(tokens_file, 64 * 1024, &file_ids, &n_ids, err, sizeof err) == 0 && n_ids > 4096) {
+            free(file_ids);
+            snprintf(err, sizeof err, "%s: %u ids, at most 4096", tokens_file, n_ids);
+            n_ids = 0;
+        } else if (n_ids) {
+            memcpy(ids, file_ids, n_ids * sizeof *ids);
+            free(file_ids);
+        }
+        if (!n_ids) {
             fprintf(stderr, "flashbox quantize: %s\n", err);
             return 1;
         }
-        if (memchr(text, 0, text_len)) {
-            fprintf(stderr, "flashbox quantize: %s: a NUL byte in a token file\n", tokens_file);
-            free(text);
+    } else if (tokens) {
+        long n = quant_parse_ids(tokens, ids, 4096, err, sizeof err);
+        if (n <= 0) {
+            fprintf(stderr, "flashbox quantize: %s\n", n ? err : "no tokens given");
             return 1;
         }
-        tokens = (const char *)text;
+        n_ids = (uint32_t)n;
     }
-    if (tokens && (n_ids = read_ids(tokens, ids, 4096)) <= 0) {
-        if (!n_ids) fprintf(stderr, "flashbox quantize: no tokens given\n");
-        free(text);
-        return 1;
-    }
-    free(text);
     if (quant_recipe_load(recipe_arg, &recipe, err, sizeof err)) {
         fprintf(stderr, "flashbox quantize: %s\n", err);
         return 1;

@@ -65,7 +65,18 @@ struct ref_scratch {
     float *x_old;       /* [n_hc][n_embd] residual before the sublayer */
     double *freqs_swa;  /* [rope_dim/2] */
     double *freqs_comp; /* [rope_dim/2] */
+    /* not scratch: the session's product observer (session_observe), NULL when none, and the
+     * model file's tensor table that its tensor indices count from */
+    const struct engine_observer *obs;
+    const struct gguf_tensor *obs_tensors;
 };
+
+/* Shows the observer, if any, the input x of a product with weight w (expert: the routed
+ * expert, -1 for any other matrix). One test of a pointer when no observer is set. */
+static inline void ref_observe(const struct ref_scratch *s, tensor_ref w, int32_t expert, const float *x)
+{
+    if (s->obs) s->obs->fn(s->obs->ctx, (uint32_t)(w - s->obs_tensors), expert, x, (uint32_t)w->ne[0]);
+}
 
 #define REF_BATCH 32 /* tokens per layer-major chunk */
 

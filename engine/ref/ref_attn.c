@@ -32,7 +32,9 @@ bool ref_compressor_step(struct ref_compressor *c, const struct model_hparams *h
     /* ratio 4 writes the current block's rows 4..7; other ratios rows 0..m-1 */
     const uint32_t row = (c->coff == 2 ? m : 0) + in_block;
     float *kv = c->kv + (uint64_t)row * cw, *score = c->score + (uint64_t)row * cw;
+    ref_observe(s, wkv, -1, a);
     ref_matvec(wkv, 0, cw, a, kv, s->rowbuf);
+    ref_observe(s, wgate, -1, a);
     ref_matvec(wgate, 0, cw, a, score, s->rowbuf);
     const float *ape_row = f32(ape) + (uint64_t)in_block * cw;
     for (uint32_t i = 0; i < cw; i++) score[i] += ape_row[i];
@@ -74,8 +76,10 @@ static uint32_t indexer_select(struct ref_state *st, uint32_t il, const float *a
     struct ref_scratch *s = &st->s;
     const uint32_t n_vis = (pos + 1) / 4, H = hp->ix_head, D = hp->ix_dim;
     if (n_vis == 0) return 0;
+    ref_observe(s, lw->ix_q_b, -1, s->qr);
     ref_matvec(lw->ix_q_b, 0, (uint64_t)H * D, s->qr, s->ixq, s->rowbuf);
     for (uint32_t h = 0; h < H; h++) ref_rope(s->ixq + (uint64_t)h * D, D, hp->rope_dim, s->freqs_comp, pos, false);
+    ref_observe(s, lw->ix_proj, -1, a);
     ref_matvec(lw->ix_proj, 0, H, a, s->ixw, s->rowbuf);
     const double wscale = 1.0 / sqrt((double)D * H);
     for (uint32_t b = 0; b < n_vis; b++) {
@@ -103,14 +107,17 @@ void ref_attention(struct ref_state *st, uint32_t il, const float *a, uint32_t p
     const double *freqs = ratio ? s->freqs_comp : s->freqs_swa;
 
     /* 3.4: projections */
+    ref_observe(s, lw->attn_q_a, -1, a);
     ref_matvec(lw->attn_q_a, 0, hp->q_rank, a, s->qr, s->rowbuf);
     ref_rmsnorm(s->qr, f32(lw->attn_q_a_norm), hp->q_rank, hp->rms_eps, s->qr);
+    ref_observe(s, lw->attn_q_b, -1, s->qr);
     ref_matvec(lw->attn_q_b, 0, (uint64_t)H * hd, s->qr, s->q, s->rowbuf);
     for (uint32_t h = 0; h < H; h++) {
         float *qh = s->q + (uint64_t)h * hd;
         ref_rmsnorm(qh, NULL, hd, hp->rms_eps, qh);
         ref_rope(qh, hd, hp->rope_dim, freqs, pos, false);
     }
+    ref_observe(s, lw->attn_kv, -1, a);
     ref_matvec(lw->attn_kv, 0, hd, a, s->kv, s->rowbuf);
     ref_rmsnorm(s->kv, f32(lw->attn_kv_a_norm), hd, hp->rms_eps, s->kv);
     ref_rope(s->kv, hd, hp->rope_dim, freqs, pos, false);
@@ -173,8 +180,11 @@ void ref_attention(struct ref_state *st, uint32_t il, const float *a, uint32_t p
 
     /* 3.10: grouped low-rank output projection */
     const uint64_t group_in = (uint64_t)H * hd / hp->o_groups;
-    for (uint32_t g = 0; g < hp->o_groups; g++)
+    for (uint32_t g = 0; g < hp->o_groups; g++) {
+        ref_observe(s, lw->attn_output_a, -1, s->o + g * group_in);
         ref_matvec(lw->attn_output_a, (uint64_t)g * hp->o_rank, hp->o_rank, s->o + g * group_in,
                    s->z + (uint64_t)g * hp->o_rank, s->rowbuf);
+    }
+    ref_observe(s, lw->attn_output_b, -1, s->z);
     ref_matvec(lw->attn_output_b, 0, hp->n_embd, s->z, out, s->rowbuf);
 }

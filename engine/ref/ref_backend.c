@@ -52,6 +52,13 @@ static int ref_session_create(void *ctx, const struct model *m, uint32_t n_ctx, 
 static void ref_session_destroy(void *state) { ref_state_destroy(state); }
 static void ref_session_reset(void *state) { ref_state_reset(state); }
 
+static void ref_observe_set(void *state, const struct engine_observer *obs)
+{
+    struct ref_state *st = state;
+    st->s.obs = obs;
+    st->s.obs_tensors = st->m->file->tensors;
+}
+
 static int ref_eval(void *ctx, void *state, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
                     char *err, size_t err_len)
 {
@@ -134,4 +141,5 @@ const struct backend_ops ref_backend_ops = {
     .expert_counters = ref_expert_counters,
     .state_save = ref_state_save,
     .state_load = ref_state_load,
+    .observe = ref_observe_set,
 };

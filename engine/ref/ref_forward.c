@@ -242,6 +242,7 @@ static void head_forward(struct ref_state *st, const float *X, float *logits)
     struct ref_scratch *s = &st->s;
     ref_hc_head(hp, X, f32(m->output_hc_fn), f32(m->output_hc_base), f32(m->output_hc_scale), s->a);
     ref_rmsnorm(s->a, f32(m->output_norm), hp->n_embd, hp->rms_eps, s->a);
+    ref_observe(s, m->output, -1, s->a);
     ref_matvec(m->output, 0, hp->n_vocab, s->a, logits, s->rowbuf);
 }
 

@@ -9,14 +9,24 @@
 #include <math.h>
 #include <string.h>
 
+/* The observer's view of an expert's products: the model's own tensors (a paged expert's
+ * views are not in the file's table) and the expert's id, -1 for the shared expert. */
+struct observed_expert {
+    tensor_ref gate, up, down;
+    int32_t id;
+};
+
 /* SwiGLU expert: h = silu(min(g, limit)) * clamp(u, -limit, limit) * weight, y = W2 h.
  * expert e selects rows of the stacked tensors (the shared expert is e = 0 of 2-D ones).
  * limit <= 0 disables the clamp. Accumulates y into out. */
 static void swiglu_expert(struct ref_scratch *s, const struct model_hparams *hp, tensor_ref gate, tensor_ref up,
-                          tensor_ref down, uint32_t e, float limit, double weight, const float *x, float *out)
+                          tensor_ref down, uint32_t e, const struct observed_expert *ob, float limit, double weight,
+                          const float *x, float *out)
 {
     const uint32_t F = hp->n_ff_exp, d = hp->n_embd;
+    ref_observe(s, ob->gate, ob->id, x);
     ref_matvec(gate, (uint64_t)e * F, F, x, s->expert_h, s->rowbuf);
+    ref_observe(s, ob->up, ob->id, x);
     ref_matvec(up, (uint64_t)e * F, F, x, s->expert_u, s->rowbuf);
     for (uint32_t i = 0; i < F; i++) {
         double g = s->expert_h[i], u = s->expert_u[i];
@@ -27,6 +37,7 @@ static void swiglu_expert(struct ref_scratch *s, const struct model_hparams *hp,
         /* the routing weight multiplies the hidden before the down projection (spec §3.11.4) */
         s->expert_h[i] = (float)(ref_silu(g) * u * weight);
     }
+    ref_observe(s, ob->down, ob->id, s->expert_h);
     ref_matvec(down, (uint64_t)e * d, d, s->expert_h, s->expert_y, s->rowbuf);
     for (uint32_t i = 0; i < d; i++) out[i] += s->expert_y[i];
 }
@@ -75,6 +86,7 @@ int ref_moe(struct ref_state *st, uint32_t il, const float *f, int32_t tok, floa
     const uint32_t K = hp->n_expert_used;
     float *score = s->gate_logits;
     int32_t idx[64];
+    ref_observe(s, lw->ffn_gate_inp, -1, f); /* here, not in router_scores: the guesses apply later layers' routers to f */
     if (lw->tid2eid) {
         router_scores(s, hp, lw, f, score);
         memcpy(idx, (const int32_t *)lw->tid2eid->data + (uint64_t)tok * K, K * sizeof(int32_t));
@@ -91,16 +103,19 @@ int ref_moe(struct ref_state *st, uint32_t il, const float *f, int32_t tok, floa
         if (expert_store_request(st->experts, il, idx, K, err, err_len)) return -1;
         if (expert_store_speculates(st->experts)) guess_next_layers(st, il, f);
     }
-    swiglu_expert(s, hp, lw->ffn_gate_shexp, lw->ffn_up_shexp, lw->ffn_down_shexp, 0, hp->swiglu_clamp_shexp[il],
+    const struct observed_expert shared = { lw->ffn_gate_shexp, lw->ffn_up_shexp, lw->ffn_down_shexp, -1 };
+    swiglu_expert(s, hp, lw->ffn_gate_shexp, lw->ffn_up_shexp, lw->ffn_down_shexp, 0, &shared, hp->swiglu_clamp_shexp[il],
                   1.0, f, out);
     if (st->experts && expert_store_await_views(st->experts, il, views, K, err, err_len)) return -1;
     for (uint32_t k = 0; k < K; k++) {
         double w = hp->expert_weights_norm ? score[idx[k]] / sum : score[idx[k]];
         w *= hp->expert_weights_scale;
+        const struct observed_expert routed = { lw->ffn_gate_exps, lw->ffn_up_exps, lw->ffn_down_exps, idx[k] };
         if (st->experts)
-            swiglu_expert(s, hp, &views[k].gate, &views[k].up, &views[k].down, 0, hp->swiglu_clamp_exp[il], w, f, out);
+            swiglu_expert(s, hp, &views[k].gate, &views[k].up, &views[k].down, 0, &routed, hp->swiglu_clamp_exp[il], w,
+                          f, out);
         else
-            swiglu_expert(s, hp, lw->ffn_gate_exps, lw->ffn_up_exps, lw->ffn_down_exps, (uint32_t)idx[k],
+            swiglu_expert(s, hp, lw->ffn_gate_exps, lw->ffn_up_exps, lw->ffn_down_exps, (uint32_t)idx[k], &routed,
                           hp->swiglu_clamp_exp[il], w, f, out);
         experts_out[k] = idx[k];
     }

@@ -1,8 +1,10 @@
-/* libFuzzer target: the two files `flashbox quantize` reads from a user, the pattern file
- * (PATTERN=TYPE lines) and the importance matrix (llama.cpp GGUF or legacy binary). The first
- * byte picks one; the rest is the input. Accepted input must keep its promises: rules with a
- * NUL-terminated pattern and a type that has a quantizer; imatrix entries with a name and
- * finite, non-negative values inside their count. */
+/* libFuzzer target: the files `flashbox quantize` and `flashbox imatrix` read from a user, the
+ * pattern file (PATTERN=TYPE lines), the importance matrix (llama.cpp GGUF or legacy binary)
+ * and the token file (ids separated by commas or white space). The first byte picks one ('t':
+ * token ids, else even: pattern file, odd: imatrix); the rest is the input. Accepted input
+ * must keep its promises: rules with a NUL-terminated pattern and a type that has a
+ * quantizer; imatrix entries with a name and finite, non-negative values inside their count;
+ * token ids non-negative int32 values, no more than asked for. */
 #include "tools/quantize.h"
 #include "engine/model/quant.h"
 
@@ -25,6 +27,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t len = size - 1;
     char err[256];
     err[0] = 0;
+    if (data[0] == 't') {
+        char *text = malloc(len + 1);
+        int32_t ids[64];
+        if (!text) return 0;
+        memcpy(text, in, len);
+        text[len] = 0;
+        long n = quant_parse_ids(text, ids, 64, err, sizeof err);
+        check(n >= -1 && n <= 64);
+        if (n < 0) check(err[0] != 0);
+        for (long i = 0; i < n; i++) check(ids[i] >= 0);
+        free(text);
+        return 0;
+    }
     if (data[0] % 2 == 0) {
         static struct quant_recipe r;
         memset(&r, 0, sizeof r);
