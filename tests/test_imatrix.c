@@ -261,4 +261,11 @@ TEST(imatrix_malformed_inputs_are_refused_and_leave_no_file)
     CHECK_EQ_INT(run_imatrix(args, text, sizeof text), 0);
     CHECK(strstr(text, "3 tokens in 1 chunks") != NULL);
     CHECK(access(out, F_OK) == 0 && access(tmp, F_OK) != 0);
+    /* chunks of 2 from a fresh context each; --chunks stops after the first */
+    snprintf(args, sizeof args, "-m %s --tokens %s -o %s --quiet --ctx 2 --chunks 1", model, good, out);
+    CHECK_EQ_INT(run_imatrix(args, text, sizeof text), 0);
+    CHECK(strstr(text, "2 tokens in 1 chunks") != NULL);
+    snprintf(args, sizeof args, "-m %s --tokens %s -o %s --quiet --ctx 2", model, good, out);
+    CHECK_EQ_INT(run_imatrix(args, text, sizeof text), 0);
+    CHECK(strstr(text, "3 tokens in 2 chunks") != NULL);
 }
