@@ -1,7 +1,8 @@
 /* `flashbox imatrix`: the file it writes read back by the quantizer's reader (entries, sizes,
  * per-expert layout), its values against an independent computation (layer 0's attention
  * input recomputed from the embedding; the hash layer's experts against tid2eid), the product
- * observer leaving the logits alone, and its malformed inputs (no file left behind). */
+ * observer leaving the logits alone (and refused by Vulkan), and its malformed inputs (no file
+ * left behind). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,6 +200,28 @@ TEST(imatrix_observer_leaves_the_logits_alone)
     CHECK_EQ_INT(n_products, seen);
     free(a);
     free(b);
+    session_destroy(s);
+    engine_close(e);
+}
+
+TEST(imatrix_observer_is_refused_by_the_vulkan_backend)
+{
+    struct engine_options opt;
+    engine_options_default(&opt);
+    opt.model_path = test_fixture("model/v4-tiny-f32.gguf");
+    opt.backend = ENGINE_BACKEND_VULKAN;
+    struct engine *e;
+    struct session *s;
+    char err[512];
+    if (engine_open(&e, &opt, err, sizeof err)) {
+        if (strstr(err, "no Vulkan driver") || strstr(err, "no Vulkan device")) test_skip(err);
+        test_fail_at(__FILE__, __LINE__, "%s", err);
+        return;
+    }
+    REQUIRE(session_create(e, 64, &s, err, sizeof err) == 0);
+    const struct engine_observer obs = { count_product, NULL };
+    err[0] = 0;
+    CHECK(session_observe(s, &obs, err, sizeof err) == -1 && strstr(err, "vulkan backend cannot observe"));
     session_destroy(s);
     engine_close(e);
 }
