@@ -72,12 +72,12 @@ static struct vk_kernel *tile_kernel(struct vk_ops *ops, int t, uint32_t tile, b
 {
     struct vk_kernel *k = !lanes ? &ops->matvec[t][tile] : grouped ? &ops->lanes_grouped[t][tile] : &ops->lanes[t][tile];
     if (k->pipe) return k;
-    const uint32_t spec[ABI_SPEC_KSPLIT_HALF + 1] = {
+    const uint32_t spec[ABI_SPEC_TAIL_TILE + 1] = {
         [ABI_SPEC_TOK_TILE] = 1u << tile, [ABI_SPEC_WG_SIZE] = lanes ? ops->lanes_wg : ops->wg,
-        [ABI_SPEC_ROWS_PER_LANE] = ops->lanes_rows[tile], [ABI_SPEC_KSPLIT_HALF] = lanes && grouped,
+        [ABI_SPEC_ROWS_PER_LANE] = ops->lanes_rows[tile], [ABI_SPEC_TAIL_TILE] = lanes && grouped,
     };
     const int rc = lanes ? vk_kernel_create_texel(ops->d, k, lanes_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
-                                                  spec, ABI_SPEC_KSPLIT_HALF + 1, err, err_len)
+                                                  spec, ABI_SPEC_TAIL_TILE + 1, err, err_len)
                          : vk_kernel_create(ops->d, k, matvec_names[t], wtype_has_grid(t) ? 5 : 4, sizeof(struct abi_matvec_push), spec,
                                             ABI_SPEC_WG_SIZE + 1, err, err_len);
     return rc ? NULL : k;
@@ -379,12 +379,12 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
     const struct vk_kernel *k = NULL;
     if (shape.lpr) {
         struct vk_kernel *ks = ksplit_kernel(ops, t, shape, a, tile_i);
-        const uint32_t spec[ABI_SPEC_KSPLIT_HALF + 1] = {
+        const uint32_t spec[ABI_SPEC_TAIL_TILE + 1] = {
             [ABI_SPEC_TOK_TILE] = tile, [ABI_SPEC_WG_SIZE] = ops->lanes_wg, [ABI_SPEC_KSPLIT_UNITS] = shape.units,
-            [ABI_SPEC_KSPLIT_LPR] = shape.lpr, [ABI_SPEC_KSPLIT_HALF] = a->grouped,
+            [ABI_SPEC_KSPLIT_LPR] = shape.lpr, [ABI_SPEC_TAIL_TILE] = a->grouped,
         };
         if (!ks->pipe && vk_kernel_create_texel(ops->d, ks, ksplit_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
-                                                spec, ABI_SPEC_KSPLIT_HALF + 1, err, err_len))
+                                                spec, ABI_SPEC_TAIL_TILE + 1, err, err_len))
             return -1;
         k = ks;
     } else {

@@ -40,7 +40,7 @@ struct vk_ops {
      * vk_ops_prepare_matvec, 2 and 4 on first use */
     struct vk_kernel matvec[VK_N_WTYPES][VK_N_TILES];
     struct vk_kernel lanes[VK_N_WTYPES][VK_N_TILES];
-    /* the same for grouped MoE lists, with a one-token tail tile (LANES_TAIL), on first use */
+    /* the same for grouped MoE lists, with a one-token tail tile (ABI_SPEC_TAIL_TILE), on first use */
     struct vk_kernel lanes_grouped[VK_N_WTYPES][VK_N_TILES];
     /* LANES kernels with K split across a subgroup's lanes (matmul_ksplit): [type]
      * [token tile 0 .. VK_N_TILES - 1, or VK_KSPLIT_GROUPED: a grouped MoE tile with the half tile]
