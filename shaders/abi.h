@@ -29,7 +29,8 @@
 #define ABI_SPEC_ATTN_HEADS 3    /* attention_heads: heads per workgroup */
 #define ABI_SPEC_ATTN_KV4 4      /* attention, attention_heads: float4 of a head row per lane */
 #define ABI_SPEC_KSPLIT_LPR 6    /* matmul_ksplit: lanes per row */
-#define ABI_SPEC_KSPLIT_HALF 7   /* matmul_ksplit, matvec_lanes: 1 where grouped MoE tiles end in a smaller tile */
+#define ABI_SPEC_TAIL_TILE 7     /* matmul_ksplit, matvec_lanes: 1 in grouped MoE pipelines, whose lists end in tail tiles
+                                    (matmul_ksplit: half the token tile; matvec_lanes: one token); 0 elsewhere */
 
 /* Weight types of the matvec family (values of the W_TYPE define in the .comp files). */
 #define ABI_WTYPE_F32 0

@@ -66,8 +66,8 @@ layout(std430, binding = ABI_MATVEC_BIND_IDS) readonly buffer ids_buf { int ids[
 /* A full token tile, and a half one for an expert's last few tokens in a grouped prefill
  * MoE (matvec_main.glsl): about 6 tokens per expert at 64 a batch leave many tiles a
  * quarter or more empty, and a 4-token tile measured 0.62-0.69 of an 8-token one. Only the
- * grouped pipelines set KSPLIT_HALF: the half tile doubles the code LLVM compiles. */
-layout(constant_id = ABI_SPEC_KSPLIT_HALF) const uint KSPLIT_HALF = 0;
+ * grouped pipelines set TAIL_TILE: the half tile doubles the code LLVM compiles. */
+layout(constant_id = ABI_SPEC_TAIL_TILE) const uint TAIL_TILE = 0;
 #define KS_TOKENS TOK_TILE
 #define KS_FN compute_tile
 #include "matmul_ksplit_tile.glsl"
@@ -75,10 +75,10 @@ layout(constant_id = ABI_SPEC_KSPLIT_HALF) const uint KSPLIT_HALF = 0;
 #undef KS_FN
 /* one name: array types sized by it must match; never 0 (decode's pipelines have a tile of
  * one token and no half tile, but the arrays must still have a size) */
-const uint HALF_TOK_TILE = (TOK_TILE + 1u) / 2u;
-#define KS_TOKENS HALF_TOK_TILE
-#define KS_FN compute_half_tile
+const uint TAIL_TOK_TILE = (TOK_TILE + 1u) / 2u;
+#define KS_TOKENS TAIL_TOK_TILE
+#define KS_FN compute_tail_tile
 #include "matmul_ksplit_tile.glsl"
-#define HALF_TILE KSPLIT_HALF /* matvec_main.glsl: the layout has compute_half_tile */
+#define HAS_TAIL_TILE /* matvec_main.glsl: the layout has compute_tail_tile and TAIL_TILE */
 
 #include "matvec_main.glsl"

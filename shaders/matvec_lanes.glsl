@@ -72,17 +72,17 @@ float decode_f16(const uvec4 u, out vec4 v[8])
 /* A full token tile, and one token for an expert's last token in a grouped MoE list
  * (matvec_main.glsl): in a decode step of a few sessions most chosen experts have one or
  * two tokens, and a tile's unused places cost what used ones do on a CPU driver. Only the
- * grouped pipelines set LANES_TAIL: the second copy doubles the code LLVM compiles. */
-layout(constant_id = ABI_SPEC_KSPLIT_HALF) const uint LANES_TAIL = 0;
+ * grouped pipelines set TAIL_TILE: the second copy doubles the code LLVM compiles. */
+layout(constant_id = ABI_SPEC_TAIL_TILE) const uint TAIL_TILE = 0;
 #define LT_TOKENS TOK_TILE
 #define LT_FN compute_tile
 #include "matvec_lanes_tile.glsl"
 #undef LT_TOKENS
 #undef LT_FN
-const uint HALF_TOK_TILE = 1u; /* matvec_main.glsl's name for the tail tile */
-#define LT_TOKENS HALF_TOK_TILE
-#define LT_FN compute_half_tile
+const uint TAIL_TOK_TILE = 1u; /* matvec_main.glsl's name for the tail tile's tokens */
+#define LT_TOKENS TAIL_TOK_TILE
+#define LT_FN compute_tail_tile
 #include "matvec_lanes_tile.glsl"
-#define HALF_TILE LANES_TAIL /* matvec_main.glsl: the layout has compute_half_tile */
+#define HAS_TAIL_TILE /* matvec_main.glsl: the layout has compute_tail_tile and TAIL_TILE */
 
 #include "matvec_main.glsl"

@@ -28,13 +28,13 @@ void main()
                 tv[t] = t0 + t < cnt; \
             }
         uint t0 = 0u;
-#ifdef HALF_TILE
-        /* the layout has compute_half_tile (where the HALF_TILE specialization constant is
-         * set): full tiles while more than HALF_TOK_TILE tokens are left, then tiles of
-         * HALF_TOK_TILE (K-split: half a tile, at most one; LANES: one token) (loops, not a
+#ifdef HAS_TAIL_TILE
+        /* the layout has compute_tail_tile (where the TAIL_TILE specialization constant is
+         * set): full tiles while more than TAIL_TOK_TILE tokens are left, then tiles of
+         * TAIL_TOK_TILE (K-split: half a tile, at most one; LANES: one token) (loops, not a
          * branch: a CPU driver skips a loop that no lane enters but runs both sides of a
          * branch) */
-        const uint full_past = HALF_TILE != 0u ? HALF_TOK_TILE : 0u;
+        const uint full_past = TAIL_TILE != 0u ? TAIL_TOK_TILE : 0u;
 #else
         const uint full_past = 0u;
 #endif
@@ -42,13 +42,13 @@ void main()
             GROUPED_TILE(TOK_TILE, xt, yt, tv)
             compute_tile(mat, xt, yt, tv);
         }
-#ifdef HALF_TILE
-        if (HALF_TILE != 0u) /* compiled away where the constant is 0 */
-            for (; t0 < cnt; t0 += HALF_TOK_TILE) {
-                uint xh[HALF_TOK_TILE], yh[HALF_TOK_TILE];
-                bool th[HALF_TOK_TILE];
-                GROUPED_TILE(HALF_TOK_TILE, xh, yh, th)
-                compute_half_tile(mat, xh, yh, th);
+#ifdef HAS_TAIL_TILE
+        if (TAIL_TILE != 0u) /* compiled away where the constant is 0 */
+            for (; t0 < cnt; t0 += TAIL_TOK_TILE) {
+                uint xh[TAIL_TOK_TILE], yh[TAIL_TOK_TILE];
+                bool th[TAIL_TOK_TILE];
+                GROUPED_TILE(TAIL_TOK_TILE, xh, yh, th)
+                compute_tail_tile(mat, xh, yh, th);
             }
 #endif
         return;

@@ -275,6 +275,18 @@ TEST(quantize_recipes_rewrite_a_256_wide_model_that_then_runs)
         check_tensor_bytes(src, q, "token_embd.weight", GGUF_TYPE_F32);
         CHECK(gguf_find_kv(q, "flashbox.quantize.recipe") != NULL);
         CHECK_EQ_INT(q->n_kv, src->n_kv + 1);
+        /* the rate's terms: the elements of the tensors whose type changed, and the time of
+         * those alone, apart from copying the kept ones (both within the whole run) */
+        uint64_t changed_elems = 0, changed = 0;
+        for (uint64_t k = 0; k < src->n_tensors; k++)
+            if (gguf_find_tensor(q, src->tensors[k].name)->type != src->tensors[k].type) {
+                changed_elems += src->tensors[k].n_elements;
+                changed++;
+            }
+        CHECK_EQ_INT(st.elems_quantized, changed_elems);
+        CHECK_EQ_INT(st.n_changed, changed);
+        CHECK(changed < src->n_tensors && st.quant_seconds > 0 && st.copy_seconds >= 0);
+        CHECK(st.quant_seconds + st.copy_seconds <= st.seconds);
         gguf_close(q);
         struct quantize_report rep;
         if (quantize_report_run(in, out, report_tokens, N_REPORT, &rep, err, sizeof err)) {
@@ -502,6 +514,14 @@ TEST(quantize_command_on_the_fixture_falls_back_and_reports)
     REQUIRE(test_run_cmd(cmd, outp, sizeof outp) == 0);
     /* rows of 128: the routed experts fall back to IQ4_NL, and the result still runs */
     CHECK(strstr(outp, "(15 fell back") != NULL);
+    /* the rate counts the quantized elements over the time spent quantizing them */
+    double m_elems = 0, q_s = -1, rate = -1, copy_s = -1;
+    const char *line = strstr(outp, "(quantizing ");
+    CHECK(line && sscanf(line, "(quantizing %lf M elements in %lf s: %lf M elements/s; copying the other tensors %lf s)",
+                         &m_elems, &q_s, &rate, &copy_s) == 4);
+    CHECK(m_elems > 0 && q_s > 0 && copy_s >= 0);
+    /* each printed rounded: the quotient is good to the rounding of its terms */
+    if (q_s >= 0.01 && m_elems >= 0.1) CHECK_NEAR(rate, m_elems / q_s, rate * (0.006 / q_s + 0.06 / m_elems) + 0.06);
     double kl = -1;
     unsigned same = 0, pos = 0;
     const char *r = strstr(outp, "report: ");

@@ -409,17 +409,7 @@ TEST(vk_grouped_expert_lists_give_each_slot_bitwise_its_one_token_result)
      * then each list's expert; lists 4 .. G - 1 empty */
     int32_t grp[G + 1 + N_SLOT + G];
     memset(grp, 0, sizeof grp);
-    for (int e = 0, g = 0, n = 0; e < E; e++) {
-        int first = n;
-        for (int z = 0; z < N_SLOT; z++)
-            if (ids[z] == e) grp[G + 1 + n++] = z;
-        if (n > first) {
-            grp[G + 1 + N_SLOT + g] = e;
-            grp[g++] = first;
-        }
-        if (e == E - 1)
-            while (g <= G) grp[g++] = N_SLOT;
-    }
+    vk_test_group_lists(ids, E, N_SLOT, G, grp);
     uint64_t rng = 99;
     float *w = malloc((size_t)E * N_OUT * N_IN * 4), *x = malloc((size_t)N_TOK * N_IN * 4);
     float *alone = malloc((size_t)N_SLOT * N_OUT * 4), *got = malloc((size_t)N_SLOT * N_OUT * 4);

@@ -73,6 +73,28 @@ static inline float vk_test_rand(uint64_t *state)
     return (float)((*state >> 40) & 0xffffff) / 8388608.0f - 1.0f;
 }
 
+/* moe_group's lists (abi.h) built the plain way: for each expert in order that slot ids[z]
+ * picks, its slots ascending; out[g] = list g's first index (n_grp + 1 entries, those past
+ * the experts used = n_slots), then the slots by list, then each used list's expert. Those
+ * experts' entries of the empty lists are not written. Returns the number of lists used. */
+static inline uint32_t vk_test_group_lists(const int32_t *ids, uint32_t n_expert, uint32_t n_slots, uint32_t n_grp,
+                                           int32_t *out)
+{
+    uint32_t g = 0, n = 0;
+    for (uint32_t e = 0; e < n_expert; e++) {
+        const uint32_t first = n;
+        for (uint32_t z = 0; z < n_slots; z++)
+            if ((uint32_t)ids[z] == e) out[n_grp + 1 + n++] = (int32_t)z;
+        if (n > first) {
+            out[n_grp + 1 + n_slots + g] = (int32_t)e;
+            out[g++] = (int32_t)first;
+        }
+    }
+    const uint32_t used = g;
+    while (g <= n_grp) out[g++] = (int32_t)n_slots;
+    return used;
+}
+
 /* sum((a - b)^2) / sum(b^2): the normalized error of a against the reference b. */
 static inline double vk_test_nmse(const float *a, const double *b, size_t n)
 {

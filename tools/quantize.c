@@ -616,12 +616,19 @@ int quantize_model(const struct quantize_opts *o, struct quantize_stats *st, cha
     struct rewrite_progress prog = { .t0 = t0, .total = total };
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
+        const double t_start = mono_s();
         if (rewrite_tensor(o, t, &rw[i], w, &buf, max_ne0, &prog, err, err_len)) goto close_file;
+        const double t_spent = mono_s() - t_start;
         prog.done += t->nbytes;
         uint64_t ob;
         gguf_type_nbytes(rw[i].type, t->n_elements, &ob);
         st->bytes_out += ob;
-        if (rw[i].type != t->type) st->elems_quantized += t->n_elements;
+        if (rw[i].type != t->type) {
+            st->elems_quantized += t->n_elements;
+            st->quant_seconds += t_spent;
+        } else {
+            st->copy_seconds += t_spent;
+        }
         const double now = mono_s() - t0;
         if (o->log && (rw[i].type != t->type || now - prog.last > 2.0 || i + 1 == f->n_tensors)) {
             prog.last = now;

@@ -68,8 +68,10 @@ struct quantize_opts {
 
 struct quantize_stats {
     uint32_t n_tensors, n_changed, n_fallback, n_imatrix, n_threads;
-    uint64_t bytes_in, bytes_out, elems_quantized;
-    double seconds;
+    uint64_t bytes_in, bytes_out, elems_quantized;   /* elems_quantized: of the n_changed tensors */
+    double seconds;                                  /* the whole run: open, plan, rewrite, finish */
+    double quant_seconds;                            /* rewriting the n_changed tensors (read, quantize, write) */
+    double copy_seconds;                             /* streaming the tensors kept as they are */
 };
 
 #define QUANTIZE_MAX_THREADS 256

@@ -116,9 +116,11 @@ int tool_quantize_main(int argc, char **argv)
         return 1;
     }
     printf("quantized %s -> %s (recipe %s): %u of %u tensors rewritten (%u fell back, %u with the imatrix), "
-           "%.1f -> %.1f MB in %.2f s on %u threads (%.1f M elements/s)\n",
+           "%.1f -> %.1f MB in %.2f s on %u threads (quantizing %.1f M elements in %.2f s: %.1f M elements/s; "
+           "copying the other tensors %.2f s)\n",
            in, out, recipe.name, st.n_changed, st.n_tensors, st.n_fallback, st.n_imatrix, (double)st.bytes_in / 1e6,
-           (double)st.bytes_out / 1e6, st.seconds, st.n_threads, st.seconds > 0 ? (double)st.elems_quantized / st.seconds / 1e6 : 0.0);
+           (double)st.bytes_out / 1e6, st.seconds, st.n_threads, (double)st.elems_quantized / 1e6, st.quant_seconds,
+           st.quant_seconds > 0 ? (double)st.elems_quantized / st.quant_seconds / 1e6 : 0.0, st.copy_seconds);
     if (!report) return 0;
     struct quantize_report rep;
     if (quantize_report_run(in, out, ids, (uint32_t)n_ids, &rep, err, sizeof err)) {

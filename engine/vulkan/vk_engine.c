@@ -65,6 +65,23 @@ static void plan_hc_split(const struct vk_engine *e, tensor_ref fn, struct vk_hc
     if (parts > 1) out->parts = parts;
 }
 
+/* Whether layer il's grouped expert lists may walk small LANES tiles (struct vk_moe): the
+ * down weight and the gate/up weight (the fused pair, else the gate) both must. Resident
+ * experts only; a weight with no view answers false, and the step reports its error. */
+static void plan_moe_tiles(struct vk_engine *e, uint32_t il)
+{
+    const struct layer_weights *lw = &e->m->layers[il];
+    struct vk_moe *mo = &e->moe[il];
+    struct vk_weight dw, gw;
+    char why[160];
+    mo->small_tiles = false;
+    if (e->paging || e->ops.layout != VK_MATVEC_LANES || vk_weight_of(e, lw->ffn_down_exps, 0, &dw, why, sizeof why))
+        return;
+    if (mo->gu_fused) gw = mo->gu;
+    else if (vk_weight_of(e, lw->ffn_gate_exps, 0, &gw, why, sizeof why)) return;
+    mo->small_tiles = vk_weight_groups_in_small_tiles(&e->ops, &dw) && vk_weight_groups_in_small_tiles(&e->ops, &gw);
+}
+
 static int upload_proj(struct vk_engine *e, uint32_t il, bool *placed, char *err, size_t err_len)
 {
     const struct model *m = e->m;
@@ -283,6 +300,7 @@ int vk_engine_open(const struct model *m, const struct engine_options *opt, void
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         plan_hc_split(e, m->layers[il].hc_attn_fn, &e->hc_split[il][0]);
         plan_hc_split(e, m->layers[il].hc_ffn_fn, &e->hc_split[il][1]);
+        plan_moe_tiles(e, il);
     }
     if (e->paging && vk_experts_open(e, opt, err, err_len)) goto fail;
     /* every pipeline the forward uses, now rather than on the first token */

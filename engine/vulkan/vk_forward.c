@@ -545,20 +545,10 @@ static int moe_layer(struct fwd *f, uint32_t il)
      * tile reads a token's outputs in one order, so this choice never changes them. */
     const bool lanes = e->ops.layout == VK_MATVEC_LANES;
     bool small_tiles = false;
-    if (lanes && !paged && 2 * n_routed >= E && n_routed < E * VK_MATMUL_TILE / 2) {
-        struct vk_weight dw;
-        if (vk_weight_of(e, lw->ffn_down_exps, 0, &dw, f->err, f->err_len)) return -1;
-        const struct vk_matvec_args probe = { .w = &dw, .x = &s->gu, .x_zstride = F, .grouped = true };
-        small_tiles = vk_matvec_groups_in_small_tiles(&e->ops, &probe);
-        if (mo->gu_fused) {
-            const struct vk_matvec_args gu = { .w = &mo->gu, .x = &s->a, .x_zstride = d, .grouped = true };
-            small_tiles = small_tiles && vk_matvec_groups_in_small_tiles(&e->ops, &gu);
-        } else {
-            struct vk_weight gw;
-            if (vk_weight_of(e, lw->ffn_gate_exps, 0, &gw, f->err, f->err_len)) return -1;
-            const struct vk_matvec_args gu = { .w = &gw, .x = &s->a, .x_zstride = d, .grouped = true };
-            small_tiles = small_tiles && vk_matvec_groups_in_small_tiles(&e->ops, &gu);
-        }
+    if (mo->small_tiles && 2 * n_routed >= E && n_routed < E * VK_MATMUL_TILE / 2) {
+        /* the weights were asked at load; the x vectors (this session's) are asked here */
+        const struct vk_matvec_args xd = { .x = &s->gu, .x_zstride = F }, xgu = { .x = &s->a, .x_zstride = d };
+        small_tiles = vk_matvec_x_in_lanes(&e->ops, &xd) && vk_matvec_x_in_lanes(&e->ops, &xgu);
     }
     const bool grouped = !paged && (lanes ? small_tiles || n_routed >= E * VK_MATMUL_TILE / 2 : nt >= VK_MOE_GROUP_MIN_TOKENS);
     const uint32_t group_tile = small_tiles ? 2 : 0;

@@ -29,6 +29,10 @@ struct vk_moe {
     struct vk_weight proj;      /* [n_embd, n_expert + 2*n_ff_exp] when proj_fused */
     struct vk_weight gu;        /* [n_embd, n_ff_exp, 2*n_expert] when gu_fused */
     uint32_t width;             /* n_expert + 2*n_ff_exp */
+    /* grouped expert lists may walk the LANES tiles of group_tile tokens: the down and the
+     * gate/up (fused, else gate) expert weights group in small tiles
+     * (vk_weight_groups_in_small_tiles). Planned once at load; false when experts are paged. */
+    bool small_tiles;
 };
 
 /* The hc mixes of one block hc site (decode and prefill alike): hc_fn as a K-split view of

@@ -72,12 +72,12 @@ static struct vk_kernel *tile_kernel(struct vk_ops *ops, int t, uint32_t tile, b
 {
     struct vk_kernel *k = !lanes ? &ops->matvec[t][tile] : grouped ? &ops->lanes_grouped[t][tile] : &ops->lanes[t][tile];
     if (k->pipe) return k;
-    const uint32_t spec[ABI_SPEC_KSPLIT_HALF + 1] = {
+    const uint32_t spec[ABI_SPEC_TAIL_TILE + 1] = {
         [ABI_SPEC_TOK_TILE] = 1u << tile, [ABI_SPEC_WG_SIZE] = lanes ? ops->lanes_wg : ops->wg,
-        [ABI_SPEC_ROWS_PER_LANE] = ops->lanes_rows[tile], [ABI_SPEC_KSPLIT_HALF] = lanes && grouped,
+        [ABI_SPEC_ROWS_PER_LANE] = ops->lanes_rows[tile], [ABI_SPEC_TAIL_TILE] = lanes && grouped,
     };
     const int rc = lanes ? vk_kernel_create_texel(ops->d, k, lanes_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
-                                                  spec, ABI_SPEC_KSPLIT_HALF + 1, err, err_len)
+                                                  spec, ABI_SPEC_TAIL_TILE + 1, err, err_len)
                          : vk_kernel_create(ops->d, k, matvec_names[t], wtype_has_grid(t) ? 5 : 4, sizeof(struct abi_matvec_push), spec,
                                             ABI_SPEC_WG_SIZE + 1, err, err_len);
     return rc ? NULL : k;
@@ -302,9 +302,8 @@ static struct abi_matvec_push matvec_push(const struct vk_matvec_args *a, uint32
  * tile). The row-per-lane kernels likewise run one shader for decode and tiles. */
 struct ksplit_shape { uint32_t lpr, units; };
 
-static struct ksplit_shape ksplit_shape(const struct vk_ops *ops, const struct vk_matvec_args *a)
+static struct ksplit_shape ksplit_shape(const struct vk_ops *ops, const struct vk_weight *w)
 {
-    const struct vk_weight *w = a->w;
     struct ksplit_shape k = { 0, 0 };
     const int t = vk_wtype(w->type);
     if (ops->layout != VK_MATVEC_LANES || !ops->d->subgroup_shuffle || t < 0 || !ksplit_names[t] ||
@@ -330,42 +329,44 @@ static struct vk_kernel *ksplit_kernel(struct vk_ops *ops, int t, struct ksplit_
 
 /* The K-split kernels read the block types as 32-bit words (F32: 16-byte texels), the
  * row-per-lane kernels every type as 16-byte texels. */
-static bool lanes_reads_words(const struct vk_matvec_args *a, struct ksplit_shape shape)
+static bool lanes_reads_words(const struct vk_weight *w, struct ksplit_shape shape)
 {
-    return shape.lpr && (a->w->type == GGUF_TYPE_Q8_0 || a->w->type == GGUF_TYPE_MXFP4);
+    return shape.lpr && (w->type == GGUF_TYPE_Q8_0 || w->type == GGUF_TYPE_MXFP4);
 }
 
-/* Whether the LANES kernels take this call, given its K-split shape. */
-static bool lanes_fit(const struct vk_ops *ops, const struct vk_matvec_args *a, struct ksplit_shape shape)
+/* Whether the LANES kernels take weight w, given its K-split shape. */
+static bool lanes_fit_weight(const struct vk_ops *ops, const struct vk_weight *w, struct ksplit_shape shape)
 {
-    const struct vk_weight *w = a->w;
     const int t = vk_wtype(w->type);
-    if (ops->layout != VK_MATVEC_LANES || !a->x->texels_f32x4 || t < 0 || !lanes_names[t]) return false;
+    if (ops->layout != VK_MATVEC_LANES || t < 0 || !lanes_names[t]) return false;
     /* rows of whole chunks (64-element units, whose MXFP4 rows may start 2 bytes into a
      * word, for the K-split kernels; Q4_K / Q5_K: super-blocks) from an aligned start */
-    const bool words = lanes_reads_words(a, shape);
+    const bool words = lanes_reads_words(w, shape);
     const bool block_type = w->type == GGUF_TYPE_Q8_0 || w->type == GGUF_TYPE_MXFP4;
     const uint32_t unit = wtype_is_ggml(t) ? gguf_type_block_bytes(w->type)
                           : block_type    ? ABI_LANES_BLOCK_CHUNK_BYTES
                                           : ABI_LANES_FLOAT_CHUNK_BYTES;
     const bool rows_fit = shape.lpr || w->row_bytes % unit == 0;
-    if (!(words ? w->span.texels_u32 : w->span.texels_u32x4) || !rows_fit || w->span.off % (words ? 4 : 16) ||
-        w->span.off + vk_weight_extent(w) > UINT32_MAX)
-        return false;
+    return (words ? w->span.texels_u32 : w->span.texels_u32x4) && rows_fit && w->span.off % (words ? 4 : 16) == 0 &&
+           w->span.off + vk_weight_extent(w) <= UINT32_MAX;
+}
+
+bool vk_matvec_x_in_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a)
+{
     /* x vectors of whole float4 */
-    if (a->x->off % 16 || (a->x_off | a->x_tstride | a->x_zstride) % 4 || a->x->off / 4 + a->x_off > UINT32_MAX) return false;
-    return true;
+    return ops->layout == VK_MATVEC_LANES && a->x->texels_f32x4 && a->x->off % 16 == 0 &&
+           (a->x_off | a->x_tstride | a->x_zstride) % 4 == 0 && a->x->off / 4 + a->x_off <= UINT32_MAX;
 }
 
 bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a)
 {
-    return lanes_fit(ops, a, ksplit_shape(ops, a));
+    return lanes_fit_weight(ops, a->w, ksplit_shape(ops, a->w)) && vk_matvec_x_in_lanes(ops, a);
 }
 
-bool vk_matvec_groups_in_small_tiles(const struct vk_ops *ops, const struct vk_matvec_args *a)
+bool vk_weight_groups_in_small_tiles(const struct vk_ops *ops, const struct vk_weight *w)
 {
-    const struct ksplit_shape shape = ksplit_shape(ops, a);
-    return !shape.lpr && lanes_fit(ops, a, shape);
+    const struct ksplit_shape shape = ksplit_shape(ops, w);
+    return !shape.lpr && lanes_fit_weight(ops, w, shape);
 }
 
 /* The LANES kernels read weights and x through the chunks' texel views, so a weight of any
@@ -378,12 +379,12 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
     const struct vk_kernel *k = NULL;
     if (shape.lpr) {
         struct vk_kernel *ks = ksplit_kernel(ops, t, shape, a, tile_i);
-        const uint32_t spec[ABI_SPEC_KSPLIT_HALF + 1] = {
+        const uint32_t spec[ABI_SPEC_TAIL_TILE + 1] = {
             [ABI_SPEC_TOK_TILE] = tile, [ABI_SPEC_WG_SIZE] = ops->lanes_wg, [ABI_SPEC_KSPLIT_UNITS] = shape.units,
-            [ABI_SPEC_KSPLIT_LPR] = shape.lpr, [ABI_SPEC_KSPLIT_HALF] = a->grouped,
+            [ABI_SPEC_KSPLIT_LPR] = shape.lpr, [ABI_SPEC_TAIL_TILE] = a->grouped,
         };
         if (!ks->pipe && vk_kernel_create_texel(ops->d, ks, ksplit_names[t], 4, LANES_TEXEL_MASK, sizeof(struct abi_matvec_push),
-                                                spec, ABI_SPEC_KSPLIT_HALF + 1, err, err_len))
+                                                spec, ABI_SPEC_TAIL_TILE + 1, err, err_len))
             return -1;
         k = ks;
     } else {
@@ -393,7 +394,7 @@ static int matvec_lanes(struct vk_recorder *r, struct vk_ops *ops, const struct 
         if (!(k = tile_kernel(ops, t, tile_i, true, a->grouped, err, err_len))) return -1;
     }
     VkDescriptorBufferInfo b[4] = { 0 };
-    VkBufferView v[4] = { lanes_reads_words(a, shape) ? w->span.texels_u32 : w->span.texels_u32x4, a->x->texels_f32x4,
+    VkBufferView v[4] = { lanes_reads_words(w, shape) ? w->span.texels_u32 : w->span.texels_u32x4, a->x->texels_f32x4,
                           VK_NULL_HANDLE, VK_NULL_HANDLE };
     uint64_t rel_y, rel_i = 0;
     if (vk_span_range(ops->d, a->y, 0, a->y->size, &b[2], &rel_y, err, err_len)) return errf_prefix(err, err_len, "matvec output");
@@ -417,8 +418,9 @@ static int matvec_tile(struct vk_recorder *r, struct vk_ops *ops, const struct v
     const struct vk_weight *w = a->w;
     const struct vk_device *d = ops->d;
     const uint32_t tile_i = tile_of(a), tile = 1u << tile_i;
-    const struct ksplit_shape shape = ksplit_shape(ops, a);
-    if (lanes_fit(ops, a, shape)) return matvec_lanes(r, ops, a, t, shape, tile_i, err, err_len);
+    const struct ksplit_shape shape = ksplit_shape(ops, w);
+    if (lanes_fit_weight(ops, w, shape) && vk_matvec_x_in_lanes(ops, a))
+        return matvec_lanes(r, ops, a, t, shape, tile_i, err, err_len);
     const struct vk_kernel *k = tile_kernel(ops, t, tile_i, false, false, err, err_len);
     if (!k) return -1;
 

@@ -40,7 +40,7 @@ struct vk_ops {
      * vk_ops_prepare_matvec, 2 and 4 on first use */
     struct vk_kernel matvec[VK_N_WTYPES][VK_N_TILES];
     struct vk_kernel lanes[VK_N_WTYPES][VK_N_TILES];
-    /* the same for grouped MoE lists, with a one-token tail tile (LANES_TAIL), on first use */
+    /* the same for grouped MoE lists, with a one-token tail tile (ABI_SPEC_TAIL_TILE), on first use */
     struct vk_kernel lanes_grouped[VK_N_WTYPES][VK_N_TILES];
     /* LANES kernels with K split across a subgroup's lanes (matmul_ksplit): [type]
      * [token tile 0 .. VK_N_TILES - 1, or VK_KSPLIT_GROUPED: a grouped MoE tile with the half tile]
@@ -123,9 +123,14 @@ struct vk_matvec_args {
 int vk_op_matvec(struct vk_recorder *r, struct vk_ops *ops, const struct vk_matvec_args *a, char *err, size_t err_len);
 /* Whether a matvec of these arguments would run on the LANES kernels (else SUBGROUP). */
 bool vk_matvec_uses_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a);
-/* Whether grouped lists of these arguments would walk the row-per-lane LANES tiles, so
- * group_tile applies (else the K-split or SUBGROUP tile of VK_MATMUL_TILE tokens). */
-bool vk_matvec_groups_in_small_tiles(const struct vk_ops *ops, const struct vk_matvec_args *a);
+/* Whether the LANES kernels may read these arguments' x vectors (a->x, x_off and strides)
+ * through the chunk's float4 texel view; with a weight they take, the call runs on them. */
+bool vk_matvec_x_in_lanes(const struct vk_ops *ops, const struct vk_matvec_args *a);
+/* Whether grouped lists over weight w walk the row-per-lane LANES tiles, so group_tile
+ * applies, when their x vectors pass vk_matvec_x_in_lanes (else the K-split or SUBGROUP
+ * tile of VK_MATMUL_TILE tokens). The weight and the device decide it: the engine asks once
+ * per layer at load (struct vk_moe). */
+bool vk_weight_groups_in_small_tiles(const struct vk_ops *ops, const struct vk_weight *w);
 /* Builds the matvec and matmul pipelines of a weight type (once; vk_op_matvec calls it, the
  * engine calls it at open for every type its model uses, so no token pays for it). */
 int vk_ops_prepare_matvec(struct vk_ops *ops, enum gguf_type type, char *err, size_t err_len);
