@@ -481,9 +481,12 @@ TEST(update_boot_waits_for_the_lock_within_a_bound_and_names_its_holder)
     CHECK(strstr(out, "another update operation is running in pid") && strstr(out, want));
     if (test_failed()) fprintf(stderr, "install: %s\n", out);
     /* The daemon's start: it exits 1 with that message instead of waiting without end. */
+    /* its own admin socket: as root the default, /run/flashbox/admin.sock, is shared with any
+     * other daemon on the machine */
     CHECK_EQ_INT(upd_sh(out, sizeof out, "timeout 120 %s serve --socket %s/s.sock --set update.data_dir=%s "
-                        "--set update.keys_dir=%s --set update.product=%s --set update.lock_wait_s=1",
-                        test_flashbox_bin(), b.root, b.data, b.keys, b.cfg.product), 1);
+                        "--set update.keys_dir=%s --set update.product=%s --set update.lock_wait_s=1 "
+                        "--set server.admin_socket=%s/admin.sock",
+                        test_flashbox_bin(), b.root, b.data, b.keys, b.cfg.product, b.root), 1);
     CHECK(strstr(out, "update boot:") && strstr(out, want) && strstr(out, "update.lock_wait_s = 1 s"));
     if (test_failed()) fprintf(stderr, "serve: %s\n", out);
     close(release);
