@@ -44,7 +44,8 @@ struct iq_lattice {
     int near_margin;         /* off-grid points try grid entries up to this much farther than the nearest */
     const float *levels;
     int n_ls;                /* block scales 0 .. n_ls - 1 */
-    float try_lo, try_span;  /* block scale candidates amax / (top level * (try_lo .. try_lo + try_span)) */
+    int n_tries;             /* block scale candidates amax / (top level * (try_lo .. try_lo + try_span)) */
+    float try_lo, try_span;
     bool signed_levels;      /* no sign bits: the levels are signed (IQ1) */
     float delta;             /* 0, or the IQ1 delta whose sign is stored per delta_groups groups */
     int delta_groups;
@@ -60,8 +61,8 @@ static const float iq3_levels_f[8] = { 4, 12, 20, 28, 36, 44, 52, 62 };
 
 static const float iq1_levels_f[3] = { -1, 0, 1 };
 
-/* the 2- and 3-bit types: 4-bit block scales, candidates amax / (0.6 .. 1.15 x the top level) */
-#define IQ2_SEARCH .n_ls = 16, .try_lo = 0.6f, .try_span = 0.55f
+/* the 2- and 3-bit types: 4-bit block scales, 24 candidates amax / (0.6 .. 1.15 x the top level) */
+#define IQ2_SEARCH .n_ls = 16, .n_tries = 24, .try_lo = 0.6f, .try_span = 0.55f
 static struct iq_lattice lat_iq2xxs = { .grid = iq2xxs_grid, .n_grid = 256, .gs = 8, .bits = 2, .n_levels = 3, .sb = 32,
                                         .scale_mul = 0.25f, .near_margin = 300, .levels = iq2_levels_f, IQ2_SEARCH };
 static struct iq_lattice lat_iq2xs = { .grid = iq2xs_grid, .n_grid = 512, .gs = 8, .bits = 2, .n_levels = 3, .sb = 16,
@@ -72,15 +73,17 @@ static struct iq_lattice lat_iq2s = { .grid = iq2s_grid, .n_grid = 1024, .gs = 8
 static struct iq_lattice lat_iq3xxs = { .grid = iq3xxs_grid, .n_grid = 256, .gs = 4, .bits = 3, .n_levels = 8, .sb = 32,
                                         .scale_mul = 0.5f, .near_margin = 140, .levels = iq3_levels_f, IQ2_SEARCH };
 /* the 1-bit types: db = d * (2 ls + 1), 3-bit ls; a ternary fit puts the block's largest value
- * at 1 to 3.5 times db (a wider range or more d candidates measured no better on gaussian rows) */
+ * at 1 to 3.5 times db. On gaussian rows a wider range, more d candidates or 24 block scale
+ * candidates instead of 8 measured no better (the block scale only picks the three rounded
+ * scales tried per d), and the 1-bit search costs twice the 2-bit one per candidate (both
+ * delta signs, a 2048-entry grid) */
 #define IQ1_SEARCH                                                                                                      \
     .grid = iq1s_grid, .n_grid = 2048, .gs = 8, .bits = 2, .n_levels = 3, .scale_mul = 2.f, .near_margin = 1,             \
-    .levels = iq1_levels_f, .n_ls = 8, .try_lo = 1.f, .try_span = 2.5f,                                                 \
+    .levels = iq1_levels_f, .n_ls = 8, .n_tries = 8, .try_lo = 1.f, .try_span = 2.5f,                                    \
     .signed_levels = true, .delta = 0.125f
 static struct iq_lattice lat_iq1s = { IQ1_SEARCH, .sb = 32, .delta_groups = 4 };
 static struct iq_lattice lat_iq1m = { IQ1_SEARCH, .sb = 16, .delta_groups = 1 };
 
-#define N_SCALE_TRIES 24  /* candidate scales per block */
 #define N_D_TRIES 4       /* candidate super-block scales, max_s / (n_ls - 0.5) x (1, 0.96, ...) */
 
 static int entry_level(const struct iq_lattice *L, int g, int k)
@@ -287,9 +290,9 @@ static void quantize_superblock(const struct iq_lattice *L, const float *x, cons
         s[b] = 0;
         if (!(amax > 0)) continue;
         float best_err = INFINITY;
-        for (int k = 0; k < N_SCALE_TRIES; k++) {
+        for (int k = 0; k < L->n_tries; k++) {
             float refit;
-            const float f = L->try_lo + L->try_span * (float)k / (N_SCALE_TRIES - 1);
+            const float f = L->try_lo + L->try_span * (float)k / (float)(L->n_tries - 1);
             const float err = fit_block(L, L->sb, tb, wb, amax / (top * f), idx + b * per, dneg + b * per, &refit);
             if (refit > 0 && err < best_err) best_err = err, s[b] = refit;
         }
