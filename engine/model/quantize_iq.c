@@ -75,8 +75,8 @@ static struct iq_lattice lat_iq3xxs = { .grid = iq3xxs_grid, .n_grid = 256, .gs 
 /* the 1-bit types: db = d * (2 ls + 1), 3-bit ls; a ternary fit puts the block's largest value
  * at 1 to 3.5 times db. On gaussian rows a wider range, more d candidates or 24 block scale
  * candidates instead of 8 measured no better (the block scale only picks the three rounded
- * scales tried per d), and the 1-bit search costs twice the 2-bit one per candidate (both
- * delta signs, a 2048-entry grid) */
+ * scales tried per d), and the 1-bit search costs about three times the 2-bit one per
+ * candidate (both delta signs, a 2048-entry grid) */
 #define IQ1_SEARCH                                                                                                      \
     .grid = iq1s_grid, .n_grid = 2048, .gs = 8, .bits = 2, .n_levels = 3, .scale_mul = 2.f, .near_margin = 1,             \
     .levels = iq1_levels_f, .n_ls = 8, .n_tries = 8, .try_lo = 1.f, .try_span = 2.5f,                                    \
