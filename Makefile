@@ -5,6 +5,9 @@ BUILD    ?= build
 CC       ?= cc
 OPT      ?= -O2
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+# The sanitizer pass skips the heavy variants (tests/harness.h, test_heavy_variant): their
+# host code runs in lighter tests there, and all of them run in `make test`. 0 runs them too.
+SAN_SKIP_HEAVY ?= 1
 
 CFLAGS_BASE = -std=c11 -Wall -Wextra -Werror -g -D_GNU_SOURCE -pthread -I. -I$(BUILD)
 CFLAGS     ?= $(OPT)
@@ -44,6 +47,7 @@ help:
 	@echo "make test       run every test (ends with 'N passed, N failed')"
 	@echo "make run        build, make the default model, start the daemon, answer one request"
 	@echo "make sanitize   build with ASan+UBSan into build-san/ and run the tests there"
+	@echo "                (heavy variants skipped, each naming the lighter test that runs its code; SAN_SKIP_HEAVY=0 runs them)"
 	@echo "make soak       SOAK_SECONDS=N (120) of mixed load and a hot reload on the tiny model; fails on a 5xx or growing RSS/fds/threads"
 	@echo "make fresh-check  the README's two set-up commands in a fresh debootstrapped Debian 12 root (root; about 15 minutes)"
 	@echo "make check-small  on the 500 MB small model: paged-expert logits equal full residency, Vulkan prefill equals the reference (minutes)"
@@ -116,7 +120,7 @@ gpu-pack: all
 sanitize:
 	$(MAKE) BUILD=build-san CC=clang OPT="-O1 $(SAN_FLAGS)" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 FLASHBOX_TEST_TIME_SCALE=4 \
-	  FLASHBOX=build-san/flashbox build-san/flashbox-test $(TEST)
+	  FLASHBOX_TEST_SKIP_HEAVY=$(SAN_SKIP_HEAVY) FLASHBOX=build-san/flashbox build-san/flashbox-test $(TEST)
 
 # libFuzzer targets: each tests/fuzz/fuzz_X.c links against the library built with clang.
 FUZZ_BUILD := $(BUILD)/fuzz

@@ -20,6 +20,11 @@ void test_fail_at(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void test_skip(const char *why); /* does not return */
 int test_failed(void);           /* nonzero once a CHECK has failed in this test */
+/* Marks a heavy variant: a test whose cost is numerics it repeats on another layout, type
+ * or depth, while a lighter test (covered_by) runs the same host code. The plain run runs
+ * it; with FLASHBOX_TEST_SKIP_HEAVY=1 (the sanitizer pass, where the reference backend it
+ * compares against runs 3-4x slower) it is skipped, naming covered_by. Call it first. */
+void test_heavy_variant(const char *covered_by);
 
 /* Paths: the shared fixtures folder (FLASHBOX_FIXTURES or ../shared/fixtures) and a fresh
  * per-test scratch directory (removed by the runner when the test passes). */

@@ -36,6 +36,15 @@ void test_fail_at(const char *file, int line, const char *fmt, ...)
 
 int test_failed(void) { return g_failed; }
 
+void test_heavy_variant(const char *covered_by)
+{
+    const char *skip = getenv("FLASHBOX_TEST_SKIP_HEAVY");
+    if (!skip || strcmp(skip, "1") != 0) return;
+    char why[256];
+    snprintf(why, sizeof why, "heavy variant (FLASHBOX_TEST_SKIP_HEAVY=1); %s runs its host code", covered_by);
+    test_skip(why);
+}
+
 void test_skip(const char *why)
 {
     fprintf(stderr, "  skipped: %s\n", why);

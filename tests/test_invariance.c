@@ -171,6 +171,7 @@ TEST(vk_logits_are_bitwise_the_same_for_any_chunking_and_expert_budget_mixed)
 
 TEST(vk_logits_are_bitwise_the_same_for_any_chunking_and_expert_budget_gpu_layout)
 {
+    test_heavy_variant("vk_logits_are_bitwise_the_same_for_any_chunking_and_expert_budget_mixed");
     setenv("FLASHBOX_VK_LAYOUT", "subgroup", 1); /* each test runs in its own process */
     inv_check(ENGINE_BACKEND_VULKAN, MKMODEL_F32);
     inv_check(ENGINE_BACKEND_VULKAN, MKMODEL_MIXED);
@@ -178,6 +179,7 @@ TEST(vk_logits_are_bitwise_the_same_for_any_chunking_and_expert_budget_gpu_layou
 
 TEST(vk_logits_are_bitwise_the_same_for_any_chunking_with_the_k_split_tile)
 {
+    test_heavy_variant("vk_logits_equal_reference_with_the_k_split_tile_on_every_block_matrix");
     /* the tiny model's rows are short: this takes the K-split kernels from one unit on */
     setenv("FLASHBOX_VK_KSPLIT", "all", 1);
     inv_check(ENGINE_BACKEND_VULKAN, MKMODEL_F32);
@@ -188,6 +190,7 @@ TEST(vk_logits_are_bitwise_the_same_for_any_chunking_with_the_k_split_tile)
  * subgroup kernel, its grid from a buffer), the published files' expert types */
 TEST(vk_logits_are_bitwise_the_same_for_any_chunking_and_expert_budget_ggml_experts)
 {
+    test_heavy_variant("vk_logits_are_bitwise_the_same_for_any_chunking_and_expert_budget_mixed");
     inv_expert_type = GGUF_TYPE_Q4_K;
     inv_check(ENGINE_BACKEND_VULKAN, MKMODEL_MIXED);
     inv_expert_type = GGUF_TYPE_IQ2_XXS;
@@ -345,6 +348,7 @@ TEST(vk_session_logits_are_bitwise_the_same_in_steps_with_others_and_experts_pag
 
 TEST(vk_session_logits_are_bitwise_the_same_in_steps_with_others_gpu_layout)
 {
+    test_heavy_variant("vk_session_logits_are_bitwise_the_same_alone_and_in_steps_with_others");
     setenv("FLASHBOX_VK_LAYOUT", "subgroup", 1); /* each test runs in its own process */
     static const uint32_t cases[][2] = { { 1, 1 }, { 2, 1 }, { 3, 7 }, { 7, 1 } };
     inv_check_shared(ENGINE_BACKEND_VULKAN, MKMODEL_MIXED, cases, 4, 0);

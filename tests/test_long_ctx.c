@@ -175,6 +175,7 @@ TEST(vk_equals_reference_with_f16_and_fp8_kv_storage)
 
 TEST(vk_equals_reference_past_262144_positions_on_swa_and_hca_layers)
 {
+    test_heavy_variant("vk_logits_equal_reference_decoding_token_by_token_past_window_and_first_hca_entry");
     /* HCA entries 2048..2050 appear at positions 262,143, 262,271 and 262,399: with the
      * window of 8 the last positions attend 2,058 keys */
     static const uint32_t ratios[] = { 0, 128 };
@@ -200,6 +201,7 @@ TEST(vk_equals_reference_past_2048_keys_on_a_csa_model)
  * entries: 40 chunks, two merge levels) carried over, then 48 more on both. */
 TEST(vk_equals_reference_on_a_csa_model_past_10000_positions_on_cpu_drivers_too)
 {
+    test_heavy_variant("vk_equals_reference_past_2048_keys_on_a_csa_model");
     char path[512];
     if (write_tiny(10400, path, sizeof path)) return;
     compare_after_prefill(path, 10400, 10240, 48, true);

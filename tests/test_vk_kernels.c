@@ -316,6 +316,7 @@ TEST(vk_matvec_lanes_and_subgroup_layouts_match_reference)
  * the usual 8, the way GPUs' 32 and 64 are. A real GPU ignores the variable. */
 TEST(vk_matvec_layouts_match_reference_in_subgroups_of_16)
 {
+    test_heavy_variant("vk_matvec_lanes_and_subgroup_layouts_match_reference");
     setenv("LP_NATIVE_VECTOR_WIDTH", "512", 1);
     check_both_layouts(16);
 }

@@ -146,6 +146,7 @@ TEST(vk_logits_equal_reference_mixed_batch_prefill_300)
  * model at n_embd = n_ff_exp = 256): prefill in uneven chunks, then decode. */
 TEST(vk_logits_equal_reference_with_ggml_quant_experts)
 {
+    test_heavy_variant("vk_matvec_matches_reference_for_ggml_k_and_i_quants");
     static const enum gguf_type types[] = {
         GGUF_TYPE_IQ2_XXS, GGUF_TYPE_Q2_K, GGUF_TYPE_Q4_K, GGUF_TYPE_Q3_K, GGUF_TYPE_Q5_K, GGUF_TYPE_Q6_K,
         GGUF_TYPE_IQ2_XS, GGUF_TYPE_IQ2_S, GGUF_TYPE_IQ3_XXS, GGUF_TYPE_IQ4_NL, GGUF_TYPE_IQ4_XS, GGUF_TYPE_IQ1_S, GGUF_TYPE_IQ1_M,
@@ -164,6 +165,7 @@ TEST(vk_logits_equal_reference_with_ggml_quant_experts)
  * bit, as all experts resident. */
 TEST(vk_paged_ggml_quant_experts_are_bitwise_identical_to_resident)
 {
+    test_heavy_variant("vk_paged_decode_is_bitwise_identical_for_every_budget");
     static const enum gguf_type types[] = { GGUF_TYPE_IQ2_XXS, GGUF_TYPE_Q2_K, GGUF_TYPE_Q4_K, GGUF_TYPE_IQ1_S, GGUF_TYPE_IQ1_M };
     const uint32_t n = 24, n_prefill = 12;
     for (size_t i = 0; i < sizeof types / sizeof types[0] && !test_failed(); i++) {
