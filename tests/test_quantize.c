@@ -634,7 +634,7 @@ TEST(quantize_threads_write_the_same_bytes_as_one_thread)
     CHECK(files_differ(one, many) == 0);
     /* chunks smaller than a tensor (3 rows of 256: one row per thread, and a short last chunk),
      * an imatrix whose weights differ per expert, and pattern files of IQ2_XS, IQ3_XXS, IQ2_S and Q3_K,
-     * and of IQ1_S and IQ1_M */
+     * and of IQ1_S and IQ1_M (two layers: the 1-bit search is the slowest, most of all under ASan) */
     static float vals[256 * 8];
     for (int i = 0; i < 256 * 8; i++) vals[i] = 0.01f + (float)((i * 37) % 101) * (float)(1 + i / 256);
     const char *names[] = { "blk.0.ffn_gate_exps.weight" };
@@ -643,7 +643,7 @@ TEST(quantize_threads_write_the_same_bytes_as_one_thread)
     struct quant_imatrix m;
     REQUIRE(quant_imatrix_parse(ibuf, legacy_imatrix(ibuf, 1, names, ncall, nval, vals), &m, err, sizeof err) == 0);
     static const char *const recipes[] = { "2bit", "blk.*.ffn_gate_exps=iq2_xs\nblk.0.ffn_up_exps=iq3_xxs\nblk.*.ffn_up_exps=iq2_s\nblk.*.ffn_*_exps=q3_k\n",
-                                            "blk.*.ffn_gate_exps=iq1_s\nblk.*.ffn_*_exps=iq1_m\n" };
+                                            "blk.0.ffn_*_exps=iq1_s\nblk.1.ffn_*_exps=iq1_m\n" };
     for (size_t k = 0; k < sizeof recipes / sizeof recipes[0]; k++) {
         static struct quant_recipe r;
         if (k < 1) REQUIRE(quant_recipe_load(recipes[k], &r, err, sizeof err) == 0);
