@@ -53,7 +53,7 @@ TEST(quantize_malformed_pattern_files_name_the_line)
     static const struct { const char *text, *want; } bad[] = {
         { "blk.*.ffn_down_exps q2_k\n", "line 1: 'blk.*.ffn_down_exps q2_k': expected PATTERN=TYPE" },
         { "# c\nblk.*=q9_k\n", "line 2: 'q9_k' is not a tensor type" },
-        { "blk.*=iq1_s\n", "line 1: IQ1_S has no quantizer here" },
+        { "blk.*=i32\n", "line 1: I32 has no quantizer here" },
         { "=q4_k\n", "line 1: empty pattern" },
         { "blk.*=\n", "line 1: '' is not a tensor type" },
         { "# only comments\n\n", "no rules" },
@@ -391,16 +391,29 @@ TEST(quantize_report_per_type_equals_quantizing_only_that_type)
 
 TEST(quantize_result_runs_on_vulkan_like_the_reference)
 {
-    /* each recipe's whole result (2bit: IQ2_XXS gate/up, Q2_K down, Q8_0 attention) on both
-     * backends: logits within 1e-3 relative error and the same top-1 at every position */
-    char in[512], out[512], err[512];
+    /* each recipe's whole result (2bit: IQ2_XXS gate/up, Q2_K down, Q8_0 attention; and the
+     * experts in IQ1_M, and in IQ1_S) on both backends: logits within 1e-3 relative error and
+     * the same top-1 at every position */
+    char in[512], out[512], err[512], iq1m[512], iq1s[512];
     snprintf(in, sizeof in, "%s/m.gguf", test_tmpdir());
+    snprintf(iq1m, sizeof iq1m, "%s/iq1m.txt", test_tmpdir());
+    snprintf(iq1s, sizeof iq1s, "%s/iq1s.txt", test_tmpdir());
     REQUIRE(write_model(in, 256) == 0);
-    static const char *const recipes[] = { "4bit", "2bit" };
-    for (int k = 0; k < 2; k++) {
-        snprintf(out, sizeof out, "%s/q-%s.gguf", test_tmpdir(), recipes[k]);
+    REQUIRE(write_text(iq1m, "blk.*.ffn_*_exps=iq1_m\n") == 0 && write_text(iq1s, "blk.*.ffn_*_exps=iq1_s\n") == 0);
+    const char *const recipes[] = { "4bit", "2bit", iq1m, iq1s };
+    for (int k = 0; k < 4; k++) {
+        snprintf(out, sizeof out, "%s/q-%d.gguf", test_tmpdir(), k);
         struct quantize_stats st;
         REQUIRE(quantize_with(in, out, recipes[k], NULL, &st, err, sizeof err) == 0);
+        if (k >= 2) { /* the IQ1 files hold what quant_quantize_row writes */
+            struct gguf_file *src, *q;
+            REQUIRE(gguf_open(&src, in, err, sizeof err) == 0 && gguf_open(&q, out, err, sizeof err) == 0);
+            const enum gguf_type t = k == 2 ? GGUF_TYPE_IQ1_M : GGUF_TYPE_IQ1_S;
+            check_tensor_bytes(src, q, "blk.0.ffn_down_exps.weight", t);
+            check_tensor_bytes(src, q, "blk.1.ffn_gate_exps.weight", t);
+            gguf_close(q);
+            gguf_close(src);
+        }
         struct engine_options o;
         engine_options_default(&o);
         o.model_path = out;
@@ -640,7 +653,8 @@ TEST(quantize_threads_write_the_same_bytes_as_one_thread)
     CHECK(strstr(outp, " on 3 threads ") != NULL);
     CHECK(files_differ(one, many) == 0);
     /* chunks smaller than a tensor (3 rows of 256: one row per thread, and a short last chunk),
-     * an imatrix whose weights differ per expert, and a pattern file of IQ2_XS, IQ3_XXS, IQ2_S and Q3_K */
+     * an imatrix whose weights differ per expert, and pattern files of IQ2_XS, IQ3_XXS, IQ2_S and Q3_K,
+     * and of IQ1_S and IQ1_M (two layers: the 1-bit search is the slowest, most of all under ASan) */
     static float vals[256 * 8];
     for (int i = 0; i < 256 * 8; i++) vals[i] = 0.01f + (float)((i * 37) % 101) * (float)(1 + i / 256);
     const char *names[] = { "blk.0.ffn_gate_exps.weight" };
@@ -648,7 +662,8 @@ TEST(quantize_threads_write_the_same_bytes_as_one_thread)
     static uint8_t ibuf[16384];
     struct quant_imatrix m;
     REQUIRE(quant_imatrix_parse(ibuf, legacy_imatrix(ibuf, 1, names, ncall, nval, vals), &m, err, sizeof err) == 0);
-    static const char *const recipes[] = { "2bit", "blk.*.ffn_gate_exps=iq2_xs\nblk.0.ffn_up_exps=iq3_xxs\nblk.*.ffn_up_exps=iq2_s\nblk.*.ffn_*_exps=q3_k\n" };
+    static const char *const recipes[] = { "2bit", "blk.*.ffn_gate_exps=iq2_xs\nblk.0.ffn_up_exps=iq3_xxs\nblk.*.ffn_up_exps=iq2_s\nblk.*.ffn_*_exps=q3_k\n",
+                                            "blk.0.ffn_*_exps=iq1_s\nblk.1.ffn_*_exps=iq1_m\n" };
     for (size_t k = 0; k < sizeof recipes / sizeof recipes[0]; k++) {
         static struct quant_recipe r;
         if (k < 1) REQUIRE(quant_recipe_load(recipes[k], &r, err, sizeof err) == 0);

@@ -151,9 +151,9 @@ int quant_recipe_parse(const char *text, size_t len, struct quant_recipe *r, cha
         if (!pl) return errf(err, err_len, "line %u: empty pattern before '='", line);
         if (pl >= sizeof r->rules[0].pattern) return errf(err, err_len, "line %u: pattern longer than 127 bytes", line);
         int t = gguf_type_from_name(type);
-        if (t < 0) return errf(err, err_len, "line %u: '%s' is not a tensor type (q2_k, q3_k, q4_k, q5_k, q6_k, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq4_nl, iq4_xs, q8_0, mxfp4, f16, bf16, f32)", line, type);
+        if (t < 0) return errf(err, err_len, "line %u: '%s' is not a tensor type (q2_k, q3_k, q4_k, q5_k, q6_k, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq1_s, iq1_m, iq4_nl, iq4_xs, q8_0, mxfp4, f16, bf16, f32)", line, type);
         if (!quant_can_quantize((enum gguf_type)t))
-            return errf(err, err_len, "line %u: %s has no quantizer here (q2_k..q6_k, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq4_nl, iq4_xs, q8_0, mxfp4, f16, bf16, f32)", line,
+            return errf(err, err_len, "line %u: %s has no quantizer here (q2_k..q6_k, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq1_s, iq1_m, iq4_nl, iq4_xs, q8_0, mxfp4, f16, bf16, f32)", line,
                         gguf_type_name((enum gguf_type)t));
         if (r->n_rules == QUANT_MAX_RULES) return errf(err, err_len, "line %u: more than %d rules", line, QUANT_MAX_RULES);
         struct quant_rule *q = &r->rules[r->n_rules++];
@@ -354,7 +354,7 @@ static bool rewritable(const struct gguf_tensor *t)
 }
 
 /* The type a tensor is written in: the rule's, or where its rows are not a multiple of that
- * type's block what llama.cpp falls back to (IQ4_NL for 2-4 bits, Q8_0 above), or the
+ * type's block what llama.cpp falls back to (IQ4_NL for 1-4 bits, Q8_0 above), or the
  * source type when nothing fits. */
 static enum gguf_type target_type(const struct gguf_tensor *t, const struct quant_rule *rule, bool *fallback)
 {

@@ -159,22 +159,24 @@ void quantize_row_q6_k(const float *src, struct block_q6_k *dst, uint64_t n, con
 void quantize_row_iq4_nl(const float *src, struct block_iq4_nl *dst, uint64_t n, const float *qw, int ntry);
 void quantize_row_iq4_xs(const float *src, struct block_iq4_xs *dst, uint64_t n, const float *qw);
 
-/* engine/model/quantize_iq.c: IQ2_XXS, IQ2_XS, IQ2_S and IQ3_XXS by a weighted least-squares search
- * over the grid (valid blocks for dequant_row; not ggml's bytes: its search is a heuristic of
- * its own), with importance weights qw[n] or NULL (then x^2). n % 256 == 0 and every value
- * finite, else -1 and nothing written. */
+/* engine/model/quantize_iq.c: IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ1_S and IQ1_M by a weighted
+ * least-squares search over the grid (valid blocks for dequant_row; not ggml's bytes: its
+ * search is a heuristic of its own), with importance weights qw[n] or NULL (then x^2).
+ * n % 256 == 0 and every value finite, else -1 and nothing written. */
 int quantize_row_iq2_xxs(const float *src, struct block_iq2_xxs *dst, uint64_t n, const float *qw);
 int quantize_row_iq2_xs(const float *src, struct block_iq2_xs *dst, uint64_t n, const float *qw);
 int quantize_row_iq2_s(const float *src, struct block_iq2_s *dst, uint64_t n, const float *qw);
 int quantize_row_iq3_xxs(const float *src, struct block_iq3_xxs *dst, uint64_t n, const float *qw);
+int quantize_row_iq1_s(const float *src, struct block_iq1_s *dst, uint64_t n, const float *qw);
+int quantize_row_iq1_m(const float *src, struct block_iq1_m *dst, uint64_t n, const float *qw);
 
 /* Whether quant_quantize_row writes type (each one with or without an importance matrix). */
 bool quant_can_quantize(enum gguf_type type);
 /* One row of n elements (a multiple of the type's block) into type, the bytes llama.cpp's
  * quantize writes for it: F32/F16/BF16, Q8_0, MXFP4 (these ignore imatrix, as ggml does), the
- * K-quants and IQ4_NL / IQ4_XS (imatrix[n] or NULL); IQ2_XXS, IQ2_XS, IQ2_S and IQ3_XXS by our own
- * search (above). Returns -1 when !quant_can_quantize, and for a block type when a value is
- * NaN or infinite (a block cannot hold it; F32/F16/BF16 keep it). */
+ * K-quants and IQ4_NL / IQ4_XS (imatrix[n] or NULL); IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ1_S and
+ * IQ1_M by our own search (above). Returns -1 when !quant_can_quantize, and for a block type
+ * when a value is NaN or infinite (a block cannot hold it; F32/F16/BF16 keep it). */
 int quant_quantize_row(enum gguf_type type, const float *src, void *dst, uint64_t n, const float *imatrix);
 
 /* Q4_K / Q5_K's sub-block j scale and min from their 12 packed bytes (engine/model/quant_k.c). */

@@ -709,6 +709,7 @@ bool quant_can_quantize(enum gguf_type type)
     case GGUF_TYPE_Q2_K: case GGUF_TYPE_Q3_K: case GGUF_TYPE_Q4_K: case GGUF_TYPE_Q5_K: case GGUF_TYPE_Q6_K:
     case GGUF_TYPE_IQ4_NL: case GGUF_TYPE_IQ4_XS:
     case GGUF_TYPE_IQ2_XXS: case GGUF_TYPE_IQ2_XS: case GGUF_TYPE_IQ2_S: case GGUF_TYPE_IQ3_XXS:
+    case GGUF_TYPE_IQ1_S: case GGUF_TYPE_IQ1_M:
     case GGUF_TYPE_Q8_0: case GGUF_TYPE_MXFP4: /* these take no importance weights in ggml either */
     case GGUF_TYPE_F32: case GGUF_TYPE_F16: case GGUF_TYPE_BF16:
         return true;
@@ -745,6 +746,8 @@ int quant_quantize_row(enum gguf_type type, const float *src, void *dst, uint64_
     case GGUF_TYPE_IQ2_XS: return quantize_row_iq2_xs(src, dst, n, imatrix);
     case GGUF_TYPE_IQ2_S: return quantize_row_iq2_s(src, dst, n, imatrix);
     case GGUF_TYPE_IQ3_XXS: return quantize_row_iq3_xxs(src, dst, n, imatrix);
+    case GGUF_TYPE_IQ1_S: return quantize_row_iq1_s(src, dst, n, imatrix);
+    case GGUF_TYPE_IQ1_M: return quantize_row_iq1_m(src, dst, n, imatrix);
     default: return -1;
     }
     return 0;

@@ -1,5 +1,6 @@
-/* Quantizers for the lattice i-quants IQ2_XXS, IQ2_XS, IQ2_S and IQ3_XXS: blocks that dequant_row_iq
- * (bit-exact with ggml's dequantize_row_*) reads back, fitted by weighted least squares.
+/* Quantizers for the lattice i-quants IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ1_S and IQ1_M: blocks
+ * that dequant_row_iq (bit-exact with ggml's dequantize_row_*) reads back, fitted by weighted
+ * least squares.
  *
  * These are not byte-for-byte ggml's (its i-quant search is a heuristic of its own); the
  * method here, per super-block of 256:
@@ -9,15 +10,19 @@
  *   2. signs: each group of 8 may only carry an even count of minus signs (the eighth sign
  *      is implied); where x has an odd count, the element whose flip costs least (smallest
  *      w * x^2) is fitted with the wrong sign, i.e. towards the grid's smallest magnitude
- *      (IQ2_S stores all 8 signs: x's are kept);
- *   3. per scale block (32 values; IQ2_XS and IQ2_S 16) the scale s is searched over candidates
- *      around amax / largest level: for each, every value goes to its nearest level and a
- *      grid entry is picked (the point itself when it is on the grid, else the weighted best
- *      of its nearest grid points, tabulated once), then s is refitted by least squares
- *      for those entries and the weighted error kept when it is the least so far;
- *   4. the super-block scale d (f16) from a few candidates at and below max s / 15.5, each
- *      block's 4-bit scale the best of the three nearest to s with its entries picked again
- *      for the rounded scale; the d of least weighted error over the super-block is kept.
+ *      (IQ2_S stores all 8 signs: x's are kept; IQ1's levels -1, 0, 1 carry their own);
+ *   3. per scale block (32 values; IQ2_XS, IQ2_S and IQ1_M 16) the scale s is searched over
+ *      candidates around amax / largest level: for each, every value goes to its nearest level
+ *      and a grid entry is picked (the point itself when it is on the grid, else the weighted
+ *      best of its nearest grid points, tabulated once), then s is refitted by least squares
+ *      for those entries and the weighted error kept when it is the least so far. IQ1's
+ *      values are s * (level + delta), delta +-1/8 with one sign per 32 (IQ1_S) or per 8
+ *      (IQ1_M): the entries are picked for both signs (the targets shifted by s * delta) and
+ *      the sign of less weighted error kept, and the refit is over level + delta;
+ *   4. the super-block scale d (f16) from a few candidates at and below max s / (top scale:
+ *      15.5, IQ1 7.5 x 2), each block's 4-bit (IQ1 3-bit) scale the best of the three nearest
+ *      to s with its entries (and deltas) picked again for the rounded scale; the d of least
+ *      weighted error over the super-block is kept.
  * Block layouts: engine/model/quant.h; grids: shaders/iq_grids.h. */
 #include "engine/model/quant.h"
 
@@ -29,13 +34,21 @@
 #include "shaders/iq_grids.h"
 
 /* One lattice type: a grid of n_grid entries of gs magnitudes, each coded in bits bits as
- * an index into levels[n_levels]; a scale per sb values, db = d * (0.5 + ls) * scale_mul. */
+ * an index into levels[n_levels]; a scale per sb values, db = d * (0.5 + ls) * scale_mul with
+ * ls < n_ls. The 1-bit types' levels carry the sign (-1, 0, 1) and each value is
+ * db * (level +- delta), the delta's sign chosen per delta_groups groups. */
 struct iq_lattice {
     const uint16_t *grid;
     int n_grid, gs, bits, n_levels, sb;
     float scale_mul;
     int near_margin;         /* off-grid points try grid entries up to this much farther than the nearest */
     const float *levels;
+    int n_ls;                /* block scales 0 .. n_ls - 1 */
+    int n_tries;             /* block scale candidates amax / (top level * (try_lo .. try_lo + try_span)) */
+    float try_lo, try_span;
+    bool signed_levels;      /* no sign bits: the levels are signed (IQ1) */
+    float delta;             /* 0, or the IQ1 delta whose sign is stored per delta_groups groups */
+    int delta_groups;
     /* tabulated by lattice_init: for each point of the n_levels^gs space (one level index
      * per magnitude), its grid index, or -1 - (offset of its nearest grid entries in near) */
     int32_t *point;
@@ -46,13 +59,32 @@ struct iq_lattice {
 static const float iq2_levels_f[3] = { 8, 25, 43 };
 static const float iq3_levels_f[8] = { 4, 12, 20, 28, 36, 44, 52, 62 };
 
-static struct iq_lattice lat_iq2xxs = { iq2xxs_grid, 256, 8, 2, 3, 32, 0.25f, 300, iq2_levels_f, NULL, NULL, false };
-static struct iq_lattice lat_iq2xs = { iq2xs_grid, 512, 8, 2, 3, 16, 0.25f, 300, iq2_levels_f, NULL, NULL, false };
-static struct iq_lattice lat_iq2s = { iq2s_grid, 1024, 8, 2, 3, 16, 0.25f, 300, iq2_levels_f, NULL, NULL, true };
-static struct iq_lattice lat_iq3xxs = { iq3xxs_grid, 256, 4, 3, 8, 32, 0.5f, 140, iq3_levels_f, NULL, NULL, false };
+static const float iq1_levels_f[3] = { -1, 0, 1 };
 
-#define N_SCALE_TRIES 24  /* candidate scales per block, amax / (0.6 .. 1.15 x the top level) */
-#define N_D_TRIES 4       /* candidate super-block scales, max_s / 15.5 x (1, 0.96, ...) */
+/* the 2- and 3-bit types: 4-bit block scales, 24 candidates amax / (0.6 .. 1.15 x the top level) */
+#define IQ2_SEARCH .n_ls = 16, .n_tries = 24, .try_lo = 0.6f, .try_span = 0.55f
+static struct iq_lattice lat_iq2xxs = { .grid = iq2xxs_grid, .n_grid = 256, .gs = 8, .bits = 2, .n_levels = 3, .sb = 32,
+                                        .scale_mul = 0.25f, .near_margin = 300, .levels = iq2_levels_f, IQ2_SEARCH };
+static struct iq_lattice lat_iq2xs = { .grid = iq2xs_grid, .n_grid = 512, .gs = 8, .bits = 2, .n_levels = 3, .sb = 16,
+                                       .scale_mul = 0.25f, .near_margin = 300, .levels = iq2_levels_f, IQ2_SEARCH };
+static struct iq_lattice lat_iq2s = { .grid = iq2s_grid, .n_grid = 1024, .gs = 8, .bits = 2, .n_levels = 3, .sb = 16,
+                                      .scale_mul = 0.25f, .near_margin = 300, .levels = iq2_levels_f, .all_signs = true,
+                                      IQ2_SEARCH };
+static struct iq_lattice lat_iq3xxs = { .grid = iq3xxs_grid, .n_grid = 256, .gs = 4, .bits = 3, .n_levels = 8, .sb = 32,
+                                        .scale_mul = 0.5f, .near_margin = 140, .levels = iq3_levels_f, IQ2_SEARCH };
+/* the 1-bit types: db = d * (2 ls + 1), 3-bit ls; a ternary fit puts the block's largest value
+ * at 1 to 3.5 times db. On gaussian rows a wider range, more d candidates or 24 block scale
+ * candidates instead of 8 measured no better (the block scale only picks the three rounded
+ * scales tried per d), and the 1-bit search costs about three times the 2-bit one per
+ * candidate (both delta signs, a 2048-entry grid) */
+#define IQ1_SEARCH                                                                                                      \
+    .grid = iq1s_grid, .n_grid = 2048, .gs = 8, .bits = 2, .n_levels = 3, .scale_mul = 2.f, .near_margin = 1,             \
+    .levels = iq1_levels_f, .n_ls = 8, .n_tries = 8, .try_lo = 1.f, .try_span = 2.5f,                                    \
+    .signed_levels = true, .delta = 0.125f
+static struct iq_lattice lat_iq1s = { IQ1_SEARCH, .sb = 32, .delta_groups = 4 };
+static struct iq_lattice lat_iq1m = { IQ1_SEARCH, .sb = 16, .delta_groups = 1 };
+
+#define N_D_TRIES 4       /* candidate super-block scales, max_s / (n_ls - 0.5) x (1, 0.96, ...) */
 
 static int entry_level(const struct iq_lattice *L, int g, int k)
 {
@@ -122,17 +154,32 @@ static int lattice_ok;
 
 static void lattice_init(void)
 {
+    /* IQ1_S and IQ1_M share one grid: IQ1_M reads IQ1_S's tables */
     lattice_ok = !lattice_build(&lat_iq2xxs) && !lattice_build(&lat_iq2xs) && !lattice_build(&lat_iq2s) &&
-                 !lattice_build(&lat_iq3xxs);
+                 !lattice_build(&lat_iq3xxs) && !lattice_build(&lat_iq1s);
+    lat_iq1m.point = lat_iq1s.point;
+    lat_iq1m.near = lat_iq1s.near;
 }
 
-/* The grid entry for gs targets t (signs already applied) at scale db: each value's nearest
- * level, then that point, or the weighted best of its nearest grid entries. */
-static int pick_entry(const struct iq_lattice *L, float db, const float *t, const float *w)
+/* sum w (db * (level + delta) - t)^2 over grid entry g's gs values. */
+static float entry_err(const struct iq_lattice *L, int g, float db, float delta, const float *t, const float *w)
+{
+    float e = 0;
+    for (int k = 0; k < L->gs; k++) {
+        const float diff = db * (L->levels[entry_level(L, g, k)] + delta) - t[k];
+        e += w[k] * diff * diff;
+    }
+    return e;
+}
+
+/* The grid entry for gs targets t (signs already applied) at scale db with the delta (0 but
+ * for IQ1): each value's nearest level, then that point, or the weighted best of its nearest
+ * grid entries. */
+static int pick_entry(const struct iq_lattice *L, float db, float delta, const float *t, const float *w)
 {
     int p = 0;
     for (int k = L->gs - 1; k >= 0; k--) {
-        const float u = db > 0 ? t[k] / db : 0.f;
+        const float u = db > 0 ? (t[k] - db * delta) / db : 0.f;
         int best = 0;
         for (int l = 1; l < L->n_levels; l++)
             if (fabsf(u - L->levels[l]) < fabsf(u - L->levels[best])) best = l;
@@ -143,28 +190,43 @@ static int pick_entry(const struct iq_lattice *L, float db, const float *t, cons
     int best = c[1];
     float best_err = INFINITY;
     for (int i = 0; i < c[0]; i++) {
-        float e = 0;
-        for (int k = 0; k < L->gs; k++) {
-            const float diff = db * L->levels[entry_level(L, c[1 + i], k)] - t[k];
-            e += w[k] * diff * diff;
-        }
+        const float e = entry_err(L, c[1 + i], db, delta, t, w);
         if (e < best_err) best_err = e, best = c[1 + i];
     }
     return best;
 }
 
-/* Picks the entries of one scale block (n values) at scale db into idx[n / gs]; returns the
- * least-squares scale for them in *refit (0 where it has no support) and the weighted error
- * at db (refit NULL) or at *refit. */
+/* Picks the entries of one scale block (n values) at scale db into idx[n / gs], and for IQ1
+ * the delta signs into dneg[n / gs] (1: -delta; per delta_groups groups, the sign whose
+ * entries fit with less weighted error); returns the least-squares scale for them in *refit
+ * (0 where it has no support) and the weighted error at db (refit NULL) or at *refit. */
 static float fit_block(const struct iq_lattice *L, int n, const float *t, const float *w, float db, uint16_t *idx,
-                       float *refit)
+                       uint8_t *dneg, float *refit)
 {
+    const int ng = n / L->gs, unit = L->delta_groups ? L->delta_groups : ng, n_signs = L->delta_groups ? 2 : 1;
+    for (int u = 0; u < ng; u += unit) {
+        float best = INFINITY;
+        for (int sg = 0; sg < n_signs; sg++) {
+            const float delta = sg ? -L->delta : L->delta;
+            uint16_t try_idx[QK_K / 4];
+            float e = 0;
+            for (int g = u; g < u + unit; g++) {
+                try_idx[g - u] = (uint16_t)pick_entry(L, db, delta, t + g * L->gs, w + g * L->gs);
+                if (n_signs > 1) e += entry_err(L, try_idx[g - u], db, delta, t + g * L->gs, w + g * L->gs);
+            }
+            if (e < best) {
+                best = e;
+                memcpy(idx + u, try_idx, (size_t)unit * sizeof *idx);
+                memset(dneg + u, sg, (size_t)unit);
+            }
+        }
+    }
     double sgt = 0, sgg = 0, stt = 0, err = 0;
-    for (int e = 0; e < n / L->gs; e++) {
-        const int g = pick_entry(L, db, t + e * L->gs, w + e * L->gs);
-        idx[e] = (uint16_t)g;
+    for (int e = 0; e < ng; e++) {
+        const int g = idx[e];
+        const float delta = dneg[e] ? -L->delta : L->delta;
         for (int k = 0; k < L->gs; k++) {
-            const double gv = L->levels[entry_level(L, g, k)], tv = t[e * L->gs + k], wv = w[e * L->gs + k];
+            const double gv = L->levels[entry_level(L, g, k)] + delta, tv = t[e * L->gs + k], wv = w[e * L->gs + k];
             sgt += wv * gv * tv;
             sgg += wv * gv * gv;
             stt += wv * tv * tv;
@@ -208,58 +270,63 @@ static void iq_weights(const struct iq_lattice *L, const float *x, const float *
     }
 }
 
-/* One super-block: its f16 d in *dh, per scale block its 4-bit scale ls[] and entries idx[],
- * and the sign masks neg[] (one per 8 values). */
+/* One super-block: its f16 d in *dh, per scale block its scale ls[] and entries idx[], and
+ * per 8 values the sign mask neg[] (IQ1: 1 where that group's delta is negative). */
 static void quantize_superblock(const struct iq_lattice *L, const float *x, const float *qw, float sigma2, uint16_t *dh,
                                 uint8_t ls[QK_K / 16], uint16_t idx[QK_K / 4], uint8_t neg[QK_K / 8])
 {
     float w[QK_K], t[QK_K], s[QK_K / 16];
+    uint8_t dneg[QK_K / 4];
     const int nb = QK_K / L->sb, per = L->sb / L->gs;
     const float top = L->levels[L->n_levels - 1];
     iq_weights(L, x, qw, sigma2, w);
-    choose_signs(L->all_signs, x, w, neg, t);
+    if (L->signed_levels) memcpy(t, x, sizeof t);
+    else choose_signs(L->all_signs, x, w, neg, t);
     float max_s = 0;
     for (int b = 0; b < nb; b++) {
         const float *tb = t + b * L->sb, *wb = w + b * L->sb;
         float amax = 0;
-        for (int j = 0; j < L->sb; j++) amax = fmaxf(amax, tb[j]);
+        for (int j = 0; j < L->sb; j++) amax = fmaxf(amax, L->signed_levels ? fabsf(tb[j]) : tb[j]);
         s[b] = 0;
         if (!(amax > 0)) continue;
         float best_err = INFINITY;
-        for (int k = 0; k < N_SCALE_TRIES; k++) {
+        for (int k = 0; k < L->n_tries; k++) {
             float refit;
-            const float err = fit_block(L, L->sb, tb, wb, amax / (top * (0.6f + 0.55f * (float)k / (N_SCALE_TRIES - 1))),
-                                        idx + b * per, &refit);
+            const float f = L->try_lo + L->try_span * (float)k / (float)(L->n_tries - 1);
+            const float err = fit_block(L, L->sb, tb, wb, amax / (top * f), idx + b * per, dneg + b * per, &refit);
             if (refit > 0 && err < best_err) best_err = err, s[b] = refit;
         }
         max_s = fmaxf(max_s, s[b]);
     }
-    /* d: the candidates from max_s / 15.5 (the largest block at ls 15) down, keeping the one
-     * of least weighted error over the whole super-block; a smaller d gives the small blocks
-     * finer scales at the cost of clipping the largest one, so the weights decide */
+    /* d: the candidates from max_s / (n_ls - 0.5) (the largest block at the top scale) down,
+     * keeping the one of least weighted error over the whole super-block; a smaller d gives
+     * the small blocks finer scales at the cost of clipping the largest one, so the weights decide */
     float best_total = INFINITY;
     *dh = 0;
     memset(ls, 0, (size_t)nb);
     memset(idx, 0, (size_t)(nb * per) * sizeof *idx);
+    memset(dneg, 0, sizeof dneg);
     for (int k = 0; k < N_D_TRIES; k++) {
-        const uint16_t h = f32_to_fp16(max_s / (15.5f * L->scale_mul) * (1.f - 0.04f * (float)k));
+        const uint16_t h = f32_to_fp16(max_s / (((float)L->n_ls - 0.5f) * L->scale_mul) * (1.f - 0.04f * (float)k));
         const float d = fp16_to_f32(h);
-        uint8_t try_ls[QK_K / 16];
+        uint8_t try_ls[QK_K / 16], try_dneg[QK_K / 4];
         uint16_t try_idx[QK_K / 4];
         float total = 0;
         for (int b = 0; b < nb; b++) {
             const float *tb = t + b * L->sb, *wb = w + b * L->sb;
             int l0 = d > 0 ? (int)lrintf(s[b] / (d * L->scale_mul) - 0.5f) : 0;
-            l0 = l0 < 0 ? 0 : l0 > 15 ? 15 : l0;
+            l0 = l0 < 0 ? 0 : l0 > L->n_ls - 1 ? L->n_ls - 1 : l0;
             float best_err = INFINITY;
             uint16_t blk_idx[QK_K / 4];
+            uint8_t blk_dneg[QK_K / 4];
             for (int l = l0 - 1; l <= l0 + 1; l++) {
-                if (l < 0 || l > 15) continue;
-                const float err = fit_block(L, L->sb, tb, wb, d * (0.5f + (float)l) * L->scale_mul, blk_idx, NULL);
+                if (l < 0 || l > L->n_ls - 1) continue;
+                const float err = fit_block(L, L->sb, tb, wb, d * (0.5f + (float)l) * L->scale_mul, blk_idx, blk_dneg, NULL);
                 if (err < best_err) {
                     best_err = err;
                     try_ls[b] = (uint8_t)l;
                     memcpy(try_idx + b * per, blk_idx, (size_t)per * sizeof *idx);
+                    memcpy(try_dneg + b * per, blk_dneg, (size_t)per);
                 }
             }
             total += best_err;
@@ -269,8 +336,10 @@ static void quantize_superblock(const struct iq_lattice *L, const float *x, cons
             *dh = h;
             memcpy(ls, try_ls, (size_t)nb);
             memcpy(idx, try_idx, (size_t)(nb * per) * sizeof *idx);
+            memcpy(dneg, try_dneg, (size_t)(nb * per));
         }
     }
+    if (L->signed_levels) memcpy(neg, dneg, QK_K / 8); /* IQ1: groups of 8, one delta sign each */
 }
 
 /* Whole super-blocks only, finite values only, tables built: else -1 (nothing written). */
@@ -358,6 +427,45 @@ static void pack_iq3_xxs(void *block, uint16_t dh, const uint8_t *ls, const uint
         for (int l = 0; l < 4; l++) meta |= (uint32_t)(neg[4 * b + l] & 127) << 7 * l;
         memcpy(y->qs + QK_K / 4 + 4 * b, &meta, 4);
     }
+}
+
+static void pack_iq1_s(void *block, uint16_t dh, const uint8_t *ls, const uint16_t *idx, const uint8_t *neg)
+{
+    struct block_iq1_s *y = block;
+    memcpy(&y->d, &dh, 2);
+    for (int b = 0; b < QK_K / 32; b++) {
+        /* 4 x 3 high index bits, the 3-bit scale, the delta sign (one per 32: neg[4b] for all 4 groups) */
+        uint16_t qh = (uint16_t)(ls[b] << 12 | (neg[4 * b] ? 0x8000 : 0));
+        for (int l = 0; l < 4; l++) {
+            y->qs[4 * b + l] = (uint8_t)idx[4 * b + l];
+            qh |= (uint16_t)((idx[4 * b + l] >> 8) << 3 * l);
+        }
+        memcpy(&y->qh[b], &qh, 2);
+    }
+}
+
+static void pack_iq1_m(void *block, uint16_t dh, const uint8_t *ls, const uint16_t *idx, const uint8_t *neg)
+{
+    struct block_iq1_m *y = block;
+    uint16_t sc[4] = { 0 };
+    for (int b = 0; b < QK_K / 16; b++) sc[b / 4] |= (uint16_t)(ls[b] << 3 * (b % 4));
+    for (int k = 0; k < 4; k++) sc[k] |= (uint16_t)((dh >> 4 * k & 0xf) << 12); /* d over the top nibbles */
+    memcpy(y->scales, sc, sizeof sc);
+    memset(y->qh, 0, sizeof y->qh);
+    for (int g = 0; g < QK_K / 8; g++) {
+        y->qs[g] = (uint8_t)idx[g];
+        y->qh[g / 2] |= (uint8_t)(((idx[g] >> 8) | (neg[g] ? 8 : 0)) << 4 * (g % 2));
+    }
+}
+
+int quantize_row_iq1_s(const float *x, struct block_iq1_s *y, uint64_t n, const float *qw)
+{
+    return quantize_lattice_row(&lat_iq1s, x, y, sizeof *y, n, qw, pack_iq1_s);
+}
+
+int quantize_row_iq1_m(const float *x, struct block_iq1_m *y, uint64_t n, const float *qw)
+{
+    return quantize_lattice_row(&lat_iq1m, x, y, sizeof *y, n, qw, pack_iq1_m);
 }
 
 int quantize_row_iq2_xxs(const float *x, struct block_iq2_xxs *y, uint64_t n, const float *qw)
