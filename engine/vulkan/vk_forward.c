@@ -26,7 +26,7 @@ _Static_assert(ENGINE_KV_F32 == ABI_KV_F32 && ENGINE_KV_F16 == ABI_KV_F16 && ENG
                "the KV storage types are numbered alike in C and in the shaders");
 
 const char *const vk_kind_names[VK_KIND_COUNT] = {
-    "matvec", "hc", "norm_rope", "compress", "indexer", "attention", "router", "swiglu", "other",
+    "matvec", "experts", "hc", "norm_rope", "compress", "indexer", "attention", "router", "swiglu", "other",
 };
 
 /* One session's share of a step: rows [t0, t0 + nt) at positions pos0...; logits of its rows
@@ -569,7 +569,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "gate/up experts");
         s->weight_bytes_step += 2 * mo->gu.mat_bytes * K;
-        after_dispatch(f, VK_KIND_MATVEC);
+        after_dispatch(f, VK_KIND_EXPERTS);
     } else {
         tensor_ref gu[2] = { lw->ffn_gate_exps, lw->ffn_up_exps };
         for (int i = 0; i < 2; i++) {
@@ -584,7 +584,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
             };
             if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "%s", gu[i]->name);
             s->weight_bytes_step += vw.mat_bytes * K;
-            after_dispatch(f, VK_KIND_MATVEC);
+            after_dispatch(f, VK_KIND_EXPERTS);
         }
     }
     barrier(f);
@@ -608,7 +608,7 @@ static int moe_layer(struct fwd *f, uint32_t il)
         };
         if (vk_op_matvec(s->rec, &e->ops, &a, f->err, f->err_len)) return errf_prefix(f->err, f->err_len, "down experts");
         s->weight_bytes_step += vw.mat_bytes * K;
-        after_dispatch(f, VK_KIND_MATVEC);
+        after_dispatch(f, VK_KIND_EXPERTS);
         if (matvec(f, lw->ffn_down_shexp, &s->mp, mw, &s->yd, n_routed * d, d, nt, E)) return -1;
     }
     barrier(f);

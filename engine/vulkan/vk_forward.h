@@ -20,9 +20,10 @@
 struct vk_engine;
 struct vk_session;
 
-/* Per-kernel-kind GPU time of the last eval (nanoseconds), filled when profiling is on. */
+/* Per-kernel-kind GPU time of the last eval (nanoseconds), filled when profiling is on.
+ * matvec: the dense weights' products; experts: the routed experts' (gate/up and down). */
 enum vk_kind {
-    VK_KIND_MATVEC, VK_KIND_HC, VK_KIND_NORM_ROPE, VK_KIND_COMPRESS, VK_KIND_INDEXER,
+    VK_KIND_MATVEC, VK_KIND_EXPERTS, VK_KIND_HC, VK_KIND_NORM_ROPE, VK_KIND_COMPRESS, VK_KIND_INDEXER,
     VK_KIND_ATTENTION, VK_KIND_ROUTER, VK_KIND_SWIGLU, VK_KIND_OTHER, VK_KIND_COUNT,
 };
 extern const char *const vk_kind_names[VK_KIND_COUNT];
