@@ -66,20 +66,24 @@ static void plan_hc_split(const struct vk_engine *e, tensor_ref fn, struct vk_hc
 }
 
 /* Whether layer il's grouped expert lists may walk small LANES tiles (struct vk_moe): the
- * down weight and the gate/up weight (the fused pair, else the gate) both must. Resident
- * experts only; a weight with no view answers false, and the step reports its error. */
+ * down weight and the gate/up weights (the fused pair, else gate and up apart) all must.
+ * Resident experts only; a weight with no view answers false, and the step reports its
+ * error. */
 static void plan_moe_tiles(struct vk_engine *e, uint32_t il)
 {
     const struct layer_weights *lw = &e->m->layers[il];
     struct vk_moe *mo = &e->moe[il];
-    struct vk_weight dw, gw;
+    struct vk_weight dw, gw, uw;
     char why[160];
     mo->small_tiles = false;
     if (e->paging || e->ops.layout != VK_MATVEC_LANES || vk_weight_of(e, lw->ffn_down_exps, 0, &dw, why, sizeof why))
         return;
-    if (mo->gu_fused) gw = mo->gu;
-    else if (vk_weight_of(e, lw->ffn_gate_exps, 0, &gw, why, sizeof why)) return;
-    mo->small_tiles = vk_weight_groups_in_small_tiles(&e->ops, &dw) && vk_weight_groups_in_small_tiles(&e->ops, &gw);
+    if (mo->gu_fused) gw = uw = mo->gu;
+    else if (vk_weight_of(e, lw->ffn_gate_exps, 0, &gw, why, sizeof why) ||
+             vk_weight_of(e, lw->ffn_up_exps, 0, &uw, why, sizeof why))
+        return;
+    mo->small_tiles = vk_weight_groups_in_small_tiles(&e->ops, &dw) && vk_weight_groups_in_small_tiles(&e->ops, &gw) &&
+                      vk_weight_groups_in_small_tiles(&e->ops, &uw);
 }
 
 static int upload_proj(struct vk_engine *e, uint32_t il, bool *placed, char *err, size_t err_len)

@@ -30,7 +30,7 @@ struct vk_moe {
     struct vk_weight gu;        /* [n_embd, n_ff_exp, 2*n_expert] when gu_fused */
     uint32_t width;             /* n_expert + 2*n_ff_exp */
     /* grouped expert lists may walk the LANES tiles of group_tile tokens: the down and the
-     * gate/up (fused, else gate) expert weights group in small tiles
+     * gate/up (the fused pair, else gate and up apart) expert weights group in small tiles
      * (vk_weight_groups_in_small_tiles). Planned once at load; false when experts are paged. */
     bool small_tiles;
 };
