@@ -177,14 +177,19 @@ _Static_assert(sizeof(struct abi_rmsnorm_push) == 9 * 4, "rmsnorm push block: 9 
 /* ---- norm_rope: per (row h, token t) workgroup: optional RMSNorm (optional weight) over n,
  * then RoPE on the last rope_dim elements in interleaved pairs at position
  * pos_base + t * pos_step, reading the cos/sin table rope[pos][rope_dim/2][2] at rope_off.
- * Output row: y_off + ((y_row0 + t) % y_tmod) * y_tstride + h * y_hstride. */
+ * Output row: y_off + ((y_row0 + t) % y_tmod) * y_tstride + h * y_hstride.
+ * With ABI_NORM_ROPE_FLAG_POS_ROWS token t's position is instead pos_rows[pos_base + t *
+ * pos_step] (int32, binding ABI_NORM_ROPE_BIND_POS): rows of several sessions at unrelated
+ * positions in one dispatch. Every dispatch binds all five (any span where a flag is off). */
 #define ABI_NORM_ROPE_BIND_X 0
 #define ABI_NORM_ROPE_BIND_Y 1
 #define ABI_NORM_ROPE_BIND_W 2
 #define ABI_NORM_ROPE_BIND_ROPE 3
+#define ABI_NORM_ROPE_BIND_POS 4
 #define ABI_NORM_ROPE_FLAG_NORM 1u
 #define ABI_NORM_ROPE_FLAG_WEIGHT 2u
 #define ABI_NORM_ROPE_FLAG_ROPE 4u
+#define ABI_NORM_ROPE_FLAG_POS_ROWS 8u
 /* The rope table (cos, sin of pos * freq_i, rows of rope_dim/2 pairs) is factored so that
  * it does not grow with the context: rows [0, ABI_ROPE_LO_ROWS) hold positions 0..1023,
  * row ABI_ROPE_LO_ROWS + h holds position h * ABI_ROPE_LO_ROWS, and a kernel multiplies the

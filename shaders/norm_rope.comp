@@ -2,8 +2,10 @@
  * elements, fused: q heads (norm without weight, rope), the kv row (norm with weight, rope,
  * written into the window ring), compressed entries (norm, rope at their block start) and
  * indexer queries (rope only). cos/sin come from a factored table computed in double on the
- * host (rope.glsl). With pc.kv other than f32 the rows are compressed entries or indexer
- * keys packed into their storage type (kv.glsl) as they are written. */
+ * host (rope.glsl). A row's position comes from the push block or, for the rows of several
+ * sessions in one dispatch, from a table of positions (abi.h). With pc.kv other than f32
+ * the rows are compressed entries or indexer keys packed into their storage type (kv.glsl)
+ * as they are written. */
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -15,6 +17,7 @@ layout(std430, binding = ABI_NORM_ROPE_BIND_Y) buffer y_buf { float y[]; };
 layout(std430, binding = ABI_NORM_ROPE_BIND_Y) buffer yw_buf { uint yw[]; }; /* the same, as stored entries */
 layout(std430, binding = ABI_NORM_ROPE_BIND_W) readonly buffer w_buf { float w[]; };
 layout(std430, binding = ABI_NORM_ROPE_BIND_ROPE) readonly buffer rope_buf { vec2 rope[]; };
+layout(std430, binding = ABI_NORM_ROPE_BIND_POS) readonly buffer pos_buf { int pos_rows[]; };
 #include "rope.glsl"
 #include "kv.glsl"
 
@@ -69,14 +72,16 @@ void main()
         for (uint i = tid; i < pc.n; i += gl_WorkGroupSize.x) ss += x[xb + i] * x[xb + i];
         inv = 1.0 / sqrt(wg_sum(ss) / float(pc.n) + pc.eps);
     }
+    /* a row's position: from the push block, or (rows of several sessions) from the table */
+    const uint pos = (pc.flags & ABI_NORM_ROPE_FLAG_POS_ROWS) != 0u ? uint(pos_rows[pc.pos_base + t * pc.pos_step])
+                                                                    : pc.pos_base + t * pc.pos_step;
     if (pc.kv != ABI_KV_F32) {
-        pack_row(xb, yb, inv, pc.pos_base + t * pc.pos_step);
+        pack_row(xb, yb, inv, pos);
         return;
     }
     const bool weighted = (pc.flags & ABI_NORM_ROPE_FLAG_WEIGHT) != 0u;
     const bool roped = (pc.flags & ABI_NORM_ROPE_FLAG_ROPE) != 0u;
     const uint first_rot = pc.n - pc.rope_dim, half_dim = pc.rope_dim / 2u;
-    const uint pos = pc.pos_base + t * pc.pos_step;
     /* each invocation owns element pairs (2p, 2p+1), so in-place rotation is race-free */
     for (uint p = tid; p < pc.n / 2u; p += gl_WorkGroupSize.x) {
         const uint i0 = 2u * p;

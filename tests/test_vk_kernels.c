@@ -813,7 +813,7 @@ TEST(vk_norm_rope_matches_reference_rows_and_ring_write)
         .x_tstride = heads * n, .x_hstride = n, .y_off = VK_GUARD, .y_tstride = heads * n, .y_hstride = n,
         .y_row0 = pos0 % ring, .y_tmod = ring, .pos_base = pos0, .pos_step = 1, .eps = 1e-6f,
     };
-    const struct vk_span *b[4] = { &sx, &sy, &sw, &st };
+    const struct vk_span *b[5] = { &sx, &sy, &sw, &st, &st }; /* no position table */
     int rc = vk_fixture_put(&f, x, (size_t)n_tok * heads * n * 4, &sx) || vk_fixture_put(&f, y, (ny + 2 * VK_GUARD) * 4, &sy) ||
              vk_fixture_put(&f, w, n * 4, &sw) || vk_fixture_put(&f, tab, (size_t)rows * 64 * 4, &st) ||
              vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
@@ -832,6 +832,83 @@ TEST(vk_norm_rope_matches_reference_rows_and_ring_write)
             if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "norm_rope token %u head %u: nmse %.3g", t, h, e);
         }
     free(tab); free(x); free(w); free(y);
+    vk_fixture_close(&f);
+}
+
+/* norm_rope over the rows of several sessions in one dispatch (ABI_NORM_ROPE_FLAG_POS_ROWS:
+ * each row's position from a table, as q's rope of a step runs) gives bitwise what a
+ * dispatch of each row alone at pos_base = its position gives, for q (norm and rope) and
+ * the indexer's q (rope only); positions on both sides of the factored table's 1024 and
+ * out of order. A table with one position off by one changes that row (the test sees the
+ * table at all). */
+TEST(vk_norm_rope_position_table_equals_per_row_dispatches_bitwise)
+{
+    struct vk_fixture f;
+    if (vk_fixture_open(&f)) return;
+    enum { N_TOK = 4 };
+    const uint32_t n = 128, heads = 3, n_pos = 4097, row = heads * n, ny = N_TOK * heads * n;
+    /* the table's first entry is not a row's: pos_base 1 skips it */
+    const int32_t pos[1 + N_TOK] = { 999, 5, 1030, 77, 4000 }, off_by_one[1 + N_TOK] = { 999, 5, 1031, 77, 4000 };
+    double freqs[32];
+    uint32_t rows;
+    float *tab = compressed_rope_table(n_pos, freqs, &rows);
+    uint64_t rng = 17;
+    float *x = rand_vec(&rng, ny, 2, 0);
+    float *table_y = malloc(ny * 4), *row_y = malloc(ny * 4), *wrong_y = malloc(ny * 4);
+    struct vk_span sx, st, sp, sp1, sy_table, sy_rows, sy_wrong;
+    int rc = vk_fixture_put(&f, x, ny * 4, &sx) || vk_fixture_put(&f, tab, (size_t)rows * 64 * 4, &st) ||
+             vk_fixture_put(&f, pos, sizeof pos, &sp) || vk_fixture_put(&f, off_by_one, sizeof off_by_one, &sp1) ||
+             vk_fixture_put(&f, NULL, ny * 4, &sy_table) || vk_fixture_put(&f, NULL, ny * 4, &sy_rows) ||
+             vk_fixture_put(&f, NULL, ny * 4, &sy_wrong);
+    const uint32_t flag_sets[2] = { ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_ROPE, ABI_NORM_ROPE_FLAG_ROPE };
+    for (int fs = 0; fs < 2 && !rc; fs++) {
+        const struct abi_norm_rope_push base = {
+            .n = n, .rope_dim = 64, .flags = flag_sets[fs], .x_tstride = row, .x_hstride = n, .y_tstride = row,
+            .y_hstride = n, .y_tmod = 0x7fffffffu, .eps = 1e-6f,
+        };
+        struct abi_norm_rope_push pt = base;
+        pt.flags |= ABI_NORM_ROPE_FLAG_POS_ROWS;
+        pt.pos_base = 1;
+        pt.pos_step = 1;
+        const struct vk_span *bt[5] = { &sx, &sy_table, &sx, &st, &sp }, *bw[5] = { &sx, &sy_wrong, &sx, &st, &sp1 };
+        const struct vk_span *br[5] = { &sx, &sy_rows, &sx, &st, &st };
+        rc = vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.norm_rope, bt, &pt, heads, N_TOK, 1, f.err, sizeof f.err) ||
+             vk_op_dispatch(f.rec, &f.ops, &f.ops.norm_rope, bw, &pt, heads, N_TOK, 1, f.err, sizeof f.err);
+        for (uint32_t t = 0; t < N_TOK && !rc; t++) {
+            struct abi_norm_rope_push p1 = base;
+            p1.x_off = t * row;
+            p1.y_row0 = t;
+            p1.pos_base = (uint32_t)pos[1 + t];
+            rc = vk_op_dispatch(f.rec, &f.ops, &f.ops.norm_rope, br, &p1, heads, 1, 1, f.err, sizeof f.err);
+        }
+        rc = rc || vk_recorder_submit(f.rec, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sy_table, 0, table_y, ny * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sy_rows, 0, row_y, ny * 4, f.err, sizeof f.err) ||
+             vk_span_download(f.d, &sy_wrong, 0, wrong_y, ny * 4, f.err, sizeof f.err);
+        for (uint32_t t = 0; t < N_TOK && !rc; t++) {
+            const size_t o = (size_t)t * row;
+            if (memcmp(table_y + o, row_y + o, row * 4)) {
+                uint32_t i = 0;
+                while (!memcmp(&table_y[o + i], &row_y[o + i], 4)) i++;
+                test_fail_at(__FILE__, __LINE__, "flags %u row %u (position %d) element %u: %.9g from the table, %.9g alone",
+                             flag_sets[fs], t, pos[1 + t], i, table_y[o + i], row_y[o + i]);
+            }
+            /* the wrong table differs exactly in the row it moved */
+            CHECK((memcmp(wrong_y + o, row_y + o, row * 4) != 0) == (pos[1 + t] != off_by_one[1 + t]));
+            for (uint32_t h = 0; h < heads; h++) { /* and both are the reference's */
+                float ref[128];
+                const float *xr = x + o + (size_t)h * n;
+                if (fs == 0) ref_rmsnorm(xr, NULL, n, 1e-6f, ref);
+                else memcpy(ref, xr, n * 4);
+                ref_rope(ref, n, 64, freqs, (uint64_t)pos[1 + t], false);
+                double e = nmse_f(table_y + o + (size_t)h * n, ref, n);
+                if (!(e < 1e-10)) test_fail_at(__FILE__, __LINE__, "flags %u row %u head %u: nmse %.3g", flag_sets[fs], t, h, e);
+            }
+        }
+    }
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f.err);
+    free(tab); free(x); free(table_y); free(row_y); free(wrong_y);
     vk_fixture_close(&f);
 }
 
@@ -1012,7 +1089,7 @@ static void check_compressor(struct vk_fixture *f, uint32_t ratio)
                 .x_off = e0 * w, .x_tstride = w, .y_tstride = w, .y_row0 = e0, .y_tmod = 1u << 30,
                 .pos_base = e0 * ratio, .pos_step = ratio, .eps = 1e-6f,
             };
-            const struct vk_span *bq[4] = { &sout, &sout, &snorm, &stab };
+            const struct vk_span *bq[5] = { &sout, &sout, &snorm, &stab, &stab };
             rcode = vk_op_dispatch(f->rec, &f->ops, &f->ops.norm_rope, bq, &q, 1, e1 - e0, 1, f->err, sizeof f->err);
         }
         rcode = rcode || vk_recorder_submit(f->rec, f->err, sizeof f->err);
@@ -1087,7 +1164,7 @@ TEST(vk_norm_rope_packs_entries_bitwise_as_the_host_does)
         pq.y_row0 = 0;
         pq.kv = (uint32_t)kv;
         p.y_row0 = 0;
-        const struct vk_span *b32[4] = { &sx, &sy32, &sw, &st }, *bq[4] = { &sx, &syq, &sw, &st };
+        const struct vk_span *b32[5] = { &sx, &sy32, &sw, &st, &st }, *bq[5] = { &sx, &syq, &sw, &st, &st };
         rc = vk_recorder_begin(f.rec, f.err, sizeof f.err) ||
              vk_op_dispatch(f.rec, &f.ops, &f.ops.norm_rope, b32, &p, 1, n_rows, 1, f.err, sizeof f.err) ||
              vk_op_dispatch(f.rec, &f.ops, &f.ops.norm_rope, bq, &pq, 1, n_rows, 1, f.err, sizeof f.err) ||

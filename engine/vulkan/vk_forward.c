@@ -7,11 +7,12 @@
  * A step holds the tokens of one or several sessions (engine_step): each session's tokens
  * are consecutive rows of the step's activations, which live in the first session's
  * buffers (the step's workspace). The weights' kernels (projections, hc, router, experts,
- * the head) run once over all rows; what reads a session's own state or position (the kv
- * row into its ring, its compressors, q's and the indexer's rope, the indexer, attention)
- * is dispatched once per session over its rows. Every kernel reduces a token's outputs in
- * one order whatever the other rows hold, so a session's logits are bitwise the same alone
- * or in any step. */
+ * the head) run once over all rows; what reads or writes a session's own state (the kv
+ * row into its ring, its compressors, the indexer, attention) is dispatched once per
+ * session over its rows. q's and the indexer q's rope need only each row's position: they
+ * run once over all rows, reading it from the step's table of positions (pos_rows). Every
+ * kernel reduces a token's outputs in one order whatever the other rows hold, so a
+ * session's logits are bitwise the same alone or in any step. */
 #include "engine/vulkan/vk_internal.h"
 
 #include <inttypes.h>
@@ -123,7 +124,7 @@ static int norm_rope(struct fwd *f, const struct vk_span *x, const struct vk_spa
 {
     if (p.y_tmod == 0) p.y_tmod = 0x7fffffffu;
     p.eps = f->hp->rms_eps;
-    const struct vk_span *b[4] = { x, y, w ? w : x, rope };
+    const struct vk_span *b[5] = { x, y, w ? w : x, rope, &f->s->pos_rows };
     return dispatch(f, VK_KIND_NORM_ROPE, &f->e->ops.norm_rope, b, &p, n_rows, n_tok, 1);
 }
 
@@ -281,34 +282,46 @@ static int attention_kv(struct fwd *f, const struct fwd_part *pt, uint32_t il)
     return 0;
 }
 
-/* The entries a session's tokens completed, and q's (and the indexer's q's) norm and rope
- * at its positions. */
-static int attention_q(struct fwd *f, const struct fwd_part *pt, uint32_t il)
+/* The entries a session's tokens completed: their norm and rope (and packing). */
+static int attention_entries(struct fwd *f, const struct fwd_part *pt, uint32_t il)
 {
     const struct model_hparams *hp = f->hp;
     const struct layer_weights *lw = &f->e->m->layers[il];
-    struct vk_session *s = f->s, *ps = pt->s;
-    struct vk_layer_state *ls = &ps->layers[il];
-    const uint32_t hd = hp->head_dim, H = hp->n_head, ratio = hp->ratio[il];
-    const struct vk_span *rope = ratio ? &ps->rope_comp : &ps->rope_swa;
+    struct vk_layer_state *ls = &pt->s->layers[il];
+    const uint32_t hd = hp->head_dim, ratio = hp->ratio[il];
     if (ratio && compressor(f, pt, ratio, hd, 0, 0, NULL, lw->comp_norm, NULL, &ls->comp, 0, true)) return -1;
     if (ratio == 4 &&
         compressor(f, pt, 4, hp->ix_dim, 0, 0, NULL, lw->ix_comp_norm, NULL, &ls->ix_keys, VK_KV_RAW_ROWS * hd, true))
         return -1;
+    return 0;
+}
+
+/* q's (and the indexer's q's) norm and rope for every row of the step in one dispatch
+ * each, row t at position pos_rows[t]. The rope tables of all sessions hold the same
+ * values in the same rows (vk_rope_fill) and differ only in how many rows they have
+ * (vk_rope_rows of the session's n_ctx), so the table of the step's session with the
+ * largest n_ctx serves every row, and a row's result is bitwise the one a dispatch of its
+ * session alone at its pos_base gives. */
+static int attention_q(struct fwd *f, uint32_t il)
+{
+    const struct model_hparams *hp = f->hp;
+    struct vk_session *s = f->s, *big = f->parts[0].s;
+    for (uint32_t i = 1; i < f->n_parts; i++)
+        if (f->parts[i].s->n_ctx > big->n_ctx) big = f->parts[i].s;
+    const uint32_t hd = hp->head_dim, H = hp->n_head, ratio = hp->ratio[il], nt = f->nt;
+    const struct vk_span *rope = ratio ? &big->rope_comp : &big->rope_swa;
     struct abi_norm_rope_push p = {
-        .n = hd, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_ROPE,
-        .x_off = pt->t0 * H * hd, .x_tstride = H * hd, .x_hstride = hd, .y_tstride = H * hd, .y_hstride = hd,
-        .y_row0 = pt->t0, .pos_base = pt->pos0, .pos_step = 1,
+        .n = hd, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_NORM | ABI_NORM_ROPE_FLAG_ROPE | ABI_NORM_ROPE_FLAG_POS_ROWS,
+        .x_tstride = H * hd, .x_hstride = hd, .y_tstride = H * hd, .y_hstride = hd, .pos_step = 1,
     };
-    if (norm_rope(f, &s->q, &s->q, NULL, rope, p, H, pt->nt)) return -1;
+    if (norm_rope(f, &s->q, &s->q, NULL, rope, p, H, nt)) return -1;
     if (ratio == 4) {
         const uint32_t D = hp->ix_dim, IH = hp->ix_head;
         struct abi_norm_rope_push pi = {
-            .n = D, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_ROPE,
-            .x_off = pt->t0 * IH * D, .x_tstride = IH * D, .x_hstride = D, .y_tstride = IH * D, .y_hstride = D,
-            .y_row0 = pt->t0, .pos_base = pt->pos0, .pos_step = 1,
+            .n = D, .rope_dim = hp->rope_dim, .flags = ABI_NORM_ROPE_FLAG_ROPE | ABI_NORM_ROPE_FLAG_POS_ROWS,
+            .x_tstride = IH * D, .x_hstride = D, .y_tstride = IH * D, .y_hstride = D, .pos_step = 1,
         };
-        if (norm_rope(f, &s->ixq, &s->ixq, NULL, rope, pi, IH, pt->nt)) return -1;
+        if (norm_rope(f, &s->ixq, &s->ixq, NULL, rope, pi, IH, nt)) return -1;
     }
     return 0;
 }
@@ -422,7 +435,9 @@ static int attention_layer(struct fwd *f, uint32_t il)
     if (matvec(f, lw->attn_q_b, &s->qr, hp->q_rank, &s->q, 0, H * hd, nt, 0)) return -1;
     if (ratio == 4 && matvec(f, lw->ix_q_b, &s->qr, hp->q_rank, &s->ixq, 0, hp->ix_head * hp->ix_dim, nt, 0)) return -1;
     barrier(f);
-    FOR_PARTS(f, attention_q(f, pt, il))
+    /* one barrier interval: each session's entries and every row's q are apart */
+    FOR_PARTS(f, attention_entries(f, pt, il))
+    if (attention_q(f, il)) return -1;
     if (ratio == 4) {
         barrier(f);
         FOR_PARTS(f, attention_index(f, pt, il))
@@ -636,6 +651,8 @@ static int run_step(const struct fwd_part *parts, uint32_t n_parts, const int32_
                     (float *)s->in_embd.host + (uint64_t)t * d, n);
         ((int32_t *)s->tokens.host)[t] = tokens[t];
     }
+    for (uint32_t i = 0; i < n_parts; i++) /* each row's position (q's rope) */
+        for (uint32_t t = 0; t < parts[i].nt; t++) ((int32_t *)s->pos_rows.host)[parts[i].t0 + t] = (int32_t)(parts[i].pos0 + t);
     s->n_timed = 0;
     s->weight_bytes_step = 0;
     s->n_dispatch_flushed = 0;

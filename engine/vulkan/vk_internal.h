@@ -101,7 +101,7 @@ struct vk_layer_state {
 #define VK_KV_RAW_ROWS (VK_BATCH / 4 + 1)
 
 #define VK_N_SCRATCH 22 /* activation buffers of a session (vk_session_buffers) */
-#define VK_N_HOST 4     /* host-visible ones */
+#define VK_N_HOST 5     /* host-visible ones */
 
 struct vk_session {
     struct vk_engine *e;
@@ -153,6 +153,7 @@ struct vk_session {
     uint64_t counted_bytes;      /* device bytes this session added to e->session_bytes */
     struct vk_span in_embd;      /* host: [B][n_embd] */
     struct vk_span tokens;       /* host: [B] int32 */
+    struct vk_span pos_rows;     /* host: [B] int32, the position of each row of the step (norm_rope's table) */
     struct vk_span logits;       /* host: [B][n_vocab] */
     float *embd_row;             /* [n_embd] host scratch */
     VkBufferCopy *copies;        /* [B*n_hc] embedding -> stream copies */

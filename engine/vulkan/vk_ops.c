@@ -161,7 +161,7 @@ int vk_ops_create(struct vk_ops *ops, struct vk_device *d, char *err, size_t err
         { &ops->rmsnorm, "rmsnorm", 3, sizeof(struct abi_rmsnorm_push), 0, row_wg },
         { &ops->hc, "hc", 8, sizeof(struct abi_hc_push), 0, row_wg },
         { &ops->hc_texel, "hc_texel", 10, sizeof(struct abi_hc_push), 1u << ABI_HC_BIND_X_TEX | 1u << ABI_HC_BIND_SRC_TEX, row_wg },
-        { &ops->norm_rope, "norm_rope", 4, sizeof(struct abi_norm_rope_push), 0, row_wg },
+        { &ops->norm_rope, "norm_rope", 5, sizeof(struct abi_norm_rope_push), 0, row_wg },
         { &ops->compress, "compress", 5, sizeof(struct abi_compress_push), 0, 0 },
         { &ops->indexer, "indexer", 5, sizeof(struct abi_indexer_push), 0, row_wg },
         { &ops->indexer_texel, "indexer_texel", 5, sizeof(struct abi_indexer_push),

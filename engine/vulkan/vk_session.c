@@ -110,6 +110,7 @@ static void vk_session_buffers(const struct model_hparams *hp, uint32_t proj_wid
     host[1] = B;
     host[2] = B * hp->n_vocab;
     host[3] = B * K;
+    host[4] = B;
 }
 
 /* The widest row of a layer's attention-input projections (vk_proj): q_a, kv, the
@@ -257,14 +258,14 @@ int vk_session_create(void *ctx, const struct model *m, uint32_t n_ctx, enum eng
         &s->x, &s->hc, &s->mix, &s->a, &s->qr, &s->q, &s->proj, &s->o, &s->z, &s->f, &s->ixq, &s->ixs, &s->sel, &s->mp,
         &s->ids, &s->grp, &s->rw, &s->gu, &s->yd, &s->guess_mp, &s->guess_ids, &s->guess_rw,
     };
-    struct vk_span *host[VK_N_HOST] = { &s->in_embd, &s->tokens, &s->logits, &s->slot_ids };
+    struct vk_span *host[VK_N_HOST] = { &s->in_embd, &s->tokens, &s->logits, &s->slot_ids, &s->pos_rows };
     uint64_t n_scratch[VK_N_SCRATCH], n_host[VK_N_HOST];
     vk_session_buffers(hp, e->proj_width_max, n_ctx, e->ix_chunk, e->ix_group, n_scratch, n_host);
     for (size_t i = 0; i < VK_N_SCRATCH; i++)
         if (alloc_f(s, s->arena, scratch[i], n_scratch[i], err, err_len)) goto fail;
     for (size_t i = 0; i < VK_N_HOST; i++)
         if (alloc_f(s, s->host, host[i], n_host[i], err, err_len)) goto fail;
-    if (!s->in_embd.host || !s->tokens.host || !s->logits.host || !s->slot_ids.host) {
+    if (!s->in_embd.host || !s->tokens.host || !s->logits.host || !s->slot_ids.host || !s->pos_rows.host) {
         errf(err, err_len, "vulkan: host-visible memory is not mappable");
         goto fail;
     }
