@@ -391,6 +391,9 @@ TEST(quantize_report_per_type_equals_quantizing_only_that_type)
 
 TEST(quantize_result_runs_on_vulkan_like_the_reference)
 {
+    /* whole models on both backends, four times (82 s under the sanitizers); every type's
+     * kernel against the reference is the lighter test */
+    test_heavy_variant("vk_matvec_matches_reference_for_ggml_k_and_i_quants");
     /* each recipe's whole result (2bit: IQ2_XXS gate/up, Q2_K down, Q8_0 attention; and the
      * experts in IQ1_M, and in IQ1_S) on both backends: logits within 1e-3 relative error and
      * the same top-1 at every position */
