@@ -490,7 +490,6 @@ TEST(vk_matvec_splits_weights_larger_than_one_binding)
     vk_fixture_close(&f);
 }
 
-static float *rand_vec(uint64_t *rng, size_t n, float scale, float offset);
 
 /* The K-split view (decode's hc mixes): parts' partial sums, added on the host, equal the
  * whole product in both layouts, for one token and a few (under the token tile); rows
@@ -502,7 +501,7 @@ TEST(vk_matvec_k_split_view_parts_sum_to_the_product_or_are_refused)
     if (vk_fixture_open(&f)) return;
     const uint32_t n_in = 768, n_out = 24, parts = 6, n_tok = 3, part = n_in / parts;
     uint64_t rng = 5;
-    float *w = rand_vec(&rng, (size_t)n_out * n_in, 1, 0), *x = rand_vec(&rng, (size_t)n_tok * n_in, 1, 0);
+    float *w = vk_test_rand_vec(&rng, (size_t)n_out * n_in, 1, 0), *x = vk_test_rand_vec(&rng, (size_t)n_tok * n_in, 1, 0);
     size_t n_y = (size_t)n_tok * parts * n_out;
     float *y = malloc((n_y + 2 * VK_GUARD) * 4);
     struct vk_span sw, sx, sy;
@@ -612,13 +611,6 @@ static struct model_hparams hc_hparams(uint32_t n_embd)
     return hp;
 }
 
-static float *rand_vec(uint64_t *rng, size_t n, float scale, float offset)
-{
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++) v[i] = offset + scale * vk_test_rand(rng);
-    return v;
-}
-
 static double nmse_f(const float *a, const float *b, size_t n)
 {
     double num = 0, den = 1e-30;
@@ -636,8 +628,8 @@ TEST(vk_hc_pre_with_sinkhorn_and_norm_matches_reference_in_one_dispatch)
     const uint32_t d = 200, n_tok = 3, n = 4, mix = (2 + n) * n; /* d not a multiple of the workgroup */
     struct model_hparams hp = hc_hparams(d);
     uint64_t rng = 5;
-    float *X = rand_vec(&rng, (size_t)n_tok * n * d, 2, 0), *fn = rand_vec(&rng, (size_t)mix * n * d, 0.05f, 0);
-    float *base = rand_vec(&rng, mix, 0.5f, 0), *scale = rand_vec(&rng, 3, 0.1f, 1), *norm = rand_vec(&rng, d, 0.1f, 1);
+    float *X = vk_test_rand_vec(&rng, (size_t)n_tok * n * d, 2, 0), *fn = vk_test_rand_vec(&rng, (size_t)mix * n * d, 0.05f, 0);
+    float *base = vk_test_rand_vec(&rng, mix, 0.5f, 0), *scale = vk_test_rand_vec(&rng, 3, 0.1f, 1), *norm = vk_test_rand_vec(&rng, d, 0.1f, 1);
     for (int head = 0; head < 2; head++) {
         size_t ny = (size_t)n_tok * d, nh = (size_t)n_tok * (n + n * n);
         float *y = calloc(ny + 2 * VK_GUARD, 4), *hc = calloc(nh, 4);
@@ -735,10 +727,10 @@ TEST(vk_hc_applies_the_previous_hc_post_summing_expert_parts_first_fused_or_spli
     const uint32_t d = 152, n_tok = 9, n = 4, K = 3, mix = (2 + n) * n, hcw = n + n * n;
     struct model_hparams hp = hc_hparams(d);
     uint64_t rng = 9;
-    float *X = rand_vec(&rng, (size_t)n_tok * n * d, 1, 0), *src = rand_vec(&rng, (size_t)n_tok * (K + 1) * d, 1, 0);
-    float *hc = rand_vec(&rng, (size_t)n_tok * hcw, 0.5f, 0.5f);
-    float *fn = rand_vec(&rng, (size_t)mix * n * d, 0.05f, 0), *base = rand_vec(&rng, mix, 0.5f, 0);
-    float *scale = rand_vec(&rng, 3, 0.1f, 1), *norm = rand_vec(&rng, d, 0.1f, 1);
+    float *X = vk_test_rand_vec(&rng, (size_t)n_tok * n * d, 1, 0), *src = vk_test_rand_vec(&rng, (size_t)n_tok * (K + 1) * d, 1, 0);
+    float *hc = vk_test_rand_vec(&rng, (size_t)n_tok * hcw, 0.5f, 0.5f);
+    float *fn = vk_test_rand_vec(&rng, (size_t)mix * n * d, 0.05f, 0), *base = vk_test_rand_vec(&rng, mix, 0.5f, 0);
+    float *scale = vk_test_rand_vec(&rng, 3, 0.1f, 1), *norm = vk_test_rand_vec(&rng, d, 0.1f, 1);
     struct abi_hc_push p = { .n_embd = d, .n_hc = n, .n_tok = n_tok, .sinkhorn_iters = 20, .flags = ABI_HC_FLAG_POST,
                              .src_tstride = K * d, .src_sstride = d, .n_src = K, .extra_off = n_tok * K * d,
                              .extra_tstride = d, .rms_eps = 1e-6f, .hc_eps = 1e-6f };
@@ -802,7 +794,7 @@ TEST(vk_norm_rope_matches_reference_rows_and_ring_write)
     uint32_t rows;
     float *tab = compressed_rope_table(n_pos, freqs, &rows);
     uint64_t rng = 3;
-    float *x = rand_vec(&rng, (size_t)n_tok * heads * n, 2, 0), *w = rand_vec(&rng, n, 0.1f, 1);
+    float *x = vk_test_rand_vec(&rng, (size_t)n_tok * heads * n, 2, 0), *w = vk_test_rand_vec(&rng, n, 0.1f, 1);
     size_t ny = (size_t)ring * heads * n;
     float *y = calloc(ny + 2 * VK_GUARD, 4);
     vk_guard_fill(y, ny);
@@ -853,7 +845,7 @@ TEST(vk_norm_rope_position_table_equals_per_row_dispatches_bitwise)
     uint32_t rows;
     float *tab = compressed_rope_table(n_pos, freqs, &rows);
     uint64_t rng = 17;
-    float *x = rand_vec(&rng, ny, 2, 0);
+    float *x = vk_test_rand_vec(&rng, ny, 2, 0);
     float *table_y = malloc(ny * 4), *row_y = malloc(ny * 4), *wrong_y = malloc(ny * 4);
     struct vk_span sx, st, sp, sp1, sy_table, sy_rows, sy_wrong;
     int rc = vk_fixture_put(&f, x, ny * 4, &sx) || vk_fixture_put(&f, tab, (size_t)rows * 64 * 4, &st) ||
@@ -918,7 +910,7 @@ TEST(vk_router_matches_reference_for_biased_and_hash_routing)
     if (vk_fixture_open(&f)) return;
     const uint32_t E = 70, K = 6, n_tok = 4, n_vocab = 10;
     uint64_t rng = 11;
-    float *logits = rand_vec(&rng, (size_t)n_tok * E, 3, 0), *bias = rand_vec(&rng, E, 0.1f, 0);
+    float *logits = vk_test_rand_vec(&rng, (size_t)n_tok * E, 3, 0), *bias = vk_test_rand_vec(&rng, E, 0.1f, 0);
     int32_t tokens[4] = { 3, 9, 0, 3 }, tid2eid[10 * 6];
     for (uint32_t i = 0; i < n_vocab * K; i++) tid2eid[i] = (int32_t)((i * 37 + 5) % E);
     for (int hash = 0; hash < 2; hash++) {
@@ -969,8 +961,8 @@ TEST(vk_swiglu_clamps_and_weights_routed_and_shared_rows_one_or_four_elements_an
     for (int c = 0; c < 2; c++) {
         const uint32_t F = shapes[c][0], E = shapes[c][1], routed = 4, n_sh = 2, mw = E + 2 * F;
         uint64_t rng = 13;
-        float *gu = rand_vec(&rng, (size_t)2 * routed * F, 20, 0), *sh = rand_vec(&rng, (size_t)n_sh * mw, 20, 0);
-        float *w = rand_vec(&rng, routed, 0.5f, 0.5f);
+        float *gu = vk_test_rand_vec(&rng, (size_t)2 * routed * F, 20, 0), *sh = vk_test_rand_vec(&rng, (size_t)n_sh * mw, 20, 0);
+        float *w = vk_test_rand_vec(&rng, routed, 0.5f, 0.5f);
         float *out_gu = malloc((size_t)2 * routed * F * 4), *out_sh = malloc((size_t)n_sh * mw * 4);
         struct vk_span sgu, ssh, sw;
         struct abi_swiglu_push p = { .n_ff = F, .n_rows = routed + n_sh, .n_routed = routed, .u_off = routed * F, .sh_off = E,
@@ -1036,9 +1028,9 @@ static void check_compressor(struct vk_fixture *f, uint32_t ratio)
     double freqs[16];
     ref_rope_freqs(&hp, true, freqs);
     uint64_t rng = 21 + ratio;
-    float *wkv = rand_vec(&rng, (size_t)cw * d, 0.3f, 0), *wg = rand_vec(&rng, (size_t)cw * d, 0.3f, 0);
-    float *ape = rand_vec(&rng, (size_t)ratio * cw, 0.5f, 0), *norm = rand_vec(&rng, w, 0.1f, 1);
-    float *a = rand_vec(&rng, (size_t)n_tok * d, 1, 0);
+    float *wkv = vk_test_rand_vec(&rng, (size_t)cw * d, 0.3f, 0), *wg = vk_test_rand_vec(&rng, (size_t)cw * d, 0.3f, 0);
+    float *ape = vk_test_rand_vec(&rng, (size_t)ratio * cw, 0.5f, 0), *norm = vk_test_rand_vec(&rng, w, 0.1f, 1);
+    float *a = vk_test_rand_vec(&rng, (size_t)n_tok * d, 1, 0);
     struct gguf_tensor t_kv = fake_f32(wkv, d, cw), t_g = fake_f32(wg, d, cw), t_ape = fake_f32(ape, cw, ratio), t_n = fake_f32(norm, w, 1);
     const uint32_t tab_rows = vk_rope_rows(n_tok);
     float *tab = malloc((size_t)tab_rows * 16 * 2 * 4);
@@ -1143,7 +1135,7 @@ TEST(vk_norm_rope_packs_entries_bitwise_as_the_host_does)
     uint32_t rows;
     float *tab = compressed_rope_table(n_pos, freqs, &rows);
     uint64_t rng = 5;
-    float *x = rand_vec(&rng, (size_t)n_rows * n, 2, 0), *w = rand_vec(&rng, n, 0.1f, 1);
+    float *x = vk_test_rand_vec(&rng, (size_t)n_rows * n, 2, 0), *w = vk_test_rand_vec(&rng, n, 0.1f, 1);
     for (uint32_t i = 0; i < n; i += 3) w[i] *= 1e-4f; /* small values: subnormal codes */
     w[5] = 3e4f;                                       /* a large one: past f16's 2^-14 scale */
     float *y32 = calloc((size_t)n_rows * n, 4);
@@ -1195,8 +1187,8 @@ static void check_attention_case(struct vk_fixture *f, enum attn_kernel kernel, 
     const uint32_t rope = 32, W = 6, ring = W + 4;
     const uint32_t n_comp = (pos0 + n_tok) / (ratio ? ratio : 1) + 1, rows = vk_rope_rows(pos0 + n_tok);
     uint64_t rng = 31 + ratio;
-    float *q = rand_vec(&rng, (size_t)n_tok * H * hd, 1, 0), *ringv = rand_vec(&rng, (size_t)ring * hd, 1, 0);
-    float *comp = rand_vec(&rng, (size_t)n_comp * hd, 1, 0), *sinks = rand_vec(&rng, H, 1, 0);
+    float *q = vk_test_rand_vec(&rng, (size_t)n_tok * H * hd, 1, 0), *ringv = vk_test_rand_vec(&rng, (size_t)ring * hd, 1, 0);
+    float *comp = vk_test_rand_vec(&rng, (size_t)n_comp * hd, 1, 0), *sinks = vk_test_rand_vec(&rng, H, 1, 0);
     /* entries stored as c.kv says; the direct evaluation reads the stored values back */
     const uint32_t CW = kv_entry_words(c.kv, hd);
     uint32_t *stored = malloc((size_t)n_comp * CW * 4);
@@ -1360,166 +1352,5 @@ TEST(vk_attention_chunks_match_direct_evaluation_on_few_and_many_keys)
         check_attention_case(&f, ATTN_HEADS, (struct attn_case){ .ratio = 4, .H = 2, .n_tok = 2, .hd = 64, .pos0 = 20000,
                                                                  .topk = 2100 });
     }
-    vk_fixture_close(&f);
-}
-
-/* The indexer's scores and top-k selection against a direct evaluation and ref_topk, for
- * n_tok tokens from pos0, in chunks of `chunk` entries merged `group` lists at a time (every
- * level vk_op_indexer_level records); the keys repeat every `distinct` rows (0: all
- * distinct) so that scores tie. */
-static void check_indexer_kv_lists(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct,
-                                   enum engine_kv_type kv, uint32_t chunk, uint32_t group, uint64_t *lists_out,
-                                   size_t lists_len)
-{
-    const uint32_t IH = 4, D = 32, n_keys = (pos0 + n_tok) / 4 + 1, KW = kv_entry_words(kv, D);
-    uint64_t rng = 41, pairs[2];
-    const uint32_t n_levels = vk_indexer_levels((pos0 + n_tok) / 4, topk, chunk, group, pairs);
-    float *q = rand_vec(&rng, (size_t)n_tok * IH * D, 1, 0), *w = rand_vec(&rng, (size_t)n_tok * 7, 1, 0);
-    float *keys = rand_vec(&rng, (size_t)n_keys * D, 1, 0);
-    if (distinct)
-        for (uint32_t k = distinct; k < n_keys; k++) memcpy(keys + (size_t)k * D, keys + (size_t)(k % distinct) * D, D * 4);
-    /* stored as kv says; the direct evaluation reads the stored values back */
-    uint32_t *stored = malloc((size_t)n_keys * KW * 4);
-    for (uint32_t k = 0; k < n_keys; k++) {
-        kv_pack(kv, keys + (size_t)k * D, D, stored + (size_t)k * KW);
-        kv_unpack(kv, stored + (size_t)k * KW, D, keys + (size_t)k * D);
-    }
-    int32_t *sel = calloc((size_t)n_tok * topk, sizeof *sel), *idx = malloc(topk * sizeof *idx);
-    float *score = malloc(n_keys * sizeof *score);
-    struct vk_span sq, sw, sk, sl, ssel;
-    /* the per-token head weights sit at column 2 of rows of 7 (as in the projection rows) */
-    struct abi_indexer_push p = { .n_head = IH, .dim = D, .topk = topk, .pos0 = pos0, .n_tok = n_tok, .w_off = 2, .w_tstride = 7,
-                                  .scale = 0.1f, .kv = (uint32_t)kv, .key_words = KW, .chunk = chunk };
-    const struct vk_span *b[5] = { &sq, &sw, &sk, &sl, &ssel };
-    const size_t sel_bytes = (size_t)n_tok * topk * sizeof *sel;
-    int rc = vk_fixture_put(f, q, (size_t)n_tok * IH * D * 4, &sq) || vk_fixture_put(f, w, (size_t)n_tok * 7 * 4, &sw) ||
-             vk_fixture_put(f, stored, (size_t)n_keys * KW * 4, &sk) ||
-             vk_fixture_put(f, NULL, (size_t)n_tok * (pairs[0] + pairs[1]) * 8 + 8, &sl) ||
-             vk_fixture_put(f, NULL, sel_bytes, &ssel) || vk_recorder_begin(f->rec, f->err, sizeof f->err);
-    for (uint32_t lv = 0; lv <= n_levels && !rc; lv++) {
-        if (lv) vk_recorder_barrier(f->rec);
-        rc = vk_op_indexer_level(f->rec, &f->ops, b, &p, group, pairs, n_tok * pairs[0], lv, n_levels, f->err, sizeof f->err);
-    }
-    rc = rc || vk_recorder_submit(f->rec, f->err, sizeof f->err) || vk_span_download(f->d, &ssel, 0, sel, sel_bytes, f->err, sizeof f->err);
-    /* the lists hold (order key, index) pairs: the scores' bits */
-    if (lists_out && !rc) {
-        const size_t n = (size_t)n_tok * (pairs[0] + pairs[1]) < lists_len ? (size_t)n_tok * (pairs[0] + pairs[1]) : lists_len;
-        rc = vk_span_download(f->d, &sl, 0, lists_out, n * 8, f->err, sizeof f->err);
-    }
-    if (rc) test_fail_at(__FILE__, __LINE__, "%s", f->err);
-    for (uint32_t t = 0; t < n_tok && !rc; t++) {
-        uint32_t n_vis = (pos0 + t + 1) / 4, k = n_vis < topk ? n_vis : topk;
-        for (uint32_t e = 0; e < n_vis; e++) { /* the kernel's float order, so that ties are ties */
-            float s = 0;
-            for (uint32_t h = 0; h < IH; h++) {
-                float dot = 0;
-                for (uint32_t i = 0; i < D; i++) dot += q[((size_t)t * IH + h) * D + i] * keys[(size_t)e * D + i];
-                s += w[t * 7 + 2 + h] * 0.1f * fmaxf(dot, 0);
-            }
-            score[e] = s;
-        }
-        ref_topk(score, n_vis, k, idx);
-        for (uint32_t j = 0; j < k; j++)
-            if (sel[t * topk + j] != idx[j]) {
-                test_fail_at(__FILE__, __LINE__, "indexer (kv %s, chunks of %u merged %u at a time, %u levels) top-%u of %u "
-                             "(repeating every %u), token %u: rank %u is %d, expected %d", engine_kv_name(kv), chunk, group,
-                             n_levels, topk, n_vis, distinct, t, j, sel[t * topk + j], idx[j]);
-                break;
-            }
-    }
-    free(q); free(w); free(keys); free(sel); free(idx); free(score); free(stored);
-}
-
-static void check_indexer_kv(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct,
-                             enum engine_kv_type kv, uint32_t chunk, uint32_t group)
-{
-    check_indexer_kv_lists(f, topk, pos0, n_tok, distinct, kv, chunk, group, NULL, 0);
-}
-
-static void check_indexer(struct vk_fixture *f, uint32_t topk, uint32_t pos0, uint32_t n_tok, uint32_t distinct)
-{
-    check_indexer_kv(f, topk, pos0, n_tok, distinct, ENGINE_KV_F32, ABI_INDEXER_CHUNK, ABI_INDEXER_GROUP);
-}
-
-TEST(vk_indexer_selects_the_reference_top_k)
-{
-    struct vk_fixture f;
-    if (vk_fixture_open(&f)) return;
-    check_indexer(&f, 5, 70, 3, 0);
-    check_indexer(&f, 40, 70, 3, 0); /* every visible entry */
-    vk_fixture_close(&f);
-}
-
-/* Chunks and merges small enough that short inputs run many levels: chunks of one entry
- * (lists of one), of 4 merged in pairs (10 levels for 70 entries), a top-k larger and
- * smaller than a chunk, ties across chunk boundaries, and the largest chunk and merge. */
-TEST(vk_indexer_selects_the_same_top_k_for_any_chunk_and_merge_width)
-{
-    struct vk_fixture f;
-    if (vk_fixture_open(&f)) return;
-    static const uint32_t shapes[][2] = { { 1, 2 }, { 1, 3 }, { 4, 2 }, { 8, 5 }, { 256, 16 } };
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        const uint32_t c = shapes[i][0], g = shapes[i][1];
-        check_indexer_kv(&f, 5, 270, 3, 0, ENGINE_KV_F32, c, g);
-        check_indexer_kv(&f, 40, 270, 3, 0, ENGINE_KV_F32, c, g);
-        check_indexer_kv(&f, 6, 290, 2, 7, ENGINE_KV_F32, c, g); /* ties */
-        check_indexer_kv(&f, 70, 270, 2, 0, ENGINE_KV_F32, c, g); /* every visible entry */
-    }
-    vk_fixture_close(&f);
-}
-
-/* Keys stored in f16 and FP8 (kv_store.h): the kernel unpacks them to the values the host
- * packed, so its selection is the reference's over those values, ties included. */
-TEST(vk_indexer_reads_f16_and_fp8_keys_as_stored)
-{
-    struct vk_fixture f;
-    if (vk_fixture_open(&f)) return;
-    for (int kv = ENGINE_KV_F16; kv <= ENGINE_KV_FP8; kv++) {
-        check_indexer_kv(&f, 5, 70, 3, 0, (enum engine_kv_type)kv, ABI_INDEXER_CHUNK, ABI_INDEXER_GROUP);
-        check_indexer_kv(&f, 6, 90, 2, 7, (enum engine_kv_type)kv, 4, 2); /* ties */
-    }
-    vk_fixture_close(&f);
-}
-
-/* The CPU-driver layout scores through texel views (indexer_texel.comp, float32 keys) and
- * the GPU one through storage buffers (indexer.comp): both select the reference's top-k,
- * and their chunk lists (each entry's score bits beside its index) are bitwise the same,
- * one chunk's lists and several merged, ties included. */
-TEST(vk_indexer_from_texels_selects_what_the_buffer_kernel_does_bit_for_bit)
-{
-    struct vk_fixture f;
-    if (vk_fixture_open(&f)) return;
-    static const uint32_t shapes[][5] = { /* topk, pos0, n_tok, distinct, chunk */
-        { 5, 70, 3, 0, 4 }, { 6, 290, 2, 7, 8 }, { 40, 270, 3, 0, 64 }, { 300, 6000, 2, 97, 64 },
-    };
-    enum { LISTS = 8192 };
-    uint64_t *lists[2] = { calloc(LISTS, 8), calloc(LISTS, 8) };
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && lists[0] && lists[1]; i++) {
-        const uint32_t *c = shapes[i];
-        for (int k = 0; k < 2; k++) {
-            f.ops.layout = k ? VK_MATVEC_LANES : VK_MATVEC_SUBGROUP;
-            memset(lists[k], 0, LISTS * 8);
-            check_indexer_kv_lists(&f, c[0], c[1], c[2], c[3], ENGINE_KV_F32, c[4], 2, lists[k], LISTS);
-        }
-        if (memcmp(lists[0], lists[1], LISTS * 8))
-            test_fail_at(__FILE__, __LINE__, "top-%u at %u, chunks of %u: the texel kernel's lists differ from the buffer kernel's",
-                         c[0], c[1], c[4]);
-    }
-    CHECK(lists[0] && lists[1]);
-    CHECK(f.ops.indexer_texel.pipe != VK_NULL_HANDLE); /* the texel kernel ran (it is built on first use) */
-    free(lists[0]);
-    free(lists[1]);
-    vk_fixture_close(&f);
-}
-
-/* Over a thousand entries (two merge levels of the default chunk and width) with ties at
- * the k-th, which go to the lower index. */
-TEST(vk_indexer_selects_the_reference_top_k_of_over_a_thousand_with_ties)
-{
-    struct vk_fixture f;
-    if (vk_fixture_open(&f)) return;
-    check_indexer(&f, 300, 6000, 2, 0);
-    check_indexer(&f, 300, 6000, 2, 97);
-    check_indexer(&f, 400, 4000, 1, 13);
     vk_fixture_close(&f);
 }

@@ -73,6 +73,14 @@ static inline float vk_test_rand(uint64_t *state)
     return (float)((*state >> 40) & 0xffffff) / 8388608.0f - 1.0f;
 }
 
+/* n floats offset + scale * vk_test_rand, in a fresh buffer (at least one float) */
+static inline float *vk_test_rand_vec(uint64_t *rng, size_t n, float scale, float offset)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = offset + scale * vk_test_rand(rng);
+    return v;
+}
+
 /* moe_group's lists (abi.h) built the plain way: for each expert in order that slot ids[z]
  * picks, its slots ascending; out[g] = list g's first index (n_grp + 1 entries, those past
  * the experts used = n_slots), then the slots by list, then each used list's expert. Those
